@@ -1,0 +1,69 @@
+"""lguest: the lguest hypervisor's interrupt and trap machinery for emulators.
+
+Two interchangeable cores implement the seed functions of
+``drivers/lguest/interrupts_and_traps.c``: the compiled one
+(``lguest._core``, Cython over raw pointers into guest memory) and the
+pure-Python reference (``lguest.fallback``).  The compiled core is used when
+it was built, unless ``LGUEST_PURE_PYTHON=1`` is set before import;
+``lguest.CORE`` says which one is active.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from types import ModuleType
+
+from . import fallback
+from .clock import SystemClock, VirtualClock, system_clock
+from .constants import *  # noqa: F403 - the ABI numbers are part of the API
+from .memory import GuestMemory
+from .vectors import Host, UsedVectors, VectorBusy
+
+try:
+    from . import _core as _compiled
+except ImportError as exc:  # pragma: no cover - only when the build failed
+    _compiled = None
+    _compiled_error: ImportError | None = exc
+else:
+    _compiled_error = None
+
+if os.environ.get("LGUEST_PURE_PYTHON", "") not in ("", "0"):
+    core: ModuleType = fallback
+elif _compiled is not None:
+    core = _compiled
+else:  # pragma: no cover
+    warnings.warn(
+        f"lguest: the compiled core is not available ({_compiled_error}); using the pure-Python core",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    core = fallback
+
+CORE: str = core.NAME
+
+
+def load_core(name: str | None = None) -> ModuleType:
+    """The core module called ``name`` ("cython" or "python"); None: the active one."""
+    if name is None:
+        return core
+    if name == "python":
+        return fallback
+    if name == "cython":
+        if _compiled is None:
+            raise ImportError(f"the compiled core is not built: {_compiled_error}")
+        return _compiled
+    raise ValueError(f"unknown core {name!r} (want 'cython' or 'python')")
+
+
+Guest = core.Guest
+Cpu = core.Cpu
+Regs = core.Regs
+has_err = core.has_err
+idt_address = core.idt_address
+idt_type = core.idt_type
+idt_present = core.idt_present
+default_idt_entry = core.default_idt_entry
+setup_default_idt_entries = core.setup_default_idt_entries
+
+__version__ = "0.1.0"

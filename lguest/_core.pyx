@@ -1,0 +1,1154 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The compiled core: interrupt and trap delivery over raw guest memory.
+
+This is ``lguest.fallback`` again, in C.  Guest memory is a raw pointer into
+the GuestMemory mmap, the cpu and guest state are C structs, and the
+delivery path (stack pushes, the pending/blocked bitmaps, IDT checks and the
+IDT copy) touches no Python object, allocates nothing and raises nothing:
+a misbehaving guest is killed by recording a reason code, which Python
+formats only when ``guest.dead`` is read.
+
+The ``lg_*`` functions are ``nogil`` so an emulator's native hook can call
+them without the interpreter; the classes below are their Python face.
+"""
+
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from libc.string cimport memcpy, memset
+from cpython.buffer cimport PyBUF_FORMAT, PyBUF_WRITABLE
+
+import operator
+import threading
+
+import numpy as np
+
+from . import messages as _messages
+from .clock import system_clock
+from .constants import REG_NAMES
+
+NAME = "cython"
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    #include <time.h>
+    /* Single-bit operations on irqs_pending must be atomic: a timer thread
+     * (or another thread's send_irq) sets bits while the cpu's loop, maybe
+     * without the GIL inside an emulator hook, clears them. */
+    static inline void lg_atomic_or(uint32_t *p, uint32_t v) { __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST); }
+    static inline void lg_atomic_and(uint32_t *p, uint32_t v) { __atomic_fetch_and(p, v, __ATOMIC_SEQ_CST); }
+    static inline uint32_t lg_atomic_load(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+    static inline void lg_atomic_store(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+    /* find_first_bit on one word: 32 when empty. */
+    static inline unsigned lg_first_bit(uint32_t w) { return w ? (unsigned)__builtin_ctz(w) : 32u; }
+    /* Unaligned little-endian access (x86 host; memcpy keeps it UB-free). */
+    static inline uint32_t lg_load32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+    static inline void lg_store32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
+    static inline int64_t lg_realtime_ns(void) {
+        struct timespec ts; clock_gettime(CLOCK_REALTIME, &ts);
+        return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    }
+    static inline int64_t lg_monotonic_ns(void) {
+        struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    }
+    """
+    void lg_atomic_or(uint32_t *p, uint32_t v) noexcept nogil
+    void lg_atomic_and(uint32_t *p, uint32_t v) noexcept nogil
+    uint32_t lg_atomic_load(const uint32_t *p) noexcept nogil
+    void lg_atomic_store(uint32_t *p, uint32_t v) noexcept nogil
+    unsigned lg_first_bit(uint32_t w) noexcept nogil
+    uint32_t lg_load32(const uint8_t *p) noexcept nogil
+    void lg_store32(uint8_t *p, uint32_t v) noexcept nogil
+    int64_t lg_realtime_ns() noexcept nogil
+    int64_t lg_monotonic_ns() noexcept nogil
+
+# --- constants (the same numbers as lguest.constants) ------------------------
+cdef enum:
+    GUEST_PL = 1
+    GUEST_CS = 0x61
+    LGUEST_CS = 0x50
+    LGUEST_TRAP_ENTRY = 0x1F
+    SYSCALL_VECTOR = 0x80
+    FIRST_EXTERNAL_VECTOR = 0x20
+    IDT_ENTRIES = 256
+    LGUEST_IRQS = 32
+    X86_EFLAGS_IF = 0x200
+    CHANGED_IDT = 1
+    PAGE_SIZE = 4096
+    PAGE_PRESENT = 0x1
+    PAGE_RW = 0x2
+    PAGE_ACCESSED = 0x20
+    PAGE_DIRTY = 0x40
+    LD_IRQ_ENABLED = 0
+    LD_BLOCKED_INTERRUPTS = 4
+    LD_TIME = 12
+    LD_SYSCALL_VEC = 1132
+    # clock kinds
+    CLOCK_REALTIME_KIND = 0
+    CLOCK_CELL_KIND = 1
+    CLOCK_PYTHON_KIND = 2
+
+# kill codes: keep in step with lguest/messages.py
+cdef enum:
+    K_ALIVE = 0
+    K_CUSTOM = 1
+    K_DISABLING_INTERRUPTS = 2
+    K_REENABLING_INTERRUPTS = 3
+    K_BAD_STACK_SEGMENT = 4
+    K_BAD_STACK_PAGES = 5
+    K_BAD_IDT_TYPE = 6
+    K_SETTING_IDT_ENTRY = 7
+    K_BAD_READ_ADDRESS = 8
+    K_BAD_WRITE_ADDRESS = 9
+    K_BAD_ADDRESS = 10
+    K_BAD_STACK_PAGE = 11
+    K_WRITING_TIMESTAMP = 12
+
+# --- the C state ----------------------------------------------------------------
+ctypedef struct lg_regs:
+    uint32_t eax, ebx, ecx, edx, esi, edi, ebp, gs, fs, ds, es
+    uint32_t trapnum, errcode, eip, cs, eflags, esp, ss
+
+ctypedef struct lg_guest:
+    uint8_t *mem            # guest-physical 0; NULL once the memory is closed
+    uint64_t mem_size       # bytes
+    uint64_t limit          # pfn_limit * PAGE_SIZE: see lg_range_ok
+    uint32_t pfn_limit
+    uint32_t page_offset
+    int has_lguest_data
+    uint32_t lguest_data
+    int has_pgdir
+    uint32_t pgdir
+    uint32_t noirq_start
+    uint32_t noirq_end
+    uint32_t stack_pages
+    uint32_t syscall_vector
+    int dead_code
+    uint32_t dead_a
+    uint32_t dead_b
+    int clock_kind
+    int64_t *clock_cell
+    void *clock_obj         # borrowed: the Guest object keeps it alive
+    uint8_t direct[256]     # direct_trap(i), fixed by syscall_vector
+
+ctypedef struct lg_cpu:
+    lg_guest *lg
+    lg_regs *regs
+    uint32_t *idt           # 256 x {a, b}
+    uint32_t esp1
+    uint8_t ss1
+    int halted
+    uint32_t changed
+    uint32_t irqs_pending   # atomic bit operations only
+
+
+# --- kill_guest -------------------------------------------------------------------
+cdef inline void lg_kill(lg_guest *lg, int code, uint32_t a, uint32_t b) noexcept nogil:
+    # Only the first reason counts; the caller carries on regardless.
+    if lg.dead_code == K_ALIVE:
+        lg.dead_code = code
+        lg.dead_a = a
+        lg.dead_b = b
+
+
+# --- guest memory through lguest_address_ok --------------------------------------
+cdef inline bint lg_range_ok(const lg_guest *lg, uint32_t addr, uint32_t n) noexcept nogil:
+    # lguest_address_ok: ((addr+n) mod 2**32) / PAGE_SIZE < pfn_limit and no
+    # wrap.  With limit = pfn_limit*PAGE_SIZE <= 2**32 that is exactly one
+    # 64-bit comparison: a wrapping end has addr+n >= 2**32 >= limit.
+    return <uint64_t>addr + n < lg.limit
+
+cdef inline uint32_t lg_read32(lg_guest *lg, uint32_t addr) noexcept nogil:
+    if not lg_range_ok(lg, addr, 4):
+        lg_kill(lg, K_BAD_READ_ADDRESS, addr, 4)
+        return 0
+    return lg_load32(lg.mem + addr)
+
+cdef inline void lg_write32(lg_guest *lg, uint32_t addr, uint32_t val) noexcept nogil:
+    if not lg_range_ok(lg, addr, 4):
+        lg_kill(lg, K_BAD_WRITE_ADDRESS, addr, 4)
+        return
+    lg_store32(lg.mem + addr, val)
+
+# get_user/put_user on a lguest_data field: fail while unset or past the end.
+cdef inline bint lg_ld_ok(const lg_guest *lg, uint32_t off, uint32_t n) noexcept nogil:
+    return lg.has_lguest_data and <uint64_t>lg.lguest_data + off + n <= lg.mem_size
+
+cdef inline bint lg_ld_read(lg_guest *lg, uint32_t off, uint32_t *out) noexcept nogil:
+    if not lg_ld_ok(lg, off, 4):
+        return False
+    out[0] = lg_load32(lg.mem + lg.lguest_data + off)
+    return True
+
+cdef inline bint lg_ld_write(lg_guest *lg, uint32_t off, uint32_t val) noexcept nogil:
+    if not lg_ld_ok(lg, off, 4):
+        return False
+    lg_store32(lg.mem + lg.lguest_data + off, val)
+    return True
+
+
+# --- address translation ------------------------------------------------------------
+cdef uint32_t lg_guest_pa(lg_guest *lg, uint32_t vaddr) noexcept nogil:
+    cdef uint32_t pgd, pte
+    if not lg.has_pgdir:
+        return vaddr - lg.page_offset
+    pgd = lg_read32(lg, lg.pgdir + (vaddr >> 22) * 4)
+    if not (pgd & PAGE_PRESENT):
+        lg_kill(lg, K_BAD_ADDRESS, vaddr, 0)
+        return 0xFFFFFFFF
+    pte = lg_read32(lg, (pgd & 0xFFFFF000U) + ((vaddr >> 12) & 0x3FF) * 4)
+    if not (pte & PAGE_PRESENT):
+        lg_kill(lg, K_BAD_ADDRESS, vaddr, 0)
+    return (pte & 0xFFFFF000U) | (vaddr & 0xFFF)
+
+cdef void lg_pin_page(lg_guest *lg, uint32_t vaddr) noexcept nogil:
+    cdef uint32_t pgd, pte, pte_addr
+    cdef uint64_t page
+    if not lg.has_pgdir:
+        page = lg_guest_pa(lg, vaddr) & 0xFFFFF000U
+        if page + PAGE_SIZE <= lg.mem_size:
+            return
+    else:
+        # What demand_page(vaddr, write) needs: present tables, a writable
+        # pte, frames inside guest memory.  It marks the pte accessed and
+        # dirty, as the MMU would.
+        pgd = lg_read32(lg, lg.pgdir + (vaddr >> 22) * 4)
+        if (pgd & PAGE_PRESENT) and (pgd >> 12) < lg.pfn_limit:
+            pte_addr = (pgd & 0xFFFFF000U) + ((vaddr >> 12) & 0x3FF) * 4
+            pte = lg_read32(lg, pte_addr)
+            if (pte & PAGE_PRESENT) and (pte & PAGE_RW) and (pte >> 12) < lg.pfn_limit:
+                lg_write32(lg, pte_addr, pte | PAGE_ACCESSED | PAGE_DIRTY)
+                return
+    lg_kill(lg, K_BAD_STACK_PAGE, vaddr, 0)
+
+
+# --- the clock ----------------------------------------------------------------------
+cdef int64_t lg_now_ns(lg_guest *lg) noexcept nogil:
+    if lg.clock_kind == CLOCK_REALTIME_KIND:
+        return lg_realtime_ns()
+    if lg.clock_kind == CLOCK_CELL_KIND:
+        return lg.clock_cell[0]
+    with gil:
+        return _python_now(<object>lg.clock_obj)
+
+cdef int64_t _python_now(object clock) noexcept:
+    try:
+        return clock.now_ns()
+    except BaseException as exc:  # a broken host clock must not unwind a delivery
+        import sys
+        sys.unraisablehook(_Unraisable(exc, clock))
+        return 0
+
+class _Unraisable:
+    def __init__(self, exc, obj):
+        self.exc_type = type(exc)
+        self.exc_value = exc
+        self.exc_traceback = exc.__traceback__
+        self.err_msg = "lguest: guest clock now_ns() failed"
+        self.object = obj
+
+cdef void lg_write_timestamp(lg_guest *lg) noexcept nogil:
+    cdef int64_t now = lg_now_ns(lg)
+    cdef int64_t sec, nsec
+    if not lg_ld_ok(lg, LD_TIME, 8):
+        lg_kill(lg, K_WRITING_TIMESTAMP, 0, 0)
+        return
+    # struct timespec of i386: two 32-bit longs; tv_sec wraps past 2038.
+    sec = now // 1000000000
+    nsec = now - sec * 1000000000
+    if nsec < 0:
+        nsec += 1000000000
+        sec -= 1
+    lg_store32(lg.mem + lg.lguest_data + LD_TIME, <uint32_t>sec)
+    lg_store32(lg.mem + lg.lguest_data + LD_TIME + 4, <uint32_t>nsec)
+
+
+# --- delivery -------------------------------------------------------------------------
+cdef inline void lg_push(lg_guest *lg, uint32_t *gstack, uint32_t val) noexcept nogil:
+    # push_guest_stack: the stack grows down, so move first, then write.
+    gstack[0] -= 4
+    lg_write32(lg, gstack[0], val)
+
+cdef void lg_set_guest_interrupt(lg_cpu *cpu, uint32_t lo, uint32_t hi, bint has_err) noexcept nogil:
+    cdef lg_guest *lg = cpu.lg
+    cdef lg_regs *r = cpu.regs
+    cdef uint32_t gstack, origstack, virtstack, ss, eflags, irq_enable
+
+    if (r.ss & 3) != GUEST_PL:
+        # Interrupted guest userspace: change to the kernel stack the guest
+        # gave us with SET_STACK, saving ss:esp there for iret.
+        virtstack = cpu.esp1
+        ss = cpu.ss1
+        gstack = origstack = lg_guest_pa(lg, virtstack)
+        lg_push(lg, &gstack, r.ss)
+        lg_push(lg, &gstack, r.esp)
+    else:
+        virtstack = r.esp
+        ss = r.ss
+        gstack = origstack = lg_guest_pa(lg, virtstack)
+
+    # The real IF is never off in a guest; the frame shows the guest's own
+    # wish from irq_enabled (read after the pushes above, as the C does).
+    eflags = r.eflags
+    if lg_ld_read(lg, LD_IRQ_ENABLED, &irq_enable) and not (irq_enable & X86_EFLAGS_IF):
+        eflags &= ~(<uint32_t>X86_EFLAGS_IF)
+
+    lg_push(lg, &gstack, eflags)
+    lg_push(lg, &gstack, r.cs)
+    lg_push(lg, &gstack, r.eip)
+    if has_err:
+        lg_push(lg, &gstack, r.errcode)
+
+    r.ss = ss
+    r.esp = virtstack + (gstack - origstack)
+    r.cs = GUEST_CS
+    r.eip = (lo & 0x0000FFFF) | (hi & 0xFFFF0000U)
+
+    # Interrupt gates (type 0xE) enter with interrupts disabled.
+    if ((hi >> 8) & 0xF) == 0xE:
+        if not lg_ld_write(lg, LD_IRQ_ENABLED, 0):
+            lg_kill(lg, K_DISABLING_INTERRUPTS, 0, 0)
+
+cdef void lg_maybe_do_interrupt(lg_cpu *cpu) noexcept nogil:
+    cdef lg_guest *lg = cpu.lg
+    cdef uint32_t blk, irq, irq_enabled, a, b
+    if not lg.has_lguest_data:
+        return
+    if not lg_ld_read(lg, LD_BLOCKED_INTERRUPTS, &blk):
+        return
+    blk = lg_atomic_load(&cpu.irqs_pending) & ~blk
+    irq = lg_first_bit(blk)
+    if irq >= LGUEST_IRQS:
+        return
+    # Inside the guest's iret sequence nothing may be delivered.
+    if cpu.regs.eip >= lg.noirq_start and cpu.regs.eip < lg.noirq_end:
+        return
+    if cpu.halted:
+        # An interrupt wakes a halted guest with interrupts back on.
+        if not lg_ld_write(lg, LD_IRQ_ENABLED, X86_EFLAGS_IF):
+            lg_kill(lg, K_REENABLING_INTERRUPTS, 0, 0)
+        cpu.halted = 0
+    else:
+        if not lg_ld_read(lg, LD_IRQ_ENABLED, &irq_enabled):
+            irq_enabled = 0
+        if not irq_enabled:
+            return
+    a = cpu.idt[2 * (FIRST_EXTERNAL_VECTOR + irq)]
+    b = cpu.idt[2 * (FIRST_EXTERNAL_VECTOR + irq) + 1]
+    if b & 0x8000:
+        lg_atomic_and(&cpu.irqs_pending, ~(<uint32_t>1 << irq))
+        lg_set_guest_interrupt(cpu, a, b, False)
+    # The timestamp is refreshed at every attempt: at least every timer tick.
+    lg_write_timestamp(lg)
+
+cdef inline bint lg_has_err(uint32_t trap) noexcept nogil:
+    return trap == 8 or (trap >= 10 and trap <= 14) or trap == 17
+
+cdef bint lg_deliver_trap(lg_cpu *cpu, uint32_t num) noexcept nogil:
+    cdef uint32_t a, b
+    if num >= IDT_ENTRIES:
+        return False  # e.g. 256, the Switcher's "impossible" trap number
+    a = cpu.idt[2 * num]
+    b = cpu.idt[2 * num + 1]
+    if not (b & 0x8000):
+        return False
+    lg_set_guest_interrupt(cpu, a, b, lg_has_err(num))
+    return True
+
+
+# --- stacks -------------------------------------------------------------------------------
+cdef void lg_pin_stack_pages(lg_cpu *cpu) noexcept nogil:
+    cdef lg_guest *lg = cpu.lg
+    cdef uint32_t i
+    for i in range(lg.stack_pages):
+        if lg.dead_code != K_ALIVE:
+            break  # hardening: don't spin 2**32 times for a dead guest
+        lg_pin_page(lg, cpu.esp1 - 1 - i * PAGE_SIZE)
+
+cdef void lg_guest_set_stack(lg_cpu *cpu, uint32_t seg, uint32_t esp, uint32_t pages) noexcept nogil:
+    cdef lg_guest *lg = cpu.lg
+    if (seg & 3) != GUEST_PL:
+        lg_kill(lg, K_BAD_STACK_SEGMENT, seg, 0)
+    if pages > 2:
+        lg_kill(lg, K_BAD_STACK_PAGES, pages, 0)
+    cpu.ss1 = <uint8_t>seg
+    cpu.esp1 = esp
+    lg.stack_pages = pages
+    lg_pin_stack_pages(cpu)
+
+
+# --- the IDT ----------------------------------------------------------------------------------
+cdef inline void lg_default_idt_entry(uint32_t *entry, uint32_t trap, uint32_t handler,
+                                      const uint32_t *base) noexcept nogil:
+    cdef uint32_t flags = 0x8E00
+    if trap == LGUEST_TRAP_ENTRY:
+        flags |= GUEST_PL << 13
+    elif base != NULL:
+        flags |= base[1] & 0x6000
+    entry[0] = (<uint32_t>LGUEST_CS << 16) | (handler & 0x0000FFFF)
+    entry[1] = (handler & 0xFFFF0000U) | flags
+
+cdef void lg_load_guest_idt_entry(lg_cpu *cpu, uint32_t num, uint32_t lo, uint32_t hi) noexcept nogil:
+    cdef uint32_t t
+    # NMI, double fault, spurious interrupt and the hypercall trap are
+    # never the guest's to handle: ignore attempts to set them.
+    if num == 2 or num == 8 or num == 15 or num == LGUEST_TRAP_ENTRY:
+        return
+    cpu.changed |= CHANGED_IDT
+    if num >= IDT_ENTRIES:
+        lg_kill(cpu.lg, K_SETTING_IDT_ENTRY, num, 0)
+        return
+    if not (hi & 0x8000):
+        cpu.idt[2 * num] = 0
+        cpu.idt[2 * num + 1] = 0
+        return
+    t = (hi >> 8) & 0xF
+    if t != 0xE and t != 0xF:
+        lg_kill(cpu.lg, K_BAD_IDT_TYPE, t, 0)
+    # Keep only the handler, present bit, DPL and type; the selector is
+    # always the guest kernel's.
+    cpu.idt[2 * num] = (<uint32_t>GUEST_CS << 16) | (lo & 0x0000FFFF)
+    cpu.idt[2 * num + 1] = hi & 0xFFFFEF00U
+
+cdef void lg_copy_traps(const lg_cpu *cpu, uint32_t *idt, const uint32_t *defaults) noexcept nogil:
+    cdef unsigned i
+    cdef const uint32_t *gidt
+    for i in range(IDT_ENTRIES):
+        if not cpu.lg.direct[i]:
+            continue
+        gidt = cpu.idt + 2 * i
+        if ((gidt[1] >> 8) & 0xF) == 0xF:
+            idt[2 * i] = gidt[0]
+            idt[2 * i + 1] = gidt[1]
+        else:
+            lg_default_idt_entry(idt + 2 * i, i, defaults[i], gidt)
+
+cdef void lg_fill_direct(lg_guest *lg) noexcept nogil:
+    cdef unsigned i
+    for i in range(IDT_ENTRIES):
+        if i >= FIRST_EXTERNAL_VECTOR and not (i == SYSCALL_VECTOR or i == lg.syscall_vector):
+            lg.direct[i] = 0
+        else:
+            lg.direct[i] = not (i == 14 or i == 13 or i == 7 or i == 6 or i == LGUEST_TRAP_ENTRY)
+
+
+# ===================================================================================
+# The Python face
+# ===================================================================================
+cdef uint32_t to_u32(object v, str what) except? 0xFFFFFFFF:
+    """A guest-visible 32-bit value from Python: outside 0..2**32-1 is host misuse."""
+    cdef object i = operator.index(v)
+    if i < 0 or i > 0xFFFFFFFF:
+        raise ValueError(f"{what} {i} is not a u32")
+    return <uint32_t>i
+
+
+cdef class BufferExporter:
+    """Lends GuestMemory the buffer protocol on Pythons without __buffer__.
+
+    The exported buffer is the mapping itself; ``_exports`` counts live views
+    so GuestMemory.close() can refuse to unmap memory that is still seen.
+    """
+    cdef char *_buf
+    cdef Py_ssize_t _len
+    cdef Py_ssize_t _shape[1]
+    cdef Py_ssize_t _strides[1]
+    cdef public int _exports
+
+    def _set_buffer(self, object address, Py_ssize_t length):
+        if address is None:
+            self._buf = NULL
+            self._len = 0
+        else:
+            self._buf = <char *><size_t>address
+            self._len = length
+
+    def __getbuffer__(self, Py_buffer *buffer, int flags):
+        if self._buf == NULL:
+            raise ValueError("guest memory is closed")
+        self._shape[0] = self._len
+        self._strides[0] = 1
+        buffer.buf = self._buf
+        buffer.obj = self
+        buffer.len = self._len
+        buffer.readonly = 0
+        buffer.itemsize = 1
+        if flags & PyBUF_FORMAT:
+            buffer.format = b"B"
+        else:
+            buffer.format = NULL
+        buffer.ndim = 1
+        buffer.shape = self._shape
+        buffer.strides = self._strides
+        buffer.suboffsets = NULL
+        buffer.internal = NULL
+        self._exports += 1
+
+    def __releasebuffer__(self, Py_buffer *buffer):
+        self._exports -= 1
+
+
+# --- IDT helpers ------------------------------------------------------------------------
+def idt_address(lo, hi) -> int:
+    """The handler address, split across the two words of a gate."""
+    return (to_u32(lo, "lo") & 0x0000FFFF) | (to_u32(hi, "hi") & 0xFFFF0000U)
+
+
+def idt_type(lo, hi) -> int:
+    """Gate type, bits 8-11 of the high word (0xE interrupt, 0xF trap)."""
+    to_u32(lo, "lo")
+    return (to_u32(hi, "hi") >> 8) & 0xF
+
+
+def idt_present(lo, hi) -> bool:
+    to_u32(lo, "lo")
+    return bool(to_u32(hi, "hi") & 0x8000)
+
+
+def has_err(trap) -> bool:
+    """The traps for which the CPU pushes an error code."""
+    return lg_has_err(to_u32(trap, "trap"))
+
+
+def default_idt_entry(trap, handler, base=None):
+    """A present interrupt gate into the Switcher, which returns to the host."""
+    cdef uint32_t entry[2]
+    cdef uint32_t b[2]
+    cdef long long t = operator.index(trap)
+    cdef uint32_t h = to_u32(handler, "handler")
+    if base is None:
+        lg_default_idt_entry(entry, <uint32_t>t if 0 <= t <= 0xFFFFFFFF else 0x100, h, NULL)
+    else:
+        b[0] = to_u32(base[0], "base a")
+        b[1] = to_u32(base[1], "base b")
+        lg_default_idt_entry(entry, <uint32_t>t if 0 <= t <= 0xFFFFFFFF else 0x100, h, b)
+    return (entry[0], entry[1])
+
+
+cdef uint32_t[:, ::1] _as_idt(object idt) except *:
+    if not isinstance(idt, np.ndarray) or idt.dtype != np.uint32 or idt.shape != (IDT_ENTRIES, 2):
+        raise ValueError("idt must be a numpy uint32 array of shape (256, 2)")
+    if not idt.flags.writeable:
+        raise ValueError("idt must be writable")
+    if not idt.flags.c_contiguous:
+        raise ValueError("idt must be C-contiguous")
+    return idt
+
+
+cdef object _as_defaults(object defaults):
+    arr = defaults
+    if not (isinstance(arr, np.ndarray) and arr.dtype == np.uint32 and arr.flags.c_contiguous):
+        arr = np.asarray(defaults)
+        if arr.shape == (IDT_ENTRIES,) and arr.dtype != np.uint32:
+            if arr.dtype.kind not in "iu" or (arr.size and (arr.min() < 0 or arr.max() > 0xFFFFFFFF)):
+                raise ValueError("defaults must be u32 handler addresses")
+        arr = np.ascontiguousarray(arr, dtype=np.uint32)
+    if arr.shape != (IDT_ENTRIES,):
+        raise ValueError("defaults must hold 256 handler addresses")
+    return arr
+
+
+def setup_default_idt_entries(idt, defaults):
+    """Fill a host IDT with the default Switcher entries."""
+    cdef uint32_t[:, ::1] t = _as_idt(idt)
+    cdef const uint32_t[::1] d = _as_defaults(defaults)
+    cdef unsigned i
+    for i in range(IDT_ENTRIES):
+        lg_default_idt_entry(&t[i, 0], i, d[i], NULL)
+
+
+# --- registers ---------------------------------------------------------------------------
+cdef class Regs:
+    """``struct lguest_regs``: 18 u32 words, attribute access and a numpy view."""
+    cdef lg_regs *r
+    cdef readonly object array
+
+    def __cinit__(self, array=None):
+        cdef uint32_t[::1] view
+        if array is None:
+            array = np.zeros(18, dtype=np.uint32)
+        if not isinstance(array, np.ndarray) or array.dtype != np.uint32 or array.shape != (18,):
+            raise ValueError("Regs needs a numpy uint32 array of 18 words")
+        view = array
+        self.array = array
+        self.r = <lg_regs *>&view[0]
+
+    @property
+    def eax(self):
+        return self.r.eax
+
+    @eax.setter
+    def eax(self, value):
+        self.r.eax = to_u32(value, "eax")
+
+    @property
+    def ebx(self):
+        return self.r.ebx
+
+    @ebx.setter
+    def ebx(self, value):
+        self.r.ebx = to_u32(value, "ebx")
+
+    @property
+    def ecx(self):
+        return self.r.ecx
+
+    @ecx.setter
+    def ecx(self, value):
+        self.r.ecx = to_u32(value, "ecx")
+
+    @property
+    def edx(self):
+        return self.r.edx
+
+    @edx.setter
+    def edx(self, value):
+        self.r.edx = to_u32(value, "edx")
+
+    @property
+    def esi(self):
+        return self.r.esi
+
+    @esi.setter
+    def esi(self, value):
+        self.r.esi = to_u32(value, "esi")
+
+    @property
+    def edi(self):
+        return self.r.edi
+
+    @edi.setter
+    def edi(self, value):
+        self.r.edi = to_u32(value, "edi")
+
+    @property
+    def ebp(self):
+        return self.r.ebp
+
+    @ebp.setter
+    def ebp(self, value):
+        self.r.ebp = to_u32(value, "ebp")
+
+    @property
+    def gs(self):
+        return self.r.gs
+
+    @gs.setter
+    def gs(self, value):
+        self.r.gs = to_u32(value, "gs")
+
+    @property
+    def fs(self):
+        return self.r.fs
+
+    @fs.setter
+    def fs(self, value):
+        self.r.fs = to_u32(value, "fs")
+
+    @property
+    def ds(self):
+        return self.r.ds
+
+    @ds.setter
+    def ds(self, value):
+        self.r.ds = to_u32(value, "ds")
+
+    @property
+    def es(self):
+        return self.r.es
+
+    @es.setter
+    def es(self, value):
+        self.r.es = to_u32(value, "es")
+
+    @property
+    def trapnum(self):
+        return self.r.trapnum
+
+    @trapnum.setter
+    def trapnum(self, value):
+        self.r.trapnum = to_u32(value, "trapnum")
+
+    @property
+    def errcode(self):
+        return self.r.errcode
+
+    @errcode.setter
+    def errcode(self, value):
+        self.r.errcode = to_u32(value, "errcode")
+
+    @property
+    def eip(self):
+        return self.r.eip
+
+    @eip.setter
+    def eip(self, value):
+        self.r.eip = to_u32(value, "eip")
+
+    @property
+    def cs(self):
+        return self.r.cs
+
+    @cs.setter
+    def cs(self, value):
+        self.r.cs = to_u32(value, "cs")
+
+    @property
+    def eflags(self):
+        return self.r.eflags
+
+    @eflags.setter
+    def eflags(self, value):
+        self.r.eflags = to_u32(value, "eflags")
+
+    @property
+    def esp(self):
+        return self.r.esp
+
+    @esp.setter
+    def esp(self, value):
+        self.r.esp = to_u32(value, "esp")
+
+    @property
+    def ss(self):
+        return self.r.ss
+
+    @ss.setter
+    def ss(self, value):
+        self.r.ss = to_u32(value, "ss")
+
+    def __repr__(self):
+        return "Regs(" + ", ".join(f"{n}={int(v):#x}" for n, v in zip(REG_NAMES, self.array)) + ")"
+
+
+# --- the guest ------------------------------------------------------------------------------
+cdef class Guest:
+    """``struct lguest``: one guest, its memory and its kill state."""
+    cdef lg_guest g
+    cdef readonly object host
+    cdef readonly object memory
+    cdef readonly object clock
+    cdef public list cpus
+    cdef public bint restart
+    cdef public uint32_t kernel_address
+    cdef public uint32_t tsc_khz
+    cdef object _custom_dead
+    cdef object _dead_cache
+    cdef object _clock_cell
+    cdef dict __dict__
+    cdef object __weakref__
+
+    def __init__(self, host, memory, *, page_offset=0xC0000000, clock=None):
+        from .memory import GuestMemory
+        if not isinstance(memory, GuestMemory):
+            raise TypeError("memory must be a GuestMemory")
+        memset(&self.g, 0, sizeof(lg_guest))
+        self.host = host
+        self.memory = memory
+        self.cpus = []
+        self.g.page_offset = to_u32(page_offset, "page_offset")
+        self.g.syscall_vector = host.syscall_vector
+        lg_fill_direct(&self.g)
+        self.clock = clock if clock is not None else system_clock()
+        if getattr(self.clock, "realtime", False) is True:
+            self.g.clock_kind = CLOCK_REALTIME_KIND
+        elif isinstance(getattr(self.clock, "cell", None), np.ndarray) and self.clock.cell.dtype == np.int64:
+            self._clock_cell = self.clock.cell
+            self.g.clock_kind = CLOCK_CELL_KIND
+            self.g.clock_cell = <int64_t *><size_t>self.clock.cell.ctypes.data
+        else:
+            self.g.clock_kind = CLOCK_PYTHON_KIND
+        self.g.clock_obj = <void *>self.clock
+        self.g.mem = <uint8_t *><size_t>memory.address
+        self.g.mem_size = memory.size
+        self.g.pfn_limit = memory.size // PAGE_SIZE
+        self.g.limit = <uint64_t>self.g.pfn_limit * PAGE_SIZE
+        memory._register(self)
+
+    def _detach_memory(self):
+        """Called by GuestMemory.close(): no more raw access from now on."""
+        self.g.mem = NULL
+        self.g.mem_size = 0
+        self.g.limit = 0
+
+    cdef inline int _check_mem(self) except -1:
+        if self.g.mem == NULL:
+            raise ValueError("guest memory is closed")
+        return 0
+
+    # --- fields --------------------------------------------------------------------
+    @property
+    def page_offset(self):
+        return self.g.page_offset
+
+    @property
+    def pfn_limit(self):
+        return self.g.pfn_limit
+
+    @property
+    def syscall_vector(self):
+        return self.g.syscall_vector
+
+    @property
+    def lguest_data(self):
+        return self.g.lguest_data if self.g.has_lguest_data else None
+
+    @lguest_data.setter
+    def lguest_data(self, value):
+        if value is None:
+            self.g.has_lguest_data = 0
+            self.g.lguest_data = 0
+        else:
+            self.g.lguest_data = to_u32(value, "lguest_data")
+            self.g.has_lguest_data = 1
+
+    @property
+    def pgdir(self):
+        return self.g.pgdir if self.g.has_pgdir else None
+
+    @pgdir.setter
+    def pgdir(self, value):
+        if value is None:
+            self.g.has_pgdir = 0
+            self.g.pgdir = 0
+        else:
+            self.g.pgdir = to_u32(value, "pgdir")
+            self.g.has_pgdir = 1
+
+    @property
+    def noirq_start(self):
+        return self.g.noirq_start
+
+    @noirq_start.setter
+    def noirq_start(self, value):
+        self.g.noirq_start = to_u32(value, "noirq_start")
+
+    @property
+    def noirq_end(self):
+        return self.g.noirq_end
+
+    @noirq_end.setter
+    def noirq_end(self, value):
+        self.g.noirq_end = to_u32(value, "noirq_end")
+
+    @property
+    def stack_pages(self):
+        return self.g.stack_pages
+
+    @stack_pages.setter
+    def stack_pages(self, value):
+        self.g.stack_pages = to_u32(value, "stack_pages")
+
+    # --- death --------------------------------------------------------------------------
+    @property
+    def dead(self):
+        cdef int code = self.g.dead_code
+        if code == K_ALIVE:
+            return None
+        if code == K_CUSTOM:
+            return self._custom_dead
+        if self._dead_cache is None:
+            self._dead_cache = _messages.format_reason(code, self.g.dead_a, self.g.dead_b)
+        return self._dead_cache
+
+    def kill(self, reason):
+        """``kill_guest``: only the first reason sticks; the caller carries on."""
+        if self.g.dead_code == K_ALIVE:
+            self._custom_dead = str(reason)
+            self.g.dead_code = K_CUSTOM
+
+    # --- guest memory through lguest's checks ------------------------------------------
+    def address_ok(self, addr, length) -> bool:
+        """``lguest_address_ok``: the end's page must be below pfn_limit, no wrap."""
+        cdef uint32_t a = to_u32(addr, "addr")
+        cdef uint32_t n = to_u32(length, "length")
+        return lg_range_ok(&self.g, a, n)
+
+    def ld_read_u32(self, off):
+        """get_user on a lguest_data field: None if it would fault."""
+        cdef uint32_t v
+        self._check_mem()
+        if not lg_ld_read(&self.g, to_u32(off, "off"), &v):
+            return None
+        return v
+
+    def ld_write_u32(self, off, value) -> bool:
+        """put_user on a lguest_data field: False (nothing written) if it would fault."""
+        self._check_mem()
+        return lg_ld_write(&self.g, to_u32(off, "off"), to_u32(value, "value"))
+
+    def guest_pa(self, vaddr) -> int:
+        """Guest-virtual to guest-physical, as the core sees it."""
+        cdef uint32_t v = to_u32(vaddr, "vaddr")
+        self._check_mem()
+        return lg_guest_pa(&self.g, v)
+
+    def pin_page(self, vaddr):
+        """Make sure a kernel stack page is mapped, else kill the guest."""
+        cdef uint32_t v = to_u32(vaddr, "vaddr")
+        self._check_mem()
+        lg_pin_page(&self.g, v)
+
+    def check_syscall_vector(self) -> bool:
+        """The guest's wanted syscall vector must be one this host allows."""
+        cdef uint32_t vector
+        self._check_mem()
+        if not lg_ld_read(&self.g, LD_SYSCALL_VEC, &vector):
+            return False
+        return vector == SYSCALL_VECTOR or vector == self.g.syscall_vector
+
+    def could_be_syscall(self, num) -> bool:
+        cdef uint32_t n = to_u32(num, "num")
+        return n == SYSCALL_VECTOR or n == self.g.syscall_vector
+
+    def direct_trap(self, num) -> bool:
+        cdef uint32_t n = to_u32(num, "num")
+        return n < IDT_ENTRIES and self.g.direct[n] != 0
+
+    def new_cpu(self):
+        cpu = Cpu(self, len(self.cpus))
+        self.cpus.append(cpu)
+        return cpu
+
+    def __repr__(self):
+        dead = self.dead
+        return f"<Guest (cython core) {self.g.mem_size:#x} bytes{' dead: ' + repr(dead) if dead else ''}>"
+
+
+# --- the virtual CPU ----------------------------------------------------------------------------
+cdef class Cpu:
+    """``struct lg_cpu``: registers, IDT, pending irqs and the guest's kernel stack."""
+    cdef lg_cpu c
+    cdef readonly Guest guest
+    cdef readonly Regs regs
+    cdef readonly object idt
+    cdef readonly object gdt
+    cdef readonly int id
+    cdef object _wakeup
+    cdef public int ts
+    cdef public uint32_t pending_notify
+    cdef public uint32_t last_pagefault
+    cdef public bint hcall_pending
+    cdef public int next_hcall
+    cdef public bint break_out
+    cdef dict __dict__
+    cdef object __weakref__
+
+    def __init__(self, Guest guest not None, int id=0):
+        cdef uint32_t[:, ::1] idt_view
+        memset(&self.c, 0, sizeof(lg_cpu))
+        self.guest = guest
+        self.id = id
+        self.regs = Regs()
+        self.idt = np.zeros((IDT_ENTRIES, 2), dtype=np.uint32)
+        self.gdt = np.zeros((32, 2), dtype=np.uint32)
+        idt_view = self.idt
+        self.c.lg = &guest.g
+        self.c.regs = self.regs.r
+        self.c.idt = &idt_view[0, 0]
+        self._wakeup = threading.Event()
+
+    cdef inline int _check_mem(self) except -1:
+        if self.c.lg.mem == NULL:
+            raise ValueError("guest memory is closed")
+        return 0
+
+    # --- fields ---------------------------------------------------------------------------
+    @property
+    def esp1(self):
+        return self.c.esp1
+
+    @esp1.setter
+    def esp1(self, value):
+        self.c.esp1 = to_u32(value, "esp1")
+
+    @property
+    def ss1(self):
+        return self.c.ss1
+
+    @ss1.setter
+    def ss1(self, value):
+        self.c.ss1 = <uint8_t>to_u32(value, "ss1")  # a u8 in this era's lg_cpu
+
+    @property
+    def halted(self):
+        return bool(self.c.halted)
+
+    @halted.setter
+    def halted(self, value):
+        self.c.halted = 1 if value else 0
+
+    @property
+    def changed(self):
+        return self.c.changed
+
+    @changed.setter
+    def changed(self, value):
+        self.c.changed = to_u32(value, "changed")
+
+    @property
+    def irqs_pending(self):
+        return lg_atomic_load(&self.c.irqs_pending)
+
+    @irqs_pending.setter
+    def irqs_pending(self, value):
+        lg_atomic_store(&self.c.irqs_pending, to_u32(value, "irqs_pending"))
+
+    # --- wake-ups -----------------------------------------------------------------------------
+    def wake(self):
+        """Wake the run loop if it sleeps (the kernel's wake_up_process)."""
+        self._wakeup.set()
+
+    def wait_for_wakeup(self, timeout=None) -> bool:
+        woken = self._wakeup.wait(timeout)
+        self._wakeup.clear()
+        return woken
+
+    # --- checked guest memory ------------------------------------------------------------------
+    def lgread(self, addr, n) -> bytes:
+        """__lgread: zeros and a kill if the range is not the guest's."""
+        cdef uint32_t a = to_u32(addr, "addr")
+        cdef uint32_t length = to_u32(n, "n")
+        self._check_mem()
+        if not lg_range_ok(&self.guest.g, a, length):
+            lg_kill(&self.guest.g, K_BAD_READ_ADDRESS, a, length)
+            return bytes(length)
+        return (<char *>self.c.lg.mem)[a:a + length]
+
+    def lgwrite(self, addr, data) -> bool:
+        """__lgwrite: nothing written and a kill if the range is not the guest's."""
+        cdef uint32_t a = to_u32(addr, "addr")
+        cdef const uint8_t[::1] src = bytes(data)
+        cdef uint32_t length = src.shape[0]
+        self._check_mem()
+        if not lg_range_ok(&self.guest.g, a, length):
+            lg_kill(&self.guest.g, K_BAD_WRITE_ADDRESS, a, length)
+            return False
+        if length:
+            memcpy(self.c.lg.mem + a, &src[0], length)
+        return True
+
+    # --- the seed functions -----------------------------------------------------------------------
+    def set_guest_interrupt(self, lo, hi, has_err):
+        """Push an interrupt frame on the guest's stack and jump to its handler."""
+        cdef uint32_t l = to_u32(lo, "lo")
+        cdef uint32_t h = to_u32(hi, "hi")
+        self._check_mem()
+        lg_set_guest_interrupt(&self.c, l, h, bool(has_err))
+
+    def maybe_do_interrupt(self):
+        """Before entering the guest: divert it into a pending, unblocked irq."""
+        if self.c.lg.mem == NULL:
+            raise ValueError("guest memory is closed")
+        lg_maybe_do_interrupt(&self.c)
+
+    def deliver_trap(self, num) -> bool:
+        """Reflect trap ``num`` into the guest; False if it has no handler."""
+        cdef uint32_t n = to_u32(num, "num")
+        self._check_mem()
+        return lg_deliver_trap(&self.c, n)
+
+    def pin_stack_pages(self):
+        self._check_mem()
+        lg_pin_stack_pages(&self.c)
+
+    def guest_set_stack(self, seg, esp, pages):
+        """SET_STACK: where the guest kernel stack is, for user-to-kernel traps."""
+        cdef uint32_t s = to_u32(seg, "seg")
+        cdef uint32_t e = to_u32(esp, "esp")
+        cdef uint32_t p = to_u32(pages, "pages")
+        self._check_mem()
+        lg_guest_set_stack(&self.c, s, e, p)
+
+    def load_guest_idt_entry(self, num, lo, hi):
+        """LOAD_IDT_ENTRY: check and store one of the guest's gates."""
+        cdef uint32_t n = to_u32(num, "num")
+        cdef uint32_t l = to_u32(lo, "lo")
+        cdef uint32_t h = to_u32(hi, "hi")
+        self._check_mem()
+        lg_load_guest_idt_entry(&self.c, n, l, h)
+
+    def copy_traps(self, idt, defaults):
+        """Build the host IDT used while this guest runs."""
+        cdef uint32_t[:, ::1] t = _as_idt(idt)
+        cdef const uint32_t[::1] d = _as_defaults(defaults)
+        lg_copy_traps(&self.c, &t[0, 0], &d[0])
+
+    def set_clockevent(self, delta_ns):
+        """Arm the guest's one-shot timer ``delta_ns`` from now; 0 cancels."""
+        cdef uint32_t delta = to_u32(delta_ns, "delta_ns")
+        clock = self.guest.clock
+        if delta == 0:
+            clock.cancel(self)
+            return
+        clock.arm(self, clock.now_ns() + delta, self._clock_fired)
+
+    def _clock_fired(self):
+        """clockdev_fn: irq 0 is the timer; wake the cpu if it sleeps."""
+        lg_atomic_or(&self.c.irqs_pending, 1)
+        if self.c.halted:
+            self._wakeup.set()
+
+    def write_timestamp(self):
+        self._check_mem()
+        lg_write_timestamp(self.c.lg)
+
+    def send_irq(self, irq):
+        """The Launcher's LHREQ_IRQ: mark ``irq`` pending and wake the cpu."""
+        cdef object i = operator.index(irq)
+        if i < 0 or i >= LGUEST_IRQS:
+            raise ValueError(f"irq {i} out of range 0..{LGUEST_IRQS - 1}")
+        lg_atomic_or(&self.c.irqs_pending, <uint32_t>1 << <unsigned>i)
+        self._wakeup.set()
+
+    def __repr__(self):
+        return f"<Cpu {self.id} (cython core) eip={self.c.regs.eip:#x}>"
+
+
+# --- benchmark entry points: loops in C over the real delivery code ---------------------------------
+def bench_deliver(Cpu cpu not None, irq, long long n) -> int:
+    """``n`` rounds of: set ``irq`` pending, maybe_do_interrupt, then put back
+    the registers a delivery changes (ss, esp, cs, eip).  Returns elapsed ns."""
+    cdef long long irqn = operator.index(irq)
+    cdef uint32_t bit
+    cdef lg_cpu *c = &cpu.c
+    cdef uint32_t ss, esp, cs, eip
+    cdef int64_t t0, t1
+    cdef long long i
+    if not 0 <= irqn < LGUEST_IRQS:
+        raise ValueError("irq out of range")
+    bit = <uint32_t>1 << <unsigned>irqn
+    cpu._check_mem()
+    ss = c.regs.ss
+    esp = c.regs.esp
+    cs = c.regs.cs
+    eip = c.regs.eip
+    with nogil:
+        t0 = lg_monotonic_ns()
+        for i in range(n):
+            lg_atomic_or(&c.irqs_pending, bit)
+            lg_maybe_do_interrupt(c)
+            c.regs.ss = ss
+            c.regs.esp = esp
+            c.regs.cs = cs
+            c.regs.eip = eip
+        t1 = lg_monotonic_ns()
+    return t1 - t0
+
+
+def bench_copy_traps(Cpu cpu not None, idt, defaults, long long n) -> int:
+    """``n`` calls of copy_traps in a C loop; returns elapsed ns."""
+    cdef uint32_t[:, ::1] t = _as_idt(idt)
+    cdef const uint32_t[::1] d = _as_defaults(defaults)
+    cdef uint32_t *tp = &t[0, 0]
+    cdef const uint32_t *dp = &d[0]
+    cdef lg_cpu *c = &cpu.c
+    cdef int64_t t0, t1
+    cdef long long i
+    with nogil:
+        t0 = lg_monotonic_ns()
+        for i in range(n):
+            lg_copy_traps(c, tp, dp)
+        t1 = lg_monotonic_ns()
+    return t1 - t0

@@ -1,0 +1,194 @@
+"""Guest clocks: the wall clock with real timers, and a virtual clock.
+
+lguest arms one high-resolution timer per virtual CPU at an absolute
+CLOCK_REALTIME expiry; when it fires, irq 0 becomes pending.  Here a clock
+owns the timers of every CPU that uses it:
+
+* :class:`SystemClock` keeps the armed expiries in a heap serviced by *one*
+  daemon thread (a timer wheel, not a thread per event).
+* :class:`VirtualClock` has no thread: time only moves in :meth:`advance`,
+  which fires due timers synchronously, so a run is exactly repeatable.
+
+A timer is keyed by its owner (a Cpu); arming again replaces the expiry,
+like ``hrtimer_start`` on an active hrtimer.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+Callback = Callable[[], None]
+
+
+class _Timers:
+    """Expiry bookkeeping shared by both clocks (call with the lock held)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, Any]] = []
+        self._armed: dict[Any, tuple[int, int, Callback]] = {}
+        self._seq = itertools.count()
+
+    def _arm(self, key: Any, expiry: int, callback: Callback) -> None:
+        seq = next(self._seq)
+        self._armed[key] = (expiry, seq, callback)
+        heapq.heappush(self._heap, (expiry, seq, key))
+
+    def _cancel(self, key: Any) -> bool:
+        return self._armed.pop(key, None) is not None
+
+    def _pop_due(self, now: int) -> list[Callback]:
+        due = []
+        while self._heap and self._heap[0][0] <= now:
+            expiry, seq, key = heapq.heappop(self._heap)
+            entry = self._armed.get(key)
+            if entry is not None and entry[1] == seq:  # not re-armed or cancelled since
+                del self._armed[key]
+                due.append(entry[2])
+        return due
+
+    def _next_expiry(self) -> int | None:
+        while self._heap:
+            expiry, seq, key = self._heap[0]
+            entry = self._armed.get(key)
+            if entry is not None and entry[1] == seq:
+                return expiry
+            heapq.heappop(self._heap)  # stale
+        return None
+
+    def armed(self, key: Any) -> int | None:
+        """The expiry armed for ``key`` (ns), or None."""
+        entry = self._armed.get(key)
+        return None if entry is None else entry[0]
+
+
+class SystemClock(_Timers):
+    """CLOCK_REALTIME with real timers fired from one background thread."""
+
+    #: the compiled core reads the time itself with clock_gettime(CLOCK_REALTIME)
+    realtime = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self.fired = 0
+
+    @staticmethod
+    def now_ns() -> int:
+        return time.time_ns()
+
+    def arm(self, key: Any, expiry_ns: int, callback: Callback) -> None:
+        with self._cond:
+            self._arm(key, expiry_ns, callback)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._service, name="lguest-clock", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def cancel(self, key: Any) -> None:
+        with self._cond:
+            self._cancel(key)
+            self._cond.notify()
+
+    def armed(self, key: Any) -> int | None:
+        with self._cond:
+            return super().armed(key)
+
+    def _service(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    nxt = self._next_expiry()
+                    now = time.time_ns()
+                    if nxt is not None and nxt <= now:
+                        break
+                    # Idle threads exit after a while; arm() restarts one.
+                    timeout = 5.0 if nxt is None else (nxt - now) / 1e9
+                    if not self._cond.wait(timeout) and nxt is None and self._next_expiry() is None:
+                        self._thread = None
+                        return
+                due = self._pop_due(time.time_ns())
+            for callback in due:  # outside the lock: callbacks may re-arm
+                self.fired += 1
+                callback()
+
+
+_system_clock: SystemClock | None = None
+_system_clock_lock = threading.Lock()
+
+
+def system_clock() -> SystemClock:
+    """The process-wide wall clock that guests use by default."""
+    global _system_clock
+    with _system_clock_lock:
+        if _system_clock is None:
+            _system_clock = SystemClock()
+        return _system_clock
+
+
+class VirtualClock(_Timers):
+    """A clock that moves only when told to; timers fire inside advance()."""
+
+    realtime = False
+
+    def __init__(self, start_ns: int = 0) -> None:
+        super().__init__()
+        if not isinstance(start_ns, int) or start_ns < 0:
+            raise ValueError("start_ns must be a non-negative int")
+        # One int64 cell the compiled core reads directly (no Python call
+        # to timestamp a delivery).
+        self.cell = np.array([start_ns], dtype=np.int64)
+        self._lock = threading.RLock()
+        self.fired = 0
+
+    def now_ns(self) -> int:
+        return int(self.cell[0])
+
+    def arm(self, key: Any, expiry_ns: int, callback: Callback) -> None:
+        with self._lock:
+            self._arm(key, expiry_ns, callback)
+
+    def cancel(self, key: Any) -> None:
+        with self._lock:
+            self._cancel(key)
+
+    def next_expiry(self) -> int | None:
+        """When the earliest armed timer fires (ns), or None."""
+        with self._lock:
+            return self._next_expiry()
+
+    def advance(self, ns: int) -> None:
+        """Move time forward by ``ns`` and fire, in order, every timer now due.
+
+        Each timer fires with the clock reading its own expiry, so a callback
+        that re-arms relative to now() keeps a steady period.
+        """
+        if not isinstance(ns, int) or ns < 0:
+            raise ValueError("advance() needs a non-negative int")
+        with self._lock:
+            target = int(self.cell[0]) + ns
+            while True:
+                nxt = self._next_expiry()
+                if nxt is None or nxt > target:
+                    break
+                self.cell[0] = max(nxt, int(self.cell[0]))
+                for callback in self._pop_due(nxt):
+                    self.fired += 1
+                    callback()
+            self.cell[0] = target
+
+    def advance_to_next(self) -> bool:
+        """Jump to the next expiry (a halted guest's idle time); False if none."""
+        with self._lock:
+            nxt = self._next_expiry()
+            if nxt is None:
+                return False
+            self.advance(max(0, nxt - int(self.cell[0])))
+            return True

@@ -1,0 +1,168 @@
+"""Guest-physical memory: one anonymous mmap shared by host and emulator.
+
+Byte 0 of the mapping is guest-physical address 0.  ``address`` is the host
+virtual address of that byte, so an emulator can map the very same pages
+(Unicorn's ``mem_map_ptr``) and the compiled core can work on them through a
+raw pointer.  The accessors here are the *host's* own: they raise on misuse.
+The guest-facing path, with lguest's bounds rule and kill-on-failure, lives in
+the cores.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import struct
+import weakref
+from typing import Any
+
+from .constants import PAGE_SIZE
+
+MAX_GUEST_MEMORY = 1 << 32  # a non-PAE 32-bit guest addresses 4 GiB at most
+
+
+try:  # Python < 3.12 has no __buffer__: the extension lends a C-level one.
+    from ._core import BufferExporter as _Base
+except ImportError:  # pragma: no cover - only without the extension
+    _Base = object
+
+
+class GuestMemory(_Base):  # type: ignore[misc,valid-type]
+    """Zero-filled guest RAM backed by an mmap."""
+
+    def __init__(self, size: int) -> None:
+        if not isinstance(size, int) or size <= 0 or size % PAGE_SIZE:
+            raise ValueError(f"guest memory size must be a positive multiple of {PAGE_SIZE}, got {size!r}")
+        if size > MAX_GUEST_MEMORY:
+            raise ValueError(f"guest memory size {size:#x} exceeds 4 GiB")
+        self._attach(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS), owned=True)
+
+    @classmethod
+    def from_mmap(cls, mm: mmap.mmap) -> GuestMemory:
+        """Wrap an existing writable mmap (its length is the memory size)."""
+        if not isinstance(mm, mmap.mmap):
+            raise TypeError("from_mmap needs an mmap.mmap")
+        size = len(mm)
+        if size == 0 or size > MAX_GUEST_MEMORY:
+            raise ValueError(f"unusable mmap size {size}")
+        self = cls.__new__(cls)
+        self._attach(mm, owned=False)
+        return self
+
+    def _attach(self, mm: mmap.mmap, owned: bool) -> None:
+        self._mmap = mm
+        self._owned = owned
+        # A long-lived export pins the mapping: nobody can close the mmap
+        # underneath a core holding a raw pointer into it (mmap.close()
+        # raises BufferError while an export exists).
+        self._view = memoryview(mm)
+        if self._view.readonly:
+            self._view.release()
+            raise ValueError("guest memory must be writable")
+        probe = ctypes.c_char.from_buffer(mm)
+        self._address = ctypes.addressof(probe)
+        del probe
+        self._size = len(mm)
+        if _Base is not object:
+            self._set_buffer(self._address, self._size)
+        self._users: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    # --- properties -----------------------------------------------------------
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def address(self) -> int:
+        """Host address of guest-physical byte 0."""
+        self._check_open()
+        return self._address
+
+    @property
+    def closed(self) -> bool:
+        return self._view is None
+
+    @property
+    def mmap(self) -> mmap.mmap:
+        self._check_open()
+        return self._mmap
+
+    @property
+    def view(self) -> memoryview:
+        """A writable memoryview of the whole memory."""
+        self._check_open()
+        return self._view
+
+    def _check_open(self) -> None:
+        if self._view is None:
+            raise ValueError("guest memory is closed")
+
+    def _check_range(self, gpa: int, n: int) -> None:
+        if gpa < 0 or n < 0 or gpa + n > self._size:
+            raise IndexError(f"guest-physical range {gpa:#x}+{n} outside memory of {self._size:#x} bytes")
+
+    # --- host-side accessors --------------------------------------------------
+    def read(self, gpa: int, n: int) -> bytes:
+        self._check_open()
+        self._check_range(gpa, n)
+        return bytes(self._view[gpa:gpa + n])
+
+    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
+        self._check_open()
+        data = memoryview(data).cast("B")
+        self._check_range(gpa, len(data))
+        self._view[gpa:gpa + len(data)] = data
+
+    def read_u32(self, gpa: int) -> int:
+        self._check_open()
+        self._check_range(gpa, 4)
+        return struct.unpack_from("<I", self._view, gpa)[0]
+
+    def write_u32(self, gpa: int, value: int) -> None:
+        self._check_open()
+        self._check_range(gpa, 4)
+        if not 0 <= value <= 0xFFFFFFFF:
+            raise ValueError(f"u32 value out of range: {value!r}")
+        struct.pack_into("<I", self._view, gpa, value)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __buffer__(self, flags: int) -> memoryview:  # Python >= 3.12
+        self._check_open()
+        return memoryview(self._mmap)
+
+    # --- users and lifetime ---------------------------------------------------
+    def _register(self, user: Any) -> None:
+        """A core object holding a raw pointer; detached on close()."""
+        self._check_open()
+        self._users.add(user)
+
+    def close(self) -> None:
+        """Detach every guest using this memory, then unmap it. Idempotent."""
+        if self._view is None:
+            return
+        if getattr(self, "_exports", 0):
+            raise BufferError("guest memory is still exported (a memoryview is alive); release it first")
+        self._view.release()
+        if self._owned:
+            try:
+                self._mmap.close()
+            except BufferError:
+                self._view = memoryview(self._mmap)
+                raise BufferError("guest memory is still exported (a memoryview is alive); release it first") from None
+        self._view = None
+        if _Base is not object:
+            self._set_buffer(None, 0)
+        for user in list(self._users):
+            user._detach_memory()
+
+    def __enter__(self) -> GuestMemory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._view is None else f"at {self._address:#x}"
+        return f"<GuestMemory {self._size:#x} bytes {state}>"

@@ -1,0 +1,211 @@
+"""The module parameter ``syscall_vector`` and the host's used-vector table.
+
+In the kernel, ``syscall_vector`` is a read-only module parameter (default
+0x80, Linux's own).  A guest that wants another system-call vector (Plan 9
+uses 0x40) can only have it if the host kernel does not already use that
+vector, so loading the module reserves it in the host's ``used_vectors``
+bitmap, and unloading frees it.  :class:`UsedVectors` is that bitmap plus the
+per-CPU IRQ vector map; :class:`Host` is the loaded module.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import operator
+import threading
+from collections.abc import Iterable
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from .constants import HOST_PERCPU_VECTORS, HOST_VECTOR_OWNERS, NR_VECTORS, SYSCALL_VECTOR
+
+if TYPE_CHECKING:
+    from .memory import GuestMemory
+
+log = logging.getLogger("lguest")
+
+
+class VectorBusy(OSError):
+    """A vector could not be reserved: it is in use (``errno.EBUSY``)."""
+
+    def __init__(self, vector: int, message: str, owner: str | None = None) -> None:
+        super().__init__(errno.EBUSY, message)
+        self.vector = vector
+        self.owner = owner
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _check_vector(v: Any) -> int:
+    v = operator.index(v)
+    if not 0 <= v < NR_VECTORS:
+        raise ValueError(f"vector {v} out of range 0..{NR_VECTORS - 1}")
+    return v
+
+
+def _check_u32(v: Any, what: str = "value") -> int:
+    """A guest-visible 32-bit quantity: anything outside 0..2**32-1 is host misuse."""
+    v = operator.index(v)
+    if not 0 <= v <= 0xFFFFFFFF:
+        raise ValueError(f"{what} {v} is not a u32")
+    return v
+
+
+class UsedVectors:
+    """The host's ``used_vectors`` bitmap and per-CPU vector map.
+
+    ``UsedVectors(used, percpu)`` is a private table holding exactly those
+    vectors; :meth:`default` is the process-wide one, seeded with what the
+    host kernel owns at boot.  All methods are thread-safe.
+    """
+
+    _default: UsedVectors | None = None
+    _default_lock = threading.Lock()
+
+    def __init__(self, used: Iterable[int] = (), percpu: Iterable[int] = (),
+                 owners: dict[int, str] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._used: dict[int, str] = {}
+        for v in used:
+            self._used[_check_vector(v)] = (owners or {}).get(v, "host")
+        self._percpu = frozenset(_check_vector(v) for v in percpu)
+
+    @classmethod
+    def default(cls) -> UsedVectors:
+        """The process-wide table every :class:`Host` shares by default."""
+        with cls._default_lock:
+            if cls._default is None:
+                cls._default = cls(HOST_VECTOR_OWNERS, HOST_PERCPU_VECTORS, owners=HOST_VECTOR_OWNERS)
+            return cls._default
+
+    def __contains__(self, v: object) -> bool:
+        return v in self._used
+
+    def percpu(self, v: int) -> bool:
+        """True if a per-CPU host IRQ has ``v`` (``vector_used_by_percpu_irq``)."""
+        return _check_vector(v) in self._percpu
+
+    def owner(self, v: int) -> str | None:
+        """Who holds ``v``: a description, or None if it is free."""
+        _check_vector(v)
+        with self._lock:
+            if v in self._used:
+                return self._used[v]
+        return "per-CPU legacy IRQ %d" % (v - 0x30) if v in self._percpu and 0x30 <= v < 0x40 else (
+            "per-CPU IRQ" if v in self._percpu else None)
+
+    def reserve(self, v: int, owner: str = "lguest") -> None:
+        """Mark ``v`` used; :class:`VectorBusy` if it already is."""
+        _check_vector(v)
+        with self._lock:
+            holder = self._used.get(v) or ("per-CPU IRQ" if v in self._percpu else None)
+            if holder is not None:
+                raise VectorBusy(v, f"vector {v} ({v:#x}) is in use by {holder}", holder)
+            self._used[v] = owner
+
+    def try_reserve(self, v: int, owner: str = "lguest") -> bool:
+        try:
+            self.reserve(v, owner)
+        except VectorBusy:
+            return False
+        return True
+
+    def release(self, v: int) -> None:
+        """Clear ``v`` (``clear_bit``); releasing a free vector is harmless."""
+        _check_vector(v)
+        with self._lock:
+            self._used.pop(v, None)
+
+    def table(self) -> list[tuple[int, str]]:
+        """Every taken vector with its owner, in vector order."""
+        with self._lock:
+            rows = dict(self._used)
+        for v in self._percpu:
+            rows.setdefault(v, self.owner(v) or "per-CPU IRQ")
+        return sorted(rows.items())
+
+    def __repr__(self) -> str:
+        return f"<UsedVectors {len(self._used)} used, {len(self._percpu)} per-CPU>"
+
+
+class Host:
+    """The lguest module as loaded into a host: its parameter and reservation.
+
+    ``syscall_vector`` is fixed once :meth:`init_interrupts` has run (the
+    kernel's parameter is read-only, 0444).
+    """
+
+    def __init__(self, syscall_vector: int = SYSCALL_VECTOR, used_vectors: UsedVectors | None = None) -> None:
+        self._syscall_vector = _check_vector(syscall_vector)
+        self.used_vectors = used_vectors if used_vectors is not None else UsedVectors.default()
+        self._reserved = False
+        self._initialised = False
+        self._has_guests = False
+
+    @property
+    def syscall_vector(self) -> int:
+        return self._syscall_vector
+
+    @syscall_vector.setter
+    def syscall_vector(self, v: int) -> None:
+        if self._initialised or self._has_guests:
+            raise AttributeError("syscall_vector is read-only once interrupts are initialised or guests exist")
+        self._syscall_vector = _check_vector(v)
+
+    # --- module load / unload -------------------------------------------------
+    def init_interrupts(self) -> None:
+        """Reserve a non-default syscall vector, or raise :class:`VectorBusy`."""
+        v = self._syscall_vector
+        if v == SYSCALL_VECTOR:
+            self._initialised = True
+            return
+        used = self.used_vectors
+        with used._lock:
+            holder = used._used.get(v) or ("per-CPU IRQ" if v in used._percpu else None)
+            if holder is None:
+                used._used[v] = "lguest syscall_vector"
+                self._reserved = self._initialised = True
+                return
+        log.error("lg: couldn't reserve syscall %u", v)
+        raise VectorBusy(v, f"couldn't reserve syscall {v}", holder)
+
+    def free_interrupts(self) -> None:
+        """Release the vector :meth:`init_interrupts` reserved; idempotent."""
+        if self._reserved:
+            self.used_vectors.release(self._syscall_vector)
+            self._reserved = False
+
+    def __enter__(self) -> Host:
+        self.init_interrupts()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.free_interrupts()
+
+    # --- the two predicates direct traps hinge on ------------------------------
+    def could_be_syscall(self, num: int) -> bool:
+        """Linux's 0x80 or the vector this module was loaded with."""
+        num = _check_u32(num, "vector")
+        return num == SYSCALL_VECTOR or num == self._syscall_vector
+
+    def direct_trap(self, num: int) -> bool:
+        """Could trap ``num`` go straight to the guest without the host?"""
+        num = _check_u32(num, "vector")
+        if num >= 0x20 and not self.could_be_syscall(num):
+            return False
+        return num not in (14, 13, 7, 6, 0x1F)
+
+    # --- guests ---------------------------------------------------------------
+    def new_guest(self, memory: GuestMemory, *, page_offset: int = 0xC0000000, clock: Any = None,
+                  core: str | ModuleType | None = None) -> Any:
+        """A new :class:`Guest` on ``memory``, built by ``core`` (default: the active one)."""
+        from . import load_core
+
+        mod = load_core(core) if core is None or isinstance(core, str) else core
+        self._has_guests = True
+        return mod.Guest(self, memory, page_offset=page_offset, clock=clock)
+
+    def __repr__(self) -> str:
+        return f"<Host syscall_vector={self._syscall_vector:#x}{' reserved' if self._reserved else ''}>"
