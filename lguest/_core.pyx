@@ -141,6 +141,7 @@ ctypedef struct lg_cpu:
     int halted
     uint32_t changed
     uint32_t irqs_pending   # atomic bit operations only
+    uint64_t irq_counts[32] # deliveries per virtual irq (statistics)
 
 
 # --- kill_guest -------------------------------------------------------------------
@@ -339,6 +340,7 @@ cdef void lg_maybe_do_interrupt(lg_cpu *cpu) noexcept nogil:
     if b & 0x8000:
         lg_atomic_and(&cpu.irqs_pending, ~(<uint32_t>1 << irq))
         lg_set_guest_interrupt(cpu, a, b, False)
+        cpu.irq_counts[irq] += 1
     # The timestamp is refreshed at every attempt: at least every timer tick.
     lg_write_timestamp(lg)
 
@@ -995,6 +997,11 @@ cdef class Cpu:
     def irqs_pending(self, value):
         lg_atomic_store(&self.c.irqs_pending, to_u32(value, "irqs_pending"))
 
+    @property
+    def irq_counts(self):
+        """How many times each virtual irq was delivered (a 32-tuple)."""
+        return tuple(self.c.irq_counts[i] for i in range(LGUEST_IRQS))
+
     # --- wake-ups -----------------------------------------------------------------------------
     def wake(self):
         """Wake the run loop if it sleeps (the kernel's wake_up_process)."""
@@ -1101,6 +1108,11 @@ cdef class Cpu:
             raise ValueError(f"irq {i} out of range 0..{LGUEST_IRQS - 1}")
         lg_atomic_or(&self.c.irqs_pending, <uint32_t>1 << <unsigned>i)
         self._wakeup.set()
+
+    def run(self, backend, *, timeout=None):
+        """Run the guest through ``backend`` (see lguest.run.run_guest)."""
+        from .run import run_guest
+        return run_guest(self, backend, timeout=timeout)
 
     def __repr__(self):
         return f"<Cpu {self.id} (cython core) eip={self.c.regs.eip:#x}>"

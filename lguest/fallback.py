@@ -11,6 +11,7 @@ storage layout and ``cpu.regs.array`` / ``cpu.idt`` are live views.
 
 from __future__ import annotations
 
+import operator
 import struct
 import threading
 from typing import Any
@@ -346,6 +347,12 @@ class Cpu:
         self.hcall_pending = False
         self.next_hcall = 0
         self.break_out = False
+        self._irq_counts = [0] * LGUEST_IRQS
+
+    @property
+    def irq_counts(self) -> tuple[int, ...]:
+        """How many times each virtual irq was delivered (a 32-tuple)."""
+        return tuple(self._irq_counts)
 
     # --- host-settable fields -------------------------------------------------
     @property
@@ -501,6 +508,7 @@ class Cpu:
         if hi & 0x8000:
             self._clear_pending(irq)
             self._set_guest_interrupt(lo, hi, False)
+            self._irq_counts[irq] += 1
         self._write_timestamp()
 
     def deliver_trap(self, num: int) -> bool:
@@ -614,12 +622,17 @@ class Cpu:
 
     def send_irq(self, irq: int) -> None:
         """The Launcher's LHREQ_IRQ: mark ``irq`` pending and wake the cpu."""
-        if isinstance(irq, bool) or not isinstance(irq, int):
-            raise TypeError("irq must be an int")
+        irq = operator.index(irq)
         if not 0 <= irq < LGUEST_IRQS:
             raise ValueError(f"irq {irq} out of range 0..{LGUEST_IRQS - 1}")
         self._set_pending(irq)
         self.wake()
+
+    def run(self, backend: Any, *, timeout: float | None = None) -> Any:
+        """Run the guest through ``backend`` (see lguest.run.run_guest)."""
+        from .run import run_guest
+
+        return run_guest(self, backend, timeout=timeout)
 
     def __repr__(self) -> str:
         return f"<Cpu {self.id} ({NAME} core) eip={int(self.regs.array[R_EIP]):#x}>"
