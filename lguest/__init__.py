@@ -10,6 +10,7 @@ it was built, unless ``LGUEST_PURE_PYTHON=1`` is set before import;
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from types import ModuleType
@@ -19,6 +20,9 @@ from .clock import SystemClock, VirtualClock, system_clock
 from .constants import *  # noqa: F403 - the ABI numbers are part of the API
 from .memory import GuestMemory
 from .vectors import Host, UsedVectors, VectorBusy
+
+# A library logs, the application decides where it goes.
+logging.getLogger("lguest").addHandler(logging.NullHandler())
 
 try:
     from . import _core as _compiled
@@ -67,3 +71,11 @@ default_idt_entry = core.default_idt_entry
 setup_default_idt_entries = core.setup_default_idt_entries
 
 __version__ = "0.1.0"
+
+__all__ = [  # noqa: RUF022 - grouped by topic, constants come from lguest.constants
+    "CORE", "load_core", "core", "fallback",
+    "GuestMemory", "Host", "UsedVectors", "VectorBusy",
+    "SystemClock", "VirtualClock", "system_clock",
+    "Guest", "Cpu", "Regs",
+    "has_err", "idt_address", "idt_type", "idt_present", "default_idt_entry", "setup_default_idt_entries",
+] + [name for name in dir() if name.isupper() and not name.startswith("_")]

@@ -130,7 +130,7 @@ class Regs:
         self.array = np.zeros(len(REG_NAMES), dtype=np.uint32) if array is None else array
 
     def __repr__(self) -> str:
-        return "Regs(" + ", ".join(f"{n}={int(v):#x}" for n, v in zip(REG_NAMES, self.array)) + ")"
+        return "Regs(" + ", ".join(f"{n}={int(v):#x}" for n, v in zip(REG_NAMES, self.array, strict=True)) + ")"
 
 
 def _reg_property(index: int, name: str) -> property:

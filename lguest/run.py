@@ -192,7 +192,7 @@ def run_guest(cpu: Any, backend: Backend, *, timeout: float | None = None) -> Ru
             before = cpu.irq_counts
             eip = cpu.regs.eip
             cpu.maybe_do_interrupt()
-            for irq, (a, b) in enumerate(zip(before, cpu.irq_counts)):
+            for irq, (a, b) in enumerate(zip(before, cpu.irq_counts, strict=True)):
                 if b != a:
                     stats.irq(irq, b - a, eip)
         if g.dead is not None:

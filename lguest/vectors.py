@@ -66,7 +66,7 @@ class UsedVectors:
 
     def __init__(self, used: Iterable[int] = (), percpu: Iterable[int] = (),
                  owners: dict[int, str] | None = None) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._used: dict[int, str] = {}
         for v in used:
             self._used[_check_vector(v)] = (owners or {}).get(v, "host")
@@ -93,14 +93,15 @@ class UsedVectors:
         with self._lock:
             if v in self._used:
                 return self._used[v]
-        return "per-CPU legacy IRQ %d" % (v - 0x30) if v in self._percpu and 0x30 <= v < 0x40 else (
-            "per-CPU IRQ" if v in self._percpu else None)
+        if v not in self._percpu:
+            return None
+        return f"per-CPU legacy IRQ {v - 0x30}" if 0x30 <= v < 0x40 else "per-CPU IRQ"
 
     def reserve(self, v: int, owner: str = "lguest") -> None:
         """Mark ``v`` used; :class:`VectorBusy` if it already is."""
         _check_vector(v)
         with self._lock:
-            holder = self._used.get(v) or ("per-CPU IRQ" if v in self._percpu else None)
+            holder = self.owner(v)
             if holder is not None:
                 raise VectorBusy(v, f"vector {v} ({v:#x}) is in use by {holder}", holder)
             self._used[v] = owner
@@ -163,7 +164,7 @@ class Host:
             return
         used = self.used_vectors
         with used._lock:
-            holder = used._used.get(v) or ("per-CPU IRQ" if v in used._percpu else None)
+            holder = used.owner(v)
             if holder is None:
                 used._used[v] = "lguest syscall_vector"
                 self._reserved = self._initialised = True
