@@ -20,6 +20,11 @@ from .constants import PAGE_SIZE
 
 MAX_GUEST_MEMORY = 1 << 32  # a non-PAE 32-bit guest addresses 4 GiB at most
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_mprotect = _libc.mprotect
+_mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+_mprotect.restype = ctypes.c_int
+
 
 try:  # Python < 3.12 has no __buffer__: the extension lends a C-level one.
     from ._core import BufferExporter as _Base
@@ -30,12 +35,23 @@ except ImportError:  # pragma: no cover - only without the extension
 class GuestMemory(_Base):  # type: ignore[misc,valid-type]
     """Zero-filled guest RAM backed by an mmap."""
 
-    def __init__(self, size: int) -> None:
-        if not isinstance(size, int) or size <= 0 or size % PAGE_SIZE:
+    def __init__(self, size: int, *, guard_pages: bool = False) -> None:
+        """``size`` bytes of zeroed RAM.  With ``guard_pages`` an inaccessible
+        page sits on each side, so any host access outside guest memory
+        faults at once instead of corrupting a neighbour (for tests and fuzzing)."""
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % PAGE_SIZE:
             raise ValueError(f"guest memory size must be a positive multiple of {PAGE_SIZE}, got {size!r}")
         if size > MAX_GUEST_MEMORY:
             raise ValueError(f"guest memory size {size:#x} exceeds 4 GiB")
-        self._attach(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS), owned=True)
+        guard = PAGE_SIZE if guard_pages else 0
+        mm = mmap.mmap(-1, size + 2 * guard, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if guard:
+            base = ctypes.addressof(ctypes.c_char.from_buffer(mm))
+            for page in (base, base + guard + size):
+                if _mprotect(ctypes.c_void_p(page), ctypes.c_size_t(PAGE_SIZE), 0) != 0:
+                    mm.close()
+                    raise OSError(ctypes.get_errno(), "mprotect of a guard page failed")
+        self._attach(mm, owned=True, offset=guard, size=size)
 
     @classmethod
     def from_mmap(cls, mm: mmap.mmap) -> GuestMemory:
@@ -46,23 +62,26 @@ class GuestMemory(_Base):  # type: ignore[misc,valid-type]
         if size == 0 or size > MAX_GUEST_MEMORY:
             raise ValueError(f"unusable mmap size {size}")
         self = cls.__new__(cls)
-        self._attach(mm, owned=False)
+        self._attach(mm, owned=False, offset=0, size=size)
         return self
 
-    def _attach(self, mm: mmap.mmap, owned: bool) -> None:
+    def _attach(self, mm: mmap.mmap, owned: bool, offset: int, size: int) -> None:
         self._mmap = mm
         self._owned = owned
         # A long-lived export pins the mapping: nobody can close the mmap
         # underneath a core holding a raw pointer into it (mmap.close()
         # raises BufferError while an export exists).
-        self._view = memoryview(mm)
-        if self._view.readonly:
-            self._view.release()
+        whole = memoryview(mm)
+        if whole.readonly:
+            whole.release()
             raise ValueError("guest memory must be writable")
+        self._whole = whole
+        self._view = whole[offset:offset + size]
         probe = ctypes.c_char.from_buffer(mm)
-        self._address = ctypes.addressof(probe)
+        self._address = ctypes.addressof(probe) + offset
         del probe
-        self._size = len(mm)
+        self._guard = offset
+        self._size = size
         if _Base is not object:
             self._set_buffer(self._address, self._size)
         self._users: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -130,7 +149,7 @@ class GuestMemory(_Base):  # type: ignore[misc,valid-type]
 
     def __buffer__(self, flags: int) -> memoryview:  # Python >= 3.12
         self._check_open()
-        return memoryview(self._mmap)
+        return self._view[:]
 
     # --- users and lifetime ---------------------------------------------------
     def _register(self, user: Any) -> None:
@@ -145,11 +164,13 @@ class GuestMemory(_Base):  # type: ignore[misc,valid-type]
         if getattr(self, "_exports", 0):
             raise BufferError("guest memory is still exported (a memoryview is alive); release it first")
         self._view.release()
+        self._whole.release()
         if self._owned:
             try:
                 self._mmap.close()
             except BufferError:
-                self._view = memoryview(self._mmap)
+                self._whole = memoryview(self._mmap)
+                self._view = self._whole[self._guard:self._guard + self._size]
                 raise BufferError("guest memory is still exported (a memoryview is alive); release it first") from None
         self._view = None
         if _Base is not object:
