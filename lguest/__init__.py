@@ -60,6 +60,9 @@ def load_core(name: str | None = None) -> ModuleType:
     raise ValueError(f"unknown core {name!r} (want 'cython' or 'python')")
 
 
+#: The compiled wall clock (a native timer thread), when the extension is built.
+NativeClock = getattr(_compiled, "NativeClock", None)
+
 Guest = core.Guest
 Cpu = core.Cpu
 Regs = core.Regs
@@ -75,7 +78,7 @@ __version__ = "0.1.0"
 __all__ = [  # noqa: RUF022 - grouped by topic, constants come from lguest.constants
     "CORE", "load_core", "core", "fallback",
     "GuestMemory", "Host", "UsedVectors", "VectorBusy",
-    "SystemClock", "VirtualClock", "system_clock",
+    "SystemClock", "VirtualClock", "NativeClock", "system_clock",
     "Guest", "Cpu", "Regs",
     "has_err", "idt_address", "idt_type", "idt_present", "default_idt_entry", "setup_default_idt_entries",
 ] + [name for name in dir() if name.isupper() and not name.startswith("_")]

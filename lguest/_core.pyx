@@ -22,7 +22,6 @@ import threading
 import numpy as np
 
 from . import messages as _messages
-from .clock import system_clock
 from .constants import REG_NAMES
 
 NAME = "cython"
@@ -52,6 +51,159 @@ cdef extern from *:
         struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);
         return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
     }
+
+    /* ---- waking a sleeping run loop: the Launcher task's wake_up_process ---- */
+    #include <errno.h>
+    #include <pthread.h>
+    #include <sched.h>
+    typedef struct { pthread_mutex_t m; pthread_cond_t c; int flag; } lg_waker;
+    static void lg_waker_init(lg_waker *w) {
+        pthread_condattr_t a;
+        pthread_mutex_init(&w->m, NULL);
+        pthread_condattr_init(&a);
+        pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+        pthread_cond_init(&w->c, &a);
+        pthread_condattr_destroy(&a);
+        w->flag = 0;
+    }
+    static void lg_waker_destroy(lg_waker *w) { pthread_cond_destroy(&w->c); pthread_mutex_destroy(&w->m); }
+    static void lg_wake(lg_waker *w) {
+        pthread_mutex_lock(&w->m); w->flag = 1; pthread_cond_broadcast(&w->c); pthread_mutex_unlock(&w->m);
+    }
+    /* Sleep until woken (1) or timeout_ns passes (0); timeout_ns < 0: forever. */
+    static int lg_wait(lg_waker *w, int64_t timeout_ns) {
+        struct timespec ts; int woken;
+        pthread_mutex_lock(&w->m);
+        if (timeout_ns >= 0) {
+            int64_t t = lg_monotonic_ns() + timeout_ns;
+            ts.tv_sec = t / 1000000000LL; ts.tv_nsec = t % 1000000000LL;
+        }
+        while (!w->flag) {
+            int rc = timeout_ns < 0 ? pthread_cond_wait(&w->c, &w->m) : pthread_cond_timedwait(&w->c, &w->m, &ts);
+            if (rc == ETIMEDOUT) break;
+        }
+        woken = w->flag; w->flag = 0;
+        pthread_mutex_unlock(&w->m);
+        return woken;
+    }
+
+    /* ---- the native timer wheel: one thread firing every armed cpu clock ---- */
+    typedef struct lg_timer {
+        struct lg_timer *next;
+        struct lg_wheel *wheel;   /* NULL while not linked */
+        int64_t expiry;           /* CLOCK_REALTIME ns */
+        int64_t period;           /* 0: one-shot, as lguest's; else re-armed (stress tests) */
+        int armed;
+        uint32_t *pending;        /* the cpu's irqs_pending: bit 0 is the clock */
+        int *halted;
+        lg_waker *waker;
+    } lg_timer;
+    typedef struct lg_wheel {
+        pthread_mutex_t m;
+        pthread_cond_t c;
+        pthread_t thread;
+        int running, stop;
+        uint64_t generation, fired, windows;
+        lg_timer *list;
+    } lg_wheel;
+    /* Waits shorter than this are spun (sched_yield), not slept: a condvar
+     * sleep costs ~60 us of timer slack, too coarse for a 100 kHz clock. */
+    #define LG_SPIN_NS 200000
+    static void *lg_wheel_main(void *arg) {
+        lg_wheel *w = (lg_wheel *)arg;
+        pthread_mutex_lock(&w->m);
+        while (!w->stop) {
+            lg_timer *t, *first = NULL;
+            int64_t left;
+            for (t = w->list; t; t = t->next)
+                if (t->armed && (!first || t->expiry < first->expiry)) first = t;
+            if (!first) { pthread_cond_wait(&w->c, &w->m); continue; }
+            left = first->expiry - lg_realtime_ns();
+            if (left <= 0) {
+                /* clockdev_fn: irq 0 pending; wake the cpu if it sleeps. */
+                if (first->period > 0) first->expiry += first->period;
+                else first->armed = 0;
+                w->fired++;
+                /* A fire that found the bit clear opened a new pending window. */
+                if (!(__atomic_fetch_or(first->pending, 1u, __ATOMIC_SEQ_CST) & 1u)) w->windows++;
+                if (__atomic_load_n(first->halted, __ATOMIC_SEQ_CST)) lg_wake(first->waker);
+                continue;
+            }
+            if (left > LG_SPIN_NS) {
+                struct timespec ts; int64_t until = first->expiry - LG_SPIN_NS / 2;
+                ts.tv_sec = until / 1000000000LL; ts.tv_nsec = until % 1000000000LL;
+                pthread_cond_timedwait(&w->c, &w->m, &ts);   /* CLOCK_REALTIME condvar */
+            } else {
+                uint64_t gen = w->generation;
+                int64_t expiry = first->expiry;   /* 'first' may go once unlocked */
+                pthread_mutex_unlock(&w->m);
+                while (lg_realtime_ns() < expiry &&
+                       __atomic_load_n(&w->generation, __ATOMIC_SEQ_CST) == gen)
+                    sched_yield();
+                pthread_mutex_lock(&w->m);
+            }
+        }
+        w->running = 0;
+        pthread_mutex_unlock(&w->m);
+        return NULL;
+    }
+    static void lg_wheel_init(lg_wheel *w) {
+        memset(w, 0, sizeof *w);
+        pthread_mutex_init(&w->m, NULL);
+        pthread_cond_init(&w->c, NULL);
+    }
+    static void lg_timer_unlink_locked(lg_timer *t) {
+        lg_wheel *w = t->wheel; lg_timer **pp;
+        for (pp = &w->list; *pp; pp = &(*pp)->next)
+            if (*pp == t) { *pp = t->next; break; }
+        t->next = NULL; t->wheel = NULL; t->armed = 0;
+    }
+    /* Arm (or re-arm, replacing the expiry) t on w; 0, or an errno. */
+    static int lg_wheel_arm(lg_wheel *w, lg_timer *t, int64_t expiry, int64_t period) {
+        int rc = 0;
+        pthread_mutex_lock(&w->m);
+        if (t->wheel && t->wheel != w) lg_timer_unlink_locked(t);
+        if (!t->wheel) { t->wheel = w; t->next = w->list; w->list = t; }
+        t->expiry = expiry; t->period = period; t->armed = 1;
+        __atomic_add_fetch(&w->generation, 1, __ATOMIC_SEQ_CST);
+        if (!w->running && !w->stop) {
+            rc = pthread_create(&w->thread, NULL, lg_wheel_main, w);
+            if (rc == 0) w->running = 1;
+        }
+        pthread_cond_signal(&w->c);
+        pthread_mutex_unlock(&w->m);
+        return rc;
+    }
+    static void lg_timer_cancel(lg_timer *t) {
+        lg_wheel *w = t->wheel;
+        if (!w) { t->armed = 0; return; }
+        pthread_mutex_lock(&w->m);
+        t->armed = 0;
+        __atomic_add_fetch(&w->generation, 1, __ATOMIC_SEQ_CST);
+        pthread_cond_signal(&w->c);
+        pthread_mutex_unlock(&w->m);
+    }
+    static void lg_timer_detach(lg_timer *t) {
+        lg_wheel *w = t->wheel;
+        if (!w) return;
+        pthread_mutex_lock(&w->m);
+        lg_timer_unlink_locked(t);
+        __atomic_add_fetch(&w->generation, 1, __ATOMIC_SEQ_CST);
+        pthread_cond_signal(&w->c);
+        pthread_mutex_unlock(&w->m);
+    }
+    static void lg_wheel_shutdown(lg_wheel *w) {
+        int was_running;
+        pthread_mutex_lock(&w->m);
+        w->stop = 1;
+        was_running = w->running;
+        pthread_cond_signal(&w->c);
+        while (w->list) lg_timer_unlink_locked(w->list);
+        pthread_mutex_unlock(&w->m);
+        if (was_running) pthread_join(w->thread, NULL);
+        pthread_cond_destroy(&w->c);
+        pthread_mutex_destroy(&w->m);
+    }
     """
     void lg_atomic_or(uint32_t *p, uint32_t v) noexcept nogil
     void lg_atomic_and(uint32_t *p, uint32_t v) noexcept nogil
@@ -62,6 +214,27 @@ cdef extern from *:
     void lg_store32(uint8_t *p, uint32_t v) noexcept nogil
     int64_t lg_realtime_ns() noexcept nogil
     int64_t lg_monotonic_ns() noexcept nogil
+    ctypedef struct lg_waker:
+        pass
+    void lg_waker_init(lg_waker *w) noexcept nogil
+    void lg_waker_destroy(lg_waker *w) noexcept nogil
+    void lg_wake(lg_waker *w) noexcept nogil
+    int lg_wait(lg_waker *w, int64_t timeout_ns) noexcept nogil
+    ctypedef struct lg_wheel:
+        uint64_t fired
+        uint64_t windows
+    ctypedef struct lg_timer:
+        lg_wheel *wheel
+        int64_t expiry
+        int armed
+        uint32_t *pending
+        int *halted
+        lg_waker *waker
+    void lg_wheel_init(lg_wheel *w) noexcept nogil
+    int lg_wheel_arm(lg_wheel *w, lg_timer *t, int64_t expiry, int64_t period) noexcept nogil
+    void lg_timer_cancel(lg_timer *t) noexcept nogil
+    void lg_timer_detach(lg_timer *t) noexcept nogil
+    void lg_wheel_shutdown(lg_wheel *w) noexcept nogil
 
 # --- constants (the same numbers as lguest.constants) ------------------------
 cdef enum:
@@ -752,7 +925,7 @@ cdef class Guest:
         self.g.page_offset = to_u32(page_offset, "page_offset")
         self.g.syscall_vector = host.syscall_vector
         lg_fill_direct(&self.g)
-        self.clock = clock if clock is not None else system_clock()
+        self.clock = clock if clock is not None else native_clock()
         if getattr(self.clock, "realtime", False) is True:
             self.g.clock_kind = CLOCK_REALTIME_KIND
         elif isinstance(getattr(self.clock, "cell", None), np.ndarray) and self.clock.cell.dtype == np.int64:
@@ -927,7 +1100,9 @@ cdef class Cpu:
     cdef readonly object idt
     cdef readonly object gdt
     cdef readonly int id
-    cdef object _wakeup
+    cdef lg_waker waker
+    cdef lg_timer timer
+    cdef object _native_clock   # keeps the wheel alive while our timer may be on it
     cdef public int ts
     cdef public uint32_t pending_notify
     cdef public uint32_t last_pagefault
@@ -949,7 +1124,16 @@ cdef class Cpu:
         self.c.lg = &guest.g
         self.c.regs = self.regs.r
         self.c.idt = &idt_view[0, 0]
-        self._wakeup = threading.Event()
+        self.timer.pending = &self.c.irqs_pending
+        self.timer.halted = &self.c.halted
+        self.timer.waker = &self.waker
+
+    def __cinit__(self, *args, **kwargs):
+        lg_waker_init(&self.waker)
+
+    def __dealloc__(self):
+        lg_timer_detach(&self.timer)
+        lg_waker_destroy(&self.waker)
 
     cdef inline int _check_mem(self) except -1:
         if self.c.lg.mem == NULL:
@@ -1005,12 +1189,16 @@ cdef class Cpu:
     # --- wake-ups -----------------------------------------------------------------------------
     def wake(self):
         """Wake the run loop if it sleeps (the kernel's wake_up_process)."""
-        self._wakeup.set()
+        with nogil:
+            lg_wake(&self.waker)
 
     def wait_for_wakeup(self, timeout=None) -> bool:
-        woken = self._wakeup.wait(timeout)
-        self._wakeup.clear()
-        return woken
+        """Sleep (without the GIL) until wake(), the clock or ``timeout`` seconds."""
+        cdef int64_t ns = -1 if timeout is None else <int64_t>(max(0.0, float(timeout)) * 1e9)
+        cdef int woken
+        with nogil:
+            woken = lg_wait(&self.waker, ns)
+        return bool(woken)
 
     # --- checked guest memory ------------------------------------------------------------------
     def lgread(self, addr, n) -> bytes:
@@ -1085,7 +1273,18 @@ cdef class Cpu:
     def set_clockevent(self, delta_ns):
         """Arm the guest's one-shot timer ``delta_ns`` from now; 0 cancels."""
         cdef uint32_t delta = to_u32(delta_ns, "delta_ns")
+        cdef NativeClock native
         clock = self.guest.clock
+        if isinstance(clock, NativeClock):
+            # The compiled clock fires in C, without the GIL.
+            native = <NativeClock>clock
+            if delta == 0:
+                lg_timer_cancel(&self.timer)
+            else:
+                self._native_clock = native
+                if lg_wheel_arm(&native.wheel, &self.timer, lg_realtime_ns() + delta, 0) != 0:
+                    raise OSError("could not start the clock thread")
+            return
         if delta == 0:
             clock.cancel(self)
             return
@@ -1095,7 +1294,7 @@ cdef class Cpu:
         """clockdev_fn: irq 0 is the timer; wake the cpu if it sleeps."""
         lg_atomic_or(&self.c.irqs_pending, 1)
         if self.c.halted:
-            self._wakeup.set()
+            lg_wake(&self.waker)
 
     def write_timestamp(self):
         self._check_mem()
@@ -1107,7 +1306,7 @@ cdef class Cpu:
         if i < 0 or i >= LGUEST_IRQS:
             raise ValueError(f"irq {i} out of range 0..{LGUEST_IRQS - 1}")
         lg_atomic_or(&self.c.irqs_pending, <uint32_t>1 << <unsigned>i)
-        self._wakeup.set()
+        lg_wake(&self.waker)
 
     def run(self, backend, *, timeout=None):
         """Run the guest through ``backend`` (see lguest.run.run_guest)."""
@@ -1116,6 +1315,91 @@ cdef class Cpu:
 
     def __repr__(self):
         return f"<Cpu {self.id} (cython core) eip={self.c.regs.eip:#x}>"
+
+
+# --- the compiled wall clock ------------------------------------------------------------------
+cdef class NativeClock:
+    """CLOCK_REALTIME with a native timer wheel: one C thread fires the clock
+    event of every compiled Cpu armed on it, without taking the GIL (so a
+    busy Python thread cannot delay it, and 100 kHz clocks are possible).
+
+    Timers of other owners (``arm(key, expiry, callback)`` with a Python
+    callback) are passed to a Python :class:`lguest.clock.SystemClock`.
+    """
+    cdef lg_wheel wheel
+    cdef object _py
+    realtime = True
+
+    def __cinit__(self):
+        lg_wheel_init(&self.wheel)
+
+    def __dealloc__(self):
+        with nogil:
+            lg_wheel_shutdown(&self.wheel)
+
+    @staticmethod
+    def now_ns():
+        return lg_realtime_ns()
+
+    @property
+    def fired(self):
+        """How many compiled-cpu clock events have fired."""
+        return self.wheel.fired
+
+    @property
+    def windows(self):
+        """How many fires found irq 0 not yet pending (each must be delivered once)."""
+        return self.wheel.windows
+
+    def arm_periodic(self, Cpu cpu not None, long long period_ns):
+        """Fire ``cpu``'s clock every ``period_ns`` until cancelled (not in
+        lguest, whose clock is one-shot: a load generator for stress tests)."""
+        if period_ns <= 0:
+            raise ValueError("period must be positive")
+        if cpu.guest.clock is not self:
+            raise ValueError("the cpu's guest does not use this clock")
+        cpu._native_clock = self
+        if lg_wheel_arm(&self.wheel, &cpu.timer, lg_realtime_ns() + period_ns, period_ns) != 0:
+            raise OSError("could not start the clock thread")
+
+    cdef object _python(self):
+        if self._py is None:
+            from .clock import SystemClock
+            self._py = SystemClock()
+        return self._py
+
+    def arm(self, key, expiry_ns, callback):
+        cdef Cpu cpu
+        if isinstance(key, Cpu) and (<Cpu>key).guest.clock is self and callback == key._clock_fired:
+            cpu = <Cpu>key
+            cpu._native_clock = self
+            if lg_wheel_arm(&self.wheel, &cpu.timer, <int64_t>expiry_ns, 0) != 0:
+                raise OSError("could not start the clock thread")
+        else:
+            self._python().arm(key, expiry_ns, callback)
+
+    def cancel(self, key):
+        if isinstance(key, Cpu) and (<Cpu>key).timer.wheel == &self.wheel:
+            lg_timer_cancel(&(<Cpu>key).timer)
+        elif self._py is not None:
+            self._py.cancel(key)
+
+    def armed(self, key):
+        """The expiry armed for ``key`` (ns), or None."""
+        if isinstance(key, Cpu) and (<Cpu>key).timer.wheel == &self.wheel:
+            return (<Cpu>key).timer.expiry if (<Cpu>key).timer.armed else None
+        return None if self._py is None else self._py.armed(key)
+
+
+_native_clock = None
+
+
+def native_clock():
+    """The process-wide compiled wall clock that compiled guests use by default."""
+    global _native_clock
+    if _native_clock is None:
+        _native_clock = NativeClock()
+    return _native_clock
 
 
 # --- benchmark entry points: loops in C over the real delivery code ---------------------------------
