@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .messages import lx
 from .run import Backend, GuestKilled, run_guest
 
 ConsoleSink = Callable[[bytes], None]
@@ -53,6 +54,8 @@ class Launcher:
         """Print the NUL-terminated string at guest-physical ``addr``."""
         mem = self.cpu.guest.memory
         if addr >= mem.size:
+            # lguest's Launcher gave up here ("Bad NOTIFY"); we end the guest.
+            self.cpu.guest.kill(f"Bad NOTIFY {lx(addr)}")
             return
         end = min(mem.size, addr + 65536)
         raw = mem.read(addr, end - addr)

@@ -7,7 +7,7 @@ import os
 
 import pytest
 from hypothesis import HealthCheck, settings
-from lgtest import LD_BLOCKED, LD_IRQ_ENABLED, LD_SYSCALL_VEC, MEM_SIZE, set_regs
+from lgtest import LD_BLOCKED, LD_IRQ_ENABLED, LD_SYSCALL_VEC, MEM_SIZE, load_core_or_fail, pure_python_only, set_regs
 
 import lguest
 
@@ -19,23 +19,6 @@ _common = dict(
 settings.register_profile("ci", max_examples=300, **_common)
 settings.register_profile("long", max_examples=20000, **_common)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-
-def pure_python_only():
-    return os.environ.get("LGUEST_PURE_PYTHON") not in (None, "", "0")
-
-
-def core_names():
-    """The cores that must be tested in this run."""
-    return ["python"] if pure_python_only() else ["python", "cython"]
-
-
-def load_core_or_fail(name):
-    try:
-        return lguest.load_core(name)
-    except Exception as exc:  # ImportError, build problems, ...
-        pytest.fail(f"cannot load the {name} core: {exc!r} "
-                    "(set LGUEST_PURE_PYTHON=1 to test the pure-Python core only)")
-
 
 @pytest.fixture(params=["python", "cython"])
 def core(request):

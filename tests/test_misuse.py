@@ -168,3 +168,15 @@ def test_syscall_vector_is_fixed_once_guests_exist(core) -> None:
     host.new_guest(lguest.GuestMemory(4096), page_offset=0, core=core)
     with pytest.raises(AttributeError):
         host.syscall_vector = 0x42
+
+
+def test_notify_outside_memory_ends_the_guest(core, host) -> None:
+    from lguest.launcher import Launcher
+    from lguest.run import ScriptedBackend
+
+    guest = host.new_guest(lguest.GuestMemory(4 * 4096), page_offset=0, clock=lguest.VirtualClock(), core=core)
+    cpu = guest.new_cpu()
+    guest.lguest_data = 0  # already initialised
+    guest.memory.write(20, b"\xff" * 64)  # empty hypercall ring
+    result = Launcher(cpu, ScriptedBackend([{"trapnum": 31, "eax": 17, "ebx": 0x4000}])).run(timeout=5)
+    assert result.reason == "dead" and result.message == "Bad NOTIFY 0x4000"
