@@ -1,4 +1,7 @@
-"""Build the compiled core (lguest/_core.pyx); everything else is pure Python.
+"""Build the compiled core (lguest/_core.pyx) and the native Unicorn hooks
+(lguest/_uchook.pyx, which needs no Unicorn headers or library at build time:
+it calls libunicorn through function pointers handed over at run time);
+everything else is pure Python.
 
 Set LGUEST_SANITIZE=1 to build with AddressSanitizer and UBSan.
 """
@@ -22,7 +25,13 @@ extensions = [
         ["lguest/_core.pyx"],
         extra_compile_args=extra_compile,
         extra_link_args=extra_link,
-    )
+    ),
+    Extension(
+        "lguest._uchook",
+        ["lguest/_uchook.pyx"],
+        extra_compile_args=extra_compile,
+        extra_link_args=extra_link,
+    ),
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives={"language_level": "3"}))

@@ -738,6 +738,7 @@ cdef class Regs:
     """``struct lguest_regs``: 18 u32 words, attribute access and a numpy view."""
     cdef lg_regs *r
     cdef readonly object array
+    cdef uint32_t[::1] _view   # held for life: numpy then refuses to resize the array under us
 
     def __cinit__(self, array=None):
         cdef uint32_t[::1] view
@@ -746,6 +747,7 @@ cdef class Regs:
         if not isinstance(array, np.ndarray) or array.dtype != np.uint32 or array.shape != (18,):
             raise ValueError("Regs needs a numpy uint32 array of 18 words")
         view = array
+        self._view = view
         self.array = array
         self.r = <lg_regs *>&view[0]
 
@@ -1100,6 +1102,7 @@ cdef class Cpu:
     cdef readonly object idt
     cdef readonly object gdt
     cdef readonly int id
+    cdef uint32_t[:, ::1] _idt_view   # held for life: the IDT cannot be resized under us
     cdef lg_waker waker
     cdef lg_timer timer
     cdef object _native_clock   # keeps the wheel alive while our timer may be on it
@@ -1121,6 +1124,7 @@ cdef class Cpu:
         self.idt = np.zeros((IDT_ENTRIES, 2), dtype=np.uint32)
         self.gdt = np.zeros((32, 2), dtype=np.uint32)
         idt_view = self.idt
+        self._idt_view = idt_view
         self.c.lg = &guest.g
         self.c.regs = self.regs.r
         self.c.idt = &idt_view[0, 0]
@@ -1194,7 +1198,9 @@ cdef class Cpu:
 
     def wait_for_wakeup(self, timeout=None) -> bool:
         """Sleep (without the GIL) until wake(), the clock or ``timeout`` seconds."""
-        cdef int64_t ns = -1 if timeout is None else <int64_t>(max(0.0, float(timeout)) * 1e9)
+        cdef double t = -1.0 if timeout is None else max(0.0, float(timeout))
+        # No timeout, or one beyond ~290 years, means: sleep until woken.
+        cdef int64_t ns = -1 if (t < 0 or not (t < 9.0e9)) else <int64_t>(t * 1e9)
         cdef int woken
         with nogil:
             woken = lg_wait(&self.waker, ns)
@@ -1448,3 +1454,46 @@ def bench_copy_traps(Cpu cpu not None, idt, defaults, long long n) -> int:
             lg_copy_traps(c, tp, dp)
         t1 = lg_monotonic_ns()
     return t1 - t0
+
+
+# --- the native API for an emulator's compiled hook (lguest._uchook) ------------------------
+# A native hook (e.g. a Unicorn UC_HOOK_INTR callback) delivers a direct trap
+# without entering Python: it fills cpu.regs from the emulator, calls
+# set_guest_interrupt through this table and loads the result back.  The
+# layout is versioned; the struct lguest_regs it points at is the ABI's.
+from cpython.pycapsule cimport PyCapsule_New, PyCapsule_GetPointer
+from libc.stdlib cimport malloc, free
+
+ctypedef struct lg_native_api:
+    uint32_t version            # LG_NATIVE_API_VERSION
+    uint32_t size               # sizeof(lg_native_api)
+    void *cpu                   # the lg_cpu, opaque to the caller
+    uint32_t *regs              # struct lguest_regs: 18 u32 (R_* order)
+    uint32_t *irqs_pending      # atomic access only
+    int *dead_code              # non-zero once the guest is killed
+    void (*set_guest_interrupt)(void *cpu, uint32_t lo, uint32_t hi, int has_err) noexcept nogil
+
+cdef enum:
+    LG_NATIVE_API_VERSION = 1
+
+cdef void _api_set_guest_interrupt(void *cpu, uint32_t lo, uint32_t hi, int has_err) noexcept nogil:
+    lg_set_guest_interrupt(<lg_cpu *>cpu, lo, hi, has_err != 0)
+
+cdef void _api_free(object capsule) noexcept:
+    free(PyCapsule_GetPointer(capsule, b"lguest._core.lg_native_api"))
+
+def native_api(Cpu cpu not None):
+    """A PyCapsule ("lguest._core.lg_native_api") holding the C entry points a
+    native emulator hook uses to deliver traps for ``cpu`` (see lguest._uchook).
+    The caller keeps ``cpu`` alive as long as it uses the capsule."""
+    cdef lg_native_api *api = <lg_native_api *>malloc(sizeof(lg_native_api))
+    if api == NULL:
+        raise MemoryError()
+    api.version = LG_NATIVE_API_VERSION
+    api.size = sizeof(lg_native_api)
+    api.cpu = <void *>&cpu.c
+    api.regs = <uint32_t *>cpu.c.regs
+    api.irqs_pending = &cpu.c.irqs_pending
+    api.dead_code = &cpu.c.lg.dead_code
+    api.set_guest_interrupt = _api_set_guest_interrupt
+    return PyCapsule_New(<void *>api, b"lguest._core.lg_native_api", _api_free)

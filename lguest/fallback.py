@@ -223,6 +223,8 @@ class Guest:
     # --- guest memory through lguest's checks -----------------------------------
     def address_ok(self, addr: int, length: int) -> bool:
         """``lguest_address_ok``: the end's page must be below pfn_limit, no wrap."""
+        addr = _check_u32(addr, "addr")
+        length = _check_u32(length, "length")
         end = (addr + length) & U32
         return end // PAGE_SIZE < self.pfn_limit and end >= addr
 
@@ -240,6 +242,7 @@ class Guest:
 
     def ld_read_u32(self, off: int) -> int | None:
         """get_user on a lguest_data field: None if it would fault."""
+        off = _check_u32(off, "off")
         mem = self._mem()
         ld = self._lguest_data
         if ld is None or ld + off + 4 > self._size:
@@ -248,6 +251,8 @@ class Guest:
 
     def ld_write_u32(self, off: int, value: int) -> bool:
         """put_user on a lguest_data field: False (nothing written) if it would fault."""
+        off = _check_u32(off, "off")
+        value = _check_u32(value, "value")
         mem = self._mem()
         ld = self._lguest_data
         if ld is None or ld + off + 4 > self._size:
@@ -411,6 +416,7 @@ class Cpu:
         """__lgread: zeros and a kill if the range is not the guest's."""
         g = self.guest
         addr = _check_u32(addr, "addr")
+        n = _check_u32(n, "n")
         mem = g._mem()
         if not g.address_ok(addr, n):
             g._kill(M.BAD_READ_ADDRESS, addr, n)

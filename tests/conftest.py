@@ -20,6 +20,7 @@ settings.register_profile("ci", max_examples=300, **_common)
 settings.register_profile("long", max_examples=20000, **_common)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+
 @pytest.fixture(params=["python", "cython"])
 def core(request):
     """The core module under test: lguest.fallback or lguest._core."""

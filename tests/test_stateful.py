@@ -71,7 +71,10 @@ class LockstepCores(RuleBasedStateMachine):
 
     @rule(blocked=u32, enabled=st.sampled_from([0, 0x200, 0xFFFFFFFF]))
     def guest_irq_state(self, blocked, enabled) -> None:
-        self.each(lambda g, c: (g.ld_write_u32(LD_BLOCKED_INTERRUPTS, blocked), g.ld_write_u32(LD_IRQ_ENABLED, enabled)))
+        def go(g, c) -> None:
+            g.ld_write_u32(LD_BLOCKED_INTERRUPTS, blocked)
+            g.ld_write_u32(LD_IRQ_ENABLED, enabled)
+        self.each(go)
 
     @rule()
     def maybe_do_interrupt(self) -> None:

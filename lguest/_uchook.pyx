@@ -1,0 +1,786 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Native Unicorn hooks for lguest.unicorn: the guest's fast paths in C.
+
+Unicorn never delivers an interrupt through the IDT: every ``int N`` and
+every exception stops in a UC_HOOK_INTR callback.  The callbacks here are C
+functions registered with libunicorn's ``uc_hook_add`` (function pointers
+taken from the Unicorn wheel's own ``libunicorn.so.2`` at run time, so this
+module builds without Unicorn installed), and they run without the GIL:
+
+* **direct traps** -- a trap whose host IDT entry is a guest trap gate
+  (type 0xF, selector 0x61: what ``copy_traps`` copies for the syscall
+  vector) is delivered right in the hook: the registers go into the core's
+  ``struct lguest_regs``, the compiled core's ``set_guest_interrupt`` pushes
+  the frame, and the CPU is moved to the handler by patching the segment
+  caches, CPL and eip/esp of a saved ``uc_context`` (offsets measured at
+  start-up by lguest.unicorn).  Counted per vector.  Nothing enters Python.
+* everything else (hypercalls, #PF, #GP, #UD, non-direct vectors, a user
+  ``int N`` aimed at a gate whose DPL is below the caller's CPL, faults in
+  the Switcher) records why and stops the emulator synchronously; the
+  Python run loop takes over.
+* UC_HOOK_INSN callbacks give ``in``/``out`` lguest's emulation (reads see
+  ones, writes vanish): Unicorn makes no I/O permission check, so they never
+  fault as they would on lguest;
+* a UC_HOOK_BLOCK callback counts executed guest blocks (virtual time) and
+  stops, at a block boundary and so never mid-instruction, when the block
+  budget to the next virtual timer expiry is used up, when an interrupt the
+  guest would take is pending (the wall clock's C timer thread or
+  ``send_irq`` set the bit), on a break-out request, or at a deadline.
+
+Entering the guest (``run``) puts the CPU in ring 0 on the Switcher's code
+and stack segments (a context patch) and runs the Switcher's trampoline:
+``pop %gs; pop %fs; pop %es; pop %ds; iret`` from a frame built on the
+Switcher stack -- so the real ``iretd`` of the emulated CPU checks and loads
+the guest's segments, as lguest's own Switcher did.
+"""
+
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, int32_t
+from libc.string cimport memset
+from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
+
+import numpy as np
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <stddef.h>
+    #include <string.h>
+    #include <time.h>
+
+    typedef void uh_engine;
+    typedef size_t uh_hookh;
+    typedef int (*uh_hook_add_t)(uh_engine *, uh_hookh *, int, void *, void *, uint64_t, uint64_t, ...);
+    typedef int (*uh_hook_del_t)(uh_engine *, uh_hookh);
+    typedef int (*uh_emu_start_t)(uh_engine *, uint64_t, uint64_t, uint64_t, size_t);
+    typedef int (*uh_emu_stop_t)(uh_engine *);
+    typedef int (*uh_reg_read_t)(uh_engine *, int, void *);
+    typedef int (*uh_reg_write_t)(uh_engine *, int, const void *);
+    typedef int (*uh_context_alloc_t)(uh_engine *, void **);
+    typedef int (*uh_context_io_t)(uh_engine *, void *);
+    typedef int (*uh_free_t)(void *);
+
+    /* Must match lg_native_api in lguest/_core.pyx (version 1). */
+    typedef struct {
+        uint32_t version, size;
+        void *cpu;
+        uint32_t *regs;
+        uint32_t *irqs_pending;
+        int *dead_code;
+        void (*set_guest_interrupt)(void *cpu, uint32_t lo, uint32_t hi, int has_err);
+    } uh_native_api;
+
+    /* struct lguest_regs word indices */
+    enum { R_EAX, R_EBX, R_ECX, R_EDX, R_ESI, R_EDI, R_EBP, R_GS, R_FS, R_DS, R_ES,
+           R_TRAPNUM, R_ERRCODE, R_EIP, R_CS, R_EFLAGS, R_ESP, R_SS, R_NUM };
+    /* qemu segment indices in env->segs[] */
+    enum { S_ES, S_CS, S_SS, S_DS, S_FS, S_GS };
+
+    /* Why the emulator stopped. */
+    enum {
+        UH_NONE = 0,      /* emu_start returned on its own (until reached, error) */
+        UH_TRAP = 1,      /* an exception or int N for the host: trapnum, errcode */
+        UH_SOFT_GP = 2,   /* int N at CPL > gate DPL: becomes #GP(N*8+2) */
+        UH_DIRECT = 3,    /* a direct trap the hook did not deliver (Python does) */
+        UH_SWITCHER = 4,  /* a fault at CPL 0: the Switcher could not enter the guest */
+        UH_BADSEG = 5,    /* a direct trap needs a code/stack segment that is unusable */
+        UH_INVALID = 6,   /* #UD (ud2, vmcall) through UC_HOOK_INSN_INVALID */
+        UH_TIMER = 7,     /* the virtual clock's block budget ran out */
+        UH_IRQ = 8,       /* an interrupt the guest would take is pending */
+        UH_BREAK = 9,     /* break-out request */
+        UH_DEADLINE = 10, /* wall-clock deadline or time slice */
+        UH_MEM = 11,      /* unmapped or protected memory */
+        UH_DEAD = 12      /* the guest was killed during a native delivery */
+    };
+
+    #define UH_EFLAGS_TF 0x100u
+    #define UH_EFLAGS_IF 0x200u
+    #define UH_EFLAGS_NT 0x4000u
+    #define UH_EFLAGS_RF 0x10000u
+    #define UH_EFLAGS_VM 0x20000u
+    /* what a guest keeps of its eflags across an entry: the arithmetic flags,
+     * TF, DF, AC and ID.  IF is always on (the guest's own IF is virtual, in
+     * lguest_data.irq_enabled); IOPL 0, no VM86, no NT. */
+    #define UH_EFLAGS_KEEP 0x00240DD5u
+
+    #define UH_HF_CPL_MASK 3u
+    #define UH_HF_CS32 (1u << 4)
+    #define UH_HF_SS32 (1u << 5)
+    #define UH_HF_ADDSEG (1u << 6)
+    #define UH_HF_INHIBIT_IRQ (1u << 3)
+
+    typedef struct {
+        /* libunicorn */
+        uh_engine *uc;
+        uh_hook_add_t hook_add;
+        uh_hook_del_t hook_del;
+        uh_emu_start_t emu_start;
+        uh_emu_stop_t emu_stop;
+        uh_reg_read_t reg_read;
+        uh_reg_write_t reg_write;
+        uh_context_io_t ctx_save;
+        uh_context_io_t ctx_restore;
+        uint8_t *ctx;                /* a whole saved context */
+        uint8_t *ctx_small;          /* one whose size covers registers and segments only */
+        int reg_ids[R_NUM];          /* Unicorn register ids in lguest_regs order (-1: none) */
+        int reg_cr2;
+        /* uc_context layout, measured by lguest.unicorn (offsets from the uc_context pointer) */
+        int off_regs, off_eip, off_eflags, off_hflags, off_segs, seg_stride;
+        int off_err, off_isint, off_oldexc;
+        /* the Switcher: host memory mapped at switcher_va */
+        uint8_t *switcher;
+        uint32_t switcher_va, switcher_size;
+        uint32_t *gdt;               /* 32 x {a, b}, inside the Switcher */
+        uint32_t tramp_va, until_va, frame_va, frame_off;
+        uint32_t host_cs, host_ss;   /* ring-0 selectors of the Switcher */
+        uint32_t *idt;               /* host IDT (256 x {a, b}) the guest runs with */
+        uint32_t *guest_idt;         /* the guest's own IDT (for the irq check) */
+        /* the core */
+        uh_native_api *api;          /* NULL: direct traps go to Python */
+        uint32_t *regs;              /* cpu.regs.array */
+        uint32_t *pending;           /* the cpu's irqs_pending, or &attention */
+        uint32_t attention;
+        int native_direct;
+        /* guest memory and lguest_data, for "would maybe_do_interrupt deliver?" */
+        uint8_t *mem;
+        uint64_t mem_size;
+        int has_ld;
+        uint32_t ld, noirq_start, noirq_end;
+        /* run control */
+        int stop_flag;               /* atomic: break-out */
+        uint64_t blocks;             /* guest blocks executed, ever */
+        uint64_t budget_end;         /* stop when blocks reaches this (0: no budget) */
+        int64_t deadline_ns;         /* CLOCK_MONOTONIC; 0: none */
+        int64_t slice_ns;            /* stop every slice_ns of wall time; 0: never */
+        int64_t slice_end;
+        /* the exit */
+        int reason;
+        uint32_t trapnum, errcode, cr2, is_int;
+        int mem_type;
+        uint64_t mem_addr;
+        int mem_size_access;
+        /* statistics */
+        uint64_t direct_counts[256];
+        uint64_t stops[16];
+        uint64_t intr_hooks;
+        uint64_t io_count;
+    } uh_state;
+
+    static inline int64_t uh_monotonic_ns(void) {
+        struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    }
+    static inline uint32_t uh_ld32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+    static inline void uh_st32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
+    static inline uint64_t uh_ld64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+    static inline void uh_st64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
+
+    static inline void uh_store_int(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+    static inline void uh_store_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+
+    static inline int uh_has_err(uint32_t trap) {
+        return trap == 8 || (trap >= 10 && trap <= 14) || trap == 17;
+    }
+
+    static void uh_stop(uh_state *st, int reason) {
+        st->reason = reason;
+        if (reason >= 0 && reason < 16) st->stops[reason]++;
+        st->emu_stop(st->uc);
+    }
+
+    /* Load segment register `seg` of the saved context from the Switcher's
+     * GDT, as the CPU's descriptor load would.  kind: 0 data, 1 code, 2 stack;
+     * the code and stack segments must have DPL == RPL == cpl.  Returns 0, or
+     * -1 if the selector is unusable. */
+    static int uh_load_seg(uh_state *st, uint8_t *c, int seg, uint32_t sel, int kind, int cpl) {
+        uint8_t *sc = c + st->off_segs + seg * st->seg_stride;
+        uint32_t idx = (sel & 0xFFFF) >> 3, e1, e2, base, limit, dpl, rpl = sel & 3;
+        if ((sel & 0xFFFC) == 0) {
+            if (kind != 0) return -1;
+            uh_st32(sc, sel & 0xFFFF); uh_st64(sc + 8, 0); uh_st32(sc + 16, 0); uh_st32(sc + 20, 0);
+            return 0;
+        }
+        if ((sel & 4) || idx >= 32) return -1;   /* no LDT; 32 GDT entries */
+        e1 = st->gdt[2 * idx]; e2 = st->gdt[2 * idx + 1];
+        dpl = (e2 >> 13) & 3;
+        if (!(e2 & 0x8000) || !(e2 & 0x1000)) return -1;   /* present, code/data */
+        if (kind == 1) {
+            if (!(e2 & 0x800) || (e2 & 0x400) || dpl != (uint32_t)cpl || rpl != (uint32_t)cpl) return -1;
+        } else if (kind == 2) {
+            if ((e2 & 0x800) || !(e2 & 0x200) || dpl != (uint32_t)cpl || rpl != (uint32_t)cpl) return -1;
+        } else {
+            if ((e2 & 0xA00) == 0x800) return -1;   /* execute-only code */
+            if (!((e2 & 0x800) && (e2 & 0x400)) && (dpl < (uint32_t)cpl || dpl < rpl)) return -1;
+        }
+        base = (e1 >> 16) | ((e2 & 0xFF) << 16) | (e2 & 0xFF000000u);
+        limit = (e1 & 0xFFFF) | (e2 & 0x000F0000u);
+        if (e2 & 0x00800000u) limit = (limit << 12) | 0xFFF;
+        uh_st32(sc, sel & 0xFFFF); uh_st64(sc + 8, base); uh_st32(sc + 16, limit); uh_st32(sc + 20, e2);
+        return 0;
+    }
+
+    /* hflags after the CS/SS caches changed (cpu_x86_load_seg_cache, 32-bit PE). */
+    static void uh_fix_hflags(uh_state *st, uint8_t *c) {
+        uint32_t hf = uh_ld32(c + st->off_hflags);
+        uint32_t csf = uh_ld32(c + st->off_segs + S_CS * st->seg_stride + 20);
+        uint32_t ssf = uh_ld32(c + st->off_segs + S_SS * st->seg_stride + 20);
+        uint64_t bases = uh_ld64(c + st->off_segs + S_DS * st->seg_stride + 8)
+                       | uh_ld64(c + st->off_segs + S_ES * st->seg_stride + 8)
+                       | uh_ld64(c + st->off_segs + S_SS * st->seg_stride + 8);
+        hf &= ~(UH_HF_CPL_MASK | UH_HF_CS32 | UH_HF_SS32 | UH_HF_ADDSEG | UH_HF_INHIBIT_IRQ);
+        hf |= (ssf >> 13) & 3;
+        if (csf & (1u << 22)) hf |= UH_HF_CS32;
+        if (ssf & (1u << 22)) hf |= UH_HF_SS32;
+        if (!(hf & UH_HF_CS32) || bases) hf |= UH_HF_ADDSEG;
+        uh_st32(c + st->off_hflags, hf);
+    }
+
+    /* Deliver trap `num` through host IDT entry (a, b) to the guest, in C.
+     * 0: done, the context holds the handler's state; else the UH_* reason. */
+    static int uh_deliver(uh_state *st, uint8_t *c, uint32_t num, uint32_t a, uint32_t b, int has_err, uint32_t err, int cpl) {
+        uh_native_api *api = st->api;
+        uint32_t *r = api->regs;
+        uint32_t eflags = 0, old_ss, new_cs, new_ss;
+        int new_cpl;
+        st->reg_read(st->uc, st->reg_ids[R_EFLAGS], &eflags);   /* computed flags */
+        r[R_EIP] = (uint32_t)uh_ld64(c + st->off_eip);
+        r[R_ESP] = (uint32_t)uh_ld64(c + st->off_regs + 4 * 8);
+        r[R_CS] = uh_ld32(c + st->off_segs + S_CS * st->seg_stride);
+        old_ss = r[R_SS] = uh_ld32(c + st->off_segs + S_SS * st->seg_stride);
+        r[R_EFLAGS] = eflags;
+        r[R_ERRCODE] = err;
+        api->set_guest_interrupt(api->cpu, a, b, has_err);
+        if (*api->dead_code) return UH_DEAD;
+        new_cs = r[R_CS]; new_ss = r[R_SS];
+        new_cpl = new_cs & 3;
+        if (uh_load_seg(st, c, S_CS, new_cs, 1, new_cpl) != 0) { st->errcode = new_cs & 0xFFFC; return UH_BADSEG; }
+        if (new_ss != old_ss || new_cpl != cpl) {
+            if (uh_load_seg(st, c, S_SS, new_ss, 2, new_cpl) != 0) { st->errcode = new_ss & 0xFFFC; return UH_BADSEG; }
+        }
+        uh_fix_hflags(st, c);
+        uh_st64(c + st->off_eip, r[R_EIP]);
+        uh_st64(c + st->off_regs + 4 * 8, r[R_ESP]);
+        /* The CPU clears TF, NT, RF (and VM) when it takes an interrupt. */
+        uh_st64(c + st->off_eflags, uh_ld64(c + st->off_eflags) & ~(uint64_t)(UH_EFLAGS_TF | UH_EFLAGS_NT | UH_EFLAGS_RF | UH_EFLAGS_VM));
+        return 0;
+    }
+
+    static void uh_on_intr(uh_engine *uc, uint32_t intno, void *user) {
+        uh_state *st = (uh_state *)user;
+        /* Vectors 32..255 only come from int N: no error code, no exception
+         * in flight, so the registers and segments are all we need (a
+         * 5.5 KiB context copy each way otherwise). */
+        uint8_t *c = intno >= 32 && st->ctx_small ? st->ctx_small : st->ctx;
+        uint32_t a = 0, b = 0, err;
+        int cpl, is_int, direct, rc;
+        st->intr_hooks++;
+        st->ctx_save(uc, c);
+        cpl = uh_ld32(c + st->off_hflags) & 3;
+        is_int = intno >= 32 ? 1 : (int)uh_ld32(c + st->off_isint) != 0;
+        err = (!is_int && uh_has_err(intno)) ? uh_ld32(c + st->off_err) : 0;
+        /* Unicorn never clears the exception in flight: without this a second
+         * #GP or #PF would be reported as a double fault. */
+        if (c == st->ctx) uh_st32(c + st->off_oldexc, 0xFFFFFFFFu);
+        st->trapnum = intno; st->errcode = err; st->is_int = is_int;
+        if (intno == 14) {   /* read it now: emu_start's exit path may touch CR2 */
+            uint64_t cr2 = 0; st->reg_read(uc, st->reg_cr2, &cr2); st->cr2 = (uint32_t)cr2;
+        }
+        if (cpl == 0 || intno > 255) {
+            st->ctx_restore(uc, c);
+            uh_stop(st, UH_SWITCHER);
+            return;
+        }
+        a = st->idt[2 * intno]; b = st->idt[2 * intno + 1];
+        if (is_int && (int)((b >> 13) & 3) < cpl) {
+            /* int N at a gate the caller may not use: #GP(N*8+2) at the int. */
+            st->ctx_restore(uc, c);
+            uh_stop(st, UH_SOFT_GP);
+            return;
+        }
+        direct = (b & 0x8000) && ((b >> 8) & 0xF) == 0xF && (a >> 16) == 0x61;
+        if (!direct) {
+            st->ctx_restore(uc, c);
+            uh_stop(st, UH_TRAP);
+            return;
+        }
+        if (!st->native_direct || st->api == NULL) {
+            st->ctx_restore(uc, c);
+            uh_stop(st, UH_DIRECT);
+            return;
+        }
+        rc = uh_deliver(st, c, intno, a, b, !is_int && uh_has_err(intno), err, cpl);
+        st->ctx_restore(uc, c);   /* the handler's state, or the trap's untouched */
+        if (rc != 0) {
+            uh_stop(st, rc);
+            return;
+        }
+        st->direct_counts[intno]++;
+    }
+
+    static int uh_on_invalid(uh_engine *uc, void *user) {
+        uh_state *st = (uh_state *)user;
+        uint8_t *c = st->ctx;
+        st->ctx_save(uc, c);
+        uh_st32(c + st->off_oldexc, 0xFFFFFFFFu);
+        st->ctx_restore(uc, c);
+        st->trapnum = 6; st->errcode = 0; st->is_int = 0;
+        uh_stop(st, UH_INVALID);
+        return 1;   /* "handled": emu_start returns UC_ERR_OK at the stop */
+    }
+
+    static int uh_on_mem_invalid(uh_engine *uc, int type, uint64_t address, int size, int64_t value, void *user) {
+        uh_state *st = (uh_state *)user;
+        st->mem_type = type; st->mem_addr = address; st->mem_size_access = size;
+        uh_stop(st, UH_MEM);
+        return 0;
+    }
+
+    /* in/out.  On lguest they #GP (the guest runs with IOPL 0) and the host
+     * emulates them for the guest kernel: reads see all ones, writes vanish
+     * (emulate_insn).  Unicorn performs no I/O permission check and cannot
+     * fault from these hooks, so the hooks give that result directly --
+     * for user mode too, where real hardware would deliver #GP. */
+    static uint32_t uh_on_in(uh_engine *uc, uint32_t port, int size, void *user) {
+        uh_state *st = (uh_state *)user;
+        uint32_t eax = 0;
+        st->io_count++;
+        st->reg_read(uc, st->reg_ids[R_EAX], &eax);
+        /* emulate_insn: "in" of a byte ORs 16 ones into eax (sic), wider ones set it all */
+        eax = size == 1 ? (eax | 0xFFFFu) : 0xFFFFFFFFu;
+        st->reg_write(uc, st->reg_ids[R_EAX], &eax);
+        return size == 1 ? 0xFFu : size == 2 ? 0xFFFFu : 0xFFFFFFFFu;
+    }
+    static void uh_on_out(uh_engine *uc, uint32_t port, int size, uint32_t value, void *user) {
+        ((uh_state *)user)->io_count++;
+    }
+
+    /* Would lguest's maybe_do_interrupt deliver something at `eip` now? */
+    static inline int uh_irq_ready(uh_state *st, uint32_t eip) {
+        uint32_t pend = __atomic_load_n(st->pending, __ATOMIC_SEQ_CST), blocked, enabled, irq;
+        if (!pend) return 0;
+        if (st->api == NULL) return 1;           /* the Python core: any attention */
+        if (!st->has_ld) return 0;
+        blocked = uh_ld32(st->mem + st->ld + 4);
+        enabled = uh_ld32(st->mem + st->ld);
+        pend &= ~blocked;
+        if (!pend || !(enabled & UH_EFLAGS_IF)) return 0;
+        if (eip >= st->noirq_start && eip < st->noirq_end) return 0;
+        irq = (uint32_t)__builtin_ctz(pend);
+        return (st->guest_idt[2 * (32 + irq) + 1] & 0x8000) != 0;
+    }
+
+    static void uh_on_block(uh_engine *uc, uint64_t address, uint32_t size, void *user) {
+        uh_state *st = (uh_state *)user;
+        if (address >= st->switcher_va) return;   /* the Switcher's own code is not guest time */
+        if (st->budget_end && st->blocks >= st->budget_end) { uh_stop(st, UH_TIMER); return; }
+        if (__atomic_load_n(&st->stop_flag, __ATOMIC_SEQ_CST)) {
+            __atomic_store_n(&st->stop_flag, 0, __ATOMIC_SEQ_CST);
+            uh_stop(st, UH_BREAK); return;
+        }
+        if (uh_irq_ready(st, (uint32_t)address)) { uh_stop(st, UH_IRQ); return; }
+        if ((st->deadline_ns || st->slice_ns) && (st->blocks & 1023) == 0) {
+            int64_t now = uh_monotonic_ns();
+            if ((st->deadline_ns && now >= st->deadline_ns) || (st->slice_ns && now >= st->slice_end)) {
+                uh_stop(st, UH_DEADLINE); return;
+            }
+        }
+        st->blocks++;
+    }
+
+    /* Enter the guest at st->regs and run it until a hook stops it.
+     * Returns Unicorn's uc_err. */
+    static int uh_run(uh_state *st) {
+        uint8_t *c = st->ctx;
+        uint32_t *r = st->regs, *frame;
+        uint32_t v;
+        int i, err;
+        st->reason = UH_NONE;
+        st->trapnum = 256; st->errcode = 0; st->is_int = 0;
+        if (__atomic_load_n(&st->stop_flag, __ATOMIC_SEQ_CST)) {
+            __atomic_store_n(&st->stop_flag, 0, __ATOMIC_SEQ_CST);
+            st->reason = UH_BREAK; st->stops[UH_BREAK]++;
+            return 0;
+        }
+        if (st->slice_ns) st->slice_end = uh_monotonic_ns() + st->slice_ns;
+        /* 1. Ring 0 on the Switcher's segments (from wherever the CPU stopped). */
+        st->ctx_save(st->uc, c);
+        if (uh_load_seg(st, c, S_CS, st->host_cs, 1, 0) || uh_load_seg(st, c, S_SS, st->host_ss, 2, 0)) {
+            st->reason = UH_SWITCHER; return 0;
+        }
+        uh_fix_hflags(st, c);
+        uh_st32(c + st->off_oldexc, 0xFFFFFFFFu);
+        st->ctx_restore(st->uc, c);
+        /* 2. The frame the trampoline pops: gs fs es ds, then iret's. */
+        frame = (uint32_t *)(st->switcher + st->frame_off);
+        frame[0] = r[R_GS] & 0xFFFF; frame[1] = r[R_FS] & 0xFFFF;
+        frame[2] = r[R_ES] & 0xFFFF; frame[3] = r[R_DS] & 0xFFFF;
+        frame[4] = r[R_EIP]; frame[5] = r[R_CS] & 0xFFFF;
+        frame[6] = (r[R_EFLAGS] & UH_EFLAGS_KEEP) | UH_EFLAGS_IF | 2u;
+        frame[7] = r[R_ESP]; frame[8] = r[R_SS] & 0xFFFF;
+        for (i = R_EAX; i <= R_EBP; i++) st->reg_write(st->uc, st->reg_ids[i], &r[i]);
+        v = st->frame_va; st->reg_write(st->uc, st->reg_ids[R_ESP], &v);
+        v = 2; st->reg_write(st->uc, st->reg_ids[R_EFLAGS], &v);
+        /* 3. Run. */
+        err = st->emu_start(st->uc, st->tramp_va, st->until_va, 0, 0);
+        /* 4. The guest's state at the stop (a fault in the Switcher leaves
+         *    the registers as they were: the guest never ran). */
+        if (st->reason != UH_SWITCHER) {
+            for (i = 0; i < R_NUM; i++) {
+                if (st->reg_ids[i] >= 0) {
+                    v = 0; st->reg_read(st->uc, st->reg_ids[i], &v);
+                    r[i] = (i >= R_GS && i <= R_ES) || i == R_CS || i == R_SS ? (v & 0xFFFF) : v;
+                }
+            }
+        }
+        r[R_TRAPNUM] = st->trapnum;
+        r[R_ERRCODE] = st->errcode;
+        return err;
+    }
+    """
+    ctypedef void uh_engine
+    ctypedef size_t uh_hookh
+    ctypedef int (*uh_hook_add_t)(uh_engine *, uh_hookh *, int, void *, void *, uint64_t, uint64_t, ...) noexcept nogil
+    ctypedef int (*uh_hook_del_t)(uh_engine *, uh_hookh) noexcept nogil
+    ctypedef int (*uh_emu_start_t)(uh_engine *, uint64_t, uint64_t, uint64_t, size_t) noexcept nogil
+    ctypedef int (*uh_emu_stop_t)(uh_engine *) noexcept nogil
+    ctypedef int (*uh_reg_read_t)(uh_engine *, int, void *) noexcept nogil
+    ctypedef int (*uh_reg_write_t)(uh_engine *, int, const void *) noexcept nogil
+    ctypedef int (*uh_context_io_t)(uh_engine *, void *) noexcept nogil
+    ctypedef struct uh_native_api:
+        uint32_t version
+        uint32_t size
+        void *cpu
+        uint32_t *regs
+        uint32_t *irqs_pending
+        int *dead_code
+    ctypedef struct uh_state:
+        uh_engine *uc
+        uh_hook_add_t hook_add
+        uh_hook_del_t hook_del
+        uh_emu_start_t emu_start
+        uh_emu_stop_t emu_stop
+        uh_reg_read_t reg_read
+        uh_reg_write_t reg_write
+        uh_context_io_t ctx_save
+        uh_context_io_t ctx_restore
+        uint8_t *ctx
+        uint8_t *ctx_small
+        int reg_ids[18]
+        int reg_cr2
+        int off_regs, off_eip, off_eflags, off_hflags, off_segs, seg_stride
+        int off_err, off_isint, off_oldexc
+        uint8_t *switcher
+        uint32_t switcher_va, switcher_size
+        uint32_t *gdt
+        uint32_t tramp_va, until_va, frame_va, frame_off
+        uint32_t host_cs, host_ss
+        uint32_t *idt
+        uint32_t *guest_idt
+        uh_native_api *api
+        uint32_t *regs
+        uint32_t *pending
+        uint32_t attention
+        int native_direct
+        uint8_t *mem
+        uint64_t mem_size
+        int has_ld
+        uint32_t ld, noirq_start, noirq_end
+        int stop_flag
+        uint64_t blocks
+        uint64_t budget_end
+        int64_t deadline_ns
+        int64_t slice_ns
+        int64_t slice_end
+        int reason
+        uint32_t trapnum, errcode, cr2, is_int
+        int mem_type
+        uint64_t mem_addr
+        int mem_size_access
+        uint64_t direct_counts[256]
+        uint64_t stops[16]
+        uint64_t intr_hooks
+        uint64_t io_count
+    int uh_run(uh_state *st) noexcept nogil
+    void uh_store_int(int *p, int v) noexcept nogil
+    void uh_store_u32(uint32_t *p, uint32_t v) noexcept nogil
+    int64_t uh_monotonic_ns() noexcept nogil
+    void *uh_on_intr_ptr "((void *)uh_on_intr)"
+    void *uh_on_invalid_ptr "((void *)uh_on_invalid)"
+    void *uh_on_mem_invalid_ptr "((void *)uh_on_mem_invalid)"
+    void *uh_on_block_ptr "((void *)uh_on_block)"
+    void *uh_on_in_ptr "((void *)uh_on_in)"
+    void *uh_on_out_ptr "((void *)uh_on_out)"
+    enum:
+        UH_NONE, UH_TRAP, UH_SOFT_GP, UH_DIRECT, UH_SWITCHER, UH_BADSEG, UH_INVALID, UH_TIMER
+        UH_IRQ, UH_BREAK, UH_DEADLINE, UH_MEM, UH_DEAD
+
+REASONS = {
+    UH_NONE: "none", UH_TRAP: "trap", UH_SOFT_GP: "soft_gp", UH_DIRECT: "direct", UH_SWITCHER: "switcher",
+    UH_BADSEG: "badseg", UH_INVALID: "invalid", UH_TIMER: "timer", UH_IRQ: "irq", UH_BREAK: "break",
+    UH_DEADLINE: "deadline", UH_MEM: "mem", UH_DEAD: "dead",
+}
+globals().update({"REASON_" + name.upper(): code for code, name in REASONS.items()})
+
+# UC_HOOK_* numbers (unicorn.h, stable across Unicorn 2)
+cdef enum:
+    UC_HOOK_INTR = 1 << 0
+    UC_HOOK_INSN = 1 << 1
+    UC_HOOK_BLOCK = 1 << 3
+    UC_HOOK_MEM_INVALID = 1008   # unmapped + protection, read/write/fetch
+    UC_HOOK_INSN_INVALID = 1 << 14
+
+
+cdef inline size_t _ptr(object v):
+    return <size_t>int(v)
+
+
+cdef class NativeHooks:
+    """The native half of lguest.unicorn's backend: state shared with the C
+    hooks, the entry/exit sequence and the counters.  Built by
+    lguest.unicorn.UnicornBackend; not a public API."""
+
+    cdef uh_state st
+    cdef uh_hookh handles[6]
+    cdef int nhooks
+    cdef void *ctx_ptr
+    cdef void *ctx_small_ptr
+    cdef object _keep      # objects whose memory the C side points into
+    cdef int insn_in, insn_out
+    cdef object _free
+
+    def __cinit__(self):
+        memset(&self.st, 0, sizeof(uh_state))
+        self.nhooks = 0
+        self.ctx_ptr = NULL
+        self.ctx_small_ptr = NULL
+
+    def __init__(self, *, uc_handle, funcs, reg_ids, reg_cr2, layout, switcher_address, switcher_va,
+                 switcher_size, gdt_offset, tramp_va, until_va, frame_off, host_cs, host_ss,
+                 ctx_alloc, ctx_small_alloc, uc_free, insn_in, insn_out):
+        """``funcs``: addresses of uc_hook_add, uc_hook_del, uc_emu_start,
+        uc_emu_stop, uc_reg_read, uc_reg_write, uc_context_save,
+        uc_context_restore; ``layout``: the measured uc_context offsets."""
+        cdef int i
+        self.st.uc = <uh_engine *>_ptr(uc_handle)
+        self.st.hook_add = <uh_hook_add_t>_ptr(funcs["uc_hook_add"])
+        self.st.hook_del = <uh_hook_del_t>_ptr(funcs["uc_hook_del"])
+        self.st.emu_start = <uh_emu_start_t>_ptr(funcs["uc_emu_start"])
+        self.st.emu_stop = <uh_emu_stop_t>_ptr(funcs["uc_emu_stop"])
+        self.st.reg_read = <uh_reg_read_t>_ptr(funcs["uc_reg_read"])
+        self.st.reg_write = <uh_reg_write_t>_ptr(funcs["uc_reg_write"])
+        self.st.ctx_save = <uh_context_io_t>_ptr(funcs["uc_context_save"])
+        self.st.ctx_restore = <uh_context_io_t>_ptr(funcs["uc_context_restore"])
+        if len(reg_ids) != 18:
+            raise ValueError("reg_ids needs 18 entries")
+        for i in range(18):
+            self.st.reg_ids[i] = reg_ids[i]
+        self.st.reg_cr2 = reg_cr2
+        self.st.off_regs = layout["regs"]
+        self.st.off_eip = layout["eip"]
+        self.st.off_eflags = layout["eflags"]
+        self.st.off_hflags = layout["hflags"]
+        self.st.off_segs = layout["segs"]
+        self.st.seg_stride = layout["seg_stride"]
+        self.st.off_err = layout["error_code"]
+        self.st.off_isint = layout["exception_is_int"]
+        self.st.off_oldexc = layout["old_exception"]
+        self.st.switcher = <uint8_t *>_ptr(switcher_address)
+        self.st.switcher_va = switcher_va
+        self.st.switcher_size = switcher_size
+        self.st.gdt = <uint32_t *>(self.st.switcher + <size_t>gdt_offset)
+        self.st.tramp_va = tramp_va
+        self.st.until_va = until_va
+        self.st.frame_off = frame_off
+        self.st.frame_va = switcher_va + frame_off
+        self.st.host_cs = host_cs
+        self.st.host_ss = host_ss
+        self.st.pending = &self.st.attention
+        self.ctx_ptr = <void *>_ptr(ctx_alloc)
+        self.st.ctx = <uint8_t *>self.ctx_ptr
+        self.ctx_small_ptr = <void *>_ptr(ctx_small_alloc) if ctx_small_alloc else NULL
+        self.st.ctx_small = <uint8_t *>self.ctx_small_ptr
+        self._free = uc_free
+        self._keep = []
+        self.insn_in = insn_in
+        self.insn_out = insn_out
+
+    def install(self):
+        """Register the four native hooks with Unicorn."""
+        cdef int types[4]
+        cdef void *cbs[4]
+        cdef int i, rc
+        if self.nhooks:
+            return
+        types[0] = UC_HOOK_INTR; cbs[0] = uh_on_intr_ptr
+        types[1] = UC_HOOK_INSN_INVALID; cbs[1] = uh_on_invalid_ptr
+        types[2] = UC_HOOK_MEM_INVALID; cbs[2] = uh_on_mem_invalid_ptr
+        types[3] = UC_HOOK_BLOCK; cbs[3] = uh_on_block_ptr
+        for i in range(4):
+            rc = self.st.hook_add(self.st.uc, &self.handles[i], types[i], cbs[i], <void *>&self.st, 1, 0)
+            if rc != 0:
+                raise OSError(f"uc_hook_add failed: error {rc}")
+            self.nhooks += 1
+        rc = self.st.hook_add(self.st.uc, &self.handles[4], UC_HOOK_INSN, uh_on_in_ptr, <void *>&self.st, 1, 0,
+                              <int>self.insn_in)
+        if rc != 0:
+            raise OSError(f"uc_hook_add(IN) failed: error {rc}")
+        self.nhooks += 1
+        rc = self.st.hook_add(self.st.uc, &self.handles[5], UC_HOOK_INSN, uh_on_out_ptr, <void *>&self.st, 1, 0,
+                              <int>self.insn_out)
+        if rc != 0:
+            raise OSError(f"uc_hook_add(OUT) failed: error {rc}")
+        self.nhooks += 1
+
+    def uninstall(self):
+        cdef int i
+        for i in range(self.nhooks):
+            self.st.hook_del(self.st.uc, self.handles[i])
+        self.nhooks = 0
+
+    def close(self):
+        """Remove the hooks and free the context (call before closing Unicorn)."""
+        self.uninstall()
+        if self.ctx_ptr != NULL and self._free is not None:
+            self._free(<size_t>self.ctx_ptr)
+        if self.ctx_small_ptr != NULL and self._free is not None:
+            self._free(<size_t>self.ctx_small_ptr)
+        self.ctx_ptr = NULL
+        self.ctx_small_ptr = NULL
+        self.st.ctx = NULL
+        self.st.ctx_small = NULL
+        self.st.api = NULL
+        self._keep = []
+
+    def bind(self, cpu, regs_array, host_idt, guest_idt, memory_address, memory_size, api_capsule):
+        """Point the hooks at a cpu: its registers, the host and guest IDTs,
+        guest memory and (compiled core) the core's native API capsule."""
+        cdef uint32_t[::1] rv = regs_array
+        cdef uint32_t[:, ::1] hv = host_idt
+        cdef uint32_t[:, ::1] gv = guest_idt
+        cdef uh_native_api *api
+        self.st.regs = &rv[0]
+        self.st.idt = &hv[0, 0]
+        self.st.guest_idt = &gv[0, 0]
+        self.st.mem = <uint8_t *>_ptr(memory_address)
+        self.st.mem_size = memory_size
+        if api_capsule is not None:
+            if not PyCapsule_IsValid(api_capsule, b"lguest._core.lg_native_api"):
+                raise TypeError("not a lguest._core native API capsule")
+            api = <uh_native_api *>PyCapsule_GetPointer(api_capsule, b"lguest._core.lg_native_api")
+            if api.version != 1 or api.regs != self.st.regs:
+                raise ValueError("lguest._core native API mismatch")
+            self.st.api = api
+            self.st.pending = api.irqs_pending
+        else:
+            self.st.api = NULL
+            self.st.pending = &self.st.attention
+        self._keep = [cpu, regs_array, host_idt, guest_idt, api_capsule]
+
+    def set_guest_data(self, lguest_data, uint32_t noirq_start, uint32_t noirq_end):
+        """Where lguest_data is (None: not yet), and the guest's noirq window."""
+        if lguest_data is None or lguest_data + 8 > self.st.mem_size:
+            self.st.has_ld = 0
+            self.st.ld = 0
+        else:
+            self.st.has_ld = 1
+            self.st.ld = lguest_data
+        self.st.noirq_start = noirq_start
+        self.st.noirq_end = noirq_end
+
+    def run(self, uint64_t budget_blocks=0, int64_t deadline_ns=0):
+        """Enter the guest and run it until a hook stops it; the GIL is
+        released meanwhile.  ``budget_blocks``: stop after that many guest
+        blocks (0: no limit).  Returns Unicorn's error code."""
+        cdef int err
+        self.st.budget_end = self.st.blocks + budget_blocks if budget_blocks else 0
+        self.st.deadline_ns = deadline_ns
+        if self.st.regs == NULL or self.st.ctx == NULL:
+            raise RuntimeError("hooks not bound")
+        with nogil:
+            err = uh_run(&self.st)
+        return err
+
+    def request_stop(self):
+        """Stop the running guest at its next block (thread-safe)."""
+        uh_store_int(&self.st.stop_flag, 1)
+
+    def clear_stop(self):
+        uh_store_int(&self.st.stop_flag, 0)
+
+    def poke(self):
+        """Make the running guest stop soon to look at pending irqs (the
+        pure-Python core, whose pending bits C cannot see)."""
+        uh_store_u32(&self.st.attention, 1)
+
+    def clear_poke(self):
+        uh_store_u32(&self.st.attention, 0)
+
+    @property
+    def native_direct(self):
+        return bool(self.st.native_direct)
+
+    @native_direct.setter
+    def native_direct(self, value):
+        self.st.native_direct = 1 if value else 0
+
+    @property
+    def has_native_core(self):
+        return self.st.api != NULL
+
+    @property
+    def slice_ns(self):
+        return self.st.slice_ns
+
+    @slice_ns.setter
+    def slice_ns(self, int64_t value):
+        self.st.slice_ns = value
+
+    @property
+    def reason(self):
+        return self.st.reason
+
+    @property
+    def trapnum(self):
+        return self.st.trapnum
+
+    @property
+    def errcode(self):
+        return self.st.errcode
+
+    @property
+    def is_int(self):
+        return bool(self.st.is_int)
+
+    @property
+    def cr2(self):
+        return self.st.cr2
+
+    @property
+    def mem_fault(self):
+        """(type, address, size) of the last invalid memory access."""
+        return (self.st.mem_type, self.st.mem_addr, self.st.mem_size_access)
+
+    @property
+    def blocks(self):
+        return self.st.blocks
+
+    @property
+    def intr_hooks(self):
+        return self.st.intr_hooks
+
+    @property
+    def io_count(self):
+        """in/out instructions emulated in the hooks."""
+        return self.st.io_count
+
+    def direct_counts(self):
+        """{vector: deliveries} of the native direct path."""
+        cdef int i
+        return {i: self.st.direct_counts[i] for i in range(256) if self.st.direct_counts[i]}
+
+    def stop_counts(self):
+        cdef int i
+        return {REASONS[i]: self.st.stops[i] for i in range(13) if self.st.stops[i]}
+
+
+def monotonic_ns():
+    return uh_monotonic_ns()

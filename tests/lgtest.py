@@ -1,0 +1,68 @@
+"""Helpers and hand-copied ABI numbers shared by the core tests.
+
+The numbers are copied from ABI.md on purpose (not imported from lguest), so
+the tests check the implementation's constants instead of trusting them.
+"""
+
+import os
+
+import pytest
+
+import lguest
+
+PAGE = 4096
+MEM_PAGES = 64
+MEM_SIZE = MEM_PAGES * PAGE
+M32 = 0xFFFFFFFF
+
+# struct lguest_data field offsets (ABI.md section 2)
+LD_IRQ_ENABLED = 0
+LD_BLOCKED = 4
+LD_CR2 = 8
+LD_TIME = 12
+LD_SYSCALL_VEC = 1132
+LD_SIZE = 1136
+
+REG_NAMES = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "gs", "fs", "ds",
+             "es", "trapnum", "errcode", "eip", "cs", "eflags", "esp", "ss")
+
+# gate words: b = handler[31:16] | P | DPL | type
+TRAP_GATE = 0x8F00
+INTR_GATE = 0x8E00
+
+
+def gate(handler, flags=TRAP_GATE, selector=0x61):
+    """(a, b) of an IDT gate to `handler` (as set_trap would store it)."""
+    return ((selector << 16) | (handler & 0xFFFF), (handler & 0xFFFF0000) | flags)
+
+
+def set_regs(cpu, **values):
+    for name, value in values.items():
+        setattr(cpu.regs, name, value)
+
+
+def regs_dict(cpu):
+    return {name: int(getattr(cpu.regs, name)) for name in REG_NAMES}
+
+
+def words(mem, addr, n):
+    """n little-endian u32 words at addr (host-side read)."""
+    return [mem.read_u32(addr + 4 * i) for i in range(n)]
+
+
+def pure_python_only():
+    """LGUEST_PURE_PYTHON=1: only the pure-Python core is tested."""
+    return os.environ.get("LGUEST_PURE_PYTHON") not in (None, "", "0")
+
+
+def core_names():
+    """The cores that must be tested in this run."""
+    return ["python"] if pure_python_only() else ["python", "cython"]
+
+
+def load_core_or_fail(name):
+    try:
+        return lguest.load_core(name)
+    except Exception as exc:  # ImportError, build problems, ...
+        pytest.fail(f"cannot load the {name} core: {exc!r} "
+                    "(set LGUEST_PURE_PYTHON=1 to test the pure-Python core only)")
