@@ -131,10 +131,10 @@ def _progress(launcher: Any, stop: threading.Event) -> None:
         now = time.monotonic()
         cur = dict(launcher.stats)
         dt = now - last_t
-        insns = cur.get("instructions", 0) - last.get("instructions", 0)
+        insns = cur.get("blocks", 0) - last.get("blocks", 0)
         irqs = sum(v for k, v in cur.items() if k.startswith("irq")) - sum(
             v for k, v in last.items() if k.startswith("irq"))
-        sys.stderr.write(f"\r{PROG}: {insns / dt / 1e6:8.2f} M instructions/s  {irqs / dt:10.0f} interrupts/s ")
+        sys.stderr.write(f"\r{PROG}: {insns / dt / 1e6:8.2f} M blocks/s  {irqs / dt:10.0f} interrupts/s ")
         sys.stderr.flush()
         last, last_t = cur, now
     sys.stderr.write("\n")
@@ -150,9 +150,9 @@ def print_summary(stats: dict[str, Any], elapsed: float, out: Any = sys.stdout) 
             print(f"{key:<32} {value:>14}", file=out)
     print("-" * 47, file=out)
     print(f"{'run time (s)':<32} {elapsed:>14.3f}", file=out)
-    insns = stats.get("instructions")
-    if isinstance(insns, int) and elapsed > 0:
-        print(f"{'instructions/s':<32} {insns / elapsed:>14.0f}", file=out)
+    blocks = stats.get("blocks")
+    if isinstance(blocks, int) and elapsed > 0:
+        print(f"{'guest blocks/s':<32} {blocks / elapsed:>14.0f}", file=out)
 
 
 def print_brief(stats: dict[str, Any], elapsed: float, out: Any = sys.stdout) -> None:
@@ -162,9 +162,9 @@ def print_brief(stats: dict[str, Any], elapsed: float, out: Any = sys.stdout) ->
 
     line = (f"{PROG}: {elapsed:.3f} s, {total('irq')} interrupts, {total('direct')} direct traps, "
             f"{total('reflected')} reflected traps, {total('hypercall')} hypercalls")
-    insns = stats.get("instructions")
-    if isinstance(insns, int) and elapsed > 0:
-        line += f", {insns / elapsed / 1e6:.2f} M instructions/s"
+    blocks = stats.get("blocks")
+    if isinstance(blocks, int) and elapsed > 0:
+        line += f", {blocks / elapsed / 1e6:.2f} M guest blocks/s"
     print(line, file=out)
 
 
