@@ -526,3 +526,26 @@ def test_load_elf_rejects_bad_images(tmp_path):
         UnicornLauncher(memory=MEM, page_offset=0x1000)
     with pytest.raises(ValueError):
         UnicornLauncher(memory=MEM, clock="sundial")
+
+
+@pytest.mark.parametrize("bad", ["bad1", "bad2", "bad3"])
+def test_two_guests_in_one_process_one_misbehaves(guests, bad):
+    """Both guests live at once, each on its own thread; the bad one is killed
+    with its reason and released, the good one runs on undisturbed."""
+    import threading
+
+    results = {}
+    with launcher() as good, launcher() as evil:
+        good.load_elf(guests["flat"])
+        evil.load_elf(guests[bad])
+        threads = [threading.Thread(target=lambda lg=lg, k=k: results.__setitem__(k, lg.run(timeout=60)))
+                   for k, lg in (("good", good), ("evil", evil))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+        good_stats = good.stats
+    assert results["evil"].reason == "dead" and results["evil"].message == {
+        "bad1": "bad IDT type 5", "bad2": "bad stack page 0xfffffff", "bad3": "Bad hypercall 99\n"}[bad]
+    assert (results["good"].reason, results["good"].message) == ("dead", "CRASH: bye")
+    assert good_stats["direct_0x80"] == 1003
