@@ -16,6 +16,7 @@ One turn of the loop, in the order lguest's run_guest() takes:
 from __future__ import annotations
 
 import abc
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -144,10 +145,8 @@ class ScriptedBackend(Backend):
 def _host_idt(cpu: Any, backend: Backend) -> np.ndarray:
     idt = getattr(cpu, "host_idt", None)
     if idt is None:
-        from . import load_core
-
         idt = np.zeros((IDT_ENTRIES, 2), dtype=np.uint32)
-        core = load_core("cython" if type(cpu).__module__ == "lguest._core" else "python")
+        core = sys.modules[type(cpu).__module__]  # the cpu's own core
         core.setup_default_idt_entries(idt, backend.default_handlers)
         cpu.host_idt = idt
         cpu.changed |= CHANGED_ALL  # first entry: everything is new to the host
