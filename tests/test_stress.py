@@ -35,6 +35,17 @@ class BusyGuest(Backend):
         r.trapnum = 0x20 + 0x10  # a host interrupt: handle_trap ignores it
 
 
+def _producer(cpu, launcher: Launcher, irq: int, stop: threading.Event, raised: dict[int, int]) -> None:
+    """Raise ``irq`` whenever its bit is clear: each raise opens a new window."""
+    bit = 1 << irq
+    while not stop.is_set():
+        if not cpu.irqs_pending & bit:  # only this thread sets this bit
+            launcher.send_irq(irq)
+            raised[irq] += 1
+        else:
+            time.sleep(0)
+
+
 def _guest(core, clock):
     host = lguest.Host(used_vectors=lguest.UsedVectors(used=range(32)))
     guest = host.new_guest(lguest.GuestMemory(16 * 4096, guard_pages=True), page_offset=0, clock=clock, core=core)
@@ -59,16 +70,7 @@ def test_compiled_100khz_clock_and_send_irq_threads_deliver_exactly_once() -> No
     stop = threading.Event()
     raised = dict.fromkeys(IRQS[1:], 0)
 
-    def producer(irq: int) -> None:
-        bit = 1 << irq
-        while not stop.is_set():
-            if not cpu.irqs_pending & bit:  # a new window: only we set this bit
-                launcher.send_irq(irq)
-                raised[irq] += 1
-            else:
-                time.sleep(0)
-
-    threads = [threading.Thread(target=producer, args=(irq,)) for irq in raised]
+    threads = [threading.Thread(target=_producer, args=(cpu, launcher, irq, stop, raised)) for irq in raised]
     result: list = []
     runner = threading.Thread(target=lambda: result.append(launcher.run(timeout=30)))
     runner.start()
@@ -106,15 +108,6 @@ def test_send_irq_threads_and_the_python_clock_lose_nothing(core) -> None:
     raised = dict.fromkeys(IRQS[1:], 0)
     fired = [0]
 
-    def producer(irq: int) -> None:
-        bit = 1 << irq
-        while not stop.is_set():
-            if not cpu.irqs_pending & bit:  # a new window: only we set this bit
-                launcher.send_irq(irq)
-                raised[irq] += 1
-            else:
-                time.sleep(0)
-
     def clock_tick() -> None:
         # The real clock path: re-arm 10 us ahead from inside the expiry.
         fired[0] += 1
@@ -125,7 +118,7 @@ def test_send_irq_threads_and_the_python_clock_lose_nothing(core) -> None:
         cpu._clock_fired()
         clock_tick()
 
-    threads = [threading.Thread(target=producer, args=(irq,)) for irq in raised]
+    threads = [threading.Thread(target=_producer, args=(cpu, launcher, irq, stop, raised)) for irq in raised]
     result: list = []
     runner = threading.Thread(target=lambda: result.append(launcher.run(timeout=30)))
     runner.start()
