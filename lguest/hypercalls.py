@@ -55,6 +55,7 @@ from .constants import (
     LHCALL_TS,
     RESERVE_MEM,
 )
+from .stats import OTHER
 
 
 class HcallArgs(NamedTuple):
@@ -198,10 +199,12 @@ HYPERCALL_NAMES: dict[int, str] = {
 
 def do_hcall(cpu: Any, args: HcallArgs) -> None:
     """Run one hypercall; an unknown number kills the guest."""
+    handler = HYPERCALLS.get(args.arg0)
     stats = _stats(cpu)
     if stats is not None:
-        stats.hypercall(args.arg0)
-    handler = HYPERCALLS.get(args.arg0)
+        # Validated before it is counted: one key for every unknown number,
+        # not one per number a guest cares to try (the kill names it).
+        stats.hypercall(args.arg0 if handler is not None else OTHER)
     if handler is None:
         cpu.guest.kill(f"Bad hypercall {M.li(args.arg0)}\n")
         return
