@@ -73,19 +73,24 @@ def _vmcall(number: int) -> str:
             "mov 0(%edi), %ebx\nmov 4(%edi), %ecx\nmov 8(%edi), %edx\nvmcall\n")
 
 
+#: SET_CLOCKEVENT(1) and wait for it: irq 0 stays pending from then on.
+_WAKER = (f"mov $0x{C.LHCALL_SET_CLOCKEVENT:x}, %eax\nmov $1, %ebx\nvmcall\n"
+          f"mov $0x{C.LHCALL_HALT:x}, %eax\nvmcall\n")
+
+
 def storms() -> list[Storm]:
     out = []
     for name, number in sorted(HYPERCALLS.items(), key=lambda kv: kv[1]):
         prologue = ""
         body = _vmcall(number)
-        if number == C.LHCALL_HALT:
+        if number in (C.LHCALL_HALT, C.LHCALL_FLUSH_ASYNC):
             # A halted guest with no timer would sleep until the deadline:
             # one timer irq (the guest has no handler, so it stays pending)
             # makes every later HALT return at once.
-            prologue = f"mov $0x{C.LHCALL_SET_CLOCKEVENT:x}, %eax\nmov $1, %ebx\nvmcall\n"
-        elif number == C.LHCALL_FLUSH_ASYNC:
+            prologue = _WAKER
+        if number == C.LHCALL_FLUSH_ASYNC:
             # Queue the row as a ring call (number 0..15: valid, fatal and
-            # unknown ones) in slot (row % 64), then flush.
+            # unknown ones, HALT included) in slot (row % 64), then flush.
             ring = (
                 "mov %edi, %esi\nand $0x3f0, %esi\n"
                 "mov 12(%edi), %eax\nand $0xf, %eax\n"
