@@ -14,6 +14,11 @@ owns the timers of every CPU that uses it:
 
 A timer is keyed by its owner (a Cpu); arming again replaces the expiry,
 like ``hrtimer_start`` on an active hrtimer.
+
+The guest decides how often it re-arms (every SET_CLOCKEVENT hypercall), so
+the heap is kept O(live timers): a replaced or cancelled expiry stays in the
+heap only as a stale entry, and the heap is rebuilt from the live ones as
+soon as stale entries outnumber ``2 * live + 16`` (amortised O(1) per arm).
 """
 
 from __future__ import annotations
@@ -42,9 +47,27 @@ class _Timers:
         seq = next(self._seq)
         self._armed[key] = (expiry, seq, callback)
         heapq.heappush(self._heap, (expiry, seq, key))
+        self._compact()
 
     def _cancel(self, key: Any) -> bool:
-        return self._armed.pop(key, None) is not None
+        if self._armed.pop(key, None) is None:
+            return False
+        self._compact()
+        return True
+
+    def _compact(self) -> None:
+        """Drop stale heap entries once they outnumber ``2 * live + 16``.
+
+        Every live timer has exactly one heap entry (the one whose seq it
+        holds), so ``len(heap) - live`` is the stale count.  Rebuilding costs
+        O(heap), and at least ``live + 16`` re-arms or cancels happen between
+        two rebuilds, so a guest re-arming forever pays amortised O(1) per
+        hypercall and the heap never exceeds ``3 * live + 16`` entries.
+        """
+        live = len(self._armed)
+        if len(self._heap) - live > 2 * live + 16:
+            self._heap = [(expiry, seq, key) for key, (expiry, seq, _) in self._armed.items()]
+            heapq.heapify(self._heap)
 
     def _pop_due(self, now: int) -> list[Callback]:
         due = []

@@ -55,6 +55,7 @@ from .constants import (
     LHCALL_TS,
     RESERVE_MEM,
 )
+from .stats import OTHER
 
 
 class HcallArgs(NamedTuple):
@@ -193,15 +194,18 @@ HYPERCALL_NAMES: dict[int, str] = {
     LHCALL_LOAD_IDT_ENTRY: "LOAD_IDT_ENTRY", LHCALL_SET_STACK: "SET_STACK", LHCALL_TS: "TS",
     LHCALL_SET_CLOCKEVENT: "SET_CLOCKEVENT", LHCALL_HALT: "HALT", LHCALL_SET_PTE: "SET_PTE",
     LHCALL_SET_PMD: "SET_PMD", LHCALL_LOAD_TLS: "LOAD_TLS", LHCALL_NOTIFY: "NOTIFY",
+    OTHER: "unknown",  # how Stats counts every number not in HYPERCALLS
 }
 
 
 def do_hcall(cpu: Any, args: HcallArgs) -> None:
     """Run one hypercall; an unknown number kills the guest."""
+    handler = HYPERCALLS.get(args.arg0)
     stats = _stats(cpu)
     if stats is not None:
-        stats.hypercall(args.arg0)
-    handler = HYPERCALLS.get(args.arg0)
+        # Validated before it is counted: one key for every unknown number,
+        # not one per number a guest cares to try (the kill names it).
+        stats.hypercall(args.arg0 if handler is not None else OTHER)
     if handler is None:
         cpu.guest.kill(f"Bad hypercall {M.li(args.arg0)}\n")
         return

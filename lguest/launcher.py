@@ -3,6 +3,10 @@
 In lguest the Launcher is a user process that reads /dev/lguest to run the
 guest; each read returns when the guest NOTIFYs an address.  An address that
 is not a device is the early console: a NUL-terminated string in guest memory.
+
+The guest decides how much it prints, so the host keeps only a ring of the
+last ``console_limit`` bytes (every chunk still goes to the sink as it comes)
+and reads at most :data:`NOTIFY_MAX` bytes of string per NOTIFY.
 """
 
 from __future__ import annotations
@@ -16,6 +20,19 @@ from .messages import lx
 from .run import Backend, GuestKilled, run_guest
 
 ConsoleSink = Callable[[bytes], None]
+
+#: Bytes of early-console output the Launcher keeps by default (the newest).
+DEFAULT_CONSOLE_LIMIT = 1 << 20
+
+#: The longest string one NOTIFY prints: a string with no NUL within this
+#: many bytes (or before the end of memory) is cut there.  lguest's Launcher
+#: scanned to the end of guest memory; a bound keeps one hypercall's host work
+#: and its temporary copy small whatever the memory size.
+NOTIFY_MAX = 65536
+
+#: The first read of a NOTIFY string; later reads double, so the scan costs
+#: O(string length), not NOTIFY_MAX, for the usual short line.
+_NOTIFY_FIRST_READ = 256
 
 
 @dataclass
@@ -31,11 +48,16 @@ class Launcher:
     """Drives one cpu through a backend, handling NOTIFY as lguest's Launcher did."""
 
     def __init__(self, cpu: Any, backend: Backend, *, console: ConsoleSink | Any = None,
-                 devices: dict[int, Callable[[int], None]] | None = None) -> None:
+                 devices: dict[int, Callable[[int], None]] | None = None,
+                 console_limit: int = DEFAULT_CONSOLE_LIMIT) -> None:
         self.cpu = cpu
         self.backend = backend
         self.devices = dict(devices or {})
         self._console = bytearray()
+        self._console_limit = 0
+        #: Early-console bytes dropped from the front of the ring so far.
+        self.console_dropped = 0
+        self.console_limit = console_limit
         if console is None:
             self._sink: ConsoleSink | None = None
         elif callable(console):
@@ -47,8 +69,57 @@ class Launcher:
 
     @property
     def console(self) -> bytes:
-        """Everything the guest printed through the early console."""
+        """The last ``console_limit`` bytes the guest printed through the early console."""
         return bytes(self._console)
+
+    @property
+    def console_limit(self) -> int:
+        """How many of the newest console bytes are kept (0: none)."""
+        return self._console_limit
+
+    @console_limit.setter
+    def console_limit(self, limit: int) -> None:
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise TypeError("console_limit must be an int")
+        if limit < 0:
+            raise ValueError("console_limit must be >= 0")
+        self._console_limit = limit
+        self._trim()
+
+    def _trim(self) -> None:
+        excess = len(self._console) - self._console_limit
+        if excess > 0:
+            # Deleting from the front of a bytearray is amortised O(1) in
+            # CPython (it moves the start), so the ring costs O(chunk).
+            del self._console[:excess]
+            self.console_dropped += excess
+
+    def _keep(self, chunk: bytes) -> None:
+        limit = self._console_limit
+        if len(chunk) >= limit:  # the chunk alone fills the ring
+            self.console_dropped += len(self._console) + len(chunk) - limit
+            self._console[:] = chunk[len(chunk) - limit:]
+            return
+        self._console += chunk
+        self._trim()
+
+    def _read_string(self, addr: int) -> bytes:
+        """The NUL-terminated string at ``addr``, cut at NOTIFY_MAX or the end of memory."""
+        mem = self.cpu.guest.memory
+        end = min(mem.size, addr + NOTIFY_MAX)
+        parts: list[bytes] = []
+        pos, step = addr, _NOTIFY_FIRST_READ
+        while pos < end:
+            n = min(step, end - pos)
+            raw = mem.read(pos, n)
+            nul = raw.find(b"\0")
+            if nul >= 0:
+                parts.append(raw[:nul])
+                break
+            parts.append(raw)
+            pos += n
+            step *= 2
+        return b"".join(parts)
 
     def early_console(self, addr: int) -> None:
         """Print the NUL-terminated string at guest-physical ``addr``."""
@@ -57,10 +128,8 @@ class Launcher:
             # lguest's Launcher gave up here ("Bad NOTIFY"); we end the guest.
             self.cpu.guest.kill(f"Bad NOTIFY {lx(addr)}")
             return
-        end = min(mem.size, addr + 65536)
-        raw = mem.read(addr, end - addr)
-        chunk = raw.split(b"\0", 1)[0]
-        self._console += chunk
+        chunk = self._read_string(addr)
+        self._keep(chunk)
         if self._sink is not None:
             self._sink(chunk)
 

@@ -1,10 +1,19 @@
-"""Counters and an optional trace of what the host did for a guest (not in lguest)."""
+"""Counters and an optional trace of what the host did for a guest (not in lguest).
+
+Every structure here has a fixed size whatever the guest does: the counters
+are keyed by a number the guest influences (a hypercall or trap number), so
+each holds at most :attr:`Stats.MAX_KEYS` keys and counts anything beyond
+under :data:`OTHER`; the trace is a ring of ``trace_size`` events.
+"""
 
 from __future__ import annotations
 
 import time
 from collections import Counter, deque
 from typing import Any, NamedTuple
+
+#: The key that counts unknown hypercall numbers, and any key past the cap.
+OTHER = -1
 
 
 class TraceEvent(NamedTuple):
@@ -16,6 +25,10 @@ class TraceEvent(NamedTuple):
 
 class Stats:
     """Per-cpu counters; ``trace`` keeps the last ``trace_size`` events when enabled."""
+
+    #: Distinct keys a counter may hold (every vector 0..255 plus the
+    #: Switcher's 256); later new keys count under :data:`OTHER`.
+    MAX_KEYS = 257
 
     def __init__(self, trace_size: int = 0) -> None:
         self.hypercalls: Counter[int] = Counter()
@@ -29,17 +42,24 @@ class Stats:
         if self.trace is not None:
             self.trace.append(TraceEvent(time.monotonic_ns(), vector, eip, kind))
 
+    @classmethod
+    def _count(cls, counter: Counter[int], key: int, n: int = 1) -> None:
+        if key not in counter and len(counter) >= cls.MAX_KEYS:
+            key = OTHER
+        counter[key] += n
+
     def hypercall(self, num: int) -> None:
-        self.hypercalls[num] += 1
+        """Count hypercall ``num`` (the caller passes OTHER for an unknown number)."""
+        self._count(self.hypercalls, num)
         if self.trace is not None:
             self._event(0x1F, 0, "hcall")
 
     def reflected(self, trapnum: int, eip: int) -> None:
-        self.reflected_traps[trapnum] += 1
+        self._count(self.reflected_traps, trapnum)
         self._event(trapnum, eip, "reflect")
 
     def direct(self, vector: int, count: int = 1) -> None:
-        self.direct_traps[vector] += count
+        self._count(self.direct_traps, vector, count)
 
     def irq(self, irq: int, count: int, eip: int) -> None:
         """Trace a delivery (the counts themselves live in ``cpu.irq_counts``)."""

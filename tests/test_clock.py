@@ -232,3 +232,81 @@ def test_system_clock_class(core, host, mem):
     assert woke["v"] is True
     assert c.irqs_pending == 1
     assert c.halted is True
+
+
+# --- hostile re-arming: the timer heap stays O(live timers) ---------------------------------
+# A guest may re-arm SET_CLOCKEVENT on every hypercall with ever earlier (or
+# ever later) deadlines, or arm and cancel forever.  Each re-arm leaves the old
+# expiry behind in the heap; the clocks compact it, so memory is bounded by the
+# number of live timers (the bound below is the documented one: stale entries
+# never exceed 2 x live + 16, so the heap holds at most 3 x live + 16).
+STORM = 20_000
+
+
+def heap_bound(live):
+    return 3 * live + 16
+
+
+def test_ever_earlier_rearm_keeps_the_heap_small(cpu, clock):
+    clock.advance(1000)
+    for i in range(STORM):
+        cpu.set_clockevent(0xFFFFFFFF - i)
+        assert len(clock._heap) <= heap_bound(1)
+    # Re-arming replaced: only the last deadline is armed, and it fires once.
+    last = 1000 + 0xFFFFFFFF - (STORM - 1)
+    assert clock.armed(cpu) == last
+    assert clock.next_expiry() == last
+    clock.advance(last - 1 - clock.now_ns())
+    assert cpu.irqs_pending == 0
+    clock.advance(1)
+    assert cpu.irqs_pending == 1 and clock.fired == 1
+    cpu.irqs_pending = 0
+    clock.advance(2 * 0xFFFFFFFF)  # every stale expiry has passed: none fires
+    assert cpu.irqs_pending == 0 and clock.fired == 1
+    assert clock.next_expiry() is None
+
+
+def test_ever_later_rearm_and_cancel_storms_keep_the_heap_small(cpu, clock):
+    for i in range(STORM):
+        cpu.set_clockevent(1 + i)
+        assert len(clock._heap) <= heap_bound(1)
+    assert clock.armed(cpu) == STORM
+    for _ in range(STORM):
+        cpu.set_clockevent(5)
+        cpu.set_clockevent(0)  # cancel
+        assert len(clock._heap) <= heap_bound(0)
+    assert clock.armed(cpu) is None and clock.next_expiry() is None
+    clock.advance(10**10)
+    assert cpu.irqs_pending == 0 and clock.fired == 0
+
+
+def test_many_cpus_rearming_keep_the_heap_small(guest, clock):
+    cpus = [guest.new_cpu() for _ in range(8)]
+    for i in range(STORM // 8):
+        for n, c in enumerate(cpus):
+            c.set_clockevent(10**9 - i * 8 - n)
+        assert len(clock._heap) <= heap_bound(len(cpus))
+    # Every cpu's own last deadline fires, once, in deadline order.
+    expiries = [clock.armed(c) for c in cpus]
+    assert expiries == [10**9 - (STORM // 8 - 1) * 8 - n for n in range(8)]
+    clock.advance(min(expiries))
+    assert [c.irqs_pending for c in cpus] == [0] * 7 + [1]
+    clock.advance(max(expiries) - min(expiries))
+    assert [c.irqs_pending for c in cpus] == [1] * 8 and clock.fired == 8
+
+
+def test_system_clock_ever_earlier_rearm_keeps_the_heap_small(core, host, mem):
+    clk = lguest.SystemClock()
+    g = host.new_guest(mem, page_offset=0, clock=clk, core=core)
+    c = g.new_cpu()
+    try:
+        for i in range(STORM):
+            c.set_clockevent(0xFFFFFFFF - i)  # ~4 s away: none fires during the storm
+            assert len(clk._heap) <= heap_bound(1)
+        c.set_clockevent(1_000_000)  # re-arming replaces: 1 ms from now
+        assert _wait_for(lambda: c.irqs_pending == 1, 3.0)
+        time.sleep(0.05)
+        assert clk.fired == 1  # the 20000 replaced deadlines never fire
+    finally:
+        c.set_clockevent(0)
+    assert len(clk._heap) <= heap_bound(0)

@@ -103,6 +103,86 @@ def test_empty_string_prints_nothing(kcpu, mem):
     assert launcher.console == b""
 
 
+# --- the early console is a bounded ring ------------------------------------------------------
+class Printer(Backend):
+    """A guest that prints ``count`` distinct lines, one NOTIFY each, then dies."""
+
+    def __init__(self, mem, count, width=100, at=0x2000):
+        self.mem, self.count, self.width, self.at = mem, count, width, at
+        self.printed = bytearray()
+        self.n = 0
+
+    def line(self, i):
+        return f"{i:08d}".encode().ljust(self.width - 1, b"x") + b"\n"
+
+    def run_guest(self, cpu, idt, changed):
+        if self.n == self.count:
+            cpu.guest.kill("done")
+            return
+        text = self.line(self.n)
+        self.mem.write(self.at, text + b"\0")
+        self.printed += text
+        self.n += 1
+        set_regs(cpu, **hc(17, self.at))
+
+
+def test_console_default_limit_is_one_mib(kcpu):
+    launcher = Launcher(kcpu, ScriptedBackend([]))
+    assert launcher.console_limit == 1 << 20 and launcher.console_dropped == 0
+
+
+@pytest.mark.parametrize("limit", [0, 1, 150, 4096])
+def test_console_keeps_the_last_limit_bytes_and_streams_everything(kcpu, mem, limit):
+    chunks = []
+    backend = Printer(mem, 3000)
+    launcher = Launcher(kcpu, backend, console=chunks.append, console_limit=limit)
+    assert launcher.run(timeout=30) == RunResult("dead", "done")
+    total = bytes(backend.printed)
+    assert len(total) == 300_000
+    assert b"".join(chunks) == total  # the sink saw every byte, in order
+    assert launcher.console == total[len(total) - limit:]  # the ring: the newest bytes
+    assert launcher.console_dropped == len(total) - limit
+
+
+def test_console_limit_bounds_host_memory_in_a_notify_storm(kcpu, mem):
+    # 3000 NOTIFYs of 4 KiB each: 12 MiB printed, at most 64 KiB kept.
+    backend = Printer(mem, 3000, width=4096)
+    launcher = Launcher(kcpu, backend, console_limit=64 << 10)
+    launcher.run(timeout=60)
+    assert len(launcher.console) == 64 << 10
+    assert launcher.console_dropped == 3000 * 4096 - (64 << 10)
+    assert launcher.console.endswith(backend.line(2999))
+
+
+def test_console_limit_can_be_lowered_later(kcpu, mem):
+    launcher = Launcher(kcpu, Printer(mem, 10))
+    launcher.run(timeout=5)
+    assert len(launcher.console) == 1000
+    launcher.console_limit = 250  # e.g. UnicornLauncher's .launcher, after setup
+    assert launcher.console == Printer(mem, 0).line(7)[-50:] + Printer(mem, 0).line(8) + Printer(mem, 0).line(9)
+    assert launcher.console_dropped == 750
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "1", None, True])
+def test_console_limit_must_be_a_non_negative_int(kcpu, bad):
+    with pytest.raises((TypeError, ValueError)):
+        Launcher(kcpu, ScriptedBackend([]), console_limit=bad)
+
+
+def test_one_notify_reads_at_most_64_kib(kcpu, mem):
+    # No NUL for 128 KiB: one NOTIFY prints the first NOTIFY_MAX bytes, and
+    # a string that runs into the end of memory stops there.
+    from lguest.launcher import NOTIFY_MAX
+    assert NOTIFY_MAX == 65536
+    mem.write(0x10000, b"A" * (mem.size - 0x10000))
+    chunks = []
+    end = mem.size - 10
+    backend = ScriptedBackend([hc(17, 0x10000), hc(17, end), shutdown(mem, b"x", at=0x3000)])
+    launcher = Launcher(kcpu, backend, console=chunks.append)
+    launcher.run(timeout=5)
+    assert [len(c) for c in chunks] == [NOTIFY_MAX, 10]
+
+
 # --- RunResult reasons -----------------------------------------------------------------------
 def test_result_dead(kcpu):
     launcher = Launcher(kcpu, ScriptedBackend([0]))  # trap 0, no handler
