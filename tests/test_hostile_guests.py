@@ -147,6 +147,33 @@ def test_every_host_page_is_out_of_reach(access_images, core, op, ring, paged):
             assert (result.reason, result.message) == ("dead", SWITCHER_KILL), hex(target)
 
 
+@pytest.mark.parametrize("op,page,expected", [
+    ("read", GDT_PAGE, None),  # the GDT: readable, even through an alias at ring 3
+    ("read", SWITCHER + 0x3000, SWITCHER_KILL),  # the CPU's page directory (PROT_NONE)
+    ("read", SWITCHER, SWITCHER_KILL),  # unmapped
+    ("write", GDT_PAGE, SWITCHER_KILL),  # Unicorn reports the physical address: a host page
+    ("jump", GDT_PAGE, SWITCHER_KILL),
+])
+def test_guest_page_table_aliases_of_host_pages(access_images, core, op, page, expected):
+    """A paged guest's own page table maps a user page onto a host page's
+    *physical* address (Unicorn walks the guest's second-level tables
+    itself): the same containment holds, by Unicorn's region protections."""
+    image, sym = access_images[3]
+    alias = 0x300000  # beyond the 1 MiB of RAM: free in the initial page table
+    with launcher(core, page_offset=PAGED) as lg:
+        pgd = lg.guest.pgdir
+        table = lg.memory.read_u32(pgd) & ~0xFFF
+        lg.memory.write_u32(table + 4 * (alias >> 12), page | 0x67)  # present, writable, user, A, D
+        lg.load_flat(image, 0x1000, 0x1000)
+        lg.memory.write(0x4000, struct.pack("<II", alias, ("read", "write", "jump").index(op)))
+        result = lg.run(timeout=5)
+        eax = lg.cpu.regs.eax
+    if expected is None:
+        assert (result.reason, result.message, eax) == ("dead", unhandled(13, sym["after_read"], 0), 0)
+    else:
+        assert (result.reason, result.message) == ("dead", expected)
+
+
 # --- 2. the planted-bytes hang (the bug this file was written for) ------------------------------------------
 # Old design: the entry frame on the Switcher stack (0xFFC02FDC..0xFFC02FFF,
 # mapped executable) held the guest's esp at 0xFFC02FF8.  A guest with esp =
@@ -413,6 +440,8 @@ def test_second_run_and_teardown_during_a_run(tmp_path, core):
         time.sleep(0.01)
     with pytest.raises(RuntimeError, match="already running"):
         lg.run(timeout=0.1)
+    with pytest.raises(RuntimeError, match="already running"):
+        lg.launcher.run(timeout=0.1)  # the generic Launcher's own lock
     with pytest.raises(RuntimeError, match="in use"):
         lg.memory.close()  # Unicorn maps it
     t0 = time.monotonic()
