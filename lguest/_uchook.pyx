@@ -27,11 +27,12 @@ module builds without Unicorn installed), and they run without the GIL:
   guest would take is pending (the wall clock's C timer thread or
   ``send_irq`` set the bit), on a break-out request, or at a deadline.
 
-Entering the guest (``run``) puts the CPU in ring 0 on the Switcher's code
-and stack segments (a context patch) and runs the Switcher's trampoline:
-``pop %gs; pop %fs; pop %es; pop %ds; iret`` from a frame built on the
-Switcher stack -- so the real ``iretd`` of the emulated CPU checks and loads
-the guest's segments, as lguest's own Switcher did.
+Entering the guest (``run``) is a context patch: the segment checks the
+Switcher's ``pop %gs; pop %fs; pop %es; pop %ds; iretd`` made are made in C
+(``uh_entry_seg``, same order, same traps and error codes), the guest's
+segments, eip, esp and flags are written into the CPU state and Unicorn
+starts at the guest's eip.  No host code runs in the emulator, so every
+block is the guest's (see uh_on_block).
 """
 
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, int32_t
@@ -81,7 +82,7 @@ cdef extern from *:
         UH_TRAP = 1,      /* an exception or int N for the host: trapnum, errcode */
         UH_SOFT_GP = 2,   /* int N at CPL > gate DPL: becomes #GP(N*8+2) */
         UH_DIRECT = 3,    /* a direct trap the hook did not deliver (Python does) */
-        UH_SWITCHER = 4,  /* a fault at CPL 0: the Switcher could not enter the guest */
+        UH_SWITCHER = 4,  /* the entry refused the guest's segments (trapnum, errcode) */
         UH_BADSEG = 5,    /* a direct trap needs a code/stack segment that is unusable */
         UH_INVALID = 6,   /* #UD (ud2, vmcall) through UC_HOOK_INSN_INVALID */
         UH_TIMER = 7,     /* the virtual clock's block budget ran out */

@@ -9,21 +9,29 @@ through :func:`lguest.run.run_guest`.
 How the pieces map onto lguest
 ------------------------------
 
-* **The Switcher** (host-owned, at 0xFFC00000, never in guest RAM, mapped
-  read+exec only so the guest cannot write it): the trampoline that enters
-  the guest (``pop %gs; pop %fs; pop %es; pop %ds; iret``, the end of
-  lguest's switch_to_guest), the 256 default IDT stubs the host IDT points
-  at, the GDT (the guest's 32 entries plus the Switcher's ring-0 LGUEST_CS,
-  LGUEST_DS and TSS), the TSS (esp1/ss1 mirror SET_STACK), the host IDT
-  that ``copy_traps`` fills, the ring-0 stack holding the entry frame, and
-  -- when paging -- the top-level page table the CPU really uses (a
-  shadow of the guest's page directory whose last entry maps the Switcher,
-  as lguest's shadow tables did) and the Switcher's own page table.
-* **Entering the guest**: the CPU is put in ring 0 on the Switcher's
-  segments by patching a saved ``uc_context`` (Unicorn checks segment
-  loads against the current CPL, so ``reg_write`` cannot leave ring 3),
-  then the Switcher's real ``iretd`` enters ring 1 or 3 from a frame on the
-  Switcher stack, checking the guest's selectors as the hardware would.
+* **The Switcher** (host-owned, at 0xFFC00000, never in guest RAM): the
+  addresses of the 256 default IDT stubs the host IDT points at, the TSS
+  (esp1/ss1 mirror SET_STACK), the GDT (the guest's 32 entries plus the
+  Switcher's ring-0 LGUEST_CS, LGUEST_DS and TSS), the host IDT that
+  ``copy_traps`` fills, and -- when paging -- the top-level page table the
+  CPU really uses (a shadow of the guest's page directory whose last entry
+  maps the Switcher, as lguest's shadow tables did) and the Switcher's own
+  page table.  Of all this the emulated CPU can reach only the GDT's page,
+  read-only (it reads descriptors at the guest's privilege level); the
+  page tables are mapped PROT_NONE (Unicorn's page walker reads physical
+  memory unchecked) and the rest is not mapped at all, so any other guest
+  access to the host range is killed (``attempt to access switcher
+  pages``).  See "Emulator containment" in docs/SECURITY.md.
+* **Entering the guest** is a saved-``uc_context`` patch (Unicorn checks
+  segment loads against the current CPL, so ``reg_write`` cannot leave
+  ring 3): the checks lguest's Switcher left to ``pop %gs; pop %fs;
+  pop %es; pop %ds; iretd`` at ring 0 are made in C, in that order and
+  with the trap numbers and error codes Unicorn's own instructions raise,
+  then the guest's segments, eip, esp and flags are written and Unicorn
+  starts at the guest's eip.  No host instruction runs in the emulator, so
+  every block it runs is the guest's, counts toward the clock and the
+  deadline, and sees a break-out.  A code selector of RPL 0 is refused
+  (the guest never runs at CPL 0).
 * **Direct traps** (the guest's syscall gate, and any trap gate
   ``copy_traps`` copies) are delivered inside a native UC_HOOK_INTR
   callback by the compiled core (:mod:`lguest._uchook`); the guest runs
@@ -48,12 +56,22 @@ How the pieces map onto lguest
   the fault (``demand_page``).
 
 Exits the host adds to lguest's kill messages: ``lguest: trap N (0xE)
-entering the guest at 0x...`` (the Switcher's ``iret`` or segment pops
-faulted on the guest's state, e.g. after a LOAD_GDT that removed the
-segment in use), ``lguest: bad segment 0x.. delivering trap N`` (a direct
+entering the guest at 0x...`` (the entry's segment checks refused the
+guest's state -- the trap the Switcher's ``pop``/``iret`` would have raised,
+e.g. after a LOAD_GDT that removed the segment in use, or an RPL-0 code
+selector), ``lguest: bad segment 0x.. delivering trap N`` (a direct
 trap's code or stack segment is unusable), ``attempt to access switcher
-pages`` (lguest's own words, for a write to or a run into the Switcher) and
-``bad page table entry`` (a guest pte names a frame beyond RAM).  A flat
+pages`` (lguest's own words, for any guest read, write or instruction
+fetch in the host range other than reading the GDT),
+``lguest: guest code at CPL 0 at 0x...`` (a backstop that cannot fire:
+see docs/SECURITY.md) and ``bad page table entry`` (a guest pte names a
+frame beyond RAM).
+
+Host API: one ``run()`` at a time per launcher (another thread gets
+RuntimeError); leaving the ``with`` block while another thread is in
+``run()`` breaks that run out, waits for it (up to ``teardown_wait``
+seconds) and then tears down; guest memory is held open (``GuestMemory.hold``)
+while Unicorn maps it.  A flat
 guest touching memory it does not have gets a page fault, as it would
 through lguest's shadow tables.
 
