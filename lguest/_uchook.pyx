@@ -91,8 +91,7 @@ cdef extern from *:
         UH_DEADLINE = 10, /* wall-clock deadline or time slice */
         UH_MEM = 11,      /* unmapped or protected memory */
         UH_DEAD = 12,     /* the guest was killed during a native delivery */
-        UH_HOSTPAGE = 13, /* a guest block in the host range */
-        UH_RING0 = 14     /* a guest block at CPL 0 */
+        UH_RING0 = 13     /* the guest at CPL 0 (a backstop: cannot happen) */
     };
 
     #define UH_EFLAGS_TF 0x100u
@@ -372,18 +371,18 @@ cdef extern from *:
     }
 
     /* Every block the emulator runs is the guest's (the entry runs no host
-     * code), so every block counts toward the budget and the deadline and
-     * sees a break-out.  A block in the host range cannot run (no host page
-     * is executable) and guest code at CPL 0 cannot happen (the entry
-     * refuses RPL-0 code, load_gdt lets no gate or TSS of the guest's into
-     * the CPU's GDT, and the CPU's own iret/far-transfer checks keep CPL >=
-     * 1); both are checked anyway as a backstop: the host range on every
-     * block, the CPL at every stop (uh_run, uh_on_intr) and every 1024th
-     * block -- a reg_read on every block cost 40% of a tight loop's rate. */
+     * code, and no host page is executable), so every block counts toward
+     * the budget and the deadline and sees a break-out.  `address` is the
+     * guest's eip, not a linear address (a guest code segment may have a
+     * base), so it says nothing about the host range.  Guest code at CPL 0
+     * cannot happen (the entry refuses RPL-0 code, load_gdt lets no gate or
+     * TSS of the guest's into the CPU's GDT, and the CPU's own iret and
+     * far-transfer checks keep CPL >= 1); it is checked anyway as a
+     * backstop, at every stop (uh_run, uh_on_intr) and every 1024th block:
+     * a reg_read on every block cost 40% of a tight loop's block rate. */
     static void uh_on_block(uh_engine *uc, uint64_t address, uint32_t size, void *user) {
         uh_state *st = (uh_state *)user;
         uint32_t cs = 0;
-        if (address >= st->switcher_va) { uh_stop(st, UH_HOSTPAGE); return; }
         if (st->budget_end && st->blocks >= st->budget_end) { uh_stop(st, UH_TIMER); return; }
         if (__atomic_load_n(&st->stop_flag, __ATOMIC_SEQ_CST)) {
             __atomic_store_n(&st->stop_flag, 0, __ATOMIC_SEQ_CST);
@@ -604,12 +603,12 @@ cdef extern from *:
     void *uh_on_out_ptr "((void *)uh_on_out)"
     enum:
         UH_NONE, UH_TRAP, UH_SOFT_GP, UH_DIRECT, UH_SWITCHER, UH_BADSEG, UH_INVALID, UH_TIMER
-        UH_IRQ, UH_BREAK, UH_DEADLINE, UH_MEM, UH_DEAD, UH_HOSTPAGE, UH_RING0
+        UH_IRQ, UH_BREAK, UH_DEADLINE, UH_MEM, UH_DEAD, UH_RING0
 
 REASONS = {
     UH_NONE: "none", UH_TRAP: "trap", UH_SOFT_GP: "soft_gp", UH_DIRECT: "direct", UH_SWITCHER: "switcher",
     UH_BADSEG: "badseg", UH_INVALID: "invalid", UH_TIMER: "timer", UH_IRQ: "irq", UH_BREAK: "break",
-    UH_DEADLINE: "deadline", UH_MEM: "mem", UH_DEAD: "dead", UH_HOSTPAGE: "hostpage", UH_RING0: "ring0",
+    UH_DEADLINE: "deadline", UH_MEM: "mem", UH_DEAD: "dead", UH_RING0: "ring0",
 }
 globals().update({"REASON_" + name.upper(): code for code, name in REASONS.items()})
 

@@ -605,8 +605,6 @@ class UnicornBackend(Backend):
             g.kill(f"lguest: bad segment {M.lx(hooks.errcode)} delivering trap {hooks.trapnum}")
         elif reason == _uchook.REASON_DEAD:
             pass
-        elif reason == _uchook.REASON_HOSTPAGE:
-            g.kill("attempt to access switcher pages")
         elif reason == _uchook.REASON_RING0:
             g.kill(f"lguest: guest code at CPL 0 at {M.lx(r.eip)}")
         else:  # emu_start ended by itself: an emulator error, or the guest ran into the Switcher

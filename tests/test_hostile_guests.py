@@ -332,6 +332,56 @@ def test_far_transfers_through_guest_descriptors_never_reach_ring0(tmp_path, cor
 
 
 @pytest.mark.parametrize("ring", [1, 3])
+@pytest.mark.parametrize("insn,outcome", [
+    ("ljmp $0x50, $0x2000", ("gp", 0x50)),  # the Switcher's own ring-0 code segment
+    ("lcall $0x50, $0x2000", ("gp", 0x50)),
+    ("ljmp $0x80, $0", ("gp", 0x80)),  # the Switcher's TSS (DPL 0, busy)
+    ("lcall $0x80, $0", ("gp", 0x80)),
+    ("sysexit", ("gp", 0)),  # CPL != 0
+    ("sysret", ("ud", 0)),  # EFER.SCE off
+    ("sysenter", ("same_cpl", 0)),  # Unicorn: only hooks, no privilege change
+    ("syscall", ("same_cpl", 0)),
+])
+def test_ring0_entry_instructions_fault_or_stay_put(tmp_path, core, ring, insn, outcome):
+    image, sym = assemble(tmp_path, (TO_RING3 if ring == 3 else "") + f"at:\n{insn}\nmov %cs, %eax\nend:\nhlt\n")
+    with launcher(core) as lg:
+        lg.load_flat(image, 0x1000, 0x1000)
+        result = lg.run(timeout=5)
+        cs = lg.cpu.regs.eax
+    kind, err = outcome
+    if kind == "same_cpl":
+        assert (result.message, cs) == (unhandled(13, sym["end"], 0), 0x61 if ring == 1 else 0x73)
+    else:
+        assert result.message == unhandled(13 if kind == "gp" else 6, sym["at"], err)
+
+
+def test_a_code_segment_with_a_base_runs_at_any_eip(tmp_path, core):
+    """A guest-made code segment based at 0x402000: eip 0xffc00100 is linear
+    0x2100, guest RAM.  Only linear addresses in the host range are the
+    host's (the block hook sees eips, so it must not judge by them)."""
+    from lguest.unicorn import segment_descriptor
+
+    image, _ = assemble(tmp_path, INIT + """
+    mov $3, %eax            # LOAD_GDT(0x5000, 24)
+    mov $0x5000, %ebx
+    mov $24, %ecx
+    vmcall
+    ljmp $0xa1, $0xffc00100
+""")
+    with launcher(core) as lg:
+        prepare_ld(lg)
+        lg.load_flat(image, 0x1000, 0x1000)
+        lg.memory.write(0x2100, bytes.fromhex("8cc8" "f4"))  # mov %cs,%eax; hlt
+        lg.memory.write(0x5000, _gdt_table({20: segment_descriptor(0x402000, 0xFFFFF, 0xBB)}))
+        result = lg.run(timeout=5)
+        cs = lg.cpu.regs.eax
+    # It ran there (cs read back); its hlt is #GP(0), and lguest's in/out
+    # emulation reads the instruction at eip as an address, ignoring the base
+    # (as the kernel did): the kernel's words for that read.
+    assert (result.message, cs) == ("bad read address 0xffc00102 len 1", 0xA1)
+
+
+@pytest.mark.parametrize("ring", [1, 3])
 @pytest.mark.parametrize("cs,ss", [(0x50, 0x58), (0x51, 0x59), (0x53, 0x5B), (0x73, 0x58), (0x73, 0x5B)])
 def test_iret_to_a_forged_ring0_frame_faults(tmp_path, core, ring, cs, ss):
     src = (TO_RING3 if ring == 3 else "mov $0x7800, %esp\n") + f"""
