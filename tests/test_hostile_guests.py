@@ -420,6 +420,43 @@ def test_privileged_instructions_at_ring1_are_gp_and_kill(tmp_path, core, insn):
     assert (result.reason, result.message) == ("dead", unhandled(13, sym["at"], 0))
 
 
+@pytest.mark.parametrize("entry,access,expected", [
+    (13, 0x33, "lguest: trap 11 (0x68) entering the guest at {at}"),  # ds not present: #NP(ds)
+    (12, 0x3B, "lguest: trap 11 (0x60) entering the guest at {at}"),  # cs not present: #NP(cs)
+    (12, 0xB3, "lguest: trap 13 (0x60) entering the guest at {at}"),  # cs is data: #GP(cs)
+    (13, 0xF3, "lguest: trap 13 (0x68) entering the guest at {at}"),  # ss DPL 3 != RPL 1: #GP(ss)
+    (13, 0xB1, "lguest: trap 13 (0x68) entering the guest at {at}"),  # ss read-only: #GP(ss)
+    (13, 0xB9, "lguest: trap 13 (0x68) entering the guest at {at}"),  # ds execute-only code: #GP(ds)
+    (12, 0xBF, None),  # a conforming DPL-1 code segment: entered at CPL 1
+])
+def test_entry_checks_the_guests_segments_as_the_cpu_did(tmp_path, core, entry, access, expected):
+    """LOAD_GDT breaks the segment in use; the next entry refuses it with the
+    trap and error code the Switcher's pop/iretd raised on Unicorn (checked
+    against the former trampoline: the same messages)."""
+    from lguest.unicorn import segment_descriptor
+
+    image, sym = assemble(tmp_path, INIT + """
+    mov $3, %eax            # LOAD_GDT(0x5000, 24)
+    mov $0x5000, %ebx
+    mov $24, %ecx
+    vmcall
+at:
+    mov %cs, %eax
+    hlt
+""")
+    with launcher(core) as lg:
+        prepare_ld(lg)
+        lg.load_flat(image, 0x1000, 0x1000)
+        lg.memory.write(0x5000, _gdt_table({entry: segment_descriptor(0, 0xFFFFF, access)}))
+        result = lg.run(timeout=5)
+        cs = lg.cpu.regs.eax
+    if expected is None:
+        assert (result.message, cs) == (unhandled(13, sym["at"] + 2, 0), 0x61)
+    else:
+        # the patched vmcall is "int $0x1f; nop": the guest re-enters at the nop
+        assert (result.reason, result.message) == ("dead", expected.format(at=hex(sym["at"] - 1)))
+
+
 def test_entry_refuses_ring0_code_selectors(core):
     """The host writes a ring-0 cs into the guest's registers (as a buggy
     control plane might): the entry refuses it as the CPU's iret would not."""
