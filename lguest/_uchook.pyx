@@ -15,8 +15,8 @@ module builds without Unicorn installed), and they run without the GIL:
   caches, CPL and eip/esp of a saved ``uc_context`` (offsets measured at
   start-up by lguest.unicorn).  Counted per vector.  Nothing enters Python.
 * everything else (hypercalls, #PF, #GP, #UD, non-direct vectors, a user
-  ``int N`` aimed at a gate whose DPL is below the caller's CPL, faults in
-  the Switcher) records why and stops the emulator synchronously; the
+  ``int N`` aimed at a gate whose DPL is below the caller's CPL, accesses
+  to the host range) records why and stops the emulator synchronously; the
   Python run loop takes over.
 * UC_HOOK_INSN callbacks give ``in``/``out`` lguest's emulation (reads see
   ones, writes vanish): Unicorn makes no I/O permission check, so they never
