@@ -65,15 +65,14 @@ pages`` (lguest's own words, for any guest read, write or instruction
 fetch in the host range other than reading the GDT),
 ``lguest: guest code at CPL 0 at 0x...`` (a backstop that cannot fire:
 see docs/SECURITY.md) and ``bad page table entry`` (a guest pte names a
-frame beyond RAM).
+frame beyond RAM).  A flat guest touching memory it does not have gets a
+page fault, as it would through lguest's shadow tables.
 
 Host API: one ``run()`` at a time per launcher (another thread gets
 RuntimeError); leaving the ``with`` block while another thread is in
 ``run()`` breaks that run out, waits for it (up to ``teardown_wait``
-seconds) and then tears down; guest memory is held open (``GuestMemory.hold``)
-while Unicorn maps it.  A flat
-guest touching memory it does not have gets a page fault, as it would
-through lguest's shadow tables.
+seconds) and then tears down; guest memory is held open
+(``GuestMemory.hold``) while Unicorn maps it.
 
 Limits (documented, deliberate): one cpu; no LDT; the guest's second-level
 page tables are walked by Unicorn directly, so a guest kernel that maps
