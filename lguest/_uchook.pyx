@@ -15,8 +15,8 @@ module builds without Unicorn installed), and they run without the GIL:
   caches, CPL and eip/esp of a saved ``uc_context`` (offsets measured at
   start-up by lguest.unicorn).  Counted per vector.  Nothing enters Python.
 * everything else (hypercalls, #PF, #GP, #UD, non-direct vectors, a user
-  ``int N`` aimed at a gate whose DPL is below the caller's CPL, faults in
-  the Switcher) records why and stops the emulator synchronously; the
+  ``int N`` aimed at a gate whose DPL is below the caller's CPL, accesses
+  to the host range) records why and stops the emulator synchronously; the
   Python run loop takes over.
 * UC_HOOK_INSN callbacks give ``in``/``out`` lguest's emulation (reads see
   ones, writes vanish): Unicorn makes no I/O permission check, so they never
@@ -27,11 +27,12 @@ module builds without Unicorn installed), and they run without the GIL:
   guest would take is pending (the wall clock's C timer thread or
   ``send_irq`` set the bit), on a break-out request, or at a deadline.
 
-Entering the guest (``run``) puts the CPU in ring 0 on the Switcher's code
-and stack segments (a context patch) and runs the Switcher's trampoline:
-``pop %gs; pop %fs; pop %es; pop %ds; iret`` from a frame built on the
-Switcher stack -- so the real ``iretd`` of the emulated CPU checks and loads
-the guest's segments, as lguest's own Switcher did.
+Entering the guest (``run``) is a context patch: the segment checks the
+Switcher's ``pop %gs; pop %fs; pop %es; pop %ds; iretd`` made are made in C
+(``uh_entry_seg``, same order, same traps and error codes), the guest's
+segments, eip, esp and flags are written into the CPU state and Unicorn
+starts at the guest's eip.  No host code runs in the emulator, so every
+block is the guest's (see uh_on_block).
 """
 
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, int32_t
@@ -81,7 +82,7 @@ cdef extern from *:
         UH_TRAP = 1,      /* an exception or int N for the host: trapnum, errcode */
         UH_SOFT_GP = 2,   /* int N at CPL > gate DPL: becomes #GP(N*8+2) */
         UH_DIRECT = 3,    /* a direct trap the hook did not deliver (Python does) */
-        UH_SWITCHER = 4,  /* a fault at CPL 0: the Switcher could not enter the guest */
+        UH_SWITCHER = 4,  /* the entry refused the guest's segments (trapnum, errcode) */
         UH_BADSEG = 5,    /* a direct trap needs a code/stack segment that is unusable */
         UH_INVALID = 6,   /* #UD (ud2, vmcall) through UC_HOOK_INSN_INVALID */
         UH_TIMER = 7,     /* the virtual clock's block budget ran out */
@@ -89,7 +90,8 @@ cdef extern from *:
         UH_BREAK = 9,     /* break-out request */
         UH_DEADLINE = 10, /* wall-clock deadline or time slice */
         UH_MEM = 11,      /* unmapped or protected memory */
-        UH_DEAD = 12      /* the guest was killed during a native delivery */
+        UH_DEAD = 12,     /* the guest was killed during a native delivery */
+        UH_RING0 = 13     /* the guest at CPL 0 (a backstop: cannot happen) */
     };
 
     #define UH_EFLAGS_TF 0x100u
@@ -130,7 +132,7 @@ cdef extern from *:
         uint8_t *switcher;
         uint32_t switcher_va, switcher_size;
         uint32_t *gdt;               /* 32 x {a, b}, inside the Switcher */
-        uint32_t tramp_va, until_va, frame_va, frame_off;
+        uint32_t until_va;          /* emu_start's "until": unmapped host address */
         uint32_t host_cs, host_ss;   /* ring-0 selectors of the Switcher */
         uint32_t *idt;               /* host IDT (256 x {a, b}) the guest runs with */
         uint32_t *guest_idt;         /* the guest's own IDT (for the irq check) */
@@ -284,9 +286,9 @@ cdef extern from *:
         if (intno == 14) {   /* read it now: emu_start's exit path may touch CR2 */
             uint64_t cr2 = 0; st->reg_read(uc, st->reg_cr2, &cr2); st->cr2 = (uint32_t)cr2;
         }
-        if (cpl == 0 || intno > 255) {
+        if (cpl == 0 || intno > 255) {   /* no host code runs in the emulator: CPL 0 is the guest's */
             st->ctx_restore(uc, c);
-            uh_stop(st, UH_SWITCHER);
+            uh_stop(st, cpl == 0 ? UH_RING0 : UH_SWITCHER);
             return;
         }
         a = st->idt[2 * intno]; b = st->idt[2 * intno + 1];
@@ -368,31 +370,108 @@ cdef extern from *:
         return (st->guest_idt[2 * (32 + irq) + 1] & 0x8000) != 0;
     }
 
+    /* Every block the emulator runs is the guest's (the entry runs no host
+     * code, and no host page is executable), so every block counts toward
+     * the budget and the deadline and sees a break-out.  `address` is the
+     * guest's eip, not a linear address (a guest code segment may have a
+     * base), so it says nothing about the host range.  Guest code at CPL 0
+     * cannot happen (the entry refuses RPL-0 code, load_gdt lets no gate or
+     * TSS of the guest's into the CPU's GDT, and the CPU's own iret and
+     * far-transfer checks keep CPL >= 1); it is checked anyway as a
+     * backstop, at every stop (uh_run, uh_on_intr) and every 1024th block:
+     * a reg_read on every block cost 40% of a tight loop's block rate. */
     static void uh_on_block(uh_engine *uc, uint64_t address, uint32_t size, void *user) {
         uh_state *st = (uh_state *)user;
-        if (address >= st->switcher_va) return;   /* the Switcher's own code is not guest time */
+        uint32_t cs = 0;
         if (st->budget_end && st->blocks >= st->budget_end) { uh_stop(st, UH_TIMER); return; }
         if (__atomic_load_n(&st->stop_flag, __ATOMIC_SEQ_CST)) {
             __atomic_store_n(&st->stop_flag, 0, __ATOMIC_SEQ_CST);
             uh_stop(st, UH_BREAK); return;
         }
         if (uh_irq_ready(st, (uint32_t)address)) { uh_stop(st, UH_IRQ); return; }
-        if ((st->deadline_ns || st->slice_ns) && (st->blocks & 1023) == 0) {
-            int64_t now = uh_monotonic_ns();
-            if ((st->deadline_ns && now >= st->deadline_ns) || (st->slice_ns && now >= st->slice_end)) {
-                uh_stop(st, UH_DEADLINE); return;
+        if ((st->blocks & 1023) == 0) {   /* sampled: a clock read or a reg_read per block costs 10-40% */
+            st->reg_read(uc, st->reg_ids[R_CS], &cs);
+            if ((cs & 3) == 0) { uh_stop(st, UH_RING0); return; }
+            if (st->deadline_ns || st->slice_ns) {
+                int64_t now = uh_monotonic_ns();
+                if ((st->deadline_ns && now >= st->deadline_ns) || (st->slice_ns && now >= st->slice_end)) {
+                    uh_stop(st, UH_DEADLINE); return;
+                }
             }
         }
         st->blocks++;
     }
 
+    /* One segment register of the entry, checked as the Switcher's
+     * `pop %seg` (kind 0, at CPL 0) or its `iretd` (kind 1: CS, kind 2: SS
+     * at `cpl`) would check it, in the same order of tests as Unicorn's
+     * helpers (QEMU's helper_load_seg / helper_ret_protected), so a bad
+     * selector gives the same trap and error code it gave on the real
+     * instructions.  0: loaded into the saved context; else the trap number
+     * (13 #GP, 11 #NP) with st->errcode set. */
+    static int uh_entry_seg(uh_state *st, uint8_t *c, int seg, uint32_t sel, int kind, int cpl) {
+        uint8_t *sc = c + st->off_segs + seg * st->seg_stride;
+        uint32_t idx = (sel & 0xFFFF) >> 3, e1, e2, base, limit, dpl, rpl = sel & 3;
+        st->errcode = sel & 0xFFFC;
+        if ((sel & 0xFFFC) == 0) {
+            if (kind != 0) { st->errcode = 0; return 13; }
+            uh_st32(sc, sel & 0xFFFF); uh_st64(sc + 8, 0); uh_st32(sc + 16, 0); uh_st32(sc + 20, 0);
+            return 0;
+        }
+        if ((sel & 4) || idx >= 32) return 13;     /* no LDT; 32 GDT entries */
+        e1 = st->gdt[2 * idx]; e2 = st->gdt[2 * idx + 1];
+        dpl = (e2 >> 13) & 3;
+        if (!(e2 & 0x1000)) return 13;             /* a system descriptor */
+        if (kind == 1) {
+            if (!(e2 & 0x800)) return 13;          /* not code */
+            if (rpl < (uint32_t)cpl) return 13;
+            if (e2 & 0x400) { if (dpl > rpl) return 13; }
+            else if (dpl != rpl) return 13;
+        } else if (kind == 2) {
+            if (rpl != (uint32_t)cpl || (e2 & 0x800) || !(e2 & 0x200) || dpl != rpl) return 13;
+        } else {
+            if ((e2 & 0xA00) == 0x800) return 13;   /* execute-only code */
+            if (!((e2 & 0x800) && (e2 & 0x400)) && (dpl < (uint32_t)cpl || dpl < rpl)) return 13;
+        }
+        if (!(e2 & 0x8000)) return 11;             /* not present (Unicorn: #NP for SS too) */
+        base = (e1 >> 16) | ((e2 & 0xFF) << 16) | (e2 & 0xFF000000u);
+        limit = (e1 & 0xFFFF) | (e2 & 0x000F0000u);
+        if (e2 & 0x00800000u) limit = (limit << 12) | 0xFFF;
+        uh_st32(sc, sel & 0xFFFF); uh_st64(sc + 8, base); uh_st32(sc + 16, limit); uh_st32(sc + 20, e2);
+        st->errcode = 0;
+        return 0;
+    }
+
+    /* iretd to an outer level nulls the data segments the new CPL may not use. */
+    static void uh_validate_seg(uh_state *st, uint8_t *c, int seg, int cpl) {
+        uint8_t *sc = c + st->off_segs + seg * st->seg_stride;
+        uint32_t e2 = uh_ld32(sc + 20), dpl = (e2 >> 13) & 3;
+        if ((seg == S_FS || seg == S_GS) && (uh_ld32(sc) & 0xFFFC) == 0) return;
+        if ((!(e2 & 0x800) || !(e2 & 0x400)) && dpl < (uint32_t)cpl) {
+            uh_st32(sc, 0); uh_st64(sc + 8, 0); uh_st32(sc + 16, 0); uh_st32(sc + 20, 0);
+        }
+    }
+
     /* Enter the guest at st->regs and run it until a hook stops it.
-     * Returns Unicorn's uc_err. */
+     * Returns Unicorn's uc_err.
+     *
+     * The entry is a saved-context patch, not host code: the segment checks
+     * lguest's Switcher left to the CPU (`pop %gs; pop %fs; pop %es;
+     * pop %ds; iretd` from ring 0) are made here, in that order, against the
+     * GDT the CPU uses, and the result is written into the CPU state.  So no
+     * host instruction ever runs inside the emulator and no host byte the
+     * CPU might execute or the guest might read holds a guest value; the
+     * only host page the emulated CPU can reach is the GDT (read-only).
+     * A selector the CPU would have refused stops with UH_SWITCHER and the
+     * trap it would have raised; a code segment of RPL 0 (guest code at
+     * CPL 0) is refused the same way (#GP). */
     static int uh_run(uh_state *st) {
         uint8_t *c = st->ctx;
-        uint32_t *r = st->regs, *frame;
-        uint32_t v;
-        int i, err;
+        uint32_t *r = st->regs;
+        uint32_t v, cs, ss;
+        int i, err, cpl, trap;
+        static const int data_order[4] = {S_GS, S_FS, S_ES, S_DS};
+        static const int data_reg[4] = {R_GS, R_FS, R_ES, R_DS};
         st->reason = UH_NONE;
         st->trapnum = 256; st->errcode = 0; st->is_int = 0;
         if (__atomic_load_n(&st->stop_flag, __ATOMIC_SEQ_CST)) {
@@ -401,39 +480,52 @@ cdef extern from *:
             return 0;
         }
         if (st->slice_ns) st->slice_end = uh_monotonic_ns() + st->slice_ns;
-        /* 1. Ring 0 on the Switcher's segments (from wherever the CPU stopped). */
         st->ctx_save(st->uc, c);
-        if (uh_load_seg(st, c, S_CS, st->host_cs, 1, 0) || uh_load_seg(st, c, S_SS, st->host_ss, 2, 0)) {
-            st->reason = UH_SWITCHER; return 0;
+        /* 1. The data segments, as the pops at CPL 0 load them. */
+        for (i = 0; i < 4; i++) {
+            trap = uh_entry_seg(st, c, data_order[i], r[data_reg[i]] & 0xFFFF, 0, 0);
+            if (trap) goto refused;
         }
+        /* 2. CS then SS, as iretd checks them; never CPL 0. */
+        cs = r[R_CS] & 0xFFFF; ss = r[R_SS] & 0xFFFF;
+        if ((cs & 3) == 0 && (cs & 0xFFFC) != 0) { trap = 13; st->errcode = cs & 0xFFFC; goto refused; }
+        trap = uh_entry_seg(st, c, S_CS, cs, 1, 0);
+        if (trap) goto refused;
+        cpl = (int)(cs & 3);
+        trap = uh_entry_seg(st, c, S_SS, ss, 2, cpl);
+        if (trap) goto refused;
+        for (i = 0; i < 4; i++) uh_validate_seg(st, c, data_order[i], cpl);
         uh_fix_hflags(st, c);
         uh_st32(c + st->off_oldexc, 0xFFFFFFFFu);
+        uh_st64(c + st->off_eip, r[R_EIP]);
         st->ctx_restore(st->uc, c);
-        /* 2. The frame the trampoline pops: gs fs es ds, then iret's. */
-        frame = (uint32_t *)(st->switcher + st->frame_off);
-        frame[0] = r[R_GS] & 0xFFFF; frame[1] = r[R_FS] & 0xFFFF;
-        frame[2] = r[R_ES] & 0xFFFF; frame[3] = r[R_DS] & 0xFFFF;
-        frame[4] = r[R_EIP]; frame[5] = r[R_CS] & 0xFFFF;
-        frame[6] = (r[R_EFLAGS] & UH_EFLAGS_KEEP) | UH_EFLAGS_IF | 2u;
-        frame[7] = r[R_ESP]; frame[8] = r[R_SS] & 0xFFFF;
         for (i = R_EAX; i <= R_EBP; i++) st->reg_write(st->uc, st->reg_ids[i], &r[i]);
-        v = st->frame_va; st->reg_write(st->uc, st->reg_ids[R_ESP], &v);
-        v = 2; st->reg_write(st->uc, st->reg_ids[R_EFLAGS], &v);
+        st->reg_write(st->uc, st->reg_ids[R_ESP], &r[R_ESP]);
+        /* what iretd at CPL 0 loads: the guest's flags, IF on, IOPL 0, no NT/VM */
+        v = (r[R_EFLAGS] & UH_EFLAGS_KEEP) | UH_EFLAGS_IF | 2u;
+        st->reg_write(st->uc, st->reg_ids[R_EFLAGS], &v);
         /* 3. Run. */
-        err = st->emu_start(st->uc, st->tramp_va, st->until_va, 0, 0);
-        /* 4. The guest's state at the stop (a fault in the Switcher leaves
-         *    the registers as they were: the guest never ran). */
-        if (st->reason != UH_SWITCHER) {
-            for (i = 0; i < R_NUM; i++) {
-                if (st->reg_ids[i] >= 0) {
-                    v = 0; st->reg_read(st->uc, st->reg_ids[i], &v);
-                    r[i] = (i >= R_GS && i <= R_ES) || i == R_CS || i == R_SS ? (v & 0xFFFF) : v;
-                }
+        err = st->emu_start(st->uc, r[R_EIP], st->until_va, 0, 0);
+        /* 4. The guest's state at the stop; a stop at CPL 0 (impossible, see
+         *    uh_on_block) is reported as such, whatever stopped it. */
+        for (i = 0; i < R_NUM; i++) {
+            if (st->reg_ids[i] >= 0) {
+                v = 0; st->reg_read(st->uc, st->reg_ids[i], &v);
+                r[i] = (i >= R_GS && i <= R_ES) || i == R_CS || i == R_SS ? (v & 0xFFFF) : v;
             }
         }
+        if ((r[R_CS] & 3) == 0 && st->reason != UH_RING0) { st->reason = UH_RING0; st->stops[UH_RING0]++; }
         r[R_TRAPNUM] = st->trapnum;
         r[R_ERRCODE] = st->errcode;
         return err;
+    refused:
+        /* The guest never ran: its registers stay as they were.  The CPU
+         * state is untouched too (c is not restored). */
+        st->trapnum = (uint32_t)trap;
+        st->reason = UH_SWITCHER; st->stops[UH_SWITCHER]++;
+        r[R_TRAPNUM] = st->trapnum;
+        r[R_ERRCODE] = st->errcode;
+        return 0;
     }
     """
     ctypedef void uh_engine
@@ -471,7 +563,7 @@ cdef extern from *:
         uint8_t *switcher
         uint32_t switcher_va, switcher_size
         uint32_t *gdt
-        uint32_t tramp_va, until_va, frame_va, frame_off
+        uint32_t until_va
         uint32_t host_cs, host_ss
         uint32_t *idt
         uint32_t *guest_idt
@@ -511,12 +603,12 @@ cdef extern from *:
     void *uh_on_out_ptr "((void *)uh_on_out)"
     enum:
         UH_NONE, UH_TRAP, UH_SOFT_GP, UH_DIRECT, UH_SWITCHER, UH_BADSEG, UH_INVALID, UH_TIMER
-        UH_IRQ, UH_BREAK, UH_DEADLINE, UH_MEM, UH_DEAD
+        UH_IRQ, UH_BREAK, UH_DEADLINE, UH_MEM, UH_DEAD, UH_RING0
 
 REASONS = {
     UH_NONE: "none", UH_TRAP: "trap", UH_SOFT_GP: "soft_gp", UH_DIRECT: "direct", UH_SWITCHER: "switcher",
     UH_BADSEG: "badseg", UH_INVALID: "invalid", UH_TIMER: "timer", UH_IRQ: "irq", UH_BREAK: "break",
-    UH_DEADLINE: "deadline", UH_MEM: "mem", UH_DEAD: "dead",
+    UH_DEADLINE: "deadline", UH_MEM: "mem", UH_DEAD: "dead", UH_RING0: "ring0",
 }
 globals().update({"REASON_" + name.upper(): code for code, name in REASONS.items()})
 
@@ -536,30 +628,63 @@ cdef inline size_t _ptr(object v):
 cdef class NativeHooks:
     """The native half of lguest.unicorn's backend: state shared with the C
     hooks, the entry/exit sequence and the counters.  Built by
-    lguest.unicorn.UnicornBackend; not a public API."""
+    lguest.unicorn.UnicornBackend; not a public API.
+
+    Every C pointer it holds is owned by an object it keeps a reference to
+    (the engine, the Switcher mapping, the cpu's arrays, a hold on guest
+    memory); close() drops them all and from then on (and on an instance
+    whose __init__ never ran) every method that would follow one raises
+    RuntimeError instead."""
 
     cdef uh_state st
     cdef uh_hookh handles[6]
     cdef int nhooks
     cdef void *ctx_ptr
     cdef void *ctx_small_ptr
-    cdef object _keep      # objects whose memory the C side points into
+    cdef object _keep      # objects whose memory the C side points into (bind)
+    cdef object _owners    # the engine and the Switcher pin (__init__)
+    cdef object _hold      # a GuestMemory.hold() while bound
     cdef int insn_in, insn_out
     cdef object _free
+    cdef int state         # 0: __init__ not run, 1: ready, 2: closed
+    cdef int busy          # a run() is in progress (set and cleared with the GIL held)
 
     def __cinit__(self):
         memset(&self.st, 0, sizeof(uh_state))
+        self.st.pending = &self.st.attention
         self.nhooks = 0
         self.ctx_ptr = NULL
         self.ctx_small_ptr = NULL
+        self.state = 0
+        self.busy = 0
+        self._keep = None
+        self._owners = None
+        self._hold = None
 
-    def __init__(self, *, uc_handle, funcs, reg_ids, reg_cr2, layout, switcher_address, switcher_va,
-                 switcher_size, gdt_offset, tramp_va, until_va, frame_off, host_cs, host_ss,
-                 ctx_alloc, ctx_small_alloc, uc_free, insn_in, insn_out):
+    def __init__(self, *, uc_handle, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va,
+                 switcher_size, gdt_offset, until_va, host_cs, host_ss,
+                 ctx_alloc, ctx_small_alloc, uc_free, insn_in, insn_out, uc_owner=None):
         """``funcs``: addresses of uc_hook_add, uc_hook_del, uc_emu_start,
         uc_emu_stop, uc_reg_read, uc_reg_write, uc_context_save,
-        uc_context_restore; ``layout``: the measured uc_context offsets."""
+        uc_context_restore; ``layout``: the measured uc_context offsets;
+        ``switcher``: the writable buffer (an mmap) holding the host
+        structures, pinned (so it cannot be unmapped) until close();
+        ``uc_owner``: the object owning the engine, kept alive likewise."""
         cdef int i
+        cdef unsigned char[::1] sw
+        if self.state != 0:
+            raise RuntimeError("NativeHooks is already initialised")
+        if not uc_handle or not ctx_alloc:
+            raise ValueError("NativeHooks needs an engine and a context")
+        if len(reg_ids) != 18:
+            raise ValueError("reg_ids needs 18 entries")
+        sw = switcher   # a writable, contiguous buffer (TypeError/ValueError otherwise)
+        if switcher_size <= 0 or sw.shape[0] < switcher_size or gdt_offset < 0 or gdt_offset + 32 * 8 > switcher_size:
+            raise ValueError("the Switcher buffer does not hold the layout")
+        for name in ("uc_hook_add", "uc_hook_del", "uc_emu_start", "uc_emu_stop", "uc_reg_read", "uc_reg_write",
+                     "uc_context_save", "uc_context_restore"):
+            if not funcs[name]:
+                raise ValueError(f"no address for {name}")
         self.st.uc = <uh_engine *>_ptr(uc_handle)
         self.st.hook_add = <uh_hook_add_t>_ptr(funcs["uc_hook_add"])
         self.st.hook_del = <uh_hook_del_t>_ptr(funcs["uc_hook_del"])
@@ -569,8 +694,6 @@ cdef class NativeHooks:
         self.st.reg_write = <uh_reg_write_t>_ptr(funcs["uc_reg_write"])
         self.st.ctx_save = <uh_context_io_t>_ptr(funcs["uc_context_save"])
         self.st.ctx_restore = <uh_context_io_t>_ptr(funcs["uc_context_restore"])
-        if len(reg_ids) != 18:
-            raise ValueError("reg_ids needs 18 entries")
         for i in range(18):
             self.st.reg_ids[i] = reg_ids[i]
         self.st.reg_cr2 = reg_cr2
@@ -583,14 +706,11 @@ cdef class NativeHooks:
         self.st.off_err = layout["error_code"]
         self.st.off_isint = layout["exception_is_int"]
         self.st.off_oldexc = layout["old_exception"]
-        self.st.switcher = <uint8_t *>_ptr(switcher_address)
+        self.st.switcher = &sw[0]
         self.st.switcher_va = switcher_va
         self.st.switcher_size = switcher_size
         self.st.gdt = <uint32_t *>(self.st.switcher + <size_t>gdt_offset)
-        self.st.tramp_va = tramp_va
         self.st.until_va = until_va
-        self.st.frame_off = frame_off
-        self.st.frame_va = switcher_va + frame_off
         self.st.host_cs = host_cs
         self.st.host_ss = host_ss
         self.st.pending = &self.st.attention
@@ -600,16 +720,32 @@ cdef class NativeHooks:
         self.st.ctx_small = <uint8_t *>self.ctx_small_ptr
         self._free = uc_free
         self._keep = []
+        self._owners = [uc_owner, sw]   # the memoryview pins the mmap: close() raises BufferError
         self.insn_in = insn_in
         self.insn_out = insn_out
+        self.state = 1
+
+    cdef int _check(self) except -1:
+        if self.state == 0:
+            raise RuntimeError("NativeHooks is not initialised")
+        if self.state == 2:
+            raise RuntimeError("NativeHooks is closed")
+        return 0
+
+    cdef int _check_idle(self) except -1:
+        self._check()
+        if self.busy:
+            raise RuntimeError("NativeHooks is running a guest")
+        return 0
 
     def install(self):
-        """Register the four native hooks with Unicorn."""
+        """Register the native hooks with Unicorn (once)."""
         cdef int types[4]
         cdef void *cbs[4]
         cdef int i, rc
+        self._check_idle()
         if self.nhooks:
-            return
+            raise RuntimeError("NativeHooks are already installed")
         types[0] = UC_HOOK_INTR; cbs[0] = uh_on_intr_ptr
         types[1] = UC_HOOK_INSN_INVALID; cbs[1] = uh_on_invalid_ptr
         types[2] = UC_HOOK_MEM_INVALID; cbs[2] = uh_on_mem_invalid_ptr
@@ -617,67 +753,119 @@ cdef class NativeHooks:
         for i in range(4):
             rc = self.st.hook_add(self.st.uc, &self.handles[i], types[i], cbs[i], <void *>&self.st, 1, 0)
             if rc != 0:
+                self.uninstall()
                 raise OSError(f"uc_hook_add failed: error {rc}")
             self.nhooks += 1
         rc = self.st.hook_add(self.st.uc, &self.handles[4], UC_HOOK_INSN, uh_on_in_ptr, <void *>&self.st, 1, 0,
                               <int>self.insn_in)
         if rc != 0:
+            self.uninstall()
             raise OSError(f"uc_hook_add(IN) failed: error {rc}")
         self.nhooks += 1
         rc = self.st.hook_add(self.st.uc, &self.handles[5], UC_HOOK_INSN, uh_on_out_ptr, <void *>&self.st, 1, 0,
                               <int>self.insn_out)
         if rc != 0:
+            self.uninstall()
             raise OSError(f"uc_hook_add(OUT) failed: error {rc}")
         self.nhooks += 1
 
     def uninstall(self):
         cdef int i
+        self._check_idle()
         for i in range(self.nhooks):
             self.st.hook_del(self.st.uc, self.handles[i])
         self.nhooks = 0
 
     def close(self):
-        """Remove the hooks and free the context (call before closing Unicorn)."""
-        self.uninstall()
-        if self.ctx_ptr != NULL and self._free is not None:
-            self._free(<size_t>self.ctx_ptr)
-        if self.ctx_small_ptr != NULL and self._free is not None:
-            self._free(<size_t>self.ctx_small_ptr)
+        """Remove the hooks, free the contexts and drop every pointer (call
+        before closing Unicorn).  Idempotent; RuntimeError during a run."""
+        if self.state == 2:
+            return
+        if self.busy:
+            raise RuntimeError("NativeHooks is running a guest")
+        if self.state == 1:
+            self.uninstall()
+            if self.ctx_ptr != NULL and self._free is not None:
+                self._free(<size_t>self.ctx_ptr)
+            if self.ctx_small_ptr != NULL and self._free is not None:
+                self._free(<size_t>self.ctx_small_ptr)
+        self.state = 2
+        self._unbind()
         self.ctx_ptr = NULL
         self.ctx_small_ptr = NULL
         self.st.ctx = NULL
         self.st.ctx_small = NULL
-        self.st.api = NULL
-        self._keep = []
+        self.st.uc = NULL
+        self.st.switcher = NULL
+        self.st.gdt = NULL
+        self._owners = None
+        self._free = None
 
-    def bind(self, cpu, regs_array, host_idt, guest_idt, memory_address, memory_size, api_capsule):
-        """Point the hooks at a cpu: its registers, the host and guest IDTs,
-        guest memory and (compiled core) the core's native API capsule."""
-        cdef uint32_t[::1] rv = regs_array
-        cdef uint32_t[:, ::1] hv = host_idt
-        cdef uint32_t[:, ::1] gv = guest_idt
-        cdef uh_native_api *api
-        self.st.regs = &rv[0]
-        self.st.idt = &hv[0, 0]
-        self.st.guest_idt = &gv[0, 0]
-        self.st.mem = <uint8_t *>_ptr(memory_address)
-        self.st.mem_size = memory_size
+    cdef _unbind(self):
+        self.st.regs = NULL
+        self.st.idt = NULL
+        self.st.guest_idt = NULL
+        self.st.mem = NULL
+        self.st.mem_size = 0
+        self.st.has_ld = 0
+        self.st.api = NULL
+        self.st.pending = &self.st.attention
+        self._keep = []
+        hold, self._hold = self._hold, None
+        if hold is not None:
+            hold.__exit__(None, None, None)
+
+    def bind(self, cpu, regs_array, host_idt, guest_idt, memory, api_capsule):
+        """Point the hooks at a cpu: its registers (``cpu.regs.array``), the
+        host IDT and the guest's (``cpu.idt``), its live GuestMemory (held
+        while bound, so it cannot be closed under the hooks) and (compiled
+        core) the core's native API capsule for that cpu."""
+        cdef uint32_t[::1] rv
+        cdef uint32_t[:, ::1] hv
+        cdef uint32_t[:, ::1] gv
+        cdef uh_native_api *api = NULL
+        from .memory import GuestMemory
+        self._check_idle()
+        arrays = {"regs": (regs_array, (18,)), "host IDT": (host_idt, (256, 2)), "guest IDT": (guest_idt, (256, 2))}
+        for name, (arr, shape) in arrays.items():
+            if not isinstance(arr, np.ndarray) or arr.dtype != np.uint32:
+                raise TypeError(f"the {name} must be a numpy uint32 array")
+            if arr.shape != shape or not arr.flags.c_contiguous or not arr.flags.writeable:
+                raise ValueError(f"the {name} must be a writable C-contiguous uint32{list(shape)}")
+        if regs_array.ctypes.data != cpu.regs.array.ctypes.data or guest_idt.ctypes.data != cpu.idt.ctypes.data:
+            raise ValueError("regs_array and guest_idt must be the cpu's own")
+        if not isinstance(memory, GuestMemory) or memory.closed:
+            raise TypeError("memory must be a live GuestMemory")
         if api_capsule is not None:
             if not PyCapsule_IsValid(api_capsule, b"lguest._core.lg_native_api"):
                 raise TypeError("not a lguest._core native API capsule")
             api = <uh_native_api *>PyCapsule_GetPointer(api_capsule, b"lguest._core.lg_native_api")
-            if api.version != 1 or api.regs != self.st.regs:
-                raise ValueError("lguest._core native API mismatch")
+            if api.version != 1 or <size_t>api.regs != <size_t>regs_array.ctypes.data:
+                raise ValueError("lguest._core native API mismatch (not this cpu's)")
+        hold = memory.hold()
+        hold.__enter__()
+        self._unbind()
+        rv = regs_array
+        hv = host_idt
+        gv = guest_idt
+        self._hold = hold
+        self._keep = [cpu, regs_array, host_idt, guest_idt, memory, api_capsule]
+        self.st.regs = &rv[0]
+        self.st.idt = &hv[0, 0]
+        self.st.guest_idt = &gv[0, 0]
+        self.st.mem = <uint8_t *>_ptr(memory.address)
+        self.st.mem_size = memory.size
+        if api != NULL:
             self.st.api = api
             self.st.pending = api.irqs_pending
         else:
             self.st.api = NULL
             self.st.pending = &self.st.attention
-        self._keep = [cpu, regs_array, host_idt, guest_idt, api_capsule]
 
     def set_guest_data(self, lguest_data, uint32_t noirq_start, uint32_t noirq_end):
         """Where lguest_data is (None: not yet), and the guest's noirq window."""
-        if lguest_data is None or lguest_data + 8 > self.st.mem_size:
+        self._check()
+        if lguest_data is None or lguest_data < 0 or lguest_data + 8 > self.st.mem_size:
             self.st.has_ld = 0
             self.st.ld = 0
         else:
@@ -689,15 +877,27 @@ cdef class NativeHooks:
     def run(self, uint64_t budget_blocks=0, int64_t deadline_ns=0):
         """Enter the guest and run it until a hook stops it; the GIL is
         released meanwhile.  ``budget_blocks``: stop after that many guest
-        blocks (0: no limit).  Returns Unicorn's error code."""
+        blocks (0: no limit).  Returns Unicorn's error code.  One run at a
+        time: RuntimeError if another thread is inside run()."""
         cdef int err
-        self.st.budget_end = self.st.blocks + budget_blocks if budget_blocks else 0
-        self.st.deadline_ns = deadline_ns
-        if self.st.regs == NULL or self.st.ctx == NULL:
-            raise RuntimeError("hooks not bound")
-        with nogil:
-            err = uh_run(&self.st)
+        self._check_idle()
+        if self.st.regs == NULL:
+            raise RuntimeError("NativeHooks are not bound to a cpu")
+        if not self.nhooks:
+            raise RuntimeError("NativeHooks are not installed")
+        self.busy = 1   # with the GIL held: a second caller sees it
+        try:
+            self.st.budget_end = self.st.blocks + budget_blocks if budget_blocks else 0
+            self.st.deadline_ns = deadline_ns
+            with nogil:
+                err = uh_run(&self.st)
+        finally:
+            self.busy = 0
         return err
+
+    @property
+    def running(self):
+        return bool(self.busy)
 
     def request_stop(self):
         """Stop the running guest at its next block (thread-safe)."""
@@ -714,12 +914,17 @@ cdef class NativeHooks:
     def clear_poke(self):
         uh_store_u32(&self.st.attention, 0)
 
+    def __repr__(self):
+        state = ("uninitialised", "ready", "closed")[self.state]
+        return f"<NativeHooks {state}, {self.nhooks} hooks, {self.st.blocks} blocks>"
+
     @property
     def native_direct(self):
         return bool(self.st.native_direct)
 
     @native_direct.setter
     def native_direct(self, value):
+        self._check()
         self.st.native_direct = 1 if value else 0
 
     @property
@@ -732,6 +937,7 @@ cdef class NativeHooks:
 
     @slice_ns.setter
     def slice_ns(self, int64_t value):
+        self._check()
         self.st.slice_ns = value
 
     @property
@@ -779,7 +985,7 @@ cdef class NativeHooks:
 
     def stop_counts(self):
         cdef int i
-        return {REASONS[i]: self.st.stops[i] for i in range(13) if self.st.stops[i]}
+        return {REASONS[i]: self.st.stops[i] for i in range(len(REASONS)) if self.st.stops[i]}
 
 
 def monotonic_ns():

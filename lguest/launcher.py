@@ -12,6 +12,7 @@ and reads at most :data:`NOTIFY_MAX` bytes of string per NOTIFY.
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,8 @@ class Launcher:
         #: Early-console bytes dropped from the front of the ring so far.
         self.console_dropped = 0
         self.console_limit = console_limit
+        # One run at a time: a cpu (and its backend) is driven by one thread.
+        self._run_lock = threading.Lock()
         if console is None:
             self._sink: ConsoleSink | None = None
         elif callable(console):
@@ -141,7 +144,16 @@ class Launcher:
             self.early_console(addr)
 
     def run(self, timeout: float | None = None) -> RunResult:
-        """Run until the guest dies, asks for a restart, breaks out or times out."""
+        """Run until the guest dies, asks for a restart, breaks out or times out.
+        RuntimeError if another thread is already running this Launcher."""
+        if not self._run_lock.acquire(blocking=False):
+            raise RuntimeError("Launcher.run() is already running on another thread")
+        try:
+            return self._run(timeout)
+        finally:
+            self._run_lock.release()
+
+    def _run(self, timeout: float | None) -> RunResult:
         import time
 
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -13,7 +13,10 @@ from __future__ import annotations
 import ctypes
 import mmap
 import struct
+import threading
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from .constants import PAGE_SIZE
@@ -85,6 +88,8 @@ class GuestMemory(_Base):  # type: ignore[misc,valid-type]
         if _Base is not object:
             self._set_buffer(self._address, self._size)
         self._users: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._holds = 0
+        self._holds_lock = threading.Lock()
 
     # --- properties -----------------------------------------------------------
     @property
@@ -157,8 +162,26 @@ class GuestMemory(_Base):  # type: ignore[misc,valid-type]
         self._check_open()
         self._users.add(user)
 
+    @contextmanager
+    def hold(self) -> Iterator[GuestMemory]:
+        """Keep the memory mapped for the duration: while any hold is active
+        ``close()`` raises RuntimeError (an emulator maps these pages, or a
+        native hook points into them)."""
+        with self._holds_lock:
+            self._check_open()
+            self._holds += 1
+        try:
+            yield self
+        finally:
+            with self._holds_lock:
+                self._holds -= 1
+
     def close(self) -> None:
-        """Detach every guest using this memory, then unmap it. Idempotent."""
+        """Detach every guest using this memory, then unmap it. Idempotent.
+        RuntimeError while a ``hold()`` is active."""
+        with self._holds_lock:
+            if self._holds:
+                raise RuntimeError(f"GuestMemory in use ({self._holds} holds): cannot close it")
         if self._view is None:
             return
         if getattr(self, "_exports", 0):

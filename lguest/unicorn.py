@@ -9,21 +9,29 @@ through :func:`lguest.run.run_guest`.
 How the pieces map onto lguest
 ------------------------------
 
-* **The Switcher** (host-owned, at 0xFFC00000, never in guest RAM, mapped
-  read+exec only so the guest cannot write it): the trampoline that enters
-  the guest (``pop %gs; pop %fs; pop %es; pop %ds; iret``, the end of
-  lguest's switch_to_guest), the 256 default IDT stubs the host IDT points
-  at, the GDT (the guest's 32 entries plus the Switcher's ring-0 LGUEST_CS,
-  LGUEST_DS and TSS), the TSS (esp1/ss1 mirror SET_STACK), the host IDT
-  that ``copy_traps`` fills, the ring-0 stack holding the entry frame, and
-  -- when paging -- the top-level page table the CPU really uses (a
-  shadow of the guest's page directory whose last entry maps the Switcher,
-  as lguest's shadow tables did) and the Switcher's own page table.
-* **Entering the guest**: the CPU is put in ring 0 on the Switcher's
-  segments by patching a saved ``uc_context`` (Unicorn checks segment
-  loads against the current CPL, so ``reg_write`` cannot leave ring 3),
-  then the Switcher's real ``iretd`` enters ring 1 or 3 from a frame on the
-  Switcher stack, checking the guest's selectors as the hardware would.
+* **The Switcher** (host-owned, at 0xFFC00000, never in guest RAM): the
+  addresses of the 256 default IDT stubs the host IDT points at, the TSS
+  (esp1/ss1 mirror SET_STACK), the GDT (the guest's 32 entries plus the
+  Switcher's ring-0 LGUEST_CS, LGUEST_DS and TSS), the host IDT that
+  ``copy_traps`` fills, and -- when paging -- the top-level page table the
+  CPU really uses (a shadow of the guest's page directory whose last entry
+  maps the Switcher, as lguest's shadow tables did) and the Switcher's own
+  page table.  Of all this the emulated CPU can reach only the GDT's page,
+  read-only (it reads descriptors at the guest's privilege level); the
+  page tables are mapped PROT_NONE (Unicorn's page walker reads physical
+  memory unchecked) and the rest is not mapped at all, so any other guest
+  access to the host range is killed (``attempt to access switcher
+  pages``).  See "Emulator containment" in docs/SECURITY.md.
+* **Entering the guest** is a saved-``uc_context`` patch (Unicorn checks
+  segment loads against the current CPL, so ``reg_write`` cannot leave
+  ring 3): the checks lguest's Switcher left to ``pop %gs; pop %fs;
+  pop %es; pop %ds; iretd`` at ring 0 are made in C, in that order and
+  with the trap numbers and error codes Unicorn's own instructions raise,
+  then the guest's segments, eip, esp and flags are written and Unicorn
+  starts at the guest's eip.  No host instruction runs in the emulator, so
+  every block it runs is the guest's, counts toward the clock and the
+  deadline, and sees a break-out.  A code selector of RPL 0 is refused
+  (the guest never runs at CPL 0).
 * **Direct traps** (the guest's syscall gate, and any trap gate
   ``copy_traps`` copies) are delivered inside a native UC_HOOK_INTR
   callback by the compiled core (:mod:`lguest._uchook`); the guest runs
@@ -48,14 +56,23 @@ How the pieces map onto lguest
   the fault (``demand_page``).
 
 Exits the host adds to lguest's kill messages: ``lguest: trap N (0xE)
-entering the guest at 0x...`` (the Switcher's ``iret`` or segment pops
-faulted on the guest's state, e.g. after a LOAD_GDT that removed the
-segment in use), ``lguest: bad segment 0x.. delivering trap N`` (a direct
+entering the guest at 0x...`` (the entry's segment checks refused the
+guest's state -- the trap the Switcher's ``pop``/``iret`` would have raised,
+e.g. after a LOAD_GDT that removed the segment in use, or an RPL-0 code
+selector), ``lguest: bad segment 0x.. delivering trap N`` (a direct
 trap's code or stack segment is unusable), ``attempt to access switcher
-pages`` (lguest's own words, for a write to or a run into the Switcher) and
-``bad page table entry`` (a guest pte names a frame beyond RAM).  A flat
-guest touching memory it does not have gets a page fault, as it would
-through lguest's shadow tables.
+pages`` (lguest's own words, for any guest read, write or instruction
+fetch in the host range other than reading the GDT),
+``lguest: guest code at CPL 0 at 0x...`` (a backstop that cannot fire:
+see docs/SECURITY.md) and ``bad page table entry`` (a guest pte names a
+frame beyond RAM).  A flat guest touching memory it does not have gets a
+page fault, as it would through lguest's shadow tables.
+
+Host API: one ``run()`` at a time per launcher (another thread gets
+RuntimeError); leaving the ``with`` block while another thread is in
+``run()`` breaks that run out, waits for it (up to ``teardown_wait``
+seconds) and then tears down; guest memory is held open
+(``GuestMemory.hold``) while Unicorn maps it.
 
 Limits (documented, deliberate): one cpu; no LDT; the guest's second-level
 page tables are walked by Unicorn directly, so a guest kernel that maps
@@ -105,7 +122,7 @@ from .constants import (
     SWITCHER_ADDR,
     U32,
 )
-from .launcher import Launcher, RunResult
+from .launcher import DEFAULT_CONSOLE_LIMIT, Launcher, RunResult
 from .memory import GuestMemory
 from .run import Backend
 
@@ -125,21 +142,23 @@ UNICORN_VERSION = "2.1.4"
 HOST_IRQ_TRAP = 0xEF
 
 # --- the Switcher's layout (offsets from SWITCHER_ADDR) ---------------------------------
-SW_TRAMPOLINE = 0x0000
+# What the emulated CPU can reach of it (see "Emulator containment" in
+# docs/SECURITY.md): only the GDT page, read-only, because the CPU reads
+# descriptors at the guest's privilege level; the page directory and the
+# Switcher's page table are mapped PROT_NONE (Unicorn's page walker reads
+# physical memory without a permission check; any guest access faults);
+# the rest is not mapped at all.  No host code runs in the emulator.
 SW_STUBS = 0x0100  # 256 x 8 bytes: the default host IDT handlers (Backend.default_handlers)
-SW_UNTIL = 0x0FF0  # emu_start's "until": never reached by a healthy guest
-SW_GDT = 0x1000
-SW_TSS = 0x1100
-SW_IDT = 0x1800
-SW_STACK_TOP = 0x3000  # ring-0 stack page 0x2000..0x2fff
-SW_FRAME = SW_STACK_TOP - 36  # gs fs es ds eip cs eflags esp ss
+SW_TSS = 0x0A00  # the TSS (esp1/ss1 mirror SET_STACK); Unicorn never reads it
+SW_UNTIL = 0x0FF0  # emu_start's "until": unmapped, never reached by a healthy guest
+SW_GDT = 0x1000  # alone on its page: the only host page the CPU can read
+SW_IDT = 0x2000  # the host IDT copy_traps fills (read by the native hook only)
 SW_PGD = 0x3000  # the CPU's page directory (shadow of the guest's)
-SW_PT = 0x4000  # maps the Switcher itself (pgd entry 1023)
+SW_PT = 0x4000  # maps the GDT page (pgd entry 1023)
 SW_SIZE = 0x5000
 SWITCHER_PGD_INDEX = SWITCHER_ADDR >> 22  # 1023
 
-TRAMPOLINE = bytes.fromhex("0fa9" "0fa1" "07" "1f" "cf")  # pop gs; pop fs; pop es; pop ds; iret
-STUB = bytes.fromhex("0f0b" "f4f4f4f4f4f4")  # ud2; hlt...: never executed by the CPU
+STUB = bytes.fromhex("0f0b" "f4f4f4f4f4f4")  # ud2; hlt...: not mapped, never executed
 
 GDT_ENTRY_KERNEL_CS = 12
 GDT_ENTRY_KERNEL_DS = 13
@@ -409,11 +428,10 @@ class UnicornBackend(Backend):
         self._last_blocks = 0
         self.python_direct: dict[int, int] = {}
 
-        # The Switcher: host memory, mapped read+exec only.
+        # The Switcher: host memory; the CPU sees only its GDT page (read-only).
         self._sw = mmap.mmap(-1, SW_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self._sw_addr = ctypes.addressof(ctypes.c_char.from_buffer(self._sw))
         self._sw_words = np.frombuffer(self._sw, dtype=np.uint32)
-        self._sw[SW_TRAMPOLINE:SW_TRAMPOLINE + len(TRAMPOLINE)] = TRAMPOLINE
         for i in range(IDT_ENTRIES):
             self._sw[SW_STUBS + 8 * i:SW_STUBS + 8 * i + 8] = STUB
         self._sw[SW_UNTIL:SW_UNTIL + 1] = b"\xf4"
@@ -421,14 +439,19 @@ class UnicornBackend(Backend):
         self.host_idt = self._sw_words[SW_IDT // 4:SW_IDT // 4 + 2 * IDT_ENTRIES].reshape(IDT_ENTRIES, 2)
         self.shadow_pgd = self._sw_words[SW_PGD // 4:SW_PGD // 4 + 1024]
         switcher_pt = self._sw_words[SW_PT // 4:SW_PT // 4 + 1024]
-        for i in range(SW_SIZE // PAGE_SIZE):  # supervisor, read-only, already accessed
-            switcher_pt[i] = (SWITCHER_ADDR + i * PAGE_SIZE) | PTE_PRESENT | PTE_ACCESSED | PTE_DIRTY
+        # Only the GDT page: supervisor, read-only, already accessed (ring 3
+        # cannot touch it; the CPU's descriptor reads are supervisor reads).
+        switcher_pt[SW_GDT // PAGE_SIZE] = (SWITCHER_ADDR + SW_GDT) | PTE_PRESENT | PTE_ACCESSED | PTE_DIRTY
         tss = self._sw_words[SW_TSS // 4:SW_TSS // 4 + TSS_SIZE // 4]
-        tss[1] = SWITCHER_ADDR + SW_STACK_TOP  # esp0
-        tss[2] = LGUEST_DS  # ss0
+        tss[2] = LGUEST_DS  # ss0 (no ring-0 stack: the entry is a context patch)
         struct.pack_into("<H", self._sw, SW_TSS + 102, TSS_SIZE)  # no I/O bitmap (all ports denied)
         self._tss = tss
-        uc.mem_map_ptr(SWITCHER_ADDR, SW_SIZE, _ucc.UC_PROT_READ | _ucc.UC_PROT_EXEC, self._sw_addr)
+        # Separate regions, separate protections: Unicorn's are the same for
+        # every ring, so nothing the guest must not read or run is mapped
+        # readable or executable at all.
+        self._sw_regions = ((SW_GDT, PAGE_SIZE, _ucc.UC_PROT_READ), (SW_PGD, 2 * PAGE_SIZE, _ucc.UC_PROT_NONE))
+        for off, size, prot in self._sw_regions:
+            uc.mem_map_ptr(SWITCHER_ADDR + off, size, prot, self._sw_addr + off)
 
         # lguest's host IDT for this cpu lives in the Switcher too; run_guest
         # finds it as cpu.host_idt and copy_traps fills it.
@@ -460,12 +483,12 @@ class UnicornBackend(Backend):
                    _x86.UC_X86_REG_CS, _x86.UC_X86_REG_EFLAGS, _x86.UC_X86_REG_ESP, _x86.UC_X86_REG_SS]
         self.hooks = _uchook.NativeHooks(
             uc_handle=_engine_handle(uc), funcs=_function_addresses(), reg_ids=reg_ids,
-            reg_cr2=_x86.UC_X86_REG_CR2, layout=layout, switcher_address=self._sw_addr,
+            reg_cr2=_x86.UC_X86_REG_CR2, layout=layout, switcher=self._sw,
             switcher_va=SWITCHER_ADDR, switcher_size=SW_SIZE, gdt_offset=SW_GDT,
-            tramp_va=SWITCHER_ADDR + SW_TRAMPOLINE, until_va=SWITCHER_ADDR + SW_UNTIL, frame_off=SW_FRAME,
+            until_va=SWITCHER_ADDR + SW_UNTIL,
             host_cs=LGUEST_CS, host_ss=LGUEST_DS, ctx_alloc=ctx.value, ctx_small_alloc=ctx_small.value,
             uc_free=lambda p: lib.uc_free(ctypes.c_void_p(p)),
-            insn_in=_x86.UC_X86_INS_IN, insn_out=_x86.UC_X86_INS_OUT)
+            insn_in=_x86.UC_X86_INS_IN, insn_out=_x86.UC_X86_INS_OUT, uc_owner=uc)
         api = None
         if type(cpu).__module__ == "lguest._core":
             from . import _core
@@ -473,16 +496,30 @@ class UnicornBackend(Backend):
             native_api = getattr(_core, "native_api", None)  # None: direct traps take the Python path
             api = native_api(cpu) if native_api is not None else None
         mem = self.guest.memory
-        self.hooks.bind(cpu, cpu.regs.array, self.host_idt, cpu.idt, mem.address, mem.size, api)
+        self.hooks.bind(cpu, cpu.regs.array, self.host_idt, cpu.idt, mem, api)
         self.hooks.native_direct = native_direct
         self.hooks.install()
 
     # --- host structures -------------------------------------------------------------------
     def load_gdt(self, cpu: Any) -> None:
-        """The GDT the CPU uses: the guest's entries and the Switcher's own."""
-        self.gdt[:] = cpu.gdt
-        for i, (a, b) in SWITCHER_SEGMENTS.items():
-            self.gdt[i] = (a, b)
+        """The GDT the CPU uses: the guest's entries and the Switcher's own.
+
+        Of the guest's entries only code and data segments reach the CPU,
+        at DPL 1 or above and already accessed: a system descriptor (call
+        gate, task gate, TSS, LDT) is blanked, so no far jump, call or task
+        switch of the guest's can reach CPL 0 or make the CPU write its
+        state into host pages.  (The core already raises DPL 0 to 1 and sets
+        the accessed bit, as lguest did; this is the CPU's view, enforced.)"""
+        gdt = np.array(cpu.gdt, dtype=np.uint32)
+        b = gdt[:, 1]
+        system = (b & 0x1000) == 0
+        gdt[system] = 0
+        dpl0 = ~system & ((b & 0x6000) == 0)
+        b[dpl0] |= np.uint32(1 << 13)
+        b[~system] |= np.uint32(0x100)
+        self.gdt[:] = gdt
+        for i, (a, b_) in SWITCHER_SEGMENTS.items():
+            self.gdt[i] = (a, b_)
 
     def close(self) -> None:
         hooks = getattr(self, "hooks", None)
@@ -490,10 +527,11 @@ class UnicornBackend(Backend):
             hooks.close()
             self.hooks = None
         if self.uc is not None:
-            try:
-                self.uc.mem_unmap(SWITCHER_ADDR, SW_SIZE)
-            except _unicorn.UcError:
-                pass
+            for off, size, _prot in self._sw_regions:
+                try:
+                    self.uc.mem_unmap(SWITCHER_ADDR + off, size)
+                except _unicorn.UcError:
+                    pass
         self.gdt = self.host_idt = self.shadow_pgd = self._tss = self._sw_words = None
         if getattr(self.cpu, "host_idt", None) is not None:
             self.cpu.host_idt = None
@@ -566,6 +604,8 @@ class UnicornBackend(Backend):
             g.kill(f"lguest: bad segment {M.lx(hooks.errcode)} delivering trap {hooks.trapnum}")
         elif reason == _uchook.REASON_DEAD:
             pass
+        elif reason == _uchook.REASON_RING0:
+            g.kill(f"lguest: guest code at CPL 0 at {M.lx(r.eip)}")
         else:  # emu_start ended by itself: an emulator error, or the guest ran into the Switcher
             if err:
                 g.kill(f"unicorn: {_unicorn.UcError(err)} at {M.lx(r.eip)}")
@@ -728,7 +768,8 @@ class UnicornLauncher:
 
     def __init__(self, memory: int, *, syscall_vector: int = 0x80, page_offset: int = 0,
                  clock: str = "virtual", console: Callable[[bytes], None] | Any = None,
-                 used_vectors: Any = None, native_direct: bool = True, core: Any = None) -> None:
+                 used_vectors: Any = None, native_direct: bool = True, core: Any = None,
+                 console_limit: int = DEFAULT_CONSOLE_LIMIT) -> None:
         if clock not in ("virtual", "wall"):
             raise ValueError('clock must be "virtual" or "wall"')
         if isinstance(memory, bool) or not isinstance(memory, int) or memory <= 0 or memory % PAGE_SIZE:
@@ -744,6 +785,7 @@ class UnicornLauncher:
         self.page_offset = page_offset
         self.clock_mode = clock
         self._console_arg = console
+        self._console_limit = console_limit
         self._used_vectors = used_vectors
         self._native_direct = native_direct
         self._core = core
@@ -755,6 +797,10 @@ class UnicornLauncher:
         self.backend: UnicornBackend | None = None
         self.launcher: Launcher | None = None
         self.entry: int | None = None
+        # One run at a time: the engine, the native hooks' state and the
+        # cpu are not thread-safe.  Held for the whole of run().
+        self._run_lock = threading.Lock()
+        self._memory_hold: Any = None
 
     # --- lifetime ------------------------------------------------------------------------------
     def __enter__(self) -> UnicornLauncher:
@@ -769,8 +815,24 @@ class UnicornLauncher:
             raise
         return self
 
+    #: __exit__ during a run on another thread breaks the guest out and
+    #: waits this long for run() to return before giving up.
+    teardown_wait = 5.0
+
     def __exit__(self, *exc: Any) -> None:
-        self._teardown()
+        """Tear down.  If another thread is inside run(), break it out and
+        wait (run returns within a block of the request); RuntimeError, with
+        nothing released, if it has not returned after ``teardown_wait``."""
+        if not self._run_lock.acquire(blocking=False):
+            if self.launcher is not None and self.backend is not None and self.backend.hooks is not None:
+                self.launcher.break_out()
+                self.backend.hooks.request_stop()
+            if not self._run_lock.acquire(timeout=self.teardown_wait):
+                raise RuntimeError("UnicornLauncher is still running a guest on another thread; not torn down")
+        try:
+            self._teardown()
+        finally:
+            self._run_lock.release()
 
     def _setup(self) -> None:
         self.memory = mem = GuestMemory(self.memory_size)
@@ -783,6 +845,11 @@ class UnicornLauncher:
         for i, (a, b) in GUEST_FLAT_SEGMENTS.items():
             cpu.gdt[i] = (a, b)
         self.uc = uc = _unicorn.Uc(_ucc.UC_ARCH_X86, _ucc.UC_MODE_32)
+        # Unicorn maps the pages themselves: hold the memory open until
+        # mem_unmap (GuestMemory.close() raises meanwhile).
+        hold = mem.hold()
+        hold.__enter__()
+        self._memory_hold = hold
         uc.mem_map_ptr(0, mem.size, _ucc.UC_PROT_ALL, mem.address)
         self.backend = backend = UnicornBackend(uc, cpu, virtual=clock is not None, ns_per_block=self.ns_per_block,
                                                 native_direct=self._native_direct)
@@ -792,7 +859,7 @@ class UnicornLauncher:
         if self.page_offset:
             g.pgdir = self._initial_page_tables()
             backend.enable_paging()
-        self.launcher = Launcher(cpu, backend, console=self._console_arg)
+        self.launcher = Launcher(cpu, backend, console=self._console_arg, console_limit=self._console_limit)
 
     def _initial_page_tables(self) -> int:
         """lguest's Launcher's tables: all RAM at 0 and at page_offset, at the top of RAM."""
@@ -820,12 +887,16 @@ class UnicornLauncher:
         backend, self.backend = self.backend, None
         if backend is not None:
             backend.close()
+        unmapped = True
         if self.uc is not None:
             try:
                 self.uc.mem_unmap(0, self.memory_size)
             except _unicorn.UcError:
-                pass
-            self.uc = None
+                unmapped = self._memory_hold is None  # mapped, or never mapped
+            self.uc = None  # the last reference: the engine is closed
+        if self._memory_hold is not None and unmapped:
+            self._memory_hold.__exit__(None, None, None)
+            self._memory_hold = None
         if backend is not None:
             backend.release_switcher()  # Unicorn no longer maps it
         if self.cpu is not None:
@@ -833,7 +904,7 @@ class UnicornLauncher:
         if self.memory is not None:
             try:
                 self.memory.close()
-            except BufferError:
+            except (BufferError, RuntimeError):  # a view or a hold still lives: the GC frees it
                 pass
         if self.host is not None:
             self.host.free_interrupts()
@@ -872,13 +943,18 @@ class UnicornLauncher:
     def run(self, timeout: float | None = None) -> RunResult:
         """Run until the guest dies ("dead"), asks to reboot ("restart"), a
         break-out ("break") or ``timeout`` seconds ("timeout")."""
-        self._check_live()
-        backend = self.backend
-        backend.deadline_ns = 0 if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
+        if not self._run_lock.acquire(blocking=False):
+            raise RuntimeError("UnicornLauncher.run() is already running on another thread")
         try:
-            return self.launcher.run(timeout)
+            self._check_live()
+            backend = self.backend
+            backend.deadline_ns = 0 if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
+            try:
+                return self.launcher.run(timeout)
+            finally:
+                backend.deadline_ns = 0
         finally:
-            backend.deadline_ns = 0
+            self._run_lock.release()
 
     def send_irq(self, irq: int) -> None:
         """Raise virtual irq ``irq`` (LHREQ_IRQ); thread-safe, honoured at the next guest block."""
@@ -894,7 +970,13 @@ class UnicornLauncher:
 
     @property
     def console(self) -> bytes:
+        """The newest ``console_limit`` bytes of early-console output."""
         return self.launcher.console if self.launcher is not None else b""
+
+    @property
+    def console_dropped(self) -> int:
+        """Early-console bytes dropped from the front to keep ``console_limit``."""
+        return self.launcher.console_dropped if self.launcher is not None else 0
 
     @property
     def stats(self) -> dict[str, int]:
