@@ -549,3 +549,16 @@ def test_two_guests_in_one_process_one_misbehaves(guests, bad):
         "bad1": "bad IDT type 5", "bad2": "bad stack page 0xfffffff", "bad3": "Bad hypercall 99\n"}[bad]
     assert (results["good"].reason, results["good"].message) == ("dead", "CRASH: bye")
     assert good_stats["direct_0x80"] == 1003
+
+
+def test_console_limit_keeps_the_newest_bytes(guests):
+    """UnicornLauncher hands console_limit to its Launcher: the sink still sees
+    every byte, the launcher keeps only the newest ones and counts the rest."""
+    chunks = []
+    with launcher(console=chunks.append, console_limit=40) as lg:
+        lg.load_elf(guests["flat"])
+        result = lg.run(timeout=30)
+        kept, dropped = lg.console, lg.console_dropped
+    streamed = b"".join(chunks)
+    assert result.reason == "dead"
+    assert kept == streamed[-40:] and dropped == len(streamed) - 40
