@@ -390,10 +390,12 @@ class Guest:
 
     def could_be_syscall(self, num: int) -> bool:
         num = _check_u32(num, "num")
-        return num == SYSCALL_VECTOR or num == self.syscall_vector
+        vector = self.syscall_vector  # first: a half-built Guest raises even for 0x80
+        return num == SYSCALL_VECTOR or num == vector
 
     def direct_trap(self, num: int) -> bool:
         num = _check_u32(num, "num")
+        self._check_ready()
         if num >= FIRST_EXTERNAL_VECTOR and not self.could_be_syscall(num):
             return False
         return num not in (14, 13, 7, 6, LGUEST_TRAP_ENTRY)
