@@ -1158,6 +1158,7 @@ cdef class Guest:
         self._check_ready()
         cdef uint32_t a = to_u32(addr, "addr")
         cdef uint32_t n = to_u32(length, "length")
+        self._check_mem()  # closed memory has no addresses, in both cores
         return lg_range_ok(&self.g, a, n)
 
     def ld_read_u32(self, off):

@@ -289,6 +289,7 @@ class Guest:
         """``lguest_address_ok``: the end's page must be below pfn_limit, no wrap."""
         addr = _check_u32(addr, "addr")
         length = _check_u32(length, "length")
+        self._mem()  # closed memory has no addresses (the compiled core's limit is 0)
         end = (addr + length) & U32
         return end // PAGE_SIZE < self.pfn_limit and end >= addr
 
@@ -566,8 +567,9 @@ class Cpu:
         """Push an interrupt frame on the guest's stack and jump to its handler."""
         lo = _check_u32(lo, "lo")
         hi = _check_u32(hi, "hi")
+        err = bool(has_err)  # before the check: __bool__ may run Python (and close the memory)
         self.guest._mem()
-        self._set_guest_interrupt(lo, hi, bool(has_err))
+        self._set_guest_interrupt(lo, hi, err)
 
     def _push(self, gstack: int, value: int) -> int:
         """push_guest_stack: the stack grows down; move, then write."""
