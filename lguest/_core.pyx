@@ -22,7 +22,9 @@ import threading
 import numpy as np
 
 from . import messages as _messages
+from . import validate as _validate
 from .constants import REG_NAMES
+from .vectors import _check_vector
 
 NAME = "cython"
 
@@ -120,8 +122,15 @@ cdef extern from *:
             if (!first) { pthread_cond_wait(&w->c, &w->m); continue; }
             left = first->expiry - lg_realtime_ns();
             if (left <= 0) {
-                /* clockdev_fn: irq 0 pending; wake the cpu if it sleeps. */
-                if (first->period > 0) first->expiry += first->period;
+                /* clockdev_fn: irq 0 pending; wake the cpu if it sleeps.
+                 * A periodic timer that fell more than a period behind skips
+                 * the missed expiries (hrtimer_forward's overrun rule): the
+                 * thread must never be left permanently behind, looping with
+                 * the mutex held while Python threads wait for it. */
+                if (first->period > 0) {
+                    first->expiry += first->period;
+                    if (first->expiry <= lg_realtime_ns()) first->expiry = lg_realtime_ns() + first->period;
+                }
                 else first->armed = 0;
                 w->fired++;
                 /* A fire that found the bit clear opened a new pending window. */
@@ -253,6 +262,8 @@ cdef enum:
     PAGE_RW = 0x2
     PAGE_ACCESSED = 0x20
     PAGE_DIRTY = 0x40
+    PAGE_PSE = 0x80
+    PAGE_TABLE = 0x67
     LD_IRQ_ENABLED = 0
     LD_BLOCKED_INTERRUPTS = 4
     LD_TIME = 12
@@ -277,6 +288,9 @@ cdef enum:
     K_BAD_ADDRESS = 10
     K_BAD_STACK_PAGE = 11
     K_WRITING_TIMESTAMP = 12
+    K_SWITCHER_PAGES = 13
+    K_BAD_PGD = 14
+    K_BAD_PTE = 15
 
 # --- the C state ----------------------------------------------------------------
 ctypedef struct lg_regs:
@@ -381,20 +395,33 @@ cdef void lg_pin_page(lg_guest *lg, uint32_t vaddr) noexcept nogil:
     cdef uint64_t page
     if not lg.has_pgdir:
         page = lg_guest_pa(lg, vaddr) & 0xFFFFF000U
-        if page + PAGE_SIZE <= lg.mem_size:
-            return
-    else:
-        # What demand_page(vaddr, write) needs: present tables, a writable
-        # pte, frames inside guest memory.  It marks the pte accessed and
-        # dirty, as the MMU would.
-        pgd = lg_read32(lg, lg.pgdir + (vaddr >> 22) * 4)
-        if (pgd & PAGE_PRESENT) and (pgd >> 12) < lg.pfn_limit:
-            pte_addr = (pgd & 0xFFFFF000U) + ((vaddr >> 12) & 0x3FF) * 4
-            pte = lg_read32(lg, pte_addr)
-            if (pte & PAGE_PRESENT) and (pte & PAGE_RW) and (pte >> 12) < lg.pfn_limit:
-                lg_write32(lg, pte_addr, pte | PAGE_ACCESSED | PAGE_DIRTY)
-                return
-    lg_kill(lg, K_BAD_STACK_PAGE, vaddr, 0)
+        if page + PAGE_SIZE > lg.mem_size:
+            lg_kill(lg, K_BAD_STACK_PAGE, vaddr, 0)
+        return
+    # page_writable + demand_page(vaddr, write) without shadow tables, in
+    # the kernel's order (API.md): the Switcher's range first, whatever the
+    # guest's tables say; it touches no guest memory.
+    if vaddr >= 0xFFC00000U:
+        lg_kill(lg, K_SWITCHER_PAGES, 0, 0)
+        return
+    pgd = lg_read32(lg, lg.pgdir + (vaddr >> 22) * 4)
+    if not (pgd & PAGE_PRESENT):
+        lg_kill(lg, K_BAD_STACK_PAGE, vaddr, 0)
+        return
+    # check_gpgd kills but demand_page carries on with the walk (a bad pfn
+    # then fails the pte read, whose kill is already shadowed).
+    if (pgd & 0xFFF & ~(<uint32_t>PAGE_TABLE)) or (pgd >> 12) >= lg.pfn_limit:
+        lg_kill(lg, K_BAD_PGD, 0, 0)
+    pte_addr = (pgd & 0xFFFFF000U) + ((vaddr >> 12) & 0x3FF) * 4
+    pte = lg_read32(lg, pte_addr)
+    if not (pte & PAGE_PRESENT) or not (pte & PAGE_RW):
+        lg_kill(lg, K_BAD_STACK_PAGE, vaddr, 0)
+        return
+    if (pte & PAGE_PSE) or (pte >> 12) >= lg.pfn_limit:
+        lg_kill(lg, K_BAD_PTE, 0, 0)  # check_gpte; the pin counts as done
+        return
+    # It marks the pte accessed and dirty, as the MMU would.
+    lg_write32(lg, pte_addr, pte | PAGE_ACCESSED | PAGE_DIRTY)
 
 
 # --- the clock ----------------------------------------------------------------------
@@ -611,12 +638,22 @@ cdef void lg_fill_direct(lg_guest *lg) noexcept nogil:
 # ===================================================================================
 # The Python face
 # ===================================================================================
+cdef object _py_to_u32 = _validate.to_u32
+cdef object _py_to_index = _validate.to_index
+
 cdef uint32_t to_u32(object v, str what) except? 0xFFFFFFFF:
-    """A guest-visible 32-bit value from Python: outside 0..2**32-1 is host misuse."""
-    cdef object i = operator.index(v)
-    if i < 0 or i > 0xFFFFFFFF:
-        raise ValueError(f"{what} {i} is not a u32")
-    return <uint32_t>i
+    """A guest-visible 32-bit value from Python: outside 0..2**32-1 is host misuse.
+
+    The rule is lguest.validate.to_u32's (no bools, TypeError / ValueError);
+    exact ints take this C fast path, everything else goes to that function,
+    so both cores agree by construction."""
+    if type(v) is int and 0 <= v <= 0xFFFFFFFF:
+        return <uint32_t>(<unsigned long long>v)
+    return <uint32_t>(<unsigned long long>_py_to_u32(v, what))
+
+
+cdef inline int _not_ready(object obj) except -1:
+    raise _validate.not_initialised(obj)
 
 
 cdef class BufferExporter:
@@ -690,38 +727,23 @@ def default_idt_entry(trap, handler, base=None):
     """A present interrupt gate into the Switcher, which returns to the host."""
     cdef uint32_t entry[2]
     cdef uint32_t b[2]
-    cdef long long t = operator.index(trap)
+    cdef uint32_t t = to_u32(trap, "trap")
     cdef uint32_t h = to_u32(handler, "handler")
     if base is None:
-        lg_default_idt_entry(entry, <uint32_t>t if 0 <= t <= 0xFFFFFFFF else 0x100, h, NULL)
+        lg_default_idt_entry(entry, t, h, NULL)
     else:
-        b[0] = to_u32(base[0], "base a")
-        b[1] = to_u32(base[1], "base b")
-        lg_default_idt_entry(entry, <uint32_t>t if 0 <= t <= 0xFFFFFFFF else 0x100, h, b)
+        b[0], b[1] = _validate.to_idt_pair(base)
+        lg_default_idt_entry(entry, t, h, b)
     return (entry[0], entry[1])
 
 
 cdef uint32_t[:, ::1] _as_idt(object idt) except *:
-    if not isinstance(idt, np.ndarray) or idt.dtype != np.uint32 or idt.shape != (IDT_ENTRIES, 2):
-        raise ValueError("idt must be a numpy uint32 array of shape (256, 2)")
-    if not idt.flags.writeable:
-        raise ValueError("idt must be writable")
-    if not idt.flags.c_contiguous:
-        raise ValueError("idt must be C-contiguous")
-    return idt
+    # lguest.validate.as_idt: the one rule for both cores.
+    return _validate.as_idt(idt)
 
 
 cdef object _as_defaults(object defaults):
-    arr = defaults
-    if not (isinstance(arr, np.ndarray) and arr.dtype == np.uint32 and arr.flags.c_contiguous):
-        arr = np.asarray(defaults)
-        if arr.shape == (IDT_ENTRIES,) and arr.dtype != np.uint32:
-            if arr.dtype.kind not in "iu" or (arr.size and (arr.min() < 0 or arr.max() > 0xFFFFFFFF)):
-                raise ValueError("defaults must be u32 handler addresses")
-        arr = np.ascontiguousarray(arr, dtype=np.uint32)
-    if arr.shape != (IDT_ENTRIES,):
-        raise ValueError("defaults must hold 256 handler addresses")
-    return arr
+    return _validate.as_defaults(defaults)
 
 
 def setup_default_idt_entries(idt, defaults):
@@ -744,8 +766,7 @@ cdef class Regs:
         cdef uint32_t[::1] view
         if array is None:
             array = np.zeros(18, dtype=np.uint32)
-        if not isinstance(array, np.ndarray) or array.dtype != np.uint32 or array.shape != (18,):
-            raise ValueError("Regs needs a numpy uint32 array of 18 words")
+        _validate.check_regs_array(array)
         view = array
         self._view = view
         self.array = array
@@ -895,53 +916,134 @@ cdef class Regs:
     def ss(self, value):
         self.r.ss = to_u32(value, "ss")
 
+    def __reduce_ex__(self, protocol):
+        raise _validate.no_pickle(self)
+
     def __repr__(self):
         return "Regs(" + ", ".join(f"{n}={int(v):#x}" for n, v in zip(REG_NAMES, self.array)) + ")"
 
 
 # --- the guest ------------------------------------------------------------------------------
 cdef class Guest:
-    """``struct lguest``: one guest, its memory and its kill state."""
+    """``struct lguest``: one guest, its memory and its kill state.
+
+    A Guest whose ``__init__`` never ran (``Guest.__new__(Guest)``, a
+    subclass skipping ``super().__init__``) raises ``RuntimeError`` on every
+    use instead of touching its zeroed C state -- as the Python core does.
+    """
     cdef lg_guest g
-    cdef readonly object host
-    cdef readonly object memory
-    cdef readonly object clock
-    cdef public list cpus
-    cdef public bint restart
-    cdef public uint32_t kernel_address
-    cdef public uint32_t tsc_khz
+    cdef bint _ready
+    cdef bint _init_started
+    cdef object _host
+    cdef object _memory
+    cdef object _clock
+    cdef list _cpus
+    cdef bint _restart
+    cdef uint32_t _kernel_address
+    cdef uint32_t _tsc_khz
     cdef object _custom_dead
     cdef object _dead_cache
-    cdef object _clock_cell
+    cdef int64_t[::1] _clock_cell   # held for life: the cell cannot be resized under the raw pointer
     cdef dict __dict__
     cdef object __weakref__
 
     def __init__(self, host, memory, *, page_offset=0xC0000000, clock=None):
         from .memory import GuestMemory
+        cdef int64_t[::1] cell_view
+        if self._init_started:
+            raise RuntimeError("Guest.__init__ called twice")
         if not isinstance(memory, GuestMemory):
             raise TypeError("memory must be a GuestMemory")
+        cdef uint32_t po = to_u32(page_offset, "page_offset")
+        cdef uint32_t vector = _check_vector(host.syscall_vector)
+        clock = clock if clock is not None else native_clock()
+        # The cell is read through a raw pointer on every timestamp: check
+        # it now (lguest.validate.clock_cell, the Python core's check too).
+        cell = _validate.clock_cell(clock)
+        address = memory.address  # ValueError if closed
+        self._init_started = True
         memset(&self.g, 0, sizeof(lg_guest))
-        self.host = host
-        self.memory = memory
-        self.cpus = []
-        self.g.page_offset = to_u32(page_offset, "page_offset")
-        self.g.syscall_vector = host.syscall_vector
+        self._host = host
+        self._memory = memory
+        self._cpus = []
+        self.g.page_offset = po
+        self.g.syscall_vector = vector
         lg_fill_direct(&self.g)
-        self.clock = clock if clock is not None else native_clock()
-        if getattr(self.clock, "realtime", False) is True:
+        self._clock = clock
+        if getattr(clock, "realtime", False) is True:
             self.g.clock_kind = CLOCK_REALTIME_KIND
-        elif isinstance(getattr(self.clock, "cell", None), np.ndarray) and self.clock.cell.dtype == np.int64:
-            self._clock_cell = self.clock.cell
+        elif cell is not None:
+            cell_view = cell
+            self._clock_cell = cell_view
             self.g.clock_kind = CLOCK_CELL_KIND
-            self.g.clock_cell = <int64_t *><size_t>self.clock.cell.ctypes.data
+            self.g.clock_cell = &cell_view[0]
         else:
             self.g.clock_kind = CLOCK_PYTHON_KIND
-        self.g.clock_obj = <void *>self.clock
-        self.g.mem = <uint8_t *><size_t>memory.address
+        self.g.clock_obj = <void *>clock
+        self.g.mem = <uint8_t *><size_t>address
         self.g.mem_size = memory.size
         self.g.pfn_limit = memory.size // PAGE_SIZE
         self.g.limit = <uint64_t>self.g.pfn_limit * PAGE_SIZE
         memory._register(self)
+        self._ready = True
+
+    cdef inline int _check_ready(self) except -1:
+        if not self._ready:
+            _not_ready(self)
+        return 0
+
+    def __reduce_ex__(self, protocol):
+        raise _validate.no_pickle(self)
+
+    @property
+    def host(self):
+        self._check_ready()
+        return self._host
+
+    @property
+    def memory(self):
+        self._check_ready()
+        return self._memory
+
+    @property
+    def clock(self):
+        self._check_ready()
+        return self._clock
+
+    @property
+    def cpus(self):
+        self._check_ready()
+        return self._cpus
+
+    @property
+    def restart(self):
+        self._check_ready()
+        return self._restart
+
+    @restart.setter
+    def restart(self, value):
+        self._check_ready()
+        self._restart = bool(value)
+
+    @property
+    def kernel_address(self):
+        self._check_ready()
+        return self._kernel_address
+
+    @kernel_address.setter
+    def kernel_address(self, value):
+        self._check_ready()
+        self._kernel_address = to_u32(value, "kernel_address")
+
+    @property
+    def tsc_khz(self):
+        self._check_ready()
+        return self._tsc_khz
+
+    @tsc_khz.setter
+    def tsc_khz(self, value):
+        self._check_ready()
+        self._tsc_khz = to_u32(value, "tsc_khz")
 
     def _detach_memory(self):
         """Called by GuestMemory.close(): no more raw access from now on."""
@@ -957,22 +1059,27 @@ cdef class Guest:
     # --- fields --------------------------------------------------------------------
     @property
     def page_offset(self):
+        self._check_ready()
         return self.g.page_offset
 
     @property
     def pfn_limit(self):
+        self._check_ready()
         return self.g.pfn_limit
 
     @property
     def syscall_vector(self):
+        self._check_ready()
         return self.g.syscall_vector
 
     @property
     def lguest_data(self):
+        self._check_ready()
         return self.g.lguest_data if self.g.has_lguest_data else None
 
     @lguest_data.setter
     def lguest_data(self, value):
+        self._check_ready()
         if value is None:
             self.g.has_lguest_data = 0
             self.g.lguest_data = 0
@@ -982,10 +1089,12 @@ cdef class Guest:
 
     @property
     def pgdir(self):
+        self._check_ready()
         return self.g.pgdir if self.g.has_pgdir else None
 
     @pgdir.setter
     def pgdir(self, value):
+        self._check_ready()
         if value is None:
             self.g.has_pgdir = 0
             self.g.pgdir = 0
@@ -995,31 +1104,38 @@ cdef class Guest:
 
     @property
     def noirq_start(self):
+        self._check_ready()
         return self.g.noirq_start
 
     @noirq_start.setter
     def noirq_start(self, value):
+        self._check_ready()
         self.g.noirq_start = to_u32(value, "noirq_start")
 
     @property
     def noirq_end(self):
+        self._check_ready()
         return self.g.noirq_end
 
     @noirq_end.setter
     def noirq_end(self, value):
+        self._check_ready()
         self.g.noirq_end = to_u32(value, "noirq_end")
 
     @property
     def stack_pages(self):
+        self._check_ready()
         return self.g.stack_pages
 
     @stack_pages.setter
     def stack_pages(self, value):
+        self._check_ready()
         self.g.stack_pages = to_u32(value, "stack_pages")
 
     # --- death --------------------------------------------------------------------------
     @property
     def dead(self):
+        self._check_ready()
         cdef int code = self.g.dead_code
         if code == K_ALIVE:
             return None
@@ -1031,6 +1147,7 @@ cdef class Guest:
 
     def kill(self, reason):
         """``kill_guest``: only the first reason sticks; the caller carries on."""
+        self._check_ready()
         if self.g.dead_code == K_ALIVE:
             self._custom_dead = str(reason)
             self.g.dead_code = K_CUSTOM
@@ -1038,37 +1155,47 @@ cdef class Guest:
     # --- guest memory through lguest's checks ------------------------------------------
     def address_ok(self, addr, length) -> bool:
         """``lguest_address_ok``: the end's page must be below pfn_limit, no wrap."""
+        self._check_ready()
         cdef uint32_t a = to_u32(addr, "addr")
         cdef uint32_t n = to_u32(length, "length")
+        self._check_mem()  # closed memory has no addresses, in both cores
         return lg_range_ok(&self.g, a, n)
 
     def ld_read_u32(self, off):
         """get_user on a lguest_data field: None if it would fault."""
+        self._check_ready()
         cdef uint32_t v
+        cdef uint32_t o = to_u32(off, "off")
         self._check_mem()
-        if not lg_ld_read(&self.g, to_u32(off, "off"), &v):
+        if not lg_ld_read(&self.g, o, &v):
             return None
         return v
 
     def ld_write_u32(self, off, value) -> bool:
         """put_user on a lguest_data field: False (nothing written) if it would fault."""
+        self._check_ready()
+        cdef uint32_t o = to_u32(off, "off")
+        cdef uint32_t v = to_u32(value, "value")
         self._check_mem()
-        return lg_ld_write(&self.g, to_u32(off, "off"), to_u32(value, "value"))
+        return lg_ld_write(&self.g, o, v)
 
     def guest_pa(self, vaddr) -> int:
         """Guest-virtual to guest-physical, as the core sees it."""
+        self._check_ready()
         cdef uint32_t v = to_u32(vaddr, "vaddr")
         self._check_mem()
         return lg_guest_pa(&self.g, v)
 
     def pin_page(self, vaddr):
         """Make sure a kernel stack page is mapped, else kill the guest."""
+        self._check_ready()
         cdef uint32_t v = to_u32(vaddr, "vaddr")
         self._check_mem()
         lg_pin_page(&self.g, v)
 
     def check_syscall_vector(self) -> bool:
         """The guest's wanted syscall vector must be one this host allows."""
+        self._check_ready()
         cdef uint32_t vector
         self._check_mem()
         if not lg_ld_read(&self.g, LD_SYSCALL_VEC, &vector):
@@ -1076,61 +1203,174 @@ cdef class Guest:
         return vector == SYSCALL_VECTOR or vector == self.g.syscall_vector
 
     def could_be_syscall(self, num) -> bool:
+        self._check_ready()
         cdef uint32_t n = to_u32(num, "num")
         return n == SYSCALL_VECTOR or n == self.g.syscall_vector
 
     def direct_trap(self, num) -> bool:
+        self._check_ready()
         cdef uint32_t n = to_u32(num, "num")
         return n < IDT_ENTRIES and self.g.direct[n] != 0
 
     def new_cpu(self):
+        self._check_ready()
         cpu = Cpu(self, len(self.cpus))
         self.cpus.append(cpu)
         return cpu
 
     def __repr__(self):
+        if not self._ready:
+            return "<Guest (cython core) uninitialised>"
         dead = self.dead
         return f"<Guest (cython core) {self.g.mem_size:#x} bytes{' dead: ' + repr(dead) if dead else ''}>"
 
 
 # --- the virtual CPU ----------------------------------------------------------------------------
 cdef class Cpu:
-    """``struct lg_cpu``: registers, IDT, pending irqs and the guest's kernel stack."""
+    """``struct lg_cpu``: registers, IDT, pending irqs and the guest's kernel stack.
+
+    Like :class:`Guest`, a Cpu whose ``__init__`` never ran raises
+    ``RuntimeError`` on use: its ``c.lg`` / ``c.regs`` are NULL.
+    """
     cdef lg_cpu c
-    cdef readonly Guest guest
-    cdef readonly Regs regs
-    cdef readonly object idt
-    cdef readonly object gdt
-    cdef readonly int id
+    cdef bint _ready
+    cdef Guest _guest
+    cdef Regs _regs
+    cdef object _idt
+    cdef object _gdt
+    cdef int _id
     cdef uint32_t[:, ::1] _idt_view   # held for life: the IDT cannot be resized under us
     cdef lg_waker waker
     cdef lg_timer timer
     cdef object _native_clock   # keeps the wheel alive while our timer may be on it
-    cdef public int ts
-    cdef public uint32_t pending_notify
-    cdef public uint32_t last_pagefault
-    cdef public bint hcall_pending
-    cdef public int next_hcall
-    cdef public bint break_out
+    cdef int _ts
+    cdef uint32_t _pending_notify
+    cdef uint32_t _last_pagefault
+    cdef bint _hcall_pending
+    cdef int _next_hcall
+    cdef bint _break_out
     cdef dict __dict__
     cdef object __weakref__
 
-    def __init__(self, Guest guest not None, int id=0):
+    def __init__(self, guest, id=0):
         cdef uint32_t[:, ::1] idt_view
+        if self._guest is not None:
+            # memset below would unlink nothing and corrupt an armed timer.
+            raise RuntimeError("Cpu.__init__ called twice")
+        if not isinstance(guest, Guest):
+            raise TypeError(f"guest must be a {__name__}.Guest, not {type(guest).__name__}")
+        (<Guest>guest)._check_ready()
+        cdef int ident = _validate.to_range(id, 0, 0x7FFFFFFF, "id")
         memset(&self.c, 0, sizeof(lg_cpu))
-        self.guest = guest
-        self.id = id
-        self.regs = Regs()
-        self.idt = np.zeros((IDT_ENTRIES, 2), dtype=np.uint32)
-        self.gdt = np.zeros((32, 2), dtype=np.uint32)
-        idt_view = self.idt
+        self._guest = guest
+        self._id = ident
+        self._regs = Regs()
+        self._idt = np.zeros((IDT_ENTRIES, 2), dtype=np.uint32)
+        self._gdt = np.zeros((32, 2), dtype=np.uint32)
+        idt_view = self._idt
         self._idt_view = idt_view
-        self.c.lg = &guest.g
-        self.c.regs = self.regs.r
+        self.c.lg = &(<Guest>guest).g
+        self.c.regs = self._regs.r
         self.c.idt = &idt_view[0, 0]
         self.timer.pending = &self.c.irqs_pending
         self.timer.halted = &self.c.halted
         self.timer.waker = &self.waker
+        self._ready = True
+
+    cdef inline int _check_ready(self) except -1:
+        if not self._ready:
+            _not_ready(self)
+        return 0
+
+    def __reduce_ex__(self, protocol):
+        raise _validate.no_pickle(self)
+
+    # --- read-only parts ------------------------------------------------------------------
+    @property
+    def guest(self):
+        self._check_ready()
+        return self._guest
+
+    @property
+    def regs(self):
+        self._check_ready()
+        return self._regs
+
+    @property
+    def idt(self):
+        self._check_ready()
+        return self._idt
+
+    @property
+    def gdt(self):
+        self._check_ready()
+        return self._gdt
+
+    @property
+    def id(self):
+        self._check_ready()
+        return self._id
+
+    # --- control-plane state (same C types, and rules, as lg_cpu's) ---------------------------
+    @property
+    def ts(self):
+        self._check_ready()
+        return self._ts
+
+    @ts.setter
+    def ts(self, value):
+        self._check_ready()
+        self._ts = _validate.to_range(value, -0x80000000, 0x7FFFFFFF, "ts")
+
+    @property
+    def pending_notify(self):
+        self._check_ready()
+        return self._pending_notify
+
+    @pending_notify.setter
+    def pending_notify(self, value):
+        self._check_ready()
+        self._pending_notify = to_u32(value, "pending_notify")
+
+    @property
+    def last_pagefault(self):
+        self._check_ready()
+        return self._last_pagefault
+
+    @last_pagefault.setter
+    def last_pagefault(self, value):
+        self._check_ready()
+        self._last_pagefault = to_u32(value, "last_pagefault")
+
+    @property
+    def hcall_pending(self):
+        self._check_ready()
+        return self._hcall_pending
+
+    @hcall_pending.setter
+    def hcall_pending(self, value):
+        self._check_ready()
+        self._hcall_pending = bool(value)
+
+    @property
+    def next_hcall(self):
+        self._check_ready()
+        return self._next_hcall
+
+    @next_hcall.setter
+    def next_hcall(self, value):
+        self._check_ready()
+        self._next_hcall = _validate.to_range(value, 0, 63, "next_hcall")
+
+    @property
+    def break_out(self):
+        self._check_ready()
+        return self._break_out
+
+    @break_out.setter
+    def break_out(self, value):
+        self._check_ready()
+        self._break_out = bool(value)
 
     def __cinit__(self, *args, **kwargs):
         lg_waker_init(&self.waker)
@@ -1147,60 +1387,74 @@ cdef class Cpu:
     # --- fields ---------------------------------------------------------------------------
     @property
     def esp1(self):
+        self._check_ready()
         return self.c.esp1
 
     @esp1.setter
     def esp1(self, value):
+        self._check_ready()
         self.c.esp1 = to_u32(value, "esp1")
 
     @property
     def ss1(self):
+        self._check_ready()
         return self.c.ss1
 
     @ss1.setter
     def ss1(self, value):
+        self._check_ready()
         self.c.ss1 = <uint8_t>to_u32(value, "ss1")  # a u8 in this era's lg_cpu
 
     @property
     def halted(self):
+        self._check_ready()
         return bool(self.c.halted)
 
     @halted.setter
     def halted(self, value):
+        self._check_ready()
         self.c.halted = 1 if value else 0
 
     @property
     def changed(self):
+        self._check_ready()
         return self.c.changed
 
     @changed.setter
     def changed(self, value):
+        self._check_ready()
         self.c.changed = to_u32(value, "changed")
 
     @property
     def irqs_pending(self):
+        self._check_ready()
         return lg_atomic_load(&self.c.irqs_pending)
 
     @irqs_pending.setter
     def irqs_pending(self, value):
+        self._check_ready()
         lg_atomic_store(&self.c.irqs_pending, to_u32(value, "irqs_pending"))
 
     @property
     def irq_counts(self):
         """How many times each virtual irq was delivered (a 32-tuple)."""
+        self._check_ready()
         return tuple(self.c.irq_counts[i] for i in range(LGUEST_IRQS))
 
     # --- wake-ups -----------------------------------------------------------------------------
     def wake(self):
         """Wake the run loop if it sleeps (the kernel's wake_up_process)."""
+        self._check_ready()
         with nogil:
             lg_wake(&self.waker)
 
     def wait_for_wakeup(self, timeout=None) -> bool:
         """Sleep (without the GIL) until wake(), the clock or ``timeout`` seconds."""
-        cdef double t = -1.0 if timeout is None else max(0.0, float(timeout))
-        # No timeout, or one beyond ~290 years, means: sleep until woken.
-        cdef int64_t ns = -1 if (t < 0 or not (t < 9.0e9)) else <int64_t>(t * 1e9)
+        self._check_ready()
+        # lguest.validate.to_timeout: None / inf mean "until woken", NaN and
+        # non-numbers raise (the float cast below is then always defined).
+        t_obj = _validate.to_timeout(timeout)
+        cdef int64_t ns = -1 if t_obj is None else <int64_t>(<double>t_obj * 1e9)
         cdef int woken
         with nogil:
             woken = lg_wait(&self.waker, ns)
@@ -1209,22 +1463,25 @@ cdef class Cpu:
     # --- checked guest memory ------------------------------------------------------------------
     def lgread(self, addr, n) -> bytes:
         """__lgread: zeros and a kill if the range is not the guest's."""
+        self._check_ready()
         cdef uint32_t a = to_u32(addr, "addr")
         cdef uint32_t length = to_u32(n, "n")
         self._check_mem()
-        if not lg_range_ok(&self.guest.g, a, length):
-            lg_kill(&self.guest.g, K_BAD_READ_ADDRESS, a, length)
+        if not lg_range_ok(&self._guest.g, a, length):
+            lg_kill(&self._guest.g, K_BAD_READ_ADDRESS, a, length)
             return bytes(length)
         return (<char *>self.c.lg.mem)[a:a + length]
 
     def lgwrite(self, addr, data) -> bool:
         """__lgwrite: nothing written and a kill if the range is not the guest's."""
+        self._check_ready()
         cdef uint32_t a = to_u32(addr, "addr")
-        cdef const uint8_t[::1] src = bytes(data)
-        cdef uint32_t length = src.shape[0]
+        # bytes-like only: bytes(8) would be eight zero bytes, not an error.
+        cdef const uint8_t[::1] src = _validate.to_bytes(data)
+        cdef uint32_t length = to_u32(src.shape[0], "length")  # > 4 GiB must not wrap
         self._check_mem()
-        if not lg_range_ok(&self.guest.g, a, length):
-            lg_kill(&self.guest.g, K_BAD_WRITE_ADDRESS, a, length)
+        if not lg_range_ok(&self._guest.g, a, length):
+            lg_kill(&self._guest.g, K_BAD_WRITE_ADDRESS, a, length)
             return False
         if length:
             memcpy(self.c.lg.mem + a, &src[0], length)
@@ -1233,29 +1490,35 @@ cdef class Cpu:
     # --- the seed functions -----------------------------------------------------------------------
     def set_guest_interrupt(self, lo, hi, has_err):
         """Push an interrupt frame on the guest's stack and jump to its handler."""
+        self._check_ready()
         cdef uint32_t l = to_u32(lo, "lo")
         cdef uint32_t h = to_u32(hi, "hi")
+        cdef bint e = bool(has_err)  # before the check: __bool__ may run Python
         self._check_mem()
-        lg_set_guest_interrupt(&self.c, l, h, bool(has_err))
+        lg_set_guest_interrupt(&self.c, l, h, e)
 
     def maybe_do_interrupt(self):
         """Before entering the guest: divert it into a pending, unblocked irq."""
+        self._check_ready()
         if self.c.lg.mem == NULL:
             raise ValueError("guest memory is closed")
         lg_maybe_do_interrupt(&self.c)
 
     def deliver_trap(self, num) -> bool:
         """Reflect trap ``num`` into the guest; False if it has no handler."""
+        self._check_ready()
         cdef uint32_t n = to_u32(num, "num")
         self._check_mem()
         return lg_deliver_trap(&self.c, n)
 
     def pin_stack_pages(self):
+        self._check_ready()
         self._check_mem()
         lg_pin_stack_pages(&self.c)
 
     def guest_set_stack(self, seg, esp, pages):
         """SET_STACK: where the guest kernel stack is, for user-to-kernel traps."""
+        self._check_ready()
         cdef uint32_t s = to_u32(seg, "seg")
         cdef uint32_t e = to_u32(esp, "esp")
         cdef uint32_t p = to_u32(pages, "pages")
@@ -1264,6 +1527,7 @@ cdef class Cpu:
 
     def load_guest_idt_entry(self, num, lo, hi):
         """LOAD_IDT_ENTRY: check and store one of the guest's gates."""
+        self._check_ready()
         cdef uint32_t n = to_u32(num, "num")
         cdef uint32_t l = to_u32(lo, "lo")
         cdef uint32_t h = to_u32(hi, "hi")
@@ -1272,15 +1536,17 @@ cdef class Cpu:
 
     def copy_traps(self, idt, defaults):
         """Build the host IDT used while this guest runs."""
+        self._check_ready()
         cdef uint32_t[:, ::1] t = _as_idt(idt)
         cdef const uint32_t[::1] d = _as_defaults(defaults)
         lg_copy_traps(&self.c, &t[0, 0], &d[0])
 
     def set_clockevent(self, delta_ns):
         """Arm the guest's one-shot timer ``delta_ns`` from now; 0 cancels."""
+        self._check_ready()
         cdef uint32_t delta = to_u32(delta_ns, "delta_ns")
         cdef NativeClock native
-        clock = self.guest.clock
+        clock = self._guest.clock
         if isinstance(clock, NativeClock):
             # The compiled clock fires in C, without the GIL.
             native = <NativeClock>clock
@@ -1303,12 +1569,14 @@ cdef class Cpu:
             lg_wake(&self.waker)
 
     def write_timestamp(self):
+        self._check_ready()
         self._check_mem()
         lg_write_timestamp(self.c.lg)
 
     def send_irq(self, irq):
         """The Launcher's LHREQ_IRQ: mark ``irq`` pending and wake the cpu."""
-        cdef object i = operator.index(irq)
+        self._check_ready()
+        cdef object i = _py_to_index(irq, "irq")
         if i < 0 or i >= LGUEST_IRQS:
             raise ValueError(f"irq {i} out of range 0..{LGUEST_IRQS - 1}")
         lg_atomic_or(&self.c.irqs_pending, <uint32_t>1 << <unsigned>i)
@@ -1316,11 +1584,14 @@ cdef class Cpu:
 
     def run(self, backend, *, timeout=None):
         """Run the guest through ``backend`` (see lguest.run.run_guest)."""
+        self._check_ready()
         from .run import run_guest
         return run_guest(self, backend, timeout=timeout)
 
     def __repr__(self):
-        return f"<Cpu {self.id} (cython core) eip={self.c.regs.eip:#x}>"
+        if not self._ready:
+            return "<Cpu (cython core) uninitialised>"
+        return f"<Cpu {self._id} (cython core) eip={self.c.regs.eip:#x}>"
 
 
 # --- the compiled wall clock ------------------------------------------------------------------
@@ -1357,15 +1628,19 @@ cdef class NativeClock:
         """How many fires found irq 0 not yet pending (each must be delivered once)."""
         return self.wheel.windows
 
-    def arm_periodic(self, Cpu cpu not None, long long period_ns):
+    def arm_periodic(self, Cpu cpu not None, period_ns):
         """Fire ``cpu``'s clock every ``period_ns`` until cancelled (not in
-        lguest, whose clock is one-shot: a load generator for stress tests)."""
-        if period_ns <= 0:
-            raise ValueError("period must be positive")
-        if cpu.guest.clock is not self:
+        lguest, whose clock is one-shot: a load generator for stress tests).
+
+        ``period_ns`` must be at least ``lguest.validate.MIN_TIMER_PERIOD_NS``
+        (10 us): a shorter period keeps the timer thread permanently behind
+        (``ValueError``).  Missed periods are skipped, not replayed."""
+        cdef int64_t period = _validate.check_timer_period(period_ns)
+        cpu._check_ready()
+        if cpu._guest._clock is not self:
             raise ValueError("the cpu's guest does not use this clock")
         cpu._native_clock = self
-        if lg_wheel_arm(&self.wheel, &cpu.timer, lg_realtime_ns() + period_ns, period_ns) != 0:
+        if lg_wheel_arm(&self.wheel, &cpu.timer, lg_realtime_ns() + period, period) != 0:
             raise OSError("could not start the clock thread")
 
     cdef object _python(self):
@@ -1374,9 +1649,14 @@ cdef class NativeClock:
             self._py = SystemClock()
         return self._py
 
+    def __reduce_ex__(self, protocol):
+        raise _validate.no_pickle(self)
+
     def arm(self, key, expiry_ns, callback):
         cdef Cpu cpu
-        if isinstance(key, Cpu) and (<Cpu>key).guest.clock is self and callback == key._clock_fired:
+        expiry_ns = _validate.check_expiry(expiry_ns)
+        _validate.check_callback(callback)
+        if isinstance(key, Cpu) and (<Cpu>key)._guest is not None and (<Cpu>key)._guest._clock is self and callback == key._clock_fired:
             cpu = <Cpu>key
             cpu._native_clock = self
             if lg_wheel_arm(&self.wheel, &cpu.timer, <int64_t>expiry_ns, 0) != 0:
@@ -1415,13 +1695,19 @@ def bench_deliver(Cpu cpu not None, irq, long long n) -> int:
     cdef long long irqn = operator.index(irq)
     cdef uint32_t bit
     cdef lg_cpu *c = &cpu.c
-    cdef uint32_t ss, esp, cs, eip
-    cdef int64_t t0, t1
-    cdef long long i
     if not 0 <= irqn < LGUEST_IRQS:
         raise ValueError("irq out of range")
     bit = <uint32_t>1 << <unsigned>irqn
+    cpu._check_ready()
     cpu._check_mem()
+    with cpu._guest._memory.hold():   # the loop runs without the GIL: no close() under it
+        return _bench_deliver_loop(c, bit, n)
+
+
+cdef int64_t _bench_deliver_loop(lg_cpu *c, uint32_t bit, long long n) except? -1:
+    cdef uint32_t ss, esp, cs, eip
+    cdef int64_t t0, t1
+    cdef long long i
     ss = c.regs.ss
     esp = c.regs.esp
     cs = c.regs.cs
@@ -1445,6 +1731,7 @@ def bench_copy_traps(Cpu cpu not None, idt, defaults, long long n) -> int:
     cdef const uint32_t[::1] d = _as_defaults(defaults)
     cdef uint32_t *tp = &t[0, 0]
     cdef const uint32_t *dp = &d[0]
+    cpu._check_ready()
     cdef lg_cpu *c = &cpu.c
     cdef int64_t t0, t1
     cdef long long i
@@ -1461,7 +1748,8 @@ def bench_copy_traps(Cpu cpu not None, idt, defaults, long long n) -> int:
 # without entering Python: it fills cpu.regs from the emulator, calls
 # set_guest_interrupt through this table and loads the result back.  The
 # layout is versioned; the struct lguest_regs it points at is the ABI's.
-from cpython.pycapsule cimport PyCapsule_New, PyCapsule_GetPointer
+from cpython.pycapsule cimport PyCapsule_New, PyCapsule_GetPointer, PyCapsule_GetContext, PyCapsule_SetContext
+from cpython.ref cimport Py_INCREF, Py_XDECREF, PyObject
 from libc.stdlib cimport malloc, free
 
 ctypedef struct lg_native_api:
@@ -1480,12 +1768,19 @@ cdef void _api_set_guest_interrupt(void *cpu, uint32_t lo, uint32_t hi, int has_
     lg_set_guest_interrupt(<lg_cpu *>cpu, lo, hi, has_err != 0)
 
 cdef void _api_free(object capsule) noexcept:
+    # The capsule owns a reference to its cpu (the context): the raw
+    # pointers in the table stay valid exactly as long as the capsule.
+    cdef void *cpu = PyCapsule_GetContext(capsule)
     free(PyCapsule_GetPointer(capsule, b"lguest._core.lg_native_api"))
+    Py_XDECREF(<PyObject *>cpu)
 
 def native_api(Cpu cpu not None):
     """A PyCapsule ("lguest._core.lg_native_api") holding the C entry points a
     native emulator hook uses to deliver traps for ``cpu`` (see lguest._uchook).
-    The caller keeps ``cpu`` alive as long as it uses the capsule."""
+    The capsule keeps ``cpu`` (and so its guest) alive; the guest memory can
+    still be closed, after which every access fails the bounds check -- hold
+    it (``GuestMemory.hold()``) while a hook may run without the GIL."""
+    cpu._check_ready()
     cdef lg_native_api *api = <lg_native_api *>malloc(sizeof(lg_native_api))
     if api == NULL:
         raise MemoryError()
@@ -1496,4 +1791,11 @@ def native_api(Cpu cpu not None):
     api.irqs_pending = &cpu.c.irqs_pending
     api.dead_code = &cpu.c.lg.dead_code
     api.set_guest_interrupt = _api_set_guest_interrupt
-    return PyCapsule_New(<void *>api, b"lguest._core.lg_native_api", _api_free)
+    try:
+        capsule = PyCapsule_New(<void *>api, b"lguest._core.lg_native_api", _api_free)
+    except BaseException:
+        free(api)
+        raise
+    Py_INCREF(cpu)
+    PyCapsule_SetContext(capsule, <void *>cpu)
+    return capsule

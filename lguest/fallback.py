@@ -11,7 +11,6 @@ storage layout and ``cpu.regs.array`` / ``cpu.idt`` are live views.
 
 from __future__ import annotations
 
-import operator
 import struct
 import threading
 from typing import Any
@@ -37,8 +36,10 @@ from .constants import (
     PAGE_ACCESSED,
     PAGE_DIRTY,
     PAGE_PRESENT,
+    PAGE_PSE,
     PAGE_RW,
     PAGE_SIZE,
+    PAGE_TABLE,
     R_CS,
     R_EFLAGS,
     R_EIP,
@@ -46,10 +47,31 @@ from .constants import (
     R_ESP,
     R_SS,
     REG_NAMES,
+    SWITCHER_ADDR,
     SYSCALL_VECTOR,
     X86_EFLAGS_IF,
 )
-from .vectors import _check_u32
+from .validate import (
+    as_defaults as _as_defaults,
+)
+from .validate import (
+    as_idt as _as_idt,
+)
+from .validate import (
+    check_regs_array,
+    clock_cell,
+    no_pickle,
+    not_initialised,
+    to_bytes,
+    to_idt_pair,
+    to_index,
+    to_range,
+    to_timeout,
+)
+from .validate import (
+    to_u32 as _check_u32,
+)
+from .vectors import _check_vector
 
 NAME = "python"
 U32 = 0xFFFFFFFF
@@ -59,16 +81,18 @@ _u32 = struct.Struct("<I")
 # --- the IDT entry helpers (module functions in both cores) ------------------
 def idt_address(lo: int, hi: int) -> int:
     """The handler address is split across the two words of a gate."""
-    return (lo & 0x0000FFFF) | (hi & 0xFFFF0000)
+    return (_check_u32(lo, "lo") & 0x0000FFFF) | (_check_u32(hi, "hi") & 0xFFFF0000)
 
 
 def idt_type(lo: int, hi: int) -> int:
     """Gate type, bits 8-11 of the high word (0xE interrupt, 0xF trap)."""
-    return (hi >> 8) & 0xF
+    _check_u32(lo, "lo")
+    return (_check_u32(hi, "hi") >> 8) & 0xF
 
 
 def idt_present(lo: int, hi: int) -> bool:
-    return bool(hi & 0x8000)
+    _check_u32(lo, "lo")
+    return bool(_check_u32(hi, "hi") & 0x8000)
 
 
 def has_err(trap: int) -> bool:
@@ -84,32 +108,15 @@ def default_idt_entry(trap: int, handler: int, base: tuple[int, int] | None = No
     otherwise the guest's own DPL (``base``) is kept so, say, ``int3`` from
     guest userspace still works.
     """
+    trap = _check_u32(trap, "trap")
     handler = _check_u32(handler, "handler")
+    pair = None if base is None else to_idt_pair(base)
     flags = 0x8E00
     if trap == LGUEST_TRAP_ENTRY:
         flags |= GUEST_PL << 13
-    elif base is not None:
-        flags |= base[1] & 0x6000
+    elif pair is not None:
+        flags |= pair[1] & 0x6000
     return ((LGUEST_CS << 16) | (handler & 0x0000FFFF)) & U32, (handler & 0xFFFF0000) | flags
-
-
-def _as_idt(idt: Any) -> np.ndarray:
-    if not isinstance(idt, np.ndarray) or idt.dtype != np.uint32 or idt.shape != (IDT_ENTRIES, 2):
-        raise ValueError("idt must be a numpy uint32 array of shape (256, 2)")
-    if not idt.flags.writeable:
-        raise ValueError("idt must be writable")
-    return idt
-
-
-def _as_defaults(defaults: Any) -> np.ndarray:
-    arr = np.asarray(defaults)
-    if arr.shape != (IDT_ENTRIES,):
-        raise ValueError("defaults must hold 256 handler addresses")
-    if arr.dtype != np.uint32:
-        if arr.dtype.kind not in "iu" or arr.size and (arr.min() < 0 or arr.max() > U32):
-            raise ValueError("defaults must be u32 handler addresses")
-        arr = arr.astype(np.uint32)
-    return arr
 
 
 def setup_default_idt_entries(idt: Any, defaults: Any) -> None:
@@ -122,12 +129,28 @@ def setup_default_idt_entries(idt: Any, defaults: Any) -> None:
 
 # --- registers ----------------------------------------------------------------
 class Regs:
-    """``struct lguest_regs``: 18 u32 words, attribute access and a numpy view."""
+    """``struct lguest_regs``: 18 u32 words, attribute access and a numpy view.
 
-    __slots__ = ("array",)
+    Built in ``__new__`` (as the compiled core's ``__cinit__``), so even
+    ``Regs.__new__(Regs)`` is a usable all-zero register file.
+    """
+
+    __slots__ = ("_array",)
+
+    def __new__(cls, array: np.ndarray | None = None) -> Regs:
+        self = super().__new__(cls)
+        self._array = np.zeros(len(REG_NAMES), dtype=np.uint32) if array is None else check_regs_array(array)
+        return self
 
     def __init__(self, array: np.ndarray | None = None) -> None:
-        self.array = np.zeros(len(REG_NAMES), dtype=np.uint32) if array is None else array
+        pass
+
+    @property
+    def array(self) -> np.ndarray:
+        return self._array
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise no_pickle(self)
 
     def __repr__(self) -> str:
         return "Regs(" + ", ".join(f"{n}={int(v):#x}" for n, v in zip(REG_NAMES, self.array, strict=True)) + ")"
@@ -135,10 +158,10 @@ class Regs:
 
 def _reg_property(index: int, name: str) -> property:
     def get(self: Regs) -> int:
-        return int(self.array[index])
+        return int(self._array[index])
 
     def set(self: Regs, value: int) -> None:
-        self.array[index] = _check_u32(value, name)
+        self._array[index] = _check_u32(value, name)
 
     return property(get, set, doc=f"register {name}")
 
@@ -148,20 +171,39 @@ for _i, _n in enumerate(REG_NAMES):
 
 
 # --- the guest ------------------------------------------------------------------
+_GUEST_U32_FIELDS = frozenset(("noirq_start", "noirq_end", "stack_pages", "kernel_address", "tsc_khz"))
+# Read-only once built, as the compiled core's ``readonly`` attributes.
+_GUEST_READONLY = frozenset(("host", "memory", "clock", "page_offset", "pfn_limit", "syscall_vector", "cpus"))
+
+
 class Guest:
-    """``struct lguest``: one guest, its memory and its kill state."""
+    """``struct lguest``: one guest, its memory and its kill state.
+
+    An instance whose ``__init__`` never ran (``Guest.__new__(Guest)``, a
+    subclass that skips ``super().__init__``) raises ``RuntimeError`` on use,
+    exactly like the compiled core's.
+    """
 
     def __init__(self, host: Any, memory: Any, *, page_offset: int = 0xC0000000, clock: Any = None) -> None:
         from .memory import GuestMemory
 
+        d = self.__dict__
+        if "_init" in d:
+            raise RuntimeError("Guest.__init__ called twice")
         if not isinstance(memory, GuestMemory):
             raise TypeError("memory must be a GuestMemory")
+        page_offset = _check_u32(page_offset, "page_offset")
+        syscall_vector = _check_vector(host.syscall_vector)
+        clock = clock if clock is not None else system_clock()
+        clock_cell(clock)  # the same bind-time check as the compiled core's
+        view = memory.view
+        d["_init"] = True
         self.host = host
         self.memory = memory
-        self.page_offset = _check_u32(page_offset, "page_offset")
-        self.clock = clock if clock is not None else system_clock()
-        self.syscall_vector = host.syscall_vector
-        self._view = memory.view
+        self.page_offset = page_offset
+        self.clock = clock
+        self.syscall_vector = syscall_vector
+        self._view = view
         self._size = memory.size
         self.pfn_limit = memory.size // PAGE_SIZE
         self._lguest_data: int | None = None
@@ -175,12 +217,34 @@ class Guest:
         self._dead: str | None = None
         self.cpus: list[Cpu] = []
         memory._register(self)
+        d["_ready"] = True
 
-    # host-settable u32 fields, validated
+    # host-settable u32 fields, validated; the rest read-only once built
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("noirq_start", "noirq_end", "stack_pages", "kernel_address", "tsc_khz"):
+        d = self.__dict__
+        if "_init" not in d:
+            raise not_initialised(self)
+        if name in _GUEST_U32_FIELDS:
             value = _check_u32(value, name)
+        elif name == "restart":
+            value = bool(value)
+        elif name in _GUEST_READONLY and "_ready" in d:
+            raise AttributeError(f"attribute {name!r} of 'Guest' objects is not writable")
         object.__setattr__(self, name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup failed: on a half-built object
+        # that is the missing __init__, not a missing attribute.
+        if not name.startswith("__") and "_ready" not in self.__dict__:
+            raise not_initialised(self)
+        raise AttributeError(f"'Guest' object has no attribute {name!r}")
+
+    def _check_ready(self) -> None:
+        if "_ready" not in self.__dict__:
+            raise not_initialised(self)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise no_pickle(self)
 
     @property
     def lguest_data(self) -> int | None:
@@ -225,6 +289,7 @@ class Guest:
         """``lguest_address_ok``: the end's page must be below pfn_limit, no wrap."""
         addr = _check_u32(addr, "addr")
         length = _check_u32(length, "length")
+        self._mem()  # closed memory has no addresses (the compiled core's limit is 0)
         end = (addr + length) & U32
         return end // PAGE_SIZE < self.pfn_limit and end >= addr
 
@@ -285,18 +350,31 @@ class Guest:
             page = self._guest_pa(vaddr) & 0xFFFFF000
             if page + PAGE_SIZE <= self._size:
                 return
-        else:
-            # What demand_page(vaddr, write) needs: present tables, a
-            # writable pte, frames inside guest memory; it then marks the
-            # pte accessed and dirty, as the hardware would.
-            pgd = self._lgread_u32((self._pgdir + (vaddr >> 22) * 4) & U32)
-            if pgd & PAGE_PRESENT and pgd >> 12 < self.pfn_limit:
-                pte_addr = ((pgd & 0xFFFFF000) + ((vaddr >> 12) & 0x3FF) * 4) & U32
-                pte = self._lgread_u32(pte_addr)
-                if pte & PAGE_PRESENT and pte & PAGE_RW and pte >> 12 < self.pfn_limit:
-                    self._lgwrite_u32(pte_addr, pte | PAGE_ACCESSED | PAGE_DIRTY)
-                    return
-        self._kill(M.BAD_STACK_PAGE, vaddr)
+            self._kill(M.BAD_STACK_PAGE, vaddr)
+            return
+        # page_writable + demand_page(vaddr, write) without shadow tables,
+        # in the kernel's order (API.md): the Switcher's range first, whatever
+        # the guest's tables say; it touches no guest memory.
+        if vaddr >= SWITCHER_ADDR:
+            self._kill(M.SWITCHER_PAGES)
+            return
+        pgd = self._lgread_u32((self._pgdir + (vaddr >> 22) * 4) & U32)
+        if not pgd & PAGE_PRESENT:
+            self._kill(M.BAD_STACK_PAGE, vaddr)
+            return
+        # check_gpgd kills but demand_page carries on with the walk (a bad
+        # pfn then fails the pte read: that kill is already shadowed).
+        if pgd & 0xFFF & ~PAGE_TABLE or pgd >> 12 >= self.pfn_limit:
+            self._kill(M.BAD_PGD)
+        pte_addr = ((pgd & 0xFFFFF000) + ((vaddr >> 12) & 0x3FF) * 4) & U32
+        pte = self._lgread_u32(pte_addr)
+        if not pte & PAGE_PRESENT or not pte & PAGE_RW:
+            self._kill(M.BAD_STACK_PAGE, vaddr)
+            return
+        if pte & PAGE_PSE or pte >> 12 >= self.pfn_limit:
+            self._kill(M.BAD_PTE)  # check_gpte; the pin counts as done
+            return
+        self._lgwrite_u32(pte_addr, pte | PAGE_ACCESSED | PAGE_DIRTY)
 
     def pin_page(self, vaddr: int) -> None:
         """Make sure a kernel stack page is mapped, else kill the guest."""
@@ -312,9 +390,13 @@ class Guest:
         return vector == SYSCALL_VECTOR or vector == self.syscall_vector
 
     def could_be_syscall(self, num: int) -> bool:
-        return num == SYSCALL_VECTOR or num == self.syscall_vector
+        num = _check_u32(num, "num")
+        vector = self.syscall_vector  # first: a half-built Guest raises even for 0x80
+        return num == SYSCALL_VECTOR or num == vector
 
     def direct_trap(self, num: int) -> bool:
+        num = _check_u32(num, "num")
+        self._check_ready()
         if num >= FIRST_EXTERNAL_VECTOR and not self.could_be_syscall(num):
             return False
         return num not in (14, 13, 7, 6, LGUEST_TRAP_ENTRY)
@@ -325,15 +407,32 @@ class Guest:
         return cpu
 
     def __repr__(self) -> str:
+        if "_ready" not in self.__dict__:
+            return f"<Guest ({NAME} core) uninitialised>"
         return f"<Guest ({NAME} core) {self._size:#x} bytes{' dead: ' + repr(self._dead) if self._dead else ''}>"
 
 
 # --- the virtual CPU -------------------------------------------------------------
+_CPU_U32_FIELDS = frozenset(("pending_notify", "last_pagefault"))
+_CPU_BOOL_FIELDS = frozenset(("halted", "hcall_pending", "break_out"))
+_CPU_READONLY = frozenset(("guest", "id", "regs", "idt", "gdt"))
+INT_MIN, INT_MAX = -(1 << 31), (1 << 31) - 1  # lg_cpu's ``int`` fields
+
+
 class Cpu:
     """``struct lg_cpu``: registers, IDT, pending irqs and the stack the
-    guest told us about."""
+    guest told us about.  Half-built instances raise ``RuntimeError``, as
+    :class:`Guest`'s do."""
 
     def __init__(self, guest: Guest, id: int = 0) -> None:
+        d = self.__dict__
+        if "_init" in d:
+            raise RuntimeError("Cpu.__init__ called twice")
+        if not isinstance(guest, Guest):
+            raise TypeError(f"guest must be a {__name__}.Guest, not {type(guest).__name__}")
+        guest._check_ready()
+        id = to_range(id, 0, INT_MAX, "id")
+        d["_init"] = True
         self.guest = guest
         self.id = id
         self.regs = Regs()
@@ -353,6 +452,33 @@ class Cpu:
         self.next_hcall = 0
         self.break_out = False
         self._irq_counts = [0] * LGUEST_IRQS
+        d["_ready"] = True
+
+    # Host-settable fields follow the compiled core's C types; the rest is
+    # read-only once built.
+    def __setattr__(self, name: str, value: Any) -> None:
+        d = self.__dict__
+        if "_init" not in d:
+            raise not_initialised(self)
+        if name in _CPU_BOOL_FIELDS:
+            value = bool(value)
+        elif name in _CPU_U32_FIELDS:
+            value = _check_u32(value, name)
+        elif name == "ts":
+            value = to_range(value, INT_MIN, INT_MAX, "ts")
+        elif name == "next_hcall":
+            value = to_range(value, 0, 63, "next_hcall")
+        elif name in _CPU_READONLY and "_ready" in d:
+            raise AttributeError(f"attribute {name!r} of 'Cpu' objects is not writable")
+        object.__setattr__(self, name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        if not name.startswith("__") and "_ready" not in self.__dict__:
+            raise not_initialised(self)
+        raise AttributeError(f"'Cpu' object has no attribute {name!r}")
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise no_pickle(self)
 
     @property
     def irq_counts(self) -> tuple[int, ...]:
@@ -399,7 +525,7 @@ class Cpu:
         self._wakeup.set()
 
     def wait_for_wakeup(self, timeout: float | None = None) -> bool:
-        woken = self._wakeup.wait(timeout)
+        woken = self._wakeup.wait(to_timeout(timeout))
         self._wakeup.clear()
         return woken
 
@@ -427,12 +553,13 @@ class Cpu:
         """__lgwrite: nothing written and a kill if the range is not the guest's."""
         g = self.guest
         addr = _check_u32(addr, "addr")
+        data = to_bytes(data)
         mem = g._mem()
         n = len(data)
         if not g.address_ok(addr, n):
             g._kill(M.BAD_WRITE_ADDRESS, addr, n)
             return False
-        mem[addr:addr + n] = bytes(data)
+        mem[addr:addr + n] = data
         return True
 
     # --- delivery -----------------------------------------------------------------
@@ -440,8 +567,9 @@ class Cpu:
         """Push an interrupt frame on the guest's stack and jump to its handler."""
         lo = _check_u32(lo, "lo")
         hi = _check_u32(hi, "hi")
+        err = bool(has_err)  # before the check: __bool__ may run Python (and close the memory)
         self.guest._mem()
-        self._set_guest_interrupt(lo, hi, bool(has_err))
+        self._set_guest_interrupt(lo, hi, err)
 
     def _push(self, gstack: int, value: int) -> int:
         """push_guest_stack: the stack grows down; move, then write."""
@@ -628,7 +756,7 @@ class Cpu:
 
     def send_irq(self, irq: int) -> None:
         """The Launcher's LHREQ_IRQ: mark ``irq`` pending and wake the cpu."""
-        irq = operator.index(irq)
+        irq = to_index(irq, "irq")
         if not 0 <= irq < LGUEST_IRQS:
             raise ValueError(f"irq {irq} out of range 0..{LGUEST_IRQS - 1}")
         self._set_pending(irq)
@@ -641,4 +769,6 @@ class Cpu:
         return run_guest(self, backend, timeout=timeout)
 
     def __repr__(self) -> str:
+        if "_ready" not in self.__dict__:
+            return f"<Cpu ({NAME} core) uninitialised>"
         return f"<Cpu {self.id} ({NAME} core) eip={int(self.regs.array[R_EIP]):#x}>"

@@ -36,12 +36,29 @@ except ImportError:  # pragma: no cover - only without the extension
 
 
 class GuestMemory(_Base):  # type: ignore[misc,valid-type]
-    """Zero-filled guest RAM backed by an mmap."""
+    """Zero-filled guest RAM backed by an mmap.
+
+    Lifetime rules (see docs/SECURITY.md, "Thread safety"): ``close()``
+    raises ``RuntimeError`` while any :meth:`hold` is active (an emulator
+    runs on the pages), ``BufferError`` while a memoryview is alive, and
+    otherwise detaches every guest before unmapping.  ``__init__`` runs once.
+    """
+
+    # Class-level defaults: an instance whose __init__ never ran (or failed)
+    # reads as closed memory instead of raising AttributeError.
+    _view: memoryview | None = None
+    _size = 0
+    _holds = 0
+    _lock = threading.Lock()  # replaced per instance in _attach
 
     def __init__(self, size: int, *, guard_pages: bool = False) -> None:
         """``size`` bytes of zeroed RAM.  With ``guard_pages`` an inaccessible
         page sits on each side, so any host access outside guest memory
         faults at once instead of corrupting a neighbour (for tests and fuzzing)."""
+        # A second __init__ would remap under every guest and emulator that
+        # holds the old address: refuse it, whatever state we are in.
+        if "_mmap" in self.__dict__:
+            raise RuntimeError("GuestMemory is already initialised; create a new one")
         if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % PAGE_SIZE:
             raise ValueError(f"guest memory size must be a positive multiple of {PAGE_SIZE}, got {size!r}")
         if size > MAX_GUEST_MEMORY:
@@ -61,14 +78,22 @@ class GuestMemory(_Base):  # type: ignore[misc,valid-type]
         """Wrap an existing writable mmap (its length is the memory size)."""
         if not isinstance(mm, mmap.mmap):
             raise TypeError("from_mmap needs an mmap.mmap")
-        size = len(mm)
-        if size == 0 or size > MAX_GUEST_MEMORY:
-            raise ValueError(f"unusable mmap size {size}")
+        # The exported buffer's length, not len(mm): a subclass may lie in
+        # __len__, and the cores trust this size for every raw access.
+        try:
+            with memoryview(mm) as probe:
+                size = probe.nbytes
+        except ValueError as exc:  # a closed mmap
+            raise ValueError(f"unusable mmap: {exc}") from None
+        if size == 0 or size > MAX_GUEST_MEMORY or size % PAGE_SIZE:
+            raise ValueError(f"unusable mmap size {size} (want a positive multiple of {PAGE_SIZE}, at most 4 GiB)")
         self = cls.__new__(cls)
         self._attach(mm, owned=False, offset=0, size=size)
         return self
 
     def _attach(self, mm: mmap.mmap, owned: bool, offset: int, size: int) -> None:
+        self._lock = threading.Lock()  # guards _holds against close()
+        self._holds = 0
         self._mmap = mm
         self._owned = owned
         # A long-lived export pins the mapping: nobody can close the mmap
@@ -88,8 +113,6 @@ class GuestMemory(_Base):  # type: ignore[misc,valid-type]
         if _Base is not object:
             self._set_buffer(self._address, self._size)
         self._users: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._holds = 0
-        self._holds_lock = threading.Lock()
 
     # --- properties -----------------------------------------------------------
     @property
@@ -164,26 +187,42 @@ class GuestMemory(_Base):  # type: ignore[misc,valid-type]
 
     @contextmanager
     def hold(self) -> Iterator[GuestMemory]:
-        """Keep the memory mapped for the duration: while any hold is active
-        ``close()`` raises RuntimeError (an emulator maps these pages, or a
-        native hook points into them)."""
-        with self._holds_lock:
+        """Keep the memory mapped for the duration of a ``with`` block.
+
+        For code that uses the pages without the GIL or behind Python's back
+        (an emulator running on ``address``, a native hook): while any hold
+        is active, ``close()`` raises ``RuntimeError`` instead of unmapping.
+        Holds nest and may be taken from any thread; a closed memory cannot
+        be held (``ValueError``).
+        """
+        with self._lock:
             self._check_open()
             self._holds += 1
         try:
             yield self
         finally:
-            with self._holds_lock:
+            with self._lock:
                 self._holds -= 1
+
+    @property
+    def held(self) -> int:
+        """How many holds are active."""
+        return self._holds
 
     def close(self) -> None:
         """Detach every guest using this memory, then unmap it. Idempotent.
-        RuntimeError while a ``hold()`` is active."""
-        with self._holds_lock:
-            if self._holds:
-                raise RuntimeError(f"GuestMemory in use ({self._holds} holds): cannot close it")
+
+        ``RuntimeError`` while held; ``BufferError`` while a memoryview is alive.
+        """
+        with self._lock:
+            self._close_locked()
+
+    def _close_locked(self) -> None:
         if self._view is None:
             return
+        if self._holds:
+            raise RuntimeError(f"GuestMemory in use ({self._holds} active hold(s)): "
+                               "stop the guest that runs on it before closing")
         if getattr(self, "_exports", 0):
             raise BufferError("guest memory is still exported (a memoryview is alive); release it first")
         self._view.release()
@@ -206,6 +245,9 @@ class GuestMemory(_Base):  # type: ignore[misc,valid-type]
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError("cannot pickle GuestMemory objects: they own a host mapping")
 
     def __repr__(self) -> str:
         state = "closed" if self._view is None else f"at {self._address:#x}"

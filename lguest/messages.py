@@ -45,6 +45,9 @@ BAD_WRITE_ADDRESS = 9
 BAD_ADDRESS = 10
 BAD_STACK_PAGE = 11
 WRITING_TIMESTAMP = 12
+SWITCHER_PAGES = 13
+BAD_PGD = 14
+BAD_PTE = 15
 
 _FORMATS = {
     DISABLING_INTERRUPTS: lambda a, b: "Disabling interrupts",
@@ -58,6 +61,9 @@ _FORMATS = {
     BAD_ADDRESS: lambda a, b: "Bad address " + lx(a),
     BAD_STACK_PAGE: lambda a, b: "bad stack page " + lx(a),
     WRITING_TIMESTAMP: lambda a, b: "Writing timestamp",
+    SWITCHER_PAGES: lambda a, b: "attempt to access switcher pages",
+    BAD_PGD: lambda a, b: "bad page directory entry",
+    BAD_PTE: lambda a, b: "bad page table entry",
 }
 
 
