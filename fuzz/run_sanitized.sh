@@ -63,7 +63,8 @@ make_venv() {
     "$BASE_PY" -m venv "$VENV"
     "$PY" -m pip install -q --upgrade pip
   fi
-  local pkgs=(numpy "Cython>=3.0" setuptools wheel pytest hypothesis)
+  # unicorn: the Unicorn backend's tests and fuzz/fuzz_guest.py run under the sanitizers too
+  local pkgs=(numpy "Cython>=3.0" setuptools wheel pytest hypothesis "unicorn==2.1.4")
   if [[ "$FLAVOUR" == clang ]]; then
     command -v clang >/dev/null || { log "clang missing: apt-get update && apt-get install -y clang"; exit 1; }
     pkgs+=(atheris)
