@@ -17,7 +17,10 @@ What must hold after every program (else it is a *finding*):
   worker answered at all (``hang``: the parent kills it);
 * no signal, no sanitizer report, no escaped Python exception (``crash``,
   ``exception``);
-* process RSS at most 32 MiB above its level after warm-up (``rss``);
+* process RSS at most 32 MiB above its level after warm-up (``rss``), no
+  single guest growing it by more than 32 MiB while it runs
+  (``rss-one-guest``), no guest filling a host buffer (the Launcher's
+  console) past 16 MiB (``console``);
 * the Switcher (host memory) holds what the host put there: its code bytes
   (trampoline, IDT stubs), its page table, the Switcher's GDT entries and the
   rest of the GDT copy, the TSS, the host IDT (``switcher``) -- checked for
@@ -449,19 +452,39 @@ class Gen:
     def it_raw(self) -> bytes:
         return self.r.randbytes(self.r.randrange(1, 12))
 
+    # Short instructions that do not end a translation block: a long run of
+    # one of them makes a huge block (Unicorn's TCG has hard limits there).
+    REPEATABLE = ("90", "d40a", "d50a", "d9ee", "ddd8", "d9f0", "d9e8", "de c1", "0f3a0fc001", "660f58c0", "0f28c1",
+                  "27", "37", "60", "61", "a5", "ce", "0fa2", "0f31", "e460", "9c9d", "d7", "f7f1", "0fc8", "0000")
+
+    def it_repeat(self) -> bytes:
+        r = self.r
+        insn = bytes.fromhex(r.choice(self.REPEATABLE).replace(" ", "")) if r.random() < 0.8 else r.randbytes(
+            r.randrange(1, 4))
+        n = r.choice([16, 100, 300, 460, 470, 520, 1000])
+        return (insn * n)[:BODY_MAX // 4]
+
+    def it_console_flood(self) -> bytes:
+        """NOTIFY in a loop with a long string: the Launcher's console buffer."""
+        r = self.r
+        self.data.append((PA_SCRATCH + 0x8000, b"A" * r.choice([100, 4096, 0x7FFF])))
+        call = hypercall(17, PA_SCRATCH + 0x8000, 0, 0)
+        return mov_ri("esi", r.choice([10, 1000, 1000000])) + call + b"\x4e\x75" + bytes([(-(len(call) + 3)) & 0xFF])
+
     ITEMS = (("it_hypercall", 22), ("it_int", 10), ("it_segment", 8), ("it_far", 8), ("it_pagetable", 6),
              ("it_host_range", 10), ("it_selfmod", 4), ("it_misc", 10), ("it_io", 5), ("it_loop", 3),
-             ("it_mem", 10), ("it_raw", 4))
+             ("it_mem", 10), ("it_raw", 4), ("it_repeat", 2), ("it_console_flood", 1))
 
 
-def generate(rng: random.Random, mode: str, timeout: float) -> dict[str, Any]:
-    """One program spec (JSON-able); see assemble()."""
+def generate(rng: random.Random, mode: str, timeout: float, core: str | None = None) -> dict[str, Any]:
+    """One program spec (JSON-able); see assemble().  ``core``: "cython" or
+    "python" for every program, or None for the compiled core on 9 in 10."""
     kind = mode if mode != "both" else ("bytes" if rng.random() < 0.3 else "structured")
     paged = rng.random() < 0.5
     ring = 3 if rng.random() < 0.4 else 1
     g = Gen(rng, paged, ring)
     spec: dict[str, Any] = {"mode": kind, "paged": paged, "ring": ring, "timeout": timeout,
-                            "core": "python" if rng.random() < 0.1 else "cython",
+                            "core": ("python" if rng.random() < 0.1 else "cython") if core is None else core,
                             "break_at": round(rng.uniform(0, timeout * 0.8), 4) if rng.random() < 0.15 else None}
     if kind == "bytes":
         spec["prologue"] = rng.choice(["none", "init", "init"])
@@ -489,6 +512,8 @@ def assemble(spec: dict[str, Any]) -> tuple[bytes, int]:
     paged, ring = spec["paged"], spec["ring"]
     base = PAGED_OFFSET if paged else 0
     img = bytearray(PA_SCRATCH + 0x10000)
+    for pa, blob in spec.get("data", []):  # grow the image for data past the scratch area
+        img.extend(bytes(max(0, pa + len(blob) // 2 - len(img))))
     body_va = base + PA_BODY
     # the body
     items = [bytes.fromhex(h) for h in spec["items"]]
@@ -622,7 +647,7 @@ class Worker:
             return None
         src = ROOT / "examples" / "guest"
         obj, elf = Path(self.tmp) / "ref.o", Path(self.tmp) / "ref.elf"
-        subprocess.run(["as", "--32", "--defsym=NSYSCALLS=300", "-o", str(obj), str(src / "guest.S")],
+        subprocess.run(["as", "--32", "--defsym=NSYSCALLS=5000", "-o", str(obj), str(src / "guest.S")],
                        check=True, capture_output=True)
         subprocess.run(["ld", "-m", "elf_i386", "--defsym=PAGE_OFFSET=0", "-T", str(src / "guest.ld"), "-o", str(elf),
                         str(obj)], check=True, capture_output=True)
@@ -739,8 +764,15 @@ class Worker:
     def run_program(self, spec: dict[str, Any]) -> dict[str, Any]:
         findings: list[list[str]] = []
         out: dict[str, Any] = {"findings": findings}
+        selftest = spec.get("selftest")  # proves the oracles fire (tests/test_guest_fuzz.py)
+        if selftest == "hang":
+            time.sleep(3600)
+        elif selftest == "crash":
+            import signal
+
+            os.kill(os.getpid(), signal.SIGSEGV)
         image, entry = assemble(spec)
-        lg = self.lu.UnicornLauncher(memory=MEM, page_offset=PAGED_OFFSET if spec["paged"] else 0,
+        lg = self.lu.UnicornLauncher(memory=spec.get("memory", MEM), page_offset=PAGED_OFFSET if spec["paged"] else 0,
                                      used_vectors=self.lguest.UsedVectors(used=range(32)), core=spec["core"])
         lg.__enter__()
         try:
@@ -757,6 +789,7 @@ class Worker:
                 timer.daemon = True
                 timer.start()
             timeout = spec["timeout"]
+            rss0 = _rss()
             t0 = time.monotonic()
             try:
                 res = lg.run(timeout=timeout)
@@ -769,6 +802,17 @@ class Worker:
                 timer.cancel()
                 timer.join()
             out["elapsed"] = round(elapsed, 4)
+            if selftest == "tamper":  # the host scribbles on its own Switcher: the check must see it
+                sw = lg.backend._sw
+                sw[self.lu.SW_STUBS] ^= 0xFF
+                sw[self.lu.SW_GDT + 8 * 11] ^= 0x01
+                sw[self.lu.SW_TSS + 4] ^= 0x10
+            if len(lg.console) > self.RSS_LIMIT // 2:  # host memory the guest filled, whatever RSS says
+                findings.append(["console", f"Launcher.console holds {len(lg.console) >> 20} MiB"])
+            grown = _rss() - rss0
+            if grown > self.RSS_LIMIT:  # one guest, while it is still alive
+                what = "its console buffer" if len(lg.console) > self.RSS_LIMIT // 2 else "not its console"
+                findings.append(["rss-one-guest", f"one guest grew RSS by {grown >> 20} MiB ({what})"])
             if elapsed > timeout + 0.5:
                 findings.append(["late", f"run(timeout={timeout}) returned after {elapsed:.2f} s"])
             if out["reason"] == "dead" and out["message"] is not None and not documented(out["message"]):
@@ -796,6 +840,7 @@ class Worker:
             findings.append(["rss", f"RSS grew {(rss - self.rss_base) >> 20} MiB after {self.count} programs"])
             self.rss_base = rss  # report each further 32 MiB once
         out["rss"] = rss
+        out["ref_runs"] = self.ref_runs
         return out
 
     def close(self) -> None:
@@ -912,7 +957,8 @@ def save_finding(spec: dict[str, Any], kind: str, detail: str, extra: dict[str, 
 
 def campaign(*, seconds: float | None, programs: int | None, workers: int, seed: int, mode: str,
              timeout: float = 0.2, save: bool = True, quiet: bool = False,
-             worker_args: list[str] | None = None) -> dict[str, Any]:
+             worker_args: list[str] | None = None, hang_after: float | None = None,
+             core: str | None = None) -> dict[str, Any]:
     """Run programs on ``workers`` subprocesses; returns the summary dict."""
     lock = threading.Lock()
     findings: dict[str, dict[str, Any]] = {}
@@ -921,7 +967,9 @@ def campaign(*, seconds: float | None, programs: int | None, workers: int, seed:
     total = [0]
     t_start = time.monotonic()
     end = None if seconds is None else t_start + seconds
-    hang_after = timeout + 10.0
+    # A worker that has not answered this long after run()'s own deadline is hung.
+    hang_after = timeout + 10.0 if hang_after is None else hang_after
+    ref_runs = [0]
     per_worker = None if programs is None else -(-programs // workers)
 
     def loop(idx: int) -> None:
@@ -929,12 +977,17 @@ def campaign(*, seconds: float | None, programs: int | None, workers: int, seed:
         wp = WorkerProc(idx, worker_args or [])
         try:
             n = 0
+            last_ref = 0
             while (end is None or time.monotonic() < end) and (per_worker is None or n < per_worker):
-                spec = generate(rng, mode, timeout)
+                spec = generate(rng, mode, timeout, core)
                 res = wp.run(spec, hang_after)
                 n += 1
                 with lock:
                     total[0] += 1
+                    if "ref_runs" in res:  # cumulative per worker process (0 again after a restart)
+                        now_ref = res["ref_runs"]
+                        ref_runs[0] += now_ref - last_ref if now_ref >= last_ref else now_ref
+                        last_ref = now_ref
                     reasons[res.get("reason", "?")] += 1
                     if res.get("reason") in ("dead", "restart"):
                         kills[normalise_reason(res.get("message"))] += 1
@@ -966,11 +1019,12 @@ def campaign(*, seconds: float | None, programs: int | None, workers: int, seed:
                       flush=True)
     elapsed = time.monotonic() - t_start
     return {"programs": total[0], "seconds": round(elapsed, 1), "per_second": round(total[0] / max(elapsed, 1e-9), 1),
-            "findings": findings, "reasons": dict(reasons), "kills": dict(kills)}
+            "findings": findings, "reasons": dict(reasons), "kills": dict(kills), "reference_runs": ref_runs[0]}
 
 
 def print_summary(s: dict[str, Any]) -> None:
     print(f"\n== {s['programs']} programs in {s['seconds']} s: {s['per_second']} programs/s")
+    print(f"== reference guest runs completed and compared: {s['reference_runs']}")
     print("== run() results: " + ", ".join(f"{k} {v}" for k, v in sorted(s["reasons"].items())))
     print("== kill reasons (numbers folded):")
     for k, v in sorted(s["kills"].items(), key=lambda kv: -kv[1]):
@@ -1055,8 +1109,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--mode", choices=["bytes", "structured", "both"], default="both")
+    ap.add_argument("--core", choices=["cython", "python"], default=None,
+                    help="run every program on this core (default: the compiled core, the Python one on 1 in 10)")
     ap.add_argument("--timeout", type=float, default=0.2, help="run(timeout=...) per program")
     ap.add_argument("--no-reference", action="store_true", help="skip the reference guest (no binutils)")
+    ap.add_argument("--hang-after", type=float, default=None,
+                    help="seconds without an answer before a worker counts as hung (default timeout + 10)")
     ap.add_argument("--ref-slice", type=float, default=0.002, help="reference guest run per program, seconds")
     ap.add_argument("--replay", type=Path, help="run one saved program and print its result")
     ap.add_argument("--minimise", action="store_true", help="with --replay: shrink it, keeping its first finding")
@@ -1067,7 +1125,7 @@ def main(argv: list[str] | None = None) -> int:
         return worker_main(args)
     wargs = (["--no-reference"] if args.no_reference else []) + ["--ref-slice", str(args.ref_slice)]
     if args.replay:
-        res = replay(args.replay, wargs)
+        res = replay(args.replay, wargs, args.hang_after or 15.0)
         print(json.dumps({k: v for k, v in res.items() if k != "stderr"}, indent=1))
         if res.get("stderr"):
             print(res["stderr"])
@@ -1081,7 +1139,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"minimised ({small['_tries']} runs) to {out}:\n  items: {disassembly_hint(small)}")
         return 1 if res.get("findings") else 0
     summary = campaign(seconds=None if args.programs else args.seconds, programs=args.programs,
-                       workers=args.workers, seed=args.seed, mode=args.mode, timeout=args.timeout, worker_args=wargs)
+                       workers=args.workers, seed=args.seed, mode=args.mode, timeout=args.timeout, worker_args=wargs,
+                       hang_after=args.hang_after, core=args.core)
     print_summary(summary)
     if args.json:
         print(json.dumps(summary, indent=1))
