@@ -620,7 +620,7 @@ class Worker:
     RSS_LIMIT = 32 << 20
     WARMUP = 40
 
-    def __init__(self, reference: bool = True, ref_slice: float = 0.002) -> None:
+    def __init__(self, reference: bool = True, ref_slice: float = 0.002, late_margin: float = 0.5) -> None:
         import numpy as np
 
         import lguest
@@ -631,6 +631,7 @@ class Worker:
         self.count = 0
         self.rss_base: int | None = None
         self.ref_slice = ref_slice
+        self.late_margin = late_margin
         self.ref: Any = None
         self.ref_elf: Path | None = None
         self.ref_expected: tuple[str | None, bytes, dict[str, int]] | None = None
@@ -813,7 +814,7 @@ class Worker:
             if grown > self.RSS_LIMIT:  # one guest, while it is still alive
                 what = "its console buffer" if len(lg.console) > self.RSS_LIMIT // 2 else "not its console"
                 findings.append(["rss-one-guest", f"one guest grew RSS by {grown >> 20} MiB ({what})"])
-            if elapsed > timeout + 0.5:
+            if elapsed > timeout + self.late_margin:
                 findings.append(["late", f"run(timeout={timeout}) returned after {elapsed:.2f} s"])
             if out["reason"] == "dead" and out["message"] is not None and not documented(out["message"]):
                 findings.append(["undocumented-kill", normalise_reason(out["message"])])
@@ -853,7 +854,7 @@ class Worker:
 
 def worker_main(args: argparse.Namespace) -> int:
     """The subprocess: one JSON program per stdin line, one JSON result per stdout line."""
-    w = Worker(reference=not args.no_reference, ref_slice=args.ref_slice)
+    w = Worker(reference=not args.no_reference, ref_slice=args.ref_slice, late_margin=args.late_margin)
     print(json.dumps({"ready": True, "reference": w.ref_expected is not None}), flush=True)
     for line in sys.stdin:
         spec = json.loads(line)
@@ -883,7 +884,11 @@ class WorkerProc:
                                      bufsize=1)
         self.lines = queue.Queue()
         threading.Thread(target=self._reader, args=(self.proc, self.lines), daemon=True).start()
-        first = self.lines.get(timeout=120)
+        try:
+            first = self.lines.get(timeout=300)
+        except queue.Empty:
+            first = None
+            self.kill()
         if first is None:
             raise RuntimeError(f"worker failed to start:\n{self.stderr_tail()}")
         self.reference = json.loads(first).get("reference", False)
@@ -921,9 +926,7 @@ class WorkerProc:
             rc = self.proc.wait()
             tail = self.stderr_tail()
             sig = f"signal {-rc}" if rc < 0 else f"exit {rc}"
-            first = next((ln for ln in tail.splitlines() if "ERROR" in ln or "Fatal" in ln or "Error" in ln),
-                         tail.strip().splitlines()[-1] if tail.strip() else "")
-            res = {"reason": "crash", "findings": [["crash", f"{sig}: {first.strip()[:200]}"]], "stderr": tail}
+            res = {"reason": "crash", "findings": [["crash", f"{sig}: {crash_summary(tail)}"]], "stderr": tail}
         self.start()
         return res
 
@@ -939,6 +942,17 @@ class WorkerProc:
                 self.proc.wait(timeout=10)
             except (OSError, subprocess.TimeoutExpired):
                 self.kill()
+
+
+def crash_summary(stderr: str) -> str:
+    """The line that names a crash: a sanitizer's SUMMARY (the library path
+    dropped), a Python fatal error or traceback's last line, else the last line."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    for marker in ("SUMMARY: ", "Fatal Python error", "runtime error:", "Error", "ERROR"):
+        for ln in lines:
+            if marker in ln:
+                return re.sub(r"\(/\S+/", "(", ln)[:200]
+    return lines[-1][:200] if lines else "(no output)"
 
 
 def finding_key(kind: str, detail: str) -> str:
@@ -972,7 +986,15 @@ def campaign(*, seconds: float | None, programs: int | None, workers: int, seed:
     ref_runs = [0]
     per_worker = None if programs is None else -(-programs // workers)
 
+    errors: list[str] = []
+
     def loop(idx: int) -> None:
+        try:
+            run_worker(idx)
+        except Exception as exc:  # noqa: BLE001 - reported in the summary, the campaign fails
+            errors.append(f"worker {idx}: {type(exc).__name__}: {exc}")
+
+    def run_worker(idx: int) -> None:
         rng = random.Random(seed * 1_000_003 + idx)
         wp = WorkerProc(idx, worker_args or [])
         try:
@@ -1019,7 +1041,8 @@ def campaign(*, seconds: float | None, programs: int | None, workers: int, seed:
                       flush=True)
     elapsed = time.monotonic() - t_start
     return {"programs": total[0], "seconds": round(elapsed, 1), "per_second": round(total[0] / max(elapsed, 1e-9), 1),
-            "findings": findings, "reasons": dict(reasons), "kills": dict(kills), "reference_runs": ref_runs[0]}
+            "findings": findings, "reasons": dict(reasons), "kills": dict(kills), "reference_runs": ref_runs[0],
+            "errors": errors}
 
 
 def print_summary(s: dict[str, Any]) -> None:
@@ -1029,6 +1052,8 @@ def print_summary(s: dict[str, Any]) -> None:
     print("== kill reasons (numbers folded):")
     for k, v in sorted(s["kills"].items(), key=lambda kv: -kv[1]):
         print(f"   {v:7d}  {k}")
+    for err in s.get("errors", []):
+        print(f"== HARNESS ERROR: {err}")
     print(f"== findings: {len(s['findings'])} distinct")
     for key, f in sorted(s["findings"].items()):
         print(f"   {f['count']:5d}x  {key}\n          {f['file']}")
@@ -1085,6 +1110,19 @@ def minimise(spec: dict[str, Any], key: str, worker_args: list[str], hang_after:
             data = spec.get("data", [])
             if data and still({**spec, "data": []}):
                 spec["data"] = []
+            # then each item's shortest reproducing prefix (binary search: a
+            # run of one instruction shrinks to the count that still fails)
+            for i, item in enumerate(spec["items"]):
+                lo, hi = 0, len(item) // 2
+                while hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    items = list(spec["items"])
+                    items[i] = item[:2 * mid]
+                    if still({**spec, "items": items}):
+                        hi = mid
+                    else:
+                        lo = mid
+                spec["items"][i] = item[:2 * hi]
         else:
             raw = bytes.fromhex("".join(spec["items"]))
             units = ddmin([raw[i:i + 1].hex() for i in range(len(raw))], lambda u: {**spec, "items": ["".join(u)]})
@@ -1099,7 +1137,8 @@ def minimise(spec: dict[str, Any], key: str, worker_args: list[str], hang_after:
 
 
 def disassembly_hint(spec: dict[str, Any]) -> str:
-    return " | ".join(spec["items"])
+    """The items as hex, long ones abbreviated (the file has them whole)."""
+    return " | ".join(h if len(h) <= 64 else f"{h[:48]}...({len(h) // 2} bytes)" for h in spec["items"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1115,6 +1154,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-reference", action="store_true", help="skip the reference guest (no binutils)")
     ap.add_argument("--hang-after", type=float, default=None,
                     help="seconds without an answer before a worker counts as hung (default timeout + 10)")
+    ap.add_argument("--late-margin", type=float, default=0.5,
+                    help="run(timeout) may return this much late (raise it under the sanitizers)")
     ap.add_argument("--ref-slice", type=float, default=0.002, help="reference guest run per program, seconds")
     ap.add_argument("--replay", type=Path, help="run one saved program and print its result")
     ap.add_argument("--minimise", action="store_true", help="with --replay: shrink it, keeping its first finding")
@@ -1123,7 +1164,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.worker:
         return worker_main(args)
-    wargs = (["--no-reference"] if args.no_reference else []) + ["--ref-slice", str(args.ref_slice)]
+    wargs = (["--no-reference"] if args.no_reference else []) + ["--ref-slice", str(args.ref_slice),
+                                                                 "--late-margin", str(args.late_margin)]
     if args.replay:
         res = replay(args.replay, wargs, args.hang_after or 15.0)
         print(json.dumps({k: v for k, v in res.items() if k != "stderr"}, indent=1))
@@ -1144,7 +1186,7 @@ def main(argv: list[str] | None = None) -> int:
     print_summary(summary)
     if args.json:
         print(json.dumps(summary, indent=1))
-    return 1 if summary["findings"] else 0
+    return 2 if summary["errors"] else 1 if summary["findings"] else 0
 
 
 if __name__ == "__main__":

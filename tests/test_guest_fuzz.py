@@ -122,6 +122,7 @@ def test_short_campaign(core, tmp_path):
     """A fixed seed, 120 programs per core, every invariant, reference guest on."""
     summary = fg.campaign(seconds=None, programs=120, workers=1, seed=20261129, mode="both", timeout=0.2,
                           save=False, quiet=True, core=core.NAME)
+    assert summary["errors"] == []
     assert summary["programs"] == 120
     assert summary["reference_runs"] > 0
     assert summary["findings"] == {}, "\n".join(summary["findings"])
