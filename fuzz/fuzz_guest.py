@@ -854,6 +854,9 @@ class Worker:
 
 def worker_main(args: argparse.Namespace) -> int:
     """The subprocess: one JSON program per stdin line, one JSON result per stdout line."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it closes our stdin
     w = Worker(reference=not args.no_reference, ref_slice=args.ref_slice, late_margin=args.late_margin)
     print(json.dumps({"ready": True, "reference": w.ref_expected is not None}), flush=True)
     for line in sys.stdin:
@@ -987,6 +990,7 @@ def campaign(*, seconds: float | None, programs: int | None, workers: int, seed:
     per_worker = None if programs is None else -(-programs // workers)
 
     errors: list[str] = []
+    stop: list[bool] = []  # non-empty: Ctrl-C, finish the current programs and report
 
     def loop(idx: int) -> None:
         try:
@@ -1000,7 +1004,7 @@ def campaign(*, seconds: float | None, programs: int | None, workers: int, seed:
         try:
             n = 0
             last_ref = 0
-            while (end is None or time.monotonic() < end) and (per_worker is None or n < per_worker):
+            while not stop and (end is None or time.monotonic() < end) and (per_worker is None or n < per_worker):
                 spec = generate(rng, mode, timeout, core)
                 res = wp.run(spec, hang_after)
                 n += 1
@@ -1031,8 +1035,14 @@ def campaign(*, seconds: float | None, programs: int | None, workers: int, seed:
         t.start()
     last = time.monotonic()
     while any(t.is_alive() for t in threads):
-        for t in threads:
-            t.join(timeout=1.0)
+        try:
+            for t in threads:
+                t.join(timeout=1.0)
+        except KeyboardInterrupt:
+            if stop:
+                raise
+            stop.append(True)
+            print("interrupted: finishing the programs in flight (Ctrl-C again to abort)", flush=True)
         if not quiet and time.monotonic() - last >= 10:
             last = time.monotonic()
             with lock:
