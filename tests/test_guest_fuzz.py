@@ -17,6 +17,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,7 @@ def worker():
 
 
 def program(items: list[bytes], core: str, *, ring: int = 1, paged: bool = False, timeout: float = 0.2,
-            data: list[tuple[int, bytes]] = (), memory: int | None = None) -> dict:
+            data: Sequence[tuple[int, bytes]] = (), memory: int | None = None) -> dict:
     spec = {"mode": "structured", "paged": paged, "ring": ring, "timeout": timeout, "core": core, "break_at": None,
             "prologue": "init", "items": [i.hex() for i in items], "data": [[pa, b.hex()] for pa, b in data]}
     if memory is not None:
