@@ -34,7 +34,8 @@ F1 = ("F1: a translation block of ~464+ consecutive FPU/SSE/aam-like instruction
       "TCG segfault (host SIGSEGV)")
 F2 = "F2: NOTIFY in a loop grows Launcher.console without bound (hundreds of MiB in 0.2 s)"
 F3 = "F3: Unicorn's translation cache grows ~100 bytes of host memory per guest byte executed (50+ MiB per guest)"
-F4 = "F4: the deadline is only checked every 1024 blocks: fresh SSE code overruns run(timeout) by > 0.5 s"
+F4 = ("F4: the deadline is only checked every 1024 blocks: 1024 freshly translated blocks overrun "
+      "run(timeout) by 0.3 s (idle) to 0.9 s (loaded)")
 
 
 @pytest.fixture(scope="module")
@@ -155,12 +156,18 @@ def test_running_through_ram_does_not_grow_host_memory(worker, core):
 
 
 @pytest.mark.xfail(strict=False, reason=F4)
-def test_fresh_code_does_not_overrun_the_deadline(worker):
-    # 7 MiB of mulps (0f 59 05 <abs32>): 1024 freshly translated blocks take
-    # ~1 s, and the block hook looks at the clock once per 1024 blocks.
+def test_fresh_code_stops_soon_after_the_deadline(worker):
+    # 7 MiB of mulps (0f 59 05 <abs32>): every block is freshly translated,
+    # ~0.2-0.3 ms each here (~1 ms under load).  The deadline is 10 ms away,
+    # so a guest stopped within a generous 0.5 s has run a few hundred blocks
+    # at most; today the block hook looks at the clock only when the block
+    # count is a multiple of 1024, so exactly 1024 run (0.3 s idle, up to
+    # ~0.95 s seen under load: the fuzzer's "late" finding).  Counting blocks
+    # keeps the test independent of the machine's speed.
     mulps = bytes.fromhex("0f590500000300")
     fill = mulps * ((7 << 20) // len(mulps))
-    res = worker.run(program([fg.jmp_abs(fg.PA_SCRATCH + 0x10000)], "cython", memory=8 << 20,
+    res = worker.run(program([fg.jmp_abs(fg.PA_SCRATCH + 0x10000)], "cython", memory=8 << 20, timeout=0.01,
                              data=[(fg.PA_SCRATCH + 0x10000, fill)]), 60)
     assert res["reason"] == "timeout"
     assert "late" not in kinds(res), res["findings"]
+    assert res["blocks"] < 1024
