@@ -485,7 +485,11 @@ def generate(rng: random.Random, mode: str, timeout: float, core: str | None = N
     g = Gen(rng, paged, ring)
     spec: dict[str, Any] = {"mode": kind, "paged": paged, "ring": ring, "timeout": timeout,
                             "core": ("python" if rng.random() < 0.1 else "cython") if core is None else core,
-                            "break_at": round(rng.uniform(0, timeout * 0.8), 4) if rng.random() < 0.15 else None}
+                            "break_at": round(rng.uniform(0, timeout * 0.8), 4) if rng.random() < 0.15 else None,
+                            "clock": "wall" if rng.random() < 0.15 else "virtual"}
+    if rng.random() < 0.2:  # virtual irqs from a helper thread: (seconds after the start, irq)
+        spec["irqs"] = sorted((round(rng.uniform(0, timeout * 0.8), 4), rng.randrange(32))
+                              for _ in range(rng.randrange(1, 6)))
     if kind == "bytes":
         spec["prologue"] = rng.choice(["none", "init", "init"])
         spec["items"] = [rng.randbytes(rng.randrange(1, 256)).hex()]
@@ -553,7 +557,7 @@ def assemble(spec: dict[str, Any]) -> tuple[bytes, int]:
     if spec["prologue"] != "none":
         p += mov_ri("esp", base + PA_KSTACK)
         p += hypercall(1, PA_LDATA)  # LGUEST_INIT (a vmcall: patched on first use)
-        for v in [*range(32), 0x20, 0x80]:
+        for v in [*range(32), *range(0x20, 0x30), 0x80]:  # exceptions, irqs 0-15, system calls
             target = base + (PA_SYSCALL if v == 0x80 else PA_HANDLER)
             flags = 0xEF00 if v in (0x80, 3, 4) else 0xAF00  # trap gates; DPL 3 for int3/into/syscalls
             lo, hi = gate(target, flags)
@@ -774,7 +778,8 @@ class Worker:
             os.kill(os.getpid(), signal.SIGSEGV)
         image, entry = assemble(spec)
         lg = self.lu.UnicornLauncher(memory=spec.get("memory", MEM), page_offset=PAGED_OFFSET if spec["paged"] else 0,
-                                     used_vectors=self.lguest.UsedVectors(used=range(32)), core=spec["core"])
+                                     used_vectors=self.lguest.UsedVectors(used=range(32)), core=spec["core"],
+                                     clock=spec.get("clock", "virtual"))
         lg.__enter__()
         try:
             if spec["paged"]:  # keep the launcher's page tables (top of RAM)
@@ -784,9 +789,12 @@ class Worker:
                 lg.load_flat(image, 0, entry)
             expect = self.switcher_expectation(lg)
             lg._fz_code = bytes(lg.backend._sw[:self.lu.SW_GDT])
-            timer = None
+            timers = []
             if spec.get("break_at") is not None:
-                timer = threading.Timer(spec["break_at"], lg.break_out)
+                timers.append(threading.Timer(spec["break_at"], lg.break_out))
+            for at, irq in spec.get("irqs", []):
+                timers.append(threading.Timer(at, lg.send_irq, args=(irq,)))
+            for timer in timers:
                 timer.daemon = True
                 timer.start()
             timeout = spec["timeout"]
@@ -799,7 +807,7 @@ class Worker:
                 out["reason"], out["message"] = "exception", None
                 findings.append(["exception", f"{type(exc).__name__}: {exc}"[:300]])
             elapsed = time.monotonic() - t0
-            if timer is not None:
+            for timer in timers:
                 timer.cancel()
                 timer.join()
             out["elapsed"] = round(elapsed, 4)
@@ -1137,7 +1145,8 @@ def minimise(spec: dict[str, Any], key: str, worker_args: list[str], hang_after:
             raw = bytes.fromhex("".join(spec["items"]))
             units = ddmin([raw[i:i + 1].hex() for i in range(len(raw))], lambda u: {**spec, "items": ["".join(u)]})
             spec["items"] = ["".join(units)]
-        for knob, value in (("break_at", None), ("core", "cython"), ("paged", False), ("ring", 1)):
+        for knob, value in (("break_at", None), ("irqs", []), ("clock", "virtual"), ("core", "cython"),
+                            ("paged", False), ("ring", 1)):
             if spec.get(knob) != value and still({**spec, knob: value}):
                 spec[knob] = value
     finally:
