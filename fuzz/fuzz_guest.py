@@ -528,9 +528,8 @@ def assemble(spec: dict[str, Any]) -> tuple[bytes, int]:
             body += movl_mi(base + PA_CONT, nxt) + item
     else:
         body += b"".join(items)
-        # CONT: past the raw bytes (the epilogue)
     epilogue = b"\xcd\x80" if ring == 3 else jmp_abs(base + PA_SHUTDOWN)
-    if spec["mode"] != "structured":
+    if spec["mode"] != "structured":  # a fault in the raw bytes resumes at the epilogue
         body = movl_mi(base + PA_CONT, body_va + 10 + len(body)) + body
     body += epilogue
     if len(body) > BODY_MAX:
