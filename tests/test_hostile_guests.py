@@ -599,3 +599,136 @@ def test_native_hooks_refuse_misuse(core):
     assert mem.closed
     with pytest.raises(RuntimeError, match="context manager"):
         lg.run(timeout=0.1)
+
+
+# --- 9. hypercall storms with extreme arguments ---------------------------------------------------------------
+# Each guest calls one hypercall number 400 times, cycling through four
+# argument sets (zeros, all ones, host-range addresses, the edge of RAM),
+# then powers off.  Whatever the number, the run ends by its deadline with a
+# clean timeout or one of the documented kill reasons -- never an exception,
+# a hang or a crash.
+STORM = INIT + """
+    xor %esi, %esi
+1:  mov %esi, %edi
+    and $3, %edi
+    shl $4, %edi
+    mov 0x4000, %eax
+    mov 0x4010(%edi), %ebx
+    mov 0x4014(%edi), %ecx
+    mov 0x4018(%edi), %edx
+    vmcall
+    inc %esi
+    cmp $400, %esi
+    jne 1b
+    mov $2, %eax            # SHUTDOWN("storm done", POWEROFF)
+    mov $done, %ebx
+    mov $1, %ecx
+    vmcall
+done: .asciz "storm done"
+"""
+STORM_ARGS = [(0, 0, 0), (0xFFFFFFFF,) * 3, (SWITCHER, SWITCHER + 0x1000, 0xFFFFF000), (MEM - 1, MEM, 1)]
+# Worked out from the hypercall code, one number at a time (the first
+# argument set that is fatal decides):
+STORM_EXPECTED = {
+    0: ("dead", "CRASH: storm done"),  # FLUSH_ASYNC: an empty ring, harmless
+    1: ("dead", "already have lguest_data"),
+    2: ("dead", "CRASH: "),  # SHUTDOWN(0, 0): the message at address 0 is empty
+    3: ("dead", "too many gdt entries -1"),  # LOAD_GDT(0, 0) is fine; then num 0xffffffff, printed %i
+    4: ("dead", "unhandled trap 14 at 0x1030 (0x1030)"),  # NEW_PGTABLE(0): RAM page 0 holds no mappings
+    5: ("dead", "CRASH: storm done"),  # FLUSH_TLB
+    6: ("dead", "Setting idt entry 4294967295"),  # entry 0 zeroed, then num 0xffffffff (%u)
+    7: ("dead", "bad stack segment 0"),  # SET_STACK(0, ...): RPL 0
+    8: ("dead", "CRASH: storm done"),  # TS
+    9: ("dead", "CRASH: storm done"),  # SET_CLOCKEVENT: irq 0 is never enabled by this guest
+    10: ("timeout", None),  # HALT: nothing ever wakes it
+    11: ("dead", "Bad hypercall 11\n"),
+    14: ("dead", "bad page table entry"),  # SET_PTE with pte 0xffffffff: present, frame past RAM
+    15: ("dead", "CRASH: storm done"),  # SET_PMD: a flat guest has no shadow to update
+    16: ("dead", "bad read address 0xffffffff len 24"),  # LOAD_TLS(0xffffffff): 3 descriptors
+    17: ("dead", "Bad NOTIFY 0xffffffff"),  # NOTIFY(0) prints nothing; then outside RAM
+    0x80000000: ("dead", "Bad hypercall -2147483648\n"),
+    0xFFFFFFFF: ("dead", "Bad hypercall -1\n"),
+}
+
+
+@pytest.fixture(scope="module")
+def storm_image(tmp_path_factory):
+    return assemble(tmp_path_factory.mktemp("storm"), STORM)
+
+
+@pytest.mark.parametrize("num", sorted(STORM_EXPECTED))
+def test_hypercall_storms_with_extreme_arguments(storm_image, core, num):
+    image, _ = storm_image
+    with launcher(core) as lg:
+        prepare_ld(lg)
+        lg.load_flat(image, 0x1000, 0x1000)
+        lg.memory.write_u32(0x4000, num)
+        for i, args in enumerate(STORM_ARGS):
+            lg.memory.write(0x4010 + 16 * i, struct.pack("<III", *args))
+        t0 = time.monotonic()
+        result = lg.run(timeout=0.3)
+        assert time.monotonic() - t0 < 0.3 + 0.5
+    assert (result.reason, result.message) == STORM_EXPECTED[num]
+
+
+# --- 10. timers at the extremes ---------------------------------------------------------------------------------
+# SET_CLOCKEVENT(delta) then HALT, forever.  A timer that fires raises irq 0
+# and wakes the halted guest (lguest re-enables its interrupts to do so), but
+# the guest has no IDT entry for it, so the irq stays pending and the guest
+# loops between re-arming and halting.  Whatever the delta (0 cancels, 1 ns,
+# the largest), the run ends at its deadline: the host neither spins past it
+# nor sleeps through it.
+TIMER = INIT + """
+1:  mov $9, %eax            # SET_CLOCKEVENT(delta)
+    mov 0x4000, %ebx
+    vmcall
+    mov $10, %eax           # HALT
+    vmcall
+    jmp 1b
+"""
+
+
+@pytest.mark.parametrize("clock", ["virtual", "wall"])
+@pytest.mark.parametrize("delta", [0, 1, 2, 1000, 0x7FFFFFFF, 0xFFFFFFFF])
+def test_timers_at_the_extremes_end_by_the_deadline(tmp_path, core, clock, delta):
+    image, _ = assemble(tmp_path, TIMER)
+    with launcher(core, clock=clock) as lg:
+        prepare_ld(lg)
+        lg.load_flat(image, 0x1000, 0x1000)
+        lg.memory.write_u32(0x4000, delta)
+        t0 = time.monotonic()
+        result = lg.run(timeout=0.3)
+        assert time.monotonic() - t0 < 0.3 + 0.5
+    assert (result.reason, result.message) == ("timeout", None)
+
+
+# --- 11. the guest's page tables over the host range ------------------------------------------------------------
+# A paged guest points its own page directory's last entry (the host range)
+# at a page table mapping guest RAM, and asks for it with NEW_PGTABLE: the
+# CPU's directory keeps the host's entry, so 0xFFC00000 still is the host
+# range and touching it kills.
+PGD_OVER_HOST = INIT + """
+    mov 0x4000, %edi        # the guest's page directory (physical)
+    mov 0x4004, %eax        # the entry to put in slot 1023
+    mov %eax, 0xc0000ffc(%edi)
+    mov $4, %eax            # NEW_PGTABLE(pgdir)
+    mov %edi, %ebx
+    vmcall
+    mov $5, %eax            # FLUSH_TLB
+    mov $1, %ebx
+    vmcall
+    mov 0xffc00000, %eax
+    hlt
+"""
+
+
+def test_guest_page_directory_entry_over_the_host_range_is_ignored(tmp_path, core):
+    image, _ = assemble(tmp_path, PGD_OVER_HOST, base=0xC0001000)
+    with launcher(core, page_offset=PAGED) as lg:
+        prepare_ld(lg)
+        lg.load_flat(image, 0x1000, 0xC0001000)
+        pgd = lg.guest.pgdir
+        first_table = lg.memory.read_u32(pgd) & ~0xFFF
+        lg.memory.write(0x4000, struct.pack("<II", pgd, first_table | 0x67))
+        result = lg.run(timeout=5)
+    assert (result.reason, result.message) == ("dead", SWITCHER_KILL)
