@@ -1046,10 +1046,17 @@ cdef class Guest:
         self._tsc_khz = to_u32(value, "tsc_khz")
 
     def _detach_memory(self):
-        """Called by GuestMemory.close(): no more raw access from now on."""
+        """Called by GuestMemory.close() before it unmaps: no more raw access."""
         self.g.mem = NULL
         self.g.mem_size = 0
         self.g.limit = 0
+
+    def _attach_memory(self):
+        """Undo _detach_memory when GuestMemory.close() was refused."""
+        memory = self._memory
+        self.g.mem = <uint8_t *><size_t>memory.address
+        self.g.mem_size = memory.size
+        self.g.limit = <uint64_t>self.g.pfn_limit * PAGE_SIZE
 
     cdef inline int _check_mem(self) except -1:
         if self.g.mem == NULL:

@@ -279,6 +279,10 @@ class Guest:
     def _detach_memory(self) -> None:
         self._view = None
 
+    def _attach_memory(self) -> None:
+        """Undo _detach_memory when GuestMemory.close() was refused."""
+        self._view = self.memory.view
+
     def _mem(self) -> memoryview:
         if self._view is None:
             raise ValueError("guest memory is closed")

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .constants import PAGE_SIZE
+from .validate import to_index, to_u32
 
 MAX_GUEST_MEMORY = 1 << 32  # a non-PAE 32-bit guest addresses 4 GiB at most
 
@@ -144,32 +145,34 @@ class GuestMemory(_Base):  # type: ignore[misc,valid-type]
         if self._view is None:
             raise ValueError("guest memory is closed")
 
-    def _check_range(self, gpa: int, n: int) -> None:
+    def _check_range(self, gpa: Any, n: Any) -> tuple[int, int]:
+        # Python ints first: numpy scalars would wrap in ``gpa + n``.
+        gpa, n = to_index(gpa, "gpa"), to_index(n, "n")
         if gpa < 0 or n < 0 or gpa + n > self._size:
             raise IndexError(f"guest-physical range {gpa:#x}+{n} outside memory of {self._size:#x} bytes")
+        return gpa, n
 
     # --- host-side accessors --------------------------------------------------
     def read(self, gpa: int, n: int) -> bytes:
         self._check_open()
-        self._check_range(gpa, n)
+        gpa, n = self._check_range(gpa, n)
         return bytes(self._view[gpa:gpa + n])
 
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
         self._check_open()
         data = memoryview(data).cast("B")
-        self._check_range(gpa, len(data))
-        self._view[gpa:gpa + len(data)] = data
+        gpa, n = self._check_range(gpa, len(data))
+        self._view[gpa:gpa + n] = data
 
     def read_u32(self, gpa: int) -> int:
         self._check_open()
-        self._check_range(gpa, 4)
+        gpa, _ = self._check_range(gpa, 4)
         return struct.unpack_from("<I", self._view, gpa)[0]
 
     def write_u32(self, gpa: int, value: int) -> None:
         self._check_open()
-        self._check_range(gpa, 4)
-        if not 0 <= value <= 0xFFFFFFFF:
-            raise ValueError(f"u32 value out of range: {value!r}")
+        gpa, _ = self._check_range(gpa, 4)
+        value = to_u32(value, "value")
         struct.pack_into("<I", self._view, gpa, value)
 
     def __len__(self) -> int:
@@ -225,6 +228,15 @@ class GuestMemory(_Base):  # type: ignore[misc,valid-type]
                                "stop the guest that runs on it before closing")
         if getattr(self, "_exports", 0):
             raise BufferError("guest memory is still exported (a memoryview is alive); release it first")
+        # Detach every guest *before* unmapping: between munmap and a later
+        # detach another thread could enter a core call that still holds
+        # the old pointer (the API fuzzer's threaded phase hit exactly that,
+        # SIGSEGV).  If the unmap is then refused, the guests are re-attached.
+        users = list(self._users)
+        for user in users:
+            user._detach_memory()
+        if _Base is not object:
+            self._set_buffer(None, 0)
         self._view.release()
         self._whole.release()
         if self._owned:
@@ -233,12 +245,14 @@ class GuestMemory(_Base):  # type: ignore[misc,valid-type]
             except BufferError:
                 self._whole = memoryview(self._mmap)
                 self._view = self._whole[self._guard:self._guard + self._size]
+                if _Base is not object:
+                    self._set_buffer(self._address, self._size)
+                for user in users:
+                    reattach = getattr(user, "_attach_memory", None)
+                    if reattach is not None:
+                        reattach()
                 raise BufferError("guest memory is still exported (a memoryview is alive); release it first") from None
         self._view = None
-        if _Base is not object:
-            self._set_buffer(None, 0)
-        for user in list(self._users):
-            user._detach_memory()
 
     def __enter__(self) -> GuestMemory:
         return self

@@ -447,6 +447,8 @@ def test_tiny_periodic_timer_cannot_freeze_python_threads() -> None:
             clock.arm_periodic(cpu, 1)
         except ValueError:
             pass
+        time.sleep(0.2)                          # (the old wheel thread fell behind for good here)
+        cpu.set_clockevent(1_000_000)
         clock.arm_periodic(cpu, 10_000)          # the minimum: must stay responsive
         t0 = time.monotonic()
         for _ in range(200):
@@ -671,3 +673,64 @@ def test_pin_page_bad_pgd_flags_carry_on_with_the_walk(core) -> None:
     guest.pin_page(0xC0000000)
     assert guest.dead == "bad page directory entry"
     assert guest.memory.read_u32(PT_TABLE) == 0x3063
+
+
+def test_close_racing_core_calls_from_other_threads() -> None:
+    # Found by fuzz/fuzz_api.py's threaded phase: close() used to unmap the
+    # pages *before* detaching the guests, so a core call from another thread
+    # between the two ran on unmapped memory (SIGSEGV).
+    run_isolated("""
+        import sys, threading
+        sys.setswitchinterval(1e-6)  # switch threads as often as possible
+        for round in range(60):
+            mem = lguest.GuestMemory(4 * 4096)
+            host = lguest.Host(used_vectors=lguest.UsedVectors(used=range(32)))
+            cpu = host.new_guest(mem, page_offset=0, clock=lguest.VirtualClock(), core=_core).new_cpu()
+            stop = False
+            def hammer():
+                while not stop:
+                    try:
+                        cpu.lgwrite(0x1000, b"abcd" * 256)
+                        cpu.lgread(0x2000, 1024)
+                    except ValueError:
+                        pass
+            threads = [threading.Thread(target=hammer) for _ in range(3)]
+            for t in threads:
+                t.start()
+            for _ in range(200):
+                try:
+                    mem.close()
+                    break
+                except RuntimeError:
+                    pass
+            stop = True
+            for t in threads:
+                t.join()
+    """, timeout=120)
+
+
+def test_refused_close_keeps_guests_attached(core) -> None:
+    mem = lguest.GuestMemory(4 * 4096)
+    cpu = _guest(core, mem).new_cpu()
+    view = memoryview(mem.mmap)  # an export of the mmap itself: munmap is refused
+    with pytest.raises(BufferError):
+        mem.close()
+    assert not mem.closed
+    assert cpu.lgwrite(8, b"ok") is True and mem.read(8, 2) == b"ok"
+    view.release()
+    mem.close()
+    with pytest.raises(ValueError, match="closed"):
+        cpu.lgwrite(8, b"no")
+
+
+def test_memory_accessors_take_python_integers_only() -> None:
+    mem = lguest.GuestMemory(4096)
+    for gpa, n in ((np.uint64((1 << 64) - 1), 1), (np.int64((1 << 63) - 1), 2)):
+        with pytest.raises(IndexError):
+            mem.read(gpa, n)  # numpy arithmetic used to wrap past the check
+    for bad in (1.0, None, True):
+        with pytest.raises(TypeError):
+            mem.read(bad, 1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        mem.write_u32(0, -1)
+    assert mem.read(np.uint32(0), np.int8(2)) == b"\0\0"
