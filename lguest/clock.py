@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from .validate import check_callback, check_expiry, to_range
+
 Callback = Callable[[], None]
 
 
@@ -44,6 +46,9 @@ class _Timers:
         self._seq = itertools.count()
 
     def _arm(self, key: Any, expiry: int, callback: Callback) -> None:
+        # The host API's rule for both clocks, as NativeClock applies it.
+        expiry = check_expiry(expiry)
+        check_callback(callback)
         seq = next(self._seq)
         self._armed[key] = (expiry, seq, callback)
         heapq.heappush(self._heap, (expiry, seq, key))
@@ -196,8 +201,7 @@ class VirtualClock(_Timers):
         Each timer fires with the clock reading its own expiry, so a callback
         that re-arms relative to now() keeps a steady period.
         """
-        if not isinstance(ns, int) or ns < 0:
-            raise ValueError("advance() needs a non-negative int")
+        ns = to_range(ns, 0, (1 << 63) - 1, "ns")
         with self._lock:
             target = int(self.cell[0]) + ns
             while True:

@@ -310,3 +310,26 @@ def test_system_clock_ever_earlier_rearm_keeps_the_heap_small(core, host, mem):
     finally:
         c.set_clockevent(0)
     assert len(clk._heap) <= heap_bound(0)
+
+
+def _clock_kinds():
+    kinds = [("system", lguest.SystemClock), ("virtual", lguest.VirtualClock)]
+    if lguest.NativeClock is not None:
+        kinds.append(("native", lguest.NativeClock))
+    return kinds
+
+
+@pytest.mark.parametrize("name,factory", _clock_kinds(), ids=[k for k, _ in _clock_kinds()])
+@pytest.mark.parametrize("expiry,callback,exc", [
+    (-1, "cb", ValueError), (1 << 63, "cb", ValueError), (1.5, "cb", TypeError), (None, "cb", TypeError),
+    (True, "cb", TypeError), (10, None, TypeError), (10, 5, TypeError),
+])
+def test_every_clock_refuses_the_same_host_arguments(name, factory, expiry, callback, exc):
+    """SystemClock, VirtualClock and NativeClock apply one rule to arm()
+    (lguest.validate): the same bad call raises the same class everywhere,
+    and nothing is armed."""
+    clock = factory()
+    cb = (lambda: None) if callback == "cb" else callback
+    with pytest.raises(exc):
+        clock.arm("k", expiry, cb)
+    assert clock.armed("k") is None
