@@ -592,6 +592,7 @@ DOCUMENTED = [re.compile(p + r"\Z", re.S) for p in (
     rf"Bad NOTIFY {_HEX}", r"Writing cr2", rf"unhandled trap -?\d+ at {_HEX} \({_HEX}\)",
     rf"lguest: trap \d+ \({_HEX}\) entering the guest at {_HEX}", rf"lguest: bad segment {_HEX} delivering trap \d+",
     r"attempt to access switcher pages", r"bad page table entry", r"bad page directory entry",
+    rf"lguest: guest in virtual-8086 mode at {_HEX}",
 )]
 
 

@@ -64,7 +64,9 @@ trap's code or stack segment is unusable), ``attempt to access switcher
 pages`` (lguest's own words, for any guest read, write or instruction
 fetch in the host range other than reading the GDT),
 ``lguest: guest code at CPL 0 at 0x...`` (a backstop that cannot fire:
-see docs/SECURITY.md) and ``bad page table entry`` (a guest pte names a
+see docs/SECURITY.md), ``lguest: guest in virtual-8086 mode at 0x...``
+(an ``iret`` whose flags image has VM set: Unicorn honours it at CPL 1,
+the CPU would not) and ``bad page table entry`` (a guest pte names a
 frame beyond RAM).  A flat guest touching memory it does not have gets a
 page fault, as it would through lguest's shadow tables.
 
@@ -614,6 +616,8 @@ class UnicornBackend(Backend):
             pass
         elif reason == _uchook.REASON_RING0:
             g.kill(f"lguest: guest code at CPL 0 at {M.lx(r.eip)}")
+        elif reason == _uchook.REASON_VM86:
+            g.kill(f"lguest: guest in virtual-8086 mode at {M.lx(r.eip)}")
         else:  # emu_start ended by itself: an emulator error, or the guest ran into the Switcher
             if err:
                 g.kill(f"unicorn: {_unicorn.UcError(err)} at {M.lx(r.eip)}")
