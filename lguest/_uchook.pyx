@@ -91,13 +91,15 @@ cdef extern from *:
         UH_DEADLINE = 10, /* wall-clock deadline or time slice */
         UH_MEM = 11,      /* unmapped or protected memory */
         UH_DEAD = 12,     /* the guest was killed during a native delivery */
-        UH_RING0 = 13     /* the guest at CPL 0 (a backstop: cannot happen) */
+        UH_RING0 = 13,    /* the guest at CPL 0 (a backstop: cannot happen) */
+        UH_VM86 = 14      /* the guest in virtual-8086 mode (see uh_run) */
     };
 
     #define UH_EFLAGS_TF 0x100u
     #define UH_EFLAGS_IF 0x200u
     #define UH_EFLAGS_NT 0x4000u
     #define UH_EFLAGS_RF 0x10000u
+    #define UH_EFLAGS_VM 0x20000u
     #define UH_EFLAGS_VM 0x20000u
     /* what a guest keeps of its eflags across an entry: the arithmetic flags,
      * TF, DF, AC and ID.  IF is always on (the guest's own IF is virtual, in
@@ -389,9 +391,17 @@ cdef extern from *:
             uh_stop(st, UH_BREAK); return;
         }
         if (uh_irq_ready(st, (uint32_t)address)) { uh_stop(st, UH_IRQ); return; }
-        if ((st->blocks & 1023) == 0) {   /* sampled: a clock read or a reg_read per block costs 10-40% */
-            st->reg_read(uc, st->reg_ids[R_CS], &cs);
-            if ((cs & 3) == 0) { uh_stop(st, UH_RING0); return; }
+        /* Sampled: a clock read on every block costs ~10% of a tight loop,
+         * a reg_read ~40%.  The clock is read every 64th block: a block is
+         * translated the first time it runs, which can take ~1 ms for a
+         * page of SSE code (more under load), so 64 fresh blocks stay well
+         * inside run(timeout)'s 0.5 s grace where 1024 did not (~0.3-0.95 s
+         * late).  The CPL backstop stays at every 1024th. */
+        if ((st->blocks & 63) == 0) {
+            if ((st->blocks & 1023) == 0) {
+                st->reg_read(uc, st->reg_ids[R_CS], &cs);
+                if ((cs & 3) == 0) { uh_stop(st, UH_RING0); return; }
+            }
             if (st->deadline_ns || st->slice_ns) {
                 int64_t now = uh_monotonic_ns();
                 if ((st->deadline_ns && now >= st->deadline_ns) || (st->slice_ns && now >= st->slice_end)) {
@@ -514,7 +524,17 @@ cdef extern from *:
                 r[i] = (i >= R_GS && i <= R_ES) || i == R_CS || i == R_SS ? (v & 0xFFFF) : v;
             }
         }
-        if ((r[R_CS] & 3) == 0 && st->reason != UH_RING0) { st->reason = UH_RING0; st->stops[UH_RING0]++; }
+        /* Virtual-8086 mode: Unicorn's iret takes EFLAGS.VM from the popped
+         * image at any CPL (QEMU's helper_ret_protected goes to
+         * return_to_vm86), where the CPU ignores it unless CPL is 0.  The
+         * guest then runs real-mode segments at CPL 3: no privilege, but a
+         * state lguest never supports (and whose cs has no RPL, so it could
+         * pass for CPL 0 below).  Whatever stopped it, report that. */
+        if (r[R_EFLAGS] & UH_EFLAGS_VM) {
+            if (st->reason != UH_VM86) { st->reason = UH_VM86; st->stops[UH_VM86]++; }
+        } else if ((r[R_CS] & 3) == 0 && st->reason != UH_RING0) {
+            st->reason = UH_RING0; st->stops[UH_RING0]++;
+        }
         r[R_TRAPNUM] = st->trapnum;
         r[R_ERRCODE] = st->errcode;
         return err;
@@ -603,12 +623,12 @@ cdef extern from *:
     void *uh_on_out_ptr "((void *)uh_on_out)"
     enum:
         UH_NONE, UH_TRAP, UH_SOFT_GP, UH_DIRECT, UH_SWITCHER, UH_BADSEG, UH_INVALID, UH_TIMER
-        UH_IRQ, UH_BREAK, UH_DEADLINE, UH_MEM, UH_DEAD, UH_RING0
+        UH_IRQ, UH_BREAK, UH_DEADLINE, UH_MEM, UH_DEAD, UH_RING0, UH_VM86
 
 REASONS = {
     UH_NONE: "none", UH_TRAP: "trap", UH_SOFT_GP: "soft_gp", UH_DIRECT: "direct", UH_SWITCHER: "switcher",
     UH_BADSEG: "badseg", UH_INVALID: "invalid", UH_TIMER: "timer", UH_IRQ: "irq", UH_BREAK: "break",
-    UH_DEADLINE: "deadline", UH_MEM: "mem", UH_DEAD: "dead", UH_RING0: "ring0",
+    UH_DEADLINE: "deadline", UH_MEM: "mem", UH_DEAD: "dead", UH_RING0: "ring0", UH_VM86: "vm86",
 }
 globals().update({"REASON_" + name.upper(): code for code, name in REASONS.items()})
 

@@ -64,7 +64,9 @@ trap's code or stack segment is unusable), ``attempt to access switcher
 pages`` (lguest's own words, for any guest read, write or instruction
 fetch in the host range other than reading the GDT),
 ``lguest: guest code at CPL 0 at 0x...`` (a backstop that cannot fire:
-see docs/SECURITY.md) and ``bad page table entry`` (a guest pte names a
+see docs/SECURITY.md), ``lguest: guest in virtual-8086 mode at 0x...``
+(an ``iret`` whose flags image has VM set: Unicorn honours it at CPL 1,
+the CPU would not) and ``bad page table entry`` (a guest pte names a
 frame beyond RAM).  A flat guest touching memory it does not have gets a
 page fault, as it would through lguest's shadow tables.
 
@@ -134,6 +136,14 @@ except ImportError as exc:  # pragma: no cover - only when the build failed
 __all__ = ["UnicornLauncher", "UnicornBackend", "UNICORN_VERSION", "context_layout", "HOST_IRQ_TRAP"]
 
 UNICORN_VERSION = "2.1.4"
+#: Per-engine translation cache (QEMU's code_gen_buffer: translated host code
+#: and the TranslationBlock structs, both allocated from it).  Unicorn's
+#: default reserves 1 GiB and a guest running through fresh code (1 MiB of
+#: zeroed RAM is ~250,000 blocks) touched ~100 bytes of it per guest byte,
+#: 50-100 MiB per guest, kept until close.  When the buffer is full QEMU
+#: flushes every translation and starts again, so host memory stays below
+#: this; a working set larger than it only costs re-translation.
+TCG_BUFFER_SIZE = 8 << 20
 
 #: trapnum the backend reports when it stopped the guest for the host's own
 #: reasons (clock, pending irq, break-out, deadline): a "real interrupt",
@@ -606,6 +616,8 @@ class UnicornBackend(Backend):
             pass
         elif reason == _uchook.REASON_RING0:
             g.kill(f"lguest: guest code at CPL 0 at {M.lx(r.eip)}")
+        elif reason == _uchook.REASON_VM86:
+            g.kill(f"lguest: guest in virtual-8086 mode at {M.lx(r.eip)}")
         else:  # emu_start ended by itself: an emulator error, or the guest ran into the Switcher
             if err:
                 g.kill(f"unicorn: {_unicorn.UcError(err)} at {M.lx(r.eip)}")
@@ -845,6 +857,10 @@ class UnicornLauncher:
         for i, (a, b) in GUEST_FLAT_SEGMENTS.items():
             cpu.gdt[i] = (a, b)
         self.uc = uc = _unicorn.Uc(_ucc.UC_ARCH_X86, _ucc.UC_MODE_32)
+        # Cap the translation cache before anything initialises the engine
+        # (Unicorn sizes the code buffer once, at its lazy init, on the first
+        # mem_map): see TCG_BUFFER_SIZE.
+        uc.ctl_set_tcg_buffer_size(TCG_BUFFER_SIZE)
         # Unicorn maps the pages themselves: hold the memory open until
         # mem_unmap (GuestMemory.close() raises meanwhile).
         hold = mem.hold()
