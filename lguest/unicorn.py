@@ -127,6 +127,7 @@ from .constants import (
 from .launcher import DEFAULT_CONSOLE_LIMIT, Launcher, RunResult
 from .memory import GuestMemory
 from .run import Backend
+from .stats import OTHER
 
 try:
     from . import _uchook
@@ -1002,7 +1003,8 @@ class UnicornLauncher:
         ``direct_<0xVV>``     direct traps delivered at vector VV (native hook, or
                               the Python path with ``native_direct=False``)
         ``reflected_<n>``     traps handle_trap reflected into the guest, by number
-        ``hypercall_<n>``     hypercalls by number
+        ``hypercall_<n>``     hypercalls by number (``hypercall_other``: every
+                              unknown number, one key whatever the guest tries)
         ``vector_<0xVV>``     every delivery at vector VV (the three above)
         ``exits_<reason>``    why the emulator stopped (trap, timer, irq, ...)
         ``entries``, ``kills``, ``blocks`` (guest basic blocks executed),
@@ -1029,7 +1031,7 @@ class UnicornLauncher:
                 out[f"reflected_{v}"] = int(n)
                 vectors[v] = vectors.get(v, 0) + int(n)
             for h, n in sorted(st.hypercalls.items()):
-                out[f"hypercall_{h}"] = int(n)
+                out["hypercall_other" if h == OTHER else f"hypercall_{h}"] = int(n)
             out["entries"] = int(st.entries)
             out["kills"] = int(st.kills)
         for v, n in sorted(vectors.items()):

@@ -668,7 +668,10 @@ def test_hypercall_storms_with_extreme_arguments(storm_image, core, num):
         t0 = time.monotonic()
         result = lg.run(timeout=0.3)
         assert time.monotonic() - t0 < 0.3 + 0.5
+        stats = lg.stats
     assert (result.reason, result.message) == STORM_EXPECTED[num]
+    if (result.message or "").startswith("Bad hypercall"):  # one key for every unknown number, not one per number
+        assert stats["hypercall_other"] == 1 and f"hypercall_{num}" not in stats
 
 
 # --- 10. timers at the extremes ---------------------------------------------------------------------------------
