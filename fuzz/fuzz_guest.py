@@ -41,7 +41,7 @@ crash kills/restarts the worker and the program that caused it is saved.
 
     python fuzz/fuzz_guest.py --seconds 60 --workers 1 --seed 1 [--mode bytes|structured|both]
     python fuzz/fuzz_guest.py --replay fuzz/findings/guest/FILE.json [--minimise]
-    fuzz/run_sanitized.sh fuzz/fuzz_guest.py --seconds 60   # under ASan+UBSan (see fuzz/README.md)
+    LGUEST_SAN_CC=gcc fuzz/run_sanitized.sh fuzz/fuzz_guest.py --seconds 60 --late-margin 2  # ASan+UBSan
 """
 
 from __future__ import annotations
