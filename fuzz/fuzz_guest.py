@@ -21,11 +21,16 @@ What must hold after every program (else it is a *finding*):
   single guest growing it by more than 32 MiB while it runs
   (``rss-one-guest``), no guest filling a host buffer (the Launcher's
   console) past 16 MiB (``console``);
-* the Switcher (host memory) holds what the host put there: its code bytes
-  (trampoline, IDT stubs), its page table, the Switcher's GDT entries and the
-  rest of the GDT copy, the TSS, the host IDT (``switcher``) -- checked for
-  the program's own launcher and again, later, for the last few launchers
-  still alive in the process (isolation between guests);
+* the host memory the emulated CPU can reach holds what the host put there
+  (``switcher``): Unicorn maps guest RAM, the Switcher's GDT page (read-only)
+  and its two page-table pages (PROT_NONE), and nothing else -- checked with
+  ``uc.mem_regions()``; the GDT page holds the guest's GDT after the host's
+  fixups (no system descriptors, DPL >= 1, accessed) plus the Switcher's
+  descriptors, then zeros; the Switcher's page table maps only the GDT page;
+  the shadow page directory holds only checked guest entries and entry 1023.
+  The unmapped Switcher pages (IDT stubs, TSS, host IDT) are checked too --
+  for the program's own launcher and again, later, for the last few
+  launchers still alive in the process (isolation between guests);
 * a long-lived reference guest (examples/guest) in the same process, run a
   couple of milliseconds between programs, prints exactly what it prints
   alone (``reference``);
@@ -36,7 +41,7 @@ crash kills/restarts the worker and the program that caused it is saved.
 
     python fuzz/fuzz_guest.py --seconds 60 --workers 1 --seed 1 [--mode bytes|structured|both]
     python fuzz/fuzz_guest.py --replay fuzz/findings/guest/FILE.json [--minimise]
-    fuzz/run_sanitized.sh fuzz/fuzz_guest.py --seconds 60   # under ASan+UBSan (see fuzz/README.md)
+    LGUEST_SAN_CC=gcc fuzz/run_sanitized.sh fuzz/fuzz_guest.py --seconds 60 --late-margin 2  # ASan+UBSan
 """
 
 from __future__ import annotations
@@ -707,55 +712,118 @@ class Worker:
             self.ref = None
         return problems
 
-    # -- the Switcher --
-    def switcher_expectation(self, lg: Any) -> dict[str, Any]:
-        lu = self.lu
-        sw = lg.backend._sw
-        return {"code": hashlib.sha256(self._switcher_code(sw)).hexdigest(),
-                "pt": hashlib.sha256(sw[lu.SW_PT:lu.SW_SIZE]).hexdigest()}
+    # -- the host memory the emulated CPU can reach --
+    # Unicorn maps exactly three host regions into the guest's CPU (docs/
+    # SECURITY.md, "Emulator containment"): guest RAM at 0, the Switcher's GDT
+    # page read-only, and its two page-table pages PROT_NONE.  So the check is
+    # (1) that nothing else is mapped -- above all nothing more of 0xFFC00000+
+    # -- and (2) that those host pages hold exactly what the host put there.
+    # The Switcher's unmapped pages (IDT stubs + TSS, host IDT) are checked
+    # too: the guest cannot reach them, but a host bug driven by the guest
+    # could scribble on them.
+    @staticmethod
+    def gdt_fixup(gdt: Any) -> list[tuple[int, int]]:
+        """What the CPU's GDT copy must hold for the guest's GDT, written out
+        per entry (independently of UnicornBackend.load_gdt): system
+        descriptors (S = 0: gates, TSS, LDT, and empty entries) blank, code
+        and data at DPL >= 1 with the accessed bit set."""
+        out = []
+        for a, b in ((int(x), int(y)) for x, y in gdt):
+            if not b & 0x1000:
+                out.append((0, 0))
+                continue
+            if not b & 0x6000:
+                b |= 0x2000
+            out.append((a, b | 0x100))
+        return out
 
-    def _switcher_code(self, sw: Any) -> bytes:
-        """The Switcher's first page without the TSS, whose esp1/ss1 mirror
-        SET_STACK (its words are checked one by one below)."""
+    def switcher_expectation(self, lg: Any) -> dict[str, Any]:
+        """Records what the host put in its pages now, and wraps the backend's
+        load_gdt so the GDT page's expected content follows each reload."""
         lu = self.lu
-        return bytes(sw[:lu.SW_TSS]) + bytes(sw[lu.SW_TSS + lu.TSS_SIZE:lu.SW_GDT])
+        b = lg.backend
+        sw = b._sw
+        expect: dict[str, Any] = {"page0": bytes(sw[:lu.SW_GDT]), "loaded": None}
+        real_load_gdt = b.load_gdt
+
+        def load_gdt(cpu: Any) -> None:
+            expect["loaded"] = self.np.array(cpu.gdt, dtype=self.np.uint32)
+            real_load_gdt(cpu)
+
+        b.load_gdt = load_gdt
+        from lguest.constants import CHANGED_GDT, CHANGED_GDT_TLS
+
+        if not int(lg.cpu.changed) & (CHANGED_GDT | CHANGED_GDT_TLS):  # the page holds cpu.gdt's fixup
+            expect["loaded"] = self.np.array(lg.cpu.gdt, dtype=self.np.uint32)
+        return expect
 
     def check_switcher(self, lg: Any, expect: dict[str, Any]) -> list[str]:
         lu, np = self.lu, self.np
-        from lguest.constants import CHANGED_GDT, CHANGED_GDT_TLS, CHANGED_IDT, LGUEST_DS
+        from lguest.constants import CHANGED_IDT, LGUEST_DS
 
         b = lg.backend
         sw = b._sw
         out = []
-        if hashlib.sha256(self._switcher_code(sw)).hexdigest() != expect["code"]:
-            tss = range(lu.SW_TSS, lu.SW_TSS + lu.TSS_SIZE)
-            diff = [hex(i) for i in range(lu.SW_GDT) if i not in tss and sw[i] != lg._fz_code[i]][:8]
-            out.append(f"switcher code bytes changed at {diff}")
-        if hashlib.sha256(sw[lu.SW_PT:lu.SW_SIZE]).hexdigest() != expect["pt"]:
-            out.append("switcher page table changed")
+        base = lu.SWITCHER_ADDR
+        want_regions = {(0, lg.memory.size - 1, 7), (base + lu.SW_GDT, base + lu.SW_GDT + 0xFFF, 1),
+                        (base + lu.SW_PGD, base + lu.SW_PT + 0xFFF, 0)}
+        regions = {(int(s), int(e), int(p)) for s, e, p in b.uc.mem_regions()}
+        if regions != want_regions:
+            extra = sorted(regions - want_regions)
+            out.append(f"unicorn regions differ: extra {[(hex(s), hex(e), p) for s, e, p in extra]}, "
+                       f"missing {[(hex(s), hex(e), p) for s, e, p in sorted(want_regions - regions)]}")
+        # page 0: stubs, the until byte, the TSS; only esp1/ss1 (SET_STACK's mirror) may change
+        page0 = bytearray(sw[:lu.SW_GDT])
+        old0 = bytearray(expect["page0"])
+        for buf in (page0, old0):
+            buf[lu.SW_TSS + 12:lu.SW_TSS + 20] = bytes(8)
+        if page0 != old0:
+            diff = [hex(i) for i in range(lu.SW_GDT) if page0[i] != old0[i]][:8]
+            out.append(f"switcher page 0 (stubs, TSS) changed at {diff}")
         words = np.frombuffer(sw, dtype=np.uint32)
+        tss = words[lu.SW_TSS // 4:lu.SW_TSS // 4 + 26]
+        if int(tss[2]) != LGUEST_DS or int(tss[25]) >> 16 != lu.TSS_SIZE:
+            out.append(f"TSS ss0/iomap changed: {int(tss[2]):#x} {int(tss[25]):#x}")
+        # the GDT page: 32 descriptors, then zeros
         gdt = words[lu.SW_GDT // 4:lu.SW_GDT // 4 + 64].reshape(32, 2)
+        if any(sw[lu.SW_GDT + 256:lu.SW_GDT + 0x1000]):
+            out.append("GDT page written past the 32 descriptors")
         for i, (a, bb) in lu.SWITCHER_SEGMENTS.items():
             if (int(gdt[i, 0]), int(gdt[i, 1])) != (a, bb):
                 out.append(f"switcher GDT entry {i} is {int(gdt[i, 0]):#x},{int(gdt[i, 1]):#x}")
+        for i in range(32):
+            if i in lu.SWITCHER_SEGMENTS:
+                continue
+            hi = int(gdt[i, 1])
+            if (hi or int(gdt[i, 0])) and (not hi & 0x1000 or not hi & 0x6000 or not hi & 0x100):
+                out.append(f"CPU GDT entry {i} is a system, DPL-0 or unaccessed descriptor: {hi:#x}")
+        if expect["loaded"] is not None:
+            want = self.gdt_fixup(expect["loaded"])
+            rows = [i for i in range(32) if i not in lu.SWITCHER_SEGMENTS
+                    and (int(gdt[i, 0]), int(gdt[i, 1])) != want[i]]
+            if rows:
+                out.append(f"CPU GDT differs from the fixed-up guest GDT at entries {rows}")
+        # the page-table pages: the Switcher's table maps only the GDT page;
+        # the shadow directory holds checked copies of guest entries + 1023
+        pt = words[lu.SW_PT // 4:lu.SW_PT // 4 + 1024]
+        want_pt = np.zeros(1024, dtype=np.uint32)
+        want_pt[lu.SW_GDT >> 12] = (base + lu.SW_GDT) | 0x61
+        if not np.array_equal(pt, want_pt):
+            out.append(f"switcher page table entries {np.nonzero(pt != want_pt)[0][:4].tolist()} changed")
+        pgd = words[lu.SW_PGD // 4:lu.SW_PGD // 4 + 1024]
+        want_top = (base + lu.SW_PT) | 0x21 if b.paging else 0
+        if int(pgd[1023]) != want_top:
+            out.append(f"shadow pgd entry 1023 is {int(pgd[1023]):#x}")
+        if not b.paging and pgd.any():
+            out.append("shadow pgd written while not paging")
+        bad = [i for i in range(1023) if int(pgd[i]) and (not int(pgd[i]) & 1 or int(pgd[i]) & 0xF98
+                                                          or (int(pgd[i]) >> 12) >= lg.guest.pfn_limit)]
+        if bad:
+            out.append(f"shadow pgd entries {bad[:4]} are not checked guest entries: "
+                       f"{[hex(int(pgd[i])) for i in bad[:4]]}")
+        # the host IDT (unmapped): what copy_traps makes of the guest's IDT
         cpu = lg.cpu
-        changed = int(cpu.changed)
-        if not changed & (CHANGED_GDT | CHANGED_GDT_TLS):
-            want = np.array(cpu.gdt, dtype=np.uint32).copy()
-            for i, (a, bb) in lu.SWITCHER_SEGMENTS.items():
-                want[i] = (a, bb)
-            if not np.array_equal(want, gdt):
-                rows = [i for i in range(32) if not np.array_equal(want[i], gdt[i])]
-                out.append(f"GDT copy differs from the guest's GDT at entries {rows}")
-        tss = words[lu.SW_TSS // 4:lu.SW_TSS // 4 + 26]
-        if int(tss[1]) != 0 or int(tss[2]) != LGUEST_DS:  # esp0: no ring-0 stack (the entry is a context patch)
-            out.append(f"TSS esp0/ss0 changed: {int(tss[1]):#x} {int(tss[2]):#x}")
-        if int(tss[25]) >> 16 != lu.TSS_SIZE:
-            out.append("TSS I/O bitmap base changed")
-        others = [i for i in range(26) if i not in (1, 2, 3, 4, 25) and int(tss[i])]
-        if others:
-            out.append(f"TSS words {others} written")
-        if not changed & CHANGED_IDT and cpu.host_idt is not None:
+        if not int(cpu.changed) & CHANGED_IDT and cpu.host_idt is not None:
             core = sys.modules[type(cpu).__module__]
             want_idt = np.zeros((256, 2), dtype=np.uint32)
             core.setup_default_idt_entries(want_idt, b.default_handlers)
@@ -764,12 +832,6 @@ class Worker:
             if not np.array_equal(want_idt, host_idt):
                 rows = [i for i in range(256) if not np.array_equal(want_idt[i], host_idt[i])]
                 out.append(f"host IDT differs from copy_traps' at vectors {rows[:8]}")
-        pgd = words[lu.SW_PGD // 4:lu.SW_PGD // 4 + 1024]
-        if b.paging and int(pgd[1023]) != (lu.SWITCHER_ADDR + lu.SW_PT) | 0x21:
-            out.append(f"shadow pgd entry 1023 is {int(pgd[1023]):#x}")
-        bad = [i for i in range(1023) if int(pgd[i]) & 1 and (int(pgd[i]) >> 12) >= lg.guest.pfn_limit]
-        if bad:
-            out.append(f"shadow pgd entries {bad[:4]} map frames beyond RAM")
         return out
 
     # -- one program --
@@ -795,7 +857,6 @@ class Worker:
             else:
                 lg.load_flat(image, 0, entry)
             expect = self.switcher_expectation(lg)
-            lg._fz_code = bytes(lg.backend._sw[:self.lu.SW_GDT])
             timers = []
             if spec.get("break_at") is not None:
                 timers.append(threading.Timer(spec["break_at"], lg.break_out))
@@ -822,7 +883,8 @@ class Worker:
                 sw = lg.backend._sw
                 sw[self.lu.SW_STUBS] ^= 0xFF
                 sw[self.lu.SW_GDT + 8 * 11] ^= 0x01
-                sw[self.lu.SW_TSS + 4] ^= 0x10
+                sw[self.lu.SW_PT + 4 * 2] ^= 0x01
+                lg.backend.uc.mem_map(self.lu.SWITCHER_ADDR + self.lu.SW_SIZE, 0x1000, 1)
             if len(lg.console) > self.RSS_LIMIT // 2:  # host memory the guest filled, whatever RSS says
                 findings.append(["console", f"Launcher.console holds {len(lg.console) >> 20} MiB"])
             grown = _rss() - rss0

@@ -207,7 +207,7 @@ def run_storm(storm: Storm, image: bytes, table: bytes, *, seconds: float, warmu
     warm_at, end_at = t0 + warmup, t0 + seconds
     rss_warm: float | None = None
     sink = (lambda chunk: None) if console_sink else None
-    key = f"hypercall_{storm.number}"
+    key = "hypercall_other" if storm.number == OTHER else f"hypercall_{storm.number}"
     while True:
         now = time.monotonic()
         if rss_warm is None and now >= warm_at:
