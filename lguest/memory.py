@@ -138,12 +138,29 @@ class GuestMemory(_Base):  # type: ignore[misc,valid-type]
     @property
     def view(self) -> memoryview:
         """A writable memoryview of the whole memory."""
-        self._check_open()
-        return self._view
+        return self._live_view()
 
     def _check_open(self) -> None:
-        if self._view is None:
+        self._live_view()
+
+    def _live_view(self) -> memoryview:
+        # Read once: close() on another thread may clear it between two reads.
+        view = self._view
+        if view is None:
             raise ValueError("guest memory is closed")
+        return view
+
+    @staticmethod
+    def _closed_meanwhile(view: memoryview, exc: Exception) -> Exception:
+        """The error for an access that lost a race with close(): if the view
+        was released under it (memoryview then raises ValueError or, from
+        struct, TypeError), report it the way every accessor reports closed
+        memory; any other error is the caller's own."""
+        try:
+            view.nbytes  # noqa: B018 - raises ValueError once released
+        except ValueError:
+            return ValueError("guest memory is closed")
+        return exc
 
     def _check_range(self, gpa: Any, n: Any) -> tuple[int, int]:
         # Python ints first: numpy scalars would wrap in ``gpa + n``.
@@ -153,34 +170,49 @@ class GuestMemory(_Base):  # type: ignore[misc,valid-type]
         return gpa, n
 
     # --- host-side accessors --------------------------------------------------
+    # Each takes the view once and converts a lost race with close() into
+    # the usual ValueError("guest memory is closed"); the bytes stay mapped
+    # while a slice of the view exists (mmap.close() refuses), so the race
+    # can only ever cost an exception, never a stale access.
     def read(self, gpa: int, n: int) -> bytes:
-        self._check_open()
+        view = self._live_view()
         gpa, n = self._check_range(gpa, n)
-        return bytes(self._view[gpa:gpa + n])
+        try:
+            return bytes(view[gpa:gpa + n])
+        except (ValueError, TypeError) as exc:
+            raise self._closed_meanwhile(view, exc) from None
 
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
-        self._check_open()
+        view = self._live_view()
         data = memoryview(data).cast("B")
         gpa, n = self._check_range(gpa, len(data))
-        self._view[gpa:gpa + n] = data
+        try:
+            view[gpa:gpa + n] = data
+        except (ValueError, TypeError) as exc:
+            raise self._closed_meanwhile(view, exc) from None
 
     def read_u32(self, gpa: int) -> int:
-        self._check_open()
+        view = self._live_view()
         gpa, _ = self._check_range(gpa, 4)
-        return struct.unpack_from("<I", self._view, gpa)[0]
+        try:
+            return struct.unpack_from("<I", view, gpa)[0]
+        except (ValueError, TypeError) as exc:
+            raise self._closed_meanwhile(view, exc) from None
 
     def write_u32(self, gpa: int, value: int) -> None:
-        self._check_open()
+        view = self._live_view()
         gpa, _ = self._check_range(gpa, 4)
         value = to_u32(value, "value")
-        struct.pack_into("<I", self._view, gpa, value)
+        try:
+            struct.pack_into("<I", view, gpa, value)
+        except (ValueError, TypeError) as exc:
+            raise self._closed_meanwhile(view, exc) from None
 
     def __len__(self) -> int:
         return self._size
 
     def __buffer__(self, flags: int) -> memoryview:  # Python >= 3.12
-        self._check_open()
-        return self._view[:]
+        return self._live_view()[:]
 
     # --- users and lifetime ---------------------------------------------------
     def _register(self, user: Any) -> None:

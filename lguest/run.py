@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -153,12 +154,23 @@ def _host_idt(cpu: Any, backend: Backend) -> np.ndarray:
     return idt
 
 
+#: The longest a halted cpu sleeps on the main thread between two looks
+#: at pending signals.
+SIGNAL_SLICE_S = 0.05
+
+
 def _sleep_halted(cpu: Any, deadline: float | None) -> None:
     clock = cpu.guest.clock
     advance_to_next = getattr(clock, "advance_to_next", None)
     if advance_to_next is not None and advance_to_next():
         return  # virtual time: idle until the next timer, instantly
     timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+    if threading.current_thread() is threading.main_thread():
+        # The compiled core sleeps on a condvar without the GIL, which no
+        # signal interrupts: on the main thread sleep in slices, so Python
+        # gets to run its handlers (Ctrl-C) between them.  The loop above
+        # simply sleeps again if nothing woke the cpu.
+        timeout = SIGNAL_SLICE_S if timeout is None else min(timeout, SIGNAL_SLICE_S)
     cpu.wait_for_wakeup(timeout)
 
 

@@ -128,6 +128,7 @@ from .launcher import DEFAULT_CONSOLE_LIMIT, Launcher, RunResult
 from .memory import GuestMemory
 from .run import Backend
 from .stats import OTHER
+from .validate import to_bytes, to_timeout, to_u32
 
 try:
     from . import _uchook
@@ -758,6 +759,8 @@ def parse_elf32(data: bytes) -> tuple[int, list[tuple[int, bytes, int]]]:
     segments = []
     for i in range(e_phnum):
         off = e_phoff + i * e_phentsize
+        if e_phentsize < 32 or off + 32 > len(data):
+            raise ValueError("truncated ELF program header table")
         p_type, p_offset, _vaddr, p_paddr, p_filesz, p_memsz, _flags, _align = struct.unpack_from("<8I", data, off)
         if p_type != 1:  # PT_LOAD
             continue
@@ -778,6 +781,11 @@ class UnicornLauncher:
     #: translation block).  A block is a handful of instructions, so this is
     #: a guest that runs a few hundred million instructions a second.
     ns_per_block = 10
+
+    #: On the main thread, run() returns to Python at least this often (a
+    #: host stop the guest cannot see) so that signal handlers -- Ctrl-C --
+    #: run while a guest spins inside the emulator.
+    SIGNAL_SLICE_NS = 50_000_000
 
     def __init__(self, memory: int, *, syscall_vector: int = 0x80, page_offset: int = 0,
                  clock: str = "virtual", console: Callable[[bytes], None] | Any = None,
@@ -813,10 +821,13 @@ class UnicornLauncher:
         # One run at a time: the engine, the native hooks' state and the
         # cpu are not thread-safe.  Held for the whole of run().
         self._run_lock = threading.Lock()
+        self._run_thread: int | None = None  # ident of the thread inside run(), if any
         self._memory_hold: Any = None
 
     # --- lifetime ------------------------------------------------------------------------------
     def __enter__(self) -> UnicornLauncher:
+        if self.host is not None or self.backend is not None:
+            raise RuntimeError("UnicornLauncher is already entered (one with block at a time)")
         _check_version()
         host = Host(self.syscall_vector, self._used_vectors)
         host.init_interrupts()  # VectorBusy if another module has the vector
@@ -836,10 +847,14 @@ class UnicornLauncher:
         """Tear down.  If another thread is inside run(), break it out and
         wait (run returns within a block of the request); RuntimeError, with
         nothing released, if it has not returned after ``teardown_wait``."""
+        if self._run_thread == threading.get_ident():
+            raise RuntimeError("UnicornLauncher cannot be torn down from inside its own run (a console or "
+                               "device callback); call break_out() there and leave the with block after run()")
         if not self._run_lock.acquire(blocking=False):
-            if self.launcher is not None and self.backend is not None and self.backend.hooks is not None:
-                self.launcher.break_out()
-                self.backend.hooks.request_stop()
+            try:
+                self.break_out()
+            except RuntimeError:
+                pass  # already torn down by another thread
             if not self._run_lock.acquire(timeout=self.teardown_wait):
                 raise RuntimeError("UnicornLauncher is still running a guest on another thread; not torn down")
         try:
@@ -925,6 +940,18 @@ class UnicornLauncher:
                 pass
         if self.host is not None:
             self.host.free_interrupts()
+            self.host = None
+
+    def __del__(self) -> None:
+        # A launcher entered but never exited (an exception, a forgotten with
+        # block) is otherwise never freed: the native hooks, the core's native
+        # API capsule, the cpu and its backend form a cycle the garbage
+        # collector cannot see through (capsules are not traversed).
+        if getattr(self, "backend", None) is not None and getattr(self, "_run_thread", None) is None:
+            try:
+                self._teardown()
+            except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to report to
+                pass
 
     # --- loading ----------------------------------------------------------------------------------
     def _check_live(self) -> None:
@@ -934,11 +961,13 @@ class UnicornLauncher:
     def load_flat(self, data: bytes, load_address: int, entry: int) -> None:
         """Copy a raw image to guest-physical ``load_address``; start at ``entry``."""
         self._check_live()
-        if load_address < 0 or load_address + len(data) > self.memory.size:
+        data = to_bytes(data)
+        load_address, entry = to_u32(load_address, "load_address"), to_u32(entry, "entry")
+        if load_address + len(data) > self.memory.size:
             raise ValueError("image does not fit in guest memory")
-        self.memory.write(load_address, bytes(data))
-        self.cpu.regs.eip = entry & U32
-        self.entry = entry & U32
+        self.memory.write(load_address, data)
+        self.cpu.regs.eip = entry
+        self.entry = entry
 
     def load_elf(self, path: Any) -> int:
         """Load an ELF32 i386 executable: PT_LOAD segments at their physical
@@ -960,30 +989,54 @@ class UnicornLauncher:
     def run(self, timeout: float | None = None) -> RunResult:
         """Run until the guest dies ("dead"), asks to reboot ("restart"), a
         break-out ("break") or ``timeout`` seconds ("timeout")."""
+        timeout = to_timeout(timeout)
+        if self._run_thread == threading.get_ident():
+            raise RuntimeError("UnicornLauncher.run() called from inside its own run (a console or device callback)")
         if not self._run_lock.acquire(blocking=False):
             raise RuntimeError("UnicornLauncher.run() is already running on another thread")
         try:
             self._check_live()
             backend = self.backend
+            hooks = backend.hooks
             backend.deadline_ns = 0 if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
+            # Python runs signal handlers only between bytecodes, and a guest
+            # that never leaves the emulator never gives it one: on the main
+            # thread (where SIGINT lands) the native loop hands back control
+            # every SIGNAL_SLICE_NS, so Ctrl-C raises KeyboardInterrupt soon.
+            # The slice is a host stop like the clock's: the guest cannot see it.
+            slice_ns = hooks.slice_ns
+            if threading.current_thread() is threading.main_thread():
+                hooks.slice_ns = min(slice_ns, self.SIGNAL_SLICE_NS) if slice_ns else self.SIGNAL_SLICE_NS
+            self._run_thread = threading.get_ident()
             try:
                 return self.launcher.run(timeout)
             finally:
+                self._run_thread = None
                 backend.deadline_ns = 0
+                hooks.slice_ns = slice_ns
         finally:
             self._run_lock.release()
 
+    def _live_parts(self) -> tuple[Launcher, Any]:
+        """(launcher, hooks), read once: another thread's __exit__ may clear
+        the attributes between two reads."""
+        launcher, backend = self.launcher, self.backend
+        hooks = backend.hooks if backend is not None else None
+        if launcher is None or hooks is None:
+            raise RuntimeError("UnicornLauncher is not entered (or already torn down)")
+        return launcher, hooks
+
     def send_irq(self, irq: int) -> None:
         """Raise virtual irq ``irq`` (LHREQ_IRQ); thread-safe, honoured at the next guest block."""
-        self._check_live()
-        self.launcher.send_irq(irq)
-        self.backend.hooks.poke()
+        launcher, hooks = self._live_parts()
+        launcher.send_irq(irq)
+        hooks.poke()
 
     def break_out(self) -> None:
         """Make run() return "break" soon (LHREQ_BREAK); thread-safe."""
-        self._check_live()
-        self.launcher.break_out()
-        self.backend.hooks.request_stop()
+        launcher, hooks = self._live_parts()
+        launcher.break_out()
+        hooks.request_stop()
 
     @property
     def console(self) -> bytes:
