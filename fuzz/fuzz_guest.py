@@ -898,6 +898,7 @@ class Worker:
             for problem in self.check_switcher(lg, expect):
                 findings.append(["switcher", problem])
             out["blocks"] = int(lg.stats.get("blocks", 0))
+            out["flushes"] = int(lg.backend.hooks.stop_counts().get("flush", 0))
         except BaseException:
             lg.__exit__(None, None, None)
             raise

@@ -59,6 +59,9 @@ cdef extern from *:
     typedef int (*uh_context_alloc_t)(uh_engine *, void **);
     typedef int (*uh_context_io_t)(uh_engine *, void *);
     typedef int (*uh_free_t)(void *);
+    typedef int (*uh_ctl_t)(uh_engine *, int, ...);
+    /* uc_ctl(UC_CTL_WRITE(UC_CTL_TB_FLUSH, 0)): type 10, no arguments, write */
+    #define UH_CTL_TB_FLUSH ((10) | (0 << 26) | (1 << 30))
 
     /* Must match lg_native_api in lguest/_core.pyx (version 1). */
     typedef struct {
@@ -92,14 +95,14 @@ cdef extern from *:
         UH_MEM = 11,      /* unmapped or protected memory */
         UH_DEAD = 12,     /* the guest was killed during a native delivery */
         UH_RING0 = 13,    /* the guest at CPL 0 (a backstop: cannot happen) */
-        UH_VM86 = 14      /* the guest in virtual-8086 mode (see uh_run) */
+        UH_VM86 = 14,     /* the guest in virtual-8086 mode (see uh_run) */
+        UH_FLUSH = 15     /* internal: the translation cache is nearly full (see uh_on_block) */
     };
 
     #define UH_EFLAGS_TF 0x100u
     #define UH_EFLAGS_IF 0x200u
     #define UH_EFLAGS_NT 0x4000u
     #define UH_EFLAGS_RF 0x10000u
-    #define UH_EFLAGS_VM 0x20000u
     #define UH_EFLAGS_VM 0x20000u
     /* what a guest keeps of its eflags across an entry: the arithmetic flags,
      * TF, DF, AC and ID.  IF is always on (the guest's own IF is virtual, in
@@ -123,6 +126,7 @@ cdef extern from *:
         uh_reg_write_t reg_write;
         uh_context_io_t ctx_save;
         uh_context_io_t ctx_restore;
+        uh_ctl_t ctl;
         uint8_t *ctx;                /* a whole saved context */
         uint8_t *ctx_small;          /* one whose size covers registers and segments only */
         int reg_ids[R_NUM];          /* Unicorn register ids in lguest_regs order (-1: none) */
@@ -149,6 +153,12 @@ cdef extern from *:
         uint64_t mem_size;
         int has_ld;
         uint32_t ld, noirq_start, noirq_end;
+        /* the translator's bounds (see uh_on_block): fields inside Unicorn */
+        uint32_t *tb_cflags;         /* &cpu->cflags_next_tb */
+        uint8_t **code_gen_ptr;      /* &tcg_ctx->code_gen_ptr */
+        uint8_t **code_gen_highwater;/* &tcg_ctx->code_gen_highwater */
+        uint32_t tb_max_insns;
+        uint64_t tb_guard;           /* flush when fewer bytes than this remain */
         /* run control */
         int stop_flag;               /* atomic: break-out */
         uint64_t blocks;             /* guest blocks executed, ever */
@@ -385,6 +395,36 @@ cdef extern from *:
     static void uh_on_block(uh_engine *uc, uint64_t address, uint32_t size, void *user) {
         uh_state *st = (uh_state *)user;
         uint32_t cs = 0;
+        /* Bound the next translation block, before anything else.
+         *
+         * Unicorn 2.1.4's x86 translator leaks TCG temporaries: some
+         * instructions (x87 register forms, fldz, aam, palignr...) allocate
+         * one or two per instruction and never free them, and the pool
+         * (TCGContext.temps[512]) is bounds-checked only in debug builds.
+         * A block of ~230 such instructions -- guest code, 500 bytes --
+         * writes past the pool and crashes the host.  A block stops at 512
+         * instructions or a page, so the pool is the only bound there is.
+         *
+         * cpu->cflags_next_tb is the translator's "use exactly these flags
+         * for the next block" request; its low bits cap the block's
+         * instructions.  The main loop consumes it at each block lookup, and
+         * every block starts with this hook, so storing it here (and in
+         * uh_run before each entry) covers every block the guest makes.  A
+         * block then holds at most tb_max_insns (128) instructions: 51 temps
+         * at the start plus 2 per instruction (the worst of 18,000 encodings
+         * measured, fuzz/tcg_temps.py) is 307 of 512.  The cost: indirect
+         * jumps no longer chain (the chaining lookup uses flags 0), they
+         * return to the main loop, which finds the block in its cache.
+         *
+         * One path bypasses the request: when the code buffer is full the
+         * translator flushes it and restarts the main loop, and the first
+         * block after that is made with flags 0.  So the buffer must never
+         * fill: at most one block is translated between two runs of this
+         * hook, far less than tb_guard bytes, and once fewer than tb_guard
+         * bytes remain the guest stops here (before the block runs) and
+         * uh_run flushes and re-enters it. */
+        *st->tb_cflags = st->tb_max_insns;
+        if (*st->code_gen_ptr + st->tb_guard > *st->code_gen_highwater) { uh_stop(st, UH_FLUSH); return; }
         if (st->budget_end && st->blocks >= st->budget_end) { uh_stop(st, UH_TIMER); return; }
         if (__atomic_load_n(&st->stop_flag, __ATOMIC_SEQ_CST)) {
             __atomic_store_n(&st->stop_flag, 0, __ATOMIC_SEQ_CST);
@@ -514,8 +554,21 @@ cdef extern from *:
         /* what iretd at CPL 0 loads: the guest's flags, IF on, IOPL 0, no NT/VM */
         v = (r[R_EFLAGS] & UH_EFLAGS_KEEP) | UH_EFLAGS_IF | 2u;
         st->reg_write(st->uc, st->reg_ids[R_EFLAGS], &v);
-        /* 3. Run. */
-        err = st->emu_start(st->uc, r[R_EIP], st->until_va, 0, 0);
+        /* 3. Run, flushing the translation cache when it nears full (see
+         *    uh_on_block); the guest stopped at a block start and resumes
+         *    there with its state untouched. */
+        v = r[R_EIP];
+        if (*st->code_gen_ptr + st->tb_guard > *st->code_gen_highwater) {
+            st->ctl(st->uc, UH_CTL_TB_FLUSH); st->stops[UH_FLUSH]++;
+        }
+        for (;;) {
+            *st->tb_cflags = st->tb_max_insns;
+            err = st->emu_start(st->uc, v, st->until_va, 0, 0);
+            if (err || st->reason != UH_FLUSH) break;
+            st->ctl(st->uc, UH_CTL_TB_FLUSH);       /* counted by uh_stop */
+            st->reason = UH_NONE;
+            st->reg_read(st->uc, st->reg_ids[R_EIP], &v);
+        }
         /* 4. The guest's state at the stop; a stop at CPL 0 (impossible, see
          *    uh_on_block) is reported as such, whatever stopped it. */
         for (i = 0; i < R_NUM; i++) {
@@ -557,6 +610,7 @@ cdef extern from *:
     ctypedef int (*uh_reg_read_t)(uh_engine *, int, void *) noexcept nogil
     ctypedef int (*uh_reg_write_t)(uh_engine *, int, const void *) noexcept nogil
     ctypedef int (*uh_context_io_t)(uh_engine *, void *) noexcept nogil
+    ctypedef int (*uh_ctl_t)(uh_engine *, int, ...) noexcept nogil
     ctypedef struct uh_native_api:
         uint32_t version
         uint32_t size
@@ -574,6 +628,7 @@ cdef extern from *:
         uh_reg_write_t reg_write
         uh_context_io_t ctx_save
         uh_context_io_t ctx_restore
+        uh_ctl_t ctl
         uint8_t *ctx
         uint8_t *ctx_small
         int reg_ids[18]
@@ -596,6 +651,11 @@ cdef extern from *:
         uint64_t mem_size
         int has_ld
         uint32_t ld, noirq_start, noirq_end
+        uint32_t *tb_cflags
+        uint8_t **code_gen_ptr
+        uint8_t **code_gen_highwater
+        uint32_t tb_max_insns
+        uint64_t tb_guard
         int stop_flag
         uint64_t blocks
         uint64_t budget_end
@@ -623,12 +683,13 @@ cdef extern from *:
     void *uh_on_out_ptr "((void *)uh_on_out)"
     enum:
         UH_NONE, UH_TRAP, UH_SOFT_GP, UH_DIRECT, UH_SWITCHER, UH_BADSEG, UH_INVALID, UH_TIMER
-        UH_IRQ, UH_BREAK, UH_DEADLINE, UH_MEM, UH_DEAD, UH_RING0, UH_VM86
+        UH_IRQ, UH_BREAK, UH_DEADLINE, UH_MEM, UH_DEAD, UH_RING0, UH_VM86, UH_FLUSH
 
 REASONS = {
     UH_NONE: "none", UH_TRAP: "trap", UH_SOFT_GP: "soft_gp", UH_DIRECT: "direct", UH_SWITCHER: "switcher",
     UH_BADSEG: "badseg", UH_INVALID: "invalid", UH_TIMER: "timer", UH_IRQ: "irq", UH_BREAK: "break",
     UH_DEADLINE: "deadline", UH_MEM: "mem", UH_DEAD: "dead", UH_RING0: "ring0", UH_VM86: "vm86",
+    UH_FLUSH: "flush",
 }
 globals().update({"REASON_" + name.upper(): code for code, name in REASONS.items()})
 
@@ -683,10 +744,14 @@ cdef class NativeHooks:
 
     def __init__(self, *, uc_handle, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va,
                  switcher_size, gdt_offset, until_va, host_cs, host_ss,
-                 ctx_alloc, ctx_small_alloc, uc_free, insn_in, insn_out, uc_owner=None):
+                 ctx_alloc, ctx_small_alloc, uc_free, insn_in, insn_out, internals, uc_owner=None):
         """``funcs``: addresses of uc_hook_add, uc_hook_del, uc_emu_start,
         uc_emu_stop, uc_reg_read, uc_reg_write, uc_context_save,
         uc_context_restore; ``layout``: the measured uc_context offsets;
+        ``internals``: addresses inside the engine (checked by
+        lguest.unicorn): ``tb_cflags`` (the CPU's cflags_next_tb),
+        ``code_gen_ptr`` and ``code_gen_highwater`` (the translator's), with
+        ``tb_max_insns`` and ``tb_guard`` (see uh_on_block);
         ``switcher``: the writable buffer (an mmap) holding the host
         structures, pinned (so it cannot be unmapped) until close();
         ``uc_owner``: the object owning the engine, kept alive likewise."""
@@ -702,9 +767,14 @@ cdef class NativeHooks:
         if switcher_size <= 0 or sw.shape[0] < switcher_size or gdt_offset < 0 or gdt_offset + 32 * 8 > switcher_size:
             raise ValueError("the Switcher buffer does not hold the layout")
         for name in ("uc_hook_add", "uc_hook_del", "uc_emu_start", "uc_emu_stop", "uc_reg_read", "uc_reg_write",
-                     "uc_context_save", "uc_context_restore"):
+                     "uc_context_save", "uc_context_restore", "uc_ctl"):
             if not funcs[name]:
                 raise ValueError(f"no address for {name}")
+        for name in ("tb_cflags", "code_gen_ptr", "code_gen_highwater"):
+            if not internals[name]:
+                raise ValueError(f"no address for {name}")
+        if not 1 <= internals["tb_max_insns"] <= 512 or internals["tb_guard"] <= 0:
+            raise ValueError("tb_max_insns must be 1..512 and tb_guard positive")
         self.st.uc = <uh_engine *>_ptr(uc_handle)
         self.st.hook_add = <uh_hook_add_t>_ptr(funcs["uc_hook_add"])
         self.st.hook_del = <uh_hook_del_t>_ptr(funcs["uc_hook_del"])
@@ -714,6 +784,12 @@ cdef class NativeHooks:
         self.st.reg_write = <uh_reg_write_t>_ptr(funcs["uc_reg_write"])
         self.st.ctx_save = <uh_context_io_t>_ptr(funcs["uc_context_save"])
         self.st.ctx_restore = <uh_context_io_t>_ptr(funcs["uc_context_restore"])
+        self.st.ctl = <uh_ctl_t>_ptr(funcs["uc_ctl"])
+        self.st.tb_cflags = <uint32_t *>_ptr(internals["tb_cflags"])
+        self.st.code_gen_ptr = <uint8_t **>_ptr(internals["code_gen_ptr"])
+        self.st.code_gen_highwater = <uint8_t **>_ptr(internals["code_gen_highwater"])
+        self.st.tb_max_insns = internals["tb_max_insns"]
+        self.st.tb_guard = internals["tb_guard"]
         for i in range(18):
             self.st.reg_ids[i] = reg_ids[i]
         self.st.reg_cr2 = reg_cr2

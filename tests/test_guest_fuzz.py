@@ -8,9 +8,11 @@ memory the emulated CPU can reach unchanged, a reference guest in the same
 process unaffected, every kill reason documented.
 
 Each finding of the fuzzer (F1..F5 in fuzz/README.md) has a reproducer
-here.  F2..F5 are fixed and their reproducers pass; F1 (a crash inside
-Unicorn 2.1.4's translator) cannot be closed through Unicorn's API, so its
-reproducer stays xfail, named, until libunicorn is fixed.
+here, and all five are fixed.  F1 was a crash inside Unicorn 2.1.4's
+translator (TCG temporaries leaked past their pool by one long block of
+guest code); the backend now caps every translation block and keeps the
+translation cache from filling (uh_on_block in lguest/_uchook.pyx), and
+the bound it relies on is measured below with fuzz/tcg_temps.py.
 """
 
 from __future__ import annotations
@@ -31,11 +33,6 @@ sys.path.insert(0, str(FUZZ))
 import fuzz_guest as fg  # noqa: E402
 
 HAVE_BINUTILS = bool(shutil.which("as") and shutil.which("ld"))
-
-F1 = ("F1: a translation block of ~464+ consecutive FPU/SSE/aam-like instructions (232+ for some) makes "
-      "Unicorn 2.1.4's TCG segfault (host SIGSEGV): leaked TCG temporaries overrun TCGContext.temps[512]; no "
-      "mitigation through Unicorn's API (docs/SECURITY.md, Known limitation), needs libunicorn patched")
-
 
 @pytest.fixture(scope="module")
 def worker():
@@ -131,15 +128,49 @@ def test_short_campaign(core, tmp_path):
 
 
 # --- reproducers of the findings -------------------------------------------------------------------------
-@pytest.mark.xfail(strict=False, reason=F1)
 @pytest.mark.parametrize("insn", ["d9ee", "d40a", "660f3a0fc001", "dcc1"])  # fldz, aam, palignr, fadd %st,%st(1)
 def test_long_block_of_fpu_instructions_does_not_crash_the_host(worker, core, insn):
-    # One block of 520 copies.  `dc c1` crashes from 232 copies even with a
-    # UC_HOOK_CODE hook on every instruction (which ends blocks at ~220-270
-    # instructions and so hides the others): no hook-based workaround.
-    res = worker.run(program([bytes.fromhex(insn) * 520], core.NAME), 30)
+    # F1: one block of 520 copies of `dc c1` (232 were enough) leaked TCG
+    # temporaries past TCGContext.temps[512] and the host died of SIGSEGV.
+    # 3000 copies also cross pages; every block holds at most TB_MAX_INSNS.
+    from lguest.unicorn import TB_MAX_INSNS
+
+    for copies in (520, 3000):
+        res = worker.run(program([bytes.fromhex(insn) * copies], core.NAME), 30)
+        assert "crash" not in kinds(res), res["findings"]
+        assert res["reason"] == "dead", res
+        assert res["blocks"] >= copies // TB_MAX_INSNS, res
+
+
+def test_the_cap_holds_after_the_translation_cache_fills(worker, core):
+    # The cap rides on cflags_next_tb, which a full code buffer bypasses (the
+    # translator flushes and makes the next block uncapped).  ~1.2 MiB of
+    # `dc c1` translates to ~45 MiB of host code, so an 8 MiB cache would
+    # fill five times over: the block hook flushes it first, every time,
+    # and the guest runs through all of it.
+    # It ends in ud2, whose fault resumes the program at its shutdown.
+    body = b"\xdc\xc1" * 600_000 + b"\x0f\x0b"
+    res = worker.run(program([fg.jmp_abs(0x100000)], core.NAME, timeout=60.0, memory=4 << 20,
+                             data=[(0x100000, body)]), 120)
     assert "crash" not in kinds(res), res["findings"]
-    assert res["reason"] == "dead"
+    assert (res["reason"], res["message"]) == ("dead", "CRASH: fuzz: done\n"), res
+    assert res["flushes"] >= 3, res
+
+
+def test_the_measured_leak_fits_the_cap():
+    # The bound TB_MAX_INSNS rests on: every encoding fuzz/tcg_temps.py
+    # generates (single instructions and random mixes) leaks so few TCG
+    # temporaries that a full block stays well inside the pool.
+    import tcg_temps
+
+    from lguest.unicorn import TB_MAX_INSNS, TCG_MAX_TEMPS
+
+    leaks, base = tcg_temps.measure(tcg_temps.candidates())
+    assert len(leaks) > 40_000
+    worst = max(leaks.values())
+    assert base + worst * TB_MAX_INSNS <= TCG_MAX_TEMPS * 2 // 3, (base, worst)
+    top, excess = tcg_temps.mixes(leaks, 200)
+    assert top <= TCG_MAX_TEMPS // 2 and excess <= 16, (top, excess)
 
 
 def test_notify_flood_does_not_grow_host_memory(worker, core):

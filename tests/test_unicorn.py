@@ -562,3 +562,51 @@ def test_console_limit_keeps_the_newest_bytes(guests):
     streamed = b"".join(chunks)
     assert result.reason == "dead"
     assert kept == streamed[-40:] and dropped == len(streamed) - 40
+
+
+# --- the engine internals the translation cap needs ------------------------------------------------
+@pytest.mark.parametrize("name,value", [("_UC_CPU", 8), ("_UC_TCG_CTX", 16), ("_X86CPU_ENV", 35408 - 64),
+                                        ("_UC_CPU", 1 << 40), ("_TCG_CODE_GEN_BUFFER", 0)])
+def test_an_engine_of_another_layout_is_refused_not_run(monkeypatch, core, name, value):
+    # lguest caps Unicorn's translation blocks through three fields inside
+    # the engine (see engine_internals).  Offsets that do not match the
+    # engine -- another Unicorn build -- must refuse the guest with a clear
+    # error, never read or write a wrong field, and leave nothing behind.
+    import unicorn as U
+
+    import lguest.unicorn as lu
+
+    monkeypatch.setattr(lu, name, value)
+    with pytest.raises(lu.UnsupportedUnicorn, match="Unicorn 2.1.4|cannot read"):
+        lu.engine_internals(U.Uc(U.UC_ARCH_X86, U.UC_MODE_32))
+    lg = UnicornLauncher(memory=1 << 20, core=core.NAME)
+    with pytest.raises(lu.UnsupportedUnicorn):
+        lg.__enter__()
+    monkeypatch.undo()
+    with UnicornLauncher(memory=1 << 20, core=core.NAME) as ok:  # the process is unharmed
+        ok.load_flat(b"\xf4", 0x1000, 0x1000)
+        assert ok.run(timeout=1.0).reason in ("timeout", "dead")
+
+
+def test_engine_internals_read_back_what_the_engine_reports():
+    import ctypes
+
+    import unicorn as U
+
+    import lguest.unicorn as lu
+
+    uc = U.Uc(U.UC_ARCH_X86, U.UC_MODE_32)
+    uc.ctl_set_tcg_buffer_size(lu.TCG_BUFFER_SIZE)
+    cells = lu.engine_internals(uc)
+    assert cells["tb_max_insns"] == lu.TB_MAX_INSNS and cells["tb_guard"] == lu.TB_GUARD
+    # the CPU's "next block" request caps a block: 40 nops run as blocks of 16
+    uc.mem_map(0x1000, 0x1000)
+    uc.mem_write(0x1000, b"\x90" * 40 + b"\xf4")
+    sizes: list[int] = []
+    uc.hook_add(U.UC_HOOK_BLOCK, lambda u, a, s, d: sizes.append(s))
+    ctypes.c_uint32.from_address(cells["tb_cflags"]).value = 16
+    uc.emu_start(0x1000, 0x1000 + 41)
+    assert sizes[0] == 16
+    hw = ctypes.c_uint64.from_address(cells["code_gen_highwater"]).value
+    ptr = ctypes.c_uint64.from_address(cells["code_gen_ptr"]).value
+    assert 0 < hw - ptr < lu.TCG_BUFFER_SIZE
