@@ -15,8 +15,8 @@ import struct
 import pytest
 
 import lguest
-from lguest import hypercalls
-from lguest.run import GuestKilled, RunExit, ScriptedBackend, run_guest
+from lguest.host import hypercalls
+from lguest.host.run import GuestKilled, RunExit, ScriptedBackend, run_guest
 
 PAGE = 4096
 MEM_SIZE = 64 * PAGE  # conftest's mem fixture: 64 pages, pfn_limit 64

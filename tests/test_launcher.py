@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from lguest.launcher import Launcher, RunResult
-from lguest.run import Backend, ScriptedBackend
+from lguest.host.launcher import Launcher, RunResult
+from lguest.host.run import Backend, ScriptedBackend
 
 LD = 0x1000
 LD_IRQ_ENABLED, LD_BLOCKED, LD_STATUS = 0, 4, 20
@@ -172,7 +172,7 @@ def test_console_limit_must_be_a_non_negative_int(kcpu, bad):
 def test_one_notify_reads_at_most_64_kib(kcpu, mem):
     # No NUL for 128 KiB: one NOTIFY prints the first NOTIFY_MAX bytes, and
     # a string that runs into the end of memory stops there.
-    from lguest.launcher import NOTIFY_MAX
+    from lguest.host.launcher import NOTIFY_MAX
     assert NOTIFY_MAX == 65536
     mem.write(0x10000, b"A" * (mem.size - 0x10000))
     chunks = []

@@ -14,7 +14,7 @@ import time
 import pytest
 
 import lguest
-from lguest.run import GuestKilled, RunExit, ScriptedBackend, run_guest
+from lguest.host.run import GuestKilled, RunExit, ScriptedBackend, run_guest
 
 PAGE = 4096
 MEM_SIZE = 64 * PAGE

@@ -575,8 +575,9 @@ def test_an_engine_of_another_layout_is_refused_not_run(monkeypatch, core, name,
     import unicorn as U
 
     import lguest.unicorn as lu
+    import lguest.unicorn.engine as engine
 
-    monkeypatch.setattr(lu, name, value)
+    monkeypatch.setattr(engine, name, value)
     with pytest.raises(lu.UnsupportedUnicorn, match="Unicorn 2.1.4|cannot read"):
         lu.engine_internals(U.Uc(U.UC_ARCH_X86, U.UC_MODE_32))
     lg = UnicornLauncher(memory=1 << 20, core=core.NAME)
