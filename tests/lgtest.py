@@ -15,6 +15,9 @@ MEM_PAGES = 64
 MEM_SIZE = MEM_PAGES * PAGE
 M32 = 0xFFFFFFFF
 
+#: Where the tests' guests keep struct lguest_data.
+LD = 0x1000
+
 # struct lguest_data field offsets (ABI.md section 2)
 LD_IRQ_ENABLED = 0
 LD_BLOCKED = 4
@@ -39,6 +42,12 @@ def gate(handler, flags=TRAP_GATE, selector=0x61):
 def set_regs(cpu, **values):
     for name, value in values.items():
         setattr(cpu.regs, name, value)
+
+
+def install(cpu, vector, handler, flags=TRAP_GATE):
+    """The guest's LOAD_IDT_ENTRY for a present gate to ``handler`` (selector
+    0x60: the core makes it the guest's 0x61)."""
+    cpu.load_guest_idt_entry(vector, (0x60 << 16) | (handler & 0xFFFF), (handler & 0xFFFF0000) | flags)
 
 
 def regs_dict(cpu):

@@ -10,20 +10,15 @@ import threading
 import time
 
 import pytest
+from lgtest import LD, set_regs
 
 from lguest.host.launcher import Launcher, RunResult
 from lguest.host.run import Backend, ScriptedBackend
 
-LD = 0x1000
 LD_IRQ_ENABLED, LD_BLOCKED, LD_STATUS = 0, 4, 20
 EIP = 0x5000
 STACK = 0x8000
 IRQ_HANDLER = 0x6000
-
-
-def set_regs(cpu, **values):
-    for name, value in values.items():
-        setattr(cpu.regs, name, value)
 
 
 def hc(n, a1=0, a2=0, a3=0):

@@ -17,13 +17,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from lgtest import LD_SIZE
+from lgtest import LD, LD_SIZE
 
 from lguest.host.hypercalls import HcallArgs, do_async_hcalls, do_hcall
 from lguest.host.run import RunContext
 from lguest.host.stats import OTHER, Stats
 
-LD = 0x1000
 LD_STATUS, LD_HCALLS = 20, 84
 BAD_NUMBERS = [11, 12, 13, 18, 63, 64, 99, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF]
 

@@ -11,14 +11,15 @@ import struct
 import threading
 import time
 
+import lgtest
 import pytest
+from lgtest import INTR_GATE, LD, set_regs
 
 import lguest
 from lguest.host.run import GuestKilled, RunExit, ScriptedBackend, run_guest
 
 PAGE = 4096
 MEM_SIZE = 64 * PAGE
-LD = 0x1000
 LD_IRQ_ENABLED, LD_BLOCKED, LD_CR2, LD_TIME, LD_STATUS = 0, 4, 8, 12, 20
 EIP = 0x5000
 STACK = 0x8000
@@ -27,13 +28,8 @@ IRQ_HANDLER = 0x6000
 CHANGED_IDT = 1
 
 
-def set_regs(cpu, **values):
-    for name, value in values.items():
-        setattr(cpu.regs, name, value)
-
-
-def install(cpu, vector, handler, flags=0x8E00):
-    cpu.load_guest_idt_entry(vector, (0x60 << 16) | (handler & 0xFFFF), (handler & 0xFFFF0000) | flags)
+def install(cpu, vector, handler, flags=INTR_GATE):
+    lgtest.install(cpu, vector, handler, flags)  # the run loop's tests use interrupt gates
 
 
 def brk(trapnum=32):

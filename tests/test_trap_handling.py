@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 
 import pytest
+from lgtest import LD, install, set_regs
 
 import lguest
 from lguest.host.run import RunContext, ScriptedBackend
@@ -18,15 +19,9 @@ from lguest.host.traps import emulate_insn, handle_trap
 PAGE = 4096
 MEM_SIZE = 64 * PAGE
 M32 = 0xFFFFFFFF
-LD = 0x1000
 LD_CR2 = 8
 EIP = 0x5000  # guest code (flat guest: physical == virtual)
 STACK = 0x8000
-
-
-def set_regs(cpu, **values):
-    for name, value in values.items():
-        setattr(cpu.regs, name, value)
 
 
 def kernel(cpu, **extra):
@@ -39,11 +34,6 @@ def kernel(cpu, **extra):
 
 def regs(cpu):
     return tuple(int(x) for x in cpu.regs.array)
-
-
-def install(cpu, vector, handler, flags=0x8F00):
-    """The guest's LOAD_IDT_ENTRY for a present gate to handler."""
-    cpu.load_guest_idt_entry(vector, (0x60 << 16) | (handler & 0xFFFF), (handler & 0xFFFF0000) | flags)
 
 
 class Recorder(ScriptedBackend):
