@@ -192,6 +192,32 @@ def _sleep_halted(cpu: Any, deadline: float | None) -> None:
     cpu.wait_for_wakeup(timeout)
 
 
+def _maybe_do_interrupt(cpu: Any, stats: Stats) -> None:
+    """Step 4; with a trace, each delivery is recorded at the eip it interrupted."""
+    if stats.trace is None:
+        cpu.maybe_do_interrupt()
+        return
+    before = cpu.irq_counts
+    eip = cpu.regs.eip
+    cpu.maybe_do_interrupt()
+    for irq, (a, b) in enumerate(zip(before, cpu.irq_counts, strict=True)):
+        if b != a:
+            stats.irq(irq, b - a, eip)
+
+
+def _enter(cpu: Any, backend: Backend, idt: np.ndarray, stats: Stats) -> None:
+    """Step 7's entry: refresh the host IDT if the guest's changed, hand the
+    backend the CHANGED_* bits (cleared first, as lguest's run_guest_once did)
+    and run the guest until its next trap."""
+    changed = cpu.changed
+    if changed & CHANGED_IDT:
+        cpu.copy_traps(idt, backend.default_handlers)
+    cpu.changed = 0
+    cpu.regs.trapnum = 256  # what a fault inside the Switcher would report
+    stats.entries += 1
+    backend.run_guest(cpu, idt, changed)
+
+
 def run_guest(cpu: Any, backend: Backend, *, timeout: float | None = None,
               context: RunContext | None = None) -> RunExit:
     """Run ``cpu`` until it notifies, breaks out, times out (RunExit) or dies
@@ -219,28 +245,14 @@ def run_guest(cpu: Any, backend: Backend, *, timeout: float | None = None,
         if deadline is not None and time.monotonic() >= deadline:
             return RunExit("timeout")
 
-        if stats.trace is None:
-            cpu.maybe_do_interrupt()
-        else:
-            before = cpu.irq_counts
-            eip = cpu.regs.eip
-            cpu.maybe_do_interrupt()
-            for irq, (a, b) in enumerate(zip(before, cpu.irq_counts, strict=True)):
-                if b != a:
-                    stats.irq(irq, b - a, eip)
+        _maybe_do_interrupt(cpu, stats)
         if g.dead is not None:
             break
         if cpu.halted:
             _sleep_halted(cpu, deadline)
             continue
 
-        changed = cpu.changed
-        if changed & CHANGED_IDT:
-            cpu.copy_traps(idt, backend.default_handlers)
-        cpu.changed = 0
-        cpu.regs.trapnum = 256  # what a fault inside the Switcher would report
-        stats.entries += 1
-        backend.run_guest(cpu, idt, changed)
+        _enter(cpu, backend, idt, stats)
         if g.dead is None:
             handle_trap(cpu, context)
 

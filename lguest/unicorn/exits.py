@@ -26,6 +26,24 @@ HOST_IRQ_TRAP = 0xEF
 
 _MEM_WRITE_TYPES = (_ucc.UC_MEM_WRITE_UNMAPPED, _ucc.UC_MEM_WRITE_PROT)
 
+#: The native hook's stop reasons, by name: ``lguest._uchook.REASONS``
+#: (code -> name) is their one definition.
+_REASON_CODES = {name: code for code, name in _uchook.REASONS.items()}
+REASON_BADSEG = _REASON_CODES["badseg"]
+REASON_BREAK = _REASON_CODES["break"]
+REASON_DEAD = _REASON_CODES["dead"]
+REASON_DEADLINE = _REASON_CODES["deadline"]
+REASON_DIRECT = _REASON_CODES["direct"]
+REASON_INVALID = _REASON_CODES["invalid"]
+REASON_IRQ = _REASON_CODES["irq"]
+REASON_MEM = _REASON_CODES["mem"]
+REASON_RING0 = _REASON_CODES["ring0"]
+REASON_SOFT_GP = _REASON_CODES["soft_gp"]
+REASON_SWITCHER = _REASON_CODES["switcher"]
+REASON_TIMER = _REASON_CODES["timer"]
+REASON_TRAP = _REASON_CODES["trap"]
+REASON_VM86 = _REASON_CODES["vm86"]
+
 
 class ExitDecoding:
     """The exit half of :class:`~lguest.unicorn.backend.UnicornBackend`.
@@ -45,21 +63,21 @@ class ExitDecoding:
         r = cpu.regs
         g = self.guest
         hooks = self.hooks
-        if reason == _uchook.REASON_TRAP:
+        if reason == REASON_TRAP:
             if r.trapnum == 14:
                 cpu.last_pagefault = hooks.cr2
-        elif reason in (_uchook.REASON_TIMER, _uchook.REASON_IRQ, _uchook.REASON_BREAK, _uchook.REASON_DEADLINE):
-            if reason == _uchook.REASON_IRQ and not hooks.has_native_core:
+        elif reason in (REASON_TIMER, REASON_IRQ, REASON_BREAK, REASON_DEADLINE):
+            if reason == REASON_IRQ and not hooks.has_native_core:
                 hooks.clear_poke()
             r.trapnum = HOST_IRQ_TRAP
-        elif reason == _uchook.REASON_INVALID:
+        elif reason == REASON_INVALID:
             pass  # trapnum 6 at the instruction: handle_trap patches vmcall or reflects #UD
-        elif reason == _uchook.REASON_SOFT_GP:
+        elif reason == REASON_SOFT_GP:
             n = hooks.trapnum
             r.eip = (r.eip - self._int_length(cpu, n)) & U32
             r.trapnum = 13
             r.errcode = n * 8 + 2
-        elif reason == _uchook.REASON_DIRECT:
+        elif reason == REASON_DIRECT:
             # A direct trap the hook left to us: the same core call, from Python.
             n = hooks.trapnum
             a, b = int(idt[n, 0]), int(idt[n, 1])
@@ -68,17 +86,17 @@ class ExitDecoding:
             if g.dead is None:
                 self.python_direct[n] = self.python_direct.get(n, 0) + 1
             r.trapnum = HOST_IRQ_TRAP
-        elif reason == _uchook.REASON_MEM:
+        elif reason == REASON_MEM:
             self._memory_fault(cpu)
-        elif reason == _uchook.REASON_SWITCHER:
+        elif reason == REASON_SWITCHER:
             g.kill(f"lguest: trap {hooks.trapnum} ({M.lx(hooks.errcode)}) entering the guest at {M.lx(r.eip)}")
-        elif reason == _uchook.REASON_BADSEG:
+        elif reason == REASON_BADSEG:
             g.kill(f"lguest: bad segment {M.lx(hooks.errcode)} delivering trap {hooks.trapnum}")
-        elif reason == _uchook.REASON_DEAD:
+        elif reason == REASON_DEAD:
             pass
-        elif reason == _uchook.REASON_RING0:
+        elif reason == REASON_RING0:
             g.kill(f"lguest: guest code at CPL 0 at {M.lx(r.eip)}")
-        elif reason == _uchook.REASON_VM86:
+        elif reason == REASON_VM86:
             g.kill(f"lguest: guest in virtual-8086 mode at {M.lx(r.eip)}")
         else:  # emu_start ended by itself: an emulator error, or the guest ran into the Switcher
             if err:
