@@ -66,7 +66,7 @@ if atheris is not None and "--replay" not in sys.argv and "--random" not in sys.
         for _m in [m for m in sys.modules if m == "lguest" or m.startswith("lguest.")]:
             del sys.modules[_m]
     with atheris.instrument_imports(include=["lguest"] if _INSTRUMENT == "all"
-                                    else ["lguest.hypercalls", "lguest.traps", "lguest.run"]):
+                                    else ["lguest.host.hypercalls", "lguest.host.traps", "lguest.host.run"]):
         import lguest
         from lguest.host import hypercalls as HC
         from lguest.host import run as RUN

@@ -58,9 +58,12 @@ How the pieces map onto lguest
   tables sit at the top of guest RAM, mapping all RAM at 0 and at
   ``page_offset``; ``guest.pgdir`` is their address, so the core's page-table
   walk and Unicorn's MMU translate alike.  LHCALL_NEW_PGTABLE loads CR3
-  (:meth:`UnicornBackend.new_pgtable`), FLUSH_TLB/SET_PTE/SET_PMD flush
-  Unicorn's TLB, and a page-directory entry the shadow lacks is filled on
-  the fault (``demand_page``).
+  (:meth:`UnicornBackend.new_pgtable`; the stack is pinned only in a
+  directory not switched to before, :meth:`Backend.known_pgdir`),
+  FLUSH_TLB/SET_PTE/SET_PMD flush Unicorn's TLB, SET_PTE checks the new pte
+  as the kernel's ``do_set_pte`` did (see :meth:`UnicornBackend.set_pte`),
+  and a page-directory entry the shadow lacks is filled on the fault
+  (``demand_page``).
 
 Exits the host adds to lguest's kill messages: ``lguest: trap N (0xE)
 entering the guest at 0x...`` (the entry's segment checks refused the

@@ -18,7 +18,7 @@ import unicorn as _unicorn
 from unicorn import unicorn_const as _ucc
 
 from ..clock import VirtualClock
-from ..constants import GUEST_CS, GUEST_DS, PAGE_SIZE, SWITCHER_ADDR
+from ..constants import PAGE_SIZE, SWITCHER_ADDR
 from ..host.launcher import DEFAULT_CONSOLE_LIMIT, Launcher, RunResult
 from ..host.stats import Stats
 from ..host.vectors import Host
@@ -129,9 +129,8 @@ class UnicornLauncher:
         clock = VirtualClock() if self.clock_mode == "virtual" else None
         self.guest = g = self.host.new_guest(mem, page_offset=self.page_offset, clock=clock, core=self._core)
         self.cpu = cpu = g.new_cpu()
-        # lguest_arch_setup_regs, and setup_guest_gdt's flat segments.
-        r = cpu.regs
-        r.cs, r.ds, r.es, r.ss, r.eflags = GUEST_CS, GUEST_DS, GUEST_DS, GUEST_DS, 0x202
+        # lguest_arch_setup_regs (the loader sets eip), and setup_guest_gdt's flat segments.
+        cpu.setup_regs(0)
         for i, (a, b) in GUEST_FLAT_SEGMENTS.items():
             cpu.gdt[i] = (a, b)
         self.uc = uc = _unicorn.Uc(_ucc.UC_ARCH_X86, _ucc.UC_MODE_32)

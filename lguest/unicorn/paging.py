@@ -15,12 +15,13 @@ import numpy as np
 from unicorn import unicorn_const as _ucc
 from unicorn import x86_const as _x86
 
-from ..constants import PAGE_SIZE, SWITCHER_ADDR
+from ..constants import PAGE_PSE, PAGE_SIZE, SWITCHER_ADDR
 from .switcher import (
     CR0_PG,
     CR0_WP,
     PGD_ALLOWED,
     PTE_ACCESSED,
+    PTE_DIRTY,
     PTE_PRESENT,
     PTE_RW,
     PTE_USER,
@@ -86,8 +87,19 @@ class ShadowPaging:
             self._flush_tlb()
 
     def set_pte(self, cpu: Any, pgdir: int, vaddr: int, pte: int) -> None:
-        if pte & PTE_PRESENT and (pte >> 12) >= self.guest.pfn_limit:
-            self.guest.kill("bad page table entry")
+        """do_set_pte: the kernel checks the new pte only where it holds a
+        shadow directory entry for vaddr -- in every shadow set for kernel
+        addresses, in pgdir's for user ones; here the one shadow is the
+        current directory's.  It copies a pte the guest marked ACCESSED or
+        DIRTY (present or not: check_gpte does not look), and such a pte
+        with PSE or a frame past RAM kills; one with neither bit is just
+        dropped from the shadow, to be faulted in (and checked) later."""
+        g = self.guest
+        if self.paging and self.shadow_pgd[vaddr >> 22] & PTE_PRESENT \
+                and (vaddr >= g.page_offset or pgdir == g.pgdir) \
+                and pte & (PTE_ACCESSED | PTE_DIRTY) \
+                and (pte & PAGE_PSE or (pte >> 12) >= g.pfn_limit):
+            g.kill("bad page table entry")
         if self.paging:
             self._flush_tlb()
 
