@@ -46,6 +46,6 @@ def extension(name: str) -> Extension:
     )
 
 
-extensions = [extension(name) for name in ("_clock", "_memory", "_core", "_uchook")]
+extensions = [extension(name) for name in ("_clock", "_memory", "_regs", "_core", "_uchook")]
 
 setup(ext_modules=cythonize(extensions, compiler_directives={"language_level": "3"}))

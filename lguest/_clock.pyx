@@ -8,12 +8,15 @@ cannot delay it, and 100 kHz clocks are possible).  The C is in
 :class:`CpuTimer`, the base class of ``lguest._core.Cpu``.
 """
 
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint32_t
+
+from lguest._regs cimport to_u32
 
 from . import validate as _validate
 
 cdef extern from "_lgutil.h" nogil:
     int64_t lg_realtime_ns() noexcept
+    void lg_atomic_or(uint32_t *p, uint32_t v) noexcept
 
 cdef extern from "_clock_wheel.h" nogil:
     void lg_waker_init(lg_waker *w) noexcept
@@ -28,8 +31,9 @@ cdef extern from "_clock_wheel.h" nogil:
 
 
 cdef class CpuTimer:
-    """The clock event and waker of a compiled Cpu (its base class; not
-    useful alone: nothing arms a CpuTimer that is not a ready Cpu)."""
+    """The clock event and waker of a compiled Cpu, and their methods (the
+    base class of lguest._core.Cpu; useless alone: a CpuTimer that is not a
+    Cpu has no irqs_pending to fire into, and refuses every call)."""
 
     def __cinit__(self, *args, **kwargs):
         lg_waker_init(&self.waker)
@@ -41,7 +45,53 @@ cdef class CpuTimer:
         lg_waker_destroy(&self.waker)
 
     cdef int _timer_ready(self) except -1:
-        return 0   # Cpu overrides: RuntimeError while its __init__ never ran
+        # Cpu overrides this: RuntimeError while its __init__ never ran.
+        if self.timer.pending == NULL:
+            raise RuntimeError("a CpuTimer is only usable as a lguest._core.Cpu")
+        return 0
+
+    def wake(self):
+        """Wake the run loop if it sleeps (the kernel's wake_up_process)."""
+        self._timer_ready()
+        with nogil:
+            self._wake()
+
+    def wait_for_wakeup(self, timeout=None) -> bool:
+        """Sleep (without the GIL) until wake(), the clock or ``timeout`` seconds."""
+        self._timer_ready()
+        # lguest.validate.to_timeout: None / inf mean "until woken", NaN and
+        # non-numbers raise (the float cast below is then always defined).
+        t_obj = _validate.to_timeout(timeout)
+        cdef int64_t ns = -1 if t_obj is None else <int64_t>(<double>t_obj * 1e9)
+        cdef int woken
+        with nogil:
+            woken = self._wait(ns)
+        return bool(woken)
+
+    def set_clockevent(self, delta_ns):
+        """Arm the guest's one-shot timer ``delta_ns`` from now; 0 cancels."""
+        self._timer_ready()
+        cdef uint32_t delta = to_u32(delta_ns, "delta_ns")
+        clock = self._guest_clock
+        if isinstance(clock, NativeClock):
+            # The compiled clock fires in C, without the GIL.
+            if delta == 0:
+                self._cancel_timer()
+            else:
+                (<NativeClock>clock)._arm(self, lg_realtime_ns() + delta, 0)
+            return
+        if delta == 0:
+            clock.cancel(self)
+            return
+        clock.arm(self, clock.now_ns() + delta, self._clock_fired)
+
+    def _clock_fired(self):
+        """clockdev_fn: irq 0 is the timer; wake the cpu if it sleeps."""
+        if self.timer.pending == NULL:
+            raise RuntimeError("a CpuTimer is only usable as a lguest._core.Cpu")
+        lg_atomic_or(self.timer.pending, 1)
+        if self.timer.halted[0]:
+            self._wake()
 
     cdef void _wake(self) noexcept nogil:
         lg_wake(&self.waker)

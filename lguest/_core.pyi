@@ -20,7 +20,8 @@ def default_idt_entry(trap: int, handler: int, base: tuple[int, int] | None = No
 def setup_default_idt_entries(idt: npt.NDArray[np.uint32], defaults: npt.ArrayLike) -> None: ...
 
 class Regs:
-    array: npt.NDArray[np.uint32]
+    @property
+    def array(self) -> npt.NDArray[np.uint32]: ...
     eax: int
     ebx: int
     ecx: int

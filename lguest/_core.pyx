@@ -9,14 +9,31 @@ a misbehaving guest is killed by recording a reason code, which Python
 formats only when ``guest.dead`` is read.
 
 The ``lg_*`` functions are ``nogil`` so an emulator's native hook can call
-them without the interpreter; the classes below are their Python face.
+them without the interpreter (through ``native_api``, whose table is
+``struct lguest_native_api`` of lguest/include/lguest/abi.h); the classes
+below are their Python face.
+
+Where the rest of the compiled core is:
+
+* ``_core.pxd`` -- the C state (``lg_guest``, ``lg_cpu``) and the only
+  accessors of guest memory;
+* ``lguest/include/lguest/abi.h`` (``lguest/abi.pxd``) -- every fact shared
+  with C and Python: register order, kill codes, has_err, the direct-trap
+  and deliverable-irq rules, the native-API struct;
+* ``_regs.pyx`` -- :class:`Regs`, struct lguest_regs' Python face;
+* ``_clock.pyx`` -- the clock event and waker of a Cpu (its base class
+  ``CpuTimer``: ``set_clockevent``, ``wake``, ``wait_for_wakeup``) and the
+  native timer wheel, ``NativeClock``.
 """
 
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy, memset
 
+# The C state (lg_guest, lg_cpu) and the guest-memory accessors are declared
+# in _core.pxd, which Cython reads first; the shared facts in lguest/abi.pxd.
 from lguest.abi cimport *
-from lguest._clock cimport CpuTimer, NativeClock as _NativeClock
+from lguest._clock cimport CpuTimer
+from lguest._regs cimport Regs as _CRegs, to_u32
 
 import operator
 
@@ -25,113 +42,10 @@ import numpy as np
 from . import messages as _messages
 from . import validate as _validate
 from ._clock import NativeClock, native_clock  # NativeClock: re-exported for lguest._core users
-from .constants import REG_NAMES
+from ._regs import Regs  # the Python face of struct lguest_regs
 from .vectors import _check_vector
 
 NAME = "cython"
-
-cdef extern from "_lgutil.h" nogil:
-    void lg_atomic_or(uint32_t *p, uint32_t v) noexcept
-    void lg_atomic_and(uint32_t *p, uint32_t v) noexcept
-    uint32_t lg_atomic_load(const uint32_t *p) noexcept
-    void lg_atomic_store(uint32_t *p, uint32_t v) noexcept
-    uint32_t lg_load32(const uint8_t *p) noexcept
-    void lg_store32(uint8_t *p, uint32_t v) noexcept
-    int64_t lg_realtime_ns() noexcept
-    int64_t lg_monotonic_ns() noexcept
-
-# Page-table bits and the clock kinds: facts of this file alone.
-cdef enum:
-    PAGE_SIZE = 4096
-    PAGE_PRESENT = 0x1
-    PAGE_RW = 0x2
-    PAGE_ACCESSED = 0x20
-    PAGE_DIRTY = 0x40
-    PAGE_PSE = 0x80
-    PAGE_TABLE = 0x67
-    CLOCK_REALTIME_KIND = 0
-    CLOCK_CELL_KIND = 1
-    CLOCK_PYTHON_KIND = 2
-
-# --- the C state ----------------------------------------------------------------
-ctypedef struct lg_guest:
-    uint8_t *mem            # guest-physical 0; NULL once the memory is closed
-    uint64_t mem_size       # bytes
-    uint64_t limit          # pfn_limit * PAGE_SIZE: see lg_range_ok
-    uint32_t pfn_limit
-    uint32_t page_offset
-    int has_lguest_data
-    uint32_t lguest_data
-    int has_pgdir
-    uint32_t pgdir
-    uint32_t noirq_start
-    uint32_t noirq_end
-    uint32_t stack_pages
-    uint32_t syscall_vector
-    int dead_code
-    uint32_t dead_a
-    uint32_t dead_b
-    int clock_kind
-    int64_t *clock_cell
-    void *clock_obj         # borrowed: the Guest object keeps it alive
-    uint8_t direct[256]     # direct_trap(i), fixed by syscall_vector
-
-ctypedef struct lg_cpu:
-    lg_guest *lg
-    lg_regs *regs
-    uint32_t *idt           # 256 x {a, b}
-    uint32_t esp1
-    uint8_t ss1
-    int halted
-    uint32_t changed
-    uint32_t irqs_pending   # atomic bit operations only
-    uint64_t irq_counts[32] # deliveries per virtual irq (statistics)
-
-
-# --- kill_guest -------------------------------------------------------------------
-cdef inline void lg_kill(lg_guest *lg, int code, uint32_t a, uint32_t b) noexcept nogil:
-    # Only the first reason counts; the caller carries on regardless.
-    if lg.dead_code == K_ALIVE:
-        lg.dead_code = code
-        lg.dead_a = a
-        lg.dead_b = b
-
-
-# --- guest memory through lguest_address_ok --------------------------------------
-cdef inline bint lg_range_ok(const lg_guest *lg, uint32_t addr, uint32_t n) noexcept nogil:
-    # lguest_address_ok: ((addr+n) mod 2**32) / PAGE_SIZE < pfn_limit and no
-    # wrap.  With limit = pfn_limit*PAGE_SIZE <= 2**32 that is exactly one
-    # 64-bit comparison: a wrapping end has addr+n >= 2**32 >= limit.
-    return <uint64_t>addr + n < lg.limit
-
-cdef inline uint32_t lg_read32(lg_guest *lg, uint32_t addr) noexcept nogil:
-    if not lg_range_ok(lg, addr, 4):
-        lg_kill(lg, K_BAD_READ_ADDRESS, addr, 4)
-        return 0
-    return lg_load32(lg.mem + addr)
-
-cdef inline void lg_write32(lg_guest *lg, uint32_t addr, uint32_t val) noexcept nogil:
-    if not lg_range_ok(lg, addr, 4):
-        lg_kill(lg, K_BAD_WRITE_ADDRESS, addr, 4)
-        return
-    lg_store32(lg.mem + addr, val)
-
-# get_user/put_user on a lguest_data field: fail while unset or past the end.
-cdef inline bint lg_ld_ok(const lg_guest *lg, uint32_t off, uint32_t n) noexcept nogil:
-    return lg.has_lguest_data and <uint64_t>lg.lguest_data + off + n <= lg.mem_size
-
-cdef inline bint lg_ld_read(lg_guest *lg, uint32_t off, uint32_t *out) noexcept nogil:
-    if not lg_ld_ok(lg, off, 4):
-        return False
-    out[0] = lg_load32(lg.mem + lg.lguest_data + off)
-    return True
-
-cdef inline bint lg_ld_write(lg_guest *lg, uint32_t off, uint32_t val) noexcept nogil:
-    if not lg_ld_ok(lg, off, 4):
-        return False
-    lg_store32(lg.mem + lg.lguest_data + off, val)
-    return True
-
 
 # --- address translation ------------------------------------------------------------
 cdef uint32_t lg_guest_pa(lg_guest *lg, uint32_t vaddr) noexcept nogil:
@@ -365,7 +279,7 @@ cdef void lg_load_guest_idt_entry(lg_cpu *cpu, uint32_t num, uint32_t lo, uint32
 cdef void lg_copy_traps(const lg_cpu *cpu, uint32_t *idt, const uint32_t *defaults) noexcept nogil:
     cdef unsigned i
     cdef const uint32_t *gidt
-    for i in range(IDT_ENTRIES):
+    for i in range(<unsigned>IDT_ENTRIES):
         if not cpu.lg.direct[i]:
             continue
         gidt = cpu.idt + 2 * i
@@ -377,26 +291,14 @@ cdef void lg_copy_traps(const lg_cpu *cpu, uint32_t *idt, const uint32_t *defaul
 
 cdef void lg_fill_direct(lg_guest *lg) noexcept nogil:
     cdef unsigned i
-    for i in range(IDT_ENTRIES):
+    for i in range(<unsigned>IDT_ENTRIES):
         lg.direct[i] = lg_direct_trap(i, lg.syscall_vector)
 
 
 # ===================================================================================
 # The Python face
 # ===================================================================================
-cdef object _py_to_u32 = _validate.to_u32
 cdef object _py_to_index = _validate.to_index
-
-cdef uint32_t to_u32(object v, str what) except? 0xFFFFFFFF:
-    """A guest-visible 32-bit value from Python: outside 0..2**32-1 is host misuse.
-
-    The rule is lguest.validate.to_u32's (no bools, TypeError / ValueError);
-    exact ints take this C fast path, everything else goes to that function,
-    so both cores agree by construction."""
-    if type(v) is int and 0 <= v <= 0xFFFFFFFF:
-        return <uint32_t>(<unsigned long long>v)
-    return <uint32_t>(<unsigned long long>_py_to_u32(v, what))
-
 
 cdef inline int _not_ready(object obj) except -1:
     raise _validate.not_initialised(obj)
@@ -411,12 +313,12 @@ def idt_address(lo, hi) -> int:
 def idt_type(lo, hi) -> int:
     """Gate type, bits 8-11 of the high word (0xE interrupt, 0xF trap)."""
     to_u32(lo, "lo")
-    return (to_u32(hi, "hi") >> 8) & 0xF
+    return lg_gate_type(to_u32(hi, "hi"))
 
 
 def idt_present(lo, hi) -> bool:
     to_u32(lo, "lo")
-    return bool(to_u32(hi, "hi") & 0x8000)
+    return lg_gate_present(to_u32(hi, "hi"))
 
 
 def has_err(trap) -> bool:
@@ -438,13 +340,9 @@ def default_idt_entry(trap, handler, base=None):
     return (entry[0], entry[1])
 
 
-cdef uint32_t[:, ::1] _as_idt(object idt) except *:
-    # lguest.validate.as_idt: the one rule for both cores.
-    return _validate.as_idt(idt)
-
-
-cdef object _as_defaults(object defaults):
-    return _validate.as_defaults(defaults)
+# lguest.validate.as_idt / as_defaults: the one rule for both cores.
+cdef object _as_idt = _validate.as_idt
+cdef object _as_defaults = _validate.as_defaults
 
 
 def setup_default_idt_entries(idt, defaults):
@@ -452,176 +350,8 @@ def setup_default_idt_entries(idt, defaults):
     cdef uint32_t[:, ::1] t = _as_idt(idt)
     cdef const uint32_t[::1] d = _as_defaults(defaults)
     cdef unsigned i
-    for i in range(IDT_ENTRIES):
+    for i in range(<unsigned>IDT_ENTRIES):
         lg_default_idt_entry(&t[i, 0], i, d[i], NULL)
-
-
-# --- registers ---------------------------------------------------------------------------
-cdef class Regs:
-    """``struct lguest_regs``: 18 u32 words, attribute access and a numpy view."""
-    cdef lg_regs *r
-    cdef readonly object array
-    cdef uint32_t[::1] _view   # held for life: numpy then refuses to resize the array under us
-
-    def __cinit__(self, array=None):
-        cdef uint32_t[::1] view
-        if array is None:
-            array = np.zeros(18, dtype=np.uint32)
-        _validate.check_regs_array(array)
-        view = array
-        self._view = view
-        self.array = array
-        self.r = <lg_regs *>&view[0]
-
-    @property
-    def eax(self):
-        return self.r.eax
-
-    @eax.setter
-    def eax(self, value):
-        self.r.eax = to_u32(value, "eax")
-
-    @property
-    def ebx(self):
-        return self.r.ebx
-
-    @ebx.setter
-    def ebx(self, value):
-        self.r.ebx = to_u32(value, "ebx")
-
-    @property
-    def ecx(self):
-        return self.r.ecx
-
-    @ecx.setter
-    def ecx(self, value):
-        self.r.ecx = to_u32(value, "ecx")
-
-    @property
-    def edx(self):
-        return self.r.edx
-
-    @edx.setter
-    def edx(self, value):
-        self.r.edx = to_u32(value, "edx")
-
-    @property
-    def esi(self):
-        return self.r.esi
-
-    @esi.setter
-    def esi(self, value):
-        self.r.esi = to_u32(value, "esi")
-
-    @property
-    def edi(self):
-        return self.r.edi
-
-    @edi.setter
-    def edi(self, value):
-        self.r.edi = to_u32(value, "edi")
-
-    @property
-    def ebp(self):
-        return self.r.ebp
-
-    @ebp.setter
-    def ebp(self, value):
-        self.r.ebp = to_u32(value, "ebp")
-
-    @property
-    def gs(self):
-        return self.r.gs
-
-    @gs.setter
-    def gs(self, value):
-        self.r.gs = to_u32(value, "gs")
-
-    @property
-    def fs(self):
-        return self.r.fs
-
-    @fs.setter
-    def fs(self, value):
-        self.r.fs = to_u32(value, "fs")
-
-    @property
-    def ds(self):
-        return self.r.ds
-
-    @ds.setter
-    def ds(self, value):
-        self.r.ds = to_u32(value, "ds")
-
-    @property
-    def es(self):
-        return self.r.es
-
-    @es.setter
-    def es(self, value):
-        self.r.es = to_u32(value, "es")
-
-    @property
-    def trapnum(self):
-        return self.r.trapnum
-
-    @trapnum.setter
-    def trapnum(self, value):
-        self.r.trapnum = to_u32(value, "trapnum")
-
-    @property
-    def errcode(self):
-        return self.r.errcode
-
-    @errcode.setter
-    def errcode(self, value):
-        self.r.errcode = to_u32(value, "errcode")
-
-    @property
-    def eip(self):
-        return self.r.eip
-
-    @eip.setter
-    def eip(self, value):
-        self.r.eip = to_u32(value, "eip")
-
-    @property
-    def cs(self):
-        return self.r.cs
-
-    @cs.setter
-    def cs(self, value):
-        self.r.cs = to_u32(value, "cs")
-
-    @property
-    def eflags(self):
-        return self.r.eflags
-
-    @eflags.setter
-    def eflags(self, value):
-        self.r.eflags = to_u32(value, "eflags")
-
-    @property
-    def esp(self):
-        return self.r.esp
-
-    @esp.setter
-    def esp(self, value):
-        self.r.esp = to_u32(value, "esp")
-
-    @property
-    def ss(self):
-        return self.r.ss
-
-    @ss.setter
-    def ss(self, value):
-        self.r.ss = to_u32(value, "ss")
-
-    def __reduce_ex__(self, protocol):
-        raise _validate.no_pickle(self)
-
-    def __repr__(self):
-        return "Regs(" + ", ".join(f"{n}={int(v):#x}" for n, v in zip(REG_NAMES, self.array)) + ")"
 
 
 # --- the guest ------------------------------------------------------------------------------
@@ -944,7 +674,7 @@ cdef class Cpu(CpuTimer):
     cdef lg_cpu c
     cdef bint _ready
     cdef Guest _guest
-    cdef Regs _regs
+    cdef _CRegs _regs
     cdef object _idt
     cdef object _gdt
     cdef int _id
@@ -1146,25 +876,6 @@ cdef class Cpu(CpuTimer):
         self._check_ready()
         return tuple(self.c.irq_counts[i] for i in range(LGUEST_IRQS))
 
-    # --- wake-ups -----------------------------------------------------------------------------
-    def wake(self):
-        """Wake the run loop if it sleeps (the kernel's wake_up_process)."""
-        self._check_ready()
-        with nogil:
-            self._wake()
-
-    def wait_for_wakeup(self, timeout=None) -> bool:
-        """Sleep (without the GIL) until wake(), the clock or ``timeout`` seconds."""
-        self._check_ready()
-        # lguest.validate.to_timeout: None / inf mean "until woken", NaN and
-        # non-numbers raise (the float cast below is then always defined).
-        t_obj = _validate.to_timeout(timeout)
-        cdef int64_t ns = -1 if t_obj is None else <int64_t>(<double>t_obj * 1e9)
-        cdef int woken
-        with nogil:
-            woken = self._wait(ns)
-        return bool(woken)
-
     # --- checked guest memory ------------------------------------------------------------------
     def lgread(self, addr, n) -> bytes:
         """__lgread: zeros and a kill if the range is not the guest's."""
@@ -1191,6 +902,9 @@ cdef class Cpu(CpuTimer):
         if length:
             memcpy(self.c.lg.mem + a, &src[0], length)
         return True
+
+    # wake(), wait_for_wakeup(), set_clockevent() and _clock_fired() are
+    # the clock's: lguest._clock.CpuTimer.
 
     # --- the seed functions -----------------------------------------------------------------------
     def set_guest_interrupt(self, lo, hi, has_err):
@@ -1245,29 +959,6 @@ cdef class Cpu(CpuTimer):
         cdef uint32_t[:, ::1] t = _as_idt(idt)
         cdef const uint32_t[::1] d = _as_defaults(defaults)
         lg_copy_traps(&self.c, &t[0, 0], &d[0])
-
-    def set_clockevent(self, delta_ns):
-        """Arm the guest's one-shot timer ``delta_ns`` from now; 0 cancels."""
-        self._check_ready()
-        cdef uint32_t delta = to_u32(delta_ns, "delta_ns")
-        clock = self._guest.clock
-        if isinstance(clock, _NativeClock):
-            # The compiled clock fires in C, without the GIL.
-            if delta == 0:
-                self._cancel_timer()
-            else:
-                (<_NativeClock>clock)._arm(self, lg_realtime_ns() + delta, 0)
-            return
-        if delta == 0:
-            clock.cancel(self)
-            return
-        clock.arm(self, clock.now_ns() + delta, self._clock_fired)
-
-    def _clock_fired(self):
-        """clockdev_fn: irq 0 is the timer; wake the cpu if it sleeps."""
-        lg_atomic_or(&self.c.irqs_pending, 1)
-        if self.c.halted:
-            self._wake()
 
     def write_timestamp(self):
         self._check_ready()

@@ -219,19 +219,12 @@ static int uh_deliver(uh_state *st, uint8_t *c, uint32_t num, uint32_t a, uint32
     return 0;
 }
 
-static void uh_on_intr(uh_engine *uc, uint32_t intno, void *user) {
-    uh_state *st = (uh_state *)user;
-    /* Vectors 32..255 only come from int N: no error code, no exception
-     * in flight, so the registers and segments are all we need (a
-     * 5.5 KiB context copy each way otherwise). */
-    uint8_t *c = intno >= 32 && st->ctx_small ? st->ctx_small : st->ctx;
-    uint32_t a = 0, b = 0, err;
-    int cpl, is_int, direct, rc;
-    st->intr_hooks++;
-    st->ctx_save(uc, c);
-    cpl = lg_load32(c + st->off_hflags) & 3;
-    is_int = intno >= 32 ? 1 : (int)lg_load32(c + st->off_isint) != 0;
-    err = (!is_int && lg_has_err(intno)) ? lg_load32(c + st->off_err) : 0;
+/* Record trap `intno` from the saved context `c`: st->trapnum, errcode and
+ * is_int (and cr2 for #PF).  Returns the CPL the trap came from. */
+static int uh_intr_record(uh_state *st, uh_engine *uc, uint8_t *c, uint32_t intno) {
+    int cpl = lg_load32(c + st->off_hflags) & 3;
+    int is_int = intno >= 32 ? 1 : (int)lg_load32(c + st->off_isint) != 0;
+    uint32_t err = (!is_int && lg_has_err(intno)) ? lg_load32(c + st->off_err) : 0;
     /* Unicorn never clears the exception in flight: without this a second
      * #GP or #PF would be reported as a double fault. */
     if (c == st->ctx) lg_store32(c + st->off_oldexc, 0xFFFFFFFFu);
@@ -239,36 +232,41 @@ static void uh_on_intr(uh_engine *uc, uint32_t intno, void *user) {
     if (intno == 14) {   /* read it now: emu_start's exit path may touch CR2 */
         uint64_t cr2 = 0; st->reg_read(uc, st->reg_cr2, &cr2); st->cr2 = (uint32_t)cr2;
     }
-    if (cpl == 0 || intno > 255) {   /* no host code runs in the emulator: CPL 0 is the guest's */
-        st->ctx_restore(uc, c);
-        uh_stop(st, cpl == 0 ? UH_RING0 : UH_SWITCHER);
-        return;
+    return cpl;
+}
+
+/* Where the recorded trap goes, without side effects: 0 to deliver it
+ * here (a direct trap), else the UH_* reason to stop the emulator with. */
+static int uh_intr_route(const uh_state *st, uint32_t intno, int cpl) {
+    uint32_t b;
+    if (cpl == 0) return UH_RING0;   /* no host code runs in the emulator: CPL 0 is the guest's */
+    if (intno > 255) return UH_SWITCHER;
+    b = st->idt[2 * intno + 1];
+    /* int N at a gate the caller may not use: #GP(N*8+2) at the int. */
+    if (st->is_int && (int)((b >> 13) & 3) < cpl) return UH_SOFT_GP;
+    if (!lg_host_gate_direct(st->idt[2 * intno], b)) return UH_TRAP;
+    if (!st->native_direct || st->api == NULL) return UH_DIRECT;   /* Python delivers it */
+    return 0;
+}
+
+static void uh_on_intr(uh_engine *uc, uint32_t intno, void *user) {
+    uh_state *st = (uh_state *)user;
+    /* Vectors 32..255 only come from int N: no error code, no exception
+     * in flight, so the registers and segments are all we need (a
+     * 5.5 KiB context copy each way otherwise). */
+    uint8_t *c = intno >= 32 && st->ctx_small ? st->ctx_small : st->ctx;
+    int cpl, reason;
+    st->intr_hooks++;
+    st->ctx_save(uc, c);
+    cpl = uh_intr_record(st, uc, c, intno);
+    reason = uh_intr_route(st, intno, cpl);
+    if (reason == 0) {
+        reason = uh_deliver(st, c, intno, st->idt[2 * intno], st->idt[2 * intno + 1],
+                            !st->is_int && lg_has_err(intno), st->errcode, cpl);
+        if (reason == 0) st->direct_counts[intno]++;
     }
-    a = st->idt[2 * intno]; b = st->idt[2 * intno + 1];
-    if (is_int && (int)((b >> 13) & 3) < cpl) {
-        /* int N at a gate the caller may not use: #GP(N*8+2) at the int. */
-        st->ctx_restore(uc, c);
-        uh_stop(st, UH_SOFT_GP);
-        return;
-    }
-    direct = lg_host_gate_direct(a, b);
-    if (!direct) {
-        st->ctx_restore(uc, c);
-        uh_stop(st, UH_TRAP);
-        return;
-    }
-    if (!st->native_direct || st->api == NULL) {
-        st->ctx_restore(uc, c);
-        uh_stop(st, UH_DIRECT);
-        return;
-    }
-    rc = uh_deliver(st, c, intno, a, b, !is_int && lg_has_err(intno), err, cpl);
     st->ctx_restore(uc, c);   /* the handler's state, or the trap's untouched */
-    if (rc != 0) {
-        uh_stop(st, rc);
-        return;
-    }
-    st->direct_counts[intno]++;
+    if (reason != 0) uh_stop(st, reason);
 }
 
 static int uh_on_invalid(uh_engine *uc, void *user) {
@@ -442,6 +440,84 @@ static void uh_validate_seg(uh_state *st, uint8_t *c, int seg, int cpl) {
     }
 }
 
+/* Steps 1 and 2 of uh_run: load the guest's segments into the saved context
+ * as the Switcher's pops and iretd would, then its registers into the CPU.
+ * 0, or the trap the CPU would have raised (st->errcode set); on a refusal
+ * the CPU state is untouched (c is not restored). */
+static int uh_enter(uh_state *st, uint8_t *c) {
+    static const int data_order[4] = {S_GS, S_FS, S_ES, S_DS};
+    static const int data_reg[4] = {LG_R_GS, LG_R_FS, LG_R_ES, LG_R_DS};
+    uint32_t *r = st->regs;
+    uint32_t v, cs = r[LG_R_CS] & 0xFFFF, ss = r[LG_R_SS] & 0xFFFF;
+    int i, cpl, trap;
+    /* 1. The data segments, as the pops at CPL 0 load them. */
+    for (i = 0; i < 4; i++) {
+        trap = uh_entry_seg(st, c, data_order[i], r[data_reg[i]] & 0xFFFF, 0, 0);
+        if (trap) return trap;
+    }
+    /* 2. CS then SS, as iretd checks them; never CPL 0. */
+    if ((cs & 3) == 0 && (cs & 0xFFFC) != 0) { st->errcode = cs & 0xFFFC; return 13; }
+    trap = uh_entry_seg(st, c, S_CS, cs, 1, 0);
+    if (trap) return trap;
+    cpl = (int)(cs & 3);
+    trap = uh_entry_seg(st, c, S_SS, ss, 2, cpl);
+    if (trap) return trap;
+    for (i = 0; i < 4; i++) uh_validate_seg(st, c, data_order[i], cpl);
+    uh_fix_hflags(st, c);
+    lg_store32(c + st->off_oldexc, 0xFFFFFFFFu);
+    uh_st64(c + st->off_eip, r[LG_R_EIP]);
+    st->ctx_restore(st->uc, c);
+    for (i = LG_R_EAX; i <= LG_R_EBP; i++) st->reg_write(st->uc, st->reg_ids[i], &r[i]);
+    st->reg_write(st->uc, st->reg_ids[LG_R_ESP], &r[LG_R_ESP]);
+    /* what iretd at CPL 0 loads: the guest's flags, IF on, IOPL 0, no NT/VM */
+    v = (r[LG_R_EFLAGS] & UH_EFLAGS_KEEP) | LG_X86_EFLAGS_IF | 2u;
+    st->reg_write(st->uc, st->reg_ids[LG_R_EFLAGS], &v);
+    return 0;
+}
+
+/* Step 3: run from eip until a hook stops the guest, flushing the
+ * translation cache when it nears full (see uh_on_block): the guest stopped
+ * at a block start and resumes there with its state untouched.  Unicorn's
+ * uc_err. */
+static int uh_emulate(uh_state *st, uint32_t eip) {
+    int err;
+    if (*st->code_gen_ptr + st->tb_guard > *st->code_gen_highwater) {
+        st->ctl(st->uc, UH_CTL_TB_FLUSH); st->stops[UH_FLUSH]++;
+    }
+    for (;;) {
+        *st->tb_cflags = st->tb_max_insns;
+        err = st->emu_start(st->uc, eip, st->until_va, 0, 0);
+        if (err || st->reason != UH_FLUSH) return err;
+        st->ctl(st->uc, UH_CTL_TB_FLUSH);       /* counted by uh_stop */
+        st->reason = UH_NONE;
+        st->reg_read(st->uc, st->reg_ids[LG_R_EIP], &eip);
+    }
+}
+
+/* Step 4: the guest's registers at the stop, into st->regs; a stop in
+ * virtual-8086 mode or at CPL 0 is reported as such, whatever stopped it. */
+static void uh_exit_state(uh_state *st) {
+    uint32_t *r = st->regs, v;
+    int i;
+    for (i = 0; i < LG_NUM_REGS; i++) {
+        if (st->reg_ids[i] >= 0) {
+            v = 0; st->reg_read(st->uc, st->reg_ids[i], &v);
+            r[i] = (i >= LG_R_GS && i <= LG_R_ES) || i == LG_R_CS || i == LG_R_SS ? (v & 0xFFFF) : v;
+        }
+    }
+    /* Virtual-8086 mode: Unicorn's iret takes EFLAGS.VM from the popped
+     * image at any CPL (QEMU's helper_ret_protected goes to
+     * return_to_vm86), where the CPU ignores it unless CPL is 0.  The
+     * guest then runs real-mode segments at CPL 3: no privilege, but a
+     * state lguest never supports (and whose cs has no RPL, so it could
+     * pass for CPL 0 below).  CPL 0 itself is impossible (see uh_on_block). */
+    if (r[LG_R_EFLAGS] & UH_EFLAGS_VM) {
+        if (st->reason != UH_VM86) { st->reason = UH_VM86; st->stops[UH_VM86]++; }
+    } else if ((r[LG_R_CS] & 3) == 0 && st->reason != UH_RING0) {
+        st->reason = UH_RING0; st->stops[UH_RING0]++;
+    }
+}
+
 /* Enter the guest at st->regs and run it until a hook stops it.
  * Returns Unicorn's uc_err.
  *
@@ -456,12 +532,8 @@ static void uh_validate_seg(uh_state *st, uint8_t *c, int seg, int cpl) {
  * trap it would have raised; a code segment of RPL 0 (guest code at
  * CPL 0) is refused the same way (#GP). */
 static int uh_run(uh_state *st) {
-    uint8_t *c = st->ctx;
     uint32_t *r = st->regs;
-    uint32_t v, cs, ss;
-    int i, err, cpl, trap;
-    static const int data_order[4] = {S_GS, S_FS, S_ES, S_DS};
-    static const int data_reg[4] = {LG_R_GS, LG_R_FS, LG_R_ES, LG_R_DS};
+    int err = 0, trap;
     st->reason = UH_NONE;
     st->trapnum = 256; st->errcode = 0; st->is_int = 0;
     if (__atomic_load_n(&st->stop_flag, __ATOMIC_SEQ_CST)) {
@@ -470,75 +542,19 @@ static int uh_run(uh_state *st) {
         return 0;
     }
     if (st->slice_ns) st->slice_end = lg_monotonic_ns() + st->slice_ns;
-    st->ctx_save(st->uc, c);
-    /* 1. The data segments, as the pops at CPL 0 load them. */
-    for (i = 0; i < 4; i++) {
-        trap = uh_entry_seg(st, c, data_order[i], r[data_reg[i]] & 0xFFFF, 0, 0);
-        if (trap) goto refused;
-    }
-    /* 2. CS then SS, as iretd checks them; never CPL 0. */
-    cs = r[LG_R_CS] & 0xFFFF; ss = r[LG_R_SS] & 0xFFFF;
-    if ((cs & 3) == 0 && (cs & 0xFFFC) != 0) { trap = 13; st->errcode = cs & 0xFFFC; goto refused; }
-    trap = uh_entry_seg(st, c, S_CS, cs, 1, 0);
-    if (trap) goto refused;
-    cpl = (int)(cs & 3);
-    trap = uh_entry_seg(st, c, S_SS, ss, 2, cpl);
-    if (trap) goto refused;
-    for (i = 0; i < 4; i++) uh_validate_seg(st, c, data_order[i], cpl);
-    uh_fix_hflags(st, c);
-    lg_store32(c + st->off_oldexc, 0xFFFFFFFFu);
-    uh_st64(c + st->off_eip, r[LG_R_EIP]);
-    st->ctx_restore(st->uc, c);
-    for (i = LG_R_EAX; i <= LG_R_EBP; i++) st->reg_write(st->uc, st->reg_ids[i], &r[i]);
-    st->reg_write(st->uc, st->reg_ids[LG_R_ESP], &r[LG_R_ESP]);
-    /* what iretd at CPL 0 loads: the guest's flags, IF on, IOPL 0, no NT/VM */
-    v = (r[LG_R_EFLAGS] & UH_EFLAGS_KEEP) | LG_X86_EFLAGS_IF | 2u;
-    st->reg_write(st->uc, st->reg_ids[LG_R_EFLAGS], &v);
-    /* 3. Run, flushing the translation cache when it nears full (see
-     *    uh_on_block); the guest stopped at a block start and resumes
-     *    there with its state untouched. */
-    v = r[LG_R_EIP];
-    if (*st->code_gen_ptr + st->tb_guard > *st->code_gen_highwater) {
-        st->ctl(st->uc, UH_CTL_TB_FLUSH); st->stops[UH_FLUSH]++;
-    }
-    for (;;) {
-        *st->tb_cflags = st->tb_max_insns;
-        err = st->emu_start(st->uc, v, st->until_va, 0, 0);
-        if (err || st->reason != UH_FLUSH) break;
-        st->ctl(st->uc, UH_CTL_TB_FLUSH);       /* counted by uh_stop */
-        st->reason = UH_NONE;
-        st->reg_read(st->uc, st->reg_ids[LG_R_EIP], &v);
-    }
-    /* 4. The guest's state at the stop; a stop at CPL 0 (impossible, see
-     *    uh_on_block) is reported as such, whatever stopped it. */
-    for (i = 0; i < LG_NUM_REGS; i++) {
-        if (st->reg_ids[i] >= 0) {
-            v = 0; st->reg_read(st->uc, st->reg_ids[i], &v);
-            r[i] = (i >= LG_R_GS && i <= LG_R_ES) || i == LG_R_CS || i == LG_R_SS ? (v & 0xFFFF) : v;
-        }
-    }
-    /* Virtual-8086 mode: Unicorn's iret takes EFLAGS.VM from the popped
-     * image at any CPL (QEMU's helper_ret_protected goes to
-     * return_to_vm86), where the CPU ignores it unless CPL is 0.  The
-     * guest then runs real-mode segments at CPL 3: no privilege, but a
-     * state lguest never supports (and whose cs has no RPL, so it could
-     * pass for CPL 0 below).  Whatever stopped it, report that. */
-    if (r[LG_R_EFLAGS] & UH_EFLAGS_VM) {
-        if (st->reason != UH_VM86) { st->reason = UH_VM86; st->stops[UH_VM86]++; }
-    } else if ((r[LG_R_CS] & 3) == 0 && st->reason != UH_RING0) {
-        st->reason = UH_RING0; st->stops[UH_RING0]++;
+    st->ctx_save(st->uc, st->ctx);
+    trap = uh_enter(st, st->ctx);
+    if (trap) {
+        /* The guest never ran: its registers and the CPU stay as they were. */
+        st->trapnum = (uint32_t)trap;
+        st->reason = UH_SWITCHER; st->stops[UH_SWITCHER]++;
+    } else {
+        err = uh_emulate(st, r[LG_R_EIP]);
+        uh_exit_state(st);
     }
     r[LG_R_TRAPNUM] = st->trapnum;
     r[LG_R_ERRCODE] = st->errcode;
     return err;
-refused:
-    /* The guest never ran: its registers stay as they were.  The CPU
-     * state is untouched too (c is not restored). */
-    st->trapnum = (uint32_t)trap;
-    st->reason = UH_SWITCHER; st->stops[UH_SWITCHER]++;
-    r[LG_R_TRAPNUM] = st->trapnum;
-    r[LG_R_ERRCODE] = st->errcode;
-    return 0;
 }
 
 #endif /* LGUEST_UCHOOK_H */

@@ -212,8 +212,8 @@ cdef class NativeHooks:
             raise RuntimeError("NativeHooks is already initialised")
         if not uc_handle or not ctx_alloc:
             raise ValueError("NativeHooks needs an engine and a context")
-        if len(reg_ids) != 18:
-            raise ValueError("reg_ids needs 18 entries")
+        if len(reg_ids) != NUM_REGS:
+            raise ValueError(f"reg_ids needs {NUM_REGS} entries")
         sw = switcher   # a writable, contiguous buffer (TypeError/ValueError otherwise)
         if switcher_size <= 0 or sw.shape[0] < switcher_size or gdt_offset < 0 or gdt_offset + 32 * 8 > switcher_size:
             raise ValueError("the Switcher buffer does not hold the layout")
@@ -241,7 +241,7 @@ cdef class NativeHooks:
         self.st.code_gen_highwater = <uint8_t **>_ptr(internals["code_gen_highwater"])
         self.st.tb_max_insns = internals["tb_max_insns"]
         self.st.tb_guard = internals["tb_guard"]
-        for i in range(18):
+        for i in range(NUM_REGS):
             self.st.reg_ids[i] = reg_ids[i]
         self.st.reg_cr2 = reg_cr2
         self.st.off_regs = layout["regs"]
@@ -373,7 +373,7 @@ cdef class NativeHooks:
         cdef lg_native_api *api = NULL
         from .memory import GuestMemory
         self._check_idle()
-        arrays = {"regs": (regs_array, (18,)), "host IDT": (host_idt, (256, 2)), "guest IDT": (guest_idt, (256, 2))}
+        arrays = {"regs": (regs_array, (NUM_REGS,)), "host IDT": (host_idt, (256, 2)), "guest IDT": (guest_idt, (256, 2))}
         for name, (arr, shape) in arrays.items():
             if not isinstance(arr, np.ndarray) or arr.dtype != np.uint32:
                 raise TypeError(f"the {name} must be a numpy uint32 array")
