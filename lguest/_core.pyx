@@ -43,7 +43,7 @@ from . import messages as _messages
 from . import validate as _validate
 from ._clock import NativeClock, native_clock  # NativeClock: re-exported for lguest._core users
 from ._regs import Regs  # the Python face of struct lguest_regs
-from .vectors import _check_vector
+from .validate import check_vector as _check_vector
 
 NAME = "cython"
 
@@ -375,7 +375,6 @@ cdef class Guest:
     cdef object _custom_dead
     cdef object _dead_cache
     cdef int64_t[::1] _clock_cell   # held for life: the cell cannot be resized under the raw pointer
-    cdef dict __dict__
     cdef object __weakref__
 
     def __init__(self, host, memory, *, page_offset=0xC0000000, clock=None):
@@ -685,7 +684,6 @@ cdef class Cpu(CpuTimer):
     cdef bint _hcall_pending
     cdef int _next_hcall
     cdef bint _break_out
-    cdef dict __dict__
     cdef object __weakref__
 
     def __init__(self, guest, id=0):
@@ -930,6 +928,24 @@ cdef class Cpu(CpuTimer):
         self._check_mem()
         return lg_deliver_trap(&self.c, n)
 
+    def setup_regs(self, start):
+        """lguest_arch_setup_regs: the registers a new guest starts with.
+
+        Kernel segments at the guest's privilege level (cs 0x61, ds = es =
+        ss 0x69), interrupts on (eflags 0x202: IF and the always-one bit),
+        eip = ``start``; every other word, the trap number included, zero.
+        The cs RPL of 1 is what marks the guest kernel: the first vmcall is
+        patched only from there."""
+        self._check_ready()
+        cdef uint32_t eip = to_u32(start, "start")
+        memset(self.c.regs, 0, sizeof(lg_regs))
+        self.c.regs.ds = GUEST_DS
+        self.c.regs.es = GUEST_DS
+        self.c.regs.ss = GUEST_DS
+        self.c.regs.cs = GUEST_CS
+        self.c.regs.eflags = X86_EFLAGS_IF | 2
+        self.c.regs.eip = eip
+
     def pin_stack_pages(self):
         self._check_ready()
         self._check_mem()
@@ -973,12 +989,6 @@ cdef class Cpu(CpuTimer):
             raise ValueError(f"irq {i} out of range 0..{LGUEST_IRQS - 1}")
         lg_atomic_or(&self.c.irqs_pending, <uint32_t>1 << <unsigned>i)
         self._wake()
-
-    def run(self, backend, *, timeout=None):
-        """Run the guest through ``backend`` (see lguest.run.run_guest)."""
-        self._check_ready()
-        from .run import run_guest
-        return run_guest(self, backend, timeout=timeout)
 
     def __repr__(self):
         if not self._ready:

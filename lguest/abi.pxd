@@ -8,6 +8,7 @@ cdef extern from "lguest/abi.h" nogil:
     enum:
         GUEST_PL "LG_GUEST_PL"
         GUEST_CS "LG_GUEST_CS"
+        GUEST_DS "LG_GUEST_DS"
         LGUEST_CS "LG_LGUEST_CS"
         LGUEST_TRAP_ENTRY "LG_LGUEST_TRAP_ENTRY"
         SYSCALL_VECTOR "LG_SYSCALL_VECTOR"

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from .constants import SYSCALL_VECTOR
-from .vectors import Host, UsedVectors, VectorBusy
+from .host.vectors import Host, UsedVectors, VectorBusy
 
 PROG = "lguest"
 _SUFFIXES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -188,14 +188,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         launcher = UnicornLauncher(memory=args.memory, syscall_vector=vector, page_offset=args.page_offset,
-                                   clock=args.clock, console=console)
+                                   clock=args.clock, console=console, trace_size=64 if args.trace else 0)
         launcher.__enter__()
     except VectorBusy as exc:
         print(_busy_line(exc), file=sys.stderr)
         return 1
     try:
-        if args.trace:
-            launcher.cpu.stats = __import__("lguest.stats", fromlist=["Stats"]).Stats(trace_size=64)
         launcher.load_elf(args.image)
         stop = threading.Event()
         ticker = None
@@ -214,9 +212,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             print_summary(stats, elapsed)
         else:
             print_brief(stats, elapsed)
-        if args.trace and launcher.cpu.stats.trace:
+        trace = launcher.run_stats.trace if args.trace else None
+        if trace:
             print("\nlast events (time_ns, vector, eip, kind):")
-            for ev in launcher.cpu.stats.trace:
+            for ev in trace:
                 print(f"  {ev.time_ns:>16} {ev.vector:>4} {ev.eip:#010x} {ev.kind}")
     finally:
         launcher.__exit__(None, None, None)

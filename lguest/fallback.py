@@ -24,6 +24,7 @@ from .constants import (
     FIRST_EXTERNAL_VECTOR,
     GDT_ENTRIES,
     GUEST_CS,
+    GUEST_DS,
     GUEST_PL,
     IDT_ENTRIES,
     LD_BLOCKED_INTERRUPTS,
@@ -41,9 +42,11 @@ from .constants import (
     PAGE_SIZE,
     PAGE_TABLE,
     R_CS,
+    R_DS,
     R_EFLAGS,
     R_EIP,
     R_ERRCODE,
+    R_ES,
     R_ESP,
     R_SS,
     REG_NAMES,
@@ -52,12 +55,8 @@ from .constants import (
     X86_EFLAGS_IF,
     is_direct_trap,
 )
-from .validate import (
-    as_defaults as _as_defaults,
-)
-from .validate import (
-    as_idt as _as_idt,
-)
+from .validate import as_defaults as _as_defaults
+from .validate import as_idt as _as_idt
 from .validate import (
     check_regs_array,
     clock_cell,
@@ -69,10 +68,8 @@ from .validate import (
     to_range,
     to_timeout,
 )
-from .validate import (
-    to_u32 as _check_u32,
-)
-from .vectors import _check_vector
+from .validate import check_vector as _check_vector
+from .validate import to_u32 as _check_u32
 
 NAME = "python"
 U32 = 0xFFFFFFFF
@@ -225,6 +222,9 @@ class Guest:
         d = self.__dict__
         if "_init" not in d:
             raise not_initialised(self)
+        if "_ready" in d and name not in d and not hasattr(type(self), name):
+            # As the compiled Guest (no __dict__): no attributes beyond its own.
+            raise AttributeError(f"'Guest' object has no attribute {name!r}")
         if name in _GUEST_U32_FIELDS:
             value = _check_u32(value, name)
         elif name == "restart":
@@ -463,6 +463,9 @@ class Cpu:
         d = self.__dict__
         if "_init" not in d:
             raise not_initialised(self)
+        if "_ready" in d and name not in d and not hasattr(type(self), name):
+            # As the compiled Cpu (no __dict__): no attributes beyond its own.
+            raise AttributeError(f"'Cpu' object has no attribute {name!r}")
         if name in _CPU_BOOL_FIELDS:
             value = bool(value)
         elif name in _CPU_U32_FIELDS:
@@ -661,6 +664,22 @@ class Cpu:
         return True
 
     # --- stacks ---------------------------------------------------------------------
+    def setup_regs(self, start: int) -> None:
+        """lguest_arch_setup_regs: the registers a new guest starts with.
+
+        Kernel segments at the guest's privilege level (cs 0x61, ds = es =
+        ss 0x69), interrupts on (eflags 0x202: IF and the always-one bit),
+        eip = ``start``; every other word, the trap number included, zero.
+        The cs RPL of 1 is what marks the guest kernel: the first vmcall is
+        patched only from there."""
+        r = self.regs.array  # first: a half-built Cpu raises, whatever start is
+        start = _check_u32(start, "start")
+        r[:] = 0
+        r[R_DS] = r[R_ES] = r[R_SS] = GUEST_DS
+        r[R_CS] = GUEST_CS
+        r[R_EFLAGS] = X86_EFLAGS_IF | 2
+        r[R_EIP] = start
+
     def pin_stack_pages(self) -> None:
         g = self.guest
         g._mem()
@@ -764,12 +783,6 @@ class Cpu:
             raise ValueError(f"irq {irq} out of range 0..{LGUEST_IRQS - 1}")
         self._set_pending(irq)
         self.wake()
-
-    def run(self, backend: Any, *, timeout: float | None = None) -> Any:
-        """Run the guest through ``backend`` (see lguest.run.run_guest)."""
-        from .run import run_guest
-
-        return run_guest(self, backend, timeout=timeout)
 
     def __repr__(self) -> str:
         if "_ready" not in self.__dict__:

@@ -10,38 +10,10 @@ import threading
 import time
 
 import pytest
+from lgtest import EIP, IRQ_HANDLER, LD, LD_HCALL_STATUS, hc, set_regs
 
-from lguest.launcher import Launcher, RunResult
-from lguest.run import Backend, ScriptedBackend
-
-LD = 0x1000
-LD_IRQ_ENABLED, LD_BLOCKED, LD_STATUS = 0, 4, 20
-EIP = 0x5000
-STACK = 0x8000
-IRQ_HANDLER = 0x6000
-
-
-def set_regs(cpu, **values):
-    for name, value in values.items():
-        setattr(cpu.regs, name, value)
-
-
-def hc(n, a1=0, a2=0, a3=0):
-    return dict(eax=n, ebx=a1, ecx=a2, edx=a3, trapnum=31)
-
-
-def prepare(cpu, mem):
-    cpu.guest.lguest_data = LD
-    mem.write_u32(LD + LD_IRQ_ENABLED, 0x200)
-    mem.write_u32(LD + LD_BLOCKED, 0)
-    mem.write(LD + LD_STATUS, b"\xff" * 64)
-    set_regs(cpu, eip=EIP, cs=0x61, eflags=0x202, esp=STACK, ss=0x69, ds=0x69, es=0x69)
-    return cpu
-
-
-@pytest.fixture
-def kcpu(cpu, mem):
-    return prepare(cpu, mem)
+from lguest.host.launcher import Launcher, RunResult
+from lguest.host.run import Backend, ScriptedBackend
 
 
 def shutdown(mem, text, how=1, at=0x3000):
@@ -79,7 +51,7 @@ def test_console_from_the_async_ring(kcpu, mem):
     import struct
     mem.write(0x2000, b"ring\0")
     mem.write(LD + 84, struct.pack("<4I", 17, 0x2000, 0, 0))
-    mem.write(LD + LD_STATUS, b"\x00")
+    mem.write(LD + LD_HCALL_STATUS, b"\x00")
     backend = ScriptedBackend([hc(0), shutdown(mem, b"x")])
     launcher = Launcher(kcpu, backend)
     assert launcher.run(timeout=5) == RunResult("dead", "CRASH: x")
@@ -172,7 +144,7 @@ def test_console_limit_must_be_a_non_negative_int(kcpu, bad):
 def test_one_notify_reads_at_most_64_kib(kcpu, mem):
     # No NUL for 128 KiB: one NOTIFY prints the first NOTIFY_MAX bytes, and
     # a string that runs into the end of memory stops there.
-    from lguest.launcher import NOTIFY_MAX
+    from lguest.host.launcher import NOTIFY_MAX
     assert NOTIFY_MAX == 65536
     mem.write(0x10000, b"A" * (mem.size - 0x10000))
     chunks = []
@@ -313,3 +285,50 @@ def test_send_irq_is_thread_safe(kcpu):
     for t in threads:
         t.join()
     assert kcpu.irqs_pending == 0xFFFFFFFF
+
+
+# --- lguest_arch_setup_regs -------------------------------------------------------------------------
+def test_setup_regs_is_the_kernels(cpu):
+    cpu.regs.array[:] = 0xDEADBEEF
+    cpu.setup_regs(0x123456)
+    r = cpu.regs
+    assert (r.ds, r.es, r.ss, r.cs, r.eflags, r.eip) == (0x69, 0x69, 0x69, 0x61, 0x202, 0x123456)
+    assert [int(v) for i, v in enumerate(r.array) if i not in (9, 10, 17, 14, 15, 13)] == [0] * 12
+
+
+@pytest.mark.parametrize("bad, exc", [(-1, ValueError), (1 << 32, ValueError), ("0x10", TypeError),
+                                      (1.0, TypeError), (None, TypeError)])
+def test_setup_regs_refuses_what_is_not_a_u32_and_changes_nothing(cpu, bad, exc):
+    cpu.regs.eip = 0x777
+    with pytest.raises(exc):
+        cpu.setup_regs(bad)
+    assert cpu.regs.eip == 0x777 and cpu.regs.cs == 0
+
+
+def test_setup_regs_on_a_half_built_cpu_raises(core):
+    cpu = core.Cpu.__new__(core.Cpu)
+    with pytest.raises(RuntimeError):
+        cpu.setup_regs(0x1000)
+    with pytest.raises(RuntimeError):
+        cpu.setup_regs(-1)  # the same exception whatever the argument
+
+
+def test_launcher_with_a_start_sets_the_registers_so_the_first_vmcall_is_patched(cpu, mem):
+    # A cpu fresh from new_cpu() has every register 0 (cs RPL 0): its first
+    # vmcall (#UD) would not be patched and the guest would die with
+    # "unhandled trap 6".  Launcher(start=...) sets the registers as the
+    # kernel's LHREQ_INITIALIZE did, so the patch happens.
+    mem.write(EIP, b"\x0f\x01\xc1")
+    lg = Launcher(cpu, ScriptedBackend([6]), start=EIP)
+    assert (cpu.regs.cs, cpu.regs.eip, cpu.regs.eflags) == (0x61, EIP, 0x202)
+    res = lg.run(timeout=5)
+    assert res == RunResult("dead", "script finished")
+    assert mem.read(EIP, 3) == b"\xcd\x1f\x90"
+
+
+def test_launcher_without_a_start_leaves_the_registers(cpu, mem):
+    mem.write(EIP, b"\x0f\x01\xc1")
+    cpu.regs.eip = EIP
+    res = Launcher(cpu, ScriptedBackend([6])).run(timeout=5)
+    assert res == RunResult("dead", f"unhandled trap 6 at {EIP:#x} (0x0)")
+    assert mem.read(EIP, 3) == b"\x0f\x01\xc1"

@@ -23,6 +23,7 @@
 /* ---- privilege, selectors, vectors (ABI.md section 1) -------------------- */
 #define LG_GUEST_PL 1                /* the guest kernel runs in ring 1 */
 #define LG_GUEST_CS 0x61             /* KERNEL_CS | GUEST_PL */
+#define LG_GUEST_DS 0x69             /* KERNEL_DS | GUEST_PL: ds, es, ss */
 #define LG_LGUEST_CS 0x50            /* the Switcher's ring-0 code segment */
 #define LG_LGUEST_TRAP_ENTRY 0x1F    /* int $0x1f: the hypercall trap */
 #define LG_SYSCALL_VECTOR 0x80       /* Linux's system call vector */
