@@ -4,11 +4,13 @@
 #
 # Guest memory is only ever reached through these accessors: lg_range_ok is
 # lguest_address_ok, a failing lg_read32/lg_write32 kills the guest with the
-# kernel's reason (and reads give 0), and the lguest_data accessors fail
-# quietly like get_user/put_user (their callers decide whether that kills).
+# kernel's reason (and reads give 0), the lguest_data accessors fail quietly
+# like get_user/put_user (their callers decide whether that kills), and
+# guest_pa / pin_page walk the guest's page tables through lg_read32.
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 
-from lguest.abi cimport K_ALIVE, K_BAD_READ_ADDRESS, K_BAD_WRITE_ADDRESS, lg_regs
+from lguest.abi cimport (K_ALIVE, K_BAD_ADDRESS, K_BAD_PGD, K_BAD_PTE, K_BAD_READ_ADDRESS, K_BAD_STACK_PAGE,
+                         K_BAD_WRITE_ADDRESS, K_SWITCHER_PAGES, lg_regs)
 
 cdef extern from "_lgutil.h" nogil:
     void lg_atomic_or(uint32_t *p, uint32_t v) noexcept
@@ -111,3 +113,51 @@ cdef inline bint lg_ld_write(lg_guest *lg, uint32_t off, uint32_t val) noexcept 
         return False
     lg_store32(lg.mem + lg.lguest_data + off, val)
     return True
+
+
+# --- address translation (page_tables.c's guest_pa and pin_page) ------------------------------------------------------------
+cdef inline uint32_t lg_guest_pa(lg_guest *lg, uint32_t vaddr) noexcept nogil:
+    cdef uint32_t pgd, pte
+    if not lg.has_pgdir:
+        return vaddr - lg.page_offset
+    pgd = lg_read32(lg, lg.pgdir + (vaddr >> 22) * 4)
+    if not (pgd & PAGE_PRESENT):
+        lg_kill(lg, K_BAD_ADDRESS, vaddr, 0)
+        return 0xFFFFFFFF
+    pte = lg_read32(lg, (pgd & 0xFFFFF000U) + ((vaddr >> 12) & 0x3FF) * 4)
+    if not (pte & PAGE_PRESENT):
+        lg_kill(lg, K_BAD_ADDRESS, vaddr, 0)
+    return (pte & 0xFFFFF000U) | (vaddr & 0xFFF)
+
+cdef inline void lg_pin_page(lg_guest *lg, uint32_t vaddr) noexcept nogil:
+    cdef uint32_t pgd, pte, pte_addr
+    cdef uint64_t page
+    if not lg.has_pgdir:
+        page = lg_guest_pa(lg, vaddr) & 0xFFFFF000U
+        if page + PAGE_SIZE > lg.mem_size:
+            lg_kill(lg, K_BAD_STACK_PAGE, vaddr, 0)
+        return
+    # page_writable + demand_page(vaddr, write) without shadow tables, in
+    # the kernel's order (API.md): the Switcher's range first, whatever the
+    # guest's tables say; it touches no guest memory.
+    if vaddr >= 0xFFC00000U:
+        lg_kill(lg, K_SWITCHER_PAGES, 0, 0)
+        return
+    pgd = lg_read32(lg, lg.pgdir + (vaddr >> 22) * 4)
+    if not (pgd & PAGE_PRESENT):
+        lg_kill(lg, K_BAD_STACK_PAGE, vaddr, 0)
+        return
+    # check_gpgd kills but demand_page carries on with the walk (a bad pfn
+    # then fails the pte read, whose kill is already shadowed).
+    if (pgd & 0xFFF & ~(<uint32_t>PAGE_TABLE)) or (pgd >> 12) >= lg.pfn_limit:
+        lg_kill(lg, K_BAD_PGD, 0, 0)
+    pte_addr = (pgd & 0xFFFFF000U) + ((vaddr >> 12) & 0x3FF) * 4
+    pte = lg_read32(lg, pte_addr)
+    if not (pte & PAGE_PRESENT) or not (pte & PAGE_RW):
+        lg_kill(lg, K_BAD_STACK_PAGE, vaddr, 0)
+        return
+    if (pte & PAGE_PSE) or (pte >> 12) >= lg.pfn_limit:
+        lg_kill(lg, K_BAD_PTE, 0, 0)  # check_gpte; the pin counts as done
+        return
+    # It marks the pte accessed and dirty, as the MMU would.
+    lg_write32(lg, pte_addr, pte | PAGE_ACCESSED | PAGE_DIRTY)

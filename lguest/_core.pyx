@@ -13,17 +13,10 @@ them without the interpreter (through ``native_api``, whose table is
 ``struct lguest_native_api`` of lguest/include/lguest/abi.h); the classes
 below are their Python face.
 
-Where the rest of the compiled core is:
-
-* ``_core.pxd`` -- the C state (``lg_guest``, ``lg_cpu``) and the only
-  accessors of guest memory;
-* ``lguest/include/lguest/abi.h`` (``lguest/abi.pxd``) -- every fact shared
-  with C and Python: register order, kill codes, has_err, the direct-trap
-  and deliverable-irq rules, the native-API struct;
-* ``_regs.pyx`` -- :class:`Regs`, struct lguest_regs' Python face;
-* ``_clock.pyx`` -- the clock event and waker of a Cpu (its base class
-  ``CpuTimer``: ``set_clockevent``, ``wake``, ``wait_for_wakeup``) and the
-  native timer wheel, ``NativeClock``.
+Beside it: ``_core.pxd`` (the C state, and every access to guest memory
+and its page tables), ``lguest/include/lguest/abi.h`` (the facts shared with
+C and Python), ``_regs.pyx`` (``Regs``) and ``_clock.pyx`` (the Cpu's clock
+event and waker: its base class ``CpuTimer``; ``NativeClock``).
 """
 
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
@@ -46,54 +39,6 @@ from ._regs import Regs  # the Python face of struct lguest_regs
 from .validate import check_vector as _check_vector
 
 NAME = "cython"
-
-# --- address translation ------------------------------------------------------------
-cdef uint32_t lg_guest_pa(lg_guest *lg, uint32_t vaddr) noexcept nogil:
-    cdef uint32_t pgd, pte
-    if not lg.has_pgdir:
-        return vaddr - lg.page_offset
-    pgd = lg_read32(lg, lg.pgdir + (vaddr >> 22) * 4)
-    if not (pgd & PAGE_PRESENT):
-        lg_kill(lg, K_BAD_ADDRESS, vaddr, 0)
-        return 0xFFFFFFFF
-    pte = lg_read32(lg, (pgd & 0xFFFFF000U) + ((vaddr >> 12) & 0x3FF) * 4)
-    if not (pte & PAGE_PRESENT):
-        lg_kill(lg, K_BAD_ADDRESS, vaddr, 0)
-    return (pte & 0xFFFFF000U) | (vaddr & 0xFFF)
-
-cdef void lg_pin_page(lg_guest *lg, uint32_t vaddr) noexcept nogil:
-    cdef uint32_t pgd, pte, pte_addr
-    cdef uint64_t page
-    if not lg.has_pgdir:
-        page = lg_guest_pa(lg, vaddr) & 0xFFFFF000U
-        if page + PAGE_SIZE > lg.mem_size:
-            lg_kill(lg, K_BAD_STACK_PAGE, vaddr, 0)
-        return
-    # page_writable + demand_page(vaddr, write) without shadow tables, in
-    # the kernel's order (API.md): the Switcher's range first, whatever the
-    # guest's tables say; it touches no guest memory.
-    if vaddr >= 0xFFC00000U:
-        lg_kill(lg, K_SWITCHER_PAGES, 0, 0)
-        return
-    pgd = lg_read32(lg, lg.pgdir + (vaddr >> 22) * 4)
-    if not (pgd & PAGE_PRESENT):
-        lg_kill(lg, K_BAD_STACK_PAGE, vaddr, 0)
-        return
-    # check_gpgd kills but demand_page carries on with the walk (a bad pfn
-    # then fails the pte read, whose kill is already shadowed).
-    if (pgd & 0xFFF & ~(<uint32_t>PAGE_TABLE)) or (pgd >> 12) >= lg.pfn_limit:
-        lg_kill(lg, K_BAD_PGD, 0, 0)
-    pte_addr = (pgd & 0xFFFFF000U) + ((vaddr >> 12) & 0x3FF) * 4
-    pte = lg_read32(lg, pte_addr)
-    if not (pte & PAGE_PRESENT) or not (pte & PAGE_RW):
-        lg_kill(lg, K_BAD_STACK_PAGE, vaddr, 0)
-        return
-    if (pte & PAGE_PSE) or (pte >> 12) >= lg.pfn_limit:
-        lg_kill(lg, K_BAD_PTE, 0, 0)  # check_gpte; the pin counts as done
-        return
-    # It marks the pte accessed and dirty, as the MMU would.
-    lg_write32(lg, pte_addr, pte | PAGE_ACCESSED | PAGE_DIRTY)
-
 
 # --- the clock ----------------------------------------------------------------------
 cdef int64_t lg_now_ns(lg_guest *lg) noexcept nogil:

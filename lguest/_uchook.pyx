@@ -35,7 +35,7 @@ starts at the guest's eip.  No host code runs in the emulator, so every
 block is the guest's (see uh_on_block).
 """
 
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, int32_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memset
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
 
