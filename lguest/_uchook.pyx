@@ -157,6 +157,20 @@ cdef inline size_t _ptr(object v):
     return <size_t>int(v)
 
 
+cdef _check_addresses(funcs, internals):
+    """Every libunicorn entry point NativeHooks calls, and every engine field
+    it writes, must have an address (0 would be called or written)."""
+    for name in ("uc_hook_add", "uc_hook_del", "uc_emu_start", "uc_emu_stop", "uc_reg_read", "uc_reg_write",
+                 "uc_context_save", "uc_context_restore", "uc_ctl"):
+        if not funcs[name]:
+            raise ValueError(f"no address for {name}")
+    for name in ("tb_cflags", "code_gen_ptr", "code_gen_highwater"):
+        if not internals[name]:
+            raise ValueError(f"no address for {name}")
+    if not 1 <= internals["tb_max_insns"] <= 512 or internals["tb_guard"] <= 0:
+        raise ValueError("tb_max_insns must be 1..512 and tb_guard positive")
+
+
 cdef class NativeHooks:
     """The native half of lguest.unicorn's backend: state shared with the C
     hooks, the entry/exit sequence and the counters.  Built by
@@ -206,7 +220,6 @@ cdef class NativeHooks:
         ``switcher``: the writable buffer (an mmap) holding the host
         structures, pinned (so it cannot be unmapped) until close();
         ``uc_owner``: the object owning the engine, kept alive likewise."""
-        cdef int i
         cdef unsigned char[::1] sw
         if self.state != 0:
             raise RuntimeError("NativeHooks is already initialised")
@@ -217,42 +230,11 @@ cdef class NativeHooks:
         sw = switcher   # a writable, contiguous buffer (TypeError/ValueError otherwise)
         if switcher_size <= 0 or sw.shape[0] < switcher_size or gdt_offset < 0 or gdt_offset + 32 * 8 > switcher_size:
             raise ValueError("the Switcher buffer does not hold the layout")
-        for name in ("uc_hook_add", "uc_hook_del", "uc_emu_start", "uc_emu_stop", "uc_reg_read", "uc_reg_write",
-                     "uc_context_save", "uc_context_restore", "uc_ctl"):
-            if not funcs[name]:
-                raise ValueError(f"no address for {name}")
-        for name in ("tb_cflags", "code_gen_ptr", "code_gen_highwater"):
-            if not internals[name]:
-                raise ValueError(f"no address for {name}")
-        if not 1 <= internals["tb_max_insns"] <= 512 or internals["tb_guard"] <= 0:
-            raise ValueError("tb_max_insns must be 1..512 and tb_guard positive")
-        self.st.uc = <uh_engine *>_ptr(uc_handle)
-        self.st.hook_add = <uh_hook_add_t>_ptr(funcs["uc_hook_add"])
-        self.st.hook_del = <uh_hook_del_t>_ptr(funcs["uc_hook_del"])
-        self.st.emu_start = <uh_emu_start_t>_ptr(funcs["uc_emu_start"])
-        self.st.emu_stop = <uh_emu_stop_t>_ptr(funcs["uc_emu_stop"])
-        self.st.reg_read = <uh_reg_read_t>_ptr(funcs["uc_reg_read"])
-        self.st.reg_write = <uh_reg_write_t>_ptr(funcs["uc_reg_write"])
-        self.st.ctx_save = <uh_context_io_t>_ptr(funcs["uc_context_save"])
-        self.st.ctx_restore = <uh_context_io_t>_ptr(funcs["uc_context_restore"])
-        self.st.ctl = <uh_ctl_t>_ptr(funcs["uc_ctl"])
-        self.st.tb_cflags = <uint32_t *>_ptr(internals["tb_cflags"])
-        self.st.code_gen_ptr = <uint8_t **>_ptr(internals["code_gen_ptr"])
-        self.st.code_gen_highwater = <uint8_t **>_ptr(internals["code_gen_highwater"])
-        self.st.tb_max_insns = internals["tb_max_insns"]
-        self.st.tb_guard = internals["tb_guard"]
-        for i in range(NUM_REGS):
-            self.st.reg_ids[i] = reg_ids[i]
-        self.st.reg_cr2 = reg_cr2
-        self.st.off_regs = layout["regs"]
-        self.st.off_eip = layout["eip"]
-        self.st.off_eflags = layout["eflags"]
-        self.st.off_hflags = layout["hflags"]
-        self.st.off_segs = layout["segs"]
-        self.st.seg_stride = layout["seg_stride"]
-        self.st.off_err = layout["error_code"]
-        self.st.off_isint = layout["exception_is_int"]
-        self.st.off_oldexc = layout["old_exception"]
+        _check_addresses(funcs, internals)
+        # state stays 0 until the end: should a layout key or an address still
+        # fail below, every method refuses the half-set instance.
+        self._set_engine(uc_handle, funcs, internals)
+        self._set_layout(reg_ids, reg_cr2, layout)
         self.st.switcher = &sw[0]
         self.st.switcher_va = switcher_va
         self.st.switcher_size = switcher_size
@@ -271,6 +253,40 @@ cdef class NativeHooks:
         self.insn_in = insn_in
         self.insn_out = insn_out
         self.state = 1
+
+    cdef _set_engine(self, uc_handle, funcs, internals):
+        """libunicorn's entry points, and the translator fields uh_on_block writes."""
+        self.st.uc = <uh_engine *>_ptr(uc_handle)
+        self.st.hook_add = <uh_hook_add_t>_ptr(funcs["uc_hook_add"])
+        self.st.hook_del = <uh_hook_del_t>_ptr(funcs["uc_hook_del"])
+        self.st.emu_start = <uh_emu_start_t>_ptr(funcs["uc_emu_start"])
+        self.st.emu_stop = <uh_emu_stop_t>_ptr(funcs["uc_emu_stop"])
+        self.st.reg_read = <uh_reg_read_t>_ptr(funcs["uc_reg_read"])
+        self.st.reg_write = <uh_reg_write_t>_ptr(funcs["uc_reg_write"])
+        self.st.ctx_save = <uh_context_io_t>_ptr(funcs["uc_context_save"])
+        self.st.ctx_restore = <uh_context_io_t>_ptr(funcs["uc_context_restore"])
+        self.st.ctl = <uh_ctl_t>_ptr(funcs["uc_ctl"])
+        self.st.tb_cflags = <uint32_t *>_ptr(internals["tb_cflags"])
+        self.st.code_gen_ptr = <uint8_t **>_ptr(internals["code_gen_ptr"])
+        self.st.code_gen_highwater = <uint8_t **>_ptr(internals["code_gen_highwater"])
+        self.st.tb_max_insns = internals["tb_max_insns"]
+        self.st.tb_guard = internals["tb_guard"]
+
+    cdef _set_layout(self, reg_ids, reg_cr2, layout):
+        """Unicorn's register ids (lguest_regs order) and the measured uc_context offsets."""
+        cdef int i
+        for i in range(NUM_REGS):
+            self.st.reg_ids[i] = reg_ids[i]
+        self.st.reg_cr2 = reg_cr2
+        self.st.off_regs = layout["regs"]
+        self.st.off_eip = layout["eip"]
+        self.st.off_eflags = layout["eflags"]
+        self.st.off_hflags = layout["hflags"]
+        self.st.off_segs = layout["segs"]
+        self.st.seg_stride = layout["seg_stride"]
+        self.st.off_err = layout["error_code"]
+        self.st.off_isint = layout["exception_is_int"]
+        self.st.off_oldexc = layout["old_exception"]
 
     cdef int _check(self) except -1:
         if self.state == 0:
