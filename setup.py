@@ -4,7 +4,7 @@
   Python face and the native API (``lguest/_core.pyx``);
 * ``lguest._clock`` -- the native timer wheel and ``NativeClock``;
 * ``lguest._memory`` -- the buffer exporter of ``GuestMemory``;
-* ``lguest._uchook`` -- the native Unicorn hooks (no Unicorn headers or
+* ``lguest.unicorn._uchook`` -- the native Unicorn hooks (no Unicorn headers or
   library at build time: it calls libunicorn through function pointers
   handed over at run time).
 
@@ -32,13 +32,14 @@ if os.environ.get("LGUEST_SANITIZE"):
 
 # Every hand-written header and declaration file: a change to any rebuilds
 # the extensions (they are few and small; precise lists would drift).
-HEADERS = sorted(glob("lguest/*.h") + glob("lguest/include/lguest/*.h") + glob("lguest/*.pxd"))
+HEADERS = sorted(glob("lguest/**/*.h", recursive=True) + glob("lguest/**/*.pxd", recursive=True))
 
 
 def extension(name: str) -> Extension:
+    """``name``: the module's dotted path under lguest (e.g. "unicorn._uchook")."""
     return Extension(
         f"lguest.{name}",
-        [f"lguest/{name}.pyx"],
+        [f"lguest/{name.replace('.', '/')}.pyx"],
         include_dirs=["lguest/include", "lguest"],
         depends=HEADERS,
         extra_compile_args=extra_compile,
@@ -46,6 +47,6 @@ def extension(name: str) -> Extension:
     )
 
 
-extensions = [extension(name) for name in ("_clock", "_memory", "_regs", "_core", "_uchook")]
+extensions = [extension(name) for name in ("_clock", "_memory", "_regs", "_core", "unicorn._uchook")]
 
 setup(ext_modules=cythonize(extensions, compiler_directives={"language_level": "3"}))
