@@ -18,6 +18,7 @@ from types import ModuleType
 from . import fallback
 from .clock import SystemClock, VirtualClock, system_clock
 from .constants import *  # noqa: F403 - the ABI numbers are part of the API
+from .gates import Gate, decode_gate, gate
 from .memory import GuestMemory
 from .vectors import Host, UsedVectors, VectorBusy
 
@@ -96,5 +97,6 @@ __all__ = [  # noqa: RUF022 - grouped by topic, constants come from lguest.const
     "GuestMemory", "Host", "UsedVectors", "VectorBusy",
     "SystemClock", "VirtualClock", "NativeClock", "system_clock",
     "Guest", "Cpu", "Regs",
+    "gate", "decode_gate", "Gate",
     "has_err", "idt_address", "idt_type", "idt_present", "default_idt_entry", "setup_default_idt_entries",
 ] + [name for name in dir() if name.isupper() and not name.startswith("_")]
