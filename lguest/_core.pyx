@@ -249,6 +249,7 @@ cdef extern from *:
 cdef enum:
     GUEST_PL = 1
     GUEST_CS = 0x61
+    GUEST_DS = 0x69
     LGUEST_CS = 0x50
     LGUEST_TRAP_ENTRY = 0x1F
     SYSCALL_VECTOR = 0x80
@@ -1517,6 +1518,24 @@ cdef class Cpu:
         cdef uint32_t n = to_u32(num, "num")
         self._check_mem()
         return lg_deliver_trap(&self.c, n)
+
+    def setup_regs(self, start):
+        """lguest_arch_setup_regs: the registers a new guest starts with.
+
+        Kernel segments at the guest's privilege level (cs 0x61, ds = es =
+        ss 0x69), interrupts on (eflags 0x202: IF and the always-one bit),
+        eip = ``start``; every other word, the trap number included, zero.
+        The cs RPL of 1 is what marks the guest kernel: the first vmcall is
+        patched only from there."""
+        self._check_ready()
+        cdef uint32_t eip = to_u32(start, "start")
+        memset(self.c.regs, 0, sizeof(lg_regs))
+        self.c.regs.ds = GUEST_DS
+        self.c.regs.es = GUEST_DS
+        self.c.regs.ss = GUEST_DS
+        self.c.regs.cs = GUEST_CS
+        self.c.regs.eflags = X86_EFLAGS_IF | 2
+        self.c.regs.eip = eip
 
     def pin_stack_pages(self):
         self._check_ready()

@@ -130,6 +130,8 @@ U32 = 0xFFFFFFFF
 # them, for `lguest vectors`.
 HOST_VECTOR_OWNERS: dict[int, str] = {
     **{v: "CPU exception" for v in range(0x00, 0x20)},
+    # set_intr_gate plus a direct set_bit in used_vectors at boot (SMP + local APIC)
+    0x20: "IRQ move cleanup",
     0x80: "Linux system call",
     0xEF: "local APIC timer",
     **{v: "TLB invalidate IPI" for v in range(0xF0, 0xF8)},

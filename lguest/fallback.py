@@ -24,6 +24,7 @@ from .constants import (
     FIRST_EXTERNAL_VECTOR,
     GDT_ENTRIES,
     GUEST_CS,
+    GUEST_DS,
     GUEST_PL,
     IDT_ENTRIES,
     LD_BLOCKED_INTERRUPTS,
@@ -41,9 +42,11 @@ from .constants import (
     PAGE_SIZE,
     PAGE_TABLE,
     R_CS,
+    R_DS,
     R_EFLAGS,
     R_EIP,
     R_ERRCODE,
+    R_ES,
     R_ESP,
     R_SS,
     REG_NAMES,
@@ -662,6 +665,22 @@ class Cpu:
         return True
 
     # --- stacks ---------------------------------------------------------------------
+    def setup_regs(self, start: int) -> None:
+        """lguest_arch_setup_regs: the registers a new guest starts with.
+
+        Kernel segments at the guest's privilege level (cs 0x61, ds = es =
+        ss 0x69), interrupts on (eflags 0x202: IF and the always-one bit),
+        eip = ``start``; every other word, the trap number included, zero.
+        The cs RPL of 1 is what marks the guest kernel: the first vmcall is
+        patched only from there."""
+        r = self.regs.array  # first: a half-built Cpu raises, whatever start is
+        start = _check_u32(start, "start")
+        r[:] = 0
+        r[R_DS] = r[R_ES] = r[R_SS] = GUEST_DS
+        r[R_CS] = GUEST_CS
+        r[R_EFLAGS] = X86_EFLAGS_IF | 2
+        r[R_EIP] = start
+
     def pin_stack_pages(self) -> None:
         g = self.guest
         g._mem()

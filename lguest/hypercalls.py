@@ -54,6 +54,7 @@ from .constants import (
     LHCALL_SHUTDOWN,
     LHCALL_TS,
     RESERVE_MEM,
+    SWITCHER_ADDR,
 )
 from .stats import OTHER
 
@@ -109,12 +110,17 @@ def _load_gdt(cpu: Any, args: HcallArgs) -> None:
 
 
 def _new_pgtable(cpu: Any, args: HcallArgs) -> None:
-    """Switch to the page directory at guest-physical arg1."""
+    """Switch to the page directory at guest-physical arg1; pin the stack
+    only in one not seen before (see Backend.known_pgdir).  Without a
+    backend there are no shadows to keep: every switch pins."""
     cpu.guest.pgdir = args.arg1
     backend = _backend(cpu)
+    known = False
     if backend is not None:
+        known = backend.known_pgdir(args.arg1)
         backend.new_pgtable(cpu, args.arg1)
-    cpu.pin_stack_pages()
+    if not known:
+        cpu.pin_stack_pages()
 
 
 def _flush_tlb(cpu: Any, args: HcallArgs) -> None:
@@ -147,6 +153,13 @@ def _halt(cpu: Any, args: HcallArgs) -> None:
 
 
 def _set_pte(cpu: Any, args: HcallArgs) -> None:
+    """arg1 = page directory, arg2 = vaddr, arg3 = the new pte.  The kernel
+    looks up the shadow directory entry for vaddr first, and the Switcher's
+    entry is never the guest's: that kills whatever the pte says.  The pte
+    itself is the backend's to check (only where it holds a shadow)."""
+    if args.arg2 >= SWITCHER_ADDR:
+        cpu.guest.kill("attempt to access switcher pages")
+        return
     backend = _backend(cpu)
     if backend is not None:
         backend.set_pte(cpu, args.arg1, args.arg2, args.arg3)

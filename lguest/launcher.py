@@ -50,7 +50,10 @@ class Launcher:
 
     def __init__(self, cpu: Any, backend: Backend, *, console: ConsoleSink | Any = None,
                  devices: dict[int, Callable[[int], None]] | None = None,
-                 console_limit: int = DEFAULT_CONSOLE_LIMIT) -> None:
+                 console_limit: int = DEFAULT_CONSOLE_LIMIT, start: int | None = None) -> None:
+        """``start``: the guest's entry point; when given, the cpu's registers
+        are set as the kernel's LHREQ_INITIALIZE set them (``cpu.setup_regs``),
+        else they are left as the caller made them."""
         self.cpu = cpu
         self.backend = backend
         self.devices = dict(devices or {})
@@ -69,6 +72,8 @@ class Launcher:
             self._sink = lambda chunk: (console.write(chunk.decode("latin-1")), console.flush())
         else:
             raise TypeError("console must be a callable or have a write() method")
+        if start is not None:  # last: a refused argument leaves the cpu untouched
+            cpu.setup_regs(start)
 
     @property
     def console(self) -> bytes:

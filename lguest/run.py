@@ -79,6 +79,30 @@ class Backend(abc.ABC):
         """Fix a page fault the host caused (shadow paging); True if handled."""
         return False
 
+    #: How many page-directory values :meth:`known_pgdir` remembers.  The
+    #: kernel kept four shadow page-directory sets per guest; remembering
+    #: more only spares re-pins, and the bound keeps a guest that names
+    #: ever new directories from growing the host.
+    KNOWN_PGDIRS = 64
+
+    def known_pgdir(self, pgdir: int) -> bool:
+        """True if NEW_PGTABLE already switched to ``pgdir`` (its shadow
+        exists, the stack was pinned in it); remembers it either way.
+
+        The kernel pins the guest's stack only when the shadow set for a
+        page directory is freshly allocated: switching back to a known one
+        keeps its mappings, so a stack pte the guest has since cleared is
+        not a reason to kill.  The oldest value is forgotten beyond
+        KNOWN_PGDIRS, and is then fresh (pinned) again if it comes back,
+        as an evicted shadow would be."""
+        known: dict[int, None] = self.__dict__.setdefault("_known_pgdirs", {})
+        if pgdir in known:
+            return True
+        known[pgdir] = None
+        if len(known) > self.KNOWN_PGDIRS:
+            del known[next(iter(known))]
+        return False
+
     def new_pgtable(self, cpu: Any, pgdir: int) -> None:
         """The guest switched page tables (cr3 = ``pgdir``)."""
 

@@ -51,9 +51,12 @@ How the pieces map onto lguest
   tables sit at the top of guest RAM, mapping all RAM at 0 and at
   ``page_offset``; ``guest.pgdir`` is their address, so the core's page-table
   walk and Unicorn's MMU translate alike.  LHCALL_NEW_PGTABLE loads CR3
-  (:meth:`UnicornBackend.new_pgtable`), FLUSH_TLB/SET_PTE/SET_PMD flush
-  Unicorn's TLB, and a page-directory entry the shadow lacks is filled on
-  the fault (``demand_page``).
+  (:meth:`UnicornBackend.new_pgtable`; the stack is pinned only in a
+  directory not switched to before, :meth:`Backend.known_pgdir`),
+  FLUSH_TLB/SET_PTE/SET_PMD flush Unicorn's TLB, SET_PTE checks the new pte
+  as the kernel's ``do_set_pte`` did (see :meth:`UnicornBackend.set_pte`),
+  and a page-directory entry the shadow lacks is filled on the fault
+  (``demand_page``).
 
 Exits the host adds to lguest's kill messages: ``lguest: trap N (0xE)
 entering the guest at 0x...`` (the entry's segment checks refused the
@@ -116,11 +119,10 @@ from .constants import (
     GDT_ENTRY_LGUEST_CS,
     GDT_ENTRY_LGUEST_DS,
     GDT_ENTRY_TSS,
-    GUEST_CS,
-    GUEST_DS,
     IDT_ENTRIES,
     LGUEST_CS,
     LGUEST_DS,
+    PAGE_PSE,
     PAGE_SIZE,
     SWITCHER_ADDR,
     U32,
@@ -783,8 +785,19 @@ class UnicornBackend(Backend):
             self._flush_tlb()
 
     def set_pte(self, cpu: Any, pgdir: int, vaddr: int, pte: int) -> None:
-        if pte & PTE_PRESENT and (pte >> 12) >= self.guest.pfn_limit:
-            self.guest.kill("bad page table entry")
+        """do_set_pte: the kernel checks the new pte only where it holds a
+        shadow directory entry for vaddr -- in every shadow set for kernel
+        addresses, in pgdir's for user ones; here the one shadow is the
+        current directory's.  It copies a pte the guest marked ACCESSED or
+        DIRTY (present or not: check_gpte does not look), and such a pte
+        with PSE or a frame past RAM kills; one with neither bit is just
+        dropped from the shadow, to be faulted in (and checked) later."""
+        g = self.guest
+        if self.paging and self.shadow_pgd[vaddr >> 22] & PTE_PRESENT \
+                and (vaddr >= g.page_offset or pgdir == g.pgdir) \
+                and pte & (PTE_ACCESSED | PTE_DIRTY) \
+                and (pte & PAGE_PSE or (pte >> 12) >= g.pfn_limit):
+            g.kill("bad page table entry")
         if self.paging:
             self._flush_tlb()
 
@@ -954,9 +967,8 @@ class UnicornLauncher:
         clock = VirtualClock() if self.clock_mode == "virtual" else None
         self.guest = g = self.host.new_guest(mem, page_offset=self.page_offset, clock=clock, core=self._core)
         self.cpu = cpu = g.new_cpu()
-        # lguest_arch_setup_regs, and setup_guest_gdt's flat segments.
-        r = cpu.regs
-        r.cs, r.ds, r.es, r.ss, r.eflags = GUEST_CS, GUEST_DS, GUEST_DS, GUEST_DS, 0x202
+        # lguest_arch_setup_regs (the loader sets eip), and setup_guest_gdt's flat segments.
+        cpu.setup_regs(0)
         for i, (a, b) in GUEST_FLAT_SEGMENTS.items():
             cpu.gdt[i] = (a, b)
         self.uc = uc = _unicorn.Uc(_ucc.UC_ARCH_X86, _ucc.UC_MODE_32)

@@ -61,6 +61,15 @@ def test_environment_sets_the_default_vector() -> None:
     assert "lguest: couldn't reserve syscall 253: vector in use by reschedule IPI" in out.stdout
 
 
+def test_0x20_is_busy_with_its_owner_named() -> None:
+    out = lguest("vectors", "--syscall-vector", "0x20")
+    assert out.returncode == 1
+    assert out.stdout.strip().splitlines()[-1] == (
+        "lguest: couldn't reserve syscall 32: vector in use by IRQ move cleanup")
+    table = lguest("vectors")
+    assert "  0x20  IRQ move cleanup" in table.stdout.splitlines()
+
+
 @pytest.mark.parametrize("bad", ["0x100", "-1", "banana", "1.5"])
 def test_invalid_vector_is_a_usage_error(bad: str) -> None:
     out = lguest("vectors", "--syscall-vector", bad)

@@ -642,7 +642,7 @@ STORM_EXPECTED = {
     9: ("dead", "CRASH: storm done"),  # SET_CLOCKEVENT: irq 0 is never enabled by this guest
     10: ("timeout", None),  # HALT: nothing ever wakes it
     11: ("dead", "Bad hypercall 11\n"),
-    14: ("dead", "bad page table entry"),  # SET_PTE with pte 0xffffffff: present, frame past RAM
+    14: ("dead", SWITCHER_KILL),  # SET_PTE(0xffffffff, 0xffffffff, ...): vaddr in the host range
     15: ("dead", "CRASH: storm done"),  # SET_PMD: a flat guest has no shadow to update
     16: ("dead", "bad read address 0xffffffff len 24"),  # LOAD_TLS(0xffffffff): 3 descriptors
     17: ("dead", "Bad NOTIFY 0xffffffff"),  # NOTIFY(0) prints nothing; then outside RAM
@@ -735,3 +735,54 @@ def test_guest_page_directory_entry_over_the_host_range_is_ignored(tmp_path, cor
         lg.memory.write(0x4000, struct.pack("<II", pgd, first_table | 0x67))
         result = lg.run(timeout=5)
     assert (result.reason, result.message) == ("dead", SWITCHER_KILL)
+
+
+# --- 12. SET_PTE: which new ptes kill (do_set_pte / check_gpte) --------------------------------------------------
+# A paged guest (all RAM mapped at 0 and at 0xC0000000) sends one SET_PTE
+# and powers off.  The kernel looks at the new pte only where it holds a
+# shadow directory entry for the address (every shadow for kernel
+# addresses, pgdir's own for user ones), and only at a pte the guest marked
+# ACCESSED or DIRTY -- present or not; such a pte with PSE or a frame past
+# RAM (1 MiB: pfn 256) kills.  An address in the host range kills first.
+SET_PTE_GUEST = INIT + """
+    mov $14, %eax           # SET_PTE(pgdir, vaddr, pte)
+    mov 0x4000, %ebx
+    mov 0x4004, %ecx
+    mov 0x4008, %edx
+    vmcall
+    mov $2, %eax            # SHUTDOWN("set", POWEROFF): a guest-physical address
+    mov $done - 0xC0000000, %ebx
+    mov $1, %ecx
+    vmcall
+done: .asciz "set"
+"""
+KERNEL_VA = 0xC0005000
+USER_VA = 0x5000  # RAM is mapped at 0 too: directory entry 0 is present
+OFF_MAP_VA = 0x80000000  # no directory entry: no shadow to check against
+BAD_PFN = 256 << 12
+
+
+@pytest.mark.parametrize("pgdir,vaddr,pte,expected", [
+    ("cur", KERNEL_VA, 0x1000 | 0x67, "CRASH: set"),  # a good pte
+    ("cur", KERNEL_VA, BAD_PFN | 0x21, "bad page table entry"),  # present+accessed, past RAM
+    ("cur", KERNEL_VA, BAD_PFN | 0x40, "bad page table entry"),  # dirty, not present: still checked
+    ("cur", KERNEL_VA, 0x1000 | 0xA0, "bad page table entry"),  # PSE + accessed
+    ("cur", KERNEL_VA, 0xFFFFFFFF, "bad page table entry"),
+    ("cur", KERNEL_VA, BAD_PFN | 0x01, "CRASH: set"),  # present, neither A nor D: just dropped
+    ("cur", KERNEL_VA, 0x1000 | 0x81, "CRASH: set"),  # PSE without A/D: dropped too
+    (0x9000, KERNEL_VA, BAD_PFN | 0x61, "bad page table entry"),  # kernel address: every shadow
+    (0x9000, USER_VA, BAD_PFN | 0x61, "CRASH: set"),  # user address of a directory without a shadow
+    ("cur", USER_VA, BAD_PFN | 0x61, "bad page table entry"),
+    ("cur", OFF_MAP_VA, BAD_PFN | 0x61, "CRASH: set"),  # no shadow directory entry there
+    ("cur", SWITCHER, 0x1000 | 0x67, SWITCHER_KILL),
+    (0x9000, 0xFFFFF000, 0, SWITCHER_KILL),
+], ids=lambda v: hex(v) if isinstance(v, int) else str(v)[:14])
+def test_set_pte_checks_what_the_kernel_checked(tmp_path_factory, core, pgdir, vaddr, pte, expected):
+    image, _ = assemble(tmp_path_factory.mktemp("setpte"), SET_PTE_GUEST, base=0xC0001000)
+    with launcher(core, page_offset=PAGED) as lg:
+        prepare_ld(lg)
+        lg.load_flat(image, 0x1000, 0xC0001000)
+        current = lg.guest.pgdir
+        lg.memory.write(0x4000, struct.pack("<III", current if pgdir == "cur" else pgdir, vaddr, pte))
+        result = lg.run(timeout=5)
+    assert (result.reason, result.message) == ("dead", expected)

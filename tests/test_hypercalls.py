@@ -547,10 +547,69 @@ def test_halt(guest, cpu, mem, ld):
     assert guest.dead is None
 
 
+# --- NEW_PGTABLE pins the stack only in a page directory it has not seen ----------------
+def _pgdir(mem, at, table=0xA000):
+    """A page directory at ``at`` whose entry 0 is the page table ``table``."""
+    mem.write(at, bytes(PAGE))
+    mem.write_u32(at, table | 0x67)
+
+
+def _stack_in_paged_guest(cpu, mem, guest):
+    """Kernel stack page 0x1F000 (esp1 0x20000), identity-mapped by the table at 0xA000."""
+    mem.write(0xA000, bytes(PAGE))
+    mem.write_u32(0xA000 + 0x1F * 4, 0x1F000 | 0x67)
+    for pgd in (0x8000, 0x9000, 0xB000):
+        _pgdir(mem, pgd)
+    cpu.esp1 = 0x20000
+    guest.stack_pages = 1
+
+
+def test_new_pgtable_keeps_a_known_directory_pinned(guest, cpu, mem, ld):
+    # The kernel re-pins the stack only when the shadow for a page
+    # directory is freshly allocated.  Switching back to one already used
+    # keeps its mappings: a stack pte the guest has cleared since does not
+    # kill.  A directory never seen before is pinned, and that kills.
+    _stack_in_paged_guest(cpu, mem, guest)
+    backend = ScriptedBackend([])
+    for pgd in (0x8000, 0x9000):
+        hcall(cpu, NEW_PGTABLE, pgd, backend=backend)
+        assert guest.dead is None
+    mem.write_u32(0xA000 + 0x1F * 4, 0)  # the guest unmaps its stack page
+    hcall(cpu, NEW_PGTABLE, 0x8000, backend=backend)
+    assert guest.dead is None and guest.pgdir == 0x8000
+    hcall(cpu, NEW_PGTABLE, 0xB000, backend=backend)
+    assert guest.dead == "bad stack page 0x1ffff"
+
+
+def test_new_pgtable_forgets_the_oldest_directory_beyond_its_bound(guest, cpu, mem, ld):
+    # The values remembered are bounded (a guest naming ever new directories
+    # must not grow the host); a forgotten one is fresh again, and pinned.
+    _stack_in_paged_guest(cpu, mem, guest)
+    backend = ScriptedBackend([])
+    hcall(cpu, NEW_PGTABLE, 0x8000, backend=backend)
+    for i in range(backend.KNOWN_PGDIRS):  # unseen values, not pages: switching alone
+        assert not backend.known_pgdir(0x100000 + i * PAGE)
+    assert len(backend._known_pgdirs) == backend.KNOWN_PGDIRS
+    mem.write_u32(0xA000 + 0x1F * 4, 0)
+    hcall(cpu, NEW_PGTABLE, 0x8000, backend=backend)
+    assert guest.dead == "bad stack page 0x1ffff"
+
+
 def test_set_pte(guest, cpu, mem, ld):
     backend, _ = hcall(cpu, SET_PTE, 0x8000, 0xC0123000, 0x00456067)
     assert guest.dead is None
     assert backend.calls == [("set_pte", 0x8000, 0xC0123000, 0x00456067)]
+
+
+@pytest.mark.parametrize("vaddr, killed", [(0xFFBFFFFF, False), (0xFFC00000, True), (0xFFFFF000, True)])
+def test_set_pte_in_the_switcher_range_kills_before_the_backend_sees_it(guest, cpu, mem, ld, vaddr, killed):
+    backend, _ = hcall(cpu, SET_PTE, 0x8000, vaddr, 0)
+    if killed:
+        assert guest.dead == "attempt to access switcher pages"
+        assert backend.calls == []
+    else:
+        assert guest.dead is None
+        assert backend.calls == [("set_pte", 0x8000, vaddr, 0)]
 
 
 @pytest.mark.parametrize("index, called", [(0, True), (768, True), (1022, True),

@@ -313,3 +313,50 @@ def test_send_irq_is_thread_safe(kcpu):
     for t in threads:
         t.join()
     assert kcpu.irqs_pending == 0xFFFFFFFF
+
+
+# --- lguest_arch_setup_regs -------------------------------------------------------------------------
+def test_setup_regs_is_the_kernels(cpu):
+    cpu.regs.array[:] = 0xDEADBEEF
+    cpu.setup_regs(0x123456)
+    r = cpu.regs
+    assert (r.ds, r.es, r.ss, r.cs, r.eflags, r.eip) == (0x69, 0x69, 0x69, 0x61, 0x202, 0x123456)
+    assert [int(v) for i, v in enumerate(r.array) if i not in (9, 10, 17, 14, 15, 13)] == [0] * 12
+
+
+@pytest.mark.parametrize("bad, exc", [(-1, ValueError), (1 << 32, ValueError), ("0x10", TypeError),
+                                      (1.0, TypeError), (None, TypeError)])
+def test_setup_regs_refuses_what_is_not_a_u32_and_changes_nothing(cpu, bad, exc):
+    cpu.regs.eip = 0x777
+    with pytest.raises(exc):
+        cpu.setup_regs(bad)
+    assert cpu.regs.eip == 0x777 and cpu.regs.cs == 0
+
+
+def test_setup_regs_on_a_half_built_cpu_raises(core):
+    cpu = core.Cpu.__new__(core.Cpu)
+    with pytest.raises(RuntimeError):
+        cpu.setup_regs(0x1000)
+    with pytest.raises(RuntimeError):
+        cpu.setup_regs(-1)  # the same exception whatever the argument
+
+
+def test_launcher_with_a_start_sets_the_registers_so_the_first_vmcall_is_patched(cpu, mem):
+    # A cpu fresh from new_cpu() has every register 0 (cs RPL 0): its first
+    # vmcall (#UD) would not be patched and the guest would die with
+    # "unhandled trap 6".  Launcher(start=...) sets the registers as the
+    # kernel's LHREQ_INITIALIZE did, so the patch happens.
+    mem.write(EIP, b"\x0f\x01\xc1")
+    lg = Launcher(cpu, ScriptedBackend([6]), start=EIP)
+    assert (cpu.regs.cs, cpu.regs.eip, cpu.regs.eflags) == (0x61, EIP, 0x202)
+    res = lg.run(timeout=5)
+    assert res == RunResult("dead", "script finished")
+    assert mem.read(EIP, 3) == b"\xcd\x1f\x90"
+
+
+def test_launcher_without_a_start_leaves_the_registers(cpu, mem):
+    mem.write(EIP, b"\x0f\x01\xc1")
+    cpu.regs.eip = EIP
+    res = Launcher(cpu, ScriptedBackend([6])).run(timeout=5)
+    assert res == RunResult("dead", f"unhandled trap 6 at {EIP:#x} (0x0)")
+    assert mem.read(EIP, 3) == b"\x0f\x01\xc1"

@@ -7,7 +7,7 @@ import pytest
 
 import lguest
 
-DEFAULT_USED = set(range(0x20)) | {0x80, 0xEF} | set(range(0xF0, 0xF8)) | set(range(0xFA, 0x100))
+DEFAULT_USED = set(range(0x21)) | {0x80, 0xEF} | set(range(0xF0, 0xF8)) | set(range(0xFA, 0x100))
 DEFAULT_PERCPU = set(range(0x30, 0x40))
 
 
@@ -22,6 +22,19 @@ def test_default_registry_is_the_host_kernels():
     assert d is lguest.UsedVectors.default()
     assert {v for v in range(256) if v in d} == DEFAULT_USED
     assert {v for v in range(256) if d.percpu(v)} == DEFAULT_PERCPU
+
+
+def test_0x20_is_the_irq_move_cleanup_vector():
+    # On the SMP + local APIC host the default models, boot marks 0x20 used
+    # for IRQ-move cleanup: a syscall_vector of 0x20 cannot be reserved.
+    d = lguest.UsedVectors.default()
+    assert d.owner(0x20) == "IRQ move cleanup"
+    h = lguest.Host(syscall_vector=0x20)
+    with pytest.raises(lguest.VectorBusy) as e:
+        h.init_interrupts()
+    assert (e.value.errno, str(e.value), e.value.owner) == (errno.EBUSY, "couldn't reserve syscall 32",
+                                                            "IRQ move cleanup")
+    assert 0x20 in d  # still the host's
 
 
 def test_host_defaults_to_process_wide_registry():
