@@ -97,3 +97,12 @@ def test_repr_agrees_across_cores() -> None:
             cpu.regs.eip = 0x100000
             seen[name] = [repr(o).replace(f"({name} core)", "(core)") for o in (guest, cpu, cpu.regs)]
     assert seen["python"] == seen["cython"]
+
+
+def test_gates_module_example_runs() -> None:
+    import doctest
+
+    import lguest.gates
+
+    result = doctest.testmod(lguest.gates)
+    assert result.attempted > 0 and result.failed == 0
