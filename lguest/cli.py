@@ -556,6 +556,8 @@ def cmd_run(args: argparse.Namespace, sigs: _Signals) -> int:
     except VectorBusy as exc:
         print(_busy_line(exc), file=sys.stderr)
         return EXIT_VECTOR_BUSY
+    except ImportError as exc:  # the installed Unicorn is not the version the backend is calibrated for
+        raise UsageError(f"the Unicorn backend is not usable: {exc}") from None
     except (ValueError, MemoryError) as exc:
         raise UsageError(f"cannot set up {_mib(args.memory)} of guest memory: {exc or 'out of memory'}") from None
     except OSError as exc:

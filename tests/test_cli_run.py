@@ -54,7 +54,9 @@ message: .asciz "bye from the guest"
         .balign 4096
 lguest_data:                            /* struct lguest_data */
         .long   0x200                   /* irq_enabled: interrupts on */
-        .fill   1128, 1, 0
+        .fill   16, 1, 0                /* blocked_interrupts, cr2, time */
+        .fill   64, 1, 0xff             /* hcall_status: the async ring is empty */
+        .fill   1132 - 84, 1, 0
         .long   0x80                    /* syscall_vec (offset 1132): LGUEST_INIT checks it */
         .fill   4096 - 1136, 1, 0
 """
@@ -303,7 +305,7 @@ def test_sigterm_stops_with_143_and_prints_the_trace(images: dict[str, Path], co
     assert "last events (time_ns, vector, eip, kind):" in out.stderr
 
 
-def test_sigint_in_process_group_with_progress_line_ended_first(images: dict[str, Path]) -> None:
+def test_sigint_ends_the_progress_line_first(images: dict[str, Path]) -> None:
     # stderr on a pseudo-terminal: the progress line is shown, and must be
     # ended before "interrupted" is printed.
     import pty
