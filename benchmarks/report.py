@@ -68,8 +68,8 @@ def measure(quick: bool = False) -> dict:
     unroll = 16
     ns = {"f": _empty, "bit": 1 << IRQ, "ESP": B.KERNEL_ESP, "lo": B.gate(0x25)[0], "hi": B.gate(0x25)[1],
           "idt": B.host_idt(), "d": B.defaults_table()}
-    from lguest.hypercalls import HcallArgs, do_hcall, do_hypercalls
-    from lguest.traps import handle_trap
+    from lguest.host.hypercalls import HcallArgs, do_hcall, do_hypercalls
+    from lguest.host.traps import handle_trap
 
     ns.update({"do_hcall": do_hcall, "do_hypercalls": do_hypercalls, "handle_trap": handle_trap,
                "hargs": HcallArgs(lguest.LHCALL_LOAD_IDT_ENTRY, 0x21, ns["lo"], ns["hi"])})

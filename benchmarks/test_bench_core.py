@@ -243,7 +243,7 @@ def test_copy_traps(benchmark, guest_cpu):
 # --- the control plane: one hypercall round trip ------------------------------------------------------
 @pytest.mark.benchmark(group="hypercall: do_hcall(LOAD_IDT_ENTRY)")
 def test_do_hcall(benchmark, guest_cpu):
-    from lguest.hypercalls import HcallArgs, do_hcall
+    from lguest.host.hypercalls import HcallArgs, do_hcall
 
     guest, cpu = guest_cpu
     lo, hi = gate(0x21)
@@ -256,8 +256,8 @@ def test_hypercall_round_trip(benchmark, guest_cpu):
     """What the run loop does between two guest entries for ``int $0x1f``:
     handle_trap (trap 31: hcall pending), do_hypercalls (empty async ring,
     then LOAD_IDT_ENTRY from eax..edx), maybe_do_interrupt (nothing pending)."""
-    from lguest.hypercalls import do_hypercalls
-    from lguest.traps import handle_trap
+    from lguest.host.hypercalls import do_hypercalls
+    from lguest.host.traps import handle_trap
 
     guest, cpu = guest_cpu
     lo, hi = gate(0x21)

@@ -66,16 +66,16 @@ if atheris is not None and "--replay" not in sys.argv and "--random" not in sys.
         for _m in [m for m in sys.modules if m == "lguest" or m.startswith("lguest.")]:
             del sys.modules[_m]
     with atheris.instrument_imports(include=["lguest"] if _INSTRUMENT == "all"
-                                    else ["lguest.hypercalls", "lguest.traps", "lguest.run"]):
+                                    else ["lguest.host.hypercalls", "lguest.host.traps", "lguest.host.run"]):
         import lguest
-        from lguest import hypercalls as HC
-        from lguest import run as RUN
-        from lguest import traps as TR
+        from lguest.host import hypercalls as HC
+        from lguest.host import run as RUN
+        from lguest.host import traps as TR
 else:
     import lguest
-    from lguest import hypercalls as HC
-    from lguest import run as RUN
-    from lguest import traps as TR
+    from lguest.host import hypercalls as HC
+    from lguest.host import run as RUN
+    from lguest.host import traps as TR
 
 import numpy as np  # noqa: E402
 
@@ -371,6 +371,7 @@ class World:
             g.noirq_start, g.noirq_end = spec.noirq
         self.host_idt = np.zeros((IDT_ENTRIES, 2), dtype=np.uint32)
         self.core = core
+        self.run_context = None  # the cpu's RunContext, from its first "run"
 
     def observe(self, full: bool = True) -> tuple:
         """The observable state; ``full=False`` leaves out the big arrays
@@ -560,16 +561,17 @@ def _apply(w: World, op: tuple):
         c.regs.trapnum = op[1]
         c.regs.errcode = op[2]
         c.last_pagefault = op[3]
-        return TR.handle_trap(c, FuzzBackend([], [bool(op[4] & 1)]) if op[4] & 2 else None)
+        return TR.handle_trap(c, RUN.RunContext(c, FuzzBackend([], [bool(op[4] & 1)])) if op[4] & 2 else None)
     if name == "run":
-        if getattr(c, "host_idt", None) is None:
-            # What run._host_idt does on the first run, minus rebuilding the
-            # (input-independent) default table in Python every time.
-            c.host_idt = _DEFAULT_HOST_IDT.copy()
-            c.changed |= CHANGED_ALL
         backend = FuzzBackend(op[1], [bool(op[2] & 1)] * 4)
+        if w.run_context is None:
+            # What RunContext.ensure_host_idt does on the first run, minus
+            # rebuilding the (input-independent) default table in Python every time.
+            w.run_context = RUN.RunContext(c, backend, host_idt=_DEFAULT_HOST_IDT.copy())
+            c.changed |= CHANGED_ALL
+        w.run_context.backend = backend  # the host IDT and stats persist, as on one Launcher
         try:
-            ex = c.run(backend)
+            ex = RUN.run_guest(c, backend, context=w.run_context)
         except RUN.GuestKilled as e:
             return ("killed", e.message, e.restart, backend.entries, backend.calls)
         return ("exit", ex.reason, ex.notify, backend.entries, backend.calls)

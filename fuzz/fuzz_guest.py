@@ -742,7 +742,7 @@ class Worker:
         load_gdt so the GDT page's expected content follows each reload."""
         lu = self.lu
         b = lg.backend
-        sw = b._sw
+        sw = b.switcher.mem
         expect: dict[str, Any] = {"page0": bytes(sw[:lu.SW_GDT]), "loaded": None}
         real_load_gdt = b.load_gdt
 
@@ -759,12 +759,12 @@ class Worker:
 
     def check_switcher(self, lg: Any, expect: dict[str, Any]) -> list[str]:
         lu, np = self.lu, self.np
-        from lguest.constants import CHANGED_IDT, LGUEST_DS
+        from lguest.constants import CHANGED_IDT, LGUEST_DS, SWITCHER_ADDR
 
         b = lg.backend
-        sw = b._sw
+        sw = b.switcher.mem
         out = []
-        base = lu.SWITCHER_ADDR
+        base = SWITCHER_ADDR
         want_regions = {(0, lg.memory.size - 1, 7), (base + lu.SW_GDT, base + lu.SW_GDT + 0xFFF, 1),
                         (base + lu.SW_PGD, base + lu.SW_PT + 0xFFF, 0)}
         regions = {(int(s), int(e), int(p)) for s, e, p in b.uc.mem_regions()}
@@ -823,8 +823,8 @@ class Worker:
                        f"{[hex(int(pgd[i])) for i in bad[:4]]}")
         # the host IDT (unmapped): what copy_traps makes of the guest's IDT
         cpu = lg.cpu
-        if not int(cpu.changed) & CHANGED_IDT and cpu.host_idt is not None:
-            core = sys.modules[type(cpu).__module__]
+        if not int(cpu.changed) & CHANGED_IDT and lg.launcher.context.host_idt is not None:
+            core = self.lguest.core_of(cpu)
             want_idt = np.zeros((256, 2), dtype=np.uint32)
             core.setup_default_idt_entries(want_idt, b.default_handlers)
             cpu.copy_traps(want_idt, b.default_handlers)
@@ -880,11 +880,11 @@ class Worker:
                 timer.join()
             out["elapsed"] = round(elapsed, 4)
             if selftest == "tamper":  # the host scribbles on its own Switcher: the check must see it
-                sw = lg.backend._sw
+                sw = lg.backend.switcher.mem
                 sw[self.lu.SW_STUBS] ^= 0xFF
                 sw[self.lu.SW_GDT + 8 * 11] ^= 0x01
                 sw[self.lu.SW_PT + 4 * 2] ^= 0x01
-                lg.backend.uc.mem_map(self.lu.SWITCHER_ADDR + self.lu.SW_SIZE, 0x1000, 1)
+                lg.backend.uc.mem_map(self.lguest.SWITCHER_ADDR + self.lu.SW_SIZE, 0x1000, 1)
             if len(lg.console) > self.RSS_LIMIT // 2:  # host memory the guest filled, whatever RSS says
                 findings.append(["console", f"Launcher.console holds {len(lg.console) >> 20} MiB"])
             grown = _rss() - rss0

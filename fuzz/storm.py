@@ -42,7 +42,7 @@ import numpy as np
 
 import lguest
 from lguest import constants as C
-from lguest.stats import OTHER
+from lguest.host.stats import OTHER
 
 MEMORY = 4 << 20
 CODE = 0x1000

@@ -11,74 +11,24 @@ it was built, unless ``LGUEST_PURE_PYTHON=1`` is set before import;
 from __future__ import annotations
 
 import logging
-import os
-import warnings
-from types import ModuleType
 
 from . import fallback
 from .clock import SystemClock, VirtualClock, system_clock
 from .constants import *  # noqa: F403 - the ABI numbers are part of the API
+from .cores import active as core
+from .cores import compiled as _compiled_core
+from .cores import core_of, load_core
 from .gates import Gate, decode_gate, gate
+from .host.vectors import Host, UsedVectors, VectorBusy
 from .memory import GuestMemory
-from .vectors import Host, UsedVectors, VectorBusy
 
 # A library logs, the application decides where it goes.
 logging.getLogger("lguest").addHandler(logging.NullHandler())
 
-try:
-    from . import _core as _compiled
-except ImportError as exc:  # pragma: no cover - only when the build failed
-    _compiled = None
-    _compiled_error: ImportError | None = exc
-else:
-    _compiled_error = None
-
-#: How to build the compiled extensions, for messages that find them missing.
-BUILD_HINT = "build it with: pip install -e . (in the source tree; needs Cython and a C compiler)"
-
-
-def _core_problem() -> str:
-    """Why the compiled core is missing, in words a user can act on: Python's
-    own message for an extension missing from a package being imported blames
-    a circular import."""
-    detail = str(_compiled_error)
-    if isinstance(_compiled_error, ModuleNotFoundError) or "partially initialized" in detail \
-            or "None in sys.modules" in detail:
-        return "the compiled core (lguest._core) is not built"
-    return f"the compiled core (lguest._core) is built but does not load ({detail})"
-
-
-if os.environ.get("LGUEST_PURE_PYTHON", "") not in ("", "0"):
-    core: ModuleType = fallback
-elif _compiled is not None:
-    core = _compiled
-else:  # pragma: no cover
-    warnings.warn(
-        f"lguest: {_core_problem()}; using the pure-Python core (same behaviour, slower). "
-        f"To fix: {BUILD_HINT}, or set LGUEST_PURE_PYTHON=1 to choose the Python core and silence this",
-        RuntimeWarning,
-        stacklevel=2,
-    )
-    core = fallback
-
 CORE: str = core.NAME
 
-
-def load_core(name: str | None = None) -> ModuleType:
-    """The core module called ``name`` ("cython" or "python"); None: the active one."""
-    if name is None:
-        return core
-    if name == "python":
-        return fallback
-    if name == "cython":
-        if _compiled is None:
-            raise ImportError(f"{_core_problem()}; {BUILD_HINT}")
-        return _compiled
-    raise ValueError(f"unknown core {name!r} (want 'cython' or 'python')")
-
-
 #: The compiled wall clock (a native timer thread), when the extension is built.
-NativeClock = getattr(_compiled, "NativeClock", None)
+NativeClock = getattr(_compiled_core(), "NativeClock", None)
 
 Guest = core.Guest
 Cpu = core.Cpu
@@ -93,7 +43,7 @@ setup_default_idt_entries = core.setup_default_idt_entries
 __version__ = "0.1.0"
 
 __all__ = [  # noqa: RUF022 - grouped by topic, constants come from lguest.constants
-    "CORE", "load_core", "core", "fallback",
+    "CORE", "load_core", "core_of", "core", "fallback",
     "GuestMemory", "Host", "UsedVectors", "VectorBusy",
     "SystemClock", "VirtualClock", "NativeClock", "system_clock",
     "Guest", "Cpu", "Regs",

@@ -24,7 +24,7 @@ import numpy as np
 from . import messages as _messages
 from . import validate as _validate
 from .constants import REG_NAMES
-from .vectors import _check_vector
+from .validate import check_vector as _check_vector
 
 NAME = "cython"
 
@@ -945,7 +945,6 @@ cdef class Guest:
     cdef object _custom_dead
     cdef object _dead_cache
     cdef int64_t[::1] _clock_cell   # held for life: the cell cannot be resized under the raw pointer
-    cdef dict __dict__
     cdef object __weakref__
 
     def __init__(self, host, memory, *, page_offset=0xC0000000, clock=None):
@@ -1257,7 +1256,6 @@ cdef class Cpu:
     cdef bint _hcall_pending
     cdef int _next_hcall
     cdef bint _break_out
-    cdef dict __dict__
     cdef object __weakref__
 
     def __init__(self, guest, id=0):
@@ -1607,12 +1605,6 @@ cdef class Cpu:
             raise ValueError(f"irq {i} out of range 0..{LGUEST_IRQS - 1}")
         lg_atomic_or(&self.c.irqs_pending, <uint32_t>1 << <unsigned>i)
         lg_wake(&self.waker)
-
-    def run(self, backend, *, timeout=None):
-        """Run the guest through ``backend`` (see lguest.run.run_guest)."""
-        self._check_ready()
-        from .run import run_guest
-        return run_guest(self, backend, timeout=timeout)
 
     def __repr__(self):
         if not self._ready:

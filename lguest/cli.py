@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from typing import Any, NoReturn
 
 from .constants import PAGE_SIZE, SWITCHER_ADDR, SYSCALL_VECTOR
-from .vectors import Host, UsedVectors, VectorBusy
+from .host.vectors import Host, UsedVectors, VectorBusy
 
 PROG = "lguest"
 
@@ -548,7 +548,8 @@ def cmd_run(args: argparse.Namespace, sigs: _Signals) -> int:
 
     try:
         launcher = UnicornLauncher(memory=args.memory, syscall_vector=vector, page_offset=args.page_offset,
-                                   clock=args.clock, console=console, core=args.core)
+                                   clock=args.clock, console=console, core=args.core,
+                                   trace_size=64 if args.trace else 0)
     except ValueError as exc:
         raise UsageError(f"--memory/--page-offset: {exc}") from None
     try:
@@ -563,10 +564,6 @@ def cmd_run(args: argparse.Namespace, sigs: _Signals) -> int:
     except OSError as exc:
         raise UsageError(f"cannot set up {_mib(args.memory)} of guest memory: {exc.strerror or exc}") from None
     try:
-        if args.trace:
-            from .stats import Stats
-
-            launcher.cpu.stats = Stats(trace_size=64)
         launcher.load_elf(args.image)
         stop = threading.Event()
         ticker = None
@@ -593,10 +590,12 @@ def cmd_run(args: argparse.Namespace, sigs: _Signals) -> int:
             print_summary(stats, elapsed)
         else:
             print_brief(stats, elapsed)
-        if args.trace and launcher.cpu.stats.trace:
+        if args.trace:
             print("\nlast events (time_ns, vector, eip, kind):", file=sys.stderr)
-            for ev in launcher.cpu.stats.trace:
+            for ev in launcher.run_stats.trace or ():
                 print(f"  {ev.time_ns:>16} {ev.vector:>4} {ev.eip:#010x} {ev.kind}", file=sys.stderr)
+            if not launcher.run_stats.trace:
+                print("  (none)", file=sys.stderr)
     finally:
         launcher.__exit__(None, None, None)
     return status

@@ -54,12 +54,8 @@ from .constants import (
     SYSCALL_VECTOR,
     X86_EFLAGS_IF,
 )
-from .validate import (
-    as_defaults as _as_defaults,
-)
-from .validate import (
-    as_idt as _as_idt,
-)
+from .validate import as_defaults as _as_defaults
+from .validate import as_idt as _as_idt
 from .validate import (
     check_regs_array,
     clock_cell,
@@ -71,10 +67,8 @@ from .validate import (
     to_range,
     to_timeout,
 )
-from .validate import (
-    to_u32 as _check_u32,
-)
-from .vectors import _check_vector
+from .validate import check_vector as _check_vector
+from .validate import to_u32 as _check_u32
 
 NAME = "python"
 U32 = 0xFFFFFFFF
@@ -227,6 +221,9 @@ class Guest:
         d = self.__dict__
         if "_init" not in d:
             raise not_initialised(self)
+        if "_ready" in d and name not in d and not hasattr(type(self), name):
+            # As the compiled Guest (no __dict__): no attributes beyond its own.
+            raise AttributeError(f"'Guest' object has no attribute {name!r}")
         if name in _GUEST_U32_FIELDS:
             value = _check_u32(value, name)
         elif name == "restart":
@@ -467,6 +464,9 @@ class Cpu:
         d = self.__dict__
         if "_init" not in d:
             raise not_initialised(self)
+        if "_ready" in d and name not in d and not hasattr(type(self), name):
+            # As the compiled Cpu (no __dict__): no attributes beyond its own.
+            raise AttributeError(f"'Cpu' object has no attribute {name!r}")
         if name in _CPU_BOOL_FIELDS:
             value = bool(value)
         elif name in _CPU_U32_FIELDS:
@@ -784,12 +784,6 @@ class Cpu:
             raise ValueError(f"irq {irq} out of range 0..{LGUEST_IRQS - 1}")
         self._set_pending(irq)
         self.wake()
-
-    def run(self, backend: Any, *, timeout: float | None = None) -> Any:
-        """Run the guest through ``backend`` (see lguest.run.run_guest)."""
-        from .run import run_guest
-
-        return run_guest(self, backend, timeout=timeout)
 
     def __repr__(self) -> str:
         if "_ready" not in self.__dict__:

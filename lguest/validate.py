@@ -57,6 +57,16 @@ def to_index(v: Any, what: str = "value") -> int:
         raise TypeError(f"{what} must be an integer, not {type(v).__name__}") from None
 
 
+def check_vector(v: Any) -> int:
+    """A vector number 0..IDT_ENTRIES-1 (the integer rule: no bools): both
+    cores check the host's syscall vector with it, ``lguest.host.vectors``
+    every vector it is handed."""
+    v = to_index(v, "vector")
+    if not 0 <= v < IDT_ENTRIES:
+        raise ValueError(f"vector {v} out of range 0..{IDT_ENTRIES - 1}")
+    return v
+
+
 def to_u32(v: Any, what: str = "value") -> int:
     """A guest-visible 32-bit quantity: anything outside 0..2**32-1 is host misuse."""
     i = to_index(v, what)

@@ -7,7 +7,16 @@ import os
 
 import pytest
 from hypothesis import HealthCheck, settings
-from lgtest import LD_BLOCKED, LD_IRQ_ENABLED, LD_SYSCALL_VEC, MEM_SIZE, load_core_or_fail, pure_python_only, set_regs
+from lgtest import (
+    LD_BLOCKED,
+    LD_IRQ_ENABLED,
+    LD_SYSCALL_VEC,
+    MEM_SIZE,
+    load_core_or_fail,
+    prepare,
+    pure_python_only,
+    set_regs,
+)
 
 import lguest
 
@@ -57,6 +66,12 @@ def guest(host, mem, clock, core):
 @pytest.fixture
 def cpu(guest):
     return guest.new_cpu()
+
+
+@pytest.fixture
+def kcpu(cpu, mem):
+    """The cpu of a guest kernel ready to run (lgtest.prepare)."""
+    return prepare(cpu, mem)
 
 
 @pytest.fixture

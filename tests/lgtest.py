@@ -15,13 +15,22 @@ MEM_PAGES = 64
 MEM_SIZE = MEM_PAGES * PAGE
 M32 = 0xFFFFFFFF
 
+#: Where the tests' guests keep struct lguest_data.
+LD = 0x1000
+
 # struct lguest_data field offsets (ABI.md section 2)
 LD_IRQ_ENABLED = 0
 LD_BLOCKED = 4
 LD_CR2 = 8
 LD_TIME = 12
+LD_HCALL_STATUS = 20
 LD_SYSCALL_VEC = 1132
 LD_SIZE = 1136
+
+# The run-loop tests' guest kernel: where it runs, its stack, an irq handler.
+EIP = 0x5000
+STACK = 0x8000
+IRQ_HANDLER = 0x6000
 
 REG_NAMES = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "gs", "fs", "ds",
              "es", "trapnum", "errcode", "eip", "cs", "eflags", "esp", "ss")
@@ -39,6 +48,28 @@ def gate(handler, flags=TRAP_GATE, selector=0x61):
 def set_regs(cpu, **values):
     for name, value in values.items():
         setattr(cpu.regs, name, value)
+
+
+def install(cpu, vector, handler, flags=TRAP_GATE):
+    """The guest's LOAD_IDT_ENTRY for a present gate to ``handler`` (selector
+    0x60: the core makes it the guest's 0x61)."""
+    cpu.load_guest_idt_entry(vector, (0x60 << 16) | (handler & 0xFFFF), (handler & 0xFFFF0000) | flags)
+
+
+def hc(n, a1=0, a2=0, a3=0):
+    """A ScriptedBackend step: the guest makes hypercall n through trap 31."""
+    return dict(eax=n, ebx=a1, ecx=a2, edx=a3, trapnum=31)
+
+
+def prepare(cpu, mem, *, irq_enabled=0x200, blocked=0):
+    """A guest kernel that has done LGUEST_INIT (lguest_data at LD), with an
+    empty async ring, about to run at EIP on STACK."""
+    cpu.guest.lguest_data = LD
+    mem.write_u32(LD + LD_IRQ_ENABLED, irq_enabled)
+    mem.write_u32(LD + LD_BLOCKED, blocked)
+    mem.write(LD + LD_HCALL_STATUS, b"\xff" * 64)
+    set_regs(cpu, eip=EIP, cs=0x61, eflags=0x202, esp=STACK, ss=0x69, ds=0x69, es=0x69)
+    return cpu
 
 
 def regs_dict(cpu):

@@ -29,7 +29,7 @@ def test_round_trip_and_both_cores_agree(handler: int, kind: int, dpl: int, sele
     lo, hi = gate(handler, type=kind, dpl=dpl, selector=selector, present=present)
     assert decode_gate(lo, hi) == (handler, kind, dpl, selector, present)
     for name in ("python", "cython"):
-        core = lguest.load_core(name) if name == "python" or lguest._compiled is not None else None
+        core = lguest.load_core(name) if name == "python" or lguest.cores.compiled() is not None else None
         if core is None:
             continue
         assert core.idt_address(lo, hi) == handler
@@ -77,16 +77,16 @@ def test_readme_example_runs_verbatim() -> None:
 def test_compiled_methods_have_real_signatures() -> None:
     import inspect
 
-    if lguest._compiled is None:
+    if lguest.cores.compiled() is None:
         pytest.skip("the compiled core is not built")
-    core = lguest._compiled
+    core = lguest.cores.compiled()
     assert str(inspect.signature(core.Cpu.load_guest_idt_entry)) == "(self, num, lo, hi)"
     assert core.Cpu.load_guest_idt_entry.__doc__.startswith("Cpu.load_guest_idt_entry(self, num, lo, hi)")
     assert core.Guest.__doc__.startswith("Guest(host, memory, ")
 
 
 def test_repr_agrees_across_cores() -> None:
-    if lguest._compiled is None:
+    if lguest.cores.compiled() is None:
         pytest.skip("the compiled core is not built")
     seen = {}
     for name in ("python", "cython"):

@@ -4,11 +4,9 @@ import threading
 import time
 
 import pytest
-from lgtest import LD_TIME, MEM_SIZE, words
+from lgtest import LD, LD_TIME, MEM_SIZE, words
 
 import lguest
-
-LD = 0x1000
 
 
 def test_virtual_clock_basics():

@@ -5,11 +5,10 @@ import sys
 import threading
 import time
 
-from lgtest import gate, set_regs
+from lgtest import LD, gate, set_regs
 
 import lguest
 
-LD = 0x1000
 STACK = 0x8000
 IDLE_EIP = 0xC0100000
 IRQS = (0, 5, 31)

@@ -13,10 +13,11 @@ from __future__ import annotations
 import struct
 
 import pytest
+from lgtest import LD, set_regs
 
 import lguest
-from lguest import hypercalls
-from lguest.run import GuestKilled, RunExit, ScriptedBackend, run_guest
+from lguest.host import hypercalls
+from lguest.host.run import GuestKilled, RunExit, ScriptedBackend, run_guest
 
 PAGE = 4096
 MEM_SIZE = 64 * PAGE  # conftest's mem fixture: 64 pages, pfn_limit 64
@@ -38,7 +39,6 @@ LD_KERNEL_ADDRESS = 1128
 LD_SYSCALL_VEC = 1132
 LD_SIZE = 1136
 
-LD = 0x1000  # where our guests put lguest_data
 SENTINEL = 0xA5A5A5A5
 
 # hypercall numbers (ABI.md §1, HC)
@@ -50,11 +50,6 @@ CHANGED_IDT, CHANGED_GDT, CHANGED_GDT_TLS = 1, 2, 4
 
 
 # --- helpers ----------------------------------------------------------------------
-def set_regs(cpu, **values):
-    for name, value in values.items():
-        setattr(cpu.regs, name, value)
-
-
 def fixed_desc(b):
     """The GDT fix-up of ABI.md §5 (SEGC) on a descriptor's high word."""
     if b & 0x6000 == 0:

@@ -4,7 +4,7 @@ Register fixture `kernel_regs`: eip 0xC0101234, cs 0x61, eflags 0x202,
 esp 0x3000, ss 0x69, errcode 0xE4E4 (guest page_offset 0: flat).
 """
 import pytest
-from lgtest import INTR_GATE, LD_TIME, MEM_SIZE, TRAP_GATE, gate, regs_dict, set_regs, words
+from lgtest import INTR_GATE, LD, LD_TIME, MEM_SIZE, TRAP_GATE, gate, regs_dict, set_regs, words
 
 import lguest
 
@@ -12,7 +12,6 @@ HANDLER = 0xC0105678
 LO = 0x00605678          # selector bits of lo are ignored by idt_address
 HI_TRAP = 0xC0108F00
 HI_INTR = 0xC0108E00
-LD = 0x1000              # lguest_data
 NOW = 5_123_456_789      # virtual clock: tv_sec 5, tv_nsec 123456789
 
 

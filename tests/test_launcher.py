@@ -10,38 +10,10 @@ import threading
 import time
 
 import pytest
+from lgtest import EIP, IRQ_HANDLER, LD, LD_HCALL_STATUS, hc, set_regs
 
-from lguest.launcher import Launcher, RunResult
-from lguest.run import Backend, ScriptedBackend
-
-LD = 0x1000
-LD_IRQ_ENABLED, LD_BLOCKED, LD_STATUS = 0, 4, 20
-EIP = 0x5000
-STACK = 0x8000
-IRQ_HANDLER = 0x6000
-
-
-def set_regs(cpu, **values):
-    for name, value in values.items():
-        setattr(cpu.regs, name, value)
-
-
-def hc(n, a1=0, a2=0, a3=0):
-    return dict(eax=n, ebx=a1, ecx=a2, edx=a3, trapnum=31)
-
-
-def prepare(cpu, mem):
-    cpu.guest.lguest_data = LD
-    mem.write_u32(LD + LD_IRQ_ENABLED, 0x200)
-    mem.write_u32(LD + LD_BLOCKED, 0)
-    mem.write(LD + LD_STATUS, b"\xff" * 64)
-    set_regs(cpu, eip=EIP, cs=0x61, eflags=0x202, esp=STACK, ss=0x69, ds=0x69, es=0x69)
-    return cpu
-
-
-@pytest.fixture
-def kcpu(cpu, mem):
-    return prepare(cpu, mem)
+from lguest.host.launcher import Launcher, RunResult
+from lguest.host.run import Backend, ScriptedBackend
 
 
 def shutdown(mem, text, how=1, at=0x3000):
@@ -79,7 +51,7 @@ def test_console_from_the_async_ring(kcpu, mem):
     import struct
     mem.write(0x2000, b"ring\0")
     mem.write(LD + 84, struct.pack("<4I", 17, 0x2000, 0, 0))
-    mem.write(LD + LD_STATUS, b"\x00")
+    mem.write(LD + LD_HCALL_STATUS, b"\x00")
     backend = ScriptedBackend([hc(0), shutdown(mem, b"x")])
     launcher = Launcher(kcpu, backend)
     assert launcher.run(timeout=5) == RunResult("dead", "CRASH: x")
@@ -172,7 +144,7 @@ def test_console_limit_must_be_a_non_negative_int(kcpu, bad):
 def test_one_notify_reads_at_most_64_kib(kcpu, mem):
     # No NUL for 128 KiB: one NOTIFY prints the first NOTIFY_MAX bytes, and
     # a string that runs into the end of memory stops there.
-    from lguest.launcher import NOTIFY_MAX
+    from lguest.host.launcher import NOTIFY_MAX
     assert NOTIFY_MAX == 65536
     mem.write(0x10000, b"A" * (mem.size - 0x10000))
     chunks = []

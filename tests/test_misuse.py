@@ -147,7 +147,7 @@ def test_copy_traps_argument_shapes(core, host) -> None:
 
 
 def test_cpu_after_death_keeps_working_and_run_reports_it(core, host) -> None:
-    from lguest.run import GuestKilled, ScriptedBackend
+    from lguest.host.run import GuestKilled, ScriptedBackend, run_guest
 
     guest = host.new_guest(lguest.GuestMemory(4 * 4096), page_offset=0, clock=lguest.VirtualClock(), core=core)
     cpu = guest.new_cpu()
@@ -158,7 +158,7 @@ def test_cpu_after_death_keeps_working_and_run_reports_it(core, host) -> None:
     cpu.load_guest_idt_entry(3, 0x00001000, 0x00008F00)
     assert cpu.idt[3].tolist() == [0x00611000, 0x00008F00]
     with pytest.raises(GuestKilled) as info:
-        cpu.run(ScriptedBackend([]))
+        run_guest(cpu, ScriptedBackend([]))
     assert info.value.message == "first" and not info.value.restart
 
 
@@ -171,8 +171,8 @@ def test_syscall_vector_is_fixed_once_guests_exist(core) -> None:
 
 
 def test_notify_outside_memory_ends_the_guest(core, host) -> None:
-    from lguest.launcher import Launcher
-    from lguest.run import ScriptedBackend
+    from lguest.host.launcher import Launcher
+    from lguest.host.run import ScriptedBackend
 
     guest = host.new_guest(lguest.GuestMemory(4 * 4096), page_offset=0, clock=lguest.VirtualClock(), core=core)
     cpu = guest.new_cpu()

@@ -17,12 +17,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from lgtest import LD_SIZE
+from lgtest import LD, LD_SIZE
 
-from lguest.hypercalls import HcallArgs, do_async_hcalls, do_hcall
-from lguest.stats import OTHER, Stats
+from lguest.host.hypercalls import HcallArgs, do_async_hcalls, do_hcall
+from lguest.host.run import RunContext
+from lguest.host.stats import OTHER, Stats
 
-LD = 0x1000
 LD_STATUS, LD_HCALLS = 20, 84
 BAD_NUMBERS = [11, 12, 13, 18, 63, 64, 99, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF]
 
@@ -30,38 +30,36 @@ BAD_NUMBERS = [11, 12, 13, 18, 63, 64, 99, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF]
 def test_stats_count_every_bad_hypercall_under_one_key(cpu):
     # Unknown numbers are validated before they are counted: a guest cannot
     # make one dictionary key per number it tries (there are 2**32).
-    cpu.stats = Stats()
+    ctx = RunContext(cpu, stats=Stats())
     cpu.guest.lguest_data = LD
     for n in BAD_NUMBERS + list(range(1000, 3000)):
-        do_hcall(cpu, HcallArgs(n, 1, 2, 3))
+        do_hcall(cpu, HcallArgs(n, 1, 2, 3), ctx)
     assert cpu.guest.dead == "Bad hypercall 11\n"  # the first reason stays
-    assert dict(cpu.stats.hypercalls) == {OTHER: len(BAD_NUMBERS) + 2000}
-    do_hcall(cpu, HcallArgs(8, 1))  # LHCALL_TS: a known call keeps its number
-    assert cpu.stats.hypercalls[8] == 1
+    assert dict(ctx.stats.hypercalls) == {OTHER: len(BAD_NUMBERS) + 2000}
+    do_hcall(cpu, HcallArgs(8, 1), ctx)  # LHCALL_TS: a known call keeps its number
+    assert ctx.stats.hypercalls[8] == 1
 
 
 def test_stats_bad_hypercalls_from_the_async_ring(cpu, mem):
     # The ring runs all 64 slots even after the first bad call kills the
     # guest (as the C does): 64 distinct bad numbers, still one key.
-    cpu.stats = Stats()
+    ctx = RunContext(cpu, stats=Stats())
     cpu.guest.lguest_data = LD
     assert LD + LD_SIZE <= mem.size
     mem.write(LD + LD_STATUS, b"\x00" * 64)
     for slot in range(64):
         mem.write(LD + LD_HCALLS + 16 * slot, struct.pack("<4I", 0x1000 + slot, 0, 0, 0))
-    do_async_hcalls(cpu)
-    assert dict(cpu.stats.hypercalls) == {OTHER: 64}
+    do_async_hcalls(cpu, ctx)
+    assert dict(ctx.stats.hypercalls) == {OTHER: 64}
 
 
-@pytest.mark.parametrize("method", ["reflected", "direct"])
-def test_stats_trap_counters_have_a_fixed_number_of_keys(method):
+def test_stats_trap_counters_have_a_fixed_number_of_keys():
     # Trap numbers come from the emulator (0..256), but the counters do not
     # rely on it: past MAX_KEYS distinct keys, the rest count under OTHER.
     st = Stats()
-    count = getattr(st, method)
     for n in range(5000):
-        count(n, 0) if method == "reflected" else count(n, 1)
-    counter = st.reflected_traps if method == "reflected" else st.direct_traps
+        st.reflected(n, 0)
+    counter = st.reflected_traps
     assert len(counter) <= Stats.MAX_KEYS + 1
     assert sum(counter.values()) == 5000
     assert counter[0] == 1 and counter[255] == 1 and counter[OTHER] == 5000 - Stats.MAX_KEYS

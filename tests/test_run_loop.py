@@ -11,29 +11,22 @@ import struct
 import threading
 import time
 
+import lgtest
 import pytest
+from lgtest import EIP, INTR_GATE, IRQ_HANDLER, LD, LD_HCALL_STATUS, STACK, hc, prepare, set_regs
 
 import lguest
-from lguest.run import GuestKilled, RunExit, ScriptedBackend, run_guest
+from lguest.host.run import GuestKilled, RunExit, ScriptedBackend, run_guest
 
 PAGE = 4096
 MEM_SIZE = 64 * PAGE
-LD = 0x1000
-LD_IRQ_ENABLED, LD_BLOCKED, LD_CR2, LD_TIME, LD_STATUS = 0, 4, 8, 12, 20
-EIP = 0x5000
-STACK = 0x8000
-IRQ_HANDLER = 0x6000
+LD_IRQ_ENABLED, LD_CR2, LD_TIME = 0, 8, 12
 
 CHANGED_IDT = 1
 
 
-def set_regs(cpu, **values):
-    for name, value in values.items():
-        setattr(cpu.regs, name, value)
-
-
-def install(cpu, vector, handler, flags=0x8E00):
-    cpu.load_guest_idt_entry(vector, (0x60 << 16) | (handler & 0xFFFF), (handler & 0xFFFF0000) | flags)
+def install(cpu, vector, handler, flags=INTR_GATE):
+    lgtest.install(cpu, vector, handler, flags)  # the run loop's tests use interrupt gates
 
 
 def brk(trapnum=32):
@@ -42,11 +35,6 @@ def brk(trapnum=32):
         c.regs.trapnum = trapnum
         c.break_out = True
     return step
-
-
-def hc(n, a1=0, a2=0, a3=0):
-    """A step: the guest makes hypercall n through trap 31."""
-    return dict(eax=n, ebx=a1, ecx=a2, edx=a3, trapnum=31)
 
 
 class Capture(ScriptedBackend):
@@ -63,22 +51,6 @@ class Capture(ScriptedBackend):
         self.idts.append(idt.copy())
         self.halted.append(bool(cpu.halted))
         super().run_guest(cpu, idt, changed)
-
-
-def prepare(cpu, mem, *, irq_enabled=0x200, blocked=0):
-    """A guest kernel that has done LGUEST_INIT, with an empty async ring."""
-    g = cpu.guest
-    g.lguest_data = LD
-    mem.write_u32(LD + LD_IRQ_ENABLED, irq_enabled)
-    mem.write_u32(LD + LD_BLOCKED, blocked)
-    mem.write(LD + LD_STATUS, b"\xff" * 64)
-    set_regs(cpu, eip=EIP, cs=0x61, eflags=0x202, esp=STACK, ss=0x69, ds=0x69, es=0x69)
-    return cpu
-
-
-@pytest.fixture
-def kcpu(cpu, mem):
-    return prepare(cpu, mem)
 
 
 # --- step 9: entry ------------------------------------------------------------------------
@@ -356,7 +328,7 @@ def test_dead_guest_does_not_sleep_when_halted(kcpu, mem):
     # ring: HALT then a bad call; the dead check (step 7) precedes the sleep (step 8)
     import struct as _s
     mem.write(LD + 84, _s.pack("<4I", 10, 0, 0, 0) + _s.pack("<4I", 11, 0, 0, 0))
-    mem.write(LD + LD_STATUS, b"\x00\x00")
+    mem.write(LD + LD_HCALL_STATUS, b"\x00\x00")
     backend = Capture([hc(0)])
     t0 = time.monotonic()
     with pytest.raises(GuestKilled) as exc:

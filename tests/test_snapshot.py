@@ -5,7 +5,7 @@ from __future__ import annotations
 import pickle
 
 import lguest
-from lguest.snapshot import restore, snapshot
+from lguest.host.snapshot import restore, snapshot
 
 
 def _guest(core):

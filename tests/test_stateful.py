@@ -16,9 +16,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 import lguest
 from lguest.constants import LD_BLOCKED_INTERRUPTS, LD_IRQ_ENABLED, LD_SYSCALL_VEC, LGUEST_DATA_SIZE
-from lguest.hypercalls import HcallArgs, do_hcall, do_hypercalls
-from lguest.run import ScriptedBackend
-from lguest.traps import handle_trap
+from lguest.host.hypercalls import HcallArgs, do_hcall, do_hypercalls
+from lguest.host.run import RunContext, ScriptedBackend
+from lguest.host.traps import handle_trap
 
 PAGES = 8
 SIZE = PAGES * 4096
@@ -38,6 +38,7 @@ class LockstepCores(RuleBasedStateMachine):
         super().__init__()
         self.sides: list[tuple[object, object]] = []
         self.backend = ScriptedBackend([])
+        self.contexts: dict[int, RunContext] = {}  # by id(cpu): the run context handlers get
 
     @initialize(ld=st.one_of(st.none(), st.integers(0, SIZE - LGUEST_DATA_SIZE), st.integers(SIZE - 1200, SIZE)),
                 page_offset=st.sampled_from([0, 0xC0000000, 0xFFFFF000]),
@@ -48,7 +49,7 @@ class LockstepCores(RuleBasedStateMachine):
             mem = lguest.GuestMemory(SIZE, guard_pages=True)
             guest = host.new_guest(mem, page_offset=page_offset, clock=lguest.VirtualClock(), core=name)
             cpu = guest.new_cpu()
-            cpu.backend = self.backend
+            self.contexts[id(cpu)] = RunContext(cpu, self.backend)
             if ld is not None:
                 guest.lguest_data = ld
                 guest.ld_write_u32(LD_IRQ_ENABLED, 0x200)
@@ -108,21 +109,21 @@ class LockstepCores(RuleBasedStateMachine):
                          st.sampled_from([0, 3, 4, 5, 6, 7, 8, 9, 10, 14, 15, 16, 17]), st.integers(0, 20), u32),
           a1=st.one_of(addr, u32), a2=u32, a3=u32)
     def hypercall(self, call, a1, a2, a3) -> None:
-        self.each(lambda g, c: do_hcall(c, HcallArgs(call, a1, a2, a3)))
+        self.each(lambda g, c: do_hcall(c, HcallArgs(call, a1, a2, a3), self.contexts[id(c)]))
 
     @rule(eax=st.integers(0, 20), ebx=addr)
     def trap31_hypercall(self, eax, ebx) -> None:
         def go(g, c):
             c.regs.eax, c.regs.ebx = eax, ebx
             c.hcall_pending = True
-            do_hypercalls(c)
+            do_hypercalls(c, self.contexts[id(c)])
         self.each(go)
 
     @rule(trap=st.one_of(st.integers(0, 40), st.just(256), vector), errcode=u32, cr2=u32)
     def trap(self, trap, errcode, cr2) -> None:
         def go(g, c):
             c.regs.trapnum, c.regs.errcode, c.last_pagefault = trap, errcode, cr2
-            handle_trap(c, self.backend)
+            handle_trap(c, self.contexts[id(c)])
         self.each(go)
 
     @rule(ns=st.integers(0, 10**6))

@@ -13,8 +13,8 @@ import pytest
 
 import lguest
 from lguest.constants import LD_BLOCKED_INTERRUPTS, LD_IRQ_ENABLED
-from lguest.launcher import Launcher
-from lguest.run import Backend
+from lguest.host.launcher import Launcher
+from lguest.host.run import Backend
 
 STACK = 0x8000
 HANDLER_BASE = 0x1000

@@ -10,23 +10,18 @@ from __future__ import annotations
 import struct
 
 import pytest
+from lgtest import LD, install, set_regs
 
 import lguest
-from lguest.run import ScriptedBackend
-from lguest.traps import emulate_insn, handle_trap
+from lguest.host.run import RunContext, ScriptedBackend
+from lguest.host.traps import emulate_insn, handle_trap
 
 PAGE = 4096
 MEM_SIZE = 64 * PAGE
 M32 = 0xFFFFFFFF
-LD = 0x1000
 LD_CR2 = 8
 EIP = 0x5000  # guest code (flat guest: physical == virtual)
 STACK = 0x8000
-
-
-def set_regs(cpu, **values):
-    for name, value in values.items():
-        setattr(cpu.regs, name, value)
 
 
 def kernel(cpu, **extra):
@@ -39,11 +34,6 @@ def kernel(cpu, **extra):
 
 def regs(cpu):
     return tuple(int(x) for x in cpu.regs.array)
-
-
-def install(cpu, vector, handler, flags=0x8F00):
-    """The guest's LOAD_IDT_ENTRY for a present gate to handler."""
-    cpu.load_guest_idt_entry(vector, (0x60 << 16) | (handler & 0xFFFF), (handler & 0xFFFF0000) | flags)
 
 
 class Recorder(ScriptedBackend):
@@ -65,7 +55,7 @@ def backend():
 
 def trap(cpu, backend, num, **extra):
     kernel(cpu, trapnum=num, **extra)
-    handle_trap(cpu, backend)
+    handle_trap(cpu, RunContext(cpu, backend))
 
 
 # --- 13: general protection, in/out emulation -----------------------------------------
@@ -194,7 +184,7 @@ def test_pf_handled_by_demand_page(cpu, mem, guest):
     before = None
     kernel(cpu, trapnum=14, errcode=6)
     before = regs(cpu)
-    handle_trap(cpu, backend)
+    handle_trap(cpu, RunContext(cpu, backend))
     assert backend.calls == [("demand_page", 0xC0123456, 6)]
     assert guest.dead is None
     assert regs(cpu) == before
@@ -249,7 +239,7 @@ def test_nm_without_ts_is_the_hosts(cpu, mem, backend):
     cpu.ts = 0
     kernel(cpu, trapnum=7)
     before = regs(cpu)
-    handle_trap(cpu, backend)
+    handle_trap(cpu, RunContext(cpu, backend))
     assert cpu.guest.dead is None
     assert regs(cpu) == before
 
@@ -274,7 +264,7 @@ def test_nm_with_ts_unhandled(cpu, mem, backend):
 def test_real_interrupt_is_ignored(cpu, mem, backend, num):
     kernel(cpu, trapnum=num)
     before = regs(cpu)
-    handle_trap(cpu, backend)
+    handle_trap(cpu, RunContext(cpu, backend))
     assert cpu.guest.dead is None
     assert regs(cpu) == before
     assert not cpu.hcall_pending
@@ -284,7 +274,7 @@ def test_real_interrupt_even_with_a_guest_gate(cpu, mem, backend):
     install(cpu, 0x80, 0x7300, flags=0xEF00)
     kernel(cpu, trapnum=0x80)
     before = regs(cpu)
-    handle_trap(cpu, backend)
+    handle_trap(cpu, RunContext(cpu, backend))
     assert regs(cpu) == before
 
 
@@ -292,7 +282,7 @@ def test_real_interrupt_even_with_a_guest_gate(cpu, mem, backend):
 def test_trap31_marks_hypercall_pending(cpu, mem, backend):
     kernel(cpu, trapnum=31, eax=17, ebx=0x1234)
     before = regs(cpu)
-    handle_trap(cpu, backend)
+    handle_trap(cpu, RunContext(cpu, backend))
     assert cpu.hcall_pending
     assert regs(cpu) == before
     assert cpu.guest.dead is None

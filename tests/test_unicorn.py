@@ -202,7 +202,7 @@ def test_wall_clock(guests):
 
 def test_pure_python_core_delivers_the_same(guests):
     with launcher(core="python") as lg:
-        assert type(lg.cpu).__module__ == "lguest.fallback"
+        assert lguest.core_of(lg.cpu) is lguest.fallback
         lg.load_elf(guests["small"])
         result = lg.run(timeout=30)
         stats = lg.stats
@@ -575,8 +575,9 @@ def test_an_engine_of_another_layout_is_refused_not_run(monkeypatch, core, name,
     import unicorn as U
 
     import lguest.unicorn as lu
+    import lguest.unicorn.engine as engine
 
-    monkeypatch.setattr(lu, name, value)
+    monkeypatch.setattr(engine, name, value)
     with pytest.raises(lu.UnsupportedUnicorn, match="Unicorn 2.1.4|cannot read"):
         lu.engine_internals(U.Uc(U.UC_ARCH_X86, U.UC_MODE_32))
     lg = UnicornLauncher(memory=1 << 20, core=core.NAME)

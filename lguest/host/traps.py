@@ -8,10 +8,10 @@ reflected into the guest through its IDT, or kill it if it has no handler.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import messages as M
-from .constants import (
+from .. import messages as M
+from ..constants import (
     GUEST_PL,
     KVM_HYPERCALL,
     LD_CR2,
@@ -19,6 +19,9 @@ from .constants import (
     LGUEST_TRAP_ENTRY,
     U32,
 )
+
+if TYPE_CHECKING:
+    from .run import RunContext
 
 
 def emulate_insn(cpu: Any) -> bool:
@@ -72,12 +75,14 @@ def rewrite_hypercall(cpu: Any, backend: Any = None) -> None:
         backend.code_changed(cpu, gpa, len(LGUEST_HYPERCALL_PATCH))
 
 
-def handle_trap(cpu: Any, backend: Any = None) -> None:
-    """Deal with ``cpu.regs.trapnum`` after the guest stopped."""
+def handle_trap(cpu: Any, ctx: RunContext | None = None) -> None:
+    """Deal with ``cpu.regs.trapnum`` after the guest stopped (for the run
+    ``ctx``: its backend pages in faults, its stats count reflections)."""
     r = cpu.regs
     g = cpu.guest
     trapnum = r.trapnum
-    stats = getattr(cpu, "stats", None)
+    backend = None if ctx is None else ctx.backend
+    stats = None if ctx is None else ctx.stats
     if trapnum == 13:  # general protection fault
         if r.errcode == 0 and emulate_insn(cpu):
             return

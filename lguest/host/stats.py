@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 #: The key that counts unknown hypercall numbers, and any key past the cap.
 OTHER = -1
@@ -20,7 +20,7 @@ class TraceEvent(NamedTuple):
     time_ns: int
     vector: int
     eip: int
-    kind: str  # "irq", "reflect", "direct", "hcall", "kill"
+    kind: str  # "irq", "reflect", "hcall", "kill"
 
 
 class Stats:
@@ -33,7 +33,6 @@ class Stats:
     def __init__(self, trace_size: int = 0) -> None:
         self.hypercalls: Counter[int] = Counter()
         self.reflected_traps: Counter[int] = Counter()
-        self.direct_traps: Counter[int] = Counter()
         self.kills = 0
         self.entries = 0  # guest entries (backend runs)
         self.trace: deque[TraceEvent] | None = deque(maxlen=trace_size) if trace_size else None
@@ -43,10 +42,10 @@ class Stats:
             self.trace.append(TraceEvent(time.monotonic_ns(), vector, eip, kind))
 
     @classmethod
-    def _count(cls, counter: Counter[int], key: int, n: int = 1) -> None:
+    def _count(cls, counter: Counter[int], key: int) -> None:
         if key not in counter and len(counter) >= cls.MAX_KEYS:
             key = OTHER
-        counter[key] += n
+        counter[key] += 1
 
     def hypercall(self, num: int) -> None:
         """Count hypercall ``num`` (the caller passes OTHER for an unknown number)."""
@@ -58,20 +57,6 @@ class Stats:
         self._count(self.reflected_traps, trapnum)
         self._event(trapnum, eip, "reflect")
 
-    def direct(self, vector: int, count: int = 1) -> None:
-        self._count(self.direct_traps, vector, count)
-
     def irq(self, irq: int, count: int, eip: int) -> None:
         """Trace a delivery (the counts themselves live in ``cpu.irq_counts``)."""
         self._event(32 + irq, eip, "irq")
-
-    def as_dict(self, cpu: Any = None) -> dict[str, Any]:
-        irqs = {} if cpu is None else {32 + i: n for i, n in enumerate(cpu.irq_counts) if n}
-        return {
-            "entries": self.entries,
-            "irqs": irqs,
-            "direct_traps": dict(sorted(self.direct_traps.items())),
-            "reflected_traps": dict(sorted(self.reflected_traps.items())),
-            "hypercalls": dict(sorted(self.hypercalls.items())),
-            "kills": self.kills,
-        }

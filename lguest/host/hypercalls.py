@@ -13,10 +13,10 @@ one place to look to see what a guest may ask for.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from . import messages as M
-from .constants import (
+from .. import messages as M
+from ..constants import (
     CHANGED_GDT,
     CHANGED_GDT_TLS,
     GDT_ENTRIES,
@@ -58,6 +58,9 @@ from .constants import (
 )
 from .stats import OTHER
 
+if TYPE_CHECKING:
+    from .run import RunContext
+
 
 class HcallArgs(NamedTuple):
     """``struct hcall_args``: arg0 is the call number."""
@@ -78,24 +81,21 @@ class HcallArgs(NamedTuple):
         return cls(*(int.from_bytes(raw[i:i + 4], "little") for i in (0, 4, 8, 12)))
 
 
-def _backend(cpu: Any) -> Any:
-    return getattr(cpu, "backend", None)
-
-
-def _stats(cpu: Any) -> Any:
-    return getattr(cpu, "stats", None)
+def _backend(ctx: RunContext | None) -> Any:
+    """The backend of the run, if any (a hypercall run outside the loop has none)."""
+    return None if ctx is None else ctx.backend
 
 
 # --- the handlers ----------------------------------------------------------------
-def _flush_async(cpu: Any, args: HcallArgs) -> None:
+def _flush_async(cpu: Any, args: HcallArgs, ctx: RunContext | None) -> None:
     """Nothing: the exit itself already ran the ring."""
 
 
-def _init_again(cpu: Any, args: HcallArgs) -> None:
+def _init_again(cpu: Any, args: HcallArgs, ctx: RunContext | None) -> None:
     cpu.guest.kill("already have lguest_data")
 
 
-def _shutdown(cpu: Any, args: HcallArgs) -> None:
+def _shutdown(cpu: Any, args: HcallArgs, ctx: RunContext | None) -> None:
     """The guest is going: record why.  RESTART asks the Launcher to reboot it."""
     msg = bytearray(cpu.lgread(args.arg1, 128))
     msg[127] = 0
@@ -105,16 +105,16 @@ def _shutdown(cpu: Any, args: HcallArgs) -> None:
         cpu.guest.restart = True  # the kernel's dead = ERR_PTR(-ERESTART): overrides any reason
 
 
-def _load_gdt(cpu: Any, args: HcallArgs) -> None:
+def _load_gdt(cpu: Any, args: HcallArgs, ctx: RunContext | None) -> None:
     load_guest_gdt(cpu, args.arg1, args.arg2)
 
 
-def _new_pgtable(cpu: Any, args: HcallArgs) -> None:
+def _new_pgtable(cpu: Any, args: HcallArgs, ctx: RunContext | None) -> None:
     """Switch to the page directory at guest-physical arg1; pin the stack
     only in one not seen before (see Backend.known_pgdir).  Without a
     backend there are no shadows to keep: every switch pins."""
     cpu.guest.pgdir = args.arg1
-    backend = _backend(cpu)
+    backend = _backend(ctx)
     known = False
     if backend is not None:
         known = backend.known_pgdir(args.arg1)
@@ -123,36 +123,36 @@ def _new_pgtable(cpu: Any, args: HcallArgs) -> None:
         cpu.pin_stack_pages()
 
 
-def _flush_tlb(cpu: Any, args: HcallArgs) -> None:
+def _flush_tlb(cpu: Any, args: HcallArgs, ctx: RunContext | None) -> None:
     """arg1 non-zero: drop every mapping (kernel too); 0: the user part only."""
-    backend = _backend(cpu)
+    backend = _backend(ctx)
     if backend is not None:
         backend.flush_tlb(cpu, bool(args.arg1))
     if args.arg1:
         cpu.pin_stack_pages()
 
 
-def _load_idt_entry(cpu: Any, args: HcallArgs) -> None:
+def _load_idt_entry(cpu: Any, args: HcallArgs, ctx: RunContext | None) -> None:
     cpu.load_guest_idt_entry(args.arg1, args.arg2, args.arg3)
 
 
-def _set_stack(cpu: Any, args: HcallArgs) -> None:
+def _set_stack(cpu: Any, args: HcallArgs, ctx: RunContext | None) -> None:
     cpu.guest_set_stack(args.arg1, args.arg2, args.arg3)
 
 
-def _ts(cpu: Any, args: HcallArgs) -> None:
+def _ts(cpu: Any, args: HcallArgs, ctx: RunContext | None) -> None:
     cpu.ts = args.arg1 - (1 << 32) if args.arg1 & 0x80000000 else args.arg1  # an int in lg_cpu
 
 
-def _set_clockevent(cpu: Any, args: HcallArgs) -> None:
+def _set_clockevent(cpu: Any, args: HcallArgs, ctx: RunContext | None) -> None:
     cpu.set_clockevent(args.arg1)
 
 
-def _halt(cpu: Any, args: HcallArgs) -> None:
+def _halt(cpu: Any, args: HcallArgs, ctx: RunContext | None) -> None:
     cpu.halted = True
 
 
-def _set_pte(cpu: Any, args: HcallArgs) -> None:
+def _set_pte(cpu: Any, args: HcallArgs, ctx: RunContext | None) -> None:
     """arg1 = page directory, arg2 = vaddr, arg3 = the new pte.  The kernel
     looks up the shadow directory entry for vaddr first, and the Switcher's
     entry is never the guest's: that kills whatever the pte says.  The pte
@@ -160,26 +160,26 @@ def _set_pte(cpu: Any, args: HcallArgs) -> None:
     if args.arg2 >= SWITCHER_ADDR:
         cpu.guest.kill("attempt to access switcher pages")
         return
-    backend = _backend(cpu)
+    backend = _backend(ctx)
     if backend is not None:
         backend.set_pte(cpu, args.arg1, args.arg2, args.arg3)
 
 
-def _set_pmd(cpu: Any, args: HcallArgs) -> None:
-    backend = _backend(cpu)
+def _set_pmd(cpu: Any, args: HcallArgs, ctx: RunContext | None) -> None:
+    backend = _backend(ctx)
     if backend is not None and args.arg2 < 1023:  # the Switcher's entry is never the guest's
         backend.set_pmd(cpu, args.arg1, args.arg2)
 
 
-def _load_tls(cpu: Any, args: HcallArgs) -> None:
+def _load_tls(cpu: Any, args: HcallArgs, ctx: RunContext | None) -> None:
     guest_load_tls(cpu, args.arg1)
 
 
-def _notify(cpu: Any, args: HcallArgs) -> None:
+def _notify(cpu: Any, args: HcallArgs, ctx: RunContext | None) -> None:
     cpu.pending_notify = args.arg1
 
 
-Handler = Callable[[Any, HcallArgs], None]
+Handler = Callable[[Any, HcallArgs, "RunContext | None"], None]
 
 #: Every hypercall of this era, by number (arch/x86/include/asm/lguest_hcall.h).
 HYPERCALLS: dict[int, Handler] = {
@@ -211,10 +211,11 @@ HYPERCALL_NAMES: dict[int, str] = {
 }
 
 
-def do_hcall(cpu: Any, args: HcallArgs) -> None:
-    """Run one hypercall; an unknown number kills the guest."""
+def do_hcall(cpu: Any, args: HcallArgs, ctx: RunContext | None = None) -> None:
+    """Run one hypercall (for the run ``ctx``: its backend, its stats); an
+    unknown number kills the guest."""
     handler = HYPERCALLS.get(args.arg0)
-    stats = _stats(cpu)
+    stats = None if ctx is None else ctx.stats
     if stats is not None:
         # Validated before it is counted: one key for every unknown number,
         # not one per number a guest cares to try (the kill names it).
@@ -222,7 +223,7 @@ def do_hcall(cpu: Any, args: HcallArgs) -> None:
     if handler is None:
         cpu.guest.kill(f"Bad hypercall {M.li(args.arg0)}\n")
         return
-    handler(cpu, args)
+    handler(cpu, args, ctx)
 
 
 # --- the GDT (segments.c) ------------------------------------------------------------
@@ -266,7 +267,7 @@ def guest_load_tls(cpu: Any, gtls: int) -> None:
 
 
 # --- LGUEST_INIT -----------------------------------------------------------------------------
-def initialize(cpu: Any) -> None:
+def initialize(cpu: Any, ctx: RunContext | None = None) -> None:
     """The first hypercall must be LGUEST_INIT, telling us where lguest_data is.
 
     Every step runs even after an earlier one killed the guest, as in the C.
@@ -308,14 +309,14 @@ def initialize(cpu: Any) -> None:
             g.kill("bad kernel address " + M.lx(kernel_address))
 
     # guest_pagetable_clear_all: drop every mapping, re-pin the stack.
-    backend = _backend(cpu)
+    backend = _backend(ctx)
     if backend is not None:
         backend.flush_tlb(cpu, True)
     cpu.pin_stack_pages()
 
 
 # --- the async ring ------------------------------------------------------------------------
-def do_async_hcalls(cpu: Any) -> None:
+def do_async_hcalls(cpu: Any, ctx: RunContext | None = None) -> None:
     """Run the queued calls, oldest first, from a snapshot of the status bytes."""
     g = cpu.guest
     ld = g.lguest_data
@@ -331,7 +332,7 @@ def do_async_hcalls(cpu: Any) -> None:
         if off + 16 > g.memory.size:
             g.kill("Fetching async hypercalls")
             break
-        do_hcall(cpu, HcallArgs.from_bytes(g.memory.read(off, 16)))
+        do_hcall(cpu, HcallArgs.from_bytes(g.memory.read(off, 16)), ctx)
         if ld + LD_HCALL_STATUS + n + 1 > g.memory.size:
             g.kill("Writing result for async hypercall")
             break
@@ -340,15 +341,15 @@ def do_async_hcalls(cpu: Any) -> None:
             break
 
 
-def do_hypercalls(cpu: Any) -> None:
+def do_hypercalls(cpu: Any, ctx: RunContext | None = None) -> None:
     """The exit-time hypercall work: LGUEST_INIT first, then ring, then the trap's call."""
     if cpu.guest.lguest_data is None:
-        initialize(cpu)
+        initialize(cpu, ctx)
         cpu.hcall_pending = False
         return
-    do_async_hcalls(cpu)
+    do_async_hcalls(cpu, ctx)
     # A NOTIFY in the ring stops here: the trap's own call stays pending and
     # is done after the Launcher has seen the notification.
     if not cpu.pending_notify:
-        do_hcall(cpu, HcallArgs.from_regs(cpu))
+        do_hcall(cpu, HcallArgs.from_regs(cpu), ctx)
         cpu.hcall_pending = False

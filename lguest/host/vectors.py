@@ -17,11 +17,12 @@ from collections.abc import Iterable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from .constants import HOST_PERCPU_VECTORS, HOST_VECTOR_OWNERS, NR_VECTORS, SYSCALL_VECTOR
-from .validate import to_index, to_u32
+from ..constants import HOST_PERCPU_VECTORS, HOST_VECTOR_OWNERS, SYSCALL_VECTOR
+from ..cores import load_core
+from ..validate import check_vector, to_u32
 
 if TYPE_CHECKING:
-    from .memory import GuestMemory
+    from ..memory import GuestMemory
 
 log = logging.getLogger("lguest")
 
@@ -38,15 +39,6 @@ class VectorBusy(OSError):
         return str(self.strerror)
 
 
-def _check_vector(v: Any) -> int:
-    """A vector number 0..255 (lguest.validate's integer rule: no bools)."""
-    v = to_index(v, "vector")
-    if not 0 <= v < NR_VECTORS:
-        raise ValueError(f"vector {v} out of range 0..{NR_VECTORS - 1}")
-    return v
-
-
-_check_u32 = to_u32  # kept for importers: the rule lives in lguest.validate
 
 
 class UsedVectors:
@@ -65,8 +57,8 @@ class UsedVectors:
         self._lock = threading.RLock()
         self._used: dict[int, str] = {}
         for v in used:
-            self._used[_check_vector(v)] = (owners or {}).get(v, "host")
-        self._percpu = frozenset(_check_vector(v) for v in percpu)
+            self._used[check_vector(v)] = (owners or {}).get(v, "host")
+        self._percpu = frozenset(check_vector(v) for v in percpu)
 
     @classmethod
     def default(cls) -> UsedVectors:
@@ -81,11 +73,11 @@ class UsedVectors:
 
     def percpu(self, v: int) -> bool:
         """True if a per-CPU host IRQ has ``v`` (``vector_used_by_percpu_irq``)."""
-        return _check_vector(v) in self._percpu
+        return check_vector(v) in self._percpu
 
     def owner(self, v: int) -> str | None:
         """Who holds ``v``: a description, or None if it is free."""
-        _check_vector(v)
+        check_vector(v)
         with self._lock:
             if v in self._used:
                 return self._used[v]
@@ -95,7 +87,7 @@ class UsedVectors:
 
     def reserve(self, v: int, owner: str = "lguest") -> None:
         """Mark ``v`` used; :class:`VectorBusy` if it already is."""
-        _check_vector(v)
+        check_vector(v)
         with self._lock:
             holder = self.owner(v)
             if holder is not None:
@@ -111,7 +103,7 @@ class UsedVectors:
 
     def release(self, v: int) -> None:
         """Clear ``v`` (``clear_bit``); releasing a free vector is harmless."""
-        _check_vector(v)
+        check_vector(v)
         with self._lock:
             self._used.pop(v, None)
 
@@ -135,7 +127,7 @@ class Host:
     """
 
     def __init__(self, syscall_vector: int = SYSCALL_VECTOR, used_vectors: UsedVectors | None = None) -> None:
-        self._syscall_vector = _check_vector(syscall_vector)
+        self._syscall_vector = check_vector(syscall_vector)
         self.used_vectors = used_vectors if used_vectors is not None else UsedVectors.default()
         self._reserved = False
         self._initialised = False
@@ -149,7 +141,7 @@ class Host:
     def syscall_vector(self, v: int) -> None:
         if self._initialised or self._has_guests:
             raise AttributeError("syscall_vector is read-only once interrupts are initialised or guests exist")
-        self._syscall_vector = _check_vector(v)
+        self._syscall_vector = check_vector(v)
 
     # --- module load / unload -------------------------------------------------
     def init_interrupts(self) -> None:
@@ -184,12 +176,12 @@ class Host:
     # --- the two predicates direct traps hinge on ------------------------------
     def could_be_syscall(self, num: int) -> bool:
         """Linux's 0x80 or the vector this module was loaded with."""
-        num = _check_u32(num, "vector")
+        num = to_u32(num, "vector")
         return num == SYSCALL_VECTOR or num == self._syscall_vector
 
     def direct_trap(self, num: int) -> bool:
         """Could trap ``num`` go straight to the guest without the host?"""
-        num = _check_u32(num, "vector")
+        num = to_u32(num, "vector")
         if num >= 0x20 and not self.could_be_syscall(num):
             return False
         return num not in (14, 13, 7, 6, 0x1F)
@@ -198,8 +190,6 @@ class Host:
     def new_guest(self, memory: GuestMemory, *, page_offset: int = 0xC0000000, clock: Any = None,
                   core: str | ModuleType | None = None) -> Any:
         """A new :class:`Guest` on ``memory``, built by ``core`` (default: the active one)."""
-        from . import load_core
-
         mod = load_core(core) if core is None or isinstance(core, str) else core
         self._has_guests = True
         return mod.Guest(self, memory, page_offset=page_offset, clock=clock)

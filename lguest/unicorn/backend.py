@@ -1,0 +1,166 @@
+"""The :class:`~lguest.host.run.Backend` on a Unicorn engine.
+
+:class:`UnicornBackend` joins the parts: the :class:`~.switcher.Switcher`'s
+pages, the native hook (:mod:`lguest._uchook`, which enters the guest and
+delivers direct traps in C), :class:`~.exits.ExitDecoding` for why the
+emulator stopped and :class:`~.paging.ShadowPaging` for the page-table
+hypercalls.  :class:`~.launcher.UnicornLauncher` builds and owns it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from typing import Any
+
+import numpy as np
+import unicorn as _unicorn
+from unicorn import x86_const as _x86
+
+from .. import _uchook
+from ..constants import CHANGED_ALL, CHANGED_GDT, CHANGED_GDT_TLS, IDT_ENTRIES, LGUEST_CS, LGUEST_DS, SWITCHER_ADDR
+from ..cores import compiled, core_of
+from ..host.run import Backend
+from .engine import engine_handle, engine_internals, function_addresses, uclib
+from .exits import ExitDecoding
+from .layout import context_layout
+from .paging import ShadowPaging
+from .switcher import CR0_WP, SW_GDT, SW_SIZE, SW_STUBS, SW_UNTIL, Switcher
+
+#: The registers of ``cpu.regs.array``, by index, as Unicorn names them (-1:
+#: trapnum and errcode, which are not registers).
+_REG_IDS = [_x86.UC_X86_REG_EAX, _x86.UC_X86_REG_EBX, _x86.UC_X86_REG_ECX, _x86.UC_X86_REG_EDX,
+            _x86.UC_X86_REG_ESI, _x86.UC_X86_REG_EDI, _x86.UC_X86_REG_EBP, _x86.UC_X86_REG_GS,
+            _x86.UC_X86_REG_FS, _x86.UC_X86_REG_DS, _x86.UC_X86_REG_ES, -1, -1, _x86.UC_X86_REG_EIP,
+            _x86.UC_X86_REG_CS, _x86.UC_X86_REG_EFLAGS, _x86.UC_X86_REG_ESP, _x86.UC_X86_REG_SS]
+
+
+class UnicornBackend(ExitDecoding, ShadowPaging, Backend):
+    """A :class:`lguest.host.run.Backend` on a Unicorn engine: see :mod:`lguest.unicorn`.
+
+    Built and owned by :class:`UnicornLauncher`.  ``native_direct=False``
+    stops the emulator at direct traps too and delivers them from Python
+    (the same core call, for comparison).
+    """
+
+    #: Host IDT targets of non-direct traps: the Switcher's stubs.
+    default_handlers = (SWITCHER_ADDR + SW_STUBS + np.arange(IDT_ENTRIES, dtype=np.uint32) * 8).astype(np.uint32)
+
+    def __init__(self, uc: Any, cpu: Any, *, virtual: bool, ns_per_block: int, native_direct: bool = True) -> None:
+        self.uc = uc
+        self.cpu = cpu
+        self.guest = cpu.guest
+        self.core = core_of(cpu)
+        self.virtual = virtual
+        self.ns_per_block = int(ns_per_block)
+        self.deadline_ns = 0
+        self.paging = False
+        self._last_blocks = 0
+        self.python_direct: dict[int, int] = {}
+        self.hooks: Any = None
+        self._enter_switcher(uc, cpu)
+        self.hooks = self._native_hooks(uc, cpu, native_direct)
+
+    def _enter_switcher(self, uc: Any, cpu: Any) -> None:
+        """Map the Switcher and load the CPU's host state: GDTR, IDTR, the
+        GDT, TR and CR0.WP; the host IDT starts with every trap going to
+        the Switcher's stubs (``copy_traps`` fills it at the first entry)."""
+        self.switcher = sw = Switcher()
+        self.gdt, self.host_idt, self.shadow_pgd = sw.gdt, sw.host_idt, sw.shadow_pgd
+        sw.map(uc)
+        # lguest's host IDT for this cpu lives in the Switcher: the launcher
+        # hands it to the run context, and copy_traps fills it.
+        self.core.setup_default_idt_entries(self.host_idt, self.default_handlers)
+        cpu.changed |= CHANGED_ALL
+        self.load_gdt(cpu)
+        sw.load_task_register(uc)
+        uc.reg_write(_x86.UC_X86_REG_CR0, uc.reg_read(_x86.UC_X86_REG_CR0) | CR0_WP)
+
+    def _native_hooks(self, uc: Any, cpu: Any, native_direct: bool) -> Any:
+        """The native half: two saved contexts (the full one, and a small one
+        for registers and segment caches only), the hooks bound to the cpu's
+        arrays and, on the compiled core, its native API for direct traps."""
+        lib = uclib()
+        layout = context_layout()
+        ctx, ctx_small = ctypes.c_void_p(), ctypes.c_void_p()
+        if lib.uc_context_alloc(uc._uch, ctypes.byref(ctx)) != 0 or \
+                lib.uc_context_alloc(uc._uch, ctypes.byref(ctx_small)) != 0:
+            raise OSError("uc_context_alloc failed")
+        # The small context saves and restores only the registers and the
+        # segment caches: its size word (the header's first) says so.
+        small = layout["segs"] + 6 * layout["seg_stride"] - layout["data"]
+        ctypes.memmove(ctx_small.value, struct.pack("<Q", small), 8)
+        hooks = _uchook.NativeHooks(
+            uc_handle=engine_handle(uc), funcs=function_addresses(), reg_ids=_REG_IDS,
+            reg_cr2=_x86.UC_X86_REG_CR2, layout=layout, switcher=self.switcher.mem,
+            switcher_va=SWITCHER_ADDR, switcher_size=SW_SIZE, gdt_offset=SW_GDT,
+            until_va=SWITCHER_ADDR + SW_UNTIL,
+            host_cs=LGUEST_CS, host_ss=LGUEST_DS, ctx_alloc=ctx.value, ctx_small_alloc=ctx_small.value,
+            uc_free=lambda p: lib.uc_free(ctypes.c_void_p(p)),
+            insn_in=_x86.UC_X86_INS_IN, insn_out=_x86.UC_X86_INS_OUT, internals=engine_internals(uc),
+            uc_owner=uc)
+        api = None
+        if self.core is compiled():
+            native_api = getattr(self.core, "native_api", None)  # None: direct traps take the Python path
+            api = native_api(cpu) if native_api is not None else None
+        hooks.bind(cpu, cpu.regs.array, self.host_idt, cpu.idt, self.guest.memory, api)
+        hooks.native_direct = native_direct
+        hooks.install()
+        return hooks
+
+    # --- host structures -------------------------------------------------------------------
+    def load_gdt(self, cpu: Any) -> None:
+        """The GDT the CPU uses (see :meth:`Switcher.load_gdt`)."""
+        self.switcher.load_gdt(cpu.gdt)
+
+    def close(self) -> None:
+        hooks = getattr(self, "hooks", None)
+        if hooks is not None:
+            hooks.close()
+            self.hooks = None
+        if self.uc is not None:
+            self.switcher.unmap(self.uc)
+        self.gdt = self.host_idt = self.shadow_pgd = None
+        self.switcher.drop_views()
+        self.uc = None
+
+    def release_switcher(self) -> None:
+        """Free the Switcher's memory (after the engine that mapped it is gone)."""
+        self.switcher.release()
+
+    # --- running ---------------------------------------------------------------------------
+    def run_guest(self, cpu: Any, idt: np.ndarray, changed: int) -> None:
+        g = self.guest
+        hooks = self.hooks
+        if changed & (CHANGED_GDT | CHANGED_GDT_TLS):
+            self.load_gdt(cpu)
+        self.switcher.set_stack(cpu.esp1, cpu.ss1)
+        hooks.set_guest_data(g.lguest_data, g.noirq_start, g.noirq_end)
+        budget = 0
+        clock = g.clock
+        if self.virtual:
+            nxt = clock.next_expiry()
+            if nxt is not None:
+                budget = max(1, -(-(nxt - clock.now_ns()) // self.ns_per_block))
+        err = hooks.run(budget, self.deadline_ns)
+        if self.virtual:
+            blocks = hooks.blocks
+            if blocks != self._last_blocks:
+                clock.advance((blocks - self._last_blocks) * self.ns_per_block)
+                self._last_blocks = blocks
+        self._exit(cpu, idt, hooks.reason, err)
+
+    def code_changed(self, cpu: Any, gpa: int, length: int) -> None:
+        """The vmcall patch: drop Unicorn's translations of those bytes."""
+        eip = cpu.regs.eip
+        try:
+            self.uc.ctl_remove_cache(eip, eip + length)
+        except _unicorn.UcError:
+            self.uc.ctl_flush_tb()
+
+    # --- statistics --------------------------------------------------------------------------------
+    def direct_counts(self) -> dict[int, int]:
+        counts = dict(self.hooks.direct_counts()) if self.hooks is not None else {}
+        for n, c in self.python_direct.items():
+            counts[n] = counts.get(n, 0) + c
+        return dict(sorted(counts.items()))

@@ -1,0 +1,305 @@
+"""The Launcher for a guest on Unicorn: its lifetime, loading, running.
+
+:class:`UnicornLauncher` owns a :class:`lguest.Host` (reserving the syscall
+vector), the guest's RAM (one copy, mapped into Unicorn with
+``mem_map_ptr``), the Guest and its cpu 0, the engine, a
+:class:`~.backend.UnicornBackend`, and a :class:`lguest.host.launcher.Launcher`
+that drives them through :func:`lguest.host.run.run_guest`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import unicorn as _unicorn
+from unicorn import unicorn_const as _ucc
+
+from ..clock import VirtualClock
+from ..constants import PAGE_SIZE, SWITCHER_ADDR
+from ..host.launcher import DEFAULT_CONSOLE_LIMIT, Launcher, RunResult
+from ..host.stats import Stats
+from ..host.vectors import Host
+from ..memory import GuestMemory
+from ..validate import to_bytes, to_timeout, to_u32
+from .backend import UnicornBackend
+from .elf import parse_elf32
+from .engine import TCG_BUFFER_SIZE, check_version
+from .paging import initial_page_tables
+from .stats import flat_stats
+from .switcher import GUEST_FLAT_SEGMENTS
+
+
+class UnicornLauncher:
+    """lguest's Launcher for a guest running on Unicorn (see the module text).
+
+    ``with UnicornLauncher(memory=16 << 20) as lg: lg.load_elf(path); result = lg.run()``
+    """
+
+    #: Virtual clock: guest nanoseconds per executed basic block (Unicorn
+    #: translation block).  A block is a handful of instructions, so this is
+    #: a guest that runs a few hundred million instructions a second.
+    ns_per_block = 10
+
+    #: On the main thread, run() returns to Python at least this often (a
+    #: host stop the guest cannot see) so that signal handlers -- Ctrl-C --
+    #: run while a guest spins inside the emulator.
+    SIGNAL_SLICE_NS = 50_000_000
+
+    def __init__(self, memory: int, *, syscall_vector: int = 0x80, page_offset: int = 0,
+                 clock: str = "virtual", console: Callable[[bytes], None] | Any = None,
+                 used_vectors: Any = None, native_direct: bool = True, core: Any = None,
+                 console_limit: int = DEFAULT_CONSOLE_LIMIT, trace_size: int = 0) -> None:
+        if clock not in ("virtual", "wall"):
+            raise ValueError('clock must be "virtual" or "wall"')
+        if isinstance(memory, bool) or not isinstance(memory, int) or memory <= 0 or memory % PAGE_SIZE:
+            raise ValueError(f"memory must be a positive multiple of {PAGE_SIZE}")
+        if page_offset % (4 << 20) or not 0 <= page_offset < SWITCHER_ADDR:
+            raise ValueError("page_offset must be a multiple of 4 MiB below the Switcher")
+        if page_offset and page_offset < memory:
+            raise ValueError("page_offset must lie above guest RAM")
+        if page_offset + memory > SWITCHER_ADDR or memory > SWITCHER_ADDR:
+            raise ValueError("guest memory overlaps the Switcher")
+        self.memory_size = memory
+        self.syscall_vector = syscall_vector
+        self.page_offset = page_offset
+        self.clock_mode = clock
+        self._console_arg = console
+        self._console_limit = console_limit
+        self._trace_size = trace_size
+        self._used_vectors = used_vectors
+        self._native_direct = native_direct
+        self._core = core
+        self.host: Any = None
+        self.memory: GuestMemory | None = None
+        self.guest: Any = None
+        self.cpu: Any = None
+        self.uc: Any = None
+        self.backend: UnicornBackend | None = None
+        self.launcher: Launcher | None = None
+        self.entry: int | None = None
+        # One run at a time: the engine, the native hooks' state and the
+        # cpu are not thread-safe.  Held for the whole of run().
+        self._run_lock = threading.Lock()
+        self._run_thread: int | None = None  # ident of the thread inside run(), if any
+        self._memory_hold: Any = None
+
+    # --- lifetime ------------------------------------------------------------------------------
+    def __enter__(self) -> UnicornLauncher:
+        if self.host is not None or self.backend is not None:
+            raise RuntimeError("UnicornLauncher is already entered (one with block at a time)")
+        check_version()
+        host = Host(self.syscall_vector, self._used_vectors)
+        host.init_interrupts()  # VectorBusy if another module has the vector
+        self.host = host
+        try:
+            self._setup()
+        except BaseException:
+            self._teardown()
+            raise
+        return self
+
+    #: __exit__ during a run on another thread breaks the guest out and
+    #: waits this long for run() to return before giving up.
+    teardown_wait = 5.0
+
+    def __exit__(self, *exc: Any) -> None:
+        """Tear down.  If another thread is inside run(), break it out and
+        wait (run returns within a block of the request); RuntimeError, with
+        nothing released, if it has not returned after ``teardown_wait``."""
+        if self._run_thread == threading.get_ident():
+            raise RuntimeError("UnicornLauncher cannot be torn down from inside its own run (a console or "
+                               "device callback); call break_out() there and leave the with block after run()")
+        if not self._run_lock.acquire(blocking=False):
+            try:
+                self.break_out()
+            except RuntimeError:
+                pass  # already torn down by another thread
+            if not self._run_lock.acquire(timeout=self.teardown_wait):
+                raise RuntimeError("UnicornLauncher is still running a guest on another thread; not torn down")
+        try:
+            self._teardown()
+        finally:
+            self._run_lock.release()
+
+    def _setup(self) -> None:
+        self.memory = mem = GuestMemory(self.memory_size)
+        clock = VirtualClock() if self.clock_mode == "virtual" else None
+        self.guest = g = self.host.new_guest(mem, page_offset=self.page_offset, clock=clock, core=self._core)
+        self.cpu = cpu = g.new_cpu()
+        # lguest_arch_setup_regs (the loader sets eip), and setup_guest_gdt's flat segments.
+        cpu.setup_regs(0)
+        for i, (a, b) in GUEST_FLAT_SEGMENTS.items():
+            cpu.gdt[i] = (a, b)
+        self.uc = uc = _unicorn.Uc(_ucc.UC_ARCH_X86, _ucc.UC_MODE_32)
+        # Cap the translation cache before anything initialises the engine
+        # (Unicorn sizes the code buffer once, at its lazy init, on the first
+        # mem_map): see TCG_BUFFER_SIZE.
+        uc.ctl_set_tcg_buffer_size(TCG_BUFFER_SIZE)
+        # Unicorn maps the pages themselves: hold the memory open until
+        # mem_unmap (GuestMemory.close() raises meanwhile).
+        hold = mem.hold()
+        hold.__enter__()
+        self._memory_hold = hold
+        uc.mem_map_ptr(0, mem.size, _ucc.UC_PROT_ALL, mem.address)
+        self.backend = backend = UnicornBackend(uc, cpu, virtual=clock is not None, ns_per_block=self.ns_per_block,
+                                                native_direct=self._native_direct)
+        if not backend.hooks.has_native_core:
+            backend.hooks.slice_ns = 0 if clock is not None else 1_000_000  # pure Python core, wall clock
+        if self.page_offset:
+            g.pgdir = initial_page_tables(mem, self.page_offset)
+            backend.enable_paging()
+        self.launcher = Launcher(cpu, backend, console=self._console_arg, console_limit=self._console_limit,
+                                 stats=Stats(trace_size=self._trace_size), host_idt=backend.host_idt)
+
+    def _teardown(self) -> None:
+        if self.backend is not None and self.cpu is not None:
+            self._final_stats = self.stats  # still readable after the with block
+        backend, self.backend = self.backend, None
+        if backend is not None:
+            backend.close()
+        unmapped = True
+        if self.uc is not None:
+            try:
+                self.uc.mem_unmap(0, self.memory_size)
+            except _unicorn.UcError:
+                unmapped = self._memory_hold is None  # mapped, or never mapped
+            self.uc = None  # the last reference: the engine is closed
+        if self._memory_hold is not None and unmapped:
+            self._memory_hold.__exit__(None, None, None)
+            self._memory_hold = None
+        if backend is not None:
+            backend.release_switcher()  # Unicorn no longer maps it
+        if self.launcher is not None:
+            self.launcher.context.host_idt = None  # a view of the Switcher, released above
+        if self.memory is not None:
+            try:
+                self.memory.close()
+            except (BufferError, RuntimeError):  # a view or a hold still lives: the GC frees it
+                pass
+        if self.host is not None:
+            self.host.free_interrupts()
+            self.host = None
+
+    def __del__(self) -> None:
+        # A launcher entered but never exited (an exception, a forgotten with
+        # block) is otherwise never freed: the native hooks, the core's native
+        # API capsule, the cpu and its backend form a cycle the garbage
+        # collector cannot see through (capsules are not traversed).
+        if getattr(self, "backend", None) is not None and getattr(self, "_run_thread", None) is None:
+            try:
+                self._teardown()
+            except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to report to
+                pass
+
+    # --- loading ----------------------------------------------------------------------------------
+    def _check_live(self) -> None:
+        if self.backend is None:
+            raise RuntimeError("use UnicornLauncher as a context manager")
+
+    def load_flat(self, data: bytes, load_address: int, entry: int) -> None:
+        """Copy a raw image to guest-physical ``load_address``; start at ``entry``."""
+        self._check_live()
+        data = to_bytes(data)
+        load_address, entry = to_u32(load_address, "load_address"), to_u32(entry, "entry")
+        if load_address + len(data) > self.memory.size:
+            raise ValueError("image does not fit in guest memory")
+        self.memory.write(load_address, data)
+        self.cpu.regs.eip = entry
+        self.entry = entry
+
+    def load_elf(self, path: Any) -> int:
+        """Load an ELF32 i386 executable: PT_LOAD segments at their physical
+        addresses, bss zeroed; start at its entry point (virtual when
+        page_offset is set: the initial page tables map it).  Returns the entry."""
+        self._check_live()
+        with open(path, "rb") as f:
+            data = f.read()
+        entry, segments = parse_elf32(data)
+        for paddr, raw, memsz in segments:
+            if paddr + memsz > self.memory.size:
+                raise ValueError(f"ELF segment at {paddr:#x} ({memsz:#x} bytes) does not fit in guest memory")
+            self.memory.write(paddr, raw + bytes(memsz - len(raw)))
+        self.cpu.regs.eip = entry
+        self.entry = entry
+        return entry
+
+    # --- running -----------------------------------------------------------------------------------
+    def run(self, timeout: float | None = None) -> RunResult:
+        """Run until the guest dies ("dead"), asks to reboot ("restart"), a
+        break-out ("break") or ``timeout`` seconds ("timeout")."""
+        timeout = to_timeout(timeout)
+        if self._run_thread == threading.get_ident():
+            raise RuntimeError("UnicornLauncher.run() called from inside its own run (a console or device callback)")
+        if not self._run_lock.acquire(blocking=False):
+            raise RuntimeError("UnicornLauncher.run() is already running on another thread")
+        try:
+            self._check_live()
+            backend = self.backend
+            hooks = backend.hooks
+            backend.deadline_ns = 0 if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
+            # Python runs signal handlers only between bytecodes, and a guest
+            # that never leaves the emulator never gives it one: on the main
+            # thread (where SIGINT lands) the native loop hands back control
+            # every SIGNAL_SLICE_NS, so Ctrl-C raises KeyboardInterrupt soon.
+            # The slice is a host stop like the clock's: the guest cannot see it.
+            slice_ns = hooks.slice_ns
+            if threading.current_thread() is threading.main_thread():
+                hooks.slice_ns = min(slice_ns, self.SIGNAL_SLICE_NS) if slice_ns else self.SIGNAL_SLICE_NS
+            self._run_thread = threading.get_ident()
+            try:
+                return self.launcher.run(timeout)
+            finally:
+                self._run_thread = None
+                backend.deadline_ns = 0
+                hooks.slice_ns = slice_ns
+        finally:
+            self._run_lock.release()
+
+    def _live_parts(self) -> tuple[Launcher, Any]:
+        """(launcher, hooks), read once: another thread's __exit__ may clear
+        the attributes between two reads."""
+        launcher, backend = self.launcher, self.backend
+        hooks = backend.hooks if backend is not None else None
+        if launcher is None or hooks is None:
+            raise RuntimeError("UnicornLauncher is not entered (or already torn down)")
+        return launcher, hooks
+
+    def send_irq(self, irq: int) -> None:
+        """Raise virtual irq ``irq`` (LHREQ_IRQ); thread-safe, honoured at the next guest block."""
+        launcher, hooks = self._live_parts()
+        launcher.send_irq(irq)
+        hooks.poke()
+
+    def break_out(self) -> None:
+        """Make run() return "break" soon (LHREQ_BREAK); thread-safe."""
+        launcher, hooks = self._live_parts()
+        launcher.break_out()
+        hooks.request_stop()
+
+    @property
+    def console(self) -> bytes:
+        """The newest ``console_limit`` bytes of early-console output."""
+        return self.launcher.console if self.launcher is not None else b""
+
+    @property
+    def console_dropped(self) -> int:
+        """Early-console bytes dropped from the front to keep ``console_limit``."""
+        return self.launcher.console_dropped if self.launcher is not None else 0
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """A flat mapping of counters (all ints): see :func:`lguest.unicorn.stats.flat_stats`."""
+        if self.backend is None:
+            return dict(getattr(self, "_final_stats", {}))
+        if self.cpu is None or self.launcher is None:
+            return {}
+        return flat_stats(self.cpu, self.launcher.stats, self.backend)
+
+    @property
+    def run_stats(self) -> Stats | None:
+        """The run's :class:`lguest.host.stats.Stats` (its trace holds the last
+        ``trace_size`` events), None outside the ``with`` block."""
+        return self.launcher.stats if self.launcher is not None else None
