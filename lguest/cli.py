@@ -339,13 +339,13 @@ def _import_backend() -> Any:
     if util.find_spec("unicorn") is None:
         raise UsageError("the Unicorn backend needs Unicorn 2.1.4: install it with pip install 'lguest[unicorn]'")
     try:
-        from . import _uchook  # noqa: F401 - only to tell "hooks missing" from "Unicorn missing"
-    except ImportError as exc:
-        raise UsageError(f"the compiled Unicorn hooks (lguest._uchook) are not built ({exc}); "
-                         "rebuild the package: pip install -e . (needs Cython and a C compiler)") from None
-    try:
         from .unicorn import UnicornLauncher
     except ImportError as exc:
+        missing = {getattr(e, "name", None) for e in (exc, exc.__cause__)}
+        if "lguest.unicorn._uchook" in missing:  # tell "hooks not built" from "Unicorn missing"
+            cause = exc.__cause__ or exc
+            raise UsageError(f"the compiled Unicorn hooks (lguest.unicorn._uchook) are not built ({cause}); "
+                             "rebuild the package: pip install -e . (needs Cython and a C compiler)") from None
         raise UsageError(f"the Unicorn backend is not usable: {exc}") from None
     return UnicornLauncher
 

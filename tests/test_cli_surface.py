@@ -65,11 +65,12 @@ def test_run_tells_missing_hooks_from_missing_unicorn(tmp_path: Path) -> None:
     pytest.importorskip("unicorn")
     image = tmp_path / "guest.elf"
     image.write_bytes(b"\x7fELF")
-    out = run_py("import sys; sys.modules['lguest._uchook'] = None; from lguest.cli import main; "
+    out = run_py("import sys; sys.modules['lguest.unicorn._uchook'] = None; from lguest.cli import main; "
                  f"sys.exit(main(['run', {str(image)!r}]))")
     assert out.returncode == 2
     lines = out.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("lguest: the compiled Unicorn hooks (lguest._uchook) are not built")
+    assert len(lines) == 1
+    assert lines[0].startswith("lguest: the compiled Unicorn hooks (lguest.unicorn._uchook) are not built")
     assert "pip install -e ." in lines[0] and "lguest[unicorn]" not in lines[0]
 
 

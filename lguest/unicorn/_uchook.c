@@ -17,6 +17,9 @@
         "extra_compile_args": [
             "-O3"
         ],
+        "extra_link_args": [
+            "-Wl,--strip-debug"
+        ],
         "include_dirs": [
             "lguest/unicorn",
             "lguest/include",
@@ -20268,7 +20271,7 @@ PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_4install, "Register the native hooks with Unicorn (once).");
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_4install, "NativeHooks.install(self)\n\nRegister the native hooks with Unicorn (once).");
 static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_5install = {"install", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_5install, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_4install};
 static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_5install(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
@@ -20720,7 +20723,8 @@ PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_7uninstall = {"uninstall", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_7uninstall, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_6uninstall, "NativeHooks.uninstall(self)");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_7uninstall = {"uninstall", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_7uninstall, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_6uninstall};
 static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_7uninstall(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
@@ -20847,7 +20851,7 @@ PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_8close, "Remove the hooks, free the contexts and drop every pointer (call\n        before closing Unicorn).  Idempotent; RuntimeError during a run.");
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_8close, "NativeHooks.close(self)\n\nRemove the hooks, free the contexts and drop every pointer (call\nbefore closing Unicorn).  Idempotent; RuntimeError during a run.");
 static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_9close = {"close", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_9close, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_8close};
 static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_9close(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
@@ -21482,7 +21486,7 @@ PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_10bind, "Point the hooks at a cpu: its registers (``cpu.regs.array``), the\n        host IDT and the guest\047s (``cpu.idt``), its live GuestMemory (held\n        while bound, so it cannot be closed under the hooks) and (compiled\n        core) the core\047s native API capsule for that cpu.");
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_10bind, "NativeHooks.bind(self, cpu, regs_array, host_idt, guest_idt, memory, api_capsule)\n\nPoint the hooks at a cpu: its registers (``cpu.regs.array``), the\nhost IDT and the guest\047s (``cpu.idt``), its live GuestMemory (held\nwhile bound, so it cannot be closed under the hooks) and (compiled\ncore) the core\047s native API capsule for that cpu.");
 static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_11bind = {"bind", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_11bind, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_10bind};
 static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_11bind(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
@@ -22603,7 +22607,7 @@ PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_data, "Where lguest_data is (None: not yet), and the guest\047s noirq window.");
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_data, "NativeHooks.set_guest_data(self, lguest_data, uint32_t noirq_start, uint32_t noirq_end)\n\nWhere lguest_data is (None: not yet), and the guest\047s noirq window.");
 static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_13set_guest_data = {"set_guest_data", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_13set_guest_data, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_data};
 static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_13set_guest_data(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
@@ -22868,7 +22872,7 @@ PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_14run, "Enter the guest and run it until a hook stops it; the GIL is\n        released meanwhile.  ``budget_blocks``: stop after that many guest\n        blocks (0: no limit).  Returns Unicorn\047s error code.  One run at a\n        time: RuntimeError if another thread is inside run().");
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_14run, "NativeHooks.run(self, uint64_t budget_blocks=0, int64_t deadline_ns=0)\n\nEnter the guest and run it until a hook stops it; the GIL is\nreleased meanwhile.  ``budget_blocks``: stop after that many guest\nblocks (0: no limit).  Returns Unicorn\047s error code.  One run at a\ntime: RuntimeError if another thread is inside run().");
 static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_15run = {"run", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_15run, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_14run};
 static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_15run(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
@@ -23304,7 +23308,7 @@ PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_16request_stop, "Stop the running guest at its next block (thread-safe).");
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_16request_stop, "NativeHooks.request_stop(self)\n\nStop the running guest at its next block (thread-safe).");
 static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_17request_stop = {"request_stop", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_17request_stop, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_16request_stop};
 static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_17request_stop(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
@@ -23384,7 +23388,7 @@ PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_18poke, "Make the running guest stop soon to look at pending irqs (the\n        pure-Python core, whose pending bits C cannot see).");
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_18poke, "NativeHooks.poke(self)\n\nMake the running guest stop soon to look at pending irqs (the\npure-Python core, whose pending bits C cannot see).");
 static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_19poke = {"poke", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_19poke, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_18poke};
 static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_19poke(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
@@ -23464,7 +23468,8 @@ PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_21clear_poke = {"clear_poke", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_21clear_poke, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_20clear_poke, "NativeHooks.clear_poke(self)");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_21clear_poke = {"clear_poke", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_21clear_poke, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_20clear_poke};
 static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_21clear_poke(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
@@ -24696,7 +24701,7 @@ PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_counts, "{vector: deliveries} of the native direct path.");
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_counts, "NativeHooks.direct_counts(self)\n\n{vector: deliveries} of the native direct path.");
 static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_25direct_counts = {"direct_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_25direct_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_counts};
 static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_25direct_counts(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
@@ -24820,7 +24825,8 @@ PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_27stop_counts = {"stop_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_27stop_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_26stop_counts, "NativeHooks.stop_counts(self)");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_27stop_counts = {"stop_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_27stop_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_26stop_counts};
 static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_27stop_counts(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
@@ -24953,7 +24959,8 @@ PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_29__reduce_cython__ = {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_29__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_28__reduce_cython__, "NativeHooks.__reduce_cython__(self)");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_29__reduce_cython__ = {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_29__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_28__reduce_cython__};
 static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_29__reduce_cython__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
@@ -25034,7 +25041,8 @@ PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_31__setstate_cython__ = {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_31__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_30__setstate_cython__, "NativeHooks.__setstate_cython__(self, __pyx_state)");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_31__setstate_cython__ = {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_31__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_30__setstate_cython__};
 static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_31__setstate_cython__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
@@ -25363,18 +25371,18 @@ static PyObject *__pyx_getprop_6lguest_7unicorn_7_uchook_11NativeHooks_io_count(
 
 static PyMethodDef __pyx_methods_6lguest_7unicorn_7_uchook_NativeHooks[] = {
   {"install", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_5install, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_4install},
-  {"uninstall", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_7uninstall, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0},
+  {"uninstall", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_7uninstall, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_6uninstall},
   {"close", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_9close, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_8close},
   {"bind", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_11bind, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_10bind},
   {"set_guest_data", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_13set_guest_data, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_data},
   {"run", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_15run, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_14run},
   {"request_stop", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_17request_stop, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_16request_stop},
   {"poke", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_19poke, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_18poke},
-  {"clear_poke", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_21clear_poke, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0},
+  {"clear_poke", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_21clear_poke, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_20clear_poke},
   {"direct_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_25direct_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_counts},
-  {"stop_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_27stop_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0},
-  {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_29__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0},
-  {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_31__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0},
+  {"stop_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_27stop_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_26stop_counts},
+  {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_29__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_28__reduce_cython__},
+  {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_31__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_30__setstate_cython__},
   {0, 0, 0, 0}
 };
 
@@ -25398,7 +25406,7 @@ static struct PyGetSetDef __pyx_getsets_6lguest_7unicorn_7_uchook_NativeHooks[] 
 static PyType_Slot __pyx_type_6lguest_7unicorn_7_uchook_NativeHooks_slots[] = {
   {Py_tp_dealloc, (void *)__pyx_tp_dealloc_6lguest_7unicorn_7_uchook_NativeHooks},
   {Py_tp_repr, (void *)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_23__repr__},
-  {Py_tp_doc, (void *)PyDoc_STR("The native half of lguest.unicorn\047s backend: state shared with the C\n    hooks, the entry/exit sequence and the counters.  Built by\n    lguest.unicorn.UnicornBackend; not a public API.\n\n    Every C pointer it holds is owned by an object it keeps a reference to\n    (the engine, the Switcher mapping, the cpu\047s arrays, a hold on guest\n    memory); close() drops them all and from then on (and on an instance\n    whose __init__ never ran) every method that would follow one raises\n    RuntimeError instead.")},
+  {Py_tp_doc, (void *)PyDoc_STR("NativeHooks(uc_handle, *, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va, switcher_size, gdt_offset, until_va, host_cs, host_ss, ctx_alloc, ctx_small_alloc, uc_free, insn_in, insn_out, internals, uc_owner=None)\n\nThe native half of lguest.unicorn\047s backend: state shared with the C\nhooks, the entry/exit sequence and the counters.  Built by\nlguest.unicorn.UnicornBackend; not a public API.\n\nEvery C pointer it holds is owned by an object it keeps a reference to\n(the engine, the Switcher mapping, the cpu\047s arrays, a hold on guest\nmemory); close() drops them all and from then on (and on an instance\nwhose __init__ never ran) every method that would follow one raises\nRuntimeError instead.")},
   {Py_tp_traverse, (void *)__pyx_tp_traverse_6lguest_7unicorn_7_uchook_NativeHooks},
   {Py_tp_clear, (void *)__pyx_tp_clear_6lguest_7unicorn_7_uchook_NativeHooks},
   {Py_tp_methods, (void *)__pyx_methods_6lguest_7unicorn_7_uchook_NativeHooks},
@@ -25442,7 +25450,7 @@ static PyTypeObject __pyx_type_6lguest_7unicorn_7_uchook_NativeHooks = {
   0, /*tp_setattro*/
   0, /*tp_as_buffer*/
   Py_TPFLAGS_DEFAULT|Py_TPFLAGS_HAVE_VERSION_TAG|Py_TPFLAGS_BASETYPE|Py_TPFLAGS_HAVE_GC, /*tp_flags*/
-  PyDoc_STR("The native half of lguest.unicorn\047s backend: state shared with the C\n    hooks, the entry/exit sequence and the counters.  Built by\n    lguest.unicorn.UnicornBackend; not a public API.\n\n    Every C pointer it holds is owned by an object it keeps a reference to\n    (the engine, the Switcher mapping, the cpu\047s arrays, a hold on guest\n    memory); close() drops them all and from then on (and on an instance\n    whose __init__ never ran) every method that would follow one raises\n    RuntimeError instead."), /*tp_doc*/
+  PyDoc_STR("NativeHooks(uc_handle, *, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va, switcher_size, gdt_offset, until_va, host_cs, host_ss, ctx_alloc, ctx_small_alloc, uc_free, insn_in, insn_out, internals, uc_owner=None)\n\nThe native half of lguest.unicorn\047s backend: state shared with the C\nhooks, the entry/exit sequence and the counters.  Built by\nlguest.unicorn.UnicornBackend; not a public API.\n\nEvery C pointer it holds is owned by an object it keeps a reference to\n(the engine, the Switcher mapping, the cpu\047s arrays, a hold on guest\nmemory); close() drops them all and from then on (and on an instance\nwhose __init__ never ran) every method that would follow one raises\nRuntimeError instead."), /*tp_doc*/
   __pyx_tp_traverse_6lguest_7unicorn_7_uchook_NativeHooks, /*tp_traverse*/
   __pyx_tp_clear_6lguest_7unicorn_7_uchook_NativeHooks, /*tp_clear*/
   0, /*tp_richcompare*/
