@@ -57,6 +57,23 @@ class Stats:
         self._count(self.reflected_traps, trapnum)
         self._event(trapnum, eip, "reflect")
 
+    @classmethod
+    def _count_many(cls, counter: Counter[int], key: int, count: int) -> None:
+        if key not in counter and len(counter) >= cls.MAX_KEYS:
+            key = OTHER
+        counter[key] += count
+
+    def reflected_many(self, trapnum: int, count: int) -> None:
+        """Count ``count`` reflections of ``trapnum`` made without the run
+        loop (a backend's native hook; it does so only while there is no
+        trace, so no event is lost)."""
+        self._count_many(self.reflected_traps, trapnum, count)
+
+    def hypercalls_many(self, num: int, count: int) -> None:
+        """Count ``count`` hypercalls ``num`` done without the run loop (as
+        :meth:`reflected_many`; ``num`` is a known number)."""
+        self._count_many(self.hypercalls, num, count)
+
     def irq(self, irq: int, count: int, eip: int) -> None:
         """Trace a delivery (the counts themselves live in ``cpu.irq_counts``)."""
         self._event(32 + irq, eip, "irq")

@@ -1774,7 +1774,7 @@ struct __pyx_MemviewEnum_obj;
 struct __pyx_memoryview_obj;
 struct __pyx_memoryviewslice_obj;
 
-/* "lguest/unicorn/_uchook.pyx":148
+/* "lguest/unicorn/_uchook.pyx":157
  * 
  * # UC_HOOK_* numbers (unicorn.h, stable across Unicorn 2)
  * cdef enum:             # <<<<<<<<<<<<<<
@@ -1783,7 +1783,7 @@ struct __pyx_memoryviewslice_obj;
 */
 enum  {
 
-  /* "lguest/unicorn/_uchook.pyx":153
+  /* "lguest/unicorn/_uchook.pyx":162
  *     UC_HOOK_BLOCK = 1 << 3
  *     UC_HOOK_MEM_INVALID = 1008   # unmapped + protection, read/write/fetch
  *     UC_HOOK_INSN_INVALID = 1 << 14             # <<<<<<<<<<<<<<
@@ -1797,7 +1797,7 @@ enum  {
   __pyx_e_6lguest_7unicorn_7_uchook_UC_HOOK_INSN_INVALID = (1 << 14)
 };
 
-/* "lguest/unicorn/_uchook.pyx":174
+/* "lguest/unicorn/_uchook.pyx":194
  * 
  * 
  * cdef class NativeHooks:             # <<<<<<<<<<<<<<
@@ -1820,6 +1820,8 @@ struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks {
   PyObject *_free;
   int state;
   int busy;
+  PyObject *_hcall_handler;
+  PyObject *_hcall_error;
 };
 
 
@@ -1900,7 +1902,7 @@ struct __pyx_memoryviewslice_obj {
 
 
 
-/* "lguest/unicorn/_uchook.pyx":174
+/* "lguest/unicorn/_uchook.pyx":194
  * 
  * 
  * cdef class NativeHooks:             # <<<<<<<<<<<<<<
@@ -2827,6 +2829,14 @@ static CYTHON_INLINE int __Pyx_PyObject_CompareBoolLe_int_object(PyObject *op1, 
 /* PyObjectCompare.proto */
 static CYTHON_INLINE int __Pyx_PyObject_CompareBoolLe_object_int(PyObject *op1, PyObject *op2, int pyop);
 
+/* PyBaseException_Check.proto */
+#define __Pyx_PyExc_BaseException_Check(obj)  PyExceptionInstance_Check(obj)
+
+/* WriteUnraisableException.proto */
+static void __Pyx_WriteUnraisable(const char *name, int clineno,
+                                  int lineno, const char *filename,
+                                  int full_traceback, int nogil);
+
 /* RaiseKeywordRequired.proto */
 static void __Pyx_RaiseKeywordRequired(const char* func_name, PyObject* kw_name);
 
@@ -3307,6 +3317,9 @@ static CYTHON_INLINE int64_t __Pyx_PyLong_As_int64_t(PyObject *);
 static CYTHON_INLINE size_t __Pyx_PyLong_As_size_t(PyObject *);
 
 /* CIntToPy.proto */
+static CYTHON_INLINE PyObject* __Pyx_PyLong_From_uint32_t(uint32_t value);
+
+/* CIntToPy.proto */
 static CYTHON_INLINE PyObject* __Pyx_PyLong_From_unsigned_char(unsigned char value);
 
 /* CIntFromPy.proto */
@@ -3323,9 +3336,6 @@ static CYTHON_INLINE PyObject* __Pyx_PyLong_From_uint64_t(uint64_t value);
 
 /* CIntToPy.proto */
 static CYTHON_INLINE PyObject* __Pyx_PyLong_From_int64_t(int64_t value);
-
-/* CIntToPy.proto */
-static CYTHON_INLINE PyObject* __Pyx_PyLong_From_uint32_t(uint32_t value);
 
 /* PyObjectCallMethod1.proto (used by UpdateUnpickledDict) */
 static CYTHON_INLINE PyObject* __Pyx_PyObject_CallMethod1(PyObject* obj, PyObject* method_name, PyObject* arg);
@@ -3476,6 +3486,7 @@ static int __pyx_memoryview_thread_locks_used;
 static PyThread_type_lock __pyx_memoryview_thread_locks[8];
 static CYTHON_INLINE size_t __pyx_f_6lguest_7unicorn_7_uchook__ptr(PyObject *); /*proto*/
 static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *, PyObject *); /*proto*/
+static int64_t __pyx_f_6lguest_7unicorn_7_uchook__hcall_trampoline(void *, uint32_t, uint32_t); /*proto*/
 static int __pyx_array_allocate_buffer(struct __pyx_array_obj *); /*proto*/
 static struct __pyx_array_obj *__pyx_array_new(PyObject *, Py_ssize_t, char *, char const *, char *); /*proto*/
 static PyObject *__pyx_memoryview_new(PyObject *, int, int, __Pyx_TypeInfo const *); /*proto*/
@@ -3614,9 +3625,18 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6blocks___get_
 static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10intr_hooks___get__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8io_count___get__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26stop_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_28__reduce_cython__(CYTHON_UNUSED struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_30__setstate_cython__(CYTHON_UNUSED struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v___pyx_state); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12reflect_mask___get__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
+static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12reflect_mask_2__set__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, uint32_t __pyx_v_value); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13reflect_total___get__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10hcall_mask___get__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
+static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10hcall_mask_2__set__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, uint32_t __pyx_v_value); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26set_hcall_handler(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, PyObject *__pyx_v_handler); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_11hcall_total___get__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_28hcall_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_30reflect_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_32stop_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_34__reduce_cython__(CYTHON_UNUSED struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_36__setstate_cython__(CYTHON_UNUSED struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v___pyx_state); /* proto */
 static PyObject *__pyx_tp_new__initialisation_6lguest_7unicorn_7_uchook_NativeHooks(PyObject *o, 
 #if CYTHON_VECTORCALL_TPNEW
     PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames
@@ -3782,8 +3802,8 @@ namespace {
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_values;
     PyObject *__pyx_slice[1];
     PyObject *__pyx_tuple[8];
-    PyObject *__pyx_codeobj_tab[13];
-    PyObject *__pyx_string_tab[280];
+    PyObject *__pyx_codeobj_tab[16];
+    PyObject *__pyx_string_tab[293];
     PyObject *__pyx_number_tab[8];
 /* #### Code section: module_state_contents ### */
 /* PyFrozenDict.module_state_decls */
@@ -3901,218 +3921,231 @@ static __pyx_mstatetype * const __pyx_mstate_global = &__pyx_mstate_global_stati
 #define __pyx_n_u_NativeHooks_clear_poke __pyx_string_tab[65]
 #define __pyx_n_u_NativeHooks_close __pyx_string_tab[66]
 #define __pyx_n_u_NativeHooks_direct_counts __pyx_string_tab[67]
-#define __pyx_n_u_NativeHooks_install __pyx_string_tab[68]
-#define __pyx_n_u_NativeHooks_poke __pyx_string_tab[69]
-#define __pyx_n_u_NativeHooks_request_stop __pyx_string_tab[70]
-#define __pyx_n_u_NativeHooks_run __pyx_string_tab[71]
-#define __pyx_n_u_NativeHooks_set_guest_data __pyx_string_tab[72]
-#define __pyx_n_u_NativeHooks_stop_counts __pyx_string_tab[73]
-#define __pyx_n_u_NativeHooks_uninstall __pyx_string_tab[74]
-#define __pyx_n_u_REASONS __pyx_string_tab[75]
-#define __pyx_n_u_REASON_BADSEG __pyx_string_tab[76]
-#define __pyx_n_u_REASON_BREAK __pyx_string_tab[77]
-#define __pyx_n_u_REASON_DEAD __pyx_string_tab[78]
-#define __pyx_n_u_REASON_DEADLINE __pyx_string_tab[79]
-#define __pyx_n_u_REASON_DIRECT __pyx_string_tab[80]
-#define __pyx_n_u_REASON_FLUSH __pyx_string_tab[81]
-#define __pyx_n_u_REASON_INVALID __pyx_string_tab[82]
-#define __pyx_n_u_REASON_IRQ __pyx_string_tab[83]
-#define __pyx_n_u_REASON_MEM __pyx_string_tab[84]
-#define __pyx_n_u_REASON_NONE __pyx_string_tab[85]
-#define __pyx_n_u_REASON_RING0 __pyx_string_tab[86]
-#define __pyx_n_u_REASON_SOFT_GP __pyx_string_tab[87]
-#define __pyx_n_u_REASON_SWITCHER __pyx_string_tab[88]
-#define __pyx_n_u_REASON_TIMER __pyx_string_tab[89]
-#define __pyx_n_u_REASON_TRAP __pyx_string_tab[90]
-#define __pyx_n_u_REASON_VM86 __pyx_string_tab[91]
-#define __pyx_n_u_Sequence __pyx_string_tab[92]
-#define __pyx_n_u_View_MemoryView __pyx_string_tab[93]
-#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[94]
-#define __pyx_n_u_annotate __pyx_string_tab[95]
-#define __pyx_n_u_class __pyx_string_tab[96]
-#define __pyx_n_u_class_getitem __pyx_string_tab[97]
-#define __pyx_n_u_dict __pyx_string_tab[98]
-#define __pyx_n_u_enter __pyx_string_tab[99]
-#define __pyx_n_u_exit __pyx_string_tab[100]
-#define __pyx_n_u_func __pyx_string_tab[101]
-#define __pyx_n_u_getstate __pyx_string_tab[102]
-#define __pyx_n_u_import __pyx_string_tab[103]
-#define __pyx_n_u_main __pyx_string_tab[104]
-#define __pyx_n_u_module __pyx_string_tab[105]
-#define __pyx_n_u_name_2 __pyx_string_tab[106]
-#define __pyx_n_u_new __pyx_string_tab[107]
-#define __pyx_n_u_pyx_checksum __pyx_string_tab[108]
-#define __pyx_n_u_pyx_state __pyx_string_tab[109]
-#define __pyx_n_u_pyx_type __pyx_string_tab[110]
-#define __pyx_n_u_pyx_unpickle_Enum __pyx_string_tab[111]
-#define __pyx_n_u_pyx_vtable __pyx_string_tab[112]
-#define __pyx_n_u_qualname __pyx_string_tab[113]
-#define __pyx_n_u_reduce __pyx_string_tab[114]
-#define __pyx_n_u_reduce_cython __pyx_string_tab[115]
-#define __pyx_n_u_reduce_ex __pyx_string_tab[116]
-#define __pyx_n_u_set_name __pyx_string_tab[117]
-#define __pyx_n_u_setstate __pyx_string_tab[118]
-#define __pyx_n_u_setstate_cython __pyx_string_tab[119]
-#define __pyx_n_u_test __pyx_string_tab[120]
-#define __pyx_n_u_is_coroutine __pyx_string_tab[121]
-#define __pyx_n_u_abc __pyx_string_tab[122]
-#define __pyx_n_u_address __pyx_string_tab[123]
-#define __pyx_n_u_allocate_buffer __pyx_string_tab[124]
-#define __pyx_n_u_api __pyx_string_tab[125]
-#define __pyx_n_u_api_capsule __pyx_string_tab[126]
-#define __pyx_n_u_arr __pyx_string_tab[127]
-#define __pyx_n_u_array __pyx_string_tab[128]
-#define __pyx_n_u_arrays __pyx_string_tab[129]
-#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[130]
-#define __pyx_n_u_badseg __pyx_string_tab[131]
-#define __pyx_n_u_base __pyx_string_tab[132]
-#define __pyx_n_u_bind __pyx_string_tab[133]
-#define __pyx_n_u_break __pyx_string_tab[134]
-#define __pyx_n_u_budget_blocks __pyx_string_tab[135]
-#define __pyx_n_u_c __pyx_string_tab[136]
-#define __pyx_n_u_c_contiguous __pyx_string_tab[137]
-#define __pyx_n_u_cbs __pyx_string_tab[138]
-#define __pyx_n_u_clear_poke __pyx_string_tab[139]
-#define __pyx_n_u_cline_in_traceback __pyx_string_tab[140]
-#define __pyx_n_u_close __pyx_string_tab[141]
-#define __pyx_n_u_closed __pyx_string_tab[142]
-#define __pyx_n_u_code_gen_highwater __pyx_string_tab[143]
-#define __pyx_n_u_code_gen_ptr __pyx_string_tab[144]
-#define __pyx_n_u_count __pyx_string_tab[145]
-#define __pyx_n_u_cpu __pyx_string_tab[146]
-#define __pyx_n_u_ctx_alloc __pyx_string_tab[147]
-#define __pyx_n_u_ctx_small_alloc __pyx_string_tab[148]
-#define __pyx_n_u_ctypes __pyx_string_tab[149]
-#define __pyx_n_u_data __pyx_string_tab[150]
-#define __pyx_n_u_dead __pyx_string_tab[151]
-#define __pyx_n_u_deadline __pyx_string_tab[152]
-#define __pyx_n_u_deadline_ns __pyx_string_tab[153]
-#define __pyx_n_u_direct __pyx_string_tab[154]
-#define __pyx_n_u_direct_counts __pyx_string_tab[155]
-#define __pyx_n_u_dtype __pyx_string_tab[156]
-#define __pyx_n_u_dtype_is_object __pyx_string_tab[157]
-#define __pyx_n_u_eflags __pyx_string_tab[158]
-#define __pyx_n_u_eip __pyx_string_tab[159]
-#define __pyx_n_u_encode __pyx_string_tab[160]
-#define __pyx_n_u_enumerate __pyx_string_tab[161]
-#define __pyx_n_u_err __pyx_string_tab[162]
-#define __pyx_n_u_error __pyx_string_tab[163]
-#define __pyx_n_u_error_code __pyx_string_tab[164]
-#define __pyx_n_u_exception_is_int __pyx_string_tab[165]
-#define __pyx_n_u_flags __pyx_string_tab[166]
-#define __pyx_n_u_flush __pyx_string_tab[167]
-#define __pyx_n_u_format __pyx_string_tab[168]
-#define __pyx_n_u_fortran __pyx_string_tab[169]
-#define __pyx_n_u_funcs __pyx_string_tab[170]
-#define __pyx_n_u_gdt_offset __pyx_string_tab[171]
-#define __pyx_n_u_guest_idt __pyx_string_tab[172]
-#define __pyx_n_u_gv __pyx_string_tab[173]
-#define __pyx_n_u_hflags __pyx_string_tab[174]
-#define __pyx_n_u_hold __pyx_string_tab[175]
-#define __pyx_n_u_host_cs __pyx_string_tab[176]
-#define __pyx_n_u_host_idt __pyx_string_tab[177]
-#define __pyx_n_u_host_ss __pyx_string_tab[178]
-#define __pyx_n_u_hv __pyx_string_tab[179]
-#define __pyx_n_u_i __pyx_string_tab[180]
-#define __pyx_n_u_id __pyx_string_tab[181]
-#define __pyx_n_u_idt __pyx_string_tab[182]
-#define __pyx_n_u_index __pyx_string_tab[183]
-#define __pyx_n_u_insn_in __pyx_string_tab[184]
-#define __pyx_n_u_insn_out __pyx_string_tab[185]
-#define __pyx_n_u_install __pyx_string_tab[186]
-#define __pyx_n_u_internals __pyx_string_tab[187]
-#define __pyx_n_u_invalid __pyx_string_tab[188]
-#define __pyx_n_u_irq __pyx_string_tab[189]
-#define __pyx_n_u_items __pyx_string_tab[190]
-#define __pyx_n_u_itemsize __pyx_string_tab[191]
-#define __pyx_n_u_layout __pyx_string_tab[192]
-#define __pyx_n_u_lguest_unicorn__uchook __pyx_string_tab[193]
-#define __pyx_n_u_lguest_data __pyx_string_tab[194]
-#define __pyx_n_u_mem __pyx_string_tab[195]
-#define __pyx_n_u_memory __pyx_string_tab[196]
-#define __pyx_n_u_memview __pyx_string_tab[197]
-#define __pyx_n_u_mode __pyx_string_tab[198]
-#define __pyx_n_u_name __pyx_string_tab[199]
-#define __pyx_n_u_ndarray __pyx_string_tab[200]
-#define __pyx_n_u_ndim __pyx_string_tab[201]
-#define __pyx_n_u_noirq_end __pyx_string_tab[202]
-#define __pyx_n_u_noirq_start __pyx_string_tab[203]
-#define __pyx_n_u_none __pyx_string_tab[204]
-#define __pyx_n_u_np __pyx_string_tab[205]
-#define __pyx_n_u_numpy __pyx_string_tab[206]
-#define __pyx_n_u_obj __pyx_string_tab[207]
-#define __pyx_n_u_old_exception __pyx_string_tab[208]
-#define __pyx_n_u_pack __pyx_string_tab[209]
-#define __pyx_n_u_poke __pyx_string_tab[210]
-#define __pyx_n_u_pop __pyx_string_tab[211]
-#define __pyx_n_u_rc __pyx_string_tab[212]
-#define __pyx_n_u_ready __pyx_string_tab[213]
-#define __pyx_n_u_reg_cr2 __pyx_string_tab[214]
-#define __pyx_n_u_reg_ids __pyx_string_tab[215]
-#define __pyx_n_u_register __pyx_string_tab[216]
-#define __pyx_n_u_regs __pyx_string_tab[217]
-#define __pyx_n_u_regs_array __pyx_string_tab[218]
-#define __pyx_n_u_request_stop __pyx_string_tab[219]
-#define __pyx_n_u_ring0 __pyx_string_tab[220]
-#define __pyx_n_u_run __pyx_string_tab[221]
-#define __pyx_n_u_rv __pyx_string_tab[222]
-#define __pyx_n_u_seg_stride __pyx_string_tab[223]
-#define __pyx_n_u_segs __pyx_string_tab[224]
-#define __pyx_n_u_self __pyx_string_tab[225]
-#define __pyx_n_u_set_guest_data __pyx_string_tab[226]
-#define __pyx_n_u_setdefault __pyx_string_tab[227]
-#define __pyx_n_u_shape __pyx_string_tab[228]
-#define __pyx_n_u_size __pyx_string_tab[229]
-#define __pyx_n_u_soft_gp __pyx_string_tab[230]
-#define __pyx_n_u_start __pyx_string_tab[231]
-#define __pyx_n_u_step __pyx_string_tab[232]
-#define __pyx_n_u_stop __pyx_string_tab[233]
-#define __pyx_n_u_stop_counts __pyx_string_tab[234]
-#define __pyx_n_u_struct __pyx_string_tab[235]
-#define __pyx_n_u_switcher __pyx_string_tab[236]
-#define __pyx_n_u_switcher_size __pyx_string_tab[237]
-#define __pyx_n_u_switcher_va __pyx_string_tab[238]
-#define __pyx_n_u_tb_cflags __pyx_string_tab[239]
-#define __pyx_n_u_tb_guard __pyx_string_tab[240]
-#define __pyx_n_u_tb_max_insns __pyx_string_tab[241]
-#define __pyx_n_u_timer __pyx_string_tab[242]
-#define __pyx_n_u_trap __pyx_string_tab[243]
-#define __pyx_n_u_types __pyx_string_tab[244]
-#define __pyx_n_u_uc_context_restore __pyx_string_tab[245]
-#define __pyx_n_u_uc_context_save __pyx_string_tab[246]
-#define __pyx_n_u_uc_ctl __pyx_string_tab[247]
-#define __pyx_n_u_uc_emu_start __pyx_string_tab[248]
-#define __pyx_n_u_uc_emu_stop __pyx_string_tab[249]
-#define __pyx_n_u_uc_free __pyx_string_tab[250]
-#define __pyx_n_u_uc_handle __pyx_string_tab[251]
-#define __pyx_n_u_uc_hook_add __pyx_string_tab[252]
-#define __pyx_n_u_uc_hook_del __pyx_string_tab[253]
-#define __pyx_n_u_uc_owner __pyx_string_tab[254]
-#define __pyx_n_u_uc_reg_read __pyx_string_tab[255]
-#define __pyx_n_u_uc_reg_write __pyx_string_tab[256]
-#define __pyx_n_u_uint32 __pyx_string_tab[257]
-#define __pyx_n_u_uninitialised __pyx_string_tab[258]
-#define __pyx_n_u_uninstall __pyx_string_tab[259]
-#define __pyx_n_u_unpack __pyx_string_tab[260]
-#define __pyx_n_u_until_va __pyx_string_tab[261]
-#define __pyx_n_u_update __pyx_string_tab[262]
-#define __pyx_n_u_values __pyx_string_tab[263]
-#define __pyx_n_u_vm86 __pyx_string_tab[264]
-#define __pyx_n_u_writeable __pyx_string_tab[265]
-#define __pyx_n_u_x __pyx_string_tab[266]
-#define __pyx_n_b_O __pyx_string_tab[267]
-#define __pyx_kp_b_iso88591_Q __pyx_string_tab[268]
-#define __pyx_kp_b_iso88591_A_AQd_3 __pyx_string_tab[269]
-#define __pyx_kp_b_iso88591_A_G1_s_s_b_2Rt3a_Q_6_Q_6_C_a_C_A __pyx_string_tab[270]
-#define __pyx_kp_b_iso88591_A_L_E_at1_9AT_E_XQa_Ja __pyx_string_tab[271]
-#define __pyx_kp_b_iso88591_A_q_q_D_6_T_e1Cq_TQTTZZ __pyx_string_tab[272]
-#define __pyx_kp_b_iso88591_A_AQd __pyx_string_tab[273]
-#define __pyx_kp_b_iso88591_A_4wc_4q_aq_4wc_t9CuD_G7_F_84q_t __pyx_string_tab[274]
-#define __pyx_kp_b_iso88591_A_q_4s_D_U_5_4s_XYYZ __pyx_string_tab[275]
-#define __pyx_kp_b_iso88591_A_AQd_2 __pyx_string_tab[276]
-#define __pyx_kp_b_iso88591_A_L_4q_aq_Qe_AU_Qe_AU_Qe_1E_Qe_Q __pyx_string_tab[277]
-#define __pyx_kp_b_iso88591_A_Q_L_URWWeeqqvvw_G5_a_t_Qe2Zs_W __pyx_string_tab[278]
-#define __pyx_kp_b_iso88591_L_4s_1_aq_4t1_aq_HA_S_2CCVVW_fA __pyx_string_tab[279]
+#define __pyx_n_u_NativeHooks_hcall_counts __pyx_string_tab[68]
+#define __pyx_n_u_NativeHooks_install __pyx_string_tab[69]
+#define __pyx_n_u_NativeHooks_poke __pyx_string_tab[70]
+#define __pyx_n_u_NativeHooks_reflect_counts __pyx_string_tab[71]
+#define __pyx_n_u_NativeHooks_request_stop __pyx_string_tab[72]
+#define __pyx_n_u_NativeHooks_run __pyx_string_tab[73]
+#define __pyx_n_u_NativeHooks_set_guest_data __pyx_string_tab[74]
+#define __pyx_n_u_NativeHooks_set_hcall_handler __pyx_string_tab[75]
+#define __pyx_n_u_NativeHooks_stop_counts __pyx_string_tab[76]
+#define __pyx_n_u_NativeHooks_uninstall __pyx_string_tab[77]
+#define __pyx_n_u_REASONS __pyx_string_tab[78]
+#define __pyx_n_u_REASON_BADSEG __pyx_string_tab[79]
+#define __pyx_n_u_REASON_BREAK __pyx_string_tab[80]
+#define __pyx_n_u_REASON_DEAD __pyx_string_tab[81]
+#define __pyx_n_u_REASON_DEADLINE __pyx_string_tab[82]
+#define __pyx_n_u_REASON_DIRECT __pyx_string_tab[83]
+#define __pyx_n_u_REASON_FLUSH __pyx_string_tab[84]
+#define __pyx_n_u_REASON_HCALL __pyx_string_tab[85]
+#define __pyx_n_u_REASON_INVALID __pyx_string_tab[86]
+#define __pyx_n_u_REASON_IRQ __pyx_string_tab[87]
+#define __pyx_n_u_REASON_MEM __pyx_string_tab[88]
+#define __pyx_n_u_REASON_NONE __pyx_string_tab[89]
+#define __pyx_n_u_REASON_RING0 __pyx_string_tab[90]
+#define __pyx_n_u_REASON_SOFT_GP __pyx_string_tab[91]
+#define __pyx_n_u_REASON_SWITCHER __pyx_string_tab[92]
+#define __pyx_n_u_REASON_TIMER __pyx_string_tab[93]
+#define __pyx_n_u_REASON_TRAP __pyx_string_tab[94]
+#define __pyx_n_u_REASON_VM86 __pyx_string_tab[95]
+#define __pyx_n_u_Sequence __pyx_string_tab[96]
+#define __pyx_n_u_View_MemoryView __pyx_string_tab[97]
+#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[98]
+#define __pyx_n_u_annotate __pyx_string_tab[99]
+#define __pyx_n_u_class __pyx_string_tab[100]
+#define __pyx_n_u_class_getitem __pyx_string_tab[101]
+#define __pyx_n_u_dict __pyx_string_tab[102]
+#define __pyx_n_u_enter __pyx_string_tab[103]
+#define __pyx_n_u_exit __pyx_string_tab[104]
+#define __pyx_n_u_func __pyx_string_tab[105]
+#define __pyx_n_u_getstate __pyx_string_tab[106]
+#define __pyx_n_u_import __pyx_string_tab[107]
+#define __pyx_n_u_main __pyx_string_tab[108]
+#define __pyx_n_u_module __pyx_string_tab[109]
+#define __pyx_n_u_name_2 __pyx_string_tab[110]
+#define __pyx_n_u_new __pyx_string_tab[111]
+#define __pyx_n_u_pyx_checksum __pyx_string_tab[112]
+#define __pyx_n_u_pyx_state __pyx_string_tab[113]
+#define __pyx_n_u_pyx_type __pyx_string_tab[114]
+#define __pyx_n_u_pyx_unpickle_Enum __pyx_string_tab[115]
+#define __pyx_n_u_pyx_vtable __pyx_string_tab[116]
+#define __pyx_n_u_qualname __pyx_string_tab[117]
+#define __pyx_n_u_reduce __pyx_string_tab[118]
+#define __pyx_n_u_reduce_cython __pyx_string_tab[119]
+#define __pyx_n_u_reduce_ex __pyx_string_tab[120]
+#define __pyx_n_u_set_name __pyx_string_tab[121]
+#define __pyx_n_u_setstate __pyx_string_tab[122]
+#define __pyx_n_u_setstate_cython __pyx_string_tab[123]
+#define __pyx_n_u_test __pyx_string_tab[124]
+#define __pyx_n_u_is_coroutine __pyx_string_tab[125]
+#define __pyx_n_u_abc __pyx_string_tab[126]
+#define __pyx_n_u_address __pyx_string_tab[127]
+#define __pyx_n_u_allocate_buffer __pyx_string_tab[128]
+#define __pyx_n_u_api __pyx_string_tab[129]
+#define __pyx_n_u_api_capsule __pyx_string_tab[130]
+#define __pyx_n_u_arr __pyx_string_tab[131]
+#define __pyx_n_u_array __pyx_string_tab[132]
+#define __pyx_n_u_arrays __pyx_string_tab[133]
+#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[134]
+#define __pyx_n_u_badseg __pyx_string_tab[135]
+#define __pyx_n_u_base __pyx_string_tab[136]
+#define __pyx_n_u_bind __pyx_string_tab[137]
+#define __pyx_n_u_break __pyx_string_tab[138]
+#define __pyx_n_u_budget_blocks __pyx_string_tab[139]
+#define __pyx_n_u_c __pyx_string_tab[140]
+#define __pyx_n_u_c_contiguous __pyx_string_tab[141]
+#define __pyx_n_u_cbs __pyx_string_tab[142]
+#define __pyx_n_u_clear_poke __pyx_string_tab[143]
+#define __pyx_n_u_cline_in_traceback __pyx_string_tab[144]
+#define __pyx_n_u_close __pyx_string_tab[145]
+#define __pyx_n_u_closed __pyx_string_tab[146]
+#define __pyx_n_u_code_gen_highwater __pyx_string_tab[147]
+#define __pyx_n_u_code_gen_ptr __pyx_string_tab[148]
+#define __pyx_n_u_count __pyx_string_tab[149]
+#define __pyx_n_u_cpu __pyx_string_tab[150]
+#define __pyx_n_u_ctx_alloc __pyx_string_tab[151]
+#define __pyx_n_u_ctx_small_alloc __pyx_string_tab[152]
+#define __pyx_n_u_ctypes __pyx_string_tab[153]
+#define __pyx_n_u_data __pyx_string_tab[154]
+#define __pyx_n_u_dead __pyx_string_tab[155]
+#define __pyx_n_u_deadline __pyx_string_tab[156]
+#define __pyx_n_u_deadline_ns __pyx_string_tab[157]
+#define __pyx_n_u_direct __pyx_string_tab[158]
+#define __pyx_n_u_direct_counts __pyx_string_tab[159]
+#define __pyx_n_u_dtype __pyx_string_tab[160]
+#define __pyx_n_u_dtype_is_object __pyx_string_tab[161]
+#define __pyx_n_u_e __pyx_string_tab[162]
+#define __pyx_n_u_eflags __pyx_string_tab[163]
+#define __pyx_n_u_eip __pyx_string_tab[164]
+#define __pyx_n_u_encode __pyx_string_tab[165]
+#define __pyx_n_u_enumerate __pyx_string_tab[166]
+#define __pyx_n_u_err __pyx_string_tab[167]
+#define __pyx_n_u_error __pyx_string_tab[168]
+#define __pyx_n_u_error_code __pyx_string_tab[169]
+#define __pyx_n_u_exception_is_int __pyx_string_tab[170]
+#define __pyx_n_u_flags __pyx_string_tab[171]
+#define __pyx_n_u_flush __pyx_string_tab[172]
+#define __pyx_n_u_format __pyx_string_tab[173]
+#define __pyx_n_u_fortran __pyx_string_tab[174]
+#define __pyx_n_u_funcs __pyx_string_tab[175]
+#define __pyx_n_u_gdt_offset __pyx_string_tab[176]
+#define __pyx_n_u_guest_idt __pyx_string_tab[177]
+#define __pyx_n_u_gv __pyx_string_tab[178]
+#define __pyx_n_u_handler __pyx_string_tab[179]
+#define __pyx_n_u_hcall __pyx_string_tab[180]
+#define __pyx_n_u_hcall_counts __pyx_string_tab[181]
+#define __pyx_n_u_hflags __pyx_string_tab[182]
+#define __pyx_n_u_hold __pyx_string_tab[183]
+#define __pyx_n_u_host_cs __pyx_string_tab[184]
+#define __pyx_n_u_host_idt __pyx_string_tab[185]
+#define __pyx_n_u_host_ss __pyx_string_tab[186]
+#define __pyx_n_u_hv __pyx_string_tab[187]
+#define __pyx_n_u_i __pyx_string_tab[188]
+#define __pyx_n_u_id __pyx_string_tab[189]
+#define __pyx_n_u_idt __pyx_string_tab[190]
+#define __pyx_n_u_index __pyx_string_tab[191]
+#define __pyx_n_u_insn_in __pyx_string_tab[192]
+#define __pyx_n_u_insn_out __pyx_string_tab[193]
+#define __pyx_n_u_install __pyx_string_tab[194]
+#define __pyx_n_u_internals __pyx_string_tab[195]
+#define __pyx_n_u_invalid __pyx_string_tab[196]
+#define __pyx_n_u_irq __pyx_string_tab[197]
+#define __pyx_n_u_items __pyx_string_tab[198]
+#define __pyx_n_u_itemsize __pyx_string_tab[199]
+#define __pyx_n_u_layout __pyx_string_tab[200]
+#define __pyx_n_u_lguest_unicorn__uchook __pyx_string_tab[201]
+#define __pyx_n_u_lguest_data __pyx_string_tab[202]
+#define __pyx_n_u_mem __pyx_string_tab[203]
+#define __pyx_n_u_memory __pyx_string_tab[204]
+#define __pyx_n_u_memview __pyx_string_tab[205]
+#define __pyx_n_u_mode __pyx_string_tab[206]
+#define __pyx_n_u_name __pyx_string_tab[207]
+#define __pyx_n_u_ndarray __pyx_string_tab[208]
+#define __pyx_n_u_ndim __pyx_string_tab[209]
+#define __pyx_n_u_noirq_end __pyx_string_tab[210]
+#define __pyx_n_u_noirq_start __pyx_string_tab[211]
+#define __pyx_n_u_none __pyx_string_tab[212]
+#define __pyx_n_u_np __pyx_string_tab[213]
+#define __pyx_n_u_numpy __pyx_string_tab[214]
+#define __pyx_n_u_obj __pyx_string_tab[215]
+#define __pyx_n_u_old_exception __pyx_string_tab[216]
+#define __pyx_n_u_pack __pyx_string_tab[217]
+#define __pyx_n_u_poke __pyx_string_tab[218]
+#define __pyx_n_u_pop __pyx_string_tab[219]
+#define __pyx_n_u_rc __pyx_string_tab[220]
+#define __pyx_n_u_ready __pyx_string_tab[221]
+#define __pyx_n_u_reflect_counts __pyx_string_tab[222]
+#define __pyx_n_u_reg_cr2 __pyx_string_tab[223]
+#define __pyx_n_u_reg_ids __pyx_string_tab[224]
+#define __pyx_n_u_register __pyx_string_tab[225]
+#define __pyx_n_u_regs __pyx_string_tab[226]
+#define __pyx_n_u_regs_array __pyx_string_tab[227]
+#define __pyx_n_u_request_stop __pyx_string_tab[228]
+#define __pyx_n_u_ring0 __pyx_string_tab[229]
+#define __pyx_n_u_run __pyx_string_tab[230]
+#define __pyx_n_u_rv __pyx_string_tab[231]
+#define __pyx_n_u_seg_stride __pyx_string_tab[232]
+#define __pyx_n_u_segs __pyx_string_tab[233]
+#define __pyx_n_u_self __pyx_string_tab[234]
+#define __pyx_n_u_set_guest_data __pyx_string_tab[235]
+#define __pyx_n_u_set_hcall_handler __pyx_string_tab[236]
+#define __pyx_n_u_setdefault __pyx_string_tab[237]
+#define __pyx_n_u_shape __pyx_string_tab[238]
+#define __pyx_n_u_size __pyx_string_tab[239]
+#define __pyx_n_u_soft_gp __pyx_string_tab[240]
+#define __pyx_n_u_start __pyx_string_tab[241]
+#define __pyx_n_u_step __pyx_string_tab[242]
+#define __pyx_n_u_stop __pyx_string_tab[243]
+#define __pyx_n_u_stop_counts __pyx_string_tab[244]
+#define __pyx_n_u_struct __pyx_string_tab[245]
+#define __pyx_n_u_switcher __pyx_string_tab[246]
+#define __pyx_n_u_switcher_size __pyx_string_tab[247]
+#define __pyx_n_u_switcher_va __pyx_string_tab[248]
+#define __pyx_n_u_tb_cflags __pyx_string_tab[249]
+#define __pyx_n_u_tb_guard __pyx_string_tab[250]
+#define __pyx_n_u_tb_max_insns __pyx_string_tab[251]
+#define __pyx_n_u_timer __pyx_string_tab[252]
+#define __pyx_n_u_trap __pyx_string_tab[253]
+#define __pyx_n_u_types __pyx_string_tab[254]
+#define __pyx_n_u_uc_context_restore __pyx_string_tab[255]
+#define __pyx_n_u_uc_context_save __pyx_string_tab[256]
+#define __pyx_n_u_uc_ctl __pyx_string_tab[257]
+#define __pyx_n_u_uc_emu_start __pyx_string_tab[258]
+#define __pyx_n_u_uc_emu_stop __pyx_string_tab[259]
+#define __pyx_n_u_uc_free __pyx_string_tab[260]
+#define __pyx_n_u_uc_handle __pyx_string_tab[261]
+#define __pyx_n_u_uc_hook_add __pyx_string_tab[262]
+#define __pyx_n_u_uc_hook_del __pyx_string_tab[263]
+#define __pyx_n_u_uc_owner __pyx_string_tab[264]
+#define __pyx_n_u_uc_reg_read __pyx_string_tab[265]
+#define __pyx_n_u_uc_reg_write __pyx_string_tab[266]
+#define __pyx_n_u_uint32 __pyx_string_tab[267]
+#define __pyx_n_u_uninitialised __pyx_string_tab[268]
+#define __pyx_n_u_uninstall __pyx_string_tab[269]
+#define __pyx_n_u_unpack __pyx_string_tab[270]
+#define __pyx_n_u_until_va __pyx_string_tab[271]
+#define __pyx_n_u_update __pyx_string_tab[272]
+#define __pyx_n_u_values __pyx_string_tab[273]
+#define __pyx_n_u_vm86 __pyx_string_tab[274]
+#define __pyx_n_u_writeable __pyx_string_tab[275]
+#define __pyx_n_u_x __pyx_string_tab[276]
+#define __pyx_n_b_O __pyx_string_tab[277]
+#define __pyx_kp_b_iso88591_Q __pyx_string_tab[278]
+#define __pyx_kp_b_iso88591_A_AQd_3 __pyx_string_tab[279]
+#define __pyx_kp_b_iso88591_A_G1_s_s_b_2Rt3a_Q_6_Q_6_C_a_C_A __pyx_string_tab[280]
+#define __pyx_kp_b_iso88591_A_L_E_at1_9AT_E_XQa_Ja __pyx_string_tab[281]
+#define __pyx_kp_b_iso88591_A_q_q_D_6_T_e1Cq_TQTTZZ __pyx_string_tab[282]
+#define __pyx_kp_b_iso88591_A_AQd __pyx_string_tab[283]
+#define __pyx_kp_b_iso88591_A_4wc_4q_aq_4wc_t9CuD_G7_F_84q_t __pyx_string_tab[284]
+#define __pyx_kp_b_iso88591_A_q_4s_q_4uE_c_S_UVVW __pyx_string_tab[285]
+#define __pyx_kp_b_iso88591_A_q_4s_D_U_5_4s_XYYZ __pyx_string_tab[286]
+#define __pyx_kp_b_iso88591_A_q_4s_T_e1D_4s_YZZ __pyx_string_tab[287]
+#define __pyx_kp_b_iso88591_A_AQd_2 __pyx_string_tab[288]
+#define __pyx_kp_b_iso88591_A_L_4q_aq_Qe_AU_Qe_AU_Qe_1E_Qe_Q __pyx_string_tab[289]
+#define __pyx_kp_b_iso88591_A_L_a_83a_q_q __pyx_string_tab[290]
+#define __pyx_kp_b_iso88591_A_Q_L_URWWeeqqvvw_G5_a_t_Qe2Zs_W __pyx_string_tab[291]
+#define __pyx_kp_b_iso88591_L_4s_1_aq_4t1_aq_HA_S_2CCVVW_fA __pyx_string_tab[292]
 #define __pyx_int_0 __pyx_number_tab[0]
 #define __pyx_int_neg_1 __pyx_number_tab[1]
 #define __pyx_int_1 __pyx_number_tab[2]
@@ -4150,8 +4183,8 @@ static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_values.method);
   for (int i=0; i<1; ++i) { Py_CLEAR(clear_module_state->__pyx_slice[i]); }
   for (int i=0; i<8; ++i) { Py_CLEAR(clear_module_state->__pyx_tuple[i]); }
-  for (int i=0; i<13; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<280; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<16; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
+  for (int i=0; i<293; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<8; ++i) { Py_CLEAR(clear_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_clear_contents ### */
 /* CommonTypesMetaclass.module_state_clear */
@@ -4190,8 +4223,8 @@ static CYTHON_SMALL_CODE int __pyx_m_traverse(PyObject *m, visitproc visit, void
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_values.method);
   for (int i=0; i<1; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_slice[i]); }
   for (int i=0; i<8; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_tuple[i]); }
-  for (int i=0; i<13; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<280; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<16; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
+  for (int i=0; i<293; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<8; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_traverse_contents ### */
 /* CommonTypesMetaclass.module_state_traverse */
@@ -18378,7 +18411,7 @@ static PyObject *__pyx_unpickle_Enum__set_state(struct __pyx_MemviewEnum_obj *__
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":156
+/* "lguest/unicorn/_uchook.pyx":165
  * 
  * 
  * cdef inline size_t _ptr(object v):             # <<<<<<<<<<<<<<
@@ -18396,16 +18429,16 @@ static CYTHON_INLINE size_t __pyx_f_6lguest_7unicorn_7_uchook__ptr(PyObject *__p
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_ptr", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":157
+  /* "lguest/unicorn/_uchook.pyx":166
  * 
  * cdef inline size_t _ptr(object v):
  *     return <size_t>int(v)             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_1 = __Pyx_PyNumber_Int(__pyx_v_v); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 157, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyNumber_Int(__pyx_v_v); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 166, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyLong_As_size_t(__pyx_t_1); if (unlikely((__pyx_t_2 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 157, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_As_size_t(__pyx_t_1); if (unlikely((__pyx_t_2 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 166, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   {
 
@@ -18414,7 +18447,7 @@ static CYTHON_INLINE size_t __pyx_f_6lguest_7unicorn_7_uchook__ptr(PyObject *__p
 
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":156
+  /* "lguest/unicorn/_uchook.pyx":165
  * 
  * 
  * cdef inline size_t _ptr(object v):             # <<<<<<<<<<<<<<
@@ -18433,7 +18466,7 @@ static CYTHON_INLINE size_t __pyx_f_6lguest_7unicorn_7_uchook__ptr(PyObject *__p
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":160
+/* "lguest/unicorn/_uchook.pyx":169
  * 
  * 
  * cdef _check_addresses(funcs, internals):             # <<<<<<<<<<<<<<
@@ -18460,7 +18493,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_check_addresses", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":163
+  /* "lguest/unicorn/_uchook.pyx":172
  *     """Every libunicorn entry point NativeHooks calls, and every engine field
  *     it writes, must have an address (0 would be called or written)."""
  *     for name in ("uc_hook_add", "uc_hook_del", "uc_emu_start", "uc_emu_stop", "uc_reg_read", "uc_reg_write",             # <<<<<<<<<<<<<<
@@ -18477,22 +18510,22 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
     __pyx_t_3 = __Pyx_PySequence_ITEM(__pyx_t_1, __pyx_t_2);
     #endif
     ++__pyx_t_2;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 163, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 172, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    if (!(likely(PyUnicode_CheckExact(__pyx_t_3))||((__pyx_t_3) == Py_None) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_3))) __PYX_ERR(0, 163, __pyx_L1_error)
+    if (!(likely(PyUnicode_CheckExact(__pyx_t_3))||((__pyx_t_3) == Py_None) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_3))) __PYX_ERR(0, 172, __pyx_L1_error)
     __Pyx_XDECREF_SET(__pyx_v_name, ((PyObject*)__pyx_t_3));
     __pyx_t_3 = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":165
+    /* "lguest/unicorn/_uchook.pyx":174
  *     for name in ("uc_hook_add", "uc_hook_del", "uc_emu_start", "uc_emu_stop", "uc_reg_read", "uc_reg_write",
  *                  "uc_context_save", "uc_context_restore", "uc_ctl"):
  *         if not funcs[name]:             # <<<<<<<<<<<<<<
  *             raise ValueError(f"no address for {name}")
  *     for name in ("tb_cflags", "code_gen_ptr", "code_gen_highwater"):
 */
-    __pyx_t_3 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_v_name); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 165, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_v_name); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 174, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_4 = __Pyx_PyObject_IsTrue(__pyx_t_3); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(0, 165, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_IsTrue(__pyx_t_3); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(0, 174, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __pyx_t_5 = (!__pyx_t_4);
 
@@ -18500,7 +18533,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
     if (unlikely(__pyx_t_5)) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":166
+      /* "lguest/unicorn/_uchook.pyx":175
  *                  "uc_context_save", "uc_context_restore", "uc_ctl"):
  *         if not funcs[name]:
  *             raise ValueError(f"no address for {name}")             # <<<<<<<<<<<<<<
@@ -18508,9 +18541,9 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
  *         if not internals[name]:
 */
       __pyx_t_6 = NULL;
-      __pyx_t_7 = __Pyx_PyUnicode_Unicode(__pyx_v_name); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 166, __pyx_L1_error)
+      __pyx_t_7 = __Pyx_PyUnicode_Unicode(__pyx_v_name); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 175, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
-      __pyx_t_8 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_no_address_for, __pyx_t_7); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 166, __pyx_L1_error)
+      __pyx_t_8 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_no_address_for, __pyx_t_7); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 175, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_8);
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __pyx_t_9 = 1;
@@ -18519,14 +18552,14 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
         __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
         __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 166, __pyx_L1_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 175, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __Pyx_Raise(__pyx_t_3, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      __PYX_ERR(0, 166, __pyx_L1_error)
+      __PYX_ERR(0, 175, __pyx_L1_error)
 
-      /* "lguest/unicorn/_uchook.pyx":165
+      /* "lguest/unicorn/_uchook.pyx":174
  *     for name in ("uc_hook_add", "uc_hook_del", "uc_emu_start", "uc_emu_stop", "uc_reg_read", "uc_reg_write",
  *                  "uc_context_save", "uc_context_restore", "uc_ctl"):
  *         if not funcs[name]:             # <<<<<<<<<<<<<<
@@ -18535,7 +18568,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
 */
     }
 
-    /* "lguest/unicorn/_uchook.pyx":163
+    /* "lguest/unicorn/_uchook.pyx":172
  *     """Every libunicorn entry point NativeHooks calls, and every engine field
  *     it writes, must have an address (0 would be called or written)."""
  *     for name in ("uc_hook_add", "uc_hook_del", "uc_emu_start", "uc_emu_stop", "uc_reg_read", "uc_reg_write",             # <<<<<<<<<<<<<<
@@ -18545,7 +18578,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":167
+  /* "lguest/unicorn/_uchook.pyx":176
  *         if not funcs[name]:
  *             raise ValueError(f"no address for {name}")
  *     for name in ("tb_cflags", "code_gen_ptr", "code_gen_highwater"):             # <<<<<<<<<<<<<<
@@ -18562,22 +18595,22 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
     __pyx_t_3 = __Pyx_PySequence_ITEM(__pyx_t_1, __pyx_t_2);
     #endif
     ++__pyx_t_2;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 167, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 176, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    if (!(likely(PyUnicode_CheckExact(__pyx_t_3))||((__pyx_t_3) == Py_None) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_3))) __PYX_ERR(0, 167, __pyx_L1_error)
+    if (!(likely(PyUnicode_CheckExact(__pyx_t_3))||((__pyx_t_3) == Py_None) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_3))) __PYX_ERR(0, 176, __pyx_L1_error)
     __Pyx_XDECREF_SET(__pyx_v_name, ((PyObject*)__pyx_t_3));
     __pyx_t_3 = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":168
+    /* "lguest/unicorn/_uchook.pyx":177
  *             raise ValueError(f"no address for {name}")
  *     for name in ("tb_cflags", "code_gen_ptr", "code_gen_highwater"):
  *         if not internals[name]:             # <<<<<<<<<<<<<<
  *             raise ValueError(f"no address for {name}")
  *     if not 1 <= internals["tb_max_insns"] <= 512 or internals["tb_guard"] <= 0:
 */
-    __pyx_t_3 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_v_name); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 168, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_v_name); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 177, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_5 = __Pyx_PyObject_IsTrue(__pyx_t_3); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 168, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_IsTrue(__pyx_t_3); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 177, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __pyx_t_4 = (!__pyx_t_5);
 
@@ -18585,7 +18618,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
     if (unlikely(__pyx_t_4)) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":169
+      /* "lguest/unicorn/_uchook.pyx":178
  *     for name in ("tb_cflags", "code_gen_ptr", "code_gen_highwater"):
  *         if not internals[name]:
  *             raise ValueError(f"no address for {name}")             # <<<<<<<<<<<<<<
@@ -18593,9 +18626,9 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
  *         raise ValueError("tb_max_insns must be 1..512 and tb_guard positive")
 */
       __pyx_t_8 = NULL;
-      __pyx_t_6 = __Pyx_PyUnicode_Unicode(__pyx_v_name); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 169, __pyx_L1_error)
+      __pyx_t_6 = __Pyx_PyUnicode_Unicode(__pyx_v_name); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 178, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
-      __pyx_t_7 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_no_address_for, __pyx_t_6); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 169, __pyx_L1_error)
+      __pyx_t_7 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_no_address_for, __pyx_t_6); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 178, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
       __pyx_t_9 = 1;
@@ -18604,14 +18637,14 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
         __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 169, __pyx_L1_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 178, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __Pyx_Raise(__pyx_t_3, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      __PYX_ERR(0, 169, __pyx_L1_error)
+      __PYX_ERR(0, 178, __pyx_L1_error)
 
-      /* "lguest/unicorn/_uchook.pyx":168
+      /* "lguest/unicorn/_uchook.pyx":177
  *             raise ValueError(f"no address for {name}")
  *     for name in ("tb_cflags", "code_gen_ptr", "code_gen_highwater"):
  *         if not internals[name]:             # <<<<<<<<<<<<<<
@@ -18620,7 +18653,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
 */
     }
 
-    /* "lguest/unicorn/_uchook.pyx":167
+    /* "lguest/unicorn/_uchook.pyx":176
  *         if not funcs[name]:
  *             raise ValueError(f"no address for {name}")
  *     for name in ("tb_cflags", "code_gen_ptr", "code_gen_highwater"):             # <<<<<<<<<<<<<<
@@ -18630,18 +18663,18 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":170
+  /* "lguest/unicorn/_uchook.pyx":179
  *         if not internals[name]:
  *             raise ValueError(f"no address for {name}")
  *     if not 1 <= internals["tb_max_insns"] <= 512 or internals["tb_guard"] <= 0:             # <<<<<<<<<<<<<<
  *         raise ValueError("tb_max_insns must be 1..512 and tb_guard positive")
  * 
 */
-  __pyx_t_1 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_max_insns); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 170, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_max_insns); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 179, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_5 = __Pyx_PyObject_CompareBoolLe_int_object(__pyx_mstate_global->__pyx_int_1, __pyx_t_1, Py_LE); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 170, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_CompareBoolLe_int_object(__pyx_mstate_global->__pyx_int_1, __pyx_t_1, Py_LE); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 179, __pyx_L1_error)
   if (__pyx_t_5) {
-    __pyx_t_5 = __Pyx_PyObject_CompareBoolLe_object_int(__pyx_t_1, __pyx_mstate_global->__pyx_int_512, Py_LE); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 170, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_CompareBoolLe_object_int(__pyx_t_1, __pyx_mstate_global->__pyx_int_512, Py_LE); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 179, __pyx_L1_error)
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_t_10 = (!__pyx_t_5);
@@ -18655,9 +18688,9 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
 
     goto __pyx_L12_bool_binop_done;
   }
-  __pyx_t_1 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_guard); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 170, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_guard); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 179, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_10 = __Pyx_PyObject_CompareBoolLe_object_int(__pyx_t_1, __pyx_mstate_global->__pyx_int_0, Py_LE); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 170, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_CompareBoolLe_object_int(__pyx_t_1, __pyx_mstate_global->__pyx_int_0, Py_LE); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 179, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
   __pyx_t_4 = __pyx_t_10;
@@ -18666,7 +18699,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
   if (unlikely(__pyx_t_4)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":171
+    /* "lguest/unicorn/_uchook.pyx":180
  *             raise ValueError(f"no address for {name}")
  *     if not 1 <= internals["tb_max_insns"] <= 512 or internals["tb_guard"] <= 0:
  *         raise ValueError("tb_max_insns must be 1..512 and tb_guard positive")             # <<<<<<<<<<<<<<
@@ -18679,14 +18712,14 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_tb_max_insns_must_be_1_512_and_t};
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 171, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 180, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 171, __pyx_L1_error)
+    __PYX_ERR(0, 180, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":170
+    /* "lguest/unicorn/_uchook.pyx":179
  *         if not internals[name]:
  *             raise ValueError(f"no address for {name}")
  *     if not 1 <= internals["tb_max_insns"] <= 512 or internals["tb_guard"] <= 0:             # <<<<<<<<<<<<<<
@@ -18695,7 +18728,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":160
+  /* "lguest/unicorn/_uchook.pyx":169
  * 
  * 
  * cdef _check_addresses(funcs, internals):             # <<<<<<<<<<<<<<
@@ -18721,8 +18754,248 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":198
- *     cdef int busy          # a run() is in progress (set and cleared with the GIL held)
+/* "lguest/unicorn/_uchook.pyx":183
+ * 
+ * 
+ * cdef int64_t _hcall_trampoline(void *self, uint32_t num, uint32_t arg1) noexcept with gil:             # <<<<<<<<<<<<<<
+ *     """uh_hcall's way back into Python (the hook runs without the GIL): the
+ *     handler's budget, or -1 to stop -- also when it raised; run() re-raises."""
+*/
+
+static int64_t __pyx_f_6lguest_7unicorn_7_uchook__hcall_trampoline(void *__pyx_v_self, uint32_t __pyx_v_num, uint32_t __pyx_v_arg1) {
+  struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_h = 0;
+  PyObject *__pyx_v_e = NULL;
+  int64_t __pyx_r;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  PyObject *__pyx_t_2 = NULL;
+  PyObject *__pyx_t_3 = NULL;
+  PyObject *__pyx_t_4 = NULL;
+  PyObject *__pyx_t_5 = NULL;
+  PyObject *__pyx_t_6 = NULL;
+  PyObject *__pyx_t_7 = NULL;
+  PyObject *__pyx_t_8 = NULL;
+  size_t __pyx_t_9;
+  int64_t __pyx_t_10;
+  int __pyx_t_11;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  PyGILState_STATE __pyx_gilstate_save = __Pyx_PyGILState_Ensure();
+  __Pyx_RefNannySetupContext("_hcall_trampoline", 0);
+
+
+
+
+  /* "lguest/unicorn/_uchook.pyx":186
+ *     """uh_hcall's way back into Python (the hook runs without the GIL): the
+ *     handler's budget, or -1 to stop -- also when it raised; run() re-raises."""
+ *     cdef NativeHooks h = <NativeHooks>self             # <<<<<<<<<<<<<<
+ *     try:
+ *         return h._hcall_handler(num, arg1)
+*/
+  __pyx_t_1 = ((PyObject *)__pyx_v_self);
+  __Pyx_INCREF(__pyx_t_1);
+  __pyx_v_h = ((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_t_1);
+  __pyx_t_1 = 0;
+
+  /* "lguest/unicorn/_uchook.pyx":187
+ *     handler's budget, or -1 to stop -- also when it raised; run() re-raises."""
+ *     cdef NativeHooks h = <NativeHooks>self
+ *     try:             # <<<<<<<<<<<<<<
+ *         return h._hcall_handler(num, arg1)
+ *     except BaseException as e:
+*/
+  {
+    __Pyx_PyThreadState_declare
+    __Pyx_PyThreadState_assign
+    __Pyx_ExceptionSave(&__pyx_t_2, &__pyx_t_3, &__pyx_t_4);
+    __Pyx_XGOTREF(__pyx_t_2);
+    __Pyx_XGOTREF(__pyx_t_3);
+    __Pyx_XGOTREF(__pyx_t_4);
+    /*try:*/ {
+
+      /* "lguest/unicorn/_uchook.pyx":188
+ *     cdef NativeHooks h = <NativeHooks>self
+ *     try:
+ *         return h._hcall_handler(num, arg1)             # <<<<<<<<<<<<<<
+ *     except BaseException as e:
+ *         h._hcall_error = e
+*/
+      __pyx_t_5 = NULL;
+      __Pyx_INCREF(__pyx_v_h->_hcall_handler);
+      __pyx_t_6 = __pyx_v_h->_hcall_handler; 
+      __pyx_t_7 = __Pyx_PyLong_From_uint32_t(__pyx_v_num); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 188, __pyx_L3_error)
+      __Pyx_GOTREF(__pyx_t_7);
+      __pyx_t_8 = __Pyx_PyLong_From_uint32_t(__pyx_v_arg1); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 188, __pyx_L3_error)
+      __Pyx_GOTREF(__pyx_t_8);
+      __pyx_t_9 = 1;
+      #if CYTHON_UNPACK_METHODS
+      if (likely(PyMethod_Check(__pyx_t_6))) {
+        __pyx_t_5 = PyMethod_GET_SELF(__pyx_t_6);
+        assert(__pyx_t_5);
+        PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_6);
+        __Pyx_INCREF(__pyx_t_5);
+        __Pyx_INCREF(__pyx__function);
+        __Pyx_DECREF_SET(__pyx_t_6, __pyx__function);
+        __pyx_t_9 = 0;
+      }
+      #endif
+      {
+        PyObject *__pyx_callargs[3] = {__pyx_t_5, __pyx_t_7, __pyx_t_8};
+        __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_6, __pyx_callargs+__pyx_t_9, (3-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+        __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
+        __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+        __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
+        __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 188, __pyx_L3_error)
+        __Pyx_GOTREF(__pyx_t_1);
+      }
+      __pyx_t_10 = __Pyx_PyLong_As_int64_t(__pyx_t_1); if (unlikely((__pyx_t_10 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 188, __pyx_L3_error)
+      __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+      {
+        __pyx_r = __pyx_t_10;
+      }
+      goto __pyx_L7_try_return;
+
+      /* "lguest/unicorn/_uchook.pyx":187
+ *     handler's budget, or -1 to stop -- also when it raised; run() re-raises."""
+ *     cdef NativeHooks h = <NativeHooks>self
+ *     try:             # <<<<<<<<<<<<<<
+ *         return h._hcall_handler(num, arg1)
+ *     except BaseException as e:
+*/
+    }
+    __pyx_L3_error:;
+    __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
+    __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
+    __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
+    __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
+    __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
+
+    /* "lguest/unicorn/_uchook.pyx":189
+ *     try:
+ *         return h._hcall_handler(num, arg1)
+ *     except BaseException as e:             # <<<<<<<<<<<<<<
+ *         h._hcall_error = e
+ *         return -1
+*/
+    __pyx_t_11 = __Pyx_PyErr_ExceptionMatches(((PyObject *)(((PyTypeObject*)PyExc_BaseException))));
+    if (__pyx_t_11) {
+      __Pyx_AddTraceback("lguest.unicorn._uchook._hcall_trampoline", __pyx_clineno, __pyx_lineno, __pyx_filename);
+      if (__Pyx_GetException(&__pyx_t_1, &__pyx_t_6, &__pyx_t_8) < 0) __PYX_ERR(0, 189, __pyx_L5_except_error)
+      __Pyx_XGOTREF(__pyx_t_1);
+      __Pyx_XGOTREF(__pyx_t_6);
+      __Pyx_XGOTREF(__pyx_t_8);
+      __Pyx_INCREF(__pyx_t_6);
+      __pyx_v_e = __pyx_t_6;
+      /*try:*/ {
+
+        /* "lguest/unicorn/_uchook.pyx":190
+ *         return h._hcall_handler(num, arg1)
+ *     except BaseException as e:
+ *         h._hcall_error = e             # <<<<<<<<<<<<<<
+ *         return -1
+ * 
+*/
+        __Pyx_INCREF(__pyx_v_e);
+        __Pyx_GIVEREF(__pyx_v_e);
+        __Pyx_GOTREF(__pyx_v_h->_hcall_error);
+        __Pyx_DECREF_SET(__pyx_v_h->_hcall_error, __pyx_v_e);
+
+        /* "lguest/unicorn/_uchook.pyx":191
+ *     except BaseException as e:
+ *         h._hcall_error = e
+ *         return -1             # <<<<<<<<<<<<<<
+ * 
+ * 
+*/
+        {
+
+          __pyx_r = -1L;
+        }
+        __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+        __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
+        __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
+        goto __pyx_L13_return;
+      }
+
+      /* "lguest/unicorn/_uchook.pyx":189
+ *     try:
+ *         return h._hcall_handler(num, arg1)
+ *     except BaseException as e:             # <<<<<<<<<<<<<<
+ *         h._hcall_error = e
+ *         return -1
+*/
+      /*finally:*/ {
+        __pyx_L13_return: {
+          __pyx_t_10 = __pyx_r;
+          __Pyx_DECREF(__pyx_v_e); __pyx_v_e = 0;
+          __pyx_r = __pyx_t_10;
+          goto __pyx_L6_except_return;
+        }
+      }
+    }
+    goto __pyx_L5_except_error;
+
+    /* "lguest/unicorn/_uchook.pyx":187
+ *     handler's budget, or -1 to stop -- also when it raised; run() re-raises."""
+ *     cdef NativeHooks h = <NativeHooks>self
+ *     try:             # <<<<<<<<<<<<<<
+ *         return h._hcall_handler(num, arg1)
+ *     except BaseException as e:
+*/
+    __pyx_L5_except_error:;
+    __Pyx_XGIVEREF(__pyx_t_2);
+    __Pyx_XGIVEREF(__pyx_t_3);
+    __Pyx_XGIVEREF(__pyx_t_4);
+    __Pyx_ExceptionReset(__pyx_t_2, __pyx_t_3, __pyx_t_4);
+    goto __pyx_L1_error;
+    __pyx_L7_try_return:;
+    __Pyx_XGIVEREF(__pyx_t_2);
+    __Pyx_XGIVEREF(__pyx_t_3);
+    __Pyx_XGIVEREF(__pyx_t_4);
+    __Pyx_ExceptionReset(__pyx_t_2, __pyx_t_3, __pyx_t_4);
+    goto __pyx_L0;
+    __pyx_L6_except_return:;
+    __Pyx_XGIVEREF(__pyx_t_2);
+    __Pyx_XGIVEREF(__pyx_t_3);
+    __Pyx_XGIVEREF(__pyx_t_4);
+    __Pyx_ExceptionReset(__pyx_t_2, __pyx_t_3, __pyx_t_4);
+    goto __pyx_L0;
+  }
+
+  /* "lguest/unicorn/_uchook.pyx":183
+ * 
+ * 
+ * cdef int64_t _hcall_trampoline(void *self, uint32_t num, uint32_t arg1) noexcept with gil:             # <<<<<<<<<<<<<<
+ *     """uh_hcall's way back into Python (the hook runs without the GIL): the
+ *     handler's budget, or -1 to stop -- also when it raised; run() re-raises."""
+*/
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_XDECREF(__pyx_t_5);
+  __Pyx_XDECREF(__pyx_t_6);
+  __Pyx_XDECREF(__pyx_t_7);
+  __Pyx_XDECREF(__pyx_t_8);
+  __Pyx_WriteUnraisable("lguest.unicorn._uchook._hcall_trampoline", __pyx_clineno, __pyx_lineno, __pyx_filename, 1, 0);
+  __pyx_r = 0;
+  __pyx_L0:;
+  __Pyx_XDECREF((PyObject *)__pyx_v_h);
+  __Pyx_XDECREF(__pyx_v_e);
+
+
+
+
+  __Pyx_RefNannyFinishContext();
+  __Pyx_PyGILState_Release(__pyx_gilstate_save);
+  return __pyx_r;
+}
+
+/* "lguest/unicorn/_uchook.pyx":220
+ *     cdef object _hcall_error
  * 
  *     def __cinit__(self):             # <<<<<<<<<<<<<<
  *         memset(&self.st, 0, sizeof(uh_state))
@@ -18775,7 +19048,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("__cinit__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":199
+  /* "lguest/unicorn/_uchook.pyx":221
  * 
  *     def __cinit__(self):
  *         memset(&self.st, 0, sizeof(uh_state))             # <<<<<<<<<<<<<<
@@ -18784,7 +19057,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
 */
   (void)(memset((&__pyx_v_self->st), 0, (sizeof(uh_state))));
 
-  /* "lguest/unicorn/_uchook.pyx":200
+  /* "lguest/unicorn/_uchook.pyx":222
  *     def __cinit__(self):
  *         memset(&self.st, 0, sizeof(uh_state))
  *         self.st.pending = &self.st.attention             # <<<<<<<<<<<<<<
@@ -18793,7 +19066,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
 */
   __pyx_v_self->st.pending = (&__pyx_v_self->st.attention);
 
-  /* "lguest/unicorn/_uchook.pyx":201
+  /* "lguest/unicorn/_uchook.pyx":223
  *         memset(&self.st, 0, sizeof(uh_state))
  *         self.st.pending = &self.st.attention
  *         self.nhooks = 0             # <<<<<<<<<<<<<<
@@ -18802,7 +19075,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
 */
   __pyx_v_self->nhooks = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":202
+  /* "lguest/unicorn/_uchook.pyx":224
  *         self.st.pending = &self.st.attention
  *         self.nhooks = 0
  *         self.ctx_ptr = NULL             # <<<<<<<<<<<<<<
@@ -18811,7 +19084,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
 */
   __pyx_v_self->ctx_ptr = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":203
+  /* "lguest/unicorn/_uchook.pyx":225
  *         self.nhooks = 0
  *         self.ctx_ptr = NULL
  *         self.ctx_small_ptr = NULL             # <<<<<<<<<<<<<<
@@ -18820,7 +19093,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
 */
   __pyx_v_self->ctx_small_ptr = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":204
+  /* "lguest/unicorn/_uchook.pyx":226
  *         self.ctx_ptr = NULL
  *         self.ctx_small_ptr = NULL
  *         self.state = 0             # <<<<<<<<<<<<<<
@@ -18829,7 +19102,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
 */
   __pyx_v_self->state = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":205
+  /* "lguest/unicorn/_uchook.pyx":227
  *         self.ctx_small_ptr = NULL
  *         self.state = 0
  *         self.busy = 0             # <<<<<<<<<<<<<<
@@ -18838,7 +19111,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
 */
   __pyx_v_self->busy = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":206
+  /* "lguest/unicorn/_uchook.pyx":228
  *         self.state = 0
  *         self.busy = 0
  *         self._keep = None             # <<<<<<<<<<<<<<
@@ -18850,32 +19123,56 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
   __Pyx_GOTREF(__pyx_v_self->_keep);
   __Pyx_DECREF_SET(__pyx_v_self->_keep, Py_None);
 
-  /* "lguest/unicorn/_uchook.pyx":207
+  /* "lguest/unicorn/_uchook.pyx":229
  *         self.busy = 0
  *         self._keep = None
  *         self._owners = None             # <<<<<<<<<<<<<<
  *         self._hold = None
- * 
+ *         self._hcall_handler = None
 */
   __Pyx_INCREF(Py_None);
   __Pyx_GIVEREF(Py_None);
   __Pyx_GOTREF(__pyx_v_self->_owners);
   __Pyx_DECREF_SET(__pyx_v_self->_owners, Py_None);
 
-  /* "lguest/unicorn/_uchook.pyx":208
+  /* "lguest/unicorn/_uchook.pyx":230
  *         self._keep = None
  *         self._owners = None
  *         self._hold = None             # <<<<<<<<<<<<<<
- * 
- *     def __init__(self, *, uc_handle, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va,
+ *         self._hcall_handler = None
+ *         self._hcall_error = None
 */
   __Pyx_INCREF(Py_None);
   __Pyx_GIVEREF(Py_None);
   __Pyx_GOTREF(__pyx_v_self->_hold);
   __Pyx_DECREF_SET(__pyx_v_self->_hold, Py_None);
 
-  /* "lguest/unicorn/_uchook.pyx":198
- *     cdef int busy          # a run() is in progress (set and cleared with the GIL held)
+  /* "lguest/unicorn/_uchook.pyx":231
+ *         self._owners = None
+ *         self._hold = None
+ *         self._hcall_handler = None             # <<<<<<<<<<<<<<
+ *         self._hcall_error = None
+ * 
+*/
+  __Pyx_INCREF(Py_None);
+  __Pyx_GIVEREF(Py_None);
+  __Pyx_GOTREF(__pyx_v_self->_hcall_handler);
+  __Pyx_DECREF_SET(__pyx_v_self->_hcall_handler, Py_None);
+
+  /* "lguest/unicorn/_uchook.pyx":232
+ *         self._hold = None
+ *         self._hcall_handler = None
+ *         self._hcall_error = None             # <<<<<<<<<<<<<<
+ * 
+ *     def __init__(self, *, uc_handle, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va,
+*/
+  __Pyx_INCREF(Py_None);
+  __Pyx_GIVEREF(Py_None);
+  __Pyx_GOTREF(__pyx_v_self->_hcall_error);
+  __Pyx_DECREF_SET(__pyx_v_self->_hcall_error, Py_None);
+
+  /* "lguest/unicorn/_uchook.pyx":220
+ *     cdef object _hcall_error
  * 
  *     def __cinit__(self):             # <<<<<<<<<<<<<<
  *         memset(&self.st, 0, sizeof(uh_state))
@@ -18889,8 +19186,8 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":210
- *         self._hold = None
+/* "lguest/unicorn/_uchook.pyx":234
+ *         self._hcall_error = None
  * 
  *     def __init__(self, *, uc_handle, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va,             # <<<<<<<<<<<<<<
  *                  switcher_size, gdt_offset, until_va, host_cs, host_ss,
@@ -18957,15 +19254,15 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_uc_handle,&__pyx_mstate_global->__pyx_n_u_funcs,&__pyx_mstate_global->__pyx_n_u_reg_ids,&__pyx_mstate_global->__pyx_n_u_reg_cr2,&__pyx_mstate_global->__pyx_n_u_layout,&__pyx_mstate_global->__pyx_n_u_switcher,&__pyx_mstate_global->__pyx_n_u_switcher_va,&__pyx_mstate_global->__pyx_n_u_switcher_size,&__pyx_mstate_global->__pyx_n_u_gdt_offset,&__pyx_mstate_global->__pyx_n_u_until_va,&__pyx_mstate_global->__pyx_n_u_host_cs,&__pyx_mstate_global->__pyx_n_u_host_ss,&__pyx_mstate_global->__pyx_n_u_ctx_alloc,&__pyx_mstate_global->__pyx_n_u_ctx_small_alloc,&__pyx_mstate_global->__pyx_n_u_uc_free,&__pyx_mstate_global->__pyx_n_u_insn_in,&__pyx_mstate_global->__pyx_n_u_insn_out,&__pyx_mstate_global->__pyx_n_u_internals,&__pyx_mstate_global->__pyx_n_u_uc_owner,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL_TPNEW(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 210, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 234, __pyx_L3_error)
     if (likely(__pyx_kwds_len > 0)) {
       switch (__pyx_nargs) {
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, 0, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 210, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, 0, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 234, __pyx_L3_error)
 
-      /* "lguest/unicorn/_uchook.pyx":212
+      /* "lguest/unicorn/_uchook.pyx":236
  *     def __init__(self, *, uc_handle, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va,
  *                  switcher_size, gdt_offset, until_va, host_cs, host_ss,
  *                  ctx_alloc, ctx_small_alloc, uc_free, insn_in, insn_out, internals, uc_owner=None):             # <<<<<<<<<<<<<<
@@ -18974,12 +19271,12 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
 */
       if (!values[18]) values[18] = __Pyx_NewRef(((PyObject *)Py_None));
       for (Py_ssize_t i = 0; i < 18; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseKeywordRequired("__init__", *(__pyx_pyargnames[i - 0])); __PYX_ERR(0, 210, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseKeywordRequired("__init__", *(__pyx_pyargnames[i - 0])); __PYX_ERR(0, 234, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 0)) {
       goto __pyx_L5_argtuple_error;
     } else {
-      __Pyx_RaiseKeywordRequired("__init__", __pyx_mstate_global->__pyx_n_u_uc_handle); __PYX_ERR(0, 210, __pyx_L3_error)
+      __Pyx_RaiseKeywordRequired("__init__", __pyx_mstate_global->__pyx_n_u_uc_handle); __PYX_ERR(0, 234, __pyx_L3_error)
     }
     __pyx_v_uc_handle = values[0];
     __pyx_v_funcs = values[1];
@@ -19003,7 +19300,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__init__", 1, 0, 0, __pyx_nargs); __PYX_ERR(0, 210, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__init__", 1, 0, 0, __pyx_nargs); __PYX_ERR(0, 234, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -19016,8 +19313,8 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __pyx_L4_argument_unpacking_done:;
   __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self), __pyx_v_uc_handle, __pyx_v_funcs, __pyx_v_reg_ids, __pyx_v_reg_cr2, __pyx_v_layout, __pyx_v_switcher, __pyx_v_switcher_va, __pyx_v_switcher_size, __pyx_v_gdt_offset, __pyx_v_until_va, __pyx_v_host_cs, __pyx_v_host_ss, __pyx_v_ctx_alloc, __pyx_v_ctx_small_alloc, __pyx_v_uc_free, __pyx_v_insn_in, __pyx_v_insn_out, __pyx_v_internals, __pyx_v_uc_owner);
 
-  /* "lguest/unicorn/_uchook.pyx":210
- *         self._hold = None
+  /* "lguest/unicorn/_uchook.pyx":234
+ *         self._hcall_error = None
  * 
  *     def __init__(self, *, uc_handle, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va,             # <<<<<<<<<<<<<<
  *                  switcher_size, gdt_offset, until_va, host_cs, host_ss,
@@ -19056,7 +19353,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__init__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":224
+  /* "lguest/unicorn/_uchook.pyx":248
  *         ``uc_owner``: the object owning the engine, kept alive likewise."""
  *         cdef unsigned char[::1] sw
  *         if self.state != 0:             # <<<<<<<<<<<<<<
@@ -19068,7 +19365,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":225
+    /* "lguest/unicorn/_uchook.pyx":249
  *         cdef unsigned char[::1] sw
  *         if self.state != 0:
  *             raise RuntimeError("NativeHooks is already initialised")             # <<<<<<<<<<<<<<
@@ -19081,14 +19378,14 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_NativeHooks_is_already_initialis};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 225, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 249, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 225, __pyx_L1_error)
+    __PYX_ERR(0, 249, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":224
+    /* "lguest/unicorn/_uchook.pyx":248
  *         ``uc_owner``: the object owning the engine, kept alive likewise."""
  *         cdef unsigned char[::1] sw
  *         if self.state != 0:             # <<<<<<<<<<<<<<
@@ -19097,14 +19394,14 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":226
+  /* "lguest/unicorn/_uchook.pyx":250
  *         if self.state != 0:
  *             raise RuntimeError("NativeHooks is already initialised")
  *         if not uc_handle or not ctx_alloc:             # <<<<<<<<<<<<<<
  *             raise ValueError("NativeHooks needs an engine and a context")
  *         if len(reg_ids) != NUM_REGS:
 */
-  __pyx_t_5 = __Pyx_PyObject_IsTrue(__pyx_v_uc_handle); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 226, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_IsTrue(__pyx_v_uc_handle); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 250, __pyx_L1_error)
   __pyx_t_6 = (!__pyx_t_5);
 
 
@@ -19116,7 +19413,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 
     goto __pyx_L5_bool_binop_done;
   }
-  __pyx_t_6 = __Pyx_PyObject_IsTrue(__pyx_v_ctx_alloc); if (unlikely((__pyx_t_6 < 0))) __PYX_ERR(0, 226, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_IsTrue(__pyx_v_ctx_alloc); if (unlikely((__pyx_t_6 < 0))) __PYX_ERR(0, 250, __pyx_L1_error)
   __pyx_t_5 = (!__pyx_t_6);
 
 
@@ -19127,7 +19424,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":227
+    /* "lguest/unicorn/_uchook.pyx":251
  *             raise RuntimeError("NativeHooks is already initialised")
  *         if not uc_handle or not ctx_alloc:
  *             raise ValueError("NativeHooks needs an engine and a context")             # <<<<<<<<<<<<<<
@@ -19140,14 +19437,14 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_NativeHooks_needs_an_engine_and};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 227, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 251, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 227, __pyx_L1_error)
+    __PYX_ERR(0, 251, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":226
+    /* "lguest/unicorn/_uchook.pyx":250
  *         if self.state != 0:
  *             raise RuntimeError("NativeHooks is already initialised")
  *         if not uc_handle or not ctx_alloc:             # <<<<<<<<<<<<<<
@@ -19156,21 +19453,21 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":228
+  /* "lguest/unicorn/_uchook.pyx":252
  *         if not uc_handle or not ctx_alloc:
  *             raise ValueError("NativeHooks needs an engine and a context")
  *         if len(reg_ids) != NUM_REGS:             # <<<<<<<<<<<<<<
  *             raise ValueError(f"reg_ids needs {NUM_REGS} entries")
  *         sw = switcher   # a writable, contiguous buffer (TypeError/ValueError otherwise)
 */
-  __pyx_t_7 = PyObject_Length(__pyx_v_reg_ids); if (unlikely(__pyx_t_7 == ((Py_ssize_t)-1))) __PYX_ERR(0, 228, __pyx_L1_error)
+  __pyx_t_7 = PyObject_Length(__pyx_v_reg_ids); if (unlikely(__pyx_t_7 == ((Py_ssize_t)-1))) __PYX_ERR(0, 252, __pyx_L1_error)
   __pyx_t_1 = (__pyx_t_7 != LG_NUM_REGS);
 
 
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":229
+    /* "lguest/unicorn/_uchook.pyx":253
  *             raise ValueError("NativeHooks needs an engine and a context")
  *         if len(reg_ids) != NUM_REGS:
  *             raise ValueError(f"reg_ids needs {NUM_REGS} entries")             # <<<<<<<<<<<<<<
@@ -19178,7 +19475,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
  *         if switcher_size <= 0 or sw.shape[0] < switcher_size or gdt_offset < 0 or gdt_offset + 32 * 8 > switcher_size:
 */
     __pyx_t_3 = NULL;
-    __pyx_t_8 = __Pyx_PyUnicode_From___pyx_anon_enum(LG_NUM_REGS, 0, ' ', 'd'); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 229, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyUnicode_From___pyx_anon_enum(LG_NUM_REGS, 0, ' ', 'd'); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 253, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __pyx_t_9[0] = __pyx_mstate_global->__pyx_kp_u_reg_ids_needs;
     __pyx_t_9[1] = __pyx_t_8;
@@ -19189,7 +19486,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
     #endif
     __pyx_t_10 = 0;
     __pyx_t_11 = __Pyx_PyUnicode_Join(__pyx_t_9, 3, __pyx_t_7, __pyx_t_10);
-    if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 229, __pyx_L1_error)
+    if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 253, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
     __pyx_t_4 = 1;
@@ -19198,14 +19495,14 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 229, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 253, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 229, __pyx_L1_error)
+    __PYX_ERR(0, 253, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":228
+    /* "lguest/unicorn/_uchook.pyx":252
  *         if not uc_handle or not ctx_alloc:
  *             raise ValueError("NativeHooks needs an engine and a context")
  *         if len(reg_ids) != NUM_REGS:             # <<<<<<<<<<<<<<
@@ -19214,26 +19511,26 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":230
+  /* "lguest/unicorn/_uchook.pyx":254
  *         if len(reg_ids) != NUM_REGS:
  *             raise ValueError(f"reg_ids needs {NUM_REGS} entries")
  *         sw = switcher   # a writable, contiguous buffer (TypeError/ValueError otherwise)             # <<<<<<<<<<<<<<
  *         if switcher_size <= 0 or sw.shape[0] < switcher_size or gdt_offset < 0 or gdt_offset + 32 * 8 > switcher_size:
  *             raise ValueError("the Switcher buffer does not hold the layout")
 */
-  __pyx_t_12 = __Pyx_PyObject_to_MemoryviewSlice_dc_unsigned_char(__pyx_v_switcher, PyBUF_WRITABLE); if (unlikely(!__pyx_t_12.memview)) __PYX_ERR(0, 230, __pyx_L1_error)
+  __pyx_t_12 = __Pyx_PyObject_to_MemoryviewSlice_dc_unsigned_char(__pyx_v_switcher, PyBUF_WRITABLE); if (unlikely(!__pyx_t_12.memview)) __PYX_ERR(0, 254, __pyx_L1_error)
   __pyx_v_sw = __pyx_t_12;
   __pyx_t_12.memview = NULL;
   __pyx_t_12.data = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":231
+  /* "lguest/unicorn/_uchook.pyx":255
  *             raise ValueError(f"reg_ids needs {NUM_REGS} entries")
  *         sw = switcher   # a writable, contiguous buffer (TypeError/ValueError otherwise)
  *         if switcher_size <= 0 or sw.shape[0] < switcher_size or gdt_offset < 0 or gdt_offset + 32 * 8 > switcher_size:             # <<<<<<<<<<<<<<
  *             raise ValueError("the Switcher buffer does not hold the layout")
  *         _check_addresses(funcs, internals)
 */
-  __pyx_t_5 = __Pyx_PyObject_CompareBoolLe_object_int(__pyx_v_switcher_size, __pyx_mstate_global->__pyx_int_0, Py_LE); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 231, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_CompareBoolLe_object_int(__pyx_v_switcher_size, __pyx_mstate_global->__pyx_int_0, Py_LE); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 255, __pyx_L1_error)
   if (!__pyx_t_5) {
 
   } else {
@@ -19242,9 +19539,9 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 
     goto __pyx_L9_bool_binop_done;
   }
-  __pyx_t_2 = PyLong_FromSsize_t((__pyx_v_sw.shape[0])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 231, __pyx_L1_error)
+  __pyx_t_2 = PyLong_FromSsize_t((__pyx_v_sw.shape[0])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 255, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_5 = __Pyx_PyObject_CompareBoolLt_int_object(__pyx_t_2, __pyx_v_switcher_size, Py_LT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 231, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_CompareBoolLt_int_object(__pyx_t_2, __pyx_v_switcher_size, Py_LT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 255, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   if (!__pyx_t_5) {
 
@@ -19254,7 +19551,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 
     goto __pyx_L9_bool_binop_done;
   }
-  __pyx_t_5 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_v_gdt_offset, __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 231, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_v_gdt_offset, __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 255, __pyx_L1_error)
   if (!__pyx_t_5) {
 
   } else {
@@ -19263,9 +19560,9 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 
     goto __pyx_L9_bool_binop_done;
   }
-  __pyx_t_2 = __Pyx_PyLong_AddObjC(__pyx_v_gdt_offset, __pyx_mstate_global->__pyx_int_256, 0x100, 0, 0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 231, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_AddObjC(__pyx_v_gdt_offset, __pyx_mstate_global->__pyx_int_256, 0x100, 0, 0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 255, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_5 = __Pyx_PyObject_CompareBoolGt_object_object(__pyx_t_2, __pyx_v_switcher_size, Py_GT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 231, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_CompareBoolGt_object_object(__pyx_t_2, __pyx_v_switcher_size, Py_GT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 255, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
   __pyx_t_1 = __pyx_t_5;
@@ -19274,7 +19571,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":232
+    /* "lguest/unicorn/_uchook.pyx":256
  *         sw = switcher   # a writable, contiguous buffer (TypeError/ValueError otherwise)
  *         if switcher_size <= 0 or sw.shape[0] < switcher_size or gdt_offset < 0 or gdt_offset + 32 * 8 > switcher_size:
  *             raise ValueError("the Switcher buffer does not hold the layout")             # <<<<<<<<<<<<<<
@@ -19287,14 +19584,14 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
       PyObject *__pyx_callargs[2] = {__pyx_t_11, __pyx_mstate_global->__pyx_kp_u_the_Switcher_buffer_does_not_hol};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_11); __pyx_t_11 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 232, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 256, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 232, __pyx_L1_error)
+    __PYX_ERR(0, 256, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":231
+    /* "lguest/unicorn/_uchook.pyx":255
  *             raise ValueError(f"reg_ids needs {NUM_REGS} entries")
  *         sw = switcher   # a writable, contiguous buffer (TypeError/ValueError otherwise)
  *         if switcher_size <= 0 or sw.shape[0] < switcher_size or gdt_offset < 0 or gdt_offset + 32 * 8 > switcher_size:             # <<<<<<<<<<<<<<
@@ -19303,40 +19600,40 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":233
+  /* "lguest/unicorn/_uchook.pyx":257
  *         if switcher_size <= 0 or sw.shape[0] < switcher_size or gdt_offset < 0 or gdt_offset + 32 * 8 > switcher_size:
  *             raise ValueError("the Switcher buffer does not hold the layout")
  *         _check_addresses(funcs, internals)             # <<<<<<<<<<<<<<
  *         # state stays 0 until the end: should a layout key or an address still
  *         # fail below, every method refuses the half-set instance.
 */
-  __pyx_t_2 = __pyx_f_6lguest_7unicorn_7_uchook__check_addresses(__pyx_v_funcs, __pyx_v_internals); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 233, __pyx_L1_error)
+  __pyx_t_2 = __pyx_f_6lguest_7unicorn_7_uchook__check_addresses(__pyx_v_funcs, __pyx_v_internals); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 257, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":236
+  /* "lguest/unicorn/_uchook.pyx":260
  *         # state stays 0 until the end: should a layout key or an address still
  *         # fail below, every method refuses the half-set instance.
  *         self._set_engine(uc_handle, funcs, internals)             # <<<<<<<<<<<<<<
  *         self._set_layout(reg_ids, reg_cr2, layout)
  *         self.st.switcher = &sw[0]
 */
-  __pyx_t_2 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_set_engine(__pyx_v_self, __pyx_v_uc_handle, __pyx_v_funcs, __pyx_v_internals); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 236, __pyx_L1_error)
+  __pyx_t_2 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_set_engine(__pyx_v_self, __pyx_v_uc_handle, __pyx_v_funcs, __pyx_v_internals); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 260, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":237
+  /* "lguest/unicorn/_uchook.pyx":261
  *         # fail below, every method refuses the half-set instance.
  *         self._set_engine(uc_handle, funcs, internals)
  *         self._set_layout(reg_ids, reg_cr2, layout)             # <<<<<<<<<<<<<<
  *         self.st.switcher = &sw[0]
  *         self.st.switcher_va = switcher_va
 */
-  __pyx_t_2 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_set_layout(__pyx_v_self, __pyx_v_reg_ids, __pyx_v_reg_cr2, __pyx_v_layout); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 237, __pyx_L1_error)
+  __pyx_t_2 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_set_layout(__pyx_v_self, __pyx_v_reg_ids, __pyx_v_reg_cr2, __pyx_v_layout); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 261, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":238
+  /* "lguest/unicorn/_uchook.pyx":262
  *         self._set_engine(uc_handle, funcs, internals)
  *         self._set_layout(reg_ids, reg_cr2, layout)
  *         self.st.switcher = &sw[0]             # <<<<<<<<<<<<<<
@@ -19346,68 +19643,68 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
   __pyx_t_13 = 0;
   __pyx_v_self->st.switcher = (&(*((unsigned char *) ( /* dim=0 */ ((char *) (((unsigned char *) __pyx_v_sw.data) + __pyx_t_13)) ))));
 
-  /* "lguest/unicorn/_uchook.pyx":239
+  /* "lguest/unicorn/_uchook.pyx":263
  *         self._set_layout(reg_ids, reg_cr2, layout)
  *         self.st.switcher = &sw[0]
  *         self.st.switcher_va = switcher_va             # <<<<<<<<<<<<<<
  *         self.st.switcher_size = switcher_size
  *         self.st.gdt = <uint32_t *>(self.st.switcher + <size_t>gdt_offset)
 */
-  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_switcher_va); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 239, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_switcher_va); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 263, __pyx_L1_error)
   __pyx_v_self->st.switcher_va = __pyx_t_14;
 
-  /* "lguest/unicorn/_uchook.pyx":240
+  /* "lguest/unicorn/_uchook.pyx":264
  *         self.st.switcher = &sw[0]
  *         self.st.switcher_va = switcher_va
  *         self.st.switcher_size = switcher_size             # <<<<<<<<<<<<<<
  *         self.st.gdt = <uint32_t *>(self.st.switcher + <size_t>gdt_offset)
  *         self.st.until_va = until_va
 */
-  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_switcher_size); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 240, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_switcher_size); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 264, __pyx_L1_error)
   __pyx_v_self->st.switcher_size = __pyx_t_14;
 
-  /* "lguest/unicorn/_uchook.pyx":241
+  /* "lguest/unicorn/_uchook.pyx":265
  *         self.st.switcher_va = switcher_va
  *         self.st.switcher_size = switcher_size
  *         self.st.gdt = <uint32_t *>(self.st.switcher + <size_t>gdt_offset)             # <<<<<<<<<<<<<<
  *         self.st.until_va = until_va
  *         self.st.host_cs = host_cs
 */
-  __pyx_t_4 = __Pyx_PyLong_As_size_t(__pyx_v_gdt_offset); if (unlikely((__pyx_t_4 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 241, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_As_size_t(__pyx_v_gdt_offset); if (unlikely((__pyx_t_4 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 265, __pyx_L1_error)
   __pyx_v_self->st.gdt = ((uint32_t *)(__pyx_v_self->st.switcher + ((size_t)__pyx_t_4)));
 
 
-  /* "lguest/unicorn/_uchook.pyx":242
+  /* "lguest/unicorn/_uchook.pyx":266
  *         self.st.switcher_size = switcher_size
  *         self.st.gdt = <uint32_t *>(self.st.switcher + <size_t>gdt_offset)
  *         self.st.until_va = until_va             # <<<<<<<<<<<<<<
  *         self.st.host_cs = host_cs
  *         self.st.host_ss = host_ss
 */
-  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_until_va); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 242, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_until_va); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 266, __pyx_L1_error)
   __pyx_v_self->st.until_va = __pyx_t_14;
 
-  /* "lguest/unicorn/_uchook.pyx":243
+  /* "lguest/unicorn/_uchook.pyx":267
  *         self.st.gdt = <uint32_t *>(self.st.switcher + <size_t>gdt_offset)
  *         self.st.until_va = until_va
  *         self.st.host_cs = host_cs             # <<<<<<<<<<<<<<
  *         self.st.host_ss = host_ss
  *         self.st.pending = &self.st.attention
 */
-  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_host_cs); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 243, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_host_cs); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 267, __pyx_L1_error)
   __pyx_v_self->st.host_cs = __pyx_t_14;
 
-  /* "lguest/unicorn/_uchook.pyx":244
+  /* "lguest/unicorn/_uchook.pyx":268
  *         self.st.until_va = until_va
  *         self.st.host_cs = host_cs
  *         self.st.host_ss = host_ss             # <<<<<<<<<<<<<<
  *         self.st.pending = &self.st.attention
  *         self.ctx_ptr = <void *>_ptr(ctx_alloc)
 */
-  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_host_ss); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 244, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_host_ss); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 268, __pyx_L1_error)
   __pyx_v_self->st.host_ss = __pyx_t_14;
 
-  /* "lguest/unicorn/_uchook.pyx":245
+  /* "lguest/unicorn/_uchook.pyx":269
  *         self.st.host_cs = host_cs
  *         self.st.host_ss = host_ss
  *         self.st.pending = &self.st.attention             # <<<<<<<<<<<<<<
@@ -19416,18 +19713,18 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 */
   __pyx_v_self->st.pending = (&__pyx_v_self->st.attention);
 
-  /* "lguest/unicorn/_uchook.pyx":246
+  /* "lguest/unicorn/_uchook.pyx":270
  *         self.st.host_ss = host_ss
  *         self.st.pending = &self.st.attention
  *         self.ctx_ptr = <void *>_ptr(ctx_alloc)             # <<<<<<<<<<<<<<
  *         self.st.ctx = <uint8_t *>self.ctx_ptr
  *         self.ctx_small_ptr = <void *>_ptr(ctx_small_alloc) if ctx_small_alloc else NULL
 */
-  __pyx_t_4 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_v_ctx_alloc); if (unlikely(__pyx_t_4 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 246, __pyx_L1_error)
+  __pyx_t_4 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_v_ctx_alloc); if (unlikely(__pyx_t_4 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 270, __pyx_L1_error)
   __pyx_v_self->ctx_ptr = ((void *)__pyx_t_4);
 
 
-  /* "lguest/unicorn/_uchook.pyx":247
+  /* "lguest/unicorn/_uchook.pyx":271
  *         self.st.pending = &self.st.attention
  *         self.ctx_ptr = <void *>_ptr(ctx_alloc)
  *         self.st.ctx = <uint8_t *>self.ctx_ptr             # <<<<<<<<<<<<<<
@@ -19436,16 +19733,16 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 */
   __pyx_v_self->st.ctx = ((uint8_t *)__pyx_v_self->ctx_ptr);
 
-  /* "lguest/unicorn/_uchook.pyx":248
+  /* "lguest/unicorn/_uchook.pyx":272
  *         self.ctx_ptr = <void *>_ptr(ctx_alloc)
  *         self.st.ctx = <uint8_t *>self.ctx_ptr
  *         self.ctx_small_ptr = <void *>_ptr(ctx_small_alloc) if ctx_small_alloc else NULL             # <<<<<<<<<<<<<<
  *         self.st.ctx_small = <uint8_t *>self.ctx_small_ptr
  *         self._free = uc_free
 */
-  __pyx_t_1 = __Pyx_PyObject_IsTrue(__pyx_v_ctx_small_alloc); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 248, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_IsTrue(__pyx_v_ctx_small_alloc); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 272, __pyx_L1_error)
   if (__pyx_t_1) {
-    __pyx_t_4 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_v_ctx_small_alloc); if (unlikely(__pyx_t_4 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 248, __pyx_L1_error)
+    __pyx_t_4 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_v_ctx_small_alloc); if (unlikely(__pyx_t_4 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 272, __pyx_L1_error)
 
     __pyx_t_15 = ((void *)__pyx_t_4);
 
@@ -19456,7 +19753,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 
   __pyx_v_self->ctx_small_ptr = __pyx_t_15;
 
-  /* "lguest/unicorn/_uchook.pyx":249
+  /* "lguest/unicorn/_uchook.pyx":273
  *         self.st.ctx = <uint8_t *>self.ctx_ptr
  *         self.ctx_small_ptr = <void *>_ptr(ctx_small_alloc) if ctx_small_alloc else NULL
  *         self.st.ctx_small = <uint8_t *>self.ctx_small_ptr             # <<<<<<<<<<<<<<
@@ -19465,7 +19762,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 */
   __pyx_v_self->st.ctx_small = ((uint8_t *)__pyx_v_self->ctx_small_ptr);
 
-  /* "lguest/unicorn/_uchook.pyx":250
+  /* "lguest/unicorn/_uchook.pyx":274
  *         self.ctx_small_ptr = <void *>_ptr(ctx_small_alloc) if ctx_small_alloc else NULL
  *         self.st.ctx_small = <uint8_t *>self.ctx_small_ptr
  *         self._free = uc_free             # <<<<<<<<<<<<<<
@@ -19477,63 +19774,63 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
   __Pyx_GOTREF(__pyx_v_self->_free);
   __Pyx_DECREF_SET(__pyx_v_self->_free, __pyx_v_uc_free);
 
-  /* "lguest/unicorn/_uchook.pyx":251
+  /* "lguest/unicorn/_uchook.pyx":275
  *         self.st.ctx_small = <uint8_t *>self.ctx_small_ptr
  *         self._free = uc_free
  *         self._keep = []             # <<<<<<<<<<<<<<
  *         self._owners = [uc_owner, sw]   # the memoryview pins the mmap: close() raises BufferError
  *         self.insn_in = insn_in
 */
-  __pyx_t_2 = PyList_New(0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 251, __pyx_L1_error)
+  __pyx_t_2 = PyList_New(0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 275, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_GIVEREF(__pyx_t_2);
   __Pyx_GOTREF(__pyx_v_self->_keep);
   __Pyx_DECREF_SET(__pyx_v_self->_keep, __pyx_t_2);
   __pyx_t_2 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":252
+  /* "lguest/unicorn/_uchook.pyx":276
  *         self._free = uc_free
  *         self._keep = []
  *         self._owners = [uc_owner, sw]   # the memoryview pins the mmap: close() raises BufferError             # <<<<<<<<<<<<<<
  *         self.insn_in = insn_in
  *         self.insn_out = insn_out
 */
-  __pyx_t_2 = __pyx_memoryview_fromslice(__pyx_v_sw, 1, (PyObject *(*)(char *)) __pyx_memview_get_unsigned_char, (int (*)(char *, PyObject *)) __pyx_memview_set_unsigned_char, 0);; if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 252, __pyx_L1_error)
+  __pyx_t_2 = __pyx_memoryview_fromslice(__pyx_v_sw, 1, (PyObject *(*)(char *)) __pyx_memview_get_unsigned_char, (int (*)(char *, PyObject *)) __pyx_memview_set_unsigned_char, 0);; if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 276, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_11 = PyList_New(2); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 252, __pyx_L1_error)
+  __pyx_t_11 = PyList_New(2); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 276, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __Pyx_INCREF(__pyx_v_uc_owner);
   __Pyx_GIVEREF(__pyx_v_uc_owner);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_11, 0, __pyx_v_uc_owner) != (0)) __PYX_ERR(0, 252, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_11, 0, __pyx_v_uc_owner) != (0)) __PYX_ERR(0, 276, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_2);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_11, 1, __pyx_t_2) != (0)) __PYX_ERR(0, 252, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_11, 1, __pyx_t_2) != (0)) __PYX_ERR(0, 276, __pyx_L1_error);
   __pyx_t_2 = 0;
   __Pyx_GIVEREF(__pyx_t_11);
   __Pyx_GOTREF(__pyx_v_self->_owners);
   __Pyx_DECREF_SET(__pyx_v_self->_owners, __pyx_t_11);
   __pyx_t_11 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":253
+  /* "lguest/unicorn/_uchook.pyx":277
  *         self._keep = []
  *         self._owners = [uc_owner, sw]   # the memoryview pins the mmap: close() raises BufferError
  *         self.insn_in = insn_in             # <<<<<<<<<<<<<<
  *         self.insn_out = insn_out
  *         self.state = 1
 */
-  __pyx_t_10 = __Pyx_PyLong_As_int(__pyx_v_insn_in); if (unlikely((__pyx_t_10 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 253, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyLong_As_int(__pyx_v_insn_in); if (unlikely((__pyx_t_10 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 277, __pyx_L1_error)
   __pyx_v_self->insn_in = __pyx_t_10;
 
-  /* "lguest/unicorn/_uchook.pyx":254
+  /* "lguest/unicorn/_uchook.pyx":278
  *         self._owners = [uc_owner, sw]   # the memoryview pins the mmap: close() raises BufferError
  *         self.insn_in = insn_in
  *         self.insn_out = insn_out             # <<<<<<<<<<<<<<
  *         self.state = 1
  * 
 */
-  __pyx_t_10 = __Pyx_PyLong_As_int(__pyx_v_insn_out); if (unlikely((__pyx_t_10 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 254, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyLong_As_int(__pyx_v_insn_out); if (unlikely((__pyx_t_10 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 278, __pyx_L1_error)
   __pyx_v_self->insn_out = __pyx_t_10;
 
-  /* "lguest/unicorn/_uchook.pyx":255
+  /* "lguest/unicorn/_uchook.pyx":279
  *         self.insn_in = insn_in
  *         self.insn_out = insn_out
  *         self.state = 1             # <<<<<<<<<<<<<<
@@ -19542,8 +19839,8 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 */
   __pyx_v_self->state = 1;
 
-  /* "lguest/unicorn/_uchook.pyx":210
- *         self._hold = None
+  /* "lguest/unicorn/_uchook.pyx":234
+ *         self._hcall_error = None
  * 
  *     def __init__(self, *, uc_handle, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va,             # <<<<<<<<<<<<<<
  *                  switcher_size, gdt_offset, until_va, host_cs, host_ss,
@@ -19568,7 +19865,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":257
+/* "lguest/unicorn/_uchook.pyx":281
  *         self.state = 1
  * 
  *     cdef _set_engine(self, uc_handle, funcs, internals):             # <<<<<<<<<<<<<<
@@ -19588,212 +19885,212 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__set_engine(str
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_set_engine", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":259
+  /* "lguest/unicorn/_uchook.pyx":283
  *     cdef _set_engine(self, uc_handle, funcs, internals):
  *         """libunicorn's entry points, and the translator fields uh_on_block writes."""
  *         self.st.uc = <uh_engine *>_ptr(uc_handle)             # <<<<<<<<<<<<<<
  *         self.st.hook_add = <uh_hook_add_t>_ptr(funcs["uc_hook_add"])
  *         self.st.hook_del = <uh_hook_del_t>_ptr(funcs["uc_hook_del"])
 */
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_v_uc_handle); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 259, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_v_uc_handle); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 283, __pyx_L1_error)
   __pyx_v_self->st.uc = ((uh_engine *)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":260
+  /* "lguest/unicorn/_uchook.pyx":284
  *         """libunicorn's entry points, and the translator fields uh_on_block writes."""
  *         self.st.uc = <uh_engine *>_ptr(uc_handle)
  *         self.st.hook_add = <uh_hook_add_t>_ptr(funcs["uc_hook_add"])             # <<<<<<<<<<<<<<
  *         self.st.hook_del = <uh_hook_del_t>_ptr(funcs["uc_hook_del"])
  *         self.st.emu_start = <uh_emu_start_t>_ptr(funcs["uc_emu_start"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_hook_add); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 260, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_hook_add); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 284, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 260, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 284, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.hook_add = ((uh_hook_add_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":261
+  /* "lguest/unicorn/_uchook.pyx":285
  *         self.st.uc = <uh_engine *>_ptr(uc_handle)
  *         self.st.hook_add = <uh_hook_add_t>_ptr(funcs["uc_hook_add"])
  *         self.st.hook_del = <uh_hook_del_t>_ptr(funcs["uc_hook_del"])             # <<<<<<<<<<<<<<
  *         self.st.emu_start = <uh_emu_start_t>_ptr(funcs["uc_emu_start"])
  *         self.st.emu_stop = <uh_emu_stop_t>_ptr(funcs["uc_emu_stop"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_hook_del); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 261, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_hook_del); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 285, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 261, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 285, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.hook_del = ((uh_hook_del_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":262
+  /* "lguest/unicorn/_uchook.pyx":286
  *         self.st.hook_add = <uh_hook_add_t>_ptr(funcs["uc_hook_add"])
  *         self.st.hook_del = <uh_hook_del_t>_ptr(funcs["uc_hook_del"])
  *         self.st.emu_start = <uh_emu_start_t>_ptr(funcs["uc_emu_start"])             # <<<<<<<<<<<<<<
  *         self.st.emu_stop = <uh_emu_stop_t>_ptr(funcs["uc_emu_stop"])
  *         self.st.reg_read = <uh_reg_read_t>_ptr(funcs["uc_reg_read"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_emu_start); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 262, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_emu_start); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 286, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 262, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 286, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.emu_start = ((uh_emu_start_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":263
+  /* "lguest/unicorn/_uchook.pyx":287
  *         self.st.hook_del = <uh_hook_del_t>_ptr(funcs["uc_hook_del"])
  *         self.st.emu_start = <uh_emu_start_t>_ptr(funcs["uc_emu_start"])
  *         self.st.emu_stop = <uh_emu_stop_t>_ptr(funcs["uc_emu_stop"])             # <<<<<<<<<<<<<<
  *         self.st.reg_read = <uh_reg_read_t>_ptr(funcs["uc_reg_read"])
  *         self.st.reg_write = <uh_reg_write_t>_ptr(funcs["uc_reg_write"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_emu_stop); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 263, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_emu_stop); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 287, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 263, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 287, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.emu_stop = ((uh_emu_stop_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":264
+  /* "lguest/unicorn/_uchook.pyx":288
  *         self.st.emu_start = <uh_emu_start_t>_ptr(funcs["uc_emu_start"])
  *         self.st.emu_stop = <uh_emu_stop_t>_ptr(funcs["uc_emu_stop"])
  *         self.st.reg_read = <uh_reg_read_t>_ptr(funcs["uc_reg_read"])             # <<<<<<<<<<<<<<
  *         self.st.reg_write = <uh_reg_write_t>_ptr(funcs["uc_reg_write"])
  *         self.st.ctx_save = <uh_context_io_t>_ptr(funcs["uc_context_save"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_reg_read); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 264, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_reg_read); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 288, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 264, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 288, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.reg_read = ((uh_reg_read_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":265
+  /* "lguest/unicorn/_uchook.pyx":289
  *         self.st.emu_stop = <uh_emu_stop_t>_ptr(funcs["uc_emu_stop"])
  *         self.st.reg_read = <uh_reg_read_t>_ptr(funcs["uc_reg_read"])
  *         self.st.reg_write = <uh_reg_write_t>_ptr(funcs["uc_reg_write"])             # <<<<<<<<<<<<<<
  *         self.st.ctx_save = <uh_context_io_t>_ptr(funcs["uc_context_save"])
  *         self.st.ctx_restore = <uh_context_io_t>_ptr(funcs["uc_context_restore"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_reg_write); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 265, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_reg_write); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 289, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 265, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 289, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.reg_write = ((uh_reg_write_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":266
+  /* "lguest/unicorn/_uchook.pyx":290
  *         self.st.reg_read = <uh_reg_read_t>_ptr(funcs["uc_reg_read"])
  *         self.st.reg_write = <uh_reg_write_t>_ptr(funcs["uc_reg_write"])
  *         self.st.ctx_save = <uh_context_io_t>_ptr(funcs["uc_context_save"])             # <<<<<<<<<<<<<<
  *         self.st.ctx_restore = <uh_context_io_t>_ptr(funcs["uc_context_restore"])
  *         self.st.ctl = <uh_ctl_t>_ptr(funcs["uc_ctl"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_context_save); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 266, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_context_save); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 290, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 266, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 290, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.ctx_save = ((uh_context_io_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":267
+  /* "lguest/unicorn/_uchook.pyx":291
  *         self.st.reg_write = <uh_reg_write_t>_ptr(funcs["uc_reg_write"])
  *         self.st.ctx_save = <uh_context_io_t>_ptr(funcs["uc_context_save"])
  *         self.st.ctx_restore = <uh_context_io_t>_ptr(funcs["uc_context_restore"])             # <<<<<<<<<<<<<<
  *         self.st.ctl = <uh_ctl_t>_ptr(funcs["uc_ctl"])
  *         self.st.tb_cflags = <uint32_t *>_ptr(internals["tb_cflags"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_context_restore); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 267, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_context_restore); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 291, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 267, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 291, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.ctx_restore = ((uh_context_io_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":268
+  /* "lguest/unicorn/_uchook.pyx":292
  *         self.st.ctx_save = <uh_context_io_t>_ptr(funcs["uc_context_save"])
  *         self.st.ctx_restore = <uh_context_io_t>_ptr(funcs["uc_context_restore"])
  *         self.st.ctl = <uh_ctl_t>_ptr(funcs["uc_ctl"])             # <<<<<<<<<<<<<<
  *         self.st.tb_cflags = <uint32_t *>_ptr(internals["tb_cflags"])
  *         self.st.code_gen_ptr = <uint8_t **>_ptr(internals["code_gen_ptr"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_ctl); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 268, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_ctl); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 292, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 268, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 292, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.ctl = ((uh_ctl_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":269
+  /* "lguest/unicorn/_uchook.pyx":293
  *         self.st.ctx_restore = <uh_context_io_t>_ptr(funcs["uc_context_restore"])
  *         self.st.ctl = <uh_ctl_t>_ptr(funcs["uc_ctl"])
  *         self.st.tb_cflags = <uint32_t *>_ptr(internals["tb_cflags"])             # <<<<<<<<<<<<<<
  *         self.st.code_gen_ptr = <uint8_t **>_ptr(internals["code_gen_ptr"])
  *         self.st.code_gen_highwater = <uint8_t **>_ptr(internals["code_gen_highwater"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_cflags); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 269, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_cflags); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 293, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 269, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 293, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.tb_cflags = ((uint32_t *)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":270
+  /* "lguest/unicorn/_uchook.pyx":294
  *         self.st.ctl = <uh_ctl_t>_ptr(funcs["uc_ctl"])
  *         self.st.tb_cflags = <uint32_t *>_ptr(internals["tb_cflags"])
  *         self.st.code_gen_ptr = <uint8_t **>_ptr(internals["code_gen_ptr"])             # <<<<<<<<<<<<<<
  *         self.st.code_gen_highwater = <uint8_t **>_ptr(internals["code_gen_highwater"])
  *         self.st.tb_max_insns = internals["tb_max_insns"]
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_code_gen_ptr); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 270, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_code_gen_ptr); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 294, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 270, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 294, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.code_gen_ptr = ((uint8_t **)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":271
+  /* "lguest/unicorn/_uchook.pyx":295
  *         self.st.tb_cflags = <uint32_t *>_ptr(internals["tb_cflags"])
  *         self.st.code_gen_ptr = <uint8_t **>_ptr(internals["code_gen_ptr"])
  *         self.st.code_gen_highwater = <uint8_t **>_ptr(internals["code_gen_highwater"])             # <<<<<<<<<<<<<<
  *         self.st.tb_max_insns = internals["tb_max_insns"]
  *         self.st.tb_guard = internals["tb_guard"]
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_code_gen_highwater); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 271, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_code_gen_highwater); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 295, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 271, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 295, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.code_gen_highwater = ((uint8_t **)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":272
+  /* "lguest/unicorn/_uchook.pyx":296
  *         self.st.code_gen_ptr = <uint8_t **>_ptr(internals["code_gen_ptr"])
  *         self.st.code_gen_highwater = <uint8_t **>_ptr(internals["code_gen_highwater"])
  *         self.st.tb_max_insns = internals["tb_max_insns"]             # <<<<<<<<<<<<<<
  *         self.st.tb_guard = internals["tb_guard"]
  * 
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_max_insns); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 272, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_max_insns); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 296, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyLong_As_uint32_t(__pyx_t_2); if (unlikely((__pyx_t_3 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 272, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_uint32_t(__pyx_t_2); if (unlikely((__pyx_t_3 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 296, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.tb_max_insns = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":273
+  /* "lguest/unicorn/_uchook.pyx":297
  *         self.st.code_gen_highwater = <uint8_t **>_ptr(internals["code_gen_highwater"])
  *         self.st.tb_max_insns = internals["tb_max_insns"]
  *         self.st.tb_guard = internals["tb_guard"]             # <<<<<<<<<<<<<<
  * 
  *     cdef _set_layout(self, reg_ids, reg_cr2, layout):
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_guard); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 273, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_guard); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 297, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_4 = __Pyx_PyLong_As_uint64_t(__pyx_t_2); if (unlikely((__pyx_t_4 == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 273, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_As_uint64_t(__pyx_t_2); if (unlikely((__pyx_t_4 == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 297, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.tb_guard = __pyx_t_4;
 
-  /* "lguest/unicorn/_uchook.pyx":257
+  /* "lguest/unicorn/_uchook.pyx":281
  *         self.state = 1
  * 
  *     cdef _set_engine(self, uc_handle, funcs, internals):             # <<<<<<<<<<<<<<
@@ -19814,7 +20111,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__set_engine(str
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":275
+/* "lguest/unicorn/_uchook.pyx":299
  *         self.st.tb_guard = internals["tb_guard"]
  * 
  *     cdef _set_layout(self, reg_ids, reg_cr2, layout):             # <<<<<<<<<<<<<<
@@ -19836,7 +20133,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__set_layout(str
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_set_layout", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":278
+  /* "lguest/unicorn/_uchook.pyx":302
  *         """Unicorn's register ids (lguest_regs order) and the measured uc_context offsets."""
  *         cdef int i
  *         for i in range(NUM_REGS):             # <<<<<<<<<<<<<<
@@ -19850,150 +20147,150 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__set_layout(str
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_i = __pyx_t_3;
 
-    /* "lguest/unicorn/_uchook.pyx":279
+    /* "lguest/unicorn/_uchook.pyx":303
  *         cdef int i
  *         for i in range(NUM_REGS):
  *             self.st.reg_ids[i] = reg_ids[i]             # <<<<<<<<<<<<<<
  *         self.st.reg_cr2 = reg_cr2
  *         self.st.off_regs = layout["regs"]
 */
-    __pyx_t_4 = __Pyx_GetItemInt(__pyx_v_reg_ids, __pyx_v_i, int, 1, __Pyx_PyLong_From_int, 0, 0, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 279, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_GetItemInt(__pyx_v_reg_ids, __pyx_v_i, int, 1, __Pyx_PyLong_From_int, 0, 0, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 303, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_5 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_5 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 279, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_5 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 303, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     (__pyx_v_self->st.reg_ids[__pyx_v_i]) = __pyx_t_5;
 
   }
 
 
-  /* "lguest/unicorn/_uchook.pyx":280
+  /* "lguest/unicorn/_uchook.pyx":304
  *         for i in range(NUM_REGS):
  *             self.st.reg_ids[i] = reg_ids[i]
  *         self.st.reg_cr2 = reg_cr2             # <<<<<<<<<<<<<<
  *         self.st.off_regs = layout["regs"]
  *         self.st.off_eip = layout["eip"]
 */
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_v_reg_cr2); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 280, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_v_reg_cr2); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 304, __pyx_L1_error)
   __pyx_v_self->st.reg_cr2 = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":281
+  /* "lguest/unicorn/_uchook.pyx":305
  *             self.st.reg_ids[i] = reg_ids[i]
  *         self.st.reg_cr2 = reg_cr2
  *         self.st.off_regs = layout["regs"]             # <<<<<<<<<<<<<<
  *         self.st.off_eip = layout["eip"]
  *         self.st.off_eflags = layout["eflags"]
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_regs); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 281, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_regs); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 305, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 281, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 305, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.off_regs = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":282
+  /* "lguest/unicorn/_uchook.pyx":306
  *         self.st.reg_cr2 = reg_cr2
  *         self.st.off_regs = layout["regs"]
  *         self.st.off_eip = layout["eip"]             # <<<<<<<<<<<<<<
  *         self.st.off_eflags = layout["eflags"]
  *         self.st.off_hflags = layout["hflags"]
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_eip); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 282, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_eip); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 306, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 282, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 306, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.off_eip = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":283
+  /* "lguest/unicorn/_uchook.pyx":307
  *         self.st.off_regs = layout["regs"]
  *         self.st.off_eip = layout["eip"]
  *         self.st.off_eflags = layout["eflags"]             # <<<<<<<<<<<<<<
  *         self.st.off_hflags = layout["hflags"]
  *         self.st.off_segs = layout["segs"]
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_eflags); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 283, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_eflags); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 307, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 283, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 307, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.off_eflags = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":284
+  /* "lguest/unicorn/_uchook.pyx":308
  *         self.st.off_eip = layout["eip"]
  *         self.st.off_eflags = layout["eflags"]
  *         self.st.off_hflags = layout["hflags"]             # <<<<<<<<<<<<<<
  *         self.st.off_segs = layout["segs"]
  *         self.st.seg_stride = layout["seg_stride"]
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_hflags); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 284, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_hflags); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 308, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 284, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 308, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.off_hflags = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":285
+  /* "lguest/unicorn/_uchook.pyx":309
  *         self.st.off_eflags = layout["eflags"]
  *         self.st.off_hflags = layout["hflags"]
  *         self.st.off_segs = layout["segs"]             # <<<<<<<<<<<<<<
  *         self.st.seg_stride = layout["seg_stride"]
  *         self.st.off_err = layout["error_code"]
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_segs); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 285, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_segs); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 309, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 285, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 309, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.off_segs = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":286
+  /* "lguest/unicorn/_uchook.pyx":310
  *         self.st.off_hflags = layout["hflags"]
  *         self.st.off_segs = layout["segs"]
  *         self.st.seg_stride = layout["seg_stride"]             # <<<<<<<<<<<<<<
  *         self.st.off_err = layout["error_code"]
  *         self.st.off_isint = layout["exception_is_int"]
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_seg_stride); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 286, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_seg_stride); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 310, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 286, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 310, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.seg_stride = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":287
+  /* "lguest/unicorn/_uchook.pyx":311
  *         self.st.off_segs = layout["segs"]
  *         self.st.seg_stride = layout["seg_stride"]
  *         self.st.off_err = layout["error_code"]             # <<<<<<<<<<<<<<
  *         self.st.off_isint = layout["exception_is_int"]
  *         self.st.off_oldexc = layout["old_exception"]
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_error_code); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 287, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_error_code); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 311, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 287, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 311, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.off_err = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":288
+  /* "lguest/unicorn/_uchook.pyx":312
  *         self.st.seg_stride = layout["seg_stride"]
  *         self.st.off_err = layout["error_code"]
  *         self.st.off_isint = layout["exception_is_int"]             # <<<<<<<<<<<<<<
  *         self.st.off_oldexc = layout["old_exception"]
  * 
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_exception_is_int); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 288, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_exception_is_int); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 312, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 288, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 312, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.off_isint = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":289
+  /* "lguest/unicorn/_uchook.pyx":313
  *         self.st.off_err = layout["error_code"]
  *         self.st.off_isint = layout["exception_is_int"]
  *         self.st.off_oldexc = layout["old_exception"]             # <<<<<<<<<<<<<<
  * 
  *     cdef int _check(self) except -1:
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_old_exception); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 289, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_old_exception); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 313, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 289, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 313, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.off_oldexc = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":275
+  /* "lguest/unicorn/_uchook.pyx":299
  *         self.st.tb_guard = internals["tb_guard"]
  * 
  *     cdef _set_layout(self, reg_ids, reg_cr2, layout):             # <<<<<<<<<<<<<<
@@ -20015,7 +20312,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__set_layout(str
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":291
+/* "lguest/unicorn/_uchook.pyx":315
  *         self.st.off_oldexc = layout["old_exception"]
  * 
  *     cdef int _check(self) except -1:             # <<<<<<<<<<<<<<
@@ -20035,7 +20332,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_check", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":292
+  /* "lguest/unicorn/_uchook.pyx":316
  * 
  *     cdef int _check(self) except -1:
  *         if self.state == 0:             # <<<<<<<<<<<<<<
@@ -20047,7 +20344,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":293
+    /* "lguest/unicorn/_uchook.pyx":317
  *     cdef int _check(self) except -1:
  *         if self.state == 0:
  *             raise RuntimeError("NativeHooks is not initialised")             # <<<<<<<<<<<<<<
@@ -20060,14 +20357,14 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_NativeHooks_is_not_initialised};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 293, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 317, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 293, __pyx_L1_error)
+    __PYX_ERR(0, 317, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":292
+    /* "lguest/unicorn/_uchook.pyx":316
  * 
  *     cdef int _check(self) except -1:
  *         if self.state == 0:             # <<<<<<<<<<<<<<
@@ -20076,7 +20373,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":294
+  /* "lguest/unicorn/_uchook.pyx":318
  *         if self.state == 0:
  *             raise RuntimeError("NativeHooks is not initialised")
  *         if self.state == 2:             # <<<<<<<<<<<<<<
@@ -20088,7 +20385,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":295
+    /* "lguest/unicorn/_uchook.pyx":319
  *             raise RuntimeError("NativeHooks is not initialised")
  *         if self.state == 2:
  *             raise RuntimeError("NativeHooks is closed")             # <<<<<<<<<<<<<<
@@ -20101,14 +20398,14 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_NativeHooks_is_closed};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 295, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 319, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 295, __pyx_L1_error)
+    __PYX_ERR(0, 319, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":294
+    /* "lguest/unicorn/_uchook.pyx":318
  *         if self.state == 0:
  *             raise RuntimeError("NativeHooks is not initialised")
  *         if self.state == 2:             # <<<<<<<<<<<<<<
@@ -20117,7 +20414,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":296
+  /* "lguest/unicorn/_uchook.pyx":320
  *         if self.state == 2:
  *             raise RuntimeError("NativeHooks is closed")
  *         return 0             # <<<<<<<<<<<<<<
@@ -20130,7 +20427,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
   }
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":291
+  /* "lguest/unicorn/_uchook.pyx":315
  *         self.st.off_oldexc = layout["old_exception"]
  * 
  *     cdef int _check(self) except -1:             # <<<<<<<<<<<<<<
@@ -20150,7 +20447,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":298
+/* "lguest/unicorn/_uchook.pyx":322
  *         return 0
  * 
  *     cdef int _check_idle(self) except -1:             # <<<<<<<<<<<<<<
@@ -20171,17 +20468,17 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check_idle(struct __
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_check_idle", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":299
+  /* "lguest/unicorn/_uchook.pyx":323
  * 
  *     cdef int _check_idle(self) except -1:
  *         self._check()             # <<<<<<<<<<<<<<
  *         if self.busy:
  *             raise RuntimeError("NativeHooks is running a guest")
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 299, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 323, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":300
+  /* "lguest/unicorn/_uchook.pyx":324
  *     cdef int _check_idle(self) except -1:
  *         self._check()
  *         if self.busy:             # <<<<<<<<<<<<<<
@@ -20193,7 +20490,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check_idle(struct __
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":301
+    /* "lguest/unicorn/_uchook.pyx":325
  *         self._check()
  *         if self.busy:
  *             raise RuntimeError("NativeHooks is running a guest")             # <<<<<<<<<<<<<<
@@ -20206,14 +20503,14 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check_idle(struct __
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_NativeHooks_is_running_a_guest};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 301, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 325, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 301, __pyx_L1_error)
+    __PYX_ERR(0, 325, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":300
+    /* "lguest/unicorn/_uchook.pyx":324
  *     cdef int _check_idle(self) except -1:
  *         self._check()
  *         if self.busy:             # <<<<<<<<<<<<<<
@@ -20222,7 +20519,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check_idle(struct __
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":302
+  /* "lguest/unicorn/_uchook.pyx":326
  *         if self.busy:
  *             raise RuntimeError("NativeHooks is running a guest")
  *         return 0             # <<<<<<<<<<<<<<
@@ -20235,7 +20532,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check_idle(struct __
   }
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":298
+  /* "lguest/unicorn/_uchook.pyx":322
  *         return 0
  * 
  *     cdef int _check_idle(self) except -1:             # <<<<<<<<<<<<<<
@@ -20255,7 +20552,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check_idle(struct __
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":304
+/* "lguest/unicorn/_uchook.pyx":328
  *         return 0
  * 
  *     def install(self):             # <<<<<<<<<<<<<<
@@ -20325,17 +20622,17 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("install", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":309
+  /* "lguest/unicorn/_uchook.pyx":333
  *         cdef void *cbs[4]
  *         cdef int i, rc
  *         self._check_idle()             # <<<<<<<<<<<<<<
  *         if self.nhooks:
  *             raise RuntimeError("NativeHooks are already installed")
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 309, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 333, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":310
+  /* "lguest/unicorn/_uchook.pyx":334
  *         cdef int i, rc
  *         self._check_idle()
  *         if self.nhooks:             # <<<<<<<<<<<<<<
@@ -20347,7 +20644,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":311
+    /* "lguest/unicorn/_uchook.pyx":335
  *         self._check_idle()
  *         if self.nhooks:
  *             raise RuntimeError("NativeHooks are already installed")             # <<<<<<<<<<<<<<
@@ -20360,14 +20657,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_NativeHooks_are_already_installe};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 311, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 335, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 311, __pyx_L1_error)
+    __PYX_ERR(0, 335, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":310
+    /* "lguest/unicorn/_uchook.pyx":334
  *         cdef int i, rc
  *         self._check_idle()
  *         if self.nhooks:             # <<<<<<<<<<<<<<
@@ -20376,7 +20673,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":312
+  /* "lguest/unicorn/_uchook.pyx":336
  *         if self.nhooks:
  *             raise RuntimeError("NativeHooks are already installed")
  *         types[0] = UC_HOOK_INTR; cbs[0] = uh_on_intr_ptr             # <<<<<<<<<<<<<<
@@ -20386,7 +20683,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   (__pyx_v_types[0]) = __pyx_e_6lguest_7unicorn_7_uchook_UC_HOOK_INTR;
   (__pyx_v_cbs[0]) = ((void *)uh_on_intr);
 
-  /* "lguest/unicorn/_uchook.pyx":313
+  /* "lguest/unicorn/_uchook.pyx":337
  *             raise RuntimeError("NativeHooks are already installed")
  *         types[0] = UC_HOOK_INTR; cbs[0] = uh_on_intr_ptr
  *         types[1] = UC_HOOK_INSN_INVALID; cbs[1] = uh_on_invalid_ptr             # <<<<<<<<<<<<<<
@@ -20396,7 +20693,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   (__pyx_v_types[1]) = __pyx_e_6lguest_7unicorn_7_uchook_UC_HOOK_INSN_INVALID;
   (__pyx_v_cbs[1]) = ((void *)uh_on_invalid);
 
-  /* "lguest/unicorn/_uchook.pyx":314
+  /* "lguest/unicorn/_uchook.pyx":338
  *         types[0] = UC_HOOK_INTR; cbs[0] = uh_on_intr_ptr
  *         types[1] = UC_HOOK_INSN_INVALID; cbs[1] = uh_on_invalid_ptr
  *         types[2] = UC_HOOK_MEM_INVALID; cbs[2] = uh_on_mem_invalid_ptr             # <<<<<<<<<<<<<<
@@ -20406,7 +20703,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   (__pyx_v_types[2]) = __pyx_e_6lguest_7unicorn_7_uchook_UC_HOOK_MEM_INVALID;
   (__pyx_v_cbs[2]) = ((void *)uh_on_mem_invalid);
 
-  /* "lguest/unicorn/_uchook.pyx":315
+  /* "lguest/unicorn/_uchook.pyx":339
  *         types[1] = UC_HOOK_INSN_INVALID; cbs[1] = uh_on_invalid_ptr
  *         types[2] = UC_HOOK_MEM_INVALID; cbs[2] = uh_on_mem_invalid_ptr
  *         types[3] = UC_HOOK_BLOCK; cbs[3] = uh_on_block_ptr             # <<<<<<<<<<<<<<
@@ -20416,7 +20713,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   (__pyx_v_types[3]) = __pyx_e_6lguest_7unicorn_7_uchook_UC_HOOK_BLOCK;
   (__pyx_v_cbs[3]) = ((void *)uh_on_block);
 
-  /* "lguest/unicorn/_uchook.pyx":316
+  /* "lguest/unicorn/_uchook.pyx":340
  *         types[2] = UC_HOOK_MEM_INVALID; cbs[2] = uh_on_mem_invalid_ptr
  *         types[3] = UC_HOOK_BLOCK; cbs[3] = uh_on_block_ptr
  *         for i in range(4):             # <<<<<<<<<<<<<<
@@ -20426,7 +20723,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   for (__pyx_t_1 = 0; __pyx_t_1 < 4; __pyx_t_1+=1) {
     __pyx_v_i = __pyx_t_1;
 
-    /* "lguest/unicorn/_uchook.pyx":317
+    /* "lguest/unicorn/_uchook.pyx":341
  *         types[3] = UC_HOOK_BLOCK; cbs[3] = uh_on_block_ptr
  *         for i in range(4):
  *             rc = self.st.hook_add(self.st.uc, &self.handles[i], types[i], cbs[i], <void *>&self.st, 1, 0)             # <<<<<<<<<<<<<<
@@ -20435,7 +20732,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
     __pyx_v_rc = __pyx_v_self->st.hook_add(__pyx_v_self->st.uc, (&(__pyx_v_self->handles[__pyx_v_i])), (__pyx_v_types[__pyx_v_i]), (__pyx_v_cbs[__pyx_v_i]), ((void *)(&__pyx_v_self->st)), 1, 0);
 
-    /* "lguest/unicorn/_uchook.pyx":318
+    /* "lguest/unicorn/_uchook.pyx":342
  *         for i in range(4):
  *             rc = self.st.hook_add(self.st.uc, &self.handles[i], types[i], cbs[i], <void *>&self.st, 1, 0)
  *             if rc != 0:             # <<<<<<<<<<<<<<
@@ -20447,7 +20744,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
     if (unlikely(__pyx_t_2)) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":319
+      /* "lguest/unicorn/_uchook.pyx":343
  *             rc = self.st.hook_add(self.st.uc, &self.handles[i], types[i], cbs[i], <void *>&self.st, 1, 0)
  *             if rc != 0:
  *                 self.uninstall()             # <<<<<<<<<<<<<<
@@ -20461,12 +20758,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
         PyObject *__pyx_callargs[2] = {__pyx_t_4, NULL};
         __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_uninstall, __pyx_callargs+__pyx_t_5, (1-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 319, __pyx_L1_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 343, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-      /* "lguest/unicorn/_uchook.pyx":320
+      /* "lguest/unicorn/_uchook.pyx":344
  *             if rc != 0:
  *                 self.uninstall()
  *                 raise OSError(f"uc_hook_add failed: error {rc}")             # <<<<<<<<<<<<<<
@@ -20474,9 +20771,9 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
  *         rc = self.st.hook_add(self.st.uc, &self.handles[4], UC_HOOK_INSN, uh_on_in_ptr, <void *>&self.st, 1, 0,
 */
       __pyx_t_4 = NULL;
-      __pyx_t_6 = __Pyx_PyUnicode_From_int(__pyx_v_rc, 0, ' ', 'd'); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 320, __pyx_L1_error)
+      __pyx_t_6 = __Pyx_PyUnicode_From_int(__pyx_v_rc, 0, ' ', 'd'); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 344, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
-      __pyx_t_7 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_uc_hook_add_failed_error, __pyx_t_6); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 320, __pyx_L1_error)
+      __pyx_t_7 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_uc_hook_add_failed_error, __pyx_t_6); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 344, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
       __pyx_t_5 = 1;
@@ -20485,14 +20782,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
         __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_OSError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 320, __pyx_L1_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 344, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __Pyx_Raise(__pyx_t_3, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      __PYX_ERR(0, 320, __pyx_L1_error)
+      __PYX_ERR(0, 344, __pyx_L1_error)
 
-      /* "lguest/unicorn/_uchook.pyx":318
+      /* "lguest/unicorn/_uchook.pyx":342
  *         for i in range(4):
  *             rc = self.st.hook_add(self.st.uc, &self.handles[i], types[i], cbs[i], <void *>&self.st, 1, 0)
  *             if rc != 0:             # <<<<<<<<<<<<<<
@@ -20501,7 +20798,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
     }
 
-    /* "lguest/unicorn/_uchook.pyx":321
+    /* "lguest/unicorn/_uchook.pyx":345
  *                 self.uninstall()
  *                 raise OSError(f"uc_hook_add failed: error {rc}")
  *             self.nhooks += 1             # <<<<<<<<<<<<<<
@@ -20511,7 +20808,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
     __pyx_v_self->nhooks = (__pyx_v_self->nhooks + 1);
   }
 
-  /* "lguest/unicorn/_uchook.pyx":322
+  /* "lguest/unicorn/_uchook.pyx":346
  *                 raise OSError(f"uc_hook_add failed: error {rc}")
  *             self.nhooks += 1
  *         rc = self.st.hook_add(self.st.uc, &self.handles[4], UC_HOOK_INSN, uh_on_in_ptr, <void *>&self.st, 1, 0,             # <<<<<<<<<<<<<<
@@ -20520,7 +20817,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
   __pyx_v_rc = __pyx_v_self->st.hook_add(__pyx_v_self->st.uc, (&(__pyx_v_self->handles[4])), __pyx_e_6lguest_7unicorn_7_uchook_UC_HOOK_INSN, ((void *)uh_on_in), ((void *)(&__pyx_v_self->st)), 1, 0, ((int)__pyx_v_self->insn_in));
 
-  /* "lguest/unicorn/_uchook.pyx":324
+  /* "lguest/unicorn/_uchook.pyx":348
  *         rc = self.st.hook_add(self.st.uc, &self.handles[4], UC_HOOK_INSN, uh_on_in_ptr, <void *>&self.st, 1, 0,
  *                               <int>self.insn_in)
  *         if rc != 0:             # <<<<<<<<<<<<<<
@@ -20532,7 +20829,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":325
+    /* "lguest/unicorn/_uchook.pyx":349
  *                               <int>self.insn_in)
  *         if rc != 0:
  *             self.uninstall()             # <<<<<<<<<<<<<<
@@ -20546,12 +20843,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
       PyObject *__pyx_callargs[2] = {__pyx_t_7, NULL};
       __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_uninstall, __pyx_callargs+__pyx_t_5, (1-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 325, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 349, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":326
+    /* "lguest/unicorn/_uchook.pyx":350
  *         if rc != 0:
  *             self.uninstall()
  *             raise OSError(f"uc_hook_add(IN) failed: error {rc}")             # <<<<<<<<<<<<<<
@@ -20559,9 +20856,9 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
  *         rc = self.st.hook_add(self.st.uc, &self.handles[5], UC_HOOK_INSN, uh_on_out_ptr, <void *>&self.st, 1, 0,
 */
     __pyx_t_7 = NULL;
-    __pyx_t_4 = __Pyx_PyUnicode_From_int(__pyx_v_rc, 0, ' ', 'd'); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 326, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyUnicode_From_int(__pyx_v_rc, 0, ' ', 'd'); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 350, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_6 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_uc_hook_add_IN_failed_error, __pyx_t_4); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 326, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_uc_hook_add_IN_failed_error, __pyx_t_4); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 350, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __pyx_t_5 = 1;
@@ -20570,14 +20867,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_OSError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 326, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 350, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 326, __pyx_L1_error)
+    __PYX_ERR(0, 350, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":324
+    /* "lguest/unicorn/_uchook.pyx":348
  *         rc = self.st.hook_add(self.st.uc, &self.handles[4], UC_HOOK_INSN, uh_on_in_ptr, <void *>&self.st, 1, 0,
  *                               <int>self.insn_in)
  *         if rc != 0:             # <<<<<<<<<<<<<<
@@ -20586,7 +20883,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":327
+  /* "lguest/unicorn/_uchook.pyx":351
  *             self.uninstall()
  *             raise OSError(f"uc_hook_add(IN) failed: error {rc}")
  *         self.nhooks += 1             # <<<<<<<<<<<<<<
@@ -20595,7 +20892,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
   __pyx_v_self->nhooks = (__pyx_v_self->nhooks + 1);
 
-  /* "lguest/unicorn/_uchook.pyx":328
+  /* "lguest/unicorn/_uchook.pyx":352
  *             raise OSError(f"uc_hook_add(IN) failed: error {rc}")
  *         self.nhooks += 1
  *         rc = self.st.hook_add(self.st.uc, &self.handles[5], UC_HOOK_INSN, uh_on_out_ptr, <void *>&self.st, 1, 0,             # <<<<<<<<<<<<<<
@@ -20604,7 +20901,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
   __pyx_v_rc = __pyx_v_self->st.hook_add(__pyx_v_self->st.uc, (&(__pyx_v_self->handles[5])), __pyx_e_6lguest_7unicorn_7_uchook_UC_HOOK_INSN, ((void *)uh_on_out), ((void *)(&__pyx_v_self->st)), 1, 0, ((int)__pyx_v_self->insn_out));
 
-  /* "lguest/unicorn/_uchook.pyx":330
+  /* "lguest/unicorn/_uchook.pyx":354
  *         rc = self.st.hook_add(self.st.uc, &self.handles[5], UC_HOOK_INSN, uh_on_out_ptr, <void *>&self.st, 1, 0,
  *                               <int>self.insn_out)
  *         if rc != 0:             # <<<<<<<<<<<<<<
@@ -20616,7 +20913,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":331
+    /* "lguest/unicorn/_uchook.pyx":355
  *                               <int>self.insn_out)
  *         if rc != 0:
  *             self.uninstall()             # <<<<<<<<<<<<<<
@@ -20630,12 +20927,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
       PyObject *__pyx_callargs[2] = {__pyx_t_6, NULL};
       __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_uninstall, __pyx_callargs+__pyx_t_5, (1-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 331, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 355, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":332
+    /* "lguest/unicorn/_uchook.pyx":356
  *         if rc != 0:
  *             self.uninstall()
  *             raise OSError(f"uc_hook_add(OUT) failed: error {rc}")             # <<<<<<<<<<<<<<
@@ -20643,9 +20940,9 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
  * 
 */
     __pyx_t_6 = NULL;
-    __pyx_t_7 = __Pyx_PyUnicode_From_int(__pyx_v_rc, 0, ' ', 'd'); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 332, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyUnicode_From_int(__pyx_v_rc, 0, ' ', 'd'); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 356, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_4 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_uc_hook_add_OUT_failed_error, __pyx_t_7); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 332, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_uc_hook_add_OUT_failed_error, __pyx_t_7); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 356, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __pyx_t_5 = 1;
@@ -20654,14 +20951,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_OSError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 332, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 356, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 332, __pyx_L1_error)
+    __PYX_ERR(0, 356, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":330
+    /* "lguest/unicorn/_uchook.pyx":354
  *         rc = self.st.hook_add(self.st.uc, &self.handles[5], UC_HOOK_INSN, uh_on_out_ptr, <void *>&self.st, 1, 0,
  *                               <int>self.insn_out)
  *         if rc != 0:             # <<<<<<<<<<<<<<
@@ -20670,7 +20967,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":333
+  /* "lguest/unicorn/_uchook.pyx":357
  *             self.uninstall()
  *             raise OSError(f"uc_hook_add(OUT) failed: error {rc}")
  *         self.nhooks += 1             # <<<<<<<<<<<<<<
@@ -20679,7 +20976,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
   __pyx_v_self->nhooks = (__pyx_v_self->nhooks + 1);
 
-  /* "lguest/unicorn/_uchook.pyx":304
+  /* "lguest/unicorn/_uchook.pyx":328
  *         return 0
  * 
  *     def install(self):             # <<<<<<<<<<<<<<
@@ -20707,7 +21004,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":335
+/* "lguest/unicorn/_uchook.pyx":359
  *         self.nhooks += 1
  * 
  *     def uninstall(self):             # <<<<<<<<<<<<<<
@@ -20770,17 +21067,17 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6uninstall(str
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("uninstall", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":337
+  /* "lguest/unicorn/_uchook.pyx":361
  *     def uninstall(self):
  *         cdef int i
  *         self._check_idle()             # <<<<<<<<<<<<<<
  *         for i in range(self.nhooks):
  *             self.st.hook_del(self.st.uc, self.handles[i])
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 337, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 361, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":338
+  /* "lguest/unicorn/_uchook.pyx":362
  *         cdef int i
  *         self._check_idle()
  *         for i in range(self.nhooks):             # <<<<<<<<<<<<<<
@@ -20794,7 +21091,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6uninstall(str
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_i = __pyx_t_3;
 
-    /* "lguest/unicorn/_uchook.pyx":339
+    /* "lguest/unicorn/_uchook.pyx":363
  *         self._check_idle()
  *         for i in range(self.nhooks):
  *             self.st.hook_del(self.st.uc, self.handles[i])             # <<<<<<<<<<<<<<
@@ -20805,7 +21102,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6uninstall(str
   }
 
 
-  /* "lguest/unicorn/_uchook.pyx":340
+  /* "lguest/unicorn/_uchook.pyx":364
  *         for i in range(self.nhooks):
  *             self.st.hook_del(self.st.uc, self.handles[i])
  *         self.nhooks = 0             # <<<<<<<<<<<<<<
@@ -20814,7 +21111,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6uninstall(str
 */
   __pyx_v_self->nhooks = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":335
+  /* "lguest/unicorn/_uchook.pyx":359
  *         self.nhooks += 1
  * 
  *     def uninstall(self):             # <<<<<<<<<<<<<<
@@ -20835,7 +21132,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6uninstall(str
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":342
+/* "lguest/unicorn/_uchook.pyx":366
  *         self.nhooks = 0
  * 
  *     def close(self):             # <<<<<<<<<<<<<<
@@ -20901,7 +21198,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("close", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":345
+  /* "lguest/unicorn/_uchook.pyx":369
  *         """Remove the hooks, free the contexts and drop every pointer (call
  *         before closing Unicorn).  Idempotent; RuntimeError during a run."""
  *         if self.state == 2:             # <<<<<<<<<<<<<<
@@ -20913,7 +21210,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
   if (__pyx_t_1) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":346
+    /* "lguest/unicorn/_uchook.pyx":370
  *         before closing Unicorn).  Idempotent; RuntimeError during a run."""
  *         if self.state == 2:
  *             return             # <<<<<<<<<<<<<<
@@ -20930,7 +21227,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
     }
     goto __pyx_L0;
 
-    /* "lguest/unicorn/_uchook.pyx":345
+    /* "lguest/unicorn/_uchook.pyx":369
  *         """Remove the hooks, free the contexts and drop every pointer (call
  *         before closing Unicorn).  Idempotent; RuntimeError during a run."""
  *         if self.state == 2:             # <<<<<<<<<<<<<<
@@ -20939,7 +21236,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":347
+  /* "lguest/unicorn/_uchook.pyx":371
  *         if self.state == 2:
  *             return
  *         if self.busy:             # <<<<<<<<<<<<<<
@@ -20951,7 +21248,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":348
+    /* "lguest/unicorn/_uchook.pyx":372
  *             return
  *         if self.busy:
  *             raise RuntimeError("NativeHooks is running a guest")             # <<<<<<<<<<<<<<
@@ -20964,14 +21261,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_NativeHooks_is_running_a_guest};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 348, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 372, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 348, __pyx_L1_error)
+    __PYX_ERR(0, 372, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":347
+    /* "lguest/unicorn/_uchook.pyx":371
  *         if self.state == 2:
  *             return
  *         if self.busy:             # <<<<<<<<<<<<<<
@@ -20980,7 +21277,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":349
+  /* "lguest/unicorn/_uchook.pyx":373
  *         if self.busy:
  *             raise RuntimeError("NativeHooks is running a guest")
  *         if self.state == 1:             # <<<<<<<<<<<<<<
@@ -20992,7 +21289,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
   if (__pyx_t_1) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":350
+    /* "lguest/unicorn/_uchook.pyx":374
  *             raise RuntimeError("NativeHooks is running a guest")
  *         if self.state == 1:
  *             self.uninstall()             # <<<<<<<<<<<<<<
@@ -21006,12 +21303,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
       PyObject *__pyx_callargs[2] = {__pyx_t_3, NULL};
       __pyx_t_2 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_uninstall, __pyx_callargs+__pyx_t_4, (1-__pyx_t_4) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 350, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 374, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":351
+    /* "lguest/unicorn/_uchook.pyx":375
  *         if self.state == 1:
  *             self.uninstall()
  *             if self.ctx_ptr != NULL and self._free is not None:             # <<<<<<<<<<<<<<
@@ -21036,7 +21333,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
     if (__pyx_t_1) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":352
+      /* "lguest/unicorn/_uchook.pyx":376
  *             self.uninstall()
  *             if self.ctx_ptr != NULL and self._free is not None:
  *                 self._free(<size_t>self.ctx_ptr)             # <<<<<<<<<<<<<<
@@ -21046,7 +21343,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
       __pyx_t_3 = NULL;
       __Pyx_INCREF(__pyx_v_self->_free);
       __pyx_t_6 = __pyx_v_self->_free; 
-      __pyx_t_7 = __Pyx_PyLong_FromSize_t(((size_t)__pyx_v_self->ctx_ptr)); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 352, __pyx_L1_error)
+      __pyx_t_7 = __Pyx_PyLong_FromSize_t(((size_t)__pyx_v_self->ctx_ptr)); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 376, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
       __pyx_t_4 = 1;
       #if CYTHON_UNPACK_METHODS
@@ -21066,12 +21363,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
         __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
         __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-        if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 352, __pyx_L1_error)
+        if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 376, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_2);
       }
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-      /* "lguest/unicorn/_uchook.pyx":351
+      /* "lguest/unicorn/_uchook.pyx":375
  *         if self.state == 1:
  *             self.uninstall()
  *             if self.ctx_ptr != NULL and self._free is not None:             # <<<<<<<<<<<<<<
@@ -21080,7 +21377,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
     }
 
-    /* "lguest/unicorn/_uchook.pyx":353
+    /* "lguest/unicorn/_uchook.pyx":377
  *             if self.ctx_ptr != NULL and self._free is not None:
  *                 self._free(<size_t>self.ctx_ptr)
  *             if self.ctx_small_ptr != NULL and self._free is not None:             # <<<<<<<<<<<<<<
@@ -21105,7 +21402,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
     if (__pyx_t_1) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":354
+      /* "lguest/unicorn/_uchook.pyx":378
  *                 self._free(<size_t>self.ctx_ptr)
  *             if self.ctx_small_ptr != NULL and self._free is not None:
  *                 self._free(<size_t>self.ctx_small_ptr)             # <<<<<<<<<<<<<<
@@ -21115,7 +21412,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
       __pyx_t_6 = NULL;
       __Pyx_INCREF(__pyx_v_self->_free);
       __pyx_t_7 = __pyx_v_self->_free; 
-      __pyx_t_3 = __Pyx_PyLong_FromSize_t(((size_t)__pyx_v_self->ctx_small_ptr)); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 354, __pyx_L1_error)
+      __pyx_t_3 = __Pyx_PyLong_FromSize_t(((size_t)__pyx_v_self->ctx_small_ptr)); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 378, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
       __pyx_t_4 = 1;
       #if CYTHON_UNPACK_METHODS
@@ -21135,12 +21432,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
         __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
         __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-        if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 354, __pyx_L1_error)
+        if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 378, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_2);
       }
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-      /* "lguest/unicorn/_uchook.pyx":353
+      /* "lguest/unicorn/_uchook.pyx":377
  *             if self.ctx_ptr != NULL and self._free is not None:
  *                 self._free(<size_t>self.ctx_ptr)
  *             if self.ctx_small_ptr != NULL and self._free is not None:             # <<<<<<<<<<<<<<
@@ -21149,7 +21446,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
     }
 
-    /* "lguest/unicorn/_uchook.pyx":349
+    /* "lguest/unicorn/_uchook.pyx":373
  *         if self.busy:
  *             raise RuntimeError("NativeHooks is running a guest")
  *         if self.state == 1:             # <<<<<<<<<<<<<<
@@ -21158,7 +21455,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":355
+  /* "lguest/unicorn/_uchook.pyx":379
  *             if self.ctx_small_ptr != NULL and self._free is not None:
  *                 self._free(<size_t>self.ctx_small_ptr)
  *         self.state = 2             # <<<<<<<<<<<<<<
@@ -21167,18 +21464,18 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   __pyx_v_self->state = 2;
 
-  /* "lguest/unicorn/_uchook.pyx":356
+  /* "lguest/unicorn/_uchook.pyx":380
  *                 self._free(<size_t>self.ctx_small_ptr)
  *         self.state = 2
  *         self._unbind()             # <<<<<<<<<<<<<<
  *         self.ctx_ptr = NULL
  *         self.ctx_small_ptr = NULL
 */
-  __pyx_t_2 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_unbind(__pyx_v_self); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 356, __pyx_L1_error)
+  __pyx_t_2 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_unbind(__pyx_v_self); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 380, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":357
+  /* "lguest/unicorn/_uchook.pyx":381
  *         self.state = 2
  *         self._unbind()
  *         self.ctx_ptr = NULL             # <<<<<<<<<<<<<<
@@ -21187,7 +21484,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   __pyx_v_self->ctx_ptr = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":358
+  /* "lguest/unicorn/_uchook.pyx":382
  *         self._unbind()
  *         self.ctx_ptr = NULL
  *         self.ctx_small_ptr = NULL             # <<<<<<<<<<<<<<
@@ -21196,7 +21493,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   __pyx_v_self->ctx_small_ptr = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":359
+  /* "lguest/unicorn/_uchook.pyx":383
  *         self.ctx_ptr = NULL
  *         self.ctx_small_ptr = NULL
  *         self.st.ctx = NULL             # <<<<<<<<<<<<<<
@@ -21205,7 +21502,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   __pyx_v_self->st.ctx = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":360
+  /* "lguest/unicorn/_uchook.pyx":384
  *         self.ctx_small_ptr = NULL
  *         self.st.ctx = NULL
  *         self.st.ctx_small = NULL             # <<<<<<<<<<<<<<
@@ -21214,7 +21511,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   __pyx_v_self->st.ctx_small = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":361
+  /* "lguest/unicorn/_uchook.pyx":385
  *         self.st.ctx = NULL
  *         self.st.ctx_small = NULL
  *         self.st.uc = NULL             # <<<<<<<<<<<<<<
@@ -21223,7 +21520,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   __pyx_v_self->st.uc = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":362
+  /* "lguest/unicorn/_uchook.pyx":386
  *         self.st.ctx_small = NULL
  *         self.st.uc = NULL
  *         self.st.switcher = NULL             # <<<<<<<<<<<<<<
@@ -21232,7 +21529,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   __pyx_v_self->st.switcher = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":363
+  /* "lguest/unicorn/_uchook.pyx":387
  *         self.st.uc = NULL
  *         self.st.switcher = NULL
  *         self.st.gdt = NULL             # <<<<<<<<<<<<<<
@@ -21241,7 +21538,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   __pyx_v_self->st.gdt = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":364
+  /* "lguest/unicorn/_uchook.pyx":388
  *         self.st.switcher = NULL
  *         self.st.gdt = NULL
  *         self._owners = None             # <<<<<<<<<<<<<<
@@ -21253,7 +21550,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
   __Pyx_GOTREF(__pyx_v_self->_owners);
   __Pyx_DECREF_SET(__pyx_v_self->_owners, Py_None);
 
-  /* "lguest/unicorn/_uchook.pyx":365
+  /* "lguest/unicorn/_uchook.pyx":389
  *         self.st.gdt = NULL
  *         self._owners = None
  *         self._free = None             # <<<<<<<<<<<<<<
@@ -21265,7 +21562,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
   __Pyx_GOTREF(__pyx_v_self->_free);
   __Pyx_DECREF_SET(__pyx_v_self->_free, Py_None);
 
-  /* "lguest/unicorn/_uchook.pyx":342
+  /* "lguest/unicorn/_uchook.pyx":366
  *         self.nhooks = 0
  * 
  *     def close(self):             # <<<<<<<<<<<<<<
@@ -21289,7 +21586,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":367
+/* "lguest/unicorn/_uchook.pyx":391
  *         self._free = None
  * 
  *     cdef _unbind(self):             # <<<<<<<<<<<<<<
@@ -21309,7 +21606,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_unbind", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":368
+  /* "lguest/unicorn/_uchook.pyx":392
  * 
  *     cdef _unbind(self):
  *         self.st.regs = NULL             # <<<<<<<<<<<<<<
@@ -21318,7 +21615,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   __pyx_v_self->st.regs = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":369
+  /* "lguest/unicorn/_uchook.pyx":393
  *     cdef _unbind(self):
  *         self.st.regs = NULL
  *         self.st.idt = NULL             # <<<<<<<<<<<<<<
@@ -21327,7 +21624,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   __pyx_v_self->st.idt = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":370
+  /* "lguest/unicorn/_uchook.pyx":394
  *         self.st.regs = NULL
  *         self.st.idt = NULL
  *         self.st.guest_idt = NULL             # <<<<<<<<<<<<<<
@@ -21336,7 +21633,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   __pyx_v_self->st.guest_idt = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":371
+  /* "lguest/unicorn/_uchook.pyx":395
  *         self.st.idt = NULL
  *         self.st.guest_idt = NULL
  *         self.st.mem = NULL             # <<<<<<<<<<<<<<
@@ -21345,7 +21642,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   __pyx_v_self->st.mem = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":372
+  /* "lguest/unicorn/_uchook.pyx":396
  *         self.st.guest_idt = NULL
  *         self.st.mem = NULL
  *         self.st.mem_size = 0             # <<<<<<<<<<<<<<
@@ -21354,7 +21651,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   __pyx_v_self->st.mem_size = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":373
+  /* "lguest/unicorn/_uchook.pyx":397
  *         self.st.mem = NULL
  *         self.st.mem_size = 0
  *         self.st.has_ld = 0             # <<<<<<<<<<<<<<
@@ -21363,7 +21660,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   __pyx_v_self->st.has_ld = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":374
+  /* "lguest/unicorn/_uchook.pyx":398
  *         self.st.mem_size = 0
  *         self.st.has_ld = 0
  *         self.st.api = NULL             # <<<<<<<<<<<<<<
@@ -21372,7 +21669,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   __pyx_v_self->st.api = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":375
+  /* "lguest/unicorn/_uchook.pyx":399
  *         self.st.has_ld = 0
  *         self.st.api = NULL
  *         self.st.pending = &self.st.attention             # <<<<<<<<<<<<<<
@@ -21381,21 +21678,21 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   __pyx_v_self->st.pending = (&__pyx_v_self->st.attention);
 
-  /* "lguest/unicorn/_uchook.pyx":376
+  /* "lguest/unicorn/_uchook.pyx":400
  *         self.st.api = NULL
  *         self.st.pending = &self.st.attention
  *         self._keep = []             # <<<<<<<<<<<<<<
  *         hold, self._hold = self._hold, None
  *         if hold is not None:
 */
-  __pyx_t_1 = PyList_New(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 376, __pyx_L1_error)
+  __pyx_t_1 = PyList_New(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 400, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_GIVEREF(__pyx_t_1);
   __Pyx_GOTREF(__pyx_v_self->_keep);
   __Pyx_DECREF_SET(__pyx_v_self->_keep, __pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":377
+  /* "lguest/unicorn/_uchook.pyx":401
  *         self.st.pending = &self.st.attention
  *         self._keep = []
  *         hold, self._hold = self._hold, None             # <<<<<<<<<<<<<<
@@ -21413,7 +21710,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
   __Pyx_DECREF_SET(__pyx_v_self->_hold, __pyx_t_2);
   __pyx_t_2 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":378
+  /* "lguest/unicorn/_uchook.pyx":402
  *         self._keep = []
  *         hold, self._hold = self._hold, None
  *         if hold is not None:             # <<<<<<<<<<<<<<
@@ -21424,21 +21721,21 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
   if (__pyx_t_3) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":379
+    /* "lguest/unicorn/_uchook.pyx":403
  *         hold, self._hold = self._hold, None
  *         if hold is not None:
  *             hold.__exit__(None, None, None)             # <<<<<<<<<<<<<<
  * 
  *     def bind(self, cpu, regs_array, host_idt, guest_idt, memory, api_capsule):
 */
-    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_hold, __pyx_mstate_global->__pyx_n_u_exit); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 379, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_hold, __pyx_mstate_global->__pyx_n_u_exit); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 403, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_1 = __Pyx_PyObject_Call(__pyx_t_2, __pyx_mstate_global->__pyx_tuple[4], NULL); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 379, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyObject_Call(__pyx_t_2, __pyx_mstate_global->__pyx_tuple[4], NULL); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 403, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":378
+    /* "lguest/unicorn/_uchook.pyx":402
  *         self._keep = []
  *         hold, self._hold = self._hold, None
  *         if hold is not None:             # <<<<<<<<<<<<<<
@@ -21447,7 +21744,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":367
+  /* "lguest/unicorn/_uchook.pyx":391
  *         self._free = None
  * 
  *     cdef _unbind(self):             # <<<<<<<<<<<<<<
@@ -21470,7 +21767,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":381
+/* "lguest/unicorn/_uchook.pyx":405
  *             hold.__exit__(None, None, None)
  * 
  *     def bind(self, cpu, regs_array, host_idt, guest_idt, memory, api_capsule):             # <<<<<<<<<<<<<<
@@ -21523,56 +21820,56 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_cpu,&__pyx_mstate_global->__pyx_n_u_regs_array,&__pyx_mstate_global->__pyx_n_u_host_idt,&__pyx_mstate_global->__pyx_n_u_guest_idt,&__pyx_mstate_global->__pyx_n_u_memory,&__pyx_mstate_global->__pyx_n_u_api_capsule,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 381, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 405, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  6:
         values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 381, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 405, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 381, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 405, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 381, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 405, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 381, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 405, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 381, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 405, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 381, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 405, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "bind", 0) < (0)) __PYX_ERR(0, 381, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "bind", 0) < (0)) __PYX_ERR(0, 405, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 6; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("bind", 1, 6, 6, i); __PYX_ERR(0, 381, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("bind", 1, 6, 6, i); __PYX_ERR(0, 405, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 6)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 381, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 405, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 381, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 405, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 381, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 405, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 381, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 405, __pyx_L3_error)
       values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 381, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 405, __pyx_L3_error)
       values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 381, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 405, __pyx_L3_error)
     }
     __pyx_v_cpu = values[0];
     __pyx_v_regs_array = values[1];
@@ -21583,7 +21880,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("bind", 1, 6, 6, __pyx_nargs); __PYX_ERR(0, 381, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("bind", 1, 6, 6, __pyx_nargs); __PYX_ERR(0, 405, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -21648,7 +21945,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("bind", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":389
+  /* "lguest/unicorn/_uchook.pyx":413
  *         cdef uint32_t[:, ::1] hv
  *         cdef uint32_t[:, ::1] gv
  *         cdef lg_native_api *api = NULL             # <<<<<<<<<<<<<<
@@ -21657,7 +21954,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
   __pyx_v_api = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":390
+  /* "lguest/unicorn/_uchook.pyx":414
  *         cdef uint32_t[:, ::1] gv
  *         cdef lg_native_api *api = NULL
  *         from ..memory import GuestMemory             # <<<<<<<<<<<<<<
@@ -21666,14 +21963,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
   {
     PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_GuestMemory};
-    __pyx_t_2 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_memory, __pyx_imported_names, 1, __pyx_mstate_global->__pyx_kp_u_lguest_memory, 2); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 390, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_memory, __pyx_imported_names, 1, __pyx_mstate_global->__pyx_kp_u_lguest_memory, 2); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 414, __pyx_L1_error)
   }
   __pyx_t_1 = __pyx_t_2;
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_GuestMemory};
     __pyx_t_3 = 0; {
-      __pyx_t_4 = __Pyx_ImportFrom(__pyx_t_1, __pyx_imported_names[__pyx_t_3]); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 390, __pyx_L1_error)
+      __pyx_t_4 = __Pyx_ImportFrom(__pyx_t_1, __pyx_imported_names[__pyx_t_3]); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 414, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
       switch (__pyx_t_3) {
         case 0:
@@ -21687,66 +21984,66 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":391
+  /* "lguest/unicorn/_uchook.pyx":415
  *         cdef lg_native_api *api = NULL
  *         from ..memory import GuestMemory
  *         self._check_idle()             # <<<<<<<<<<<<<<
  *         arrays = {"regs": (regs_array, (NUM_REGS,)), "host IDT": (host_idt, (256, 2)), "guest IDT": (guest_idt, (256, 2))}
  *         for name, (arr, shape) in arrays.items():
 */
-  __pyx_t_5 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_5 == ((int)-1))) __PYX_ERR(0, 391, __pyx_L1_error)
+  __pyx_t_5 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_5 == ((int)-1))) __PYX_ERR(0, 415, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":392
+  /* "lguest/unicorn/_uchook.pyx":416
  *         from ..memory import GuestMemory
  *         self._check_idle()
  *         arrays = {"regs": (regs_array, (NUM_REGS,)), "host IDT": (host_idt, (256, 2)), "guest IDT": (guest_idt, (256, 2))}             # <<<<<<<<<<<<<<
  *         for name, (arr, shape) in arrays.items():
  *             if not isinstance(arr, np.ndarray) or arr.dtype != np.uint32:
 */
-  __pyx_t_1 = __Pyx_PyDict_NewPresized(3); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 392, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyDict_NewPresized(3); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 416, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(LG_NUM_REGS); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 392, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(LG_NUM_REGS); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 416, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_6 = PyTuple_New(1); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 392, __pyx_L1_error)
+  __pyx_t_6 = PyTuple_New(1); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 416, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_GIVEREF(__pyx_t_4);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 0, __pyx_t_4) != (0)) __PYX_ERR(0, 392, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 0, __pyx_t_4) != (0)) __PYX_ERR(0, 416, __pyx_L1_error);
   __pyx_t_4 = 0;
-  __pyx_t_4 = PyTuple_New(2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 392, __pyx_L1_error)
+  __pyx_t_4 = PyTuple_New(2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 416, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_INCREF(__pyx_v_regs_array);
   __Pyx_GIVEREF(__pyx_v_regs_array);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_v_regs_array) != (0)) __PYX_ERR(0, 392, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_v_regs_array) != (0)) __PYX_ERR(0, 416, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_6);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_t_6) != (0)) __PYX_ERR(0, 392, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_t_6) != (0)) __PYX_ERR(0, 416, __pyx_L1_error);
   __pyx_t_6 = 0;
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_regs, __pyx_t_4) < (0)) __PYX_ERR(0, 392, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_regs, __pyx_t_4) < (0)) __PYX_ERR(0, 416, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = PyTuple_New(2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 392, __pyx_L1_error)
+  __pyx_t_4 = PyTuple_New(2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 416, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_INCREF(__pyx_v_host_idt);
   __Pyx_GIVEREF(__pyx_v_host_idt);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_v_host_idt) != (0)) __PYX_ERR(0, 392, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_v_host_idt) != (0)) __PYX_ERR(0, 416, __pyx_L1_error);
   __Pyx_INCREF(__pyx_mstate_global->__pyx_tuple[5]);
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[5]);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_mstate_global->__pyx_tuple[5]) != (0)) __PYX_ERR(0, 392, __pyx_L1_error);
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_kp_u_host_IDT, __pyx_t_4) < (0)) __PYX_ERR(0, 392, __pyx_L1_error)
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_mstate_global->__pyx_tuple[5]) != (0)) __PYX_ERR(0, 416, __pyx_L1_error);
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_kp_u_host_IDT, __pyx_t_4) < (0)) __PYX_ERR(0, 416, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = PyTuple_New(2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 392, __pyx_L1_error)
+  __pyx_t_4 = PyTuple_New(2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 416, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_INCREF(__pyx_v_guest_idt);
   __Pyx_GIVEREF(__pyx_v_guest_idt);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_v_guest_idt) != (0)) __PYX_ERR(0, 392, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_v_guest_idt) != (0)) __PYX_ERR(0, 416, __pyx_L1_error);
   __Pyx_INCREF(__pyx_mstate_global->__pyx_tuple[5]);
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[5]);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_mstate_global->__pyx_tuple[5]) != (0)) __PYX_ERR(0, 392, __pyx_L1_error);
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_kp_u_guest_IDT, __pyx_t_4) < (0)) __PYX_ERR(0, 392, __pyx_L1_error)
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_mstate_global->__pyx_tuple[5]) != (0)) __PYX_ERR(0, 416, __pyx_L1_error);
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_kp_u_guest_IDT, __pyx_t_4) < (0)) __PYX_ERR(0, 416, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_arrays = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":393
+  /* "lguest/unicorn/_uchook.pyx":417
  *         self._check_idle()
  *         arrays = {"regs": (regs_array, (NUM_REGS,)), "host IDT": (host_idt, (256, 2)), "guest IDT": (guest_idt, (256, 2))}
  *         for name, (arr, shape) in arrays.items():             # <<<<<<<<<<<<<<
@@ -21754,7 +22051,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
  *                 raise TypeError(f"the {name} must be a numpy uint32 array")
 */
   __pyx_t_3 = 0;
-  __pyx_t_4 = __Pyx_dict_iterator(__pyx_v_arrays, 1, __pyx_mstate_global->__pyx_n_u_items, (&__pyx_t_7), (&__pyx_t_5)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 393, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_dict_iterator(__pyx_v_arrays, 1, __pyx_mstate_global->__pyx_n_u_items, (&__pyx_t_7), (&__pyx_t_5)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 417, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_XDECREF(__pyx_t_1);
   __pyx_t_1 = __pyx_t_4;
@@ -21762,7 +22059,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   while (1) {
     __pyx_t_8 = __Pyx_dict_iter_next(__pyx_t_1, __pyx_t_7, &__pyx_t_3, &__pyx_t_4, &__pyx_t_6, NULL, __pyx_t_5);
     if (unlikely(__pyx_t_8 == 0)) break;
-    if (unlikely(__pyx_t_8 == -1)) __PYX_ERR(0, 393, __pyx_L1_error)
+    if (unlikely(__pyx_t_8 == -1)) __PYX_ERR(0, 417, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_XDECREF_SET(__pyx_v_name, __pyx_t_4);
@@ -21773,7 +22070,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
       if (unlikely(size != 2)) {
         if (size > 2) __Pyx_RaiseTooManyValuesError(2);
         else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-        __PYX_ERR(0, 393, __pyx_L1_error)
+        __PYX_ERR(0, 417, __pyx_L1_error)
       }
       #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
       if (likely(PyTuple_CheckExact(sequence))) {
@@ -21783,22 +22080,22 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
         __Pyx_INCREF(__pyx_t_9);
       } else {
         __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 393, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 417, __pyx_L1_error)
         __Pyx_XGOTREF(__pyx_t_4);
         __pyx_t_9 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-        if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 393, __pyx_L1_error)
+        if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 417, __pyx_L1_error)
         __Pyx_XGOTREF(__pyx_t_9);
       }
       #else
-      __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 393, __pyx_L1_error)
+      __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 417, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
-      __pyx_t_9 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 393, __pyx_L1_error)
+      __pyx_t_9 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 417, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_9);
       #endif
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     } else {
       Py_ssize_t index = -1;
-      __pyx_t_10 = PyObject_GetIter(__pyx_t_6); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 393, __pyx_L1_error)
+      __pyx_t_10 = PyObject_GetIter(__pyx_t_6); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 417, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_10);
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
       __pyx_t_11 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_10);
@@ -21806,7 +22103,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
       __Pyx_GOTREF(__pyx_t_4);
       index = 1; __pyx_t_9 = __pyx_t_11(__pyx_t_10); if (unlikely(!__pyx_t_9)) goto __pyx_L5_unpacking_failed;
       __Pyx_GOTREF(__pyx_t_9);
-      if (__Pyx_IternextUnpackEndCheck(__pyx_t_11(__pyx_t_10), 2) < (0)) __PYX_ERR(0, 393, __pyx_L1_error)
+      if (__Pyx_IternextUnpackEndCheck(__pyx_t_11(__pyx_t_10), 2) < (0)) __PYX_ERR(0, 417, __pyx_L1_error)
       __pyx_t_11 = NULL;
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
       goto __pyx_L6_unpacking_done;
@@ -21814,7 +22111,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
       __pyx_t_11 = NULL;
       if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-      __PYX_ERR(0, 393, __pyx_L1_error)
+      __PYX_ERR(0, 417, __pyx_L1_error)
       __pyx_L6_unpacking_done:;
     }
     __Pyx_XDECREF_SET(__pyx_v_arr, __pyx_t_4);
@@ -21822,19 +22119,19 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
     __Pyx_XDECREF_SET(__pyx_v_shape, __pyx_t_9);
     __pyx_t_9 = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":394
+    /* "lguest/unicorn/_uchook.pyx":418
  *         arrays = {"regs": (regs_array, (NUM_REGS,)), "host IDT": (host_idt, (256, 2)), "guest IDT": (guest_idt, (256, 2))}
  *         for name, (arr, shape) in arrays.items():
  *             if not isinstance(arr, np.ndarray) or arr.dtype != np.uint32:             # <<<<<<<<<<<<<<
  *                 raise TypeError(f"the {name} must be a numpy uint32 array")
  *             if arr.shape != shape or not arr.flags.c_contiguous or not arr.flags.writeable:
 */
-    __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 394, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 418, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
-    __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_ndarray); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 394, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_ndarray); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 418, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    __pyx_t_13 = PyObject_IsInstance(__pyx_v_arr, __pyx_t_9); if (unlikely(__pyx_t_13 == ((int)-1))) __PYX_ERR(0, 394, __pyx_L1_error)
+    __pyx_t_13 = PyObject_IsInstance(__pyx_v_arr, __pyx_t_9); if (unlikely(__pyx_t_13 == ((int)-1))) __PYX_ERR(0, 418, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     __pyx_t_14 = (!__pyx_t_13);
 
@@ -21847,14 +22144,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 
       goto __pyx_L8_bool_binop_done;
     }
-    __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 394, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 418, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
-    __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 394, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 418, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
-    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_uint32); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 394, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_uint32); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 418, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    __pyx_t_14 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_9, __pyx_t_4, Py_NE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 394, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_9, __pyx_t_4, Py_NE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 418, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
@@ -21864,7 +22161,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
     if (unlikely(__pyx_t_12)) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":395
+      /* "lguest/unicorn/_uchook.pyx":419
  *         for name, (arr, shape) in arrays.items():
  *             if not isinstance(arr, np.ndarray) or arr.dtype != np.uint32:
  *                 raise TypeError(f"the {name} must be a numpy uint32 array")             # <<<<<<<<<<<<<<
@@ -21872,7 +22169,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
  *                 raise ValueError(f"the {name} must be a writable C-contiguous uint32{list(shape)}")
 */
       __pyx_t_9 = NULL;
-      __pyx_t_6 = __Pyx_PyObject_FormatSimple(__pyx_v_name, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 395, __pyx_L1_error)
+      __pyx_t_6 = __Pyx_PyObject_FormatSimple(__pyx_v_name, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 419, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
       __pyx_t_15[0] = __pyx_mstate_global->__pyx_kp_u_the;
       __pyx_t_15[1] = __pyx_t_6;
@@ -21886,7 +22183,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
       __pyx_t_8 |= __Pyx_PyUnicode_KIND_04(__pyx_t_15[1]);
       #endif
       __pyx_t_10 = __Pyx_PyUnicode_Join(__pyx_t_15, 3, __pyx_t_16, __pyx_t_8);
-      if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 395, __pyx_L1_error)
+      if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 419, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_10);
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
       __pyx_t_17 = 1;
@@ -21895,14 +22192,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
         __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_TypeError)), __pyx_callargs+__pyx_t_17, (2-__pyx_t_17) | (__pyx_t_17*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_9); __pyx_t_9 = 0;
         __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 395, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 419, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       __Pyx_Raise(__pyx_t_4, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      __PYX_ERR(0, 395, __pyx_L1_error)
+      __PYX_ERR(0, 419, __pyx_L1_error)
 
-      /* "lguest/unicorn/_uchook.pyx":394
+      /* "lguest/unicorn/_uchook.pyx":418
  *         arrays = {"regs": (regs_array, (NUM_REGS,)), "host IDT": (host_idt, (256, 2)), "guest IDT": (guest_idt, (256, 2))}
  *         for name, (arr, shape) in arrays.items():
  *             if not isinstance(arr, np.ndarray) or arr.dtype != np.uint32:             # <<<<<<<<<<<<<<
@@ -21911,16 +22208,16 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
     }
 
-    /* "lguest/unicorn/_uchook.pyx":396
+    /* "lguest/unicorn/_uchook.pyx":420
  *             if not isinstance(arr, np.ndarray) or arr.dtype != np.uint32:
  *                 raise TypeError(f"the {name} must be a numpy uint32 array")
  *             if arr.shape != shape or not arr.flags.c_contiguous or not arr.flags.writeable:             # <<<<<<<<<<<<<<
  *                 raise ValueError(f"the {name} must be a writable C-contiguous uint32{list(shape)}")
  *         if regs_array.ctypes.data != cpu.regs.array.ctypes.data or guest_idt.ctypes.data != cpu.idt.ctypes.data:
 */
-    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 396, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 420, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_14 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_4, __pyx_v_shape, Py_NE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 396, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_4, __pyx_v_shape, Py_NE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 420, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     if (!__pyx_t_14) {
 
@@ -21930,12 +22227,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 
       goto __pyx_L11_bool_binop_done;
     }
-    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 396, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 420, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_c_contiguous); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 396, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_c_contiguous); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 420, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __pyx_t_14 = __Pyx_PyObject_IsTrue(__pyx_t_10); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 396, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyObject_IsTrue(__pyx_t_10); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 420, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __pyx_t_13 = (!__pyx_t_14);
 
@@ -21948,12 +22245,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 
       goto __pyx_L11_bool_binop_done;
     }
-    __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 396, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 420, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
-    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_writeable); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 396, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_writeable); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 420, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-    __pyx_t_13 = __Pyx_PyObject_IsTrue(__pyx_t_4); if (unlikely((__pyx_t_13 < 0))) __PYX_ERR(0, 396, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyObject_IsTrue(__pyx_t_4); if (unlikely((__pyx_t_13 < 0))) __PYX_ERR(0, 420, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __pyx_t_14 = (!__pyx_t_13);
 
@@ -21965,7 +22262,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
     if (unlikely(__pyx_t_12)) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":397
+      /* "lguest/unicorn/_uchook.pyx":421
  *                 raise TypeError(f"the {name} must be a numpy uint32 array")
  *             if arr.shape != shape or not arr.flags.c_contiguous or not arr.flags.writeable:
  *                 raise ValueError(f"the {name} must be a writable C-contiguous uint32{list(shape)}")             # <<<<<<<<<<<<<<
@@ -21973,11 +22270,11 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
  *             raise ValueError("regs_array and guest_idt must be the cpu's own")
 */
       __pyx_t_10 = NULL;
-      __pyx_t_9 = __Pyx_PyObject_FormatSimple(__pyx_v_name, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 397, __pyx_L1_error)
+      __pyx_t_9 = __Pyx_PyObject_FormatSimple(__pyx_v_name, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 421, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_9);
-      __pyx_t_6 = PySequence_List(__pyx_v_shape); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 397, __pyx_L1_error)
+      __pyx_t_6 = PySequence_List(__pyx_v_shape); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 421, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
-      __pyx_t_18 = __Pyx_PyObject_FormatSimple(__pyx_t_6, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_18)) __PYX_ERR(0, 397, __pyx_L1_error)
+      __pyx_t_18 = __Pyx_PyObject_FormatSimple(__pyx_t_6, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_18)) __PYX_ERR(0, 421, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_18);
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
       __pyx_t_19[0] = __pyx_mstate_global->__pyx_kp_u_the;
@@ -21993,7 +22290,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
       __pyx_t_8 |= __Pyx_PyUnicode_KIND_04(__pyx_t_19[1]) | __Pyx_PyUnicode_KIND_04(__pyx_t_19[3]);
       #endif
       __pyx_t_6 = __Pyx_PyUnicode_Join(__pyx_t_19, 4, __pyx_t_16, __pyx_t_8);
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 397, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 421, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
       __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
       __Pyx_DECREF(__pyx_t_18); __pyx_t_18 = 0;
@@ -22003,14 +22300,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
         __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_17, (2-__pyx_t_17) | (__pyx_t_17*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_10); __pyx_t_10 = 0;
         __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 397, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 421, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       __Pyx_Raise(__pyx_t_4, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      __PYX_ERR(0, 397, __pyx_L1_error)
+      __PYX_ERR(0, 421, __pyx_L1_error)
 
-      /* "lguest/unicorn/_uchook.pyx":396
+      /* "lguest/unicorn/_uchook.pyx":420
  *             if not isinstance(arr, np.ndarray) or arr.dtype != np.uint32:
  *                 raise TypeError(f"the {name} must be a numpy uint32 array")
  *             if arr.shape != shape or not arr.flags.c_contiguous or not arr.flags.writeable:             # <<<<<<<<<<<<<<
@@ -22021,30 +22318,30 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":398
+  /* "lguest/unicorn/_uchook.pyx":422
  *             if arr.shape != shape or not arr.flags.c_contiguous or not arr.flags.writeable:
  *                 raise ValueError(f"the {name} must be a writable C-contiguous uint32{list(shape)}")
  *         if regs_array.ctypes.data != cpu.regs.array.ctypes.data or guest_idt.ctypes.data != cpu.idt.ctypes.data:             # <<<<<<<<<<<<<<
  *             raise ValueError("regs_array and guest_idt must be the cpu's own")
  *         if not isinstance(memory, GuestMemory) or memory.closed:
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_regs_array, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 398, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_regs_array, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 422, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 398, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 422, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_cpu, __pyx_mstate_global->__pyx_n_u_regs); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 398, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_cpu, __pyx_mstate_global->__pyx_n_u_regs); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 422, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_array); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 398, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_array); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 422, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 398, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 422, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 398, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 422, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_14 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_4, __pyx_t_6, Py_NE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 398, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_4, __pyx_t_6, Py_NE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 422, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   if (!__pyx_t_14) {
@@ -22055,20 +22352,20 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 
     goto __pyx_L15_bool_binop_done;
   }
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_guest_idt, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 398, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_guest_idt, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 422, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 398, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 422, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_cpu, __pyx_mstate_global->__pyx_n_u_idt); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 398, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_cpu, __pyx_mstate_global->__pyx_n_u_idt); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 422, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 398, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 422, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 398, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 422, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_14 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_4, __pyx_t_6, Py_NE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 398, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_4, __pyx_t_6, Py_NE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 422, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
 
@@ -22078,7 +22375,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   if (unlikely(__pyx_t_12)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":399
+    /* "lguest/unicorn/_uchook.pyx":423
  *                 raise ValueError(f"the {name} must be a writable C-contiguous uint32{list(shape)}")
  *         if regs_array.ctypes.data != cpu.regs.array.ctypes.data or guest_idt.ctypes.data != cpu.idt.ctypes.data:
  *             raise ValueError("regs_array and guest_idt must be the cpu's own")             # <<<<<<<<<<<<<<
@@ -22091,14 +22388,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_regs_array_and_guest_idt_must_be};
       __pyx_t_6 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_17, (2-__pyx_t_17) | (__pyx_t_17*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 399, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 423, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     __Pyx_Raise(__pyx_t_6, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    __PYX_ERR(0, 399, __pyx_L1_error)
+    __PYX_ERR(0, 423, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":398
+    /* "lguest/unicorn/_uchook.pyx":422
  *             if arr.shape != shape or not arr.flags.c_contiguous or not arr.flags.writeable:
  *                 raise ValueError(f"the {name} must be a writable C-contiguous uint32{list(shape)}")
  *         if regs_array.ctypes.data != cpu.regs.array.ctypes.data or guest_idt.ctypes.data != cpu.idt.ctypes.data:             # <<<<<<<<<<<<<<
@@ -22107,14 +22404,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":400
+  /* "lguest/unicorn/_uchook.pyx":424
  *         if regs_array.ctypes.data != cpu.regs.array.ctypes.data or guest_idt.ctypes.data != cpu.idt.ctypes.data:
  *             raise ValueError("regs_array and guest_idt must be the cpu's own")
  *         if not isinstance(memory, GuestMemory) or memory.closed:             # <<<<<<<<<<<<<<
  *             raise TypeError("memory must be a live GuestMemory")
  *         if api_capsule is not None:
 */
-  __pyx_t_14 = PyObject_IsInstance(__pyx_v_memory, __pyx_v_GuestMemory); if (unlikely(__pyx_t_14 == ((int)-1))) __PYX_ERR(0, 400, __pyx_L1_error)
+  __pyx_t_14 = PyObject_IsInstance(__pyx_v_memory, __pyx_v_GuestMemory); if (unlikely(__pyx_t_14 == ((int)-1))) __PYX_ERR(0, 424, __pyx_L1_error)
   __pyx_t_13 = (!__pyx_t_14);
 
 
@@ -22126,9 +22423,9 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 
     goto __pyx_L18_bool_binop_done;
   }
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_memory, __pyx_mstate_global->__pyx_n_u_closed); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 400, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_memory, __pyx_mstate_global->__pyx_n_u_closed); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 424, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_13 = __Pyx_PyObject_IsTrue(__pyx_t_6); if (unlikely((__pyx_t_13 < 0))) __PYX_ERR(0, 400, __pyx_L1_error)
+  __pyx_t_13 = __Pyx_PyObject_IsTrue(__pyx_t_6); if (unlikely((__pyx_t_13 < 0))) __PYX_ERR(0, 424, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
 
   __pyx_t_12 = __pyx_t_13;
@@ -22137,7 +22434,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   if (unlikely(__pyx_t_12)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":401
+    /* "lguest/unicorn/_uchook.pyx":425
  *             raise ValueError("regs_array and guest_idt must be the cpu's own")
  *         if not isinstance(memory, GuestMemory) or memory.closed:
  *             raise TypeError("memory must be a live GuestMemory")             # <<<<<<<<<<<<<<
@@ -22150,14 +22447,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_memory_must_be_a_live_GuestMemor};
       __pyx_t_6 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_TypeError)), __pyx_callargs+__pyx_t_17, (2-__pyx_t_17) | (__pyx_t_17*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 401, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 425, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     __Pyx_Raise(__pyx_t_6, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    __PYX_ERR(0, 401, __pyx_L1_error)
+    __PYX_ERR(0, 425, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":400
+    /* "lguest/unicorn/_uchook.pyx":424
  *         if regs_array.ctypes.data != cpu.regs.array.ctypes.data or guest_idt.ctypes.data != cpu.idt.ctypes.data:
  *             raise ValueError("regs_array and guest_idt must be the cpu's own")
  *         if not isinstance(memory, GuestMemory) or memory.closed:             # <<<<<<<<<<<<<<
@@ -22166,7 +22463,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":402
+  /* "lguest/unicorn/_uchook.pyx":426
  *         if not isinstance(memory, GuestMemory) or memory.closed:
  *             raise TypeError("memory must be a live GuestMemory")
  *         if api_capsule is not None:             # <<<<<<<<<<<<<<
@@ -22177,7 +22474,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   if (__pyx_t_12) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":403
+    /* "lguest/unicorn/_uchook.pyx":427
  *             raise TypeError("memory must be a live GuestMemory")
  *         if api_capsule is not None:
  *             if not PyCapsule_IsValid(api_capsule, LGUEST_NATIVE_API_CAPSULE):             # <<<<<<<<<<<<<<
@@ -22189,7 +22486,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
     if (unlikely(__pyx_t_12)) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":404
+      /* "lguest/unicorn/_uchook.pyx":428
  *         if api_capsule is not None:
  *             if not PyCapsule_IsValid(api_capsule, LGUEST_NATIVE_API_CAPSULE):
  *                 raise TypeError("not a lguest._core native API capsule")             # <<<<<<<<<<<<<<
@@ -22202,14 +22499,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
         PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_not_a_lguest__core_native_API_ca};
         __pyx_t_6 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_TypeError)), __pyx_callargs+__pyx_t_17, (2-__pyx_t_17) | (__pyx_t_17*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-        if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 404, __pyx_L1_error)
+        if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 428, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_6);
       }
       __Pyx_Raise(__pyx_t_6, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      __PYX_ERR(0, 404, __pyx_L1_error)
+      __PYX_ERR(0, 428, __pyx_L1_error)
 
-      /* "lguest/unicorn/_uchook.pyx":403
+      /* "lguest/unicorn/_uchook.pyx":427
  *             raise TypeError("memory must be a live GuestMemory")
  *         if api_capsule is not None:
  *             if not PyCapsule_IsValid(api_capsule, LGUEST_NATIVE_API_CAPSULE):             # <<<<<<<<<<<<<<
@@ -22218,18 +22515,18 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
     }
 
-    /* "lguest/unicorn/_uchook.pyx":405
+    /* "lguest/unicorn/_uchook.pyx":429
  *             if not PyCapsule_IsValid(api_capsule, LGUEST_NATIVE_API_CAPSULE):
  *                 raise TypeError("not a lguest._core native API capsule")
  *             api = <lg_native_api *>PyCapsule_GetPointer(api_capsule, LGUEST_NATIVE_API_CAPSULE)             # <<<<<<<<<<<<<<
  *             if api.version != LGUEST_NATIVE_API_VERSION or <size_t>api.regs != <size_t>regs_array.ctypes.data:
  *                 raise ValueError("lguest._core native API mismatch (not this cpu's)")
 */
-    __pyx_t_20 = PyCapsule_GetPointer(__pyx_v_api_capsule, LGUEST_NATIVE_API_CAPSULE); if (unlikely(__pyx_t_20 == ((void *)NULL) && PyErr_Occurred())) __PYX_ERR(0, 405, __pyx_L1_error)
+    __pyx_t_20 = PyCapsule_GetPointer(__pyx_v_api_capsule, LGUEST_NATIVE_API_CAPSULE); if (unlikely(__pyx_t_20 == ((void *)NULL) && PyErr_Occurred())) __PYX_ERR(0, 429, __pyx_L1_error)
     __pyx_v_api = ((struct lguest_native_api *)__pyx_t_20);
 
 
-    /* "lguest/unicorn/_uchook.pyx":406
+    /* "lguest/unicorn/_uchook.pyx":430
  *                 raise TypeError("not a lguest._core native API capsule")
  *             api = <lg_native_api *>PyCapsule_GetPointer(api_capsule, LGUEST_NATIVE_API_CAPSULE)
  *             if api.version != LGUEST_NATIVE_API_VERSION or <size_t>api.regs != <size_t>regs_array.ctypes.data:             # <<<<<<<<<<<<<<
@@ -22246,12 +22543,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 
       goto __pyx_L23_bool_binop_done;
     }
-    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_regs_array, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 406, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_regs_array, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 430, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
-    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 406, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 430, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    __pyx_t_17 = __Pyx_PyLong_As_size_t(__pyx_t_4); if (unlikely((__pyx_t_17 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 406, __pyx_L1_error)
+    __pyx_t_17 = __Pyx_PyLong_As_size_t(__pyx_t_4); if (unlikely((__pyx_t_17 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 430, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __pyx_t_13 = (((size_t)__pyx_v_api->regs) != ((size_t)__pyx_t_17));
 
@@ -22263,7 +22560,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
     if (unlikely(__pyx_t_12)) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":407
+      /* "lguest/unicorn/_uchook.pyx":431
  *             api = <lg_native_api *>PyCapsule_GetPointer(api_capsule, LGUEST_NATIVE_API_CAPSULE)
  *             if api.version != LGUEST_NATIVE_API_VERSION or <size_t>api.regs != <size_t>regs_array.ctypes.data:
  *                 raise ValueError("lguest._core native API mismatch (not this cpu's)")             # <<<<<<<<<<<<<<
@@ -22276,14 +22573,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
         PyObject *__pyx_callargs[2] = {__pyx_t_6, __pyx_mstate_global->__pyx_kp_u_lguest__core_native_API_mismatch};
         __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_17, (2-__pyx_t_17) | (__pyx_t_17*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 407, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 431, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       __Pyx_Raise(__pyx_t_4, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      __PYX_ERR(0, 407, __pyx_L1_error)
+      __PYX_ERR(0, 431, __pyx_L1_error)
 
-      /* "lguest/unicorn/_uchook.pyx":406
+      /* "lguest/unicorn/_uchook.pyx":430
  *                 raise TypeError("not a lguest._core native API capsule")
  *             api = <lg_native_api *>PyCapsule_GetPointer(api_capsule, LGUEST_NATIVE_API_CAPSULE)
  *             if api.version != LGUEST_NATIVE_API_VERSION or <size_t>api.regs != <size_t>regs_array.ctypes.data:             # <<<<<<<<<<<<<<
@@ -22292,7 +22589,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
     }
 
-    /* "lguest/unicorn/_uchook.pyx":402
+    /* "lguest/unicorn/_uchook.pyx":426
  *         if not isinstance(memory, GuestMemory) or memory.closed:
  *             raise TypeError("memory must be a live GuestMemory")
  *         if api_capsule is not None:             # <<<<<<<<<<<<<<
@@ -22301,7 +22598,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":408
+  /* "lguest/unicorn/_uchook.pyx":432
  *             if api.version != LGUEST_NATIVE_API_VERSION or <size_t>api.regs != <size_t>regs_array.ctypes.data:
  *                 raise ValueError("lguest._core native API mismatch (not this cpu's)")
  *         hold = memory.hold()             # <<<<<<<<<<<<<<
@@ -22315,13 +22612,13 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
     PyObject *__pyx_callargs[2] = {__pyx_t_6, NULL};
     __pyx_t_4 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_hold, __pyx_callargs+__pyx_t_17, (1-__pyx_t_17) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 408, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 432, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
   }
   __pyx_v_hold = __pyx_t_4;
   __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":409
+  /* "lguest/unicorn/_uchook.pyx":433
  *                 raise ValueError("lguest._core native API mismatch (not this cpu's)")
  *         hold = memory.hold()
  *         hold.__enter__()             # <<<<<<<<<<<<<<
@@ -22335,59 +22632,59 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
     PyObject *__pyx_callargs[2] = {__pyx_t_6, NULL};
     __pyx_t_4 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_enter, __pyx_callargs+__pyx_t_17, (1-__pyx_t_17) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 409, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 433, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
   }
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":410
+  /* "lguest/unicorn/_uchook.pyx":434
  *         hold = memory.hold()
  *         hold.__enter__()
  *         self._unbind()             # <<<<<<<<<<<<<<
  *         rv = regs_array
  *         hv = host_idt
 */
-  __pyx_t_4 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_unbind(__pyx_v_self); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 410, __pyx_L1_error)
+  __pyx_t_4 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_unbind(__pyx_v_self); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 434, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":411
+  /* "lguest/unicorn/_uchook.pyx":435
  *         hold.__enter__()
  *         self._unbind()
  *         rv = regs_array             # <<<<<<<<<<<<<<
  *         hv = host_idt
  *         gv = guest_idt
 */
-  __pyx_t_21 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_uint32_t(__pyx_v_regs_array, PyBUF_WRITABLE); if (unlikely(!__pyx_t_21.memview)) __PYX_ERR(0, 411, __pyx_L1_error)
+  __pyx_t_21 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_uint32_t(__pyx_v_regs_array, PyBUF_WRITABLE); if (unlikely(!__pyx_t_21.memview)) __PYX_ERR(0, 435, __pyx_L1_error)
   __pyx_v_rv = __pyx_t_21;
   __pyx_t_21.memview = NULL;
   __pyx_t_21.data = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":412
+  /* "lguest/unicorn/_uchook.pyx":436
  *         self._unbind()
  *         rv = regs_array
  *         hv = host_idt             # <<<<<<<<<<<<<<
  *         gv = guest_idt
  *         self._hold = hold
 */
-  __pyx_t_22 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_nn_uint32_t(__pyx_v_host_idt, PyBUF_WRITABLE); if (unlikely(!__pyx_t_22.memview)) __PYX_ERR(0, 412, __pyx_L1_error)
+  __pyx_t_22 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_nn_uint32_t(__pyx_v_host_idt, PyBUF_WRITABLE); if (unlikely(!__pyx_t_22.memview)) __PYX_ERR(0, 436, __pyx_L1_error)
   __pyx_v_hv = __pyx_t_22;
   __pyx_t_22.memview = NULL;
   __pyx_t_22.data = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":413
+  /* "lguest/unicorn/_uchook.pyx":437
  *         rv = regs_array
  *         hv = host_idt
  *         gv = guest_idt             # <<<<<<<<<<<<<<
  *         self._hold = hold
  *         self._keep = [cpu, regs_array, host_idt, guest_idt, memory, api_capsule]
 */
-  __pyx_t_22 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_nn_uint32_t(__pyx_v_guest_idt, PyBUF_WRITABLE); if (unlikely(!__pyx_t_22.memview)) __PYX_ERR(0, 413, __pyx_L1_error)
+  __pyx_t_22 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_nn_uint32_t(__pyx_v_guest_idt, PyBUF_WRITABLE); if (unlikely(!__pyx_t_22.memview)) __PYX_ERR(0, 437, __pyx_L1_error)
   __pyx_v_gv = __pyx_t_22;
   __pyx_t_22.memview = NULL;
   __pyx_t_22.data = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":414
+  /* "lguest/unicorn/_uchook.pyx":438
  *         hv = host_idt
  *         gv = guest_idt
  *         self._hold = hold             # <<<<<<<<<<<<<<
@@ -22399,39 +22696,39 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   __Pyx_GOTREF(__pyx_v_self->_hold);
   __Pyx_DECREF_SET(__pyx_v_self->_hold, __pyx_v_hold);
 
-  /* "lguest/unicorn/_uchook.pyx":415
+  /* "lguest/unicorn/_uchook.pyx":439
  *         gv = guest_idt
  *         self._hold = hold
  *         self._keep = [cpu, regs_array, host_idt, guest_idt, memory, api_capsule]             # <<<<<<<<<<<<<<
  *         self.st.regs = &rv[0]
  *         self.st.idt = &hv[0, 0]
 */
-  __pyx_t_4 = PyList_New(6); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 415, __pyx_L1_error)
+  __pyx_t_4 = PyList_New(6); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 439, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_INCREF(__pyx_v_cpu);
   __Pyx_GIVEREF(__pyx_v_cpu);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 0, __pyx_v_cpu) != (0)) __PYX_ERR(0, 415, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 0, __pyx_v_cpu) != (0)) __PYX_ERR(0, 439, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_regs_array);
   __Pyx_GIVEREF(__pyx_v_regs_array);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 1, __pyx_v_regs_array) != (0)) __PYX_ERR(0, 415, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 1, __pyx_v_regs_array) != (0)) __PYX_ERR(0, 439, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_host_idt);
   __Pyx_GIVEREF(__pyx_v_host_idt);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 2, __pyx_v_host_idt) != (0)) __PYX_ERR(0, 415, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 2, __pyx_v_host_idt) != (0)) __PYX_ERR(0, 439, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_guest_idt);
   __Pyx_GIVEREF(__pyx_v_guest_idt);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 3, __pyx_v_guest_idt) != (0)) __PYX_ERR(0, 415, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 3, __pyx_v_guest_idt) != (0)) __PYX_ERR(0, 439, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_memory);
   __Pyx_GIVEREF(__pyx_v_memory);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 4, __pyx_v_memory) != (0)) __PYX_ERR(0, 415, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 4, __pyx_v_memory) != (0)) __PYX_ERR(0, 439, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_api_capsule);
   __Pyx_GIVEREF(__pyx_v_api_capsule);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 5, __pyx_v_api_capsule) != (0)) __PYX_ERR(0, 415, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 5, __pyx_v_api_capsule) != (0)) __PYX_ERR(0, 439, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_4);
   __Pyx_GOTREF(__pyx_v_self->_keep);
   __Pyx_DECREF_SET(__pyx_v_self->_keep, __pyx_t_4);
   __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":416
+  /* "lguest/unicorn/_uchook.pyx":440
  *         self._hold = hold
  *         self._keep = [cpu, regs_array, host_idt, guest_idt, memory, api_capsule]
  *         self.st.regs = &rv[0]             # <<<<<<<<<<<<<<
@@ -22441,7 +22738,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   __pyx_t_23 = 0;
   __pyx_v_self->st.regs = (&(*((uint32_t *) ( /* dim=0 */ ((char *) (((uint32_t *) __pyx_v_rv.data) + __pyx_t_23)) ))));
 
-  /* "lguest/unicorn/_uchook.pyx":417
+  /* "lguest/unicorn/_uchook.pyx":441
  *         self._keep = [cpu, regs_array, host_idt, guest_idt, memory, api_capsule]
  *         self.st.regs = &rv[0]
  *         self.st.idt = &hv[0, 0]             # <<<<<<<<<<<<<<
@@ -22452,7 +22749,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   __pyx_t_24 = 0;
   __pyx_v_self->st.idt = (&(*((uint32_t *) ( /* dim=1 */ ((char *) (((uint32_t *) ( /* dim=0 */ (__pyx_v_hv.data + __pyx_t_23 * __pyx_v_hv.strides[0]) )) + __pyx_t_24)) ))));
 
-  /* "lguest/unicorn/_uchook.pyx":418
+  /* "lguest/unicorn/_uchook.pyx":442
  *         self.st.regs = &rv[0]
  *         self.st.idt = &hv[0, 0]
  *         self.st.guest_idt = &gv[0, 0]             # <<<<<<<<<<<<<<
@@ -22463,34 +22760,34 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   __pyx_t_23 = 0;
   __pyx_v_self->st.guest_idt = (&(*((uint32_t *) ( /* dim=1 */ ((char *) (((uint32_t *) ( /* dim=0 */ (__pyx_v_gv.data + __pyx_t_24 * __pyx_v_gv.strides[0]) )) + __pyx_t_23)) ))));
 
-  /* "lguest/unicorn/_uchook.pyx":419
+  /* "lguest/unicorn/_uchook.pyx":443
  *         self.st.idt = &hv[0, 0]
  *         self.st.guest_idt = &gv[0, 0]
  *         self.st.mem = <uint8_t *>_ptr(memory.address)             # <<<<<<<<<<<<<<
  *         self.st.mem_size = memory.size
  *         if api != NULL:
 */
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_memory, __pyx_mstate_global->__pyx_n_u_address); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 419, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_memory, __pyx_mstate_global->__pyx_n_u_address); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 443, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_17 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_4); if (unlikely(__pyx_t_17 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 419, __pyx_L1_error)
+  __pyx_t_17 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_4); if (unlikely(__pyx_t_17 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 443, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.mem = ((uint8_t *)__pyx_t_17);
 
 
-  /* "lguest/unicorn/_uchook.pyx":420
+  /* "lguest/unicorn/_uchook.pyx":444
  *         self.st.guest_idt = &gv[0, 0]
  *         self.st.mem = <uint8_t *>_ptr(memory.address)
  *         self.st.mem_size = memory.size             # <<<<<<<<<<<<<<
  *         if api != NULL:
  *             self.st.api = api
 */
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_memory, __pyx_mstate_global->__pyx_n_u_size); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 420, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_memory, __pyx_mstate_global->__pyx_n_u_size); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 444, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_25 = __Pyx_PyLong_As_uint64_t(__pyx_t_4); if (unlikely((__pyx_t_25 == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 420, __pyx_L1_error)
+  __pyx_t_25 = __Pyx_PyLong_As_uint64_t(__pyx_t_4); if (unlikely((__pyx_t_25 == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 444, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.mem_size = __pyx_t_25;
 
-  /* "lguest/unicorn/_uchook.pyx":421
+  /* "lguest/unicorn/_uchook.pyx":445
  *         self.st.mem = <uint8_t *>_ptr(memory.address)
  *         self.st.mem_size = memory.size
  *         if api != NULL:             # <<<<<<<<<<<<<<
@@ -22502,7 +22799,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   if (__pyx_t_12) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":422
+    /* "lguest/unicorn/_uchook.pyx":446
  *         self.st.mem_size = memory.size
  *         if api != NULL:
  *             self.st.api = api             # <<<<<<<<<<<<<<
@@ -22511,7 +22808,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
     __pyx_v_self->st.api = __pyx_v_api;
 
-    /* "lguest/unicorn/_uchook.pyx":423
+    /* "lguest/unicorn/_uchook.pyx":447
  *         if api != NULL:
  *             self.st.api = api
  *             self.st.pending = api.irqs_pending             # <<<<<<<<<<<<<<
@@ -22522,7 +22819,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 
     __pyx_v_self->st.pending = __pyx_t_26;
 
-    /* "lguest/unicorn/_uchook.pyx":421
+    /* "lguest/unicorn/_uchook.pyx":445
  *         self.st.mem = <uint8_t *>_ptr(memory.address)
  *         self.st.mem_size = memory.size
  *         if api != NULL:             # <<<<<<<<<<<<<<
@@ -22532,7 +22829,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
     goto __pyx_L25;
   }
 
-  /* "lguest/unicorn/_uchook.pyx":425
+  /* "lguest/unicorn/_uchook.pyx":449
  *             self.st.pending = api.irqs_pending
  *         else:
  *             self.st.api = NULL             # <<<<<<<<<<<<<<
@@ -22542,7 +22839,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   /*else*/ {
     __pyx_v_self->st.api = NULL;
 
-    /* "lguest/unicorn/_uchook.pyx":426
+    /* "lguest/unicorn/_uchook.pyx":450
  *         else:
  *             self.st.api = NULL
  *             self.st.pending = &self.st.attention             # <<<<<<<<<<<<<<
@@ -22553,7 +22850,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   }
   __pyx_L25:;
 
-  /* "lguest/unicorn/_uchook.pyx":381
+  /* "lguest/unicorn/_uchook.pyx":405
  *             hold.__exit__(None, None, None)
  * 
  *     def bind(self, cpu, regs_array, host_idt, guest_idt, memory, api_capsule):             # <<<<<<<<<<<<<<
@@ -22591,7 +22888,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":428
+/* "lguest/unicorn/_uchook.pyx":452
  *             self.st.pending = &self.st.attention
  * 
  *     def set_guest_data(self, lguest_data, uint32_t noirq_start, uint32_t noirq_end):             # <<<<<<<<<<<<<<
@@ -22641,46 +22938,46 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_lguest_data,&__pyx_mstate_global->__pyx_n_u_noirq_start,&__pyx_mstate_global->__pyx_n_u_noirq_end,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 428, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 452, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 428, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 452, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 428, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 452, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 428, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 452, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_guest_data", 0) < (0)) __PYX_ERR(0, 428, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_guest_data", 0) < (0)) __PYX_ERR(0, 452, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 3; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_guest_data", 1, 3, 3, i); __PYX_ERR(0, 428, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_guest_data", 1, 3, 3, i); __PYX_ERR(0, 452, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 3)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 428, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 452, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 428, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 452, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 428, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 452, __pyx_L3_error)
     }
     __pyx_v_lguest_data = values[0];
-    __pyx_v_noirq_start = __Pyx_PyLong_As_uint32_t(values[1]); if (unlikely((__pyx_v_noirq_start == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 428, __pyx_L3_error)
-    __pyx_v_noirq_end = __Pyx_PyLong_As_uint32_t(values[2]); if (unlikely((__pyx_v_noirq_end == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 428, __pyx_L3_error)
+    __pyx_v_noirq_start = __Pyx_PyLong_As_uint32_t(values[1]); if (unlikely((__pyx_v_noirq_start == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 452, __pyx_L3_error)
+    __pyx_v_noirq_end = __Pyx_PyLong_As_uint32_t(values[2]); if (unlikely((__pyx_v_noirq_end == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 452, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("set_guest_data", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 428, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("set_guest_data", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 452, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -22717,17 +23014,17 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("set_guest_data", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":430
+  /* "lguest/unicorn/_uchook.pyx":454
  *     def set_guest_data(self, lguest_data, uint32_t noirq_start, uint32_t noirq_end):
  *         """Where lguest_data is (None: not yet), and the guest's noirq window."""
  *         self._check()             # <<<<<<<<<<<<<<
  *         if lguest_data is None or lguest_data < 0 or lguest_data + 8 > self.st.mem_size:
  *             self.st.has_ld = 0
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 430, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 454, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":431
+  /* "lguest/unicorn/_uchook.pyx":455
  *         """Where lguest_data is (None: not yet), and the guest's noirq window."""
  *         self._check()
  *         if lguest_data is None or lguest_data < 0 or lguest_data + 8 > self.st.mem_size:             # <<<<<<<<<<<<<<
@@ -22743,7 +23040,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
 
     goto __pyx_L4_bool_binop_done;
   }
-  __pyx_t_3 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_v_lguest_data, __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 431, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_v_lguest_data, __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 455, __pyx_L1_error)
   if (!__pyx_t_3) {
 
   } else {
@@ -22752,11 +23049,11 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
 
     goto __pyx_L4_bool_binop_done;
   }
-  __pyx_t_4 = __Pyx_PyLong_AddObjC(__pyx_v_lguest_data, __pyx_mstate_global->__pyx_int_8, 8, 0, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 431, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_AddObjC(__pyx_v_lguest_data, __pyx_mstate_global->__pyx_int_8, 8, 0, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 455, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.mem_size); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 431, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.mem_size); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 455, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_3 = __Pyx_PyObject_CompareBoolGt_object_int(__pyx_t_4, __pyx_t_5, Py_GT); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 431, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_CompareBoolGt_object_int(__pyx_t_4, __pyx_t_5, Py_GT); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 455, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
@@ -22766,7 +23063,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
   if (__pyx_t_2) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":432
+    /* "lguest/unicorn/_uchook.pyx":456
  *         self._check()
  *         if lguest_data is None or lguest_data < 0 or lguest_data + 8 > self.st.mem_size:
  *             self.st.has_ld = 0             # <<<<<<<<<<<<<<
@@ -22775,7 +23072,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
 */
     __pyx_v_self->st.has_ld = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":433
+    /* "lguest/unicorn/_uchook.pyx":457
  *         if lguest_data is None or lguest_data < 0 or lguest_data + 8 > self.st.mem_size:
  *             self.st.has_ld = 0
  *             self.st.ld = 0             # <<<<<<<<<<<<<<
@@ -22784,7 +23081,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
 */
     __pyx_v_self->st.ld = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":431
+    /* "lguest/unicorn/_uchook.pyx":455
  *         """Where lguest_data is (None: not yet), and the guest's noirq window."""
  *         self._check()
  *         if lguest_data is None or lguest_data < 0 or lguest_data + 8 > self.st.mem_size:             # <<<<<<<<<<<<<<
@@ -22794,7 +23091,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
     goto __pyx_L3;
   }
 
-  /* "lguest/unicorn/_uchook.pyx":435
+  /* "lguest/unicorn/_uchook.pyx":459
  *             self.st.ld = 0
  *         else:
  *             self.st.has_ld = 1             # <<<<<<<<<<<<<<
@@ -22804,19 +23101,19 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
   /*else*/ {
     __pyx_v_self->st.has_ld = 1;
 
-    /* "lguest/unicorn/_uchook.pyx":436
+    /* "lguest/unicorn/_uchook.pyx":460
  *         else:
  *             self.st.has_ld = 1
  *             self.st.ld = lguest_data             # <<<<<<<<<<<<<<
  *         self.st.noirq_start = noirq_start
  *         self.st.noirq_end = noirq_end
 */
-    __pyx_t_6 = __Pyx_PyLong_As_uint32_t(__pyx_v_lguest_data); if (unlikely((__pyx_t_6 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 436, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyLong_As_uint32_t(__pyx_v_lguest_data); if (unlikely((__pyx_t_6 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 460, __pyx_L1_error)
     __pyx_v_self->st.ld = __pyx_t_6;
   }
   __pyx_L3:;
 
-  /* "lguest/unicorn/_uchook.pyx":437
+  /* "lguest/unicorn/_uchook.pyx":461
  *             self.st.has_ld = 1
  *             self.st.ld = lguest_data
  *         self.st.noirq_start = noirq_start             # <<<<<<<<<<<<<<
@@ -22825,7 +23122,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
 */
   __pyx_v_self->st.noirq_start = __pyx_v_noirq_start;
 
-  /* "lguest/unicorn/_uchook.pyx":438
+  /* "lguest/unicorn/_uchook.pyx":462
  *             self.st.ld = lguest_data
  *         self.st.noirq_start = noirq_start
  *         self.st.noirq_end = noirq_end             # <<<<<<<<<<<<<<
@@ -22834,7 +23131,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
 */
   __pyx_v_self->st.noirq_end = __pyx_v_noirq_end;
 
-  /* "lguest/unicorn/_uchook.pyx":428
+  /* "lguest/unicorn/_uchook.pyx":452
  *             self.st.pending = &self.st.attention
  * 
  *     def set_guest_data(self, lguest_data, uint32_t noirq_start, uint32_t noirq_end):             # <<<<<<<<<<<<<<
@@ -22856,7 +23153,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":440
+/* "lguest/unicorn/_uchook.pyx":464
  *         self.st.noirq_end = noirq_end
  * 
  *     def run(self, uint64_t budget_blocks=0, int64_t deadline_ns=0):             # <<<<<<<<<<<<<<
@@ -22905,50 +23202,50 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_budget_blocks,&__pyx_mstate_global->__pyx_n_u_deadline_ns,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 440, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 464, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 440, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 464, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 440, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 464, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "run", 0) < (0)) __PYX_ERR(0, 440, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "run", 0) < (0)) __PYX_ERR(0, 464, __pyx_L3_error)
     } else {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 440, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 464, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 440, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 464, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
     }
     if (values[0]) {
-      __pyx_v_budget_blocks = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_budget_blocks == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 440, __pyx_L3_error)
+      __pyx_v_budget_blocks = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_budget_blocks == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 464, __pyx_L3_error)
     } else {
       __pyx_v_budget_blocks = ((uint64_t)0);
     }
     if (values[1]) {
-      __pyx_v_deadline_ns = __Pyx_PyLong_As_int64_t(values[1]); if (unlikely((__pyx_v_deadline_ns == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 440, __pyx_L3_error)
+      __pyx_v_deadline_ns = __Pyx_PyLong_As_int64_t(values[1]); if (unlikely((__pyx_v_deadline_ns == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 464, __pyx_L3_error)
     } else {
       __pyx_v_deadline_ns = ((int64_t)0);
     }
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("run", 0, 0, 2, __pyx_nargs); __PYX_ERR(0, 440, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("run", 0, 0, 2, __pyx_nargs); __PYX_ERR(0, 464, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -22973,6 +23270,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
 
 static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, uint64_t __pyx_v_budget_blocks, int64_t __pyx_v_deadline_ns) {
   int __pyx_v_err;
+  PyObject *__pyx_v_e = NULL;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   int __pyx_t_1;
@@ -22986,17 +23284,17 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("run", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":446
+  /* "lguest/unicorn/_uchook.pyx":470
  *         time: RuntimeError if another thread is inside run()."""
  *         cdef int err
  *         self._check_idle()             # <<<<<<<<<<<<<<
  *         if self.st.regs == NULL:
  *             raise RuntimeError("NativeHooks are not bound to a cpu")
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 446, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 470, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":447
+  /* "lguest/unicorn/_uchook.pyx":471
  *         cdef int err
  *         self._check_idle()
  *         if self.st.regs == NULL:             # <<<<<<<<<<<<<<
@@ -23008,7 +23306,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":448
+    /* "lguest/unicorn/_uchook.pyx":472
  *         self._check_idle()
  *         if self.st.regs == NULL:
  *             raise RuntimeError("NativeHooks are not bound to a cpu")             # <<<<<<<<<<<<<<
@@ -23021,14 +23319,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_NativeHooks_are_not_bound_to_a_c};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 448, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 472, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 448, __pyx_L1_error)
+    __PYX_ERR(0, 472, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":447
+    /* "lguest/unicorn/_uchook.pyx":471
  *         cdef int err
  *         self._check_idle()
  *         if self.st.regs == NULL:             # <<<<<<<<<<<<<<
@@ -23037,7 +23335,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":449
+  /* "lguest/unicorn/_uchook.pyx":473
  *         if self.st.regs == NULL:
  *             raise RuntimeError("NativeHooks are not bound to a cpu")
  *         if not self.nhooks:             # <<<<<<<<<<<<<<
@@ -23049,7 +23347,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":450
+    /* "lguest/unicorn/_uchook.pyx":474
  *             raise RuntimeError("NativeHooks are not bound to a cpu")
  *         if not self.nhooks:
  *             raise RuntimeError("NativeHooks are not installed")             # <<<<<<<<<<<<<<
@@ -23062,14 +23360,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_NativeHooks_are_not_installed};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 450, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 474, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 450, __pyx_L1_error)
+    __PYX_ERR(0, 474, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":449
+    /* "lguest/unicorn/_uchook.pyx":473
  *         if self.st.regs == NULL:
  *             raise RuntimeError("NativeHooks are not bound to a cpu")
  *         if not self.nhooks:             # <<<<<<<<<<<<<<
@@ -23078,7 +23376,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":451
+  /* "lguest/unicorn/_uchook.pyx":475
  *         if not self.nhooks:
  *             raise RuntimeError("NativeHooks are not installed")
  *         self.busy = 1   # with the GIL held: a second caller sees it             # <<<<<<<<<<<<<<
@@ -23087,7 +23385,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
 */
   __pyx_v_self->busy = 1;
 
-  /* "lguest/unicorn/_uchook.pyx":452
+  /* "lguest/unicorn/_uchook.pyx":476
  *             raise RuntimeError("NativeHooks are not installed")
  *         self.busy = 1   # with the GIL held: a second caller sees it
  *         try:             # <<<<<<<<<<<<<<
@@ -23096,7 +23394,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
 */
   /*try:*/ {
 
-    /* "lguest/unicorn/_uchook.pyx":453
+    /* "lguest/unicorn/_uchook.pyx":477
  *         self.busy = 1   # with the GIL held: a second caller sees it
  *         try:
  *             self.st.budget_end = self.st.blocks + budget_blocks if budget_blocks else 0             # <<<<<<<<<<<<<<
@@ -23115,7 +23413,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
 
     __pyx_v_self->st.budget_end = __pyx_t_6;
 
-    /* "lguest/unicorn/_uchook.pyx":454
+    /* "lguest/unicorn/_uchook.pyx":478
  *         try:
  *             self.st.budget_end = self.st.blocks + budget_blocks if budget_blocks else 0
  *             self.st.deadline_ns = deadline_ns             # <<<<<<<<<<<<<<
@@ -23124,7 +23422,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
 */
     __pyx_v_self->st.deadline_ns = __pyx_v_deadline_ns;
 
-    /* "lguest/unicorn/_uchook.pyx":455
+    /* "lguest/unicorn/_uchook.pyx":479
  *             self.st.budget_end = self.st.blocks + budget_blocks if budget_blocks else 0
  *             self.st.deadline_ns = deadline_ns
  *             with nogil:             # <<<<<<<<<<<<<<
@@ -23137,7 +23435,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
         __Pyx_FastGIL_Remember();
         /*try:*/ {
 
-          /* "lguest/unicorn/_uchook.pyx":456
+          /* "lguest/unicorn/_uchook.pyx":480
  *             self.st.deadline_ns = deadline_ns
  *             with nogil:
  *                 err = uh_run(&self.st)             # <<<<<<<<<<<<<<
@@ -23147,7 +23445,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
           __pyx_v_err = uh_run((&__pyx_v_self->st));
         }
 
-        /* "lguest/unicorn/_uchook.pyx":455
+        /* "lguest/unicorn/_uchook.pyx":479
  *             self.st.budget_end = self.st.blocks + budget_blocks if budget_blocks else 0
  *             self.st.deadline_ns = deadline_ns
  *             with nogil:             # <<<<<<<<<<<<<<
@@ -23165,12 +23463,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
     }
   }
 
-  /* "lguest/unicorn/_uchook.pyx":458
+  /* "lguest/unicorn/_uchook.pyx":482
  *                 err = uh_run(&self.st)
  *         finally:
  *             self.busy = 0             # <<<<<<<<<<<<<<
- *         return err
- * 
+ *         if self._hcall_error is not None:
+ *             e, self._hcall_error = self._hcall_error, None
 */
   /*finally:*/ {
     /*normal exit:*/{
@@ -23180,27 +23478,75 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
     __pyx_L7:;
   }
 
-  /* "lguest/unicorn/_uchook.pyx":459
+  /* "lguest/unicorn/_uchook.pyx":483
  *         finally:
  *             self.busy = 0
+ *         if self._hcall_error is not None:             # <<<<<<<<<<<<<<
+ *             e, self._hcall_error = self._hcall_error, None
+ *             raise e
+*/
+  __pyx_t_2 = (__pyx_v_self->_hcall_error != Py_None);
+  if (unlikely(__pyx_t_2)) {
+
+
+    /* "lguest/unicorn/_uchook.pyx":484
+ *             self.busy = 0
+ *         if self._hcall_error is not None:
+ *             e, self._hcall_error = self._hcall_error, None             # <<<<<<<<<<<<<<
+ *             raise e
+ *         return err
+*/
+    __pyx_t_3 = __pyx_v_self->_hcall_error;
+    __Pyx_INCREF(__pyx_t_3);
+    __pyx_t_4 = Py_None;
+    __Pyx_INCREF(__pyx_t_4);
+    __pyx_v_e = __pyx_t_3;
+    __pyx_t_3 = 0;
+    __Pyx_GIVEREF(__pyx_t_4);
+    __Pyx_GOTREF(__pyx_v_self->_hcall_error);
+    __Pyx_DECREF_SET(__pyx_v_self->_hcall_error, __pyx_t_4);
+    __pyx_t_4 = 0;
+
+    /* "lguest/unicorn/_uchook.pyx":485
+ *         if self._hcall_error is not None:
+ *             e, self._hcall_error = self._hcall_error, None
+ *             raise e             # <<<<<<<<<<<<<<
+ *         return err
+ * 
+*/
+    __Pyx_Raise(__pyx_v_e, 0, 0, 0);
+    __PYX_ERR(0, 485, __pyx_L1_error)
+
+    /* "lguest/unicorn/_uchook.pyx":483
+ *         finally:
+ *             self.busy = 0
+ *         if self._hcall_error is not None:             # <<<<<<<<<<<<<<
+ *             e, self._hcall_error = self._hcall_error, None
+ *             raise e
+*/
+  }
+
+  /* "lguest/unicorn/_uchook.pyx":486
+ *             e, self._hcall_error = self._hcall_error, None
+ *             raise e
  *         return err             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_3 = __Pyx_PyLong_From_int(__pyx_v_err); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 459, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_3);
+  __pyx_t_4 = __Pyx_PyLong_From_int(__pyx_v_err); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 486, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
   {
     PyObject *__pyx_temp;
     {
       __pyx_temp = __pyx_r;
-      __pyx_r = __pyx_t_3;
+      __pyx_r = __pyx_t_4;
     }
     __Pyx_XDECREF(__pyx_temp);
   }
-  __pyx_t_3 = 0;
+  __pyx_t_4 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":440
+  /* "lguest/unicorn/_uchook.pyx":464
  *         self.st.noirq_end = noirq_end
  * 
  *     def run(self, uint64_t budget_blocks=0, int64_t deadline_ns=0):             # <<<<<<<<<<<<<<
@@ -23216,12 +23562,13 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
   __pyx_r = NULL;
   __pyx_L0:;
 
+  __Pyx_XDECREF(__pyx_v_e);
   __Pyx_XGIVEREF(__pyx_r);
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":461
+/* "lguest/unicorn/_uchook.pyx":488
  *         return err
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -23253,14 +23600,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7running___get
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":463
+  /* "lguest/unicorn/_uchook.pyx":490
  *     @property
  *     def running(self):
  *         return bool(self.busy)             # <<<<<<<<<<<<<<
  * 
  *     def request_stop(self):
 */
-  __pyx_t_1 = __Pyx_PyBool_FromLong((!(!(__pyx_v_self->busy != 0)))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 463, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyBool_FromLong((!(!(__pyx_v_self->busy != 0)))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 490, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -23273,7 +23620,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7running___get
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":461
+  /* "lguest/unicorn/_uchook.pyx":488
  *         return err
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -23292,7 +23639,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7running___get
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":465
+/* "lguest/unicorn/_uchook.pyx":492
  *         return bool(self.busy)
  * 
  *     def request_stop(self):             # <<<<<<<<<<<<<<
@@ -23348,7 +23695,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_16request_stop
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("request_stop", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":467
+  /* "lguest/unicorn/_uchook.pyx":494
  *     def request_stop(self):
  *         """Stop the running guest at its next block (thread-safe)."""
  *         uh_store_int(&self.st.stop_flag, 1)             # <<<<<<<<<<<<<<
@@ -23357,7 +23704,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_16request_stop
 */
   uh_store_int((&__pyx_v_self->st.stop_flag), 1);
 
-  /* "lguest/unicorn/_uchook.pyx":465
+  /* "lguest/unicorn/_uchook.pyx":492
  *         return bool(self.busy)
  * 
  *     def request_stop(self):             # <<<<<<<<<<<<<<
@@ -23372,7 +23719,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_16request_stop
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":469
+/* "lguest/unicorn/_uchook.pyx":496
  *         uh_store_int(&self.st.stop_flag, 1)
  * 
  *     def poke(self):             # <<<<<<<<<<<<<<
@@ -23428,7 +23775,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_18poke(struct 
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("poke", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":472
+  /* "lguest/unicorn/_uchook.pyx":499
  *         """Make the running guest stop soon to look at pending irqs (the
  *         pure-Python core, whose pending bits C cannot see)."""
  *         uh_store_u32(&self.st.attention, 1)             # <<<<<<<<<<<<<<
@@ -23437,7 +23784,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_18poke(struct 
 */
   uh_store_u32((&__pyx_v_self->st.attention), 1);
 
-  /* "lguest/unicorn/_uchook.pyx":469
+  /* "lguest/unicorn/_uchook.pyx":496
  *         uh_store_int(&self.st.stop_flag, 1)
  * 
  *     def poke(self):             # <<<<<<<<<<<<<<
@@ -23452,7 +23799,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_18poke(struct 
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":474
+/* "lguest/unicorn/_uchook.pyx":501
  *         uh_store_u32(&self.st.attention, 1)
  * 
  *     def clear_poke(self):             # <<<<<<<<<<<<<<
@@ -23508,7 +23855,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_20clear_poke(s
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("clear_poke", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":475
+  /* "lguest/unicorn/_uchook.pyx":502
  * 
  *     def clear_poke(self):
  *         uh_store_u32(&self.st.attention, 0)             # <<<<<<<<<<<<<<
@@ -23517,7 +23864,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_20clear_poke(s
 */
   uh_store_u32((&__pyx_v_self->st.attention), 0);
 
-  /* "lguest/unicorn/_uchook.pyx":474
+  /* "lguest/unicorn/_uchook.pyx":501
  *         uh_store_u32(&self.st.attention, 1)
  * 
  *     def clear_poke(self):             # <<<<<<<<<<<<<<
@@ -23532,7 +23879,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_20clear_poke(s
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":477
+/* "lguest/unicorn/_uchook.pyx":504
  *         uh_store_u32(&self.st.attention, 0)
  * 
  *     def __repr__(self):             # <<<<<<<<<<<<<<
@@ -23571,7 +23918,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_22__repr__(str
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__repr__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":478
+  /* "lguest/unicorn/_uchook.pyx":505
  * 
  *     def __repr__(self):
  *         state = ("uninitialised", "ready", "closed")[self.state]             # <<<<<<<<<<<<<<
@@ -23583,18 +23930,18 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_22__repr__(str
   __pyx_v_state = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":479
+  /* "lguest/unicorn/_uchook.pyx":506
  *     def __repr__(self):
  *         state = ("uninitialised", "ready", "closed")[self.state]
  *         return f"<NativeHooks {state}, {self.nhooks} hooks, {self.st.blocks} blocks>"             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyUnicode_Unicode(__pyx_v_state); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 479, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyUnicode_Unicode(__pyx_v_state); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 506, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyUnicode_From_int(__pyx_v_self->nhooks, 0, ' ', 'd'); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 479, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyUnicode_From_int(__pyx_v_self->nhooks, 0, ' ', 'd'); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 506, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyUnicode_From_uint64_t(__pyx_v_self->st.blocks, 0, ' ', 'd'); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 479, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyUnicode_From_uint64_t(__pyx_v_self->st.blocks, 0, ' ', 'd'); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 506, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_t_4[0] = __pyx_mstate_global->__pyx_kp_u_NativeHooks;
   __pyx_t_4[1] = __pyx_t_1;
@@ -23612,7 +23959,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_22__repr__(str
   __pyx_t_6 |= __Pyx_PyUnicode_KIND_04(__pyx_t_4[1]);
   #endif
   __pyx_t_7 = __Pyx_PyUnicode_Join(__pyx_t_4, 7, __pyx_t_5, __pyx_t_6);
-  if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 479, __pyx_L1_error)
+  if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 506, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
@@ -23628,7 +23975,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_22__repr__(str
   __pyx_t_7 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":477
+  /* "lguest/unicorn/_uchook.pyx":504
  *         uh_store_u32(&self.st.attention, 0)
  * 
  *     def __repr__(self):             # <<<<<<<<<<<<<<
@@ -23651,7 +23998,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_22__repr__(str
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":481
+/* "lguest/unicorn/_uchook.pyx":508
  *         return f"<NativeHooks {state}, {self.nhooks} hooks, {self.st.blocks} blocks>"
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -23683,14 +24030,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13native_direc
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":483
+  /* "lguest/unicorn/_uchook.pyx":510
  *     @property
  *     def native_direct(self):
  *         return bool(self.st.native_direct)             # <<<<<<<<<<<<<<
  * 
  *     @native_direct.setter
 */
-  __pyx_t_1 = __Pyx_PyBool_FromLong((!(!(__pyx_v_self->st.native_direct != 0)))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 483, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyBool_FromLong((!(!(__pyx_v_self->st.native_direct != 0)))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 510, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -23703,7 +24050,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13native_direc
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":481
+  /* "lguest/unicorn/_uchook.pyx":508
  *         return f"<NativeHooks {state}, {self.nhooks} hooks, {self.st.blocks} blocks>"
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -23722,7 +24069,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13native_direc
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":485
+/* "lguest/unicorn/_uchook.pyx":512
  *         return bool(self.st.native_direct)
  * 
  *     @native_direct.setter             # <<<<<<<<<<<<<<
@@ -23753,24 +24100,24 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13native_direct_2__s
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":487
+  /* "lguest/unicorn/_uchook.pyx":514
  *     @native_direct.setter
  *     def native_direct(self, value):
  *         self._check()             # <<<<<<<<<<<<<<
  *         self.st.native_direct = 1 if value else 0
  * 
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 487, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 514, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":488
+  /* "lguest/unicorn/_uchook.pyx":515
  *     def native_direct(self, value):
  *         self._check()
  *         self.st.native_direct = 1 if value else 0             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_v_value); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 488, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_v_value); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 515, __pyx_L1_error)
   if (__pyx_t_2) {
 
     __pyx_t_1 = 1;
@@ -23781,7 +24128,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13native_direct_2__s
 
   __pyx_v_self->st.native_direct = __pyx_t_1;
 
-  /* "lguest/unicorn/_uchook.pyx":485
+  /* "lguest/unicorn/_uchook.pyx":512
  *         return bool(self.st.native_direct)
  * 
  *     @native_direct.setter             # <<<<<<<<<<<<<<
@@ -23800,7 +24147,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13native_direct_2__s
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":490
+/* "lguest/unicorn/_uchook.pyx":517
  *         self.st.native_direct = 1 if value else 0
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -23832,14 +24179,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_15has_native_c
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":492
+  /* "lguest/unicorn/_uchook.pyx":519
  *     @property
  *     def has_native_core(self):
  *         return self.st.api != NULL             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyBool_FromLong((__pyx_v_self->st.api != NULL)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 492, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyBool_FromLong((__pyx_v_self->st.api != NULL)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 519, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -23852,7 +24199,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_15has_native_c
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":490
+  /* "lguest/unicorn/_uchook.pyx":517
  *         self.st.native_direct = 1 if value else 0
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -23871,7 +24218,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_15has_native_c
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":494
+/* "lguest/unicorn/_uchook.pyx":521
  *         return self.st.api != NULL
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -23903,14 +24250,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8slice_ns___ge
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":496
+  /* "lguest/unicorn/_uchook.pyx":523
  *     @property
  *     def slice_ns(self):
  *         return self.st.slice_ns             # <<<<<<<<<<<<<<
  * 
  *     @slice_ns.setter
 */
-  __pyx_t_1 = __Pyx_PyLong_From_int64_t(__pyx_v_self->st.slice_ns); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 496, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int64_t(__pyx_v_self->st.slice_ns); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 523, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -23923,7 +24270,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8slice_ns___ge
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":494
+  /* "lguest/unicorn/_uchook.pyx":521
  *         return self.st.api != NULL
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -23942,7 +24289,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8slice_ns___ge
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":498
+/* "lguest/unicorn/_uchook.pyx":525
  *         return self.st.slice_ns
  * 
  *     @slice_ns.setter             # <<<<<<<<<<<<<<
@@ -23963,7 +24310,7 @@ static int __pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_8slice_ns_3__set__(P
   __Pyx_RefNannySetupContext("__set__ (wrapper)", 0);
   __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
   assert(__pyx_arg_value); {
-    __pyx_v_value = __Pyx_PyLong_As_int64_t(__pyx_arg_value); if (unlikely((__pyx_v_value == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 499, __pyx_L3_error)
+    __pyx_v_value = __Pyx_PyLong_As_int64_t(__pyx_arg_value); if (unlikely((__pyx_v_value == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 526, __pyx_L3_error)
   }
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -23986,17 +24333,17 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8slice_ns_2__set__(s
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":500
+  /* "lguest/unicorn/_uchook.pyx":527
  *     @slice_ns.setter
  *     def slice_ns(self, int64_t value):
  *         self._check()             # <<<<<<<<<<<<<<
  *         self.st.slice_ns = value
  * 
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 500, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 527, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":501
+  /* "lguest/unicorn/_uchook.pyx":528
  *     def slice_ns(self, int64_t value):
  *         self._check()
  *         self.st.slice_ns = value             # <<<<<<<<<<<<<<
@@ -24005,7 +24352,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8slice_ns_2__set__(s
 */
   __pyx_v_self->st.slice_ns = __pyx_v_value;
 
-  /* "lguest/unicorn/_uchook.pyx":498
+  /* "lguest/unicorn/_uchook.pyx":525
  *         return self.st.slice_ns
  * 
  *     @slice_ns.setter             # <<<<<<<<<<<<<<
@@ -24025,7 +24372,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8slice_ns_2__set__(s
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":503
+/* "lguest/unicorn/_uchook.pyx":530
  *         self.st.slice_ns = value
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24057,14 +24404,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6reason___get_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":505
+  /* "lguest/unicorn/_uchook.pyx":532
  *     @property
  *     def reason(self):
  *         return self.st.reason             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_v_self->st.reason); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 505, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_v_self->st.reason); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 532, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24077,7 +24424,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6reason___get_
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":503
+  /* "lguest/unicorn/_uchook.pyx":530
  *         self.st.slice_ns = value
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24096,7 +24443,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6reason___get_
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":507
+/* "lguest/unicorn/_uchook.pyx":534
  *         return self.st.reason
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24128,14 +24475,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7trapnum___get
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":509
+  /* "lguest/unicorn/_uchook.pyx":536
  *     @property
  *     def trapnum(self):
  *         return self.st.trapnum             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.trapnum); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 509, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.trapnum); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 536, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24148,7 +24495,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7trapnum___get
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":507
+  /* "lguest/unicorn/_uchook.pyx":534
  *         return self.st.reason
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24167,7 +24514,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7trapnum___get
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":511
+/* "lguest/unicorn/_uchook.pyx":538
  *         return self.st.trapnum
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24199,14 +24546,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7errcode___get
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":513
+  /* "lguest/unicorn/_uchook.pyx":540
  *     @property
  *     def errcode(self):
  *         return self.st.errcode             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.errcode); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 513, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.errcode); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 540, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24219,7 +24566,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7errcode___get
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":511
+  /* "lguest/unicorn/_uchook.pyx":538
  *         return self.st.trapnum
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24238,7 +24585,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7errcode___get
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":515
+/* "lguest/unicorn/_uchook.pyx":542
  *         return self.st.errcode
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24270,14 +24617,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6is_int___get_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":517
+  /* "lguest/unicorn/_uchook.pyx":544
  *     @property
  *     def is_int(self):
  *         return bool(self.st.is_int)             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyBool_FromLong((!(!(__pyx_v_self->st.is_int != 0)))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 517, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyBool_FromLong((!(!(__pyx_v_self->st.is_int != 0)))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 544, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24290,7 +24637,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6is_int___get_
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":515
+  /* "lguest/unicorn/_uchook.pyx":542
  *         return self.st.errcode
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24309,7 +24656,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6is_int___get_
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":519
+/* "lguest/unicorn/_uchook.pyx":546
  *         return bool(self.st.is_int)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24341,14 +24688,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_3cr2___get__(s
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":521
+  /* "lguest/unicorn/_uchook.pyx":548
  *     @property
  *     def cr2(self):
  *         return self.st.cr2             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.cr2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 521, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.cr2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 548, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24361,7 +24708,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_3cr2___get__(s
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":519
+  /* "lguest/unicorn/_uchook.pyx":546
  *         return bool(self.st.is_int)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24380,7 +24727,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_3cr2___get__(s
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":523
+/* "lguest/unicorn/_uchook.pyx":550
  *         return self.st.cr2
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24415,27 +24762,27 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_9mem_fault___g
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":526
+  /* "lguest/unicorn/_uchook.pyx":553
  *     def mem_fault(self):
  *         """(type, address, size) of the last invalid memory access."""
  *         return (self.st.mem_type, self.st.mem_addr, self.st.mem_size_access)             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_v_self->st.mem_type); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 526, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_v_self->st.mem_type); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 553, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.mem_addr); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 526, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.mem_addr); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 553, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyLong_From_int(__pyx_v_self->st.mem_size_access); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 526, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_int(__pyx_v_self->st.mem_size_access); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 553, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = PyTuple_New(3); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 526, __pyx_L1_error)
+  __pyx_t_4 = PyTuple_New(3); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 553, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_GIVEREF(__pyx_t_1);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_t_1) != (0)) __PYX_ERR(0, 526, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_t_1) != (0)) __PYX_ERR(0, 553, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_2);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_t_2) != (0)) __PYX_ERR(0, 526, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_t_2) != (0)) __PYX_ERR(0, 553, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_3);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 2, __pyx_t_3) != (0)) __PYX_ERR(0, 526, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 2, __pyx_t_3) != (0)) __PYX_ERR(0, 553, __pyx_L1_error);
   __pyx_t_1 = 0;
   __pyx_t_2 = 0;
   __pyx_t_3 = 0;
@@ -24450,7 +24797,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_9mem_fault___g
   __pyx_t_4 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":523
+  /* "lguest/unicorn/_uchook.pyx":550
  *         return self.st.cr2
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24472,7 +24819,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_9mem_fault___g
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":528
+/* "lguest/unicorn/_uchook.pyx":555
  *         return (self.st.mem_type, self.st.mem_addr, self.st.mem_size_access)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24504,14 +24851,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6blocks___get_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":530
+  /* "lguest/unicorn/_uchook.pyx":557
  *     @property
  *     def blocks(self):
  *         return self.st.blocks             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.blocks); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 530, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.blocks); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 557, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24524,7 +24871,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6blocks___get_
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":528
+  /* "lguest/unicorn/_uchook.pyx":555
  *         return (self.st.mem_type, self.st.mem_addr, self.st.mem_size_access)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24543,7 +24890,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6blocks___get_
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":532
+/* "lguest/unicorn/_uchook.pyx":559
  *         return self.st.blocks
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24575,14 +24922,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10intr_hooks__
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":534
+  /* "lguest/unicorn/_uchook.pyx":561
  *     @property
  *     def intr_hooks(self):
  *         return self.st.intr_hooks             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.intr_hooks); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 534, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.intr_hooks); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 561, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24595,7 +24942,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10intr_hooks__
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":532
+  /* "lguest/unicorn/_uchook.pyx":559
  *         return self.st.blocks
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24614,7 +24961,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10intr_hooks__
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":536
+/* "lguest/unicorn/_uchook.pyx":563
  *         return self.st.intr_hooks
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24646,14 +24993,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8io_count___ge
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":539
+  /* "lguest/unicorn/_uchook.pyx":566
  *     def io_count(self):
  *         """in/out instructions emulated in the hooks."""
  *         return self.st.io_count             # <<<<<<<<<<<<<<
  * 
  *     def direct_counts(self):
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.io_count); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 539, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.io_count); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 566, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24666,7 +25013,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8io_count___ge
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":536
+  /* "lguest/unicorn/_uchook.pyx":563
  *         return self.st.intr_hooks
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24685,7 +25032,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8io_count___ge
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":541
+/* "lguest/unicorn/_uchook.pyx":568
  *         return self.st.io_count
  * 
  *     def direct_counts(self):             # <<<<<<<<<<<<<<
@@ -24750,15 +25097,15 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_count
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("direct_counts", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":544
+  /* "lguest/unicorn/_uchook.pyx":571
  *         """{vector: deliveries} of the native direct path."""
  *         cdef int i
  *         return {i: self.st.direct_counts[i] for i in range(256) if self.st.direct_counts[i]}             # <<<<<<<<<<<<<<
  * 
- *     def stop_counts(self):
+ *     @property
 */
   { /* enter inner scope */
-    __pyx_t_1 = PyDict_New(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 544, __pyx_L1_error)
+    __pyx_t_1 = PyDict_New(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 571, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     for (__pyx_t_2 = 0; __pyx_t_2 < 0x100; __pyx_t_2+=1) {
       __pyx_7genexpr__pyx_v_i = __pyx_t_2;
@@ -24766,11 +25113,11 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_count
 
       if (__pyx_t_3) {
 
-        __pyx_t_4 = __Pyx_PyLong_From_int(__pyx_7genexpr__pyx_v_i); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 544, __pyx_L1_error)
+        __pyx_t_4 = __Pyx_PyLong_From_int(__pyx_7genexpr__pyx_v_i); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 571, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
-        __pyx_t_5 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->st.direct_counts[__pyx_7genexpr__pyx_v_i])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 544, __pyx_L1_error)
+        __pyx_t_5 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->st.direct_counts[__pyx_7genexpr__pyx_v_i])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 571, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_5);
-        if (unlikely(PyDict_SetItem(__pyx_t_1, __pyx_t_4, __pyx_t_5))) __PYX_ERR(0, 544, __pyx_L1_error)
+        if (unlikely(PyDict_SetItem(__pyx_t_1, __pyx_t_4, __pyx_t_5))) __PYX_ERR(0, 571, __pyx_L1_error)
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
         __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
       }
@@ -24787,7 +25134,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_count
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":541
+  /* "lguest/unicorn/_uchook.pyx":568
  *         return self.st.io_count
  * 
  *     def direct_counts(self):             # <<<<<<<<<<<<<<
@@ -24809,8 +25156,912 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_count
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":546
+/* "lguest/unicorn/_uchook.pyx":573
  *         return {i: self.st.direct_counts[i] for i in range(256) if self.st.direct_counts[i]}
+ * 
+ *     @property             # <<<<<<<<<<<<<<
+ *     def reflect_mask(self):
+ *         """Vectors 0..31 (a bitmask) the hook reflects into the guest itself
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_12reflect_mask_1__get__(PyObject *__pyx_v_self); /*proto*/
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_12reflect_mask_1__get__(PyObject *__pyx_v_self) {
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("__get__ (wrapper)", 0);
+  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12reflect_mask___get__(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
+
+  /* function exit code */
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12reflect_mask___get__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("__get__", 0);
+
+  /* "lguest/unicorn/_uchook.pyx":578
+ *         when handle_trap would do nothing else with them (uh_reflectable);
+ *         0: every non-direct trap stops the emulator."""
+ *         return self.st.reflect_mask             # <<<<<<<<<<<<<<
+ * 
+ *     @reflect_mask.setter
+*/
+  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.reflect_mask); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 578, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_1);
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = __pyx_t_1;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_1 = 0;
+  goto __pyx_L0;
+
+  /* "lguest/unicorn/_uchook.pyx":573
+ *         return {i: self.st.direct_counts[i] for i in range(256) if self.st.direct_counts[i]}
+ * 
+ *     @property             # <<<<<<<<<<<<<<
+ *     def reflect_mask(self):
+ *         """Vectors 0..31 (a bitmask) the hook reflects into the guest itself
+*/
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_AddTraceback("lguest.unicorn._uchook.NativeHooks.reflect_mask.__get__", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "lguest/unicorn/_uchook.pyx":580
+ *         return self.st.reflect_mask
+ * 
+ *     @reflect_mask.setter             # <<<<<<<<<<<<<<
+ *     def reflect_mask(self, uint32_t value):
+ *         self._check()
+*/
+
+/* Python wrapper */
+static int __pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_12reflect_mask_3__set__(PyObject *__pyx_v_self, PyObject *__pyx_arg_value); /*proto*/
+static int __pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_12reflect_mask_3__set__(PyObject *__pyx_v_self, PyObject *__pyx_arg_value) {
+  uint32_t __pyx_v_value;
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  int __pyx_r;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("__set__ (wrapper)", 0);
+  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
+  assert(__pyx_arg_value); {
+    __pyx_v_value = __Pyx_PyLong_As_uint32_t(__pyx_arg_value); if (unlikely((__pyx_v_value == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 581, __pyx_L3_error)
+  }
+  goto __pyx_L4_argument_unpacking_done;
+  __pyx_L3_error:;
+  __Pyx_AddTraceback("lguest.unicorn._uchook.NativeHooks.reflect_mask.__set__", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __Pyx_RefNannyFinishContext();
+  return -1;
+  __pyx_L4_argument_unpacking_done:;
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12reflect_mask_2__set__(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self), ((uint32_t)__pyx_v_value));
+
+  /* function exit code */
+
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12reflect_mask_2__set__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, uint32_t __pyx_v_value) {
+  int __pyx_r;
+  int __pyx_t_1;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+
+  /* "lguest/unicorn/_uchook.pyx":582
+ *     @reflect_mask.setter
+ *     def reflect_mask(self, uint32_t value):
+ *         self._check()             # <<<<<<<<<<<<<<
+ *         self.st.reflect_mask = value
+ * 
+*/
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 582, __pyx_L1_error)
+
+
+  /* "lguest/unicorn/_uchook.pyx":583
+ *     def reflect_mask(self, uint32_t value):
+ *         self._check()
+ *         self.st.reflect_mask = value             # <<<<<<<<<<<<<<
+ * 
+ *     @property
+*/
+  __pyx_v_self->st.reflect_mask = __pyx_v_value;
+
+  /* "lguest/unicorn/_uchook.pyx":580
+ *         return self.st.reflect_mask
+ * 
+ *     @reflect_mask.setter             # <<<<<<<<<<<<<<
+ *     def reflect_mask(self, uint32_t value):
+ *         self._check()
+*/
+
+  /* function exit code */
+  __pyx_r = 0;
+  goto __pyx_L0;
+  __pyx_L1_error:;
+  __Pyx_AddTraceback("lguest.unicorn._uchook.NativeHooks.reflect_mask.__set__", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = -1;
+  __pyx_L0:;
+
+
+  return __pyx_r;
+}
+
+/* "lguest/unicorn/_uchook.pyx":585
+ *         self.st.reflect_mask = value
+ * 
+ *     @property             # <<<<<<<<<<<<<<
+ *     def reflect_total(self):
+ *         return self.st.reflect_total
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_13reflect_total_1__get__(PyObject *__pyx_v_self); /*proto*/
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_13reflect_total_1__get__(PyObject *__pyx_v_self) {
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("__get__ (wrapper)", 0);
+  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13reflect_total___get__(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
+
+  /* function exit code */
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13reflect_total___get__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("__get__", 0);
+
+  /* "lguest/unicorn/_uchook.pyx":587
+ *     @property
+ *     def reflect_total(self):
+ *         return self.st.reflect_total             # <<<<<<<<<<<<<<
+ * 
+ *     @property
+*/
+  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.reflect_total); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 587, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_1);
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = __pyx_t_1;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_1 = 0;
+  goto __pyx_L0;
+
+  /* "lguest/unicorn/_uchook.pyx":585
+ *         self.st.reflect_mask = value
+ * 
+ *     @property             # <<<<<<<<<<<<<<
+ *     def reflect_total(self):
+ *         return self.st.reflect_total
+*/
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_AddTraceback("lguest.unicorn._uchook.NativeHooks.reflect_total.__get__", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "lguest/unicorn/_uchook.pyx":589
+ *         return self.st.reflect_total
+ * 
+ *     @property             # <<<<<<<<<<<<<<
+ *     def hcall_mask(self):
+ *         """Hypercall numbers (a bitmask, below 32) the hook does itself when
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_10hcall_mask_1__get__(PyObject *__pyx_v_self); /*proto*/
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_10hcall_mask_1__get__(PyObject *__pyx_v_self) {
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("__get__ (wrapper)", 0);
+  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10hcall_mask___get__(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
+
+  /* function exit code */
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10hcall_mask___get__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("__get__", 0);
+
+  /* "lguest/unicorn/_uchook.pyx":593
+ *         """Hypercall numbers (a bitmask, below 32) the hook does itself when
+ *         uh_hcall_here allows; 0: every hypercall stops the emulator."""
+ *         return self.st.hcall_mask             # <<<<<<<<<<<<<<
+ * 
+ *     @hcall_mask.setter
+*/
+  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.hcall_mask); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 593, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_1);
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = __pyx_t_1;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_1 = 0;
+  goto __pyx_L0;
+
+  /* "lguest/unicorn/_uchook.pyx":589
+ *         return self.st.reflect_total
+ * 
+ *     @property             # <<<<<<<<<<<<<<
+ *     def hcall_mask(self):
+ *         """Hypercall numbers (a bitmask, below 32) the hook does itself when
+*/
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_AddTraceback("lguest.unicorn._uchook.NativeHooks.hcall_mask.__get__", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "lguest/unicorn/_uchook.pyx":595
+ *         return self.st.hcall_mask
+ * 
+ *     @hcall_mask.setter             # <<<<<<<<<<<<<<
+ *     def hcall_mask(self, uint32_t value):
+ *         self._check()
+*/
+
+/* Python wrapper */
+static int __pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_10hcall_mask_3__set__(PyObject *__pyx_v_self, PyObject *__pyx_arg_value); /*proto*/
+static int __pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_10hcall_mask_3__set__(PyObject *__pyx_v_self, PyObject *__pyx_arg_value) {
+  uint32_t __pyx_v_value;
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  int __pyx_r;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("__set__ (wrapper)", 0);
+  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
+  assert(__pyx_arg_value); {
+    __pyx_v_value = __Pyx_PyLong_As_uint32_t(__pyx_arg_value); if (unlikely((__pyx_v_value == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 596, __pyx_L3_error)
+  }
+  goto __pyx_L4_argument_unpacking_done;
+  __pyx_L3_error:;
+  __Pyx_AddTraceback("lguest.unicorn._uchook.NativeHooks.hcall_mask.__set__", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __Pyx_RefNannyFinishContext();
+  return -1;
+  __pyx_L4_argument_unpacking_done:;
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10hcall_mask_2__set__(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self), ((uint32_t)__pyx_v_value));
+
+  /* function exit code */
+
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10hcall_mask_2__set__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, uint32_t __pyx_v_value) {
+  int __pyx_r;
+  int __pyx_t_1;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+
+  /* "lguest/unicorn/_uchook.pyx":597
+ *     @hcall_mask.setter
+ *     def hcall_mask(self, uint32_t value):
+ *         self._check()             # <<<<<<<<<<<<<<
+ *         self.st.hcall_mask = value
+ * 
+*/
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 597, __pyx_L1_error)
+
+
+  /* "lguest/unicorn/_uchook.pyx":598
+ *     def hcall_mask(self, uint32_t value):
+ *         self._check()
+ *         self.st.hcall_mask = value             # <<<<<<<<<<<<<<
+ * 
+ *     def set_hcall_handler(self, handler):
+*/
+  __pyx_v_self->st.hcall_mask = __pyx_v_value;
+
+  /* "lguest/unicorn/_uchook.pyx":595
+ *         return self.st.hcall_mask
+ * 
+ *     @hcall_mask.setter             # <<<<<<<<<<<<<<
+ *     def hcall_mask(self, uint32_t value):
+ *         self._check()
+*/
+
+  /* function exit code */
+  __pyx_r = 0;
+  goto __pyx_L0;
+  __pyx_L1_error:;
+  __Pyx_AddTraceback("lguest.unicorn._uchook.NativeHooks.hcall_mask.__set__", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = -1;
+  __pyx_L0:;
+
+
+  return __pyx_r;
+}
+
+/* "lguest/unicorn/_uchook.pyx":600
+ *         self.st.hcall_mask = value
+ * 
+ *     def set_hcall_handler(self, handler):             # <<<<<<<<<<<<<<
+ *         """``handler(num, arg1) -> int``: does hypercall ``num`` from inside
+ *         the hook (with the GIL) and returns the new block budget (0: none)
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_27set_hcall_handler(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+); /*proto*/
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_26set_hcall_handler, "NativeHooks.set_hcall_handler(self, handler)\n\n``handler(num, arg1) -> int``: does hypercall ``num`` from inside\nthe hook (with the GIL) and returns the new block budget (0: none)\nor -1 to stop the emulator (reason \"hcall\").  None: the hook does\nonly FLUSH_ASYNC and stops for the others.");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_27set_hcall_handler = {"set_hcall_handler", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_27set_hcall_handler, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_26set_hcall_handler};
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_27set_hcall_handler(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+) {
+  PyObject *__pyx_v_handler = 0;
+  #if !CYTHON_VECTORCALL
+  CYTHON_UNUSED Py_ssize_t __pyx_nargs;
+  #endif
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject* values[1] = {0};
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("set_hcall_handler (wrapper)", 0);
+  #if !CYTHON_VECTORCALL
+  #if CYTHON_ASSUME_SAFE_SIZE
+  __pyx_nargs = PyTuple_GET_SIZE(__pyx_args);
+  #else
+  __pyx_nargs = PyTuple_Size(__pyx_args); if (unlikely(__pyx_nargs < 0)) return NULL;
+  #endif
+  #endif
+  __pyx_kwvalues = __Pyx_KwValues_FASTCALL(__pyx_args, __pyx_nargs);
+  {
+    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_handler,0};
+    const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 600, __pyx_L3_error)
+    if (__pyx_kwds_len > 0) {
+      switch (__pyx_nargs) {
+        case  1:
+        values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 600, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  0: break;
+        default: goto __pyx_L5_argtuple_error;
+      }
+      const Py_ssize_t kwd_pos_args = __pyx_nargs;
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_hcall_handler", 0) < (0)) __PYX_ERR(0, 600, __pyx_L3_error)
+      for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_hcall_handler", 1, 1, 1, i); __PYX_ERR(0, 600, __pyx_L3_error) }
+      }
+    } else if (unlikely(__pyx_nargs != 1)) {
+      goto __pyx_L5_argtuple_error;
+    } else {
+      values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 600, __pyx_L3_error)
+    }
+    __pyx_v_handler = values[0];
+  }
+  goto __pyx_L6_skip;
+  __pyx_L5_argtuple_error:;
+  __Pyx_RaiseArgtupleInvalid("set_hcall_handler", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 600, __pyx_L3_error)
+  __pyx_L6_skip:;
+  goto __pyx_L4_argument_unpacking_done;
+  __pyx_L3_error:;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __Pyx_AddTraceback("lguest.unicorn._uchook.NativeHooks.set_hcall_handler", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __Pyx_RefNannyFinishContext();
+  return NULL;
+  __pyx_L4_argument_unpacking_done:;
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26set_hcall_handler(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self), __pyx_v_handler);
+
+  /* function exit code */
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26set_hcall_handler(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, PyObject *__pyx_v_handler) {
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  int __pyx_t_1;
+  int __pyx_t_2;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("set_hcall_handler", 0);
+
+  /* "lguest/unicorn/_uchook.pyx":605
+ *         or -1 to stop the emulator (reason "hcall").  None: the hook does
+ *         only FLUSH_ASYNC and stops for the others."""
+ *         self._check_idle()             # <<<<<<<<<<<<<<
+ *         self._hcall_handler = handler
+ *         if handler is None:
+*/
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 605, __pyx_L1_error)
+
+
+  /* "lguest/unicorn/_uchook.pyx":606
+ *         only FLUSH_ASYNC and stops for the others."""
+ *         self._check_idle()
+ *         self._hcall_handler = handler             # <<<<<<<<<<<<<<
+ *         if handler is None:
+ *             self.st.hcall_cb = NULL
+*/
+  __Pyx_INCREF(__pyx_v_handler);
+  __Pyx_GIVEREF(__pyx_v_handler);
+  __Pyx_GOTREF(__pyx_v_self->_hcall_handler);
+  __Pyx_DECREF_SET(__pyx_v_self->_hcall_handler, __pyx_v_handler);
+
+  /* "lguest/unicorn/_uchook.pyx":607
+ *         self._check_idle()
+ *         self._hcall_handler = handler
+ *         if handler is None:             # <<<<<<<<<<<<<<
+ *             self.st.hcall_cb = NULL
+ *             self.st.hcall_self = NULL
+*/
+  __pyx_t_2 = (__pyx_v_handler == Py_None);
+  if (__pyx_t_2) {
+
+
+    /* "lguest/unicorn/_uchook.pyx":608
+ *         self._hcall_handler = handler
+ *         if handler is None:
+ *             self.st.hcall_cb = NULL             # <<<<<<<<<<<<<<
+ *             self.st.hcall_self = NULL
+ *         else:
+*/
+    __pyx_v_self->st.hcall_cb = NULL;
+
+    /* "lguest/unicorn/_uchook.pyx":609
+ *         if handler is None:
+ *             self.st.hcall_cb = NULL
+ *             self.st.hcall_self = NULL             # <<<<<<<<<<<<<<
+ *         else:
+ *             self.st.hcall_cb = _hcall_trampoline
+*/
+    __pyx_v_self->st.hcall_self = NULL;
+
+    /* "lguest/unicorn/_uchook.pyx":607
+ *         self._check_idle()
+ *         self._hcall_handler = handler
+ *         if handler is None:             # <<<<<<<<<<<<<<
+ *             self.st.hcall_cb = NULL
+ *             self.st.hcall_self = NULL
+*/
+    goto __pyx_L3;
+  }
+
+  /* "lguest/unicorn/_uchook.pyx":611
+ *             self.st.hcall_self = NULL
+ *         else:
+ *             self.st.hcall_cb = _hcall_trampoline             # <<<<<<<<<<<<<<
+ *             self.st.hcall_self = <void *>self
+ * 
+*/
+  /*else*/ {
+    __pyx_v_self->st.hcall_cb = __pyx_f_6lguest_7unicorn_7_uchook__hcall_trampoline;
+
+    /* "lguest/unicorn/_uchook.pyx":612
+ *         else:
+ *             self.st.hcall_cb = _hcall_trampoline
+ *             self.st.hcall_self = <void *>self             # <<<<<<<<<<<<<<
+ * 
+ *     @property
+*/
+    __pyx_v_self->st.hcall_self = ((void *)__pyx_v_self);
+  }
+  __pyx_L3:;
+
+  /* "lguest/unicorn/_uchook.pyx":600
+ *         self.st.hcall_mask = value
+ * 
+ *     def set_hcall_handler(self, handler):             # <<<<<<<<<<<<<<
+ *         """``handler(num, arg1) -> int``: does hypercall ``num`` from inside
+ *         the hook (with the GIL) and returns the new block budget (0: none)
+*/
+
+  /* function exit code */
+  __pyx_r = Py_None; __Pyx_INCREF(Py_None);
+  goto __pyx_L0;
+  __pyx_L1_error:;
+  __Pyx_AddTraceback("lguest.unicorn._uchook.NativeHooks.set_hcall_handler", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "lguest/unicorn/_uchook.pyx":614
+ *             self.st.hcall_self = <void *>self
+ * 
+ *     @property             # <<<<<<<<<<<<<<
+ *     def hcall_total(self):
+ *         return self.st.hcall_total
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_11hcall_total_1__get__(PyObject *__pyx_v_self); /*proto*/
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_11hcall_total_1__get__(PyObject *__pyx_v_self) {
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("__get__ (wrapper)", 0);
+  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_11hcall_total___get__(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
+
+  /* function exit code */
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_11hcall_total___get__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("__get__", 0);
+
+  /* "lguest/unicorn/_uchook.pyx":616
+ *     @property
+ *     def hcall_total(self):
+ *         return self.st.hcall_total             # <<<<<<<<<<<<<<
+ * 
+ *     def hcall_counts(self):
+*/
+  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.hcall_total); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 616, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_1);
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = __pyx_t_1;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_1 = 0;
+  goto __pyx_L0;
+
+  /* "lguest/unicorn/_uchook.pyx":614
+ *             self.st.hcall_self = <void *>self
+ * 
+ *     @property             # <<<<<<<<<<<<<<
+ *     def hcall_total(self):
+ *         return self.st.hcall_total
+*/
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_AddTraceback("lguest.unicorn._uchook.NativeHooks.hcall_total.__get__", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "lguest/unicorn/_uchook.pyx":618
+ *         return self.st.hcall_total
+ * 
+ *     def hcall_counts(self):             # <<<<<<<<<<<<<<
+ *         """{number: hypercalls done in the hook} since the start."""
+ *         cdef int i
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_29hcall_counts(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+); /*proto*/
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_28hcall_counts, "NativeHooks.hcall_counts(self)\n\n{number: hypercalls done in the hook} since the start.");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_29hcall_counts = {"hcall_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_29hcall_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_28hcall_counts};
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_29hcall_counts(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+) {
+  #if !CYTHON_VECTORCALL
+  CYTHON_UNUSED Py_ssize_t __pyx_nargs;
+  #endif
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("hcall_counts (wrapper)", 0);
+  #if !CYTHON_VECTORCALL
+  #if CYTHON_ASSUME_SAFE_SIZE
+  __pyx_nargs = PyTuple_GET_SIZE(__pyx_args);
+  #else
+  __pyx_nargs = PyTuple_Size(__pyx_args); if (unlikely(__pyx_nargs < 0)) return NULL;
+  #endif
+  #endif
+  __pyx_kwvalues = __Pyx_KwValues_FASTCALL(__pyx_args, __pyx_nargs);
+  if (unlikely(__pyx_nargs > 0)) { __Pyx_RaiseArgtupleInvalid("hcall_counts", 1, 0, 0, __pyx_nargs); return NULL; }
+  const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
+  if (unlikely(__pyx_kwds_len < 0)) return NULL;
+  if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("hcall_counts", __pyx_kwds); return NULL;}
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_28hcall_counts(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
+
+  /* function exit code */
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_28hcall_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
+  int __pyx_8genexpr1__pyx_v_i;
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  int __pyx_t_2;
+  int __pyx_t_3;
+  PyObject *__pyx_t_4 = NULL;
+  PyObject *__pyx_t_5 = NULL;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("hcall_counts", 0);
+
+  /* "lguest/unicorn/_uchook.pyx":621
+ *         """{number: hypercalls done in the hook} since the start."""
+ *         cdef int i
+ *         return {i: self.st.hcall_counts[i] for i in range(32) if self.st.hcall_counts[i]}             # <<<<<<<<<<<<<<
+ * 
+ *     def reflect_counts(self):
+*/
+  { /* enter inner scope */
+    __pyx_t_1 = PyDict_New(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 621, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_1);
+    for (__pyx_t_2 = 0; __pyx_t_2 < 32; __pyx_t_2+=1) {
+      __pyx_8genexpr1__pyx_v_i = __pyx_t_2;
+      __pyx_t_3 = ((__pyx_v_self->st.hcall_counts[__pyx_8genexpr1__pyx_v_i]) != 0);
+
+      if (__pyx_t_3) {
+
+        __pyx_t_4 = __Pyx_PyLong_From_int(__pyx_8genexpr1__pyx_v_i); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 621, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_4);
+        __pyx_t_5 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->st.hcall_counts[__pyx_8genexpr1__pyx_v_i])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 621, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_5);
+        if (unlikely(PyDict_SetItem(__pyx_t_1, __pyx_t_4, __pyx_t_5))) __PYX_ERR(0, 621, __pyx_L1_error)
+        __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+        __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+      }
+    }
+  } /* exit inner scope */
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = __pyx_t_1;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_1 = 0;
+  goto __pyx_L0;
+
+  /* "lguest/unicorn/_uchook.pyx":618
+ *         return self.st.hcall_total
+ * 
+ *     def hcall_counts(self):             # <<<<<<<<<<<<<<
+ *         """{number: hypercalls done in the hook} since the start."""
+ *         cdef int i
+*/
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_XDECREF(__pyx_t_4);
+  __Pyx_XDECREF(__pyx_t_5);
+  __Pyx_AddTraceback("lguest.unicorn._uchook.NativeHooks.hcall_counts", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "lguest/unicorn/_uchook.pyx":623
+ *         return {i: self.st.hcall_counts[i] for i in range(32) if self.st.hcall_counts[i]}
+ * 
+ *     def reflect_counts(self):             # <<<<<<<<<<<<<<
+ *         """{vector: traps reflected in the hook} since the start."""
+ *         cdef int i
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_31reflect_counts(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+); /*proto*/
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_30reflect_counts, "NativeHooks.reflect_counts(self)\n\n{vector: traps reflected in the hook} since the start.");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_31reflect_counts = {"reflect_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_31reflect_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_30reflect_counts};
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_31reflect_counts(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+) {
+  #if !CYTHON_VECTORCALL
+  CYTHON_UNUSED Py_ssize_t __pyx_nargs;
+  #endif
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("reflect_counts (wrapper)", 0);
+  #if !CYTHON_VECTORCALL
+  #if CYTHON_ASSUME_SAFE_SIZE
+  __pyx_nargs = PyTuple_GET_SIZE(__pyx_args);
+  #else
+  __pyx_nargs = PyTuple_Size(__pyx_args); if (unlikely(__pyx_nargs < 0)) return NULL;
+  #endif
+  #endif
+  __pyx_kwvalues = __Pyx_KwValues_FASTCALL(__pyx_args, __pyx_nargs);
+  if (unlikely(__pyx_nargs > 0)) { __Pyx_RaiseArgtupleInvalid("reflect_counts", 1, 0, 0, __pyx_nargs); return NULL; }
+  const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
+  if (unlikely(__pyx_kwds_len < 0)) return NULL;
+  if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("reflect_counts", __pyx_kwds); return NULL;}
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_30reflect_counts(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
+
+  /* function exit code */
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_30reflect_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
+  int __pyx_8genexpr2__pyx_v_i;
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  int __pyx_t_2;
+  int __pyx_t_3;
+  PyObject *__pyx_t_4 = NULL;
+  PyObject *__pyx_t_5 = NULL;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("reflect_counts", 0);
+
+  /* "lguest/unicorn/_uchook.pyx":626
+ *         """{vector: traps reflected in the hook} since the start."""
+ *         cdef int i
+ *         return {i: self.st.reflect_counts[i] for i in range(32) if self.st.reflect_counts[i]}             # <<<<<<<<<<<<<<
+ * 
+ *     def stop_counts(self):
+*/
+  { /* enter inner scope */
+    __pyx_t_1 = PyDict_New(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 626, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_1);
+    for (__pyx_t_2 = 0; __pyx_t_2 < 32; __pyx_t_2+=1) {
+      __pyx_8genexpr2__pyx_v_i = __pyx_t_2;
+      __pyx_t_3 = ((__pyx_v_self->st.reflect_counts[__pyx_8genexpr2__pyx_v_i]) != 0);
+
+      if (__pyx_t_3) {
+
+        __pyx_t_4 = __Pyx_PyLong_From_int(__pyx_8genexpr2__pyx_v_i); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 626, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_4);
+        __pyx_t_5 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->st.reflect_counts[__pyx_8genexpr2__pyx_v_i])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 626, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_5);
+        if (unlikely(PyDict_SetItem(__pyx_t_1, __pyx_t_4, __pyx_t_5))) __PYX_ERR(0, 626, __pyx_L1_error)
+        __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+        __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+      }
+    }
+  } /* exit inner scope */
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = __pyx_t_1;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_1 = 0;
+  goto __pyx_L0;
+
+  /* "lguest/unicorn/_uchook.pyx":623
+ *         return {i: self.st.hcall_counts[i] for i in range(32) if self.st.hcall_counts[i]}
+ * 
+ *     def reflect_counts(self):             # <<<<<<<<<<<<<<
+ *         """{vector: traps reflected in the hook} since the start."""
+ *         cdef int i
+*/
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_XDECREF(__pyx_t_4);
+  __Pyx_XDECREF(__pyx_t_5);
+  __Pyx_AddTraceback("lguest.unicorn._uchook.NativeHooks.reflect_counts", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "lguest/unicorn/_uchook.pyx":628
+ *         return {i: self.st.reflect_counts[i] for i in range(32) if self.st.reflect_counts[i]}
  * 
  *     def stop_counts(self):             # <<<<<<<<<<<<<<
  *         cdef int i
@@ -24818,16 +26069,16 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_count
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_27stop_counts(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_33stop_counts(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_26stop_counts, "NativeHooks.stop_counts(self)");
-static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_27stop_counts = {"stop_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_27stop_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_26stop_counts};
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_27stop_counts(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_32stop_counts, "NativeHooks.stop_counts(self)");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_33stop_counts = {"stop_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_33stop_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_32stop_counts};
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_33stop_counts(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -24853,15 +26104,15 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
   if (unlikely(__pyx_kwds_len < 0)) return NULL;
   if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("stop_counts", __pyx_kwds); return NULL;}
-  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26stop_counts(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_32stop_counts(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26stop_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
-  int __pyx_8genexpr1__pyx_v_i;
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_32stop_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
+  int __pyx_8genexpr3__pyx_v_i;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   PyObject *__pyx_t_1 = NULL;
@@ -24876,35 +26127,35 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26stop_counts(
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("stop_counts", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":548
+  /* "lguest/unicorn/_uchook.pyx":630
  *     def stop_counts(self):
  *         cdef int i
  *         return {REASONS[i]: self.st.stops[i] for i in range(len(REASONS)) if self.st.stops[i]}             # <<<<<<<<<<<<<<
  * 
 */
   { /* enter inner scope */
-    __pyx_t_1 = PyDict_New(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 548, __pyx_L1_error)
+    __pyx_t_1 = PyDict_New(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 630, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_REASONS); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 548, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_REASONS); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 630, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_3 = PyObject_Length(__pyx_t_2); if (unlikely(__pyx_t_3 == ((Py_ssize_t)-1))) __PYX_ERR(0, 548, __pyx_L1_error)
+    __pyx_t_3 = PyObject_Length(__pyx_t_2); if (unlikely(__pyx_t_3 == ((Py_ssize_t)-1))) __PYX_ERR(0, 630, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __pyx_t_4 = __pyx_t_3;
 
     for (__pyx_t_5 = 0; __pyx_t_5 < __pyx_t_4; __pyx_t_5+=1) {
-      __pyx_8genexpr1__pyx_v_i = __pyx_t_5;
-      __pyx_t_6 = ((__pyx_v_self->st.stops[__pyx_8genexpr1__pyx_v_i]) != 0);
+      __pyx_8genexpr3__pyx_v_i = __pyx_t_5;
+      __pyx_t_6 = ((__pyx_v_self->st.stops[__pyx_8genexpr3__pyx_v_i]) != 0);
 
       if (__pyx_t_6) {
 
-        __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_REASONS); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 548, __pyx_L1_error)
+        __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_REASONS); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 630, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_2);
-        __pyx_t_7 = __Pyx_GetItemInt(__pyx_t_2, __pyx_8genexpr1__pyx_v_i, int, 1, __Pyx_PyLong_From_int, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 548, __pyx_L1_error)
+        __pyx_t_7 = __Pyx_GetItemInt(__pyx_t_2, __pyx_8genexpr3__pyx_v_i, int, 1, __Pyx_PyLong_From_int, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 630, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_7);
         __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-        __pyx_t_2 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->st.stops[__pyx_8genexpr1__pyx_v_i])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 548, __pyx_L1_error)
+        __pyx_t_2 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->st.stops[__pyx_8genexpr3__pyx_v_i])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 630, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_2);
-        if (unlikely(PyDict_SetItem(__pyx_t_1, __pyx_t_7, __pyx_t_2))) __PYX_ERR(0, 548, __pyx_L1_error)
+        if (unlikely(PyDict_SetItem(__pyx_t_1, __pyx_t_7, __pyx_t_2))) __PYX_ERR(0, 630, __pyx_L1_error)
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
         __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
       }
@@ -24923,8 +26174,8 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26stop_counts(
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":546
- *         return {i: self.st.direct_counts[i] for i in range(256) if self.st.direct_counts[i]}
+  /* "lguest/unicorn/_uchook.pyx":628
+ *         return {i: self.st.reflect_counts[i] for i in range(32) if self.st.reflect_counts[i]}
  * 
  *     def stop_counts(self):             # <<<<<<<<<<<<<<
  *         cdef int i
@@ -24952,16 +26203,16 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26stop_counts(
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_29__reduce_cython__(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_35__reduce_cython__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_28__reduce_cython__, "NativeHooks.__reduce_cython__(self)");
-static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_29__reduce_cython__ = {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_29__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_28__reduce_cython__};
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_29__reduce_cython__(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_34__reduce_cython__, "NativeHooks.__reduce_cython__(self)");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_35__reduce_cython__ = {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_35__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_34__reduce_cython__};
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_35__reduce_cython__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -24987,14 +26238,14 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
   if (unlikely(__pyx_kwds_len < 0)) return NULL;
   if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("__reduce_cython__", __pyx_kwds); return NULL;}
-  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_28__reduce_cython__(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_34__reduce_cython__(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_28__reduce_cython__(CYTHON_UNUSED struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_34__reduce_cython__(CYTHON_UNUSED struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   int __pyx_lineno = 0;
@@ -25034,16 +26285,16 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_28__reduce_cyt
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_31__setstate_cython__(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_37__setstate_cython__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_30__setstate_cython__, "NativeHooks.__setstate_cython__(self, __pyx_state)");
-static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_31__setstate_cython__ = {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_31__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_30__setstate_cython__};
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_31__setstate_cython__(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_36__setstate_cython__, "NativeHooks.__setstate_cython__(self, __pyx_state)");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_37__setstate_cython__ = {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_37__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_36__setstate_cython__};
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_37__setstate_cython__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -25109,7 +26360,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_30__setstate_cython__(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self), __pyx_v___pyx_state);
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_36__setstate_cython__(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self), __pyx_v___pyx_state);
 
   /* function exit code */
   for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
@@ -25119,7 +26370,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_30__setstate_cython__(CYTHON_UNUSED struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v___pyx_state) {
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_36__setstate_cython__(CYTHON_UNUSED struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v___pyx_state) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   int __pyx_lineno = 0;
@@ -25166,6 +26417,8 @@ static PyObject *__pyx_tp_new__initialisation_6lguest_7unicorn_7_uchook_NativeHo
   p->_owners = Py_None; Py_INCREF(Py_None);
   p->_hold = Py_None; Py_INCREF(Py_None);
   p->_free = Py_None; Py_INCREF(Py_None);
+  p->_hcall_handler = Py_None; Py_INCREF(Py_None);
+  p->_hcall_error = Py_None; Py_INCREF(Py_None);
   {
     int cinit_result = __pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_1__cinit__(
     #if CYTHON_VECTORCALL_TPNEW
@@ -25243,6 +26496,8 @@ static void __pyx_tp_dealloc_6lguest_7unicorn_7_uchook_NativeHooks(PyObject *o) 
   Py_CLEAR(p->_owners);
   Py_CLEAR(p->_hold);
   Py_CLEAR(p->_free);
+  Py_CLEAR(p->_hcall_handler);
+  Py_CLEAR(p->_hcall_error);
   PyTypeObject *tp = Py_TYPE(o);
   #if CYTHON_USE_TYPE_SLOTS
   (*tp->tp_free)(o);
@@ -25276,6 +26531,12 @@ static int __pyx_tp_traverse_6lguest_7unicorn_7_uchook_NativeHooks(PyObject *o, 
   if (p->_free) {
     e = (*v)(p->_free, a); if (e) return e;
   }
+  if (p->_hcall_handler) {
+    e = (*v)(p->_hcall_handler, a); if (e) return e;
+  }
+  if (p->_hcall_error) {
+    e = (*v)(p->_hcall_error, a); if (e) return e;
+  }
   return 0;
 }
 
@@ -25293,6 +26554,12 @@ static int __pyx_tp_clear_6lguest_7unicorn_7_uchook_NativeHooks(PyObject *o) {
   Py_XDECREF(tmp);
   tmp = ((PyObject*)p->_free);
   p->_free = Py_None; Py_INCREF(Py_None);
+  Py_XDECREF(tmp);
+  tmp = ((PyObject*)p->_hcall_handler);
+  p->_hcall_handler = Py_None; Py_INCREF(Py_None);
+  Py_XDECREF(tmp);
+  tmp = ((PyObject*)p->_hcall_error);
+  p->_hcall_error = Py_None; Py_INCREF(Py_None);
   Py_XDECREF(tmp);
   return 0;
 }
@@ -25369,6 +26636,42 @@ static PyObject *__pyx_getprop_6lguest_7unicorn_7_uchook_11NativeHooks_io_count(
   return __pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_8io_count_1__get__(o);
 }
 
+static PyObject *__pyx_getprop_6lguest_7unicorn_7_uchook_11NativeHooks_reflect_mask(PyObject *o, CYTHON_UNUSED void *x) {
+  return __pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_12reflect_mask_1__get__(o);
+}
+
+static int __pyx_setprop_6lguest_7unicorn_7_uchook_11NativeHooks_reflect_mask(PyObject *o, PyObject *v, CYTHON_UNUSED void *x) {
+  if (v) {
+    return __pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_12reflect_mask_3__set__(o, v);
+  }
+  else {
+    PyErr_SetString(PyExc_NotImplementedError, "__del__");
+    return -1;
+  }
+}
+
+static PyObject *__pyx_getprop_6lguest_7unicorn_7_uchook_11NativeHooks_reflect_total(PyObject *o, CYTHON_UNUSED void *x) {
+  return __pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_13reflect_total_1__get__(o);
+}
+
+static PyObject *__pyx_getprop_6lguest_7unicorn_7_uchook_11NativeHooks_hcall_mask(PyObject *o, CYTHON_UNUSED void *x) {
+  return __pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_10hcall_mask_1__get__(o);
+}
+
+static int __pyx_setprop_6lguest_7unicorn_7_uchook_11NativeHooks_hcall_mask(PyObject *o, PyObject *v, CYTHON_UNUSED void *x) {
+  if (v) {
+    return __pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_10hcall_mask_3__set__(o, v);
+  }
+  else {
+    PyErr_SetString(PyExc_NotImplementedError, "__del__");
+    return -1;
+  }
+}
+
+static PyObject *__pyx_getprop_6lguest_7unicorn_7_uchook_11NativeHooks_hcall_total(PyObject *o, CYTHON_UNUSED void *x) {
+  return __pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_11hcall_total_1__get__(o);
+}
+
 static PyMethodDef __pyx_methods_6lguest_7unicorn_7_uchook_NativeHooks[] = {
   {"install", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_5install, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_4install},
   {"uninstall", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_7uninstall, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_6uninstall},
@@ -25380,9 +26683,12 @@ static PyMethodDef __pyx_methods_6lguest_7unicorn_7_uchook_NativeHooks[] = {
   {"poke", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_19poke, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_18poke},
   {"clear_poke", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_21clear_poke, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_20clear_poke},
   {"direct_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_25direct_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_counts},
-  {"stop_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_27stop_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_26stop_counts},
-  {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_29__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_28__reduce_cython__},
-  {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_31__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_30__setstate_cython__},
+  {"set_hcall_handler", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_27set_hcall_handler, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_26set_hcall_handler},
+  {"hcall_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_29hcall_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_28hcall_counts},
+  {"reflect_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_31reflect_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_30reflect_counts},
+  {"stop_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_33stop_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_32stop_counts},
+  {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_35__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_34__reduce_cython__},
+  {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_37__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_36__setstate_cython__},
   {0, 0, 0, 0}
 };
 
@@ -25400,6 +26706,10 @@ static struct PyGetSetDef __pyx_getsets_6lguest_7unicorn_7_uchook_NativeHooks[] 
   {"blocks", __pyx_getprop_6lguest_7unicorn_7_uchook_11NativeHooks_blocks, 0, 0, 0},
   {"intr_hooks", __pyx_getprop_6lguest_7unicorn_7_uchook_11NativeHooks_intr_hooks, 0, 0, 0},
   {"io_count", __pyx_getprop_6lguest_7unicorn_7_uchook_11NativeHooks_io_count, 0, PyDoc_STR("in/out instructions emulated in the hooks."), 0},
+  {"reflect_mask", __pyx_getprop_6lguest_7unicorn_7_uchook_11NativeHooks_reflect_mask, __pyx_setprop_6lguest_7unicorn_7_uchook_11NativeHooks_reflect_mask, PyDoc_STR("Vectors 0..31 (a bitmask) the hook reflects into the guest itself\n        when handle_trap would do nothing else with them (uh_reflectable);\n        0: every non-direct trap stops the emulator."), 0},
+  {"reflect_total", __pyx_getprop_6lguest_7unicorn_7_uchook_11NativeHooks_reflect_total, 0, 0, 0},
+  {"hcall_mask", __pyx_getprop_6lguest_7unicorn_7_uchook_11NativeHooks_hcall_mask, __pyx_setprop_6lguest_7unicorn_7_uchook_11NativeHooks_hcall_mask, PyDoc_STR("Hypercall numbers (a bitmask, below 32) the hook does itself when\n        uh_hcall_here allows; 0: every hypercall stops the emulator."), 0},
+  {"hcall_total", __pyx_getprop_6lguest_7unicorn_7_uchook_11NativeHooks_hcall_total, 0, 0, 0},
   {0, 0, 0, 0, 0}
 };
 #if CYTHON_USE_TYPE_SPECS
@@ -26675,14 +27985,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks
   __pyx_vtable_6lguest_7unicorn_7_uchook_NativeHooks._check_idle = (int (*)(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *))__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check_idle;
   __pyx_vtable_6lguest_7unicorn_7_uchook_NativeHooks._unbind = (PyObject *(*)(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *))__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind;
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_6lguest_7unicorn_7_uchook_NativeHooks_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks)) __PYX_ERR(0, 174, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_6lguest_7unicorn_7_uchook_NativeHooks_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks)) __PYX_ERR(0, 194, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks = &__pyx_type_6lguest_7unicorn_7_uchook_NativeHooks;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks) < (0)) __PYX_ERR(0, 174, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks) < (0)) __PYX_ERR(0, 194, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks);
@@ -26694,7 +28004,7 @@ static int __Pyx_modinit_Exttype___pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks
   #endif
   #if CYTHON_UPDATE_DESCRIPTOR_DOC
   {
-    PyObject *wrapper = PyObject_GetAttrString((PyObject *)__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, "__init__"); if (unlikely(!wrapper)) __PYX_ERR(0, 174, __pyx_L1_error)
+    PyObject *wrapper = PyObject_GetAttrString((PyObject *)__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, "__init__"); if (unlikely(!wrapper)) __PYX_ERR(0, 194, __pyx_L1_error)
     if (Py_IS_TYPE(wrapper, &PyWrapperDescr_Type)) {
       __pyx_wrapperbase_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__ = *((PyWrapperDescrObject *)wrapper)->d_base;
       __pyx_wrapperbase_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__.doc = __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__;
@@ -26702,9 +28012,9 @@ static int __Pyx_modinit_Exttype___pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks
     }
   }
   #endif
-  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_vtabptr_6lguest_7unicorn_7_uchook_NativeHooks) < (0)) __PYX_ERR(0, 174, __pyx_L1_error)
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_NativeHooks_2, (PyObject *) __pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks) < (0)) __PYX_ERR(0, 174, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks) < (0)) __PYX_ERR(0, 174, __pyx_L1_error)
+  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_vtabptr_6lguest_7unicorn_7_uchook_NativeHooks) < (0)) __PYX_ERR(0, 194, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_NativeHooks_2, (PyObject *) __pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks) < (0)) __PYX_ERR(0, 194, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks) < (0)) __PYX_ERR(0, 194, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -27719,462 +29029,523 @@ __Pyx_RefNannySetupContext("PyInit__uchook", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_np, __pyx_t_4) < (0)) __PYX_ERR(0, 44, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":124
+  /* "lguest/unicorn/_uchook.pyx":132
  * 
  * # Why the emulator stopped (NativeHooks.reason): the C enum's values, by name.
  * REASON_NONE = UH_NONE             # <<<<<<<<<<<<<<
  * REASON_TRAP = UH_TRAP
  * REASON_SOFT_GP = UH_SOFT_GP
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_NONE); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 124, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_NONE); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 132, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_NONE, __pyx_t_4) < (0)) __PYX_ERR(0, 124, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_NONE, __pyx_t_4) < (0)) __PYX_ERR(0, 132, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":125
+  /* "lguest/unicorn/_uchook.pyx":133
  * # Why the emulator stopped (NativeHooks.reason): the C enum's values, by name.
  * REASON_NONE = UH_NONE
  * REASON_TRAP = UH_TRAP             # <<<<<<<<<<<<<<
  * REASON_SOFT_GP = UH_SOFT_GP
  * REASON_DIRECT = UH_DIRECT
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_TRAP); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 125, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_TRAP); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 133, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_TRAP, __pyx_t_4) < (0)) __PYX_ERR(0, 125, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_TRAP, __pyx_t_4) < (0)) __PYX_ERR(0, 133, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":126
+  /* "lguest/unicorn/_uchook.pyx":134
  * REASON_NONE = UH_NONE
  * REASON_TRAP = UH_TRAP
  * REASON_SOFT_GP = UH_SOFT_GP             # <<<<<<<<<<<<<<
  * REASON_DIRECT = UH_DIRECT
  * REASON_SWITCHER = UH_SWITCHER
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_SOFT_GP); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 126, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_SOFT_GP); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 134, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_SOFT_GP, __pyx_t_4) < (0)) __PYX_ERR(0, 126, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_SOFT_GP, __pyx_t_4) < (0)) __PYX_ERR(0, 134, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":127
+  /* "lguest/unicorn/_uchook.pyx":135
  * REASON_TRAP = UH_TRAP
  * REASON_SOFT_GP = UH_SOFT_GP
  * REASON_DIRECT = UH_DIRECT             # <<<<<<<<<<<<<<
  * REASON_SWITCHER = UH_SWITCHER
  * REASON_BADSEG = UH_BADSEG
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_DIRECT); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 127, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_DIRECT); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 135, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_DIRECT, __pyx_t_4) < (0)) __PYX_ERR(0, 127, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_DIRECT, __pyx_t_4) < (0)) __PYX_ERR(0, 135, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":128
+  /* "lguest/unicorn/_uchook.pyx":136
  * REASON_SOFT_GP = UH_SOFT_GP
  * REASON_DIRECT = UH_DIRECT
  * REASON_SWITCHER = UH_SWITCHER             # <<<<<<<<<<<<<<
  * REASON_BADSEG = UH_BADSEG
  * REASON_INVALID = UH_INVALID
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_SWITCHER); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 128, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_SWITCHER); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 136, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_SWITCHER, __pyx_t_4) < (0)) __PYX_ERR(0, 128, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_SWITCHER, __pyx_t_4) < (0)) __PYX_ERR(0, 136, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":129
+  /* "lguest/unicorn/_uchook.pyx":137
  * REASON_DIRECT = UH_DIRECT
  * REASON_SWITCHER = UH_SWITCHER
  * REASON_BADSEG = UH_BADSEG             # <<<<<<<<<<<<<<
  * REASON_INVALID = UH_INVALID
  * REASON_TIMER = UH_TIMER
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_BADSEG); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 129, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_BADSEG); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 137, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_BADSEG, __pyx_t_4) < (0)) __PYX_ERR(0, 129, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_BADSEG, __pyx_t_4) < (0)) __PYX_ERR(0, 137, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":130
+  /* "lguest/unicorn/_uchook.pyx":138
  * REASON_SWITCHER = UH_SWITCHER
  * REASON_BADSEG = UH_BADSEG
  * REASON_INVALID = UH_INVALID             # <<<<<<<<<<<<<<
  * REASON_TIMER = UH_TIMER
  * REASON_IRQ = UH_IRQ
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_INVALID); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 130, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_INVALID); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 138, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_INVALID, __pyx_t_4) < (0)) __PYX_ERR(0, 130, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_INVALID, __pyx_t_4) < (0)) __PYX_ERR(0, 138, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":131
+  /* "lguest/unicorn/_uchook.pyx":139
  * REASON_BADSEG = UH_BADSEG
  * REASON_INVALID = UH_INVALID
  * REASON_TIMER = UH_TIMER             # <<<<<<<<<<<<<<
  * REASON_IRQ = UH_IRQ
  * REASON_BREAK = UH_BREAK
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_TIMER); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 131, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_TIMER); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 139, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_TIMER, __pyx_t_4) < (0)) __PYX_ERR(0, 131, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_TIMER, __pyx_t_4) < (0)) __PYX_ERR(0, 139, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":132
+  /* "lguest/unicorn/_uchook.pyx":140
  * REASON_INVALID = UH_INVALID
  * REASON_TIMER = UH_TIMER
  * REASON_IRQ = UH_IRQ             # <<<<<<<<<<<<<<
  * REASON_BREAK = UH_BREAK
  * REASON_DEADLINE = UH_DEADLINE
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_IRQ); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 132, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_IRQ); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 140, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_IRQ, __pyx_t_4) < (0)) __PYX_ERR(0, 132, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_IRQ, __pyx_t_4) < (0)) __PYX_ERR(0, 140, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":133
+  /* "lguest/unicorn/_uchook.pyx":141
  * REASON_TIMER = UH_TIMER
  * REASON_IRQ = UH_IRQ
  * REASON_BREAK = UH_BREAK             # <<<<<<<<<<<<<<
  * REASON_DEADLINE = UH_DEADLINE
  * REASON_MEM = UH_MEM
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_BREAK); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 133, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_BREAK); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 141, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_BREAK, __pyx_t_4) < (0)) __PYX_ERR(0, 133, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_BREAK, __pyx_t_4) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":134
+  /* "lguest/unicorn/_uchook.pyx":142
  * REASON_IRQ = UH_IRQ
  * REASON_BREAK = UH_BREAK
  * REASON_DEADLINE = UH_DEADLINE             # <<<<<<<<<<<<<<
  * REASON_MEM = UH_MEM
  * REASON_DEAD = UH_DEAD
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_DEADLINE); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 134, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_DEADLINE); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 142, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_DEADLINE, __pyx_t_4) < (0)) __PYX_ERR(0, 134, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_DEADLINE, __pyx_t_4) < (0)) __PYX_ERR(0, 142, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":135
+  /* "lguest/unicorn/_uchook.pyx":143
  * REASON_BREAK = UH_BREAK
  * REASON_DEADLINE = UH_DEADLINE
  * REASON_MEM = UH_MEM             # <<<<<<<<<<<<<<
  * REASON_DEAD = UH_DEAD
  * REASON_RING0 = UH_RING0
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_MEM); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 135, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_MEM); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 143, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_MEM, __pyx_t_4) < (0)) __PYX_ERR(0, 135, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_MEM, __pyx_t_4) < (0)) __PYX_ERR(0, 143, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":136
+  /* "lguest/unicorn/_uchook.pyx":144
  * REASON_DEADLINE = UH_DEADLINE
  * REASON_MEM = UH_MEM
  * REASON_DEAD = UH_DEAD             # <<<<<<<<<<<<<<
  * REASON_RING0 = UH_RING0
  * REASON_VM86 = UH_VM86
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_DEAD); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 136, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_DEAD); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 144, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_DEAD, __pyx_t_4) < (0)) __PYX_ERR(0, 136, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_DEAD, __pyx_t_4) < (0)) __PYX_ERR(0, 144, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":137
+  /* "lguest/unicorn/_uchook.pyx":145
  * REASON_MEM = UH_MEM
  * REASON_DEAD = UH_DEAD
  * REASON_RING0 = UH_RING0             # <<<<<<<<<<<<<<
  * REASON_VM86 = UH_VM86
  * REASON_FLUSH = UH_FLUSH
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_RING0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 137, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_RING0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 145, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_RING0, __pyx_t_4) < (0)) __PYX_ERR(0, 137, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_RING0, __pyx_t_4) < (0)) __PYX_ERR(0, 145, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":138
+  /* "lguest/unicorn/_uchook.pyx":146
  * REASON_DEAD = UH_DEAD
  * REASON_RING0 = UH_RING0
  * REASON_VM86 = UH_VM86             # <<<<<<<<<<<<<<
  * REASON_FLUSH = UH_FLUSH
- * REASONS = {
+ * REASON_HCALL = UH_HCALL
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_VM86); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 138, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_VM86); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 146, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_VM86, __pyx_t_4) < (0)) __PYX_ERR(0, 138, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_VM86, __pyx_t_4) < (0)) __PYX_ERR(0, 146, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":139
+  /* "lguest/unicorn/_uchook.pyx":147
  * REASON_RING0 = UH_RING0
  * REASON_VM86 = UH_VM86
  * REASON_FLUSH = UH_FLUSH             # <<<<<<<<<<<<<<
+ * REASON_HCALL = UH_HCALL
+ * REASONS = {
+*/
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_FLUSH); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 147, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_FLUSH, __pyx_t_4) < (0)) __PYX_ERR(0, 147, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+
+  /* "lguest/unicorn/_uchook.pyx":148
+ * REASON_VM86 = UH_VM86
+ * REASON_FLUSH = UH_FLUSH
+ * REASON_HCALL = UH_HCALL             # <<<<<<<<<<<<<<
  * REASONS = {
  *     UH_NONE: "none", UH_TRAP: "trap", UH_SOFT_GP: "soft_gp", UH_DIRECT: "direct", UH_SWITCHER: "switcher",
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_FLUSH); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 139, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_HCALL); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 148, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_FLUSH, __pyx_t_4) < (0)) __PYX_ERR(0, 139, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_HCALL, __pyx_t_4) < (0)) __PYX_ERR(0, 148, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":141
- * REASON_FLUSH = UH_FLUSH
+  /* "lguest/unicorn/_uchook.pyx":150
+ * REASON_HCALL = UH_HCALL
  * REASONS = {
  *     UH_NONE: "none", UH_TRAP: "trap", UH_SOFT_GP: "soft_gp", UH_DIRECT: "direct", UH_SWITCHER: "switcher",             # <<<<<<<<<<<<<<
  *     UH_BADSEG: "badseg", UH_INVALID: "invalid", UH_TIMER: "timer", UH_IRQ: "irq", UH_BREAK: "break",
  *     UH_DEADLINE: "deadline", UH_MEM: "mem", UH_DEAD: "dead", UH_RING0: "ring0", UH_VM86: "vm86",
 */
-  __pyx_t_4 = __Pyx_PyDict_NewPresized(16); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 141, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyDict_NewPresized(17); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 150, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_NONE); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 141, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_NONE); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 150, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_none) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_none) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_TRAP); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 141, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_TRAP); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 150, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_trap) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_trap) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_SOFT_GP); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 141, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_SOFT_GP); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 150, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_soft_gp) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_soft_gp) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_DIRECT); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 141, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_DIRECT); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 150, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_direct) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_direct) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_SWITCHER); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 141, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_SWITCHER); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 150, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_switcher) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_switcher) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":142
+  /* "lguest/unicorn/_uchook.pyx":151
  * REASONS = {
  *     UH_NONE: "none", UH_TRAP: "trap", UH_SOFT_GP: "soft_gp", UH_DIRECT: "direct", UH_SWITCHER: "switcher",
  *     UH_BADSEG: "badseg", UH_INVALID: "invalid", UH_TIMER: "timer", UH_IRQ: "irq", UH_BREAK: "break",             # <<<<<<<<<<<<<<
  *     UH_DEADLINE: "deadline", UH_MEM: "mem", UH_DEAD: "dead", UH_RING0: "ring0", UH_VM86: "vm86",
- *     UH_FLUSH: "flush",
+ *     UH_FLUSH: "flush", UH_HCALL: "hcall",
 */
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_BADSEG); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 142, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_BADSEG); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 151, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_badseg) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_badseg) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_INVALID); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 142, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_INVALID); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 151, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_invalid) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_invalid) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_TIMER); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 142, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_TIMER); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 151, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_timer) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_timer) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_IRQ); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 142, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_IRQ); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 151, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_irq) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_irq) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_BREAK); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 142, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_BREAK); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 151, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_break) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_break) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":143
+  /* "lguest/unicorn/_uchook.pyx":152
  *     UH_NONE: "none", UH_TRAP: "trap", UH_SOFT_GP: "soft_gp", UH_DIRECT: "direct", UH_SWITCHER: "switcher",
  *     UH_BADSEG: "badseg", UH_INVALID: "invalid", UH_TIMER: "timer", UH_IRQ: "irq", UH_BREAK: "break",
  *     UH_DEADLINE: "deadline", UH_MEM: "mem", UH_DEAD: "dead", UH_RING0: "ring0", UH_VM86: "vm86",             # <<<<<<<<<<<<<<
- *     UH_FLUSH: "flush",
+ *     UH_FLUSH: "flush", UH_HCALL: "hcall",
  * }
 */
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_DEADLINE); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 143, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_DEADLINE); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 152, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_deadline) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_deadline) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_MEM); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 143, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_MEM); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 152, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_mem) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_mem) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_DEAD); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 143, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_DEAD); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 152, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_dead) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_dead) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_RING0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 143, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_RING0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 152, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_ring0) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_ring0) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_VM86); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 143, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_VM86); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 152, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_vm86) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_vm86) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":144
+  /* "lguest/unicorn/_uchook.pyx":153
  *     UH_BADSEG: "badseg", UH_INVALID: "invalid", UH_TIMER: "timer", UH_IRQ: "irq", UH_BREAK: "break",
  *     UH_DEADLINE: "deadline", UH_MEM: "mem", UH_DEAD: "dead", UH_RING0: "ring0", UH_VM86: "vm86",
- *     UH_FLUSH: "flush",             # <<<<<<<<<<<<<<
+ *     UH_FLUSH: "flush", UH_HCALL: "hcall",             # <<<<<<<<<<<<<<
  * }
  * 
 */
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_FLUSH); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 144, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_FLUSH); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 153, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_flush) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_flush) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASONS, __pyx_t_4) < (0)) __PYX_ERR(0, 140, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_HCALL); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 153, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_5);
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_hcall) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASONS, __pyx_t_4) < (0)) __PYX_ERR(0, 149, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":304
+  /* "lguest/unicorn/_uchook.pyx":328
  *         return 0
  * 
  *     def install(self):             # <<<<<<<<<<<<<<
  *         """Register the native hooks with Unicorn (once)."""
  *         cdef int types[4]
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_5install, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_install, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[0])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 304, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_5install, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_install, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[0])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 328, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_install, __pyx_t_4) < (0)) __PYX_ERR(0, 304, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_install, __pyx_t_4) < (0)) __PYX_ERR(0, 328, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":335
+  /* "lguest/unicorn/_uchook.pyx":359
  *         self.nhooks += 1
  * 
  *     def uninstall(self):             # <<<<<<<<<<<<<<
  *         cdef int i
  *         self._check_idle()
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_7uninstall, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_uninstall, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 335, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_7uninstall, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_uninstall, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 359, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_uninstall, __pyx_t_4) < (0)) __PYX_ERR(0, 335, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_uninstall, __pyx_t_4) < (0)) __PYX_ERR(0, 359, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":342
+  /* "lguest/unicorn/_uchook.pyx":366
  *         self.nhooks = 0
  * 
  *     def close(self):             # <<<<<<<<<<<<<<
  *         """Remove the hooks, free the contexts and drop every pointer (call
  *         before closing Unicorn).  Idempotent; RuntimeError during a run."""
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_9close, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_close, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 342, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_9close, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_close, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 366, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_close, __pyx_t_4) < (0)) __PYX_ERR(0, 342, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_close, __pyx_t_4) < (0)) __PYX_ERR(0, 366, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":381
+  /* "lguest/unicorn/_uchook.pyx":405
  *             hold.__exit__(None, None, None)
  * 
  *     def bind(self, cpu, regs_array, host_idt, guest_idt, memory, api_capsule):             # <<<<<<<<<<<<<<
  *         """Point the hooks at a cpu: its registers (``cpu.regs.array``), the
  *         host IDT and the guest's (``cpu.idt``), its live GuestMemory (held
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_11bind, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_bind, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[3])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 381, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_11bind, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_bind, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[3])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 405, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_bind, __pyx_t_4) < (0)) __PYX_ERR(0, 381, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_bind, __pyx_t_4) < (0)) __PYX_ERR(0, 405, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":428
+  /* "lguest/unicorn/_uchook.pyx":452
  *             self.st.pending = &self.st.attention
  * 
  *     def set_guest_data(self, lguest_data, uint32_t noirq_start, uint32_t noirq_end):             # <<<<<<<<<<<<<<
  *         """Where lguest_data is (None: not yet), and the guest's noirq window."""
  *         self._check()
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_13set_guest_data, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_set_guest_data, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[4])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 428, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_13set_guest_data, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_set_guest_data, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[4])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 452, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_set_guest_data, __pyx_t_4) < (0)) __PYX_ERR(0, 428, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_set_guest_data, __pyx_t_4) < (0)) __PYX_ERR(0, 452, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":440
+  /* "lguest/unicorn/_uchook.pyx":464
  *         self.st.noirq_end = noirq_end
  * 
  *     def run(self, uint64_t budget_blocks=0, int64_t deadline_ns=0):             # <<<<<<<<<<<<<<
  *         """Enter the guest and run it until a hook stops it; the GIL is
  *         released meanwhile.  ``budget_blocks``: stop after that many guest
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_15run, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_run, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[5])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 440, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_15run, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_run, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[5])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 464, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[7]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_run, __pyx_t_4) < (0)) __PYX_ERR(0, 440, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_run, __pyx_t_4) < (0)) __PYX_ERR(0, 464, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":465
+  /* "lguest/unicorn/_uchook.pyx":492
  *         return bool(self.busy)
  * 
  *     def request_stop(self):             # <<<<<<<<<<<<<<
  *         """Stop the running guest at its next block (thread-safe)."""
  *         uh_store_int(&self.st.stop_flag, 1)
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_17request_stop, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_request_stop, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[6])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 465, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_17request_stop, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_request_stop, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[6])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 492, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_request_stop, __pyx_t_4) < (0)) __PYX_ERR(0, 465, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_request_stop, __pyx_t_4) < (0)) __PYX_ERR(0, 492, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":469
+  /* "lguest/unicorn/_uchook.pyx":496
  *         uh_store_int(&self.st.stop_flag, 1)
  * 
  *     def poke(self):             # <<<<<<<<<<<<<<
  *         """Make the running guest stop soon to look at pending irqs (the
  *         pure-Python core, whose pending bits C cannot see)."""
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_19poke, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_poke, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[7])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 469, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_19poke, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_poke, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[7])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 496, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_poke, __pyx_t_4) < (0)) __PYX_ERR(0, 469, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_poke, __pyx_t_4) < (0)) __PYX_ERR(0, 496, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":474
+  /* "lguest/unicorn/_uchook.pyx":501
  *         uh_store_u32(&self.st.attention, 1)
  * 
  *     def clear_poke(self):             # <<<<<<<<<<<<<<
  *         uh_store_u32(&self.st.attention, 0)
  * 
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_21clear_poke, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_clear_poke, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[8])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 474, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_21clear_poke, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_clear_poke, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[8])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 501, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_clear_poke, __pyx_t_4) < (0)) __PYX_ERR(0, 474, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_clear_poke, __pyx_t_4) < (0)) __PYX_ERR(0, 501, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":541
+  /* "lguest/unicorn/_uchook.pyx":568
  *         return self.st.io_count
  * 
  *     def direct_counts(self):             # <<<<<<<<<<<<<<
  *         """{vector: deliveries} of the native direct path."""
  *         cdef int i
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_25direct_counts, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_direct_counts, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[9])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 541, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_25direct_counts, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_direct_counts, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[9])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 568, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_direct_counts, __pyx_t_4) < (0)) __PYX_ERR(0, 541, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_direct_counts, __pyx_t_4) < (0)) __PYX_ERR(0, 568, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":546
- *         return {i: self.st.direct_counts[i] for i in range(256) if self.st.direct_counts[i]}
+  /* "lguest/unicorn/_uchook.pyx":600
+ *         self.st.hcall_mask = value
+ * 
+ *     def set_hcall_handler(self, handler):             # <<<<<<<<<<<<<<
+ *         """``handler(num, arg1) -> int``: does hypercall ``num`` from inside
+ *         the hook (with the GIL) and returns the new block budget (0: none)
+*/
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_27set_hcall_handler, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_set_hcall_handler, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[10])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 600, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
+  #endif
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_set_hcall_handler, __pyx_t_4) < (0)) __PYX_ERR(0, 600, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+
+  /* "lguest/unicorn/_uchook.pyx":618
+ *         return self.st.hcall_total
+ * 
+ *     def hcall_counts(self):             # <<<<<<<<<<<<<<
+ *         """{number: hypercalls done in the hook} since the start."""
+ *         cdef int i
+*/
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_29hcall_counts, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_hcall_counts, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[11])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 618, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
+  #endif
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_hcall_counts, __pyx_t_4) < (0)) __PYX_ERR(0, 618, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+
+  /* "lguest/unicorn/_uchook.pyx":623
+ *         return {i: self.st.hcall_counts[i] for i in range(32) if self.st.hcall_counts[i]}
+ * 
+ *     def reflect_counts(self):             # <<<<<<<<<<<<<<
+ *         """{vector: traps reflected in the hook} since the start."""
+ *         cdef int i
+*/
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_31reflect_counts, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_reflect_counts, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[12])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 623, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
+  #endif
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_reflect_counts, __pyx_t_4) < (0)) __PYX_ERR(0, 623, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+
+  /* "lguest/unicorn/_uchook.pyx":628
+ *         return {i: self.st.reflect_counts[i] for i in range(32) if self.st.reflect_counts[i]}
  * 
  *     def stop_counts(self):             # <<<<<<<<<<<<<<
  *         cdef int i
  *         return {REASONS[i]: self.st.stops[i] for i in range(len(REASONS)) if self.st.stops[i]}
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_27stop_counts, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_stop_counts, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[10])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 546, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_33stop_counts, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_stop_counts, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[13])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 628, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_stop_counts, __pyx_t_4) < (0)) __PYX_ERR(0, 546, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_stop_counts, __pyx_t_4) < (0)) __PYX_ERR(0, 628, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
   /* "(tree fragment)":1
@@ -28182,7 +29553,7 @@ __Pyx_RefNannySetupContext("PyInit__uchook", 0);
  *     raise TypeError, "no default __reduce__ due to non-trivial __cinit__"
  * def __setstate_cython__(self, __pyx_state):
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_29__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[11])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 1, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_35__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[14])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 1, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
@@ -28196,7 +29567,7 @@ __Pyx_RefNannySetupContext("PyInit__uchook", 0);
  * def __setstate_cython__(self, __pyx_state):             # <<<<<<<<<<<<<<
  *     raise TypeError, "no default __reduce__ due to non-trivial __cinit__"
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_31__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[12])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 3, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_37__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[15])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
@@ -28319,7 +29690,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   if (__Pyx_PyTuple_SET_ITEM(__pyx_mstate_global->__pyx_tuple[1], 0, __pyx_mstate_global->__pyx_slice[0]) != (0)) __PYX_ERR(1, 763, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[1]);
 
-  /* "lguest/unicorn/_uchook.pyx":163
+  /* "lguest/unicorn/_uchook.pyx":172
  *     """Every libunicorn entry point NativeHooks calls, and every engine field
  *     it writes, must have an address (0 would be called or written)."""
  *     for name in ("uc_hook_add", "uc_hook_del", "uc_emu_start", "uc_emu_stop", "uc_reg_read", "uc_reg_write",             # <<<<<<<<<<<<<<
@@ -28328,12 +29699,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[9] = {__pyx_mstate_global->__pyx_n_u_uc_hook_add, __pyx_mstate_global->__pyx_n_u_uc_hook_del, __pyx_mstate_global->__pyx_n_u_uc_emu_start, __pyx_mstate_global->__pyx_n_u_uc_emu_stop, __pyx_mstate_global->__pyx_n_u_uc_reg_read, __pyx_mstate_global->__pyx_n_u_uc_reg_write, __pyx_mstate_global->__pyx_n_u_uc_context_save, __pyx_mstate_global->__pyx_n_u_uc_context_restore, __pyx_mstate_global->__pyx_n_u_uc_ctl};
-    __pyx_mstate_global->__pyx_tuple[2] = __Pyx_PyTuple_FromArray(__pyx_temp, 9); if (unlikely(!__pyx_mstate_global->__pyx_tuple[2])) __PYX_ERR(0, 163, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[2] = __Pyx_PyTuple_FromArray(__pyx_temp, 9); if (unlikely(!__pyx_mstate_global->__pyx_tuple[2])) __PYX_ERR(0, 172, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[2]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[2]);
 
-  /* "lguest/unicorn/_uchook.pyx":167
+  /* "lguest/unicorn/_uchook.pyx":176
  *         if not funcs[name]:
  *             raise ValueError(f"no address for {name}")
  *     for name in ("tb_cflags", "code_gen_ptr", "code_gen_highwater"):             # <<<<<<<<<<<<<<
@@ -28342,12 +29713,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[3] = {__pyx_mstate_global->__pyx_n_u_tb_cflags, __pyx_mstate_global->__pyx_n_u_code_gen_ptr, __pyx_mstate_global->__pyx_n_u_code_gen_highwater};
-    __pyx_mstate_global->__pyx_tuple[3] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[3])) __PYX_ERR(0, 167, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[3] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[3])) __PYX_ERR(0, 176, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[3]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[3]);
 
-  /* "lguest/unicorn/_uchook.pyx":379
+  /* "lguest/unicorn/_uchook.pyx":403
  *         hold, self._hold = self._hold, None
  *         if hold is not None:
  *             hold.__exit__(None, None, None)             # <<<<<<<<<<<<<<
@@ -28356,12 +29727,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[3] = {Py_None, Py_None, Py_None};
-    __pyx_mstate_global->__pyx_tuple[4] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[4])) __PYX_ERR(0, 379, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[4] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[4])) __PYX_ERR(0, 403, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[4]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[4]);
 
-  /* "lguest/unicorn/_uchook.pyx":392
+  /* "lguest/unicorn/_uchook.pyx":416
  *         from ..memory import GuestMemory
  *         self._check_idle()
  *         arrays = {"regs": (regs_array, (NUM_REGS,)), "host IDT": (host_idt, (256, 2)), "guest IDT": (guest_idt, (256, 2))}             # <<<<<<<<<<<<<<
@@ -28370,12 +29741,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {__pyx_mstate_global->__pyx_int_256, __pyx_mstate_global->__pyx_int_2};
-    __pyx_mstate_global->__pyx_tuple[5] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[5])) __PYX_ERR(0, 392, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[5] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[5])) __PYX_ERR(0, 416, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[5]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[5]);
 
-  /* "lguest/unicorn/_uchook.pyx":478
+  /* "lguest/unicorn/_uchook.pyx":505
  * 
  *     def __repr__(self):
  *         state = ("uninitialised", "ready", "closed")[self.state]             # <<<<<<<<<<<<<<
@@ -28384,12 +29755,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[3] = {__pyx_mstate_global->__pyx_n_u_uninitialised, __pyx_mstate_global->__pyx_n_u_ready, __pyx_mstate_global->__pyx_n_u_closed};
-    __pyx_mstate_global->__pyx_tuple[6] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[6])) __PYX_ERR(0, 478, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[6] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[6])) __PYX_ERR(0, 505, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[6]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[6]);
 
-  /* "lguest/unicorn/_uchook.pyx":440
+  /* "lguest/unicorn/_uchook.pyx":464
  *         self.st.noirq_end = noirq_end
  * 
  *     def run(self, uint64_t budget_blocks=0, int64_t deadline_ns=0):             # <<<<<<<<<<<<<<
@@ -28398,7 +29769,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {__pyx_mstate_global->__pyx_int_0, __pyx_mstate_global->__pyx_int_0};
-    __pyx_mstate_global->__pyx_tuple[7] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[7])) __PYX_ERR(0, 440, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[7] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[7])) __PYX_ERR(0, 464, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[7]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[7]);
@@ -28462,38 +29833,38 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
-    const struct { const unsigned int length: 8; } str_length_index[] = {{6},{8},{8},{8},{29},{39},{8},{15},{2},{1},{2},{15},{13},{23},{25},{32},{20},{22},{1},{1},{37},{45},{22},{33},{34},{29},{34},{21},{30},{30},{41},{4},{179},{8},{15},{7},{6},{2},{9},{8},{9},{49},{13},{26},{33},{15},{50},{37},{14},{46},{49},{4},{44},{26},{30},{31},{30},{37},{5},{8},{11},{11},{29},{31},{16},{22},{17},{25},{19},{16},{24},{15},{26},{23},{21},{7},{13},{12},{11},{15},{13},{12},{14},{10},{10},{11},{12},{14},{15},{12},{11},{11},{8},{15},{20},{12},{9},{17},{8},{9},{8},{8},{12},{10},{8},{10},{8},{7},{14},{11},{10},{19},{14},{12},{10},{17},{13},{12},{12},{19},{8},{13},{3},{7},{15},{3},{11},{3},{5},{6},{18},{6},{4},{4},{5},{13},{1},{12},{3},{10},{18},{5},{6},{18},{12},{5},{3},{9},{15},{6},{4},{4},{8},{11},{6},{13},{5},{15},{6},{3},{6},{9},{3},{5},{10},{16},{5},{5},{6},{7},{5},{10},{9},{2},{6},{4},{7},{8},{7},{2},{1},{2},{3},{5},{7},{8},{7},{9},{7},{3},{5},{8},{6},{22},{11},{3},{6},{7},{4},{4},{7},{4},{9},{11},{4},{2},{5},{3},{13},{4},{4},{3},{2},{5},{7},{7},{8},{4},{10},{12},{5},{3},{2},{10},{4},{4},{14},{10},{5},{4},{7},{5},{4},{4},{11},{6},{8},{13},{11},{9},{8},{12},{5},{4},{5},{18},{15},{6},{12},{11},{7},{9},{11},{11},{8},{11},{12},{6},{13},{9},{6},{8},{6},{6},{4},{9},{1}};
-    const struct { const unsigned int length: 10; } bytes_length_index[] = {{1},{9},{17},{96},{52},{53},{17},{208},{45},{19},{388},{531},{128}};
+    const struct { const unsigned int length: 8; } str_length_index[] = {{6},{8},{8},{8},{29},{39},{8},{15},{2},{1},{2},{15},{13},{23},{25},{32},{20},{22},{1},{1},{37},{45},{22},{33},{34},{29},{34},{21},{30},{30},{41},{4},{179},{8},{15},{7},{6},{2},{9},{8},{9},{49},{13},{26},{33},{15},{50},{37},{14},{46},{49},{4},{44},{26},{30},{31},{30},{37},{5},{8},{11},{11},{29},{31},{16},{22},{17},{25},{24},{19},{16},{26},{24},{15},{26},{29},{23},{21},{7},{13},{12},{11},{15},{13},{12},{12},{14},{10},{10},{11},{12},{14},{15},{12},{11},{11},{8},{15},{20},{12},{9},{17},{8},{9},{8},{8},{12},{10},{8},{10},{8},{7},{14},{11},{10},{19},{14},{12},{10},{17},{13},{12},{12},{19},{8},{13},{3},{7},{15},{3},{11},{3},{5},{6},{18},{6},{4},{4},{5},{13},{1},{12},{3},{10},{18},{5},{6},{18},{12},{5},{3},{9},{15},{6},{4},{4},{8},{11},{6},{13},{5},{15},{1},{6},{3},{6},{9},{3},{5},{10},{16},{5},{5},{6},{7},{5},{10},{9},{2},{7},{5},{12},{6},{4},{7},{8},{7},{2},{1},{2},{3},{5},{7},{8},{7},{9},{7},{3},{5},{8},{6},{22},{11},{3},{6},{7},{4},{4},{7},{4},{9},{11},{4},{2},{5},{3},{13},{4},{4},{3},{2},{5},{14},{7},{7},{8},{4},{10},{12},{5},{3},{2},{10},{4},{4},{14},{17},{10},{5},{4},{7},{5},{4},{4},{11},{6},{8},{13},{11},{9},{8},{12},{5},{4},{5},{18},{15},{6},{12},{11},{7},{9},{11},{11},{8},{11},{12},{6},{13},{9},{6},{8},{6},{6},{4},{9},{1}};
+    const struct { const unsigned int length: 10; } bytes_length_index[] = {{1},{9},{17},{96},{52},{53},{17},{208},{45},{45},{45},{19},{388},{66},{531},{158}};
     #ifndef CYTHON_COMPRESS_STRINGS
       #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (2573 bytes) */
-static const char cstring[] = "x\332\205WKs\333F\022\216\"\047k;r\305\362#[\265[\233\202JY\313\332\330Ld+\216\342x\235\345J\264\314\304\226M\211\262\022\307)d\010\014IX \000b\000\212J\355#G\036q\304\021G\034y\324\221G\035q\3241?!?a\277\236\001H\312v\262*\t\3233\323\335\323\363\365k\244\261@\373\264\2575l\327\330\027\3675\356\004\276\305\205\326v\335}qC\323:\241\010\264\006\327\230\346\204\035\357P\013-\047\270}Kc\276\317\016\2476\017|+`\r\233k\3537\r\327\t\254V\350\206\242`v\033/\271\021\334\277\036\370\234kM\237\265:8e\371\206V\272\253\335{\314;\256\177\370\314\342\007\232\333\324\356m\261\300\352\361\207t\270voJ\023sL\315\264|R\363\352\262\345\024\033\002\246\233\334\234b\326\\\377w\367O\257\2159\357\177\265\316\034\307\r4&\204\325r\264\300\325|\316\314\233\256c\343\322\322\342\036,\256:=f[\246\326qM~C\343}\017\262P\265d,\321\271KM\327\017|\346,\335\320ZPU0\2136\3638\216\322X\337\022\332\364}\231\017$m:\350\020\373\"`\266\315\315W\031\310\252\206\033\302Z\030\3054\303\013\337\304\361Fq\0347Qo\005\026\314\021\257q\030\266\373\372\242R\371[\"~\3508\226\323\2025\255\220\213`z\327\341\334$/!\254Z\226\303%\3120\032\016\344\375`\313u\370\226\033p-h#\006\327\017\203\266\353\220>\223\333V\203\373,\340@\233\374\003T}br\264\247\225\2477W\327V\245\036\237ST\tM\204\r\303\206\243\020\264\210\240Fh\331\001\320\r\016=.JZ\265\251\035\272\241\264\203\000\363\3007-\020\264\271\243\t\036\020\241-I\237\303z\327\321!\216+-\345a\202\373\220\364\003f\013^b\246\251\203\217\033.\0006\210[\224X\3030-A\t\300\035\372\266\014\t\205V\335\250\267]5\0028\271e\332r\253\244\033.9K\202\245\225\237V\265\216%:,0\332\332u\202;h\2233\274pI,\347\002*\356\324\344\223\320\261 \357|\242\207\006ej\311;\354\253\375\251\234\264I\363&\261\253$s\0200\246\351s@\200\320\204S\201t\223\205v\240\351\272\317\315\320\340\272\256\231\241\274\252\343:7\201|\017\036\307\256A\316\327u\231\021\332o\331o0O\2046\367yK\267\314\302\365\230\t]\025\013\362\231\024\305v06\223\200\227\327\324\334\003\047h\350\035\326\327\021\275\216\030s\254\224J\237\255\334""\222\342\330o\205\31475\317\025\026\035L\322\364\267s`\0019DI#l61\230.WQ\333vmSr\330\014q\020\204\206Np\351\300Ak2\013\336\270\253q\337\007\032S;\327\253[\313\277\263\373d\267\376\332\266\364\254\314H\033u\024\221\233\027H\223\005\254\364\206]U\004\350J\252\376\210Ryg\275Z\255\330\266\345\tKL9m*\233\246\310\322\330c\206L\033]?\275\211\220F\001\010\336\274\335@\235\233\236\0336g\276\356\271\373\374\364*\n\301\364\202J\005\270=t\202S\266\344\305fz\351Ue>\357J\317\213\300\365N\255\207\316\364\024f\353*D\010\270S;\020|\303\321H\003u\370v\245\274\363dkG\r\372?\313\033;\225\315b\202\361\233\234\336\250\2247\246\310G\325\255J1\255nW\326\353\371\344\301\243\335\235\2079]\335zV~T-\244\252\333\265\234z\\y\234S[O\306Z\266\253[\233\237\346\364\316\223\007u}\363i1\333\253\326\327\037V\266\363i\275\372xBo\227\013\256g\217\327\356\354\020V\216\301\251\047\226&\355Q\327\237\036\366\361\267\201r\250o\241|n\363\246\256\347%\013\231\213,\245\2426!Z<\260\002\336\241\005\223d\360\203\266\313}I\364-\271\320\014\035\203\306V\021/\370\261:\036\032\027Q\035f9rtM$6Q\016\353\250\221\354\321uT\035\035i\207\207C\330Q\263\\\013\221T\201\025\025:\236e\354CC\305)\370z\362\265@:\272!\263\013\265E\025z-\272\307\013\274O\023\212\223BFL\231\376Z\330\353z@\321\204K\t\252W\250\000\350B(\326y\035,\362QWe\203y\026~\365\274\220Q\006S\022\313\217`\342\3201,\2674\326\"\032\314\024\274\325`\202SB5\320X\367\033\241\t$u\365\2262\014}\362R1\032b\222f\206\ryT9\035\317\003\2037\230\261/\223M\265^\003\217\t\370\303\321\333V\253}\000\343\374\361\212\027\3702\005P/\215\240\257K\353\211@\337\260\355bJ}\217\262\307D\243\247?:\253\030uG\250,>\225\313&\311\310\017\301\244\036k\274i\263\226\340\226\207H\304\361\034\216\223\035\031\365N\226<\371\321\345V\337\340\236\354\231\020\306{O\n6\355P\264\321d\320\320\362W\020E\232h\231\201\3566\233p\323\270\021\264zm)A\205\232Z\245n\0109`K\216B\264{\226eb\n\220\021\266h\r8E\016\322\0172\373-\212k\007\335\331R\217,\313\357R\350\013\365\371\211\253\342\2377\256\274u\226\362\326iO""\n\016:\250j\242\370\322\373\216\336u\024f\216)c\000\257\303\216\343B7\362\310T\004N\367\003\364J\356x\362y\014\360p\017}\214\211\007\337\222\307=\327\363\r\371\364\242\366h\370\267\362.\211\301\022\001\201\332\022\223V9]-}<C>E\231\364{\0106=\357\026\340\024\334n\236.\227\230\345\375\\v\027\272\267p\233\340\360\244\2258\306#\205S\225\024\332\020H\"\357\235\305\250K\311b\322ch\272\206tQ\321}\247\273t`!.\340_O\306]\250B\036\305\t\371\212\203|>\265\"XON\003\033_\336\t\025xc\332EP\353M\374\207@\275\026\235\321\346SM\267 \3614\004\211\227\002\207\345:\201H\240\346$\375\017\302\325\277\034\324\027\306\317\325q\223\010\245?ps\313\306\275B\017\250q\304\013\020\354u\326\356Hq\252J\375\047?\317\234\2349?\3708\252\375\\>9{%*G\265\310\214\027\343\027\351\374\317\345_\316\316\r6\243\225\223\263\357\r\356E\"\376k,\222\033ic\370\366pq\370btitk\264=\n\216o\037\263\223\271\213\321lt7\256)\342N<\377\313k+\047\320\265>\370o\314\024\361\357\270\254\364?\212gh\245\022]\215X\024\304+J\340\213\270\034\327\223\313I%\275\222~;\254\r\245\324\327\021#\231\367\007\335\350\017Q7>\023o$\263\311\235t>]L\353\303\253C~\264r\264~\324\035\235?^<\256g\265zV\177\236=\377>\373\376\005\t\275r\263_\337}\353\334\334`up\020\0310m\356\002]qu\320=\231\273\024\335\210Y\334U\363|\367bt>^8\231{\177\020\300\256\3658L6\3223\351\346\360\363\243\205\223\213W\242\007\361B\274\226\254&]\305\361U\262\230\354\246\037\245\346p\351\350\217\243\231\323\034\270D5\252\321\3600*\323\360MD\213\331\334_\342\232\302\345 \232\000\244\210^\224o\375\013\340L\363(YR\250\356s\021\270\314F\253pT)\235I/\247\033\303w\206\273G\013G\237\215fG\253#q\\\312\276\375.\373\356\271b\276\372\n\036\347\337:wA\371\342U .\014j\003\036\335\2073\312\270\330B\276\220]^\306\021\345tw8Y\271\236\316\246+ie8_\010\021\026\265\204\247+\023\017C\363|t%\332\211\317%\363\311G\211\221^MY\032\014\327\340\273\215\321;\243\332\310\204\367j\307f\266\255\234\247g\272\231\231\255\254\325&xE\264\0104\000\351\327\210\243\213\037D\255\270\226}x\027w\224a\363\036\001taP""\217.G\325\270\026\233\322\023\013\351j\332\037v\217\316\034m\021\002?f?\262\214\361\214\277\314^v\262\216s\362\341\242\362\314{\203\333\003#\232x\373R\264\024\317g\177R\312\013\264\177O\371\047\331w\320\334\310\032\315\254\271\237\355;\231\343\376?\345_\342\326E\030\300\007\027\337:\267\230\000\316\367\007\377Q\341 \375q)Z\216\377\236^\030\3760\372\370x7\333\336\313\366`}7\353\366\262\336\301\211L\320\317\342\363\311\265\364\335\224\251\010D\326\305<\271\225<O\005\022u\0179\341\217\346\t-+\356&\357&LE\252\200\t\227\343\007\270F\035\216|0,\345Qr-{Z#\346\227\311L\362A\322\315\256#\217v\263]\212\0348\204\256r7\332\223r;\351;\3513d\3015H~q\274\231\355\200\347E\366\002\03632\003\360\356\323=\377\206D\256\251\240\372)\236\217\257\0477a\325\265\243\031\332[\216W(\310\251\270\034\304\312\370\354\362G\010\263\037\020T\271\275\304\230]Z\314\026?\007\314\027F5e\372r|;\373p\355h\366hmt{\324<^?\356g{\000\277\235\265\255\302\366y\302\261\027\355\002nU:\306Y\207\330\234\376\214S\022C\304\343{\311O\303?\037=\034\345\331\327G\241y\033\371;I\275\310\307=\026\213|E\232\306\333\260s6\031s\354\047W\020\365\315\264\\\244\355\0352\206\020\020\321\202*o\237\3079\361el$y\261\234Zcq\220\334NXvf9[\376\307h\346\327\271S\311)\242k\361,\025\312S\265*\210\246W\362\253\236S\032\357\303\242\235\364\354\360\355\354\326z\266\376,{\266\247\326\277B\264\315_\"\304\232\344&\004\365\002\331r\226NB\225\375\037\233-\205\301";
-    PyObject *data = __Pyx_DecompressString(cstring, 2573, 1);
+    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (2692 bytes) */
+static const char cstring[] = "x\332\205W\315S\334F\026\017\301\311\372\003*\306\306\331\255\335Z\227(\034c6\366\330\030\354\020\307\353\354,\214\361$6\366\300`\022\307)\245G\352\231\221\321H\032\2654\014\251\335$\3079\352\250\243\216:\316q\216s\344\250#\307\374\t\371\023\366\327\335\322\240\001\222\245@\375\272\373\275\327\257\337\307\3575\n\361\224{]\245f\332\332\036{\242P\313s\r\312\224\246m\357\261\333\212\322\362\231\247\324\250B\024\313o9\007\212oX\336\362}\205\270.9\310m\356\273\206Gj&U\326\356h\266\345\031\r\337\366Y\306l\327\336Q\315{r\313s)U\352.i\264p\312\342m\245\360Hy\374\202\266l\367\340\265A\367\025\273\256<\336$\236\321\241\317\370\341\312\343\234&b\351\212n\270\\\315\311e\303\3126\030L\327\251\236cVl\367\017\367\307\327F\234O\276\\#\226e{\na\314hX\212g+.%\372\035\3332qiaq\007\026\227\255\0161\r]i\331:\275\255\320\256\003Y\250Z\320\026\370\271\013u\333\365\\b-\334V\032P\2251\263&q(\216RH\327`J\376\276\304\205\047M~\320\001\366\231GL\223\352\047\031\270U5\333\207\2650\212(\232\343\237\305q\2468\216;Vox\006\314a\24784\323>\275(U\376\236\210\353[\226a5`M\303\247\314\313\357Z\224\352<JH\253\206aQ\341e\030\215\000\322\256\267i[t\323\366\250\3425\221\203k\007^\323\266\270>\235\232F\215\272\304\243\3606\217\017\274\352r&KyUzugeuE\350q)\317*\2460\277\246\231\010\024\222\026\031T\363\r\323\203w\275\003\207\262\202R\256+\007\266/\354\340\016s\300\227\027\360\232\324R\030\3658\241,\210\230\303z\333R!\216+-\244i\202\373p\351\247\304d\264@t]\005\037\325l8X\343\334\254@j\232n0^\000\324\342\337\206&\\\241\224\327\253M[\216p\234\330\322M\261UP5\233\007K8K)\276*+-\203\265\210\2475\225[\334\335^\223\007\303\361\027\330b* \363NN\356\372\226\001y\353\256\352k\274R\013\316AW\356\347j\322\344\23278\273,2\013\t\243\353.\205\013\220\232\010*<]\047\276\351)\252\352R\335\327\250\252*\272/\256j\331\326\035x\276\203\210cW\343\301WUQ\021\312\357\331\257\021\207\371&uiC5\364,\364\2301U\202\005\217\231\020\305\26672\223;^\\S\261\367-\257\246\266HWE\366Zl\304\261T(<X\272/\304\261\337\360\211\253+\216\315\014~0""\227\346\177\333\373\006<\207,\251\371\365:\006\335\2462k\233\266\251\013\016\223 \017<_S\271\273T\370A\251\023\003\321x\244P\327\2057r;\267\312\233\213\177\260\373r\247zj[DVT\244\t\034E\346\246\000\251\023\217\024\316\330\225 \300\257$\361\207\025\212\333k\345r\3114\r\207\031,\027\264\\5\345\310\302(b\232(\033U\035\337DJ\003\000\274\263\267k\300\271\374\\3)qU\307\336\243\343\253\000\202\374\202,\005\204\335\267\2741[\232\032\356u\306z\nB\371\245\223\207\270\264n\236\255\324\245m\221+\314\263\235\261u\337\312OqQU&\025w\365\311\035i\031\200CG^\216mB\353\031\207\242\252\244\315[\245\342\366\313\315m9\250\377.\256o\2276\262\t\306\257Sz\275T\\\317\221\317\313\233\245lZ\336*\255U\323\311\323\347;\333\317R\372\331Z\361\371\363\224.o\276.>/g\032\312[\225\224zQz\221R\233/G\032\267\312\233\033\367Rz\373\345\323\252\272\361*\233\355\226\253k\317J[\351\264Z~qLo\0253\256\327/V\037ns\247Z\032\345\355\266p\334yU\365\325A\027\177\353@Zu\023\310\274E\353\252\232\242!@\001\000\300\361\362\230hP\317\360h\213/\350\\\006?\350\350\324\025D\327\020\013u\337\322\370\330\310R\021?F\313AO\344T\213\030\226\030m\035\230\301)\213\264\344\310\355QU\000\232\212\212\306\233\304o\311Y\252\205\223\034\334%\345[\216\241\355AC\311\312\370:\342!\302u\264}bfj3\200;U8\243\005\332\345\023\2366\231\014\313\231~\252\242T\325\343i\207K1\016\205\000\02748\364\201\024b\263RW%\"\021\307\300\257\232b$\007\007\216\017\342\303\010;\2604\303.\214\264\260\032\321\031m\324\010\243\274Vk\350\331{5_\207\047U\371L\3234\365\370\021\244\325\330q\005k&\344\001\240*^\036\032\255\021mO\324\261\354\352\032\336)\210\207\2456\215Fs\037\306\271\243\025\307sE9\000\2125\257\253\n\3539\201\226\204\nJ\247\274\245\3622\323\361\206\340\177\374\254lT-&\001b\014&t.#>\334M\362\035HQ\363\244\301\250\341 \025q>E\344D\267\007\226\n8\025\037Ulu5\352\210~\014i\274%\205`\335\364Y\023\r\014\3152}a\361Tc\r\335S\355z\035q\0325\231F\047-}\201\003y\230j\nM\2749\360\366\254jL\014\020\021#c\315\216a\350\230\302\373\310g\264#\234.\006\021 \001\021""\006Ox\013/\002C>\354\014\267\315k\202\311\317\217T6\234\264Y\246\355\272\220\266k\363\030\262\320\265e\343\306\227\277)\371[\222\347\237\245\213\344\300\213\264e\331\320\215\002\323%\201\323]\017\375\231Z\216x\222\303\253\270\207:\362\225\203\240\363Tpl\307\325\304so\034ey\203\326\334\373i\237\306`0\217\273\276\301\216\233u\036}]<\204\356\001v\335\016rRM\373\0258\0315\353\343\360{\nr\261\220>1D\303\343nav\035\"\216\270\004\316u\370\t94\206z$ K\333y6\252B2\233t\010\336\001\232\210`\366 \310?\034<\003\351\204\264pD\276\372\262T\000j\250s\034\344\322\334\n#\0351\365L|i\313\227\276\035\3216\212A\255\343\237\026\336\376\305\215r\357\200\214\304k\025$\036/\024\226\253\334\253\334\347)\311\377-\242\362\277 \336[F/\350Q\243\361E\270ps\303\304\275|\007n\244H\047\270\264\323Z}(\3049\232u_\3762qt\356b\357\323\240\362K\361\350\374lP\014*\201\036\316\207o\343\231_\212\277\236\237\352m\004KG\347/\365\036\007,\374$d\321\355\270\326\177\277?\337\177;\2742\274?\334\032z\207\313\207\344h\352r0\031<\n+\222x\030\316\374zj\345\010\272\326z?\207D\022\377\r\213R\377\363p\202\257\224\202k\001\t\274pI\n|\036\026\303jt5*\305\263\3617\375J_H}\025\020.\363Q\257\035\374)h\207\347\302\365h2z\030\317\304\363q\265\177\255O\007K\203\265A{x\361p\376\260\232T\252I\365M\362\346\273\344\273\267\\\350\304\315~\373\360\275\013S\275\225\336~\240\301\264\251i~\305\225^\373h\352Jp;$a[\316\323\335\313\301\305p\356h\352\243\236\007\273\326B?Z\217\317\305\033\375\317\006sG\227g\203\247\341\\\270\032\255Dm\311\361e4\037\355\3047b\275\2770\370\363pb\234\003\227(\007\025><\013\212|\370:\340\213\311\324\337\303\212\364\313~p\354 It\202t\353?pN\236G\312r\205\362>\227\341\227\311`\005\201\272\023\265\343\311x%\366\373\245\301\314\340\306@\033\316\016\267\017\247\223\235\327\311\353\335\223\314\205x\"\276\032\257\367?\350\357\014\346\006\017\206\223\303\225!;,$\337|\233|\373\346$\363\3351o\257\247\314w\301\tWK\346k\047<}\361\275\013\3232\312\047]<\335\253\364h\360\004a.\302es\351Bru\021\366\024\343\235\376\361\312-""\\g).\365g2!\356\345JD\343\245\343\334\201\346\231`6\330\016/D3\321\215H\213\257\305$\366\372\253\302\316\017\206\225\241\216\274\250\034\352\311\226L\0135Q\365Do$\215&\017\034\013\346\341g\004\353+d\350\345\217\203FXI\256?\202CDB^\342\256\237\356U\203\253A9\254\204\272\210\361\034<\334\355\267\007\347\006\233\334]?$?\220\204\320\204\276K\336\265\222\226ut}^\306\374Ro\271\247\005\307yt%X\010g\222\277J\345Y\034\377H9\334\013\315\265\244VO\352{\311\236\225X\366\377S\376\005n\235%\330X\014\220k\327y\r^\352\255\006\313AZ\271\217\021\rA<\211\322\312\315\255\374ED\361\362{\027\346#\004\344\243\336O2U\205\266+\301b\370\317x\272\377\375\360\323\303\235dk7\331\305\375\333I\273\223t\366\217\004x<\010/F7\343\017c\"\253\003\210\020\322\350~\364&f\000\221]\324\253;\234\341\3766\302v\364aDd\0251\\\342j\370\024\216\250\"\025\236\366\013i\236\335L^U8\363\273h\"\3728j\047\267P\343;\311\316\2672\375\370\245\036\005\273Bn;\376 ~\215\n\275\t\311\317\0177\222m\360\274M\336\"\346Z\242!@{\334S\377\000\310TdZ\376\030\316\204\267\242;\260\352\346`\202\357-\206K\274\0009\360\355\207\322\370\344\352\r$\352\367H\313\324^\316\230\\\231O\346?C\240\246\207\025i\372b\270\234\\_\035L\016V\207\313\303\372\341\332a7\331E\370\232I\323\310l\237\341~\354\004;\010\230\204\265\021\" \273\363\237\021\\`\010h\3708\372\261\377\267\301\263a\212\014]\200\340\373\300\226cX\010\\\334c>\303\022@H\270\005;\047\243\021\307^4\213\272\251\307\305\014R\036rc\270\007X0\047#\376Y\230\022_\204Z\226\016\2715\022z\321rD\222s\213\311\342\277\206\023\277M\215\2257\013n\206\223\034\304\307p\324\013\362+\351U/d\t6\213h\235\357\277\237\334_K\3268@\311\365/\221m3W\270\307\352<L(\2139n\313\371\354\244\237\302\335\250\230\306\205\327\302\317\350\0218C\244h\373\177\346\327\t@";
+    PyObject *data = __Pyx_DecompressString(cstring, 2692, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (3425 bytes) */
-static const char cstring[] = "\377 at 0x b\377locks> e\377ntries h\377ooks,  m\377ust be a\377 numpy u\377int32 ar\367ray\022\010writ\377able C-c\377ontiguou\375s%\005object\377>(tree f\357ragmc\000), \377.: <Memo\377ryView o\377f <Nativ\333eHy\001 <?\010an\237d dirC\001\007\ri\365n\021\005s\270\000ded \336#\007 or \004\031><\374(\tA\006>?Cann\377ot assig\377n to rea\237d-onl\362\000\255\002v\376\257\000Invalid\377 mode, esxp\343\000|\000\047c\047t\001\377\047fortran\317\047, gH\000%\005sh\367ape\222\000 axi[s \344\tar\344 le\001\375y\262\000stalle9d\021\r\222\001bou\214 \222\000\337a cpu\016\021int,\020l\000aV\006iti\271\0009sS\013\216\000clo\003\017\207!\373in\033\025runni\373ng\240`guest>\267Ineeds\215@\324`\217gine\225B\262\000\237`e\377xtNoneNo\377te that \177Cython \221 \377delibera\363te\353 \320Acter\376!\001n PEP-4\33384\335Bre\322as \337subcl\246@es~\276abuilti\260@\377ypes. If\237 you \204\001\302Ap\374\316@%\tthen s;et\200\000e \047\357B\376`\277on_typ\320\000\047\366\355div\242\000o Fa\377lse.add_\356\231`eco\235@cti\377ons.abcd\333is\375\204\001en\203\205\001gc\376\206\" IDThosmt\004\001is\025\003dl\241\"\257._co\355@n\353\204\002 \377API mism\277atch (\366at}h\211Apu\047s)*\004ym\245\205\0028\003/uni=\000\337n/_uc\246\206\001.pSyx\032\003\246\206\010l\263\001G\217A\356\337\205\003no \271\000res\277s for \014\000d\377efault _\377_reduce_\357_ du\346\002non\237-triv\242`\033\000c\272\371A_\362\001 a \250\025c\377apsulere\307g_i\362@\365C\013\000s_\020\247\207\003\277\206\001\234b\034\000t\317\207\006\377 \301\204\001\375\047\272@wntb_m\377ax_insns~\361\207\0061..512\320\206\002\376\035\000guard p\307osi\245\207\001:\001>\001Swyi\267 \243`buff\252`\357does\336\000t h\267old\330Bla\205`t\327uc_\325\210\001_\301@ f\377ailed: e\337rror \017\010(I;N)\003\030OUT\016\016\360B\376\243\207\001allocat\375e\232\211\004data.u\360\014\017\377\206\003\321\210\001\256\210\003s.AS\377CIIEllipGsis\252H\206\211\010\221\211\010.\251F\355c\262\205\002__\017\013set\277state_\013\021b\373in\313\207\t.cle""a?r_pokeV\t\204\207\002\374g\t\371\211\003_count\341s\200\t\346\207\004\223\t=\rreq\276\227\207\001_stop\273\tr{un\312\tset_\235c\260\265!\r\n6\000h\020un\343\210\004R\277EASONS\001\003_?BADSEG\005\005\031\000\275K\022\004DEAD\000\010L\367INE\022\005IREC}T9\004FLUSHE\004\277INVALI.\005I\273RQ]\004MEMg\004N}O=\006RING0~\004\177SOFT_GP\006\005\177WITCHER\233\004\267TIM\002\007RA\036\005V\357M86S\250!nce\372\220\215\001.\225\215\007__Pyx\376\001\000Dict_Ne\177xtRef__\254\210\004\237e____\201\211\002\000\006_\177getitem\026\001\371d0\001 \000enter\336\047\001exit/\001fu\313nc7\001g\250eE\000im\367por\031\002main\276U\001modul^\002n[am\002\003ewn\001p\217\000\177checksue\000\364\n\001\360c_\025\001type\375_\005\002unpick\226?\000En \005v\251\217\002\262\001q\207ualO\005\376\207\005\315\204\016\230\210\006e\221x\346\001\244a\203\005s\260\010\346\204\016_o_tes\346\001is\354\211\001\377outineab\351c\201\211\004\246\206\005_\261\207\003api\302\000\000_\302\210\004\337\220\001\342\220\001\346\220\002sa\377syncio.c\373or@\003sbads\277egbase\315\205\001b\177reakbud\363 \335_\306\221\003cc_\201\221\007cb\375s\335\205\007cline_\376\331 traceba\363ck\361\215\002\365\215\003code\376\271@n_highw\357ater\t\006ptr\376\371\205\002cpuctx_|\347\207\002\005\001small\007\005<\364\214\001\363\207\001dead\000\001h\001N\000\005_ns\277\221\003\277\206\nd\246A\362\000\002_\244 \247\222\003efla\177gseipen\215\001\357enum\215\216\002err\364\253\211\002\260\211\002_\026\002xcep\334\202\215\0019\001int4\002fl\377ushforma\371t\377\220\004\346asgdt_\277offset\200\213\006g\343vhf\002\245\212\001\247\215\001_cs\356\002\002idt\n\002ssh\357viid\014\000ind\333ex\227\213\001_i\362\206\001n_\364\311B\242\221\002i\324\204\001nals]i\214\222\003irq\367\204\001s\000\002Gize\367\212\003\362\215\004\264\215\004.\264\215\004\335l\347\207\007mem\337\215\003me\261m\334\222\001\324\222\001\356\204\001nd\352\224\002n\337dimnoY\000_e\373nd\003\003start\277nonenp\232\225\002o\177bjold_e\214%\371p\331@\325\211\001poprc""\334\325\222\002\233\215\001cr2\237\215\004reogist\321!gs\241\215\007\376\242\211\tring0ru\327nrv\352`_\247\213\004eg\337sself\241\211\013se\351t\311\216\004\336\223\002s\365\000sof\217t_gp\241\002d\000\006\000o\272\000\001p\276\212\004str\306`s\344\265\215\004\000\005_5\002\312\215\004_va\217tb_c\211b\366\215\005\232\216\tt\275i\225`trap\352\206\001s\375u\355\204\003ext_re\337store\007\010sa\375v\n\002tluc_e\347mu_\270\"\003\006opu\337c_fre/\001ha\317ndle\242\216\010\260\216\005de^9\001owne\267\000_\347\217\001&\224\226\001uc\006\002\200\230\001e\232\230\003\224\213\001\354\331\224\006\234\213\006un\214Aunt\373il\325\000updat\377evaluesv\347m86:\002\300\230\001xO\200\377\001\330\004\n\210+\220Q\377\200A\330\010\024\220A\220\377Q\220d\230#\230\\\250\377\021\200A\340\010\014\210G\377\2201\330\010\013\210<\220\377s\230%\230s\240,\250\377b\260\002\260#\260\\\300\377\022\3002\300R\300t\310\3773\310a\330\014\020\220\003\357\220:\230Q\003\0036\230\021\365\340\001\016\330I\000C\210\177\230\335a\003\003}\230AZ\003L\230\375\001\027\001E\220\025\220a\220\367t\2301F\0039\230A\230\377T\240\023\240E\250\024\250\357X\260Q\2601\002J\220a\376\220\001\017\210q\220\007\220q\377\230\004\230D\240\003\2406\377\250\021\250#\250T\260\025\377\260e\2701\270C\270q\377\300\n\310#\310T\320Q\377T\320TZ\320Z[\320\363[\\\305\001\313\014\360\006\000\t\377\014\2104\210w\220c\230\357\021\330\014\r\337\0014\210q\377\330\014\022\220,\230a\230\371q\n\003\027\004\020\220\n\230!\377\330\014\017\210t\2209\230\377C\230u\240D\250\004\250\377G\2607\270!\330\020\024\377\220F\230!\2308\2404\373\240q\034\003?\240#\240U\377\250$\250d\260\047\270\027s\300\001\024\013\315 I\220Q\207!{H\220\354 \014\210K\220h\000_\014\320\014\035\230\021\002C\216\000t\227\047\255#v+\003C\210|\232 \246\300\"w\220\300\"6\003\210N\000\200uA\314\001\020\225 \003\2204\246@\377.\250\001\250\023\250D\260\377\005\260U\270!\2705\300\377\003\3004\300s\310.\320_XY\320YZ\047\003\025\334K\277\360\n\000\t\r\210\207B\013\375\210\373\013\r\210Q""\210e\220u>\212@A\326\000!\330\010\014\002\367\320\023)`\000A\250U\260\376\010\007(\250\003\2501\250E\353\260\021\035\004\220\210!Q\240e\363\2501\330G\340 \021\220\024\220\377S\230\t\240\021\240$\240\377c\250\025\250a\250t\260\3758\271@D\300\005\300Q\300}d\273@Q\310d\320R\267C\377_\320_d\320dg\320;gh\375!s\220#\274 \362 \375J\305`\020\026\220g\230Q\247\320\036:\341\000\262b\013\235!\r\377\210T\220\023\220I\230Q\373\230d\205B!\2504\250x\277\260q\270\004\270N\376\001`\377\320`a\320ae\320e\377j\320jm\320mn\330\373\036#\267B\010\013\2103\210\363c\220\211`\347D\022\220\047\230\227\021\320\032W\003\010\243DA\031/\373\320YW\000b\320bf\320\377fk\320kn\320no\236=\035;\2701\270\377E\301@\020\357\000\t#\240\336 \017\210~\374\211c\227\205\002\022\220)\230=\250\377\r\260]\300+\310U\320\357RW\320W\273\000q\320q\357v\320vw\321\205\001G\2205\377\230\n\240&\250\006\250a\372\236\204\003:\371\000e\2402\240Z\377\250s\260#\260W\270C\337\270r\300\021\330\253 i\230_q\240\006\240a\244\204\003s\335\000\177\023\230F\240#\240T\251`\367F\260.\237d&\320PQ\376)\001j\240\001\240\026\240q\377\320(T\320TU\320U\356\266a\320Z[\207\207\001:\220W\3763\002S\250\005\250V\2607\373\270&\335`9\310G\320S\356\333`\\\320\\\257@c\320c:\334 k\312\205\001*\230A\327\204\001\321a\177z\230\021\230(\240-\223\000\367&\270\001\346\205\001)\2301\230\355A\327\207\003w\230\267\003\320\023$\217\240A\240]\322`\251\004%\001\320\337\022#\320#7\301@\r\300\375Q\200c)\2303\320\0368\377\270\003\2708\3003\300f\277\310C\310x\320W\324@h\367\320hi\264\005\021\330\010\017\277\210v\220U\230!\366\207\001J\234\255\205\003\361\205\002\r\210Q\300\204\002\305\204\002\330\376\211\206\007I\220Q\220e\230<\177\240z\260\033\270H\300\232\206\002\377C\210x\220q\230\002\230\255!\360\205\010\220r\305\000#\250\206\005}o\230A\230R\325 \003\240\340\204\002\376\275\206\001k\240\024\240Q\240f}\250;\004|\2306\240\021\332\207\003\267s\220!\245\211\0037\230\002\004;\347\230c\240\246\211\004\t\010a\230t\377\2403\240a\320\004)\320\277)@\300\001\360\014\220""\206\ns\317\220&\230\003\245\211\001\237\210\nt\220\2551\263\210\010\014\210\334\207\002\t\224\212\003>\376\217\000S\250\010\260\002\3202\177C\320CV\320VW\254\212\003\255?\353`\021\022\227af\243A\230\327d\240!\265\212\001\010\217\212\001\017\210\001q";
-    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 3425, 4911);
+    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (3589 bytes) */
+static const char cstring[] = "\377 at 0x b\377locks> e\377ntries h\377ooks,  m\377ust be a\377 numpy u\377int32 ar\367ray\022\010writ\377able C-c\377ontiguou\375s%\005object\377>(tree f\357ragmc\000), \377.: <Memo\377ryView o\377f <Nativ\333eHy\001 <?\010an\237d dirC\001\007\ri\365n\021\005s\270\000ded \336#\007 or \004\031><\374(\tA\006>?Cann\377ot assig\377n to rea\237d-onl\362\000\255\002v\376\257\000Invalid\377 mode, esxp\343\000|\000\047c\047t\001\377\047fortran\317\047, gH\000%\005sh\367ape\222\000 axi[s \344\tar\344 le\001\375y\262\000stalle9d\021\r\222\001bou\214 \222\000\337a cpu\016\021int,\020l\000aV\006iti\271\0009sS\013\216\000clo\003\017\207!\373in\033\025runni\373ng\240`guest>\267Ineeds\215@\324`\217gine\225B\262\000\237`e\377xtNoneNo\377te that \177Cython \221 \377delibera\363te\353 \320Acter\376!\001n PEP-4\33384\335Bre\322as \337subcl\246@es~\276abuilti\260@\377ypes. If\237 you \204\001\302Ap\374\316@%\tthen s;et\200\000e \047\357B\376`\277on_typ\320\000\047\366\355div\242\000o Fa\377lse.add_\356\231`eco\235@cti\377ons.abcd\333is\375\204\001en\203\205\001gc\376\206\" IDThosmt\004\001is\025\003dl\241\"\257._co\355@n\353\204\002 \377API mism\277atch (\366at}h\211Apu\047s)*\004ym\245\205\0028\003/uni=\000\337n/_uc\246\206\001.pSyx\032\003\246\206\010l\263\001G\217A\356\337\205\003no \271\000res\277s for \014\000d\377efault _\377_reduce_\357_ du\346\002non\237-triv\242`\033\000c\272\371A_\362\001 a \250\025c\377apsulere\307g_i\362@\365C\013\000s_\020\247\207\003\277\206\001\234b\034\000t\317\207\006\377 \301\204\001\375\047\272@wntb_m\377ax_insns~\361\207\0061..512\320\206\002\376\035\000guard p\307osi\245\207\001:\001>\001Swyi\267 \243`buff\252`\357does\336\000t h\267old\330Bla\205`t\327uc_\325\210\001_\301@ f\377ailed: e\337rror \017\010(I;N)\003\030OUT\016\016\360B\376\243\207\001allocat\375e\232\211\004data.u\360\014\017\377\206\003\321\210\001\256\210\003s.AS\377CIIEllipGsis\252H\206\211\010\221\211\010.\251F\355c\262\205\002__\017\013set\277state_\013\021b\373in\313\207\t.cle""a?r_pokeV\t\204\207\002\374g\t\371\211\003_count}s\200\thcall\005\020\370\376\207\004\253\tU\rrefle\273ctB\020req\311\207\001_\357stop\355\trun\036\374\tset_\317c\347!\n\r\376\224\003handler\330*\nS\000\267\020un\262\211\004RE\337ASONS\001\003_B\237ADSEG\005\005\031\000K\336\022\004DEAD\000\010LI\373NE\022\005IRECT\2769\004FLUSHE\004H\357CALLQ\004INVwALI:\005IRQi\004\267MEMs\004NOI\006R\357ING0\212\004SOF\357T_GP\006\005WIT\357CHER\247\004TIM\366\002\007RA\036\005VM86]S\321!nce\353\215\001.\360\215\007\337__Pyx\001\000Di\376\210@NextRef\373__\207\211\004e____\374\334\211\002\000\006_getit\313em\026\001d0\001 \000en\367ter\047\001exit^/\001func7\001g\203\204\005\276E\000impor\031\002m\367ainU\001modu\335l^\002nam\002\003ew\372n\001p\217\000check\243sue\000\n\001\313\204\003_\025\001t\357ype_\005\002unp\267ick?\000En \005v<\204\220\002\262\001qualO\005\331\210\005\214\250\205\016\363\210\006ex\346\001\315a\203\005s|\260\010\301\205\016__tes\346\001\373is\307\212\001outinOeabc\334\211\004\201\207\005_\214\210\003\027api\000\000_\235\211\004\272\221\001\275\221\001\376\301\221\002sasynci\337o.cor@\003sb\377adsegbas\375e\250\206\001breakb\353ud\363 _\241\222\003cc_\356\334\221\007cbs\270\206\007cli\367ne_\331 trac\237eback\314\216\002\320\216\003c\367ode\271@n_hi\177ghwater\t\006\367ptr\324\206\002cpucgtx_\302\210\002\005\001sm\330\206\001x\010\004\317\215\001\316\210\001dead\000\001\234h\001\000\005_ns\232\222\003\232\207\nd\344\246A\000\002_\244 \202\223\003eef\377lagseipe\275n\216\001enum\351\216\002e\323rr\207\212\002\214\212\002_\026\002xcsep\336\215\001:\001int4\002\377flushfor\347mat\333\221\004\347asgd\377t_offsetF\334\213\006gv\364\206\004\235\210\002\233\210\th~\002\334\231\213\001\233\216\001_cs\002\002id\375t\n\002sshvii}d\014\000index\213\214\001\233_i\227\207\001n_\342B\226\222\002i\276\355\204\001nalsi\200\223\003i\353rq\220\205\001s\000\002ize\250\353\213\003\346\216\004\250\216\004.\250\216\004l\251\210\007m;em\323\216\003mem\320\223\001\310\223\001\366""\207\205\001nd\336\225\002ndim{noY\000_end\003\003\377startnon\367enp\216\226\002objo/ld_e\244%p\362@\311\212\001\037poprc\311\223\002\330\211\013\235\216\001\367cr2\241\216\004regi\233st\367!gs\243\216\007\362\211\tr\377ing0runr\337vseg_\251\214\004eg\037sself\361\211\013\211\212\001\346\211\n\247set\334\217\004\361\224\002s\224 s?oft_gp\300\002u\000\352\006\000o\000\001p\321\213\004str\222\376`s\310\216\004\000\005_5\002\335\216\004_?vatb_c\300b\211\217\005\366\255\217\tti\314`trap\366\242\207\001su\245\205\003ext_\177restore\007\010\367sav\n\002tluc\237_emu_\327\"\003\006o\177puc_fre/\001\330\277\213\003\265\217\010\303\217\005de9\001ow\313ne\267\000_\372\220\001\247\227\001uc\204\006\002\223\231\001e\255\231\003\330\213\001\354\225\006\340\213\006u}n\253Auntil\325\000\377updateva\377luesvm86\374:\002\323\231\001xO\200\001\330\004\377\n\210+\220Q\200A\330\377\010\024\220A\220Q\220d\377\230#\230\\\250\021\200A\377\340\010\014\210G\2201\330\377\010\013\210<\220s\230%\377\230s\240,\250b\260\002\377\260#\260\\\300\022\3002\377\300R\300t\3103\310a\377\330\014\020\220\003\220:\230\275Q\003\0036\230\021\340\001\016\330\276I\000C\210\177\230a\003\003}\273\230AZ\003L\230\001\027\001E\377\220\025\220a\220t\2301\376F\0039\230A\230T\240\023\377\240E\250\024\250X\260Q\335\2601\002J\220a\220\001\017\210\377q\220\007\220q\230\004\230\377D\240\003\2406\250\021\250\377#\250T\260\025\260e\270\3771\270C\270q\300\n\310\377#\310T\320QT\320T\177Z\320Z[\320[\\\305\001\376\313\014\360\006\000\t\014\2104\377\210w\220c\230\021\330\014\375\r\337\0014\210q\330\014\022?\220,\230a\230q\n\003\027\004\377\020\220\n\230!\330\014\017\377\210t\2209\230C\230u\377\240D\250\004\250G\2607\377\270!\330\020\024\220F\230\177!\2308\2404\240q\034\003\377?\240#\240U\250$\250\177d\260\047\270\027\300\001\024\013n\315 I\220Q\207!H\220\354 \357\014\210K\220h\000\014\320\014\213\035\230\021\002C\216\000\227\047\255#v\316+\003C\210|\232 \300\"w\220\264\300\"6\003\210N\000\200A\314\001\020\356\225 \003\2204\246@-""\240q\377\250\003\2504\250u\260E\377\270\021\270$\270c\300\024\377\300S\310\r\320UV\320\373VW\035\r.\250\001\250\023\377\250D\260\005\260U\270!\377\2705\300\003\3004\300s\377\310.\320XY\320YZ*J\r/\341*D&\004/\047\000\350 \372\201\003\025\266k\360\n\000\t\r\355\210\341B\013\210\325+\r\210Q\257\210e\220>\344@A\260 !\273\330\010\014\002\320\023)\215\000A\327\250U\260\010\007(\314\0001\250\327E\260\021\035\004\220\342!Q\240\347e\2501\262g\272@\021\220\024\377\220S\230\t\240\021\240$\377\240c\250\025\250a\250t\373\2608\223`D\300\005\300Q\373\300d\225`Q\310d\320R\376\221c_\320_d\320dgw\320gh\327As\220#\226@\376\314@J\230a\330\020\026\220?g\230Q\320\036:\216 \214\204\002\375\013\367!\r\210T\220\023\220_I\230Q\230d\337B!\337 \177x\260q\270\004\270N\253!\377`\320`a\320ae\320\377ej\320jm\320mn\367\330\036#\221b\010\013\2103\347\210c\220\343`\301d\022\220\047/\230\021\320\032W\003\010\375DA\031\374\334 W\000b\320bf\320f\177k\320kn\320no=\035\017;\2701\270\331e\233`\372\047\351`\375\036\200\206\001\013\2108\2203\220n\263\206\004<\230q\275\206\003>\240\263\206\004\372\007\010\030\206\207\001\360\020\000\t#\235\240\240@\017\210~\245\204\003\263\206\002\022\377\220)\230=\250\r\260]\377\300+\310U\320RW\320\375W\375\000q\320qv\320v\375w\355\206\001G\2205\230\n\240_&\250\006\250a\272\205\003:\273 \377e\2402\240Z\250s\260\377#\260W\270C\270r\300\375\021\354!i\230q\240\006\240\365a\300\205\003s\237 \023\230F\240\377#\240T\250\023\250F\260\275.\216\204\004&\320PQ\231Aj\377\240\001\240\026\240q\320(\177T\320TU\320UY\371c\356\243\210\001:\220W3\002S\250\005\377\250V\2607\270&\300\003\377\3009\310G\320SY\320\357Y\\\320\\\361@c\320c:\236@k\346\206\001*\230A\363\205\001\223\204\001\177z\230\021\230(\240-\223\000\367&\270\001\202\207\001)\2301\230\355A\363\210\003w\230\267\003\320\023$?\240A\240]\260!\250\005%\001\277\320\022#\320#7\203`\r\373\300Q\302c)\2303\320\036\3778\270\003\2708\3003\300\177f\310C\310x\320W\226`\357h\320hi\264\005\021\330\010\177\017\210v\220U\230!\222\211\0019J\311""\206\003\215\207\002\r\210Q\202\205\002\207\205\002\375\330\245\207\007I\220Q\220e\230\377<\240z\260\033\270H\300\376\266\207\002C\210x\220q\230\002[\230!\214\207\010\220r\305\000#\304\207\005\337}\230A\230R\325 \003\240\374\242\205\002\331\207\001k\240\024\240Q\240\373f\250;\004|\2306\240\021n\366\210\003s\220!\301\212\0037\230\002\004\347;\230c\207e\t\010a\230t\377\2403\240a\320\004)\320\277)@\300\001\360\014\322\206\ns\317\220&\230\003\301\212\001\273\211\nt\220\2551\317\211\010\014\210\370\210\002\t\353e\024\377\240S\250\010\260\002\3202\247C\320C\235\210\001\310\213\003?\353`\021\365\022\207\206\001f\243A\230d\240!\362\321\213\001\010\253\213\001\305\207\001~\230W\240\355A\220\212\002\320\023\345\205\001\177\260a\004\272\212\001\236\204\002q";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 3589, 5244);
     #define __Pyx_DecompressString_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (4911 bytes) */
-static const char bytes[] = " at 0x blocks> entries hooks,  must be a numpy uint32 array must be a writable C-contiguous uint32 object>(tree fragment), .: <MemoryView of <NativeHooks <contiguous and direct><contiguous and indirect><strided and direct or indirect><strided and direct><strided and indirect>>?Cannot assign to read-only memoryviewInvalid mode, expected \047c\047 or \047fortran\047, got Invalid shape in axis NativeHooks are already installedNativeHooks are not bound to a cpuNativeHooks are not installedNativeHooks is already initialisedNativeHooks is closedNativeHooks is not initialisedNativeHooks is running a guestNativeHooks needs an engine and a contextNoneNote that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notecollections.abcdisableenablegcguest IDThost IDTisenabledlguest._core native API mismatch (not this cpu\047s)lguest.memorylguest/unicorn/_uchook.pyxmemory must be a live GuestMemoryno address for no default __reduce__ due to non-trivial __cinit__not a lguest._core native API capsulereg_ids needs regs_array and guest_idt must be the cpu\047s owntb_max_insns must be 1..512 and tb_guard positivethe the Switcher buffer does not hold the layoutuc_hook_add failed: error uc_hook_add(IN) failed: error uc_hook_add(OUT) failed: error unable to allocate array data.unable to allocate shape and strides.ASCIIEllipsisGuestMemoryNativeHooksNativeHooks.__reduce_cython__NativeHooks.__setstate_cython__NativeHooks.bindNativeHooks.clear_pokeNativeHooks.closeNativeHooks.direct_countsNativeHooks.installNativeHooks.pokeNativeHooks.request_stopNativeHooks.runNativeHooks.set_guest_dataNativeHooks.stop_countsNativeHooks.uninstallREASONSREASON_BADSEGREASON_BREAKREASON_DEADREASON_DEADLINEREASON_DIRECTREASON_FLUSHREASON_INVALIDREASON_IRQREASON_MEMREASON_NONEREASON_RING0REASON_SOFT_GPREASON_SWITCHERREASON_TIMERREASON_TRAPREASON_VM86SequenceView.MemoryView__Pyx_PyDict_Nex""tRef__annotate____class____class_getitem____dict____enter____exit____func____getstate____import____main____module____name____new____pyx_checksum__pyx_state__pyx_type__pyx_unpickle_Enum__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutineabcaddressallocate_bufferapiapi_capsulearrarrayarraysasyncio.coroutinesbadsegbasebindbreakbudget_blockscc_contiguouscbsclear_pokecline_in_tracebackcloseclosedcode_gen_highwatercode_gen_ptrcountcpuctx_allocctx_small_allocctypesdatadeaddeadlinedeadline_nsdirectdirect_countsdtypedtype_is_objecteflagseipencodeenumerateerrerrorerror_codeexception_is_intflagsflushformatfortranfuncsgdt_offsetguest_idtgvhflagsholdhost_cshost_idthost_sshviididtindexinsn_ininsn_outinstallinternalsinvalidirqitemsitemsizelayoutlguest.unicorn._uchooklguest_datamemmemorymemviewmodenamendarrayndimnoirq_endnoirq_startnonenpnumpyobjold_exceptionpackpokepoprcreadyreg_cr2reg_idsregisterregsregs_arrayrequest_stopring0runrvseg_stridesegsselfset_guest_datasetdefaultshapesizesoft_gpstartstepstopstop_countsstructswitcherswitcher_sizeswitcher_vatb_cflagstb_guardtb_max_insnstimertraptypesuc_context_restoreuc_context_saveuc_ctluc_emu_startuc_emu_stopuc_freeuc_handleuc_hook_adduc_hook_deluc_owneruc_reg_readuc_reg_writeuint32uninitialiseduninstallunpackuntil_vaupdatevaluesvm86writeablexO\200\001\330\004\n\210+\220Q\200A\330\010\024\220A\220Q\220d\230#\230\\\250\021\200A\340\010\014\210G\2201\330\010\013\210<\220s\230%\230s\240,\250b\260\002\260#\260\\\300\022\3002\300R\300t\3103\310a\330\014\020\220\003\220:\230Q\330\014\020\220\003\2206\230\021\340\014\020\220\003\220:\230Q\330\014\020\220\003\2206\230\021\330\010\014\210C\210\177\230a\330\010\014\210C\210}\230A\200A\340\010\014\210L\230\001\330\010\014\210E\220\025\220a\220t\2301\330\014\020\220\003\2209\230A\230T\240\023\240E\250\024\250X\260Q\260a\330\010\014\210J\220a\200A\340\010\017\210q\220\007\220q\230\004\230D\240\003\2406\250\021\250#\250T""\260\025\260e\2701\270C\270q\300\n\310#\310T\320QT\320TZ\320Z[\320[\\\200A\340\010\024\220A\220Q\220d\230#\230\\\250\021\200A\360\006\000\t\014\2104\210w\220c\230\021\330\014\r\330\010\013\2104\210q\330\014\022\220,\230a\230q\330\010\013\2104\210w\220c\230\021\330\014\020\220\n\230!\330\014\017\210t\2209\230C\230u\240D\250\004\250G\2607\270!\330\020\024\220F\230!\2308\2404\240q\330\014\017\210t\220?\240#\240U\250$\250d\260\047\270\027\300\001\330\020\024\220F\230!\2308\2404\240q\330\010\014\210I\220Q\330\010\014\210H\220A\330\010\014\210K\220q\330\010\014\320\014\035\230Q\330\010\014\210C\210w\220a\330\010\014\210C\210}\230A\330\010\014\210C\210v\220Q\330\010\014\210C\210|\2301\330\010\014\210C\210w\220a\330\010\014\210K\220q\330\010\014\210I\220Q\200A\360\006\000\t\020\210q\220\003\2204\220s\230.\250\001\250\023\250D\260\005\260U\270!\2705\300\003\3004\300s\310.\320XY\320YZ\200A\360\006\000\t\025\220A\220Q\220d\230#\230\\\250\021\200A\360\n\000\t\r\210L\230\001\330\010\013\2104\210q\330\014\022\220,\230a\230q\330\010\r\210Q\210e\220>\240\023\240A\240U\250!\330\010\r\210Q\210e\320\023)\250\023\250A\250U\260!\330\010\r\210Q\210e\320\023(\250\003\2501\250E\260\021\330\010\r\210Q\210e\220?\240#\240Q\240e\2501\330\010\014\210E\220\025\220a\220q\330\014\021\220\024\220S\230\t\240\021\240$\240c\250\025\250a\250t\2608\2701\270D\300\005\300Q\300d\310#\310Q\310d\320RZ\320Z[\320[_\320_d\320dg\320gh\330\014\017\210s\220#\220Q\330\020\024\220J\230a\330\020\026\220g\230Q\320\036:\270!\2701\330\014\020\220\013\2301\330\010\r\210T\220\023\220I\230Q\230d\240#\240U\250!\2504\250x\260q\270\004\270N\310.\320X`\320`a\320ae\320ej\320jm\320mn\330\036#\2404\240q\330\010\013\2103\210c\220\021\330\014\020\220\n\230!\330\014\022\220\047\230\021\320\032:\270!\2701\330\010\014\210K\220q\330\010\r\210T\220\023\220I\230Q\230d\240#\240U\250!\2504\250x\260q\270\004\270N\310/\320Ya\320ab\320bf\320fk\320kn\320no\330\036#\2404\240q\330\010\013\2103\210c\220\021\330\014\020\220\n\230!\330\014\022\220""\047\230\021\320\032;\2701\270A\330\010\014\210K\220q\200A\360\020\000\t#\240!\330\010\017\210~\230Q\330\010\014\210L\230\001\330\010\022\220)\230=\250\r\260]\300+\310U\320RW\320We\320eq\320qv\320vw\330\010\014\210G\2205\230\n\240&\250\006\250a\330\014\017\210t\220:\230Q\230e\2402\240Z\250s\260#\260W\270C\270r\300\021\330\020\026\220i\230q\240\006\240a\240q\330\014\017\210s\220\047\230\023\230F\240#\240T\250\023\250F\260.\300\003\3004\300s\310&\320PQ\330\020\026\220j\240\001\240\026\240q\320(T\320TU\320UY\320YZ\320Z[\330\010\013\210:\220W\230F\240#\240S\250\005\250V\2607\270&\300\003\3009\310G\320SY\320Y\\\320\\_\320_c\320cj\320jk\330\014\022\220*\230A\230Q\330\010\013\2104\210z\230\021\230(\240-\250s\260&\270\001\330\014\022\220)\2301\230A\330\010\013\210<\220w\230a\330\014\017\210t\320\023$\240A\240]\260!\330\020\026\220i\230q\240\001\330\014\022\320\022#\320#7\260q\270\r\300Q\330\014\017\210s\220)\2303\320\0368\270\003\2708\3003\300f\310C\310x\320Wa\320ah\320hi\330\020\026\220j\240\001\240\021\330\010\017\210v\220U\230!\330\010\014\210J\220a\330\010\014\210H\220A\330\010\r\210Q\330\010\r\210Q\330\010\r\210Q\330\010\014\210I\220Q\330\010\014\210I\220Q\220e\230<\240z\260\033\270H\300A\330\010\014\210C\210x\220q\230\002\230!\2301\330\010\014\210C\210w\220a\220r\230\021\230#\230Q\330\010\014\210C\210}\230A\230R\230q\240\003\2401\330\010\014\210C\210w\220k\240\024\240Q\240f\250A\330\010\014\210C\210|\2306\240\021\330\010\013\2104\210s\220!\330\014\020\220\003\2207\230!\330\014\020\220\003\220;\230c\240\021\340\014\020\220\003\2207\230!\330\014\020\220\003\220;\230a\230t\2403\240a\320\004)\320)@\300\001\360\014\000\t\r\210L\230\001\330\010\013\2104\210s\220&\230\003\2301\330\014\022\220,\230a\230q\330\010\013\2104\210t\2201\330\014\022\220,\230a\230q\330\010\014\210H\220A\330\010\t\330\014\020\220\003\220>\240\024\240S\250\010\260\002\3202C\320CV\320VW\330\014\020\220\003\220?\240!\330\021\022\330\020\026\220f\230A\230Q\230d\240!\340\014\020\220\010\230\001\330\010""\017\210q";
+    #else /* compression: none (5244 bytes) */
+static const char bytes[] = " at 0x blocks> entries hooks,  must be a numpy uint32 array must be a writable C-contiguous uint32 object>(tree fragment), .: <MemoryView of <NativeHooks <contiguous and direct><contiguous and indirect><strided and direct or indirect><strided and direct><strided and indirect>>?Cannot assign to read-only memoryviewInvalid mode, expected \047c\047 or \047fortran\047, got Invalid shape in axis NativeHooks are already installedNativeHooks are not bound to a cpuNativeHooks are not installedNativeHooks is already initialisedNativeHooks is closedNativeHooks is not initialisedNativeHooks is running a guestNativeHooks needs an engine and a contextNoneNote that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notecollections.abcdisableenablegcguest IDThost IDTisenabledlguest._core native API mismatch (not this cpu\047s)lguest.memorylguest/unicorn/_uchook.pyxmemory must be a live GuestMemoryno address for no default __reduce__ due to non-trivial __cinit__not a lguest._core native API capsulereg_ids needs regs_array and guest_idt must be the cpu\047s owntb_max_insns must be 1..512 and tb_guard positivethe the Switcher buffer does not hold the layoutuc_hook_add failed: error uc_hook_add(IN) failed: error uc_hook_add(OUT) failed: error unable to allocate array data.unable to allocate shape and strides.ASCIIEllipsisGuestMemoryNativeHooksNativeHooks.__reduce_cython__NativeHooks.__setstate_cython__NativeHooks.bindNativeHooks.clear_pokeNativeHooks.closeNativeHooks.direct_countsNativeHooks.hcall_countsNativeHooks.installNativeHooks.pokeNativeHooks.reflect_countsNativeHooks.request_stopNativeHooks.runNativeHooks.set_guest_dataNativeHooks.set_hcall_handlerNativeHooks.stop_countsNativeHooks.uninstallREASONSREASON_BADSEGREASON_BREAKREASON_DEADREASON_DEADLINEREASON_DIRECTREASON_FLUSHREASON_HCALLREASON_INVALIDREASON_IRQREASON_MEMREASON_NONEREASON_RING0REASON_SOFT""_GPREASON_SWITCHERREASON_TIMERREASON_TRAPREASON_VM86SequenceView.MemoryView__Pyx_PyDict_NextRef__annotate____class____class_getitem____dict____enter____exit____func____getstate____import____main____module____name____new____pyx_checksum__pyx_state__pyx_type__pyx_unpickle_Enum__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutineabcaddressallocate_bufferapiapi_capsulearrarrayarraysasyncio.coroutinesbadsegbasebindbreakbudget_blockscc_contiguouscbsclear_pokecline_in_tracebackcloseclosedcode_gen_highwatercode_gen_ptrcountcpuctx_allocctx_small_allocctypesdatadeaddeadlinedeadline_nsdirectdirect_countsdtypedtype_is_objecteeflagseipencodeenumerateerrerrorerror_codeexception_is_intflagsflushformatfortranfuncsgdt_offsetguest_idtgvhandlerhcallhcall_countshflagsholdhost_cshost_idthost_sshviididtindexinsn_ininsn_outinstallinternalsinvalidirqitemsitemsizelayoutlguest.unicorn._uchooklguest_datamemmemorymemviewmodenamendarrayndimnoirq_endnoirq_startnonenpnumpyobjold_exceptionpackpokepoprcreadyreflect_countsreg_cr2reg_idsregisterregsregs_arrayrequest_stopring0runrvseg_stridesegsselfset_guest_dataset_hcall_handlersetdefaultshapesizesoft_gpstartstepstopstop_countsstructswitcherswitcher_sizeswitcher_vatb_cflagstb_guardtb_max_insnstimertraptypesuc_context_restoreuc_context_saveuc_ctluc_emu_startuc_emu_stopuc_freeuc_handleuc_hook_adduc_hook_deluc_owneruc_reg_readuc_reg_writeuint32uninitialiseduninstallunpackuntil_vaupdatevaluesvm86writeablexO\200\001\330\004\n\210+\220Q\200A\330\010\024\220A\220Q\220d\230#\230\\\250\021\200A\340\010\014\210G\2201\330\010\013\210<\220s\230%\230s\240,\250b\260\002\260#\260\\\300\022\3002\300R\300t\3103\310a\330\014\020\220\003\220:\230Q\330\014\020\220\003\2206\230\021\340\014\020\220\003\220:\230Q\330\014\020\220\003\2206\230\021\330\010\014\210C\210\177\230a\330\010\014\210C\210}\230A\200A\340\010\014\210L\230\001\330\010\014\210E\220\025\220a\220t\2301\330\014\020\220\003\2209""\230A\230T\240\023\240E\250\024\250X\260Q\260a\330\010\014\210J\220a\200A\340\010\017\210q\220\007\220q\230\004\230D\240\003\2406\250\021\250#\250T\260\025\260e\2701\270C\270q\300\n\310#\310T\320QT\320TZ\320Z[\320[\\\200A\340\010\024\220A\220Q\220d\230#\230\\\250\021\200A\360\006\000\t\014\2104\210w\220c\230\021\330\014\r\330\010\013\2104\210q\330\014\022\220,\230a\230q\330\010\013\2104\210w\220c\230\021\330\014\020\220\n\230!\330\014\017\210t\2209\230C\230u\240D\250\004\250G\2607\270!\330\020\024\220F\230!\2308\2404\240q\330\014\017\210t\220?\240#\240U\250$\250d\260\047\270\027\300\001\330\020\024\220F\230!\2308\2404\240q\330\010\014\210I\220Q\330\010\014\210H\220A\330\010\014\210K\220q\330\010\014\320\014\035\230Q\330\010\014\210C\210w\220a\330\010\014\210C\210}\230A\330\010\014\210C\210v\220Q\330\010\014\210C\210|\2301\330\010\014\210C\210w\220a\330\010\014\210K\220q\330\010\014\210I\220Q\200A\360\006\000\t\020\210q\220\003\2204\220s\230-\240q\250\003\2504\250u\260E\270\021\270$\270c\300\024\300S\310\r\320UV\320VW\200A\360\006\000\t\020\210q\220\003\2204\220s\230.\250\001\250\023\250D\260\005\260U\270!\2705\300\003\3004\300s\310.\320XY\320YZ\200A\360\006\000\t\020\210q\220\003\2204\220s\230/\250\021\250#\250T\260\025\260e\2701\270D\300\003\3004\300s\310/\320YZ\320Z[\200A\360\006\000\t\025\220A\220Q\220d\230#\230\\\250\021\200A\360\n\000\t\r\210L\230\001\330\010\013\2104\210q\330\014\022\220,\230a\230q\330\010\r\210Q\210e\220>\240\023\240A\240U\250!\330\010\r\210Q\210e\320\023)\250\023\250A\250U\260!\330\010\r\210Q\210e\320\023(\250\003\2501\250E\260\021\330\010\r\210Q\210e\220?\240#\240Q\240e\2501\330\010\014\210E\220\025\220a\220q\330\014\021\220\024\220S\230\t\240\021\240$\240c\250\025\250a\250t\2608\2701\270D\300\005\300Q\300d\310#\310Q\310d\320RZ\320Z[\320[_\320_d\320dg\320gh\330\014\017\210s\220#\220Q\330\020\024\220J\230a\330\020\026\220g\230Q\320\036:\270!\2701\330\014\020\220\013\2301\330\010\r\210T\220\023\220I\230Q\230d\240#\240U\250!\2504\250x\260q""\270\004\270N\310.\320X`\320`a\320ae\320ej\320jm\320mn\330\036#\2404\240q\330\010\013\2103\210c\220\021\330\014\020\220\n\230!\330\014\022\220\047\230\021\320\032:\270!\2701\330\010\014\210K\220q\330\010\r\210T\220\023\220I\230Q\230d\240#\240U\250!\2504\250x\260q\270\004\270N\310/\320Ya\320ab\320bf\320fk\320kn\320no\330\036#\2404\240q\330\010\013\2103\210c\220\021\330\014\020\220\n\230!\330\014\022\220\047\230\021\320\032;\2701\270A\330\010\014\210K\220q\200A\360\n\000\t\r\210L\230\001\330\010\014\320\014\036\230a\330\010\013\2108\2203\220a\330\014\020\220\003\220<\230q\330\014\020\220\003\220>\240\021\340\014\020\220\003\220<\230q\330\014\020\220\003\220>\240\030\250\021\200A\360\020\000\t#\240!\330\010\017\210~\230Q\330\010\014\210L\230\001\330\010\022\220)\230=\250\r\260]\300+\310U\320RW\320We\320eq\320qv\320vw\330\010\014\210G\2205\230\n\240&\250\006\250a\330\014\017\210t\220:\230Q\230e\2402\240Z\250s\260#\260W\270C\270r\300\021\330\020\026\220i\230q\240\006\240a\240q\330\014\017\210s\220\047\230\023\230F\240#\240T\250\023\250F\260.\300\003\3004\300s\310&\320PQ\330\020\026\220j\240\001\240\026\240q\320(T\320TU\320UY\320YZ\320Z[\330\010\013\210:\220W\230F\240#\240S\250\005\250V\2607\270&\300\003\3009\310G\320SY\320Y\\\320\\_\320_c\320cj\320jk\330\014\022\220*\230A\230Q\330\010\013\2104\210z\230\021\230(\240-\250s\260&\270\001\330\014\022\220)\2301\230A\330\010\013\210<\220w\230a\330\014\017\210t\320\023$\240A\240]\260!\330\020\026\220i\230q\240\001\330\014\022\320\022#\320#7\260q\270\r\300Q\330\014\017\210s\220)\2303\320\0368\270\003\2708\3003\300f\310C\310x\320Wa\320ah\320hi\330\020\026\220j\240\001\240\021\330\010\017\210v\220U\230!\330\010\014\210J\220a\330\010\014\210H\220A\330\010\r\210Q\330\010\r\210Q\330\010\r\210Q\330\010\014\210I\220Q\330\010\014\210I\220Q\220e\230<\240z\260\033\270H\300A\330\010\014\210C\210x\220q\230\002\230!\2301\330\010\014\210C\210w\220a\220r\230\021\230#\230Q\330\010\014\210C\210}\230A\230R\230q\240\003\2401\330\010\014\210C\210w""\220k\240\024\240Q\240f\250A\330\010\014\210C\210|\2306\240\021\330\010\013\2104\210s\220!\330\014\020\220\003\2207\230!\330\014\020\220\003\220;\230c\240\021\340\014\020\220\003\2207\230!\330\014\020\220\003\220;\230a\230t\2403\240a\320\004)\320)@\300\001\360\014\000\t\r\210L\230\001\330\010\013\2104\210s\220&\230\003\2301\330\014\022\220,\230a\230q\330\010\013\2104\210t\2201\330\014\022\220,\230a\230q\330\010\014\210H\220A\330\010\t\330\014\020\220\003\220>\240\024\240S\250\010\260\002\3202C\320CV\320VW\330\014\020\220\003\220?\240!\330\021\022\330\020\026\220f\230A\230Q\230d\240!\340\014\020\220\010\230\001\330\010\013\2104\210~\230W\240A\330\014\017\210t\320\023#\2404\240\177\260a\330\014\022\220!\330\010\017\210q";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED
     #endif
     PyObject **stringtab = __pyx_mstate->__pyx_string_tab;
     Py_ssize_t pos = 0;
-    for (int i = 0; i < 267; i++) {
+    for (int i = 0; i < 277; i++) {
       Py_ssize_t bytes_length = str_length_index[i].length;
       PyObject *string = PyUnicode_DecodeUTF8(bytes + pos, bytes_length, NULL);
       if (likely(string) && i >= 58) PyUnicode_InternInPlace(&string);
@@ -28504,8 +29875,8 @@ static const char bytes[] = " at 0x blocks> entries hooks,  must be a numpy uint
       stringtab[i] = string;
       pos += bytes_length;
     }
-    for (int i = 267; i < 280; i++) {
-      Py_ssize_t bytes_length = bytes_length_index[i-267].length;
+    for (int i = 277; i < 293; i++) {
+      Py_ssize_t bytes_length = bytes_length_index[i-277].length;
       PyObject *string = PyBytes_FromStringAndSize(bytes + pos, bytes_length);
       stringtab[i] = string;
       pos += bytes_length;
@@ -28515,15 +29886,15 @@ static const char bytes[] = " at 0x blocks> entries hooks,  must be a numpy uint
       }
     }
     Py_XDECREF(data);
-    for (Py_ssize_t i = 0; i < 280; i++) {
+    for (Py_ssize_t i = 0; i < 293; i++) {
       if (unlikely(PyObject_Hash(stringtab[i]) == -1)) {
         __PYX_ERR(0, 1, __pyx_L1_error)
       }
     }
     #if CYTHON_IMMORTAL_CONSTANTS
     {
-      PyObject **table = stringtab + 267;
-      for (Py_ssize_t i=0; i<13; ++i) {
+      PyObject **table = stringtab + 277;
+      for (Py_ssize_t i=0; i<16; ++i) {
         #if PY_VERSION_HEX >= 0x030F0000
         PyUnstable_SetImmortal(table[i]);
         #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
@@ -28611,69 +29982,84 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
   PyObject* tuple_dedup_map = PyDict_New();
   if (unlikely(!tuple_dedup_map)) return -1;
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 304};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 328};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_types, __pyx_mstate->__pyx_n_u_cbs, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_rc};
     __pyx_mstate_global->__pyx_codeobj_tab[0] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_install, __pyx_mstate->__pyx_kp_b_iso88591_A_L_4q_aq_Qe_AU_Qe_AU_Qe_1E_Qe_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[0])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 335};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 359};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_i};
     __pyx_mstate_global->__pyx_codeobj_tab[1] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_uninstall, __pyx_mstate->__pyx_kp_b_iso88591_A_L_E_at1_9AT_E_XQa_Ja, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[1])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 342};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 366};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[2] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_close, __pyx_mstate->__pyx_kp_b_iso88591_A_4wc_4q_aq_4wc_t9CuD_G7_F_84q_t, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[2])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {7, 0, 0, 17, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 381};
+    const __Pyx_PyCode_New_function_description descr = {7, 0, 0, 17, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 405};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_cpu, __pyx_mstate->__pyx_n_u_regs_array, __pyx_mstate->__pyx_n_u_host_idt, __pyx_mstate->__pyx_n_u_guest_idt, __pyx_mstate->__pyx_n_u_memory, __pyx_mstate->__pyx_n_u_api_capsule, __pyx_mstate->__pyx_n_u_rv, __pyx_mstate->__pyx_n_u_hv, __pyx_mstate->__pyx_n_u_gv, __pyx_mstate->__pyx_n_u_api, __pyx_mstate->__pyx_n_u_GuestMemory, __pyx_mstate->__pyx_n_u_arrays, __pyx_mstate->__pyx_n_u_name, __pyx_mstate->__pyx_n_u_arr, __pyx_mstate->__pyx_n_u_shape, __pyx_mstate->__pyx_n_u_hold};
     __pyx_mstate_global->__pyx_codeobj_tab[3] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_bind, __pyx_mstate->__pyx_kp_b_iso88591_A_Q_L_URWWeeqqvvw_G5_a_t_Qe2Zs_W, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[3])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 428};
+    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 452};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_lguest_data, __pyx_mstate->__pyx_n_u_noirq_start, __pyx_mstate->__pyx_n_u_noirq_end};
     __pyx_mstate_global->__pyx_codeobj_tab[4] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_set_guest_data, __pyx_mstate->__pyx_kp_b_iso88591_A_G1_s_s_b_2Rt3a_Q_6_Q_6_C_a_C_A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[4])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 440};
-    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_budget_blocks, __pyx_mstate->__pyx_n_u_deadline_ns, __pyx_mstate->__pyx_n_u_err};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 464};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_budget_blocks, __pyx_mstate->__pyx_n_u_deadline_ns, __pyx_mstate->__pyx_n_u_err, __pyx_mstate->__pyx_n_u_e};
     __pyx_mstate_global->__pyx_codeobj_tab[5] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_run, __pyx_mstate->__pyx_kp_b_iso88591_L_4s_1_aq_4t1_aq_HA_S_2CCVVW_fA, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[5])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 465};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 492};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[6] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_request_stop, __pyx_mstate->__pyx_kp_b_iso88591_A_AQd, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[6])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 469};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 496};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[7] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_poke, __pyx_mstate->__pyx_kp_b_iso88591_A_AQd_2, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[7])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 474};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 501};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[8] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_clear_poke, __pyx_mstate->__pyx_kp_b_iso88591_A_AQd_3, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[8])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 541};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 568};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_i};
     __pyx_mstate_global->__pyx_codeobj_tab[9] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_direct_counts, __pyx_mstate->__pyx_kp_b_iso88591_A_q_4s_D_U_5_4s_XYYZ, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[9])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 546};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 600};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_handler};
+    __pyx_mstate_global->__pyx_codeobj_tab[10] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_set_hcall_handler, __pyx_mstate->__pyx_kp_b_iso88591_A_L_a_83a_q_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[10])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 618};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_i};
-    __pyx_mstate_global->__pyx_codeobj_tab[10] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_stop_counts, __pyx_mstate->__pyx_kp_b_iso88591_A_q_q_D_6_T_e1Cq_TQTTZZ, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[10])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[11] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_hcall_counts, __pyx_mstate->__pyx_kp_b_iso88591_A_q_4s_q_4uE_c_S_UVVW, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[11])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 623};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_i};
+    __pyx_mstate_global->__pyx_codeobj_tab[12] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_reflect_counts, __pyx_mstate->__pyx_kp_b_iso88591_A_q_4s_T_e1D_4s_YZZ, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[12])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 628};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_i};
+    __pyx_mstate_global->__pyx_codeobj_tab[13] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_stop_counts, __pyx_mstate->__pyx_kp_b_iso88591_A_q_q_D_6_T_e1Cq_TQTTZZ, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[13])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
-    __pyx_mstate_global->__pyx_codeobj_tab[11] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_reduce_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[11])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[14] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_reduce_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[14])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 3};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_pyx_state};
-    __pyx_mstate_global->__pyx_codeobj_tab[12] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[12])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[15] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[15])) goto bad;
   }
   Py_DECREF(tuple_dedup_map);
   return 0;
@@ -32261,6 +33647,42 @@ __pyx_return_true:
     return 1;
 __pyx_return_false:
     return 0;
+}
+
+/* WriteUnraisableException */
+static void __Pyx_WriteUnraisable(const char *name, int clineno,
+                                  int lineno, const char *filename,
+                                  int full_traceback, int nogil) {
+    PyObject *old_exc, *old_val, *old_tb;
+    PyObject *ctx;
+    __Pyx_PyThreadState_declare
+    PyGILState_STATE state;
+    if (nogil)
+        state = PyGILState_Ensure();
+    else state = (PyGILState_STATE)0;
+    CYTHON_UNUSED_VAR(clineno);
+    CYTHON_UNUSED_VAR(lineno);
+    CYTHON_UNUSED_VAR(filename);
+    CYTHON_MAYBE_UNUSED_VAR(nogil);
+    __Pyx_PyThreadState_assign
+    __Pyx_ErrFetch(&old_exc, &old_val, &old_tb);
+    if (full_traceback) {
+        Py_XINCREF(old_exc);
+        Py_XINCREF(old_val);
+        Py_XINCREF(old_tb);
+        __Pyx_ErrRestore(old_exc, old_val, old_tb);
+        PyErr_PrintEx(0);
+    }
+    ctx = PyUnicode_FromString(name);
+    __Pyx_ErrRestore(old_exc, old_val, old_tb);
+    if (!ctx) {
+        PyErr_WriteUnraisable(Py_None);
+    } else {
+        PyErr_WriteUnraisable(ctx);
+        Py_DECREF(ctx);
+    }
+    if (nogil)
+        PyGILState_Release(state);
 }
 
 /* RaiseKeywordRequired */
@@ -39172,6 +40594,85 @@ static CYTHON_INLINE size_t __Pyx_PyLong_As_size_t(PyObject *x) {
 }
 
 /* CIntToPy */
+static CYTHON_INLINE PyObject* __Pyx_PyLong_From_uint32_t(uint32_t value) {
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wconversion"
+#endif
+    const uint32_t neg_one = (uint32_t) -1, const_zero = (uint32_t) 0;
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic pop
+#endif
+    const int is_unsigned = neg_one > const_zero;
+    if (is_unsigned) {
+        if (sizeof(uint32_t) < sizeof(long)) {
+            return PyLong_FromLong((long) value);
+        } else if (sizeof(uint32_t) <= sizeof(unsigned long)) {
+            return PyLong_FromUnsignedLong((unsigned long) value);
+#if !CYTHON_COMPILING_IN_PYPY
+        } else if (sizeof(uint32_t) <= sizeof(unsigned PY_LONG_LONG)) {
+            return PyLong_FromUnsignedLongLong((unsigned PY_LONG_LONG) value);
+#endif
+        }
+    } else {
+        if (sizeof(uint32_t) <= sizeof(long)) {
+            return PyLong_FromLong((long) value);
+        } else if (sizeof(uint32_t) <= sizeof(PY_LONG_LONG)) {
+            return PyLong_FromLongLong((PY_LONG_LONG) value);
+        }
+    }
+    {
+        unsigned char *bytes = (unsigned char *)&value;
+#if !CYTHON_COMPILING_IN_LIMITED_API && PY_VERSION_HEX >= 0x030d00A4
+        if (is_unsigned) {
+            return PyLong_FromUnsignedNativeBytes(bytes, sizeof(value), -1);
+        } else {
+            return PyLong_FromNativeBytes(bytes, sizeof(value), -1);
+        }
+#elif !CYTHON_COMPILING_IN_LIMITED_API && PY_VERSION_HEX < 0x030d0000
+        int one = 1; int little = (int)*(unsigned char *)&one;
+        return _PyLong_FromByteArray(bytes, sizeof(uint32_t),
+                                     little, !is_unsigned);
+#else
+        int one = 1; int little = (int)*(unsigned char *)&one;
+        PyObject *result = NULL, *kwds = NULL;
+        PyObject *py_bytes = NULL, *order_str = NULL, *from_bytes_str = NULL;;
+        py_bytes = PyBytes_FromStringAndSize((char*)bytes, sizeof(uint32_t));
+        if (!py_bytes) goto limited_bad;
+        from_bytes_str = PyUnicode_FromStringAndSize("from_bytes", 10);
+        if (!from_bytes_str) goto limited_bad;
+        order_str = PyUnicode_FromString(little ? "little" : "big");
+        if (!order_str) goto limited_bad;
+        {
+            PyObject *args[] = { (PyObject*)&PyLong_Type, py_bytes, order_str, Py_True };
+            if (!is_unsigned) {
+                PyObject *signed_str = PyUnicode_FromStringAndSize("signed", 6);
+                if (!signed_str) goto limited_bad;
+#if CYTHON_VECTORCALL
+                kwds = PyTuple_Pack(1, signed_str);
+#else
+                {
+                    PyObject *keys[] = {signed_str};
+                    PyObject *values[] = {Py_True};
+                    kwds = __Pyx_MakeKwargDict(keys, values, 1);
+                }
+#endif
+                Py_DECREF(signed_str);
+                if (unlikely(!kwds)) goto limited_bad;
+            }
+            result = __Pyx_Object_VectorcallMethodKwds(from_bytes_str, args, 3 | __Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET, kwds);
+        }
+        limited_bad:
+        Py_XDECREF(kwds);
+        Py_XDECREF(order_str);
+        Py_XDECREF(py_bytes);
+        Py_XDECREF(from_bytes_str);
+        return result;
+#endif
+    }
+}
+
+/* CIntToPy */
 static CYTHON_INLINE PyObject* __Pyx_PyLong_From_unsigned_char(unsigned char value) {
 #ifdef __Pyx_HAS_GCC_DIAGNOSTIC
 #pragma GCC diagnostic push
@@ -40055,85 +41556,6 @@ static CYTHON_INLINE PyObject* __Pyx_PyLong_From_int64_t(int64_t value) {
         PyObject *result = NULL, *kwds = NULL;
         PyObject *py_bytes = NULL, *order_str = NULL, *from_bytes_str = NULL;;
         py_bytes = PyBytes_FromStringAndSize((char*)bytes, sizeof(int64_t));
-        if (!py_bytes) goto limited_bad;
-        from_bytes_str = PyUnicode_FromStringAndSize("from_bytes", 10);
-        if (!from_bytes_str) goto limited_bad;
-        order_str = PyUnicode_FromString(little ? "little" : "big");
-        if (!order_str) goto limited_bad;
-        {
-            PyObject *args[] = { (PyObject*)&PyLong_Type, py_bytes, order_str, Py_True };
-            if (!is_unsigned) {
-                PyObject *signed_str = PyUnicode_FromStringAndSize("signed", 6);
-                if (!signed_str) goto limited_bad;
-#if CYTHON_VECTORCALL
-                kwds = PyTuple_Pack(1, signed_str);
-#else
-                {
-                    PyObject *keys[] = {signed_str};
-                    PyObject *values[] = {Py_True};
-                    kwds = __Pyx_MakeKwargDict(keys, values, 1);
-                }
-#endif
-                Py_DECREF(signed_str);
-                if (unlikely(!kwds)) goto limited_bad;
-            }
-            result = __Pyx_Object_VectorcallMethodKwds(from_bytes_str, args, 3 | __Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET, kwds);
-        }
-        limited_bad:
-        Py_XDECREF(kwds);
-        Py_XDECREF(order_str);
-        Py_XDECREF(py_bytes);
-        Py_XDECREF(from_bytes_str);
-        return result;
-#endif
-    }
-}
-
-/* CIntToPy */
-static CYTHON_INLINE PyObject* __Pyx_PyLong_From_uint32_t(uint32_t value) {
-#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wconversion"
-#endif
-    const uint32_t neg_one = (uint32_t) -1, const_zero = (uint32_t) 0;
-#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
-#pragma GCC diagnostic pop
-#endif
-    const int is_unsigned = neg_one > const_zero;
-    if (is_unsigned) {
-        if (sizeof(uint32_t) < sizeof(long)) {
-            return PyLong_FromLong((long) value);
-        } else if (sizeof(uint32_t) <= sizeof(unsigned long)) {
-            return PyLong_FromUnsignedLong((unsigned long) value);
-#if !CYTHON_COMPILING_IN_PYPY
-        } else if (sizeof(uint32_t) <= sizeof(unsigned PY_LONG_LONG)) {
-            return PyLong_FromUnsignedLongLong((unsigned PY_LONG_LONG) value);
-#endif
-        }
-    } else {
-        if (sizeof(uint32_t) <= sizeof(long)) {
-            return PyLong_FromLong((long) value);
-        } else if (sizeof(uint32_t) <= sizeof(PY_LONG_LONG)) {
-            return PyLong_FromLongLong((PY_LONG_LONG) value);
-        }
-    }
-    {
-        unsigned char *bytes = (unsigned char *)&value;
-#if !CYTHON_COMPILING_IN_LIMITED_API && PY_VERSION_HEX >= 0x030d00A4
-        if (is_unsigned) {
-            return PyLong_FromUnsignedNativeBytes(bytes, sizeof(value), -1);
-        } else {
-            return PyLong_FromNativeBytes(bytes, sizeof(value), -1);
-        }
-#elif !CYTHON_COMPILING_IN_LIMITED_API && PY_VERSION_HEX < 0x030d0000
-        int one = 1; int little = (int)*(unsigned char *)&one;
-        return _PyLong_FromByteArray(bytes, sizeof(uint32_t),
-                                     little, !is_unsigned);
-#else
-        int one = 1; int little = (int)*(unsigned char *)&one;
-        PyObject *result = NULL, *kwds = NULL;
-        PyObject *py_bytes = NULL, *order_str = NULL, *from_bytes_str = NULL;;
-        py_bytes = PyBytes_FromStringAndSize((char*)bytes, sizeof(uint32_t));
         if (!py_bytes) goto limited_bad;
         from_bytes_str = PyUnicode_FromStringAndSize("from_bytes", 10);
         if (!from_bytes_str) goto limited_bad;

@@ -48,8 +48,10 @@ enum {
     UH_DEAD = 12,     /* the guest was killed during a native delivery */
     UH_RING0 = 13,    /* the guest at CPL 0 (a backstop: cannot happen) */
     UH_VM86 = 14,     /* the guest in virtual-8086 mode (see uh_run) */
-    UH_FLUSH = 15     /* internal: the translation cache is nearly full (see uh_on_block) */
+    UH_FLUSH = 15,    /* internal: the translation cache is nearly full (see uh_on_block) */
+    UH_HCALL = 16     /* a hypercall done in the hook asks the run loop to look (uh_hcall) */
 };
+#define UH_NREASONS 17
 
 #define UH_EFLAGS_TF 0x100u
 #define UH_EFLAGS_NT 0x4000u
@@ -99,6 +101,15 @@ typedef struct {
     uint32_t *pending;           /* the cpu's irqs_pending, or &attention */
     uint32_t attention;
     int native_direct;
+    /* Reflected traps delivered in the hook (see uh_reflect): vectors 0..31
+     * in reflect_mask; 0 disables it (the Python core, a trace, no stats). */
+    uint32_t reflect_mask;
+    /* Hypercalls done in the hook (see uh_hcall): numbers in hcall_mask;
+     * hcall_cb runs those that need the host (the GIL taken) and returns
+     * the new block budget (0: none) or -1 to stop. */
+    uint32_t hcall_mask;
+    int64_t (*hcall_cb)(void *self, uint32_t num, uint32_t arg1);
+    void *hcall_self;
     /* guest memory and lguest_data, for "would maybe_do_interrupt deliver?" */
     uint8_t *mem;
     uint64_t mem_size;
@@ -125,7 +136,11 @@ typedef struct {
     int mem_size_access;
     /* statistics */
     uint64_t direct_counts[256];
-    uint64_t stops[16];
+    uint64_t reflect_counts[32]; /* traps reflected by uh_reflectable's path, by vector */
+    uint64_t reflect_total;      /* their sum: one read tells the backend whether to look */
+    uint64_t hcall_counts[32];   /* hypercalls done in the hook (uh_hcall), by number */
+    uint64_t hcall_total;
+    uint64_t stops[UH_NREASONS];
     uint64_t intr_hooks;
     uint64_t io_count;
 } uh_state;
@@ -138,7 +153,7 @@ static inline void uh_store_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v
 
 static void uh_stop(uh_state *st, int reason) {
     st->reason = reason;
-    if (reason >= 0 && reason < 16) st->stops[reason]++;
+    if (reason >= 0 && reason < UH_NREASONS) st->stops[reason]++;
     st->emu_stop(st->uc);
 }
 
@@ -249,6 +264,91 @@ static int uh_intr_route(const uh_state *st, uint32_t intno, int cpl) {
     return 0;
 }
 
+/* Can code descriptor `sel` be loaded at CPL `cpl`?  uh_load_seg's kind-1
+ * test without the load. */
+static int uh_code_seg_usable(const uh_state *st, uint32_t sel, int cpl) {
+    uint32_t idx = (sel & 0xFFFF) >> 3, e2;
+    if ((sel & 0xFFFC) == 0 || (sel & 4) || idx >= 32 || (sel & 3) != (uint32_t)cpl) return 0;
+    e2 = st->gdt[2 * idx + 1];
+    return (e2 & 0x8000) && (e2 & 0x1000) && (e2 & 0x800) && !(e2 & 0x400) && ((e2 >> 13) & 3) == (uint32_t)cpl;
+}
+
+/* Would the run loop do nothing with this stop but reflect the trap
+ * (handle_trap's last lines: count it, deliver_trap)?  Then uh_reflect
+ * delivers it here through the same core call and the guest runs on.
+ * Only when all of these hold, so the result is the Python path's to the
+ * bit, kill messages included:
+ *  - the vector is one handle_trap never keeps for the host: not #UD
+ *    (vmcall patch), #NM (lazy FPU), #GP (in/out), #PF (paging), the
+ *    hypercall trap, nor 32..255 (reflect_mask, set by the backend);
+ *  - the guest has a present gate for it (else Python kills "unhandled
+ *    trap", with its message);
+ *  - it came from the guest kernel (CPL 1, ss RPL 1): set_guest_interrupt then keeps
+ *    ss and sets cs to GUEST_CS, which must be loadable, so uh_deliver
+ *    cannot fail on a segment (a ring-3 trap switches to ss1, which only
+ *    the entry checks; it takes the Python path).
+ * A kill by the frame push itself (a bad stack) is the core's, with the
+ * core's message, and stops the emulator as UH_DEAD.  The run loop's
+ * checks between two entries -- break-out, the deadline, a deliverable
+ * interrupt -- are made by uh_on_block before the handler's first block. */
+static inline int uh_reflectable(const uh_state *st, const uint8_t *c, uint32_t intno, int cpl) {
+    return intno < 32 && ((st->reflect_mask >> intno) & 1) && st->api != NULL && cpl == 1
+           && (lg_load32(c + st->off_segs + S_SS * st->seg_stride) & 3) == 1
+           && lg_gate_present(st->guest_idt[2 * intno + 1]) && uh_code_seg_usable(st, LG_GUEST_CS, 1);
+}
+
+/* lguest_data's async hypercall ring: hcall_status[64] at this offset
+ * (constants.LD_HCALL_STATUS), 0xFF marking a free slot. */
+#define UH_LD_HCALL_STATUS 20
+#define UH_HCALL_RING 64
+#define UH_LHCALL_FLUSH_ASYNC 0
+#define LG_TRAP_ENTRY_VEC 31      /* LGUEST_TRAP_ENTRY: int $0x1f */
+
+/* Can the hook do this `int $0x1f` hypercall itself?  The run loop would
+ * run the async ring, then the call, then look at notify, break-out, the
+ * deadline and irqs before re-entering.  The hook does it when that is
+ * provably the same: from the guest kernel, after LGUEST_INIT, with the
+ * async ring empty (all 64 status bytes read in place, no copy -- a
+ * queued call may be any hypercall, NOTIFY or page tables included, so
+ * any queued call takes the run loop's path), and for a call number the
+ * backend listed (hcall_mask: FLUSH_ASYNC, done by nothing at all, and
+ * SET_CLOCKEVENT, done by hcall_cb under the GIL).  uh_on_block then
+ * makes the loop's remaining checks before the guest's next block. */
+static inline int uh_hcall_here(const uh_state *st, const uint8_t *c, int cpl, uint32_t *num) {
+    const uint8_t *ring;
+    uint64_t w;
+    int i;
+    if (!st->hcall_mask || cpl != 1 || !st->is_int || !st->has_ld) return 0;
+    *num = (uint32_t)uh_ld64(c + st->off_regs + 0 * 8);   /* eax */
+    if (*num >= 32 || !((st->hcall_mask >> *num) & 1)) return 0;
+    if ((uint64_t)st->ld + UH_LD_HCALL_STATUS + UH_HCALL_RING > st->mem_size) return 0;
+    ring = st->mem + st->ld + UH_LD_HCALL_STATUS;
+    for (i = 0; i < UH_HCALL_RING; i += 8) {
+        memcpy(&w, ring + i, 8);
+        if (w != ~(uint64_t)0) return 0;
+    }
+    return 1;
+}
+
+/* Do hypercall `num` (uh_hcall_here said yes): 0 to run on, else UH_HCALL
+ * (the run loop takes over after the call, at its step 2). */
+static int uh_hcall(uh_state *st, const uint8_t *c, uint32_t num) {
+    int64_t budget;
+    /* The call's arguments in lguest_regs (eax, ebx, ecx, edx), as the
+     * run loop would see them; QEMU keeps eax, ecx, edx, ebx in that order. */
+    st->regs[LG_R_EAX] = num;
+    st->regs[LG_R_EBX] = (uint32_t)uh_ld64(c + st->off_regs + 3 * 8);
+    st->regs[LG_R_ECX] = (uint32_t)uh_ld64(c + st->off_regs + 1 * 8);
+    st->regs[LG_R_EDX] = (uint32_t)uh_ld64(c + st->off_regs + 2 * 8);
+    st->hcall_counts[num]++; st->hcall_total++;   /* counted before it runs, as do_hcall does */
+    if (num == UH_LHCALL_FLUSH_ASYNC) return 0;  /* the (empty) ring was the whole work */
+    if (st->hcall_cb == NULL) return UH_HCALL;
+    budget = st->hcall_cb(st->hcall_self, num, st->regs[LG_R_EBX]);
+    if (budget < 0) return UH_HCALL;
+    st->budget_end = budget ? st->blocks + (uint64_t)budget : 0;
+    return 0;
+}
+
 static void uh_on_intr(uh_engine *uc, uint32_t intno, void *user) {
     uh_state *st = (uh_state *)user;
     /* Vectors 32..255 only come from int N: no error code, no exception
@@ -256,6 +356,7 @@ static void uh_on_intr(uh_engine *uc, uint32_t intno, void *user) {
      * 5.5 KiB context copy each way otherwise). */
     uint8_t *c = intno >= 32 && st->ctx_small ? st->ctx_small : st->ctx;
     int cpl, reason;
+    uint32_t num = 0;
     st->intr_hooks++;
     st->ctx_save(uc, c);
     cpl = uh_intr_record(st, uc, c, intno);
@@ -264,6 +365,15 @@ static void uh_on_intr(uh_engine *uc, uint32_t intno, void *user) {
         reason = uh_deliver(st, c, intno, st->idt[2 * intno], st->idt[2 * intno + 1],
                             !st->is_int && lg_has_err(intno), st->errcode, cpl);
         if (reason == 0) st->direct_counts[intno]++;
+    } else if (reason == UH_TRAP && intno == LG_TRAP_ENTRY_VEC && uh_hcall_here(st, c, cpl, &num)) {
+        reason = uh_hcall(st, c, num);
+    } else if (reason == UH_TRAP && uh_reflectable(st, c, intno, cpl)) {
+        /* handle_trap would only reflect it: do it here, without leaving
+         * the emulator.  Counted first, as handle_trap counts before
+         * deliver_trap (a kill by the push still counts). */
+        st->reflect_counts[intno]++; st->reflect_total++;
+        reason = uh_deliver(st, c, intno, st->guest_idt[2 * intno], st->guest_idt[2 * intno + 1],
+                            lg_has_err(intno), st->errcode, cpl);
     }
     st->ctx_restore(uc, c);   /* the handler's state, or the trap's untouched */
     if (reason != 0) uh_stop(st, reason);

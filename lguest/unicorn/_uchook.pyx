@@ -83,6 +83,10 @@ cdef extern from "_uchook.h":
         uint32_t *pending
         uint32_t attention
         int native_direct
+        uint32_t reflect_mask
+        uint32_t hcall_mask
+        int64_t (*hcall_cb)(void *, uint32_t, uint32_t) noexcept nogil
+        void *hcall_self
         uint8_t *mem
         uint64_t mem_size
         int has_ld
@@ -104,7 +108,11 @@ cdef extern from "_uchook.h":
         uint64_t mem_addr
         int mem_size_access
         uint64_t direct_counts[256]
-        uint64_t stops[16]
+        uint64_t reflect_counts[32]
+        uint64_t reflect_total
+        uint64_t hcall_counts[32]
+        uint64_t hcall_total
+        uint64_t stops[17]   # UH_NREASONS
         uint64_t intr_hooks
         uint64_t io_count
     int uh_run(uh_state *st) noexcept nogil
@@ -118,7 +126,7 @@ cdef extern from "_uchook.h":
     void *uh_on_out_ptr "((void *)uh_on_out)"
     enum:
         UH_NONE, UH_TRAP, UH_SOFT_GP, UH_DIRECT, UH_SWITCHER, UH_BADSEG, UH_INVALID, UH_TIMER
-        UH_IRQ, UH_BREAK, UH_DEADLINE, UH_MEM, UH_DEAD, UH_RING0, UH_VM86, UH_FLUSH
+        UH_IRQ, UH_BREAK, UH_DEADLINE, UH_MEM, UH_DEAD, UH_RING0, UH_VM86, UH_FLUSH, UH_HCALL, UH_NREASONS
 
 # Why the emulator stopped (NativeHooks.reason): the C enum's values, by name.
 REASON_NONE = UH_NONE
@@ -137,11 +145,12 @@ REASON_DEAD = UH_DEAD
 REASON_RING0 = UH_RING0
 REASON_VM86 = UH_VM86
 REASON_FLUSH = UH_FLUSH
+REASON_HCALL = UH_HCALL
 REASONS = {
     UH_NONE: "none", UH_TRAP: "trap", UH_SOFT_GP: "soft_gp", UH_DIRECT: "direct", UH_SWITCHER: "switcher",
     UH_BADSEG: "badseg", UH_INVALID: "invalid", UH_TIMER: "timer", UH_IRQ: "irq", UH_BREAK: "break",
     UH_DEADLINE: "deadline", UH_MEM: "mem", UH_DEAD: "dead", UH_RING0: "ring0", UH_VM86: "vm86",
-    UH_FLUSH: "flush",
+    UH_FLUSH: "flush", UH_HCALL: "hcall",
 }
 
 # UC_HOOK_* numbers (unicorn.h, stable across Unicorn 2)
@@ -171,6 +180,17 @@ cdef _check_addresses(funcs, internals):
         raise ValueError("tb_max_insns must be 1..512 and tb_guard positive")
 
 
+cdef int64_t _hcall_trampoline(void *self, uint32_t num, uint32_t arg1) noexcept with gil:
+    """uh_hcall's way back into Python (the hook runs without the GIL): the
+    handler's budget, or -1 to stop -- also when it raised; run() re-raises."""
+    cdef NativeHooks h = <NativeHooks>self
+    try:
+        return h._hcall_handler(num, arg1)
+    except BaseException as e:
+        h._hcall_error = e
+        return -1
+
+
 cdef class NativeHooks:
     """The native half of lguest.unicorn's backend: state shared with the C
     hooks, the entry/exit sequence and the counters.  Built by
@@ -194,6 +214,8 @@ cdef class NativeHooks:
     cdef object _free
     cdef int state         # 0: __init__ not run, 1: ready, 2: closed
     cdef int busy          # a run() is in progress (set and cleared with the GIL held)
+    cdef object _hcall_handler  # handler(num, arg1) -> budget or -1 (see uh_hcall)
+    cdef object _hcall_error
 
     def __cinit__(self):
         memset(&self.st, 0, sizeof(uh_state))
@@ -206,6 +228,8 @@ cdef class NativeHooks:
         self._keep = None
         self._owners = None
         self._hold = None
+        self._hcall_handler = None
+        self._hcall_error = None
 
     def __init__(self, *, uc_handle, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va,
                  switcher_size, gdt_offset, until_va, host_cs, host_ss,
@@ -456,6 +480,9 @@ cdef class NativeHooks:
                 err = uh_run(&self.st)
         finally:
             self.busy = 0
+        if self._hcall_error is not None:
+            e, self._hcall_error = self._hcall_error, None
+            raise e
         return err
 
     @property
@@ -542,6 +569,61 @@ cdef class NativeHooks:
         """{vector: deliveries} of the native direct path."""
         cdef int i
         return {i: self.st.direct_counts[i] for i in range(256) if self.st.direct_counts[i]}
+
+    @property
+    def reflect_mask(self):
+        """Vectors 0..31 (a bitmask) the hook reflects into the guest itself
+        when handle_trap would do nothing else with them (uh_reflectable);
+        0: every non-direct trap stops the emulator."""
+        return self.st.reflect_mask
+
+    @reflect_mask.setter
+    def reflect_mask(self, uint32_t value):
+        self._check()
+        self.st.reflect_mask = value
+
+    @property
+    def reflect_total(self):
+        return self.st.reflect_total
+
+    @property
+    def hcall_mask(self):
+        """Hypercall numbers (a bitmask, below 32) the hook does itself when
+        uh_hcall_here allows; 0: every hypercall stops the emulator."""
+        return self.st.hcall_mask
+
+    @hcall_mask.setter
+    def hcall_mask(self, uint32_t value):
+        self._check()
+        self.st.hcall_mask = value
+
+    def set_hcall_handler(self, handler):
+        """``handler(num, arg1) -> int``: does hypercall ``num`` from inside
+        the hook (with the GIL) and returns the new block budget (0: none)
+        or -1 to stop the emulator (reason "hcall").  None: the hook does
+        only FLUSH_ASYNC and stops for the others."""
+        self._check_idle()
+        self._hcall_handler = handler
+        if handler is None:
+            self.st.hcall_cb = NULL
+            self.st.hcall_self = NULL
+        else:
+            self.st.hcall_cb = _hcall_trampoline
+            self.st.hcall_self = <void *>self
+
+    @property
+    def hcall_total(self):
+        return self.st.hcall_total
+
+    def hcall_counts(self):
+        """{number: hypercalls done in the hook} since the start."""
+        cdef int i
+        return {i: self.st.hcall_counts[i] for i in range(32) if self.st.hcall_counts[i]}
+
+    def reflect_counts(self):
+        """{vector: traps reflected in the hook} since the start."""
+        cdef int i
+        return {i: self.st.reflect_counts[i] for i in range(32) if self.st.reflect_counts[i]}
 
     def stop_counts(self):
         cdef int i

@@ -17,8 +17,20 @@ import numpy as np
 import unicorn as _unicorn
 from unicorn import x86_const as _x86
 
-from ..constants import CHANGED_ALL, CHANGED_GDT, CHANGED_GDT_TLS, IDT_ENTRIES, LGUEST_CS, LGUEST_DS, SWITCHER_ADDR
+from ..constants import (
+    CHANGED_ALL,
+    CHANGED_GDT,
+    CHANGED_GDT_TLS,
+    IDT_ENTRIES,
+    LGUEST_CS,
+    LGUEST_DS,
+    LGUEST_TRAP_ENTRY,
+    LHCALL_FLUSH_ASYNC,
+    LHCALL_SET_CLOCKEVENT,
+    SWITCHER_ADDR,
+)
 from ..cores import compiled, core_of
+from ..host.hypercalls import HYPERCALLS, HcallArgs
 from ..host.run import Backend
 from . import _uchook
 from .engine import engine_handle, engine_internals, function_addresses, uclib
@@ -29,6 +41,17 @@ from .switcher import CR0_WP, SW_GDT, SW_SIZE, SW_STUBS, SW_UNTIL, Switcher
 
 #: The registers of ``cpu.regs.array``, by index, as Unicorn names them (-1:
 #: trapnum and errcode, which are not registers).
+#: The traps handle_trap only ever reflects (every vector below 32 but #UD,
+#: #NM, #GP, #PF and the hypercall trap): the native hook may reflect these
+#: itself (uh_reflectable in _uchook.h).
+REFLECT_MASK = 0xFFFFFFFF & ~((1 << 6) | (1 << 7) | (1 << 13) | (1 << 14) | (1 << LGUEST_TRAP_ENTRY))
+
+#: The hypercalls the native hook does itself when the async ring is empty
+#: (uh_hcall_here): FLUSH_ASYNC (nothing left to do) and SET_CLOCKEVENT
+#: (through :meth:`UnicornBackend._hook_hcall`).  Everything else changes
+#: what the entry or the run loop must look at, and stops.
+HCALL_MASK = (1 << LHCALL_FLUSH_ASYNC) | (1 << LHCALL_SET_CLOCKEVENT)
+
 _REG_IDS = [_x86.UC_X86_REG_EAX, _x86.UC_X86_REG_EBX, _x86.UC_X86_REG_ECX, _x86.UC_X86_REG_EDX,
             _x86.UC_X86_REG_ESI, _x86.UC_X86_REG_EDI, _x86.UC_X86_REG_EBP, _x86.UC_X86_REG_GS,
             _x86.UC_X86_REG_FS, _x86.UC_X86_REG_DS, _x86.UC_X86_REG_ES, -1, -1, _x86.UC_X86_REG_EIP,
@@ -57,6 +80,14 @@ class UnicornBackend(ExitDecoding, ShadowPaging, Backend):
         self.paging = False
         self._last_blocks = 0
         self.python_direct: dict[int, int] = {}
+        self.native_direct = native_direct
+        #: The run's Stats (set by the launcher): with one and no trace, the
+        #: hook reflects traps itself and their counts are added here.
+        self.stats: Any = None
+        self._reflected: dict[int, int] = {}
+        self._reflected_total = 0
+        self._hcalls: dict[int, int] = {}
+        self._hcalls_total = 0
         self.hooks: Any = None
         self._enter_switcher(uc, cpu)
         self.hooks = self._native_hooks(uc, cpu, native_direct)
@@ -106,6 +137,7 @@ class UnicornBackend(ExitDecoding, ShadowPaging, Backend):
         hooks.bind(cpu, cpu.regs.array, self.host_idt, cpu.idt, self.guest.memory, api)
         hooks.native_direct = native_direct
         hooks.install()
+        hooks.set_hcall_handler(self._hook_hcall)
         return hooks
 
     # --- host structures -------------------------------------------------------------------
@@ -136,19 +168,67 @@ class UnicornBackend(ExitDecoding, ShadowPaging, Backend):
             self.load_gdt(cpu)
         self.switcher.set_stack(cpu.esp1, cpu.ss1)
         hooks.set_guest_data(g.lguest_data, g.noirq_start, g.noirq_end)
-        budget = 0
-        clock = g.clock
+        stats = self.stats
+        # Work done in the hook is counted into the run's Stats afterwards;
+        # without Stats, or with a trace (which records every event with
+        # its eip), every trap and hypercall stops the emulator as before.
+        fast = stats is not None and stats.trace is None and self.native_direct
+        hooks.reflect_mask = REFLECT_MASK if fast else 0
+        hooks.hcall_mask = HCALL_MASK if fast else 0
+        try:
+            err = hooks.run(self._budget(), self.deadline_ns)
+        finally:
+            if hooks.reflect_total != self._reflected_total or hooks.hcall_total != self._hcalls_total:
+                self._count_native(stats)
+            self._advance_clock()
+        self._exit(cpu, idt, hooks.reason, err)
+
+    def _budget(self) -> int:
+        """Guest blocks to the virtual clock's next expiry (0: no limit)."""
         if self.virtual:
+            clock = self.guest.clock
             nxt = clock.next_expiry()
             if nxt is not None:
-                budget = max(1, -(-(nxt - clock.now_ns()) // self.ns_per_block))
-        err = hooks.run(budget, self.deadline_ns)
+                return max(1, -(-(nxt - clock.now_ns()) // self.ns_per_block))
+        return 0
+
+    def _advance_clock(self) -> None:
+        """Virtual time: the blocks run so far, at ns_per_block each."""
         if self.virtual:
-            blocks = hooks.blocks
+            blocks = self.hooks.blocks
             if blocks != self._last_blocks:
-                clock.advance((blocks - self._last_blocks) * self.ns_per_block)
+                self.guest.clock.advance((blocks - self._last_blocks) * self.ns_per_block)
                 self._last_blocks = blocks
-        self._exit(cpu, idt, hooks.reason, err)
+
+    def _hook_hcall(self, num: int, arg1: int) -> int:
+        """Hypercall ``num`` from inside the hook (uh_hcall; the emulator is
+        still running): the run loop's step 1 for a call the hook may do,
+        then its steps 2-6 as far as they would not just re-enter -- a
+        notify, a break-out, a kill, a halt or a changed table (-1) stop
+        the emulator and the loop takes over; the deadline and irqs are
+        the block hook's.  Else the new block budget."""
+        cpu = self.cpu
+        self._advance_clock()  # the clock the call reads is the loop's
+        HYPERCALLS[num](cpu, HcallArgs(num, arg1), None)
+        if self.guest.dead is not None or cpu.pending_notify or cpu.break_out or cpu.halted or cpu.changed:
+            return -1
+        return self._budget()
+
+    def _count_native(self, stats: Any) -> None:
+        """Add the traps the hook reflected and the hypercalls it did to ``stats``."""
+        hooks = self.hooks
+        counts = hooks.reflect_counts()
+        for n, c in counts.items():
+            d = c - self._reflected.get(n, 0)
+            if d:
+                stats.reflected_many(n, d)
+        self._reflected, self._reflected_total = counts, hooks.reflect_total
+        counts = hooks.hcall_counts()
+        for n, c in counts.items():
+            d = c - self._hcalls.get(n, 0)
+            if d:
+                stats.hypercalls_many(n, d)
+        self._hcalls, self._hcalls_total = counts, hooks.hcall_total
 
     def code_changed(self, cpu: Any, gpa: int, length: int) -> None:
         """The vmcall patch: drop Unicorn's translations of those bytes."""

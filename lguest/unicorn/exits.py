@@ -34,6 +34,7 @@ REASON_BREAK = _REASON_CODES["break"]
 REASON_DEAD = _REASON_CODES["dead"]
 REASON_DEADLINE = _REASON_CODES["deadline"]
 REASON_DIRECT = _REASON_CODES["direct"]
+REASON_HCALL = _REASON_CODES["hcall"]
 REASON_INVALID = _REASON_CODES["invalid"]
 REASON_IRQ = _REASON_CODES["irq"]
 REASON_MEM = _REASON_CODES["mem"]
@@ -66,7 +67,7 @@ class ExitDecoding:
         if reason == REASON_TRAP:
             if r.trapnum == 14:
                 cpu.last_pagefault = hooks.cr2
-        elif reason in (REASON_TIMER, REASON_IRQ, REASON_BREAK, REASON_DEADLINE):
+        elif reason in (REASON_TIMER, REASON_IRQ, REASON_BREAK, REASON_DEADLINE, REASON_HCALL):
             if reason == REASON_IRQ and not hooks.has_native_core:
                 hooks.clear_poke()
             r.trapnum = HOST_IRQ_TRAP

@@ -151,8 +151,10 @@ class UnicornLauncher:
         if self.page_offset:
             g.pgdir = initial_page_tables(mem, self.page_offset)
             backend.enable_paging()
+        stats = Stats(trace_size=self._trace_size)
         self.launcher = Launcher(cpu, backend, console=self._console_arg, console_limit=self._console_limit,
-                                 stats=Stats(trace_size=self._trace_size), host_idt=backend.host_idt)
+                                 stats=stats, host_idt=backend.host_idt)
+        backend.stats = stats  # traps the hook reflects itself are counted there
 
     def _teardown(self) -> None:
         if self.backend is not None and self.cpu is not None:

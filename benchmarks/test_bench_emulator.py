@@ -1,0 +1,56 @@
+"""Leaving the emulator, as pytest-benchmark groups with stable ids.
+
+Each benchmark is one measurement of ``benchmarks/emulator.py`` (see its
+docstring for what each does and how it is checked to do the same guest
+work): a fresh engine, ``N`` events, one timed run per round; the
+per-event time is ``mean / N`` (``extra_info["events"]``).  The test ids
+(``test_emulator[bare_binding]`` ...) and the group names do not change
+between versions, so saved runs compare (docs/PERFORMANCE.md, "Tracking").
+
+    .venv/bin/python -m pytest benchmarks/test_bench_emulator.py --benchmark-only
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("unicorn")
+if shutil.which("as") is None or shutil.which("gcc") is None:
+    pytest.skip("binutils and gcc needed", allow_module_level=True)
+
+import emulator  # noqa: E402  (benchmarks/ is on sys.path: conftest)
+
+N = 20_000
+
+# group: the floor a measurement is read against
+GROUPS = {
+    "bare_binding": "emulator: floors",
+    "bare_native": "emulator: floors",
+    "bare_native_stop": "emulator: floors",
+    "reflected": "emulator: reflected trap",
+    "reflected_loop": "emulator: reflected trap",
+    "hcall_flush": "emulator: hypercall",
+    "hcall_clockevent": "emulator: hypercall",
+    "syscall_ring1": "emulator: direct syscall",
+    "syscall_ring3": "emulator: direct syscall",
+}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    return {}, tmp_path_factory.mktemp("emu")
+
+
+@pytest.mark.parametrize("name", list(GROUPS))
+def test_emulator(benchmark, smoke, built, name):
+    cache, tmp = built
+    n = N // 20 if smoke else N
+    if n not in cache:
+        cache[n] = emulator.measurements(Path(tmp), n)
+    f = cache[n][name]
+    benchmark.group = GROUPS[name]
+    benchmark.extra_info["events"] = n
+    benchmark.pedantic(f, rounds=1 if smoke else 5, iterations=1)
