@@ -72,9 +72,11 @@ class HcallArgs(NamedTuple):
 
     @classmethod
     def from_regs(cls, cpu: Any) -> HcallArgs:
-        # The trap-31 hypercall overlays eax, ebx, ecx, edx.
-        a = cpu.regs.array
-        return cls(int(a[0]), int(a[1]), int(a[2]), int(a[3]))
+        # The trap-31 hypercall overlays eax, ebx, ecx, edx.  The Regs
+        # attributes are plain ints (the compiled Regs reads its C words):
+        # four numpy scalar reads and int() calls cost ~2.5x as much.
+        r = cpu.regs
+        return cls(r.eax, r.ebx, r.ecx, r.edx)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> HcallArgs:
@@ -322,6 +324,11 @@ def do_async_hcalls(cpu: Any, ctx: RunContext | None = None) -> None:
     ld = g.lguest_data
     if ld is None or ld + LD_HCALL_STATUS + LHCALL_RING_SIZE > g.memory.size:
         return  # copy_from_user failed: nothing to do
+    # The common case, nothing queued, is one status byte read in place;
+    # only a non-empty ring is snapshotted (the calls see the status bytes
+    # as they were when the exit began, as the kernel's copy did).
+    if g.memory.read(ld + LD_HCALL_STATUS + cpu.next_hcall, 1)[0] == 0xFF:
+        return
     status = g.memory.read(ld + LD_HCALL_STATUS, LHCALL_RING_SIZE)
     for _ in range(LHCALL_RING_SIZE):
         n = cpu.next_hcall
