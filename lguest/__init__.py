@@ -42,6 +42,17 @@ setup_default_idt_entries = core.setup_default_idt_entries
 
 __version__ = "0.1.0"
 
+
+def get_include() -> str:
+    """The directory holding ``lguest/lguest.h`` (the public C API, see
+    docs/API.md "The C API") and ``lguest/abi.h``: pass it to the C
+    compiler's include path.  Cython code cimports ``lguest.lguest``
+    (``lguest/lguest.pxd``, installed with the package)."""
+    import os
+
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "include")
+
+
 __all__ = [  # noqa: RUF022 - grouped by topic, constants come from lguest.constants
     "CORE", "load_core", "core_of", "core", "fallback",
     "GuestMemory", "Host", "UsedVectors", "VectorBusy",
@@ -49,4 +60,5 @@ __all__ = [  # noqa: RUF022 - grouped by topic, constants come from lguest.const
     "Guest", "Cpu", "Regs",
     "gate", "decode_gate", "Gate",
     "has_err", "idt_address", "idt_type", "idt_present", "default_idt_entry", "setup_default_idt_entries",
+    "get_include",
 ] + [name for name in dir() if name.isupper() and not name.startswith("_")]

@@ -1004,6 +1004,13 @@ def bench_copy_traps(Cpu cpu not None, idt, defaults, long long n) -> int:
 from cpython.pycapsule cimport PyCapsule_New, PyCapsule_GetPointer, PyCapsule_GetContext, PyCapsule_SetContext
 from cpython.ref cimport Py_INCREF, Py_XDECREF, PyObject
 from libc.stdlib cimport malloc, free
+from lguest.lguest cimport (LGUEST_NATIVE_API_CAPSULE, LGUEST_NATIVE_API_VERSION, LGUEST_C_API_CAPSULE,
+                            LGUEST_C_API_VERSION, lg_native_api, lguest_c_api, lguest_handle)
+from lguest._clock cimport lg_waker
+from cpython.exc cimport PyErr_SetObject
+
+cdef extern from "_clock_wheel.h" nogil:
+    void lg_wake(lg_waker *w)
 
 cdef void _api_set_guest_interrupt(void *cpu, uint32_t lo, uint32_t hi, int has_err) noexcept nogil:
     lg_set_guest_interrupt(<lg_cpu *>cpu, lo, hi, has_err != 0)
@@ -1032,6 +1039,9 @@ def native_api(Cpu cpu not None):
     api.irqs_pending = &cpu.c.irqs_pending
     api.dead_code = &cpu.c.lg.dead_code
     api.set_guest_interrupt = _api_set_guest_interrupt
+    api.owner = NULL   # the capsule owns the cpu (its context); no hold, no waker
+    api.hold = NULL
+    api.waker = NULL
     try:
         capsule = PyCapsule_New(<void *>api, LGUEST_NATIVE_API_CAPSULE, _api_free)
     except BaseException:
@@ -1040,3 +1050,97 @@ def native_api(Cpu cpu not None):
     Py_INCREF(cpu)
     PyCapsule_SetContext(capsule, <void *>cpu)
     return capsule
+
+
+# --- the public C API (lguest/lguest.h): lguest._core._C_API ------------------------------------
+# One static table; handles are struct lguest_native_api (the per-cpu table
+# above) with what they own filled in.  The delivery entry points are the
+# seed functions themselves: no GIL, no Python, no checks beyond the core's.
+cdef lguest_handle *_capi_acquire(void *cpu_obj) noexcept:
+    cdef lg_native_api *h
+    cdef Cpu cpu
+    try:
+        obj = <object><PyObject *>cpu_obj
+        if not isinstance(obj, Cpu):
+            raise TypeError(f"acquire() needs a lguest._core.Cpu, not {type(obj).__name__}")
+        cpu = <Cpu>obj
+        cpu._check_ready()
+        cpu._check_mem()
+        hold = cpu.guest.memory.hold()
+        hold.__enter__()  # until release(): the memory cannot be closed under a handle
+        h = <lg_native_api *>malloc(sizeof(lg_native_api))
+        if h == NULL:
+            hold.__exit__(None, None, None)
+            raise MemoryError()
+        h.version = LGUEST_NATIVE_API_VERSION
+        h.size = sizeof(lg_native_api)
+        h.cpu = <void *>&cpu.c
+        h.regs = <uint32_t *>cpu.c.regs
+        h.irqs_pending = &cpu.c.irqs_pending
+        h.dead_code = &cpu.c.lg.dead_code
+        h.set_guest_interrupt = _api_set_guest_interrupt
+        h.waker = <void *>&cpu.waker
+        Py_INCREF(cpu)
+        h.owner = <void *>cpu
+        Py_INCREF(hold)
+        h.hold = <void *>hold
+        return h
+    except BaseException as exc:
+        PyErr_SetObject(type(exc), exc)   # left set for the C caller: NULL means "see the exception"
+        return NULL
+
+cdef void _capi_release(lguest_handle *h) noexcept:
+    if h == NULL:
+        return
+    hold = <object><PyObject *>h.hold
+    try:
+        hold.__exit__(None, None, None)
+    except BaseException:
+        pass
+    Py_XDECREF(<PyObject *>h.hold)
+    Py_XDECREF(<PyObject *>h.owner)
+    free(h)
+
+cdef void _capi_maybe_do_interrupt(lguest_handle *h) noexcept nogil:
+    lg_maybe_do_interrupt(<lg_cpu *>h.cpu)
+
+cdef int _capi_deliver_trap(lguest_handle *h, uint32_t num) noexcept nogil:
+    return 1 if lg_deliver_trap(<lg_cpu *>h.cpu, num) else 0
+
+cdef void _capi_set_guest_interrupt(lguest_handle *h, uint32_t lo, uint32_t hi, int has_err) noexcept nogil:
+    lg_set_guest_interrupt(<lg_cpu *>h.cpu, lo, hi, has_err != 0)
+
+cdef int _capi_send_irq(lguest_handle *h, uint32_t irq) noexcept nogil:
+    if irq >= LGUEST_IRQS:
+        return -1
+    lg_atomic_or(&(<lg_cpu *>h.cpu).irqs_pending, <uint32_t>1 << irq)
+    lg_wake(<lg_waker *>h.waker)
+    return 0
+
+cdef void _capi_copy_traps(lguest_handle *h, uint32_t *idt, const uint32_t *defaults) noexcept nogil:
+    lg_copy_traps(<lg_cpu *>h.cpu, idt, defaults)
+
+cdef int _capi_irq_deliverable(lguest_handle *h) noexcept nogil:
+    cdef lg_cpu *cpu = <lg_cpu *>h.cpu
+    cdef lg_guest *lg = cpu.lg
+    cdef uint32_t blocked, enabled
+    if not lg_ld_read(lg, LD_BLOCKED_INTERRUPTS, &blocked) or not lg_ld_read(lg, LD_IRQ_ENABLED, &enabled):
+        return 0
+    return 1 if lg_irq_deliverable(lg_atomic_load(&cpu.irqs_pending), blocked, enabled, cpu.halted,
+                                   cpu.regs.eip, lg.noirq_start, lg.noirq_end, cpu.idt) else 0
+
+cdef lguest_c_api _C_API_TABLE
+_C_API_TABLE.version = LGUEST_C_API_VERSION
+_C_API_TABLE.size = sizeof(lguest_c_api)
+_C_API_TABLE.acquire = _capi_acquire
+_C_API_TABLE.release = _capi_release
+_C_API_TABLE.maybe_do_interrupt = _capi_maybe_do_interrupt
+_C_API_TABLE.deliver_trap = _capi_deliver_trap
+_C_API_TABLE.set_guest_interrupt = _capi_set_guest_interrupt
+_C_API_TABLE.send_irq = _capi_send_irq
+_C_API_TABLE.copy_traps = _capi_copy_traps
+_C_API_TABLE.irq_deliverable = _capi_irq_deliverable
+
+#: The public C API (lguest/lguest.h): a capsule named "lguest._core._C_API"
+#: holding a ``const struct lguest_c_api *``, valid for the life of the process.
+_C_API = PyCapsule_New(<void *>&_C_API_TABLE, LGUEST_C_API_CAPSULE, NULL)

@@ -25,7 +25,6 @@ cdef extern from "lguest/abi.h" nogil:
         LD_TIME "LG_LD_TIME"
         LD_SYSCALL_VEC "LG_LD_SYSCALL_VEC"
         NUM_REGS "LG_NUM_REGS"
-        LGUEST_NATIVE_API_VERSION
 
     # kill codes (lguest.messages)
     enum:
@@ -46,20 +45,10 @@ cdef extern from "lguest/abi.h" nogil:
         K_BAD_PGD "LG_KILL_BAD_PGD"
         K_BAD_PTE "LG_KILL_BAD_PTE"
 
-    const char *LGUEST_NATIVE_API_CAPSULE
 
     ctypedef struct lg_regs "struct lguest_regs":
         uint32_t eax, ebx, ecx, edx, esi, edi, ebp, gs, fs, ds, es
         uint32_t trapnum, errcode, eip, cs, eflags, esp, ss
-
-    ctypedef struct lg_native_api "struct lguest_native_api":
-        uint32_t version
-        uint32_t size
-        void *cpu
-        uint32_t *regs
-        uint32_t *irqs_pending
-        int *dead_code
-        void (*set_guest_interrupt)(void *cpu, uint32_t lo, uint32_t hi, int has_err) noexcept nogil
 
     bint lg_has_err(uint32_t trap) noexcept
     bint lg_gate_present(uint32_t hi) noexcept

@@ -24,7 +24,7 @@ from lguest import fallback
 CLASSES = ("Guest", "Cpu", "Regs")
 # In the compiled core only, on purpose: C entry points and benchmark loops,
 # and the native clock (lguest._clock) re-exported for older imports.
-COMPILED_ONLY = {"bench_deliver", "bench_copy_traps", "native_api", "native_clock", "NativeClock"}
+COMPILED_ONLY = {"bench_deliver", "bench_copy_traps", "native_api", "native_clock", "NativeClock", "_C_API"}
 STUB = Path(lguest.__file__).resolve().parent / "_core.pyi"
 
 

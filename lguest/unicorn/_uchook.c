@@ -12,6 +12,8 @@
             "lguest/_regs.pxd",
             "lguest/abi.pxd",
             "lguest/include/lguest/abi.h",
+            "lguest/include/lguest/lguest.h",
+            "lguest/lguest.pxd",
             "lguest/unicorn/_uchook.h"
         ],
         "extra_compile_args": [
@@ -1289,6 +1291,7 @@ static int __Pyx_init_tpflags_variables(void) {
 #include <stdint.h>
 #include <string.h>
 #include "lguest/abi.h"
+#include "lguest/lguest.h"
 #include "_uchook.h"
 #include "pythread.h"
 
@@ -1774,7 +1777,7 @@ struct __pyx_MemviewEnum_obj;
 struct __pyx_memoryview_obj;
 struct __pyx_memoryviewslice_obj;
 
-/* "lguest/unicorn/_uchook.pyx":157
+/* "lguest/unicorn/_uchook.pyx":158
  * 
  * # UC_HOOK_* numbers (unicorn.h, stable across Unicorn 2)
  * cdef enum:             # <<<<<<<<<<<<<<
@@ -1783,7 +1786,7 @@ struct __pyx_memoryviewslice_obj;
 */
 enum  {
 
-  /* "lguest/unicorn/_uchook.pyx":162
+  /* "lguest/unicorn/_uchook.pyx":163
  *     UC_HOOK_BLOCK = 1 << 3
  *     UC_HOOK_MEM_INVALID = 1008   # unmapped + protection, read/write/fetch
  *     UC_HOOK_INSN_INVALID = 1 << 14             # <<<<<<<<<<<<<<
@@ -1797,7 +1800,7 @@ enum  {
   __pyx_e_6lguest_7unicorn_7_uchook_UC_HOOK_INSN_INVALID = (1 << 14)
 };
 
-/* "lguest/unicorn/_uchook.pyx":194
+/* "lguest/unicorn/_uchook.pyx":195
  * 
  * 
  * cdef class NativeHooks:             # <<<<<<<<<<<<<<
@@ -1902,7 +1905,7 @@ struct __pyx_memoryviewslice_obj {
 
 
 
-/* "lguest/unicorn/_uchook.pyx":194
+/* "lguest/unicorn/_uchook.pyx":195
  * 
  * 
  * cdef class NativeHooks:             # <<<<<<<<<<<<<<
@@ -3474,6 +3477,8 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 /* Module declarations from "cpython.pycapsule" */
 
 /* Module declarations from "lguest.abi" */
+
+/* Module declarations from "lguest.lguest" */
 
 /* Module declarations from "lguest.unicorn._uchook" */
 static PyObject *__pyx_collections_abc_Sequence = 0;
@@ -18411,7 +18416,7 @@ static PyObject *__pyx_unpickle_Enum__set_state(struct __pyx_MemviewEnum_obj *__
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":165
+/* "lguest/unicorn/_uchook.pyx":166
  * 
  * 
  * cdef inline size_t _ptr(object v):             # <<<<<<<<<<<<<<
@@ -18429,16 +18434,16 @@ static CYTHON_INLINE size_t __pyx_f_6lguest_7unicorn_7_uchook__ptr(PyObject *__p
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_ptr", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":166
+  /* "lguest/unicorn/_uchook.pyx":167
  * 
  * cdef inline size_t _ptr(object v):
  *     return <size_t>int(v)             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_1 = __Pyx_PyNumber_Int(__pyx_v_v); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 166, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyNumber_Int(__pyx_v_v); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 167, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyLong_As_size_t(__pyx_t_1); if (unlikely((__pyx_t_2 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 166, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_As_size_t(__pyx_t_1); if (unlikely((__pyx_t_2 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 167, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   {
 
@@ -18447,7 +18452,7 @@ static CYTHON_INLINE size_t __pyx_f_6lguest_7unicorn_7_uchook__ptr(PyObject *__p
 
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":165
+  /* "lguest/unicorn/_uchook.pyx":166
  * 
  * 
  * cdef inline size_t _ptr(object v):             # <<<<<<<<<<<<<<
@@ -18466,7 +18471,7 @@ static CYTHON_INLINE size_t __pyx_f_6lguest_7unicorn_7_uchook__ptr(PyObject *__p
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":169
+/* "lguest/unicorn/_uchook.pyx":170
  * 
  * 
  * cdef _check_addresses(funcs, internals):             # <<<<<<<<<<<<<<
@@ -18493,7 +18498,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_check_addresses", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":172
+  /* "lguest/unicorn/_uchook.pyx":173
  *     """Every libunicorn entry point NativeHooks calls, and every engine field
  *     it writes, must have an address (0 would be called or written)."""
  *     for name in ("uc_hook_add", "uc_hook_del", "uc_emu_start", "uc_emu_stop", "uc_reg_read", "uc_reg_write",             # <<<<<<<<<<<<<<
@@ -18510,22 +18515,22 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
     __pyx_t_3 = __Pyx_PySequence_ITEM(__pyx_t_1, __pyx_t_2);
     #endif
     ++__pyx_t_2;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 172, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 173, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    if (!(likely(PyUnicode_CheckExact(__pyx_t_3))||((__pyx_t_3) == Py_None) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_3))) __PYX_ERR(0, 172, __pyx_L1_error)
+    if (!(likely(PyUnicode_CheckExact(__pyx_t_3))||((__pyx_t_3) == Py_None) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_3))) __PYX_ERR(0, 173, __pyx_L1_error)
     __Pyx_XDECREF_SET(__pyx_v_name, ((PyObject*)__pyx_t_3));
     __pyx_t_3 = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":174
+    /* "lguest/unicorn/_uchook.pyx":175
  *     for name in ("uc_hook_add", "uc_hook_del", "uc_emu_start", "uc_emu_stop", "uc_reg_read", "uc_reg_write",
  *                  "uc_context_save", "uc_context_restore", "uc_ctl"):
  *         if not funcs[name]:             # <<<<<<<<<<<<<<
  *             raise ValueError(f"no address for {name}")
  *     for name in ("tb_cflags", "code_gen_ptr", "code_gen_highwater"):
 */
-    __pyx_t_3 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_v_name); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 174, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_v_name); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 175, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_4 = __Pyx_PyObject_IsTrue(__pyx_t_3); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(0, 174, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_IsTrue(__pyx_t_3); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(0, 175, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __pyx_t_5 = (!__pyx_t_4);
 
@@ -18533,7 +18538,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
     if (unlikely(__pyx_t_5)) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":175
+      /* "lguest/unicorn/_uchook.pyx":176
  *                  "uc_context_save", "uc_context_restore", "uc_ctl"):
  *         if not funcs[name]:
  *             raise ValueError(f"no address for {name}")             # <<<<<<<<<<<<<<
@@ -18541,9 +18546,9 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
  *         if not internals[name]:
 */
       __pyx_t_6 = NULL;
-      __pyx_t_7 = __Pyx_PyUnicode_Unicode(__pyx_v_name); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 175, __pyx_L1_error)
+      __pyx_t_7 = __Pyx_PyUnicode_Unicode(__pyx_v_name); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 176, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
-      __pyx_t_8 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_no_address_for, __pyx_t_7); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 175, __pyx_L1_error)
+      __pyx_t_8 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_no_address_for, __pyx_t_7); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 176, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_8);
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __pyx_t_9 = 1;
@@ -18552,14 +18557,14 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
         __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
         __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 175, __pyx_L1_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 176, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __Pyx_Raise(__pyx_t_3, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      __PYX_ERR(0, 175, __pyx_L1_error)
+      __PYX_ERR(0, 176, __pyx_L1_error)
 
-      /* "lguest/unicorn/_uchook.pyx":174
+      /* "lguest/unicorn/_uchook.pyx":175
  *     for name in ("uc_hook_add", "uc_hook_del", "uc_emu_start", "uc_emu_stop", "uc_reg_read", "uc_reg_write",
  *                  "uc_context_save", "uc_context_restore", "uc_ctl"):
  *         if not funcs[name]:             # <<<<<<<<<<<<<<
@@ -18568,7 +18573,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
 */
     }
 
-    /* "lguest/unicorn/_uchook.pyx":172
+    /* "lguest/unicorn/_uchook.pyx":173
  *     """Every libunicorn entry point NativeHooks calls, and every engine field
  *     it writes, must have an address (0 would be called or written)."""
  *     for name in ("uc_hook_add", "uc_hook_del", "uc_emu_start", "uc_emu_stop", "uc_reg_read", "uc_reg_write",             # <<<<<<<<<<<<<<
@@ -18578,7 +18583,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":176
+  /* "lguest/unicorn/_uchook.pyx":177
  *         if not funcs[name]:
  *             raise ValueError(f"no address for {name}")
  *     for name in ("tb_cflags", "code_gen_ptr", "code_gen_highwater"):             # <<<<<<<<<<<<<<
@@ -18595,22 +18600,22 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
     __pyx_t_3 = __Pyx_PySequence_ITEM(__pyx_t_1, __pyx_t_2);
     #endif
     ++__pyx_t_2;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 176, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 177, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    if (!(likely(PyUnicode_CheckExact(__pyx_t_3))||((__pyx_t_3) == Py_None) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_3))) __PYX_ERR(0, 176, __pyx_L1_error)
+    if (!(likely(PyUnicode_CheckExact(__pyx_t_3))||((__pyx_t_3) == Py_None) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_3))) __PYX_ERR(0, 177, __pyx_L1_error)
     __Pyx_XDECREF_SET(__pyx_v_name, ((PyObject*)__pyx_t_3));
     __pyx_t_3 = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":177
+    /* "lguest/unicorn/_uchook.pyx":178
  *             raise ValueError(f"no address for {name}")
  *     for name in ("tb_cflags", "code_gen_ptr", "code_gen_highwater"):
  *         if not internals[name]:             # <<<<<<<<<<<<<<
  *             raise ValueError(f"no address for {name}")
  *     if not 1 <= internals["tb_max_insns"] <= 512 or internals["tb_guard"] <= 0:
 */
-    __pyx_t_3 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_v_name); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 177, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_v_name); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 178, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_5 = __Pyx_PyObject_IsTrue(__pyx_t_3); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 177, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_IsTrue(__pyx_t_3); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 178, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __pyx_t_4 = (!__pyx_t_5);
 
@@ -18618,7 +18623,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
     if (unlikely(__pyx_t_4)) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":178
+      /* "lguest/unicorn/_uchook.pyx":179
  *     for name in ("tb_cflags", "code_gen_ptr", "code_gen_highwater"):
  *         if not internals[name]:
  *             raise ValueError(f"no address for {name}")             # <<<<<<<<<<<<<<
@@ -18626,9 +18631,9 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
  *         raise ValueError("tb_max_insns must be 1..512 and tb_guard positive")
 */
       __pyx_t_8 = NULL;
-      __pyx_t_6 = __Pyx_PyUnicode_Unicode(__pyx_v_name); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 178, __pyx_L1_error)
+      __pyx_t_6 = __Pyx_PyUnicode_Unicode(__pyx_v_name); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 179, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
-      __pyx_t_7 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_no_address_for, __pyx_t_6); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 178, __pyx_L1_error)
+      __pyx_t_7 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_no_address_for, __pyx_t_6); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 179, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
       __pyx_t_9 = 1;
@@ -18637,14 +18642,14 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
         __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 178, __pyx_L1_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 179, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __Pyx_Raise(__pyx_t_3, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      __PYX_ERR(0, 178, __pyx_L1_error)
+      __PYX_ERR(0, 179, __pyx_L1_error)
 
-      /* "lguest/unicorn/_uchook.pyx":177
+      /* "lguest/unicorn/_uchook.pyx":178
  *             raise ValueError(f"no address for {name}")
  *     for name in ("tb_cflags", "code_gen_ptr", "code_gen_highwater"):
  *         if not internals[name]:             # <<<<<<<<<<<<<<
@@ -18653,7 +18658,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
 */
     }
 
-    /* "lguest/unicorn/_uchook.pyx":176
+    /* "lguest/unicorn/_uchook.pyx":177
  *         if not funcs[name]:
  *             raise ValueError(f"no address for {name}")
  *     for name in ("tb_cflags", "code_gen_ptr", "code_gen_highwater"):             # <<<<<<<<<<<<<<
@@ -18663,18 +18668,18 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":179
+  /* "lguest/unicorn/_uchook.pyx":180
  *         if not internals[name]:
  *             raise ValueError(f"no address for {name}")
  *     if not 1 <= internals["tb_max_insns"] <= 512 or internals["tb_guard"] <= 0:             # <<<<<<<<<<<<<<
  *         raise ValueError("tb_max_insns must be 1..512 and tb_guard positive")
  * 
 */
-  __pyx_t_1 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_max_insns); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 179, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_max_insns); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 180, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_5 = __Pyx_PyObject_CompareBoolLe_int_object(__pyx_mstate_global->__pyx_int_1, __pyx_t_1, Py_LE); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 179, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_CompareBoolLe_int_object(__pyx_mstate_global->__pyx_int_1, __pyx_t_1, Py_LE); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 180, __pyx_L1_error)
   if (__pyx_t_5) {
-    __pyx_t_5 = __Pyx_PyObject_CompareBoolLe_object_int(__pyx_t_1, __pyx_mstate_global->__pyx_int_512, Py_LE); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 179, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_CompareBoolLe_object_int(__pyx_t_1, __pyx_mstate_global->__pyx_int_512, Py_LE); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 180, __pyx_L1_error)
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_t_10 = (!__pyx_t_5);
@@ -18688,9 +18693,9 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
 
     goto __pyx_L12_bool_binop_done;
   }
-  __pyx_t_1 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_guard); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 179, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_guard); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 180, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_10 = __Pyx_PyObject_CompareBoolLe_object_int(__pyx_t_1, __pyx_mstate_global->__pyx_int_0, Py_LE); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 179, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_CompareBoolLe_object_int(__pyx_t_1, __pyx_mstate_global->__pyx_int_0, Py_LE); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 180, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
   __pyx_t_4 = __pyx_t_10;
@@ -18699,7 +18704,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
   if (unlikely(__pyx_t_4)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":180
+    /* "lguest/unicorn/_uchook.pyx":181
  *             raise ValueError(f"no address for {name}")
  *     if not 1 <= internals["tb_max_insns"] <= 512 or internals["tb_guard"] <= 0:
  *         raise ValueError("tb_max_insns must be 1..512 and tb_guard positive")             # <<<<<<<<<<<<<<
@@ -18712,14 +18717,14 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_tb_max_insns_must_be_1_512_and_t};
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 180, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 181, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 180, __pyx_L1_error)
+    __PYX_ERR(0, 181, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":179
+    /* "lguest/unicorn/_uchook.pyx":180
  *         if not internals[name]:
  *             raise ValueError(f"no address for {name}")
  *     if not 1 <= internals["tb_max_insns"] <= 512 or internals["tb_guard"] <= 0:             # <<<<<<<<<<<<<<
@@ -18728,7 +18733,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":169
+  /* "lguest/unicorn/_uchook.pyx":170
  * 
  * 
  * cdef _check_addresses(funcs, internals):             # <<<<<<<<<<<<<<
@@ -18754,7 +18759,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":183
+/* "lguest/unicorn/_uchook.pyx":184
  * 
  * 
  * cdef int64_t _hcall_trampoline(void *self, uint32_t num, uint32_t arg1) noexcept with gil:             # <<<<<<<<<<<<<<
@@ -18787,7 +18792,7 @@ static int64_t __pyx_f_6lguest_7unicorn_7_uchook__hcall_trampoline(void *__pyx_v
 
 
 
-  /* "lguest/unicorn/_uchook.pyx":186
+  /* "lguest/unicorn/_uchook.pyx":187
  *     """uh_hcall's way back into Python (the hook runs without the GIL): the
  *     handler's budget, or -1 to stop -- also when it raised; run() re-raises."""
  *     cdef NativeHooks h = <NativeHooks>self             # <<<<<<<<<<<<<<
@@ -18799,7 +18804,7 @@ static int64_t __pyx_f_6lguest_7unicorn_7_uchook__hcall_trampoline(void *__pyx_v
   __pyx_v_h = ((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":187
+  /* "lguest/unicorn/_uchook.pyx":188
  *     handler's budget, or -1 to stop -- also when it raised; run() re-raises."""
  *     cdef NativeHooks h = <NativeHooks>self
  *     try:             # <<<<<<<<<<<<<<
@@ -18815,7 +18820,7 @@ static int64_t __pyx_f_6lguest_7unicorn_7_uchook__hcall_trampoline(void *__pyx_v
     __Pyx_XGOTREF(__pyx_t_4);
     /*try:*/ {
 
-      /* "lguest/unicorn/_uchook.pyx":188
+      /* "lguest/unicorn/_uchook.pyx":189
  *     cdef NativeHooks h = <NativeHooks>self
  *     try:
  *         return h._hcall_handler(num, arg1)             # <<<<<<<<<<<<<<
@@ -18825,9 +18830,9 @@ static int64_t __pyx_f_6lguest_7unicorn_7_uchook__hcall_trampoline(void *__pyx_v
       __pyx_t_5 = NULL;
       __Pyx_INCREF(__pyx_v_h->_hcall_handler);
       __pyx_t_6 = __pyx_v_h->_hcall_handler; 
-      __pyx_t_7 = __Pyx_PyLong_From_uint32_t(__pyx_v_num); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 188, __pyx_L3_error)
+      __pyx_t_7 = __Pyx_PyLong_From_uint32_t(__pyx_v_num); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 189, __pyx_L3_error)
       __Pyx_GOTREF(__pyx_t_7);
-      __pyx_t_8 = __Pyx_PyLong_From_uint32_t(__pyx_v_arg1); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 188, __pyx_L3_error)
+      __pyx_t_8 = __Pyx_PyLong_From_uint32_t(__pyx_v_arg1); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 189, __pyx_L3_error)
       __Pyx_GOTREF(__pyx_t_8);
       __pyx_t_9 = 1;
       #if CYTHON_UNPACK_METHODS
@@ -18848,17 +18853,17 @@ static int64_t __pyx_f_6lguest_7unicorn_7_uchook__hcall_trampoline(void *__pyx_v
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
         __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
         __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 188, __pyx_L3_error)
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 189, __pyx_L3_error)
         __Pyx_GOTREF(__pyx_t_1);
       }
-      __pyx_t_10 = __Pyx_PyLong_As_int64_t(__pyx_t_1); if (unlikely((__pyx_t_10 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 188, __pyx_L3_error)
+      __pyx_t_10 = __Pyx_PyLong_As_int64_t(__pyx_t_1); if (unlikely((__pyx_t_10 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 189, __pyx_L3_error)
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
       {
         __pyx_r = __pyx_t_10;
       }
       goto __pyx_L7_try_return;
 
-      /* "lguest/unicorn/_uchook.pyx":187
+      /* "lguest/unicorn/_uchook.pyx":188
  *     handler's budget, or -1 to stop -- also when it raised; run() re-raises."""
  *     cdef NativeHooks h = <NativeHooks>self
  *     try:             # <<<<<<<<<<<<<<
@@ -18873,7 +18878,7 @@ static int64_t __pyx_f_6lguest_7unicorn_7_uchook__hcall_trampoline(void *__pyx_v
     __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":189
+    /* "lguest/unicorn/_uchook.pyx":190
  *     try:
  *         return h._hcall_handler(num, arg1)
  *     except BaseException as e:             # <<<<<<<<<<<<<<
@@ -18883,7 +18888,7 @@ static int64_t __pyx_f_6lguest_7unicorn_7_uchook__hcall_trampoline(void *__pyx_v
     __pyx_t_11 = __Pyx_PyErr_ExceptionMatches(((PyObject *)(((PyTypeObject*)PyExc_BaseException))));
     if (__pyx_t_11) {
       __Pyx_AddTraceback("lguest.unicorn._uchook._hcall_trampoline", __pyx_clineno, __pyx_lineno, __pyx_filename);
-      if (__Pyx_GetException(&__pyx_t_1, &__pyx_t_6, &__pyx_t_8) < 0) __PYX_ERR(0, 189, __pyx_L5_except_error)
+      if (__Pyx_GetException(&__pyx_t_1, &__pyx_t_6, &__pyx_t_8) < 0) __PYX_ERR(0, 190, __pyx_L5_except_error)
       __Pyx_XGOTREF(__pyx_t_1);
       __Pyx_XGOTREF(__pyx_t_6);
       __Pyx_XGOTREF(__pyx_t_8);
@@ -18891,7 +18896,7 @@ static int64_t __pyx_f_6lguest_7unicorn_7_uchook__hcall_trampoline(void *__pyx_v
       __pyx_v_e = __pyx_t_6;
       /*try:*/ {
 
-        /* "lguest/unicorn/_uchook.pyx":190
+        /* "lguest/unicorn/_uchook.pyx":191
  *         return h._hcall_handler(num, arg1)
  *     except BaseException as e:
  *         h._hcall_error = e             # <<<<<<<<<<<<<<
@@ -18903,7 +18908,7 @@ static int64_t __pyx_f_6lguest_7unicorn_7_uchook__hcall_trampoline(void *__pyx_v
         __Pyx_GOTREF(__pyx_v_h->_hcall_error);
         __Pyx_DECREF_SET(__pyx_v_h->_hcall_error, __pyx_v_e);
 
-        /* "lguest/unicorn/_uchook.pyx":191
+        /* "lguest/unicorn/_uchook.pyx":192
  *     except BaseException as e:
  *         h._hcall_error = e
  *         return -1             # <<<<<<<<<<<<<<
@@ -18920,7 +18925,7 @@ static int64_t __pyx_f_6lguest_7unicorn_7_uchook__hcall_trampoline(void *__pyx_v
         goto __pyx_L13_return;
       }
 
-      /* "lguest/unicorn/_uchook.pyx":189
+      /* "lguest/unicorn/_uchook.pyx":190
  *     try:
  *         return h._hcall_handler(num, arg1)
  *     except BaseException as e:             # <<<<<<<<<<<<<<
@@ -18938,7 +18943,7 @@ static int64_t __pyx_f_6lguest_7unicorn_7_uchook__hcall_trampoline(void *__pyx_v
     }
     goto __pyx_L5_except_error;
 
-    /* "lguest/unicorn/_uchook.pyx":187
+    /* "lguest/unicorn/_uchook.pyx":188
  *     handler's budget, or -1 to stop -- also when it raised; run() re-raises."""
  *     cdef NativeHooks h = <NativeHooks>self
  *     try:             # <<<<<<<<<<<<<<
@@ -18965,7 +18970,7 @@ static int64_t __pyx_f_6lguest_7unicorn_7_uchook__hcall_trampoline(void *__pyx_v
     goto __pyx_L0;
   }
 
-  /* "lguest/unicorn/_uchook.pyx":183
+  /* "lguest/unicorn/_uchook.pyx":184
  * 
  * 
  * cdef int64_t _hcall_trampoline(void *self, uint32_t num, uint32_t arg1) noexcept with gil:             # <<<<<<<<<<<<<<
@@ -18994,7 +18999,7 @@ static int64_t __pyx_f_6lguest_7unicorn_7_uchook__hcall_trampoline(void *__pyx_v
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":220
+/* "lguest/unicorn/_uchook.pyx":221
  *     cdef object _hcall_error
  * 
  *     def __cinit__(self):             # <<<<<<<<<<<<<<
@@ -19048,7 +19053,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("__cinit__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":221
+  /* "lguest/unicorn/_uchook.pyx":222
  * 
  *     def __cinit__(self):
  *         memset(&self.st, 0, sizeof(uh_state))             # <<<<<<<<<<<<<<
@@ -19057,7 +19062,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
 */
   (void)(memset((&__pyx_v_self->st), 0, (sizeof(uh_state))));
 
-  /* "lguest/unicorn/_uchook.pyx":222
+  /* "lguest/unicorn/_uchook.pyx":223
  *     def __cinit__(self):
  *         memset(&self.st, 0, sizeof(uh_state))
  *         self.st.pending = &self.st.attention             # <<<<<<<<<<<<<<
@@ -19066,7 +19071,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
 */
   __pyx_v_self->st.pending = (&__pyx_v_self->st.attention);
 
-  /* "lguest/unicorn/_uchook.pyx":223
+  /* "lguest/unicorn/_uchook.pyx":224
  *         memset(&self.st, 0, sizeof(uh_state))
  *         self.st.pending = &self.st.attention
  *         self.nhooks = 0             # <<<<<<<<<<<<<<
@@ -19075,7 +19080,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
 */
   __pyx_v_self->nhooks = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":224
+  /* "lguest/unicorn/_uchook.pyx":225
  *         self.st.pending = &self.st.attention
  *         self.nhooks = 0
  *         self.ctx_ptr = NULL             # <<<<<<<<<<<<<<
@@ -19084,7 +19089,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
 */
   __pyx_v_self->ctx_ptr = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":225
+  /* "lguest/unicorn/_uchook.pyx":226
  *         self.nhooks = 0
  *         self.ctx_ptr = NULL
  *         self.ctx_small_ptr = NULL             # <<<<<<<<<<<<<<
@@ -19093,7 +19098,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
 */
   __pyx_v_self->ctx_small_ptr = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":226
+  /* "lguest/unicorn/_uchook.pyx":227
  *         self.ctx_ptr = NULL
  *         self.ctx_small_ptr = NULL
  *         self.state = 0             # <<<<<<<<<<<<<<
@@ -19102,7 +19107,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
 */
   __pyx_v_self->state = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":227
+  /* "lguest/unicorn/_uchook.pyx":228
  *         self.ctx_small_ptr = NULL
  *         self.state = 0
  *         self.busy = 0             # <<<<<<<<<<<<<<
@@ -19111,7 +19116,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
 */
   __pyx_v_self->busy = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":228
+  /* "lguest/unicorn/_uchook.pyx":229
  *         self.state = 0
  *         self.busy = 0
  *         self._keep = None             # <<<<<<<<<<<<<<
@@ -19123,7 +19128,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
   __Pyx_GOTREF(__pyx_v_self->_keep);
   __Pyx_DECREF_SET(__pyx_v_self->_keep, Py_None);
 
-  /* "lguest/unicorn/_uchook.pyx":229
+  /* "lguest/unicorn/_uchook.pyx":230
  *         self.busy = 0
  *         self._keep = None
  *         self._owners = None             # <<<<<<<<<<<<<<
@@ -19135,7 +19140,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
   __Pyx_GOTREF(__pyx_v_self->_owners);
   __Pyx_DECREF_SET(__pyx_v_self->_owners, Py_None);
 
-  /* "lguest/unicorn/_uchook.pyx":230
+  /* "lguest/unicorn/_uchook.pyx":231
  *         self._keep = None
  *         self._owners = None
  *         self._hold = None             # <<<<<<<<<<<<<<
@@ -19147,7 +19152,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
   __Pyx_GOTREF(__pyx_v_self->_hold);
   __Pyx_DECREF_SET(__pyx_v_self->_hold, Py_None);
 
-  /* "lguest/unicorn/_uchook.pyx":231
+  /* "lguest/unicorn/_uchook.pyx":232
  *         self._owners = None
  *         self._hold = None
  *         self._hcall_handler = None             # <<<<<<<<<<<<<<
@@ -19159,7 +19164,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
   __Pyx_GOTREF(__pyx_v_self->_hcall_handler);
   __Pyx_DECREF_SET(__pyx_v_self->_hcall_handler, Py_None);
 
-  /* "lguest/unicorn/_uchook.pyx":232
+  /* "lguest/unicorn/_uchook.pyx":233
  *         self._hold = None
  *         self._hcall_handler = None
  *         self._hcall_error = None             # <<<<<<<<<<<<<<
@@ -19171,7 +19176,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
   __Pyx_GOTREF(__pyx_v_self->_hcall_error);
   __Pyx_DECREF_SET(__pyx_v_self->_hcall_error, Py_None);
 
-  /* "lguest/unicorn/_uchook.pyx":220
+  /* "lguest/unicorn/_uchook.pyx":221
  *     cdef object _hcall_error
  * 
  *     def __cinit__(self):             # <<<<<<<<<<<<<<
@@ -19186,7 +19191,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":234
+/* "lguest/unicorn/_uchook.pyx":235
  *         self._hcall_error = None
  * 
  *     def __init__(self, *, uc_handle, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va,             # <<<<<<<<<<<<<<
@@ -19254,15 +19259,15 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_uc_handle,&__pyx_mstate_global->__pyx_n_u_funcs,&__pyx_mstate_global->__pyx_n_u_reg_ids,&__pyx_mstate_global->__pyx_n_u_reg_cr2,&__pyx_mstate_global->__pyx_n_u_layout,&__pyx_mstate_global->__pyx_n_u_switcher,&__pyx_mstate_global->__pyx_n_u_switcher_va,&__pyx_mstate_global->__pyx_n_u_switcher_size,&__pyx_mstate_global->__pyx_n_u_gdt_offset,&__pyx_mstate_global->__pyx_n_u_until_va,&__pyx_mstate_global->__pyx_n_u_host_cs,&__pyx_mstate_global->__pyx_n_u_host_ss,&__pyx_mstate_global->__pyx_n_u_ctx_alloc,&__pyx_mstate_global->__pyx_n_u_ctx_small_alloc,&__pyx_mstate_global->__pyx_n_u_uc_free,&__pyx_mstate_global->__pyx_n_u_insn_in,&__pyx_mstate_global->__pyx_n_u_insn_out,&__pyx_mstate_global->__pyx_n_u_internals,&__pyx_mstate_global->__pyx_n_u_uc_owner,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL_TPNEW(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 234, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 235, __pyx_L3_error)
     if (likely(__pyx_kwds_len > 0)) {
       switch (__pyx_nargs) {
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, 0, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 234, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, 0, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 235, __pyx_L3_error)
 
-      /* "lguest/unicorn/_uchook.pyx":236
+      /* "lguest/unicorn/_uchook.pyx":237
  *     def __init__(self, *, uc_handle, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va,
  *                  switcher_size, gdt_offset, until_va, host_cs, host_ss,
  *                  ctx_alloc, ctx_small_alloc, uc_free, insn_in, insn_out, internals, uc_owner=None):             # <<<<<<<<<<<<<<
@@ -19271,12 +19276,12 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
 */
       if (!values[18]) values[18] = __Pyx_NewRef(((PyObject *)Py_None));
       for (Py_ssize_t i = 0; i < 18; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseKeywordRequired("__init__", *(__pyx_pyargnames[i - 0])); __PYX_ERR(0, 234, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseKeywordRequired("__init__", *(__pyx_pyargnames[i - 0])); __PYX_ERR(0, 235, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 0)) {
       goto __pyx_L5_argtuple_error;
     } else {
-      __Pyx_RaiseKeywordRequired("__init__", __pyx_mstate_global->__pyx_n_u_uc_handle); __PYX_ERR(0, 234, __pyx_L3_error)
+      __Pyx_RaiseKeywordRequired("__init__", __pyx_mstate_global->__pyx_n_u_uc_handle); __PYX_ERR(0, 235, __pyx_L3_error)
     }
     __pyx_v_uc_handle = values[0];
     __pyx_v_funcs = values[1];
@@ -19300,7 +19305,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__init__", 1, 0, 0, __pyx_nargs); __PYX_ERR(0, 234, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__init__", 1, 0, 0, __pyx_nargs); __PYX_ERR(0, 235, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -19313,7 +19318,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __pyx_L4_argument_unpacking_done:;
   __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self), __pyx_v_uc_handle, __pyx_v_funcs, __pyx_v_reg_ids, __pyx_v_reg_cr2, __pyx_v_layout, __pyx_v_switcher, __pyx_v_switcher_va, __pyx_v_switcher_size, __pyx_v_gdt_offset, __pyx_v_until_va, __pyx_v_host_cs, __pyx_v_host_ss, __pyx_v_ctx_alloc, __pyx_v_ctx_small_alloc, __pyx_v_uc_free, __pyx_v_insn_in, __pyx_v_insn_out, __pyx_v_internals, __pyx_v_uc_owner);
 
-  /* "lguest/unicorn/_uchook.pyx":234
+  /* "lguest/unicorn/_uchook.pyx":235
  *         self._hcall_error = None
  * 
  *     def __init__(self, *, uc_handle, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va,             # <<<<<<<<<<<<<<
@@ -19353,7 +19358,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__init__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":248
+  /* "lguest/unicorn/_uchook.pyx":249
  *         ``uc_owner``: the object owning the engine, kept alive likewise."""
  *         cdef unsigned char[::1] sw
  *         if self.state != 0:             # <<<<<<<<<<<<<<
@@ -19365,7 +19370,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":249
+    /* "lguest/unicorn/_uchook.pyx":250
  *         cdef unsigned char[::1] sw
  *         if self.state != 0:
  *             raise RuntimeError("NativeHooks is already initialised")             # <<<<<<<<<<<<<<
@@ -19378,14 +19383,14 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_NativeHooks_is_already_initialis};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 249, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 250, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 249, __pyx_L1_error)
+    __PYX_ERR(0, 250, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":248
+    /* "lguest/unicorn/_uchook.pyx":249
  *         ``uc_owner``: the object owning the engine, kept alive likewise."""
  *         cdef unsigned char[::1] sw
  *         if self.state != 0:             # <<<<<<<<<<<<<<
@@ -19394,14 +19399,14 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":250
+  /* "lguest/unicorn/_uchook.pyx":251
  *         if self.state != 0:
  *             raise RuntimeError("NativeHooks is already initialised")
  *         if not uc_handle or not ctx_alloc:             # <<<<<<<<<<<<<<
  *             raise ValueError("NativeHooks needs an engine and a context")
  *         if len(reg_ids) != NUM_REGS:
 */
-  __pyx_t_5 = __Pyx_PyObject_IsTrue(__pyx_v_uc_handle); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 250, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_IsTrue(__pyx_v_uc_handle); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 251, __pyx_L1_error)
   __pyx_t_6 = (!__pyx_t_5);
 
 
@@ -19413,7 +19418,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 
     goto __pyx_L5_bool_binop_done;
   }
-  __pyx_t_6 = __Pyx_PyObject_IsTrue(__pyx_v_ctx_alloc); if (unlikely((__pyx_t_6 < 0))) __PYX_ERR(0, 250, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_IsTrue(__pyx_v_ctx_alloc); if (unlikely((__pyx_t_6 < 0))) __PYX_ERR(0, 251, __pyx_L1_error)
   __pyx_t_5 = (!__pyx_t_6);
 
 
@@ -19424,7 +19429,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":251
+    /* "lguest/unicorn/_uchook.pyx":252
  *             raise RuntimeError("NativeHooks is already initialised")
  *         if not uc_handle or not ctx_alloc:
  *             raise ValueError("NativeHooks needs an engine and a context")             # <<<<<<<<<<<<<<
@@ -19437,14 +19442,14 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_NativeHooks_needs_an_engine_and};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 251, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 252, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 251, __pyx_L1_error)
+    __PYX_ERR(0, 252, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":250
+    /* "lguest/unicorn/_uchook.pyx":251
  *         if self.state != 0:
  *             raise RuntimeError("NativeHooks is already initialised")
  *         if not uc_handle or not ctx_alloc:             # <<<<<<<<<<<<<<
@@ -19453,21 +19458,21 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":252
+  /* "lguest/unicorn/_uchook.pyx":253
  *         if not uc_handle or not ctx_alloc:
  *             raise ValueError("NativeHooks needs an engine and a context")
  *         if len(reg_ids) != NUM_REGS:             # <<<<<<<<<<<<<<
  *             raise ValueError(f"reg_ids needs {NUM_REGS} entries")
  *         sw = switcher   # a writable, contiguous buffer (TypeError/ValueError otherwise)
 */
-  __pyx_t_7 = PyObject_Length(__pyx_v_reg_ids); if (unlikely(__pyx_t_7 == ((Py_ssize_t)-1))) __PYX_ERR(0, 252, __pyx_L1_error)
+  __pyx_t_7 = PyObject_Length(__pyx_v_reg_ids); if (unlikely(__pyx_t_7 == ((Py_ssize_t)-1))) __PYX_ERR(0, 253, __pyx_L1_error)
   __pyx_t_1 = (__pyx_t_7 != LG_NUM_REGS);
 
 
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":253
+    /* "lguest/unicorn/_uchook.pyx":254
  *             raise ValueError("NativeHooks needs an engine and a context")
  *         if len(reg_ids) != NUM_REGS:
  *             raise ValueError(f"reg_ids needs {NUM_REGS} entries")             # <<<<<<<<<<<<<<
@@ -19475,7 +19480,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
  *         if switcher_size <= 0 or sw.shape[0] < switcher_size or gdt_offset < 0 or gdt_offset + 32 * 8 > switcher_size:
 */
     __pyx_t_3 = NULL;
-    __pyx_t_8 = __Pyx_PyUnicode_From___pyx_anon_enum(LG_NUM_REGS, 0, ' ', 'd'); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 253, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyUnicode_From___pyx_anon_enum(LG_NUM_REGS, 0, ' ', 'd'); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 254, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __pyx_t_9[0] = __pyx_mstate_global->__pyx_kp_u_reg_ids_needs;
     __pyx_t_9[1] = __pyx_t_8;
@@ -19486,7 +19491,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
     #endif
     __pyx_t_10 = 0;
     __pyx_t_11 = __Pyx_PyUnicode_Join(__pyx_t_9, 3, __pyx_t_7, __pyx_t_10);
-    if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 253, __pyx_L1_error)
+    if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 254, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
     __pyx_t_4 = 1;
@@ -19495,14 +19500,14 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 253, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 254, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 253, __pyx_L1_error)
+    __PYX_ERR(0, 254, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":252
+    /* "lguest/unicorn/_uchook.pyx":253
  *         if not uc_handle or not ctx_alloc:
  *             raise ValueError("NativeHooks needs an engine and a context")
  *         if len(reg_ids) != NUM_REGS:             # <<<<<<<<<<<<<<
@@ -19511,26 +19516,26 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":254
+  /* "lguest/unicorn/_uchook.pyx":255
  *         if len(reg_ids) != NUM_REGS:
  *             raise ValueError(f"reg_ids needs {NUM_REGS} entries")
  *         sw = switcher   # a writable, contiguous buffer (TypeError/ValueError otherwise)             # <<<<<<<<<<<<<<
  *         if switcher_size <= 0 or sw.shape[0] < switcher_size or gdt_offset < 0 or gdt_offset + 32 * 8 > switcher_size:
  *             raise ValueError("the Switcher buffer does not hold the layout")
 */
-  __pyx_t_12 = __Pyx_PyObject_to_MemoryviewSlice_dc_unsigned_char(__pyx_v_switcher, PyBUF_WRITABLE); if (unlikely(!__pyx_t_12.memview)) __PYX_ERR(0, 254, __pyx_L1_error)
+  __pyx_t_12 = __Pyx_PyObject_to_MemoryviewSlice_dc_unsigned_char(__pyx_v_switcher, PyBUF_WRITABLE); if (unlikely(!__pyx_t_12.memview)) __PYX_ERR(0, 255, __pyx_L1_error)
   __pyx_v_sw = __pyx_t_12;
   __pyx_t_12.memview = NULL;
   __pyx_t_12.data = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":255
+  /* "lguest/unicorn/_uchook.pyx":256
  *             raise ValueError(f"reg_ids needs {NUM_REGS} entries")
  *         sw = switcher   # a writable, contiguous buffer (TypeError/ValueError otherwise)
  *         if switcher_size <= 0 or sw.shape[0] < switcher_size or gdt_offset < 0 or gdt_offset + 32 * 8 > switcher_size:             # <<<<<<<<<<<<<<
  *             raise ValueError("the Switcher buffer does not hold the layout")
  *         _check_addresses(funcs, internals)
 */
-  __pyx_t_5 = __Pyx_PyObject_CompareBoolLe_object_int(__pyx_v_switcher_size, __pyx_mstate_global->__pyx_int_0, Py_LE); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 255, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_CompareBoolLe_object_int(__pyx_v_switcher_size, __pyx_mstate_global->__pyx_int_0, Py_LE); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 256, __pyx_L1_error)
   if (!__pyx_t_5) {
 
   } else {
@@ -19539,9 +19544,9 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 
     goto __pyx_L9_bool_binop_done;
   }
-  __pyx_t_2 = PyLong_FromSsize_t((__pyx_v_sw.shape[0])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 255, __pyx_L1_error)
+  __pyx_t_2 = PyLong_FromSsize_t((__pyx_v_sw.shape[0])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 256, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_5 = __Pyx_PyObject_CompareBoolLt_int_object(__pyx_t_2, __pyx_v_switcher_size, Py_LT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 255, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_CompareBoolLt_int_object(__pyx_t_2, __pyx_v_switcher_size, Py_LT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 256, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   if (!__pyx_t_5) {
 
@@ -19551,7 +19556,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 
     goto __pyx_L9_bool_binop_done;
   }
-  __pyx_t_5 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_v_gdt_offset, __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 255, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_v_gdt_offset, __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 256, __pyx_L1_error)
   if (!__pyx_t_5) {
 
   } else {
@@ -19560,9 +19565,9 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 
     goto __pyx_L9_bool_binop_done;
   }
-  __pyx_t_2 = __Pyx_PyLong_AddObjC(__pyx_v_gdt_offset, __pyx_mstate_global->__pyx_int_256, 0x100, 0, 0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 255, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_AddObjC(__pyx_v_gdt_offset, __pyx_mstate_global->__pyx_int_256, 0x100, 0, 0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 256, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_5 = __Pyx_PyObject_CompareBoolGt_object_object(__pyx_t_2, __pyx_v_switcher_size, Py_GT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 255, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_CompareBoolGt_object_object(__pyx_t_2, __pyx_v_switcher_size, Py_GT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 256, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
   __pyx_t_1 = __pyx_t_5;
@@ -19571,7 +19576,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":256
+    /* "lguest/unicorn/_uchook.pyx":257
  *         sw = switcher   # a writable, contiguous buffer (TypeError/ValueError otherwise)
  *         if switcher_size <= 0 or sw.shape[0] < switcher_size or gdt_offset < 0 or gdt_offset + 32 * 8 > switcher_size:
  *             raise ValueError("the Switcher buffer does not hold the layout")             # <<<<<<<<<<<<<<
@@ -19584,14 +19589,14 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
       PyObject *__pyx_callargs[2] = {__pyx_t_11, __pyx_mstate_global->__pyx_kp_u_the_Switcher_buffer_does_not_hol};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_11); __pyx_t_11 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 256, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 257, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 256, __pyx_L1_error)
+    __PYX_ERR(0, 257, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":255
+    /* "lguest/unicorn/_uchook.pyx":256
  *             raise ValueError(f"reg_ids needs {NUM_REGS} entries")
  *         sw = switcher   # a writable, contiguous buffer (TypeError/ValueError otherwise)
  *         if switcher_size <= 0 or sw.shape[0] < switcher_size or gdt_offset < 0 or gdt_offset + 32 * 8 > switcher_size:             # <<<<<<<<<<<<<<
@@ -19600,40 +19605,40 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":257
+  /* "lguest/unicorn/_uchook.pyx":258
  *         if switcher_size <= 0 or sw.shape[0] < switcher_size or gdt_offset < 0 or gdt_offset + 32 * 8 > switcher_size:
  *             raise ValueError("the Switcher buffer does not hold the layout")
  *         _check_addresses(funcs, internals)             # <<<<<<<<<<<<<<
  *         # state stays 0 until the end: should a layout key or an address still
  *         # fail below, every method refuses the half-set instance.
 */
-  __pyx_t_2 = __pyx_f_6lguest_7unicorn_7_uchook__check_addresses(__pyx_v_funcs, __pyx_v_internals); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 257, __pyx_L1_error)
+  __pyx_t_2 = __pyx_f_6lguest_7unicorn_7_uchook__check_addresses(__pyx_v_funcs, __pyx_v_internals); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 258, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":260
+  /* "lguest/unicorn/_uchook.pyx":261
  *         # state stays 0 until the end: should a layout key or an address still
  *         # fail below, every method refuses the half-set instance.
  *         self._set_engine(uc_handle, funcs, internals)             # <<<<<<<<<<<<<<
  *         self._set_layout(reg_ids, reg_cr2, layout)
  *         self.st.switcher = &sw[0]
 */
-  __pyx_t_2 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_set_engine(__pyx_v_self, __pyx_v_uc_handle, __pyx_v_funcs, __pyx_v_internals); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 260, __pyx_L1_error)
+  __pyx_t_2 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_set_engine(__pyx_v_self, __pyx_v_uc_handle, __pyx_v_funcs, __pyx_v_internals); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 261, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":261
+  /* "lguest/unicorn/_uchook.pyx":262
  *         # fail below, every method refuses the half-set instance.
  *         self._set_engine(uc_handle, funcs, internals)
  *         self._set_layout(reg_ids, reg_cr2, layout)             # <<<<<<<<<<<<<<
  *         self.st.switcher = &sw[0]
  *         self.st.switcher_va = switcher_va
 */
-  __pyx_t_2 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_set_layout(__pyx_v_self, __pyx_v_reg_ids, __pyx_v_reg_cr2, __pyx_v_layout); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 261, __pyx_L1_error)
+  __pyx_t_2 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_set_layout(__pyx_v_self, __pyx_v_reg_ids, __pyx_v_reg_cr2, __pyx_v_layout); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 262, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":262
+  /* "lguest/unicorn/_uchook.pyx":263
  *         self._set_engine(uc_handle, funcs, internals)
  *         self._set_layout(reg_ids, reg_cr2, layout)
  *         self.st.switcher = &sw[0]             # <<<<<<<<<<<<<<
@@ -19643,68 +19648,68 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
   __pyx_t_13 = 0;
   __pyx_v_self->st.switcher = (&(*((unsigned char *) ( /* dim=0 */ ((char *) (((unsigned char *) __pyx_v_sw.data) + __pyx_t_13)) ))));
 
-  /* "lguest/unicorn/_uchook.pyx":263
+  /* "lguest/unicorn/_uchook.pyx":264
  *         self._set_layout(reg_ids, reg_cr2, layout)
  *         self.st.switcher = &sw[0]
  *         self.st.switcher_va = switcher_va             # <<<<<<<<<<<<<<
  *         self.st.switcher_size = switcher_size
  *         self.st.gdt = <uint32_t *>(self.st.switcher + <size_t>gdt_offset)
 */
-  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_switcher_va); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 263, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_switcher_va); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 264, __pyx_L1_error)
   __pyx_v_self->st.switcher_va = __pyx_t_14;
 
-  /* "lguest/unicorn/_uchook.pyx":264
+  /* "lguest/unicorn/_uchook.pyx":265
  *         self.st.switcher = &sw[0]
  *         self.st.switcher_va = switcher_va
  *         self.st.switcher_size = switcher_size             # <<<<<<<<<<<<<<
  *         self.st.gdt = <uint32_t *>(self.st.switcher + <size_t>gdt_offset)
  *         self.st.until_va = until_va
 */
-  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_switcher_size); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 264, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_switcher_size); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 265, __pyx_L1_error)
   __pyx_v_self->st.switcher_size = __pyx_t_14;
 
-  /* "lguest/unicorn/_uchook.pyx":265
+  /* "lguest/unicorn/_uchook.pyx":266
  *         self.st.switcher_va = switcher_va
  *         self.st.switcher_size = switcher_size
  *         self.st.gdt = <uint32_t *>(self.st.switcher + <size_t>gdt_offset)             # <<<<<<<<<<<<<<
  *         self.st.until_va = until_va
  *         self.st.host_cs = host_cs
 */
-  __pyx_t_4 = __Pyx_PyLong_As_size_t(__pyx_v_gdt_offset); if (unlikely((__pyx_t_4 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 265, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_As_size_t(__pyx_v_gdt_offset); if (unlikely((__pyx_t_4 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 266, __pyx_L1_error)
   __pyx_v_self->st.gdt = ((uint32_t *)(__pyx_v_self->st.switcher + ((size_t)__pyx_t_4)));
 
 
-  /* "lguest/unicorn/_uchook.pyx":266
+  /* "lguest/unicorn/_uchook.pyx":267
  *         self.st.switcher_size = switcher_size
  *         self.st.gdt = <uint32_t *>(self.st.switcher + <size_t>gdt_offset)
  *         self.st.until_va = until_va             # <<<<<<<<<<<<<<
  *         self.st.host_cs = host_cs
  *         self.st.host_ss = host_ss
 */
-  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_until_va); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 266, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_until_va); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 267, __pyx_L1_error)
   __pyx_v_self->st.until_va = __pyx_t_14;
 
-  /* "lguest/unicorn/_uchook.pyx":267
+  /* "lguest/unicorn/_uchook.pyx":268
  *         self.st.gdt = <uint32_t *>(self.st.switcher + <size_t>gdt_offset)
  *         self.st.until_va = until_va
  *         self.st.host_cs = host_cs             # <<<<<<<<<<<<<<
  *         self.st.host_ss = host_ss
  *         self.st.pending = &self.st.attention
 */
-  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_host_cs); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 267, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_host_cs); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 268, __pyx_L1_error)
   __pyx_v_self->st.host_cs = __pyx_t_14;
 
-  /* "lguest/unicorn/_uchook.pyx":268
+  /* "lguest/unicorn/_uchook.pyx":269
  *         self.st.until_va = until_va
  *         self.st.host_cs = host_cs
  *         self.st.host_ss = host_ss             # <<<<<<<<<<<<<<
  *         self.st.pending = &self.st.attention
  *         self.ctx_ptr = <void *>_ptr(ctx_alloc)
 */
-  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_host_ss); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 268, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_host_ss); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 269, __pyx_L1_error)
   __pyx_v_self->st.host_ss = __pyx_t_14;
 
-  /* "lguest/unicorn/_uchook.pyx":269
+  /* "lguest/unicorn/_uchook.pyx":270
  *         self.st.host_cs = host_cs
  *         self.st.host_ss = host_ss
  *         self.st.pending = &self.st.attention             # <<<<<<<<<<<<<<
@@ -19713,18 +19718,18 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 */
   __pyx_v_self->st.pending = (&__pyx_v_self->st.attention);
 
-  /* "lguest/unicorn/_uchook.pyx":270
+  /* "lguest/unicorn/_uchook.pyx":271
  *         self.st.host_ss = host_ss
  *         self.st.pending = &self.st.attention
  *         self.ctx_ptr = <void *>_ptr(ctx_alloc)             # <<<<<<<<<<<<<<
  *         self.st.ctx = <uint8_t *>self.ctx_ptr
  *         self.ctx_small_ptr = <void *>_ptr(ctx_small_alloc) if ctx_small_alloc else NULL
 */
-  __pyx_t_4 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_v_ctx_alloc); if (unlikely(__pyx_t_4 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 270, __pyx_L1_error)
+  __pyx_t_4 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_v_ctx_alloc); if (unlikely(__pyx_t_4 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 271, __pyx_L1_error)
   __pyx_v_self->ctx_ptr = ((void *)__pyx_t_4);
 
 
-  /* "lguest/unicorn/_uchook.pyx":271
+  /* "lguest/unicorn/_uchook.pyx":272
  *         self.st.pending = &self.st.attention
  *         self.ctx_ptr = <void *>_ptr(ctx_alloc)
  *         self.st.ctx = <uint8_t *>self.ctx_ptr             # <<<<<<<<<<<<<<
@@ -19733,16 +19738,16 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 */
   __pyx_v_self->st.ctx = ((uint8_t *)__pyx_v_self->ctx_ptr);
 
-  /* "lguest/unicorn/_uchook.pyx":272
+  /* "lguest/unicorn/_uchook.pyx":273
  *         self.ctx_ptr = <void *>_ptr(ctx_alloc)
  *         self.st.ctx = <uint8_t *>self.ctx_ptr
  *         self.ctx_small_ptr = <void *>_ptr(ctx_small_alloc) if ctx_small_alloc else NULL             # <<<<<<<<<<<<<<
  *         self.st.ctx_small = <uint8_t *>self.ctx_small_ptr
  *         self._free = uc_free
 */
-  __pyx_t_1 = __Pyx_PyObject_IsTrue(__pyx_v_ctx_small_alloc); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 272, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_IsTrue(__pyx_v_ctx_small_alloc); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 273, __pyx_L1_error)
   if (__pyx_t_1) {
-    __pyx_t_4 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_v_ctx_small_alloc); if (unlikely(__pyx_t_4 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 272, __pyx_L1_error)
+    __pyx_t_4 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_v_ctx_small_alloc); if (unlikely(__pyx_t_4 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 273, __pyx_L1_error)
 
     __pyx_t_15 = ((void *)__pyx_t_4);
 
@@ -19753,7 +19758,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 
   __pyx_v_self->ctx_small_ptr = __pyx_t_15;
 
-  /* "lguest/unicorn/_uchook.pyx":273
+  /* "lguest/unicorn/_uchook.pyx":274
  *         self.st.ctx = <uint8_t *>self.ctx_ptr
  *         self.ctx_small_ptr = <void *>_ptr(ctx_small_alloc) if ctx_small_alloc else NULL
  *         self.st.ctx_small = <uint8_t *>self.ctx_small_ptr             # <<<<<<<<<<<<<<
@@ -19762,7 +19767,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 */
   __pyx_v_self->st.ctx_small = ((uint8_t *)__pyx_v_self->ctx_small_ptr);
 
-  /* "lguest/unicorn/_uchook.pyx":274
+  /* "lguest/unicorn/_uchook.pyx":275
  *         self.ctx_small_ptr = <void *>_ptr(ctx_small_alloc) if ctx_small_alloc else NULL
  *         self.st.ctx_small = <uint8_t *>self.ctx_small_ptr
  *         self._free = uc_free             # <<<<<<<<<<<<<<
@@ -19774,63 +19779,63 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
   __Pyx_GOTREF(__pyx_v_self->_free);
   __Pyx_DECREF_SET(__pyx_v_self->_free, __pyx_v_uc_free);
 
-  /* "lguest/unicorn/_uchook.pyx":275
+  /* "lguest/unicorn/_uchook.pyx":276
  *         self.st.ctx_small = <uint8_t *>self.ctx_small_ptr
  *         self._free = uc_free
  *         self._keep = []             # <<<<<<<<<<<<<<
  *         self._owners = [uc_owner, sw]   # the memoryview pins the mmap: close() raises BufferError
  *         self.insn_in = insn_in
 */
-  __pyx_t_2 = PyList_New(0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 275, __pyx_L1_error)
+  __pyx_t_2 = PyList_New(0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 276, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_GIVEREF(__pyx_t_2);
   __Pyx_GOTREF(__pyx_v_self->_keep);
   __Pyx_DECREF_SET(__pyx_v_self->_keep, __pyx_t_2);
   __pyx_t_2 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":276
+  /* "lguest/unicorn/_uchook.pyx":277
  *         self._free = uc_free
  *         self._keep = []
  *         self._owners = [uc_owner, sw]   # the memoryview pins the mmap: close() raises BufferError             # <<<<<<<<<<<<<<
  *         self.insn_in = insn_in
  *         self.insn_out = insn_out
 */
-  __pyx_t_2 = __pyx_memoryview_fromslice(__pyx_v_sw, 1, (PyObject *(*)(char *)) __pyx_memview_get_unsigned_char, (int (*)(char *, PyObject *)) __pyx_memview_set_unsigned_char, 0);; if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 276, __pyx_L1_error)
+  __pyx_t_2 = __pyx_memoryview_fromslice(__pyx_v_sw, 1, (PyObject *(*)(char *)) __pyx_memview_get_unsigned_char, (int (*)(char *, PyObject *)) __pyx_memview_set_unsigned_char, 0);; if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 277, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_11 = PyList_New(2); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 276, __pyx_L1_error)
+  __pyx_t_11 = PyList_New(2); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 277, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __Pyx_INCREF(__pyx_v_uc_owner);
   __Pyx_GIVEREF(__pyx_v_uc_owner);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_11, 0, __pyx_v_uc_owner) != (0)) __PYX_ERR(0, 276, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_11, 0, __pyx_v_uc_owner) != (0)) __PYX_ERR(0, 277, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_2);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_11, 1, __pyx_t_2) != (0)) __PYX_ERR(0, 276, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_11, 1, __pyx_t_2) != (0)) __PYX_ERR(0, 277, __pyx_L1_error);
   __pyx_t_2 = 0;
   __Pyx_GIVEREF(__pyx_t_11);
   __Pyx_GOTREF(__pyx_v_self->_owners);
   __Pyx_DECREF_SET(__pyx_v_self->_owners, __pyx_t_11);
   __pyx_t_11 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":277
+  /* "lguest/unicorn/_uchook.pyx":278
  *         self._keep = []
  *         self._owners = [uc_owner, sw]   # the memoryview pins the mmap: close() raises BufferError
  *         self.insn_in = insn_in             # <<<<<<<<<<<<<<
  *         self.insn_out = insn_out
  *         self.state = 1
 */
-  __pyx_t_10 = __Pyx_PyLong_As_int(__pyx_v_insn_in); if (unlikely((__pyx_t_10 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 277, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyLong_As_int(__pyx_v_insn_in); if (unlikely((__pyx_t_10 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 278, __pyx_L1_error)
   __pyx_v_self->insn_in = __pyx_t_10;
 
-  /* "lguest/unicorn/_uchook.pyx":278
+  /* "lguest/unicorn/_uchook.pyx":279
  *         self._owners = [uc_owner, sw]   # the memoryview pins the mmap: close() raises BufferError
  *         self.insn_in = insn_in
  *         self.insn_out = insn_out             # <<<<<<<<<<<<<<
  *         self.state = 1
  * 
 */
-  __pyx_t_10 = __Pyx_PyLong_As_int(__pyx_v_insn_out); if (unlikely((__pyx_t_10 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 278, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyLong_As_int(__pyx_v_insn_out); if (unlikely((__pyx_t_10 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 279, __pyx_L1_error)
   __pyx_v_self->insn_out = __pyx_t_10;
 
-  /* "lguest/unicorn/_uchook.pyx":279
+  /* "lguest/unicorn/_uchook.pyx":280
  *         self.insn_in = insn_in
  *         self.insn_out = insn_out
  *         self.state = 1             # <<<<<<<<<<<<<<
@@ -19839,7 +19844,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 */
   __pyx_v_self->state = 1;
 
-  /* "lguest/unicorn/_uchook.pyx":234
+  /* "lguest/unicorn/_uchook.pyx":235
  *         self._hcall_error = None
  * 
  *     def __init__(self, *, uc_handle, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va,             # <<<<<<<<<<<<<<
@@ -19865,7 +19870,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":281
+/* "lguest/unicorn/_uchook.pyx":282
  *         self.state = 1
  * 
  *     cdef _set_engine(self, uc_handle, funcs, internals):             # <<<<<<<<<<<<<<
@@ -19885,212 +19890,212 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__set_engine(str
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_set_engine", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":283
+  /* "lguest/unicorn/_uchook.pyx":284
  *     cdef _set_engine(self, uc_handle, funcs, internals):
  *         """libunicorn's entry points, and the translator fields uh_on_block writes."""
  *         self.st.uc = <uh_engine *>_ptr(uc_handle)             # <<<<<<<<<<<<<<
  *         self.st.hook_add = <uh_hook_add_t>_ptr(funcs["uc_hook_add"])
  *         self.st.hook_del = <uh_hook_del_t>_ptr(funcs["uc_hook_del"])
 */
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_v_uc_handle); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 283, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_v_uc_handle); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 284, __pyx_L1_error)
   __pyx_v_self->st.uc = ((uh_engine *)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":284
+  /* "lguest/unicorn/_uchook.pyx":285
  *         """libunicorn's entry points, and the translator fields uh_on_block writes."""
  *         self.st.uc = <uh_engine *>_ptr(uc_handle)
  *         self.st.hook_add = <uh_hook_add_t>_ptr(funcs["uc_hook_add"])             # <<<<<<<<<<<<<<
  *         self.st.hook_del = <uh_hook_del_t>_ptr(funcs["uc_hook_del"])
  *         self.st.emu_start = <uh_emu_start_t>_ptr(funcs["uc_emu_start"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_hook_add); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 284, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_hook_add); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 285, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 284, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 285, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.hook_add = ((uh_hook_add_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":285
+  /* "lguest/unicorn/_uchook.pyx":286
  *         self.st.uc = <uh_engine *>_ptr(uc_handle)
  *         self.st.hook_add = <uh_hook_add_t>_ptr(funcs["uc_hook_add"])
  *         self.st.hook_del = <uh_hook_del_t>_ptr(funcs["uc_hook_del"])             # <<<<<<<<<<<<<<
  *         self.st.emu_start = <uh_emu_start_t>_ptr(funcs["uc_emu_start"])
  *         self.st.emu_stop = <uh_emu_stop_t>_ptr(funcs["uc_emu_stop"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_hook_del); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 285, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_hook_del); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 286, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 285, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 286, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.hook_del = ((uh_hook_del_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":286
+  /* "lguest/unicorn/_uchook.pyx":287
  *         self.st.hook_add = <uh_hook_add_t>_ptr(funcs["uc_hook_add"])
  *         self.st.hook_del = <uh_hook_del_t>_ptr(funcs["uc_hook_del"])
  *         self.st.emu_start = <uh_emu_start_t>_ptr(funcs["uc_emu_start"])             # <<<<<<<<<<<<<<
  *         self.st.emu_stop = <uh_emu_stop_t>_ptr(funcs["uc_emu_stop"])
  *         self.st.reg_read = <uh_reg_read_t>_ptr(funcs["uc_reg_read"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_emu_start); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 286, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_emu_start); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 287, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 286, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 287, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.emu_start = ((uh_emu_start_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":287
+  /* "lguest/unicorn/_uchook.pyx":288
  *         self.st.hook_del = <uh_hook_del_t>_ptr(funcs["uc_hook_del"])
  *         self.st.emu_start = <uh_emu_start_t>_ptr(funcs["uc_emu_start"])
  *         self.st.emu_stop = <uh_emu_stop_t>_ptr(funcs["uc_emu_stop"])             # <<<<<<<<<<<<<<
  *         self.st.reg_read = <uh_reg_read_t>_ptr(funcs["uc_reg_read"])
  *         self.st.reg_write = <uh_reg_write_t>_ptr(funcs["uc_reg_write"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_emu_stop); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 287, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_emu_stop); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 288, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 287, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 288, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.emu_stop = ((uh_emu_stop_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":288
+  /* "lguest/unicorn/_uchook.pyx":289
  *         self.st.emu_start = <uh_emu_start_t>_ptr(funcs["uc_emu_start"])
  *         self.st.emu_stop = <uh_emu_stop_t>_ptr(funcs["uc_emu_stop"])
  *         self.st.reg_read = <uh_reg_read_t>_ptr(funcs["uc_reg_read"])             # <<<<<<<<<<<<<<
  *         self.st.reg_write = <uh_reg_write_t>_ptr(funcs["uc_reg_write"])
  *         self.st.ctx_save = <uh_context_io_t>_ptr(funcs["uc_context_save"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_reg_read); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 288, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_reg_read); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 289, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 288, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 289, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.reg_read = ((uh_reg_read_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":289
+  /* "lguest/unicorn/_uchook.pyx":290
  *         self.st.emu_stop = <uh_emu_stop_t>_ptr(funcs["uc_emu_stop"])
  *         self.st.reg_read = <uh_reg_read_t>_ptr(funcs["uc_reg_read"])
  *         self.st.reg_write = <uh_reg_write_t>_ptr(funcs["uc_reg_write"])             # <<<<<<<<<<<<<<
  *         self.st.ctx_save = <uh_context_io_t>_ptr(funcs["uc_context_save"])
  *         self.st.ctx_restore = <uh_context_io_t>_ptr(funcs["uc_context_restore"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_reg_write); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 289, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_reg_write); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 290, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 289, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 290, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.reg_write = ((uh_reg_write_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":290
+  /* "lguest/unicorn/_uchook.pyx":291
  *         self.st.reg_read = <uh_reg_read_t>_ptr(funcs["uc_reg_read"])
  *         self.st.reg_write = <uh_reg_write_t>_ptr(funcs["uc_reg_write"])
  *         self.st.ctx_save = <uh_context_io_t>_ptr(funcs["uc_context_save"])             # <<<<<<<<<<<<<<
  *         self.st.ctx_restore = <uh_context_io_t>_ptr(funcs["uc_context_restore"])
  *         self.st.ctl = <uh_ctl_t>_ptr(funcs["uc_ctl"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_context_save); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 290, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_context_save); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 291, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 290, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 291, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.ctx_save = ((uh_context_io_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":291
+  /* "lguest/unicorn/_uchook.pyx":292
  *         self.st.reg_write = <uh_reg_write_t>_ptr(funcs["uc_reg_write"])
  *         self.st.ctx_save = <uh_context_io_t>_ptr(funcs["uc_context_save"])
  *         self.st.ctx_restore = <uh_context_io_t>_ptr(funcs["uc_context_restore"])             # <<<<<<<<<<<<<<
  *         self.st.ctl = <uh_ctl_t>_ptr(funcs["uc_ctl"])
  *         self.st.tb_cflags = <uint32_t *>_ptr(internals["tb_cflags"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_context_restore); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 291, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_context_restore); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 292, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 291, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 292, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.ctx_restore = ((uh_context_io_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":292
+  /* "lguest/unicorn/_uchook.pyx":293
  *         self.st.ctx_save = <uh_context_io_t>_ptr(funcs["uc_context_save"])
  *         self.st.ctx_restore = <uh_context_io_t>_ptr(funcs["uc_context_restore"])
  *         self.st.ctl = <uh_ctl_t>_ptr(funcs["uc_ctl"])             # <<<<<<<<<<<<<<
  *         self.st.tb_cflags = <uint32_t *>_ptr(internals["tb_cflags"])
  *         self.st.code_gen_ptr = <uint8_t **>_ptr(internals["code_gen_ptr"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_ctl); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 292, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_ctl); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 293, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 292, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 293, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.ctl = ((uh_ctl_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":293
+  /* "lguest/unicorn/_uchook.pyx":294
  *         self.st.ctx_restore = <uh_context_io_t>_ptr(funcs["uc_context_restore"])
  *         self.st.ctl = <uh_ctl_t>_ptr(funcs["uc_ctl"])
  *         self.st.tb_cflags = <uint32_t *>_ptr(internals["tb_cflags"])             # <<<<<<<<<<<<<<
  *         self.st.code_gen_ptr = <uint8_t **>_ptr(internals["code_gen_ptr"])
  *         self.st.code_gen_highwater = <uint8_t **>_ptr(internals["code_gen_highwater"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_cflags); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 293, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_cflags); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 294, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 293, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 294, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.tb_cflags = ((uint32_t *)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":294
+  /* "lguest/unicorn/_uchook.pyx":295
  *         self.st.ctl = <uh_ctl_t>_ptr(funcs["uc_ctl"])
  *         self.st.tb_cflags = <uint32_t *>_ptr(internals["tb_cflags"])
  *         self.st.code_gen_ptr = <uint8_t **>_ptr(internals["code_gen_ptr"])             # <<<<<<<<<<<<<<
  *         self.st.code_gen_highwater = <uint8_t **>_ptr(internals["code_gen_highwater"])
  *         self.st.tb_max_insns = internals["tb_max_insns"]
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_code_gen_ptr); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 294, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_code_gen_ptr); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 295, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 294, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 295, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.code_gen_ptr = ((uint8_t **)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":295
+  /* "lguest/unicorn/_uchook.pyx":296
  *         self.st.tb_cflags = <uint32_t *>_ptr(internals["tb_cflags"])
  *         self.st.code_gen_ptr = <uint8_t **>_ptr(internals["code_gen_ptr"])
  *         self.st.code_gen_highwater = <uint8_t **>_ptr(internals["code_gen_highwater"])             # <<<<<<<<<<<<<<
  *         self.st.tb_max_insns = internals["tb_max_insns"]
  *         self.st.tb_guard = internals["tb_guard"]
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_code_gen_highwater); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 295, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_code_gen_highwater); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 296, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 295, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 296, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.code_gen_highwater = ((uint8_t **)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":296
+  /* "lguest/unicorn/_uchook.pyx":297
  *         self.st.code_gen_ptr = <uint8_t **>_ptr(internals["code_gen_ptr"])
  *         self.st.code_gen_highwater = <uint8_t **>_ptr(internals["code_gen_highwater"])
  *         self.st.tb_max_insns = internals["tb_max_insns"]             # <<<<<<<<<<<<<<
  *         self.st.tb_guard = internals["tb_guard"]
  * 
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_max_insns); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 296, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_max_insns); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 297, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyLong_As_uint32_t(__pyx_t_2); if (unlikely((__pyx_t_3 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 296, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_uint32_t(__pyx_t_2); if (unlikely((__pyx_t_3 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 297, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.tb_max_insns = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":297
+  /* "lguest/unicorn/_uchook.pyx":298
  *         self.st.code_gen_highwater = <uint8_t **>_ptr(internals["code_gen_highwater"])
  *         self.st.tb_max_insns = internals["tb_max_insns"]
  *         self.st.tb_guard = internals["tb_guard"]             # <<<<<<<<<<<<<<
  * 
  *     cdef _set_layout(self, reg_ids, reg_cr2, layout):
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_guard); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 297, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_guard); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 298, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_4 = __Pyx_PyLong_As_uint64_t(__pyx_t_2); if (unlikely((__pyx_t_4 == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 297, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_As_uint64_t(__pyx_t_2); if (unlikely((__pyx_t_4 == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 298, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.tb_guard = __pyx_t_4;
 
-  /* "lguest/unicorn/_uchook.pyx":281
+  /* "lguest/unicorn/_uchook.pyx":282
  *         self.state = 1
  * 
  *     cdef _set_engine(self, uc_handle, funcs, internals):             # <<<<<<<<<<<<<<
@@ -20111,7 +20116,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__set_engine(str
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":299
+/* "lguest/unicorn/_uchook.pyx":300
  *         self.st.tb_guard = internals["tb_guard"]
  * 
  *     cdef _set_layout(self, reg_ids, reg_cr2, layout):             # <<<<<<<<<<<<<<
@@ -20133,7 +20138,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__set_layout(str
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_set_layout", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":302
+  /* "lguest/unicorn/_uchook.pyx":303
  *         """Unicorn's register ids (lguest_regs order) and the measured uc_context offsets."""
  *         cdef int i
  *         for i in range(NUM_REGS):             # <<<<<<<<<<<<<<
@@ -20147,150 +20152,150 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__set_layout(str
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_i = __pyx_t_3;
 
-    /* "lguest/unicorn/_uchook.pyx":303
+    /* "lguest/unicorn/_uchook.pyx":304
  *         cdef int i
  *         for i in range(NUM_REGS):
  *             self.st.reg_ids[i] = reg_ids[i]             # <<<<<<<<<<<<<<
  *         self.st.reg_cr2 = reg_cr2
  *         self.st.off_regs = layout["regs"]
 */
-    __pyx_t_4 = __Pyx_GetItemInt(__pyx_v_reg_ids, __pyx_v_i, int, 1, __Pyx_PyLong_From_int, 0, 0, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 303, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_GetItemInt(__pyx_v_reg_ids, __pyx_v_i, int, 1, __Pyx_PyLong_From_int, 0, 0, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 304, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_5 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_5 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 303, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_5 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 304, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     (__pyx_v_self->st.reg_ids[__pyx_v_i]) = __pyx_t_5;
 
   }
 
 
-  /* "lguest/unicorn/_uchook.pyx":304
+  /* "lguest/unicorn/_uchook.pyx":305
  *         for i in range(NUM_REGS):
  *             self.st.reg_ids[i] = reg_ids[i]
  *         self.st.reg_cr2 = reg_cr2             # <<<<<<<<<<<<<<
  *         self.st.off_regs = layout["regs"]
  *         self.st.off_eip = layout["eip"]
 */
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_v_reg_cr2); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 304, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_v_reg_cr2); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 305, __pyx_L1_error)
   __pyx_v_self->st.reg_cr2 = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":305
+  /* "lguest/unicorn/_uchook.pyx":306
  *             self.st.reg_ids[i] = reg_ids[i]
  *         self.st.reg_cr2 = reg_cr2
  *         self.st.off_regs = layout["regs"]             # <<<<<<<<<<<<<<
  *         self.st.off_eip = layout["eip"]
  *         self.st.off_eflags = layout["eflags"]
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_regs); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 305, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_regs); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 306, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 305, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 306, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.off_regs = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":306
+  /* "lguest/unicorn/_uchook.pyx":307
  *         self.st.reg_cr2 = reg_cr2
  *         self.st.off_regs = layout["regs"]
  *         self.st.off_eip = layout["eip"]             # <<<<<<<<<<<<<<
  *         self.st.off_eflags = layout["eflags"]
  *         self.st.off_hflags = layout["hflags"]
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_eip); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 306, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_eip); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 307, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 306, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 307, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.off_eip = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":307
+  /* "lguest/unicorn/_uchook.pyx":308
  *         self.st.off_regs = layout["regs"]
  *         self.st.off_eip = layout["eip"]
  *         self.st.off_eflags = layout["eflags"]             # <<<<<<<<<<<<<<
  *         self.st.off_hflags = layout["hflags"]
  *         self.st.off_segs = layout["segs"]
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_eflags); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 307, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_eflags); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 308, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 307, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 308, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.off_eflags = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":308
+  /* "lguest/unicorn/_uchook.pyx":309
  *         self.st.off_eip = layout["eip"]
  *         self.st.off_eflags = layout["eflags"]
  *         self.st.off_hflags = layout["hflags"]             # <<<<<<<<<<<<<<
  *         self.st.off_segs = layout["segs"]
  *         self.st.seg_stride = layout["seg_stride"]
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_hflags); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 308, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_hflags); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 309, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 308, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 309, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.off_hflags = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":309
+  /* "lguest/unicorn/_uchook.pyx":310
  *         self.st.off_eflags = layout["eflags"]
  *         self.st.off_hflags = layout["hflags"]
  *         self.st.off_segs = layout["segs"]             # <<<<<<<<<<<<<<
  *         self.st.seg_stride = layout["seg_stride"]
  *         self.st.off_err = layout["error_code"]
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_segs); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 309, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_segs); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 310, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 309, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 310, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.off_segs = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":310
+  /* "lguest/unicorn/_uchook.pyx":311
  *         self.st.off_hflags = layout["hflags"]
  *         self.st.off_segs = layout["segs"]
  *         self.st.seg_stride = layout["seg_stride"]             # <<<<<<<<<<<<<<
  *         self.st.off_err = layout["error_code"]
  *         self.st.off_isint = layout["exception_is_int"]
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_seg_stride); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 310, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_seg_stride); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 311, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 310, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 311, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.seg_stride = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":311
+  /* "lguest/unicorn/_uchook.pyx":312
  *         self.st.off_segs = layout["segs"]
  *         self.st.seg_stride = layout["seg_stride"]
  *         self.st.off_err = layout["error_code"]             # <<<<<<<<<<<<<<
  *         self.st.off_isint = layout["exception_is_int"]
  *         self.st.off_oldexc = layout["old_exception"]
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_error_code); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 311, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_error_code); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 312, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 311, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 312, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.off_err = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":312
+  /* "lguest/unicorn/_uchook.pyx":313
  *         self.st.seg_stride = layout["seg_stride"]
  *         self.st.off_err = layout["error_code"]
  *         self.st.off_isint = layout["exception_is_int"]             # <<<<<<<<<<<<<<
  *         self.st.off_oldexc = layout["old_exception"]
  * 
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_exception_is_int); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 312, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_exception_is_int); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 313, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 312, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 313, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.off_isint = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":313
+  /* "lguest/unicorn/_uchook.pyx":314
  *         self.st.off_err = layout["error_code"]
  *         self.st.off_isint = layout["exception_is_int"]
  *         self.st.off_oldexc = layout["old_exception"]             # <<<<<<<<<<<<<<
  * 
  *     cdef int _check(self) except -1:
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_old_exception); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 313, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_old_exception); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 314, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 313, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 314, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.off_oldexc = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":299
+  /* "lguest/unicorn/_uchook.pyx":300
  *         self.st.tb_guard = internals["tb_guard"]
  * 
  *     cdef _set_layout(self, reg_ids, reg_cr2, layout):             # <<<<<<<<<<<<<<
@@ -20312,7 +20317,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__set_layout(str
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":315
+/* "lguest/unicorn/_uchook.pyx":316
  *         self.st.off_oldexc = layout["old_exception"]
  * 
  *     cdef int _check(self) except -1:             # <<<<<<<<<<<<<<
@@ -20332,7 +20337,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_check", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":316
+  /* "lguest/unicorn/_uchook.pyx":317
  * 
  *     cdef int _check(self) except -1:
  *         if self.state == 0:             # <<<<<<<<<<<<<<
@@ -20344,7 +20349,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":317
+    /* "lguest/unicorn/_uchook.pyx":318
  *     cdef int _check(self) except -1:
  *         if self.state == 0:
  *             raise RuntimeError("NativeHooks is not initialised")             # <<<<<<<<<<<<<<
@@ -20357,14 +20362,14 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_NativeHooks_is_not_initialised};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 317, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 318, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 317, __pyx_L1_error)
+    __PYX_ERR(0, 318, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":316
+    /* "lguest/unicorn/_uchook.pyx":317
  * 
  *     cdef int _check(self) except -1:
  *         if self.state == 0:             # <<<<<<<<<<<<<<
@@ -20373,7 +20378,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":318
+  /* "lguest/unicorn/_uchook.pyx":319
  *         if self.state == 0:
  *             raise RuntimeError("NativeHooks is not initialised")
  *         if self.state == 2:             # <<<<<<<<<<<<<<
@@ -20385,7 +20390,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":319
+    /* "lguest/unicorn/_uchook.pyx":320
  *             raise RuntimeError("NativeHooks is not initialised")
  *         if self.state == 2:
  *             raise RuntimeError("NativeHooks is closed")             # <<<<<<<<<<<<<<
@@ -20398,14 +20403,14 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_NativeHooks_is_closed};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 319, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 320, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 319, __pyx_L1_error)
+    __PYX_ERR(0, 320, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":318
+    /* "lguest/unicorn/_uchook.pyx":319
  *         if self.state == 0:
  *             raise RuntimeError("NativeHooks is not initialised")
  *         if self.state == 2:             # <<<<<<<<<<<<<<
@@ -20414,7 +20419,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":320
+  /* "lguest/unicorn/_uchook.pyx":321
  *         if self.state == 2:
  *             raise RuntimeError("NativeHooks is closed")
  *         return 0             # <<<<<<<<<<<<<<
@@ -20427,7 +20432,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
   }
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":315
+  /* "lguest/unicorn/_uchook.pyx":316
  *         self.st.off_oldexc = layout["old_exception"]
  * 
  *     cdef int _check(self) except -1:             # <<<<<<<<<<<<<<
@@ -20447,7 +20452,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":322
+/* "lguest/unicorn/_uchook.pyx":323
  *         return 0
  * 
  *     cdef int _check_idle(self) except -1:             # <<<<<<<<<<<<<<
@@ -20468,17 +20473,17 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check_idle(struct __
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_check_idle", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":323
+  /* "lguest/unicorn/_uchook.pyx":324
  * 
  *     cdef int _check_idle(self) except -1:
  *         self._check()             # <<<<<<<<<<<<<<
  *         if self.busy:
  *             raise RuntimeError("NativeHooks is running a guest")
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 323, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 324, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":324
+  /* "lguest/unicorn/_uchook.pyx":325
  *     cdef int _check_idle(self) except -1:
  *         self._check()
  *         if self.busy:             # <<<<<<<<<<<<<<
@@ -20490,7 +20495,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check_idle(struct __
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":325
+    /* "lguest/unicorn/_uchook.pyx":326
  *         self._check()
  *         if self.busy:
  *             raise RuntimeError("NativeHooks is running a guest")             # <<<<<<<<<<<<<<
@@ -20503,14 +20508,14 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check_idle(struct __
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_NativeHooks_is_running_a_guest};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 325, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 326, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 325, __pyx_L1_error)
+    __PYX_ERR(0, 326, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":324
+    /* "lguest/unicorn/_uchook.pyx":325
  *     cdef int _check_idle(self) except -1:
  *         self._check()
  *         if self.busy:             # <<<<<<<<<<<<<<
@@ -20519,7 +20524,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check_idle(struct __
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":326
+  /* "lguest/unicorn/_uchook.pyx":327
  *         if self.busy:
  *             raise RuntimeError("NativeHooks is running a guest")
  *         return 0             # <<<<<<<<<<<<<<
@@ -20532,7 +20537,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check_idle(struct __
   }
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":322
+  /* "lguest/unicorn/_uchook.pyx":323
  *         return 0
  * 
  *     cdef int _check_idle(self) except -1:             # <<<<<<<<<<<<<<
@@ -20552,7 +20557,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check_idle(struct __
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":328
+/* "lguest/unicorn/_uchook.pyx":329
  *         return 0
  * 
  *     def install(self):             # <<<<<<<<<<<<<<
@@ -20622,17 +20627,17 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("install", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":333
+  /* "lguest/unicorn/_uchook.pyx":334
  *         cdef void *cbs[4]
  *         cdef int i, rc
  *         self._check_idle()             # <<<<<<<<<<<<<<
  *         if self.nhooks:
  *             raise RuntimeError("NativeHooks are already installed")
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 333, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 334, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":334
+  /* "lguest/unicorn/_uchook.pyx":335
  *         cdef int i, rc
  *         self._check_idle()
  *         if self.nhooks:             # <<<<<<<<<<<<<<
@@ -20644,7 +20649,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":335
+    /* "lguest/unicorn/_uchook.pyx":336
  *         self._check_idle()
  *         if self.nhooks:
  *             raise RuntimeError("NativeHooks are already installed")             # <<<<<<<<<<<<<<
@@ -20657,14 +20662,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_NativeHooks_are_already_installe};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 335, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 336, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 335, __pyx_L1_error)
+    __PYX_ERR(0, 336, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":334
+    /* "lguest/unicorn/_uchook.pyx":335
  *         cdef int i, rc
  *         self._check_idle()
  *         if self.nhooks:             # <<<<<<<<<<<<<<
@@ -20673,7 +20678,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":336
+  /* "lguest/unicorn/_uchook.pyx":337
  *         if self.nhooks:
  *             raise RuntimeError("NativeHooks are already installed")
  *         types[0] = UC_HOOK_INTR; cbs[0] = uh_on_intr_ptr             # <<<<<<<<<<<<<<
@@ -20683,7 +20688,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   (__pyx_v_types[0]) = __pyx_e_6lguest_7unicorn_7_uchook_UC_HOOK_INTR;
   (__pyx_v_cbs[0]) = ((void *)uh_on_intr);
 
-  /* "lguest/unicorn/_uchook.pyx":337
+  /* "lguest/unicorn/_uchook.pyx":338
  *             raise RuntimeError("NativeHooks are already installed")
  *         types[0] = UC_HOOK_INTR; cbs[0] = uh_on_intr_ptr
  *         types[1] = UC_HOOK_INSN_INVALID; cbs[1] = uh_on_invalid_ptr             # <<<<<<<<<<<<<<
@@ -20693,7 +20698,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   (__pyx_v_types[1]) = __pyx_e_6lguest_7unicorn_7_uchook_UC_HOOK_INSN_INVALID;
   (__pyx_v_cbs[1]) = ((void *)uh_on_invalid);
 
-  /* "lguest/unicorn/_uchook.pyx":338
+  /* "lguest/unicorn/_uchook.pyx":339
  *         types[0] = UC_HOOK_INTR; cbs[0] = uh_on_intr_ptr
  *         types[1] = UC_HOOK_INSN_INVALID; cbs[1] = uh_on_invalid_ptr
  *         types[2] = UC_HOOK_MEM_INVALID; cbs[2] = uh_on_mem_invalid_ptr             # <<<<<<<<<<<<<<
@@ -20703,7 +20708,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   (__pyx_v_types[2]) = __pyx_e_6lguest_7unicorn_7_uchook_UC_HOOK_MEM_INVALID;
   (__pyx_v_cbs[2]) = ((void *)uh_on_mem_invalid);
 
-  /* "lguest/unicorn/_uchook.pyx":339
+  /* "lguest/unicorn/_uchook.pyx":340
  *         types[1] = UC_HOOK_INSN_INVALID; cbs[1] = uh_on_invalid_ptr
  *         types[2] = UC_HOOK_MEM_INVALID; cbs[2] = uh_on_mem_invalid_ptr
  *         types[3] = UC_HOOK_BLOCK; cbs[3] = uh_on_block_ptr             # <<<<<<<<<<<<<<
@@ -20713,7 +20718,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   (__pyx_v_types[3]) = __pyx_e_6lguest_7unicorn_7_uchook_UC_HOOK_BLOCK;
   (__pyx_v_cbs[3]) = ((void *)uh_on_block);
 
-  /* "lguest/unicorn/_uchook.pyx":340
+  /* "lguest/unicorn/_uchook.pyx":341
  *         types[2] = UC_HOOK_MEM_INVALID; cbs[2] = uh_on_mem_invalid_ptr
  *         types[3] = UC_HOOK_BLOCK; cbs[3] = uh_on_block_ptr
  *         for i in range(4):             # <<<<<<<<<<<<<<
@@ -20723,7 +20728,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   for (__pyx_t_1 = 0; __pyx_t_1 < 4; __pyx_t_1+=1) {
     __pyx_v_i = __pyx_t_1;
 
-    /* "lguest/unicorn/_uchook.pyx":341
+    /* "lguest/unicorn/_uchook.pyx":342
  *         types[3] = UC_HOOK_BLOCK; cbs[3] = uh_on_block_ptr
  *         for i in range(4):
  *             rc = self.st.hook_add(self.st.uc, &self.handles[i], types[i], cbs[i], <void *>&self.st, 1, 0)             # <<<<<<<<<<<<<<
@@ -20732,7 +20737,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
     __pyx_v_rc = __pyx_v_self->st.hook_add(__pyx_v_self->st.uc, (&(__pyx_v_self->handles[__pyx_v_i])), (__pyx_v_types[__pyx_v_i]), (__pyx_v_cbs[__pyx_v_i]), ((void *)(&__pyx_v_self->st)), 1, 0);
 
-    /* "lguest/unicorn/_uchook.pyx":342
+    /* "lguest/unicorn/_uchook.pyx":343
  *         for i in range(4):
  *             rc = self.st.hook_add(self.st.uc, &self.handles[i], types[i], cbs[i], <void *>&self.st, 1, 0)
  *             if rc != 0:             # <<<<<<<<<<<<<<
@@ -20744,7 +20749,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
     if (unlikely(__pyx_t_2)) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":343
+      /* "lguest/unicorn/_uchook.pyx":344
  *             rc = self.st.hook_add(self.st.uc, &self.handles[i], types[i], cbs[i], <void *>&self.st, 1, 0)
  *             if rc != 0:
  *                 self.uninstall()             # <<<<<<<<<<<<<<
@@ -20758,12 +20763,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
         PyObject *__pyx_callargs[2] = {__pyx_t_4, NULL};
         __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_uninstall, __pyx_callargs+__pyx_t_5, (1-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 343, __pyx_L1_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 344, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-      /* "lguest/unicorn/_uchook.pyx":344
+      /* "lguest/unicorn/_uchook.pyx":345
  *             if rc != 0:
  *                 self.uninstall()
  *                 raise OSError(f"uc_hook_add failed: error {rc}")             # <<<<<<<<<<<<<<
@@ -20771,9 +20776,9 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
  *         rc = self.st.hook_add(self.st.uc, &self.handles[4], UC_HOOK_INSN, uh_on_in_ptr, <void *>&self.st, 1, 0,
 */
       __pyx_t_4 = NULL;
-      __pyx_t_6 = __Pyx_PyUnicode_From_int(__pyx_v_rc, 0, ' ', 'd'); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 344, __pyx_L1_error)
+      __pyx_t_6 = __Pyx_PyUnicode_From_int(__pyx_v_rc, 0, ' ', 'd'); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 345, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
-      __pyx_t_7 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_uc_hook_add_failed_error, __pyx_t_6); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 344, __pyx_L1_error)
+      __pyx_t_7 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_uc_hook_add_failed_error, __pyx_t_6); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 345, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
       __pyx_t_5 = 1;
@@ -20782,14 +20787,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
         __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_OSError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 344, __pyx_L1_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 345, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __Pyx_Raise(__pyx_t_3, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      __PYX_ERR(0, 344, __pyx_L1_error)
+      __PYX_ERR(0, 345, __pyx_L1_error)
 
-      /* "lguest/unicorn/_uchook.pyx":342
+      /* "lguest/unicorn/_uchook.pyx":343
  *         for i in range(4):
  *             rc = self.st.hook_add(self.st.uc, &self.handles[i], types[i], cbs[i], <void *>&self.st, 1, 0)
  *             if rc != 0:             # <<<<<<<<<<<<<<
@@ -20798,7 +20803,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
     }
 
-    /* "lguest/unicorn/_uchook.pyx":345
+    /* "lguest/unicorn/_uchook.pyx":346
  *                 self.uninstall()
  *                 raise OSError(f"uc_hook_add failed: error {rc}")
  *             self.nhooks += 1             # <<<<<<<<<<<<<<
@@ -20808,7 +20813,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
     __pyx_v_self->nhooks = (__pyx_v_self->nhooks + 1);
   }
 
-  /* "lguest/unicorn/_uchook.pyx":346
+  /* "lguest/unicorn/_uchook.pyx":347
  *                 raise OSError(f"uc_hook_add failed: error {rc}")
  *             self.nhooks += 1
  *         rc = self.st.hook_add(self.st.uc, &self.handles[4], UC_HOOK_INSN, uh_on_in_ptr, <void *>&self.st, 1, 0,             # <<<<<<<<<<<<<<
@@ -20817,7 +20822,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
   __pyx_v_rc = __pyx_v_self->st.hook_add(__pyx_v_self->st.uc, (&(__pyx_v_self->handles[4])), __pyx_e_6lguest_7unicorn_7_uchook_UC_HOOK_INSN, ((void *)uh_on_in), ((void *)(&__pyx_v_self->st)), 1, 0, ((int)__pyx_v_self->insn_in));
 
-  /* "lguest/unicorn/_uchook.pyx":348
+  /* "lguest/unicorn/_uchook.pyx":349
  *         rc = self.st.hook_add(self.st.uc, &self.handles[4], UC_HOOK_INSN, uh_on_in_ptr, <void *>&self.st, 1, 0,
  *                               <int>self.insn_in)
  *         if rc != 0:             # <<<<<<<<<<<<<<
@@ -20829,7 +20834,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":349
+    /* "lguest/unicorn/_uchook.pyx":350
  *                               <int>self.insn_in)
  *         if rc != 0:
  *             self.uninstall()             # <<<<<<<<<<<<<<
@@ -20843,12 +20848,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
       PyObject *__pyx_callargs[2] = {__pyx_t_7, NULL};
       __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_uninstall, __pyx_callargs+__pyx_t_5, (1-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 349, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 350, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":350
+    /* "lguest/unicorn/_uchook.pyx":351
  *         if rc != 0:
  *             self.uninstall()
  *             raise OSError(f"uc_hook_add(IN) failed: error {rc}")             # <<<<<<<<<<<<<<
@@ -20856,9 +20861,9 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
  *         rc = self.st.hook_add(self.st.uc, &self.handles[5], UC_HOOK_INSN, uh_on_out_ptr, <void *>&self.st, 1, 0,
 */
     __pyx_t_7 = NULL;
-    __pyx_t_4 = __Pyx_PyUnicode_From_int(__pyx_v_rc, 0, ' ', 'd'); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 350, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyUnicode_From_int(__pyx_v_rc, 0, ' ', 'd'); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 351, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_6 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_uc_hook_add_IN_failed_error, __pyx_t_4); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 350, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_uc_hook_add_IN_failed_error, __pyx_t_4); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 351, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __pyx_t_5 = 1;
@@ -20867,14 +20872,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_OSError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 350, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 351, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 350, __pyx_L1_error)
+    __PYX_ERR(0, 351, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":348
+    /* "lguest/unicorn/_uchook.pyx":349
  *         rc = self.st.hook_add(self.st.uc, &self.handles[4], UC_HOOK_INSN, uh_on_in_ptr, <void *>&self.st, 1, 0,
  *                               <int>self.insn_in)
  *         if rc != 0:             # <<<<<<<<<<<<<<
@@ -20883,7 +20888,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":351
+  /* "lguest/unicorn/_uchook.pyx":352
  *             self.uninstall()
  *             raise OSError(f"uc_hook_add(IN) failed: error {rc}")
  *         self.nhooks += 1             # <<<<<<<<<<<<<<
@@ -20892,7 +20897,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
   __pyx_v_self->nhooks = (__pyx_v_self->nhooks + 1);
 
-  /* "lguest/unicorn/_uchook.pyx":352
+  /* "lguest/unicorn/_uchook.pyx":353
  *             raise OSError(f"uc_hook_add(IN) failed: error {rc}")
  *         self.nhooks += 1
  *         rc = self.st.hook_add(self.st.uc, &self.handles[5], UC_HOOK_INSN, uh_on_out_ptr, <void *>&self.st, 1, 0,             # <<<<<<<<<<<<<<
@@ -20901,7 +20906,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
   __pyx_v_rc = __pyx_v_self->st.hook_add(__pyx_v_self->st.uc, (&(__pyx_v_self->handles[5])), __pyx_e_6lguest_7unicorn_7_uchook_UC_HOOK_INSN, ((void *)uh_on_out), ((void *)(&__pyx_v_self->st)), 1, 0, ((int)__pyx_v_self->insn_out));
 
-  /* "lguest/unicorn/_uchook.pyx":354
+  /* "lguest/unicorn/_uchook.pyx":355
  *         rc = self.st.hook_add(self.st.uc, &self.handles[5], UC_HOOK_INSN, uh_on_out_ptr, <void *>&self.st, 1, 0,
  *                               <int>self.insn_out)
  *         if rc != 0:             # <<<<<<<<<<<<<<
@@ -20913,7 +20918,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":355
+    /* "lguest/unicorn/_uchook.pyx":356
  *                               <int>self.insn_out)
  *         if rc != 0:
  *             self.uninstall()             # <<<<<<<<<<<<<<
@@ -20927,12 +20932,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
       PyObject *__pyx_callargs[2] = {__pyx_t_6, NULL};
       __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_uninstall, __pyx_callargs+__pyx_t_5, (1-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 355, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 356, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":356
+    /* "lguest/unicorn/_uchook.pyx":357
  *         if rc != 0:
  *             self.uninstall()
  *             raise OSError(f"uc_hook_add(OUT) failed: error {rc}")             # <<<<<<<<<<<<<<
@@ -20940,9 +20945,9 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
  * 
 */
     __pyx_t_6 = NULL;
-    __pyx_t_7 = __Pyx_PyUnicode_From_int(__pyx_v_rc, 0, ' ', 'd'); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 356, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyUnicode_From_int(__pyx_v_rc, 0, ' ', 'd'); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 357, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_4 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_uc_hook_add_OUT_failed_error, __pyx_t_7); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 356, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_uc_hook_add_OUT_failed_error, __pyx_t_7); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 357, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __pyx_t_5 = 1;
@@ -20951,14 +20956,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_OSError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 356, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 357, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 356, __pyx_L1_error)
+    __PYX_ERR(0, 357, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":354
+    /* "lguest/unicorn/_uchook.pyx":355
  *         rc = self.st.hook_add(self.st.uc, &self.handles[5], UC_HOOK_INSN, uh_on_out_ptr, <void *>&self.st, 1, 0,
  *                               <int>self.insn_out)
  *         if rc != 0:             # <<<<<<<<<<<<<<
@@ -20967,7 +20972,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":357
+  /* "lguest/unicorn/_uchook.pyx":358
  *             self.uninstall()
  *             raise OSError(f"uc_hook_add(OUT) failed: error {rc}")
  *         self.nhooks += 1             # <<<<<<<<<<<<<<
@@ -20976,7 +20981,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
   __pyx_v_self->nhooks = (__pyx_v_self->nhooks + 1);
 
-  /* "lguest/unicorn/_uchook.pyx":328
+  /* "lguest/unicorn/_uchook.pyx":329
  *         return 0
  * 
  *     def install(self):             # <<<<<<<<<<<<<<
@@ -21004,7 +21009,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":359
+/* "lguest/unicorn/_uchook.pyx":360
  *         self.nhooks += 1
  * 
  *     def uninstall(self):             # <<<<<<<<<<<<<<
@@ -21067,17 +21072,17 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6uninstall(str
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("uninstall", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":361
+  /* "lguest/unicorn/_uchook.pyx":362
  *     def uninstall(self):
  *         cdef int i
  *         self._check_idle()             # <<<<<<<<<<<<<<
  *         for i in range(self.nhooks):
  *             self.st.hook_del(self.st.uc, self.handles[i])
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 361, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 362, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":362
+  /* "lguest/unicorn/_uchook.pyx":363
  *         cdef int i
  *         self._check_idle()
  *         for i in range(self.nhooks):             # <<<<<<<<<<<<<<
@@ -21091,7 +21096,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6uninstall(str
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_i = __pyx_t_3;
 
-    /* "lguest/unicorn/_uchook.pyx":363
+    /* "lguest/unicorn/_uchook.pyx":364
  *         self._check_idle()
  *         for i in range(self.nhooks):
  *             self.st.hook_del(self.st.uc, self.handles[i])             # <<<<<<<<<<<<<<
@@ -21102,7 +21107,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6uninstall(str
   }
 
 
-  /* "lguest/unicorn/_uchook.pyx":364
+  /* "lguest/unicorn/_uchook.pyx":365
  *         for i in range(self.nhooks):
  *             self.st.hook_del(self.st.uc, self.handles[i])
  *         self.nhooks = 0             # <<<<<<<<<<<<<<
@@ -21111,7 +21116,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6uninstall(str
 */
   __pyx_v_self->nhooks = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":359
+  /* "lguest/unicorn/_uchook.pyx":360
  *         self.nhooks += 1
  * 
  *     def uninstall(self):             # <<<<<<<<<<<<<<
@@ -21132,7 +21137,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6uninstall(str
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":366
+/* "lguest/unicorn/_uchook.pyx":367
  *         self.nhooks = 0
  * 
  *     def close(self):             # <<<<<<<<<<<<<<
@@ -21198,7 +21203,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("close", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":369
+  /* "lguest/unicorn/_uchook.pyx":370
  *         """Remove the hooks, free the contexts and drop every pointer (call
  *         before closing Unicorn).  Idempotent; RuntimeError during a run."""
  *         if self.state == 2:             # <<<<<<<<<<<<<<
@@ -21210,7 +21215,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
   if (__pyx_t_1) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":370
+    /* "lguest/unicorn/_uchook.pyx":371
  *         before closing Unicorn).  Idempotent; RuntimeError during a run."""
  *         if self.state == 2:
  *             return             # <<<<<<<<<<<<<<
@@ -21227,7 +21232,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
     }
     goto __pyx_L0;
 
-    /* "lguest/unicorn/_uchook.pyx":369
+    /* "lguest/unicorn/_uchook.pyx":370
  *         """Remove the hooks, free the contexts and drop every pointer (call
  *         before closing Unicorn).  Idempotent; RuntimeError during a run."""
  *         if self.state == 2:             # <<<<<<<<<<<<<<
@@ -21236,7 +21241,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":371
+  /* "lguest/unicorn/_uchook.pyx":372
  *         if self.state == 2:
  *             return
  *         if self.busy:             # <<<<<<<<<<<<<<
@@ -21248,7 +21253,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":372
+    /* "lguest/unicorn/_uchook.pyx":373
  *             return
  *         if self.busy:
  *             raise RuntimeError("NativeHooks is running a guest")             # <<<<<<<<<<<<<<
@@ -21261,14 +21266,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_NativeHooks_is_running_a_guest};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 372, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 373, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 372, __pyx_L1_error)
+    __PYX_ERR(0, 373, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":371
+    /* "lguest/unicorn/_uchook.pyx":372
  *         if self.state == 2:
  *             return
  *         if self.busy:             # <<<<<<<<<<<<<<
@@ -21277,7 +21282,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":373
+  /* "lguest/unicorn/_uchook.pyx":374
  *         if self.busy:
  *             raise RuntimeError("NativeHooks is running a guest")
  *         if self.state == 1:             # <<<<<<<<<<<<<<
@@ -21289,7 +21294,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
   if (__pyx_t_1) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":374
+    /* "lguest/unicorn/_uchook.pyx":375
  *             raise RuntimeError("NativeHooks is running a guest")
  *         if self.state == 1:
  *             self.uninstall()             # <<<<<<<<<<<<<<
@@ -21303,12 +21308,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
       PyObject *__pyx_callargs[2] = {__pyx_t_3, NULL};
       __pyx_t_2 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_uninstall, __pyx_callargs+__pyx_t_4, (1-__pyx_t_4) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 374, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 375, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":375
+    /* "lguest/unicorn/_uchook.pyx":376
  *         if self.state == 1:
  *             self.uninstall()
  *             if self.ctx_ptr != NULL and self._free is not None:             # <<<<<<<<<<<<<<
@@ -21333,7 +21338,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
     if (__pyx_t_1) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":376
+      /* "lguest/unicorn/_uchook.pyx":377
  *             self.uninstall()
  *             if self.ctx_ptr != NULL and self._free is not None:
  *                 self._free(<size_t>self.ctx_ptr)             # <<<<<<<<<<<<<<
@@ -21343,7 +21348,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
       __pyx_t_3 = NULL;
       __Pyx_INCREF(__pyx_v_self->_free);
       __pyx_t_6 = __pyx_v_self->_free; 
-      __pyx_t_7 = __Pyx_PyLong_FromSize_t(((size_t)__pyx_v_self->ctx_ptr)); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 376, __pyx_L1_error)
+      __pyx_t_7 = __Pyx_PyLong_FromSize_t(((size_t)__pyx_v_self->ctx_ptr)); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 377, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
       __pyx_t_4 = 1;
       #if CYTHON_UNPACK_METHODS
@@ -21363,12 +21368,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
         __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
         __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-        if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 376, __pyx_L1_error)
+        if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 377, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_2);
       }
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-      /* "lguest/unicorn/_uchook.pyx":375
+      /* "lguest/unicorn/_uchook.pyx":376
  *         if self.state == 1:
  *             self.uninstall()
  *             if self.ctx_ptr != NULL and self._free is not None:             # <<<<<<<<<<<<<<
@@ -21377,7 +21382,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
     }
 
-    /* "lguest/unicorn/_uchook.pyx":377
+    /* "lguest/unicorn/_uchook.pyx":378
  *             if self.ctx_ptr != NULL and self._free is not None:
  *                 self._free(<size_t>self.ctx_ptr)
  *             if self.ctx_small_ptr != NULL and self._free is not None:             # <<<<<<<<<<<<<<
@@ -21402,7 +21407,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
     if (__pyx_t_1) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":378
+      /* "lguest/unicorn/_uchook.pyx":379
  *                 self._free(<size_t>self.ctx_ptr)
  *             if self.ctx_small_ptr != NULL and self._free is not None:
  *                 self._free(<size_t>self.ctx_small_ptr)             # <<<<<<<<<<<<<<
@@ -21412,7 +21417,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
       __pyx_t_6 = NULL;
       __Pyx_INCREF(__pyx_v_self->_free);
       __pyx_t_7 = __pyx_v_self->_free; 
-      __pyx_t_3 = __Pyx_PyLong_FromSize_t(((size_t)__pyx_v_self->ctx_small_ptr)); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 378, __pyx_L1_error)
+      __pyx_t_3 = __Pyx_PyLong_FromSize_t(((size_t)__pyx_v_self->ctx_small_ptr)); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 379, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
       __pyx_t_4 = 1;
       #if CYTHON_UNPACK_METHODS
@@ -21432,12 +21437,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
         __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
         __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-        if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 378, __pyx_L1_error)
+        if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 379, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_2);
       }
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-      /* "lguest/unicorn/_uchook.pyx":377
+      /* "lguest/unicorn/_uchook.pyx":378
  *             if self.ctx_ptr != NULL and self._free is not None:
  *                 self._free(<size_t>self.ctx_ptr)
  *             if self.ctx_small_ptr != NULL and self._free is not None:             # <<<<<<<<<<<<<<
@@ -21446,7 +21451,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
     }
 
-    /* "lguest/unicorn/_uchook.pyx":373
+    /* "lguest/unicorn/_uchook.pyx":374
  *         if self.busy:
  *             raise RuntimeError("NativeHooks is running a guest")
  *         if self.state == 1:             # <<<<<<<<<<<<<<
@@ -21455,7 +21460,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":379
+  /* "lguest/unicorn/_uchook.pyx":380
  *             if self.ctx_small_ptr != NULL and self._free is not None:
  *                 self._free(<size_t>self.ctx_small_ptr)
  *         self.state = 2             # <<<<<<<<<<<<<<
@@ -21464,18 +21469,18 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   __pyx_v_self->state = 2;
 
-  /* "lguest/unicorn/_uchook.pyx":380
+  /* "lguest/unicorn/_uchook.pyx":381
  *                 self._free(<size_t>self.ctx_small_ptr)
  *         self.state = 2
  *         self._unbind()             # <<<<<<<<<<<<<<
  *         self.ctx_ptr = NULL
  *         self.ctx_small_ptr = NULL
 */
-  __pyx_t_2 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_unbind(__pyx_v_self); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 380, __pyx_L1_error)
+  __pyx_t_2 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_unbind(__pyx_v_self); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 381, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":381
+  /* "lguest/unicorn/_uchook.pyx":382
  *         self.state = 2
  *         self._unbind()
  *         self.ctx_ptr = NULL             # <<<<<<<<<<<<<<
@@ -21484,7 +21489,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   __pyx_v_self->ctx_ptr = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":382
+  /* "lguest/unicorn/_uchook.pyx":383
  *         self._unbind()
  *         self.ctx_ptr = NULL
  *         self.ctx_small_ptr = NULL             # <<<<<<<<<<<<<<
@@ -21493,7 +21498,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   __pyx_v_self->ctx_small_ptr = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":383
+  /* "lguest/unicorn/_uchook.pyx":384
  *         self.ctx_ptr = NULL
  *         self.ctx_small_ptr = NULL
  *         self.st.ctx = NULL             # <<<<<<<<<<<<<<
@@ -21502,7 +21507,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   __pyx_v_self->st.ctx = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":384
+  /* "lguest/unicorn/_uchook.pyx":385
  *         self.ctx_small_ptr = NULL
  *         self.st.ctx = NULL
  *         self.st.ctx_small = NULL             # <<<<<<<<<<<<<<
@@ -21511,7 +21516,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   __pyx_v_self->st.ctx_small = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":385
+  /* "lguest/unicorn/_uchook.pyx":386
  *         self.st.ctx = NULL
  *         self.st.ctx_small = NULL
  *         self.st.uc = NULL             # <<<<<<<<<<<<<<
@@ -21520,7 +21525,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   __pyx_v_self->st.uc = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":386
+  /* "lguest/unicorn/_uchook.pyx":387
  *         self.st.ctx_small = NULL
  *         self.st.uc = NULL
  *         self.st.switcher = NULL             # <<<<<<<<<<<<<<
@@ -21529,7 +21534,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   __pyx_v_self->st.switcher = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":387
+  /* "lguest/unicorn/_uchook.pyx":388
  *         self.st.uc = NULL
  *         self.st.switcher = NULL
  *         self.st.gdt = NULL             # <<<<<<<<<<<<<<
@@ -21538,7 +21543,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   __pyx_v_self->st.gdt = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":388
+  /* "lguest/unicorn/_uchook.pyx":389
  *         self.st.switcher = NULL
  *         self.st.gdt = NULL
  *         self._owners = None             # <<<<<<<<<<<<<<
@@ -21550,7 +21555,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
   __Pyx_GOTREF(__pyx_v_self->_owners);
   __Pyx_DECREF_SET(__pyx_v_self->_owners, Py_None);
 
-  /* "lguest/unicorn/_uchook.pyx":389
+  /* "lguest/unicorn/_uchook.pyx":390
  *         self.st.gdt = NULL
  *         self._owners = None
  *         self._free = None             # <<<<<<<<<<<<<<
@@ -21562,7 +21567,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
   __Pyx_GOTREF(__pyx_v_self->_free);
   __Pyx_DECREF_SET(__pyx_v_self->_free, Py_None);
 
-  /* "lguest/unicorn/_uchook.pyx":366
+  /* "lguest/unicorn/_uchook.pyx":367
  *         self.nhooks = 0
  * 
  *     def close(self):             # <<<<<<<<<<<<<<
@@ -21586,7 +21591,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":391
+/* "lguest/unicorn/_uchook.pyx":392
  *         self._free = None
  * 
  *     cdef _unbind(self):             # <<<<<<<<<<<<<<
@@ -21606,7 +21611,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_unbind", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":392
+  /* "lguest/unicorn/_uchook.pyx":393
  * 
  *     cdef _unbind(self):
  *         self.st.regs = NULL             # <<<<<<<<<<<<<<
@@ -21615,7 +21620,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   __pyx_v_self->st.regs = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":393
+  /* "lguest/unicorn/_uchook.pyx":394
  *     cdef _unbind(self):
  *         self.st.regs = NULL
  *         self.st.idt = NULL             # <<<<<<<<<<<<<<
@@ -21624,7 +21629,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   __pyx_v_self->st.idt = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":394
+  /* "lguest/unicorn/_uchook.pyx":395
  *         self.st.regs = NULL
  *         self.st.idt = NULL
  *         self.st.guest_idt = NULL             # <<<<<<<<<<<<<<
@@ -21633,7 +21638,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   __pyx_v_self->st.guest_idt = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":395
+  /* "lguest/unicorn/_uchook.pyx":396
  *         self.st.idt = NULL
  *         self.st.guest_idt = NULL
  *         self.st.mem = NULL             # <<<<<<<<<<<<<<
@@ -21642,7 +21647,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   __pyx_v_self->st.mem = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":396
+  /* "lguest/unicorn/_uchook.pyx":397
  *         self.st.guest_idt = NULL
  *         self.st.mem = NULL
  *         self.st.mem_size = 0             # <<<<<<<<<<<<<<
@@ -21651,7 +21656,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   __pyx_v_self->st.mem_size = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":397
+  /* "lguest/unicorn/_uchook.pyx":398
  *         self.st.mem = NULL
  *         self.st.mem_size = 0
  *         self.st.has_ld = 0             # <<<<<<<<<<<<<<
@@ -21660,7 +21665,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   __pyx_v_self->st.has_ld = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":398
+  /* "lguest/unicorn/_uchook.pyx":399
  *         self.st.mem_size = 0
  *         self.st.has_ld = 0
  *         self.st.api = NULL             # <<<<<<<<<<<<<<
@@ -21669,7 +21674,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   __pyx_v_self->st.api = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":399
+  /* "lguest/unicorn/_uchook.pyx":400
  *         self.st.has_ld = 0
  *         self.st.api = NULL
  *         self.st.pending = &self.st.attention             # <<<<<<<<<<<<<<
@@ -21678,21 +21683,21 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   __pyx_v_self->st.pending = (&__pyx_v_self->st.attention);
 
-  /* "lguest/unicorn/_uchook.pyx":400
+  /* "lguest/unicorn/_uchook.pyx":401
  *         self.st.api = NULL
  *         self.st.pending = &self.st.attention
  *         self._keep = []             # <<<<<<<<<<<<<<
  *         hold, self._hold = self._hold, None
  *         if hold is not None:
 */
-  __pyx_t_1 = PyList_New(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 400, __pyx_L1_error)
+  __pyx_t_1 = PyList_New(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 401, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_GIVEREF(__pyx_t_1);
   __Pyx_GOTREF(__pyx_v_self->_keep);
   __Pyx_DECREF_SET(__pyx_v_self->_keep, __pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":401
+  /* "lguest/unicorn/_uchook.pyx":402
  *         self.st.pending = &self.st.attention
  *         self._keep = []
  *         hold, self._hold = self._hold, None             # <<<<<<<<<<<<<<
@@ -21710,7 +21715,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
   __Pyx_DECREF_SET(__pyx_v_self->_hold, __pyx_t_2);
   __pyx_t_2 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":402
+  /* "lguest/unicorn/_uchook.pyx":403
  *         self._keep = []
  *         hold, self._hold = self._hold, None
  *         if hold is not None:             # <<<<<<<<<<<<<<
@@ -21721,21 +21726,21 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
   if (__pyx_t_3) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":403
+    /* "lguest/unicorn/_uchook.pyx":404
  *         hold, self._hold = self._hold, None
  *         if hold is not None:
  *             hold.__exit__(None, None, None)             # <<<<<<<<<<<<<<
  * 
  *     def bind(self, cpu, regs_array, host_idt, guest_idt, memory, api_capsule):
 */
-    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_hold, __pyx_mstate_global->__pyx_n_u_exit); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 403, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_hold, __pyx_mstate_global->__pyx_n_u_exit); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 404, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_1 = __Pyx_PyObject_Call(__pyx_t_2, __pyx_mstate_global->__pyx_tuple[4], NULL); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 403, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyObject_Call(__pyx_t_2, __pyx_mstate_global->__pyx_tuple[4], NULL); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 404, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":402
+    /* "lguest/unicorn/_uchook.pyx":403
  *         self._keep = []
  *         hold, self._hold = self._hold, None
  *         if hold is not None:             # <<<<<<<<<<<<<<
@@ -21744,7 +21749,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":391
+  /* "lguest/unicorn/_uchook.pyx":392
  *         self._free = None
  * 
  *     cdef _unbind(self):             # <<<<<<<<<<<<<<
@@ -21767,7 +21772,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":405
+/* "lguest/unicorn/_uchook.pyx":406
  *             hold.__exit__(None, None, None)
  * 
  *     def bind(self, cpu, regs_array, host_idt, guest_idt, memory, api_capsule):             # <<<<<<<<<<<<<<
@@ -21820,56 +21825,56 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_cpu,&__pyx_mstate_global->__pyx_n_u_regs_array,&__pyx_mstate_global->__pyx_n_u_host_idt,&__pyx_mstate_global->__pyx_n_u_guest_idt,&__pyx_mstate_global->__pyx_n_u_memory,&__pyx_mstate_global->__pyx_n_u_api_capsule,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 405, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 406, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  6:
         values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 405, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 406, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 405, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 406, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 405, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 406, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 405, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 406, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 405, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 406, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 405, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 406, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "bind", 0) < (0)) __PYX_ERR(0, 405, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "bind", 0) < (0)) __PYX_ERR(0, 406, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 6; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("bind", 1, 6, 6, i); __PYX_ERR(0, 405, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("bind", 1, 6, 6, i); __PYX_ERR(0, 406, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 6)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 405, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 406, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 405, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 406, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 405, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 406, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 405, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 406, __pyx_L3_error)
       values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 405, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 406, __pyx_L3_error)
       values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 405, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 406, __pyx_L3_error)
     }
     __pyx_v_cpu = values[0];
     __pyx_v_regs_array = values[1];
@@ -21880,7 +21885,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("bind", 1, 6, 6, __pyx_nargs); __PYX_ERR(0, 405, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("bind", 1, 6, 6, __pyx_nargs); __PYX_ERR(0, 406, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -21945,7 +21950,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("bind", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":413
+  /* "lguest/unicorn/_uchook.pyx":414
  *         cdef uint32_t[:, ::1] hv
  *         cdef uint32_t[:, ::1] gv
  *         cdef lg_native_api *api = NULL             # <<<<<<<<<<<<<<
@@ -21954,7 +21959,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
   __pyx_v_api = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":414
+  /* "lguest/unicorn/_uchook.pyx":415
  *         cdef uint32_t[:, ::1] gv
  *         cdef lg_native_api *api = NULL
  *         from ..memory import GuestMemory             # <<<<<<<<<<<<<<
@@ -21963,14 +21968,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
   {
     PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_GuestMemory};
-    __pyx_t_2 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_memory, __pyx_imported_names, 1, __pyx_mstate_global->__pyx_kp_u_lguest_memory, 2); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 414, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_memory, __pyx_imported_names, 1, __pyx_mstate_global->__pyx_kp_u_lguest_memory, 2); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 415, __pyx_L1_error)
   }
   __pyx_t_1 = __pyx_t_2;
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_GuestMemory};
     __pyx_t_3 = 0; {
-      __pyx_t_4 = __Pyx_ImportFrom(__pyx_t_1, __pyx_imported_names[__pyx_t_3]); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 414, __pyx_L1_error)
+      __pyx_t_4 = __Pyx_ImportFrom(__pyx_t_1, __pyx_imported_names[__pyx_t_3]); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 415, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
       switch (__pyx_t_3) {
         case 0:
@@ -21984,66 +21989,66 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":415
+  /* "lguest/unicorn/_uchook.pyx":416
  *         cdef lg_native_api *api = NULL
  *         from ..memory import GuestMemory
  *         self._check_idle()             # <<<<<<<<<<<<<<
  *         arrays = {"regs": (regs_array, (NUM_REGS,)), "host IDT": (host_idt, (256, 2)), "guest IDT": (guest_idt, (256, 2))}
  *         for name, (arr, shape) in arrays.items():
 */
-  __pyx_t_5 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_5 == ((int)-1))) __PYX_ERR(0, 415, __pyx_L1_error)
+  __pyx_t_5 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_5 == ((int)-1))) __PYX_ERR(0, 416, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":416
+  /* "lguest/unicorn/_uchook.pyx":417
  *         from ..memory import GuestMemory
  *         self._check_idle()
  *         arrays = {"regs": (regs_array, (NUM_REGS,)), "host IDT": (host_idt, (256, 2)), "guest IDT": (guest_idt, (256, 2))}             # <<<<<<<<<<<<<<
  *         for name, (arr, shape) in arrays.items():
  *             if not isinstance(arr, np.ndarray) or arr.dtype != np.uint32:
 */
-  __pyx_t_1 = __Pyx_PyDict_NewPresized(3); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 416, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyDict_NewPresized(3); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 417, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(LG_NUM_REGS); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 416, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(LG_NUM_REGS); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 417, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_6 = PyTuple_New(1); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 416, __pyx_L1_error)
+  __pyx_t_6 = PyTuple_New(1); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 417, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_GIVEREF(__pyx_t_4);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 0, __pyx_t_4) != (0)) __PYX_ERR(0, 416, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 0, __pyx_t_4) != (0)) __PYX_ERR(0, 417, __pyx_L1_error);
   __pyx_t_4 = 0;
-  __pyx_t_4 = PyTuple_New(2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 416, __pyx_L1_error)
+  __pyx_t_4 = PyTuple_New(2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 417, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_INCREF(__pyx_v_regs_array);
   __Pyx_GIVEREF(__pyx_v_regs_array);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_v_regs_array) != (0)) __PYX_ERR(0, 416, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_v_regs_array) != (0)) __PYX_ERR(0, 417, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_6);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_t_6) != (0)) __PYX_ERR(0, 416, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_t_6) != (0)) __PYX_ERR(0, 417, __pyx_L1_error);
   __pyx_t_6 = 0;
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_regs, __pyx_t_4) < (0)) __PYX_ERR(0, 416, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_regs, __pyx_t_4) < (0)) __PYX_ERR(0, 417, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = PyTuple_New(2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 416, __pyx_L1_error)
+  __pyx_t_4 = PyTuple_New(2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 417, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_INCREF(__pyx_v_host_idt);
   __Pyx_GIVEREF(__pyx_v_host_idt);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_v_host_idt) != (0)) __PYX_ERR(0, 416, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_v_host_idt) != (0)) __PYX_ERR(0, 417, __pyx_L1_error);
   __Pyx_INCREF(__pyx_mstate_global->__pyx_tuple[5]);
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[5]);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_mstate_global->__pyx_tuple[5]) != (0)) __PYX_ERR(0, 416, __pyx_L1_error);
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_kp_u_host_IDT, __pyx_t_4) < (0)) __PYX_ERR(0, 416, __pyx_L1_error)
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_mstate_global->__pyx_tuple[5]) != (0)) __PYX_ERR(0, 417, __pyx_L1_error);
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_kp_u_host_IDT, __pyx_t_4) < (0)) __PYX_ERR(0, 417, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = PyTuple_New(2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 416, __pyx_L1_error)
+  __pyx_t_4 = PyTuple_New(2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 417, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_INCREF(__pyx_v_guest_idt);
   __Pyx_GIVEREF(__pyx_v_guest_idt);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_v_guest_idt) != (0)) __PYX_ERR(0, 416, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_v_guest_idt) != (0)) __PYX_ERR(0, 417, __pyx_L1_error);
   __Pyx_INCREF(__pyx_mstate_global->__pyx_tuple[5]);
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[5]);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_mstate_global->__pyx_tuple[5]) != (0)) __PYX_ERR(0, 416, __pyx_L1_error);
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_kp_u_guest_IDT, __pyx_t_4) < (0)) __PYX_ERR(0, 416, __pyx_L1_error)
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_mstate_global->__pyx_tuple[5]) != (0)) __PYX_ERR(0, 417, __pyx_L1_error);
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_kp_u_guest_IDT, __pyx_t_4) < (0)) __PYX_ERR(0, 417, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_arrays = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":417
+  /* "lguest/unicorn/_uchook.pyx":418
  *         self._check_idle()
  *         arrays = {"regs": (regs_array, (NUM_REGS,)), "host IDT": (host_idt, (256, 2)), "guest IDT": (guest_idt, (256, 2))}
  *         for name, (arr, shape) in arrays.items():             # <<<<<<<<<<<<<<
@@ -22051,7 +22056,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
  *                 raise TypeError(f"the {name} must be a numpy uint32 array")
 */
   __pyx_t_3 = 0;
-  __pyx_t_4 = __Pyx_dict_iterator(__pyx_v_arrays, 1, __pyx_mstate_global->__pyx_n_u_items, (&__pyx_t_7), (&__pyx_t_5)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 417, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_dict_iterator(__pyx_v_arrays, 1, __pyx_mstate_global->__pyx_n_u_items, (&__pyx_t_7), (&__pyx_t_5)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 418, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_XDECREF(__pyx_t_1);
   __pyx_t_1 = __pyx_t_4;
@@ -22059,7 +22064,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   while (1) {
     __pyx_t_8 = __Pyx_dict_iter_next(__pyx_t_1, __pyx_t_7, &__pyx_t_3, &__pyx_t_4, &__pyx_t_6, NULL, __pyx_t_5);
     if (unlikely(__pyx_t_8 == 0)) break;
-    if (unlikely(__pyx_t_8 == -1)) __PYX_ERR(0, 417, __pyx_L1_error)
+    if (unlikely(__pyx_t_8 == -1)) __PYX_ERR(0, 418, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_XDECREF_SET(__pyx_v_name, __pyx_t_4);
@@ -22070,7 +22075,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
       if (unlikely(size != 2)) {
         if (size > 2) __Pyx_RaiseTooManyValuesError(2);
         else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-        __PYX_ERR(0, 417, __pyx_L1_error)
+        __PYX_ERR(0, 418, __pyx_L1_error)
       }
       #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
       if (likely(PyTuple_CheckExact(sequence))) {
@@ -22080,22 +22085,22 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
         __Pyx_INCREF(__pyx_t_9);
       } else {
         __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 417, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 418, __pyx_L1_error)
         __Pyx_XGOTREF(__pyx_t_4);
         __pyx_t_9 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-        if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 417, __pyx_L1_error)
+        if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 418, __pyx_L1_error)
         __Pyx_XGOTREF(__pyx_t_9);
       }
       #else
-      __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 417, __pyx_L1_error)
+      __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 418, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
-      __pyx_t_9 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 417, __pyx_L1_error)
+      __pyx_t_9 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 418, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_9);
       #endif
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     } else {
       Py_ssize_t index = -1;
-      __pyx_t_10 = PyObject_GetIter(__pyx_t_6); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 417, __pyx_L1_error)
+      __pyx_t_10 = PyObject_GetIter(__pyx_t_6); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 418, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_10);
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
       __pyx_t_11 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_10);
@@ -22103,7 +22108,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
       __Pyx_GOTREF(__pyx_t_4);
       index = 1; __pyx_t_9 = __pyx_t_11(__pyx_t_10); if (unlikely(!__pyx_t_9)) goto __pyx_L5_unpacking_failed;
       __Pyx_GOTREF(__pyx_t_9);
-      if (__Pyx_IternextUnpackEndCheck(__pyx_t_11(__pyx_t_10), 2) < (0)) __PYX_ERR(0, 417, __pyx_L1_error)
+      if (__Pyx_IternextUnpackEndCheck(__pyx_t_11(__pyx_t_10), 2) < (0)) __PYX_ERR(0, 418, __pyx_L1_error)
       __pyx_t_11 = NULL;
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
       goto __pyx_L6_unpacking_done;
@@ -22111,7 +22116,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
       __pyx_t_11 = NULL;
       if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-      __PYX_ERR(0, 417, __pyx_L1_error)
+      __PYX_ERR(0, 418, __pyx_L1_error)
       __pyx_L6_unpacking_done:;
     }
     __Pyx_XDECREF_SET(__pyx_v_arr, __pyx_t_4);
@@ -22119,19 +22124,19 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
     __Pyx_XDECREF_SET(__pyx_v_shape, __pyx_t_9);
     __pyx_t_9 = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":418
+    /* "lguest/unicorn/_uchook.pyx":419
  *         arrays = {"regs": (regs_array, (NUM_REGS,)), "host IDT": (host_idt, (256, 2)), "guest IDT": (guest_idt, (256, 2))}
  *         for name, (arr, shape) in arrays.items():
  *             if not isinstance(arr, np.ndarray) or arr.dtype != np.uint32:             # <<<<<<<<<<<<<<
  *                 raise TypeError(f"the {name} must be a numpy uint32 array")
  *             if arr.shape != shape or not arr.flags.c_contiguous or not arr.flags.writeable:
 */
-    __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 418, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 419, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
-    __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_ndarray); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 418, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_ndarray); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 419, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    __pyx_t_13 = PyObject_IsInstance(__pyx_v_arr, __pyx_t_9); if (unlikely(__pyx_t_13 == ((int)-1))) __PYX_ERR(0, 418, __pyx_L1_error)
+    __pyx_t_13 = PyObject_IsInstance(__pyx_v_arr, __pyx_t_9); if (unlikely(__pyx_t_13 == ((int)-1))) __PYX_ERR(0, 419, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     __pyx_t_14 = (!__pyx_t_13);
 
@@ -22144,14 +22149,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 
       goto __pyx_L8_bool_binop_done;
     }
-    __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 418, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 419, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
-    __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 418, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 419, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
-    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_uint32); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 418, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_uint32); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 419, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    __pyx_t_14 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_9, __pyx_t_4, Py_NE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 418, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_9, __pyx_t_4, Py_NE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 419, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
@@ -22161,7 +22166,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
     if (unlikely(__pyx_t_12)) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":419
+      /* "lguest/unicorn/_uchook.pyx":420
  *         for name, (arr, shape) in arrays.items():
  *             if not isinstance(arr, np.ndarray) or arr.dtype != np.uint32:
  *                 raise TypeError(f"the {name} must be a numpy uint32 array")             # <<<<<<<<<<<<<<
@@ -22169,7 +22174,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
  *                 raise ValueError(f"the {name} must be a writable C-contiguous uint32{list(shape)}")
 */
       __pyx_t_9 = NULL;
-      __pyx_t_6 = __Pyx_PyObject_FormatSimple(__pyx_v_name, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 419, __pyx_L1_error)
+      __pyx_t_6 = __Pyx_PyObject_FormatSimple(__pyx_v_name, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 420, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
       __pyx_t_15[0] = __pyx_mstate_global->__pyx_kp_u_the;
       __pyx_t_15[1] = __pyx_t_6;
@@ -22183,7 +22188,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
       __pyx_t_8 |= __Pyx_PyUnicode_KIND_04(__pyx_t_15[1]);
       #endif
       __pyx_t_10 = __Pyx_PyUnicode_Join(__pyx_t_15, 3, __pyx_t_16, __pyx_t_8);
-      if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 419, __pyx_L1_error)
+      if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 420, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_10);
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
       __pyx_t_17 = 1;
@@ -22192,14 +22197,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
         __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_TypeError)), __pyx_callargs+__pyx_t_17, (2-__pyx_t_17) | (__pyx_t_17*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_9); __pyx_t_9 = 0;
         __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 419, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 420, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       __Pyx_Raise(__pyx_t_4, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      __PYX_ERR(0, 419, __pyx_L1_error)
+      __PYX_ERR(0, 420, __pyx_L1_error)
 
-      /* "lguest/unicorn/_uchook.pyx":418
+      /* "lguest/unicorn/_uchook.pyx":419
  *         arrays = {"regs": (regs_array, (NUM_REGS,)), "host IDT": (host_idt, (256, 2)), "guest IDT": (guest_idt, (256, 2))}
  *         for name, (arr, shape) in arrays.items():
  *             if not isinstance(arr, np.ndarray) or arr.dtype != np.uint32:             # <<<<<<<<<<<<<<
@@ -22208,16 +22213,16 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
     }
 
-    /* "lguest/unicorn/_uchook.pyx":420
+    /* "lguest/unicorn/_uchook.pyx":421
  *             if not isinstance(arr, np.ndarray) or arr.dtype != np.uint32:
  *                 raise TypeError(f"the {name} must be a numpy uint32 array")
  *             if arr.shape != shape or not arr.flags.c_contiguous or not arr.flags.writeable:             # <<<<<<<<<<<<<<
  *                 raise ValueError(f"the {name} must be a writable C-contiguous uint32{list(shape)}")
  *         if regs_array.ctypes.data != cpu.regs.array.ctypes.data or guest_idt.ctypes.data != cpu.idt.ctypes.data:
 */
-    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 420, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 421, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_14 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_4, __pyx_v_shape, Py_NE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 420, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_4, __pyx_v_shape, Py_NE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 421, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     if (!__pyx_t_14) {
 
@@ -22227,12 +22232,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 
       goto __pyx_L11_bool_binop_done;
     }
-    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 420, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 421, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_c_contiguous); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 420, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_c_contiguous); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 421, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __pyx_t_14 = __Pyx_PyObject_IsTrue(__pyx_t_10); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 420, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyObject_IsTrue(__pyx_t_10); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 421, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __pyx_t_13 = (!__pyx_t_14);
 
@@ -22245,12 +22250,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 
       goto __pyx_L11_bool_binop_done;
     }
-    __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 420, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 421, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
-    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_writeable); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 420, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_writeable); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 421, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-    __pyx_t_13 = __Pyx_PyObject_IsTrue(__pyx_t_4); if (unlikely((__pyx_t_13 < 0))) __PYX_ERR(0, 420, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyObject_IsTrue(__pyx_t_4); if (unlikely((__pyx_t_13 < 0))) __PYX_ERR(0, 421, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __pyx_t_14 = (!__pyx_t_13);
 
@@ -22262,7 +22267,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
     if (unlikely(__pyx_t_12)) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":421
+      /* "lguest/unicorn/_uchook.pyx":422
  *                 raise TypeError(f"the {name} must be a numpy uint32 array")
  *             if arr.shape != shape or not arr.flags.c_contiguous or not arr.flags.writeable:
  *                 raise ValueError(f"the {name} must be a writable C-contiguous uint32{list(shape)}")             # <<<<<<<<<<<<<<
@@ -22270,11 +22275,11 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
  *             raise ValueError("regs_array and guest_idt must be the cpu's own")
 */
       __pyx_t_10 = NULL;
-      __pyx_t_9 = __Pyx_PyObject_FormatSimple(__pyx_v_name, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 421, __pyx_L1_error)
+      __pyx_t_9 = __Pyx_PyObject_FormatSimple(__pyx_v_name, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 422, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_9);
-      __pyx_t_6 = PySequence_List(__pyx_v_shape); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 421, __pyx_L1_error)
+      __pyx_t_6 = PySequence_List(__pyx_v_shape); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 422, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
-      __pyx_t_18 = __Pyx_PyObject_FormatSimple(__pyx_t_6, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_18)) __PYX_ERR(0, 421, __pyx_L1_error)
+      __pyx_t_18 = __Pyx_PyObject_FormatSimple(__pyx_t_6, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_18)) __PYX_ERR(0, 422, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_18);
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
       __pyx_t_19[0] = __pyx_mstate_global->__pyx_kp_u_the;
@@ -22290,7 +22295,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
       __pyx_t_8 |= __Pyx_PyUnicode_KIND_04(__pyx_t_19[1]) | __Pyx_PyUnicode_KIND_04(__pyx_t_19[3]);
       #endif
       __pyx_t_6 = __Pyx_PyUnicode_Join(__pyx_t_19, 4, __pyx_t_16, __pyx_t_8);
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 421, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 422, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
       __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
       __Pyx_DECREF(__pyx_t_18); __pyx_t_18 = 0;
@@ -22300,14 +22305,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
         __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_17, (2-__pyx_t_17) | (__pyx_t_17*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_10); __pyx_t_10 = 0;
         __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 421, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 422, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       __Pyx_Raise(__pyx_t_4, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      __PYX_ERR(0, 421, __pyx_L1_error)
+      __PYX_ERR(0, 422, __pyx_L1_error)
 
-      /* "lguest/unicorn/_uchook.pyx":420
+      /* "lguest/unicorn/_uchook.pyx":421
  *             if not isinstance(arr, np.ndarray) or arr.dtype != np.uint32:
  *                 raise TypeError(f"the {name} must be a numpy uint32 array")
  *             if arr.shape != shape or not arr.flags.c_contiguous or not arr.flags.writeable:             # <<<<<<<<<<<<<<
@@ -22318,30 +22323,30 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":422
+  /* "lguest/unicorn/_uchook.pyx":423
  *             if arr.shape != shape or not arr.flags.c_contiguous or not arr.flags.writeable:
  *                 raise ValueError(f"the {name} must be a writable C-contiguous uint32{list(shape)}")
  *         if regs_array.ctypes.data != cpu.regs.array.ctypes.data or guest_idt.ctypes.data != cpu.idt.ctypes.data:             # <<<<<<<<<<<<<<
  *             raise ValueError("regs_array and guest_idt must be the cpu's own")
  *         if not isinstance(memory, GuestMemory) or memory.closed:
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_regs_array, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 422, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_regs_array, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 423, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 422, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 423, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_cpu, __pyx_mstate_global->__pyx_n_u_regs); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 422, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_cpu, __pyx_mstate_global->__pyx_n_u_regs); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 423, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_array); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 422, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_array); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 423, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 422, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 423, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 422, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 423, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_14 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_4, __pyx_t_6, Py_NE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 422, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_4, __pyx_t_6, Py_NE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 423, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   if (!__pyx_t_14) {
@@ -22352,20 +22357,20 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 
     goto __pyx_L15_bool_binop_done;
   }
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_guest_idt, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 422, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_guest_idt, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 423, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 422, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 423, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_cpu, __pyx_mstate_global->__pyx_n_u_idt); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 422, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_cpu, __pyx_mstate_global->__pyx_n_u_idt); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 423, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 422, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 423, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 422, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 423, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_14 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_4, __pyx_t_6, Py_NE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 422, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_4, __pyx_t_6, Py_NE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 423, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
 
@@ -22375,7 +22380,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   if (unlikely(__pyx_t_12)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":423
+    /* "lguest/unicorn/_uchook.pyx":424
  *                 raise ValueError(f"the {name} must be a writable C-contiguous uint32{list(shape)}")
  *         if regs_array.ctypes.data != cpu.regs.array.ctypes.data or guest_idt.ctypes.data != cpu.idt.ctypes.data:
  *             raise ValueError("regs_array and guest_idt must be the cpu's own")             # <<<<<<<<<<<<<<
@@ -22388,14 +22393,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_regs_array_and_guest_idt_must_be};
       __pyx_t_6 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_17, (2-__pyx_t_17) | (__pyx_t_17*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 423, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 424, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     __Pyx_Raise(__pyx_t_6, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    __PYX_ERR(0, 423, __pyx_L1_error)
+    __PYX_ERR(0, 424, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":422
+    /* "lguest/unicorn/_uchook.pyx":423
  *             if arr.shape != shape or not arr.flags.c_contiguous or not arr.flags.writeable:
  *                 raise ValueError(f"the {name} must be a writable C-contiguous uint32{list(shape)}")
  *         if regs_array.ctypes.data != cpu.regs.array.ctypes.data or guest_idt.ctypes.data != cpu.idt.ctypes.data:             # <<<<<<<<<<<<<<
@@ -22404,14 +22409,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":424
+  /* "lguest/unicorn/_uchook.pyx":425
  *         if regs_array.ctypes.data != cpu.regs.array.ctypes.data or guest_idt.ctypes.data != cpu.idt.ctypes.data:
  *             raise ValueError("regs_array and guest_idt must be the cpu's own")
  *         if not isinstance(memory, GuestMemory) or memory.closed:             # <<<<<<<<<<<<<<
  *             raise TypeError("memory must be a live GuestMemory")
  *         if api_capsule is not None:
 */
-  __pyx_t_14 = PyObject_IsInstance(__pyx_v_memory, __pyx_v_GuestMemory); if (unlikely(__pyx_t_14 == ((int)-1))) __PYX_ERR(0, 424, __pyx_L1_error)
+  __pyx_t_14 = PyObject_IsInstance(__pyx_v_memory, __pyx_v_GuestMemory); if (unlikely(__pyx_t_14 == ((int)-1))) __PYX_ERR(0, 425, __pyx_L1_error)
   __pyx_t_13 = (!__pyx_t_14);
 
 
@@ -22423,9 +22428,9 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 
     goto __pyx_L18_bool_binop_done;
   }
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_memory, __pyx_mstate_global->__pyx_n_u_closed); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 424, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_memory, __pyx_mstate_global->__pyx_n_u_closed); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 425, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_13 = __Pyx_PyObject_IsTrue(__pyx_t_6); if (unlikely((__pyx_t_13 < 0))) __PYX_ERR(0, 424, __pyx_L1_error)
+  __pyx_t_13 = __Pyx_PyObject_IsTrue(__pyx_t_6); if (unlikely((__pyx_t_13 < 0))) __PYX_ERR(0, 425, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
 
   __pyx_t_12 = __pyx_t_13;
@@ -22434,7 +22439,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   if (unlikely(__pyx_t_12)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":425
+    /* "lguest/unicorn/_uchook.pyx":426
  *             raise ValueError("regs_array and guest_idt must be the cpu's own")
  *         if not isinstance(memory, GuestMemory) or memory.closed:
  *             raise TypeError("memory must be a live GuestMemory")             # <<<<<<<<<<<<<<
@@ -22447,14 +22452,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_memory_must_be_a_live_GuestMemor};
       __pyx_t_6 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_TypeError)), __pyx_callargs+__pyx_t_17, (2-__pyx_t_17) | (__pyx_t_17*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 425, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 426, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     __Pyx_Raise(__pyx_t_6, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    __PYX_ERR(0, 425, __pyx_L1_error)
+    __PYX_ERR(0, 426, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":424
+    /* "lguest/unicorn/_uchook.pyx":425
  *         if regs_array.ctypes.data != cpu.regs.array.ctypes.data or guest_idt.ctypes.data != cpu.idt.ctypes.data:
  *             raise ValueError("regs_array and guest_idt must be the cpu's own")
  *         if not isinstance(memory, GuestMemory) or memory.closed:             # <<<<<<<<<<<<<<
@@ -22463,7 +22468,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":426
+  /* "lguest/unicorn/_uchook.pyx":427
  *         if not isinstance(memory, GuestMemory) or memory.closed:
  *             raise TypeError("memory must be a live GuestMemory")
  *         if api_capsule is not None:             # <<<<<<<<<<<<<<
@@ -22474,7 +22479,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   if (__pyx_t_12) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":427
+    /* "lguest/unicorn/_uchook.pyx":428
  *             raise TypeError("memory must be a live GuestMemory")
  *         if api_capsule is not None:
  *             if not PyCapsule_IsValid(api_capsule, LGUEST_NATIVE_API_CAPSULE):             # <<<<<<<<<<<<<<
@@ -22486,7 +22491,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
     if (unlikely(__pyx_t_12)) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":428
+      /* "lguest/unicorn/_uchook.pyx":429
  *         if api_capsule is not None:
  *             if not PyCapsule_IsValid(api_capsule, LGUEST_NATIVE_API_CAPSULE):
  *                 raise TypeError("not a lguest._core native API capsule")             # <<<<<<<<<<<<<<
@@ -22499,14 +22504,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
         PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_not_a_lguest__core_native_API_ca};
         __pyx_t_6 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_TypeError)), __pyx_callargs+__pyx_t_17, (2-__pyx_t_17) | (__pyx_t_17*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-        if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 428, __pyx_L1_error)
+        if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 429, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_6);
       }
       __Pyx_Raise(__pyx_t_6, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      __PYX_ERR(0, 428, __pyx_L1_error)
+      __PYX_ERR(0, 429, __pyx_L1_error)
 
-      /* "lguest/unicorn/_uchook.pyx":427
+      /* "lguest/unicorn/_uchook.pyx":428
  *             raise TypeError("memory must be a live GuestMemory")
  *         if api_capsule is not None:
  *             if not PyCapsule_IsValid(api_capsule, LGUEST_NATIVE_API_CAPSULE):             # <<<<<<<<<<<<<<
@@ -22515,18 +22520,18 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
     }
 
-    /* "lguest/unicorn/_uchook.pyx":429
+    /* "lguest/unicorn/_uchook.pyx":430
  *             if not PyCapsule_IsValid(api_capsule, LGUEST_NATIVE_API_CAPSULE):
  *                 raise TypeError("not a lguest._core native API capsule")
  *             api = <lg_native_api *>PyCapsule_GetPointer(api_capsule, LGUEST_NATIVE_API_CAPSULE)             # <<<<<<<<<<<<<<
  *             if api.version != LGUEST_NATIVE_API_VERSION or <size_t>api.regs != <size_t>regs_array.ctypes.data:
  *                 raise ValueError("lguest._core native API mismatch (not this cpu's)")
 */
-    __pyx_t_20 = PyCapsule_GetPointer(__pyx_v_api_capsule, LGUEST_NATIVE_API_CAPSULE); if (unlikely(__pyx_t_20 == ((void *)NULL) && PyErr_Occurred())) __PYX_ERR(0, 429, __pyx_L1_error)
+    __pyx_t_20 = PyCapsule_GetPointer(__pyx_v_api_capsule, LGUEST_NATIVE_API_CAPSULE); if (unlikely(__pyx_t_20 == ((void *)NULL) && PyErr_Occurred())) __PYX_ERR(0, 430, __pyx_L1_error)
     __pyx_v_api = ((struct lguest_native_api *)__pyx_t_20);
 
 
-    /* "lguest/unicorn/_uchook.pyx":430
+    /* "lguest/unicorn/_uchook.pyx":431
  *                 raise TypeError("not a lguest._core native API capsule")
  *             api = <lg_native_api *>PyCapsule_GetPointer(api_capsule, LGUEST_NATIVE_API_CAPSULE)
  *             if api.version != LGUEST_NATIVE_API_VERSION or <size_t>api.regs != <size_t>regs_array.ctypes.data:             # <<<<<<<<<<<<<<
@@ -22543,12 +22548,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 
       goto __pyx_L23_bool_binop_done;
     }
-    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_regs_array, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 430, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_regs_array, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 431, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
-    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 430, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 431, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    __pyx_t_17 = __Pyx_PyLong_As_size_t(__pyx_t_4); if (unlikely((__pyx_t_17 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 430, __pyx_L1_error)
+    __pyx_t_17 = __Pyx_PyLong_As_size_t(__pyx_t_4); if (unlikely((__pyx_t_17 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 431, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __pyx_t_13 = (((size_t)__pyx_v_api->regs) != ((size_t)__pyx_t_17));
 
@@ -22560,7 +22565,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
     if (unlikely(__pyx_t_12)) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":431
+      /* "lguest/unicorn/_uchook.pyx":432
  *             api = <lg_native_api *>PyCapsule_GetPointer(api_capsule, LGUEST_NATIVE_API_CAPSULE)
  *             if api.version != LGUEST_NATIVE_API_VERSION or <size_t>api.regs != <size_t>regs_array.ctypes.data:
  *                 raise ValueError("lguest._core native API mismatch (not this cpu's)")             # <<<<<<<<<<<<<<
@@ -22573,14 +22578,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
         PyObject *__pyx_callargs[2] = {__pyx_t_6, __pyx_mstate_global->__pyx_kp_u_lguest__core_native_API_mismatch};
         __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_17, (2-__pyx_t_17) | (__pyx_t_17*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 431, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 432, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       __Pyx_Raise(__pyx_t_4, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      __PYX_ERR(0, 431, __pyx_L1_error)
+      __PYX_ERR(0, 432, __pyx_L1_error)
 
-      /* "lguest/unicorn/_uchook.pyx":430
+      /* "lguest/unicorn/_uchook.pyx":431
  *                 raise TypeError("not a lguest._core native API capsule")
  *             api = <lg_native_api *>PyCapsule_GetPointer(api_capsule, LGUEST_NATIVE_API_CAPSULE)
  *             if api.version != LGUEST_NATIVE_API_VERSION or <size_t>api.regs != <size_t>regs_array.ctypes.data:             # <<<<<<<<<<<<<<
@@ -22589,7 +22594,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
     }
 
-    /* "lguest/unicorn/_uchook.pyx":426
+    /* "lguest/unicorn/_uchook.pyx":427
  *         if not isinstance(memory, GuestMemory) or memory.closed:
  *             raise TypeError("memory must be a live GuestMemory")
  *         if api_capsule is not None:             # <<<<<<<<<<<<<<
@@ -22598,7 +22603,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":432
+  /* "lguest/unicorn/_uchook.pyx":433
  *             if api.version != LGUEST_NATIVE_API_VERSION or <size_t>api.regs != <size_t>regs_array.ctypes.data:
  *                 raise ValueError("lguest._core native API mismatch (not this cpu's)")
  *         hold = memory.hold()             # <<<<<<<<<<<<<<
@@ -22612,13 +22617,13 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
     PyObject *__pyx_callargs[2] = {__pyx_t_6, NULL};
     __pyx_t_4 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_hold, __pyx_callargs+__pyx_t_17, (1-__pyx_t_17) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 432, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 433, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
   }
   __pyx_v_hold = __pyx_t_4;
   __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":433
+  /* "lguest/unicorn/_uchook.pyx":434
  *                 raise ValueError("lguest._core native API mismatch (not this cpu's)")
  *         hold = memory.hold()
  *         hold.__enter__()             # <<<<<<<<<<<<<<
@@ -22632,59 +22637,59 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
     PyObject *__pyx_callargs[2] = {__pyx_t_6, NULL};
     __pyx_t_4 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_enter, __pyx_callargs+__pyx_t_17, (1-__pyx_t_17) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 433, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 434, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
   }
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":434
+  /* "lguest/unicorn/_uchook.pyx":435
  *         hold = memory.hold()
  *         hold.__enter__()
  *         self._unbind()             # <<<<<<<<<<<<<<
  *         rv = regs_array
  *         hv = host_idt
 */
-  __pyx_t_4 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_unbind(__pyx_v_self); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 434, __pyx_L1_error)
+  __pyx_t_4 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_unbind(__pyx_v_self); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 435, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":435
+  /* "lguest/unicorn/_uchook.pyx":436
  *         hold.__enter__()
  *         self._unbind()
  *         rv = regs_array             # <<<<<<<<<<<<<<
  *         hv = host_idt
  *         gv = guest_idt
 */
-  __pyx_t_21 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_uint32_t(__pyx_v_regs_array, PyBUF_WRITABLE); if (unlikely(!__pyx_t_21.memview)) __PYX_ERR(0, 435, __pyx_L1_error)
+  __pyx_t_21 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_uint32_t(__pyx_v_regs_array, PyBUF_WRITABLE); if (unlikely(!__pyx_t_21.memview)) __PYX_ERR(0, 436, __pyx_L1_error)
   __pyx_v_rv = __pyx_t_21;
   __pyx_t_21.memview = NULL;
   __pyx_t_21.data = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":436
+  /* "lguest/unicorn/_uchook.pyx":437
  *         self._unbind()
  *         rv = regs_array
  *         hv = host_idt             # <<<<<<<<<<<<<<
  *         gv = guest_idt
  *         self._hold = hold
 */
-  __pyx_t_22 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_nn_uint32_t(__pyx_v_host_idt, PyBUF_WRITABLE); if (unlikely(!__pyx_t_22.memview)) __PYX_ERR(0, 436, __pyx_L1_error)
+  __pyx_t_22 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_nn_uint32_t(__pyx_v_host_idt, PyBUF_WRITABLE); if (unlikely(!__pyx_t_22.memview)) __PYX_ERR(0, 437, __pyx_L1_error)
   __pyx_v_hv = __pyx_t_22;
   __pyx_t_22.memview = NULL;
   __pyx_t_22.data = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":437
+  /* "lguest/unicorn/_uchook.pyx":438
  *         rv = regs_array
  *         hv = host_idt
  *         gv = guest_idt             # <<<<<<<<<<<<<<
  *         self._hold = hold
  *         self._keep = [cpu, regs_array, host_idt, guest_idt, memory, api_capsule]
 */
-  __pyx_t_22 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_nn_uint32_t(__pyx_v_guest_idt, PyBUF_WRITABLE); if (unlikely(!__pyx_t_22.memview)) __PYX_ERR(0, 437, __pyx_L1_error)
+  __pyx_t_22 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_nn_uint32_t(__pyx_v_guest_idt, PyBUF_WRITABLE); if (unlikely(!__pyx_t_22.memview)) __PYX_ERR(0, 438, __pyx_L1_error)
   __pyx_v_gv = __pyx_t_22;
   __pyx_t_22.memview = NULL;
   __pyx_t_22.data = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":438
+  /* "lguest/unicorn/_uchook.pyx":439
  *         hv = host_idt
  *         gv = guest_idt
  *         self._hold = hold             # <<<<<<<<<<<<<<
@@ -22696,39 +22701,39 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   __Pyx_GOTREF(__pyx_v_self->_hold);
   __Pyx_DECREF_SET(__pyx_v_self->_hold, __pyx_v_hold);
 
-  /* "lguest/unicorn/_uchook.pyx":439
+  /* "lguest/unicorn/_uchook.pyx":440
  *         gv = guest_idt
  *         self._hold = hold
  *         self._keep = [cpu, regs_array, host_idt, guest_idt, memory, api_capsule]             # <<<<<<<<<<<<<<
  *         self.st.regs = &rv[0]
  *         self.st.idt = &hv[0, 0]
 */
-  __pyx_t_4 = PyList_New(6); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 439, __pyx_L1_error)
+  __pyx_t_4 = PyList_New(6); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 440, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_INCREF(__pyx_v_cpu);
   __Pyx_GIVEREF(__pyx_v_cpu);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 0, __pyx_v_cpu) != (0)) __PYX_ERR(0, 439, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 0, __pyx_v_cpu) != (0)) __PYX_ERR(0, 440, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_regs_array);
   __Pyx_GIVEREF(__pyx_v_regs_array);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 1, __pyx_v_regs_array) != (0)) __PYX_ERR(0, 439, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 1, __pyx_v_regs_array) != (0)) __PYX_ERR(0, 440, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_host_idt);
   __Pyx_GIVEREF(__pyx_v_host_idt);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 2, __pyx_v_host_idt) != (0)) __PYX_ERR(0, 439, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 2, __pyx_v_host_idt) != (0)) __PYX_ERR(0, 440, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_guest_idt);
   __Pyx_GIVEREF(__pyx_v_guest_idt);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 3, __pyx_v_guest_idt) != (0)) __PYX_ERR(0, 439, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 3, __pyx_v_guest_idt) != (0)) __PYX_ERR(0, 440, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_memory);
   __Pyx_GIVEREF(__pyx_v_memory);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 4, __pyx_v_memory) != (0)) __PYX_ERR(0, 439, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 4, __pyx_v_memory) != (0)) __PYX_ERR(0, 440, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_api_capsule);
   __Pyx_GIVEREF(__pyx_v_api_capsule);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 5, __pyx_v_api_capsule) != (0)) __PYX_ERR(0, 439, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 5, __pyx_v_api_capsule) != (0)) __PYX_ERR(0, 440, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_4);
   __Pyx_GOTREF(__pyx_v_self->_keep);
   __Pyx_DECREF_SET(__pyx_v_self->_keep, __pyx_t_4);
   __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":440
+  /* "lguest/unicorn/_uchook.pyx":441
  *         self._hold = hold
  *         self._keep = [cpu, regs_array, host_idt, guest_idt, memory, api_capsule]
  *         self.st.regs = &rv[0]             # <<<<<<<<<<<<<<
@@ -22738,7 +22743,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   __pyx_t_23 = 0;
   __pyx_v_self->st.regs = (&(*((uint32_t *) ( /* dim=0 */ ((char *) (((uint32_t *) __pyx_v_rv.data) + __pyx_t_23)) ))));
 
-  /* "lguest/unicorn/_uchook.pyx":441
+  /* "lguest/unicorn/_uchook.pyx":442
  *         self._keep = [cpu, regs_array, host_idt, guest_idt, memory, api_capsule]
  *         self.st.regs = &rv[0]
  *         self.st.idt = &hv[0, 0]             # <<<<<<<<<<<<<<
@@ -22749,7 +22754,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   __pyx_t_24 = 0;
   __pyx_v_self->st.idt = (&(*((uint32_t *) ( /* dim=1 */ ((char *) (((uint32_t *) ( /* dim=0 */ (__pyx_v_hv.data + __pyx_t_23 * __pyx_v_hv.strides[0]) )) + __pyx_t_24)) ))));
 
-  /* "lguest/unicorn/_uchook.pyx":442
+  /* "lguest/unicorn/_uchook.pyx":443
  *         self.st.regs = &rv[0]
  *         self.st.idt = &hv[0, 0]
  *         self.st.guest_idt = &gv[0, 0]             # <<<<<<<<<<<<<<
@@ -22760,34 +22765,34 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   __pyx_t_23 = 0;
   __pyx_v_self->st.guest_idt = (&(*((uint32_t *) ( /* dim=1 */ ((char *) (((uint32_t *) ( /* dim=0 */ (__pyx_v_gv.data + __pyx_t_24 * __pyx_v_gv.strides[0]) )) + __pyx_t_23)) ))));
 
-  /* "lguest/unicorn/_uchook.pyx":443
+  /* "lguest/unicorn/_uchook.pyx":444
  *         self.st.idt = &hv[0, 0]
  *         self.st.guest_idt = &gv[0, 0]
  *         self.st.mem = <uint8_t *>_ptr(memory.address)             # <<<<<<<<<<<<<<
  *         self.st.mem_size = memory.size
  *         if api != NULL:
 */
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_memory, __pyx_mstate_global->__pyx_n_u_address); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 443, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_memory, __pyx_mstate_global->__pyx_n_u_address); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 444, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_17 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_4); if (unlikely(__pyx_t_17 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 443, __pyx_L1_error)
+  __pyx_t_17 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_4); if (unlikely(__pyx_t_17 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 444, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.mem = ((uint8_t *)__pyx_t_17);
 
 
-  /* "lguest/unicorn/_uchook.pyx":444
+  /* "lguest/unicorn/_uchook.pyx":445
  *         self.st.guest_idt = &gv[0, 0]
  *         self.st.mem = <uint8_t *>_ptr(memory.address)
  *         self.st.mem_size = memory.size             # <<<<<<<<<<<<<<
  *         if api != NULL:
  *             self.st.api = api
 */
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_memory, __pyx_mstate_global->__pyx_n_u_size); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 444, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_memory, __pyx_mstate_global->__pyx_n_u_size); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 445, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_25 = __Pyx_PyLong_As_uint64_t(__pyx_t_4); if (unlikely((__pyx_t_25 == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 444, __pyx_L1_error)
+  __pyx_t_25 = __Pyx_PyLong_As_uint64_t(__pyx_t_4); if (unlikely((__pyx_t_25 == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 445, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.mem_size = __pyx_t_25;
 
-  /* "lguest/unicorn/_uchook.pyx":445
+  /* "lguest/unicorn/_uchook.pyx":446
  *         self.st.mem = <uint8_t *>_ptr(memory.address)
  *         self.st.mem_size = memory.size
  *         if api != NULL:             # <<<<<<<<<<<<<<
@@ -22799,7 +22804,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   if (__pyx_t_12) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":446
+    /* "lguest/unicorn/_uchook.pyx":447
  *         self.st.mem_size = memory.size
  *         if api != NULL:
  *             self.st.api = api             # <<<<<<<<<<<<<<
@@ -22808,7 +22813,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
     __pyx_v_self->st.api = __pyx_v_api;
 
-    /* "lguest/unicorn/_uchook.pyx":447
+    /* "lguest/unicorn/_uchook.pyx":448
  *         if api != NULL:
  *             self.st.api = api
  *             self.st.pending = api.irqs_pending             # <<<<<<<<<<<<<<
@@ -22819,7 +22824,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 
     __pyx_v_self->st.pending = __pyx_t_26;
 
-    /* "lguest/unicorn/_uchook.pyx":445
+    /* "lguest/unicorn/_uchook.pyx":446
  *         self.st.mem = <uint8_t *>_ptr(memory.address)
  *         self.st.mem_size = memory.size
  *         if api != NULL:             # <<<<<<<<<<<<<<
@@ -22829,7 +22834,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
     goto __pyx_L25;
   }
 
-  /* "lguest/unicorn/_uchook.pyx":449
+  /* "lguest/unicorn/_uchook.pyx":450
  *             self.st.pending = api.irqs_pending
  *         else:
  *             self.st.api = NULL             # <<<<<<<<<<<<<<
@@ -22839,7 +22844,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   /*else*/ {
     __pyx_v_self->st.api = NULL;
 
-    /* "lguest/unicorn/_uchook.pyx":450
+    /* "lguest/unicorn/_uchook.pyx":451
  *         else:
  *             self.st.api = NULL
  *             self.st.pending = &self.st.attention             # <<<<<<<<<<<<<<
@@ -22850,7 +22855,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   }
   __pyx_L25:;
 
-  /* "lguest/unicorn/_uchook.pyx":405
+  /* "lguest/unicorn/_uchook.pyx":406
  *             hold.__exit__(None, None, None)
  * 
  *     def bind(self, cpu, regs_array, host_idt, guest_idt, memory, api_capsule):             # <<<<<<<<<<<<<<
@@ -22888,7 +22893,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":452
+/* "lguest/unicorn/_uchook.pyx":453
  *             self.st.pending = &self.st.attention
  * 
  *     def set_guest_data(self, lguest_data, uint32_t noirq_start, uint32_t noirq_end):             # <<<<<<<<<<<<<<
@@ -22938,46 +22943,46 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_lguest_data,&__pyx_mstate_global->__pyx_n_u_noirq_start,&__pyx_mstate_global->__pyx_n_u_noirq_end,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 452, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 453, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 452, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 453, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 452, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 453, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 452, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 453, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_guest_data", 0) < (0)) __PYX_ERR(0, 452, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_guest_data", 0) < (0)) __PYX_ERR(0, 453, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 3; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_guest_data", 1, 3, 3, i); __PYX_ERR(0, 452, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_guest_data", 1, 3, 3, i); __PYX_ERR(0, 453, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 3)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 452, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 453, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 452, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 453, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 452, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 453, __pyx_L3_error)
     }
     __pyx_v_lguest_data = values[0];
-    __pyx_v_noirq_start = __Pyx_PyLong_As_uint32_t(values[1]); if (unlikely((__pyx_v_noirq_start == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 452, __pyx_L3_error)
-    __pyx_v_noirq_end = __Pyx_PyLong_As_uint32_t(values[2]); if (unlikely((__pyx_v_noirq_end == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 452, __pyx_L3_error)
+    __pyx_v_noirq_start = __Pyx_PyLong_As_uint32_t(values[1]); if (unlikely((__pyx_v_noirq_start == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 453, __pyx_L3_error)
+    __pyx_v_noirq_end = __Pyx_PyLong_As_uint32_t(values[2]); if (unlikely((__pyx_v_noirq_end == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 453, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("set_guest_data", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 452, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("set_guest_data", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 453, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -23014,17 +23019,17 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("set_guest_data", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":454
+  /* "lguest/unicorn/_uchook.pyx":455
  *     def set_guest_data(self, lguest_data, uint32_t noirq_start, uint32_t noirq_end):
  *         """Where lguest_data is (None: not yet), and the guest's noirq window."""
  *         self._check()             # <<<<<<<<<<<<<<
  *         if lguest_data is None or lguest_data < 0 or lguest_data + 8 > self.st.mem_size:
  *             self.st.has_ld = 0
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 454, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 455, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":455
+  /* "lguest/unicorn/_uchook.pyx":456
  *         """Where lguest_data is (None: not yet), and the guest's noirq window."""
  *         self._check()
  *         if lguest_data is None or lguest_data < 0 or lguest_data + 8 > self.st.mem_size:             # <<<<<<<<<<<<<<
@@ -23040,7 +23045,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
 
     goto __pyx_L4_bool_binop_done;
   }
-  __pyx_t_3 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_v_lguest_data, __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 455, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_v_lguest_data, __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 456, __pyx_L1_error)
   if (!__pyx_t_3) {
 
   } else {
@@ -23049,11 +23054,11 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
 
     goto __pyx_L4_bool_binop_done;
   }
-  __pyx_t_4 = __Pyx_PyLong_AddObjC(__pyx_v_lguest_data, __pyx_mstate_global->__pyx_int_8, 8, 0, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 455, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_AddObjC(__pyx_v_lguest_data, __pyx_mstate_global->__pyx_int_8, 8, 0, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 456, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.mem_size); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 455, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.mem_size); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 456, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_3 = __Pyx_PyObject_CompareBoolGt_object_int(__pyx_t_4, __pyx_t_5, Py_GT); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 455, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_CompareBoolGt_object_int(__pyx_t_4, __pyx_t_5, Py_GT); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 456, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
@@ -23063,7 +23068,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
   if (__pyx_t_2) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":456
+    /* "lguest/unicorn/_uchook.pyx":457
  *         self._check()
  *         if lguest_data is None or lguest_data < 0 or lguest_data + 8 > self.st.mem_size:
  *             self.st.has_ld = 0             # <<<<<<<<<<<<<<
@@ -23072,7 +23077,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
 */
     __pyx_v_self->st.has_ld = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":457
+    /* "lguest/unicorn/_uchook.pyx":458
  *         if lguest_data is None or lguest_data < 0 or lguest_data + 8 > self.st.mem_size:
  *             self.st.has_ld = 0
  *             self.st.ld = 0             # <<<<<<<<<<<<<<
@@ -23081,7 +23086,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
 */
     __pyx_v_self->st.ld = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":455
+    /* "lguest/unicorn/_uchook.pyx":456
  *         """Where lguest_data is (None: not yet), and the guest's noirq window."""
  *         self._check()
  *         if lguest_data is None or lguest_data < 0 or lguest_data + 8 > self.st.mem_size:             # <<<<<<<<<<<<<<
@@ -23091,7 +23096,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
     goto __pyx_L3;
   }
 
-  /* "lguest/unicorn/_uchook.pyx":459
+  /* "lguest/unicorn/_uchook.pyx":460
  *             self.st.ld = 0
  *         else:
  *             self.st.has_ld = 1             # <<<<<<<<<<<<<<
@@ -23101,19 +23106,19 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
   /*else*/ {
     __pyx_v_self->st.has_ld = 1;
 
-    /* "lguest/unicorn/_uchook.pyx":460
+    /* "lguest/unicorn/_uchook.pyx":461
  *         else:
  *             self.st.has_ld = 1
  *             self.st.ld = lguest_data             # <<<<<<<<<<<<<<
  *         self.st.noirq_start = noirq_start
  *         self.st.noirq_end = noirq_end
 */
-    __pyx_t_6 = __Pyx_PyLong_As_uint32_t(__pyx_v_lguest_data); if (unlikely((__pyx_t_6 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 460, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyLong_As_uint32_t(__pyx_v_lguest_data); if (unlikely((__pyx_t_6 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 461, __pyx_L1_error)
     __pyx_v_self->st.ld = __pyx_t_6;
   }
   __pyx_L3:;
 
-  /* "lguest/unicorn/_uchook.pyx":461
+  /* "lguest/unicorn/_uchook.pyx":462
  *             self.st.has_ld = 1
  *             self.st.ld = lguest_data
  *         self.st.noirq_start = noirq_start             # <<<<<<<<<<<<<<
@@ -23122,7 +23127,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
 */
   __pyx_v_self->st.noirq_start = __pyx_v_noirq_start;
 
-  /* "lguest/unicorn/_uchook.pyx":462
+  /* "lguest/unicorn/_uchook.pyx":463
  *             self.st.ld = lguest_data
  *         self.st.noirq_start = noirq_start
  *         self.st.noirq_end = noirq_end             # <<<<<<<<<<<<<<
@@ -23131,7 +23136,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
 */
   __pyx_v_self->st.noirq_end = __pyx_v_noirq_end;
 
-  /* "lguest/unicorn/_uchook.pyx":452
+  /* "lguest/unicorn/_uchook.pyx":453
  *             self.st.pending = &self.st.attention
  * 
  *     def set_guest_data(self, lguest_data, uint32_t noirq_start, uint32_t noirq_end):             # <<<<<<<<<<<<<<
@@ -23153,7 +23158,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":464
+/* "lguest/unicorn/_uchook.pyx":465
  *         self.st.noirq_end = noirq_end
  * 
  *     def run(self, uint64_t budget_blocks=0, int64_t deadline_ns=0):             # <<<<<<<<<<<<<<
@@ -23202,50 +23207,50 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_budget_blocks,&__pyx_mstate_global->__pyx_n_u_deadline_ns,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 464, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 465, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 464, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 465, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 464, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 465, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "run", 0) < (0)) __PYX_ERR(0, 464, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "run", 0) < (0)) __PYX_ERR(0, 465, __pyx_L3_error)
     } else {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 464, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 465, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 464, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 465, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
     }
     if (values[0]) {
-      __pyx_v_budget_blocks = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_budget_blocks == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 464, __pyx_L3_error)
+      __pyx_v_budget_blocks = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_budget_blocks == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 465, __pyx_L3_error)
     } else {
       __pyx_v_budget_blocks = ((uint64_t)0);
     }
     if (values[1]) {
-      __pyx_v_deadline_ns = __Pyx_PyLong_As_int64_t(values[1]); if (unlikely((__pyx_v_deadline_ns == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 464, __pyx_L3_error)
+      __pyx_v_deadline_ns = __Pyx_PyLong_As_int64_t(values[1]); if (unlikely((__pyx_v_deadline_ns == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 465, __pyx_L3_error)
     } else {
       __pyx_v_deadline_ns = ((int64_t)0);
     }
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("run", 0, 0, 2, __pyx_nargs); __PYX_ERR(0, 464, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("run", 0, 0, 2, __pyx_nargs); __PYX_ERR(0, 465, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -23284,17 +23289,17 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("run", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":470
+  /* "lguest/unicorn/_uchook.pyx":471
  *         time: RuntimeError if another thread is inside run()."""
  *         cdef int err
  *         self._check_idle()             # <<<<<<<<<<<<<<
  *         if self.st.regs == NULL:
  *             raise RuntimeError("NativeHooks are not bound to a cpu")
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 470, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 471, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":471
+  /* "lguest/unicorn/_uchook.pyx":472
  *         cdef int err
  *         self._check_idle()
  *         if self.st.regs == NULL:             # <<<<<<<<<<<<<<
@@ -23306,7 +23311,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":472
+    /* "lguest/unicorn/_uchook.pyx":473
  *         self._check_idle()
  *         if self.st.regs == NULL:
  *             raise RuntimeError("NativeHooks are not bound to a cpu")             # <<<<<<<<<<<<<<
@@ -23319,14 +23324,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_NativeHooks_are_not_bound_to_a_c};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 472, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 473, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 472, __pyx_L1_error)
+    __PYX_ERR(0, 473, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":471
+    /* "lguest/unicorn/_uchook.pyx":472
  *         cdef int err
  *         self._check_idle()
  *         if self.st.regs == NULL:             # <<<<<<<<<<<<<<
@@ -23335,7 +23340,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":473
+  /* "lguest/unicorn/_uchook.pyx":474
  *         if self.st.regs == NULL:
  *             raise RuntimeError("NativeHooks are not bound to a cpu")
  *         if not self.nhooks:             # <<<<<<<<<<<<<<
@@ -23347,7 +23352,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":474
+    /* "lguest/unicorn/_uchook.pyx":475
  *             raise RuntimeError("NativeHooks are not bound to a cpu")
  *         if not self.nhooks:
  *             raise RuntimeError("NativeHooks are not installed")             # <<<<<<<<<<<<<<
@@ -23360,14 +23365,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_NativeHooks_are_not_installed};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 474, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 475, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 474, __pyx_L1_error)
+    __PYX_ERR(0, 475, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":473
+    /* "lguest/unicorn/_uchook.pyx":474
  *         if self.st.regs == NULL:
  *             raise RuntimeError("NativeHooks are not bound to a cpu")
  *         if not self.nhooks:             # <<<<<<<<<<<<<<
@@ -23376,7 +23381,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":475
+  /* "lguest/unicorn/_uchook.pyx":476
  *         if not self.nhooks:
  *             raise RuntimeError("NativeHooks are not installed")
  *         self.busy = 1   # with the GIL held: a second caller sees it             # <<<<<<<<<<<<<<
@@ -23385,7 +23390,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
 */
   __pyx_v_self->busy = 1;
 
-  /* "lguest/unicorn/_uchook.pyx":476
+  /* "lguest/unicorn/_uchook.pyx":477
  *             raise RuntimeError("NativeHooks are not installed")
  *         self.busy = 1   # with the GIL held: a second caller sees it
  *         try:             # <<<<<<<<<<<<<<
@@ -23394,7 +23399,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
 */
   /*try:*/ {
 
-    /* "lguest/unicorn/_uchook.pyx":477
+    /* "lguest/unicorn/_uchook.pyx":478
  *         self.busy = 1   # with the GIL held: a second caller sees it
  *         try:
  *             self.st.budget_end = self.st.blocks + budget_blocks if budget_blocks else 0             # <<<<<<<<<<<<<<
@@ -23413,7 +23418,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
 
     __pyx_v_self->st.budget_end = __pyx_t_6;
 
-    /* "lguest/unicorn/_uchook.pyx":478
+    /* "lguest/unicorn/_uchook.pyx":479
  *         try:
  *             self.st.budget_end = self.st.blocks + budget_blocks if budget_blocks else 0
  *             self.st.deadline_ns = deadline_ns             # <<<<<<<<<<<<<<
@@ -23422,7 +23427,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
 */
     __pyx_v_self->st.deadline_ns = __pyx_v_deadline_ns;
 
-    /* "lguest/unicorn/_uchook.pyx":479
+    /* "lguest/unicorn/_uchook.pyx":480
  *             self.st.budget_end = self.st.blocks + budget_blocks if budget_blocks else 0
  *             self.st.deadline_ns = deadline_ns
  *             with nogil:             # <<<<<<<<<<<<<<
@@ -23435,7 +23440,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
         __Pyx_FastGIL_Remember();
         /*try:*/ {
 
-          /* "lguest/unicorn/_uchook.pyx":480
+          /* "lguest/unicorn/_uchook.pyx":481
  *             self.st.deadline_ns = deadline_ns
  *             with nogil:
  *                 err = uh_run(&self.st)             # <<<<<<<<<<<<<<
@@ -23445,7 +23450,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
           __pyx_v_err = uh_run((&__pyx_v_self->st));
         }
 
-        /* "lguest/unicorn/_uchook.pyx":479
+        /* "lguest/unicorn/_uchook.pyx":480
  *             self.st.budget_end = self.st.blocks + budget_blocks if budget_blocks else 0
  *             self.st.deadline_ns = deadline_ns
  *             with nogil:             # <<<<<<<<<<<<<<
@@ -23463,7 +23468,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
     }
   }
 
-  /* "lguest/unicorn/_uchook.pyx":482
+  /* "lguest/unicorn/_uchook.pyx":483
  *                 err = uh_run(&self.st)
  *         finally:
  *             self.busy = 0             # <<<<<<<<<<<<<<
@@ -23478,7 +23483,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
     __pyx_L7:;
   }
 
-  /* "lguest/unicorn/_uchook.pyx":483
+  /* "lguest/unicorn/_uchook.pyx":484
  *         finally:
  *             self.busy = 0
  *         if self._hcall_error is not None:             # <<<<<<<<<<<<<<
@@ -23489,7 +23494,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":484
+    /* "lguest/unicorn/_uchook.pyx":485
  *             self.busy = 0
  *         if self._hcall_error is not None:
  *             e, self._hcall_error = self._hcall_error, None             # <<<<<<<<<<<<<<
@@ -23507,7 +23512,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
     __Pyx_DECREF_SET(__pyx_v_self->_hcall_error, __pyx_t_4);
     __pyx_t_4 = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":485
+    /* "lguest/unicorn/_uchook.pyx":486
  *         if self._hcall_error is not None:
  *             e, self._hcall_error = self._hcall_error, None
  *             raise e             # <<<<<<<<<<<<<<
@@ -23515,9 +23520,9 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
  * 
 */
     __Pyx_Raise(__pyx_v_e, 0, 0, 0);
-    __PYX_ERR(0, 485, __pyx_L1_error)
+    __PYX_ERR(0, 486, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":483
+    /* "lguest/unicorn/_uchook.pyx":484
  *         finally:
  *             self.busy = 0
  *         if self._hcall_error is not None:             # <<<<<<<<<<<<<<
@@ -23526,14 +23531,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":486
+  /* "lguest/unicorn/_uchook.pyx":487
  *             e, self._hcall_error = self._hcall_error, None
  *             raise e
  *         return err             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_4 = __Pyx_PyLong_From_int(__pyx_v_err); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 486, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_int(__pyx_v_err); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 487, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   {
     PyObject *__pyx_temp;
@@ -23546,7 +23551,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
   __pyx_t_4 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":464
+  /* "lguest/unicorn/_uchook.pyx":465
  *         self.st.noirq_end = noirq_end
  * 
  *     def run(self, uint64_t budget_blocks=0, int64_t deadline_ns=0):             # <<<<<<<<<<<<<<
@@ -23568,7 +23573,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":488
+/* "lguest/unicorn/_uchook.pyx":489
  *         return err
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -23600,14 +23605,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7running___get
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":490
+  /* "lguest/unicorn/_uchook.pyx":491
  *     @property
  *     def running(self):
  *         return bool(self.busy)             # <<<<<<<<<<<<<<
  * 
  *     def request_stop(self):
 */
-  __pyx_t_1 = __Pyx_PyBool_FromLong((!(!(__pyx_v_self->busy != 0)))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 490, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyBool_FromLong((!(!(__pyx_v_self->busy != 0)))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 491, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -23620,7 +23625,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7running___get
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":488
+  /* "lguest/unicorn/_uchook.pyx":489
  *         return err
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -23639,7 +23644,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7running___get
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":492
+/* "lguest/unicorn/_uchook.pyx":493
  *         return bool(self.busy)
  * 
  *     def request_stop(self):             # <<<<<<<<<<<<<<
@@ -23695,7 +23700,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_16request_stop
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("request_stop", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":494
+  /* "lguest/unicorn/_uchook.pyx":495
  *     def request_stop(self):
  *         """Stop the running guest at its next block (thread-safe)."""
  *         uh_store_int(&self.st.stop_flag, 1)             # <<<<<<<<<<<<<<
@@ -23704,7 +23709,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_16request_stop
 */
   uh_store_int((&__pyx_v_self->st.stop_flag), 1);
 
-  /* "lguest/unicorn/_uchook.pyx":492
+  /* "lguest/unicorn/_uchook.pyx":493
  *         return bool(self.busy)
  * 
  *     def request_stop(self):             # <<<<<<<<<<<<<<
@@ -23719,7 +23724,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_16request_stop
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":496
+/* "lguest/unicorn/_uchook.pyx":497
  *         uh_store_int(&self.st.stop_flag, 1)
  * 
  *     def poke(self):             # <<<<<<<<<<<<<<
@@ -23775,7 +23780,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_18poke(struct 
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("poke", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":499
+  /* "lguest/unicorn/_uchook.pyx":500
  *         """Make the running guest stop soon to look at pending irqs (the
  *         pure-Python core, whose pending bits C cannot see)."""
  *         uh_store_u32(&self.st.attention, 1)             # <<<<<<<<<<<<<<
@@ -23784,7 +23789,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_18poke(struct 
 */
   uh_store_u32((&__pyx_v_self->st.attention), 1);
 
-  /* "lguest/unicorn/_uchook.pyx":496
+  /* "lguest/unicorn/_uchook.pyx":497
  *         uh_store_int(&self.st.stop_flag, 1)
  * 
  *     def poke(self):             # <<<<<<<<<<<<<<
@@ -23799,7 +23804,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_18poke(struct 
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":501
+/* "lguest/unicorn/_uchook.pyx":502
  *         uh_store_u32(&self.st.attention, 1)
  * 
  *     def clear_poke(self):             # <<<<<<<<<<<<<<
@@ -23855,7 +23860,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_20clear_poke(s
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("clear_poke", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":502
+  /* "lguest/unicorn/_uchook.pyx":503
  * 
  *     def clear_poke(self):
  *         uh_store_u32(&self.st.attention, 0)             # <<<<<<<<<<<<<<
@@ -23864,7 +23869,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_20clear_poke(s
 */
   uh_store_u32((&__pyx_v_self->st.attention), 0);
 
-  /* "lguest/unicorn/_uchook.pyx":501
+  /* "lguest/unicorn/_uchook.pyx":502
  *         uh_store_u32(&self.st.attention, 1)
  * 
  *     def clear_poke(self):             # <<<<<<<<<<<<<<
@@ -23879,7 +23884,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_20clear_poke(s
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":504
+/* "lguest/unicorn/_uchook.pyx":505
  *         uh_store_u32(&self.st.attention, 0)
  * 
  *     def __repr__(self):             # <<<<<<<<<<<<<<
@@ -23918,7 +23923,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_22__repr__(str
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__repr__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":505
+  /* "lguest/unicorn/_uchook.pyx":506
  * 
  *     def __repr__(self):
  *         state = ("uninitialised", "ready", "closed")[self.state]             # <<<<<<<<<<<<<<
@@ -23930,18 +23935,18 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_22__repr__(str
   __pyx_v_state = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":506
+  /* "lguest/unicorn/_uchook.pyx":507
  *     def __repr__(self):
  *         state = ("uninitialised", "ready", "closed")[self.state]
  *         return f"<NativeHooks {state}, {self.nhooks} hooks, {self.st.blocks} blocks>"             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyUnicode_Unicode(__pyx_v_state); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 506, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyUnicode_Unicode(__pyx_v_state); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 507, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyUnicode_From_int(__pyx_v_self->nhooks, 0, ' ', 'd'); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 506, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyUnicode_From_int(__pyx_v_self->nhooks, 0, ' ', 'd'); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 507, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyUnicode_From_uint64_t(__pyx_v_self->st.blocks, 0, ' ', 'd'); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 506, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyUnicode_From_uint64_t(__pyx_v_self->st.blocks, 0, ' ', 'd'); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 507, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_t_4[0] = __pyx_mstate_global->__pyx_kp_u_NativeHooks;
   __pyx_t_4[1] = __pyx_t_1;
@@ -23959,7 +23964,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_22__repr__(str
   __pyx_t_6 |= __Pyx_PyUnicode_KIND_04(__pyx_t_4[1]);
   #endif
   __pyx_t_7 = __Pyx_PyUnicode_Join(__pyx_t_4, 7, __pyx_t_5, __pyx_t_6);
-  if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 506, __pyx_L1_error)
+  if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 507, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
@@ -23975,7 +23980,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_22__repr__(str
   __pyx_t_7 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":504
+  /* "lguest/unicorn/_uchook.pyx":505
  *         uh_store_u32(&self.st.attention, 0)
  * 
  *     def __repr__(self):             # <<<<<<<<<<<<<<
@@ -23998,7 +24003,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_22__repr__(str
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":508
+/* "lguest/unicorn/_uchook.pyx":509
  *         return f"<NativeHooks {state}, {self.nhooks} hooks, {self.st.blocks} blocks>"
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24030,14 +24035,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13native_direc
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":510
+  /* "lguest/unicorn/_uchook.pyx":511
  *     @property
  *     def native_direct(self):
  *         return bool(self.st.native_direct)             # <<<<<<<<<<<<<<
  * 
  *     @native_direct.setter
 */
-  __pyx_t_1 = __Pyx_PyBool_FromLong((!(!(__pyx_v_self->st.native_direct != 0)))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 510, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyBool_FromLong((!(!(__pyx_v_self->st.native_direct != 0)))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 511, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24050,7 +24055,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13native_direc
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":508
+  /* "lguest/unicorn/_uchook.pyx":509
  *         return f"<NativeHooks {state}, {self.nhooks} hooks, {self.st.blocks} blocks>"
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24069,7 +24074,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13native_direc
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":512
+/* "lguest/unicorn/_uchook.pyx":513
  *         return bool(self.st.native_direct)
  * 
  *     @native_direct.setter             # <<<<<<<<<<<<<<
@@ -24100,24 +24105,24 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13native_direct_2__s
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":514
+  /* "lguest/unicorn/_uchook.pyx":515
  *     @native_direct.setter
  *     def native_direct(self, value):
  *         self._check()             # <<<<<<<<<<<<<<
  *         self.st.native_direct = 1 if value else 0
  * 
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 514, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 515, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":515
+  /* "lguest/unicorn/_uchook.pyx":516
  *     def native_direct(self, value):
  *         self._check()
  *         self.st.native_direct = 1 if value else 0             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_v_value); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 515, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_v_value); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 516, __pyx_L1_error)
   if (__pyx_t_2) {
 
     __pyx_t_1 = 1;
@@ -24128,7 +24133,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13native_direct_2__s
 
   __pyx_v_self->st.native_direct = __pyx_t_1;
 
-  /* "lguest/unicorn/_uchook.pyx":512
+  /* "lguest/unicorn/_uchook.pyx":513
  *         return bool(self.st.native_direct)
  * 
  *     @native_direct.setter             # <<<<<<<<<<<<<<
@@ -24147,7 +24152,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13native_direct_2__s
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":517
+/* "lguest/unicorn/_uchook.pyx":518
  *         self.st.native_direct = 1 if value else 0
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24179,14 +24184,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_15has_native_c
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":519
+  /* "lguest/unicorn/_uchook.pyx":520
  *     @property
  *     def has_native_core(self):
  *         return self.st.api != NULL             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyBool_FromLong((__pyx_v_self->st.api != NULL)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 519, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyBool_FromLong((__pyx_v_self->st.api != NULL)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 520, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24199,7 +24204,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_15has_native_c
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":517
+  /* "lguest/unicorn/_uchook.pyx":518
  *         self.st.native_direct = 1 if value else 0
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24218,7 +24223,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_15has_native_c
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":521
+/* "lguest/unicorn/_uchook.pyx":522
  *         return self.st.api != NULL
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24250,14 +24255,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8slice_ns___ge
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":523
+  /* "lguest/unicorn/_uchook.pyx":524
  *     @property
  *     def slice_ns(self):
  *         return self.st.slice_ns             # <<<<<<<<<<<<<<
  * 
  *     @slice_ns.setter
 */
-  __pyx_t_1 = __Pyx_PyLong_From_int64_t(__pyx_v_self->st.slice_ns); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 523, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int64_t(__pyx_v_self->st.slice_ns); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 524, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24270,7 +24275,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8slice_ns___ge
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":521
+  /* "lguest/unicorn/_uchook.pyx":522
  *         return self.st.api != NULL
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24289,7 +24294,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8slice_ns___ge
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":525
+/* "lguest/unicorn/_uchook.pyx":526
  *         return self.st.slice_ns
  * 
  *     @slice_ns.setter             # <<<<<<<<<<<<<<
@@ -24310,7 +24315,7 @@ static int __pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_8slice_ns_3__set__(P
   __Pyx_RefNannySetupContext("__set__ (wrapper)", 0);
   __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
   assert(__pyx_arg_value); {
-    __pyx_v_value = __Pyx_PyLong_As_int64_t(__pyx_arg_value); if (unlikely((__pyx_v_value == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 526, __pyx_L3_error)
+    __pyx_v_value = __Pyx_PyLong_As_int64_t(__pyx_arg_value); if (unlikely((__pyx_v_value == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 527, __pyx_L3_error)
   }
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -24333,17 +24338,17 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8slice_ns_2__set__(s
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":527
+  /* "lguest/unicorn/_uchook.pyx":528
  *     @slice_ns.setter
  *     def slice_ns(self, int64_t value):
  *         self._check()             # <<<<<<<<<<<<<<
  *         self.st.slice_ns = value
  * 
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 527, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 528, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":528
+  /* "lguest/unicorn/_uchook.pyx":529
  *     def slice_ns(self, int64_t value):
  *         self._check()
  *         self.st.slice_ns = value             # <<<<<<<<<<<<<<
@@ -24352,7 +24357,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8slice_ns_2__set__(s
 */
   __pyx_v_self->st.slice_ns = __pyx_v_value;
 
-  /* "lguest/unicorn/_uchook.pyx":525
+  /* "lguest/unicorn/_uchook.pyx":526
  *         return self.st.slice_ns
  * 
  *     @slice_ns.setter             # <<<<<<<<<<<<<<
@@ -24372,7 +24377,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8slice_ns_2__set__(s
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":530
+/* "lguest/unicorn/_uchook.pyx":531
  *         self.st.slice_ns = value
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24404,14 +24409,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6reason___get_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":532
+  /* "lguest/unicorn/_uchook.pyx":533
  *     @property
  *     def reason(self):
  *         return self.st.reason             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_v_self->st.reason); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 532, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_v_self->st.reason); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 533, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24424,7 +24429,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6reason___get_
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":530
+  /* "lguest/unicorn/_uchook.pyx":531
  *         self.st.slice_ns = value
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24443,7 +24448,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6reason___get_
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":534
+/* "lguest/unicorn/_uchook.pyx":535
  *         return self.st.reason
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24475,14 +24480,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7trapnum___get
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":536
+  /* "lguest/unicorn/_uchook.pyx":537
  *     @property
  *     def trapnum(self):
  *         return self.st.trapnum             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.trapnum); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 536, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.trapnum); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 537, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24495,7 +24500,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7trapnum___get
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":534
+  /* "lguest/unicorn/_uchook.pyx":535
  *         return self.st.reason
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24514,7 +24519,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7trapnum___get
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":538
+/* "lguest/unicorn/_uchook.pyx":539
  *         return self.st.trapnum
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24546,14 +24551,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7errcode___get
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":540
+  /* "lguest/unicorn/_uchook.pyx":541
  *     @property
  *     def errcode(self):
  *         return self.st.errcode             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.errcode); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 540, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.errcode); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 541, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24566,7 +24571,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7errcode___get
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":538
+  /* "lguest/unicorn/_uchook.pyx":539
  *         return self.st.trapnum
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24585,7 +24590,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7errcode___get
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":542
+/* "lguest/unicorn/_uchook.pyx":543
  *         return self.st.errcode
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24617,14 +24622,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6is_int___get_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":544
+  /* "lguest/unicorn/_uchook.pyx":545
  *     @property
  *     def is_int(self):
  *         return bool(self.st.is_int)             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyBool_FromLong((!(!(__pyx_v_self->st.is_int != 0)))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 544, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyBool_FromLong((!(!(__pyx_v_self->st.is_int != 0)))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 545, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24637,7 +24642,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6is_int___get_
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":542
+  /* "lguest/unicorn/_uchook.pyx":543
  *         return self.st.errcode
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24656,7 +24661,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6is_int___get_
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":546
+/* "lguest/unicorn/_uchook.pyx":547
  *         return bool(self.st.is_int)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24688,14 +24693,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_3cr2___get__(s
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":548
+  /* "lguest/unicorn/_uchook.pyx":549
  *     @property
  *     def cr2(self):
  *         return self.st.cr2             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.cr2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 548, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.cr2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 549, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24708,7 +24713,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_3cr2___get__(s
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":546
+  /* "lguest/unicorn/_uchook.pyx":547
  *         return bool(self.st.is_int)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24727,7 +24732,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_3cr2___get__(s
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":550
+/* "lguest/unicorn/_uchook.pyx":551
  *         return self.st.cr2
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24762,27 +24767,27 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_9mem_fault___g
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":553
+  /* "lguest/unicorn/_uchook.pyx":554
  *     def mem_fault(self):
  *         """(type, address, size) of the last invalid memory access."""
  *         return (self.st.mem_type, self.st.mem_addr, self.st.mem_size_access)             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_v_self->st.mem_type); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 553, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_v_self->st.mem_type); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 554, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.mem_addr); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 553, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.mem_addr); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 554, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyLong_From_int(__pyx_v_self->st.mem_size_access); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 553, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_int(__pyx_v_self->st.mem_size_access); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 554, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = PyTuple_New(3); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 553, __pyx_L1_error)
+  __pyx_t_4 = PyTuple_New(3); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 554, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_GIVEREF(__pyx_t_1);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_t_1) != (0)) __PYX_ERR(0, 553, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_t_1) != (0)) __PYX_ERR(0, 554, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_2);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_t_2) != (0)) __PYX_ERR(0, 553, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_t_2) != (0)) __PYX_ERR(0, 554, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_3);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 2, __pyx_t_3) != (0)) __PYX_ERR(0, 553, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 2, __pyx_t_3) != (0)) __PYX_ERR(0, 554, __pyx_L1_error);
   __pyx_t_1 = 0;
   __pyx_t_2 = 0;
   __pyx_t_3 = 0;
@@ -24797,7 +24802,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_9mem_fault___g
   __pyx_t_4 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":550
+  /* "lguest/unicorn/_uchook.pyx":551
  *         return self.st.cr2
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24819,7 +24824,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_9mem_fault___g
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":555
+/* "lguest/unicorn/_uchook.pyx":556
  *         return (self.st.mem_type, self.st.mem_addr, self.st.mem_size_access)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24851,14 +24856,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6blocks___get_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":557
+  /* "lguest/unicorn/_uchook.pyx":558
  *     @property
  *     def blocks(self):
  *         return self.st.blocks             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.blocks); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 557, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.blocks); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 558, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24871,7 +24876,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6blocks___get_
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":555
+  /* "lguest/unicorn/_uchook.pyx":556
  *         return (self.st.mem_type, self.st.mem_addr, self.st.mem_size_access)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24890,7 +24895,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6blocks___get_
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":559
+/* "lguest/unicorn/_uchook.pyx":560
  *         return self.st.blocks
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24922,14 +24927,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10intr_hooks__
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":561
+  /* "lguest/unicorn/_uchook.pyx":562
  *     @property
  *     def intr_hooks(self):
  *         return self.st.intr_hooks             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.intr_hooks); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 561, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.intr_hooks); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 562, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24942,7 +24947,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10intr_hooks__
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":559
+  /* "lguest/unicorn/_uchook.pyx":560
  *         return self.st.blocks
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24961,7 +24966,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10intr_hooks__
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":563
+/* "lguest/unicorn/_uchook.pyx":564
  *         return self.st.intr_hooks
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24993,14 +24998,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8io_count___ge
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":566
+  /* "lguest/unicorn/_uchook.pyx":567
  *     def io_count(self):
  *         """in/out instructions emulated in the hooks."""
  *         return self.st.io_count             # <<<<<<<<<<<<<<
  * 
  *     def direct_counts(self):
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.io_count); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 566, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.io_count); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 567, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -25013,7 +25018,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8io_count___ge
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":563
+  /* "lguest/unicorn/_uchook.pyx":564
  *         return self.st.intr_hooks
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25032,7 +25037,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8io_count___ge
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":568
+/* "lguest/unicorn/_uchook.pyx":569
  *         return self.st.io_count
  * 
  *     def direct_counts(self):             # <<<<<<<<<<<<<<
@@ -25097,7 +25102,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_count
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("direct_counts", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":571
+  /* "lguest/unicorn/_uchook.pyx":572
  *         """{vector: deliveries} of the native direct path."""
  *         cdef int i
  *         return {i: self.st.direct_counts[i] for i in range(256) if self.st.direct_counts[i]}             # <<<<<<<<<<<<<<
@@ -25105,7 +25110,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_count
  *     @property
 */
   { /* enter inner scope */
-    __pyx_t_1 = PyDict_New(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 571, __pyx_L1_error)
+    __pyx_t_1 = PyDict_New(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 572, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     for (__pyx_t_2 = 0; __pyx_t_2 < 0x100; __pyx_t_2+=1) {
       __pyx_7genexpr__pyx_v_i = __pyx_t_2;
@@ -25113,11 +25118,11 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_count
 
       if (__pyx_t_3) {
 
-        __pyx_t_4 = __Pyx_PyLong_From_int(__pyx_7genexpr__pyx_v_i); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 571, __pyx_L1_error)
+        __pyx_t_4 = __Pyx_PyLong_From_int(__pyx_7genexpr__pyx_v_i); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 572, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
-        __pyx_t_5 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->st.direct_counts[__pyx_7genexpr__pyx_v_i])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 571, __pyx_L1_error)
+        __pyx_t_5 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->st.direct_counts[__pyx_7genexpr__pyx_v_i])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 572, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_5);
-        if (unlikely(PyDict_SetItem(__pyx_t_1, __pyx_t_4, __pyx_t_5))) __PYX_ERR(0, 571, __pyx_L1_error)
+        if (unlikely(PyDict_SetItem(__pyx_t_1, __pyx_t_4, __pyx_t_5))) __PYX_ERR(0, 572, __pyx_L1_error)
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
         __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
       }
@@ -25134,7 +25139,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_count
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":568
+  /* "lguest/unicorn/_uchook.pyx":569
  *         return self.st.io_count
  * 
  *     def direct_counts(self):             # <<<<<<<<<<<<<<
@@ -25156,7 +25161,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_count
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":573
+/* "lguest/unicorn/_uchook.pyx":574
  *         return {i: self.st.direct_counts[i] for i in range(256) if self.st.direct_counts[i]}
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25188,14 +25193,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12reflect_mask
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":578
+  /* "lguest/unicorn/_uchook.pyx":579
  *         when handle_trap would do nothing else with them (uh_reflectable);
  *         0: every non-direct trap stops the emulator."""
  *         return self.st.reflect_mask             # <<<<<<<<<<<<<<
  * 
  *     @reflect_mask.setter
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.reflect_mask); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 578, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.reflect_mask); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 579, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -25208,7 +25213,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12reflect_mask
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":573
+  /* "lguest/unicorn/_uchook.pyx":574
  *         return {i: self.st.direct_counts[i] for i in range(256) if self.st.direct_counts[i]}
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25227,7 +25232,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12reflect_mask
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":580
+/* "lguest/unicorn/_uchook.pyx":581
  *         return self.st.reflect_mask
  * 
  *     @reflect_mask.setter             # <<<<<<<<<<<<<<
@@ -25248,7 +25253,7 @@ static int __pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_12reflect_mask_3__se
   __Pyx_RefNannySetupContext("__set__ (wrapper)", 0);
   __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
   assert(__pyx_arg_value); {
-    __pyx_v_value = __Pyx_PyLong_As_uint32_t(__pyx_arg_value); if (unlikely((__pyx_v_value == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 581, __pyx_L3_error)
+    __pyx_v_value = __Pyx_PyLong_As_uint32_t(__pyx_arg_value); if (unlikely((__pyx_v_value == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 582, __pyx_L3_error)
   }
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -25271,17 +25276,17 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12reflect_mask_2__se
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":582
+  /* "lguest/unicorn/_uchook.pyx":583
  *     @reflect_mask.setter
  *     def reflect_mask(self, uint32_t value):
  *         self._check()             # <<<<<<<<<<<<<<
  *         self.st.reflect_mask = value
  * 
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 582, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 583, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":583
+  /* "lguest/unicorn/_uchook.pyx":584
  *     def reflect_mask(self, uint32_t value):
  *         self._check()
  *         self.st.reflect_mask = value             # <<<<<<<<<<<<<<
@@ -25290,7 +25295,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12reflect_mask_2__se
 */
   __pyx_v_self->st.reflect_mask = __pyx_v_value;
 
-  /* "lguest/unicorn/_uchook.pyx":580
+  /* "lguest/unicorn/_uchook.pyx":581
  *         return self.st.reflect_mask
  * 
  *     @reflect_mask.setter             # <<<<<<<<<<<<<<
@@ -25310,7 +25315,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12reflect_mask_2__se
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":585
+/* "lguest/unicorn/_uchook.pyx":586
  *         self.st.reflect_mask = value
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25342,14 +25347,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13reflect_tota
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":587
+  /* "lguest/unicorn/_uchook.pyx":588
  *     @property
  *     def reflect_total(self):
  *         return self.st.reflect_total             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.reflect_total); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 587, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.reflect_total); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 588, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -25362,7 +25367,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13reflect_tota
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":585
+  /* "lguest/unicorn/_uchook.pyx":586
  *         self.st.reflect_mask = value
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25381,7 +25386,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13reflect_tota
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":589
+/* "lguest/unicorn/_uchook.pyx":590
  *         return self.st.reflect_total
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25413,14 +25418,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10hcall_mask__
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":593
+  /* "lguest/unicorn/_uchook.pyx":594
  *         """Hypercall numbers (a bitmask, below 32) the hook does itself when
  *         uh_hcall_here allows; 0: every hypercall stops the emulator."""
  *         return self.st.hcall_mask             # <<<<<<<<<<<<<<
  * 
  *     @hcall_mask.setter
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.hcall_mask); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 593, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.hcall_mask); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 594, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -25433,7 +25438,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10hcall_mask__
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":589
+  /* "lguest/unicorn/_uchook.pyx":590
  *         return self.st.reflect_total
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25452,7 +25457,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10hcall_mask__
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":595
+/* "lguest/unicorn/_uchook.pyx":596
  *         return self.st.hcall_mask
  * 
  *     @hcall_mask.setter             # <<<<<<<<<<<<<<
@@ -25473,7 +25478,7 @@ static int __pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_10hcall_mask_3__set_
   __Pyx_RefNannySetupContext("__set__ (wrapper)", 0);
   __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
   assert(__pyx_arg_value); {
-    __pyx_v_value = __Pyx_PyLong_As_uint32_t(__pyx_arg_value); if (unlikely((__pyx_v_value == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 596, __pyx_L3_error)
+    __pyx_v_value = __Pyx_PyLong_As_uint32_t(__pyx_arg_value); if (unlikely((__pyx_v_value == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 597, __pyx_L3_error)
   }
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -25496,17 +25501,17 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10hcall_mask_2__set_
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":597
+  /* "lguest/unicorn/_uchook.pyx":598
  *     @hcall_mask.setter
  *     def hcall_mask(self, uint32_t value):
  *         self._check()             # <<<<<<<<<<<<<<
  *         self.st.hcall_mask = value
  * 
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 597, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 598, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":598
+  /* "lguest/unicorn/_uchook.pyx":599
  *     def hcall_mask(self, uint32_t value):
  *         self._check()
  *         self.st.hcall_mask = value             # <<<<<<<<<<<<<<
@@ -25515,7 +25520,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10hcall_mask_2__set_
 */
   __pyx_v_self->st.hcall_mask = __pyx_v_value;
 
-  /* "lguest/unicorn/_uchook.pyx":595
+  /* "lguest/unicorn/_uchook.pyx":596
  *         return self.st.hcall_mask
  * 
  *     @hcall_mask.setter             # <<<<<<<<<<<<<<
@@ -25535,7 +25540,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10hcall_mask_2__set_
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":600
+/* "lguest/unicorn/_uchook.pyx":601
  *         self.st.hcall_mask = value
  * 
  *     def set_hcall_handler(self, handler):             # <<<<<<<<<<<<<<
@@ -25583,32 +25588,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_handler,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 600, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 601, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 600, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 601, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_hcall_handler", 0) < (0)) __PYX_ERR(0, 600, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_hcall_handler", 0) < (0)) __PYX_ERR(0, 601, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_hcall_handler", 1, 1, 1, i); __PYX_ERR(0, 600, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_hcall_handler", 1, 1, 1, i); __PYX_ERR(0, 601, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 600, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 601, __pyx_L3_error)
     }
     __pyx_v_handler = values[0];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("set_hcall_handler", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 600, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("set_hcall_handler", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 601, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -25639,17 +25644,17 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26set_hcall_ha
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("set_hcall_handler", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":605
+  /* "lguest/unicorn/_uchook.pyx":606
  *         or -1 to stop the emulator (reason "hcall").  None: the hook does
  *         only FLUSH_ASYNC and stops for the others."""
  *         self._check_idle()             # <<<<<<<<<<<<<<
  *         self._hcall_handler = handler
  *         if handler is None:
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 605, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 606, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":606
+  /* "lguest/unicorn/_uchook.pyx":607
  *         only FLUSH_ASYNC and stops for the others."""
  *         self._check_idle()
  *         self._hcall_handler = handler             # <<<<<<<<<<<<<<
@@ -25661,7 +25666,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26set_hcall_ha
   __Pyx_GOTREF(__pyx_v_self->_hcall_handler);
   __Pyx_DECREF_SET(__pyx_v_self->_hcall_handler, __pyx_v_handler);
 
-  /* "lguest/unicorn/_uchook.pyx":607
+  /* "lguest/unicorn/_uchook.pyx":608
  *         self._check_idle()
  *         self._hcall_handler = handler
  *         if handler is None:             # <<<<<<<<<<<<<<
@@ -25672,7 +25677,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26set_hcall_ha
   if (__pyx_t_2) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":608
+    /* "lguest/unicorn/_uchook.pyx":609
  *         self._hcall_handler = handler
  *         if handler is None:
  *             self.st.hcall_cb = NULL             # <<<<<<<<<<<<<<
@@ -25681,7 +25686,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26set_hcall_ha
 */
     __pyx_v_self->st.hcall_cb = NULL;
 
-    /* "lguest/unicorn/_uchook.pyx":609
+    /* "lguest/unicorn/_uchook.pyx":610
  *         if handler is None:
  *             self.st.hcall_cb = NULL
  *             self.st.hcall_self = NULL             # <<<<<<<<<<<<<<
@@ -25690,7 +25695,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26set_hcall_ha
 */
     __pyx_v_self->st.hcall_self = NULL;
 
-    /* "lguest/unicorn/_uchook.pyx":607
+    /* "lguest/unicorn/_uchook.pyx":608
  *         self._check_idle()
  *         self._hcall_handler = handler
  *         if handler is None:             # <<<<<<<<<<<<<<
@@ -25700,7 +25705,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26set_hcall_ha
     goto __pyx_L3;
   }
 
-  /* "lguest/unicorn/_uchook.pyx":611
+  /* "lguest/unicorn/_uchook.pyx":612
  *             self.st.hcall_self = NULL
  *         else:
  *             self.st.hcall_cb = _hcall_trampoline             # <<<<<<<<<<<<<<
@@ -25710,7 +25715,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26set_hcall_ha
   /*else*/ {
     __pyx_v_self->st.hcall_cb = __pyx_f_6lguest_7unicorn_7_uchook__hcall_trampoline;
 
-    /* "lguest/unicorn/_uchook.pyx":612
+    /* "lguest/unicorn/_uchook.pyx":613
  *         else:
  *             self.st.hcall_cb = _hcall_trampoline
  *             self.st.hcall_self = <void *>self             # <<<<<<<<<<<<<<
@@ -25721,7 +25726,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26set_hcall_ha
   }
   __pyx_L3:;
 
-  /* "lguest/unicorn/_uchook.pyx":600
+  /* "lguest/unicorn/_uchook.pyx":601
  *         self.st.hcall_mask = value
  * 
  *     def set_hcall_handler(self, handler):             # <<<<<<<<<<<<<<
@@ -25741,7 +25746,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26set_hcall_ha
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":614
+/* "lguest/unicorn/_uchook.pyx":615
  *             self.st.hcall_self = <void *>self
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25773,14 +25778,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_11hcall_total_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":616
+  /* "lguest/unicorn/_uchook.pyx":617
  *     @property
  *     def hcall_total(self):
  *         return self.st.hcall_total             # <<<<<<<<<<<<<<
  * 
  *     def hcall_counts(self):
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.hcall_total); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 616, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.hcall_total); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 617, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -25793,7 +25798,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_11hcall_total_
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":614
+  /* "lguest/unicorn/_uchook.pyx":615
  *             self.st.hcall_self = <void *>self
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25812,7 +25817,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_11hcall_total_
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":618
+/* "lguest/unicorn/_uchook.pyx":619
  *         return self.st.hcall_total
  * 
  *     def hcall_counts(self):             # <<<<<<<<<<<<<<
@@ -25877,7 +25882,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_28hcall_counts
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("hcall_counts", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":621
+  /* "lguest/unicorn/_uchook.pyx":622
  *         """{number: hypercalls done in the hook} since the start."""
  *         cdef int i
  *         return {i: self.st.hcall_counts[i] for i in range(32) if self.st.hcall_counts[i]}             # <<<<<<<<<<<<<<
@@ -25885,7 +25890,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_28hcall_counts
  *     def reflect_counts(self):
 */
   { /* enter inner scope */
-    __pyx_t_1 = PyDict_New(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 621, __pyx_L1_error)
+    __pyx_t_1 = PyDict_New(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 622, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     for (__pyx_t_2 = 0; __pyx_t_2 < 32; __pyx_t_2+=1) {
       __pyx_8genexpr1__pyx_v_i = __pyx_t_2;
@@ -25893,11 +25898,11 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_28hcall_counts
 
       if (__pyx_t_3) {
 
-        __pyx_t_4 = __Pyx_PyLong_From_int(__pyx_8genexpr1__pyx_v_i); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 621, __pyx_L1_error)
+        __pyx_t_4 = __Pyx_PyLong_From_int(__pyx_8genexpr1__pyx_v_i); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 622, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
-        __pyx_t_5 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->st.hcall_counts[__pyx_8genexpr1__pyx_v_i])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 621, __pyx_L1_error)
+        __pyx_t_5 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->st.hcall_counts[__pyx_8genexpr1__pyx_v_i])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 622, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_5);
-        if (unlikely(PyDict_SetItem(__pyx_t_1, __pyx_t_4, __pyx_t_5))) __PYX_ERR(0, 621, __pyx_L1_error)
+        if (unlikely(PyDict_SetItem(__pyx_t_1, __pyx_t_4, __pyx_t_5))) __PYX_ERR(0, 622, __pyx_L1_error)
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
         __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
       }
@@ -25914,7 +25919,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_28hcall_counts
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":618
+  /* "lguest/unicorn/_uchook.pyx":619
  *         return self.st.hcall_total
  * 
  *     def hcall_counts(self):             # <<<<<<<<<<<<<<
@@ -25936,7 +25941,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_28hcall_counts
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":623
+/* "lguest/unicorn/_uchook.pyx":624
  *         return {i: self.st.hcall_counts[i] for i in range(32) if self.st.hcall_counts[i]}
  * 
  *     def reflect_counts(self):             # <<<<<<<<<<<<<<
@@ -26001,7 +26006,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_30reflect_coun
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("reflect_counts", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":626
+  /* "lguest/unicorn/_uchook.pyx":627
  *         """{vector: traps reflected in the hook} since the start."""
  *         cdef int i
  *         return {i: self.st.reflect_counts[i] for i in range(32) if self.st.reflect_counts[i]}             # <<<<<<<<<<<<<<
@@ -26009,7 +26014,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_30reflect_coun
  *     def stop_counts(self):
 */
   { /* enter inner scope */
-    __pyx_t_1 = PyDict_New(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 626, __pyx_L1_error)
+    __pyx_t_1 = PyDict_New(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 627, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     for (__pyx_t_2 = 0; __pyx_t_2 < 32; __pyx_t_2+=1) {
       __pyx_8genexpr2__pyx_v_i = __pyx_t_2;
@@ -26017,11 +26022,11 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_30reflect_coun
 
       if (__pyx_t_3) {
 
-        __pyx_t_4 = __Pyx_PyLong_From_int(__pyx_8genexpr2__pyx_v_i); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 626, __pyx_L1_error)
+        __pyx_t_4 = __Pyx_PyLong_From_int(__pyx_8genexpr2__pyx_v_i); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 627, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
-        __pyx_t_5 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->st.reflect_counts[__pyx_8genexpr2__pyx_v_i])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 626, __pyx_L1_error)
+        __pyx_t_5 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->st.reflect_counts[__pyx_8genexpr2__pyx_v_i])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 627, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_5);
-        if (unlikely(PyDict_SetItem(__pyx_t_1, __pyx_t_4, __pyx_t_5))) __PYX_ERR(0, 626, __pyx_L1_error)
+        if (unlikely(PyDict_SetItem(__pyx_t_1, __pyx_t_4, __pyx_t_5))) __PYX_ERR(0, 627, __pyx_L1_error)
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
         __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
       }
@@ -26038,7 +26043,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_30reflect_coun
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":623
+  /* "lguest/unicorn/_uchook.pyx":624
  *         return {i: self.st.hcall_counts[i] for i in range(32) if self.st.hcall_counts[i]}
  * 
  *     def reflect_counts(self):             # <<<<<<<<<<<<<<
@@ -26060,7 +26065,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_30reflect_coun
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":628
+/* "lguest/unicorn/_uchook.pyx":629
  *         return {i: self.st.reflect_counts[i] for i in range(32) if self.st.reflect_counts[i]}
  * 
  *     def stop_counts(self):             # <<<<<<<<<<<<<<
@@ -26127,18 +26132,18 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_32stop_counts(
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("stop_counts", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":630
+  /* "lguest/unicorn/_uchook.pyx":631
  *     def stop_counts(self):
  *         cdef int i
  *         return {REASONS[i]: self.st.stops[i] for i in range(len(REASONS)) if self.st.stops[i]}             # <<<<<<<<<<<<<<
  * 
 */
   { /* enter inner scope */
-    __pyx_t_1 = PyDict_New(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 630, __pyx_L1_error)
+    __pyx_t_1 = PyDict_New(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 631, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_REASONS); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 630, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_REASONS); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 631, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_3 = PyObject_Length(__pyx_t_2); if (unlikely(__pyx_t_3 == ((Py_ssize_t)-1))) __PYX_ERR(0, 630, __pyx_L1_error)
+    __pyx_t_3 = PyObject_Length(__pyx_t_2); if (unlikely(__pyx_t_3 == ((Py_ssize_t)-1))) __PYX_ERR(0, 631, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __pyx_t_4 = __pyx_t_3;
 
@@ -26148,14 +26153,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_32stop_counts(
 
       if (__pyx_t_6) {
 
-        __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_REASONS); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 630, __pyx_L1_error)
+        __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_REASONS); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 631, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_2);
-        __pyx_t_7 = __Pyx_GetItemInt(__pyx_t_2, __pyx_8genexpr3__pyx_v_i, int, 1, __Pyx_PyLong_From_int, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 630, __pyx_L1_error)
+        __pyx_t_7 = __Pyx_GetItemInt(__pyx_t_2, __pyx_8genexpr3__pyx_v_i, int, 1, __Pyx_PyLong_From_int, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 631, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_7);
         __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-        __pyx_t_2 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->st.stops[__pyx_8genexpr3__pyx_v_i])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 630, __pyx_L1_error)
+        __pyx_t_2 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->st.stops[__pyx_8genexpr3__pyx_v_i])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 631, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_2);
-        if (unlikely(PyDict_SetItem(__pyx_t_1, __pyx_t_7, __pyx_t_2))) __PYX_ERR(0, 630, __pyx_L1_error)
+        if (unlikely(PyDict_SetItem(__pyx_t_1, __pyx_t_7, __pyx_t_2))) __PYX_ERR(0, 631, __pyx_L1_error)
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
         __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
       }
@@ -26174,7 +26179,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_32stop_counts(
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":628
+  /* "lguest/unicorn/_uchook.pyx":629
  *         return {i: self.st.reflect_counts[i] for i in range(32) if self.st.reflect_counts[i]}
  * 
  *     def stop_counts(self):             # <<<<<<<<<<<<<<
@@ -27985,14 +27990,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks
   __pyx_vtable_6lguest_7unicorn_7_uchook_NativeHooks._check_idle = (int (*)(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *))__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check_idle;
   __pyx_vtable_6lguest_7unicorn_7_uchook_NativeHooks._unbind = (PyObject *(*)(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *))__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind;
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_6lguest_7unicorn_7_uchook_NativeHooks_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks)) __PYX_ERR(0, 194, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_6lguest_7unicorn_7_uchook_NativeHooks_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks)) __PYX_ERR(0, 195, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks = &__pyx_type_6lguest_7unicorn_7_uchook_NativeHooks;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks) < (0)) __PYX_ERR(0, 194, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks) < (0)) __PYX_ERR(0, 195, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks);
@@ -28004,7 +28009,7 @@ static int __Pyx_modinit_Exttype___pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks
   #endif
   #if CYTHON_UPDATE_DESCRIPTOR_DOC
   {
-    PyObject *wrapper = PyObject_GetAttrString((PyObject *)__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, "__init__"); if (unlikely(!wrapper)) __PYX_ERR(0, 194, __pyx_L1_error)
+    PyObject *wrapper = PyObject_GetAttrString((PyObject *)__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, "__init__"); if (unlikely(!wrapper)) __PYX_ERR(0, 195, __pyx_L1_error)
     if (Py_IS_TYPE(wrapper, &PyWrapperDescr_Type)) {
       __pyx_wrapperbase_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__ = *((PyWrapperDescrObject *)wrapper)->d_base;
       __pyx_wrapperbase_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__.doc = __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__;
@@ -28012,9 +28017,9 @@ static int __Pyx_modinit_Exttype___pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks
     }
   }
   #endif
-  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_vtabptr_6lguest_7unicorn_7_uchook_NativeHooks) < (0)) __PYX_ERR(0, 194, __pyx_L1_error)
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_NativeHooks_2, (PyObject *) __pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks) < (0)) __PYX_ERR(0, 194, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks) < (0)) __PYX_ERR(0, 194, __pyx_L1_error)
+  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_vtabptr_6lguest_7unicorn_7_uchook_NativeHooks) < (0)) __PYX_ERR(0, 195, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_NativeHooks_2, (PyObject *) __pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks) < (0)) __PYX_ERR(0, 195, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks) < (0)) __PYX_ERR(0, 195, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -29016,536 +29021,536 @@ __Pyx_RefNannySetupContext("PyInit__uchook", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_pyx_unpickle_Enum, __pyx_t_4) < (0)) __PYX_ERR(1, 4, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":44
- * from lguest.abi cimport LGUEST_NATIVE_API_CAPSULE, LGUEST_NATIVE_API_VERSION, NUM_REGS, lg_native_api
+  /* "lguest/unicorn/_uchook.pyx":45
+ * from lguest.lguest cimport LGUEST_NATIVE_API_CAPSULE, LGUEST_NATIVE_API_VERSION, lg_native_api
  * 
  * import numpy as np             # <<<<<<<<<<<<<<
  * 
  * cdef extern from "_uchook.h":
 */
-  __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_numpy, 0, 0, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 44, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_numpy, 0, 0, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 45, __pyx_L1_error)
   __pyx_t_4 = __pyx_t_1;
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_np, __pyx_t_4) < (0)) __PYX_ERR(0, 44, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_np, __pyx_t_4) < (0)) __PYX_ERR(0, 45, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":132
+  /* "lguest/unicorn/_uchook.pyx":133
  * 
  * # Why the emulator stopped (NativeHooks.reason): the C enum's values, by name.
  * REASON_NONE = UH_NONE             # <<<<<<<<<<<<<<
  * REASON_TRAP = UH_TRAP
  * REASON_SOFT_GP = UH_SOFT_GP
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_NONE); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 132, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_NONE); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 133, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_NONE, __pyx_t_4) < (0)) __PYX_ERR(0, 132, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_NONE, __pyx_t_4) < (0)) __PYX_ERR(0, 133, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":133
+  /* "lguest/unicorn/_uchook.pyx":134
  * # Why the emulator stopped (NativeHooks.reason): the C enum's values, by name.
  * REASON_NONE = UH_NONE
  * REASON_TRAP = UH_TRAP             # <<<<<<<<<<<<<<
  * REASON_SOFT_GP = UH_SOFT_GP
  * REASON_DIRECT = UH_DIRECT
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_TRAP); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 133, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_TRAP); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 134, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_TRAP, __pyx_t_4) < (0)) __PYX_ERR(0, 133, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_TRAP, __pyx_t_4) < (0)) __PYX_ERR(0, 134, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":134
+  /* "lguest/unicorn/_uchook.pyx":135
  * REASON_NONE = UH_NONE
  * REASON_TRAP = UH_TRAP
  * REASON_SOFT_GP = UH_SOFT_GP             # <<<<<<<<<<<<<<
  * REASON_DIRECT = UH_DIRECT
  * REASON_SWITCHER = UH_SWITCHER
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_SOFT_GP); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 134, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_SOFT_GP); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 135, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_SOFT_GP, __pyx_t_4) < (0)) __PYX_ERR(0, 134, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_SOFT_GP, __pyx_t_4) < (0)) __PYX_ERR(0, 135, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":135
+  /* "lguest/unicorn/_uchook.pyx":136
  * REASON_TRAP = UH_TRAP
  * REASON_SOFT_GP = UH_SOFT_GP
  * REASON_DIRECT = UH_DIRECT             # <<<<<<<<<<<<<<
  * REASON_SWITCHER = UH_SWITCHER
  * REASON_BADSEG = UH_BADSEG
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_DIRECT); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 135, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_DIRECT); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 136, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_DIRECT, __pyx_t_4) < (0)) __PYX_ERR(0, 135, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_DIRECT, __pyx_t_4) < (0)) __PYX_ERR(0, 136, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":136
+  /* "lguest/unicorn/_uchook.pyx":137
  * REASON_SOFT_GP = UH_SOFT_GP
  * REASON_DIRECT = UH_DIRECT
  * REASON_SWITCHER = UH_SWITCHER             # <<<<<<<<<<<<<<
  * REASON_BADSEG = UH_BADSEG
  * REASON_INVALID = UH_INVALID
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_SWITCHER); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 136, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_SWITCHER); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 137, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_SWITCHER, __pyx_t_4) < (0)) __PYX_ERR(0, 136, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_SWITCHER, __pyx_t_4) < (0)) __PYX_ERR(0, 137, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":137
+  /* "lguest/unicorn/_uchook.pyx":138
  * REASON_DIRECT = UH_DIRECT
  * REASON_SWITCHER = UH_SWITCHER
  * REASON_BADSEG = UH_BADSEG             # <<<<<<<<<<<<<<
  * REASON_INVALID = UH_INVALID
  * REASON_TIMER = UH_TIMER
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_BADSEG); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 137, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_BADSEG); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 138, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_BADSEG, __pyx_t_4) < (0)) __PYX_ERR(0, 137, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_BADSEG, __pyx_t_4) < (0)) __PYX_ERR(0, 138, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":138
+  /* "lguest/unicorn/_uchook.pyx":139
  * REASON_SWITCHER = UH_SWITCHER
  * REASON_BADSEG = UH_BADSEG
  * REASON_INVALID = UH_INVALID             # <<<<<<<<<<<<<<
  * REASON_TIMER = UH_TIMER
  * REASON_IRQ = UH_IRQ
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_INVALID); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 138, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_INVALID); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 139, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_INVALID, __pyx_t_4) < (0)) __PYX_ERR(0, 138, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_INVALID, __pyx_t_4) < (0)) __PYX_ERR(0, 139, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":139
+  /* "lguest/unicorn/_uchook.pyx":140
  * REASON_BADSEG = UH_BADSEG
  * REASON_INVALID = UH_INVALID
  * REASON_TIMER = UH_TIMER             # <<<<<<<<<<<<<<
  * REASON_IRQ = UH_IRQ
  * REASON_BREAK = UH_BREAK
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_TIMER); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 139, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_TIMER); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 140, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_TIMER, __pyx_t_4) < (0)) __PYX_ERR(0, 139, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_TIMER, __pyx_t_4) < (0)) __PYX_ERR(0, 140, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":140
+  /* "lguest/unicorn/_uchook.pyx":141
  * REASON_INVALID = UH_INVALID
  * REASON_TIMER = UH_TIMER
  * REASON_IRQ = UH_IRQ             # <<<<<<<<<<<<<<
  * REASON_BREAK = UH_BREAK
  * REASON_DEADLINE = UH_DEADLINE
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_IRQ); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 140, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_IRQ); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 141, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_IRQ, __pyx_t_4) < (0)) __PYX_ERR(0, 140, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_IRQ, __pyx_t_4) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":141
+  /* "lguest/unicorn/_uchook.pyx":142
  * REASON_TIMER = UH_TIMER
  * REASON_IRQ = UH_IRQ
  * REASON_BREAK = UH_BREAK             # <<<<<<<<<<<<<<
  * REASON_DEADLINE = UH_DEADLINE
  * REASON_MEM = UH_MEM
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_BREAK); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 141, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_BREAK); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 142, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_BREAK, __pyx_t_4) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_BREAK, __pyx_t_4) < (0)) __PYX_ERR(0, 142, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":142
+  /* "lguest/unicorn/_uchook.pyx":143
  * REASON_IRQ = UH_IRQ
  * REASON_BREAK = UH_BREAK
  * REASON_DEADLINE = UH_DEADLINE             # <<<<<<<<<<<<<<
  * REASON_MEM = UH_MEM
  * REASON_DEAD = UH_DEAD
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_DEADLINE); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 142, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_DEADLINE); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 143, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_DEADLINE, __pyx_t_4) < (0)) __PYX_ERR(0, 142, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_DEADLINE, __pyx_t_4) < (0)) __PYX_ERR(0, 143, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":143
+  /* "lguest/unicorn/_uchook.pyx":144
  * REASON_BREAK = UH_BREAK
  * REASON_DEADLINE = UH_DEADLINE
  * REASON_MEM = UH_MEM             # <<<<<<<<<<<<<<
  * REASON_DEAD = UH_DEAD
  * REASON_RING0 = UH_RING0
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_MEM); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 143, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_MEM); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 144, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_MEM, __pyx_t_4) < (0)) __PYX_ERR(0, 143, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_MEM, __pyx_t_4) < (0)) __PYX_ERR(0, 144, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":144
+  /* "lguest/unicorn/_uchook.pyx":145
  * REASON_DEADLINE = UH_DEADLINE
  * REASON_MEM = UH_MEM
  * REASON_DEAD = UH_DEAD             # <<<<<<<<<<<<<<
  * REASON_RING0 = UH_RING0
  * REASON_VM86 = UH_VM86
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_DEAD); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 144, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_DEAD); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 145, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_DEAD, __pyx_t_4) < (0)) __PYX_ERR(0, 144, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_DEAD, __pyx_t_4) < (0)) __PYX_ERR(0, 145, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":145
+  /* "lguest/unicorn/_uchook.pyx":146
  * REASON_MEM = UH_MEM
  * REASON_DEAD = UH_DEAD
  * REASON_RING0 = UH_RING0             # <<<<<<<<<<<<<<
  * REASON_VM86 = UH_VM86
  * REASON_FLUSH = UH_FLUSH
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_RING0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 145, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_RING0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 146, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_RING0, __pyx_t_4) < (0)) __PYX_ERR(0, 145, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_RING0, __pyx_t_4) < (0)) __PYX_ERR(0, 146, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":146
+  /* "lguest/unicorn/_uchook.pyx":147
  * REASON_DEAD = UH_DEAD
  * REASON_RING0 = UH_RING0
  * REASON_VM86 = UH_VM86             # <<<<<<<<<<<<<<
  * REASON_FLUSH = UH_FLUSH
  * REASON_HCALL = UH_HCALL
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_VM86); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 146, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_VM86); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 147, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_VM86, __pyx_t_4) < (0)) __PYX_ERR(0, 146, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_VM86, __pyx_t_4) < (0)) __PYX_ERR(0, 147, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":147
+  /* "lguest/unicorn/_uchook.pyx":148
  * REASON_RING0 = UH_RING0
  * REASON_VM86 = UH_VM86
  * REASON_FLUSH = UH_FLUSH             # <<<<<<<<<<<<<<
  * REASON_HCALL = UH_HCALL
  * REASONS = {
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_FLUSH); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 147, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_FLUSH); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 148, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_FLUSH, __pyx_t_4) < (0)) __PYX_ERR(0, 147, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_FLUSH, __pyx_t_4) < (0)) __PYX_ERR(0, 148, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":148
+  /* "lguest/unicorn/_uchook.pyx":149
  * REASON_VM86 = UH_VM86
  * REASON_FLUSH = UH_FLUSH
  * REASON_HCALL = UH_HCALL             # <<<<<<<<<<<<<<
  * REASONS = {
  *     UH_NONE: "none", UH_TRAP: "trap", UH_SOFT_GP: "soft_gp", UH_DIRECT: "direct", UH_SWITCHER: "switcher",
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_HCALL); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 148, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_HCALL); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 149, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_HCALL, __pyx_t_4) < (0)) __PYX_ERR(0, 148, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_HCALL, __pyx_t_4) < (0)) __PYX_ERR(0, 149, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":150
+  /* "lguest/unicorn/_uchook.pyx":151
  * REASON_HCALL = UH_HCALL
  * REASONS = {
  *     UH_NONE: "none", UH_TRAP: "trap", UH_SOFT_GP: "soft_gp", UH_DIRECT: "direct", UH_SWITCHER: "switcher",             # <<<<<<<<<<<<<<
  *     UH_BADSEG: "badseg", UH_INVALID: "invalid", UH_TIMER: "timer", UH_IRQ: "irq", UH_BREAK: "break",
  *     UH_DEADLINE: "deadline", UH_MEM: "mem", UH_DEAD: "dead", UH_RING0: "ring0", UH_VM86: "vm86",
 */
-  __pyx_t_4 = __Pyx_PyDict_NewPresized(17); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 150, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyDict_NewPresized(17); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 151, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_NONE); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 150, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_NONE); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 151, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_none) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_none) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_TRAP); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 150, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_TRAP); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 151, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_trap) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_trap) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_SOFT_GP); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 150, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_SOFT_GP); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 151, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_soft_gp) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_soft_gp) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_DIRECT); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 150, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_DIRECT); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 151, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_direct) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_direct) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_SWITCHER); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 150, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_SWITCHER); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 151, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_switcher) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_switcher) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":151
+  /* "lguest/unicorn/_uchook.pyx":152
  * REASONS = {
  *     UH_NONE: "none", UH_TRAP: "trap", UH_SOFT_GP: "soft_gp", UH_DIRECT: "direct", UH_SWITCHER: "switcher",
  *     UH_BADSEG: "badseg", UH_INVALID: "invalid", UH_TIMER: "timer", UH_IRQ: "irq", UH_BREAK: "break",             # <<<<<<<<<<<<<<
  *     UH_DEADLINE: "deadline", UH_MEM: "mem", UH_DEAD: "dead", UH_RING0: "ring0", UH_VM86: "vm86",
  *     UH_FLUSH: "flush", UH_HCALL: "hcall",
 */
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_BADSEG); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 151, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_BADSEG); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 152, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_badseg) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_badseg) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_INVALID); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 151, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_INVALID); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 152, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_invalid) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_invalid) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_TIMER); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 151, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_TIMER); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 152, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_timer) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_timer) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_IRQ); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 151, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_IRQ); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 152, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_irq) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_irq) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_BREAK); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 151, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_BREAK); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 152, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_break) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_break) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":152
+  /* "lguest/unicorn/_uchook.pyx":153
  *     UH_NONE: "none", UH_TRAP: "trap", UH_SOFT_GP: "soft_gp", UH_DIRECT: "direct", UH_SWITCHER: "switcher",
  *     UH_BADSEG: "badseg", UH_INVALID: "invalid", UH_TIMER: "timer", UH_IRQ: "irq", UH_BREAK: "break",
  *     UH_DEADLINE: "deadline", UH_MEM: "mem", UH_DEAD: "dead", UH_RING0: "ring0", UH_VM86: "vm86",             # <<<<<<<<<<<<<<
  *     UH_FLUSH: "flush", UH_HCALL: "hcall",
  * }
 */
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_DEADLINE); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 152, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_DEADLINE); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 153, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_deadline) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_deadline) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_MEM); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 152, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_MEM); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 153, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_mem) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_mem) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_DEAD); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 152, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_DEAD); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 153, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_dead) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_dead) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_RING0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 152, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_RING0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 153, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_ring0) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_ring0) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_VM86); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 152, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_VM86); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 153, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_vm86) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_vm86) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":153
+  /* "lguest/unicorn/_uchook.pyx":154
  *     UH_BADSEG: "badseg", UH_INVALID: "invalid", UH_TIMER: "timer", UH_IRQ: "irq", UH_BREAK: "break",
  *     UH_DEADLINE: "deadline", UH_MEM: "mem", UH_DEAD: "dead", UH_RING0: "ring0", UH_VM86: "vm86",
  *     UH_FLUSH: "flush", UH_HCALL: "hcall",             # <<<<<<<<<<<<<<
  * }
  * 
 */
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_FLUSH); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 153, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_FLUSH); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 154, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_flush) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_flush) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_HCALL); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 153, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_HCALL); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 154, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_hcall) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_hcall) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASONS, __pyx_t_4) < (0)) __PYX_ERR(0, 149, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASONS, __pyx_t_4) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":328
+  /* "lguest/unicorn/_uchook.pyx":329
  *         return 0
  * 
  *     def install(self):             # <<<<<<<<<<<<<<
  *         """Register the native hooks with Unicorn (once)."""
  *         cdef int types[4]
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_5install, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_install, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[0])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 328, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_5install, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_install, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[0])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 329, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_install, __pyx_t_4) < (0)) __PYX_ERR(0, 328, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_install, __pyx_t_4) < (0)) __PYX_ERR(0, 329, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":359
+  /* "lguest/unicorn/_uchook.pyx":360
  *         self.nhooks += 1
  * 
  *     def uninstall(self):             # <<<<<<<<<<<<<<
  *         cdef int i
  *         self._check_idle()
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_7uninstall, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_uninstall, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 359, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_7uninstall, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_uninstall, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 360, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_uninstall, __pyx_t_4) < (0)) __PYX_ERR(0, 359, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_uninstall, __pyx_t_4) < (0)) __PYX_ERR(0, 360, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":366
+  /* "lguest/unicorn/_uchook.pyx":367
  *         self.nhooks = 0
  * 
  *     def close(self):             # <<<<<<<<<<<<<<
  *         """Remove the hooks, free the contexts and drop every pointer (call
  *         before closing Unicorn).  Idempotent; RuntimeError during a run."""
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_9close, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_close, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 366, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_9close, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_close, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 367, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_close, __pyx_t_4) < (0)) __PYX_ERR(0, 366, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_close, __pyx_t_4) < (0)) __PYX_ERR(0, 367, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":405
+  /* "lguest/unicorn/_uchook.pyx":406
  *             hold.__exit__(None, None, None)
  * 
  *     def bind(self, cpu, regs_array, host_idt, guest_idt, memory, api_capsule):             # <<<<<<<<<<<<<<
  *         """Point the hooks at a cpu: its registers (``cpu.regs.array``), the
  *         host IDT and the guest's (``cpu.idt``), its live GuestMemory (held
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_11bind, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_bind, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[3])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 405, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_11bind, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_bind, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[3])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 406, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_bind, __pyx_t_4) < (0)) __PYX_ERR(0, 405, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_bind, __pyx_t_4) < (0)) __PYX_ERR(0, 406, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":452
+  /* "lguest/unicorn/_uchook.pyx":453
  *             self.st.pending = &self.st.attention
  * 
  *     def set_guest_data(self, lguest_data, uint32_t noirq_start, uint32_t noirq_end):             # <<<<<<<<<<<<<<
  *         """Where lguest_data is (None: not yet), and the guest's noirq window."""
  *         self._check()
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_13set_guest_data, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_set_guest_data, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[4])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 452, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_13set_guest_data, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_set_guest_data, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[4])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 453, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_set_guest_data, __pyx_t_4) < (0)) __PYX_ERR(0, 452, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_set_guest_data, __pyx_t_4) < (0)) __PYX_ERR(0, 453, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":464
+  /* "lguest/unicorn/_uchook.pyx":465
  *         self.st.noirq_end = noirq_end
  * 
  *     def run(self, uint64_t budget_blocks=0, int64_t deadline_ns=0):             # <<<<<<<<<<<<<<
  *         """Enter the guest and run it until a hook stops it; the GIL is
  *         released meanwhile.  ``budget_blocks``: stop after that many guest
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_15run, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_run, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[5])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 464, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_15run, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_run, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[5])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 465, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[7]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_run, __pyx_t_4) < (0)) __PYX_ERR(0, 464, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_run, __pyx_t_4) < (0)) __PYX_ERR(0, 465, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":492
+  /* "lguest/unicorn/_uchook.pyx":493
  *         return bool(self.busy)
  * 
  *     def request_stop(self):             # <<<<<<<<<<<<<<
  *         """Stop the running guest at its next block (thread-safe)."""
  *         uh_store_int(&self.st.stop_flag, 1)
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_17request_stop, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_request_stop, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[6])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 492, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_17request_stop, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_request_stop, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[6])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 493, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_request_stop, __pyx_t_4) < (0)) __PYX_ERR(0, 492, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_request_stop, __pyx_t_4) < (0)) __PYX_ERR(0, 493, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":496
+  /* "lguest/unicorn/_uchook.pyx":497
  *         uh_store_int(&self.st.stop_flag, 1)
  * 
  *     def poke(self):             # <<<<<<<<<<<<<<
  *         """Make the running guest stop soon to look at pending irqs (the
  *         pure-Python core, whose pending bits C cannot see)."""
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_19poke, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_poke, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[7])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 496, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_19poke, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_poke, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[7])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 497, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_poke, __pyx_t_4) < (0)) __PYX_ERR(0, 496, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_poke, __pyx_t_4) < (0)) __PYX_ERR(0, 497, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":501
+  /* "lguest/unicorn/_uchook.pyx":502
  *         uh_store_u32(&self.st.attention, 1)
  * 
  *     def clear_poke(self):             # <<<<<<<<<<<<<<
  *         uh_store_u32(&self.st.attention, 0)
  * 
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_21clear_poke, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_clear_poke, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[8])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 501, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_21clear_poke, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_clear_poke, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[8])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 502, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_clear_poke, __pyx_t_4) < (0)) __PYX_ERR(0, 501, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_clear_poke, __pyx_t_4) < (0)) __PYX_ERR(0, 502, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":568
+  /* "lguest/unicorn/_uchook.pyx":569
  *         return self.st.io_count
  * 
  *     def direct_counts(self):             # <<<<<<<<<<<<<<
  *         """{vector: deliveries} of the native direct path."""
  *         cdef int i
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_25direct_counts, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_direct_counts, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[9])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 568, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_25direct_counts, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_direct_counts, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[9])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 569, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_direct_counts, __pyx_t_4) < (0)) __PYX_ERR(0, 568, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_direct_counts, __pyx_t_4) < (0)) __PYX_ERR(0, 569, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":600
+  /* "lguest/unicorn/_uchook.pyx":601
  *         self.st.hcall_mask = value
  * 
  *     def set_hcall_handler(self, handler):             # <<<<<<<<<<<<<<
  *         """``handler(num, arg1) -> int``: does hypercall ``num`` from inside
  *         the hook (with the GIL) and returns the new block budget (0: none)
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_27set_hcall_handler, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_set_hcall_handler, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[10])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 600, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_27set_hcall_handler, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_set_hcall_handler, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[10])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 601, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_set_hcall_handler, __pyx_t_4) < (0)) __PYX_ERR(0, 600, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_set_hcall_handler, __pyx_t_4) < (0)) __PYX_ERR(0, 601, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":618
+  /* "lguest/unicorn/_uchook.pyx":619
  *         return self.st.hcall_total
  * 
  *     def hcall_counts(self):             # <<<<<<<<<<<<<<
  *         """{number: hypercalls done in the hook} since the start."""
  *         cdef int i
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_29hcall_counts, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_hcall_counts, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[11])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 618, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_29hcall_counts, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_hcall_counts, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[11])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 619, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_hcall_counts, __pyx_t_4) < (0)) __PYX_ERR(0, 618, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_hcall_counts, __pyx_t_4) < (0)) __PYX_ERR(0, 619, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":623
+  /* "lguest/unicorn/_uchook.pyx":624
  *         return {i: self.st.hcall_counts[i] for i in range(32) if self.st.hcall_counts[i]}
  * 
  *     def reflect_counts(self):             # <<<<<<<<<<<<<<
  *         """{vector: traps reflected in the hook} since the start."""
  *         cdef int i
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_31reflect_counts, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_reflect_counts, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[12])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 623, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_31reflect_counts, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_reflect_counts, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[12])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 624, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_reflect_counts, __pyx_t_4) < (0)) __PYX_ERR(0, 623, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_reflect_counts, __pyx_t_4) < (0)) __PYX_ERR(0, 624, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":628
+  /* "lguest/unicorn/_uchook.pyx":629
  *         return {i: self.st.reflect_counts[i] for i in range(32) if self.st.reflect_counts[i]}
  * 
  *     def stop_counts(self):             # <<<<<<<<<<<<<<
  *         cdef int i
  *         return {REASONS[i]: self.st.stops[i] for i in range(len(REASONS)) if self.st.stops[i]}
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_33stop_counts, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_stop_counts, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[13])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 628, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_33stop_counts, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_stop_counts, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[13])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 629, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_stop_counts, __pyx_t_4) < (0)) __PYX_ERR(0, 628, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_stop_counts, __pyx_t_4) < (0)) __PYX_ERR(0, 629, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
   /* "(tree fragment)":1
@@ -29690,7 +29695,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   if (__Pyx_PyTuple_SET_ITEM(__pyx_mstate_global->__pyx_tuple[1], 0, __pyx_mstate_global->__pyx_slice[0]) != (0)) __PYX_ERR(1, 763, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[1]);
 
-  /* "lguest/unicorn/_uchook.pyx":172
+  /* "lguest/unicorn/_uchook.pyx":173
  *     """Every libunicorn entry point NativeHooks calls, and every engine field
  *     it writes, must have an address (0 would be called or written)."""
  *     for name in ("uc_hook_add", "uc_hook_del", "uc_emu_start", "uc_emu_stop", "uc_reg_read", "uc_reg_write",             # <<<<<<<<<<<<<<
@@ -29699,12 +29704,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[9] = {__pyx_mstate_global->__pyx_n_u_uc_hook_add, __pyx_mstate_global->__pyx_n_u_uc_hook_del, __pyx_mstate_global->__pyx_n_u_uc_emu_start, __pyx_mstate_global->__pyx_n_u_uc_emu_stop, __pyx_mstate_global->__pyx_n_u_uc_reg_read, __pyx_mstate_global->__pyx_n_u_uc_reg_write, __pyx_mstate_global->__pyx_n_u_uc_context_save, __pyx_mstate_global->__pyx_n_u_uc_context_restore, __pyx_mstate_global->__pyx_n_u_uc_ctl};
-    __pyx_mstate_global->__pyx_tuple[2] = __Pyx_PyTuple_FromArray(__pyx_temp, 9); if (unlikely(!__pyx_mstate_global->__pyx_tuple[2])) __PYX_ERR(0, 172, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[2] = __Pyx_PyTuple_FromArray(__pyx_temp, 9); if (unlikely(!__pyx_mstate_global->__pyx_tuple[2])) __PYX_ERR(0, 173, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[2]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[2]);
 
-  /* "lguest/unicorn/_uchook.pyx":176
+  /* "lguest/unicorn/_uchook.pyx":177
  *         if not funcs[name]:
  *             raise ValueError(f"no address for {name}")
  *     for name in ("tb_cflags", "code_gen_ptr", "code_gen_highwater"):             # <<<<<<<<<<<<<<
@@ -29713,12 +29718,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[3] = {__pyx_mstate_global->__pyx_n_u_tb_cflags, __pyx_mstate_global->__pyx_n_u_code_gen_ptr, __pyx_mstate_global->__pyx_n_u_code_gen_highwater};
-    __pyx_mstate_global->__pyx_tuple[3] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[3])) __PYX_ERR(0, 176, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[3] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[3])) __PYX_ERR(0, 177, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[3]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[3]);
 
-  /* "lguest/unicorn/_uchook.pyx":403
+  /* "lguest/unicorn/_uchook.pyx":404
  *         hold, self._hold = self._hold, None
  *         if hold is not None:
  *             hold.__exit__(None, None, None)             # <<<<<<<<<<<<<<
@@ -29727,12 +29732,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[3] = {Py_None, Py_None, Py_None};
-    __pyx_mstate_global->__pyx_tuple[4] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[4])) __PYX_ERR(0, 403, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[4] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[4])) __PYX_ERR(0, 404, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[4]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[4]);
 
-  /* "lguest/unicorn/_uchook.pyx":416
+  /* "lguest/unicorn/_uchook.pyx":417
  *         from ..memory import GuestMemory
  *         self._check_idle()
  *         arrays = {"regs": (regs_array, (NUM_REGS,)), "host IDT": (host_idt, (256, 2)), "guest IDT": (guest_idt, (256, 2))}             # <<<<<<<<<<<<<<
@@ -29741,12 +29746,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {__pyx_mstate_global->__pyx_int_256, __pyx_mstate_global->__pyx_int_2};
-    __pyx_mstate_global->__pyx_tuple[5] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[5])) __PYX_ERR(0, 416, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[5] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[5])) __PYX_ERR(0, 417, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[5]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[5]);
 
-  /* "lguest/unicorn/_uchook.pyx":505
+  /* "lguest/unicorn/_uchook.pyx":506
  * 
  *     def __repr__(self):
  *         state = ("uninitialised", "ready", "closed")[self.state]             # <<<<<<<<<<<<<<
@@ -29755,12 +29760,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[3] = {__pyx_mstate_global->__pyx_n_u_uninitialised, __pyx_mstate_global->__pyx_n_u_ready, __pyx_mstate_global->__pyx_n_u_closed};
-    __pyx_mstate_global->__pyx_tuple[6] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[6])) __PYX_ERR(0, 505, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[6] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[6])) __PYX_ERR(0, 506, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[6]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[6]);
 
-  /* "lguest/unicorn/_uchook.pyx":464
+  /* "lguest/unicorn/_uchook.pyx":465
  *         self.st.noirq_end = noirq_end
  * 
  *     def run(self, uint64_t budget_blocks=0, int64_t deadline_ns=0):             # <<<<<<<<<<<<<<
@@ -29769,7 +29774,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {__pyx_mstate_global->__pyx_int_0, __pyx_mstate_global->__pyx_int_0};
-    __pyx_mstate_global->__pyx_tuple[7] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[7])) __PYX_ERR(0, 464, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[7] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[7])) __PYX_ERR(0, 465, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[7]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[7]);
@@ -29982,72 +29987,72 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
   PyObject* tuple_dedup_map = PyDict_New();
   if (unlikely(!tuple_dedup_map)) return -1;
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 328};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 329};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_types, __pyx_mstate->__pyx_n_u_cbs, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_rc};
     __pyx_mstate_global->__pyx_codeobj_tab[0] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_install, __pyx_mstate->__pyx_kp_b_iso88591_A_L_4q_aq_Qe_AU_Qe_AU_Qe_1E_Qe_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[0])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 359};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 360};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_i};
     __pyx_mstate_global->__pyx_codeobj_tab[1] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_uninstall, __pyx_mstate->__pyx_kp_b_iso88591_A_L_E_at1_9AT_E_XQa_Ja, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[1])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 366};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 367};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[2] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_close, __pyx_mstate->__pyx_kp_b_iso88591_A_4wc_4q_aq_4wc_t9CuD_G7_F_84q_t, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[2])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {7, 0, 0, 17, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 405};
+    const __Pyx_PyCode_New_function_description descr = {7, 0, 0, 17, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 406};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_cpu, __pyx_mstate->__pyx_n_u_regs_array, __pyx_mstate->__pyx_n_u_host_idt, __pyx_mstate->__pyx_n_u_guest_idt, __pyx_mstate->__pyx_n_u_memory, __pyx_mstate->__pyx_n_u_api_capsule, __pyx_mstate->__pyx_n_u_rv, __pyx_mstate->__pyx_n_u_hv, __pyx_mstate->__pyx_n_u_gv, __pyx_mstate->__pyx_n_u_api, __pyx_mstate->__pyx_n_u_GuestMemory, __pyx_mstate->__pyx_n_u_arrays, __pyx_mstate->__pyx_n_u_name, __pyx_mstate->__pyx_n_u_arr, __pyx_mstate->__pyx_n_u_shape, __pyx_mstate->__pyx_n_u_hold};
     __pyx_mstate_global->__pyx_codeobj_tab[3] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_bind, __pyx_mstate->__pyx_kp_b_iso88591_A_Q_L_URWWeeqqvvw_G5_a_t_Qe2Zs_W, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[3])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 452};
+    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 453};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_lguest_data, __pyx_mstate->__pyx_n_u_noirq_start, __pyx_mstate->__pyx_n_u_noirq_end};
     __pyx_mstate_global->__pyx_codeobj_tab[4] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_set_guest_data, __pyx_mstate->__pyx_kp_b_iso88591_A_G1_s_s_b_2Rt3a_Q_6_Q_6_C_a_C_A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[4])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 464};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 465};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_budget_blocks, __pyx_mstate->__pyx_n_u_deadline_ns, __pyx_mstate->__pyx_n_u_err, __pyx_mstate->__pyx_n_u_e};
     __pyx_mstate_global->__pyx_codeobj_tab[5] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_run, __pyx_mstate->__pyx_kp_b_iso88591_L_4s_1_aq_4t1_aq_HA_S_2CCVVW_fA, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[5])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 492};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 493};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[6] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_request_stop, __pyx_mstate->__pyx_kp_b_iso88591_A_AQd, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[6])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 496};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 497};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[7] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_poke, __pyx_mstate->__pyx_kp_b_iso88591_A_AQd_2, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[7])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 501};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 502};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[8] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_clear_poke, __pyx_mstate->__pyx_kp_b_iso88591_A_AQd_3, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[8])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 568};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 569};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_i};
     __pyx_mstate_global->__pyx_codeobj_tab[9] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_direct_counts, __pyx_mstate->__pyx_kp_b_iso88591_A_q_4s_D_U_5_4s_XYYZ, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[9])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 600};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 601};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_handler};
     __pyx_mstate_global->__pyx_codeobj_tab[10] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_set_hcall_handler, __pyx_mstate->__pyx_kp_b_iso88591_A_L_a_83a_q_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[10])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 618};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 619};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_i};
     __pyx_mstate_global->__pyx_codeobj_tab[11] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_hcall_counts, __pyx_mstate->__pyx_kp_b_iso88591_A_q_4s_q_4uE_c_S_UVVW, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[11])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 623};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 624};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_i};
     __pyx_mstate_global->__pyx_codeobj_tab[12] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_reflect_counts, __pyx_mstate->__pyx_kp_b_iso88591_A_q_4s_T_e1D_4s_YZZ, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[12])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 628};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 629};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_i};
     __pyx_mstate_global->__pyx_codeobj_tab[13] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_stop_counts, __pyx_mstate->__pyx_kp_b_iso88591_A_q_q_D_6_T_e1Cq_TQTTZZ, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[13])) goto bad;
   }

@@ -12,7 +12,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "lguest/abi.h"
+#include "lguest/lguest.h"
 #include "_lgutil.h"
 
 typedef void uh_engine;

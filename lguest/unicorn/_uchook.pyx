@@ -39,7 +39,8 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memset
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
 
-from lguest.abi cimport LGUEST_NATIVE_API_CAPSULE, LGUEST_NATIVE_API_VERSION, NUM_REGS, lg_native_api
+from lguest.abi cimport NUM_REGS
+from lguest.lguest cimport LGUEST_NATIVE_API_CAPSULE, LGUEST_NATIVE_API_VERSION, lg_native_api
 
 import numpy as np
 

@@ -1,11 +1,11 @@
 /* lguest/abi.h -- the facts shared by C, Cython and Python, defined once.
  *
- * First draft of the public C header for native emulators: a hook compiled
- * against it (e.g. lguest/unicorn/_uchook.pyx for Unicorn) gets the register layout
- * of struct lguest_regs, the kill codes, the rules a native fast path must
+ * The facts half of the public C header lguest/lguest.h (which includes
+ * it and adds the versioned C API): a hook compiled against it (e.g.
+ * lguest/unicorn/_uchook.pyx for Unicorn) gets the register layout of
+ * struct lguest_regs, the kill codes, and the rules a native fast path must
  * apply exactly as the core does (has_err, the direct-trap rule, "which irq
- * would maybe_do_interrupt take"), and the versioned table of C entry points
- * that lguest._core.native_api(cpu) hands out in a PyCapsule.
+ * would maybe_do_interrupt take").
  *
  * Everything here is self-contained C99 with no side effects: constants,
  * plain structs and static inline predicates over values the caller read.
@@ -158,29 +158,7 @@ static inline int lg_irq_deliverable(uint32_t pending, uint32_t blocked, uint32_
     return irq < LG_IRQS && lg_gate_present(guest_idt[2 * (LG_FIRST_EXTERNAL_VECTOR + irq) + 1]);
 }
 
-/* ---- the native API: C entry points for an emulator's hook --------------- */
-/* lguest._core.native_api(cpu) returns a PyCapsule named
- * LGUEST_NATIVE_API_CAPSULE holding a `struct lguest_native_api *` for that
- * cpu.  A native hook checks `version` (and that `size` covers the fields
- * it uses), then delivers a direct trap without Python: fill *regs from the
- * emulator, call set_guest_interrupt, check *dead_code, load *regs back.
- * The pointers stay valid while the capsule lives; guest memory may still
- * be closed (every access then fails its bounds check, killing the guest),
- * so hold it (GuestMemory.hold()) while a hook may run without the GIL. */
-#define LGUEST_NATIVE_API_VERSION 1
-#define LGUEST_NATIVE_API_CAPSULE "lguest._core.lg_native_api"
-
-struct lguest_native_api {
-    uint32_t version;           /* LGUEST_NATIVE_API_VERSION */
-    uint32_t size;              /* sizeof(struct lguest_native_api) */
-    void *cpu;                  /* the core's lg_cpu: opaque, pass it back */
-    uint32_t *regs;             /* struct lguest_regs as 18 words (LG_R_* order) */
-    uint32_t *irqs_pending;     /* the cpu's pending-irq bitmap: atomic access only */
-    int *dead_code;             /* LG_KILL_ALIVE until the guest is killed */
-    /* set_guest_interrupt(cpu, lo, hi, has_err): push an interrupt frame
-     * for gate {lo, hi} on the guest's stack (with regs[LG_R_ERRCODE] if
-     * has_err) and move regs to the handler; nogil, never raises. */
-    void (*set_guest_interrupt)(void *cpu, uint32_t lo, uint32_t hi, int has_err);
-};
+/* The native C API (struct lguest_native_api, struct lguest_c_api) is in
+ * lguest/lguest.h, the public header, which includes this one. */
 
 #endif /* LGUEST_ABI_H */
