@@ -177,6 +177,17 @@ cdef extern from *:
         uint64_t stops[16];
         uint64_t intr_hooks;
         uint64_t io_count;
+        /* debugger (lguest.unicorn.gdbstub): the first block after a resume
+         * at skip_addr continues a block already counted (the debugger
+         * stopped the guest inside it), so it is neither counted nor checked */
+        int skip_armed;
+        uint32_t skip_addr;
+        /* timeline (lguest.host.trace): direct traps, 4 words each (blocks,
+         * CLOCK_MONOTONIC ns, eip, vector | cpl from << 8 | cpl to << 16);
+         * NULL when off, so the one cost is a test per direct trap */
+        uint64_t *trace;
+        uint32_t trace_cap, trace_len;
+        uint64_t trace_dropped;
     } uh_state;
 
     static inline int64_t uh_monotonic_ns(void) {
@@ -321,6 +332,7 @@ cdef extern from *:
             uh_stop(st, UH_DIRECT);
             return;
         }
+        uint32_t eip0 = st->trace ? (uint32_t)uh_ld64(c + st->off_eip) : 0;   /* for the timeline */
         rc = uh_deliver(st, c, intno, a, b, !is_int && uh_has_err(intno), err, cpl);
         st->ctx_restore(uc, c);   /* the handler's state, or the trap's untouched */
         if (rc != 0) {
@@ -328,6 +340,17 @@ cdef extern from *:
             return;
         }
         st->direct_counts[intno]++;
+        /* -- timeline: one test when off -- */
+        if (st->trace) {
+            if (st->trace_len < st->trace_cap) {
+                uint64_t *e = st->trace + 4 * (size_t)st->trace_len++;
+                e[0] = st->blocks; e[1] = (uint64_t)uh_monotonic_ns(); e[2] = eip0;
+                e[3] = intno | ((uint64_t)cpl << 8) | ((uint64_t)(st->api->regs[R_CS] & 3) << 16);
+            } else {
+                st->trace_dropped++;
+            }
+        }
+        /* -- end timeline -- */
     }
 
     static int uh_on_invalid(uh_engine *uc, void *user) {
@@ -425,6 +448,12 @@ cdef extern from *:
          * uh_run flushes and re-enters it. */
         *st->tb_cflags = st->tb_max_insns;
         if (*st->code_gen_ptr + st->tb_guard > *st->code_gen_highwater) { uh_stop(st, UH_FLUSH); return; }
+        /* -- debugger: see skip_armed (one test of a field that is 0 without a debugger) -- */
+        if (st->skip_armed) {
+            st->skip_armed = 0;
+            if ((uint32_t)address == st->skip_addr) return;
+        }
+        /* -- end debugger -- */
         if (st->budget_end && st->blocks >= st->budget_end) { uh_stop(st, UH_TIMER); return; }
         if (__atomic_load_n(&st->stop_flag, __ATOMIC_SEQ_CST)) {
             __atomic_store_n(&st->stop_flag, 0, __ATOMIC_SEQ_CST);
@@ -671,6 +700,11 @@ cdef extern from *:
         uint64_t stops[16]
         uint64_t intr_hooks
         uint64_t io_count
+        int skip_armed
+        uint32_t skip_addr
+        uint64_t *trace
+        uint32_t trace_cap, trace_len
+        uint64_t trace_dropped
     int uh_run(uh_state *st) noexcept nogil
     void uh_store_int(int *p, int v) noexcept nogil
     void uh_store_u32(uint32_t *p, uint32_t v) noexcept nogil
@@ -729,6 +763,7 @@ cdef class NativeHooks:
     cdef object _free
     cdef int state         # 0: __init__ not run, 1: ready, 2: closed
     cdef int busy          # a run() is in progress (set and cleared with the GIL held)
+    cdef object _trace     # the timeline's numpy buffer, or None
 
     def __cinit__(self):
         memset(&self.st, 0, sizeof(uh_state))
@@ -741,6 +776,7 @@ cdef class NativeHooks:
         self._keep = None
         self._owners = None
         self._hold = None
+        self._trace = None
 
     def __init__(self, *, uc_handle, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va,
                  switcher_size, gdt_offset, until_va, host_cs, host_ss,
@@ -886,6 +922,8 @@ cdef class NativeHooks:
             if self.ctx_small_ptr != NULL and self._free is not None:
                 self._free(<size_t>self.ctx_small_ptr)
         self.state = 2
+        self.st.trace = NULL
+        self._trace = None
         self._unbind()
         self.ctx_ptr = NULL
         self.ctx_small_ptr = NULL
@@ -990,6 +1028,64 @@ cdef class NativeHooks:
         finally:
             self.busy = 0
         return err
+
+    def resume(self, uint64_t budget_end, int64_t deadline_ns, int64_t skip_addr):
+        """The debugger's run (lguest.unicorn.gdbstub): like run(), but the
+        block budget is absolute (stop when ``blocks`` reaches ``budget_end``;
+        0: none), so a run the debugger split keeps its one budget; and with
+        ``skip_addr`` >= 0 the first block, if it starts there, is the rest
+        of a block the guest was stopped inside (already counted): it is
+        neither counted nor checked, so the virtual clock and the block
+        starts where irqs are taken are those of a run without stops."""
+        cdef int err
+        self._check_idle()
+        if self.st.regs == NULL:
+            raise RuntimeError("NativeHooks are not bound to a cpu")
+        if not self.nhooks:
+            raise RuntimeError("NativeHooks are not installed")
+        self.busy = 1
+        try:
+            self.st.budget_end = budget_end
+            self.st.deadline_ns = deadline_ns
+            self.st.skip_armed = 1 if skip_addr >= 0 else 0
+            self.st.skip_addr = <uint32_t>(skip_addr & 0xFFFFFFFF) if skip_addr >= 0 else 0
+            with nogil:
+                err = uh_run(&self.st)
+        finally:
+            self.busy = 0
+            self.st.skip_armed = 0
+        return err
+
+    def trace_direct(self, capacity):
+        """Record direct traps for a timeline (lguest.host.trace): at most
+        ``capacity`` between two :meth:`trace_drain` calls (the rest are
+        counted as dropped); 0 turns it off."""
+        cdef uint64_t[:, ::1] buf
+        self._check_idle()
+        self.st.trace = NULL
+        self.st.trace_cap = 0
+        self.st.trace_len = 0
+        self._trace = None
+        if capacity > 0:
+            arr = np.zeros((int(capacity), 4), dtype=np.uint64)
+            buf = arr
+            self._trace = arr
+            self.st.trace_cap = <uint32_t>capacity
+            self.st.trace = &buf[0, 0]
+
+    def trace_drain(self):
+        """(events, dropped): a copy of the direct traps recorded since the
+        last drain (an array of rows blocks, monotonic ns, eip, vector |
+        cpl_from << 8 | cpl_to << 16) and how many did not fit; resets both."""
+        cdef uint32_t n = self.st.trace_len
+        cdef uint64_t dropped = self.st.trace_dropped
+        self._check_idle()
+        if self._trace is None:
+            return None, 0
+        out = self._trace[:n].copy()
+        self.st.trace_len = 0
+        self.st.trace_dropped = 0
+        return out, int(dropped)
 
     @property
     def running(self):

@@ -2,7 +2,7 @@
 
     lguest vectors [--syscall-vector N]
     lguest run IMAGE [--syscall-vector N] [--memory SIZE] [--page-offset A]
-                     [--timeout S] [--stats] [--trace]
+                     [--timeout S] [--stats] [--trace] [--gdb PORT]
 """
 
 from __future__ import annotations
@@ -99,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="virtual (repeatable, default) or wall-clock time")
     run.add_argument("--stats", action="store_true", help="print the counters as a table at the end")
     run.add_argument("--trace", action="store_true", help="print the last trap/interrupt events at the end")
+    run.add_argument("--trace-out", default=None, metavar="FILE.json",
+                     help="write a timeline (Chrome trace-event JSON: Perfetto, chrome://tracing) of every "
+                     "delivery, hypercall, timer fire and kill")
+    run.add_argument("--trace-limit", type=int, default=None, metavar="N",
+                     help="keep the newest N timeline events (default 1000000; the rest are counted as dropped)")
+    run.add_argument("--gdb", type=int, default=None, metavar="PORT",
+                     help="wait for gdb on 127.0.0.1:PORT before the first instruction (0: a free port, printed)")
     return parser
 
 
@@ -186,6 +193,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         sys.stdout.write(chunk.decode("latin-1"))
         sys.stdout.flush()
 
+    timeline = None
     try:
         launcher = UnicornLauncher(memory=args.memory, syscall_vector=vector, page_offset=args.page_offset,
                                    clock=args.clock, console=console, trace_size=64 if args.trace else 0)
@@ -195,6 +203,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     try:
         launcher.load_elf(args.image)
+        if args.trace_out is not None:
+            timeline = launcher.start_timeline(args.trace_limit)
+        if args.gdb is not None:
+            port = launcher.serve_gdb(args.gdb)
+            print(f"{PROG}: waiting for gdb on 127.0.0.1:{port} (target remote :{port})", file=sys.stderr, flush=True)
         stop = threading.Event()
         ticker = None
         if sys.stderr.isatty():
@@ -218,6 +231,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             for ev in trace:
                 print(f"  {ev.time_ns:>16} {ev.vector:>4} {ev.eip:#010x} {ev.kind}")
     finally:
+        # Every way out (power-off, kill, timeout, Ctrl-C, SIGTERM) leaves a whole file.
+        if timeline is not None:
+            timeline.write(args.trace_out)
         launcher.__exit__(None, None, None)
     if result.reason == "timeout":
         return 3

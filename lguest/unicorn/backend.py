@@ -57,6 +57,11 @@ class UnicornBackend(ExitDecoding, ShadowPaging, Backend):
         self.paging = False
         self._last_blocks = 0
         self.python_direct: dict[int, int] = {}
+        #: A debugger (lguest.unicorn.gdbstub.GdbStub) that runs each entry
+        #: in its place, or None.
+        self.debugger: Any = None
+        #: A lguest.host.trace.Timeline the direct traps the hook records go to, or None.
+        self.timeline: Any = None
         self.hooks: Any = None
         self._enter_switcher(uc, cpu)
         self.hooks = self._native_hooks(uc, cpu, native_direct)
@@ -142,13 +147,36 @@ class UnicornBackend(ExitDecoding, ShadowPaging, Backend):
             nxt = clock.next_expiry()
             if nxt is not None:
                 budget = max(1, -(-(nxt - clock.now_ns()) // self.ns_per_block))
-        err = hooks.run(budget, self.deadline_ns)
+        debugger = self.debugger
+        if debugger is None:
+            err = hooks.run(budget, self.deadline_ns)
+        else:  # stops for gdb inside the entry, under the same budget
+            err = debugger.execute(hooks, budget, self.deadline_ns)
+        if self.timeline is not None:
+            self._drain_timeline(clock)
         if self.virtual:
             blocks = hooks.blocks
             if blocks != self._last_blocks:
                 clock.advance((blocks - self._last_blocks) * self.ns_per_block)
                 self._last_blocks = blocks
         self._exit(cpu, idt, hooks.reason, err)
+
+    def _drain_timeline(self, clock: Any) -> None:
+        """The direct traps the hook recorded during this entry, onto the
+        timeline; before the clock advances, so a trap's guest time is the
+        clock's now plus the blocks run up to it."""
+        rows, dropped = self.hooks.trace_drain()
+        timeline = self.timeline
+        timeline.direct_dropped += dropped
+        if rows is None or not len(rows):
+            return
+        if self.virtual:
+            base, start = clock.now_ns(), self._last_blocks
+            ns = self.ns_per_block
+            timeline.add_direct(rows, lambda blocks, _mono: base + (blocks - start) * ns)
+        else:
+            t0 = self.timeline_t0
+            timeline.add_direct(rows, lambda _blocks, mono: mono - t0)
 
     def code_changed(self, cpu: Any, gpa: int, length: int) -> None:
         """The vmcall patch: drop Unicorn's translations of those bytes."""

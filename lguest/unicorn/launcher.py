@@ -155,6 +155,9 @@ class UnicornLauncher:
                                  stats=Stats(trace_size=self._trace_size), host_idt=backend.host_idt)
 
     def _teardown(self) -> None:
+        debugger = self.backend.debugger if self.backend is not None else None
+        if debugger is not None:
+            debugger.close()
         if self.backend is not None and self.cpu is not None:
             self._final_stats = self.stats  # still readable after the with block
         backend, self.backend = self.backend, None
@@ -250,13 +253,75 @@ class UnicornLauncher:
                 hooks.slice_ns = min(slice_ns, self.SIGNAL_SLICE_NS) if slice_ns else self.SIGNAL_SLICE_NS
             self._run_thread = threading.get_ident()
             try:
-                return self.launcher.run(timeout)
+                result = self.launcher.run(timeout)
+                if backend.debugger is not None and result.reason in ("dead", "restart"):
+                    backend.debugger.guest_ended(result.reason, result.message)
+                return result
             finally:
                 self._run_thread = None
                 backend.deadline_ns = 0
                 hooks.slice_ns = slice_ns
         finally:
             self._run_lock.release()
+
+    def serve_gdb(self, port: int = 0) -> int:
+        """Debug the guest with gdb: listen on 127.0.0.1:``port`` (0: a free
+        port) and return the port.  The next run() waits for gdb to attach
+        before the guest's next instruction (``run(timeout)``, break_out()
+        and Ctrl-C still end it) and serves it until it detaches or the
+        guest ends.  See :mod:`lguest.unicorn.gdbstub`."""
+        from .gdbstub import GdbStub
+
+        self._check_live()
+        if self.backend.debugger is not None:
+            raise RuntimeError("a gdb stub is already being served")
+        stub = GdbStub(self, port)
+        self.backend.debugger = stub
+        sink = self.launcher._sink
+
+        def console(chunk: bytes) -> None:
+            if sink is not None:
+                sink(chunk)
+            stub.console(chunk)
+
+        self.launcher._sink = console
+        return stub.port
+
+    def start_timeline(self, limit: int | None = None) -> Any:
+        """Record a :class:`lguest.host.trace.Timeline` of this guest's
+        deliveries, hypercalls, timer fires and kill from now on (before
+        run()); returns it (``timeline.write(path)`` saves the JSON)."""
+        from ..host.trace import DEFAULT_LIMIT, DIRECT_CAPACITY, Timeline, TimelineStats
+
+        self._check_live()
+        if self.backend.timeline is not None:
+            raise RuntimeError("a timeline is already being recorded")
+        timeline = Timeline(DEFAULT_LIMIT if limit is None else limit, clock=self.clock_mode)
+        clock, backend = self.guest.clock, self.backend
+        if self.clock_mode == "virtual":
+            now_ns = clock.now_ns
+        else:
+            backend.timeline_t0 = t0 = time.monotonic_ns()
+
+            def now_ns() -> int:
+                return time.monotonic_ns() - t0
+        old = self.launcher.context.stats
+        stats = TimelineStats(timeline, self.cpu, now_ns, trace_size=self._trace_size or 64)
+        stats.hypercalls, stats.reflected_traps = old.hypercalls, old.reflected_traps
+        stats.kills, stats.entries = old.kills, old.entries
+        self.launcher.context.stats = stats
+        if isinstance(clock, VirtualClock):  # timer fires (the wall clock's fire in C, unseen)
+            arm = clock.arm
+
+            def traced_arm(key: Any, expiry_ns: int, callback: Callable[[], None]) -> None:
+                def fired() -> None:
+                    stats.timer()
+                    callback()
+                arm(key, expiry_ns, fired)
+            clock.arm = traced_arm  # type: ignore[method-assign]
+        backend.hooks.trace_direct(DIRECT_CAPACITY)
+        backend.timeline = timeline
+        return timeline
 
     def _live_parts(self) -> tuple[Launcher, Any]:
         """(launcher, hooks), read once: another thread's __exit__ may clear
