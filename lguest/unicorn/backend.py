@@ -22,7 +22,7 @@ from ..constants import CHANGED_ALL, CHANGED_GDT, CHANGED_GDT_TLS, IDT_ENTRIES, 
 from ..cores import compiled, core_of
 from ..host.run import Backend
 from .engine import engine_handle, engine_internals, function_addresses, uclib
-from .exits import ExitDecoding
+from .exits import REASON_DIRECT, ExitDecoding
 from .layout import context_layout
 from .paging import ShadowPaging
 from .switcher import CR0_WP, SW_GDT, SW_SIZE, SW_STUBS, SW_UNTIL, Switcher
@@ -153,7 +153,7 @@ class UnicornBackend(ExitDecoding, ShadowPaging, Backend):
         else:  # stops for gdb inside the entry, under the same budget
             err = debugger.execute(hooks, budget, self.deadline_ns)
         if self.timeline is not None:
-            self._drain_timeline(clock)
+            self._drain_timeline(cpu, idt, clock)
         if self.virtual:
             blocks = hooks.blocks
             if blocks != self._last_blocks:
@@ -161,22 +161,34 @@ class UnicornBackend(ExitDecoding, ShadowPaging, Backend):
                 self._last_blocks = blocks
         self._exit(cpu, idt, hooks.reason, err)
 
-    def _drain_timeline(self, clock: Any) -> None:
+    def _drain_timeline(self, cpu: Any, idt: np.ndarray, clock: Any) -> None:
         """The direct traps the hook recorded during this entry, onto the
-        timeline; before the clock advances, so a trap's guest time is the
-        clock's now plus the blocks run up to it."""
-        rows, dropped = self.hooks.trace_drain()
+        timeline (before the clock advances: a trap's guest time is the
+        clock's now plus the blocks run up to it); a direct trap left to the
+        Python path (the pure-Python core) is added here, before ``_exit``
+        delivers it."""
+        hooks = self.hooks
+        rows, dropped = hooks.trace_drain()
         timeline = self.timeline
         timeline.direct_dropped += dropped
-        if rows is None or not len(rows):
-            return
         if self.virtual:
-            base, start = clock.now_ns(), self._last_blocks
+            now, start = clock.now_ns(), self._last_blocks
             ns = self.ns_per_block
-            timeline.add_direct(rows, lambda blocks, _mono: base + (blocks - start) * ns)
+
+            def to_ns(blocks: int, _mono: int) -> int:
+                return now + (blocks - start) * ns
         else:
             t0 = self.timeline_t0
-            timeline.add_direct(rows, lambda _blocks, mono: mono - t0)
+
+            def to_ns(_blocks: int, mono: int) -> int:
+                return mono - t0
+        if rows is not None and len(rows):
+            timeline.add_direct(rows, to_ns)
+        if hooks.reason == REASON_DIRECT and hooks.trapnum < IDT_ENTRIES:
+            n = hooks.trapnum
+            row = [hooks.blocks, _uchook.monotonic_ns(), int(cpu.regs.eip),
+                   n | (int(cpu.regs.cs) & 3) << 8 | ((int(idt[n, 0]) >> 16) & 3) << 16]
+            timeline.add_direct(np.array([row], dtype=np.uint64), to_ns)
 
     def code_changed(self, cpu: Any, gpa: int, length: int) -> None:
         """The vmcall patch: drop Unicorn's translations of those bytes."""

@@ -318,6 +318,21 @@ class GdbStub:
         self._hit = address
         uc.emu_stop()
 
+    def _hook(self, begin: int, end: int, callback: Any) -> int:
+        """A code hook over [begin, end].  Unicorn builds its hook calls into
+        each translated block, so the blocks already translated must go:
+        every translation is dropped (cheap here: the guest is stopped, and
+        the blocks come out the same, so the clock does not notice)."""
+        handle = self.lg.uc.hook_add(UC_HOOK_CODE, callback, begin=begin, end=end)
+        self.lg.uc.ctl_flush_tb()
+        return int(handle)
+
+    def _unhook(self, handle: int) -> None:
+        uc = self.lg.uc
+        if uc is not None:
+            uc.hook_del(handle)
+            uc.ctl_flush_tb()  # blocks that still call the hook would run slowly
+
     def _int_length(self, eip: int) -> int:
         """Length of an ``int N`` / ``int3`` / ``into`` / the patched hypercall at eip, else 0."""
         code = self.read_memory(eip, 2) or b""
@@ -338,22 +353,20 @@ class GdbStub:
         esp = int(self.lg.cpu.regs.esp)
         self._step = {"start": eip, "first": True, "over": ((eip + n) & U32, esp) if n else None}
         if self._step_hook is None:
-            self._step_hook = self.lg.uc.hook_add(UC_HOOK_CODE, self._on_step, begin=1, end=0)
+            self._step_hook = self._hook(1, 0, self._on_step)
 
     def _disarm_step(self) -> None:
         self._step = None
         if self._step_hook is not None:
-            self.lg.uc.hook_del(self._step_hook)
+            self._unhook(self._step_hook)
             self._step_hook = None
 
     def _detach_hooks(self) -> None:
-        uc = self.lg.uc
         self._step = None
-        if uc is not None:
-            if self._step_hook is not None:
-                uc.hook_del(self._step_hook)
-            for h in self.breakpoints.values():
-                uc.hook_del(h)
+        if self._step_hook is not None:
+            self._unhook(self._step_hook)
+        for h in self.breakpoints.values():
+            self._unhook(h)
         self._step_hook = None
         self.breakpoints.clear()
 
@@ -395,8 +408,12 @@ class GdbStub:
                 sig = self._trap_signal(reason, hooks)
                 if sig is not None:
                     self._disarm_step()
-                    if not self._command_loop(sig):
-                        pass  # the run loop sees the trap now, and the deadline after it
+                    # A refused int N stopped after the int; the #GP is at it
+                    # (ExitDecoding moves eip back when it decodes the stop).
+                    back = self.lg.backend._int_length(cpu, hooks.trapnum) if reason == REASON_SOFT_GP else 0
+                    cpu.regs.eip = (int(cpu.regs.eip) - back) & U32
+                    self._command_loop(sig)  # False (deadline, break-out): the run loop sees them after the trap
+                    cpu.regs.eip = (int(cpu.regs.eip) + back) & U32
             return err
 
     def _trap_signal(self, reason: int, hooks: Any) -> int | None:
@@ -503,18 +520,21 @@ class GdbStub:
                 return ""  # watchpoints: not supported (gdb falls back to its own)
             addr = int(addr_s, 16) & U32
             if cmd == "Z" and addr not in self.breakpoints:
-                self.breakpoints[addr] = self.lg.uc.hook_add(UC_HOOK_CODE, self._on_breakpoint, begin=addr, end=addr)
+                self.breakpoints[addr] = self._hook(addr, addr, self._on_breakpoint)
             elif cmd == "z" and addr in self.breakpoints:
-                self.lg.uc.hook_del(self.breakpoints.pop(addr))
+                self._unhook(self.breakpoints.pop(addr))
             return "OK"
-        if cmd == "c":
-            if len(pkt) > 1:
-                self.lg.cpu.regs.eip = int(pkt[1:], 16) & U32
-            return _RESUME
-        if cmd == "s":
-            if len(pkt) > 1:
-                self.lg.cpu.regs.eip = int(pkt[1:], 16) & U32
-            self._arm_step()
+        if cmd in ("c", "s", "C", "S"):
+            # C/S carry a signal to deliver: the trap that stopped the guest
+            # is the host's to deliver (it reflects it on resume), so it is
+            # ignored; an address resumes there.
+            rest = pkt[1:]
+            if cmd in ("C", "S"):
+                rest = rest.partition(";")[2]
+            if rest:
+                self.lg.cpu.regs.eip = int(rest, 16) & U32
+            if cmd in ("s", "S"):
+                self._arm_step()
             return _RESUME
         if cmd == "D":
             self.send("OK")
