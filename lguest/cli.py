@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import threading
 import time
@@ -175,6 +176,10 @@ def print_brief(stats: dict[str, Any], elapsed: float, out: Any = sys.stdout) ->
     print(line, file=out)
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         from .unicorn import UnicornLauncher
@@ -194,6 +199,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
 
     timeline = None
+    if args.trace_out is not None and threading.current_thread() is threading.main_thread():
+        # SIGTERM ends the run like Ctrl-C: through the finally below, which writes the file.
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         launcher = UnicornLauncher(memory=args.memory, syscall_vector=vector, page_offset=args.page_offset,
                                    clock=args.clock, console=console, trace_size=64 if args.trace else 0)
