@@ -249,7 +249,7 @@ def test_stub_listens_on_localhost_and_the_deadline_ends_the_wait(elves: dict[st
     with launcher(core=core) as lg:
         lg.load_elf(elves["flat"])
         port = lg.serve_gdb(0)
-        assert lg.backend.debugger.sock.getsockname() == ("127.0.0.1", port)
+        assert lg._gdb.sock.getsockname() == ("127.0.0.1", port)
         t0 = time.monotonic()
         result = lg.run(timeout=0.5)  # gdb never comes
         assert result.reason == "timeout"

@@ -57,9 +57,10 @@ class UnicornBackend(ExitDecoding, ShadowPaging, Backend):
         self.paging = False
         self._last_blocks = 0
         self.python_direct: dict[int, int] = {}
-        #: A debugger (lguest.unicorn.gdbstub.GdbStub) that runs each entry
-        #: in its place, or None.
-        self.debugger: Any = None
+        #: What runs each entry instead of ``hooks.run(budget, deadline)``:
+        #: the gdb stub (lguest.unicorn.gdbstub), a recorder or a replayer
+        #: (lguest.host.record), or None.
+        self.runner: Any = None
         #: A lguest.host.trace.Timeline the direct traps the hook records go to, or None.
         self.timeline: Any = None
         self.hooks: Any = None
@@ -147,11 +148,11 @@ class UnicornBackend(ExitDecoding, ShadowPaging, Backend):
             nxt = clock.next_expiry()
             if nxt is not None:
                 budget = max(1, -(-(nxt - clock.now_ns()) // self.ns_per_block))
-        debugger = self.debugger
-        if debugger is None:
+        runner = self.runner
+        if runner is None:
             err = hooks.run(budget, self.deadline_ns)
-        else:  # stops for gdb inside the entry, under the same budget
-            err = debugger.execute(hooks, budget, self.deadline_ns)
+        else:  # gdb's stops, a recording's or a replay's inputs, under the same budget
+            err = runner.execute(hooks, budget, self.deadline_ns)
         if self.timeline is not None:
             self._drain_timeline(cpu, idt, clock)
         if self.virtual:
