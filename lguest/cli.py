@@ -2,7 +2,8 @@
 
     lguest vectors [--syscall-vector N]
     lguest run IMAGE [--syscall-vector N] [--memory SIZE] [--page-offset A]
-                     [--timeout S] [--stats] [--trace] [--gdb PORT]
+                     [--timeout S] [--stats] [--trace] [--trace-out FILE.json]
+                     [--record FILE | --replay FILE] [--gdb PORT]
 """
 
 from __future__ import annotations
@@ -105,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "delivery, hypercall, timer fire and kill")
     run.add_argument("--trace-limit", type=int, default=None, metavar="N",
                      help="keep the newest N timeline events (default 1000000; the rest are counted as dropped)")
+    run.add_argument("--record", default=None, metavar="FILE",
+                     help="log the run's inputs (irqs, wall-clock timer fires, timestamps) with the guest's "
+                     "position, for --replay")
+    run.add_argument("--replay", default=None, metavar="FILE",
+                     help="run again with the inputs of a --record FILE (its clock) and check the console, "
+                     "counters and registers; exit 1 naming the first checkpoint that differs")
     run.add_argument("--gdb", type=int, default=None, metavar="PORT",
                      help="wait for gdb on 127.0.0.1:PORT before the first instruction (0: a free port, printed)")
     return parser
@@ -198,13 +205,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         sys.stdout.write(chunk.decode("latin-1"))
         sys.stdout.flush()
 
+    if args.record is not None and args.replay is not None:
+        print(f"{PROG}: --record and --replay are exclusive", file=sys.stderr)
+        return 2
+    replay = None
+    if args.replay is not None:
+        from .host.record import load
+        try:
+            replay = load(args.replay)
+        except (OSError, ValueError) as exc:
+            print(f"{PROG}: --replay: {exc}", file=sys.stderr)
+            return 2
     timeline = None
-    if args.trace_out is not None and threading.current_thread() is threading.main_thread():
+    result = None
+    if (args.trace_out or args.record) is not None and threading.current_thread() is threading.main_thread():
         # SIGTERM ends the run like Ctrl-C: through the finally below, which writes the file.
         signal.signal(signal.SIGTERM, _terminated)
     try:
         launcher = UnicornLauncher(memory=args.memory, syscall_vector=vector, page_offset=args.page_offset,
-                                   clock=args.clock, console=console, trace_size=64 if args.trace else 0)
+                                   clock=args.clock, console=console, trace_size=64 if args.trace else 0,
+                                   record=args.record is not None, replay=replay)
         launcher.__enter__()
     except VectorBusy as exc:
         print(_busy_line(exc), file=sys.stderr)
@@ -242,7 +262,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Every way out (power-off, kill, timeout, Ctrl-C, SIGTERM) leaves a whole file.
         if timeline is not None:
             timeline.write(args.trace_out)
+        if args.record is not None:
+            launcher.save_recording(args.record, result, args.image)
+        report = launcher.replay_report(result, args.image) if replay is not None and result is not None else []
         launcher.__exit__(None, None, None)
+    if replay is not None:
+        if report:
+            print(f"{PROG}: the replay differs from the recording:")
+            for line in report:
+                print(f"  {line}")
+            return 1
+        print(f"{PROG}: replay identical to the recording ({len(replay['events'])} inputs and checkpoints)")
     if result.reason == "timeout":
         return 3
     # SHUTDOWN (power-off or restart) is the guest's own choice; any other

@@ -44,6 +44,7 @@ import os
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -53,7 +54,7 @@ from ..constants import LD_BLOCKED_INTERRUPTS, LD_IRQ_ENABLED, LD_TIME
 FORMAT = "lguest-record/1"
 
 #: A checkpoint is logged at the first host stop after this many blocks.
-CHECKPOINT_BLOCKS = 1 << 16
+CHECKPOINT_BLOCKS = 1 << 18
 
 #: The registers hashed at a checkpoint: all but trapnum and errcode (how
 #: the emulator stopped is the host's business, not the guest's state).
@@ -65,6 +66,21 @@ GUEST_COUNTERS = ("irq", "direct_", "reflected_", "hypercall_", "vector_", "bloc
 
 def regs_hash(regs_array: Any) -> str:
     return hashlib.sha256(bytes(regs_array[_HASHED].tobytes())).hexdigest()[:16]
+
+
+def state_hash(cpu: Any) -> str:
+    """A checkpoint's hash: the registers and a CRC of all guest memory but
+    the timestamp field of lguest_data (the host's, logged on its own).
+    Memory goes in because two runs can sit at the same eip with the same
+    registers and still differ (a counter in memory, another image)."""
+    g = cpu.guest
+    view = g.memory.view
+    ld = g.lguest_data
+    if ld is not None and ld + LD_TIME + 8 <= len(view):
+        crc = zlib.crc32(view[ld + LD_TIME + 8:], zlib.crc32(view[:ld + LD_TIME]))
+    else:
+        crc = zlib.crc32(view)
+    return f"{regs_hash(cpu.regs.array)}:{crc:08x}"
 
 
 def guest_counters(stats: dict[str, int]) -> dict[str, int]:
@@ -241,7 +257,7 @@ class Recorder:
         self._lock = threading.Lock()
         self._queue: list[tuple[str, Any]] = []
         self.events: list[list[Any]] = []
-        self._stop = (0, int(cpu.regs.eip), regs_hash(cpu.regs.array))  # the last stop's position and hash
+        self._stop = (0, int(cpu.regs.eip), regs_hash(cpu.regs.array))  # the last stop's position, registers
         self._next_checkpoint = CHECKPOINT_BLOCKS
 
     def input(self, kind: str, value: Any) -> None:
@@ -251,9 +267,23 @@ class Recorder:
         self.hooks.request_stop()  # a running guest stops at its next block start
         self.cpu.wake()  # a halted one wakes
 
+    def _read_time(self) -> bytes | None:
+        g = self.cpu.guest
+        if g.lguest_data is None or g.lguest_data + LD_TIME + 8 > g.memory.size:
+            return None
+        return g.memory.read(g.lguest_data + LD_TIME, 8)
+
     def _apply_queue(self, point: str) -> bool:
+        """Apply and log the queued inputs, and (before an entry, under the
+        wall clock) the timestamp the host wrote into lguest_data if it
+        changed -- the guest may read it.  Each is logged with the last
+        stop's position and registers."""
         with self._lock:
             queued, self._queue = self._queue, []
+        now = self._read_time() if self._wall and point == ENTRY else None
+        new_time = now is not None and now != self._time
+        if not queued and not new_time:
+            return False
         blocks, eip, h = self._stop
         for kind, value in queued:
             if kind == "irq":
@@ -262,6 +292,9 @@ class Recorder:
             else:
                 value()  # the guest's clock event: irq 0 pending
                 self.events.append([blocks, eip, "timer", None, h, point])
+        if new_time and now is not None:
+            self._time = now
+            self.events.append([blocks, eip, "time", now.hex(), h, ENTRY])
         return bool(queued)
 
     def halted_point(self) -> bool:
@@ -270,28 +303,14 @@ class Recorder:
     def execute(self, hooks: Any, budget: int, deadline_ns: int) -> int:
         self._apply_queue(ENTRY)
         cpu = self.cpu
-        if self._wall:
-            self._log_time()
         budget_end = keep_irqs_in_sight(cpu, hooks, int(hooks.blocks) + budget if budget else 0)
         err = run_through_slices(hooks, budget_end, deadline_ns, self._host_stops)
         blocks = int(hooks.blocks)
         self._stop = (blocks, int(cpu.regs.eip), regs_hash(cpu.regs.array))
-        if blocks >= self._next_checkpoint:
-            self.events.append([blocks, self._stop[1], "checkpoint", None, self._stop[2], "stop"])
+        if blocks >= self._next_checkpoint:  # registers and memory
+            self.events.append([blocks, self._stop[1], "checkpoint", None, state_hash(cpu), "stop"])
             self._next_checkpoint = blocks + CHECKPOINT_BLOCKS
         return err
-
-    def _log_time(self) -> None:
-        """The timestamp the host wrote into lguest_data, when it changed:
-        the guest may read it, and the wall clock's is not reproducible."""
-        g = self.cpu.guest
-        if g.lguest_data is None or g.lguest_data + LD_TIME + 8 > g.memory.size:
-            return
-        now = g.memory.read(g.lguest_data + LD_TIME, 8)
-        if now != self._time:
-            self._time = now
-            blocks, eip, h = self._stop
-            self.events.append([blocks, eip, "time", now.hex(), h, ENTRY])
 
     def end(self, reason: str) -> None:
         """The run ended for the host's reasons (timeout, break-out): where."""
@@ -339,7 +358,7 @@ class Replayer:
 
     def halted_without_input(self) -> None:
         where = self._name(self.index) if self.index < len(self.events) else "after the last checkpoint"
-        self._diverge(f"the guest halted at {self._stop[0]} blocks, eip {self._stop[1]:#010x}, with nothing "
+        self._diverge(f"the guest halted at {self._stop[0]} blocks, eip {self._stop[1]:#010x} with nothing "
                       f"recorded to wake it (next: {where})")
 
     def _apply(self, point: str) -> bool:
@@ -347,7 +366,10 @@ class Replayer:
         applied = False
         while self.index < len(self.events) and self.diverged is None:
             blocks, eip, kind, value, h, where = self.events[self.index]
-            if kind == "checkpoint" or (blocks, eip, h) != self._stop or where != point:
+            if kind == "checkpoint" or (blocks, eip) != self._stop[:2] or where != point:
+                break
+            if h != self._stop[2]:
+                self._diverge(f"{self._name(self.index)} differs: registers {self._stop[2]} instead of {h}")
                 break
             self.index += 1
             applied = True
@@ -394,7 +416,7 @@ class Replayer:
     def _check(self, *, at_block_start: bool) -> None:
         """At a stop: pass the checkpoints logged here, and notice a replay
         that is not going where the recording went."""
-        blocks, eip, h = self._stop
+        blocks, eip, regs = self._stop
         while self.index < len(self.events) and self.diverged is None:
             ev_blocks, ev_eip, kind, _value, ev_h, _where = self.events[self.index]
             if ev_blocks < blocks:
@@ -402,17 +424,24 @@ class Replayer:
                 return
             if ev_blocks > blocks:
                 return
-            if (ev_eip, ev_h) != (eip, h):
+            if kind == "checkpoint" and ev_eip == eip:
+                here = state_hash(self.cpu)
+                if here != ev_h:
+                    self._diverge(f"{self._name(self.index)} differs: state {here} instead of {ev_h}")
+                    return
+            elif ev_eip == eip and ev_h != regs:
+                self._diverge(f"{self._name(self.index)} differs: registers {regs} instead of {ev_h}")
+                return
+            if ev_eip != eip:
                 # Not there yet: a trap inside the block (its budget stop
                 # comes next), or a stop before the host moves the guest
                 # without running a block (an interrupt delivered at this
                 # position: the next entry stops again at once, elsewhere).
                 # The same budget stop twice: the guest is not going there.
-                if at_block_start and self._stop == self._last_miss:
-                    self._diverge(f"{self._name(self.index)} differs: eip {eip:#010x}, "
-                                  f"registers {h} instead of {ev_h}")
+                if at_block_start and (blocks, eip, regs) == self._last_miss:
+                    self._diverge(f"{self._name(self.index)} differs: the guest is at eip {eip:#010x}")
                 if at_block_start:
-                    self._last_miss = self._stop
+                    self._last_miss = (blocks, eip, regs)
                 return
             self._last_miss = None
             if kind != "checkpoint":
