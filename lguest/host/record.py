@@ -93,7 +93,8 @@ def file_digest(path: str) -> str:
 
 
 def _deliverable(cpu: Any) -> bool:
-    """Would maybe_do_interrupt deliver now (the hook's irq rule)?"""
+    """Would maybe_do_interrupt deliver now?  The rule of abi.h's
+    lg_irq_deliverable (a running cpu: irq_enabled non-zero, any bit)."""
     g = cpu.guest
     pending = int(cpu.irqs_pending)
     if not pending or g.lguest_data is None:
@@ -102,7 +103,7 @@ def _deliverable(cpu: Any) -> bool:
     enabled = g.ld_read_u32(LD_IRQ_ENABLED)
     pending &= ~(blocked or 0)
     eip = int(cpu.regs.eip)
-    if not pending or not (enabled or 0) & 0x200 or g.noirq_start <= eip < g.noirq_end:
+    if not pending or not enabled or g.noirq_start <= eip < g.noirq_end:
         return False
     irq = (pending & -pending).bit_length() - 1
     return bool(int(cpu.idt[32 + irq][1]) & 0x8000)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+import time
 from typing import Any
 
 import numpy as np
@@ -187,7 +188,7 @@ class UnicornBackend(ExitDecoding, ShadowPaging, Backend):
             timeline.add_direct(rows, to_ns)
         if hooks.reason == REASON_DIRECT and hooks.trapnum < IDT_ENTRIES:
             n = hooks.trapnum
-            row = [hooks.blocks, _uchook.monotonic_ns(), int(cpu.regs.eip),
+            row = [hooks.blocks, time.monotonic_ns(), int(cpu.regs.eip),
                    n | (int(cpu.regs.cs) & 3) << 8 | ((int(idt[n, 0]) >> 16) & 3) << 16]
             timeline.add_direct(np.array([row], dtype=np.uint64), to_ns)
 
