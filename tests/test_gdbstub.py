@@ -388,3 +388,18 @@ def test_a_trap_of_interest_stops_before_the_host_reflects_it(elves: dict[str, s
             assert b"user #UD at" in lg.console
         finally:
             c.close()
+
+
+def test_ctrl_c_while_waiting_for_gdb(elves: dict[str, str]) -> None:
+    """The guest waits for gdb before its first instruction; Ctrl-C ends that wait."""
+    import signal
+
+    proc, _port = start_lguest(elves["flat"])
+    try:
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+        assert time.monotonic() - t0 < 10
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
