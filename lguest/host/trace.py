@@ -59,21 +59,28 @@ class Timeline:
             raise ValueError("limit must be a positive int")
         self.limit = limit
         self.clock = clock
-        self.events: deque[dict[str, Any]] = deque(maxlen=limit)
+        # Events as dicts, or direct traps as compact tuples (made into
+        # dicts only when written: a guest makes millions of them).
+        self._ring: deque[Any] = deque(maxlen=limit)
         self.recorded = 0  # events ever added
         self.direct_dropped = 0  # direct traps the native buffer could not hold
 
     @property
     def dropped(self) -> int:
         """Events let go from the front of the ring."""
-        return self.recorded - len(self.events)
+        return self.recorded - len(self._ring)
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """The events kept, oldest first, as trace-event dicts."""
+        return [e if isinstance(e, dict) else _direct_event(*e) for e in self._ring]
 
     def add(self, ts_ns: int, name: str, cat: str, args: dict[str, Any] | None = None, tid: int = 0) -> None:
         ev: dict[str, Any] = {"name": name, "cat": cat, "ph": "i", "s": "t", "ts": ts_ns / 1000.0,
                               "pid": 1, "tid": tid}
         if args:
             ev["args"] = args
-        self.events.append(ev)
+        self._ring.append(ev)
         self.recorded += 1
 
     def to_json(self) -> dict[str, Any]:
@@ -106,12 +113,17 @@ class Timeline:
     def add_direct(self, rows: Any, to_ns: Callable[[int, int], int]) -> None:
         """Direct traps drained from the hook (rows of blocks, monotonic ns,
         eip, vector | cpl_from << 8 | cpl_to << 16); ``to_ns(blocks, mono)``
-        gives each its timeline time."""
-        for blocks, mono, eip, packed in rows.tolist():
-            vector = packed & 0xFF
-            self.add(to_ns(blocks, mono), f"direct {vector:#04x}", "direct",
-                     {"vector": vector, "kind": "direct", "eip": f"{eip:#010x}",
-                      "ring_from": (packed >> 8) & 3, "ring_to": (packed >> 16) & 3})
+        gives their timeline times (numpy arrays in, an array out)."""
+        ts = to_ns(rows[:, 0].astype("int64"), rows[:, 1].astype("int64"))
+        self._ring.extend(zip(ts.tolist(), rows[:, 2].tolist(), rows[:, 3].tolist(), strict=True))
+        self.recorded += len(rows)
+
+
+def _direct_event(ts_ns: int, eip: int, packed: int) -> dict[str, Any]:
+    vector = packed & 0xFF
+    return {"name": f"direct {vector:#04x}", "cat": "direct", "ph": "i", "s": "t", "ts": ts_ns / 1000.0,
+            "pid": 1, "tid": 0, "args": {"vector": vector, "kind": "direct", "eip": f"{eip:#010x}",
+                                         "ring_from": (packed >> 8) & 3, "ring_to": (packed >> 16) & 3}}
 
 
 class TimelineStats(Stats):

@@ -177,12 +177,12 @@ class UnicornBackend(ExitDecoding, ShadowPaging, Backend):
             now, start = clock.now_ns(), self._last_blocks
             ns = self.ns_per_block
 
-            def to_ns(blocks: int, _mono: int) -> int:
+            def to_ns(blocks: Any, _mono: Any) -> Any:
                 return now + (blocks - start) * ns
         else:
             t0 = self.timeline_t0
 
-            def to_ns(_blocks: int, mono: int) -> int:
+            def to_ns(_blocks: Any, mono: Any) -> Any:
                 return mono - t0
         if rows is not None and len(rows):
             timeline.add_direct(rows, to_ns)
