@@ -72,7 +72,7 @@ def test_the_timeline_adds_up_to_the_stats(elves: dict[str, str], tmp_path: Path
     run = lguest_run(*args, "--clock", clock, "--stats", "--trace-out", str(out), elves[kind],
                      env={"LGUEST_PURE_PYTHON": pure})
     assert run.returncode == 0, run.stderr
-    stats = counters(run.stdout)
+    stats = counters(run.stderr)
     evs, other = events(out)
     assert other["dropped"] == 0 and other["direct_dropped"] == 0
     by = Counter((e["cat"], e.get("args", {}).get("vector", e.get("args", {}).get("nr"))) for e in evs)
