@@ -617,7 +617,10 @@ def cmd_run(args: argparse.Namespace, sigs: _Signals) -> int:
         if args.trace_out is not None:
             timeline = launcher.start_timeline(args.trace_limit)
         if args.gdb is not None:
-            port = launcher.serve_gdb(args.gdb)
+            try:
+                port = launcher.serve_gdb(args.gdb)
+            except OSError as exc:
+                raise UsageError(f"--gdb {args.gdb}: cannot listen on 127.0.0.1: {exc.strerror or exc}") from None
             print(f"{PROG}: waiting for gdb on 127.0.0.1:{port} (target remote :{port})", file=sys.stderr, flush=True)
         stop = threading.Event()
         ticker = None
