@@ -87,7 +87,7 @@ def test_the_timeline_adds_up_to_the_stats(elves: dict[str, str], tmp_path: Path
         elif m := re.fullmatch(r"hypercall_(\d+)", key):
             expect["hcall", int(m.group(1))] = n
     expect["kill", None] = stats["kills"]
-    got = Counter({k: v for k, v in by.items() if k[0] != "timer"})
+    got = Counter({k: v for k, v in by.items() if k[0] not in ("timer", "halt")})
     assert got == expect
     assert stats["direct_0x80"] == 1003 and stats["kills"] == 1
     # the guest's story, in order: syscalls from ring 3 to ring 1, its faults, the ticks it waited for
@@ -99,6 +99,8 @@ def test_the_timeline_adds_up_to_the_stats(elves: dict[str, str], tmp_path: Path
     assert evs[-1]["cat"] == "kill" and evs[-1]["args"]["reason"] == "CRASH: bye"
     times = [e["ts"] for e in evs]
     assert times == sorted(times)  # one clock for everything
+    wakes = [e for e in evs if e["name"] == "wake"]
+    assert len(wakes) == stats.get("hypercall_10", 0) and all(e["args"]["halted_ns"] >= 0 for e in wakes)
     if clock == "virtual":
         assert by["timer", None] >= stats["irq0"]  # every tick the guest took was a timer fire
         # virtual time: the ticks sit TICK_NS of guest time apart or more

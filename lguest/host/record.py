@@ -277,15 +277,19 @@ class Recorder:
     def _apply_queue(self, point: str) -> bool:
         """Apply and log the queued inputs, and (before an entry, under the
         wall clock) the timestamp the host wrote into lguest_data if it
-        changed -- the guest may read it.  Each is logged with the last
-        stop's position and registers."""
+        changed -- the guest may read it.  Each is logged with the blocks at
+        the last stop and the eip and registers *here*: the run loop may have
+        moved the guest since the stop without running a block (an
+        interrupt delivered), and an input applied before that delivery and
+        one applied after it must not be replayed at the same point."""
         with self._lock:
             queued, self._queue = self._queue, []
         now = self._read_time() if self._wall and point == ENTRY else None
         new_time = now is not None and now != self._time
         if not queued and not new_time:
             return False
-        blocks, eip, h = self._stop
+        blocks = self._stop[0]
+        eip, h = int(self.cpu.regs.eip), regs_hash(self.cpu.regs.array)
         for kind, value in queued:
             if kind == "irq":
                 self._send_irq(value)
@@ -315,8 +319,9 @@ class Recorder:
 
     def end(self, reason: str) -> None:
         """The run ended for the host's reasons (timeout, break-out): where."""
-        blocks, eip, h = self._stop
-        self.events.append([blocks, eip, "end", reason, h, HALTED if self.cpu.halted else ENTRY])
+        cpu = self.cpu
+        self.events.append([self._stop[0], int(cpu.regs.eip), "end", reason, regs_hash(cpu.regs.array),
+                            HALTED if cpu.halted else ENTRY])
 
     def save(self, path: str, header: dict[str, Any], final: dict[str, Any]) -> None:
         data = {"format": FORMAT, **header, "events": self.events, "final": final}
@@ -365,12 +370,15 @@ class Replayer:
     def _apply(self, point: str) -> bool:
         """Apply the inputs recorded at the last stop's position for this point."""
         applied = False
+        cpu = self.cpu
+        here = (self._stop[0], int(cpu.regs.eip))
         while self.index < len(self.events) and self.diverged is None:
             blocks, eip, kind, value, h, where = self.events[self.index]
-            if kind == "checkpoint" or (blocks, eip) != self._stop[:2] or where != point:
+            if kind == "checkpoint" or (blocks, eip) != here or where != point:
                 break
-            if h != self._stop[2]:
-                self._diverge(f"{self._name(self.index)} differs: registers {self._stop[2]} instead of {h}")
+            regs = regs_hash(cpu.regs.array)
+            if h != regs:
+                self._diverge(f"{self._name(self.index)} differs: registers {regs} instead of {h}")
                 break
             self.index += 1
             applied = True
@@ -430,15 +438,13 @@ class Replayer:
                 if here != ev_h:
                     self._diverge(f"{self._name(self.index)} differs: state {here} instead of {ev_h}")
                     return
-            elif ev_eip == eip and ev_h != regs:
-                self._diverge(f"{self._name(self.index)} differs: registers {regs} instead of {ev_h}")
-                return
             if ev_eip != eip:
                 # Not there yet: a trap inside the block (its budget stop
-                # comes next), or a stop before the host moves the guest
-                # without running a block (an interrupt delivered at this
-                # position: the next entry stops again at once, elsewhere).
-                # The same budget stop twice: the guest is not going there.
+                # comes next), or an input applied after the host moved the
+                # guest without running a block (an interrupt delivered at
+                # this position: the next entry stops again at once, and the
+                # input is applied there).  The same budget stop twice: the
+                # guest is not going there.
                 if at_block_start and (blocks, eip, regs) == self._last_miss:
                     self._diverge(f"{self._name(self.index)} differs: the guest is at eip {eip:#010x}")
                 if at_block_start:

@@ -3,8 +3,9 @@
 ``lguest run --trace-out FILE.json`` (or ``UnicornLauncher.start_timeline``)
 records every interrupt delivery (vector, how: a virtual irq, a direct trap
 taken in the native hook, a trap the host reflected; the ring it came from
-and went to), every hypercall (number, arguments), timer fire and kill, as
-instant events ("ph": "i") on one track per cpu.  Perfetto
+and went to), every hypercall (number, arguments), the virtual clock's
+timer fires, the wake-up that ends a HALT (with how long the guest was
+halted) and the kill, as instant events ("ph": "i") on one track per cpu.  Perfetto
 (ui.perfetto.dev) and ``chrome://tracing`` open the file as it is.
 
 Time ("ts", microseconds, as the format wants) is the guest's: the virtual
@@ -136,6 +137,7 @@ class TimelineStats(Stats):
         self.timeline = timeline
         self.cpu = cpu
         self.now_ns = now_ns
+        self._halt_ns: int | None = None  # when the guest last asked to halt
 
     def _frame_ring(self) -> int | None:
         """The ring the interrupted code ran at: the cs of the frame just
@@ -152,6 +154,10 @@ class TimelineStats(Stats):
 
     def irq(self, irq: int, count: int, eip: int) -> None:
         super().irq(irq, count, eip)
+        if self._halt_ns is not None:  # the irq that ends a HALT
+            now = self.now_ns()
+            self.timeline.add(now, "wake", "halt", {"irq": irq, "halted_ns": now - self._halt_ns})
+            self._halt_ns = None
         args = {"vector": 32 + irq, "kind": "irq", "eip": f"{eip:#010x}", "ring_from": self._frame_ring(),
                 "ring_to": int(self.cpu.regs.cs) & 3}
         for _ in range(count):
@@ -170,7 +176,10 @@ class TimelineStats(Stats):
         if args is not None:
             detail["args"] = [f"{int(getattr(args, f'arg{i}')):#x}" for i in range(1, 4)]
         name = HYPERCALL_NAMES.get(num, str(num)) if num != OTHER else "unknown"
-        self.timeline.add(self.now_ns(), f"hcall {name}", "hcall", detail)
+        now = self.now_ns()
+        self.timeline.add(now, f"hcall {name}", "hcall", detail)
+        if name == "HALT":
+            self._halt_ns = now
 
     def _event(self, vector: int, eip: int, kind: str) -> None:
         super()._event(vector, eip, kind)
