@@ -1777,7 +1777,7 @@ struct __pyx_MemviewEnum_obj;
 struct __pyx_memoryview_obj;
 struct __pyx_memoryviewslice_obj;
 
-/* "lguest/unicorn/_uchook.pyx":158
+/* "lguest/unicorn/_uchook.pyx":163
  * 
  * # UC_HOOK_* numbers (unicorn.h, stable across Unicorn 2)
  * cdef enum:             # <<<<<<<<<<<<<<
@@ -1786,7 +1786,7 @@ struct __pyx_memoryviewslice_obj;
 */
 enum  {
 
-  /* "lguest/unicorn/_uchook.pyx":163
+  /* "lguest/unicorn/_uchook.pyx":168
  *     UC_HOOK_BLOCK = 1 << 3
  *     UC_HOOK_MEM_INVALID = 1008   # unmapped + protection, read/write/fetch
  *     UC_HOOK_INSN_INVALID = 1 << 14             # <<<<<<<<<<<<<<
@@ -1800,7 +1800,7 @@ enum  {
   __pyx_e_6lguest_7unicorn_7_uchook_UC_HOOK_INSN_INVALID = (1 << 14)
 };
 
-/* "lguest/unicorn/_uchook.pyx":195
+/* "lguest/unicorn/_uchook.pyx":200
  * 
  * 
  * cdef class NativeHooks:             # <<<<<<<<<<<<<<
@@ -1818,6 +1818,7 @@ struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks {
   PyObject *_keep;
   PyObject *_owners;
   PyObject *_hold;
+  PyObject *_trace;
   int insn_in;
   int insn_out;
   PyObject *_free;
@@ -1905,7 +1906,7 @@ struct __pyx_memoryviewslice_obj {
 
 
 
-/* "lguest/unicorn/_uchook.pyx":195
+/* "lguest/unicorn/_uchook.pyx":200
  * 
  * 
  * cdef class NativeHooks:             # <<<<<<<<<<<<<<
@@ -2913,6 +2914,32 @@ static CYTHON_INLINE int __Pyx_PyObject_CompareBoolNe_object_object(PyObject *op
 /* PyObjectCompare.proto */
 static CYTHON_INLINE int __Pyx_PyObject_CompareBoolGt_object_int(PyObject *op1, PyObject *op2, int pyop);
 
+/* PyNumberBinop.proto */
+#if CYTHON_COMPILING_IN_PYPY || CYTHON_COMPILING_IN_GRAAL || CYTHON_COMPILING_IN_LIMITED_API
+#define __Pyx_PyNumber_And_int_int(op1, op2)  PyNumber_And(op1, op2)
+#define __Pyx_PyNumber_InPlaceAnd_int_int(op1, op2)  PyNumber_InPlaceAnd(op1, op2)
+#else
+#define __Pyx_PyNumber_And_int_int(op1, op2)  __Pyx__PyNumber_And_int_int(op1, op2, 0)
+#define __Pyx_PyNumber_InPlaceAnd_int_int(op1, op2)  __Pyx__PyNumber_And_int_int(op1, op2, 1)
+static CYTHON_INLINE PyObject* __Pyx__PyNumber_And_int_int(PyObject *op1, PyObject *op2, int inplace);
+#endif
+
+/* PyObjectVectorcallKwds.proto */
+#if CYTHON_VECTORCALL
+#define __Pyx_Object_VectorcallKwds PyObject_Vectorcall
+CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject *kwnames, Py_ssize_t i);
+#else
+#define __Pyx_Object_VectorcallKwds __Pyx_PyObject_FastCallDict
+CYTHON_UNUSED static PyObject *__Pyx_MakeKwargDict(PyObject **keys, PyObject **values, Py_ssize_t n);
+CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject **kwnames, Py_ssize_t i);
+#endif
+
+/* SliceObject.proto */
+static CYTHON_INLINE PyObject* __Pyx_PyObject_GetSlice(
+        PyObject* obj, Py_ssize_t cstart, Py_ssize_t cstop,
+        PyObject** py_start, PyObject** py_stop, PyObject** py_slice,
+        int has_cstart, int has_cstop, int wraparound);
+
 /* CIntToPyUnicode.proto */
 #define __Pyx_PyUnicode_From_uint64_t(value, width, padding_char, format_char) (\
     ((format_char) == ('c')) ?\
@@ -3280,22 +3307,15 @@ static CYTHON_INLINE __Pyx_memviewslice __Pyx_PyObject_to_MemoryviewSlice_dc_nn_
 /* ObjectToMemviewSlice.proto */
 static CYTHON_INLINE __Pyx_memviewslice __Pyx_PyObject_to_MemoryviewSlice_d_dc_nn_uint32_t(PyObject *, int writable_flag);
 
+/* ObjectToMemviewSlice.proto */
+static CYTHON_INLINE __Pyx_memviewslice __Pyx_PyObject_to_MemoryviewSlice_d_dc_nn_uint64_t(PyObject *, int writable_flag);
+
 /* MemviewSliceCopy.proto */
 static __Pyx_memviewslice
 __pyx_memoryview_copy_new_contig(const __Pyx_memviewslice *from_mvs,
                                  const char *mode, int ndim,
                                  Py_ssize_t sizeof_dtype, int contig_flag,
                                  int dtype_is_object);
-
-/* PyObjectVectorcallKwds.proto (used by PyObjectVectorcallMethodKwds) */
-#if CYTHON_VECTORCALL
-#define __Pyx_Object_VectorcallKwds PyObject_Vectorcall
-CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject *kwnames, Py_ssize_t i);
-#else
-#define __Pyx_Object_VectorcallKwds __Pyx_PyObject_FastCallDict
-CYTHON_UNUSED static PyObject *__Pyx_MakeKwargDict(PyObject **keys, PyObject **values, Py_ssize_t n);
-CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject **kwnames, Py_ssize_t i);
-#endif
 
 /* PyObjectVectorcallMethodKwds.proto (used by CIntToPy) */
 #if CYTHON_VECTORCALL
@@ -3532,6 +3552,7 @@ static PyObject *__pyx_unpickle_Enum__set_state(struct __pyx_MemviewEnum_obj *, 
 /* #### Code section: typeinfo ### */
 static const __Pyx_TypeInfo __Pyx_TypeInfo_unsigned_char = { "unsigned char", NULL, sizeof(unsigned char), { 0 }, 0, __PYX_IS_UNSIGNED(unsigned char) ? 'U' : 'I', __PYX_IS_UNSIGNED(unsigned char), 0 };
 static const __Pyx_TypeInfo __Pyx_TypeInfo_nn_uint32_t = { "uint32_t", NULL, sizeof(uint32_t), { 0 }, 0, __PYX_IS_UNSIGNED(uint32_t) ? 'U' : 'I', __PYX_IS_UNSIGNED(uint32_t), 0 };
+static const __Pyx_TypeInfo __Pyx_TypeInfo_nn_uint64_t = { "uint64_t", NULL, sizeof(uint64_t), { 0 }, 0, __PYX_IS_UNSIGNED(uint64_t) ? 'U' : 'I', __PYX_IS_UNSIGNED(uint64_t), 0 };
 /* #### Code section: before_global_var ### */
 #define __Pyx_MODULE_NAME "lguest.unicorn._uchook"
 extern int __pyx_module_is_main_lguest__unicorn___uchook;
@@ -3610,11 +3631,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, PyObject *__pyx_v_cpu, PyObject *__pyx_v_regs_array, PyObject *__pyx_v_host_idt, PyObject *__pyx_v_guest_idt, PyObject *__pyx_v_memory, PyObject *__pyx_v_api_capsule); /* proto */
 static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_data(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, PyObject *__pyx_v_lguest_data, uint32_t __pyx_v_noirq_start, uint32_t __pyx_v_noirq_end); /* proto */
 static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, uint64_t __pyx_v_budget_blocks, int64_t __pyx_v_deadline_ns); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_16resume(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, uint64_t __pyx_v_budget_end, int64_t __pyx_v_deadline_ns, int64_t __pyx_v_skip_addr); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_18trace_direct(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, PyObject *__pyx_v_capacity); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_20trace_drain(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7running___get__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_16request_stop(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_18poke(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_20clear_poke(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_22__repr__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_22request_stop(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24poke(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26clear_poke(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_28__repr__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13native_direct___get__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
 static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13native_direct_2__set__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, PyObject *__pyx_v_value); /* proto */
 static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_15has_native_core___get__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
@@ -3629,19 +3653,19 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_9mem_fault___g
 static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6blocks___get__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10intr_hooks___get__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8io_count___get__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_30direct_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12reflect_mask___get__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
 static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12reflect_mask_2__set__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, uint32_t __pyx_v_value); /* proto */
 static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13reflect_total___get__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10hcall_mask___get__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
 static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10hcall_mask_2__set__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, uint32_t __pyx_v_value); /* proto */
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26set_hcall_handler(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, PyObject *__pyx_v_handler); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_32set_hcall_handler(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, PyObject *__pyx_v_handler); /* proto */
 static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_11hcall_total___get__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_28hcall_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_30reflect_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_32stop_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_34__reduce_cython__(CYTHON_UNUSED struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_36__setstate_cython__(CYTHON_UNUSED struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v___pyx_state); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_34hcall_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_36reflect_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_38stop_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_40__reduce_cython__(CYTHON_UNUSED struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_42__setstate_cython__(CYTHON_UNUSED struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v___pyx_state); /* proto */
 static PyObject *__pyx_tp_new__initialisation_6lguest_7unicorn_7_uchook_NativeHooks(PyObject *o, 
 #if CYTHON_VECTORCALL_TPNEW
     PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames
@@ -3806,10 +3830,10 @@ namespace {
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_pop;
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_values;
     PyObject *__pyx_slice[1];
-    PyObject *__pyx_tuple[8];
-    PyObject *__pyx_codeobj_tab[16];
-    PyObject *__pyx_string_tab[293];
-    PyObject *__pyx_number_tab[8];
+    PyObject *__pyx_tuple[10];
+    PyObject *__pyx_codeobj_tab[19];
+    PyObject *__pyx_string_tab[312];
+    PyObject *__pyx_number_tab[10];
 /* #### Code section: module_state_contents ### */
 /* PyFrozenDict.module_state_decls */
 #if CYTHON_COMPILING_IN_LIMITED_API
@@ -3931,234 +3955,255 @@ static __pyx_mstatetype * const __pyx_mstate_global = &__pyx_mstate_global_stati
 #define __pyx_n_u_NativeHooks_poke __pyx_string_tab[70]
 #define __pyx_n_u_NativeHooks_reflect_counts __pyx_string_tab[71]
 #define __pyx_n_u_NativeHooks_request_stop __pyx_string_tab[72]
-#define __pyx_n_u_NativeHooks_run __pyx_string_tab[73]
-#define __pyx_n_u_NativeHooks_set_guest_data __pyx_string_tab[74]
-#define __pyx_n_u_NativeHooks_set_hcall_handler __pyx_string_tab[75]
-#define __pyx_n_u_NativeHooks_stop_counts __pyx_string_tab[76]
-#define __pyx_n_u_NativeHooks_uninstall __pyx_string_tab[77]
-#define __pyx_n_u_REASONS __pyx_string_tab[78]
-#define __pyx_n_u_REASON_BADSEG __pyx_string_tab[79]
-#define __pyx_n_u_REASON_BREAK __pyx_string_tab[80]
-#define __pyx_n_u_REASON_DEAD __pyx_string_tab[81]
-#define __pyx_n_u_REASON_DEADLINE __pyx_string_tab[82]
-#define __pyx_n_u_REASON_DIRECT __pyx_string_tab[83]
-#define __pyx_n_u_REASON_FLUSH __pyx_string_tab[84]
-#define __pyx_n_u_REASON_HCALL __pyx_string_tab[85]
-#define __pyx_n_u_REASON_INVALID __pyx_string_tab[86]
-#define __pyx_n_u_REASON_IRQ __pyx_string_tab[87]
-#define __pyx_n_u_REASON_MEM __pyx_string_tab[88]
-#define __pyx_n_u_REASON_NONE __pyx_string_tab[89]
-#define __pyx_n_u_REASON_RING0 __pyx_string_tab[90]
-#define __pyx_n_u_REASON_SOFT_GP __pyx_string_tab[91]
-#define __pyx_n_u_REASON_SWITCHER __pyx_string_tab[92]
-#define __pyx_n_u_REASON_TIMER __pyx_string_tab[93]
-#define __pyx_n_u_REASON_TRAP __pyx_string_tab[94]
-#define __pyx_n_u_REASON_VM86 __pyx_string_tab[95]
-#define __pyx_n_u_Sequence __pyx_string_tab[96]
-#define __pyx_n_u_View_MemoryView __pyx_string_tab[97]
-#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[98]
-#define __pyx_n_u_annotate __pyx_string_tab[99]
-#define __pyx_n_u_class __pyx_string_tab[100]
-#define __pyx_n_u_class_getitem __pyx_string_tab[101]
-#define __pyx_n_u_dict __pyx_string_tab[102]
-#define __pyx_n_u_enter __pyx_string_tab[103]
-#define __pyx_n_u_exit __pyx_string_tab[104]
-#define __pyx_n_u_func __pyx_string_tab[105]
-#define __pyx_n_u_getstate __pyx_string_tab[106]
-#define __pyx_n_u_import __pyx_string_tab[107]
-#define __pyx_n_u_main __pyx_string_tab[108]
-#define __pyx_n_u_module __pyx_string_tab[109]
-#define __pyx_n_u_name_2 __pyx_string_tab[110]
-#define __pyx_n_u_new __pyx_string_tab[111]
-#define __pyx_n_u_pyx_checksum __pyx_string_tab[112]
-#define __pyx_n_u_pyx_state __pyx_string_tab[113]
-#define __pyx_n_u_pyx_type __pyx_string_tab[114]
-#define __pyx_n_u_pyx_unpickle_Enum __pyx_string_tab[115]
-#define __pyx_n_u_pyx_vtable __pyx_string_tab[116]
-#define __pyx_n_u_qualname __pyx_string_tab[117]
-#define __pyx_n_u_reduce __pyx_string_tab[118]
-#define __pyx_n_u_reduce_cython __pyx_string_tab[119]
-#define __pyx_n_u_reduce_ex __pyx_string_tab[120]
-#define __pyx_n_u_set_name __pyx_string_tab[121]
-#define __pyx_n_u_setstate __pyx_string_tab[122]
-#define __pyx_n_u_setstate_cython __pyx_string_tab[123]
-#define __pyx_n_u_test __pyx_string_tab[124]
-#define __pyx_n_u_is_coroutine __pyx_string_tab[125]
-#define __pyx_n_u_abc __pyx_string_tab[126]
-#define __pyx_n_u_address __pyx_string_tab[127]
-#define __pyx_n_u_allocate_buffer __pyx_string_tab[128]
-#define __pyx_n_u_api __pyx_string_tab[129]
-#define __pyx_n_u_api_capsule __pyx_string_tab[130]
-#define __pyx_n_u_arr __pyx_string_tab[131]
-#define __pyx_n_u_array __pyx_string_tab[132]
-#define __pyx_n_u_arrays __pyx_string_tab[133]
-#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[134]
-#define __pyx_n_u_badseg __pyx_string_tab[135]
-#define __pyx_n_u_base __pyx_string_tab[136]
-#define __pyx_n_u_bind __pyx_string_tab[137]
-#define __pyx_n_u_break __pyx_string_tab[138]
-#define __pyx_n_u_budget_blocks __pyx_string_tab[139]
-#define __pyx_n_u_c __pyx_string_tab[140]
-#define __pyx_n_u_c_contiguous __pyx_string_tab[141]
-#define __pyx_n_u_cbs __pyx_string_tab[142]
-#define __pyx_n_u_clear_poke __pyx_string_tab[143]
-#define __pyx_n_u_cline_in_traceback __pyx_string_tab[144]
-#define __pyx_n_u_close __pyx_string_tab[145]
-#define __pyx_n_u_closed __pyx_string_tab[146]
-#define __pyx_n_u_code_gen_highwater __pyx_string_tab[147]
-#define __pyx_n_u_code_gen_ptr __pyx_string_tab[148]
-#define __pyx_n_u_count __pyx_string_tab[149]
-#define __pyx_n_u_cpu __pyx_string_tab[150]
-#define __pyx_n_u_ctx_alloc __pyx_string_tab[151]
-#define __pyx_n_u_ctx_small_alloc __pyx_string_tab[152]
-#define __pyx_n_u_ctypes __pyx_string_tab[153]
-#define __pyx_n_u_data __pyx_string_tab[154]
-#define __pyx_n_u_dead __pyx_string_tab[155]
-#define __pyx_n_u_deadline __pyx_string_tab[156]
-#define __pyx_n_u_deadline_ns __pyx_string_tab[157]
-#define __pyx_n_u_direct __pyx_string_tab[158]
-#define __pyx_n_u_direct_counts __pyx_string_tab[159]
-#define __pyx_n_u_dtype __pyx_string_tab[160]
-#define __pyx_n_u_dtype_is_object __pyx_string_tab[161]
-#define __pyx_n_u_e __pyx_string_tab[162]
-#define __pyx_n_u_eflags __pyx_string_tab[163]
-#define __pyx_n_u_eip __pyx_string_tab[164]
-#define __pyx_n_u_encode __pyx_string_tab[165]
-#define __pyx_n_u_enumerate __pyx_string_tab[166]
-#define __pyx_n_u_err __pyx_string_tab[167]
-#define __pyx_n_u_error __pyx_string_tab[168]
-#define __pyx_n_u_error_code __pyx_string_tab[169]
-#define __pyx_n_u_exception_is_int __pyx_string_tab[170]
-#define __pyx_n_u_flags __pyx_string_tab[171]
-#define __pyx_n_u_flush __pyx_string_tab[172]
-#define __pyx_n_u_format __pyx_string_tab[173]
-#define __pyx_n_u_fortran __pyx_string_tab[174]
-#define __pyx_n_u_funcs __pyx_string_tab[175]
-#define __pyx_n_u_gdt_offset __pyx_string_tab[176]
-#define __pyx_n_u_guest_idt __pyx_string_tab[177]
-#define __pyx_n_u_gv __pyx_string_tab[178]
-#define __pyx_n_u_handler __pyx_string_tab[179]
-#define __pyx_n_u_hcall __pyx_string_tab[180]
-#define __pyx_n_u_hcall_counts __pyx_string_tab[181]
-#define __pyx_n_u_hflags __pyx_string_tab[182]
-#define __pyx_n_u_hold __pyx_string_tab[183]
-#define __pyx_n_u_host_cs __pyx_string_tab[184]
-#define __pyx_n_u_host_idt __pyx_string_tab[185]
-#define __pyx_n_u_host_ss __pyx_string_tab[186]
-#define __pyx_n_u_hv __pyx_string_tab[187]
-#define __pyx_n_u_i __pyx_string_tab[188]
-#define __pyx_n_u_id __pyx_string_tab[189]
-#define __pyx_n_u_idt __pyx_string_tab[190]
-#define __pyx_n_u_index __pyx_string_tab[191]
-#define __pyx_n_u_insn_in __pyx_string_tab[192]
-#define __pyx_n_u_insn_out __pyx_string_tab[193]
-#define __pyx_n_u_install __pyx_string_tab[194]
-#define __pyx_n_u_internals __pyx_string_tab[195]
-#define __pyx_n_u_invalid __pyx_string_tab[196]
-#define __pyx_n_u_irq __pyx_string_tab[197]
-#define __pyx_n_u_items __pyx_string_tab[198]
-#define __pyx_n_u_itemsize __pyx_string_tab[199]
-#define __pyx_n_u_layout __pyx_string_tab[200]
-#define __pyx_n_u_lguest_unicorn__uchook __pyx_string_tab[201]
-#define __pyx_n_u_lguest_data __pyx_string_tab[202]
-#define __pyx_n_u_mem __pyx_string_tab[203]
-#define __pyx_n_u_memory __pyx_string_tab[204]
-#define __pyx_n_u_memview __pyx_string_tab[205]
-#define __pyx_n_u_mode __pyx_string_tab[206]
-#define __pyx_n_u_name __pyx_string_tab[207]
-#define __pyx_n_u_ndarray __pyx_string_tab[208]
-#define __pyx_n_u_ndim __pyx_string_tab[209]
-#define __pyx_n_u_noirq_end __pyx_string_tab[210]
-#define __pyx_n_u_noirq_start __pyx_string_tab[211]
-#define __pyx_n_u_none __pyx_string_tab[212]
-#define __pyx_n_u_np __pyx_string_tab[213]
-#define __pyx_n_u_numpy __pyx_string_tab[214]
-#define __pyx_n_u_obj __pyx_string_tab[215]
-#define __pyx_n_u_old_exception __pyx_string_tab[216]
-#define __pyx_n_u_pack __pyx_string_tab[217]
-#define __pyx_n_u_poke __pyx_string_tab[218]
-#define __pyx_n_u_pop __pyx_string_tab[219]
-#define __pyx_n_u_rc __pyx_string_tab[220]
-#define __pyx_n_u_ready __pyx_string_tab[221]
-#define __pyx_n_u_reflect_counts __pyx_string_tab[222]
-#define __pyx_n_u_reg_cr2 __pyx_string_tab[223]
-#define __pyx_n_u_reg_ids __pyx_string_tab[224]
-#define __pyx_n_u_register __pyx_string_tab[225]
-#define __pyx_n_u_regs __pyx_string_tab[226]
-#define __pyx_n_u_regs_array __pyx_string_tab[227]
-#define __pyx_n_u_request_stop __pyx_string_tab[228]
-#define __pyx_n_u_ring0 __pyx_string_tab[229]
-#define __pyx_n_u_run __pyx_string_tab[230]
-#define __pyx_n_u_rv __pyx_string_tab[231]
-#define __pyx_n_u_seg_stride __pyx_string_tab[232]
-#define __pyx_n_u_segs __pyx_string_tab[233]
-#define __pyx_n_u_self __pyx_string_tab[234]
-#define __pyx_n_u_set_guest_data __pyx_string_tab[235]
-#define __pyx_n_u_set_hcall_handler __pyx_string_tab[236]
-#define __pyx_n_u_setdefault __pyx_string_tab[237]
-#define __pyx_n_u_shape __pyx_string_tab[238]
-#define __pyx_n_u_size __pyx_string_tab[239]
-#define __pyx_n_u_soft_gp __pyx_string_tab[240]
-#define __pyx_n_u_start __pyx_string_tab[241]
-#define __pyx_n_u_step __pyx_string_tab[242]
-#define __pyx_n_u_stop __pyx_string_tab[243]
-#define __pyx_n_u_stop_counts __pyx_string_tab[244]
-#define __pyx_n_u_struct __pyx_string_tab[245]
-#define __pyx_n_u_switcher __pyx_string_tab[246]
-#define __pyx_n_u_switcher_size __pyx_string_tab[247]
-#define __pyx_n_u_switcher_va __pyx_string_tab[248]
-#define __pyx_n_u_tb_cflags __pyx_string_tab[249]
-#define __pyx_n_u_tb_guard __pyx_string_tab[250]
-#define __pyx_n_u_tb_max_insns __pyx_string_tab[251]
-#define __pyx_n_u_timer __pyx_string_tab[252]
-#define __pyx_n_u_trap __pyx_string_tab[253]
-#define __pyx_n_u_types __pyx_string_tab[254]
-#define __pyx_n_u_uc_context_restore __pyx_string_tab[255]
-#define __pyx_n_u_uc_context_save __pyx_string_tab[256]
-#define __pyx_n_u_uc_ctl __pyx_string_tab[257]
-#define __pyx_n_u_uc_emu_start __pyx_string_tab[258]
-#define __pyx_n_u_uc_emu_stop __pyx_string_tab[259]
-#define __pyx_n_u_uc_free __pyx_string_tab[260]
-#define __pyx_n_u_uc_handle __pyx_string_tab[261]
-#define __pyx_n_u_uc_hook_add __pyx_string_tab[262]
-#define __pyx_n_u_uc_hook_del __pyx_string_tab[263]
-#define __pyx_n_u_uc_owner __pyx_string_tab[264]
-#define __pyx_n_u_uc_reg_read __pyx_string_tab[265]
-#define __pyx_n_u_uc_reg_write __pyx_string_tab[266]
-#define __pyx_n_u_uint32 __pyx_string_tab[267]
-#define __pyx_n_u_uninitialised __pyx_string_tab[268]
-#define __pyx_n_u_uninstall __pyx_string_tab[269]
-#define __pyx_n_u_unpack __pyx_string_tab[270]
-#define __pyx_n_u_until_va __pyx_string_tab[271]
-#define __pyx_n_u_update __pyx_string_tab[272]
-#define __pyx_n_u_values __pyx_string_tab[273]
-#define __pyx_n_u_vm86 __pyx_string_tab[274]
-#define __pyx_n_u_writeable __pyx_string_tab[275]
-#define __pyx_n_u_x __pyx_string_tab[276]
-#define __pyx_n_b_O __pyx_string_tab[277]
-#define __pyx_kp_b_iso88591_Q __pyx_string_tab[278]
-#define __pyx_kp_b_iso88591_A_AQd_3 __pyx_string_tab[279]
-#define __pyx_kp_b_iso88591_A_G1_s_s_b_2Rt3a_Q_6_Q_6_C_a_C_A __pyx_string_tab[280]
-#define __pyx_kp_b_iso88591_A_L_E_at1_9AT_E_XQa_Ja __pyx_string_tab[281]
-#define __pyx_kp_b_iso88591_A_q_q_D_6_T_e1Cq_TQTTZZ __pyx_string_tab[282]
-#define __pyx_kp_b_iso88591_A_AQd __pyx_string_tab[283]
-#define __pyx_kp_b_iso88591_A_4wc_4q_aq_4wc_t9CuD_G7_F_84q_t __pyx_string_tab[284]
-#define __pyx_kp_b_iso88591_A_q_4s_q_4uE_c_S_UVVW __pyx_string_tab[285]
-#define __pyx_kp_b_iso88591_A_q_4s_D_U_5_4s_XYYZ __pyx_string_tab[286]
-#define __pyx_kp_b_iso88591_A_q_4s_T_e1D_4s_YZZ __pyx_string_tab[287]
-#define __pyx_kp_b_iso88591_A_AQd_2 __pyx_string_tab[288]
-#define __pyx_kp_b_iso88591_A_L_4q_aq_Qe_AU_Qe_AU_Qe_1E_Qe_Q __pyx_string_tab[289]
-#define __pyx_kp_b_iso88591_A_L_a_83a_q_q __pyx_string_tab[290]
-#define __pyx_kp_b_iso88591_A_Q_L_URWWeeqqvvw_G5_a_t_Qe2Zs_W __pyx_string_tab[291]
-#define __pyx_kp_b_iso88591_L_4s_1_aq_4t1_aq_HA_S_2CCVVW_fA __pyx_string_tab[292]
+#define __pyx_n_u_NativeHooks_resume __pyx_string_tab[73]
+#define __pyx_n_u_NativeHooks_run __pyx_string_tab[74]
+#define __pyx_n_u_NativeHooks_set_guest_data __pyx_string_tab[75]
+#define __pyx_n_u_NativeHooks_set_hcall_handler __pyx_string_tab[76]
+#define __pyx_n_u_NativeHooks_stop_counts __pyx_string_tab[77]
+#define __pyx_n_u_NativeHooks_trace_direct __pyx_string_tab[78]
+#define __pyx_n_u_NativeHooks_trace_drain __pyx_string_tab[79]
+#define __pyx_n_u_NativeHooks_uninstall __pyx_string_tab[80]
+#define __pyx_n_u_REASONS __pyx_string_tab[81]
+#define __pyx_n_u_REASON_BADSEG __pyx_string_tab[82]
+#define __pyx_n_u_REASON_BREAK __pyx_string_tab[83]
+#define __pyx_n_u_REASON_DEAD __pyx_string_tab[84]
+#define __pyx_n_u_REASON_DEADLINE __pyx_string_tab[85]
+#define __pyx_n_u_REASON_DIRECT __pyx_string_tab[86]
+#define __pyx_n_u_REASON_FLUSH __pyx_string_tab[87]
+#define __pyx_n_u_REASON_HCALL __pyx_string_tab[88]
+#define __pyx_n_u_REASON_INVALID __pyx_string_tab[89]
+#define __pyx_n_u_REASON_IRQ __pyx_string_tab[90]
+#define __pyx_n_u_REASON_MEM __pyx_string_tab[91]
+#define __pyx_n_u_REASON_NONE __pyx_string_tab[92]
+#define __pyx_n_u_REASON_RING0 __pyx_string_tab[93]
+#define __pyx_n_u_REASON_SOFT_GP __pyx_string_tab[94]
+#define __pyx_n_u_REASON_SWITCHER __pyx_string_tab[95]
+#define __pyx_n_u_REASON_TIMER __pyx_string_tab[96]
+#define __pyx_n_u_REASON_TRAP __pyx_string_tab[97]
+#define __pyx_n_u_REASON_VM86 __pyx_string_tab[98]
+#define __pyx_n_u_Sequence __pyx_string_tab[99]
+#define __pyx_n_u_View_MemoryView __pyx_string_tab[100]
+#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[101]
+#define __pyx_n_u_annotate __pyx_string_tab[102]
+#define __pyx_n_u_class __pyx_string_tab[103]
+#define __pyx_n_u_class_getitem __pyx_string_tab[104]
+#define __pyx_n_u_dict __pyx_string_tab[105]
+#define __pyx_n_u_enter __pyx_string_tab[106]
+#define __pyx_n_u_exit __pyx_string_tab[107]
+#define __pyx_n_u_func __pyx_string_tab[108]
+#define __pyx_n_u_getstate __pyx_string_tab[109]
+#define __pyx_n_u_import __pyx_string_tab[110]
+#define __pyx_n_u_main __pyx_string_tab[111]
+#define __pyx_n_u_module __pyx_string_tab[112]
+#define __pyx_n_u_name_2 __pyx_string_tab[113]
+#define __pyx_n_u_new __pyx_string_tab[114]
+#define __pyx_n_u_pyx_checksum __pyx_string_tab[115]
+#define __pyx_n_u_pyx_state __pyx_string_tab[116]
+#define __pyx_n_u_pyx_type __pyx_string_tab[117]
+#define __pyx_n_u_pyx_unpickle_Enum __pyx_string_tab[118]
+#define __pyx_n_u_pyx_vtable __pyx_string_tab[119]
+#define __pyx_n_u_qualname __pyx_string_tab[120]
+#define __pyx_n_u_reduce __pyx_string_tab[121]
+#define __pyx_n_u_reduce_cython __pyx_string_tab[122]
+#define __pyx_n_u_reduce_ex __pyx_string_tab[123]
+#define __pyx_n_u_set_name __pyx_string_tab[124]
+#define __pyx_n_u_setstate __pyx_string_tab[125]
+#define __pyx_n_u_setstate_cython __pyx_string_tab[126]
+#define __pyx_n_u_test __pyx_string_tab[127]
+#define __pyx_n_u_is_coroutine __pyx_string_tab[128]
+#define __pyx_n_u_abc __pyx_string_tab[129]
+#define __pyx_n_u_address __pyx_string_tab[130]
+#define __pyx_n_u_allocate_buffer __pyx_string_tab[131]
+#define __pyx_n_u_api __pyx_string_tab[132]
+#define __pyx_n_u_api_capsule __pyx_string_tab[133]
+#define __pyx_n_u_arr __pyx_string_tab[134]
+#define __pyx_n_u_array __pyx_string_tab[135]
+#define __pyx_n_u_arrays __pyx_string_tab[136]
+#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[137]
+#define __pyx_n_u_badseg __pyx_string_tab[138]
+#define __pyx_n_u_base __pyx_string_tab[139]
+#define __pyx_n_u_bind __pyx_string_tab[140]
+#define __pyx_n_u_break __pyx_string_tab[141]
+#define __pyx_n_u_budget_blocks __pyx_string_tab[142]
+#define __pyx_n_u_budget_end __pyx_string_tab[143]
+#define __pyx_n_u_buf __pyx_string_tab[144]
+#define __pyx_n_u_c __pyx_string_tab[145]
+#define __pyx_n_u_c_contiguous __pyx_string_tab[146]
+#define __pyx_n_u_capacity __pyx_string_tab[147]
+#define __pyx_n_u_cbs __pyx_string_tab[148]
+#define __pyx_n_u_clear_poke __pyx_string_tab[149]
+#define __pyx_n_u_cline_in_traceback __pyx_string_tab[150]
+#define __pyx_n_u_close __pyx_string_tab[151]
+#define __pyx_n_u_closed __pyx_string_tab[152]
+#define __pyx_n_u_code_gen_highwater __pyx_string_tab[153]
+#define __pyx_n_u_code_gen_ptr __pyx_string_tab[154]
+#define __pyx_n_u_copy __pyx_string_tab[155]
+#define __pyx_n_u_count __pyx_string_tab[156]
+#define __pyx_n_u_cpu __pyx_string_tab[157]
+#define __pyx_n_u_ctx_alloc __pyx_string_tab[158]
+#define __pyx_n_u_ctx_small_alloc __pyx_string_tab[159]
+#define __pyx_n_u_ctypes __pyx_string_tab[160]
+#define __pyx_n_u_data __pyx_string_tab[161]
+#define __pyx_n_u_dead __pyx_string_tab[162]
+#define __pyx_n_u_deadline __pyx_string_tab[163]
+#define __pyx_n_u_deadline_ns __pyx_string_tab[164]
+#define __pyx_n_u_direct __pyx_string_tab[165]
+#define __pyx_n_u_direct_counts __pyx_string_tab[166]
+#define __pyx_n_u_dropped __pyx_string_tab[167]
+#define __pyx_n_u_dtype __pyx_string_tab[168]
+#define __pyx_n_u_dtype_is_object __pyx_string_tab[169]
+#define __pyx_n_u_e __pyx_string_tab[170]
+#define __pyx_n_u_eflags __pyx_string_tab[171]
+#define __pyx_n_u_eip __pyx_string_tab[172]
+#define __pyx_n_u_encode __pyx_string_tab[173]
+#define __pyx_n_u_enumerate __pyx_string_tab[174]
+#define __pyx_n_u_err __pyx_string_tab[175]
+#define __pyx_n_u_error __pyx_string_tab[176]
+#define __pyx_n_u_error_code __pyx_string_tab[177]
+#define __pyx_n_u_exception_is_int __pyx_string_tab[178]
+#define __pyx_n_u_flags __pyx_string_tab[179]
+#define __pyx_n_u_flush __pyx_string_tab[180]
+#define __pyx_n_u_format __pyx_string_tab[181]
+#define __pyx_n_u_fortran __pyx_string_tab[182]
+#define __pyx_n_u_funcs __pyx_string_tab[183]
+#define __pyx_n_u_gdt_offset __pyx_string_tab[184]
+#define __pyx_n_u_guest_idt __pyx_string_tab[185]
+#define __pyx_n_u_gv __pyx_string_tab[186]
+#define __pyx_n_u_handler __pyx_string_tab[187]
+#define __pyx_n_u_hcall __pyx_string_tab[188]
+#define __pyx_n_u_hcall_counts __pyx_string_tab[189]
+#define __pyx_n_u_hflags __pyx_string_tab[190]
+#define __pyx_n_u_hold __pyx_string_tab[191]
+#define __pyx_n_u_host_cs __pyx_string_tab[192]
+#define __pyx_n_u_host_idt __pyx_string_tab[193]
+#define __pyx_n_u_host_ss __pyx_string_tab[194]
+#define __pyx_n_u_hv __pyx_string_tab[195]
+#define __pyx_n_u_i __pyx_string_tab[196]
+#define __pyx_n_u_id __pyx_string_tab[197]
+#define __pyx_n_u_idt __pyx_string_tab[198]
+#define __pyx_n_u_index __pyx_string_tab[199]
+#define __pyx_n_u_insn_in __pyx_string_tab[200]
+#define __pyx_n_u_insn_out __pyx_string_tab[201]
+#define __pyx_n_u_install __pyx_string_tab[202]
+#define __pyx_n_u_internals __pyx_string_tab[203]
+#define __pyx_n_u_invalid __pyx_string_tab[204]
+#define __pyx_n_u_irq __pyx_string_tab[205]
+#define __pyx_n_u_items __pyx_string_tab[206]
+#define __pyx_n_u_itemsize __pyx_string_tab[207]
+#define __pyx_n_u_layout __pyx_string_tab[208]
+#define __pyx_n_u_lguest_unicorn__uchook __pyx_string_tab[209]
+#define __pyx_n_u_lguest_data __pyx_string_tab[210]
+#define __pyx_n_u_mem __pyx_string_tab[211]
+#define __pyx_n_u_memory __pyx_string_tab[212]
+#define __pyx_n_u_memview __pyx_string_tab[213]
+#define __pyx_n_u_mode __pyx_string_tab[214]
+#define __pyx_n_u_n __pyx_string_tab[215]
+#define __pyx_n_u_name __pyx_string_tab[216]
+#define __pyx_n_u_ndarray __pyx_string_tab[217]
+#define __pyx_n_u_ndim __pyx_string_tab[218]
+#define __pyx_n_u_noirq_end __pyx_string_tab[219]
+#define __pyx_n_u_noirq_start __pyx_string_tab[220]
+#define __pyx_n_u_none __pyx_string_tab[221]
+#define __pyx_n_u_np __pyx_string_tab[222]
+#define __pyx_n_u_numpy __pyx_string_tab[223]
+#define __pyx_n_u_obj __pyx_string_tab[224]
+#define __pyx_n_u_old_exception __pyx_string_tab[225]
+#define __pyx_n_u_out __pyx_string_tab[226]
+#define __pyx_n_u_pack __pyx_string_tab[227]
+#define __pyx_n_u_poke __pyx_string_tab[228]
+#define __pyx_n_u_pop __pyx_string_tab[229]
+#define __pyx_n_u_rc __pyx_string_tab[230]
+#define __pyx_n_u_ready __pyx_string_tab[231]
+#define __pyx_n_u_reflect_counts __pyx_string_tab[232]
+#define __pyx_n_u_reg_cr2 __pyx_string_tab[233]
+#define __pyx_n_u_reg_ids __pyx_string_tab[234]
+#define __pyx_n_u_register __pyx_string_tab[235]
+#define __pyx_n_u_regs __pyx_string_tab[236]
+#define __pyx_n_u_regs_array __pyx_string_tab[237]
+#define __pyx_n_u_request_stop __pyx_string_tab[238]
+#define __pyx_n_u_resume __pyx_string_tab[239]
+#define __pyx_n_u_ring0 __pyx_string_tab[240]
+#define __pyx_n_u_run __pyx_string_tab[241]
+#define __pyx_n_u_rv __pyx_string_tab[242]
+#define __pyx_n_u_seg_stride __pyx_string_tab[243]
+#define __pyx_n_u_segs __pyx_string_tab[244]
+#define __pyx_n_u_self __pyx_string_tab[245]
+#define __pyx_n_u_set_guest_data __pyx_string_tab[246]
+#define __pyx_n_u_set_hcall_handler __pyx_string_tab[247]
+#define __pyx_n_u_setdefault __pyx_string_tab[248]
+#define __pyx_n_u_shape __pyx_string_tab[249]
+#define __pyx_n_u_size __pyx_string_tab[250]
+#define __pyx_n_u_skip_addr __pyx_string_tab[251]
+#define __pyx_n_u_soft_gp __pyx_string_tab[252]
+#define __pyx_n_u_start __pyx_string_tab[253]
+#define __pyx_n_u_step __pyx_string_tab[254]
+#define __pyx_n_u_stop __pyx_string_tab[255]
+#define __pyx_n_u_stop_counts __pyx_string_tab[256]
+#define __pyx_n_u_struct __pyx_string_tab[257]
+#define __pyx_n_u_switcher __pyx_string_tab[258]
+#define __pyx_n_u_switcher_size __pyx_string_tab[259]
+#define __pyx_n_u_switcher_va __pyx_string_tab[260]
+#define __pyx_n_u_tb_cflags __pyx_string_tab[261]
+#define __pyx_n_u_tb_guard __pyx_string_tab[262]
+#define __pyx_n_u_tb_max_insns __pyx_string_tab[263]
+#define __pyx_n_u_timer __pyx_string_tab[264]
+#define __pyx_n_u_trace_direct __pyx_string_tab[265]
+#define __pyx_n_u_trace_drain __pyx_string_tab[266]
+#define __pyx_n_u_trap __pyx_string_tab[267]
+#define __pyx_n_u_types __pyx_string_tab[268]
+#define __pyx_n_u_uc_context_restore __pyx_string_tab[269]
+#define __pyx_n_u_uc_context_save __pyx_string_tab[270]
+#define __pyx_n_u_uc_ctl __pyx_string_tab[271]
+#define __pyx_n_u_uc_emu_start __pyx_string_tab[272]
+#define __pyx_n_u_uc_emu_stop __pyx_string_tab[273]
+#define __pyx_n_u_uc_free __pyx_string_tab[274]
+#define __pyx_n_u_uc_handle __pyx_string_tab[275]
+#define __pyx_n_u_uc_hook_add __pyx_string_tab[276]
+#define __pyx_n_u_uc_hook_del __pyx_string_tab[277]
+#define __pyx_n_u_uc_owner __pyx_string_tab[278]
+#define __pyx_n_u_uc_reg_read __pyx_string_tab[279]
+#define __pyx_n_u_uc_reg_write __pyx_string_tab[280]
+#define __pyx_n_u_uint32 __pyx_string_tab[281]
+#define __pyx_n_u_uint64 __pyx_string_tab[282]
+#define __pyx_n_u_uninitialised __pyx_string_tab[283]
+#define __pyx_n_u_uninstall __pyx_string_tab[284]
+#define __pyx_n_u_unpack __pyx_string_tab[285]
+#define __pyx_n_u_until_va __pyx_string_tab[286]
+#define __pyx_n_u_update __pyx_string_tab[287]
+#define __pyx_n_u_values __pyx_string_tab[288]
+#define __pyx_n_u_vm86 __pyx_string_tab[289]
+#define __pyx_n_u_writeable __pyx_string_tab[290]
+#define __pyx_n_u_x __pyx_string_tab[291]
+#define __pyx_n_u_zeros __pyx_string_tab[292]
+#define __pyx_n_b_O __pyx_string_tab[293]
+#define __pyx_kp_b_iso88591_Q __pyx_string_tab[294]
+#define __pyx_kp_b_iso88591_A_AQd_3 __pyx_string_tab[295]
+#define __pyx_kp_b_iso88591_A_G1_s_s_b_2Rt3a_Q_6_Q_6_C_a_C_A __pyx_string_tab[296]
+#define __pyx_kp_b_iso88591_A_L_E_at1_9AT_E_XQa_Ja __pyx_string_tab[297]
+#define __pyx_kp_b_iso88591_A_q_q_D_6_T_e1Cq_TQTTZZ __pyx_string_tab[298]
+#define __pyx_kp_b_iso88591_A_AQd __pyx_string_tab[299]
+#define __pyx_kp_b_iso88591_A_4wc_4q_aq_4wc_t9CuD_G7_F_84q_t __pyx_string_tab[300]
+#define __pyx_kp_b_iso88591_A_q_4s_q_4uE_c_S_UVVW __pyx_string_tab[301]
+#define __pyx_kp_b_iso88591_A_q_4s_D_U_5_4s_XYYZ __pyx_string_tab[302]
+#define __pyx_kp_b_iso88591_A_q_4s_T_e1D_4s_YZZ __pyx_string_tab[303]
+#define __pyx_kp_b_iso88591_A_AQd_2 __pyx_string_tab[304]
+#define __pyx_kp_b_iso88591_A_c_Cq_L_4xs_6_d_2U_C_A_C_uCq __pyx_string_tab[305]
+#define __pyx_kp_b_iso88591_A_L_4q_aq_Qe_AU_Qe_AU_Qe_1E_Qe_Q __pyx_string_tab[306]
+#define __pyx_kp_b_iso88591_A_L_Cy_C_A_C_A_Ja_9Ba_F_Cq_4vRq __pyx_string_tab[307]
+#define __pyx_kp_b_iso88591_A_L_a_83a_q_q __pyx_string_tab[308]
+#define __pyx_kp_b_iso88591_A_Q_L_URWWeeqqvvw_G5_a_t_Qe2Zs_W __pyx_string_tab[309]
+#define __pyx_kp_b_iso88591_A_L_4s_1_aq_4t1_aq_HA_j_7_R_jPSS __pyx_string_tab[310]
+#define __pyx_kp_b_iso88591_L_4s_1_aq_4t1_aq_HA_S_2CCVVW_fA __pyx_string_tab[311]
 #define __pyx_int_0 __pyx_number_tab[0]
 #define __pyx_int_neg_1 __pyx_number_tab[1]
 #define __pyx_int_1 __pyx_number_tab[2]
 #define __pyx_int_2 __pyx_number_tab[3]
-#define __pyx_int_8 __pyx_number_tab[4]
-#define __pyx_int_256 __pyx_number_tab[5]
-#define __pyx_int_512 __pyx_number_tab[6]
-#define __pyx_int_136983863 __pyx_number_tab[7]
+#define __pyx_int_4 __pyx_number_tab[4]
+#define __pyx_int_8 __pyx_number_tab[5]
+#define __pyx_int_256 __pyx_number_tab[6]
+#define __pyx_int_512 __pyx_number_tab[7]
+#define __pyx_int_136983863 __pyx_number_tab[8]
+#define __pyx_int_4294967295 __pyx_number_tab[9]
 /* #### Code section: module_state_clear ### */
 #if CYTHON_USE_MODULE_STATE
 static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
@@ -4187,10 +4232,10 @@ static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_pop.method);
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_values.method);
   for (int i=0; i<1; ++i) { Py_CLEAR(clear_module_state->__pyx_slice[i]); }
-  for (int i=0; i<8; ++i) { Py_CLEAR(clear_module_state->__pyx_tuple[i]); }
-  for (int i=0; i<16; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<293; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
-  for (int i=0; i<8; ++i) { Py_CLEAR(clear_module_state->__pyx_number_tab[i]); }
+  for (int i=0; i<10; ++i) { Py_CLEAR(clear_module_state->__pyx_tuple[i]); }
+  for (int i=0; i<19; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
+  for (int i=0; i<312; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<10; ++i) { Py_CLEAR(clear_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_clear_contents ### */
 /* CommonTypesMetaclass.module_state_clear */
 Py_CLEAR(clear_module_state->__pyx_CommonTypesMetaclassType);
@@ -4227,10 +4272,10 @@ static CYTHON_SMALL_CODE int __pyx_m_traverse(PyObject *m, visitproc visit, void
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_pop.method);
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_values.method);
   for (int i=0; i<1; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_slice[i]); }
-  for (int i=0; i<8; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_tuple[i]); }
-  for (int i=0; i<16; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<293; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
-  for (int i=0; i<8; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_number_tab[i]); }
+  for (int i=0; i<10; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_tuple[i]); }
+  for (int i=0; i<19; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
+  for (int i=0; i<312; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<10; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_traverse_contents ### */
 /* CommonTypesMetaclass.module_state_traverse */
 Py_VISIT(traverse_module_state->__pyx_CommonTypesMetaclassType);
@@ -18416,7 +18461,7 @@ static PyObject *__pyx_unpickle_Enum__set_state(struct __pyx_MemviewEnum_obj *__
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":166
+/* "lguest/unicorn/_uchook.pyx":171
  * 
  * 
  * cdef inline size_t _ptr(object v):             # <<<<<<<<<<<<<<
@@ -18434,16 +18479,16 @@ static CYTHON_INLINE size_t __pyx_f_6lguest_7unicorn_7_uchook__ptr(PyObject *__p
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_ptr", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":167
+  /* "lguest/unicorn/_uchook.pyx":172
  * 
  * cdef inline size_t _ptr(object v):
  *     return <size_t>int(v)             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_1 = __Pyx_PyNumber_Int(__pyx_v_v); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 167, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyNumber_Int(__pyx_v_v); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 172, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyLong_As_size_t(__pyx_t_1); if (unlikely((__pyx_t_2 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 167, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_As_size_t(__pyx_t_1); if (unlikely((__pyx_t_2 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 172, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   {
 
@@ -18452,7 +18497,7 @@ static CYTHON_INLINE size_t __pyx_f_6lguest_7unicorn_7_uchook__ptr(PyObject *__p
 
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":166
+  /* "lguest/unicorn/_uchook.pyx":171
  * 
  * 
  * cdef inline size_t _ptr(object v):             # <<<<<<<<<<<<<<
@@ -18471,7 +18516,7 @@ static CYTHON_INLINE size_t __pyx_f_6lguest_7unicorn_7_uchook__ptr(PyObject *__p
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":170
+/* "lguest/unicorn/_uchook.pyx":175
  * 
  * 
  * cdef _check_addresses(funcs, internals):             # <<<<<<<<<<<<<<
@@ -18498,7 +18543,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_check_addresses", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":173
+  /* "lguest/unicorn/_uchook.pyx":178
  *     """Every libunicorn entry point NativeHooks calls, and every engine field
  *     it writes, must have an address (0 would be called or written)."""
  *     for name in ("uc_hook_add", "uc_hook_del", "uc_emu_start", "uc_emu_stop", "uc_reg_read", "uc_reg_write",             # <<<<<<<<<<<<<<
@@ -18515,22 +18560,22 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
     __pyx_t_3 = __Pyx_PySequence_ITEM(__pyx_t_1, __pyx_t_2);
     #endif
     ++__pyx_t_2;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 173, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 178, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    if (!(likely(PyUnicode_CheckExact(__pyx_t_3))||((__pyx_t_3) == Py_None) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_3))) __PYX_ERR(0, 173, __pyx_L1_error)
+    if (!(likely(PyUnicode_CheckExact(__pyx_t_3))||((__pyx_t_3) == Py_None) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_3))) __PYX_ERR(0, 178, __pyx_L1_error)
     __Pyx_XDECREF_SET(__pyx_v_name, ((PyObject*)__pyx_t_3));
     __pyx_t_3 = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":175
+    /* "lguest/unicorn/_uchook.pyx":180
  *     for name in ("uc_hook_add", "uc_hook_del", "uc_emu_start", "uc_emu_stop", "uc_reg_read", "uc_reg_write",
  *                  "uc_context_save", "uc_context_restore", "uc_ctl"):
  *         if not funcs[name]:             # <<<<<<<<<<<<<<
  *             raise ValueError(f"no address for {name}")
  *     for name in ("tb_cflags", "code_gen_ptr", "code_gen_highwater"):
 */
-    __pyx_t_3 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_v_name); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 175, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_v_name); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 180, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_4 = __Pyx_PyObject_IsTrue(__pyx_t_3); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(0, 175, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_IsTrue(__pyx_t_3); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(0, 180, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __pyx_t_5 = (!__pyx_t_4);
 
@@ -18538,7 +18583,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
     if (unlikely(__pyx_t_5)) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":176
+      /* "lguest/unicorn/_uchook.pyx":181
  *                  "uc_context_save", "uc_context_restore", "uc_ctl"):
  *         if not funcs[name]:
  *             raise ValueError(f"no address for {name}")             # <<<<<<<<<<<<<<
@@ -18546,9 +18591,9 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
  *         if not internals[name]:
 */
       __pyx_t_6 = NULL;
-      __pyx_t_7 = __Pyx_PyUnicode_Unicode(__pyx_v_name); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 176, __pyx_L1_error)
+      __pyx_t_7 = __Pyx_PyUnicode_Unicode(__pyx_v_name); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 181, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
-      __pyx_t_8 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_no_address_for, __pyx_t_7); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 176, __pyx_L1_error)
+      __pyx_t_8 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_no_address_for, __pyx_t_7); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 181, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_8);
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __pyx_t_9 = 1;
@@ -18557,14 +18602,14 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
         __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
         __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 176, __pyx_L1_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 181, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __Pyx_Raise(__pyx_t_3, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      __PYX_ERR(0, 176, __pyx_L1_error)
+      __PYX_ERR(0, 181, __pyx_L1_error)
 
-      /* "lguest/unicorn/_uchook.pyx":175
+      /* "lguest/unicorn/_uchook.pyx":180
  *     for name in ("uc_hook_add", "uc_hook_del", "uc_emu_start", "uc_emu_stop", "uc_reg_read", "uc_reg_write",
  *                  "uc_context_save", "uc_context_restore", "uc_ctl"):
  *         if not funcs[name]:             # <<<<<<<<<<<<<<
@@ -18573,7 +18618,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
 */
     }
 
-    /* "lguest/unicorn/_uchook.pyx":173
+    /* "lguest/unicorn/_uchook.pyx":178
  *     """Every libunicorn entry point NativeHooks calls, and every engine field
  *     it writes, must have an address (0 would be called or written)."""
  *     for name in ("uc_hook_add", "uc_hook_del", "uc_emu_start", "uc_emu_stop", "uc_reg_read", "uc_reg_write",             # <<<<<<<<<<<<<<
@@ -18583,7 +18628,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":177
+  /* "lguest/unicorn/_uchook.pyx":182
  *         if not funcs[name]:
  *             raise ValueError(f"no address for {name}")
  *     for name in ("tb_cflags", "code_gen_ptr", "code_gen_highwater"):             # <<<<<<<<<<<<<<
@@ -18600,22 +18645,22 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
     __pyx_t_3 = __Pyx_PySequence_ITEM(__pyx_t_1, __pyx_t_2);
     #endif
     ++__pyx_t_2;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 177, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 182, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    if (!(likely(PyUnicode_CheckExact(__pyx_t_3))||((__pyx_t_3) == Py_None) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_3))) __PYX_ERR(0, 177, __pyx_L1_error)
+    if (!(likely(PyUnicode_CheckExact(__pyx_t_3))||((__pyx_t_3) == Py_None) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_3))) __PYX_ERR(0, 182, __pyx_L1_error)
     __Pyx_XDECREF_SET(__pyx_v_name, ((PyObject*)__pyx_t_3));
     __pyx_t_3 = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":178
+    /* "lguest/unicorn/_uchook.pyx":183
  *             raise ValueError(f"no address for {name}")
  *     for name in ("tb_cflags", "code_gen_ptr", "code_gen_highwater"):
  *         if not internals[name]:             # <<<<<<<<<<<<<<
  *             raise ValueError(f"no address for {name}")
  *     if not 1 <= internals["tb_max_insns"] <= 512 or internals["tb_guard"] <= 0:
 */
-    __pyx_t_3 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_v_name); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 178, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_v_name); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 183, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_5 = __Pyx_PyObject_IsTrue(__pyx_t_3); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 178, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_IsTrue(__pyx_t_3); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 183, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __pyx_t_4 = (!__pyx_t_5);
 
@@ -18623,7 +18668,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
     if (unlikely(__pyx_t_4)) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":179
+      /* "lguest/unicorn/_uchook.pyx":184
  *     for name in ("tb_cflags", "code_gen_ptr", "code_gen_highwater"):
  *         if not internals[name]:
  *             raise ValueError(f"no address for {name}")             # <<<<<<<<<<<<<<
@@ -18631,9 +18676,9 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
  *         raise ValueError("tb_max_insns must be 1..512 and tb_guard positive")
 */
       __pyx_t_8 = NULL;
-      __pyx_t_6 = __Pyx_PyUnicode_Unicode(__pyx_v_name); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 179, __pyx_L1_error)
+      __pyx_t_6 = __Pyx_PyUnicode_Unicode(__pyx_v_name); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 184, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
-      __pyx_t_7 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_no_address_for, __pyx_t_6); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 179, __pyx_L1_error)
+      __pyx_t_7 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_no_address_for, __pyx_t_6); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 184, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
       __pyx_t_9 = 1;
@@ -18642,14 +18687,14 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
         __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 179, __pyx_L1_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 184, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __Pyx_Raise(__pyx_t_3, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      __PYX_ERR(0, 179, __pyx_L1_error)
+      __PYX_ERR(0, 184, __pyx_L1_error)
 
-      /* "lguest/unicorn/_uchook.pyx":178
+      /* "lguest/unicorn/_uchook.pyx":183
  *             raise ValueError(f"no address for {name}")
  *     for name in ("tb_cflags", "code_gen_ptr", "code_gen_highwater"):
  *         if not internals[name]:             # <<<<<<<<<<<<<<
@@ -18658,7 +18703,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
 */
     }
 
-    /* "lguest/unicorn/_uchook.pyx":177
+    /* "lguest/unicorn/_uchook.pyx":182
  *         if not funcs[name]:
  *             raise ValueError(f"no address for {name}")
  *     for name in ("tb_cflags", "code_gen_ptr", "code_gen_highwater"):             # <<<<<<<<<<<<<<
@@ -18668,18 +18713,18 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":180
+  /* "lguest/unicorn/_uchook.pyx":185
  *         if not internals[name]:
  *             raise ValueError(f"no address for {name}")
  *     if not 1 <= internals["tb_max_insns"] <= 512 or internals["tb_guard"] <= 0:             # <<<<<<<<<<<<<<
  *         raise ValueError("tb_max_insns must be 1..512 and tb_guard positive")
  * 
 */
-  __pyx_t_1 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_max_insns); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 180, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_max_insns); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 185, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_5 = __Pyx_PyObject_CompareBoolLe_int_object(__pyx_mstate_global->__pyx_int_1, __pyx_t_1, Py_LE); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 180, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_CompareBoolLe_int_object(__pyx_mstate_global->__pyx_int_1, __pyx_t_1, Py_LE); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 185, __pyx_L1_error)
   if (__pyx_t_5) {
-    __pyx_t_5 = __Pyx_PyObject_CompareBoolLe_object_int(__pyx_t_1, __pyx_mstate_global->__pyx_int_512, Py_LE); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 180, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_CompareBoolLe_object_int(__pyx_t_1, __pyx_mstate_global->__pyx_int_512, Py_LE); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 185, __pyx_L1_error)
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_t_10 = (!__pyx_t_5);
@@ -18693,9 +18738,9 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
 
     goto __pyx_L12_bool_binop_done;
   }
-  __pyx_t_1 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_guard); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 180, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_guard); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 185, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_10 = __Pyx_PyObject_CompareBoolLe_object_int(__pyx_t_1, __pyx_mstate_global->__pyx_int_0, Py_LE); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 180, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_CompareBoolLe_object_int(__pyx_t_1, __pyx_mstate_global->__pyx_int_0, Py_LE); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 185, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
   __pyx_t_4 = __pyx_t_10;
@@ -18704,7 +18749,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
   if (unlikely(__pyx_t_4)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":181
+    /* "lguest/unicorn/_uchook.pyx":186
  *             raise ValueError(f"no address for {name}")
  *     if not 1 <= internals["tb_max_insns"] <= 512 or internals["tb_guard"] <= 0:
  *         raise ValueError("tb_max_insns must be 1..512 and tb_guard positive")             # <<<<<<<<<<<<<<
@@ -18717,14 +18762,14 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_tb_max_insns_must_be_1_512_and_t};
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 181, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 186, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 181, __pyx_L1_error)
+    __PYX_ERR(0, 186, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":180
+    /* "lguest/unicorn/_uchook.pyx":185
  *         if not internals[name]:
  *             raise ValueError(f"no address for {name}")
  *     if not 1 <= internals["tb_max_insns"] <= 512 or internals["tb_guard"] <= 0:             # <<<<<<<<<<<<<<
@@ -18733,7 +18778,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":170
+  /* "lguest/unicorn/_uchook.pyx":175
  * 
  * 
  * cdef _check_addresses(funcs, internals):             # <<<<<<<<<<<<<<
@@ -18759,7 +18804,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":184
+/* "lguest/unicorn/_uchook.pyx":189
  * 
  * 
  * cdef int64_t _hcall_trampoline(void *self, uint32_t num, uint32_t arg1) noexcept with gil:             # <<<<<<<<<<<<<<
@@ -18792,7 +18837,7 @@ static int64_t __pyx_f_6lguest_7unicorn_7_uchook__hcall_trampoline(void *__pyx_v
 
 
 
-  /* "lguest/unicorn/_uchook.pyx":187
+  /* "lguest/unicorn/_uchook.pyx":192
  *     """uh_hcall's way back into Python (the hook runs without the GIL): the
  *     handler's budget, or -1 to stop -- also when it raised; run() re-raises."""
  *     cdef NativeHooks h = <NativeHooks>self             # <<<<<<<<<<<<<<
@@ -18804,7 +18849,7 @@ static int64_t __pyx_f_6lguest_7unicorn_7_uchook__hcall_trampoline(void *__pyx_v
   __pyx_v_h = ((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":188
+  /* "lguest/unicorn/_uchook.pyx":193
  *     handler's budget, or -1 to stop -- also when it raised; run() re-raises."""
  *     cdef NativeHooks h = <NativeHooks>self
  *     try:             # <<<<<<<<<<<<<<
@@ -18820,7 +18865,7 @@ static int64_t __pyx_f_6lguest_7unicorn_7_uchook__hcall_trampoline(void *__pyx_v
     __Pyx_XGOTREF(__pyx_t_4);
     /*try:*/ {
 
-      /* "lguest/unicorn/_uchook.pyx":189
+      /* "lguest/unicorn/_uchook.pyx":194
  *     cdef NativeHooks h = <NativeHooks>self
  *     try:
  *         return h._hcall_handler(num, arg1)             # <<<<<<<<<<<<<<
@@ -18830,9 +18875,9 @@ static int64_t __pyx_f_6lguest_7unicorn_7_uchook__hcall_trampoline(void *__pyx_v
       __pyx_t_5 = NULL;
       __Pyx_INCREF(__pyx_v_h->_hcall_handler);
       __pyx_t_6 = __pyx_v_h->_hcall_handler; 
-      __pyx_t_7 = __Pyx_PyLong_From_uint32_t(__pyx_v_num); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 189, __pyx_L3_error)
+      __pyx_t_7 = __Pyx_PyLong_From_uint32_t(__pyx_v_num); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 194, __pyx_L3_error)
       __Pyx_GOTREF(__pyx_t_7);
-      __pyx_t_8 = __Pyx_PyLong_From_uint32_t(__pyx_v_arg1); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 189, __pyx_L3_error)
+      __pyx_t_8 = __Pyx_PyLong_From_uint32_t(__pyx_v_arg1); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 194, __pyx_L3_error)
       __Pyx_GOTREF(__pyx_t_8);
       __pyx_t_9 = 1;
       #if CYTHON_UNPACK_METHODS
@@ -18853,17 +18898,17 @@ static int64_t __pyx_f_6lguest_7unicorn_7_uchook__hcall_trampoline(void *__pyx_v
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
         __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
         __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 189, __pyx_L3_error)
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 194, __pyx_L3_error)
         __Pyx_GOTREF(__pyx_t_1);
       }
-      __pyx_t_10 = __Pyx_PyLong_As_int64_t(__pyx_t_1); if (unlikely((__pyx_t_10 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 189, __pyx_L3_error)
+      __pyx_t_10 = __Pyx_PyLong_As_int64_t(__pyx_t_1); if (unlikely((__pyx_t_10 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 194, __pyx_L3_error)
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
       {
         __pyx_r = __pyx_t_10;
       }
       goto __pyx_L7_try_return;
 
-      /* "lguest/unicorn/_uchook.pyx":188
+      /* "lguest/unicorn/_uchook.pyx":193
  *     handler's budget, or -1 to stop -- also when it raised; run() re-raises."""
  *     cdef NativeHooks h = <NativeHooks>self
  *     try:             # <<<<<<<<<<<<<<
@@ -18878,7 +18923,7 @@ static int64_t __pyx_f_6lguest_7unicorn_7_uchook__hcall_trampoline(void *__pyx_v
     __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":190
+    /* "lguest/unicorn/_uchook.pyx":195
  *     try:
  *         return h._hcall_handler(num, arg1)
  *     except BaseException as e:             # <<<<<<<<<<<<<<
@@ -18888,7 +18933,7 @@ static int64_t __pyx_f_6lguest_7unicorn_7_uchook__hcall_trampoline(void *__pyx_v
     __pyx_t_11 = __Pyx_PyErr_ExceptionMatches(((PyObject *)(((PyTypeObject*)PyExc_BaseException))));
     if (__pyx_t_11) {
       __Pyx_AddTraceback("lguest.unicorn._uchook._hcall_trampoline", __pyx_clineno, __pyx_lineno, __pyx_filename);
-      if (__Pyx_GetException(&__pyx_t_1, &__pyx_t_6, &__pyx_t_8) < 0) __PYX_ERR(0, 190, __pyx_L5_except_error)
+      if (__Pyx_GetException(&__pyx_t_1, &__pyx_t_6, &__pyx_t_8) < 0) __PYX_ERR(0, 195, __pyx_L5_except_error)
       __Pyx_XGOTREF(__pyx_t_1);
       __Pyx_XGOTREF(__pyx_t_6);
       __Pyx_XGOTREF(__pyx_t_8);
@@ -18896,7 +18941,7 @@ static int64_t __pyx_f_6lguest_7unicorn_7_uchook__hcall_trampoline(void *__pyx_v
       __pyx_v_e = __pyx_t_6;
       /*try:*/ {
 
-        /* "lguest/unicorn/_uchook.pyx":191
+        /* "lguest/unicorn/_uchook.pyx":196
  *         return h._hcall_handler(num, arg1)
  *     except BaseException as e:
  *         h._hcall_error = e             # <<<<<<<<<<<<<<
@@ -18908,7 +18953,7 @@ static int64_t __pyx_f_6lguest_7unicorn_7_uchook__hcall_trampoline(void *__pyx_v
         __Pyx_GOTREF(__pyx_v_h->_hcall_error);
         __Pyx_DECREF_SET(__pyx_v_h->_hcall_error, __pyx_v_e);
 
-        /* "lguest/unicorn/_uchook.pyx":192
+        /* "lguest/unicorn/_uchook.pyx":197
  *     except BaseException as e:
  *         h._hcall_error = e
  *         return -1             # <<<<<<<<<<<<<<
@@ -18925,7 +18970,7 @@ static int64_t __pyx_f_6lguest_7unicorn_7_uchook__hcall_trampoline(void *__pyx_v
         goto __pyx_L13_return;
       }
 
-      /* "lguest/unicorn/_uchook.pyx":190
+      /* "lguest/unicorn/_uchook.pyx":195
  *     try:
  *         return h._hcall_handler(num, arg1)
  *     except BaseException as e:             # <<<<<<<<<<<<<<
@@ -18943,7 +18988,7 @@ static int64_t __pyx_f_6lguest_7unicorn_7_uchook__hcall_trampoline(void *__pyx_v
     }
     goto __pyx_L5_except_error;
 
-    /* "lguest/unicorn/_uchook.pyx":188
+    /* "lguest/unicorn/_uchook.pyx":193
  *     handler's budget, or -1 to stop -- also when it raised; run() re-raises."""
  *     cdef NativeHooks h = <NativeHooks>self
  *     try:             # <<<<<<<<<<<<<<
@@ -18970,7 +19015,7 @@ static int64_t __pyx_f_6lguest_7unicorn_7_uchook__hcall_trampoline(void *__pyx_v
     goto __pyx_L0;
   }
 
-  /* "lguest/unicorn/_uchook.pyx":184
+  /* "lguest/unicorn/_uchook.pyx":189
  * 
  * 
  * cdef int64_t _hcall_trampoline(void *self, uint32_t num, uint32_t arg1) noexcept with gil:             # <<<<<<<<<<<<<<
@@ -18999,7 +19044,7 @@ static int64_t __pyx_f_6lguest_7unicorn_7_uchook__hcall_trampoline(void *__pyx_v
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":221
+/* "lguest/unicorn/_uchook.pyx":227
  *     cdef object _hcall_error
  * 
  *     def __cinit__(self):             # <<<<<<<<<<<<<<
@@ -19053,7 +19098,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("__cinit__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":222
+  /* "lguest/unicorn/_uchook.pyx":228
  * 
  *     def __cinit__(self):
  *         memset(&self.st, 0, sizeof(uh_state))             # <<<<<<<<<<<<<<
@@ -19062,7 +19107,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
 */
   (void)(memset((&__pyx_v_self->st), 0, (sizeof(uh_state))));
 
-  /* "lguest/unicorn/_uchook.pyx":223
+  /* "lguest/unicorn/_uchook.pyx":229
  *     def __cinit__(self):
  *         memset(&self.st, 0, sizeof(uh_state))
  *         self.st.pending = &self.st.attention             # <<<<<<<<<<<<<<
@@ -19071,7 +19116,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
 */
   __pyx_v_self->st.pending = (&__pyx_v_self->st.attention);
 
-  /* "lguest/unicorn/_uchook.pyx":224
+  /* "lguest/unicorn/_uchook.pyx":230
  *         memset(&self.st, 0, sizeof(uh_state))
  *         self.st.pending = &self.st.attention
  *         self.nhooks = 0             # <<<<<<<<<<<<<<
@@ -19080,7 +19125,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
 */
   __pyx_v_self->nhooks = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":225
+  /* "lguest/unicorn/_uchook.pyx":231
  *         self.st.pending = &self.st.attention
  *         self.nhooks = 0
  *         self.ctx_ptr = NULL             # <<<<<<<<<<<<<<
@@ -19089,7 +19134,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
 */
   __pyx_v_self->ctx_ptr = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":226
+  /* "lguest/unicorn/_uchook.pyx":232
  *         self.nhooks = 0
  *         self.ctx_ptr = NULL
  *         self.ctx_small_ptr = NULL             # <<<<<<<<<<<<<<
@@ -19098,7 +19143,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
 */
   __pyx_v_self->ctx_small_ptr = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":227
+  /* "lguest/unicorn/_uchook.pyx":233
  *         self.ctx_ptr = NULL
  *         self.ctx_small_ptr = NULL
  *         self.state = 0             # <<<<<<<<<<<<<<
@@ -19107,7 +19152,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
 */
   __pyx_v_self->state = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":228
+  /* "lguest/unicorn/_uchook.pyx":234
  *         self.ctx_small_ptr = NULL
  *         self.state = 0
  *         self.busy = 0             # <<<<<<<<<<<<<<
@@ -19116,7 +19161,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
 */
   __pyx_v_self->busy = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":229
+  /* "lguest/unicorn/_uchook.pyx":235
  *         self.state = 0
  *         self.busy = 0
  *         self._keep = None             # <<<<<<<<<<<<<<
@@ -19128,7 +19173,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
   __Pyx_GOTREF(__pyx_v_self->_keep);
   __Pyx_DECREF_SET(__pyx_v_self->_keep, Py_None);
 
-  /* "lguest/unicorn/_uchook.pyx":230
+  /* "lguest/unicorn/_uchook.pyx":236
  *         self.busy = 0
  *         self._keep = None
  *         self._owners = None             # <<<<<<<<<<<<<<
@@ -19140,7 +19185,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
   __Pyx_GOTREF(__pyx_v_self->_owners);
   __Pyx_DECREF_SET(__pyx_v_self->_owners, Py_None);
 
-  /* "lguest/unicorn/_uchook.pyx":231
+  /* "lguest/unicorn/_uchook.pyx":237
  *         self._keep = None
  *         self._owners = None
  *         self._hold = None             # <<<<<<<<<<<<<<
@@ -19152,31 +19197,43 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
   __Pyx_GOTREF(__pyx_v_self->_hold);
   __Pyx_DECREF_SET(__pyx_v_self->_hold, Py_None);
 
-  /* "lguest/unicorn/_uchook.pyx":232
+  /* "lguest/unicorn/_uchook.pyx":238
  *         self._owners = None
  *         self._hold = None
  *         self._hcall_handler = None             # <<<<<<<<<<<<<<
  *         self._hcall_error = None
- * 
+ *         self._trace = None
 */
   __Pyx_INCREF(Py_None);
   __Pyx_GIVEREF(Py_None);
   __Pyx_GOTREF(__pyx_v_self->_hcall_handler);
   __Pyx_DECREF_SET(__pyx_v_self->_hcall_handler, Py_None);
 
-  /* "lguest/unicorn/_uchook.pyx":233
+  /* "lguest/unicorn/_uchook.pyx":239
  *         self._hold = None
  *         self._hcall_handler = None
  *         self._hcall_error = None             # <<<<<<<<<<<<<<
+ *         self._trace = None
  * 
- *     def __init__(self, *, uc_handle, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va,
 */
   __Pyx_INCREF(Py_None);
   __Pyx_GIVEREF(Py_None);
   __Pyx_GOTREF(__pyx_v_self->_hcall_error);
   __Pyx_DECREF_SET(__pyx_v_self->_hcall_error, Py_None);
 
-  /* "lguest/unicorn/_uchook.pyx":221
+  /* "lguest/unicorn/_uchook.pyx":240
+ *         self._hcall_handler = None
+ *         self._hcall_error = None
+ *         self._trace = None             # <<<<<<<<<<<<<<
+ * 
+ *     def __init__(self, *, uc_handle, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va,
+*/
+  __Pyx_INCREF(Py_None);
+  __Pyx_GIVEREF(Py_None);
+  __Pyx_GOTREF(__pyx_v_self->_trace);
+  __Pyx_DECREF_SET(__pyx_v_self->_trace, Py_None);
+
+  /* "lguest/unicorn/_uchook.pyx":227
  *     cdef object _hcall_error
  * 
  *     def __cinit__(self):             # <<<<<<<<<<<<<<
@@ -19191,8 +19248,8 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":235
- *         self._hcall_error = None
+/* "lguest/unicorn/_uchook.pyx":242
+ *         self._trace = None
  * 
  *     def __init__(self, *, uc_handle, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va,             # <<<<<<<<<<<<<<
  *                  switcher_size, gdt_offset, until_va, host_cs, host_ss,
@@ -19259,15 +19316,15 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_uc_handle,&__pyx_mstate_global->__pyx_n_u_funcs,&__pyx_mstate_global->__pyx_n_u_reg_ids,&__pyx_mstate_global->__pyx_n_u_reg_cr2,&__pyx_mstate_global->__pyx_n_u_layout,&__pyx_mstate_global->__pyx_n_u_switcher,&__pyx_mstate_global->__pyx_n_u_switcher_va,&__pyx_mstate_global->__pyx_n_u_switcher_size,&__pyx_mstate_global->__pyx_n_u_gdt_offset,&__pyx_mstate_global->__pyx_n_u_until_va,&__pyx_mstate_global->__pyx_n_u_host_cs,&__pyx_mstate_global->__pyx_n_u_host_ss,&__pyx_mstate_global->__pyx_n_u_ctx_alloc,&__pyx_mstate_global->__pyx_n_u_ctx_small_alloc,&__pyx_mstate_global->__pyx_n_u_uc_free,&__pyx_mstate_global->__pyx_n_u_insn_in,&__pyx_mstate_global->__pyx_n_u_insn_out,&__pyx_mstate_global->__pyx_n_u_internals,&__pyx_mstate_global->__pyx_n_u_uc_owner,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL_TPNEW(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 235, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 242, __pyx_L3_error)
     if (likely(__pyx_kwds_len > 0)) {
       switch (__pyx_nargs) {
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, 0, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 235, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, 0, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 242, __pyx_L3_error)
 
-      /* "lguest/unicorn/_uchook.pyx":237
+      /* "lguest/unicorn/_uchook.pyx":244
  *     def __init__(self, *, uc_handle, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va,
  *                  switcher_size, gdt_offset, until_va, host_cs, host_ss,
  *                  ctx_alloc, ctx_small_alloc, uc_free, insn_in, insn_out, internals, uc_owner=None):             # <<<<<<<<<<<<<<
@@ -19276,12 +19333,12 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
 */
       if (!values[18]) values[18] = __Pyx_NewRef(((PyObject *)Py_None));
       for (Py_ssize_t i = 0; i < 18; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseKeywordRequired("__init__", *(__pyx_pyargnames[i - 0])); __PYX_ERR(0, 235, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseKeywordRequired("__init__", *(__pyx_pyargnames[i - 0])); __PYX_ERR(0, 242, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 0)) {
       goto __pyx_L5_argtuple_error;
     } else {
-      __Pyx_RaiseKeywordRequired("__init__", __pyx_mstate_global->__pyx_n_u_uc_handle); __PYX_ERR(0, 235, __pyx_L3_error)
+      __Pyx_RaiseKeywordRequired("__init__", __pyx_mstate_global->__pyx_n_u_uc_handle); __PYX_ERR(0, 242, __pyx_L3_error)
     }
     __pyx_v_uc_handle = values[0];
     __pyx_v_funcs = values[1];
@@ -19305,7 +19362,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__init__", 1, 0, 0, __pyx_nargs); __PYX_ERR(0, 235, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__init__", 1, 0, 0, __pyx_nargs); __PYX_ERR(0, 242, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -19318,8 +19375,8 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __pyx_L4_argument_unpacking_done:;
   __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self), __pyx_v_uc_handle, __pyx_v_funcs, __pyx_v_reg_ids, __pyx_v_reg_cr2, __pyx_v_layout, __pyx_v_switcher, __pyx_v_switcher_va, __pyx_v_switcher_size, __pyx_v_gdt_offset, __pyx_v_until_va, __pyx_v_host_cs, __pyx_v_host_ss, __pyx_v_ctx_alloc, __pyx_v_ctx_small_alloc, __pyx_v_uc_free, __pyx_v_insn_in, __pyx_v_insn_out, __pyx_v_internals, __pyx_v_uc_owner);
 
-  /* "lguest/unicorn/_uchook.pyx":235
- *         self._hcall_error = None
+  /* "lguest/unicorn/_uchook.pyx":242
+ *         self._trace = None
  * 
  *     def __init__(self, *, uc_handle, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va,             # <<<<<<<<<<<<<<
  *                  switcher_size, gdt_offset, until_va, host_cs, host_ss,
@@ -19358,7 +19415,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__init__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":249
+  /* "lguest/unicorn/_uchook.pyx":256
  *         ``uc_owner``: the object owning the engine, kept alive likewise."""
  *         cdef unsigned char[::1] sw
  *         if self.state != 0:             # <<<<<<<<<<<<<<
@@ -19370,7 +19427,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":250
+    /* "lguest/unicorn/_uchook.pyx":257
  *         cdef unsigned char[::1] sw
  *         if self.state != 0:
  *             raise RuntimeError("NativeHooks is already initialised")             # <<<<<<<<<<<<<<
@@ -19383,14 +19440,14 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_NativeHooks_is_already_initialis};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 250, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 257, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 250, __pyx_L1_error)
+    __PYX_ERR(0, 257, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":249
+    /* "lguest/unicorn/_uchook.pyx":256
  *         ``uc_owner``: the object owning the engine, kept alive likewise."""
  *         cdef unsigned char[::1] sw
  *         if self.state != 0:             # <<<<<<<<<<<<<<
@@ -19399,14 +19456,14 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":251
+  /* "lguest/unicorn/_uchook.pyx":258
  *         if self.state != 0:
  *             raise RuntimeError("NativeHooks is already initialised")
  *         if not uc_handle or not ctx_alloc:             # <<<<<<<<<<<<<<
  *             raise ValueError("NativeHooks needs an engine and a context")
  *         if len(reg_ids) != NUM_REGS:
 */
-  __pyx_t_5 = __Pyx_PyObject_IsTrue(__pyx_v_uc_handle); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 251, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_IsTrue(__pyx_v_uc_handle); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 258, __pyx_L1_error)
   __pyx_t_6 = (!__pyx_t_5);
 
 
@@ -19418,7 +19475,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 
     goto __pyx_L5_bool_binop_done;
   }
-  __pyx_t_6 = __Pyx_PyObject_IsTrue(__pyx_v_ctx_alloc); if (unlikely((__pyx_t_6 < 0))) __PYX_ERR(0, 251, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_IsTrue(__pyx_v_ctx_alloc); if (unlikely((__pyx_t_6 < 0))) __PYX_ERR(0, 258, __pyx_L1_error)
   __pyx_t_5 = (!__pyx_t_6);
 
 
@@ -19429,7 +19486,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":252
+    /* "lguest/unicorn/_uchook.pyx":259
  *             raise RuntimeError("NativeHooks is already initialised")
  *         if not uc_handle or not ctx_alloc:
  *             raise ValueError("NativeHooks needs an engine and a context")             # <<<<<<<<<<<<<<
@@ -19442,14 +19499,14 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_NativeHooks_needs_an_engine_and};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 252, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 259, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 252, __pyx_L1_error)
+    __PYX_ERR(0, 259, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":251
+    /* "lguest/unicorn/_uchook.pyx":258
  *         if self.state != 0:
  *             raise RuntimeError("NativeHooks is already initialised")
  *         if not uc_handle or not ctx_alloc:             # <<<<<<<<<<<<<<
@@ -19458,21 +19515,21 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":253
+  /* "lguest/unicorn/_uchook.pyx":260
  *         if not uc_handle or not ctx_alloc:
  *             raise ValueError("NativeHooks needs an engine and a context")
  *         if len(reg_ids) != NUM_REGS:             # <<<<<<<<<<<<<<
  *             raise ValueError(f"reg_ids needs {NUM_REGS} entries")
  *         sw = switcher   # a writable, contiguous buffer (TypeError/ValueError otherwise)
 */
-  __pyx_t_7 = PyObject_Length(__pyx_v_reg_ids); if (unlikely(__pyx_t_7 == ((Py_ssize_t)-1))) __PYX_ERR(0, 253, __pyx_L1_error)
+  __pyx_t_7 = PyObject_Length(__pyx_v_reg_ids); if (unlikely(__pyx_t_7 == ((Py_ssize_t)-1))) __PYX_ERR(0, 260, __pyx_L1_error)
   __pyx_t_1 = (__pyx_t_7 != LG_NUM_REGS);
 
 
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":254
+    /* "lguest/unicorn/_uchook.pyx":261
  *             raise ValueError("NativeHooks needs an engine and a context")
  *         if len(reg_ids) != NUM_REGS:
  *             raise ValueError(f"reg_ids needs {NUM_REGS} entries")             # <<<<<<<<<<<<<<
@@ -19480,7 +19537,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
  *         if switcher_size <= 0 or sw.shape[0] < switcher_size or gdt_offset < 0 or gdt_offset + 32 * 8 > switcher_size:
 */
     __pyx_t_3 = NULL;
-    __pyx_t_8 = __Pyx_PyUnicode_From___pyx_anon_enum(LG_NUM_REGS, 0, ' ', 'd'); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 254, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyUnicode_From___pyx_anon_enum(LG_NUM_REGS, 0, ' ', 'd'); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 261, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __pyx_t_9[0] = __pyx_mstate_global->__pyx_kp_u_reg_ids_needs;
     __pyx_t_9[1] = __pyx_t_8;
@@ -19491,7 +19548,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
     #endif
     __pyx_t_10 = 0;
     __pyx_t_11 = __Pyx_PyUnicode_Join(__pyx_t_9, 3, __pyx_t_7, __pyx_t_10);
-    if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 254, __pyx_L1_error)
+    if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 261, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
     __pyx_t_4 = 1;
@@ -19500,14 +19557,14 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 254, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 261, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 254, __pyx_L1_error)
+    __PYX_ERR(0, 261, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":253
+    /* "lguest/unicorn/_uchook.pyx":260
  *         if not uc_handle or not ctx_alloc:
  *             raise ValueError("NativeHooks needs an engine and a context")
  *         if len(reg_ids) != NUM_REGS:             # <<<<<<<<<<<<<<
@@ -19516,26 +19573,26 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":255
+  /* "lguest/unicorn/_uchook.pyx":262
  *         if len(reg_ids) != NUM_REGS:
  *             raise ValueError(f"reg_ids needs {NUM_REGS} entries")
  *         sw = switcher   # a writable, contiguous buffer (TypeError/ValueError otherwise)             # <<<<<<<<<<<<<<
  *         if switcher_size <= 0 or sw.shape[0] < switcher_size or gdt_offset < 0 or gdt_offset + 32 * 8 > switcher_size:
  *             raise ValueError("the Switcher buffer does not hold the layout")
 */
-  __pyx_t_12 = __Pyx_PyObject_to_MemoryviewSlice_dc_unsigned_char(__pyx_v_switcher, PyBUF_WRITABLE); if (unlikely(!__pyx_t_12.memview)) __PYX_ERR(0, 255, __pyx_L1_error)
+  __pyx_t_12 = __Pyx_PyObject_to_MemoryviewSlice_dc_unsigned_char(__pyx_v_switcher, PyBUF_WRITABLE); if (unlikely(!__pyx_t_12.memview)) __PYX_ERR(0, 262, __pyx_L1_error)
   __pyx_v_sw = __pyx_t_12;
   __pyx_t_12.memview = NULL;
   __pyx_t_12.data = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":256
+  /* "lguest/unicorn/_uchook.pyx":263
  *             raise ValueError(f"reg_ids needs {NUM_REGS} entries")
  *         sw = switcher   # a writable, contiguous buffer (TypeError/ValueError otherwise)
  *         if switcher_size <= 0 or sw.shape[0] < switcher_size or gdt_offset < 0 or gdt_offset + 32 * 8 > switcher_size:             # <<<<<<<<<<<<<<
  *             raise ValueError("the Switcher buffer does not hold the layout")
  *         _check_addresses(funcs, internals)
 */
-  __pyx_t_5 = __Pyx_PyObject_CompareBoolLe_object_int(__pyx_v_switcher_size, __pyx_mstate_global->__pyx_int_0, Py_LE); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 256, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_CompareBoolLe_object_int(__pyx_v_switcher_size, __pyx_mstate_global->__pyx_int_0, Py_LE); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 263, __pyx_L1_error)
   if (!__pyx_t_5) {
 
   } else {
@@ -19544,9 +19601,9 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 
     goto __pyx_L9_bool_binop_done;
   }
-  __pyx_t_2 = PyLong_FromSsize_t((__pyx_v_sw.shape[0])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 256, __pyx_L1_error)
+  __pyx_t_2 = PyLong_FromSsize_t((__pyx_v_sw.shape[0])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 263, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_5 = __Pyx_PyObject_CompareBoolLt_int_object(__pyx_t_2, __pyx_v_switcher_size, Py_LT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 256, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_CompareBoolLt_int_object(__pyx_t_2, __pyx_v_switcher_size, Py_LT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 263, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   if (!__pyx_t_5) {
 
@@ -19556,7 +19613,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 
     goto __pyx_L9_bool_binop_done;
   }
-  __pyx_t_5 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_v_gdt_offset, __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 256, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_v_gdt_offset, __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 263, __pyx_L1_error)
   if (!__pyx_t_5) {
 
   } else {
@@ -19565,9 +19622,9 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 
     goto __pyx_L9_bool_binop_done;
   }
-  __pyx_t_2 = __Pyx_PyLong_AddObjC(__pyx_v_gdt_offset, __pyx_mstate_global->__pyx_int_256, 0x100, 0, 0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 256, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_AddObjC(__pyx_v_gdt_offset, __pyx_mstate_global->__pyx_int_256, 0x100, 0, 0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 263, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_5 = __Pyx_PyObject_CompareBoolGt_object_object(__pyx_t_2, __pyx_v_switcher_size, Py_GT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 256, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_CompareBoolGt_object_object(__pyx_t_2, __pyx_v_switcher_size, Py_GT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 263, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
   __pyx_t_1 = __pyx_t_5;
@@ -19576,7 +19633,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":257
+    /* "lguest/unicorn/_uchook.pyx":264
  *         sw = switcher   # a writable, contiguous buffer (TypeError/ValueError otherwise)
  *         if switcher_size <= 0 or sw.shape[0] < switcher_size or gdt_offset < 0 or gdt_offset + 32 * 8 > switcher_size:
  *             raise ValueError("the Switcher buffer does not hold the layout")             # <<<<<<<<<<<<<<
@@ -19589,14 +19646,14 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
       PyObject *__pyx_callargs[2] = {__pyx_t_11, __pyx_mstate_global->__pyx_kp_u_the_Switcher_buffer_does_not_hol};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_11); __pyx_t_11 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 257, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 264, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 257, __pyx_L1_error)
+    __PYX_ERR(0, 264, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":256
+    /* "lguest/unicorn/_uchook.pyx":263
  *             raise ValueError(f"reg_ids needs {NUM_REGS} entries")
  *         sw = switcher   # a writable, contiguous buffer (TypeError/ValueError otherwise)
  *         if switcher_size <= 0 or sw.shape[0] < switcher_size or gdt_offset < 0 or gdt_offset + 32 * 8 > switcher_size:             # <<<<<<<<<<<<<<
@@ -19605,40 +19662,40 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":258
+  /* "lguest/unicorn/_uchook.pyx":265
  *         if switcher_size <= 0 or sw.shape[0] < switcher_size or gdt_offset < 0 or gdt_offset + 32 * 8 > switcher_size:
  *             raise ValueError("the Switcher buffer does not hold the layout")
  *         _check_addresses(funcs, internals)             # <<<<<<<<<<<<<<
  *         # state stays 0 until the end: should a layout key or an address still
  *         # fail below, every method refuses the half-set instance.
 */
-  __pyx_t_2 = __pyx_f_6lguest_7unicorn_7_uchook__check_addresses(__pyx_v_funcs, __pyx_v_internals); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 258, __pyx_L1_error)
+  __pyx_t_2 = __pyx_f_6lguest_7unicorn_7_uchook__check_addresses(__pyx_v_funcs, __pyx_v_internals); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 265, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":261
+  /* "lguest/unicorn/_uchook.pyx":268
  *         # state stays 0 until the end: should a layout key or an address still
  *         # fail below, every method refuses the half-set instance.
  *         self._set_engine(uc_handle, funcs, internals)             # <<<<<<<<<<<<<<
  *         self._set_layout(reg_ids, reg_cr2, layout)
  *         self.st.switcher = &sw[0]
 */
-  __pyx_t_2 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_set_engine(__pyx_v_self, __pyx_v_uc_handle, __pyx_v_funcs, __pyx_v_internals); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 261, __pyx_L1_error)
+  __pyx_t_2 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_set_engine(__pyx_v_self, __pyx_v_uc_handle, __pyx_v_funcs, __pyx_v_internals); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 268, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":262
+  /* "lguest/unicorn/_uchook.pyx":269
  *         # fail below, every method refuses the half-set instance.
  *         self._set_engine(uc_handle, funcs, internals)
  *         self._set_layout(reg_ids, reg_cr2, layout)             # <<<<<<<<<<<<<<
  *         self.st.switcher = &sw[0]
  *         self.st.switcher_va = switcher_va
 */
-  __pyx_t_2 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_set_layout(__pyx_v_self, __pyx_v_reg_ids, __pyx_v_reg_cr2, __pyx_v_layout); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 262, __pyx_L1_error)
+  __pyx_t_2 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_set_layout(__pyx_v_self, __pyx_v_reg_ids, __pyx_v_reg_cr2, __pyx_v_layout); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 269, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":263
+  /* "lguest/unicorn/_uchook.pyx":270
  *         self._set_engine(uc_handle, funcs, internals)
  *         self._set_layout(reg_ids, reg_cr2, layout)
  *         self.st.switcher = &sw[0]             # <<<<<<<<<<<<<<
@@ -19648,68 +19705,68 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
   __pyx_t_13 = 0;
   __pyx_v_self->st.switcher = (&(*((unsigned char *) ( /* dim=0 */ ((char *) (((unsigned char *) __pyx_v_sw.data) + __pyx_t_13)) ))));
 
-  /* "lguest/unicorn/_uchook.pyx":264
+  /* "lguest/unicorn/_uchook.pyx":271
  *         self._set_layout(reg_ids, reg_cr2, layout)
  *         self.st.switcher = &sw[0]
  *         self.st.switcher_va = switcher_va             # <<<<<<<<<<<<<<
  *         self.st.switcher_size = switcher_size
  *         self.st.gdt = <uint32_t *>(self.st.switcher + <size_t>gdt_offset)
 */
-  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_switcher_va); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 264, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_switcher_va); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 271, __pyx_L1_error)
   __pyx_v_self->st.switcher_va = __pyx_t_14;
 
-  /* "lguest/unicorn/_uchook.pyx":265
+  /* "lguest/unicorn/_uchook.pyx":272
  *         self.st.switcher = &sw[0]
  *         self.st.switcher_va = switcher_va
  *         self.st.switcher_size = switcher_size             # <<<<<<<<<<<<<<
  *         self.st.gdt = <uint32_t *>(self.st.switcher + <size_t>gdt_offset)
  *         self.st.until_va = until_va
 */
-  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_switcher_size); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 265, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_switcher_size); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 272, __pyx_L1_error)
   __pyx_v_self->st.switcher_size = __pyx_t_14;
 
-  /* "lguest/unicorn/_uchook.pyx":266
+  /* "lguest/unicorn/_uchook.pyx":273
  *         self.st.switcher_va = switcher_va
  *         self.st.switcher_size = switcher_size
  *         self.st.gdt = <uint32_t *>(self.st.switcher + <size_t>gdt_offset)             # <<<<<<<<<<<<<<
  *         self.st.until_va = until_va
  *         self.st.host_cs = host_cs
 */
-  __pyx_t_4 = __Pyx_PyLong_As_size_t(__pyx_v_gdt_offset); if (unlikely((__pyx_t_4 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 266, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_As_size_t(__pyx_v_gdt_offset); if (unlikely((__pyx_t_4 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 273, __pyx_L1_error)
   __pyx_v_self->st.gdt = ((uint32_t *)(__pyx_v_self->st.switcher + ((size_t)__pyx_t_4)));
 
 
-  /* "lguest/unicorn/_uchook.pyx":267
+  /* "lguest/unicorn/_uchook.pyx":274
  *         self.st.switcher_size = switcher_size
  *         self.st.gdt = <uint32_t *>(self.st.switcher + <size_t>gdt_offset)
  *         self.st.until_va = until_va             # <<<<<<<<<<<<<<
  *         self.st.host_cs = host_cs
  *         self.st.host_ss = host_ss
 */
-  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_until_va); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 267, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_until_va); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 274, __pyx_L1_error)
   __pyx_v_self->st.until_va = __pyx_t_14;
 
-  /* "lguest/unicorn/_uchook.pyx":268
+  /* "lguest/unicorn/_uchook.pyx":275
  *         self.st.gdt = <uint32_t *>(self.st.switcher + <size_t>gdt_offset)
  *         self.st.until_va = until_va
  *         self.st.host_cs = host_cs             # <<<<<<<<<<<<<<
  *         self.st.host_ss = host_ss
  *         self.st.pending = &self.st.attention
 */
-  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_host_cs); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 268, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_host_cs); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 275, __pyx_L1_error)
   __pyx_v_self->st.host_cs = __pyx_t_14;
 
-  /* "lguest/unicorn/_uchook.pyx":269
+  /* "lguest/unicorn/_uchook.pyx":276
  *         self.st.until_va = until_va
  *         self.st.host_cs = host_cs
  *         self.st.host_ss = host_ss             # <<<<<<<<<<<<<<
  *         self.st.pending = &self.st.attention
  *         self.ctx_ptr = <void *>_ptr(ctx_alloc)
 */
-  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_host_ss); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 269, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_host_ss); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 276, __pyx_L1_error)
   __pyx_v_self->st.host_ss = __pyx_t_14;
 
-  /* "lguest/unicorn/_uchook.pyx":270
+  /* "lguest/unicorn/_uchook.pyx":277
  *         self.st.host_cs = host_cs
  *         self.st.host_ss = host_ss
  *         self.st.pending = &self.st.attention             # <<<<<<<<<<<<<<
@@ -19718,18 +19775,18 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 */
   __pyx_v_self->st.pending = (&__pyx_v_self->st.attention);
 
-  /* "lguest/unicorn/_uchook.pyx":271
+  /* "lguest/unicorn/_uchook.pyx":278
  *         self.st.host_ss = host_ss
  *         self.st.pending = &self.st.attention
  *         self.ctx_ptr = <void *>_ptr(ctx_alloc)             # <<<<<<<<<<<<<<
  *         self.st.ctx = <uint8_t *>self.ctx_ptr
  *         self.ctx_small_ptr = <void *>_ptr(ctx_small_alloc) if ctx_small_alloc else NULL
 */
-  __pyx_t_4 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_v_ctx_alloc); if (unlikely(__pyx_t_4 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 271, __pyx_L1_error)
+  __pyx_t_4 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_v_ctx_alloc); if (unlikely(__pyx_t_4 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 278, __pyx_L1_error)
   __pyx_v_self->ctx_ptr = ((void *)__pyx_t_4);
 
 
-  /* "lguest/unicorn/_uchook.pyx":272
+  /* "lguest/unicorn/_uchook.pyx":279
  *         self.st.pending = &self.st.attention
  *         self.ctx_ptr = <void *>_ptr(ctx_alloc)
  *         self.st.ctx = <uint8_t *>self.ctx_ptr             # <<<<<<<<<<<<<<
@@ -19738,16 +19795,16 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 */
   __pyx_v_self->st.ctx = ((uint8_t *)__pyx_v_self->ctx_ptr);
 
-  /* "lguest/unicorn/_uchook.pyx":273
+  /* "lguest/unicorn/_uchook.pyx":280
  *         self.ctx_ptr = <void *>_ptr(ctx_alloc)
  *         self.st.ctx = <uint8_t *>self.ctx_ptr
  *         self.ctx_small_ptr = <void *>_ptr(ctx_small_alloc) if ctx_small_alloc else NULL             # <<<<<<<<<<<<<<
  *         self.st.ctx_small = <uint8_t *>self.ctx_small_ptr
  *         self._free = uc_free
 */
-  __pyx_t_1 = __Pyx_PyObject_IsTrue(__pyx_v_ctx_small_alloc); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 273, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_IsTrue(__pyx_v_ctx_small_alloc); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 280, __pyx_L1_error)
   if (__pyx_t_1) {
-    __pyx_t_4 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_v_ctx_small_alloc); if (unlikely(__pyx_t_4 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 273, __pyx_L1_error)
+    __pyx_t_4 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_v_ctx_small_alloc); if (unlikely(__pyx_t_4 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 280, __pyx_L1_error)
 
     __pyx_t_15 = ((void *)__pyx_t_4);
 
@@ -19758,7 +19815,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 
   __pyx_v_self->ctx_small_ptr = __pyx_t_15;
 
-  /* "lguest/unicorn/_uchook.pyx":274
+  /* "lguest/unicorn/_uchook.pyx":281
  *         self.st.ctx = <uint8_t *>self.ctx_ptr
  *         self.ctx_small_ptr = <void *>_ptr(ctx_small_alloc) if ctx_small_alloc else NULL
  *         self.st.ctx_small = <uint8_t *>self.ctx_small_ptr             # <<<<<<<<<<<<<<
@@ -19767,7 +19824,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 */
   __pyx_v_self->st.ctx_small = ((uint8_t *)__pyx_v_self->ctx_small_ptr);
 
-  /* "lguest/unicorn/_uchook.pyx":275
+  /* "lguest/unicorn/_uchook.pyx":282
  *         self.ctx_small_ptr = <void *>_ptr(ctx_small_alloc) if ctx_small_alloc else NULL
  *         self.st.ctx_small = <uint8_t *>self.ctx_small_ptr
  *         self._free = uc_free             # <<<<<<<<<<<<<<
@@ -19779,63 +19836,63 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
   __Pyx_GOTREF(__pyx_v_self->_free);
   __Pyx_DECREF_SET(__pyx_v_self->_free, __pyx_v_uc_free);
 
-  /* "lguest/unicorn/_uchook.pyx":276
+  /* "lguest/unicorn/_uchook.pyx":283
  *         self.st.ctx_small = <uint8_t *>self.ctx_small_ptr
  *         self._free = uc_free
  *         self._keep = []             # <<<<<<<<<<<<<<
  *         self._owners = [uc_owner, sw]   # the memoryview pins the mmap: close() raises BufferError
  *         self.insn_in = insn_in
 */
-  __pyx_t_2 = PyList_New(0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 276, __pyx_L1_error)
+  __pyx_t_2 = PyList_New(0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 283, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_GIVEREF(__pyx_t_2);
   __Pyx_GOTREF(__pyx_v_self->_keep);
   __Pyx_DECREF_SET(__pyx_v_self->_keep, __pyx_t_2);
   __pyx_t_2 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":277
+  /* "lguest/unicorn/_uchook.pyx":284
  *         self._free = uc_free
  *         self._keep = []
  *         self._owners = [uc_owner, sw]   # the memoryview pins the mmap: close() raises BufferError             # <<<<<<<<<<<<<<
  *         self.insn_in = insn_in
  *         self.insn_out = insn_out
 */
-  __pyx_t_2 = __pyx_memoryview_fromslice(__pyx_v_sw, 1, (PyObject *(*)(char *)) __pyx_memview_get_unsigned_char, (int (*)(char *, PyObject *)) __pyx_memview_set_unsigned_char, 0);; if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 277, __pyx_L1_error)
+  __pyx_t_2 = __pyx_memoryview_fromslice(__pyx_v_sw, 1, (PyObject *(*)(char *)) __pyx_memview_get_unsigned_char, (int (*)(char *, PyObject *)) __pyx_memview_set_unsigned_char, 0);; if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 284, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_11 = PyList_New(2); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 277, __pyx_L1_error)
+  __pyx_t_11 = PyList_New(2); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 284, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __Pyx_INCREF(__pyx_v_uc_owner);
   __Pyx_GIVEREF(__pyx_v_uc_owner);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_11, 0, __pyx_v_uc_owner) != (0)) __PYX_ERR(0, 277, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_11, 0, __pyx_v_uc_owner) != (0)) __PYX_ERR(0, 284, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_2);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_11, 1, __pyx_t_2) != (0)) __PYX_ERR(0, 277, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_11, 1, __pyx_t_2) != (0)) __PYX_ERR(0, 284, __pyx_L1_error);
   __pyx_t_2 = 0;
   __Pyx_GIVEREF(__pyx_t_11);
   __Pyx_GOTREF(__pyx_v_self->_owners);
   __Pyx_DECREF_SET(__pyx_v_self->_owners, __pyx_t_11);
   __pyx_t_11 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":278
+  /* "lguest/unicorn/_uchook.pyx":285
  *         self._keep = []
  *         self._owners = [uc_owner, sw]   # the memoryview pins the mmap: close() raises BufferError
  *         self.insn_in = insn_in             # <<<<<<<<<<<<<<
  *         self.insn_out = insn_out
  *         self.state = 1
 */
-  __pyx_t_10 = __Pyx_PyLong_As_int(__pyx_v_insn_in); if (unlikely((__pyx_t_10 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 278, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyLong_As_int(__pyx_v_insn_in); if (unlikely((__pyx_t_10 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 285, __pyx_L1_error)
   __pyx_v_self->insn_in = __pyx_t_10;
 
-  /* "lguest/unicorn/_uchook.pyx":279
+  /* "lguest/unicorn/_uchook.pyx":286
  *         self._owners = [uc_owner, sw]   # the memoryview pins the mmap: close() raises BufferError
  *         self.insn_in = insn_in
  *         self.insn_out = insn_out             # <<<<<<<<<<<<<<
  *         self.state = 1
  * 
 */
-  __pyx_t_10 = __Pyx_PyLong_As_int(__pyx_v_insn_out); if (unlikely((__pyx_t_10 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 279, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyLong_As_int(__pyx_v_insn_out); if (unlikely((__pyx_t_10 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 286, __pyx_L1_error)
   __pyx_v_self->insn_out = __pyx_t_10;
 
-  /* "lguest/unicorn/_uchook.pyx":280
+  /* "lguest/unicorn/_uchook.pyx":287
  *         self.insn_in = insn_in
  *         self.insn_out = insn_out
  *         self.state = 1             # <<<<<<<<<<<<<<
@@ -19844,8 +19901,8 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 */
   __pyx_v_self->state = 1;
 
-  /* "lguest/unicorn/_uchook.pyx":235
- *         self._hcall_error = None
+  /* "lguest/unicorn/_uchook.pyx":242
+ *         self._trace = None
  * 
  *     def __init__(self, *, uc_handle, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va,             # <<<<<<<<<<<<<<
  *                  switcher_size, gdt_offset, until_va, host_cs, host_ss,
@@ -19870,7 +19927,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":282
+/* "lguest/unicorn/_uchook.pyx":289
  *         self.state = 1
  * 
  *     cdef _set_engine(self, uc_handle, funcs, internals):             # <<<<<<<<<<<<<<
@@ -19890,212 +19947,212 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__set_engine(str
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_set_engine", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":284
+  /* "lguest/unicorn/_uchook.pyx":291
  *     cdef _set_engine(self, uc_handle, funcs, internals):
  *         """libunicorn's entry points, and the translator fields uh_on_block writes."""
  *         self.st.uc = <uh_engine *>_ptr(uc_handle)             # <<<<<<<<<<<<<<
  *         self.st.hook_add = <uh_hook_add_t>_ptr(funcs["uc_hook_add"])
  *         self.st.hook_del = <uh_hook_del_t>_ptr(funcs["uc_hook_del"])
 */
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_v_uc_handle); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 284, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_v_uc_handle); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 291, __pyx_L1_error)
   __pyx_v_self->st.uc = ((uh_engine *)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":285
+  /* "lguest/unicorn/_uchook.pyx":292
  *         """libunicorn's entry points, and the translator fields uh_on_block writes."""
  *         self.st.uc = <uh_engine *>_ptr(uc_handle)
  *         self.st.hook_add = <uh_hook_add_t>_ptr(funcs["uc_hook_add"])             # <<<<<<<<<<<<<<
  *         self.st.hook_del = <uh_hook_del_t>_ptr(funcs["uc_hook_del"])
  *         self.st.emu_start = <uh_emu_start_t>_ptr(funcs["uc_emu_start"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_hook_add); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 285, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_hook_add); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 292, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 285, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 292, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.hook_add = ((uh_hook_add_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":286
+  /* "lguest/unicorn/_uchook.pyx":293
  *         self.st.uc = <uh_engine *>_ptr(uc_handle)
  *         self.st.hook_add = <uh_hook_add_t>_ptr(funcs["uc_hook_add"])
  *         self.st.hook_del = <uh_hook_del_t>_ptr(funcs["uc_hook_del"])             # <<<<<<<<<<<<<<
  *         self.st.emu_start = <uh_emu_start_t>_ptr(funcs["uc_emu_start"])
  *         self.st.emu_stop = <uh_emu_stop_t>_ptr(funcs["uc_emu_stop"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_hook_del); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 286, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_hook_del); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 293, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 286, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 293, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.hook_del = ((uh_hook_del_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":287
+  /* "lguest/unicorn/_uchook.pyx":294
  *         self.st.hook_add = <uh_hook_add_t>_ptr(funcs["uc_hook_add"])
  *         self.st.hook_del = <uh_hook_del_t>_ptr(funcs["uc_hook_del"])
  *         self.st.emu_start = <uh_emu_start_t>_ptr(funcs["uc_emu_start"])             # <<<<<<<<<<<<<<
  *         self.st.emu_stop = <uh_emu_stop_t>_ptr(funcs["uc_emu_stop"])
  *         self.st.reg_read = <uh_reg_read_t>_ptr(funcs["uc_reg_read"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_emu_start); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 287, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_emu_start); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 294, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 287, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 294, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.emu_start = ((uh_emu_start_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":288
+  /* "lguest/unicorn/_uchook.pyx":295
  *         self.st.hook_del = <uh_hook_del_t>_ptr(funcs["uc_hook_del"])
  *         self.st.emu_start = <uh_emu_start_t>_ptr(funcs["uc_emu_start"])
  *         self.st.emu_stop = <uh_emu_stop_t>_ptr(funcs["uc_emu_stop"])             # <<<<<<<<<<<<<<
  *         self.st.reg_read = <uh_reg_read_t>_ptr(funcs["uc_reg_read"])
  *         self.st.reg_write = <uh_reg_write_t>_ptr(funcs["uc_reg_write"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_emu_stop); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 288, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_emu_stop); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 295, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 288, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 295, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.emu_stop = ((uh_emu_stop_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":289
+  /* "lguest/unicorn/_uchook.pyx":296
  *         self.st.emu_start = <uh_emu_start_t>_ptr(funcs["uc_emu_start"])
  *         self.st.emu_stop = <uh_emu_stop_t>_ptr(funcs["uc_emu_stop"])
  *         self.st.reg_read = <uh_reg_read_t>_ptr(funcs["uc_reg_read"])             # <<<<<<<<<<<<<<
  *         self.st.reg_write = <uh_reg_write_t>_ptr(funcs["uc_reg_write"])
  *         self.st.ctx_save = <uh_context_io_t>_ptr(funcs["uc_context_save"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_reg_read); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 289, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_reg_read); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 296, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 289, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 296, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.reg_read = ((uh_reg_read_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":290
+  /* "lguest/unicorn/_uchook.pyx":297
  *         self.st.emu_stop = <uh_emu_stop_t>_ptr(funcs["uc_emu_stop"])
  *         self.st.reg_read = <uh_reg_read_t>_ptr(funcs["uc_reg_read"])
  *         self.st.reg_write = <uh_reg_write_t>_ptr(funcs["uc_reg_write"])             # <<<<<<<<<<<<<<
  *         self.st.ctx_save = <uh_context_io_t>_ptr(funcs["uc_context_save"])
  *         self.st.ctx_restore = <uh_context_io_t>_ptr(funcs["uc_context_restore"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_reg_write); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 290, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_reg_write); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 297, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 290, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 297, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.reg_write = ((uh_reg_write_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":291
+  /* "lguest/unicorn/_uchook.pyx":298
  *         self.st.reg_read = <uh_reg_read_t>_ptr(funcs["uc_reg_read"])
  *         self.st.reg_write = <uh_reg_write_t>_ptr(funcs["uc_reg_write"])
  *         self.st.ctx_save = <uh_context_io_t>_ptr(funcs["uc_context_save"])             # <<<<<<<<<<<<<<
  *         self.st.ctx_restore = <uh_context_io_t>_ptr(funcs["uc_context_restore"])
  *         self.st.ctl = <uh_ctl_t>_ptr(funcs["uc_ctl"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_context_save); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 291, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_context_save); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 298, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 291, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 298, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.ctx_save = ((uh_context_io_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":292
+  /* "lguest/unicorn/_uchook.pyx":299
  *         self.st.reg_write = <uh_reg_write_t>_ptr(funcs["uc_reg_write"])
  *         self.st.ctx_save = <uh_context_io_t>_ptr(funcs["uc_context_save"])
  *         self.st.ctx_restore = <uh_context_io_t>_ptr(funcs["uc_context_restore"])             # <<<<<<<<<<<<<<
  *         self.st.ctl = <uh_ctl_t>_ptr(funcs["uc_ctl"])
  *         self.st.tb_cflags = <uint32_t *>_ptr(internals["tb_cflags"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_context_restore); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 292, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_context_restore); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 299, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 292, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 299, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.ctx_restore = ((uh_context_io_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":293
+  /* "lguest/unicorn/_uchook.pyx":300
  *         self.st.ctx_save = <uh_context_io_t>_ptr(funcs["uc_context_save"])
  *         self.st.ctx_restore = <uh_context_io_t>_ptr(funcs["uc_context_restore"])
  *         self.st.ctl = <uh_ctl_t>_ptr(funcs["uc_ctl"])             # <<<<<<<<<<<<<<
  *         self.st.tb_cflags = <uint32_t *>_ptr(internals["tb_cflags"])
  *         self.st.code_gen_ptr = <uint8_t **>_ptr(internals["code_gen_ptr"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_ctl); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 293, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_ctl); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 300, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 293, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 300, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.ctl = ((uh_ctl_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":294
+  /* "lguest/unicorn/_uchook.pyx":301
  *         self.st.ctx_restore = <uh_context_io_t>_ptr(funcs["uc_context_restore"])
  *         self.st.ctl = <uh_ctl_t>_ptr(funcs["uc_ctl"])
  *         self.st.tb_cflags = <uint32_t *>_ptr(internals["tb_cflags"])             # <<<<<<<<<<<<<<
  *         self.st.code_gen_ptr = <uint8_t **>_ptr(internals["code_gen_ptr"])
  *         self.st.code_gen_highwater = <uint8_t **>_ptr(internals["code_gen_highwater"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_cflags); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 294, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_cflags); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 301, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 294, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 301, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.tb_cflags = ((uint32_t *)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":295
+  /* "lguest/unicorn/_uchook.pyx":302
  *         self.st.ctl = <uh_ctl_t>_ptr(funcs["uc_ctl"])
  *         self.st.tb_cflags = <uint32_t *>_ptr(internals["tb_cflags"])
  *         self.st.code_gen_ptr = <uint8_t **>_ptr(internals["code_gen_ptr"])             # <<<<<<<<<<<<<<
  *         self.st.code_gen_highwater = <uint8_t **>_ptr(internals["code_gen_highwater"])
  *         self.st.tb_max_insns = internals["tb_max_insns"]
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_code_gen_ptr); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 295, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_code_gen_ptr); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 302, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 295, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 302, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.code_gen_ptr = ((uint8_t **)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":296
+  /* "lguest/unicorn/_uchook.pyx":303
  *         self.st.tb_cflags = <uint32_t *>_ptr(internals["tb_cflags"])
  *         self.st.code_gen_ptr = <uint8_t **>_ptr(internals["code_gen_ptr"])
  *         self.st.code_gen_highwater = <uint8_t **>_ptr(internals["code_gen_highwater"])             # <<<<<<<<<<<<<<
  *         self.st.tb_max_insns = internals["tb_max_insns"]
  *         self.st.tb_guard = internals["tb_guard"]
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_code_gen_highwater); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 296, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_code_gen_highwater); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 303, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 296, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 303, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.code_gen_highwater = ((uint8_t **)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":297
+  /* "lguest/unicorn/_uchook.pyx":304
  *         self.st.code_gen_ptr = <uint8_t **>_ptr(internals["code_gen_ptr"])
  *         self.st.code_gen_highwater = <uint8_t **>_ptr(internals["code_gen_highwater"])
  *         self.st.tb_max_insns = internals["tb_max_insns"]             # <<<<<<<<<<<<<<
  *         self.st.tb_guard = internals["tb_guard"]
  * 
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_max_insns); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 297, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_max_insns); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 304, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyLong_As_uint32_t(__pyx_t_2); if (unlikely((__pyx_t_3 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 297, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_uint32_t(__pyx_t_2); if (unlikely((__pyx_t_3 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 304, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.tb_max_insns = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":298
+  /* "lguest/unicorn/_uchook.pyx":305
  *         self.st.code_gen_highwater = <uint8_t **>_ptr(internals["code_gen_highwater"])
  *         self.st.tb_max_insns = internals["tb_max_insns"]
  *         self.st.tb_guard = internals["tb_guard"]             # <<<<<<<<<<<<<<
  * 
  *     cdef _set_layout(self, reg_ids, reg_cr2, layout):
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_guard); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 298, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_guard); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 305, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_4 = __Pyx_PyLong_As_uint64_t(__pyx_t_2); if (unlikely((__pyx_t_4 == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 298, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_As_uint64_t(__pyx_t_2); if (unlikely((__pyx_t_4 == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 305, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.tb_guard = __pyx_t_4;
 
-  /* "lguest/unicorn/_uchook.pyx":282
+  /* "lguest/unicorn/_uchook.pyx":289
  *         self.state = 1
  * 
  *     cdef _set_engine(self, uc_handle, funcs, internals):             # <<<<<<<<<<<<<<
@@ -20116,7 +20173,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__set_engine(str
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":300
+/* "lguest/unicorn/_uchook.pyx":307
  *         self.st.tb_guard = internals["tb_guard"]
  * 
  *     cdef _set_layout(self, reg_ids, reg_cr2, layout):             # <<<<<<<<<<<<<<
@@ -20138,7 +20195,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__set_layout(str
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_set_layout", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":303
+  /* "lguest/unicorn/_uchook.pyx":310
  *         """Unicorn's register ids (lguest_regs order) and the measured uc_context offsets."""
  *         cdef int i
  *         for i in range(NUM_REGS):             # <<<<<<<<<<<<<<
@@ -20152,150 +20209,150 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__set_layout(str
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_i = __pyx_t_3;
 
-    /* "lguest/unicorn/_uchook.pyx":304
+    /* "lguest/unicorn/_uchook.pyx":311
  *         cdef int i
  *         for i in range(NUM_REGS):
  *             self.st.reg_ids[i] = reg_ids[i]             # <<<<<<<<<<<<<<
  *         self.st.reg_cr2 = reg_cr2
  *         self.st.off_regs = layout["regs"]
 */
-    __pyx_t_4 = __Pyx_GetItemInt(__pyx_v_reg_ids, __pyx_v_i, int, 1, __Pyx_PyLong_From_int, 0, 0, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 304, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_GetItemInt(__pyx_v_reg_ids, __pyx_v_i, int, 1, __Pyx_PyLong_From_int, 0, 0, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 311, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_5 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_5 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 304, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_5 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 311, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     (__pyx_v_self->st.reg_ids[__pyx_v_i]) = __pyx_t_5;
 
   }
 
 
-  /* "lguest/unicorn/_uchook.pyx":305
+  /* "lguest/unicorn/_uchook.pyx":312
  *         for i in range(NUM_REGS):
  *             self.st.reg_ids[i] = reg_ids[i]
  *         self.st.reg_cr2 = reg_cr2             # <<<<<<<<<<<<<<
  *         self.st.off_regs = layout["regs"]
  *         self.st.off_eip = layout["eip"]
 */
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_v_reg_cr2); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 305, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_v_reg_cr2); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 312, __pyx_L1_error)
   __pyx_v_self->st.reg_cr2 = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":306
+  /* "lguest/unicorn/_uchook.pyx":313
  *             self.st.reg_ids[i] = reg_ids[i]
  *         self.st.reg_cr2 = reg_cr2
  *         self.st.off_regs = layout["regs"]             # <<<<<<<<<<<<<<
  *         self.st.off_eip = layout["eip"]
  *         self.st.off_eflags = layout["eflags"]
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_regs); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 306, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_regs); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 313, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 306, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 313, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.off_regs = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":307
+  /* "lguest/unicorn/_uchook.pyx":314
  *         self.st.reg_cr2 = reg_cr2
  *         self.st.off_regs = layout["regs"]
  *         self.st.off_eip = layout["eip"]             # <<<<<<<<<<<<<<
  *         self.st.off_eflags = layout["eflags"]
  *         self.st.off_hflags = layout["hflags"]
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_eip); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 307, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_eip); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 314, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 307, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 314, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.off_eip = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":308
+  /* "lguest/unicorn/_uchook.pyx":315
  *         self.st.off_regs = layout["regs"]
  *         self.st.off_eip = layout["eip"]
  *         self.st.off_eflags = layout["eflags"]             # <<<<<<<<<<<<<<
  *         self.st.off_hflags = layout["hflags"]
  *         self.st.off_segs = layout["segs"]
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_eflags); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 308, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_eflags); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 315, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 308, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 315, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.off_eflags = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":309
+  /* "lguest/unicorn/_uchook.pyx":316
  *         self.st.off_eip = layout["eip"]
  *         self.st.off_eflags = layout["eflags"]
  *         self.st.off_hflags = layout["hflags"]             # <<<<<<<<<<<<<<
  *         self.st.off_segs = layout["segs"]
  *         self.st.seg_stride = layout["seg_stride"]
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_hflags); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 309, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_hflags); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 316, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 309, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 316, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.off_hflags = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":310
+  /* "lguest/unicorn/_uchook.pyx":317
  *         self.st.off_eflags = layout["eflags"]
  *         self.st.off_hflags = layout["hflags"]
  *         self.st.off_segs = layout["segs"]             # <<<<<<<<<<<<<<
  *         self.st.seg_stride = layout["seg_stride"]
  *         self.st.off_err = layout["error_code"]
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_segs); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 310, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_segs); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 317, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 310, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 317, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.off_segs = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":311
+  /* "lguest/unicorn/_uchook.pyx":318
  *         self.st.off_hflags = layout["hflags"]
  *         self.st.off_segs = layout["segs"]
  *         self.st.seg_stride = layout["seg_stride"]             # <<<<<<<<<<<<<<
  *         self.st.off_err = layout["error_code"]
  *         self.st.off_isint = layout["exception_is_int"]
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_seg_stride); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 311, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_seg_stride); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 318, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 311, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 318, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.seg_stride = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":312
+  /* "lguest/unicorn/_uchook.pyx":319
  *         self.st.off_segs = layout["segs"]
  *         self.st.seg_stride = layout["seg_stride"]
  *         self.st.off_err = layout["error_code"]             # <<<<<<<<<<<<<<
  *         self.st.off_isint = layout["exception_is_int"]
  *         self.st.off_oldexc = layout["old_exception"]
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_error_code); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 312, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_error_code); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 319, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 312, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 319, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.off_err = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":313
+  /* "lguest/unicorn/_uchook.pyx":320
  *         self.st.seg_stride = layout["seg_stride"]
  *         self.st.off_err = layout["error_code"]
  *         self.st.off_isint = layout["exception_is_int"]             # <<<<<<<<<<<<<<
  *         self.st.off_oldexc = layout["old_exception"]
  * 
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_exception_is_int); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 313, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_exception_is_int); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 320, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 313, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 320, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.off_isint = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":314
+  /* "lguest/unicorn/_uchook.pyx":321
  *         self.st.off_err = layout["error_code"]
  *         self.st.off_isint = layout["exception_is_int"]
  *         self.st.off_oldexc = layout["old_exception"]             # <<<<<<<<<<<<<<
  * 
  *     cdef int _check(self) except -1:
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_old_exception); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 314, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_old_exception); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 321, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 314, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 321, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.off_oldexc = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":300
+  /* "lguest/unicorn/_uchook.pyx":307
  *         self.st.tb_guard = internals["tb_guard"]
  * 
  *     cdef _set_layout(self, reg_ids, reg_cr2, layout):             # <<<<<<<<<<<<<<
@@ -20317,7 +20374,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__set_layout(str
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":316
+/* "lguest/unicorn/_uchook.pyx":323
  *         self.st.off_oldexc = layout["old_exception"]
  * 
  *     cdef int _check(self) except -1:             # <<<<<<<<<<<<<<
@@ -20337,7 +20394,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_check", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":317
+  /* "lguest/unicorn/_uchook.pyx":324
  * 
  *     cdef int _check(self) except -1:
  *         if self.state == 0:             # <<<<<<<<<<<<<<
@@ -20349,7 +20406,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":318
+    /* "lguest/unicorn/_uchook.pyx":325
  *     cdef int _check(self) except -1:
  *         if self.state == 0:
  *             raise RuntimeError("NativeHooks is not initialised")             # <<<<<<<<<<<<<<
@@ -20362,14 +20419,14 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_NativeHooks_is_not_initialised};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 318, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 325, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 318, __pyx_L1_error)
+    __PYX_ERR(0, 325, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":317
+    /* "lguest/unicorn/_uchook.pyx":324
  * 
  *     cdef int _check(self) except -1:
  *         if self.state == 0:             # <<<<<<<<<<<<<<
@@ -20378,7 +20435,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":319
+  /* "lguest/unicorn/_uchook.pyx":326
  *         if self.state == 0:
  *             raise RuntimeError("NativeHooks is not initialised")
  *         if self.state == 2:             # <<<<<<<<<<<<<<
@@ -20390,7 +20447,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":320
+    /* "lguest/unicorn/_uchook.pyx":327
  *             raise RuntimeError("NativeHooks is not initialised")
  *         if self.state == 2:
  *             raise RuntimeError("NativeHooks is closed")             # <<<<<<<<<<<<<<
@@ -20403,14 +20460,14 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_NativeHooks_is_closed};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 320, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 327, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 320, __pyx_L1_error)
+    __PYX_ERR(0, 327, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":319
+    /* "lguest/unicorn/_uchook.pyx":326
  *         if self.state == 0:
  *             raise RuntimeError("NativeHooks is not initialised")
  *         if self.state == 2:             # <<<<<<<<<<<<<<
@@ -20419,7 +20476,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":321
+  /* "lguest/unicorn/_uchook.pyx":328
  *         if self.state == 2:
  *             raise RuntimeError("NativeHooks is closed")
  *         return 0             # <<<<<<<<<<<<<<
@@ -20432,7 +20489,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
   }
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":316
+  /* "lguest/unicorn/_uchook.pyx":323
  *         self.st.off_oldexc = layout["old_exception"]
  * 
  *     cdef int _check(self) except -1:             # <<<<<<<<<<<<<<
@@ -20452,7 +20509,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":323
+/* "lguest/unicorn/_uchook.pyx":330
  *         return 0
  * 
  *     cdef int _check_idle(self) except -1:             # <<<<<<<<<<<<<<
@@ -20473,17 +20530,17 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check_idle(struct __
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_check_idle", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":324
+  /* "lguest/unicorn/_uchook.pyx":331
  * 
  *     cdef int _check_idle(self) except -1:
  *         self._check()             # <<<<<<<<<<<<<<
  *         if self.busy:
  *             raise RuntimeError("NativeHooks is running a guest")
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 324, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 331, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":325
+  /* "lguest/unicorn/_uchook.pyx":332
  *     cdef int _check_idle(self) except -1:
  *         self._check()
  *         if self.busy:             # <<<<<<<<<<<<<<
@@ -20495,7 +20552,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check_idle(struct __
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":326
+    /* "lguest/unicorn/_uchook.pyx":333
  *         self._check()
  *         if self.busy:
  *             raise RuntimeError("NativeHooks is running a guest")             # <<<<<<<<<<<<<<
@@ -20508,14 +20565,14 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check_idle(struct __
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_NativeHooks_is_running_a_guest};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 326, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 333, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 326, __pyx_L1_error)
+    __PYX_ERR(0, 333, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":325
+    /* "lguest/unicorn/_uchook.pyx":332
  *     cdef int _check_idle(self) except -1:
  *         self._check()
  *         if self.busy:             # <<<<<<<<<<<<<<
@@ -20524,7 +20581,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check_idle(struct __
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":327
+  /* "lguest/unicorn/_uchook.pyx":334
  *         if self.busy:
  *             raise RuntimeError("NativeHooks is running a guest")
  *         return 0             # <<<<<<<<<<<<<<
@@ -20537,7 +20594,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check_idle(struct __
   }
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":323
+  /* "lguest/unicorn/_uchook.pyx":330
  *         return 0
  * 
  *     cdef int _check_idle(self) except -1:             # <<<<<<<<<<<<<<
@@ -20557,7 +20614,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check_idle(struct __
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":329
+/* "lguest/unicorn/_uchook.pyx":336
  *         return 0
  * 
  *     def install(self):             # <<<<<<<<<<<<<<
@@ -20627,17 +20684,17 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("install", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":334
+  /* "lguest/unicorn/_uchook.pyx":341
  *         cdef void *cbs[4]
  *         cdef int i, rc
  *         self._check_idle()             # <<<<<<<<<<<<<<
  *         if self.nhooks:
  *             raise RuntimeError("NativeHooks are already installed")
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 334, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 341, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":335
+  /* "lguest/unicorn/_uchook.pyx":342
  *         cdef int i, rc
  *         self._check_idle()
  *         if self.nhooks:             # <<<<<<<<<<<<<<
@@ -20649,7 +20706,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":336
+    /* "lguest/unicorn/_uchook.pyx":343
  *         self._check_idle()
  *         if self.nhooks:
  *             raise RuntimeError("NativeHooks are already installed")             # <<<<<<<<<<<<<<
@@ -20662,14 +20719,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_NativeHooks_are_already_installe};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 336, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 343, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 336, __pyx_L1_error)
+    __PYX_ERR(0, 343, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":335
+    /* "lguest/unicorn/_uchook.pyx":342
  *         cdef int i, rc
  *         self._check_idle()
  *         if self.nhooks:             # <<<<<<<<<<<<<<
@@ -20678,7 +20735,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":337
+  /* "lguest/unicorn/_uchook.pyx":344
  *         if self.nhooks:
  *             raise RuntimeError("NativeHooks are already installed")
  *         types[0] = UC_HOOK_INTR; cbs[0] = uh_on_intr_ptr             # <<<<<<<<<<<<<<
@@ -20688,7 +20745,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   (__pyx_v_types[0]) = __pyx_e_6lguest_7unicorn_7_uchook_UC_HOOK_INTR;
   (__pyx_v_cbs[0]) = ((void *)uh_on_intr);
 
-  /* "lguest/unicorn/_uchook.pyx":338
+  /* "lguest/unicorn/_uchook.pyx":345
  *             raise RuntimeError("NativeHooks are already installed")
  *         types[0] = UC_HOOK_INTR; cbs[0] = uh_on_intr_ptr
  *         types[1] = UC_HOOK_INSN_INVALID; cbs[1] = uh_on_invalid_ptr             # <<<<<<<<<<<<<<
@@ -20698,7 +20755,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   (__pyx_v_types[1]) = __pyx_e_6lguest_7unicorn_7_uchook_UC_HOOK_INSN_INVALID;
   (__pyx_v_cbs[1]) = ((void *)uh_on_invalid);
 
-  /* "lguest/unicorn/_uchook.pyx":339
+  /* "lguest/unicorn/_uchook.pyx":346
  *         types[0] = UC_HOOK_INTR; cbs[0] = uh_on_intr_ptr
  *         types[1] = UC_HOOK_INSN_INVALID; cbs[1] = uh_on_invalid_ptr
  *         types[2] = UC_HOOK_MEM_INVALID; cbs[2] = uh_on_mem_invalid_ptr             # <<<<<<<<<<<<<<
@@ -20708,7 +20765,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   (__pyx_v_types[2]) = __pyx_e_6lguest_7unicorn_7_uchook_UC_HOOK_MEM_INVALID;
   (__pyx_v_cbs[2]) = ((void *)uh_on_mem_invalid);
 
-  /* "lguest/unicorn/_uchook.pyx":340
+  /* "lguest/unicorn/_uchook.pyx":347
  *         types[1] = UC_HOOK_INSN_INVALID; cbs[1] = uh_on_invalid_ptr
  *         types[2] = UC_HOOK_MEM_INVALID; cbs[2] = uh_on_mem_invalid_ptr
  *         types[3] = UC_HOOK_BLOCK; cbs[3] = uh_on_block_ptr             # <<<<<<<<<<<<<<
@@ -20718,7 +20775,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   (__pyx_v_types[3]) = __pyx_e_6lguest_7unicorn_7_uchook_UC_HOOK_BLOCK;
   (__pyx_v_cbs[3]) = ((void *)uh_on_block);
 
-  /* "lguest/unicorn/_uchook.pyx":341
+  /* "lguest/unicorn/_uchook.pyx":348
  *         types[2] = UC_HOOK_MEM_INVALID; cbs[2] = uh_on_mem_invalid_ptr
  *         types[3] = UC_HOOK_BLOCK; cbs[3] = uh_on_block_ptr
  *         for i in range(4):             # <<<<<<<<<<<<<<
@@ -20728,7 +20785,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   for (__pyx_t_1 = 0; __pyx_t_1 < 4; __pyx_t_1+=1) {
     __pyx_v_i = __pyx_t_1;
 
-    /* "lguest/unicorn/_uchook.pyx":342
+    /* "lguest/unicorn/_uchook.pyx":349
  *         types[3] = UC_HOOK_BLOCK; cbs[3] = uh_on_block_ptr
  *         for i in range(4):
  *             rc = self.st.hook_add(self.st.uc, &self.handles[i], types[i], cbs[i], <void *>&self.st, 1, 0)             # <<<<<<<<<<<<<<
@@ -20737,7 +20794,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
     __pyx_v_rc = __pyx_v_self->st.hook_add(__pyx_v_self->st.uc, (&(__pyx_v_self->handles[__pyx_v_i])), (__pyx_v_types[__pyx_v_i]), (__pyx_v_cbs[__pyx_v_i]), ((void *)(&__pyx_v_self->st)), 1, 0);
 
-    /* "lguest/unicorn/_uchook.pyx":343
+    /* "lguest/unicorn/_uchook.pyx":350
  *         for i in range(4):
  *             rc = self.st.hook_add(self.st.uc, &self.handles[i], types[i], cbs[i], <void *>&self.st, 1, 0)
  *             if rc != 0:             # <<<<<<<<<<<<<<
@@ -20749,7 +20806,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
     if (unlikely(__pyx_t_2)) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":344
+      /* "lguest/unicorn/_uchook.pyx":351
  *             rc = self.st.hook_add(self.st.uc, &self.handles[i], types[i], cbs[i], <void *>&self.st, 1, 0)
  *             if rc != 0:
  *                 self.uninstall()             # <<<<<<<<<<<<<<
@@ -20763,12 +20820,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
         PyObject *__pyx_callargs[2] = {__pyx_t_4, NULL};
         __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_uninstall, __pyx_callargs+__pyx_t_5, (1-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 344, __pyx_L1_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 351, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-      /* "lguest/unicorn/_uchook.pyx":345
+      /* "lguest/unicorn/_uchook.pyx":352
  *             if rc != 0:
  *                 self.uninstall()
  *                 raise OSError(f"uc_hook_add failed: error {rc}")             # <<<<<<<<<<<<<<
@@ -20776,9 +20833,9 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
  *         rc = self.st.hook_add(self.st.uc, &self.handles[4], UC_HOOK_INSN, uh_on_in_ptr, <void *>&self.st, 1, 0,
 */
       __pyx_t_4 = NULL;
-      __pyx_t_6 = __Pyx_PyUnicode_From_int(__pyx_v_rc, 0, ' ', 'd'); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 345, __pyx_L1_error)
+      __pyx_t_6 = __Pyx_PyUnicode_From_int(__pyx_v_rc, 0, ' ', 'd'); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 352, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
-      __pyx_t_7 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_uc_hook_add_failed_error, __pyx_t_6); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 345, __pyx_L1_error)
+      __pyx_t_7 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_uc_hook_add_failed_error, __pyx_t_6); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 352, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
       __pyx_t_5 = 1;
@@ -20787,14 +20844,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
         __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_OSError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 345, __pyx_L1_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 352, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __Pyx_Raise(__pyx_t_3, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      __PYX_ERR(0, 345, __pyx_L1_error)
+      __PYX_ERR(0, 352, __pyx_L1_error)
 
-      /* "lguest/unicorn/_uchook.pyx":343
+      /* "lguest/unicorn/_uchook.pyx":350
  *         for i in range(4):
  *             rc = self.st.hook_add(self.st.uc, &self.handles[i], types[i], cbs[i], <void *>&self.st, 1, 0)
  *             if rc != 0:             # <<<<<<<<<<<<<<
@@ -20803,7 +20860,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
     }
 
-    /* "lguest/unicorn/_uchook.pyx":346
+    /* "lguest/unicorn/_uchook.pyx":353
  *                 self.uninstall()
  *                 raise OSError(f"uc_hook_add failed: error {rc}")
  *             self.nhooks += 1             # <<<<<<<<<<<<<<
@@ -20813,7 +20870,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
     __pyx_v_self->nhooks = (__pyx_v_self->nhooks + 1);
   }
 
-  /* "lguest/unicorn/_uchook.pyx":347
+  /* "lguest/unicorn/_uchook.pyx":354
  *                 raise OSError(f"uc_hook_add failed: error {rc}")
  *             self.nhooks += 1
  *         rc = self.st.hook_add(self.st.uc, &self.handles[4], UC_HOOK_INSN, uh_on_in_ptr, <void *>&self.st, 1, 0,             # <<<<<<<<<<<<<<
@@ -20822,7 +20879,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
   __pyx_v_rc = __pyx_v_self->st.hook_add(__pyx_v_self->st.uc, (&(__pyx_v_self->handles[4])), __pyx_e_6lguest_7unicorn_7_uchook_UC_HOOK_INSN, ((void *)uh_on_in), ((void *)(&__pyx_v_self->st)), 1, 0, ((int)__pyx_v_self->insn_in));
 
-  /* "lguest/unicorn/_uchook.pyx":349
+  /* "lguest/unicorn/_uchook.pyx":356
  *         rc = self.st.hook_add(self.st.uc, &self.handles[4], UC_HOOK_INSN, uh_on_in_ptr, <void *>&self.st, 1, 0,
  *                               <int>self.insn_in)
  *         if rc != 0:             # <<<<<<<<<<<<<<
@@ -20834,7 +20891,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":350
+    /* "lguest/unicorn/_uchook.pyx":357
  *                               <int>self.insn_in)
  *         if rc != 0:
  *             self.uninstall()             # <<<<<<<<<<<<<<
@@ -20848,12 +20905,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
       PyObject *__pyx_callargs[2] = {__pyx_t_7, NULL};
       __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_uninstall, __pyx_callargs+__pyx_t_5, (1-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 350, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 357, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":351
+    /* "lguest/unicorn/_uchook.pyx":358
  *         if rc != 0:
  *             self.uninstall()
  *             raise OSError(f"uc_hook_add(IN) failed: error {rc}")             # <<<<<<<<<<<<<<
@@ -20861,9 +20918,9 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
  *         rc = self.st.hook_add(self.st.uc, &self.handles[5], UC_HOOK_INSN, uh_on_out_ptr, <void *>&self.st, 1, 0,
 */
     __pyx_t_7 = NULL;
-    __pyx_t_4 = __Pyx_PyUnicode_From_int(__pyx_v_rc, 0, ' ', 'd'); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 351, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyUnicode_From_int(__pyx_v_rc, 0, ' ', 'd'); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 358, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_6 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_uc_hook_add_IN_failed_error, __pyx_t_4); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 351, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_uc_hook_add_IN_failed_error, __pyx_t_4); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 358, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __pyx_t_5 = 1;
@@ -20872,14 +20929,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_OSError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 351, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 358, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 351, __pyx_L1_error)
+    __PYX_ERR(0, 358, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":349
+    /* "lguest/unicorn/_uchook.pyx":356
  *         rc = self.st.hook_add(self.st.uc, &self.handles[4], UC_HOOK_INSN, uh_on_in_ptr, <void *>&self.st, 1, 0,
  *                               <int>self.insn_in)
  *         if rc != 0:             # <<<<<<<<<<<<<<
@@ -20888,7 +20945,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":352
+  /* "lguest/unicorn/_uchook.pyx":359
  *             self.uninstall()
  *             raise OSError(f"uc_hook_add(IN) failed: error {rc}")
  *         self.nhooks += 1             # <<<<<<<<<<<<<<
@@ -20897,7 +20954,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
   __pyx_v_self->nhooks = (__pyx_v_self->nhooks + 1);
 
-  /* "lguest/unicorn/_uchook.pyx":353
+  /* "lguest/unicorn/_uchook.pyx":360
  *             raise OSError(f"uc_hook_add(IN) failed: error {rc}")
  *         self.nhooks += 1
  *         rc = self.st.hook_add(self.st.uc, &self.handles[5], UC_HOOK_INSN, uh_on_out_ptr, <void *>&self.st, 1, 0,             # <<<<<<<<<<<<<<
@@ -20906,7 +20963,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
   __pyx_v_rc = __pyx_v_self->st.hook_add(__pyx_v_self->st.uc, (&(__pyx_v_self->handles[5])), __pyx_e_6lguest_7unicorn_7_uchook_UC_HOOK_INSN, ((void *)uh_on_out), ((void *)(&__pyx_v_self->st)), 1, 0, ((int)__pyx_v_self->insn_out));
 
-  /* "lguest/unicorn/_uchook.pyx":355
+  /* "lguest/unicorn/_uchook.pyx":362
  *         rc = self.st.hook_add(self.st.uc, &self.handles[5], UC_HOOK_INSN, uh_on_out_ptr, <void *>&self.st, 1, 0,
  *                               <int>self.insn_out)
  *         if rc != 0:             # <<<<<<<<<<<<<<
@@ -20918,7 +20975,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":356
+    /* "lguest/unicorn/_uchook.pyx":363
  *                               <int>self.insn_out)
  *         if rc != 0:
  *             self.uninstall()             # <<<<<<<<<<<<<<
@@ -20932,12 +20989,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
       PyObject *__pyx_callargs[2] = {__pyx_t_6, NULL};
       __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_uninstall, __pyx_callargs+__pyx_t_5, (1-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 356, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 363, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":357
+    /* "lguest/unicorn/_uchook.pyx":364
  *         if rc != 0:
  *             self.uninstall()
  *             raise OSError(f"uc_hook_add(OUT) failed: error {rc}")             # <<<<<<<<<<<<<<
@@ -20945,9 +21002,9 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
  * 
 */
     __pyx_t_6 = NULL;
-    __pyx_t_7 = __Pyx_PyUnicode_From_int(__pyx_v_rc, 0, ' ', 'd'); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 357, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyUnicode_From_int(__pyx_v_rc, 0, ' ', 'd'); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 364, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_4 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_uc_hook_add_OUT_failed_error, __pyx_t_7); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 357, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_uc_hook_add_OUT_failed_error, __pyx_t_7); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 364, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __pyx_t_5 = 1;
@@ -20956,14 +21013,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_OSError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 357, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 364, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 357, __pyx_L1_error)
+    __PYX_ERR(0, 364, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":355
+    /* "lguest/unicorn/_uchook.pyx":362
  *         rc = self.st.hook_add(self.st.uc, &self.handles[5], UC_HOOK_INSN, uh_on_out_ptr, <void *>&self.st, 1, 0,
  *                               <int>self.insn_out)
  *         if rc != 0:             # <<<<<<<<<<<<<<
@@ -20972,7 +21029,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":358
+  /* "lguest/unicorn/_uchook.pyx":365
  *             self.uninstall()
  *             raise OSError(f"uc_hook_add(OUT) failed: error {rc}")
  *         self.nhooks += 1             # <<<<<<<<<<<<<<
@@ -20981,7 +21038,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
   __pyx_v_self->nhooks = (__pyx_v_self->nhooks + 1);
 
-  /* "lguest/unicorn/_uchook.pyx":329
+  /* "lguest/unicorn/_uchook.pyx":336
  *         return 0
  * 
  *     def install(self):             # <<<<<<<<<<<<<<
@@ -21009,7 +21066,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":360
+/* "lguest/unicorn/_uchook.pyx":367
  *         self.nhooks += 1
  * 
  *     def uninstall(self):             # <<<<<<<<<<<<<<
@@ -21072,17 +21129,17 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6uninstall(str
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("uninstall", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":362
+  /* "lguest/unicorn/_uchook.pyx":369
  *     def uninstall(self):
  *         cdef int i
  *         self._check_idle()             # <<<<<<<<<<<<<<
  *         for i in range(self.nhooks):
  *             self.st.hook_del(self.st.uc, self.handles[i])
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 362, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 369, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":363
+  /* "lguest/unicorn/_uchook.pyx":370
  *         cdef int i
  *         self._check_idle()
  *         for i in range(self.nhooks):             # <<<<<<<<<<<<<<
@@ -21096,7 +21153,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6uninstall(str
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_i = __pyx_t_3;
 
-    /* "lguest/unicorn/_uchook.pyx":364
+    /* "lguest/unicorn/_uchook.pyx":371
  *         self._check_idle()
  *         for i in range(self.nhooks):
  *             self.st.hook_del(self.st.uc, self.handles[i])             # <<<<<<<<<<<<<<
@@ -21107,7 +21164,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6uninstall(str
   }
 
 
-  /* "lguest/unicorn/_uchook.pyx":365
+  /* "lguest/unicorn/_uchook.pyx":372
  *         for i in range(self.nhooks):
  *             self.st.hook_del(self.st.uc, self.handles[i])
  *         self.nhooks = 0             # <<<<<<<<<<<<<<
@@ -21116,7 +21173,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6uninstall(str
 */
   __pyx_v_self->nhooks = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":360
+  /* "lguest/unicorn/_uchook.pyx":367
  *         self.nhooks += 1
  * 
  *     def uninstall(self):             # <<<<<<<<<<<<<<
@@ -21137,7 +21194,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6uninstall(str
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":367
+/* "lguest/unicorn/_uchook.pyx":374
  *         self.nhooks = 0
  * 
  *     def close(self):             # <<<<<<<<<<<<<<
@@ -21203,7 +21260,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("close", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":370
+  /* "lguest/unicorn/_uchook.pyx":377
  *         """Remove the hooks, free the contexts and drop every pointer (call
  *         before closing Unicorn).  Idempotent; RuntimeError during a run."""
  *         if self.state == 2:             # <<<<<<<<<<<<<<
@@ -21215,7 +21272,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
   if (__pyx_t_1) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":371
+    /* "lguest/unicorn/_uchook.pyx":378
  *         before closing Unicorn).  Idempotent; RuntimeError during a run."""
  *         if self.state == 2:
  *             return             # <<<<<<<<<<<<<<
@@ -21232,7 +21289,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
     }
     goto __pyx_L0;
 
-    /* "lguest/unicorn/_uchook.pyx":370
+    /* "lguest/unicorn/_uchook.pyx":377
  *         """Remove the hooks, free the contexts and drop every pointer (call
  *         before closing Unicorn).  Idempotent; RuntimeError during a run."""
  *         if self.state == 2:             # <<<<<<<<<<<<<<
@@ -21241,7 +21298,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":372
+  /* "lguest/unicorn/_uchook.pyx":379
  *         if self.state == 2:
  *             return
  *         if self.busy:             # <<<<<<<<<<<<<<
@@ -21253,7 +21310,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":373
+    /* "lguest/unicorn/_uchook.pyx":380
  *             return
  *         if self.busy:
  *             raise RuntimeError("NativeHooks is running a guest")             # <<<<<<<<<<<<<<
@@ -21266,14 +21323,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_NativeHooks_is_running_a_guest};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 373, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 380, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 373, __pyx_L1_error)
+    __PYX_ERR(0, 380, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":372
+    /* "lguest/unicorn/_uchook.pyx":379
  *         if self.state == 2:
  *             return
  *         if self.busy:             # <<<<<<<<<<<<<<
@@ -21282,7 +21339,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":374
+  /* "lguest/unicorn/_uchook.pyx":381
  *         if self.busy:
  *             raise RuntimeError("NativeHooks is running a guest")
  *         if self.state == 1:             # <<<<<<<<<<<<<<
@@ -21294,7 +21351,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
   if (__pyx_t_1) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":375
+    /* "lguest/unicorn/_uchook.pyx":382
  *             raise RuntimeError("NativeHooks is running a guest")
  *         if self.state == 1:
  *             self.uninstall()             # <<<<<<<<<<<<<<
@@ -21308,12 +21365,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
       PyObject *__pyx_callargs[2] = {__pyx_t_3, NULL};
       __pyx_t_2 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_uninstall, __pyx_callargs+__pyx_t_4, (1-__pyx_t_4) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 375, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 382, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":376
+    /* "lguest/unicorn/_uchook.pyx":383
  *         if self.state == 1:
  *             self.uninstall()
  *             if self.ctx_ptr != NULL and self._free is not None:             # <<<<<<<<<<<<<<
@@ -21338,7 +21395,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
     if (__pyx_t_1) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":377
+      /* "lguest/unicorn/_uchook.pyx":384
  *             self.uninstall()
  *             if self.ctx_ptr != NULL and self._free is not None:
  *                 self._free(<size_t>self.ctx_ptr)             # <<<<<<<<<<<<<<
@@ -21348,7 +21405,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
       __pyx_t_3 = NULL;
       __Pyx_INCREF(__pyx_v_self->_free);
       __pyx_t_6 = __pyx_v_self->_free; 
-      __pyx_t_7 = __Pyx_PyLong_FromSize_t(((size_t)__pyx_v_self->ctx_ptr)); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 377, __pyx_L1_error)
+      __pyx_t_7 = __Pyx_PyLong_FromSize_t(((size_t)__pyx_v_self->ctx_ptr)); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 384, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
       __pyx_t_4 = 1;
       #if CYTHON_UNPACK_METHODS
@@ -21368,12 +21425,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
         __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
         __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-        if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 377, __pyx_L1_error)
+        if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 384, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_2);
       }
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-      /* "lguest/unicorn/_uchook.pyx":376
+      /* "lguest/unicorn/_uchook.pyx":383
  *         if self.state == 1:
  *             self.uninstall()
  *             if self.ctx_ptr != NULL and self._free is not None:             # <<<<<<<<<<<<<<
@@ -21382,7 +21439,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
     }
 
-    /* "lguest/unicorn/_uchook.pyx":378
+    /* "lguest/unicorn/_uchook.pyx":385
  *             if self.ctx_ptr != NULL and self._free is not None:
  *                 self._free(<size_t>self.ctx_ptr)
  *             if self.ctx_small_ptr != NULL and self._free is not None:             # <<<<<<<<<<<<<<
@@ -21407,17 +21464,17 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
     if (__pyx_t_1) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":379
+      /* "lguest/unicorn/_uchook.pyx":386
  *                 self._free(<size_t>self.ctx_ptr)
  *             if self.ctx_small_ptr != NULL and self._free is not None:
  *                 self._free(<size_t>self.ctx_small_ptr)             # <<<<<<<<<<<<<<
  *         self.state = 2
- *         self._unbind()
+ *         self.st.trace = NULL
 */
       __pyx_t_6 = NULL;
       __Pyx_INCREF(__pyx_v_self->_free);
       __pyx_t_7 = __pyx_v_self->_free; 
-      __pyx_t_3 = __Pyx_PyLong_FromSize_t(((size_t)__pyx_v_self->ctx_small_ptr)); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 379, __pyx_L1_error)
+      __pyx_t_3 = __Pyx_PyLong_FromSize_t(((size_t)__pyx_v_self->ctx_small_ptr)); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 386, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
       __pyx_t_4 = 1;
       #if CYTHON_UNPACK_METHODS
@@ -21437,12 +21494,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
         __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
         __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-        if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 379, __pyx_L1_error)
+        if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 386, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_2);
       }
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-      /* "lguest/unicorn/_uchook.pyx":378
+      /* "lguest/unicorn/_uchook.pyx":385
  *             if self.ctx_ptr != NULL and self._free is not None:
  *                 self._free(<size_t>self.ctx_ptr)
  *             if self.ctx_small_ptr != NULL and self._free is not None:             # <<<<<<<<<<<<<<
@@ -21451,7 +21508,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
     }
 
-    /* "lguest/unicorn/_uchook.pyx":374
+    /* "lguest/unicorn/_uchook.pyx":381
  *         if self.busy:
  *             raise RuntimeError("NativeHooks is running a guest")
  *         if self.state == 1:             # <<<<<<<<<<<<<<
@@ -21460,28 +21517,49 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":380
+  /* "lguest/unicorn/_uchook.pyx":387
  *             if self.ctx_small_ptr != NULL and self._free is not None:
  *                 self._free(<size_t>self.ctx_small_ptr)
  *         self.state = 2             # <<<<<<<<<<<<<<
- *         self._unbind()
- *         self.ctx_ptr = NULL
+ *         self.st.trace = NULL
+ *         self._trace = None
 */
   __pyx_v_self->state = 2;
 
-  /* "lguest/unicorn/_uchook.pyx":381
+  /* "lguest/unicorn/_uchook.pyx":388
  *                 self._free(<size_t>self.ctx_small_ptr)
  *         self.state = 2
+ *         self.st.trace = NULL             # <<<<<<<<<<<<<<
+ *         self._trace = None
+ *         self._unbind()
+*/
+  __pyx_v_self->st.trace = NULL;
+
+  /* "lguest/unicorn/_uchook.pyx":389
+ *         self.state = 2
+ *         self.st.trace = NULL
+ *         self._trace = None             # <<<<<<<<<<<<<<
+ *         self._unbind()
+ *         self.ctx_ptr = NULL
+*/
+  __Pyx_INCREF(Py_None);
+  __Pyx_GIVEREF(Py_None);
+  __Pyx_GOTREF(__pyx_v_self->_trace);
+  __Pyx_DECREF_SET(__pyx_v_self->_trace, Py_None);
+
+  /* "lguest/unicorn/_uchook.pyx":390
+ *         self.st.trace = NULL
+ *         self._trace = None
  *         self._unbind()             # <<<<<<<<<<<<<<
  *         self.ctx_ptr = NULL
  *         self.ctx_small_ptr = NULL
 */
-  __pyx_t_2 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_unbind(__pyx_v_self); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 381, __pyx_L1_error)
+  __pyx_t_2 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_unbind(__pyx_v_self); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 390, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":382
- *         self.state = 2
+  /* "lguest/unicorn/_uchook.pyx":391
+ *         self._trace = None
  *         self._unbind()
  *         self.ctx_ptr = NULL             # <<<<<<<<<<<<<<
  *         self.ctx_small_ptr = NULL
@@ -21489,7 +21567,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   __pyx_v_self->ctx_ptr = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":383
+  /* "lguest/unicorn/_uchook.pyx":392
  *         self._unbind()
  *         self.ctx_ptr = NULL
  *         self.ctx_small_ptr = NULL             # <<<<<<<<<<<<<<
@@ -21498,7 +21576,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   __pyx_v_self->ctx_small_ptr = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":384
+  /* "lguest/unicorn/_uchook.pyx":393
  *         self.ctx_ptr = NULL
  *         self.ctx_small_ptr = NULL
  *         self.st.ctx = NULL             # <<<<<<<<<<<<<<
@@ -21507,7 +21585,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   __pyx_v_self->st.ctx = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":385
+  /* "lguest/unicorn/_uchook.pyx":394
  *         self.ctx_small_ptr = NULL
  *         self.st.ctx = NULL
  *         self.st.ctx_small = NULL             # <<<<<<<<<<<<<<
@@ -21516,7 +21594,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   __pyx_v_self->st.ctx_small = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":386
+  /* "lguest/unicorn/_uchook.pyx":395
  *         self.st.ctx = NULL
  *         self.st.ctx_small = NULL
  *         self.st.uc = NULL             # <<<<<<<<<<<<<<
@@ -21525,7 +21603,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   __pyx_v_self->st.uc = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":387
+  /* "lguest/unicorn/_uchook.pyx":396
  *         self.st.ctx_small = NULL
  *         self.st.uc = NULL
  *         self.st.switcher = NULL             # <<<<<<<<<<<<<<
@@ -21534,7 +21612,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   __pyx_v_self->st.switcher = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":388
+  /* "lguest/unicorn/_uchook.pyx":397
  *         self.st.uc = NULL
  *         self.st.switcher = NULL
  *         self.st.gdt = NULL             # <<<<<<<<<<<<<<
@@ -21543,7 +21621,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   __pyx_v_self->st.gdt = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":389
+  /* "lguest/unicorn/_uchook.pyx":398
  *         self.st.switcher = NULL
  *         self.st.gdt = NULL
  *         self._owners = None             # <<<<<<<<<<<<<<
@@ -21555,7 +21633,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
   __Pyx_GOTREF(__pyx_v_self->_owners);
   __Pyx_DECREF_SET(__pyx_v_self->_owners, Py_None);
 
-  /* "lguest/unicorn/_uchook.pyx":390
+  /* "lguest/unicorn/_uchook.pyx":399
  *         self.st.gdt = NULL
  *         self._owners = None
  *         self._free = None             # <<<<<<<<<<<<<<
@@ -21567,7 +21645,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
   __Pyx_GOTREF(__pyx_v_self->_free);
   __Pyx_DECREF_SET(__pyx_v_self->_free, Py_None);
 
-  /* "lguest/unicorn/_uchook.pyx":367
+  /* "lguest/unicorn/_uchook.pyx":374
  *         self.nhooks = 0
  * 
  *     def close(self):             # <<<<<<<<<<<<<<
@@ -21591,7 +21669,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":392
+/* "lguest/unicorn/_uchook.pyx":401
  *         self._free = None
  * 
  *     cdef _unbind(self):             # <<<<<<<<<<<<<<
@@ -21611,7 +21689,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_unbind", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":393
+  /* "lguest/unicorn/_uchook.pyx":402
  * 
  *     cdef _unbind(self):
  *         self.st.regs = NULL             # <<<<<<<<<<<<<<
@@ -21620,7 +21698,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   __pyx_v_self->st.regs = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":394
+  /* "lguest/unicorn/_uchook.pyx":403
  *     cdef _unbind(self):
  *         self.st.regs = NULL
  *         self.st.idt = NULL             # <<<<<<<<<<<<<<
@@ -21629,7 +21707,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   __pyx_v_self->st.idt = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":395
+  /* "lguest/unicorn/_uchook.pyx":404
  *         self.st.regs = NULL
  *         self.st.idt = NULL
  *         self.st.guest_idt = NULL             # <<<<<<<<<<<<<<
@@ -21638,7 +21716,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   __pyx_v_self->st.guest_idt = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":396
+  /* "lguest/unicorn/_uchook.pyx":405
  *         self.st.idt = NULL
  *         self.st.guest_idt = NULL
  *         self.st.mem = NULL             # <<<<<<<<<<<<<<
@@ -21647,7 +21725,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   __pyx_v_self->st.mem = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":397
+  /* "lguest/unicorn/_uchook.pyx":406
  *         self.st.guest_idt = NULL
  *         self.st.mem = NULL
  *         self.st.mem_size = 0             # <<<<<<<<<<<<<<
@@ -21656,7 +21734,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   __pyx_v_self->st.mem_size = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":398
+  /* "lguest/unicorn/_uchook.pyx":407
  *         self.st.mem = NULL
  *         self.st.mem_size = 0
  *         self.st.has_ld = 0             # <<<<<<<<<<<<<<
@@ -21665,7 +21743,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   __pyx_v_self->st.has_ld = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":399
+  /* "lguest/unicorn/_uchook.pyx":408
  *         self.st.mem_size = 0
  *         self.st.has_ld = 0
  *         self.st.api = NULL             # <<<<<<<<<<<<<<
@@ -21674,7 +21752,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   __pyx_v_self->st.api = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":400
+  /* "lguest/unicorn/_uchook.pyx":409
  *         self.st.has_ld = 0
  *         self.st.api = NULL
  *         self.st.pending = &self.st.attention             # <<<<<<<<<<<<<<
@@ -21683,21 +21761,21 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   __pyx_v_self->st.pending = (&__pyx_v_self->st.attention);
 
-  /* "lguest/unicorn/_uchook.pyx":401
+  /* "lguest/unicorn/_uchook.pyx":410
  *         self.st.api = NULL
  *         self.st.pending = &self.st.attention
  *         self._keep = []             # <<<<<<<<<<<<<<
  *         hold, self._hold = self._hold, None
  *         if hold is not None:
 */
-  __pyx_t_1 = PyList_New(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 401, __pyx_L1_error)
+  __pyx_t_1 = PyList_New(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 410, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_GIVEREF(__pyx_t_1);
   __Pyx_GOTREF(__pyx_v_self->_keep);
   __Pyx_DECREF_SET(__pyx_v_self->_keep, __pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":402
+  /* "lguest/unicorn/_uchook.pyx":411
  *         self.st.pending = &self.st.attention
  *         self._keep = []
  *         hold, self._hold = self._hold, None             # <<<<<<<<<<<<<<
@@ -21715,7 +21793,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
   __Pyx_DECREF_SET(__pyx_v_self->_hold, __pyx_t_2);
   __pyx_t_2 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":403
+  /* "lguest/unicorn/_uchook.pyx":412
  *         self._keep = []
  *         hold, self._hold = self._hold, None
  *         if hold is not None:             # <<<<<<<<<<<<<<
@@ -21726,21 +21804,21 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
   if (__pyx_t_3) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":404
+    /* "lguest/unicorn/_uchook.pyx":413
  *         hold, self._hold = self._hold, None
  *         if hold is not None:
  *             hold.__exit__(None, None, None)             # <<<<<<<<<<<<<<
  * 
  *     def bind(self, cpu, regs_array, host_idt, guest_idt, memory, api_capsule):
 */
-    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_hold, __pyx_mstate_global->__pyx_n_u_exit); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 404, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_hold, __pyx_mstate_global->__pyx_n_u_exit); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 413, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_1 = __Pyx_PyObject_Call(__pyx_t_2, __pyx_mstate_global->__pyx_tuple[4], NULL); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 404, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyObject_Call(__pyx_t_2, __pyx_mstate_global->__pyx_tuple[4], NULL); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 413, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":403
+    /* "lguest/unicorn/_uchook.pyx":412
  *         self._keep = []
  *         hold, self._hold = self._hold, None
  *         if hold is not None:             # <<<<<<<<<<<<<<
@@ -21749,7 +21827,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":392
+  /* "lguest/unicorn/_uchook.pyx":401
  *         self._free = None
  * 
  *     cdef _unbind(self):             # <<<<<<<<<<<<<<
@@ -21772,7 +21850,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":406
+/* "lguest/unicorn/_uchook.pyx":415
  *             hold.__exit__(None, None, None)
  * 
  *     def bind(self, cpu, regs_array, host_idt, guest_idt, memory, api_capsule):             # <<<<<<<<<<<<<<
@@ -21825,56 +21903,56 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_cpu,&__pyx_mstate_global->__pyx_n_u_regs_array,&__pyx_mstate_global->__pyx_n_u_host_idt,&__pyx_mstate_global->__pyx_n_u_guest_idt,&__pyx_mstate_global->__pyx_n_u_memory,&__pyx_mstate_global->__pyx_n_u_api_capsule,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 406, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 415, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  6:
         values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 406, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 415, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 406, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 415, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 406, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 415, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 406, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 415, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 406, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 415, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 406, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 415, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "bind", 0) < (0)) __PYX_ERR(0, 406, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "bind", 0) < (0)) __PYX_ERR(0, 415, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 6; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("bind", 1, 6, 6, i); __PYX_ERR(0, 406, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("bind", 1, 6, 6, i); __PYX_ERR(0, 415, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 6)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 406, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 415, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 406, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 415, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 406, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 415, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 406, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 415, __pyx_L3_error)
       values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 406, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 415, __pyx_L3_error)
       values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 406, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 415, __pyx_L3_error)
     }
     __pyx_v_cpu = values[0];
     __pyx_v_regs_array = values[1];
@@ -21885,7 +21963,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("bind", 1, 6, 6, __pyx_nargs); __PYX_ERR(0, 406, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("bind", 1, 6, 6, __pyx_nargs); __PYX_ERR(0, 415, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -21950,7 +22028,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("bind", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":414
+  /* "lguest/unicorn/_uchook.pyx":423
  *         cdef uint32_t[:, ::1] hv
  *         cdef uint32_t[:, ::1] gv
  *         cdef lg_native_api *api = NULL             # <<<<<<<<<<<<<<
@@ -21959,7 +22037,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
   __pyx_v_api = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":415
+  /* "lguest/unicorn/_uchook.pyx":424
  *         cdef uint32_t[:, ::1] gv
  *         cdef lg_native_api *api = NULL
  *         from ..memory import GuestMemory             # <<<<<<<<<<<<<<
@@ -21968,14 +22046,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
   {
     PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_GuestMemory};
-    __pyx_t_2 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_memory, __pyx_imported_names, 1, __pyx_mstate_global->__pyx_kp_u_lguest_memory, 2); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 415, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_memory, __pyx_imported_names, 1, __pyx_mstate_global->__pyx_kp_u_lguest_memory, 2); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 424, __pyx_L1_error)
   }
   __pyx_t_1 = __pyx_t_2;
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_GuestMemory};
     __pyx_t_3 = 0; {
-      __pyx_t_4 = __Pyx_ImportFrom(__pyx_t_1, __pyx_imported_names[__pyx_t_3]); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 415, __pyx_L1_error)
+      __pyx_t_4 = __Pyx_ImportFrom(__pyx_t_1, __pyx_imported_names[__pyx_t_3]); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 424, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
       switch (__pyx_t_3) {
         case 0:
@@ -21989,66 +22067,66 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":416
+  /* "lguest/unicorn/_uchook.pyx":425
  *         cdef lg_native_api *api = NULL
  *         from ..memory import GuestMemory
  *         self._check_idle()             # <<<<<<<<<<<<<<
  *         arrays = {"regs": (regs_array, (NUM_REGS,)), "host IDT": (host_idt, (256, 2)), "guest IDT": (guest_idt, (256, 2))}
  *         for name, (arr, shape) in arrays.items():
 */
-  __pyx_t_5 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_5 == ((int)-1))) __PYX_ERR(0, 416, __pyx_L1_error)
+  __pyx_t_5 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_5 == ((int)-1))) __PYX_ERR(0, 425, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":417
+  /* "lguest/unicorn/_uchook.pyx":426
  *         from ..memory import GuestMemory
  *         self._check_idle()
  *         arrays = {"regs": (regs_array, (NUM_REGS,)), "host IDT": (host_idt, (256, 2)), "guest IDT": (guest_idt, (256, 2))}             # <<<<<<<<<<<<<<
  *         for name, (arr, shape) in arrays.items():
  *             if not isinstance(arr, np.ndarray) or arr.dtype != np.uint32:
 */
-  __pyx_t_1 = __Pyx_PyDict_NewPresized(3); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 417, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyDict_NewPresized(3); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 426, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(LG_NUM_REGS); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 417, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(LG_NUM_REGS); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 426, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_6 = PyTuple_New(1); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 417, __pyx_L1_error)
+  __pyx_t_6 = PyTuple_New(1); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 426, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_GIVEREF(__pyx_t_4);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 0, __pyx_t_4) != (0)) __PYX_ERR(0, 417, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 0, __pyx_t_4) != (0)) __PYX_ERR(0, 426, __pyx_L1_error);
   __pyx_t_4 = 0;
-  __pyx_t_4 = PyTuple_New(2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 417, __pyx_L1_error)
+  __pyx_t_4 = PyTuple_New(2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 426, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_INCREF(__pyx_v_regs_array);
   __Pyx_GIVEREF(__pyx_v_regs_array);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_v_regs_array) != (0)) __PYX_ERR(0, 417, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_v_regs_array) != (0)) __PYX_ERR(0, 426, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_6);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_t_6) != (0)) __PYX_ERR(0, 417, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_t_6) != (0)) __PYX_ERR(0, 426, __pyx_L1_error);
   __pyx_t_6 = 0;
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_regs, __pyx_t_4) < (0)) __PYX_ERR(0, 417, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_regs, __pyx_t_4) < (0)) __PYX_ERR(0, 426, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = PyTuple_New(2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 417, __pyx_L1_error)
+  __pyx_t_4 = PyTuple_New(2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 426, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_INCREF(__pyx_v_host_idt);
   __Pyx_GIVEREF(__pyx_v_host_idt);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_v_host_idt) != (0)) __PYX_ERR(0, 417, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_v_host_idt) != (0)) __PYX_ERR(0, 426, __pyx_L1_error);
   __Pyx_INCREF(__pyx_mstate_global->__pyx_tuple[5]);
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[5]);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_mstate_global->__pyx_tuple[5]) != (0)) __PYX_ERR(0, 417, __pyx_L1_error);
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_kp_u_host_IDT, __pyx_t_4) < (0)) __PYX_ERR(0, 417, __pyx_L1_error)
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_mstate_global->__pyx_tuple[5]) != (0)) __PYX_ERR(0, 426, __pyx_L1_error);
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_kp_u_host_IDT, __pyx_t_4) < (0)) __PYX_ERR(0, 426, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = PyTuple_New(2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 417, __pyx_L1_error)
+  __pyx_t_4 = PyTuple_New(2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 426, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_INCREF(__pyx_v_guest_idt);
   __Pyx_GIVEREF(__pyx_v_guest_idt);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_v_guest_idt) != (0)) __PYX_ERR(0, 417, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_v_guest_idt) != (0)) __PYX_ERR(0, 426, __pyx_L1_error);
   __Pyx_INCREF(__pyx_mstate_global->__pyx_tuple[5]);
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[5]);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_mstate_global->__pyx_tuple[5]) != (0)) __PYX_ERR(0, 417, __pyx_L1_error);
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_kp_u_guest_IDT, __pyx_t_4) < (0)) __PYX_ERR(0, 417, __pyx_L1_error)
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_mstate_global->__pyx_tuple[5]) != (0)) __PYX_ERR(0, 426, __pyx_L1_error);
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_kp_u_guest_IDT, __pyx_t_4) < (0)) __PYX_ERR(0, 426, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_arrays = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":418
+  /* "lguest/unicorn/_uchook.pyx":427
  *         self._check_idle()
  *         arrays = {"regs": (regs_array, (NUM_REGS,)), "host IDT": (host_idt, (256, 2)), "guest IDT": (guest_idt, (256, 2))}
  *         for name, (arr, shape) in arrays.items():             # <<<<<<<<<<<<<<
@@ -22056,7 +22134,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
  *                 raise TypeError(f"the {name} must be a numpy uint32 array")
 */
   __pyx_t_3 = 0;
-  __pyx_t_4 = __Pyx_dict_iterator(__pyx_v_arrays, 1, __pyx_mstate_global->__pyx_n_u_items, (&__pyx_t_7), (&__pyx_t_5)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 418, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_dict_iterator(__pyx_v_arrays, 1, __pyx_mstate_global->__pyx_n_u_items, (&__pyx_t_7), (&__pyx_t_5)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 427, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_XDECREF(__pyx_t_1);
   __pyx_t_1 = __pyx_t_4;
@@ -22064,7 +22142,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   while (1) {
     __pyx_t_8 = __Pyx_dict_iter_next(__pyx_t_1, __pyx_t_7, &__pyx_t_3, &__pyx_t_4, &__pyx_t_6, NULL, __pyx_t_5);
     if (unlikely(__pyx_t_8 == 0)) break;
-    if (unlikely(__pyx_t_8 == -1)) __PYX_ERR(0, 418, __pyx_L1_error)
+    if (unlikely(__pyx_t_8 == -1)) __PYX_ERR(0, 427, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_XDECREF_SET(__pyx_v_name, __pyx_t_4);
@@ -22075,7 +22153,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
       if (unlikely(size != 2)) {
         if (size > 2) __Pyx_RaiseTooManyValuesError(2);
         else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-        __PYX_ERR(0, 418, __pyx_L1_error)
+        __PYX_ERR(0, 427, __pyx_L1_error)
       }
       #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
       if (likely(PyTuple_CheckExact(sequence))) {
@@ -22085,22 +22163,22 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
         __Pyx_INCREF(__pyx_t_9);
       } else {
         __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 418, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 427, __pyx_L1_error)
         __Pyx_XGOTREF(__pyx_t_4);
         __pyx_t_9 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-        if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 418, __pyx_L1_error)
+        if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 427, __pyx_L1_error)
         __Pyx_XGOTREF(__pyx_t_9);
       }
       #else
-      __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 418, __pyx_L1_error)
+      __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 427, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
-      __pyx_t_9 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 418, __pyx_L1_error)
+      __pyx_t_9 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 427, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_9);
       #endif
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     } else {
       Py_ssize_t index = -1;
-      __pyx_t_10 = PyObject_GetIter(__pyx_t_6); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 418, __pyx_L1_error)
+      __pyx_t_10 = PyObject_GetIter(__pyx_t_6); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 427, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_10);
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
       __pyx_t_11 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_10);
@@ -22108,7 +22186,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
       __Pyx_GOTREF(__pyx_t_4);
       index = 1; __pyx_t_9 = __pyx_t_11(__pyx_t_10); if (unlikely(!__pyx_t_9)) goto __pyx_L5_unpacking_failed;
       __Pyx_GOTREF(__pyx_t_9);
-      if (__Pyx_IternextUnpackEndCheck(__pyx_t_11(__pyx_t_10), 2) < (0)) __PYX_ERR(0, 418, __pyx_L1_error)
+      if (__Pyx_IternextUnpackEndCheck(__pyx_t_11(__pyx_t_10), 2) < (0)) __PYX_ERR(0, 427, __pyx_L1_error)
       __pyx_t_11 = NULL;
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
       goto __pyx_L6_unpacking_done;
@@ -22116,7 +22194,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
       __pyx_t_11 = NULL;
       if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-      __PYX_ERR(0, 418, __pyx_L1_error)
+      __PYX_ERR(0, 427, __pyx_L1_error)
       __pyx_L6_unpacking_done:;
     }
     __Pyx_XDECREF_SET(__pyx_v_arr, __pyx_t_4);
@@ -22124,19 +22202,19 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
     __Pyx_XDECREF_SET(__pyx_v_shape, __pyx_t_9);
     __pyx_t_9 = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":419
+    /* "lguest/unicorn/_uchook.pyx":428
  *         arrays = {"regs": (regs_array, (NUM_REGS,)), "host IDT": (host_idt, (256, 2)), "guest IDT": (guest_idt, (256, 2))}
  *         for name, (arr, shape) in arrays.items():
  *             if not isinstance(arr, np.ndarray) or arr.dtype != np.uint32:             # <<<<<<<<<<<<<<
  *                 raise TypeError(f"the {name} must be a numpy uint32 array")
  *             if arr.shape != shape or not arr.flags.c_contiguous or not arr.flags.writeable:
 */
-    __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 419, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 428, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
-    __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_ndarray); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 419, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_ndarray); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 428, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    __pyx_t_13 = PyObject_IsInstance(__pyx_v_arr, __pyx_t_9); if (unlikely(__pyx_t_13 == ((int)-1))) __PYX_ERR(0, 419, __pyx_L1_error)
+    __pyx_t_13 = PyObject_IsInstance(__pyx_v_arr, __pyx_t_9); if (unlikely(__pyx_t_13 == ((int)-1))) __PYX_ERR(0, 428, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     __pyx_t_14 = (!__pyx_t_13);
 
@@ -22149,14 +22227,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 
       goto __pyx_L8_bool_binop_done;
     }
-    __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 419, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 428, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
-    __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 419, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 428, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
-    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_uint32); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 419, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_uint32); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 428, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    __pyx_t_14 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_9, __pyx_t_4, Py_NE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 419, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_9, __pyx_t_4, Py_NE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 428, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
@@ -22166,7 +22244,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
     if (unlikely(__pyx_t_12)) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":420
+      /* "lguest/unicorn/_uchook.pyx":429
  *         for name, (arr, shape) in arrays.items():
  *             if not isinstance(arr, np.ndarray) or arr.dtype != np.uint32:
  *                 raise TypeError(f"the {name} must be a numpy uint32 array")             # <<<<<<<<<<<<<<
@@ -22174,7 +22252,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
  *                 raise ValueError(f"the {name} must be a writable C-contiguous uint32{list(shape)}")
 */
       __pyx_t_9 = NULL;
-      __pyx_t_6 = __Pyx_PyObject_FormatSimple(__pyx_v_name, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 420, __pyx_L1_error)
+      __pyx_t_6 = __Pyx_PyObject_FormatSimple(__pyx_v_name, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 429, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
       __pyx_t_15[0] = __pyx_mstate_global->__pyx_kp_u_the;
       __pyx_t_15[1] = __pyx_t_6;
@@ -22188,7 +22266,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
       __pyx_t_8 |= __Pyx_PyUnicode_KIND_04(__pyx_t_15[1]);
       #endif
       __pyx_t_10 = __Pyx_PyUnicode_Join(__pyx_t_15, 3, __pyx_t_16, __pyx_t_8);
-      if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 420, __pyx_L1_error)
+      if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 429, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_10);
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
       __pyx_t_17 = 1;
@@ -22197,14 +22275,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
         __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_TypeError)), __pyx_callargs+__pyx_t_17, (2-__pyx_t_17) | (__pyx_t_17*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_9); __pyx_t_9 = 0;
         __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 420, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 429, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       __Pyx_Raise(__pyx_t_4, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      __PYX_ERR(0, 420, __pyx_L1_error)
+      __PYX_ERR(0, 429, __pyx_L1_error)
 
-      /* "lguest/unicorn/_uchook.pyx":419
+      /* "lguest/unicorn/_uchook.pyx":428
  *         arrays = {"regs": (regs_array, (NUM_REGS,)), "host IDT": (host_idt, (256, 2)), "guest IDT": (guest_idt, (256, 2))}
  *         for name, (arr, shape) in arrays.items():
  *             if not isinstance(arr, np.ndarray) or arr.dtype != np.uint32:             # <<<<<<<<<<<<<<
@@ -22213,16 +22291,16 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
     }
 
-    /* "lguest/unicorn/_uchook.pyx":421
+    /* "lguest/unicorn/_uchook.pyx":430
  *             if not isinstance(arr, np.ndarray) or arr.dtype != np.uint32:
  *                 raise TypeError(f"the {name} must be a numpy uint32 array")
  *             if arr.shape != shape or not arr.flags.c_contiguous or not arr.flags.writeable:             # <<<<<<<<<<<<<<
  *                 raise ValueError(f"the {name} must be a writable C-contiguous uint32{list(shape)}")
  *         if regs_array.ctypes.data != cpu.regs.array.ctypes.data or guest_idt.ctypes.data != cpu.idt.ctypes.data:
 */
-    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 421, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 430, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_14 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_4, __pyx_v_shape, Py_NE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 421, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_4, __pyx_v_shape, Py_NE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 430, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     if (!__pyx_t_14) {
 
@@ -22232,12 +22310,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 
       goto __pyx_L11_bool_binop_done;
     }
-    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 421, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 430, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_c_contiguous); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 421, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_c_contiguous); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 430, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __pyx_t_14 = __Pyx_PyObject_IsTrue(__pyx_t_10); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 421, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyObject_IsTrue(__pyx_t_10); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 430, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __pyx_t_13 = (!__pyx_t_14);
 
@@ -22250,12 +22328,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 
       goto __pyx_L11_bool_binop_done;
     }
-    __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 421, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 430, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
-    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_writeable); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 421, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_writeable); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 430, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-    __pyx_t_13 = __Pyx_PyObject_IsTrue(__pyx_t_4); if (unlikely((__pyx_t_13 < 0))) __PYX_ERR(0, 421, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyObject_IsTrue(__pyx_t_4); if (unlikely((__pyx_t_13 < 0))) __PYX_ERR(0, 430, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __pyx_t_14 = (!__pyx_t_13);
 
@@ -22267,7 +22345,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
     if (unlikely(__pyx_t_12)) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":422
+      /* "lguest/unicorn/_uchook.pyx":431
  *                 raise TypeError(f"the {name} must be a numpy uint32 array")
  *             if arr.shape != shape or not arr.flags.c_contiguous or not arr.flags.writeable:
  *                 raise ValueError(f"the {name} must be a writable C-contiguous uint32{list(shape)}")             # <<<<<<<<<<<<<<
@@ -22275,11 +22353,11 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
  *             raise ValueError("regs_array and guest_idt must be the cpu's own")
 */
       __pyx_t_10 = NULL;
-      __pyx_t_9 = __Pyx_PyObject_FormatSimple(__pyx_v_name, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 422, __pyx_L1_error)
+      __pyx_t_9 = __Pyx_PyObject_FormatSimple(__pyx_v_name, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 431, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_9);
-      __pyx_t_6 = PySequence_List(__pyx_v_shape); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 422, __pyx_L1_error)
+      __pyx_t_6 = PySequence_List(__pyx_v_shape); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 431, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
-      __pyx_t_18 = __Pyx_PyObject_FormatSimple(__pyx_t_6, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_18)) __PYX_ERR(0, 422, __pyx_L1_error)
+      __pyx_t_18 = __Pyx_PyObject_FormatSimple(__pyx_t_6, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_18)) __PYX_ERR(0, 431, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_18);
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
       __pyx_t_19[0] = __pyx_mstate_global->__pyx_kp_u_the;
@@ -22295,7 +22373,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
       __pyx_t_8 |= __Pyx_PyUnicode_KIND_04(__pyx_t_19[1]) | __Pyx_PyUnicode_KIND_04(__pyx_t_19[3]);
       #endif
       __pyx_t_6 = __Pyx_PyUnicode_Join(__pyx_t_19, 4, __pyx_t_16, __pyx_t_8);
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 422, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 431, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
       __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
       __Pyx_DECREF(__pyx_t_18); __pyx_t_18 = 0;
@@ -22305,14 +22383,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
         __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_17, (2-__pyx_t_17) | (__pyx_t_17*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_10); __pyx_t_10 = 0;
         __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 422, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 431, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       __Pyx_Raise(__pyx_t_4, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      __PYX_ERR(0, 422, __pyx_L1_error)
+      __PYX_ERR(0, 431, __pyx_L1_error)
 
-      /* "lguest/unicorn/_uchook.pyx":421
+      /* "lguest/unicorn/_uchook.pyx":430
  *             if not isinstance(arr, np.ndarray) or arr.dtype != np.uint32:
  *                 raise TypeError(f"the {name} must be a numpy uint32 array")
  *             if arr.shape != shape or not arr.flags.c_contiguous or not arr.flags.writeable:             # <<<<<<<<<<<<<<
@@ -22323,30 +22401,30 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":423
+  /* "lguest/unicorn/_uchook.pyx":432
  *             if arr.shape != shape or not arr.flags.c_contiguous or not arr.flags.writeable:
  *                 raise ValueError(f"the {name} must be a writable C-contiguous uint32{list(shape)}")
  *         if regs_array.ctypes.data != cpu.regs.array.ctypes.data or guest_idt.ctypes.data != cpu.idt.ctypes.data:             # <<<<<<<<<<<<<<
  *             raise ValueError("regs_array and guest_idt must be the cpu's own")
  *         if not isinstance(memory, GuestMemory) or memory.closed:
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_regs_array, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 423, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_regs_array, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 432, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 423, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 432, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_cpu, __pyx_mstate_global->__pyx_n_u_regs); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 423, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_cpu, __pyx_mstate_global->__pyx_n_u_regs); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 432, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_array); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 423, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_array); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 432, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 423, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 432, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 423, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 432, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_14 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_4, __pyx_t_6, Py_NE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 423, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_4, __pyx_t_6, Py_NE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 432, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   if (!__pyx_t_14) {
@@ -22357,20 +22435,20 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 
     goto __pyx_L15_bool_binop_done;
   }
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_guest_idt, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 423, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_guest_idt, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 432, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 423, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 432, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_cpu, __pyx_mstate_global->__pyx_n_u_idt); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 423, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_cpu, __pyx_mstate_global->__pyx_n_u_idt); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 432, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 423, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 432, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 423, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 432, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_14 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_4, __pyx_t_6, Py_NE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 423, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_4, __pyx_t_6, Py_NE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 432, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
 
@@ -22380,7 +22458,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   if (unlikely(__pyx_t_12)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":424
+    /* "lguest/unicorn/_uchook.pyx":433
  *                 raise ValueError(f"the {name} must be a writable C-contiguous uint32{list(shape)}")
  *         if regs_array.ctypes.data != cpu.regs.array.ctypes.data or guest_idt.ctypes.data != cpu.idt.ctypes.data:
  *             raise ValueError("regs_array and guest_idt must be the cpu's own")             # <<<<<<<<<<<<<<
@@ -22393,14 +22471,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_regs_array_and_guest_idt_must_be};
       __pyx_t_6 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_17, (2-__pyx_t_17) | (__pyx_t_17*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 424, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 433, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     __Pyx_Raise(__pyx_t_6, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    __PYX_ERR(0, 424, __pyx_L1_error)
+    __PYX_ERR(0, 433, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":423
+    /* "lguest/unicorn/_uchook.pyx":432
  *             if arr.shape != shape or not arr.flags.c_contiguous or not arr.flags.writeable:
  *                 raise ValueError(f"the {name} must be a writable C-contiguous uint32{list(shape)}")
  *         if regs_array.ctypes.data != cpu.regs.array.ctypes.data or guest_idt.ctypes.data != cpu.idt.ctypes.data:             # <<<<<<<<<<<<<<
@@ -22409,14 +22487,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":425
+  /* "lguest/unicorn/_uchook.pyx":434
  *         if regs_array.ctypes.data != cpu.regs.array.ctypes.data or guest_idt.ctypes.data != cpu.idt.ctypes.data:
  *             raise ValueError("regs_array and guest_idt must be the cpu's own")
  *         if not isinstance(memory, GuestMemory) or memory.closed:             # <<<<<<<<<<<<<<
  *             raise TypeError("memory must be a live GuestMemory")
  *         if api_capsule is not None:
 */
-  __pyx_t_14 = PyObject_IsInstance(__pyx_v_memory, __pyx_v_GuestMemory); if (unlikely(__pyx_t_14 == ((int)-1))) __PYX_ERR(0, 425, __pyx_L1_error)
+  __pyx_t_14 = PyObject_IsInstance(__pyx_v_memory, __pyx_v_GuestMemory); if (unlikely(__pyx_t_14 == ((int)-1))) __PYX_ERR(0, 434, __pyx_L1_error)
   __pyx_t_13 = (!__pyx_t_14);
 
 
@@ -22428,9 +22506,9 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 
     goto __pyx_L18_bool_binop_done;
   }
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_memory, __pyx_mstate_global->__pyx_n_u_closed); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 425, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_memory, __pyx_mstate_global->__pyx_n_u_closed); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 434, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_13 = __Pyx_PyObject_IsTrue(__pyx_t_6); if (unlikely((__pyx_t_13 < 0))) __PYX_ERR(0, 425, __pyx_L1_error)
+  __pyx_t_13 = __Pyx_PyObject_IsTrue(__pyx_t_6); if (unlikely((__pyx_t_13 < 0))) __PYX_ERR(0, 434, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
 
   __pyx_t_12 = __pyx_t_13;
@@ -22439,7 +22517,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   if (unlikely(__pyx_t_12)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":426
+    /* "lguest/unicorn/_uchook.pyx":435
  *             raise ValueError("regs_array and guest_idt must be the cpu's own")
  *         if not isinstance(memory, GuestMemory) or memory.closed:
  *             raise TypeError("memory must be a live GuestMemory")             # <<<<<<<<<<<<<<
@@ -22452,14 +22530,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_memory_must_be_a_live_GuestMemor};
       __pyx_t_6 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_TypeError)), __pyx_callargs+__pyx_t_17, (2-__pyx_t_17) | (__pyx_t_17*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 426, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 435, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     __Pyx_Raise(__pyx_t_6, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    __PYX_ERR(0, 426, __pyx_L1_error)
+    __PYX_ERR(0, 435, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":425
+    /* "lguest/unicorn/_uchook.pyx":434
  *         if regs_array.ctypes.data != cpu.regs.array.ctypes.data or guest_idt.ctypes.data != cpu.idt.ctypes.data:
  *             raise ValueError("regs_array and guest_idt must be the cpu's own")
  *         if not isinstance(memory, GuestMemory) or memory.closed:             # <<<<<<<<<<<<<<
@@ -22468,7 +22546,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":427
+  /* "lguest/unicorn/_uchook.pyx":436
  *         if not isinstance(memory, GuestMemory) or memory.closed:
  *             raise TypeError("memory must be a live GuestMemory")
  *         if api_capsule is not None:             # <<<<<<<<<<<<<<
@@ -22479,7 +22557,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   if (__pyx_t_12) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":428
+    /* "lguest/unicorn/_uchook.pyx":437
  *             raise TypeError("memory must be a live GuestMemory")
  *         if api_capsule is not None:
  *             if not PyCapsule_IsValid(api_capsule, LGUEST_NATIVE_API_CAPSULE):             # <<<<<<<<<<<<<<
@@ -22491,7 +22569,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
     if (unlikely(__pyx_t_12)) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":429
+      /* "lguest/unicorn/_uchook.pyx":438
  *         if api_capsule is not None:
  *             if not PyCapsule_IsValid(api_capsule, LGUEST_NATIVE_API_CAPSULE):
  *                 raise TypeError("not a lguest._core native API capsule")             # <<<<<<<<<<<<<<
@@ -22504,14 +22582,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
         PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_not_a_lguest__core_native_API_ca};
         __pyx_t_6 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_TypeError)), __pyx_callargs+__pyx_t_17, (2-__pyx_t_17) | (__pyx_t_17*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-        if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 429, __pyx_L1_error)
+        if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 438, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_6);
       }
       __Pyx_Raise(__pyx_t_6, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      __PYX_ERR(0, 429, __pyx_L1_error)
+      __PYX_ERR(0, 438, __pyx_L1_error)
 
-      /* "lguest/unicorn/_uchook.pyx":428
+      /* "lguest/unicorn/_uchook.pyx":437
  *             raise TypeError("memory must be a live GuestMemory")
  *         if api_capsule is not None:
  *             if not PyCapsule_IsValid(api_capsule, LGUEST_NATIVE_API_CAPSULE):             # <<<<<<<<<<<<<<
@@ -22520,18 +22598,18 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
     }
 
-    /* "lguest/unicorn/_uchook.pyx":430
+    /* "lguest/unicorn/_uchook.pyx":439
  *             if not PyCapsule_IsValid(api_capsule, LGUEST_NATIVE_API_CAPSULE):
  *                 raise TypeError("not a lguest._core native API capsule")
  *             api = <lg_native_api *>PyCapsule_GetPointer(api_capsule, LGUEST_NATIVE_API_CAPSULE)             # <<<<<<<<<<<<<<
  *             if api.version != LGUEST_NATIVE_API_VERSION or <size_t>api.regs != <size_t>regs_array.ctypes.data:
  *                 raise ValueError("lguest._core native API mismatch (not this cpu's)")
 */
-    __pyx_t_20 = PyCapsule_GetPointer(__pyx_v_api_capsule, LGUEST_NATIVE_API_CAPSULE); if (unlikely(__pyx_t_20 == ((void *)NULL) && PyErr_Occurred())) __PYX_ERR(0, 430, __pyx_L1_error)
+    __pyx_t_20 = PyCapsule_GetPointer(__pyx_v_api_capsule, LGUEST_NATIVE_API_CAPSULE); if (unlikely(__pyx_t_20 == ((void *)NULL) && PyErr_Occurred())) __PYX_ERR(0, 439, __pyx_L1_error)
     __pyx_v_api = ((struct lguest_native_api *)__pyx_t_20);
 
 
-    /* "lguest/unicorn/_uchook.pyx":431
+    /* "lguest/unicorn/_uchook.pyx":440
  *                 raise TypeError("not a lguest._core native API capsule")
  *             api = <lg_native_api *>PyCapsule_GetPointer(api_capsule, LGUEST_NATIVE_API_CAPSULE)
  *             if api.version != LGUEST_NATIVE_API_VERSION or <size_t>api.regs != <size_t>regs_array.ctypes.data:             # <<<<<<<<<<<<<<
@@ -22548,12 +22626,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 
       goto __pyx_L23_bool_binop_done;
     }
-    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_regs_array, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 431, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_regs_array, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 440, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
-    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 431, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 440, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    __pyx_t_17 = __Pyx_PyLong_As_size_t(__pyx_t_4); if (unlikely((__pyx_t_17 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 431, __pyx_L1_error)
+    __pyx_t_17 = __Pyx_PyLong_As_size_t(__pyx_t_4); if (unlikely((__pyx_t_17 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 440, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __pyx_t_13 = (((size_t)__pyx_v_api->regs) != ((size_t)__pyx_t_17));
 
@@ -22565,7 +22643,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
     if (unlikely(__pyx_t_12)) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":432
+      /* "lguest/unicorn/_uchook.pyx":441
  *             api = <lg_native_api *>PyCapsule_GetPointer(api_capsule, LGUEST_NATIVE_API_CAPSULE)
  *             if api.version != LGUEST_NATIVE_API_VERSION or <size_t>api.regs != <size_t>regs_array.ctypes.data:
  *                 raise ValueError("lguest._core native API mismatch (not this cpu's)")             # <<<<<<<<<<<<<<
@@ -22578,14 +22656,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
         PyObject *__pyx_callargs[2] = {__pyx_t_6, __pyx_mstate_global->__pyx_kp_u_lguest__core_native_API_mismatch};
         __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_17, (2-__pyx_t_17) | (__pyx_t_17*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 432, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 441, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       __Pyx_Raise(__pyx_t_4, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      __PYX_ERR(0, 432, __pyx_L1_error)
+      __PYX_ERR(0, 441, __pyx_L1_error)
 
-      /* "lguest/unicorn/_uchook.pyx":431
+      /* "lguest/unicorn/_uchook.pyx":440
  *                 raise TypeError("not a lguest._core native API capsule")
  *             api = <lg_native_api *>PyCapsule_GetPointer(api_capsule, LGUEST_NATIVE_API_CAPSULE)
  *             if api.version != LGUEST_NATIVE_API_VERSION or <size_t>api.regs != <size_t>regs_array.ctypes.data:             # <<<<<<<<<<<<<<
@@ -22594,7 +22672,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
     }
 
-    /* "lguest/unicorn/_uchook.pyx":427
+    /* "lguest/unicorn/_uchook.pyx":436
  *         if not isinstance(memory, GuestMemory) or memory.closed:
  *             raise TypeError("memory must be a live GuestMemory")
  *         if api_capsule is not None:             # <<<<<<<<<<<<<<
@@ -22603,7 +22681,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":433
+  /* "lguest/unicorn/_uchook.pyx":442
  *             if api.version != LGUEST_NATIVE_API_VERSION or <size_t>api.regs != <size_t>regs_array.ctypes.data:
  *                 raise ValueError("lguest._core native API mismatch (not this cpu's)")
  *         hold = memory.hold()             # <<<<<<<<<<<<<<
@@ -22617,13 +22695,13 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
     PyObject *__pyx_callargs[2] = {__pyx_t_6, NULL};
     __pyx_t_4 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_hold, __pyx_callargs+__pyx_t_17, (1-__pyx_t_17) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 433, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 442, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
   }
   __pyx_v_hold = __pyx_t_4;
   __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":434
+  /* "lguest/unicorn/_uchook.pyx":443
  *                 raise ValueError("lguest._core native API mismatch (not this cpu's)")
  *         hold = memory.hold()
  *         hold.__enter__()             # <<<<<<<<<<<<<<
@@ -22637,59 +22715,59 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
     PyObject *__pyx_callargs[2] = {__pyx_t_6, NULL};
     __pyx_t_4 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_enter, __pyx_callargs+__pyx_t_17, (1-__pyx_t_17) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 434, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 443, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
   }
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":435
+  /* "lguest/unicorn/_uchook.pyx":444
  *         hold = memory.hold()
  *         hold.__enter__()
  *         self._unbind()             # <<<<<<<<<<<<<<
  *         rv = regs_array
  *         hv = host_idt
 */
-  __pyx_t_4 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_unbind(__pyx_v_self); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 435, __pyx_L1_error)
+  __pyx_t_4 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_unbind(__pyx_v_self); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 444, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":436
+  /* "lguest/unicorn/_uchook.pyx":445
  *         hold.__enter__()
  *         self._unbind()
  *         rv = regs_array             # <<<<<<<<<<<<<<
  *         hv = host_idt
  *         gv = guest_idt
 */
-  __pyx_t_21 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_uint32_t(__pyx_v_regs_array, PyBUF_WRITABLE); if (unlikely(!__pyx_t_21.memview)) __PYX_ERR(0, 436, __pyx_L1_error)
+  __pyx_t_21 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_uint32_t(__pyx_v_regs_array, PyBUF_WRITABLE); if (unlikely(!__pyx_t_21.memview)) __PYX_ERR(0, 445, __pyx_L1_error)
   __pyx_v_rv = __pyx_t_21;
   __pyx_t_21.memview = NULL;
   __pyx_t_21.data = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":437
+  /* "lguest/unicorn/_uchook.pyx":446
  *         self._unbind()
  *         rv = regs_array
  *         hv = host_idt             # <<<<<<<<<<<<<<
  *         gv = guest_idt
  *         self._hold = hold
 */
-  __pyx_t_22 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_nn_uint32_t(__pyx_v_host_idt, PyBUF_WRITABLE); if (unlikely(!__pyx_t_22.memview)) __PYX_ERR(0, 437, __pyx_L1_error)
+  __pyx_t_22 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_nn_uint32_t(__pyx_v_host_idt, PyBUF_WRITABLE); if (unlikely(!__pyx_t_22.memview)) __PYX_ERR(0, 446, __pyx_L1_error)
   __pyx_v_hv = __pyx_t_22;
   __pyx_t_22.memview = NULL;
   __pyx_t_22.data = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":438
+  /* "lguest/unicorn/_uchook.pyx":447
  *         rv = regs_array
  *         hv = host_idt
  *         gv = guest_idt             # <<<<<<<<<<<<<<
  *         self._hold = hold
  *         self._keep = [cpu, regs_array, host_idt, guest_idt, memory, api_capsule]
 */
-  __pyx_t_22 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_nn_uint32_t(__pyx_v_guest_idt, PyBUF_WRITABLE); if (unlikely(!__pyx_t_22.memview)) __PYX_ERR(0, 438, __pyx_L1_error)
+  __pyx_t_22 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_nn_uint32_t(__pyx_v_guest_idt, PyBUF_WRITABLE); if (unlikely(!__pyx_t_22.memview)) __PYX_ERR(0, 447, __pyx_L1_error)
   __pyx_v_gv = __pyx_t_22;
   __pyx_t_22.memview = NULL;
   __pyx_t_22.data = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":439
+  /* "lguest/unicorn/_uchook.pyx":448
  *         hv = host_idt
  *         gv = guest_idt
  *         self._hold = hold             # <<<<<<<<<<<<<<
@@ -22701,39 +22779,39 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   __Pyx_GOTREF(__pyx_v_self->_hold);
   __Pyx_DECREF_SET(__pyx_v_self->_hold, __pyx_v_hold);
 
-  /* "lguest/unicorn/_uchook.pyx":440
+  /* "lguest/unicorn/_uchook.pyx":449
  *         gv = guest_idt
  *         self._hold = hold
  *         self._keep = [cpu, regs_array, host_idt, guest_idt, memory, api_capsule]             # <<<<<<<<<<<<<<
  *         self.st.regs = &rv[0]
  *         self.st.idt = &hv[0, 0]
 */
-  __pyx_t_4 = PyList_New(6); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 440, __pyx_L1_error)
+  __pyx_t_4 = PyList_New(6); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 449, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_INCREF(__pyx_v_cpu);
   __Pyx_GIVEREF(__pyx_v_cpu);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 0, __pyx_v_cpu) != (0)) __PYX_ERR(0, 440, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 0, __pyx_v_cpu) != (0)) __PYX_ERR(0, 449, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_regs_array);
   __Pyx_GIVEREF(__pyx_v_regs_array);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 1, __pyx_v_regs_array) != (0)) __PYX_ERR(0, 440, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 1, __pyx_v_regs_array) != (0)) __PYX_ERR(0, 449, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_host_idt);
   __Pyx_GIVEREF(__pyx_v_host_idt);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 2, __pyx_v_host_idt) != (0)) __PYX_ERR(0, 440, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 2, __pyx_v_host_idt) != (0)) __PYX_ERR(0, 449, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_guest_idt);
   __Pyx_GIVEREF(__pyx_v_guest_idt);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 3, __pyx_v_guest_idt) != (0)) __PYX_ERR(0, 440, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 3, __pyx_v_guest_idt) != (0)) __PYX_ERR(0, 449, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_memory);
   __Pyx_GIVEREF(__pyx_v_memory);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 4, __pyx_v_memory) != (0)) __PYX_ERR(0, 440, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 4, __pyx_v_memory) != (0)) __PYX_ERR(0, 449, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_api_capsule);
   __Pyx_GIVEREF(__pyx_v_api_capsule);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 5, __pyx_v_api_capsule) != (0)) __PYX_ERR(0, 440, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 5, __pyx_v_api_capsule) != (0)) __PYX_ERR(0, 449, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_4);
   __Pyx_GOTREF(__pyx_v_self->_keep);
   __Pyx_DECREF_SET(__pyx_v_self->_keep, __pyx_t_4);
   __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":441
+  /* "lguest/unicorn/_uchook.pyx":450
  *         self._hold = hold
  *         self._keep = [cpu, regs_array, host_idt, guest_idt, memory, api_capsule]
  *         self.st.regs = &rv[0]             # <<<<<<<<<<<<<<
@@ -22743,7 +22821,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   __pyx_t_23 = 0;
   __pyx_v_self->st.regs = (&(*((uint32_t *) ( /* dim=0 */ ((char *) (((uint32_t *) __pyx_v_rv.data) + __pyx_t_23)) ))));
 
-  /* "lguest/unicorn/_uchook.pyx":442
+  /* "lguest/unicorn/_uchook.pyx":451
  *         self._keep = [cpu, regs_array, host_idt, guest_idt, memory, api_capsule]
  *         self.st.regs = &rv[0]
  *         self.st.idt = &hv[0, 0]             # <<<<<<<<<<<<<<
@@ -22754,7 +22832,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   __pyx_t_24 = 0;
   __pyx_v_self->st.idt = (&(*((uint32_t *) ( /* dim=1 */ ((char *) (((uint32_t *) ( /* dim=0 */ (__pyx_v_hv.data + __pyx_t_23 * __pyx_v_hv.strides[0]) )) + __pyx_t_24)) ))));
 
-  /* "lguest/unicorn/_uchook.pyx":443
+  /* "lguest/unicorn/_uchook.pyx":452
  *         self.st.regs = &rv[0]
  *         self.st.idt = &hv[0, 0]
  *         self.st.guest_idt = &gv[0, 0]             # <<<<<<<<<<<<<<
@@ -22765,34 +22843,34 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   __pyx_t_23 = 0;
   __pyx_v_self->st.guest_idt = (&(*((uint32_t *) ( /* dim=1 */ ((char *) (((uint32_t *) ( /* dim=0 */ (__pyx_v_gv.data + __pyx_t_24 * __pyx_v_gv.strides[0]) )) + __pyx_t_23)) ))));
 
-  /* "lguest/unicorn/_uchook.pyx":444
+  /* "lguest/unicorn/_uchook.pyx":453
  *         self.st.idt = &hv[0, 0]
  *         self.st.guest_idt = &gv[0, 0]
  *         self.st.mem = <uint8_t *>_ptr(memory.address)             # <<<<<<<<<<<<<<
  *         self.st.mem_size = memory.size
  *         if api != NULL:
 */
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_memory, __pyx_mstate_global->__pyx_n_u_address); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 444, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_memory, __pyx_mstate_global->__pyx_n_u_address); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 453, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_17 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_4); if (unlikely(__pyx_t_17 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 444, __pyx_L1_error)
+  __pyx_t_17 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_4); if (unlikely(__pyx_t_17 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 453, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.mem = ((uint8_t *)__pyx_t_17);
 
 
-  /* "lguest/unicorn/_uchook.pyx":445
+  /* "lguest/unicorn/_uchook.pyx":454
  *         self.st.guest_idt = &gv[0, 0]
  *         self.st.mem = <uint8_t *>_ptr(memory.address)
  *         self.st.mem_size = memory.size             # <<<<<<<<<<<<<<
  *         if api != NULL:
  *             self.st.api = api
 */
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_memory, __pyx_mstate_global->__pyx_n_u_size); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 445, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_memory, __pyx_mstate_global->__pyx_n_u_size); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 454, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_25 = __Pyx_PyLong_As_uint64_t(__pyx_t_4); if (unlikely((__pyx_t_25 == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 445, __pyx_L1_error)
+  __pyx_t_25 = __Pyx_PyLong_As_uint64_t(__pyx_t_4); if (unlikely((__pyx_t_25 == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 454, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.mem_size = __pyx_t_25;
 
-  /* "lguest/unicorn/_uchook.pyx":446
+  /* "lguest/unicorn/_uchook.pyx":455
  *         self.st.mem = <uint8_t *>_ptr(memory.address)
  *         self.st.mem_size = memory.size
  *         if api != NULL:             # <<<<<<<<<<<<<<
@@ -22804,7 +22882,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   if (__pyx_t_12) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":447
+    /* "lguest/unicorn/_uchook.pyx":456
  *         self.st.mem_size = memory.size
  *         if api != NULL:
  *             self.st.api = api             # <<<<<<<<<<<<<<
@@ -22813,7 +22891,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
     __pyx_v_self->st.api = __pyx_v_api;
 
-    /* "lguest/unicorn/_uchook.pyx":448
+    /* "lguest/unicorn/_uchook.pyx":457
  *         if api != NULL:
  *             self.st.api = api
  *             self.st.pending = api.irqs_pending             # <<<<<<<<<<<<<<
@@ -22824,7 +22902,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 
     __pyx_v_self->st.pending = __pyx_t_26;
 
-    /* "lguest/unicorn/_uchook.pyx":446
+    /* "lguest/unicorn/_uchook.pyx":455
  *         self.st.mem = <uint8_t *>_ptr(memory.address)
  *         self.st.mem_size = memory.size
  *         if api != NULL:             # <<<<<<<<<<<<<<
@@ -22834,7 +22912,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
     goto __pyx_L25;
   }
 
-  /* "lguest/unicorn/_uchook.pyx":450
+  /* "lguest/unicorn/_uchook.pyx":459
  *             self.st.pending = api.irqs_pending
  *         else:
  *             self.st.api = NULL             # <<<<<<<<<<<<<<
@@ -22844,7 +22922,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   /*else*/ {
     __pyx_v_self->st.api = NULL;
 
-    /* "lguest/unicorn/_uchook.pyx":451
+    /* "lguest/unicorn/_uchook.pyx":460
  *         else:
  *             self.st.api = NULL
  *             self.st.pending = &self.st.attention             # <<<<<<<<<<<<<<
@@ -22855,7 +22933,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   }
   __pyx_L25:;
 
-  /* "lguest/unicorn/_uchook.pyx":406
+  /* "lguest/unicorn/_uchook.pyx":415
  *             hold.__exit__(None, None, None)
  * 
  *     def bind(self, cpu, regs_array, host_idt, guest_idt, memory, api_capsule):             # <<<<<<<<<<<<<<
@@ -22893,7 +22971,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":453
+/* "lguest/unicorn/_uchook.pyx":462
  *             self.st.pending = &self.st.attention
  * 
  *     def set_guest_data(self, lguest_data, uint32_t noirq_start, uint32_t noirq_end):             # <<<<<<<<<<<<<<
@@ -22943,46 +23021,46 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_lguest_data,&__pyx_mstate_global->__pyx_n_u_noirq_start,&__pyx_mstate_global->__pyx_n_u_noirq_end,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 453, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 462, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 453, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 462, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 453, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 462, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 453, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 462, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_guest_data", 0) < (0)) __PYX_ERR(0, 453, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_guest_data", 0) < (0)) __PYX_ERR(0, 462, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 3; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_guest_data", 1, 3, 3, i); __PYX_ERR(0, 453, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_guest_data", 1, 3, 3, i); __PYX_ERR(0, 462, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 3)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 453, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 462, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 453, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 462, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 453, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 462, __pyx_L3_error)
     }
     __pyx_v_lguest_data = values[0];
-    __pyx_v_noirq_start = __Pyx_PyLong_As_uint32_t(values[1]); if (unlikely((__pyx_v_noirq_start == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 453, __pyx_L3_error)
-    __pyx_v_noirq_end = __Pyx_PyLong_As_uint32_t(values[2]); if (unlikely((__pyx_v_noirq_end == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 453, __pyx_L3_error)
+    __pyx_v_noirq_start = __Pyx_PyLong_As_uint32_t(values[1]); if (unlikely((__pyx_v_noirq_start == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 462, __pyx_L3_error)
+    __pyx_v_noirq_end = __Pyx_PyLong_As_uint32_t(values[2]); if (unlikely((__pyx_v_noirq_end == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 462, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("set_guest_data", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 453, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("set_guest_data", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 462, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -23019,17 +23097,17 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("set_guest_data", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":455
+  /* "lguest/unicorn/_uchook.pyx":464
  *     def set_guest_data(self, lguest_data, uint32_t noirq_start, uint32_t noirq_end):
  *         """Where lguest_data is (None: not yet), and the guest's noirq window."""
  *         self._check()             # <<<<<<<<<<<<<<
  *         if lguest_data is None or lguest_data < 0 or lguest_data + 8 > self.st.mem_size:
  *             self.st.has_ld = 0
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 455, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 464, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":456
+  /* "lguest/unicorn/_uchook.pyx":465
  *         """Where lguest_data is (None: not yet), and the guest's noirq window."""
  *         self._check()
  *         if lguest_data is None or lguest_data < 0 or lguest_data + 8 > self.st.mem_size:             # <<<<<<<<<<<<<<
@@ -23045,7 +23123,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
 
     goto __pyx_L4_bool_binop_done;
   }
-  __pyx_t_3 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_v_lguest_data, __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 456, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_v_lguest_data, __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 465, __pyx_L1_error)
   if (!__pyx_t_3) {
 
   } else {
@@ -23054,11 +23132,11 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
 
     goto __pyx_L4_bool_binop_done;
   }
-  __pyx_t_4 = __Pyx_PyLong_AddObjC(__pyx_v_lguest_data, __pyx_mstate_global->__pyx_int_8, 8, 0, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 456, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_AddObjC(__pyx_v_lguest_data, __pyx_mstate_global->__pyx_int_8, 8, 0, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 465, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.mem_size); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 456, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.mem_size); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 465, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_3 = __Pyx_PyObject_CompareBoolGt_object_int(__pyx_t_4, __pyx_t_5, Py_GT); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 456, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_CompareBoolGt_object_int(__pyx_t_4, __pyx_t_5, Py_GT); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 465, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
@@ -23068,7 +23146,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
   if (__pyx_t_2) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":457
+    /* "lguest/unicorn/_uchook.pyx":466
  *         self._check()
  *         if lguest_data is None or lguest_data < 0 or lguest_data + 8 > self.st.mem_size:
  *             self.st.has_ld = 0             # <<<<<<<<<<<<<<
@@ -23077,7 +23155,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
 */
     __pyx_v_self->st.has_ld = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":458
+    /* "lguest/unicorn/_uchook.pyx":467
  *         if lguest_data is None or lguest_data < 0 or lguest_data + 8 > self.st.mem_size:
  *             self.st.has_ld = 0
  *             self.st.ld = 0             # <<<<<<<<<<<<<<
@@ -23086,7 +23164,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
 */
     __pyx_v_self->st.ld = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":456
+    /* "lguest/unicorn/_uchook.pyx":465
  *         """Where lguest_data is (None: not yet), and the guest's noirq window."""
  *         self._check()
  *         if lguest_data is None or lguest_data < 0 or lguest_data + 8 > self.st.mem_size:             # <<<<<<<<<<<<<<
@@ -23096,7 +23174,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
     goto __pyx_L3;
   }
 
-  /* "lguest/unicorn/_uchook.pyx":460
+  /* "lguest/unicorn/_uchook.pyx":469
  *             self.st.ld = 0
  *         else:
  *             self.st.has_ld = 1             # <<<<<<<<<<<<<<
@@ -23106,19 +23184,19 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
   /*else*/ {
     __pyx_v_self->st.has_ld = 1;
 
-    /* "lguest/unicorn/_uchook.pyx":461
+    /* "lguest/unicorn/_uchook.pyx":470
  *         else:
  *             self.st.has_ld = 1
  *             self.st.ld = lguest_data             # <<<<<<<<<<<<<<
  *         self.st.noirq_start = noirq_start
  *         self.st.noirq_end = noirq_end
 */
-    __pyx_t_6 = __Pyx_PyLong_As_uint32_t(__pyx_v_lguest_data); if (unlikely((__pyx_t_6 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 461, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyLong_As_uint32_t(__pyx_v_lguest_data); if (unlikely((__pyx_t_6 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 470, __pyx_L1_error)
     __pyx_v_self->st.ld = __pyx_t_6;
   }
   __pyx_L3:;
 
-  /* "lguest/unicorn/_uchook.pyx":462
+  /* "lguest/unicorn/_uchook.pyx":471
  *             self.st.has_ld = 1
  *             self.st.ld = lguest_data
  *         self.st.noirq_start = noirq_start             # <<<<<<<<<<<<<<
@@ -23127,7 +23205,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
 */
   __pyx_v_self->st.noirq_start = __pyx_v_noirq_start;
 
-  /* "lguest/unicorn/_uchook.pyx":463
+  /* "lguest/unicorn/_uchook.pyx":472
  *             self.st.ld = lguest_data
  *         self.st.noirq_start = noirq_start
  *         self.st.noirq_end = noirq_end             # <<<<<<<<<<<<<<
@@ -23136,7 +23214,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
 */
   __pyx_v_self->st.noirq_end = __pyx_v_noirq_end;
 
-  /* "lguest/unicorn/_uchook.pyx":453
+  /* "lguest/unicorn/_uchook.pyx":462
  *             self.st.pending = &self.st.attention
  * 
  *     def set_guest_data(self, lguest_data, uint32_t noirq_start, uint32_t noirq_end):             # <<<<<<<<<<<<<<
@@ -23158,7 +23236,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":465
+/* "lguest/unicorn/_uchook.pyx":474
  *         self.st.noirq_end = noirq_end
  * 
  *     def run(self, uint64_t budget_blocks=0, int64_t deadline_ns=0):             # <<<<<<<<<<<<<<
@@ -23207,50 +23285,50 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_budget_blocks,&__pyx_mstate_global->__pyx_n_u_deadline_ns,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 465, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 474, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 465, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 474, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 465, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 474, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "run", 0) < (0)) __PYX_ERR(0, 465, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "run", 0) < (0)) __PYX_ERR(0, 474, __pyx_L3_error)
     } else {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 465, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 474, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 465, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 474, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
     }
     if (values[0]) {
-      __pyx_v_budget_blocks = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_budget_blocks == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 465, __pyx_L3_error)
+      __pyx_v_budget_blocks = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_budget_blocks == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 474, __pyx_L3_error)
     } else {
       __pyx_v_budget_blocks = ((uint64_t)0);
     }
     if (values[1]) {
-      __pyx_v_deadline_ns = __Pyx_PyLong_As_int64_t(values[1]); if (unlikely((__pyx_v_deadline_ns == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 465, __pyx_L3_error)
+      __pyx_v_deadline_ns = __Pyx_PyLong_As_int64_t(values[1]); if (unlikely((__pyx_v_deadline_ns == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 474, __pyx_L3_error)
     } else {
       __pyx_v_deadline_ns = ((int64_t)0);
     }
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("run", 0, 0, 2, __pyx_nargs); __PYX_ERR(0, 465, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("run", 0, 0, 2, __pyx_nargs); __PYX_ERR(0, 474, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -23289,17 +23367,17 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("run", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":471
+  /* "lguest/unicorn/_uchook.pyx":480
  *         time: RuntimeError if another thread is inside run()."""
  *         cdef int err
  *         self._check_idle()             # <<<<<<<<<<<<<<
  *         if self.st.regs == NULL:
  *             raise RuntimeError("NativeHooks are not bound to a cpu")
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 471, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 480, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":472
+  /* "lguest/unicorn/_uchook.pyx":481
  *         cdef int err
  *         self._check_idle()
  *         if self.st.regs == NULL:             # <<<<<<<<<<<<<<
@@ -23311,7 +23389,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":473
+    /* "lguest/unicorn/_uchook.pyx":482
  *         self._check_idle()
  *         if self.st.regs == NULL:
  *             raise RuntimeError("NativeHooks are not bound to a cpu")             # <<<<<<<<<<<<<<
@@ -23324,14 +23402,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_NativeHooks_are_not_bound_to_a_c};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 473, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 482, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 473, __pyx_L1_error)
+    __PYX_ERR(0, 482, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":472
+    /* "lguest/unicorn/_uchook.pyx":481
  *         cdef int err
  *         self._check_idle()
  *         if self.st.regs == NULL:             # <<<<<<<<<<<<<<
@@ -23340,7 +23418,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":474
+  /* "lguest/unicorn/_uchook.pyx":483
  *         if self.st.regs == NULL:
  *             raise RuntimeError("NativeHooks are not bound to a cpu")
  *         if not self.nhooks:             # <<<<<<<<<<<<<<
@@ -23352,7 +23430,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":475
+    /* "lguest/unicorn/_uchook.pyx":484
  *             raise RuntimeError("NativeHooks are not bound to a cpu")
  *         if not self.nhooks:
  *             raise RuntimeError("NativeHooks are not installed")             # <<<<<<<<<<<<<<
@@ -23365,14 +23443,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_NativeHooks_are_not_installed};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 475, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 484, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 475, __pyx_L1_error)
+    __PYX_ERR(0, 484, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":474
+    /* "lguest/unicorn/_uchook.pyx":483
  *         if self.st.regs == NULL:
  *             raise RuntimeError("NativeHooks are not bound to a cpu")
  *         if not self.nhooks:             # <<<<<<<<<<<<<<
@@ -23381,7 +23459,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":476
+  /* "lguest/unicorn/_uchook.pyx":485
  *         if not self.nhooks:
  *             raise RuntimeError("NativeHooks are not installed")
  *         self.busy = 1   # with the GIL held: a second caller sees it             # <<<<<<<<<<<<<<
@@ -23390,7 +23468,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
 */
   __pyx_v_self->busy = 1;
 
-  /* "lguest/unicorn/_uchook.pyx":477
+  /* "lguest/unicorn/_uchook.pyx":486
  *             raise RuntimeError("NativeHooks are not installed")
  *         self.busy = 1   # with the GIL held: a second caller sees it
  *         try:             # <<<<<<<<<<<<<<
@@ -23399,7 +23477,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
 */
   /*try:*/ {
 
-    /* "lguest/unicorn/_uchook.pyx":478
+    /* "lguest/unicorn/_uchook.pyx":487
  *         self.busy = 1   # with the GIL held: a second caller sees it
  *         try:
  *             self.st.budget_end = self.st.blocks + budget_blocks if budget_blocks else 0             # <<<<<<<<<<<<<<
@@ -23418,7 +23496,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
 
     __pyx_v_self->st.budget_end = __pyx_t_6;
 
-    /* "lguest/unicorn/_uchook.pyx":479
+    /* "lguest/unicorn/_uchook.pyx":488
  *         try:
  *             self.st.budget_end = self.st.blocks + budget_blocks if budget_blocks else 0
  *             self.st.deadline_ns = deadline_ns             # <<<<<<<<<<<<<<
@@ -23427,7 +23505,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
 */
     __pyx_v_self->st.deadline_ns = __pyx_v_deadline_ns;
 
-    /* "lguest/unicorn/_uchook.pyx":480
+    /* "lguest/unicorn/_uchook.pyx":489
  *             self.st.budget_end = self.st.blocks + budget_blocks if budget_blocks else 0
  *             self.st.deadline_ns = deadline_ns
  *             with nogil:             # <<<<<<<<<<<<<<
@@ -23440,7 +23518,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
         __Pyx_FastGIL_Remember();
         /*try:*/ {
 
-          /* "lguest/unicorn/_uchook.pyx":481
+          /* "lguest/unicorn/_uchook.pyx":490
  *             self.st.deadline_ns = deadline_ns
  *             with nogil:
  *                 err = uh_run(&self.st)             # <<<<<<<<<<<<<<
@@ -23450,7 +23528,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
           __pyx_v_err = uh_run((&__pyx_v_self->st));
         }
 
-        /* "lguest/unicorn/_uchook.pyx":480
+        /* "lguest/unicorn/_uchook.pyx":489
  *             self.st.budget_end = self.st.blocks + budget_blocks if budget_blocks else 0
  *             self.st.deadline_ns = deadline_ns
  *             with nogil:             # <<<<<<<<<<<<<<
@@ -23468,7 +23546,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
     }
   }
 
-  /* "lguest/unicorn/_uchook.pyx":483
+  /* "lguest/unicorn/_uchook.pyx":492
  *                 err = uh_run(&self.st)
  *         finally:
  *             self.busy = 0             # <<<<<<<<<<<<<<
@@ -23483,7 +23561,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
     __pyx_L7:;
   }
 
-  /* "lguest/unicorn/_uchook.pyx":484
+  /* "lguest/unicorn/_uchook.pyx":493
  *         finally:
  *             self.busy = 0
  *         if self._hcall_error is not None:             # <<<<<<<<<<<<<<
@@ -23494,7 +23572,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":485
+    /* "lguest/unicorn/_uchook.pyx":494
  *             self.busy = 0
  *         if self._hcall_error is not None:
  *             e, self._hcall_error = self._hcall_error, None             # <<<<<<<<<<<<<<
@@ -23512,7 +23590,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
     __Pyx_DECREF_SET(__pyx_v_self->_hcall_error, __pyx_t_4);
     __pyx_t_4 = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":486
+    /* "lguest/unicorn/_uchook.pyx":495
  *         if self._hcall_error is not None:
  *             e, self._hcall_error = self._hcall_error, None
  *             raise e             # <<<<<<<<<<<<<<
@@ -23520,9 +23598,9 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
  * 
 */
     __Pyx_Raise(__pyx_v_e, 0, 0, 0);
-    __PYX_ERR(0, 486, __pyx_L1_error)
+    __PYX_ERR(0, 495, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":484
+    /* "lguest/unicorn/_uchook.pyx":493
  *         finally:
  *             self.busy = 0
  *         if self._hcall_error is not None:             # <<<<<<<<<<<<<<
@@ -23531,14 +23609,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":487
+  /* "lguest/unicorn/_uchook.pyx":496
  *             e, self._hcall_error = self._hcall_error, None
  *             raise e
  *         return err             # <<<<<<<<<<<<<<
  * 
- *     @property
+ *     def resume(self, uint64_t budget_end, int64_t deadline_ns, int64_t skip_addr):
 */
-  __pyx_t_4 = __Pyx_PyLong_From_int(__pyx_v_err); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 487, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_int(__pyx_v_err); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 496, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   {
     PyObject *__pyx_temp;
@@ -23551,7 +23629,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
   __pyx_t_4 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":465
+  /* "lguest/unicorn/_uchook.pyx":474
  *         self.st.noirq_end = noirq_end
  * 
  *     def run(self, uint64_t budget_blocks=0, int64_t deadline_ns=0):             # <<<<<<<<<<<<<<
@@ -23573,8 +23651,1047 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":489
+/* "lguest/unicorn/_uchook.pyx":498
  *         return err
+ * 
+ *     def resume(self, uint64_t budget_end, int64_t deadline_ns, int64_t skip_addr):             # <<<<<<<<<<<<<<
+ *         """The debugger's and the replay's run (lguest.unicorn.gdbstub,
+ *         lguest.host.record): like run(), but the block budget is absolute
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_17resume(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+); /*proto*/
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_16resume, "NativeHooks.resume(self, uint64_t budget_end, int64_t deadline_ns, int64_t skip_addr)\n\nThe debugger\047s and the replay\047s run (lguest.unicorn.gdbstub,\nlguest.host.record): like run(), but the block budget is absolute\n(stop when ``blocks`` reaches ``budget_end``; 0: none), so an entry\nsplit into several runs keeps its one budget; and with ``skip_addr``\n>= 0 the first block, if it starts there, is the rest of a block\nthe guest was stopped inside (already counted): it is neither\ncounted nor checked, so the virtual clock and the block starts\nwhere irqs are taken are those of a run without stops.");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_17resume = {"resume", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_17resume, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_16resume};
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_17resume(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+) {
+  uint64_t __pyx_v_budget_end;
+  int64_t __pyx_v_deadline_ns;
+  int64_t __pyx_v_skip_addr;
+  #if !CYTHON_VECTORCALL
+  CYTHON_UNUSED Py_ssize_t __pyx_nargs;
+  #endif
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject* values[3] = {0,0,0};
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("resume (wrapper)", 0);
+  #if !CYTHON_VECTORCALL
+  #if CYTHON_ASSUME_SAFE_SIZE
+  __pyx_nargs = PyTuple_GET_SIZE(__pyx_args);
+  #else
+  __pyx_nargs = PyTuple_Size(__pyx_args); if (unlikely(__pyx_nargs < 0)) return NULL;
+  #endif
+  #endif
+  __pyx_kwvalues = __Pyx_KwValues_FASTCALL(__pyx_args, __pyx_nargs);
+  {
+    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_budget_end,&__pyx_mstate_global->__pyx_n_u_deadline_ns,&__pyx_mstate_global->__pyx_n_u_skip_addr,0};
+    const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 498, __pyx_L3_error)
+    if (__pyx_kwds_len > 0) {
+      switch (__pyx_nargs) {
+        case  3:
+        values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 498, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  2:
+        values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 498, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  1:
+        values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 498, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  0: break;
+        default: goto __pyx_L5_argtuple_error;
+      }
+      const Py_ssize_t kwd_pos_args = __pyx_nargs;
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "resume", 0) < (0)) __PYX_ERR(0, 498, __pyx_L3_error)
+      for (Py_ssize_t i = __pyx_nargs; i < 3; i++) {
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("resume", 1, 3, 3, i); __PYX_ERR(0, 498, __pyx_L3_error) }
+      }
+    } else if (unlikely(__pyx_nargs != 3)) {
+      goto __pyx_L5_argtuple_error;
+    } else {
+      values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 498, __pyx_L3_error)
+      values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 498, __pyx_L3_error)
+      values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 498, __pyx_L3_error)
+    }
+    __pyx_v_budget_end = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_budget_end == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 498, __pyx_L3_error)
+    __pyx_v_deadline_ns = __Pyx_PyLong_As_int64_t(values[1]); if (unlikely((__pyx_v_deadline_ns == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 498, __pyx_L3_error)
+    __pyx_v_skip_addr = __Pyx_PyLong_As_int64_t(values[2]); if (unlikely((__pyx_v_skip_addr == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 498, __pyx_L3_error)
+  }
+  goto __pyx_L6_skip;
+  __pyx_L5_argtuple_error:;
+  __Pyx_RaiseArgtupleInvalid("resume", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 498, __pyx_L3_error)
+  __pyx_L6_skip:;
+  goto __pyx_L4_argument_unpacking_done;
+  __pyx_L3_error:;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __Pyx_AddTraceback("lguest.unicorn._uchook.NativeHooks.resume", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __Pyx_RefNannyFinishContext();
+  return NULL;
+  __pyx_L4_argument_unpacking_done:;
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_16resume(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self), __pyx_v_budget_end, __pyx_v_deadline_ns, __pyx_v_skip_addr);
+
+  /* function exit code */
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+
+
+
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_16resume(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, uint64_t __pyx_v_budget_end, int64_t __pyx_v_deadline_ns, int64_t __pyx_v_skip_addr) {
+  int __pyx_v_err;
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  int __pyx_t_1;
+  int __pyx_t_2;
+  PyObject *__pyx_t_3 = NULL;
+  PyObject *__pyx_t_4 = NULL;
+  size_t __pyx_t_5;
+  uint32_t __pyx_t_6;
+  uint32_t __pyx_t_7;
+  int __pyx_t_8;
+  char const *__pyx_t_9;
+  PyObject *__pyx_t_10 = NULL;
+  PyObject *__pyx_t_11 = NULL;
+  PyObject *__pyx_t_12 = NULL;
+  PyObject *__pyx_t_13 = NULL;
+  PyObject *__pyx_t_14 = NULL;
+  PyObject *__pyx_t_15 = NULL;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("resume", 0);
+
+  /* "lguest/unicorn/_uchook.pyx":508
+ *         where irqs are taken are those of a run without stops."""
+ *         cdef int err
+ *         self._check_idle()             # <<<<<<<<<<<<<<
+ *         if self.st.regs == NULL:
+ *             raise RuntimeError("NativeHooks are not bound to a cpu")
+*/
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 508, __pyx_L1_error)
+
+
+  /* "lguest/unicorn/_uchook.pyx":509
+ *         cdef int err
+ *         self._check_idle()
+ *         if self.st.regs == NULL:             # <<<<<<<<<<<<<<
+ *             raise RuntimeError("NativeHooks are not bound to a cpu")
+ *         if not self.nhooks:
+*/
+  __pyx_t_2 = (__pyx_v_self->st.regs == NULL);
+
+  if (unlikely(__pyx_t_2)) {
+
+
+    /* "lguest/unicorn/_uchook.pyx":510
+ *         self._check_idle()
+ *         if self.st.regs == NULL:
+ *             raise RuntimeError("NativeHooks are not bound to a cpu")             # <<<<<<<<<<<<<<
+ *         if not self.nhooks:
+ *             raise RuntimeError("NativeHooks are not installed")
+*/
+    __pyx_t_4 = NULL;
+    __pyx_t_5 = 1;
+    {
+      PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_NativeHooks_are_not_bound_to_a_c};
+      __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 510, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_3);
+    }
+    __Pyx_Raise(__pyx_t_3, 0, 0, 0);
+    __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+    __PYX_ERR(0, 510, __pyx_L1_error)
+
+    /* "lguest/unicorn/_uchook.pyx":509
+ *         cdef int err
+ *         self._check_idle()
+ *         if self.st.regs == NULL:             # <<<<<<<<<<<<<<
+ *             raise RuntimeError("NativeHooks are not bound to a cpu")
+ *         if not self.nhooks:
+*/
+  }
+
+  /* "lguest/unicorn/_uchook.pyx":511
+ *         if self.st.regs == NULL:
+ *             raise RuntimeError("NativeHooks are not bound to a cpu")
+ *         if not self.nhooks:             # <<<<<<<<<<<<<<
+ *             raise RuntimeError("NativeHooks are not installed")
+ *         self.busy = 1
+*/
+  __pyx_t_2 = (!(__pyx_v_self->nhooks != 0));
+
+  if (unlikely(__pyx_t_2)) {
+
+
+    /* "lguest/unicorn/_uchook.pyx":512
+ *             raise RuntimeError("NativeHooks are not bound to a cpu")
+ *         if not self.nhooks:
+ *             raise RuntimeError("NativeHooks are not installed")             # <<<<<<<<<<<<<<
+ *         self.busy = 1
+ *         try:
+*/
+    __pyx_t_4 = NULL;
+    __pyx_t_5 = 1;
+    {
+      PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_NativeHooks_are_not_installed};
+      __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 512, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_3);
+    }
+    __Pyx_Raise(__pyx_t_3, 0, 0, 0);
+    __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+    __PYX_ERR(0, 512, __pyx_L1_error)
+
+    /* "lguest/unicorn/_uchook.pyx":511
+ *         if self.st.regs == NULL:
+ *             raise RuntimeError("NativeHooks are not bound to a cpu")
+ *         if not self.nhooks:             # <<<<<<<<<<<<<<
+ *             raise RuntimeError("NativeHooks are not installed")
+ *         self.busy = 1
+*/
+  }
+
+  /* "lguest/unicorn/_uchook.pyx":513
+ *         if not self.nhooks:
+ *             raise RuntimeError("NativeHooks are not installed")
+ *         self.busy = 1             # <<<<<<<<<<<<<<
+ *         try:
+ *             self.st.budget_end = budget_end
+*/
+  __pyx_v_self->busy = 1;
+
+  /* "lguest/unicorn/_uchook.pyx":514
+ *             raise RuntimeError("NativeHooks are not installed")
+ *         self.busy = 1
+ *         try:             # <<<<<<<<<<<<<<
+ *             self.st.budget_end = budget_end
+ *             self.st.deadline_ns = deadline_ns
+*/
+  /*try:*/ {
+
+    /* "lguest/unicorn/_uchook.pyx":515
+ *         self.busy = 1
+ *         try:
+ *             self.st.budget_end = budget_end             # <<<<<<<<<<<<<<
+ *             self.st.deadline_ns = deadline_ns
+ *             self.st.skip_armed = 1 if skip_addr >= 0 else 0
+*/
+    __pyx_v_self->st.budget_end = __pyx_v_budget_end;
+
+    /* "lguest/unicorn/_uchook.pyx":516
+ *         try:
+ *             self.st.budget_end = budget_end
+ *             self.st.deadline_ns = deadline_ns             # <<<<<<<<<<<<<<
+ *             self.st.skip_armed = 1 if skip_addr >= 0 else 0
+ *             self.st.skip_addr = <uint32_t>(skip_addr & 0xFFFFFFFF) if skip_addr >= 0 else 0
+*/
+    __pyx_v_self->st.deadline_ns = __pyx_v_deadline_ns;
+
+    /* "lguest/unicorn/_uchook.pyx":517
+ *             self.st.budget_end = budget_end
+ *             self.st.deadline_ns = deadline_ns
+ *             self.st.skip_armed = 1 if skip_addr >= 0 else 0             # <<<<<<<<<<<<<<
+ *             self.st.skip_addr = <uint32_t>(skip_addr & 0xFFFFFFFF) if skip_addr >= 0 else 0
+ *             with nogil:
+*/
+    __pyx_t_2 = (__pyx_v_skip_addr >= 0);
+
+    if (__pyx_t_2) {
+
+      __pyx_t_1 = 1;
+    } else {
+
+      __pyx_t_1 = 0;
+    }
+
+    __pyx_v_self->st.skip_armed = __pyx_t_1;
+
+    /* "lguest/unicorn/_uchook.pyx":518
+ *             self.st.deadline_ns = deadline_ns
+ *             self.st.skip_armed = 1 if skip_addr >= 0 else 0
+ *             self.st.skip_addr = <uint32_t>(skip_addr & 0xFFFFFFFF) if skip_addr >= 0 else 0             # <<<<<<<<<<<<<<
+ *             with nogil:
+ *                 err = uh_run(&self.st)
+*/
+    __pyx_t_2 = (__pyx_v_skip_addr >= 0);
+
+    if (__pyx_t_2) {
+      __pyx_t_3 = __Pyx_PyLong_From_int64_t(__pyx_v_skip_addr); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 518, __pyx_L6_error)
+      __Pyx_GOTREF(__pyx_t_3);
+      __pyx_t_4 = __Pyx_PyNumber_And_int_int(__pyx_t_3, __pyx_mstate_global->__pyx_int_4294967295); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 518, __pyx_L6_error)
+      __Pyx_GOTREF(__pyx_t_4);
+      __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+      __pyx_t_7 = __Pyx_PyLong_As_uint32_t(__pyx_t_4); if (unlikely((__pyx_t_7 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 518, __pyx_L6_error)
+      __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+
+      __pyx_t_6 = ((uint32_t)__pyx_t_7);
+
+    } else {
+
+      __pyx_t_6 = 0;
+    }
+
+    __pyx_v_self->st.skip_addr = __pyx_t_6;
+
+    /* "lguest/unicorn/_uchook.pyx":519
+ *             self.st.skip_armed = 1 if skip_addr >= 0 else 0
+ *             self.st.skip_addr = <uint32_t>(skip_addr & 0xFFFFFFFF) if skip_addr >= 0 else 0
+ *             with nogil:             # <<<<<<<<<<<<<<
+ *                 err = uh_run(&self.st)
+ *         finally:
+*/
+    {
+        PyThreadState * _save;
+        _save = PyEval_SaveThread();
+        __Pyx_FastGIL_Remember();
+        /*try:*/ {
+
+          /* "lguest/unicorn/_uchook.pyx":520
+ *             self.st.skip_addr = <uint32_t>(skip_addr & 0xFFFFFFFF) if skip_addr >= 0 else 0
+ *             with nogil:
+ *                 err = uh_run(&self.st)             # <<<<<<<<<<<<<<
+ *         finally:
+ *             self.busy = 0
+*/
+          __pyx_v_err = uh_run((&__pyx_v_self->st));
+        }
+
+        /* "lguest/unicorn/_uchook.pyx":519
+ *             self.st.skip_armed = 1 if skip_addr >= 0 else 0
+ *             self.st.skip_addr = <uint32_t>(skip_addr & 0xFFFFFFFF) if skip_addr >= 0 else 0
+ *             with nogil:             # <<<<<<<<<<<<<<
+ *                 err = uh_run(&self.st)
+ *         finally:
+*/
+        /*finally:*/ {
+          /*normal exit:*/{
+            __Pyx_FastGIL_Forget();
+            PyEval_RestoreThread(_save);
+            goto __pyx_L10;
+          }
+          __pyx_L10:;
+        }
+    }
+  }
+
+  /* "lguest/unicorn/_uchook.pyx":522
+ *                 err = uh_run(&self.st)
+ *         finally:
+ *             self.busy = 0             # <<<<<<<<<<<<<<
+ *             self.st.skip_armed = 0
+ *         return err
+*/
+  /*finally:*/ {
+    /*normal exit:*/{
+      __pyx_v_self->busy = 0;
+
+      /* "lguest/unicorn/_uchook.pyx":523
+ *         finally:
+ *             self.busy = 0
+ *             self.st.skip_armed = 0             # <<<<<<<<<<<<<<
+ *         return err
+ * 
+*/
+      __pyx_v_self->st.skip_armed = 0;
+      goto __pyx_L7;
+    }
+    __pyx_L6_error:;
+    /*exception exit:*/{
+      __Pyx_PyThreadState_declare
+      __Pyx_PyThreadState_assign
+      __pyx_t_10 = 0; __pyx_t_11 = 0; __pyx_t_12 = 0; __pyx_t_13 = 0; __pyx_t_14 = 0; __pyx_t_15 = 0;
+      __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
+      __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+       __Pyx_ExceptionSwap(&__pyx_t_13, &__pyx_t_14, &__pyx_t_15);
+      if ( unlikely(__Pyx_GetException(&__pyx_t_10, &__pyx_t_11, &__pyx_t_12) < 0)) __Pyx_ErrFetch(&__pyx_t_10, &__pyx_t_11, &__pyx_t_12);
+      __Pyx_XGOTREF(__pyx_t_10);
+      __Pyx_XGOTREF(__pyx_t_11);
+      __Pyx_XGOTREF(__pyx_t_12);
+      __Pyx_XGOTREF(__pyx_t_13);
+      __Pyx_XGOTREF(__pyx_t_14);
+      __Pyx_XGOTREF(__pyx_t_15);
+      __pyx_t_1 = __pyx_lineno; __pyx_t_8 = __pyx_clineno; __pyx_t_9 = __pyx_filename;
+      {
+
+        /* "lguest/unicorn/_uchook.pyx":522
+ *                 err = uh_run(&self.st)
+ *         finally:
+ *             self.busy = 0             # <<<<<<<<<<<<<<
+ *             self.st.skip_armed = 0
+ *         return err
+*/
+        __pyx_v_self->busy = 0;
+
+        /* "lguest/unicorn/_uchook.pyx":523
+ *         finally:
+ *             self.busy = 0
+ *             self.st.skip_armed = 0             # <<<<<<<<<<<<<<
+ *         return err
+ * 
+*/
+        __pyx_v_self->st.skip_armed = 0;
+      }
+      __Pyx_XGIVEREF(__pyx_t_13);
+      __Pyx_XGIVEREF(__pyx_t_14);
+      __Pyx_XGIVEREF(__pyx_t_15);
+      __Pyx_ExceptionReset(__pyx_t_13, __pyx_t_14, __pyx_t_15);
+      __Pyx_XGIVEREF(__pyx_t_10);
+      __Pyx_XGIVEREF(__pyx_t_11);
+      __Pyx_XGIVEREF(__pyx_t_12);
+      __Pyx_ErrRestore(__pyx_t_10, __pyx_t_11, __pyx_t_12);
+      __pyx_t_10 = 0; __pyx_t_11 = 0; __pyx_t_12 = 0; __pyx_t_13 = 0; __pyx_t_14 = 0; __pyx_t_15 = 0;
+      __pyx_lineno = __pyx_t_1; __pyx_clineno = __pyx_t_8; __pyx_filename = __pyx_t_9;
+      goto __pyx_L1_error;
+    }
+    __pyx_L7:;
+  }
+
+  /* "lguest/unicorn/_uchook.pyx":524
+ *             self.busy = 0
+ *             self.st.skip_armed = 0
+ *         return err             # <<<<<<<<<<<<<<
+ * 
+ *     def trace_direct(self, capacity):
+*/
+  __pyx_t_4 = __Pyx_PyLong_From_int(__pyx_v_err); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 524, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = __pyx_t_4;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_4 = 0;
+  goto __pyx_L0;
+
+  /* "lguest/unicorn/_uchook.pyx":498
+ *         return err
+ * 
+ *     def resume(self, uint64_t budget_end, int64_t deadline_ns, int64_t skip_addr):             # <<<<<<<<<<<<<<
+ *         """The debugger's and the replay's run (lguest.unicorn.gdbstub,
+ *         lguest.host.record): like run(), but the block budget is absolute
+*/
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_3);
+  __Pyx_XDECREF(__pyx_t_4);
+  __Pyx_AddTraceback("lguest.unicorn._uchook.NativeHooks.resume", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "lguest/unicorn/_uchook.pyx":526
+ *         return err
+ * 
+ *     def trace_direct(self, capacity):             # <<<<<<<<<<<<<<
+ *         """Record direct traps for a timeline (lguest.host.trace): at most
+ *         ``capacity`` between two :meth:`trace_drain` calls (the rest are
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_19trace_direct(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+); /*proto*/
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_18trace_direct, "NativeHooks.trace_direct(self, capacity)\n\nRecord direct traps for a timeline (lguest.host.trace): at most\n``capacity`` between two :meth:`trace_drain` calls (the rest are\ncounted as dropped); 0 turns it off.");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_19trace_direct = {"trace_direct", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_19trace_direct, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_18trace_direct};
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_19trace_direct(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+) {
+  PyObject *__pyx_v_capacity = 0;
+  #if !CYTHON_VECTORCALL
+  CYTHON_UNUSED Py_ssize_t __pyx_nargs;
+  #endif
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject* values[1] = {0};
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("trace_direct (wrapper)", 0);
+  #if !CYTHON_VECTORCALL
+  #if CYTHON_ASSUME_SAFE_SIZE
+  __pyx_nargs = PyTuple_GET_SIZE(__pyx_args);
+  #else
+  __pyx_nargs = PyTuple_Size(__pyx_args); if (unlikely(__pyx_nargs < 0)) return NULL;
+  #endif
+  #endif
+  __pyx_kwvalues = __Pyx_KwValues_FASTCALL(__pyx_args, __pyx_nargs);
+  {
+    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_capacity,0};
+    const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 526, __pyx_L3_error)
+    if (__pyx_kwds_len > 0) {
+      switch (__pyx_nargs) {
+        case  1:
+        values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 526, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  0: break;
+        default: goto __pyx_L5_argtuple_error;
+      }
+      const Py_ssize_t kwd_pos_args = __pyx_nargs;
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "trace_direct", 0) < (0)) __PYX_ERR(0, 526, __pyx_L3_error)
+      for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("trace_direct", 1, 1, 1, i); __PYX_ERR(0, 526, __pyx_L3_error) }
+      }
+    } else if (unlikely(__pyx_nargs != 1)) {
+      goto __pyx_L5_argtuple_error;
+    } else {
+      values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 526, __pyx_L3_error)
+    }
+    __pyx_v_capacity = values[0];
+  }
+  goto __pyx_L6_skip;
+  __pyx_L5_argtuple_error:;
+  __Pyx_RaiseArgtupleInvalid("trace_direct", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 526, __pyx_L3_error)
+  __pyx_L6_skip:;
+  goto __pyx_L4_argument_unpacking_done;
+  __pyx_L3_error:;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __Pyx_AddTraceback("lguest.unicorn._uchook.NativeHooks.trace_direct", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __Pyx_RefNannyFinishContext();
+  return NULL;
+  __pyx_L4_argument_unpacking_done:;
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_18trace_direct(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self), __pyx_v_capacity);
+
+  /* function exit code */
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_18trace_direct(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, PyObject *__pyx_v_capacity) {
+  __Pyx_memviewslice __pyx_v_buf = { 0, 0, { 0 }, { 0 }, { 0 } };
+  PyObject *__pyx_v_arr = NULL;
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  int __pyx_t_1;
+  int __pyx_t_2;
+  PyObject *__pyx_t_3 = NULL;
+  PyObject *__pyx_t_4 = NULL;
+  PyObject *__pyx_t_5 = NULL;
+  PyObject *__pyx_t_6 = NULL;
+  PyObject *__pyx_t_7 = NULL;
+  PyObject *__pyx_t_8 = NULL;
+  size_t __pyx_t_9;
+  __Pyx_memviewslice __pyx_t_10 = { 0, 0, { 0 }, { 0 }, { 0 } };
+  uint32_t __pyx_t_11;
+  Py_ssize_t __pyx_t_12;
+  Py_ssize_t __pyx_t_13;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("trace_direct", 0);
+
+  /* "lguest/unicorn/_uchook.pyx":531
+ *         counted as dropped); 0 turns it off."""
+ *         cdef uint64_t[:, ::1] buf
+ *         self._check_idle()             # <<<<<<<<<<<<<<
+ *         self.st.trace = NULL
+ *         self.st.trace_cap = 0
+*/
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 531, __pyx_L1_error)
+
+
+  /* "lguest/unicorn/_uchook.pyx":532
+ *         cdef uint64_t[:, ::1] buf
+ *         self._check_idle()
+ *         self.st.trace = NULL             # <<<<<<<<<<<<<<
+ *         self.st.trace_cap = 0
+ *         self.st.trace_len = 0
+*/
+  __pyx_v_self->st.trace = NULL;
+
+  /* "lguest/unicorn/_uchook.pyx":533
+ *         self._check_idle()
+ *         self.st.trace = NULL
+ *         self.st.trace_cap = 0             # <<<<<<<<<<<<<<
+ *         self.st.trace_len = 0
+ *         self._trace = None
+*/
+  __pyx_v_self->st.trace_cap = 0;
+
+  /* "lguest/unicorn/_uchook.pyx":534
+ *         self.st.trace = NULL
+ *         self.st.trace_cap = 0
+ *         self.st.trace_len = 0             # <<<<<<<<<<<<<<
+ *         self._trace = None
+ *         if capacity > 0:
+*/
+  __pyx_v_self->st.trace_len = 0;
+
+  /* "lguest/unicorn/_uchook.pyx":535
+ *         self.st.trace_cap = 0
+ *         self.st.trace_len = 0
+ *         self._trace = None             # <<<<<<<<<<<<<<
+ *         if capacity > 0:
+ *             arr = np.zeros((int(capacity), 4), dtype=np.uint64)
+*/
+  __Pyx_INCREF(Py_None);
+  __Pyx_GIVEREF(Py_None);
+  __Pyx_GOTREF(__pyx_v_self->_trace);
+  __Pyx_DECREF_SET(__pyx_v_self->_trace, Py_None);
+
+  /* "lguest/unicorn/_uchook.pyx":536
+ *         self.st.trace_len = 0
+ *         self._trace = None
+ *         if capacity > 0:             # <<<<<<<<<<<<<<
+ *             arr = np.zeros((int(capacity), 4), dtype=np.uint64)
+ *             buf = arr
+*/
+  __pyx_t_2 = __Pyx_PyObject_CompareBoolGt_object_int(__pyx_v_capacity, __pyx_mstate_global->__pyx_int_0, Py_GT); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 536, __pyx_L1_error)
+  if (__pyx_t_2) {
+
+
+    /* "lguest/unicorn/_uchook.pyx":537
+ *         self._trace = None
+ *         if capacity > 0:
+ *             arr = np.zeros((int(capacity), 4), dtype=np.uint64)             # <<<<<<<<<<<<<<
+ *             buf = arr
+ *             self._trace = arr
+*/
+    __pyx_t_4 = NULL;
+    __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 537, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_5);
+    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 537, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_6);
+    __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+    __pyx_t_5 = __Pyx_PyNumber_Int(__pyx_v_capacity); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 537, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_5);
+    __pyx_t_7 = PyTuple_New(2); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 537, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_7);
+    __Pyx_GIVEREF(__pyx_t_5);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 0, __pyx_t_5) != (0)) __PYX_ERR(0, 537, __pyx_L1_error);
+    __Pyx_INCREF(__pyx_mstate_global->__pyx_int_4);
+    __Pyx_GIVEREF(__pyx_mstate_global->__pyx_int_4);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 1, __pyx_mstate_global->__pyx_int_4) != (0)) __PYX_ERR(0, 537, __pyx_L1_error);
+    __pyx_t_5 = 0;
+    __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 537, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_5);
+    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_uint64); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 537, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_8);
+    __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+    #if CYTHON_VECTORCALL
+    #endif
+    __pyx_t_9 = 1;
+    #if CYTHON_UNPACK_METHODS
+    if (unlikely(PyMethod_Check(__pyx_t_6))) {
+      __pyx_t_4 = PyMethod_GET_SELF(__pyx_t_6);
+      assert(__pyx_t_4);
+      PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_6);
+      __Pyx_INCREF(__pyx_t_4);
+      __Pyx_INCREF(__pyx__function);
+      __Pyx_DECREF_SET(__pyx_t_6, __pyx__function);
+      __pyx_t_9 = 0;
+    }
+    #endif
+    {
+      PyObject *__pyx_callargs[3] = {__pyx_t_4, __pyx_t_7, __pyx_t_8};
+      #if CYTHON_VECTORCALL
+      __pyx_t_5 = __pyx_mstate_global->__pyx_tuple[6];
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 537, __pyx_L1_error)
+      __Pyx_INCREF(__pyx_t_5);
+      #else
+      {
+        PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
+        __pyx_t_5 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
+        if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 537, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_5);
+      }
+      #endif
+      __pyx_t_3 = __Pyx_Object_VectorcallKwds((PyObject*)__pyx_t_6, __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_5);
+      __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+      __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+      #if CYTHON_VECTORCALL
+      #endif
+      __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
+      __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+      __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 537, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_3);
+    }
+    __pyx_v_arr = __pyx_t_3;
+    __pyx_t_3 = 0;
+
+    /* "lguest/unicorn/_uchook.pyx":538
+ *         if capacity > 0:
+ *             arr = np.zeros((int(capacity), 4), dtype=np.uint64)
+ *             buf = arr             # <<<<<<<<<<<<<<
+ *             self._trace = arr
+ *             self.st.trace_cap = <uint32_t>capacity
+*/
+    __pyx_t_10 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_nn_uint64_t(__pyx_v_arr, PyBUF_WRITABLE); if (unlikely(!__pyx_t_10.memview)) __PYX_ERR(0, 538, __pyx_L1_error)
+    __pyx_v_buf = __pyx_t_10;
+    __pyx_t_10.memview = NULL;
+    __pyx_t_10.data = NULL;
+
+    /* "lguest/unicorn/_uchook.pyx":539
+ *             arr = np.zeros((int(capacity), 4), dtype=np.uint64)
+ *             buf = arr
+ *             self._trace = arr             # <<<<<<<<<<<<<<
+ *             self.st.trace_cap = <uint32_t>capacity
+ *             self.st.trace = &buf[0, 0]
+*/
+    __Pyx_INCREF(__pyx_v_arr);
+    __Pyx_GIVEREF(__pyx_v_arr);
+    __Pyx_GOTREF(__pyx_v_self->_trace);
+    __Pyx_DECREF_SET(__pyx_v_self->_trace, __pyx_v_arr);
+
+    /* "lguest/unicorn/_uchook.pyx":540
+ *             buf = arr
+ *             self._trace = arr
+ *             self.st.trace_cap = <uint32_t>capacity             # <<<<<<<<<<<<<<
+ *             self.st.trace = &buf[0, 0]
+ * 
+*/
+    __pyx_t_11 = __Pyx_PyLong_As_uint32_t(__pyx_v_capacity); if (unlikely((__pyx_t_11 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 540, __pyx_L1_error)
+    __pyx_v_self->st.trace_cap = ((uint32_t)__pyx_t_11);
+
+
+    /* "lguest/unicorn/_uchook.pyx":541
+ *             self._trace = arr
+ *             self.st.trace_cap = <uint32_t>capacity
+ *             self.st.trace = &buf[0, 0]             # <<<<<<<<<<<<<<
+ * 
+ *     def trace_drain(self):
+*/
+    __pyx_t_12 = 0;
+    __pyx_t_13 = 0;
+    __pyx_v_self->st.trace = (&(*((uint64_t *) ( /* dim=1 */ ((char *) (((uint64_t *) ( /* dim=0 */ (__pyx_v_buf.data + __pyx_t_12 * __pyx_v_buf.strides[0]) )) + __pyx_t_13)) ))));
+
+    /* "lguest/unicorn/_uchook.pyx":536
+ *         self.st.trace_len = 0
+ *         self._trace = None
+ *         if capacity > 0:             # <<<<<<<<<<<<<<
+ *             arr = np.zeros((int(capacity), 4), dtype=np.uint64)
+ *             buf = arr
+*/
+  }
+
+  /* "lguest/unicorn/_uchook.pyx":526
+ *         return err
+ * 
+ *     def trace_direct(self, capacity):             # <<<<<<<<<<<<<<
+ *         """Record direct traps for a timeline (lguest.host.trace): at most
+ *         ``capacity`` between two :meth:`trace_drain` calls (the rest are
+*/
+
+  /* function exit code */
+  __pyx_r = Py_None; __Pyx_INCREF(Py_None);
+  goto __pyx_L0;
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_3);
+  __Pyx_XDECREF(__pyx_t_4);
+  __Pyx_XDECREF(__pyx_t_5);
+  __Pyx_XDECREF(__pyx_t_6);
+  __Pyx_XDECREF(__pyx_t_7);
+  __Pyx_XDECREF(__pyx_t_8);
+  __PYX_XCLEAR_MEMVIEW(&__pyx_t_10, 1);
+  __Pyx_AddTraceback("lguest.unicorn._uchook.NativeHooks.trace_direct", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+  __PYX_XCLEAR_MEMVIEW(&__pyx_v_buf, 1);
+  __Pyx_XDECREF(__pyx_v_arr);
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "lguest/unicorn/_uchook.pyx":543
+ *             self.st.trace = &buf[0, 0]
+ * 
+ *     def trace_drain(self):             # <<<<<<<<<<<<<<
+ *         """(events, dropped): a copy of the direct traps recorded since the
+ *         last drain (rows of blocks, monotonic ns, eip, vector | cpl_from << 8
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_21trace_drain(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+); /*proto*/
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_20trace_drain, "NativeHooks.trace_drain(self)\n\n(events, dropped): a copy of the direct traps recorded since the\nlast drain (rows of blocks, monotonic ns, eip, vector | cpl_from << 8\n| cpl_to << 16) and how many did not fit; resets both.");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_21trace_drain = {"trace_drain", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_21trace_drain, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_20trace_drain};
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_21trace_drain(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+) {
+  #if !CYTHON_VECTORCALL
+  CYTHON_UNUSED Py_ssize_t __pyx_nargs;
+  #endif
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("trace_drain (wrapper)", 0);
+  #if !CYTHON_VECTORCALL
+  #if CYTHON_ASSUME_SAFE_SIZE
+  __pyx_nargs = PyTuple_GET_SIZE(__pyx_args);
+  #else
+  __pyx_nargs = PyTuple_Size(__pyx_args); if (unlikely(__pyx_nargs < 0)) return NULL;
+  #endif
+  #endif
+  __pyx_kwvalues = __Pyx_KwValues_FASTCALL(__pyx_args, __pyx_nargs);
+  if (unlikely(__pyx_nargs > 0)) { __Pyx_RaiseArgtupleInvalid("trace_drain", 1, 0, 0, __pyx_nargs); return NULL; }
+  const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
+  if (unlikely(__pyx_kwds_len < 0)) return NULL;
+  if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("trace_drain", __pyx_kwds); return NULL;}
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_20trace_drain(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
+
+  /* function exit code */
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_20trace_drain(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
+  uint32_t __pyx_v_n;
+  uint64_t __pyx_v_dropped;
+  PyObject *__pyx_v_out = NULL;
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  uint32_t __pyx_t_1;
+  uint64_t __pyx_t_2;
+  int __pyx_t_3;
+  int __pyx_t_4;
+  PyObject *__pyx_t_5 = NULL;
+  PyObject *__pyx_t_6 = NULL;
+  PyObject *__pyx_t_7 = NULL;
+  size_t __pyx_t_8;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("trace_drain", 0);
+
+  /* "lguest/unicorn/_uchook.pyx":547
+ *         last drain (rows of blocks, monotonic ns, eip, vector | cpl_from << 8
+ *         | cpl_to << 16) and how many did not fit; resets both."""
+ *         cdef uint32_t n = self.st.trace_len             # <<<<<<<<<<<<<<
+ *         cdef uint64_t dropped = self.st.trace_dropped
+ *         self._check_idle()
+*/
+  __pyx_t_1 = __pyx_v_self->st.trace_len;
+
+  __pyx_v_n = __pyx_t_1;
+
+  /* "lguest/unicorn/_uchook.pyx":548
+ *         | cpl_to << 16) and how many did not fit; resets both."""
+ *         cdef uint32_t n = self.st.trace_len
+ *         cdef uint64_t dropped = self.st.trace_dropped             # <<<<<<<<<<<<<<
+ *         self._check_idle()
+ *         if self._trace is None:
+*/
+  __pyx_t_2 = __pyx_v_self->st.trace_dropped;
+
+  __pyx_v_dropped = __pyx_t_2;
+
+  /* "lguest/unicorn/_uchook.pyx":549
+ *         cdef uint32_t n = self.st.trace_len
+ *         cdef uint64_t dropped = self.st.trace_dropped
+ *         self._check_idle()             # <<<<<<<<<<<<<<
+ *         if self._trace is None:
+ *             return None, 0
+*/
+  __pyx_t_3 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 549, __pyx_L1_error)
+
+
+  /* "lguest/unicorn/_uchook.pyx":550
+ *         cdef uint64_t dropped = self.st.trace_dropped
+ *         self._check_idle()
+ *         if self._trace is None:             # <<<<<<<<<<<<<<
+ *             return None, 0
+ *         out = self._trace[:n].copy()
+*/
+  __pyx_t_4 = (__pyx_v_self->_trace == Py_None);
+  if (__pyx_t_4) {
+
+
+    /* "lguest/unicorn/_uchook.pyx":551
+ *         self._check_idle()
+ *         if self._trace is None:
+ *             return None, 0             # <<<<<<<<<<<<<<
+ *         out = self._trace[:n].copy()
+ *         self.st.trace_len = 0
+*/
+    {
+      PyObject *__pyx_temp;
+      {
+        __pyx_temp = __pyx_r;
+        __Pyx_INCREF(__pyx_mstate_global->__pyx_tuple[7]);
+        __pyx_r = __pyx_mstate_global->__pyx_tuple[7];
+      }
+      __Pyx_XDECREF(__pyx_temp);
+    }
+    goto __pyx_L0;
+
+    /* "lguest/unicorn/_uchook.pyx":550
+ *         cdef uint64_t dropped = self.st.trace_dropped
+ *         self._check_idle()
+ *         if self._trace is None:             # <<<<<<<<<<<<<<
+ *             return None, 0
+ *         out = self._trace[:n].copy()
+*/
+  }
+
+  /* "lguest/unicorn/_uchook.pyx":552
+ *         if self._trace is None:
+ *             return None, 0
+ *         out = self._trace[:n].copy()             # <<<<<<<<<<<<<<
+ *         self.st.trace_len = 0
+ *         self.st.trace_dropped = 0
+*/
+  __pyx_t_7 = __Pyx_PyObject_GetSlice(__pyx_v_self->_trace, 0, __pyx_v_n, NULL, NULL, NULL, 0, 1, 0); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 552, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_7);
+  __pyx_t_6 = __pyx_t_7;
+  __Pyx_INCREF(__pyx_t_6);
+  __pyx_t_8 = 0;
+  {
+    PyObject *__pyx_callargs[2] = {__pyx_t_6, NULL};
+    __pyx_t_5 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_copy, __pyx_callargs+__pyx_t_8, (1-__pyx_t_8) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+    __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
+    __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 552, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_5);
+  }
+  __pyx_v_out = __pyx_t_5;
+  __pyx_t_5 = 0;
+
+  /* "lguest/unicorn/_uchook.pyx":553
+ *             return None, 0
+ *         out = self._trace[:n].copy()
+ *         self.st.trace_len = 0             # <<<<<<<<<<<<<<
+ *         self.st.trace_dropped = 0
+ *         return out, int(dropped)
+*/
+  __pyx_v_self->st.trace_len = 0;
+
+  /* "lguest/unicorn/_uchook.pyx":554
+ *         out = self._trace[:n].copy()
+ *         self.st.trace_len = 0
+ *         self.st.trace_dropped = 0             # <<<<<<<<<<<<<<
+ *         return out, int(dropped)
+ * 
+*/
+  __pyx_v_self->st.trace_dropped = 0;
+
+  /* "lguest/unicorn/_uchook.pyx":555
+ *         self.st.trace_len = 0
+ *         self.st.trace_dropped = 0
+ *         return out, int(dropped)             # <<<<<<<<<<<<<<
+ * 
+ *     @property
+*/
+  __pyx_t_7 = NULL;
+  __pyx_t_6 = __Pyx_PyLong_From_uint64_t(__pyx_v_dropped); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 555, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_6);
+  __pyx_t_8 = 1;
+  {
+    PyObject *__pyx_callargs[2] = {__pyx_t_7, __pyx_t_6};
+    __pyx_t_5 = __Pyx_PyObject_FastCall((PyObject*)(&PyLong_Type), __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+    __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
+    __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 555, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_5);
+  }
+  __pyx_t_6 = PyTuple_New(2); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 555, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_6);
+  __Pyx_INCREF(__pyx_v_out);
+  __Pyx_GIVEREF(__pyx_v_out);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 0, __pyx_v_out) != (0)) __PYX_ERR(0, 555, __pyx_L1_error);
+  __Pyx_GIVEREF(__pyx_t_5);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 1, __pyx_t_5) != (0)) __PYX_ERR(0, 555, __pyx_L1_error);
+  __pyx_t_5 = 0;
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = __pyx_t_6;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_6 = 0;
+  goto __pyx_L0;
+
+  /* "lguest/unicorn/_uchook.pyx":543
+ *             self.st.trace = &buf[0, 0]
+ * 
+ *     def trace_drain(self):             # <<<<<<<<<<<<<<
+ *         """(events, dropped): a copy of the direct traps recorded since the
+ *         last drain (rows of blocks, monotonic ns, eip, vector | cpl_from << 8
+*/
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_5);
+  __Pyx_XDECREF(__pyx_t_6);
+  __Pyx_XDECREF(__pyx_t_7);
+  __Pyx_AddTraceback("lguest.unicorn._uchook.NativeHooks.trace_drain", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+
+
+  __Pyx_XDECREF(__pyx_v_out);
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "lguest/unicorn/_uchook.pyx":557
+ *         return out, int(dropped)
  * 
  *     @property             # <<<<<<<<<<<<<<
  *     def running(self):
@@ -23605,14 +24722,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7running___get
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":491
+  /* "lguest/unicorn/_uchook.pyx":559
  *     @property
  *     def running(self):
  *         return bool(self.busy)             # <<<<<<<<<<<<<<
  * 
  *     def request_stop(self):
 */
-  __pyx_t_1 = __Pyx_PyBool_FromLong((!(!(__pyx_v_self->busy != 0)))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 491, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyBool_FromLong((!(!(__pyx_v_self->busy != 0)))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 559, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -23625,8 +24742,8 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7running___get
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":489
- *         return err
+  /* "lguest/unicorn/_uchook.pyx":557
+ *         return out, int(dropped)
  * 
  *     @property             # <<<<<<<<<<<<<<
  *     def running(self):
@@ -23644,7 +24761,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7running___get
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":493
+/* "lguest/unicorn/_uchook.pyx":561
  *         return bool(self.busy)
  * 
  *     def request_stop(self):             # <<<<<<<<<<<<<<
@@ -23653,16 +24770,16 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7running___get
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_17request_stop(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_23request_stop(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_16request_stop, "NativeHooks.request_stop(self)\n\nStop the running guest at its next block (thread-safe).");
-static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_17request_stop = {"request_stop", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_17request_stop, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_16request_stop};
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_17request_stop(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_22request_stop, "NativeHooks.request_stop(self)\n\nStop the running guest at its next block (thread-safe).");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_23request_stop = {"request_stop", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_23request_stop, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_22request_stop};
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_23request_stop(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -23688,19 +24805,19 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
   if (unlikely(__pyx_kwds_len < 0)) return NULL;
   if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("request_stop", __pyx_kwds); return NULL;}
-  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_16request_stop(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_22request_stop(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_16request_stop(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_22request_stop(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("request_stop", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":495
+  /* "lguest/unicorn/_uchook.pyx":563
  *     def request_stop(self):
  *         """Stop the running guest at its next block (thread-safe)."""
  *         uh_store_int(&self.st.stop_flag, 1)             # <<<<<<<<<<<<<<
@@ -23709,7 +24826,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_16request_stop
 */
   uh_store_int((&__pyx_v_self->st.stop_flag), 1);
 
-  /* "lguest/unicorn/_uchook.pyx":493
+  /* "lguest/unicorn/_uchook.pyx":561
  *         return bool(self.busy)
  * 
  *     def request_stop(self):             # <<<<<<<<<<<<<<
@@ -23724,7 +24841,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_16request_stop
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":497
+/* "lguest/unicorn/_uchook.pyx":565
  *         uh_store_int(&self.st.stop_flag, 1)
  * 
  *     def poke(self):             # <<<<<<<<<<<<<<
@@ -23733,16 +24850,16 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_16request_stop
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_19poke(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_25poke(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_18poke, "NativeHooks.poke(self)\n\nMake the running guest stop soon to look at pending irqs (the\npure-Python core, whose pending bits C cannot see).");
-static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_19poke = {"poke", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_19poke, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_18poke};
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_19poke(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_24poke, "NativeHooks.poke(self)\n\nMake the running guest stop soon to look at pending irqs (the\npure-Python core, whose pending bits C cannot see).");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_25poke = {"poke", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_25poke, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_24poke};
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_25poke(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -23768,19 +24885,19 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
   if (unlikely(__pyx_kwds_len < 0)) return NULL;
   if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("poke", __pyx_kwds); return NULL;}
-  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_18poke(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24poke(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_18poke(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24poke(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("poke", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":500
+  /* "lguest/unicorn/_uchook.pyx":568
  *         """Make the running guest stop soon to look at pending irqs (the
  *         pure-Python core, whose pending bits C cannot see)."""
  *         uh_store_u32(&self.st.attention, 1)             # <<<<<<<<<<<<<<
@@ -23789,7 +24906,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_18poke(struct 
 */
   uh_store_u32((&__pyx_v_self->st.attention), 1);
 
-  /* "lguest/unicorn/_uchook.pyx":497
+  /* "lguest/unicorn/_uchook.pyx":565
  *         uh_store_int(&self.st.stop_flag, 1)
  * 
  *     def poke(self):             # <<<<<<<<<<<<<<
@@ -23804,7 +24921,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_18poke(struct 
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":502
+/* "lguest/unicorn/_uchook.pyx":570
  *         uh_store_u32(&self.st.attention, 1)
  * 
  *     def clear_poke(self):             # <<<<<<<<<<<<<<
@@ -23813,16 +24930,16 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_18poke(struct 
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_21clear_poke(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_27clear_poke(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_20clear_poke, "NativeHooks.clear_poke(self)");
-static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_21clear_poke = {"clear_poke", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_21clear_poke, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_20clear_poke};
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_21clear_poke(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_26clear_poke, "NativeHooks.clear_poke(self)");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_27clear_poke = {"clear_poke", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_27clear_poke, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_26clear_poke};
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_27clear_poke(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -23848,19 +24965,19 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
   if (unlikely(__pyx_kwds_len < 0)) return NULL;
   if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("clear_poke", __pyx_kwds); return NULL;}
-  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_20clear_poke(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26clear_poke(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_20clear_poke(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26clear_poke(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("clear_poke", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":503
+  /* "lguest/unicorn/_uchook.pyx":571
  * 
  *     def clear_poke(self):
  *         uh_store_u32(&self.st.attention, 0)             # <<<<<<<<<<<<<<
@@ -23869,7 +24986,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_20clear_poke(s
 */
   uh_store_u32((&__pyx_v_self->st.attention), 0);
 
-  /* "lguest/unicorn/_uchook.pyx":502
+  /* "lguest/unicorn/_uchook.pyx":570
  *         uh_store_u32(&self.st.attention, 1)
  * 
  *     def clear_poke(self):             # <<<<<<<<<<<<<<
@@ -23884,7 +25001,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_20clear_poke(s
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":505
+/* "lguest/unicorn/_uchook.pyx":573
  *         uh_store_u32(&self.st.attention, 0)
  * 
  *     def __repr__(self):             # <<<<<<<<<<<<<<
@@ -23893,21 +25010,21 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_20clear_poke(s
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_23__repr__(PyObject *__pyx_v_self); /*proto*/
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_23__repr__(PyObject *__pyx_v_self) {
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_29__repr__(PyObject *__pyx_v_self); /*proto*/
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_29__repr__(PyObject *__pyx_v_self) {
   CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
   PyObject *__pyx_r = 0;
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("__repr__ (wrapper)", 0);
   __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
-  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_22__repr__(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_28__repr__(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_22__repr__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_28__repr__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
   PyObject *__pyx_v_state = NULL;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
@@ -23923,30 +25040,30 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_22__repr__(str
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__repr__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":506
+  /* "lguest/unicorn/_uchook.pyx":574
  * 
  *     def __repr__(self):
  *         state = ("uninitialised", "ready", "closed")[self.state]             # <<<<<<<<<<<<<<
  *         return f"<NativeHooks {state}, {self.nhooks} hooks, {self.st.blocks} blocks>"
  * 
 */
-  __pyx_t_1 = __Pyx_PyTuple_GET_ITEM(__pyx_mstate_global->__pyx_tuple[6], __pyx_v_self->state);
+  __pyx_t_1 = __Pyx_PyTuple_GET_ITEM(__pyx_mstate_global->__pyx_tuple[8], __pyx_v_self->state);
   __Pyx_INCREF(__pyx_t_1);
   __pyx_v_state = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":507
+  /* "lguest/unicorn/_uchook.pyx":575
  *     def __repr__(self):
  *         state = ("uninitialised", "ready", "closed")[self.state]
  *         return f"<NativeHooks {state}, {self.nhooks} hooks, {self.st.blocks} blocks>"             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyUnicode_Unicode(__pyx_v_state); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 507, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyUnicode_Unicode(__pyx_v_state); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 575, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyUnicode_From_int(__pyx_v_self->nhooks, 0, ' ', 'd'); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 507, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyUnicode_From_int(__pyx_v_self->nhooks, 0, ' ', 'd'); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 575, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyUnicode_From_uint64_t(__pyx_v_self->st.blocks, 0, ' ', 'd'); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 507, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyUnicode_From_uint64_t(__pyx_v_self->st.blocks, 0, ' ', 'd'); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 575, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_t_4[0] = __pyx_mstate_global->__pyx_kp_u_NativeHooks;
   __pyx_t_4[1] = __pyx_t_1;
@@ -23964,7 +25081,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_22__repr__(str
   __pyx_t_6 |= __Pyx_PyUnicode_KIND_04(__pyx_t_4[1]);
   #endif
   __pyx_t_7 = __Pyx_PyUnicode_Join(__pyx_t_4, 7, __pyx_t_5, __pyx_t_6);
-  if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 507, __pyx_L1_error)
+  if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 575, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
@@ -23980,7 +25097,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_22__repr__(str
   __pyx_t_7 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":505
+  /* "lguest/unicorn/_uchook.pyx":573
  *         uh_store_u32(&self.st.attention, 0)
  * 
  *     def __repr__(self):             # <<<<<<<<<<<<<<
@@ -24003,7 +25120,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_22__repr__(str
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":509
+/* "lguest/unicorn/_uchook.pyx":577
  *         return f"<NativeHooks {state}, {self.nhooks} hooks, {self.st.blocks} blocks>"
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24035,14 +25152,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13native_direc
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":511
+  /* "lguest/unicorn/_uchook.pyx":579
  *     @property
  *     def native_direct(self):
  *         return bool(self.st.native_direct)             # <<<<<<<<<<<<<<
  * 
  *     @native_direct.setter
 */
-  __pyx_t_1 = __Pyx_PyBool_FromLong((!(!(__pyx_v_self->st.native_direct != 0)))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 511, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyBool_FromLong((!(!(__pyx_v_self->st.native_direct != 0)))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 579, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24055,7 +25172,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13native_direc
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":509
+  /* "lguest/unicorn/_uchook.pyx":577
  *         return f"<NativeHooks {state}, {self.nhooks} hooks, {self.st.blocks} blocks>"
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24074,7 +25191,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13native_direc
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":513
+/* "lguest/unicorn/_uchook.pyx":581
  *         return bool(self.st.native_direct)
  * 
  *     @native_direct.setter             # <<<<<<<<<<<<<<
@@ -24105,24 +25222,24 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13native_direct_2__s
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":515
+  /* "lguest/unicorn/_uchook.pyx":583
  *     @native_direct.setter
  *     def native_direct(self, value):
  *         self._check()             # <<<<<<<<<<<<<<
  *         self.st.native_direct = 1 if value else 0
  * 
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 515, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 583, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":516
+  /* "lguest/unicorn/_uchook.pyx":584
  *     def native_direct(self, value):
  *         self._check()
  *         self.st.native_direct = 1 if value else 0             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_v_value); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 516, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_v_value); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 584, __pyx_L1_error)
   if (__pyx_t_2) {
 
     __pyx_t_1 = 1;
@@ -24133,7 +25250,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13native_direct_2__s
 
   __pyx_v_self->st.native_direct = __pyx_t_1;
 
-  /* "lguest/unicorn/_uchook.pyx":513
+  /* "lguest/unicorn/_uchook.pyx":581
  *         return bool(self.st.native_direct)
  * 
  *     @native_direct.setter             # <<<<<<<<<<<<<<
@@ -24152,7 +25269,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13native_direct_2__s
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":518
+/* "lguest/unicorn/_uchook.pyx":586
  *         self.st.native_direct = 1 if value else 0
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24184,14 +25301,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_15has_native_c
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":520
+  /* "lguest/unicorn/_uchook.pyx":588
  *     @property
  *     def has_native_core(self):
  *         return self.st.api != NULL             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyBool_FromLong((__pyx_v_self->st.api != NULL)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 520, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyBool_FromLong((__pyx_v_self->st.api != NULL)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 588, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24204,7 +25321,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_15has_native_c
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":518
+  /* "lguest/unicorn/_uchook.pyx":586
  *         self.st.native_direct = 1 if value else 0
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24223,7 +25340,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_15has_native_c
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":522
+/* "lguest/unicorn/_uchook.pyx":590
  *         return self.st.api != NULL
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24255,14 +25372,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8slice_ns___ge
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":524
+  /* "lguest/unicorn/_uchook.pyx":592
  *     @property
  *     def slice_ns(self):
  *         return self.st.slice_ns             # <<<<<<<<<<<<<<
  * 
  *     @slice_ns.setter
 */
-  __pyx_t_1 = __Pyx_PyLong_From_int64_t(__pyx_v_self->st.slice_ns); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 524, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int64_t(__pyx_v_self->st.slice_ns); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 592, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24275,7 +25392,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8slice_ns___ge
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":522
+  /* "lguest/unicorn/_uchook.pyx":590
  *         return self.st.api != NULL
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24294,7 +25411,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8slice_ns___ge
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":526
+/* "lguest/unicorn/_uchook.pyx":594
  *         return self.st.slice_ns
  * 
  *     @slice_ns.setter             # <<<<<<<<<<<<<<
@@ -24315,7 +25432,7 @@ static int __pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_8slice_ns_3__set__(P
   __Pyx_RefNannySetupContext("__set__ (wrapper)", 0);
   __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
   assert(__pyx_arg_value); {
-    __pyx_v_value = __Pyx_PyLong_As_int64_t(__pyx_arg_value); if (unlikely((__pyx_v_value == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 527, __pyx_L3_error)
+    __pyx_v_value = __Pyx_PyLong_As_int64_t(__pyx_arg_value); if (unlikely((__pyx_v_value == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 595, __pyx_L3_error)
   }
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -24338,17 +25455,17 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8slice_ns_2__set__(s
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":528
+  /* "lguest/unicorn/_uchook.pyx":596
  *     @slice_ns.setter
  *     def slice_ns(self, int64_t value):
  *         self._check()             # <<<<<<<<<<<<<<
  *         self.st.slice_ns = value
  * 
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 528, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 596, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":529
+  /* "lguest/unicorn/_uchook.pyx":597
  *     def slice_ns(self, int64_t value):
  *         self._check()
  *         self.st.slice_ns = value             # <<<<<<<<<<<<<<
@@ -24357,7 +25474,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8slice_ns_2__set__(s
 */
   __pyx_v_self->st.slice_ns = __pyx_v_value;
 
-  /* "lguest/unicorn/_uchook.pyx":526
+  /* "lguest/unicorn/_uchook.pyx":594
  *         return self.st.slice_ns
  * 
  *     @slice_ns.setter             # <<<<<<<<<<<<<<
@@ -24377,7 +25494,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8slice_ns_2__set__(s
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":531
+/* "lguest/unicorn/_uchook.pyx":599
  *         self.st.slice_ns = value
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24409,14 +25526,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6reason___get_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":533
+  /* "lguest/unicorn/_uchook.pyx":601
  *     @property
  *     def reason(self):
  *         return self.st.reason             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_v_self->st.reason); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 533, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_v_self->st.reason); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 601, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24429,7 +25546,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6reason___get_
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":531
+  /* "lguest/unicorn/_uchook.pyx":599
  *         self.st.slice_ns = value
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24448,7 +25565,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6reason___get_
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":535
+/* "lguest/unicorn/_uchook.pyx":603
  *         return self.st.reason
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24480,14 +25597,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7trapnum___get
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":537
+  /* "lguest/unicorn/_uchook.pyx":605
  *     @property
  *     def trapnum(self):
  *         return self.st.trapnum             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.trapnum); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 537, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.trapnum); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 605, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24500,7 +25617,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7trapnum___get
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":535
+  /* "lguest/unicorn/_uchook.pyx":603
  *         return self.st.reason
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24519,7 +25636,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7trapnum___get
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":539
+/* "lguest/unicorn/_uchook.pyx":607
  *         return self.st.trapnum
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24551,14 +25668,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7errcode___get
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":541
+  /* "lguest/unicorn/_uchook.pyx":609
  *     @property
  *     def errcode(self):
  *         return self.st.errcode             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.errcode); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 541, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.errcode); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 609, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24571,7 +25688,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7errcode___get
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":539
+  /* "lguest/unicorn/_uchook.pyx":607
  *         return self.st.trapnum
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24590,7 +25707,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7errcode___get
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":543
+/* "lguest/unicorn/_uchook.pyx":611
  *         return self.st.errcode
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24622,14 +25739,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6is_int___get_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":545
+  /* "lguest/unicorn/_uchook.pyx":613
  *     @property
  *     def is_int(self):
  *         return bool(self.st.is_int)             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyBool_FromLong((!(!(__pyx_v_self->st.is_int != 0)))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 545, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyBool_FromLong((!(!(__pyx_v_self->st.is_int != 0)))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 613, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24642,7 +25759,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6is_int___get_
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":543
+  /* "lguest/unicorn/_uchook.pyx":611
  *         return self.st.errcode
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24661,7 +25778,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6is_int___get_
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":547
+/* "lguest/unicorn/_uchook.pyx":615
  *         return bool(self.st.is_int)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24693,14 +25810,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_3cr2___get__(s
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":549
+  /* "lguest/unicorn/_uchook.pyx":617
  *     @property
  *     def cr2(self):
  *         return self.st.cr2             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.cr2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 549, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.cr2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 617, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24713,7 +25830,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_3cr2___get__(s
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":547
+  /* "lguest/unicorn/_uchook.pyx":615
  *         return bool(self.st.is_int)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24732,7 +25849,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_3cr2___get__(s
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":551
+/* "lguest/unicorn/_uchook.pyx":619
  *         return self.st.cr2
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24767,27 +25884,27 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_9mem_fault___g
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":554
+  /* "lguest/unicorn/_uchook.pyx":622
  *     def mem_fault(self):
  *         """(type, address, size) of the last invalid memory access."""
  *         return (self.st.mem_type, self.st.mem_addr, self.st.mem_size_access)             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_v_self->st.mem_type); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 554, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_v_self->st.mem_type); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 622, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.mem_addr); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 554, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.mem_addr); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 622, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyLong_From_int(__pyx_v_self->st.mem_size_access); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 554, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_int(__pyx_v_self->st.mem_size_access); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 622, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = PyTuple_New(3); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 554, __pyx_L1_error)
+  __pyx_t_4 = PyTuple_New(3); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 622, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_GIVEREF(__pyx_t_1);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_t_1) != (0)) __PYX_ERR(0, 554, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_t_1) != (0)) __PYX_ERR(0, 622, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_2);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_t_2) != (0)) __PYX_ERR(0, 554, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_t_2) != (0)) __PYX_ERR(0, 622, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_3);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 2, __pyx_t_3) != (0)) __PYX_ERR(0, 554, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 2, __pyx_t_3) != (0)) __PYX_ERR(0, 622, __pyx_L1_error);
   __pyx_t_1 = 0;
   __pyx_t_2 = 0;
   __pyx_t_3 = 0;
@@ -24802,7 +25919,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_9mem_fault___g
   __pyx_t_4 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":551
+  /* "lguest/unicorn/_uchook.pyx":619
  *         return self.st.cr2
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24824,7 +25941,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_9mem_fault___g
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":556
+/* "lguest/unicorn/_uchook.pyx":624
  *         return (self.st.mem_type, self.st.mem_addr, self.st.mem_size_access)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24856,14 +25973,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6blocks___get_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":558
+  /* "lguest/unicorn/_uchook.pyx":626
  *     @property
  *     def blocks(self):
  *         return self.st.blocks             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.blocks); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 558, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.blocks); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 626, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24876,7 +25993,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6blocks___get_
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":556
+  /* "lguest/unicorn/_uchook.pyx":624
  *         return (self.st.mem_type, self.st.mem_addr, self.st.mem_size_access)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24895,7 +26012,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6blocks___get_
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":560
+/* "lguest/unicorn/_uchook.pyx":628
  *         return self.st.blocks
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24927,14 +26044,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10intr_hooks__
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":562
+  /* "lguest/unicorn/_uchook.pyx":630
  *     @property
  *     def intr_hooks(self):
  *         return self.st.intr_hooks             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.intr_hooks); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 562, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.intr_hooks); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 630, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24947,7 +26064,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10intr_hooks__
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":560
+  /* "lguest/unicorn/_uchook.pyx":628
  *         return self.st.blocks
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24966,7 +26083,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10intr_hooks__
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":564
+/* "lguest/unicorn/_uchook.pyx":632
  *         return self.st.intr_hooks
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24998,14 +26115,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8io_count___ge
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":567
+  /* "lguest/unicorn/_uchook.pyx":635
  *     def io_count(self):
  *         """in/out instructions emulated in the hooks."""
  *         return self.st.io_count             # <<<<<<<<<<<<<<
  * 
  *     def direct_counts(self):
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.io_count); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 567, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.io_count); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 635, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -25018,7 +26135,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8io_count___ge
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":564
+  /* "lguest/unicorn/_uchook.pyx":632
  *         return self.st.intr_hooks
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25037,7 +26154,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8io_count___ge
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":569
+/* "lguest/unicorn/_uchook.pyx":637
  *         return self.st.io_count
  * 
  *     def direct_counts(self):             # <<<<<<<<<<<<<<
@@ -25046,16 +26163,16 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8io_count___ge
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_25direct_counts(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_31direct_counts(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_counts, "NativeHooks.direct_counts(self)\n\n{vector: deliveries} of the native direct path.");
-static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_25direct_counts = {"direct_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_25direct_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_counts};
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_25direct_counts(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_30direct_counts, "NativeHooks.direct_counts(self)\n\n{vector: deliveries} of the native direct path.");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_31direct_counts = {"direct_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_31direct_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_30direct_counts};
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_31direct_counts(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -25081,14 +26198,14 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
   if (unlikely(__pyx_kwds_len < 0)) return NULL;
   if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("direct_counts", __pyx_kwds); return NULL;}
-  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_counts(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_30direct_counts(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_30direct_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
   int __pyx_7genexpr__pyx_v_i;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
@@ -25102,7 +26219,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_count
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("direct_counts", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":572
+  /* "lguest/unicorn/_uchook.pyx":640
  *         """{vector: deliveries} of the native direct path."""
  *         cdef int i
  *         return {i: self.st.direct_counts[i] for i in range(256) if self.st.direct_counts[i]}             # <<<<<<<<<<<<<<
@@ -25110,7 +26227,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_count
  *     @property
 */
   { /* enter inner scope */
-    __pyx_t_1 = PyDict_New(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 572, __pyx_L1_error)
+    __pyx_t_1 = PyDict_New(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 640, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     for (__pyx_t_2 = 0; __pyx_t_2 < 0x100; __pyx_t_2+=1) {
       __pyx_7genexpr__pyx_v_i = __pyx_t_2;
@@ -25118,11 +26235,11 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_count
 
       if (__pyx_t_3) {
 
-        __pyx_t_4 = __Pyx_PyLong_From_int(__pyx_7genexpr__pyx_v_i); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 572, __pyx_L1_error)
+        __pyx_t_4 = __Pyx_PyLong_From_int(__pyx_7genexpr__pyx_v_i); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 640, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
-        __pyx_t_5 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->st.direct_counts[__pyx_7genexpr__pyx_v_i])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 572, __pyx_L1_error)
+        __pyx_t_5 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->st.direct_counts[__pyx_7genexpr__pyx_v_i])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 640, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_5);
-        if (unlikely(PyDict_SetItem(__pyx_t_1, __pyx_t_4, __pyx_t_5))) __PYX_ERR(0, 572, __pyx_L1_error)
+        if (unlikely(PyDict_SetItem(__pyx_t_1, __pyx_t_4, __pyx_t_5))) __PYX_ERR(0, 640, __pyx_L1_error)
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
         __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
       }
@@ -25139,7 +26256,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_count
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":569
+  /* "lguest/unicorn/_uchook.pyx":637
  *         return self.st.io_count
  * 
  *     def direct_counts(self):             # <<<<<<<<<<<<<<
@@ -25161,7 +26278,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_count
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":574
+/* "lguest/unicorn/_uchook.pyx":642
  *         return {i: self.st.direct_counts[i] for i in range(256) if self.st.direct_counts[i]}
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25193,14 +26310,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12reflect_mask
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":579
+  /* "lguest/unicorn/_uchook.pyx":647
  *         when handle_trap would do nothing else with them (uh_reflectable);
  *         0: every non-direct trap stops the emulator."""
  *         return self.st.reflect_mask             # <<<<<<<<<<<<<<
  * 
  *     @reflect_mask.setter
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.reflect_mask); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 579, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.reflect_mask); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 647, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -25213,7 +26330,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12reflect_mask
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":574
+  /* "lguest/unicorn/_uchook.pyx":642
  *         return {i: self.st.direct_counts[i] for i in range(256) if self.st.direct_counts[i]}
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25232,7 +26349,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12reflect_mask
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":581
+/* "lguest/unicorn/_uchook.pyx":649
  *         return self.st.reflect_mask
  * 
  *     @reflect_mask.setter             # <<<<<<<<<<<<<<
@@ -25253,7 +26370,7 @@ static int __pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_12reflect_mask_3__se
   __Pyx_RefNannySetupContext("__set__ (wrapper)", 0);
   __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
   assert(__pyx_arg_value); {
-    __pyx_v_value = __Pyx_PyLong_As_uint32_t(__pyx_arg_value); if (unlikely((__pyx_v_value == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 582, __pyx_L3_error)
+    __pyx_v_value = __Pyx_PyLong_As_uint32_t(__pyx_arg_value); if (unlikely((__pyx_v_value == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 650, __pyx_L3_error)
   }
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -25276,17 +26393,17 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12reflect_mask_2__se
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":583
+  /* "lguest/unicorn/_uchook.pyx":651
  *     @reflect_mask.setter
  *     def reflect_mask(self, uint32_t value):
  *         self._check()             # <<<<<<<<<<<<<<
  *         self.st.reflect_mask = value
  * 
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 583, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 651, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":584
+  /* "lguest/unicorn/_uchook.pyx":652
  *     def reflect_mask(self, uint32_t value):
  *         self._check()
  *         self.st.reflect_mask = value             # <<<<<<<<<<<<<<
@@ -25295,7 +26412,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12reflect_mask_2__se
 */
   __pyx_v_self->st.reflect_mask = __pyx_v_value;
 
-  /* "lguest/unicorn/_uchook.pyx":581
+  /* "lguest/unicorn/_uchook.pyx":649
  *         return self.st.reflect_mask
  * 
  *     @reflect_mask.setter             # <<<<<<<<<<<<<<
@@ -25315,7 +26432,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12reflect_mask_2__se
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":586
+/* "lguest/unicorn/_uchook.pyx":654
  *         self.st.reflect_mask = value
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25347,14 +26464,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13reflect_tota
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":588
+  /* "lguest/unicorn/_uchook.pyx":656
  *     @property
  *     def reflect_total(self):
  *         return self.st.reflect_total             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.reflect_total); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 588, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.reflect_total); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 656, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -25367,7 +26484,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13reflect_tota
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":586
+  /* "lguest/unicorn/_uchook.pyx":654
  *         self.st.reflect_mask = value
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25386,7 +26503,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13reflect_tota
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":590
+/* "lguest/unicorn/_uchook.pyx":658
  *         return self.st.reflect_total
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25418,14 +26535,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10hcall_mask__
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":594
+  /* "lguest/unicorn/_uchook.pyx":662
  *         """Hypercall numbers (a bitmask, below 32) the hook does itself when
  *         uh_hcall_here allows; 0: every hypercall stops the emulator."""
  *         return self.st.hcall_mask             # <<<<<<<<<<<<<<
  * 
  *     @hcall_mask.setter
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.hcall_mask); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 594, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.hcall_mask); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 662, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -25438,7 +26555,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10hcall_mask__
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":590
+  /* "lguest/unicorn/_uchook.pyx":658
  *         return self.st.reflect_total
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25457,7 +26574,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10hcall_mask__
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":596
+/* "lguest/unicorn/_uchook.pyx":664
  *         return self.st.hcall_mask
  * 
  *     @hcall_mask.setter             # <<<<<<<<<<<<<<
@@ -25478,7 +26595,7 @@ static int __pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_10hcall_mask_3__set_
   __Pyx_RefNannySetupContext("__set__ (wrapper)", 0);
   __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
   assert(__pyx_arg_value); {
-    __pyx_v_value = __Pyx_PyLong_As_uint32_t(__pyx_arg_value); if (unlikely((__pyx_v_value == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 597, __pyx_L3_error)
+    __pyx_v_value = __Pyx_PyLong_As_uint32_t(__pyx_arg_value); if (unlikely((__pyx_v_value == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 665, __pyx_L3_error)
   }
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -25501,17 +26618,17 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10hcall_mask_2__set_
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":598
+  /* "lguest/unicorn/_uchook.pyx":666
  *     @hcall_mask.setter
  *     def hcall_mask(self, uint32_t value):
  *         self._check()             # <<<<<<<<<<<<<<
  *         self.st.hcall_mask = value
  * 
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 598, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 666, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":599
+  /* "lguest/unicorn/_uchook.pyx":667
  *     def hcall_mask(self, uint32_t value):
  *         self._check()
  *         self.st.hcall_mask = value             # <<<<<<<<<<<<<<
@@ -25520,7 +26637,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10hcall_mask_2__set_
 */
   __pyx_v_self->st.hcall_mask = __pyx_v_value;
 
-  /* "lguest/unicorn/_uchook.pyx":596
+  /* "lguest/unicorn/_uchook.pyx":664
  *         return self.st.hcall_mask
  * 
  *     @hcall_mask.setter             # <<<<<<<<<<<<<<
@@ -25540,7 +26657,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10hcall_mask_2__set_
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":601
+/* "lguest/unicorn/_uchook.pyx":669
  *         self.st.hcall_mask = value
  * 
  *     def set_hcall_handler(self, handler):             # <<<<<<<<<<<<<<
@@ -25549,16 +26666,16 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10hcall_mask_2__set_
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_27set_hcall_handler(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_33set_hcall_handler(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_26set_hcall_handler, "NativeHooks.set_hcall_handler(self, handler)\n\n``handler(num, arg1) -> int``: does hypercall ``num`` from inside\nthe hook (with the GIL) and returns the new block budget (0: none)\nor -1 to stop the emulator (reason \"hcall\").  None: the hook does\nonly FLUSH_ASYNC and stops for the others.");
-static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_27set_hcall_handler = {"set_hcall_handler", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_27set_hcall_handler, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_26set_hcall_handler};
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_27set_hcall_handler(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_32set_hcall_handler, "NativeHooks.set_hcall_handler(self, handler)\n\n``handler(num, arg1) -> int``: does hypercall ``num`` from inside\nthe hook (with the GIL) and returns the new block budget (0: none)\nor -1 to stop the emulator (reason \"hcall\").  None: the hook does\nonly FLUSH_ASYNC and stops for the others.");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_33set_hcall_handler = {"set_hcall_handler", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_33set_hcall_handler, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_32set_hcall_handler};
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_33set_hcall_handler(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -25588,32 +26705,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_handler,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 601, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 669, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 601, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 669, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_hcall_handler", 0) < (0)) __PYX_ERR(0, 601, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_hcall_handler", 0) < (0)) __PYX_ERR(0, 669, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_hcall_handler", 1, 1, 1, i); __PYX_ERR(0, 601, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_hcall_handler", 1, 1, 1, i); __PYX_ERR(0, 669, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 601, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 669, __pyx_L3_error)
     }
     __pyx_v_handler = values[0];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("set_hcall_handler", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 601, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("set_hcall_handler", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 669, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -25624,7 +26741,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26set_hcall_handler(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self), __pyx_v_handler);
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_32set_hcall_handler(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self), __pyx_v_handler);
 
   /* function exit code */
   for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
@@ -25634,7 +26751,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26set_hcall_handler(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, PyObject *__pyx_v_handler) {
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_32set_hcall_handler(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, PyObject *__pyx_v_handler) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   int __pyx_t_1;
@@ -25644,17 +26761,17 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26set_hcall_ha
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("set_hcall_handler", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":606
+  /* "lguest/unicorn/_uchook.pyx":674
  *         or -1 to stop the emulator (reason "hcall").  None: the hook does
  *         only FLUSH_ASYNC and stops for the others."""
  *         self._check_idle()             # <<<<<<<<<<<<<<
  *         self._hcall_handler = handler
  *         if handler is None:
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 606, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 674, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":607
+  /* "lguest/unicorn/_uchook.pyx":675
  *         only FLUSH_ASYNC and stops for the others."""
  *         self._check_idle()
  *         self._hcall_handler = handler             # <<<<<<<<<<<<<<
@@ -25666,7 +26783,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26set_hcall_ha
   __Pyx_GOTREF(__pyx_v_self->_hcall_handler);
   __Pyx_DECREF_SET(__pyx_v_self->_hcall_handler, __pyx_v_handler);
 
-  /* "lguest/unicorn/_uchook.pyx":608
+  /* "lguest/unicorn/_uchook.pyx":676
  *         self._check_idle()
  *         self._hcall_handler = handler
  *         if handler is None:             # <<<<<<<<<<<<<<
@@ -25677,7 +26794,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26set_hcall_ha
   if (__pyx_t_2) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":609
+    /* "lguest/unicorn/_uchook.pyx":677
  *         self._hcall_handler = handler
  *         if handler is None:
  *             self.st.hcall_cb = NULL             # <<<<<<<<<<<<<<
@@ -25686,7 +26803,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26set_hcall_ha
 */
     __pyx_v_self->st.hcall_cb = NULL;
 
-    /* "lguest/unicorn/_uchook.pyx":610
+    /* "lguest/unicorn/_uchook.pyx":678
  *         if handler is None:
  *             self.st.hcall_cb = NULL
  *             self.st.hcall_self = NULL             # <<<<<<<<<<<<<<
@@ -25695,7 +26812,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26set_hcall_ha
 */
     __pyx_v_self->st.hcall_self = NULL;
 
-    /* "lguest/unicorn/_uchook.pyx":608
+    /* "lguest/unicorn/_uchook.pyx":676
  *         self._check_idle()
  *         self._hcall_handler = handler
  *         if handler is None:             # <<<<<<<<<<<<<<
@@ -25705,7 +26822,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26set_hcall_ha
     goto __pyx_L3;
   }
 
-  /* "lguest/unicorn/_uchook.pyx":612
+  /* "lguest/unicorn/_uchook.pyx":680
  *             self.st.hcall_self = NULL
  *         else:
  *             self.st.hcall_cb = _hcall_trampoline             # <<<<<<<<<<<<<<
@@ -25715,7 +26832,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26set_hcall_ha
   /*else*/ {
     __pyx_v_self->st.hcall_cb = __pyx_f_6lguest_7unicorn_7_uchook__hcall_trampoline;
 
-    /* "lguest/unicorn/_uchook.pyx":613
+    /* "lguest/unicorn/_uchook.pyx":681
  *         else:
  *             self.st.hcall_cb = _hcall_trampoline
  *             self.st.hcall_self = <void *>self             # <<<<<<<<<<<<<<
@@ -25726,7 +26843,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26set_hcall_ha
   }
   __pyx_L3:;
 
-  /* "lguest/unicorn/_uchook.pyx":601
+  /* "lguest/unicorn/_uchook.pyx":669
  *         self.st.hcall_mask = value
  * 
  *     def set_hcall_handler(self, handler):             # <<<<<<<<<<<<<<
@@ -25746,7 +26863,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26set_hcall_ha
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":615
+/* "lguest/unicorn/_uchook.pyx":683
  *             self.st.hcall_self = <void *>self
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25778,14 +26895,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_11hcall_total_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":617
+  /* "lguest/unicorn/_uchook.pyx":685
  *     @property
  *     def hcall_total(self):
  *         return self.st.hcall_total             # <<<<<<<<<<<<<<
  * 
  *     def hcall_counts(self):
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.hcall_total); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 617, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.hcall_total); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 685, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -25798,7 +26915,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_11hcall_total_
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":615
+  /* "lguest/unicorn/_uchook.pyx":683
  *             self.st.hcall_self = <void *>self
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25817,7 +26934,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_11hcall_total_
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":619
+/* "lguest/unicorn/_uchook.pyx":687
  *         return self.st.hcall_total
  * 
  *     def hcall_counts(self):             # <<<<<<<<<<<<<<
@@ -25826,16 +26943,16 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_11hcall_total_
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_29hcall_counts(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_35hcall_counts(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_28hcall_counts, "NativeHooks.hcall_counts(self)\n\n{number: hypercalls done in the hook} since the start.");
-static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_29hcall_counts = {"hcall_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_29hcall_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_28hcall_counts};
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_29hcall_counts(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_34hcall_counts, "NativeHooks.hcall_counts(self)\n\n{number: hypercalls done in the hook} since the start.");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_35hcall_counts = {"hcall_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_35hcall_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_34hcall_counts};
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_35hcall_counts(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -25861,14 +26978,14 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
   if (unlikely(__pyx_kwds_len < 0)) return NULL;
   if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("hcall_counts", __pyx_kwds); return NULL;}
-  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_28hcall_counts(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_34hcall_counts(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_28hcall_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_34hcall_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
   int __pyx_8genexpr1__pyx_v_i;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
@@ -25882,7 +26999,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_28hcall_counts
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("hcall_counts", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":622
+  /* "lguest/unicorn/_uchook.pyx":690
  *         """{number: hypercalls done in the hook} since the start."""
  *         cdef int i
  *         return {i: self.st.hcall_counts[i] for i in range(32) if self.st.hcall_counts[i]}             # <<<<<<<<<<<<<<
@@ -25890,7 +27007,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_28hcall_counts
  *     def reflect_counts(self):
 */
   { /* enter inner scope */
-    __pyx_t_1 = PyDict_New(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 622, __pyx_L1_error)
+    __pyx_t_1 = PyDict_New(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 690, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     for (__pyx_t_2 = 0; __pyx_t_2 < 32; __pyx_t_2+=1) {
       __pyx_8genexpr1__pyx_v_i = __pyx_t_2;
@@ -25898,11 +27015,11 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_28hcall_counts
 
       if (__pyx_t_3) {
 
-        __pyx_t_4 = __Pyx_PyLong_From_int(__pyx_8genexpr1__pyx_v_i); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 622, __pyx_L1_error)
+        __pyx_t_4 = __Pyx_PyLong_From_int(__pyx_8genexpr1__pyx_v_i); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 690, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
-        __pyx_t_5 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->st.hcall_counts[__pyx_8genexpr1__pyx_v_i])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 622, __pyx_L1_error)
+        __pyx_t_5 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->st.hcall_counts[__pyx_8genexpr1__pyx_v_i])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 690, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_5);
-        if (unlikely(PyDict_SetItem(__pyx_t_1, __pyx_t_4, __pyx_t_5))) __PYX_ERR(0, 622, __pyx_L1_error)
+        if (unlikely(PyDict_SetItem(__pyx_t_1, __pyx_t_4, __pyx_t_5))) __PYX_ERR(0, 690, __pyx_L1_error)
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
         __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
       }
@@ -25919,7 +27036,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_28hcall_counts
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":619
+  /* "lguest/unicorn/_uchook.pyx":687
  *         return self.st.hcall_total
  * 
  *     def hcall_counts(self):             # <<<<<<<<<<<<<<
@@ -25941,7 +27058,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_28hcall_counts
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":624
+/* "lguest/unicorn/_uchook.pyx":692
  *         return {i: self.st.hcall_counts[i] for i in range(32) if self.st.hcall_counts[i]}
  * 
  *     def reflect_counts(self):             # <<<<<<<<<<<<<<
@@ -25950,16 +27067,16 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_28hcall_counts
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_31reflect_counts(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_37reflect_counts(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_30reflect_counts, "NativeHooks.reflect_counts(self)\n\n{vector: traps reflected in the hook} since the start.");
-static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_31reflect_counts = {"reflect_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_31reflect_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_30reflect_counts};
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_31reflect_counts(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_36reflect_counts, "NativeHooks.reflect_counts(self)\n\n{vector: traps reflected in the hook} since the start.");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_37reflect_counts = {"reflect_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_37reflect_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_36reflect_counts};
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_37reflect_counts(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -25985,14 +27102,14 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
   if (unlikely(__pyx_kwds_len < 0)) return NULL;
   if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("reflect_counts", __pyx_kwds); return NULL;}
-  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_30reflect_counts(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_36reflect_counts(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_30reflect_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_36reflect_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
   int __pyx_8genexpr2__pyx_v_i;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
@@ -26006,7 +27123,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_30reflect_coun
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("reflect_counts", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":627
+  /* "lguest/unicorn/_uchook.pyx":695
  *         """{vector: traps reflected in the hook} since the start."""
  *         cdef int i
  *         return {i: self.st.reflect_counts[i] for i in range(32) if self.st.reflect_counts[i]}             # <<<<<<<<<<<<<<
@@ -26014,7 +27131,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_30reflect_coun
  *     def stop_counts(self):
 */
   { /* enter inner scope */
-    __pyx_t_1 = PyDict_New(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 627, __pyx_L1_error)
+    __pyx_t_1 = PyDict_New(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 695, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     for (__pyx_t_2 = 0; __pyx_t_2 < 32; __pyx_t_2+=1) {
       __pyx_8genexpr2__pyx_v_i = __pyx_t_2;
@@ -26022,11 +27139,11 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_30reflect_coun
 
       if (__pyx_t_3) {
 
-        __pyx_t_4 = __Pyx_PyLong_From_int(__pyx_8genexpr2__pyx_v_i); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 627, __pyx_L1_error)
+        __pyx_t_4 = __Pyx_PyLong_From_int(__pyx_8genexpr2__pyx_v_i); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 695, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
-        __pyx_t_5 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->st.reflect_counts[__pyx_8genexpr2__pyx_v_i])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 627, __pyx_L1_error)
+        __pyx_t_5 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->st.reflect_counts[__pyx_8genexpr2__pyx_v_i])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 695, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_5);
-        if (unlikely(PyDict_SetItem(__pyx_t_1, __pyx_t_4, __pyx_t_5))) __PYX_ERR(0, 627, __pyx_L1_error)
+        if (unlikely(PyDict_SetItem(__pyx_t_1, __pyx_t_4, __pyx_t_5))) __PYX_ERR(0, 695, __pyx_L1_error)
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
         __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
       }
@@ -26043,7 +27160,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_30reflect_coun
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":624
+  /* "lguest/unicorn/_uchook.pyx":692
  *         return {i: self.st.hcall_counts[i] for i in range(32) if self.st.hcall_counts[i]}
  * 
  *     def reflect_counts(self):             # <<<<<<<<<<<<<<
@@ -26065,7 +27182,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_30reflect_coun
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":629
+/* "lguest/unicorn/_uchook.pyx":697
  *         return {i: self.st.reflect_counts[i] for i in range(32) if self.st.reflect_counts[i]}
  * 
  *     def stop_counts(self):             # <<<<<<<<<<<<<<
@@ -26074,16 +27191,16 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_30reflect_coun
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_33stop_counts(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_39stop_counts(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_32stop_counts, "NativeHooks.stop_counts(self)");
-static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_33stop_counts = {"stop_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_33stop_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_32stop_counts};
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_33stop_counts(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_38stop_counts, "NativeHooks.stop_counts(self)");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_39stop_counts = {"stop_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_39stop_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_38stop_counts};
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_39stop_counts(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -26109,14 +27226,14 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
   if (unlikely(__pyx_kwds_len < 0)) return NULL;
   if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("stop_counts", __pyx_kwds); return NULL;}
-  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_32stop_counts(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_38stop_counts(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_32stop_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_38stop_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
   int __pyx_8genexpr3__pyx_v_i;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
@@ -26132,18 +27249,18 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_32stop_counts(
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("stop_counts", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":631
+  /* "lguest/unicorn/_uchook.pyx":699
  *     def stop_counts(self):
  *         cdef int i
  *         return {REASONS[i]: self.st.stops[i] for i in range(len(REASONS)) if self.st.stops[i]}             # <<<<<<<<<<<<<<
  * 
 */
   { /* enter inner scope */
-    __pyx_t_1 = PyDict_New(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 631, __pyx_L1_error)
+    __pyx_t_1 = PyDict_New(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 699, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_REASONS); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 631, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_REASONS); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 699, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_3 = PyObject_Length(__pyx_t_2); if (unlikely(__pyx_t_3 == ((Py_ssize_t)-1))) __PYX_ERR(0, 631, __pyx_L1_error)
+    __pyx_t_3 = PyObject_Length(__pyx_t_2); if (unlikely(__pyx_t_3 == ((Py_ssize_t)-1))) __PYX_ERR(0, 699, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __pyx_t_4 = __pyx_t_3;
 
@@ -26153,14 +27270,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_32stop_counts(
 
       if (__pyx_t_6) {
 
-        __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_REASONS); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 631, __pyx_L1_error)
+        __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_REASONS); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 699, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_2);
-        __pyx_t_7 = __Pyx_GetItemInt(__pyx_t_2, __pyx_8genexpr3__pyx_v_i, int, 1, __Pyx_PyLong_From_int, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 631, __pyx_L1_error)
+        __pyx_t_7 = __Pyx_GetItemInt(__pyx_t_2, __pyx_8genexpr3__pyx_v_i, int, 1, __Pyx_PyLong_From_int, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 699, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_7);
         __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-        __pyx_t_2 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->st.stops[__pyx_8genexpr3__pyx_v_i])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 631, __pyx_L1_error)
+        __pyx_t_2 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->st.stops[__pyx_8genexpr3__pyx_v_i])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 699, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_2);
-        if (unlikely(PyDict_SetItem(__pyx_t_1, __pyx_t_7, __pyx_t_2))) __PYX_ERR(0, 631, __pyx_L1_error)
+        if (unlikely(PyDict_SetItem(__pyx_t_1, __pyx_t_7, __pyx_t_2))) __PYX_ERR(0, 699, __pyx_L1_error)
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
         __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
       }
@@ -26179,7 +27296,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_32stop_counts(
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":629
+  /* "lguest/unicorn/_uchook.pyx":697
  *         return {i: self.st.reflect_counts[i] for i in range(32) if self.st.reflect_counts[i]}
  * 
  *     def stop_counts(self):             # <<<<<<<<<<<<<<
@@ -26208,16 +27325,16 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_32stop_counts(
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_35__reduce_cython__(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_41__reduce_cython__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_34__reduce_cython__, "NativeHooks.__reduce_cython__(self)");
-static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_35__reduce_cython__ = {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_35__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_34__reduce_cython__};
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_35__reduce_cython__(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_40__reduce_cython__, "NativeHooks.__reduce_cython__(self)");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_41__reduce_cython__ = {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_41__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_40__reduce_cython__};
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_41__reduce_cython__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -26243,14 +27360,14 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
   if (unlikely(__pyx_kwds_len < 0)) return NULL;
   if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("__reduce_cython__", __pyx_kwds); return NULL;}
-  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_34__reduce_cython__(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_40__reduce_cython__(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_34__reduce_cython__(CYTHON_UNUSED struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_40__reduce_cython__(CYTHON_UNUSED struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   int __pyx_lineno = 0;
@@ -26290,16 +27407,16 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_34__reduce_cyt
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_37__setstate_cython__(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_43__setstate_cython__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_36__setstate_cython__, "NativeHooks.__setstate_cython__(self, __pyx_state)");
-static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_37__setstate_cython__ = {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_37__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_36__setstate_cython__};
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_37__setstate_cython__(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_42__setstate_cython__, "NativeHooks.__setstate_cython__(self, __pyx_state)");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_43__setstate_cython__ = {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_43__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_42__setstate_cython__};
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_43__setstate_cython__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -26365,7 +27482,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_36__setstate_cython__(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self), __pyx_v___pyx_state);
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_42__setstate_cython__(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self), __pyx_v___pyx_state);
 
   /* function exit code */
   for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
@@ -26375,7 +27492,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_36__setstate_cython__(CYTHON_UNUSED struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v___pyx_state) {
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_42__setstate_cython__(CYTHON_UNUSED struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v___pyx_state) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   int __pyx_lineno = 0;
@@ -26421,6 +27538,7 @@ static PyObject *__pyx_tp_new__initialisation_6lguest_7unicorn_7_uchook_NativeHo
   p->_keep = Py_None; Py_INCREF(Py_None);
   p->_owners = Py_None; Py_INCREF(Py_None);
   p->_hold = Py_None; Py_INCREF(Py_None);
+  p->_trace = Py_None; Py_INCREF(Py_None);
   p->_free = Py_None; Py_INCREF(Py_None);
   p->_hcall_handler = Py_None; Py_INCREF(Py_None);
   p->_hcall_error = Py_None; Py_INCREF(Py_None);
@@ -26500,6 +27618,7 @@ static void __pyx_tp_dealloc_6lguest_7unicorn_7_uchook_NativeHooks(PyObject *o) 
   Py_CLEAR(p->_keep);
   Py_CLEAR(p->_owners);
   Py_CLEAR(p->_hold);
+  Py_CLEAR(p->_trace);
   Py_CLEAR(p->_free);
   Py_CLEAR(p->_hcall_handler);
   Py_CLEAR(p->_hcall_error);
@@ -26533,6 +27652,9 @@ static int __pyx_tp_traverse_6lguest_7unicorn_7_uchook_NativeHooks(PyObject *o, 
   if (p->_hold) {
     e = (*v)(p->_hold, a); if (e) return e;
   }
+  if (p->_trace) {
+    e = (*v)(p->_trace, a); if (e) return e;
+  }
   if (p->_free) {
     e = (*v)(p->_free, a); if (e) return e;
   }
@@ -26556,6 +27678,9 @@ static int __pyx_tp_clear_6lguest_7unicorn_7_uchook_NativeHooks(PyObject *o) {
   Py_XDECREF(tmp);
   tmp = ((PyObject*)p->_hold);
   p->_hold = Py_None; Py_INCREF(Py_None);
+  Py_XDECREF(tmp);
+  tmp = ((PyObject*)p->_trace);
+  p->_trace = Py_None; Py_INCREF(Py_None);
   Py_XDECREF(tmp);
   tmp = ((PyObject*)p->_free);
   p->_free = Py_None; Py_INCREF(Py_None);
@@ -26684,16 +27809,19 @@ static PyMethodDef __pyx_methods_6lguest_7unicorn_7_uchook_NativeHooks[] = {
   {"bind", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_11bind, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_10bind},
   {"set_guest_data", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_13set_guest_data, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_data},
   {"run", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_15run, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_14run},
-  {"request_stop", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_17request_stop, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_16request_stop},
-  {"poke", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_19poke, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_18poke},
-  {"clear_poke", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_21clear_poke, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_20clear_poke},
-  {"direct_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_25direct_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_counts},
-  {"set_hcall_handler", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_27set_hcall_handler, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_26set_hcall_handler},
-  {"hcall_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_29hcall_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_28hcall_counts},
-  {"reflect_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_31reflect_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_30reflect_counts},
-  {"stop_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_33stop_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_32stop_counts},
-  {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_35__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_34__reduce_cython__},
-  {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_37__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_36__setstate_cython__},
+  {"resume", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_17resume, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_16resume},
+  {"trace_direct", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_19trace_direct, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_18trace_direct},
+  {"trace_drain", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_21trace_drain, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_20trace_drain},
+  {"request_stop", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_23request_stop, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_22request_stop},
+  {"poke", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_25poke, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_24poke},
+  {"clear_poke", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_27clear_poke, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_26clear_poke},
+  {"direct_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_31direct_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_30direct_counts},
+  {"set_hcall_handler", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_33set_hcall_handler, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_32set_hcall_handler},
+  {"hcall_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_35hcall_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_34hcall_counts},
+  {"reflect_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_37reflect_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_36reflect_counts},
+  {"stop_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_39stop_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_38stop_counts},
+  {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_41__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_40__reduce_cython__},
+  {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_43__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_42__setstate_cython__},
   {0, 0, 0, 0}
 };
 
@@ -26720,7 +27848,7 @@ static struct PyGetSetDef __pyx_getsets_6lguest_7unicorn_7_uchook_NativeHooks[] 
 #if CYTHON_USE_TYPE_SPECS
 static PyType_Slot __pyx_type_6lguest_7unicorn_7_uchook_NativeHooks_slots[] = {
   {Py_tp_dealloc, (void *)__pyx_tp_dealloc_6lguest_7unicorn_7_uchook_NativeHooks},
-  {Py_tp_repr, (void *)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_23__repr__},
+  {Py_tp_repr, (void *)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_29__repr__},
   {Py_tp_doc, (void *)PyDoc_STR("NativeHooks(uc_handle, *, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va, switcher_size, gdt_offset, until_va, host_cs, host_ss, ctx_alloc, ctx_small_alloc, uc_free, insn_in, insn_out, internals, uc_owner=None)\n\nThe native half of lguest.unicorn\047s backend: state shared with the C\nhooks, the entry/exit sequence and the counters.  Built by\nlguest.unicorn.UnicornBackend; not a public API.\n\nEvery C pointer it holds is owned by an object it keeps a reference to\n(the engine, the Switcher mapping, the cpu\047s arrays, a hold on guest\nmemory); close() drops them all and from then on (and on an instance\nwhose __init__ never ran) every method that would follow one raises\nRuntimeError instead.")},
   {Py_tp_traverse, (void *)__pyx_tp_traverse_6lguest_7unicorn_7_uchook_NativeHooks},
   {Py_tp_clear, (void *)__pyx_tp_clear_6lguest_7unicorn_7_uchook_NativeHooks},
@@ -26754,7 +27882,7 @@ static PyTypeObject __pyx_type_6lguest_7unicorn_7_uchook_NativeHooks = {
   0, /*tp_getattr*/
   0, /*tp_setattr*/
   0, /*tp_as_async*/
-  __pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_23__repr__, /*tp_repr*/
+  __pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_29__repr__, /*tp_repr*/
   0, /*tp_as_number*/
   0, /*tp_as_sequence*/
   0, /*tp_as_mapping*/
@@ -27990,14 +29118,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks
   __pyx_vtable_6lguest_7unicorn_7_uchook_NativeHooks._check_idle = (int (*)(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *))__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check_idle;
   __pyx_vtable_6lguest_7unicorn_7_uchook_NativeHooks._unbind = (PyObject *(*)(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *))__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind;
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_6lguest_7unicorn_7_uchook_NativeHooks_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks)) __PYX_ERR(0, 195, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_6lguest_7unicorn_7_uchook_NativeHooks_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks)) __PYX_ERR(0, 200, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks = &__pyx_type_6lguest_7unicorn_7_uchook_NativeHooks;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks) < (0)) __PYX_ERR(0, 195, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks) < (0)) __PYX_ERR(0, 200, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks);
@@ -28009,7 +29137,7 @@ static int __Pyx_modinit_Exttype___pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks
   #endif
   #if CYTHON_UPDATE_DESCRIPTOR_DOC
   {
-    PyObject *wrapper = PyObject_GetAttrString((PyObject *)__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, "__init__"); if (unlikely(!wrapper)) __PYX_ERR(0, 195, __pyx_L1_error)
+    PyObject *wrapper = PyObject_GetAttrString((PyObject *)__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, "__init__"); if (unlikely(!wrapper)) __PYX_ERR(0, 200, __pyx_L1_error)
     if (Py_IS_TYPE(wrapper, &PyWrapperDescr_Type)) {
       __pyx_wrapperbase_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__ = *((PyWrapperDescrObject *)wrapper)->d_base;
       __pyx_wrapperbase_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__.doc = __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__;
@@ -28017,9 +29145,9 @@ static int __Pyx_modinit_Exttype___pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks
     }
   }
   #endif
-  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_vtabptr_6lguest_7unicorn_7_uchook_NativeHooks) < (0)) __PYX_ERR(0, 195, __pyx_L1_error)
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_NativeHooks_2, (PyObject *) __pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks) < (0)) __PYX_ERR(0, 195, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks) < (0)) __PYX_ERR(0, 195, __pyx_L1_error)
+  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_vtabptr_6lguest_7unicorn_7_uchook_NativeHooks) < (0)) __PYX_ERR(0, 200, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_NativeHooks_2, (PyObject *) __pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks) < (0)) __PYX_ERR(0, 200, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks) < (0)) __PYX_ERR(0, 200, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -29034,523 +30162,568 @@ __Pyx_RefNannySetupContext("PyInit__uchook", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_np, __pyx_t_4) < (0)) __PYX_ERR(0, 45, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":133
+  /* "lguest/unicorn/_uchook.pyx":138
  * 
  * # Why the emulator stopped (NativeHooks.reason): the C enum's values, by name.
  * REASON_NONE = UH_NONE             # <<<<<<<<<<<<<<
  * REASON_TRAP = UH_TRAP
  * REASON_SOFT_GP = UH_SOFT_GP
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_NONE); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 133, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_NONE); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 138, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_NONE, __pyx_t_4) < (0)) __PYX_ERR(0, 133, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_NONE, __pyx_t_4) < (0)) __PYX_ERR(0, 138, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":134
+  /* "lguest/unicorn/_uchook.pyx":139
  * # Why the emulator stopped (NativeHooks.reason): the C enum's values, by name.
  * REASON_NONE = UH_NONE
  * REASON_TRAP = UH_TRAP             # <<<<<<<<<<<<<<
  * REASON_SOFT_GP = UH_SOFT_GP
  * REASON_DIRECT = UH_DIRECT
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_TRAP); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 134, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_TRAP); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 139, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_TRAP, __pyx_t_4) < (0)) __PYX_ERR(0, 134, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_TRAP, __pyx_t_4) < (0)) __PYX_ERR(0, 139, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":135
+  /* "lguest/unicorn/_uchook.pyx":140
  * REASON_NONE = UH_NONE
  * REASON_TRAP = UH_TRAP
  * REASON_SOFT_GP = UH_SOFT_GP             # <<<<<<<<<<<<<<
  * REASON_DIRECT = UH_DIRECT
  * REASON_SWITCHER = UH_SWITCHER
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_SOFT_GP); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 135, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_SOFT_GP); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 140, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_SOFT_GP, __pyx_t_4) < (0)) __PYX_ERR(0, 135, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_SOFT_GP, __pyx_t_4) < (0)) __PYX_ERR(0, 140, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":136
+  /* "lguest/unicorn/_uchook.pyx":141
  * REASON_TRAP = UH_TRAP
  * REASON_SOFT_GP = UH_SOFT_GP
  * REASON_DIRECT = UH_DIRECT             # <<<<<<<<<<<<<<
  * REASON_SWITCHER = UH_SWITCHER
  * REASON_BADSEG = UH_BADSEG
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_DIRECT); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 136, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_DIRECT); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 141, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_DIRECT, __pyx_t_4) < (0)) __PYX_ERR(0, 136, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_DIRECT, __pyx_t_4) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":137
+  /* "lguest/unicorn/_uchook.pyx":142
  * REASON_SOFT_GP = UH_SOFT_GP
  * REASON_DIRECT = UH_DIRECT
  * REASON_SWITCHER = UH_SWITCHER             # <<<<<<<<<<<<<<
  * REASON_BADSEG = UH_BADSEG
  * REASON_INVALID = UH_INVALID
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_SWITCHER); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 137, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_SWITCHER); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 142, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_SWITCHER, __pyx_t_4) < (0)) __PYX_ERR(0, 137, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_SWITCHER, __pyx_t_4) < (0)) __PYX_ERR(0, 142, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":138
+  /* "lguest/unicorn/_uchook.pyx":143
  * REASON_DIRECT = UH_DIRECT
  * REASON_SWITCHER = UH_SWITCHER
  * REASON_BADSEG = UH_BADSEG             # <<<<<<<<<<<<<<
  * REASON_INVALID = UH_INVALID
  * REASON_TIMER = UH_TIMER
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_BADSEG); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 138, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_BADSEG); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 143, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_BADSEG, __pyx_t_4) < (0)) __PYX_ERR(0, 138, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_BADSEG, __pyx_t_4) < (0)) __PYX_ERR(0, 143, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":139
+  /* "lguest/unicorn/_uchook.pyx":144
  * REASON_SWITCHER = UH_SWITCHER
  * REASON_BADSEG = UH_BADSEG
  * REASON_INVALID = UH_INVALID             # <<<<<<<<<<<<<<
  * REASON_TIMER = UH_TIMER
  * REASON_IRQ = UH_IRQ
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_INVALID); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 139, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_INVALID); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 144, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_INVALID, __pyx_t_4) < (0)) __PYX_ERR(0, 139, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_INVALID, __pyx_t_4) < (0)) __PYX_ERR(0, 144, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":140
+  /* "lguest/unicorn/_uchook.pyx":145
  * REASON_BADSEG = UH_BADSEG
  * REASON_INVALID = UH_INVALID
  * REASON_TIMER = UH_TIMER             # <<<<<<<<<<<<<<
  * REASON_IRQ = UH_IRQ
  * REASON_BREAK = UH_BREAK
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_TIMER); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 140, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_TIMER); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 145, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_TIMER, __pyx_t_4) < (0)) __PYX_ERR(0, 140, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_TIMER, __pyx_t_4) < (0)) __PYX_ERR(0, 145, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":141
+  /* "lguest/unicorn/_uchook.pyx":146
  * REASON_INVALID = UH_INVALID
  * REASON_TIMER = UH_TIMER
  * REASON_IRQ = UH_IRQ             # <<<<<<<<<<<<<<
  * REASON_BREAK = UH_BREAK
  * REASON_DEADLINE = UH_DEADLINE
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_IRQ); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 141, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_IRQ); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 146, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_IRQ, __pyx_t_4) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_IRQ, __pyx_t_4) < (0)) __PYX_ERR(0, 146, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":142
+  /* "lguest/unicorn/_uchook.pyx":147
  * REASON_TIMER = UH_TIMER
  * REASON_IRQ = UH_IRQ
  * REASON_BREAK = UH_BREAK             # <<<<<<<<<<<<<<
  * REASON_DEADLINE = UH_DEADLINE
  * REASON_MEM = UH_MEM
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_BREAK); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 142, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_BREAK); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 147, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_BREAK, __pyx_t_4) < (0)) __PYX_ERR(0, 142, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_BREAK, __pyx_t_4) < (0)) __PYX_ERR(0, 147, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":143
+  /* "lguest/unicorn/_uchook.pyx":148
  * REASON_IRQ = UH_IRQ
  * REASON_BREAK = UH_BREAK
  * REASON_DEADLINE = UH_DEADLINE             # <<<<<<<<<<<<<<
  * REASON_MEM = UH_MEM
  * REASON_DEAD = UH_DEAD
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_DEADLINE); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 143, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_DEADLINE); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 148, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_DEADLINE, __pyx_t_4) < (0)) __PYX_ERR(0, 143, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_DEADLINE, __pyx_t_4) < (0)) __PYX_ERR(0, 148, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":144
+  /* "lguest/unicorn/_uchook.pyx":149
  * REASON_BREAK = UH_BREAK
  * REASON_DEADLINE = UH_DEADLINE
  * REASON_MEM = UH_MEM             # <<<<<<<<<<<<<<
  * REASON_DEAD = UH_DEAD
  * REASON_RING0 = UH_RING0
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_MEM); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 144, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_MEM); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 149, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_MEM, __pyx_t_4) < (0)) __PYX_ERR(0, 144, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_MEM, __pyx_t_4) < (0)) __PYX_ERR(0, 149, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":145
+  /* "lguest/unicorn/_uchook.pyx":150
  * REASON_DEADLINE = UH_DEADLINE
  * REASON_MEM = UH_MEM
  * REASON_DEAD = UH_DEAD             # <<<<<<<<<<<<<<
  * REASON_RING0 = UH_RING0
  * REASON_VM86 = UH_VM86
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_DEAD); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 145, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_DEAD); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 150, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_DEAD, __pyx_t_4) < (0)) __PYX_ERR(0, 145, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_DEAD, __pyx_t_4) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":146
+  /* "lguest/unicorn/_uchook.pyx":151
  * REASON_MEM = UH_MEM
  * REASON_DEAD = UH_DEAD
  * REASON_RING0 = UH_RING0             # <<<<<<<<<<<<<<
  * REASON_VM86 = UH_VM86
  * REASON_FLUSH = UH_FLUSH
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_RING0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 146, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_RING0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 151, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_RING0, __pyx_t_4) < (0)) __PYX_ERR(0, 146, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_RING0, __pyx_t_4) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":147
+  /* "lguest/unicorn/_uchook.pyx":152
  * REASON_DEAD = UH_DEAD
  * REASON_RING0 = UH_RING0
  * REASON_VM86 = UH_VM86             # <<<<<<<<<<<<<<
  * REASON_FLUSH = UH_FLUSH
  * REASON_HCALL = UH_HCALL
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_VM86); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 147, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_VM86); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 152, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_VM86, __pyx_t_4) < (0)) __PYX_ERR(0, 147, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_VM86, __pyx_t_4) < (0)) __PYX_ERR(0, 152, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":148
+  /* "lguest/unicorn/_uchook.pyx":153
  * REASON_RING0 = UH_RING0
  * REASON_VM86 = UH_VM86
  * REASON_FLUSH = UH_FLUSH             # <<<<<<<<<<<<<<
  * REASON_HCALL = UH_HCALL
  * REASONS = {
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_FLUSH); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 148, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_FLUSH); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 153, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_FLUSH, __pyx_t_4) < (0)) __PYX_ERR(0, 148, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_FLUSH, __pyx_t_4) < (0)) __PYX_ERR(0, 153, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":149
+  /* "lguest/unicorn/_uchook.pyx":154
  * REASON_VM86 = UH_VM86
  * REASON_FLUSH = UH_FLUSH
  * REASON_HCALL = UH_HCALL             # <<<<<<<<<<<<<<
  * REASONS = {
  *     UH_NONE: "none", UH_TRAP: "trap", UH_SOFT_GP: "soft_gp", UH_DIRECT: "direct", UH_SWITCHER: "switcher",
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_HCALL); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 149, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_HCALL); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 154, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_HCALL, __pyx_t_4) < (0)) __PYX_ERR(0, 149, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_HCALL, __pyx_t_4) < (0)) __PYX_ERR(0, 154, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":151
+  /* "lguest/unicorn/_uchook.pyx":156
  * REASON_HCALL = UH_HCALL
  * REASONS = {
  *     UH_NONE: "none", UH_TRAP: "trap", UH_SOFT_GP: "soft_gp", UH_DIRECT: "direct", UH_SWITCHER: "switcher",             # <<<<<<<<<<<<<<
  *     UH_BADSEG: "badseg", UH_INVALID: "invalid", UH_TIMER: "timer", UH_IRQ: "irq", UH_BREAK: "break",
  *     UH_DEADLINE: "deadline", UH_MEM: "mem", UH_DEAD: "dead", UH_RING0: "ring0", UH_VM86: "vm86",
 */
-  __pyx_t_4 = __Pyx_PyDict_NewPresized(17); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 151, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyDict_NewPresized(17); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 156, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_NONE); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 151, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_NONE); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 156, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_none) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_none) < (0)) __PYX_ERR(0, 156, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_TRAP); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 151, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_TRAP); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 156, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_trap) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_trap) < (0)) __PYX_ERR(0, 156, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_SOFT_GP); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 151, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_SOFT_GP); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 156, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_soft_gp) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_soft_gp) < (0)) __PYX_ERR(0, 156, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_DIRECT); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 151, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_DIRECT); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 156, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_direct) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_direct) < (0)) __PYX_ERR(0, 156, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_SWITCHER); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 151, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_SWITCHER); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 156, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_switcher) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_switcher) < (0)) __PYX_ERR(0, 156, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":152
+  /* "lguest/unicorn/_uchook.pyx":157
  * REASONS = {
  *     UH_NONE: "none", UH_TRAP: "trap", UH_SOFT_GP: "soft_gp", UH_DIRECT: "direct", UH_SWITCHER: "switcher",
  *     UH_BADSEG: "badseg", UH_INVALID: "invalid", UH_TIMER: "timer", UH_IRQ: "irq", UH_BREAK: "break",             # <<<<<<<<<<<<<<
  *     UH_DEADLINE: "deadline", UH_MEM: "mem", UH_DEAD: "dead", UH_RING0: "ring0", UH_VM86: "vm86",
  *     UH_FLUSH: "flush", UH_HCALL: "hcall",
 */
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_BADSEG); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 152, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_BADSEG); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 157, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_badseg) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_badseg) < (0)) __PYX_ERR(0, 156, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_INVALID); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 152, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_INVALID); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 157, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_invalid) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_invalid) < (0)) __PYX_ERR(0, 156, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_TIMER); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 152, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_TIMER); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 157, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_timer) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_timer) < (0)) __PYX_ERR(0, 156, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_IRQ); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 152, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_IRQ); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 157, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_irq) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_irq) < (0)) __PYX_ERR(0, 156, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_BREAK); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 152, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_BREAK); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 157, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_break) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_break) < (0)) __PYX_ERR(0, 156, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":153
+  /* "lguest/unicorn/_uchook.pyx":158
  *     UH_NONE: "none", UH_TRAP: "trap", UH_SOFT_GP: "soft_gp", UH_DIRECT: "direct", UH_SWITCHER: "switcher",
  *     UH_BADSEG: "badseg", UH_INVALID: "invalid", UH_TIMER: "timer", UH_IRQ: "irq", UH_BREAK: "break",
  *     UH_DEADLINE: "deadline", UH_MEM: "mem", UH_DEAD: "dead", UH_RING0: "ring0", UH_VM86: "vm86",             # <<<<<<<<<<<<<<
  *     UH_FLUSH: "flush", UH_HCALL: "hcall",
  * }
 */
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_DEADLINE); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 153, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_DEADLINE); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 158, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_deadline) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_deadline) < (0)) __PYX_ERR(0, 156, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_MEM); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 153, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_MEM); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 158, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_mem) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_mem) < (0)) __PYX_ERR(0, 156, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_DEAD); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 153, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_DEAD); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 158, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_dead) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_dead) < (0)) __PYX_ERR(0, 156, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_RING0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 153, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_RING0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 158, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_ring0) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_ring0) < (0)) __PYX_ERR(0, 156, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_VM86); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 153, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_VM86); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 158, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_vm86) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_vm86) < (0)) __PYX_ERR(0, 156, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":154
+  /* "lguest/unicorn/_uchook.pyx":159
  *     UH_BADSEG: "badseg", UH_INVALID: "invalid", UH_TIMER: "timer", UH_IRQ: "irq", UH_BREAK: "break",
  *     UH_DEADLINE: "deadline", UH_MEM: "mem", UH_DEAD: "dead", UH_RING0: "ring0", UH_VM86: "vm86",
  *     UH_FLUSH: "flush", UH_HCALL: "hcall",             # <<<<<<<<<<<<<<
  * }
  * 
 */
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_FLUSH); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 154, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_FLUSH); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 159, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_flush) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_flush) < (0)) __PYX_ERR(0, 156, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_HCALL); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 154, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_HCALL); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 159, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_hcall) < (0)) __PYX_ERR(0, 151, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_hcall) < (0)) __PYX_ERR(0, 156, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASONS, __pyx_t_4) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASONS, __pyx_t_4) < (0)) __PYX_ERR(0, 155, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":329
+  /* "lguest/unicorn/_uchook.pyx":336
  *         return 0
  * 
  *     def install(self):             # <<<<<<<<<<<<<<
  *         """Register the native hooks with Unicorn (once)."""
  *         cdef int types[4]
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_5install, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_install, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[0])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 329, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_5install, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_install, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[0])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 336, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_install, __pyx_t_4) < (0)) __PYX_ERR(0, 329, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_install, __pyx_t_4) < (0)) __PYX_ERR(0, 336, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":360
+  /* "lguest/unicorn/_uchook.pyx":367
  *         self.nhooks += 1
  * 
  *     def uninstall(self):             # <<<<<<<<<<<<<<
  *         cdef int i
  *         self._check_idle()
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_7uninstall, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_uninstall, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 360, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_7uninstall, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_uninstall, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 367, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_uninstall, __pyx_t_4) < (0)) __PYX_ERR(0, 360, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_uninstall, __pyx_t_4) < (0)) __PYX_ERR(0, 367, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":367
+  /* "lguest/unicorn/_uchook.pyx":374
  *         self.nhooks = 0
  * 
  *     def close(self):             # <<<<<<<<<<<<<<
  *         """Remove the hooks, free the contexts and drop every pointer (call
  *         before closing Unicorn).  Idempotent; RuntimeError during a run."""
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_9close, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_close, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 367, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_9close, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_close, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 374, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_close, __pyx_t_4) < (0)) __PYX_ERR(0, 367, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_close, __pyx_t_4) < (0)) __PYX_ERR(0, 374, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":406
+  /* "lguest/unicorn/_uchook.pyx":415
  *             hold.__exit__(None, None, None)
  * 
  *     def bind(self, cpu, regs_array, host_idt, guest_idt, memory, api_capsule):             # <<<<<<<<<<<<<<
  *         """Point the hooks at a cpu: its registers (``cpu.regs.array``), the
  *         host IDT and the guest's (``cpu.idt``), its live GuestMemory (held
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_11bind, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_bind, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[3])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 406, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_11bind, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_bind, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[3])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 415, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_bind, __pyx_t_4) < (0)) __PYX_ERR(0, 406, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_bind, __pyx_t_4) < (0)) __PYX_ERR(0, 415, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":453
+  /* "lguest/unicorn/_uchook.pyx":462
  *             self.st.pending = &self.st.attention
  * 
  *     def set_guest_data(self, lguest_data, uint32_t noirq_start, uint32_t noirq_end):             # <<<<<<<<<<<<<<
  *         """Where lguest_data is (None: not yet), and the guest's noirq window."""
  *         self._check()
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_13set_guest_data, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_set_guest_data, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[4])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 453, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_13set_guest_data, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_set_guest_data, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[4])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 462, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_set_guest_data, __pyx_t_4) < (0)) __PYX_ERR(0, 453, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_set_guest_data, __pyx_t_4) < (0)) __PYX_ERR(0, 462, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":465
+  /* "lguest/unicorn/_uchook.pyx":474
  *         self.st.noirq_end = noirq_end
  * 
  *     def run(self, uint64_t budget_blocks=0, int64_t deadline_ns=0):             # <<<<<<<<<<<<<<
  *         """Enter the guest and run it until a hook stops it; the GIL is
  *         released meanwhile.  ``budget_blocks``: stop after that many guest
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_15run, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_run, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[5])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 465, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_15run, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_run, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[5])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 474, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[7]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_run, __pyx_t_4) < (0)) __PYX_ERR(0, 465, __pyx_L1_error)
+  __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[9]);
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_run, __pyx_t_4) < (0)) __PYX_ERR(0, 474, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":493
+  /* "lguest/unicorn/_uchook.pyx":498
+ *         return err
+ * 
+ *     def resume(self, uint64_t budget_end, int64_t deadline_ns, int64_t skip_addr):             # <<<<<<<<<<<<<<
+ *         """The debugger's and the replay's run (lguest.unicorn.gdbstub,
+ *         lguest.host.record): like run(), but the block budget is absolute
+*/
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_17resume, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_resume, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[6])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 498, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
+  #endif
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_resume, __pyx_t_4) < (0)) __PYX_ERR(0, 498, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+
+  /* "lguest/unicorn/_uchook.pyx":526
+ *         return err
+ * 
+ *     def trace_direct(self, capacity):             # <<<<<<<<<<<<<<
+ *         """Record direct traps for a timeline (lguest.host.trace): at most
+ *         ``capacity`` between two :meth:`trace_drain` calls (the rest are
+*/
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_19trace_direct, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_trace_direct, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[7])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 526, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
+  #endif
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_trace_direct, __pyx_t_4) < (0)) __PYX_ERR(0, 526, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+
+  /* "lguest/unicorn/_uchook.pyx":543
+ *             self.st.trace = &buf[0, 0]
+ * 
+ *     def trace_drain(self):             # <<<<<<<<<<<<<<
+ *         """(events, dropped): a copy of the direct traps recorded since the
+ *         last drain (rows of blocks, monotonic ns, eip, vector | cpl_from << 8
+*/
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_21trace_drain, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_trace_drain, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[8])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 543, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
+  #endif
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_trace_drain, __pyx_t_4) < (0)) __PYX_ERR(0, 543, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+
+  /* "lguest/unicorn/_uchook.pyx":561
  *         return bool(self.busy)
  * 
  *     def request_stop(self):             # <<<<<<<<<<<<<<
  *         """Stop the running guest at its next block (thread-safe)."""
  *         uh_store_int(&self.st.stop_flag, 1)
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_17request_stop, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_request_stop, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[6])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 493, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_23request_stop, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_request_stop, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[9])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 561, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_request_stop, __pyx_t_4) < (0)) __PYX_ERR(0, 493, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_request_stop, __pyx_t_4) < (0)) __PYX_ERR(0, 561, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":497
+  /* "lguest/unicorn/_uchook.pyx":565
  *         uh_store_int(&self.st.stop_flag, 1)
  * 
  *     def poke(self):             # <<<<<<<<<<<<<<
  *         """Make the running guest stop soon to look at pending irqs (the
  *         pure-Python core, whose pending bits C cannot see)."""
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_19poke, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_poke, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[7])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 497, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_25poke, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_poke, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[10])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 565, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_poke, __pyx_t_4) < (0)) __PYX_ERR(0, 497, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_poke, __pyx_t_4) < (0)) __PYX_ERR(0, 565, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":502
+  /* "lguest/unicorn/_uchook.pyx":570
  *         uh_store_u32(&self.st.attention, 1)
  * 
  *     def clear_poke(self):             # <<<<<<<<<<<<<<
  *         uh_store_u32(&self.st.attention, 0)
  * 
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_21clear_poke, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_clear_poke, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[8])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 502, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_27clear_poke, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_clear_poke, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[11])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 570, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_clear_poke, __pyx_t_4) < (0)) __PYX_ERR(0, 502, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_clear_poke, __pyx_t_4) < (0)) __PYX_ERR(0, 570, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":569
+  /* "lguest/unicorn/_uchook.pyx":637
  *         return self.st.io_count
  * 
  *     def direct_counts(self):             # <<<<<<<<<<<<<<
  *         """{vector: deliveries} of the native direct path."""
  *         cdef int i
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_25direct_counts, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_direct_counts, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[9])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 569, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_31direct_counts, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_direct_counts, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[12])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 637, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_direct_counts, __pyx_t_4) < (0)) __PYX_ERR(0, 569, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_direct_counts, __pyx_t_4) < (0)) __PYX_ERR(0, 637, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":601
+  /* "lguest/unicorn/_uchook.pyx":669
  *         self.st.hcall_mask = value
  * 
  *     def set_hcall_handler(self, handler):             # <<<<<<<<<<<<<<
  *         """``handler(num, arg1) -> int``: does hypercall ``num`` from inside
  *         the hook (with the GIL) and returns the new block budget (0: none)
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_27set_hcall_handler, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_set_hcall_handler, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[10])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 601, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_33set_hcall_handler, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_set_hcall_handler, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[13])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 669, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_set_hcall_handler, __pyx_t_4) < (0)) __PYX_ERR(0, 601, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_set_hcall_handler, __pyx_t_4) < (0)) __PYX_ERR(0, 669, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":619
+  /* "lguest/unicorn/_uchook.pyx":687
  *         return self.st.hcall_total
  * 
  *     def hcall_counts(self):             # <<<<<<<<<<<<<<
  *         """{number: hypercalls done in the hook} since the start."""
  *         cdef int i
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_29hcall_counts, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_hcall_counts, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[11])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 619, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_35hcall_counts, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_hcall_counts, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[14])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 687, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_hcall_counts, __pyx_t_4) < (0)) __PYX_ERR(0, 619, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_hcall_counts, __pyx_t_4) < (0)) __PYX_ERR(0, 687, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":624
+  /* "lguest/unicorn/_uchook.pyx":692
  *         return {i: self.st.hcall_counts[i] for i in range(32) if self.st.hcall_counts[i]}
  * 
  *     def reflect_counts(self):             # <<<<<<<<<<<<<<
  *         """{vector: traps reflected in the hook} since the start."""
  *         cdef int i
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_31reflect_counts, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_reflect_counts, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[12])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 624, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_37reflect_counts, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_reflect_counts, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[15])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 692, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_reflect_counts, __pyx_t_4) < (0)) __PYX_ERR(0, 624, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_reflect_counts, __pyx_t_4) < (0)) __PYX_ERR(0, 692, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":629
+  /* "lguest/unicorn/_uchook.pyx":697
  *         return {i: self.st.reflect_counts[i] for i in range(32) if self.st.reflect_counts[i]}
  * 
  *     def stop_counts(self):             # <<<<<<<<<<<<<<
  *         cdef int i
  *         return {REASONS[i]: self.st.stops[i] for i in range(len(REASONS)) if self.st.stops[i]}
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_33stop_counts, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_stop_counts, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[13])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 629, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_39stop_counts, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_stop_counts, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[16])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 697, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_stop_counts, __pyx_t_4) < (0)) __PYX_ERR(0, 629, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_stop_counts, __pyx_t_4) < (0)) __PYX_ERR(0, 697, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
   /* "(tree fragment)":1
@@ -29558,7 +30731,7 @@ __Pyx_RefNannySetupContext("PyInit__uchook", 0);
  *     raise TypeError, "no default __reduce__ due to non-trivial __cinit__"
  * def __setstate_cython__(self, __pyx_state):
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_35__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[14])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 1, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_41__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[17])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 1, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
@@ -29572,7 +30745,7 @@ __Pyx_RefNannySetupContext("PyInit__uchook", 0);
  * def __setstate_cython__(self, __pyx_state):             # <<<<<<<<<<<<<<
  *     raise TypeError, "no default __reduce__ due to non-trivial __cinit__"
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_37__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[15])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 3, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_43__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[18])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
@@ -29695,7 +30868,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   if (__Pyx_PyTuple_SET_ITEM(__pyx_mstate_global->__pyx_tuple[1], 0, __pyx_mstate_global->__pyx_slice[0]) != (0)) __PYX_ERR(1, 763, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[1]);
 
-  /* "lguest/unicorn/_uchook.pyx":173
+  /* "lguest/unicorn/_uchook.pyx":178
  *     """Every libunicorn entry point NativeHooks calls, and every engine field
  *     it writes, must have an address (0 would be called or written)."""
  *     for name in ("uc_hook_add", "uc_hook_del", "uc_emu_start", "uc_emu_stop", "uc_reg_read", "uc_reg_write",             # <<<<<<<<<<<<<<
@@ -29704,12 +30877,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[9] = {__pyx_mstate_global->__pyx_n_u_uc_hook_add, __pyx_mstate_global->__pyx_n_u_uc_hook_del, __pyx_mstate_global->__pyx_n_u_uc_emu_start, __pyx_mstate_global->__pyx_n_u_uc_emu_stop, __pyx_mstate_global->__pyx_n_u_uc_reg_read, __pyx_mstate_global->__pyx_n_u_uc_reg_write, __pyx_mstate_global->__pyx_n_u_uc_context_save, __pyx_mstate_global->__pyx_n_u_uc_context_restore, __pyx_mstate_global->__pyx_n_u_uc_ctl};
-    __pyx_mstate_global->__pyx_tuple[2] = __Pyx_PyTuple_FromArray(__pyx_temp, 9); if (unlikely(!__pyx_mstate_global->__pyx_tuple[2])) __PYX_ERR(0, 173, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[2] = __Pyx_PyTuple_FromArray(__pyx_temp, 9); if (unlikely(!__pyx_mstate_global->__pyx_tuple[2])) __PYX_ERR(0, 178, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[2]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[2]);
 
-  /* "lguest/unicorn/_uchook.pyx":177
+  /* "lguest/unicorn/_uchook.pyx":182
  *         if not funcs[name]:
  *             raise ValueError(f"no address for {name}")
  *     for name in ("tb_cflags", "code_gen_ptr", "code_gen_highwater"):             # <<<<<<<<<<<<<<
@@ -29718,12 +30891,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[3] = {__pyx_mstate_global->__pyx_n_u_tb_cflags, __pyx_mstate_global->__pyx_n_u_code_gen_ptr, __pyx_mstate_global->__pyx_n_u_code_gen_highwater};
-    __pyx_mstate_global->__pyx_tuple[3] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[3])) __PYX_ERR(0, 177, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[3] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[3])) __PYX_ERR(0, 182, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[3]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[3]);
 
-  /* "lguest/unicorn/_uchook.pyx":404
+  /* "lguest/unicorn/_uchook.pyx":413
  *         hold, self._hold = self._hold, None
  *         if hold is not None:
  *             hold.__exit__(None, None, None)             # <<<<<<<<<<<<<<
@@ -29732,12 +30905,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[3] = {Py_None, Py_None, Py_None};
-    __pyx_mstate_global->__pyx_tuple[4] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[4])) __PYX_ERR(0, 404, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[4] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[4])) __PYX_ERR(0, 413, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[4]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[4]);
 
-  /* "lguest/unicorn/_uchook.pyx":417
+  /* "lguest/unicorn/_uchook.pyx":426
  *         from ..memory import GuestMemory
  *         self._check_idle()
  *         arrays = {"regs": (regs_array, (NUM_REGS,)), "host IDT": (host_idt, (256, 2)), "guest IDT": (guest_idt, (256, 2))}             # <<<<<<<<<<<<<<
@@ -29746,12 +30919,40 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {__pyx_mstate_global->__pyx_int_256, __pyx_mstate_global->__pyx_int_2};
-    __pyx_mstate_global->__pyx_tuple[5] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[5])) __PYX_ERR(0, 417, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[5] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[5])) __PYX_ERR(0, 426, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[5]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[5]);
 
-  /* "lguest/unicorn/_uchook.pyx":506
+  /* "lguest/unicorn/_uchook.pyx":537
+ *         self._trace = None
+ *         if capacity > 0:
+ *             arr = np.zeros((int(capacity), 4), dtype=np.uint64)             # <<<<<<<<<<<<<<
+ *             buf = arr
+ *             self._trace = arr
+*/
+  {
+    PyObject* __pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
+    __pyx_mstate_global->__pyx_tuple[6] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[6])) __PYX_ERR(0, 537, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[6]);
+  }
+  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[6]);
+
+  /* "lguest/unicorn/_uchook.pyx":551
+ *         self._check_idle()
+ *         if self._trace is None:
+ *             return None, 0             # <<<<<<<<<<<<<<
+ *         out = self._trace[:n].copy()
+ *         self.st.trace_len = 0
+*/
+  {
+    PyObject* __pyx_temp[2] = {Py_None, __pyx_mstate_global->__pyx_int_0};
+    __pyx_mstate_global->__pyx_tuple[7] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[7])) __PYX_ERR(0, 551, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[7]);
+  }
+  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[7]);
+
+  /* "lguest/unicorn/_uchook.pyx":574
  * 
  *     def __repr__(self):
  *         state = ("uninitialised", "ready", "closed")[self.state]             # <<<<<<<<<<<<<<
@@ -29760,12 +30961,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[3] = {__pyx_mstate_global->__pyx_n_u_uninitialised, __pyx_mstate_global->__pyx_n_u_ready, __pyx_mstate_global->__pyx_n_u_closed};
-    __pyx_mstate_global->__pyx_tuple[6] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[6])) __PYX_ERR(0, 506, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[6]);
+    __pyx_mstate_global->__pyx_tuple[8] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[8])) __PYX_ERR(0, 574, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[8]);
   }
-  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[6]);
+  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[8]);
 
-  /* "lguest/unicorn/_uchook.pyx":465
+  /* "lguest/unicorn/_uchook.pyx":474
  *         self.st.noirq_end = noirq_end
  * 
  *     def run(self, uint64_t budget_blocks=0, int64_t deadline_ns=0):             # <<<<<<<<<<<<<<
@@ -29774,14 +30975,14 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {__pyx_mstate_global->__pyx_int_0, __pyx_mstate_global->__pyx_int_0};
-    __pyx_mstate_global->__pyx_tuple[7] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[7])) __PYX_ERR(0, 465, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[7]);
+    __pyx_mstate_global->__pyx_tuple[9] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[9])) __PYX_ERR(0, 474, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[9]);
   }
-  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[7]);
+  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[9]);
   #if CYTHON_IMMORTAL_CONSTANTS
   {
     PyObject **table = __pyx_mstate->__pyx_tuple;
-    for (Py_ssize_t i=0; i<8; ++i) {
+    for (Py_ssize_t i=0; i<10; ++i) {
       #if PY_VERSION_HEX >= 0x030F0000
       PyUnstable_SetImmortal(table[i]);
       #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
@@ -29838,38 +31039,38 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
-    const struct { const unsigned int length: 8; } str_length_index[] = {{6},{8},{8},{8},{29},{39},{8},{15},{2},{1},{2},{15},{13},{23},{25},{32},{20},{22},{1},{1},{37},{45},{22},{33},{34},{29},{34},{21},{30},{30},{41},{4},{179},{8},{15},{7},{6},{2},{9},{8},{9},{49},{13},{26},{33},{15},{50},{37},{14},{46},{49},{4},{44},{26},{30},{31},{30},{37},{5},{8},{11},{11},{29},{31},{16},{22},{17},{25},{24},{19},{16},{26},{24},{15},{26},{29},{23},{21},{7},{13},{12},{11},{15},{13},{12},{12},{14},{10},{10},{11},{12},{14},{15},{12},{11},{11},{8},{15},{20},{12},{9},{17},{8},{9},{8},{8},{12},{10},{8},{10},{8},{7},{14},{11},{10},{19},{14},{12},{10},{17},{13},{12},{12},{19},{8},{13},{3},{7},{15},{3},{11},{3},{5},{6},{18},{6},{4},{4},{5},{13},{1},{12},{3},{10},{18},{5},{6},{18},{12},{5},{3},{9},{15},{6},{4},{4},{8},{11},{6},{13},{5},{15},{1},{6},{3},{6},{9},{3},{5},{10},{16},{5},{5},{6},{7},{5},{10},{9},{2},{7},{5},{12},{6},{4},{7},{8},{7},{2},{1},{2},{3},{5},{7},{8},{7},{9},{7},{3},{5},{8},{6},{22},{11},{3},{6},{7},{4},{4},{7},{4},{9},{11},{4},{2},{5},{3},{13},{4},{4},{3},{2},{5},{14},{7},{7},{8},{4},{10},{12},{5},{3},{2},{10},{4},{4},{14},{17},{10},{5},{4},{7},{5},{4},{4},{11},{6},{8},{13},{11},{9},{8},{12},{5},{4},{5},{18},{15},{6},{12},{11},{7},{9},{11},{11},{8},{11},{12},{6},{13},{9},{6},{8},{6},{6},{4},{9},{1}};
-    const struct { const unsigned int length: 10; } bytes_length_index[] = {{1},{9},{17},{96},{52},{53},{17},{208},{45},{45},{45},{19},{388},{66},{531},{158}};
+    const struct { const unsigned int length: 8; } str_length_index[] = {{6},{8},{8},{8},{29},{39},{8},{15},{2},{1},{2},{15},{13},{23},{25},{32},{20},{22},{1},{1},{37},{45},{22},{33},{34},{29},{34},{21},{30},{30},{41},{4},{179},{8},{15},{7},{6},{2},{9},{8},{9},{49},{13},{26},{33},{15},{50},{37},{14},{46},{49},{4},{44},{26},{30},{31},{30},{37},{5},{8},{11},{11},{29},{31},{16},{22},{17},{25},{24},{19},{16},{26},{24},{18},{15},{26},{29},{23},{24},{23},{21},{7},{13},{12},{11},{15},{13},{12},{12},{14},{10},{10},{11},{12},{14},{15},{12},{11},{11},{8},{15},{20},{12},{9},{17},{8},{9},{8},{8},{12},{10},{8},{10},{8},{7},{14},{11},{10},{19},{14},{12},{10},{17},{13},{12},{12},{19},{8},{13},{3},{7},{15},{3},{11},{3},{5},{6},{18},{6},{4},{4},{5},{13},{10},{3},{1},{12},{8},{3},{10},{18},{5},{6},{18},{12},{4},{5},{3},{9},{15},{6},{4},{4},{8},{11},{6},{13},{7},{5},{15},{1},{6},{3},{6},{9},{3},{5},{10},{16},{5},{5},{6},{7},{5},{10},{9},{2},{7},{5},{12},{6},{4},{7},{8},{7},{2},{1},{2},{3},{5},{7},{8},{7},{9},{7},{3},{5},{8},{6},{22},{11},{3},{6},{7},{4},{1},{4},{7},{4},{9},{11},{4},{2},{5},{3},{13},{3},{4},{4},{3},{2},{5},{14},{7},{7},{8},{4},{10},{12},{6},{5},{3},{2},{10},{4},{4},{14},{17},{10},{5},{4},{9},{7},{5},{4},{4},{11},{6},{8},{13},{11},{9},{8},{12},{5},{12},{11},{4},{5},{18},{15},{6},{12},{11},{7},{9},{11},{11},{8},{11},{12},{6},{6},{13},{9},{6},{8},{6},{6},{4},{9},{1},{5}};
+    const struct { const unsigned int length: 10; } bytes_length_index[] = {{1},{9},{17},{96},{52},{53},{17},{224},{45},{45},{45},{19},{92},{388},{117},{66},{531},{159},{158}};
     #ifndef CYTHON_COMPRESS_STRINGS
       #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (2692 bytes) */
-static const char cstring[] = "x\332\205W\315S\334F\026\017\301\311\372\003*\306\306\331\255\335Z\227(\034c6\366\330\030\354\020\307\353\354,\214\361$6\366\300`\022\307)\245G\352\231\221\321H\032\2654\014\251\335$\3079\352\250\243\216:\316q\216s\344\250#\307\374\t\371\023\366\327\335\322\240\001\222\245@\375\272\373\275\327\257\337\307\3575\n\361\224{]\245f\332\332\036{\242P\313s\r\312\224\246m\357\261\333\212\322\362\231\247\324\250B\024\313o9\007\212oX\336\362}\205\270.9\310m\356\273\206Gj&U\326\356h\266\345\031\r\337\366Y\306l\327\336Q\315{r\313s)U\352.i\264p\312\342m\245\360Hy\374\202\266l\367\340\265A\367\025\273\256<\336$\236\321\241\317\370\341\312\343\234&b\351\212n\270\\\315\311e\303\3126\030L\327\251\236cVl\367\017\367\307\327F\234O\276\\#\226e{\na\314hX\212g+.%\372\035\3332qiaq\007\026\227\255\0161\r]i\331:\275\255\320\256\003Y\250Z\320\026\370\271\013u\333\365\\b-\334V\032P\2251\263&q(\216RH\327`J\376\276\304\205\047M~\320\001\366\231GL\223\352\047\031\270U5\333\207\2650\212(\232\343\237\305q\2468\216;Vox\006\314a\24784\323>\275(U\376\236\210\353[\226a5`M\303\247\314\313\357Z\224\352<JH\253\206aQ\341e\030\215\000\322\256\267i[t\323\366\250\3425\221\203k\007^\323\266\270>\235\232F\215\272\304\243\3606\217\017\274\352r&KyUzugeuE\350q)\317*\2460\277\246\231\010\024\222\026\031T\363\r\323\203w\275\003\207\262\202R\256+\007\266/\354\340\016s\300\227\027\360\232\324R\030\3658\241,\210\230\303z\333R!\216+-\244i\202\373p\351\247\304d\264@t]\005\037\325l8X\343\334\254@j\232n0^\000\324\342\337\206&\\\241\224\327\253M[\216p\234\330\322M\261UP5\233\007K8K)\276*+-\203\265\210\2475\225[\334\335^\223\007\303\361\027\330b* \363NN\356\372\226\001y\353\256\352k\274R\013\316AW\356\347j\322\344\23278\273,2\013\t\243\353.\205\013\220\232\010*<]\047\276\351)\252\352R\335\327\250\252*\272/\256j\331\326\035x\276\203\210cW\343\301WUQ\021\312\357\331\257\021\207\371&uiC5\364,\364\2301U\202\005\217\231\020\305\26672\223;^\\S\261\367-\257\246\266HWE\366Zl\304\261T(<X\272/\304\261\337\360\211\253+\216\315\014~0""\227\346\177\333\373\006<\207,\251\371\365:\006\335\2462k\233\266\251\013\016\223 \017<_S\271\273T\370A\251\023\003\321x\244P\327\2057r;\267\312\233\213\177\260\373r\247zj[DVT\244\t\034E\346\246\000\251\023\217\024\316\330\225 \300\257$\361\207\025\212\333k\345r\3114\r\207\031,\027\264\\5\345\310\302(b\232(\033U\035\337DJ\003\000\274\263\267k\300\271\374\\3)qU\307\336\243\343\253\000\202\374\202,\005\204\335\267\2741[\232\032\356u\306z\nB\371\245\223\207\270\264n\236\255\324\245m\221+\314\263\235\261u\337\312OqQU&\025w\365\311\035i\031\200CG^\216mB\353\031\207\242\252\244\315[\245\342\366\313\315m9\250\377.\256o\2276\262\t\306\257Sz\275T\\\317\221\317\313\233\245lZ\336*\255U\323\311\323\347;\333\317R\372\331Z\361\371\363\224.o\276.>/g\032\312[\225\224zQz\221R\233/G\032\267\312\233\033\367Rz\373\345\323\252\272\361*\233\355\226\253k\317J[\351\264Z~qLo\0253\256\327/V\037ns\247Z\032\345\355\266p\334yU\365\325A\027\177\353@Zu\023\310\274E\353\252\232\242!@\001\000\300\361\362\230hP\317\360h\213/\350\\\006?\350\350\324\025D\327\020\013u\337\322\370\330\310R\021?F\313AO\344T\213\030\226\030m\035\230\301)\213\264\344\310\355QU\000\232\212\212\306\233\304o\311Y\252\205\223\034\334%\345[\216\241\355AC\311\312\370:\342!\302u\264}bfj3\200;U8\243\005\332\345\023\2366\231\014\313\231~\252\242T\325\343i\207K1\016\205\000\02748\364\201\024b\263RW%\"\021\307\300\257\232b$\007\007\216\017\342\303\010;\2604\303.\214\264\260\032\321\031m\324\010\243\274Vk\350\331{5_\207\047U\371L\3234\365\370\021\244\325\330q\005k&\344\001\240*^\036\032\255\021mO\324\261\354\352\032\336)\210\207\2456\215Fs\037\306\271\243\025\307sE9\000\2125\257\253\n\3539\201\226\204\nJ\247\274\245\3622\323\361\206\340\177\374\254lT-&\001b\014&t.#>\334M\362\035HQ\363\244\301\250\341 \025q>E\344D\267\007\226\n8\025\037Ulu5\352\210~\014i\274%\205`\335\364Y\023\r\014\3152}a\361Tc\r\335S\355z\035q\0325\231F\047-}\201\003y\230j\nM\2749\360\366\254jL\014\020\021#c\315\216a\350\230\302\373\310g\264#\234.\006\021 \001\021""\006Ox\013/\002C>\354\014\267\315k\202\311\317\217T6\234\264Y\246\355\272\220\266k\363\030\262\320\265e\343\306\227\277)\371[\222\347\237\245\213\344\300\213\264e\331\320\215\002\323%\201\323]\017\375\231Z\216x\222\303\253\270\207:\362\225\203\240\363Tpl\307\325\304so\034ey\203\326\334\373i\237\306`0\217\273\276\301\216\233u\036}]<\204\356\001v\335\016rRM\373\0258\0315\353\343\360{\nr\261\220>1D\303\343nav\035\"\216\270\004\316u\370\t94\206z$ K\333y6\252B2\233t\010\336\001\232\210`\366 \310?\034<\003\351\204\264pD\276\372\262T\000j\250s\034\344\322\334\n#\0351\365L|i\313\227\276\035\3216\212A\255\343\237\026\336\376\305\215r\357\200\214\304k\025$\036/\024\226\253\334\253\334\347)\311\377-\242\362\277 \336[F/\350Q\243\361E\270ps\303\304\275|\007n\244H\047\270\264\323Z}(\3049\232u_\3762qt\356b\357\323\240\362K\361\350\374lP\014*\201\036\316\207o\343\231_\212\277\236\237\352m\004KG\347/\365\036\007,\374$d\321\355\270\326\177\277?\337\177;\2742\274?\334\032z\207\313\207\344h\352r0\031<\n+\222x\030\316\374zj\345\010\272\326z?\207D\022\377\r\213R\377\363p\202\257\224\202k\001\t\274pI\n|\036\026\303jt5*\305\263\3617\375J_H}\025\020.\363Q\257\035\374)h\207\347\302\365h2z\030\317\304\363q\265\177\255O\007K\203\265A{x\361p\376\260\232T\252I\365M\362\346\273\344\273\267\\\350\304\315~\373\360\275\013S\275\225\336~\240\301\264\251i~\305\225^\373h\352Jp;$a[\316\323\335\313\301\305p\356h\352\243\236\007\273\326B?Z\217\317\305\033\375\317\006sG\227g\203\247\341\\\270\032\255Dm\311\361e4\037\355\3047b\275\2770\370\363pb\234\003\227(\007\025><\013\212|\370:\340\213\311\324\337\303\212\364\313~p\354 It\202t\353?pN\236G\312r\205\362>\227\341\227\311`\005\201\272\023\265\343\311x%\366\373\245\301\314\340\306@\033\316\016\267\017\247\223\235\327\311\353\335\223\314\205x\"\276\032\257\367?\350\357\014\346\006\017\206\223\303\225!;,$\337|\233|\373\346$\363\3351o\257\247\314w\301\tWK\346k\047<}\361\275\013\3232\312\047]<\335\253\364h\360\004a.\302es\351Bru\021\366\024\343\235\376\361\312-""\\g).\365g2!\356\345JD\343\245\343\334\201\346\231`6\330\016/D3\321\215H\213\257\305$\366\372\253\302\316\017\206\225\241\216\274\250\034\352\311\226L\0135Q\365Do$\215&\017\034\013\346\341g\004\353+d\350\345\217\203FXI\256?\202CDB^\342\256\237\356U\203\253A9\254\204\272\210\361\034<\334\355\267\007\347\006\233\334]?$?\220\204\320\204\276K\336\265\222\226ut}^\306\374Ro\271\247\005\307yt%X\010g\222\277J\345Y\034\377H9\334\013\315\265\244VO\352{\311\236\225X\366\377S\376\005n\235%\330X\014\220k\327y\r^\352\255\006\313AZ\271\217\021\rA<\211\322\312\315\255\374ED\361\362{\027\346#\004\344\243\336O2U\205\266+\301b\370\317x\272\377\375\360\323\303\235dk7\331\305\375\333I\273\223t\366\217\004x<\010/F7\343\017c\"\253\003\210\020\322\350~\364&f\000\221]\324\253;\234\341\3766\302v\364aDd\0251\\\342j\370\024\216\250\"\025\236\366\013i\236\335L^U8\363\273h\"\3728j\047\267P\343;\311\316\2672\375\370\245\036\005\273Bn;\376 ~\215\n\275\t\311\317\0177\222m\360\274M\336\"\346Z\242!@{\334S\377\000\310TdZ\376\030\316\204\267\242;\260\352\346`\202\357-\206K\274\0009\360\355\207\322\370\344\352\r$\352\367H\313\324^\316\230\\\231O\346?C\240\246\207\025i\372b\270\234\\_\035L\016V\207\313\303\372\341\332a7\331E\370\232I\323\310l\237\341~\354\004;\010\230\204\265\021\" \273\363\237\021\\`\010h\3708\372\261\377\267\301\263a\212\014]\200\340\373\300\226cX\010\\\334c>\303\022@H\270\005;\047\243\021\307^4\213\272\251\307\305\014R\036rc\270\007X0\047#\376Y\230\022_\204Z\226\016\2715\022z\321rD\222s\213\311\342\277\206\023\277M\215\2257\013n\206\223\034\304\307p\324\013\362+\351U/d\t6\213h\235\357\277\237\334_K\3268@\311\365/\221m3W\270\307\352<L(\2139n\313\371\354\244\237\302\335\250\230\306\205\327\302\317\350\0218C\244h\373\177\346\327\t@";
-    PyObject *data = __Pyx_DecompressString(cstring, 2692, 1);
+    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (2901 bytes) */
+static const char cstring[] = "x\332\245WKw\333\306\025\266\"\047\365C\252\255\207\323\236\346\324\007\212\\\313jl:z\304Q\034\307)C\3112\023[\026E\311J\034\347  0$a\201\000\210\001(\312\247M\262\344\022K,\261\304\222K.\271\324\022K-\363\023\362\023\372\315\014@\202\222\222.\252#a^w\356\334\271\367\273\337\\I\212+}\334\226*\206\245\036\320\307\0221]G\047T\252[\326\001\275+I\r\217\272R\205H\212dz\r\373H\362t\323]Y\226\024\307Q\2162\213\207\216\356*\025\203H\205{\252e\272z\315\263<\232\n[\2257Du\037\337q\035B\244\252\243\324\0328e\361\256\224{(=zN\032\226s\364R\047\207\222U\225\036m)\256\336\"O\331\341\322\243\214&\305\324$Mw\230\232\323\323\272\231.P\230\256\021-#,Y\316\037\256\217\316\r$\037\177YPL\323r%\205R\275fJ\256%9D\321\356Y\246\201Ks\213[\260\270h\266\024C\327\244\206\245\221\273\022i\333\330\013U\013\352\002;w\241j9\256\243\230\013w\245\032T\245\302\264\256\330\004GIJ[\247R\366\276\212\003O\032\354\240#\254SW1\014\242\235\026`VU,\017\326\302(ERm\357<\211s\267\343\270\241z\335\325a\016=#\241\032\326\331I\241\362\367\2668\236i\352f\r\326\324<B\335\354\252I\210\306\242\004X\325t\223p/\303h\004\220\264\335-\313$[\226K$\267\016\014\026\216\334\272e2}\0321\364\nq\024\227\300\333,>\360\252\303\204Li{c\373\336\352\332*\327\343\020\206**Q\257\242\032\010\024@\013\004U<\335p\341]\367\310&4\047\025\253\322\221\345q;\230\303l\310e7\270ubJ\224\270\254#-\360\230\303z\313\224\261\035WZH`\202\373\260\335O\024\203\222\234\242i2\344\210j\301\301*\223\2469\245\242j:e\t@L\366\255\251\334\025Rq}\267n\211\026\216\343K\232\301\227r\262j\261`qgI\371\355\242\324\320iCq\325\272t\207\271\333\255\263`\330\336\002]L6\010\334\211\301}\317\324\261\337\274/{*\313\324\234}\324\026\353\231\2344\230\346M&.\222\314\004`4\315!p\001\240\211\240\302\323U\3053\\I\226\035\242y*\221eI\363\370UM\313\274\007\317\267\020q\254\252,\370\262\3143B\372=\373U\305\246\236A\034R\223u-\r=FT\026d\301b\306\267b\331\035\230\311\034\317\257)Y\207\246[\221\033J[\006zM:\220X\312\345>YZ\346\333\261^\363\024G\223l\213\352\354`\266\233\375\225\017ux""\016(\251x\325*\032\315\"\002\265u\313\320\270\204\241\000\007\256\247\312\314]2\374 U\025\035\321x(\021\307\20172+w\212[\213\177\260\372bo\367\3142\217,\317H\003<\n\344&\004\251)\256\222;gU\220\000\273\222\340\037\232\313\227\013\305\342\206a\3506\325i&h\231l\312ts\203\210\251<mdyt\021\220\006\001\270\347/W\300s\331\261j\020\305\221m\353\200\214\316\202\010\262\023\"\025\020v\317tGl\251\253\270\3279\363\t\te\247N\037\342\220\252q\276R\20749V\250k\331\243\363\324k\214\352\360\314\354\020W\227\005\314\230\363O\257\010[A%\032\220:\262\210s\3161\003\004\016\047\213\253\2373\357(\372\310\341HKq\351\235\215|\371\305VY4\362W\371\365\362\306f:@\373M\322_\337\310\257g\272\317\212[\033\351\260\270\263Q\330M\006O\236\355\225\237&\375\247\205\374\263gI\277\270\3652\377\254\230j(\356\224\222\336\363\215\347Io\353\305@\343Nqk\363\343\244_~\361dW\336\334NG\373\305\335\302\323\215\235d\270[|>\354\357\344S\251\227\317\327\036\224YTL\225\260\367:7|\272ey\373\250\215\277uP\265\274\005j\337!UYN\350\024\254\002\006a\204;\354\324\210\253\273\244\301&4\266\007?(\t\210\303;m\235OT=Sem-\3052~\364\206\215G\225\365\032\360<o-\r\244\303z\246\322\020-\263G\226\301\2102(\001E\215\327\020\243D\013\353\262\327A\364<\323\326\325\003h\3300S\271\026\257d\230\216\246\247\030\251\332\224!\317d\336`\202\264\331\200\241,\335C3\246\237IIYv\031Jq)\312\270\024\354\204\027\022\017I\302\321)W\310\202\322\024[\307\257\234\220,c\027F0\374C\025zd\252\272\225\033h\241\025E\243\244VQ(a\311^\301\243\177P\3614xR\026u^2 X\363\252\252*\017K*\034\240\250\272{\244V\350\220\027T\003JA\3132\207}EQ\0178;\210ZAE\365\203 \231r]\257\325\017a\2613\230\261]\364\355#\236V y\325m\313\374Z\254\203\307\016\231\230\014\331c\315\322UCu\302\376\330yi+\233T\344\337\010\001i\216e\333D\323\330V\376an\024\205&\001\251(5Jt\033P\205)\004\221\345\345\004\310\232\3635\377\310|\251\255\022\233?\370\330\215b\225o\254\032\036\255\343\205\304k\234\224p\014\212\264\246\271\262U\255\"\216\203W\254\326J\230\204\323J\226\007\353\\\023{}\330\373/""\253\2247\330\302[J\353-]\3270Dt\200w\274w8\2357<\200\234Bt\226\020&J\016]T\216\272\323d9C\305\347-\021/Z\362\032\047\365@.\251\007\214!\003\242,\020\225\001\276\254he\305\252\311\000jj\034=\250y\033\246\005\345\014\r\242\203\343\035\027\025\0001m^\364\303\255\270\210<p\026\216\005H\016\0302l\313vT^S\216R9\253\002Tg9)\006\320\350\324e\356\257\321aE\220\245xA\353\016j\256\217\301\347N\013\350\225\223\247\021\362\224\030\325Q^?\303\345\230H\252\031\376\2662\007\321\003\335f/\266C\255*\366\332\374Z0\303f\007f\370\036\347\000\2324)!\322V\346*\322AKA\355\241\362\240\246EH\266Xqu\030\237}+2\357\003\2726\007\270\047\362\014\364\010\306\300\371\016\311\314P\245\305\207\256\201/ix\"\010\203\276\205\354\221\253\370\377\211U\"\374\306\231\222$\355\242pF\027u\024\301\205d\346{\026\231\244\313\376C#\342\0372\366}\260\312\336\252AI?x\270\300\207\010-\334\242\033\270\264g\303\331\004\360\203\343[\215\265\007\\\tc\307\366[\342X\364\305/c\047\027\257t>\362K\277\344O.\315\372y\277\344k\301|\360:\232\372%\377\353\245\211\316\246\277tr\351j\347\221O\203\177\0044\274\033U\272\357t\347\273\257\373\323\375\345\376N\337=^9VN&\256\373\343\376\303\240$:\017\202\251_\317\314\234@W\241\363s\240\210\316\177\202\274\320\377,\030c3\033\376\r_\361\335`Il\370,\310\007\273\341L\270\021\315F\337vK]\276\353k_a{\256u\232\376\237\374fp1X\017\307\303\007\321T4\037\355votIo\251W\3505\373W\216\347\217w\343\322n\274\373*~\365}\374\375k\266\351\324\315~{\357\302\345\211\316j\347\320Wa\332\304$\273\342j\247y21\355\337\r\224\240)\306\311\352u\377J0w2q\255\343\302\256B\340\205\353\321\305h\263\373io\356\344\372\254\377$\230\013\326\302\325\260)$\276\014\347\303\275\350V\244u\027z\177\351\217\215J\340\022E\277$<p$.\216K\261\346\251\237g\3157>\023\212\047\376\036$R\207\376\320a\242\323J\025\374\033\316\312\312\210\275\354\000q\277\353\360\323\270\277\212\300\335\013\233\321x\264\032y\335\215\336T\357VO\355\317\366\313\307\223\361\336\313\370\345\376i\341\\4\026\315D\353\335w\273{\275\271\336\047\375\361\376j\237""\036\347\342o\277\213\277{uZ\370\376\210\367\327\023\341\373\220\204\353\205\360\215S\236\277t\341\362\007\301\255@\r\001\t)\274\030\026\204_8\016\230\323\333P\013o\317\010\320\374\271\243\371\013\301t\260\034\354\205s\243\236\210\257I!\366\\\353x~\001p\030\203\356+\027.O\0165e\3039\331)u\210\377\030\220\312#<s\311D<\263\210\273\346\243\275\356p\346\016\\\265\024mt\247\322M,\242\245\220DKC\234B\363\224?\353\227\203\313\341Tx+T\243\033\221\022\271\3355\356\203w\373\245\276\006\014\226\216\265xG@P\216e-\326jq\255\316@B\375y\304\020\300\370\032\331p\375}\277\026\224\342\233\017\341l\016\376\253,\254\223\235]\177\306/\006\245@\343x\232C\364\332\335f\357bo\213\205\342\307\370G%VHL\336\304o\032q\303<\2719/\360u\265\263\322Q\375!f\247\341\274\251\370oBy\212\221?R\216\320As%\256T\343\352A|`\306\246\365\277\224\177\216[\247\340\035\211A\006\345\031\374&\035\216\373\253\235\317\374\257\320\201\252\017\221&\037\"\273\232\341U\230\323\352\356ty\370\346\006\2471Z\370\"\274\022\315\r\031\242\034\216\261\200\216\036\032O\334\014\270\3525\177\305O\250\351\021 \300;\217\303\204\23223\177\345\260\274~\341\362<C\330\265\316O\"\367\270\266i\1771\370\"\232\354\376\320\377\350x/\336\331\217\367\341\364f\334l\305\255\303\023\316\216\237\004W\302\333\321{\221\"\322\037\224\027\220p9|\025Q\260\344>\010\311\351O\261 \353\270\331{\241\"h\202\302s3\301\023x\177\027\370{\322\315%\211s;\336.1\3417\270\330\373a3\276\003\022\333\213\367\276\023\371\304.\365\320\337\347\373\312\321\273\321KP\320m\354\374\354x3.C\346u\374\032@Sc\025\2508`\316\373\047|T\022\271\3606\230\n\356\204\367`\325\355\336\030[[\014\226X \030\263\037\006\302\370x\346\026\262\343\007\344Bb/\023\214\247\347\343\371O\201\216\311~I\230\276\030\254\3047\327z\343\275\265\376J\277z\\8n\307\373\300L=\256\353\251\355S\314\217-\177/\230;MqH\251\354g\300\207h|\022<\n\337v?\350=\355\047Pi#\255\337\001y\016y\316wp\217\371\224\034\001\245`\007v\216\207\003\211\203p\026\311Z\215\362)G>`\3060\017P?A\316\247)\232>g$\364\353\3519%p\303\225\020/""\315o\263#lB\375\333\3018{\237F\236\010\327\317\316$\227\274<\000\233\350|\031\316\24537\3027\335q\376t$\200\276\032=\004\326\177\356\277\211\267\313q\231\207yj\232\371\261\312\202\207\014\235c\026^\202\025\003\235\354\005\214/.\306\213\377\352\217\3756\361\177\0339\0130]\352\276\023/\027\342\002{\020\2066\377\216!\\\347O\301~\230O`\303\370\341\347\256\"\362\225Y\367_\352\034\325\344";
+    PyObject *data = __Pyx_DecompressString(cstring, 2901, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (3589 bytes) */
-static const char cstring[] = "\377 at 0x b\377locks> e\377ntries h\377ooks,  m\377ust be a\377 numpy u\377int32 ar\367ray\022\010writ\377able C-c\377ontiguou\375s%\005object\377>(tree f\357ragmc\000), \377.: <Memo\377ryView o\377f <Nativ\333eHy\001 <?\010an\237d dirC\001\007\ri\365n\021\005s\270\000ded \336#\007 or \004\031><\374(\tA\006>?Cann\377ot assig\377n to rea\237d-onl\362\000\255\002v\376\257\000Invalid\377 mode, esxp\343\000|\000\047c\047t\001\377\047fortran\317\047, gH\000%\005sh\367ape\222\000 axi[s \344\tar\344 le\001\375y\262\000stalle9d\021\r\222\001bou\214 \222\000\337a cpu\016\021int,\020l\000aV\006iti\271\0009sS\013\216\000clo\003\017\207!\373in\033\025runni\373ng\240`guest>\267Ineeds\215@\324`\217gine\225B\262\000\237`e\377xtNoneNo\377te that \177Cython \221 \377delibera\363te\353 \320Acter\376!\001n PEP-4\33384\335Bre\322as \337subcl\246@es~\276abuilti\260@\377ypes. If\237 you \204\001\302Ap\374\316@%\tthen s;et\200\000e \047\357B\376`\277on_typ\320\000\047\366\355div\242\000o Fa\377lse.add_\356\231`eco\235@cti\377ons.abcd\333is\375\204\001en\203\205\001gc\376\206\" IDThosmt\004\001is\025\003dl\241\"\257._co\355@n\353\204\002 \377API mism\277atch (\366at}h\211Apu\047s)*\004ym\245\205\0028\003/uni=\000\337n/_uc\246\206\001.pSyx\032\003\246\206\010l\263\001G\217A\356\337\205\003no \271\000res\277s for \014\000d\377efault _\377_reduce_\357_ du\346\002non\237-triv\242`\033\000c\272\371A_\362\001 a \250\025c\377apsulere\307g_i\362@\365C\013\000s_\020\247\207\003\277\206\001\234b\034\000t\317\207\006\377 \301\204\001\375\047\272@wntb_m\377ax_insns~\361\207\0061..512\320\206\002\376\035\000guard p\307osi\245\207\001:\001>\001Swyi\267 \243`buff\252`\357does\336\000t h\267old\330Bla\205`t\327uc_\325\210\001_\301@ f\377ailed: e\337rror \017\010(I;N)\003\030OUT\016\016\360B\376\243\207\001allocat\375e\232\211\004data.u\360\014\017\377\206\003\321\210\001\256\210\003s.AS\377CIIEllipGsis\252H\206\211\010\221\211\010.\251F\355c\262\205\002__\017\013set\277state_\013\021b\373in\313\207\t.cle""a?r_pokeV\t\204\207\002\374g\t\371\211\003_count}s\200\thcall\005\020\370\376\207\004\253\tU\rrefle\273ctB\020req\311\207\001_\357stop\355\trun\036\374\tset_\317c\347!\n\r\376\224\003handler\330*\nS\000\267\020un\262\211\004RE\337ASONS\001\003_B\237ADSEG\005\005\031\000K\336\022\004DEAD\000\010LI\373NE\022\005IRECT\2769\004FLUSHE\004H\357CALLQ\004INVwALI:\005IRQi\004\267MEMs\004NOI\006R\357ING0\212\004SOF\357T_GP\006\005WIT\357CHER\247\004TIM\366\002\007RA\036\005VM86]S\321!nce\353\215\001.\360\215\007\337__Pyx\001\000Di\376\210@NextRef\373__\207\211\004e____\374\334\211\002\000\006_getit\313em\026\001d0\001 \000en\367ter\047\001exit^/\001func7\001g\203\204\005\276E\000impor\031\002m\367ainU\001modu\335l^\002nam\002\003ew\372n\001p\217\000check\243sue\000\n\001\313\204\003_\025\001t\357ype_\005\002unp\267ick?\000En \005v<\204\220\002\262\001qualO\005\331\210\005\214\250\205\016\363\210\006ex\346\001\315a\203\005s|\260\010\301\205\016__tes\346\001\373is\307\212\001outinOeabc\334\211\004\201\207\005_\214\210\003\027api\000\000_\235\211\004\272\221\001\275\221\001\376\301\221\002sasynci\337o.cor@\003sb\377adsegbas\375e\250\206\001breakb\353ud\363 _\241\222\003cc_\356\334\221\007cbs\270\206\007cli\367ne_\331 trac\237eback\314\216\002\320\216\003c\367ode\271@n_hi\177ghwater\t\006\367ptr\324\206\002cpucgtx_\302\210\002\005\001sm\330\206\001x\010\004\317\215\001\316\210\001dead\000\001\234h\001\000\005_ns\232\222\003\232\207\nd\344\246A\000\002_\244 \202\223\003eef\377lagseipe\275n\216\001enum\351\216\002e\323rr\207\212\002\214\212\002_\026\002xcsep\336\215\001:\001int4\002\377flushfor\347mat\333\221\004\347asgd\377t_offsetF\334\213\006gv\364\206\004\235\210\002\233\210\th~\002\334\231\213\001\233\216\001_cs\002\002id\375t\n\002sshvii}d\014\000index\213\214\001\233_i\227\207\001n_\342B\226\222\002i\276\355\204\001nalsi\200\223\003i\353rq\220\205\001s\000\002ize\250\353\213\003\346\216\004\250\216\004.\250\216\004l\251\210\007m;em\323\216\003mem\320\223\001\310\223\001\366""\207\205\001nd\336\225\002ndim{noY\000_end\003\003\377startnon\367enp\216\226\002objo/ld_e\244%p\362@\311\212\001\037poprc\311\223\002\330\211\013\235\216\001\367cr2\241\216\004regi\233st\367!gs\243\216\007\362\211\tr\377ing0runr\337vseg_\251\214\004eg\037sself\361\211\013\211\212\001\346\211\n\247set\334\217\004\361\224\002s\224 s?oft_gp\300\002u\000\352\006\000o\000\001p\321\213\004str\222\376`s\310\216\004\000\005_5\002\335\216\004_?vatb_c\300b\211\217\005\366\255\217\tti\314`trap\366\242\207\001su\245\205\003ext_\177restore\007\010\367sav\n\002tluc\237_emu_\327\"\003\006o\177puc_fre/\001\330\277\213\003\265\217\010\303\217\005de9\001ow\313ne\267\000_\372\220\001\247\227\001uc\204\006\002\223\231\001e\255\231\003\330\213\001\354\225\006\340\213\006u}n\253Auntil\325\000\377updateva\377luesvm86\374:\002\323\231\001xO\200\001\330\004\377\n\210+\220Q\200A\330\377\010\024\220A\220Q\220d\377\230#\230\\\250\021\200A\377\340\010\014\210G\2201\330\377\010\013\210<\220s\230%\377\230s\240,\250b\260\002\377\260#\260\\\300\022\3002\377\300R\300t\3103\310a\377\330\014\020\220\003\220:\230\275Q\003\0036\230\021\340\001\016\330\276I\000C\210\177\230a\003\003}\273\230AZ\003L\230\001\027\001E\377\220\025\220a\220t\2301\376F\0039\230A\230T\240\023\377\240E\250\024\250X\260Q\335\2601\002J\220a\220\001\017\210\377q\220\007\220q\230\004\230\377D\240\003\2406\250\021\250\377#\250T\260\025\260e\270\3771\270C\270q\300\n\310\377#\310T\320QT\320T\177Z\320Z[\320[\\\305\001\376\313\014\360\006\000\t\014\2104\377\210w\220c\230\021\330\014\375\r\337\0014\210q\330\014\022?\220,\230a\230q\n\003\027\004\377\020\220\n\230!\330\014\017\377\210t\2209\230C\230u\377\240D\250\004\250G\2607\377\270!\330\020\024\220F\230\177!\2308\2404\240q\034\003\377?\240#\240U\250$\250\177d\260\047\270\027\300\001\024\013n\315 I\220Q\207!H\220\354 \357\014\210K\220h\000\014\320\014\213\035\230\021\002C\216\000\227\047\255#v\316+\003C\210|\232 \300\"w\220\264\300\"6\003\210N\000\200A\314\001\020\356\225 \003\2204\246@-""\240q\377\250\003\2504\250u\260E\377\270\021\270$\270c\300\024\377\300S\310\r\320UV\320\373VW\035\r.\250\001\250\023\377\250D\260\005\260U\270!\377\2705\300\003\3004\300s\377\310.\320XY\320YZ*J\r/\341*D&\004/\047\000\350 \372\201\003\025\266k\360\n\000\t\r\355\210\341B\013\210\325+\r\210Q\257\210e\220>\344@A\260 !\273\330\010\014\002\320\023)\215\000A\327\250U\260\010\007(\314\0001\250\327E\260\021\035\004\220\342!Q\240\347e\2501\262g\272@\021\220\024\377\220S\230\t\240\021\240$\377\240c\250\025\250a\250t\373\2608\223`D\300\005\300Q\373\300d\225`Q\310d\320R\376\221c_\320_d\320dgw\320gh\327As\220#\226@\376\314@J\230a\330\020\026\220?g\230Q\320\036:\216 \214\204\002\375\013\367!\r\210T\220\023\220_I\230Q\230d\337B!\337 \177x\260q\270\004\270N\253!\377`\320`a\320ae\320\377ej\320jm\320mn\367\330\036#\221b\010\013\2103\347\210c\220\343`\301d\022\220\047/\230\021\320\032W\003\010\375DA\031\374\334 W\000b\320bf\320f\177k\320kn\320no=\035\017;\2701\270\331e\233`\372\047\351`\375\036\200\206\001\013\2108\2203\220n\263\206\004<\230q\275\206\003>\240\263\206\004\372\007\010\030\206\207\001\360\020\000\t#\235\240\240@\017\210~\245\204\003\263\206\002\022\377\220)\230=\250\r\260]\377\300+\310U\320RW\320\375W\375\000q\320qv\320v\375w\355\206\001G\2205\230\n\240_&\250\006\250a\272\205\003:\273 \377e\2402\240Z\250s\260\377#\260W\270C\270r\300\375\021\354!i\230q\240\006\240\365a\300\205\003s\237 \023\230F\240\377#\240T\250\023\250F\260\275.\216\204\004&\320PQ\231Aj\377\240\001\240\026\240q\320(\177T\320TU\320UY\371c\356\243\210\001:\220W3\002S\250\005\377\250V\2607\270&\300\003\377\3009\310G\320SY\320\357Y\\\320\\\361@c\320c:\236@k\346\206\001*\230A\363\205\001\223\204\001\177z\230\021\230(\240-\223\000\367&\270\001\202\207\001)\2301\230\355A\363\210\003w\230\267\003\320\023$?\240A\240]\260!\250\005%\001\277\320\022#\320#7\203`\r\373\300Q\302c)\2303\320\036\3778\270\003\2708\3003\300\177f\310C\310x\320W\226`\357h\320hi\264\005\021\330\010\177\017\210v\220U\230!\222\211\0019J\311""\206\003\215\207\002\r\210Q\202\205\002\207\205\002\375\330\245\207\007I\220Q\220e\230\377<\240z\260\033\270H\300\376\266\207\002C\210x\220q\230\002[\230!\214\207\010\220r\305\000#\304\207\005\337}\230A\230R\325 \003\240\374\242\205\002\331\207\001k\240\024\240Q\240\373f\250;\004|\2306\240\021n\366\210\003s\220!\301\212\0037\230\002\004\347;\230c\207e\t\010a\230t\377\2403\240a\320\004)\320\277)@\300\001\360\014\322\206\ns\317\220&\230\003\301\212\001\273\211\nt\220\2551\317\211\010\014\210\370\210\002\t\353e\024\377\240S\250\010\260\002\3202\247C\320C\235\210\001\310\213\003?\353`\021\365\022\207\206\001f\243A\230d\240!\362\321\213\001\010\253\213\001\305\207\001~\230W\240\355A\220\212\002\320\023\345\205\001\177\260a\004\272\212\001\236\204\002q";
-    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 3589, 5244);
+    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (3881 bytes) */
+static const char cstring[] = "\377 at 0x b\377locks> e\377ntries h\377ooks,  m\377ust be a\377 numpy u\377int32 ar\367ray\022\010writ\377able C-c\377ontiguou\375s%\005object\377>(tree f\357ragmc\000), \377.: <Memo\377ryView o\377f <Nativ\333eHy\001 <?\010an\237d dirC\001\007\ri\365n\021\005s\270\000ded \336#\007 or \004\031><\374(\tA\006>?Cann\377ot assig\377n to rea\237d-onl\362\000\255\002v\376\257\000Invalid\377 mode, esxp\343\000|\000\047c\047t\001\377\047fortran\317\047, gH\000%\005sh\367ape\222\000 axi[s \344\tar\344 le\001\375y\262\000stalle9d\021\r\222\001bou\214 \222\000\337a cpu\016\021int,\020l\000aV\006iti\271\0009sS\013\216\000clo\003\017\207!\373in\033\025runni\373ng\240`guest>\267Ineeds\215@\324`\217gine\225B\262\000\237`e\377xtNoneNo\377te that \177Cython \221 \377delibera\363te\353 \320Acter\376!\001n PEP-4\33384\335Bre\322as \337subcl\246@es~\276abuilti\260@\377ypes. If\237 you \204\001\302Ap\374\316@%\tthen s;et\200\000e \047\357B\376`\277on_typ\320\000\047\366\355div\242\000o Fa\377lse.add_\356\231`eco\235@cti\377ons.abcd\333is\375\204\001en\203\205\001gc\376\206\" IDThosmt\004\001is\025\003dl\241\"\257._co\355@n\353\204\002 \377API mism\277atch (\366at}h\211Apu\047s)*\004ym\245\205\0028\003/uni=\000\337n/_uc\246\206\001.pSyx\032\003\246\206\010l\263\001G\217A\356\337\205\003no \271\000res\277s for \014\000d\377efault _\377_reduce_\357_ du\346\002non\237-triv\242`\033\000c\272\371A_\362\001 a \250\025c\377apsulere\307g_i\362@\365C\013\000s_\020\247\207\003\277\206\001\234b\034\000t\317\207\006\377 \301\204\001\375\047\272@wntb_m\377ax_insns~\361\207\0061..512\320\206\002\376\035\000guard p\307osi\245\207\001:\001>\001Swyi\267 \243`buff\252`\357does\336\000t h\267old\330Bla\205`t\327uc_\325\210\001_\301@ f\377ailed: e\337rror \017\010(I;N)\003\030OUT\016\016\360B\376\243\207\001allocat\375e\232\211\004data.u\360\014\017\377\206\003\321\210\001\256\210\003s.AS\377CIIEllipGsis\252H\206\211\010\221\211\010.\251F\355c\262\205\002__\017\013set\277state_\013\021b\373in\313\207\t.cle""a?r_pokeV\t\204\207\002\374g\t\371\211\003_count}s\200\thcall\005\020\370\376\207\004\253\tU\rrefle\273ctB\020req\311\207\001_\357stop\355\tres\273um\234\nrun\216)s\207et_\341c\371!\n\r\246\003h?andler*\ne\000~\311\020trace_\364\213\003\334\364)\021\004raip\nun\376\363\211\004REASONS\376\001\003_BADSEG\364\005\005\031\000K\022\004DEAD\336\000\010LINE\022\005IR\367ECT9\004FLUS}HE\004HCALLQ\004\277INVALI:\005I\273RQi\004MEMs\004N}OI\006RING0\212\004\177SOFT_GP\006\005\177WITCHER\247\004\267TIM\002\007RA\036\005V\357M86S\222Ance\372\254\216\001.\261\216\007__Pyx\366\001\000Di\311@Next\337Ref__\310\211\004e_\347___\235\212\002\000\006_ge_titem\026\001d0\001\276 \000enter\047\001e\367xit/\001func\3627\001g\304\204\005E\000impo\345r\031\002m\367 U\001mod\273ul^\002nam\002\003e\365wn\001p\217\000chec\215k\255`__\n\001\214\205\003\006\002t\367ype\017\003unpi{ck?\000Enum\"\003yv\305\220\002\262\001qualO\005\030\232\211\005\351\205\016\264\211\006ex\346\001\374a\203\005\371s\260\010\202\206\016__tes\366\346\001is\210\213\001outi\237neabc\235\212\004\302\207\005_.\315\210\003api\000\000_\336\211\004\373\221\001\374\376\221\001\202\222\002sasync\277io.cor@\003s\377badsegba\373se\351\206\001break\227bud\363 _\342\222\003\006\004e\377ndbufcc_\376\252\222\007capacit\357ycbs\216\207\007cli\277ne_in_\212\205\002b\347ack\242\217\002\246\217\003cod\375e\316@n_high\337water\t\006pt\366\t\000py\256\207\002cpucgtx_\234\211\002\005\001sm\262\207\001x\010\004\251\216\001\250\211\001dead\000\001\234l\001\000\005_ns\364\222\003\364\207\nd\177roppedd\306A\362\000\002_\304 \343\223\003eefl\377agseipen\336\231\001enum\312\217\002er\351r\350\212\002\355\212\002_\026\002xce\271p\277\216\001:\001int4\002f\377lushform\363at\274\222\004\207\204\001sgdt\177_offset\275\214\006#gv\303\207\004\376\210\002\374\210\th~\002\372\213\001\356\374\216\001_cs\002\002idt\376\n\002sshviid\276\014\000index\354\214\001_Mi\267\207\001n_\202b\367\222\002i\215\205\001\337nalsi\341\223\003iruq\260\205\001s\000\002ize""\314\214\003\324\307\217\004\211\217\004.\211\217\004l\370\210\007me\235m\264\217\003mem\261\224\001\251\224\001n\366\250\205\001nd\300\226\002ndim\313noZ\000_\213`\003\003st\377artnonen\375p\360\226\002objold\273_e\245%out\242`k>\256\213\001poprc\256\224\002\275\212\013\356\202\217\001cr2\206\217\004reg7ist\373!gs\210\217\007\327\212\t\376\321\212\003ring0ru\177nrvseg_\224\215\004\177egsself\312\212\013\234\342\212\001\277\212\nset\307\220\004\334\225\002s\336\236 skip\346\216\001rs?oft_gp\322\002\204\000\352\006\000o\000\001p\305\214\004strOucts\274\217\004\000\005_>\002\376\321\217\004_vatb_c\030\323b\375\217\005\241\220\tti\337`\240\213\t\225\213\010otrap\354\207\001su\342\205\003\377ext_restwore\007\010sav\n\002\377tluc_emu\371_\200B\003\006opuc_\207fre/\001\270\214\003\300\220\010\316\220\005d\275e9\001owne\316\000_L\205\222\001\262\230\001uc\006\002\236\232\001e\270\232\003\306\300\232\00164\250\214\001\375\226\006\260\214\006un\276\327Auntil\362\000u\377pdateval\177uesvm86@\002\376\344\232\001xzerosO\377\200\001\330\004\n\210+\220\377Q\200A\330\010\024\220A\377\220Q\220d\230#\230\\\377\250\021\200A\340\010\014\210\377G\2201\330\010\013\210<\377\220s\230%\230s\240,\377\250b\260\002\260#\260\\\377\300\022\3002\300R\300t\377\3103\310a\330\014\020\220\337\003\220:\230Q\003\0036\230\353\021\340\001\016\330I\000C\210\177\273\230a\003\003}\230AZ\003L\373\230\001\027\001E\220\025\220a\357\220t\2301F\0039\230A\377\230T\240\023\240E\250\024\337\250X\260Q\2601\002J\220\375a\220\001\017\210q\220\007\220\377q\230\004\230D\240\003\240\3776\250\021\250#\250T\260\377\025\260e\2701\270C\270\377q\300\n\310#\310T\320\377QT\320TZ\320Z[\347\320[\\\305\001\313\014\360\006\000\377\t\014\2104\210w\220c\337\230\021\330\014\r\337\0014\210\377q\330\014\022\220,\230a\363\230q\n\003\027\004\020\220\n\230\377!\330\014\017\210t\2209\377\230C\230u\240D\250\004\377\250G\2607\270!\330\020\377\024\220F\230!\2308\240\3674\240q\034\003?\240#\240\377U\250$\250d\260\047\270\347\027\300\001\024""\013\315 I\220Qb\205#y\363\003\322\000\227!H\220\374 \357\014\210K\220x\000\014\320\014\233\035\230\037\004w\220\247\047\275#vB9\005|\252 \320\"\035\0046\003\210^\000\353\200A\334\001\020\245 \003\2204\376\266@-\240q\250\003\2504\377\250u\260E\270\021\270$\377\270c\300\024\300S\310\r\277\320UV\320VW\035\r.\377\250\001\250\023\250D\260\005\377\260U\270!\2705\300\003\377\3004\300s\310.\320X\257Y\320YZJ\r/\361*D\242&\004/\047\000\370 \201\003\025\306k\360\377\010\000\t\033\230$\230c\377\240\021\330\010 \240\004\240QC\267 \345`\203b\013\220@x\347`\366\353 \023\220\304`\330\010\016\210\377d\220\047\230\022\2302\230\347U\240!\262f\310b\320\017 }\240\271`\017\210u\220C\214`}\001\363\000\n\000\t\r\210A\006\376\303I\r\210Q\210e\220>\342\320`A\234@G\000\014\002\320\023)^\351\000A\250U\260\010\007(\250 \2171\250E\260\234\000/\003\316AQ\317\240e\2501\236\204\007\246`\021\220\377\024\220S\230\t\240\021\240\377$\240c\250\025\250a\250\367t\2608\377`D\300\005\300\377Q\300d\310#\310Q\310\367d\320R\375c_\320_d\277\320dg\320gh\303as\363\220#\202`\270`J\230a\330\377\020\026\220g\230Q\320\036\351:\352 \370\204\002\013\323A\r\210T\377\220\023\220I\230Q\230d\372\313b!\273@x\260q\270\004\373\270N\207A`\320`a\320\377ae\320ej\320jm\277\320mn\330\036#\375b\010\177\013\2103\210c\220\021\215\206\001\272\257\204\002\022\272 \021\320\032W\003\010\360\331dA\031\270@W\000b\320bf\377\320fk\320kn\320n=o=\035;\2701\270\265\204\005\367*\357\014\210C\210\337\204\004C\210}\363\230A\262J\363\204\002\013\2109\220\367B\220a\363\205\001\"\220F\230\377\"\230C\230q\240\013\250\2774\250v\260R\260\211\206\002!|\302\006\337\207\001=\240\n\250!\230\207\007\347S\240\001\315Ag\013\320\014\036~\341\207\001\013\2108\2203\220\224\210\0047<\230q\236\210\003>\240\224\210\004\007\010}\030\347\210\001\360\020\000\t#\336a\347\017\210~\366\205\003\224\210\002\022\220)\377\230=\250\r\260]\300+\177\310U\320RW\320W\362 \177q\320qv\320vw\316\210\001\377G\2205\230\n\240&\250\327\006\250a\233\207\003:\260@e\240\3772\240Z\250s\260#""\260\177W\270C\270r\300\021\341A\335i\327\000\006\240a\241\207\003s\220\377\047\230\023\230F\240#\240\177T\250\023\250F\260.\337\205\004\257&\320PQ\216aj\326\000\026\377\240q\320(T\320TU\347\320UY\312\205\003\204\212\001:\220W\3763\002S\250\005\250V\2607\377\270&\300\003\3009\310G\377\320SY\320Y\\\320\\\256\346`c\320c\223`k\307\210\001*\363\230A\304\207\001\322\205\001z\230\021\230w(\240-\223\000&\270\001\343\210\001g)\2301\216A\326\212\001w\230\267\003\377\320\023$\240A\240]\260\371!\250\005%\001\320\022#\320#\3357\370`\r\300Q\267\204\003)\230\3773\320\0368\270\003\2708\377\3003\300f\310C\310x\377\320Wa\320ah\320h\375i\264\005\021\330\010\017\210v\347\220U\230\256\206\002\327\210\t\r\210Q\263\330\010\000\002\005\002\014\210\211\211\004I\377\220Q\220e\230<\240z\337\260\033\270H\300\244dx\220\337q\230\002\230!\335\210\010\220r\372\305\000#\225\211\005}\230A\230R\366\257`\003\240\227\206\002C\210w\220\377k\240\024\240Q\240f\250\316\346d|\2306\344\207\001\324\207\001s\220\026\263d7\230\274d;\201\210\001\244\214\003\t\010\377a\230t\2403\240a\200\367A\360\024\301\207\ns\220&\230\271\003\234\214\001\226\213\nt\2201\252\213\010\014e\210\303\212\002\t\344f\224\215\003?\240\256\204\004\177>\240\025\240j\260\003\266\213\002\376\257\215\002=\240\013\250:\260R\377\260\177\300j\320PS\320]S\256\214\001\330\021\022\222\207\001f\271A\357\230d\240!\310\215\001\010\230\001\374J\007\331 q\320\004)\320)\337@\300\001\360\014d>\024\240\377S\250\010\260\002\3202C\243\320C\215\213\001\252\007r\024\010\243\212\001~o\230W\240A\220\215\002\320\023\371\207\001+\177\260\302\206\002!\366Aq";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 3881, 5778);
     #define __Pyx_DecompressString_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (5244 bytes) */
-static const char bytes[] = " at 0x blocks> entries hooks,  must be a numpy uint32 array must be a writable C-contiguous uint32 object>(tree fragment), .: <MemoryView of <NativeHooks <contiguous and direct><contiguous and indirect><strided and direct or indirect><strided and direct><strided and indirect>>?Cannot assign to read-only memoryviewInvalid mode, expected \047c\047 or \047fortran\047, got Invalid shape in axis NativeHooks are already installedNativeHooks are not bound to a cpuNativeHooks are not installedNativeHooks is already initialisedNativeHooks is closedNativeHooks is not initialisedNativeHooks is running a guestNativeHooks needs an engine and a contextNoneNote that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notecollections.abcdisableenablegcguest IDThost IDTisenabledlguest._core native API mismatch (not this cpu\047s)lguest.memorylguest/unicorn/_uchook.pyxmemory must be a live GuestMemoryno address for no default __reduce__ due to non-trivial __cinit__not a lguest._core native API capsulereg_ids needs regs_array and guest_idt must be the cpu\047s owntb_max_insns must be 1..512 and tb_guard positivethe the Switcher buffer does not hold the layoutuc_hook_add failed: error uc_hook_add(IN) failed: error uc_hook_add(OUT) failed: error unable to allocate array data.unable to allocate shape and strides.ASCIIEllipsisGuestMemoryNativeHooksNativeHooks.__reduce_cython__NativeHooks.__setstate_cython__NativeHooks.bindNativeHooks.clear_pokeNativeHooks.closeNativeHooks.direct_countsNativeHooks.hcall_countsNativeHooks.installNativeHooks.pokeNativeHooks.reflect_countsNativeHooks.request_stopNativeHooks.runNativeHooks.set_guest_dataNativeHooks.set_hcall_handlerNativeHooks.stop_countsNativeHooks.uninstallREASONSREASON_BADSEGREASON_BREAKREASON_DEADREASON_DEADLINEREASON_DIRECTREASON_FLUSHREASON_HCALLREASON_INVALIDREASON_IRQREASON_MEMREASON_NONEREASON_RING0REASON_SOFT""_GPREASON_SWITCHERREASON_TIMERREASON_TRAPREASON_VM86SequenceView.MemoryView__Pyx_PyDict_NextRef__annotate____class____class_getitem____dict____enter____exit____func____getstate____import____main____module____name____new____pyx_checksum__pyx_state__pyx_type__pyx_unpickle_Enum__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutineabcaddressallocate_bufferapiapi_capsulearrarrayarraysasyncio.coroutinesbadsegbasebindbreakbudget_blockscc_contiguouscbsclear_pokecline_in_tracebackcloseclosedcode_gen_highwatercode_gen_ptrcountcpuctx_allocctx_small_allocctypesdatadeaddeadlinedeadline_nsdirectdirect_countsdtypedtype_is_objecteeflagseipencodeenumerateerrerrorerror_codeexception_is_intflagsflushformatfortranfuncsgdt_offsetguest_idtgvhandlerhcallhcall_countshflagsholdhost_cshost_idthost_sshviididtindexinsn_ininsn_outinstallinternalsinvalidirqitemsitemsizelayoutlguest.unicorn._uchooklguest_datamemmemorymemviewmodenamendarrayndimnoirq_endnoirq_startnonenpnumpyobjold_exceptionpackpokepoprcreadyreflect_countsreg_cr2reg_idsregisterregsregs_arrayrequest_stopring0runrvseg_stridesegsselfset_guest_dataset_hcall_handlersetdefaultshapesizesoft_gpstartstepstopstop_countsstructswitcherswitcher_sizeswitcher_vatb_cflagstb_guardtb_max_insnstimertraptypesuc_context_restoreuc_context_saveuc_ctluc_emu_startuc_emu_stopuc_freeuc_handleuc_hook_adduc_hook_deluc_owneruc_reg_readuc_reg_writeuint32uninitialiseduninstallunpackuntil_vaupdatevaluesvm86writeablexO\200\001\330\004\n\210+\220Q\200A\330\010\024\220A\220Q\220d\230#\230\\\250\021\200A\340\010\014\210G\2201\330\010\013\210<\220s\230%\230s\240,\250b\260\002\260#\260\\\300\022\3002\300R\300t\3103\310a\330\014\020\220\003\220:\230Q\330\014\020\220\003\2206\230\021\340\014\020\220\003\220:\230Q\330\014\020\220\003\2206\230\021\330\010\014\210C\210\177\230a\330\010\014\210C\210}\230A\200A\340\010\014\210L\230\001\330\010\014\210E\220\025\220a\220t\2301\330\014\020\220\003\2209""\230A\230T\240\023\240E\250\024\250X\260Q\260a\330\010\014\210J\220a\200A\340\010\017\210q\220\007\220q\230\004\230D\240\003\2406\250\021\250#\250T\260\025\260e\2701\270C\270q\300\n\310#\310T\320QT\320TZ\320Z[\320[\\\200A\340\010\024\220A\220Q\220d\230#\230\\\250\021\200A\360\006\000\t\014\2104\210w\220c\230\021\330\014\r\330\010\013\2104\210q\330\014\022\220,\230a\230q\330\010\013\2104\210w\220c\230\021\330\014\020\220\n\230!\330\014\017\210t\2209\230C\230u\240D\250\004\250G\2607\270!\330\020\024\220F\230!\2308\2404\240q\330\014\017\210t\220?\240#\240U\250$\250d\260\047\270\027\300\001\330\020\024\220F\230!\2308\2404\240q\330\010\014\210I\220Q\330\010\014\210H\220A\330\010\014\210K\220q\330\010\014\320\014\035\230Q\330\010\014\210C\210w\220a\330\010\014\210C\210}\230A\330\010\014\210C\210v\220Q\330\010\014\210C\210|\2301\330\010\014\210C\210w\220a\330\010\014\210K\220q\330\010\014\210I\220Q\200A\360\006\000\t\020\210q\220\003\2204\220s\230-\240q\250\003\2504\250u\260E\270\021\270$\270c\300\024\300S\310\r\320UV\320VW\200A\360\006\000\t\020\210q\220\003\2204\220s\230.\250\001\250\023\250D\260\005\260U\270!\2705\300\003\3004\300s\310.\320XY\320YZ\200A\360\006\000\t\020\210q\220\003\2204\220s\230/\250\021\250#\250T\260\025\260e\2701\270D\300\003\3004\300s\310/\320YZ\320Z[\200A\360\006\000\t\025\220A\220Q\220d\230#\230\\\250\021\200A\360\n\000\t\r\210L\230\001\330\010\013\2104\210q\330\014\022\220,\230a\230q\330\010\r\210Q\210e\220>\240\023\240A\240U\250!\330\010\r\210Q\210e\320\023)\250\023\250A\250U\260!\330\010\r\210Q\210e\320\023(\250\003\2501\250E\260\021\330\010\r\210Q\210e\220?\240#\240Q\240e\2501\330\010\014\210E\220\025\220a\220q\330\014\021\220\024\220S\230\t\240\021\240$\240c\250\025\250a\250t\2608\2701\270D\300\005\300Q\300d\310#\310Q\310d\320RZ\320Z[\320[_\320_d\320dg\320gh\330\014\017\210s\220#\220Q\330\020\024\220J\230a\330\020\026\220g\230Q\320\036:\270!\2701\330\014\020\220\013\2301\330\010\r\210T\220\023\220I\230Q\230d\240#\240U\250!\2504\250x\260q""\270\004\270N\310.\320X`\320`a\320ae\320ej\320jm\320mn\330\036#\2404\240q\330\010\013\2103\210c\220\021\330\014\020\220\n\230!\330\014\022\220\047\230\021\320\032:\270!\2701\330\010\014\210K\220q\330\010\r\210T\220\023\220I\230Q\230d\240#\240U\250!\2504\250x\260q\270\004\270N\310/\320Ya\320ab\320bf\320fk\320kn\320no\330\036#\2404\240q\330\010\013\2103\210c\220\021\330\014\020\220\n\230!\330\014\022\220\047\230\021\320\032;\2701\270A\330\010\014\210K\220q\200A\360\n\000\t\r\210L\230\001\330\010\014\320\014\036\230a\330\010\013\2108\2203\220a\330\014\020\220\003\220<\230q\330\014\020\220\003\220>\240\021\340\014\020\220\003\220<\230q\330\014\020\220\003\220>\240\030\250\021\200A\360\020\000\t#\240!\330\010\017\210~\230Q\330\010\014\210L\230\001\330\010\022\220)\230=\250\r\260]\300+\310U\320RW\320We\320eq\320qv\320vw\330\010\014\210G\2205\230\n\240&\250\006\250a\330\014\017\210t\220:\230Q\230e\2402\240Z\250s\260#\260W\270C\270r\300\021\330\020\026\220i\230q\240\006\240a\240q\330\014\017\210s\220\047\230\023\230F\240#\240T\250\023\250F\260.\300\003\3004\300s\310&\320PQ\330\020\026\220j\240\001\240\026\240q\320(T\320TU\320UY\320YZ\320Z[\330\010\013\210:\220W\230F\240#\240S\250\005\250V\2607\270&\300\003\3009\310G\320SY\320Y\\\320\\_\320_c\320cj\320jk\330\014\022\220*\230A\230Q\330\010\013\2104\210z\230\021\230(\240-\250s\260&\270\001\330\014\022\220)\2301\230A\330\010\013\210<\220w\230a\330\014\017\210t\320\023$\240A\240]\260!\330\020\026\220i\230q\240\001\330\014\022\320\022#\320#7\260q\270\r\300Q\330\014\017\210s\220)\2303\320\0368\270\003\2708\3003\300f\310C\310x\320Wa\320ah\320hi\330\020\026\220j\240\001\240\021\330\010\017\210v\220U\230!\330\010\014\210J\220a\330\010\014\210H\220A\330\010\r\210Q\330\010\r\210Q\330\010\r\210Q\330\010\014\210I\220Q\330\010\014\210I\220Q\220e\230<\240z\260\033\270H\300A\330\010\014\210C\210x\220q\230\002\230!\2301\330\010\014\210C\210w\220a\220r\230\021\230#\230Q\330\010\014\210C\210}\230A\230R\230q\240\003\2401\330\010\014\210C\210w""\220k\240\024\240Q\240f\250A\330\010\014\210C\210|\2306\240\021\330\010\013\2104\210s\220!\330\014\020\220\003\2207\230!\330\014\020\220\003\220;\230c\240\021\340\014\020\220\003\2207\230!\330\014\020\220\003\220;\230a\230t\2403\240a\320\004)\320)@\300\001\360\014\000\t\r\210L\230\001\330\010\013\2104\210s\220&\230\003\2301\330\014\022\220,\230a\230q\330\010\013\2104\210t\2201\330\014\022\220,\230a\230q\330\010\014\210H\220A\330\010\t\330\014\020\220\003\220>\240\024\240S\250\010\260\002\3202C\320CV\320VW\330\014\020\220\003\220?\240!\330\021\022\330\020\026\220f\230A\230Q\230d\240!\340\014\020\220\010\230\001\330\010\013\2104\210~\230W\240A\330\014\017\210t\320\023#\2404\240\177\260a\330\014\022\220!\330\010\017\210q";
+    #else /* compression: none (5778 bytes) */
+static const char bytes[] = " at 0x blocks> entries hooks,  must be a numpy uint32 array must be a writable C-contiguous uint32 object>(tree fragment), .: <MemoryView of <NativeHooks <contiguous and direct><contiguous and indirect><strided and direct or indirect><strided and direct><strided and indirect>>?Cannot assign to read-only memoryviewInvalid mode, expected \047c\047 or \047fortran\047, got Invalid shape in axis NativeHooks are already installedNativeHooks are not bound to a cpuNativeHooks are not installedNativeHooks is already initialisedNativeHooks is closedNativeHooks is not initialisedNativeHooks is running a guestNativeHooks needs an engine and a contextNoneNote that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notecollections.abcdisableenablegcguest IDThost IDTisenabledlguest._core native API mismatch (not this cpu\047s)lguest.memorylguest/unicorn/_uchook.pyxmemory must be a live GuestMemoryno address for no default __reduce__ due to non-trivial __cinit__not a lguest._core native API capsulereg_ids needs regs_array and guest_idt must be the cpu\047s owntb_max_insns must be 1..512 and tb_guard positivethe the Switcher buffer does not hold the layoutuc_hook_add failed: error uc_hook_add(IN) failed: error uc_hook_add(OUT) failed: error unable to allocate array data.unable to allocate shape and strides.ASCIIEllipsisGuestMemoryNativeHooksNativeHooks.__reduce_cython__NativeHooks.__setstate_cython__NativeHooks.bindNativeHooks.clear_pokeNativeHooks.closeNativeHooks.direct_countsNativeHooks.hcall_countsNativeHooks.installNativeHooks.pokeNativeHooks.reflect_countsNativeHooks.request_stopNativeHooks.resumeNativeHooks.runNativeHooks.set_guest_dataNativeHooks.set_hcall_handlerNativeHooks.stop_countsNativeHooks.trace_directNativeHooks.trace_drainNativeHooks.uninstallREASONSREASON_BADSEGREASON_BREAKREASON_DEADREASON_DEADLINEREASON_DIRECTREASON_FLUSHREASON_HCALLREA""SON_INVALIDREASON_IRQREASON_MEMREASON_NONEREASON_RING0REASON_SOFT_GPREASON_SWITCHERREASON_TIMERREASON_TRAPREASON_VM86SequenceView.MemoryView__Pyx_PyDict_NextRef__annotate____class____class_getitem____dict____enter____exit____func____getstate____import____main____module____name____new____pyx_checksum__pyx_state__pyx_type__pyx_unpickle_Enum__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutineabcaddressallocate_bufferapiapi_capsulearrarrayarraysasyncio.coroutinesbadsegbasebindbreakbudget_blocksbudget_endbufcc_contiguouscapacitycbsclear_pokecline_in_tracebackcloseclosedcode_gen_highwatercode_gen_ptrcopycountcpuctx_allocctx_small_allocctypesdatadeaddeadlinedeadline_nsdirectdirect_countsdroppeddtypedtype_is_objecteeflagseipencodeenumerateerrerrorerror_codeexception_is_intflagsflushformatfortranfuncsgdt_offsetguest_idtgvhandlerhcallhcall_countshflagsholdhost_cshost_idthost_sshviididtindexinsn_ininsn_outinstallinternalsinvalidirqitemsitemsizelayoutlguest.unicorn._uchooklguest_datamemmemorymemviewmodennamendarrayndimnoirq_endnoirq_startnonenpnumpyobjold_exceptionoutpackpokepoprcreadyreflect_countsreg_cr2reg_idsregisterregsregs_arrayrequest_stopresumering0runrvseg_stridesegsselfset_guest_dataset_hcall_handlersetdefaultshapesizeskip_addrsoft_gpstartstepstopstop_countsstructswitcherswitcher_sizeswitcher_vatb_cflagstb_guardtb_max_insnstimertrace_directtrace_draintraptypesuc_context_restoreuc_context_saveuc_ctluc_emu_startuc_emu_stopuc_freeuc_handleuc_hook_adduc_hook_deluc_owneruc_reg_readuc_reg_writeuint32uint64uninitialiseduninstallunpackuntil_vaupdatevaluesvm86writeablexzerosO\200\001\330\004\n\210+\220Q\200A\330\010\024\220A\220Q\220d\230#\230\\\250\021\200A\340\010\014\210G\2201\330\010\013\210<\220s\230%\230s\240,\250b\260\002\260#\260\\\300\022\3002\300R\300t\3103\310a\330\014\020\220\003\220:\230Q\330\014\020\220\003\2206\230\021\340\014\020\220\003\220:\230Q\330\014\020\220\003\2206\230\021\330""\010\014\210C\210\177\230a\330\010\014\210C\210}\230A\200A\340\010\014\210L\230\001\330\010\014\210E\220\025\220a\220t\2301\330\014\020\220\003\2209\230A\230T\240\023\240E\250\024\250X\260Q\260a\330\010\014\210J\220a\200A\340\010\017\210q\220\007\220q\230\004\230D\240\003\2406\250\021\250#\250T\260\025\260e\2701\270C\270q\300\n\310#\310T\320QT\320TZ\320Z[\320[\\\200A\340\010\024\220A\220Q\220d\230#\230\\\250\021\200A\360\006\000\t\014\2104\210w\220c\230\021\330\014\r\330\010\013\2104\210q\330\014\022\220,\230a\230q\330\010\013\2104\210w\220c\230\021\330\014\020\220\n\230!\330\014\017\210t\2209\230C\230u\240D\250\004\250G\2607\270!\330\020\024\220F\230!\2308\2404\240q\330\014\017\210t\220?\240#\240U\250$\250d\260\047\270\027\300\001\330\020\024\220F\230!\2308\2404\240q\330\010\014\210I\220Q\330\010\014\210C\210y\230\001\330\010\014\210J\220a\330\010\014\210H\220A\330\010\014\210K\220q\330\010\014\320\014\035\230Q\330\010\014\210C\210w\220a\330\010\014\210C\210}\230A\330\010\014\210C\210v\220Q\330\010\014\210C\210|\2301\330\010\014\210C\210w\220a\330\010\014\210K\220q\330\010\014\210I\220Q\200A\360\006\000\t\020\210q\220\003\2204\220s\230-\240q\250\003\2504\250u\260E\270\021\270$\270c\300\024\300S\310\r\320UV\320VW\200A\360\006\000\t\020\210q\220\003\2204\220s\230.\250\001\250\023\250D\260\005\260U\270!\2705\300\003\3004\300s\310.\320XY\320YZ\200A\360\006\000\t\020\210q\220\003\2204\220s\230/\250\021\250#\250T\260\025\260e\2701\270D\300\003\3004\300s\310/\320YZ\320Z[\200A\360\006\000\t\025\220A\220Q\220d\230#\230\\\250\021\200A\360\010\000\t\033\230$\230c\240\021\330\010 \240\004\240C\240q\330\010\014\210L\230\001\330\010\013\2104\210x\220s\230!\330\014\023\2206\230\021\330\010\016\210d\220\047\230\022\2302\230U\240!\330\010\014\210C\210}\230A\330\010\014\210C\320\017 \240\001\330\010\017\210u\220C\220q\230\001\200A\360\n\000\t\r\210L\230\001\330\010\013\2104\210q\330\014\022\220,\230a\230q\330\010\r\210Q\210e\220>\240\023\240A\240U\250!\330\010\r\210Q\210e\320\023)""\250\023\250A\250U\260!\330\010\r\210Q\210e\320\023(\250\003\2501\250E\260\021\330\010\r\210Q\210e\220?\240#\240Q\240e\2501\330\010\014\210E\220\025\220a\220q\330\014\021\220\024\220S\230\t\240\021\240$\240c\250\025\250a\250t\2608\2701\270D\300\005\300Q\300d\310#\310Q\310d\320RZ\320Z[\320[_\320_d\320dg\320gh\330\014\017\210s\220#\220Q\330\020\024\220J\230a\330\020\026\220g\230Q\320\036:\270!\2701\330\014\020\220\013\2301\330\010\r\210T\220\023\220I\230Q\230d\240#\240U\250!\2504\250x\260q\270\004\270N\310.\320X`\320`a\320ae\320ej\320jm\320mn\330\036#\2404\240q\330\010\013\2103\210c\220\021\330\014\020\220\n\230!\330\014\022\220\047\230\021\320\032:\270!\2701\330\010\014\210K\220q\330\010\r\210T\220\023\220I\230Q\230d\240#\240U\250!\2504\250x\260q\270\004\270N\310/\320Ya\320ab\320bf\320fk\320kn\320no\330\036#\2404\240q\330\010\013\2103\210c\220\021\330\014\020\220\n\230!\330\014\022\220\047\230\021\320\032;\2701\270A\330\010\014\210K\220q\200A\360\n\000\t\r\210L\230\001\330\010\014\210C\210y\230\001\330\010\014\210C\210}\230A\330\010\014\210C\210}\230A\330\010\014\210J\220a\330\010\013\2109\220B\220a\330\014\022\220\"\220F\230\"\230C\230q\240\013\2504\250v\260R\260q\330\014\022\220!\330\014\020\220\n\230!\330\014\020\220\003\220=\240\n\250!\330\014\020\220\003\2209\230A\230S\240\001\240\023\240A\200A\360\n\000\t\r\210L\230\001\330\010\014\320\014\036\230a\330\010\013\2108\2203\220a\330\014\020\220\003\220<\230q\330\014\020\220\003\220>\240\021\340\014\020\220\003\220<\230q\330\014\020\220\003\220>\240\030\250\021\200A\360\020\000\t#\240!\330\010\017\210~\230Q\330\010\014\210L\230\001\330\010\022\220)\230=\250\r\260]\300+\310U\320RW\320We\320eq\320qv\320vw\330\010\014\210G\2205\230\n\240&\250\006\250a\330\014\017\210t\220:\230Q\230e\2402\240Z\250s\260#\260W\270C\270r\300\021\330\020\026\220i\230q\240\006\240a\240q\330\014\017\210s\220\047\230\023\230F\240#\240T\250\023\250F\260.\300\003\3004\300s\310&\320PQ\330\020\026\220j\240\001\240\026\240q\320(T\320TU\320UY\320YZ""\320Z[\330\010\013\210:\220W\230F\240#\240S\250\005\250V\2607\270&\300\003\3009\310G\320SY\320Y\\\320\\_\320_c\320cj\320jk\330\014\022\220*\230A\230Q\330\010\013\2104\210z\230\021\230(\240-\250s\260&\270\001\330\014\022\220)\2301\230A\330\010\013\210<\220w\230a\330\014\017\210t\320\023$\240A\240]\260!\330\020\026\220i\230q\240\001\330\014\022\320\022#\320#7\260q\270\r\300Q\330\014\017\210s\220)\2303\320\0368\270\003\2708\3003\300f\310C\310x\320Wa\320ah\320hi\330\020\026\220j\240\001\240\021\330\010\017\210v\220U\230!\330\010\014\210J\220a\330\010\014\210H\220A\330\010\r\210Q\330\010\r\210Q\330\010\r\210Q\330\010\014\210I\220Q\330\010\014\210I\220Q\220e\230<\240z\260\033\270H\300A\330\010\014\210C\210x\220q\230\002\230!\2301\330\010\014\210C\210w\220a\220r\230\021\230#\230Q\330\010\014\210C\210}\230A\230R\230q\240\003\2401\330\010\014\210C\210w\220k\240\024\240Q\240f\250A\330\010\014\210C\210|\2306\240\021\330\010\013\2104\210s\220!\330\014\020\220\003\2207\230!\330\014\020\220\003\220;\230c\240\021\340\014\020\220\003\2207\230!\330\014\020\220\003\220;\230a\230t\2403\240a\200A\360\024\000\t\r\210L\230\001\330\010\013\2104\210s\220&\230\003\2301\330\014\022\220,\230a\230q\330\010\013\2104\210t\2201\330\014\022\220,\230a\230q\330\010\014\210H\220A\330\010\t\330\014\020\220\003\220>\240\021\330\014\020\220\003\220?\240!\330\014\020\220\003\220>\240\025\240j\260\003\2607\270!\330\014\020\220\003\220=\240\013\250:\260R\260\177\300j\320PS\320SZ\320Z[\330\021\022\330\020\026\220f\230A\230Q\230d\240!\340\014\020\220\010\230\001\330\014\020\220\003\220>\240\021\330\010\017\210q\320\004)\320)@\300\001\360\014\000\t\r\210L\230\001\330\010\013\2104\210s\220&\230\003\2301\330\014\022\220,\230a\230q\330\010\013\2104\210t\2201\330\014\022\220,\230a\230q\330\010\014\210H\220A\330\010\t\330\014\020\220\003\220>\240\024\240S\250\010\260\002\3202C\320CV\320VW\330\014\020\220\003\220?\240!\330\021\022\330\020\026\220f\230A\230Q\230d\240!\340\014\020\220\010\230\001\330\010\013\2104""\210~\230W\240A\330\014\017\210t\320\023#\2404\240\177\260a\330\014\022\220!\330\010\017\210q";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED
     #endif
     PyObject **stringtab = __pyx_mstate->__pyx_string_tab;
     Py_ssize_t pos = 0;
-    for (int i = 0; i < 277; i++) {
+    for (int i = 0; i < 293; i++) {
       Py_ssize_t bytes_length = str_length_index[i].length;
       PyObject *string = PyUnicode_DecodeUTF8(bytes + pos, bytes_length, NULL);
       if (likely(string) && i >= 58) PyUnicode_InternInPlace(&string);
@@ -29880,8 +31081,8 @@ static const char bytes[] = " at 0x blocks> entries hooks,  must be a numpy uint
       stringtab[i] = string;
       pos += bytes_length;
     }
-    for (int i = 277; i < 293; i++) {
-      Py_ssize_t bytes_length = bytes_length_index[i-277].length;
+    for (int i = 293; i < 312; i++) {
+      Py_ssize_t bytes_length = bytes_length_index[i-293].length;
       PyObject *string = PyBytes_FromStringAndSize(bytes + pos, bytes_length);
       stringtab[i] = string;
       pos += bytes_length;
@@ -29891,15 +31092,15 @@ static const char bytes[] = " at 0x blocks> entries hooks,  must be a numpy uint
       }
     }
     Py_XDECREF(data);
-    for (Py_ssize_t i = 0; i < 293; i++) {
+    for (Py_ssize_t i = 0; i < 312; i++) {
       if (unlikely(PyObject_Hash(stringtab[i]) == -1)) {
         __PYX_ERR(0, 1, __pyx_L1_error)
       }
     }
     #if CYTHON_IMMORTAL_CONSTANTS
     {
-      PyObject **table = stringtab + 277;
-      for (Py_ssize_t i=0; i<16; ++i) {
+      PyObject **table = stringtab + 293;
+      for (Py_ssize_t i=0; i<19; ++i) {
         #if PY_VERSION_HEX >= 0x030F0000
         PyUnstable_SetImmortal(table[i]);
         #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
@@ -29922,18 +31123,19 @@ static const char bytes[] = " at 0x blocks> entries hooks,  must be a numpy uint
   }
   {
     PyObject **numbertab = __pyx_mstate->__pyx_number_tab + 0;
-    int8_t const cint_constants_1[] = {0,-1,1,2,8};
+    int8_t const cint_constants_1[] = {0,-1,1,2,4,8};
     int16_t const cint_constants_2[] = {256,512};
     int32_t const cint_constants_4[] = {136983863L};
-    for (int i = 0; i < 8; i++) {
-      numbertab[i] = PyLong_FromLong((i < 5 ? cint_constants_1[i - 0] : (i < 7 ? cint_constants_2[i - 5] : cint_constants_4[i - 7])));
+    int64_t const cint_constants_8[] = {4294967295LL};
+    for (int i = 0; i < 10; i++) {
+      numbertab[i] = PyLong_FromLongLong((i < 6 ? cint_constants_1[i - 0] : (i < 8 ? cint_constants_2[i - 6] : (i < 9 ? cint_constants_4[i - 8] : cint_constants_8[i - 9]))));
       if (unlikely(!numbertab[i])) __PYX_ERR(0, 1, __pyx_L1_error)
     }
   }
   #if CYTHON_IMMORTAL_CONSTANTS
   {
     PyObject **table = __pyx_mstate->__pyx_number_tab;
-    for (Py_ssize_t i=0; i<8; ++i) {
+    for (Py_ssize_t i=0; i<10; ++i) {
       #if PY_VERSION_HEX >= 0x030F0000
       PyUnstable_SetImmortal(table[i]);
       #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
@@ -29987,84 +31189,99 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
   PyObject* tuple_dedup_map = PyDict_New();
   if (unlikely(!tuple_dedup_map)) return -1;
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 329};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 336};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_types, __pyx_mstate->__pyx_n_u_cbs, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_rc};
     __pyx_mstate_global->__pyx_codeobj_tab[0] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_install, __pyx_mstate->__pyx_kp_b_iso88591_A_L_4q_aq_Qe_AU_Qe_AU_Qe_1E_Qe_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[0])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 360};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 367};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_i};
     __pyx_mstate_global->__pyx_codeobj_tab[1] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_uninstall, __pyx_mstate->__pyx_kp_b_iso88591_A_L_E_at1_9AT_E_XQa_Ja, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[1])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 367};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 374};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[2] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_close, __pyx_mstate->__pyx_kp_b_iso88591_A_4wc_4q_aq_4wc_t9CuD_G7_F_84q_t, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[2])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {7, 0, 0, 17, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 406};
+    const __Pyx_PyCode_New_function_description descr = {7, 0, 0, 17, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 415};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_cpu, __pyx_mstate->__pyx_n_u_regs_array, __pyx_mstate->__pyx_n_u_host_idt, __pyx_mstate->__pyx_n_u_guest_idt, __pyx_mstate->__pyx_n_u_memory, __pyx_mstate->__pyx_n_u_api_capsule, __pyx_mstate->__pyx_n_u_rv, __pyx_mstate->__pyx_n_u_hv, __pyx_mstate->__pyx_n_u_gv, __pyx_mstate->__pyx_n_u_api, __pyx_mstate->__pyx_n_u_GuestMemory, __pyx_mstate->__pyx_n_u_arrays, __pyx_mstate->__pyx_n_u_name, __pyx_mstate->__pyx_n_u_arr, __pyx_mstate->__pyx_n_u_shape, __pyx_mstate->__pyx_n_u_hold};
     __pyx_mstate_global->__pyx_codeobj_tab[3] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_bind, __pyx_mstate->__pyx_kp_b_iso88591_A_Q_L_URWWeeqqvvw_G5_a_t_Qe2Zs_W, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[3])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 453};
+    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 462};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_lguest_data, __pyx_mstate->__pyx_n_u_noirq_start, __pyx_mstate->__pyx_n_u_noirq_end};
     __pyx_mstate_global->__pyx_codeobj_tab[4] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_set_guest_data, __pyx_mstate->__pyx_kp_b_iso88591_A_G1_s_s_b_2Rt3a_Q_6_Q_6_C_a_C_A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[4])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 465};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 474};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_budget_blocks, __pyx_mstate->__pyx_n_u_deadline_ns, __pyx_mstate->__pyx_n_u_err, __pyx_mstate->__pyx_n_u_e};
     __pyx_mstate_global->__pyx_codeobj_tab[5] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_run, __pyx_mstate->__pyx_kp_b_iso88591_L_4s_1_aq_4t1_aq_HA_S_2CCVVW_fA, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[5])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 493};
-    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
-    __pyx_mstate_global->__pyx_codeobj_tab[6] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_request_stop, __pyx_mstate->__pyx_kp_b_iso88591_A_AQd, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[6])) goto bad;
+    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 498};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_budget_end, __pyx_mstate->__pyx_n_u_deadline_ns, __pyx_mstate->__pyx_n_u_skip_addr, __pyx_mstate->__pyx_n_u_err};
+    __pyx_mstate_global->__pyx_codeobj_tab[6] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_resume, __pyx_mstate->__pyx_kp_b_iso88591_A_L_4s_1_aq_4t1_aq_HA_j_7_R_jPSS, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[6])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 497};
-    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
-    __pyx_mstate_global->__pyx_codeobj_tab[7] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_poke, __pyx_mstate->__pyx_kp_b_iso88591_A_AQd_2, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[7])) goto bad;
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 526};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_capacity, __pyx_mstate->__pyx_n_u_buf, __pyx_mstate->__pyx_n_u_arr};
+    __pyx_mstate_global->__pyx_codeobj_tab[7] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_trace_direct, __pyx_mstate->__pyx_kp_b_iso88591_A_L_Cy_C_A_C_A_Ja_9Ba_F_Cq_4vRq, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[7])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 502};
-    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
-    __pyx_mstate_global->__pyx_codeobj_tab[8] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_clear_poke, __pyx_mstate->__pyx_kp_b_iso88591_A_AQd_3, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[8])) goto bad;
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 543};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_n, __pyx_mstate->__pyx_n_u_dropped, __pyx_mstate->__pyx_n_u_out};
+    __pyx_mstate_global->__pyx_codeobj_tab[8] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_trace_drain, __pyx_mstate->__pyx_kp_b_iso88591_A_c_Cq_L_4xs_6_d_2U_C_A_C_uCq, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[8])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 569};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 561};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
+    __pyx_mstate_global->__pyx_codeobj_tab[9] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_request_stop, __pyx_mstate->__pyx_kp_b_iso88591_A_AQd, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[9])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 565};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
+    __pyx_mstate_global->__pyx_codeobj_tab[10] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_poke, __pyx_mstate->__pyx_kp_b_iso88591_A_AQd_2, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[10])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 570};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
+    __pyx_mstate_global->__pyx_codeobj_tab[11] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_clear_poke, __pyx_mstate->__pyx_kp_b_iso88591_A_AQd_3, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[11])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 637};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_i};
-    __pyx_mstate_global->__pyx_codeobj_tab[9] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_direct_counts, __pyx_mstate->__pyx_kp_b_iso88591_A_q_4s_D_U_5_4s_XYYZ, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[9])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[12] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_direct_counts, __pyx_mstate->__pyx_kp_b_iso88591_A_q_4s_D_U_5_4s_XYYZ, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[12])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 601};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 669};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_handler};
-    __pyx_mstate_global->__pyx_codeobj_tab[10] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_set_hcall_handler, __pyx_mstate->__pyx_kp_b_iso88591_A_L_a_83a_q_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[10])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[13] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_set_hcall_handler, __pyx_mstate->__pyx_kp_b_iso88591_A_L_a_83a_q_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[13])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 619};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 687};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_i};
-    __pyx_mstate_global->__pyx_codeobj_tab[11] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_hcall_counts, __pyx_mstate->__pyx_kp_b_iso88591_A_q_4s_q_4uE_c_S_UVVW, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[11])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[14] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_hcall_counts, __pyx_mstate->__pyx_kp_b_iso88591_A_q_4s_q_4uE_c_S_UVVW, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[14])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 624};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 692};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_i};
-    __pyx_mstate_global->__pyx_codeobj_tab[12] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_reflect_counts, __pyx_mstate->__pyx_kp_b_iso88591_A_q_4s_T_e1D_4s_YZZ, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[12])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[15] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_reflect_counts, __pyx_mstate->__pyx_kp_b_iso88591_A_q_4s_T_e1D_4s_YZZ, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[15])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 629};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 697};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_i};
-    __pyx_mstate_global->__pyx_codeobj_tab[13] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_stop_counts, __pyx_mstate->__pyx_kp_b_iso88591_A_q_q_D_6_T_e1Cq_TQTTZZ, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[13])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[16] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_stop_counts, __pyx_mstate->__pyx_kp_b_iso88591_A_q_q_D_6_T_e1Cq_TQTTZZ, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[16])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
-    __pyx_mstate_global->__pyx_codeobj_tab[14] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_reduce_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[14])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[17] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_reduce_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[17])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 3};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_pyx_state};
-    __pyx_mstate_global->__pyx_codeobj_tab[15] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[15])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[18] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[18])) goto bad;
   }
   Py_DECREF(tuple_dedup_map);
   return 0;
@@ -35393,6 +36610,168 @@ __pyx_return_false:
     return 0;
 }
 
+/* PyNumberBinop */
+#if !(CYTHON_COMPILING_IN_PYPY || CYTHON_COMPILING_IN_GRAAL || CYTHON_COMPILING_IN_LIMITED_API)
+#if CYTHON_USE_TYPE_SLOTS || __PYX_LIMITED_VERSION_HEX >= 0x030A0000
+#ifndef __Pyx_DEFINED_BinopTypeError
+#define __Pyx_DEFINED_BinopTypeError
+static void __Pyx_BinopTypeError(PyObject *op1, PyObject *op2, const char* op, int inplace) {
+    char opname[4] = {op[0], op[1], 0, 0};
+    if (inplace) {
+        opname[op[1] ? 2 : 1] = '=';
+    }
+    __Pyx_RaiseErrorWithObjectTypes1(
+        PyExc_TypeError,
+        "unsupported operand type(s) for %.3s: '" __Pyx_FMT_TYPENAME "' and '" __Pyx_FMT_TYPENAME "'",
+        opname, op1, op2);
+}
+#endif
+#endif
+#ifndef __Pyx_DEFINED_PyNumber_And_xint_int
+#define __Pyx_DEFINED_PyNumber_And_xint_int
+static PyObject* __Pyx_PyNumber_And_xint_int(PyObject *op1, PyObject *op2, int inplace) {
+    #if CYTHON_USE_TYPE_SLOTS || __PYX_LIMITED_VERSION_HEX >= 0x030A0000
+    {
+        PyTypeObject *type_op2 = Py_TYPE(op2);
+        binaryfunc slot_func = __Pyx_PyType_GetSubSlot(type_op2, tp_as_number, nb_and, binaryfunc);
+        if (likely(slot_func)) {
+            PyObject *result = slot_func(op1, op2);
+            if (likely(result != Py_NotImplemented)) {
+                return result;
+            }
+            Py_DECREF(result);
+        }
+        __Pyx_BinopTypeError(op1, op2, "&", inplace);
+        return NULL;
+    }
+    #else
+    return (inplace) ? PyNumber_InPlaceAnd(op1, op2) : PyNumber_And(op1, op2);
+    #endif
+}
+#endif
+static CYTHON_INLINE PyObject* __Pyx__PyNumber_And_int_int(PyObject *op1, PyObject *op2, int inplace) {
+    if (likely(op1 != Py_None)) {
+        if (likely(op2 != Py_None)) {
+            #if CYTHON_USE_PYLONG_INTERNALS
+            if (__Pyx_PyLong_IsCompact(op1)) {
+                Py_ssize_t int_op1 = __Pyx_PyLong_CompactValue(op1);
+                if (int_op1 == 0) return __Pyx_NewRef(op1);
+                if (__Pyx_PyLong_IsCompact(op2)) {
+                    Py_ssize_t int_op2 = __Pyx_PyLong_CompactValue(op2);
+                    if (int_op2 == 0) return __Pyx_NewRef(op2);
+                    return PyLong_FromSsize_t(int_op1 & int_op2);
+                }
+            }
+            else if (__Pyx_PyLong_IsZero(op2)) return __Pyx_NewRef(op2);
+            #endif
+            binaryfunc slot_func = __Pyx_PyType_GetSubSlot(&PyLong_Type, tp_as_number, nb_and, binaryfunc);
+            if (likely(slot_func)) {
+                return slot_func(op1, op2);
+            }
+        }
+        return __Pyx_PyNumber_And_xint_int(op1, op2, inplace);
+    }
+    return (inplace) ? PyNumber_InPlaceAnd(op1, op2) : PyNumber_And(op1, op2);
+}
+#endif
+
+/* PyObjectVectorcallKwds */
+#if CYTHON_VECTORCALL
+CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject *kwnames, Py_ssize_t i) {
+    PyObject *key = __Pyx_PyTuple_GET_ITEM(kwnames, i);
+#if !CYTHON_ASSUME_SAFE_MACROS
+    if (unlikely(!key)) return -1;
+#endif
+    if (unlikely(!PyUnicode_Check(key))) {
+        PyErr_SetString(PyExc_TypeError, "keywords must be strings");
+        return -1;
+    }
+    return 0;
+}
+#else
+CYTHON_UNUSED static PyObject *__Pyx_MakeKwargDict(PyObject **keys, PyObject **values, Py_ssize_t n) {
+    PyObject *out = PyDict_New();
+    if (unlikely(!out)) return NULL;
+    for (Py_ssize_t i=0; i<n; ++i) {
+        if (unlikely(PyDict_SetItem(out, keys[i], values[i]) < 0)) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject **kwnames, Py_ssize_t i) {
+    PyObject *key = kwnames[i];
+    if (unlikely(!PyUnicode_Check(key))) {
+        PyErr_SetString(PyExc_TypeError, "keywords must be strings");
+        return -1;
+    }
+    return 0;
+}
+#endif
+
+/* SliceObject */
+static CYTHON_INLINE PyObject* __Pyx_PyObject_GetSlice(PyObject* obj,
+        Py_ssize_t cstart, Py_ssize_t cstop,
+        PyObject** _py_start, PyObject** _py_stop, PyObject** _py_slice,
+        int has_cstart, int has_cstop, CYTHON_UNUSED int wraparound) {
+#if CYTHON_USE_TYPE_SLOTS
+    PyMappingMethods* mp = Py_TYPE(obj)->tp_as_mapping;
+    if (likely(mp && mp->mp_subscript))
+#else
+    if ((1))
+#endif
+    {
+        PyObject* result;
+        PyObject *py_slice, *py_start, *py_stop;
+        if (_py_slice) {
+            py_slice = *_py_slice;
+        } else {
+            PyObject* owned_start = NULL;
+            PyObject* owned_stop = NULL;
+            if (_py_start) {
+                py_start = *_py_start;
+            } else {
+                if (has_cstart) {
+                    owned_start = py_start = PyLong_FromSsize_t(cstart);
+                    if (unlikely(!py_start)) goto bad;
+                } else
+                    py_start = Py_None;
+            }
+            if (_py_stop) {
+                py_stop = *_py_stop;
+            } else {
+                if (has_cstop) {
+                    owned_stop = py_stop = PyLong_FromSsize_t(cstop);
+                    if (unlikely(!py_stop)) {
+                        Py_XDECREF(owned_start);
+                        goto bad;
+                    }
+                } else
+                    py_stop = Py_None;
+            }
+            py_slice = PySlice_New(py_start, py_stop, Py_None);
+            Py_XDECREF(owned_start);
+            Py_XDECREF(owned_stop);
+            if (unlikely(!py_slice)) goto bad;
+        }
+#if CYTHON_USE_TYPE_SLOTS
+        result = mp->mp_subscript(obj, py_slice);
+#else
+        result = PyObject_GetItem(obj, py_slice);
+#endif
+        if (!_py_slice) {
+            Py_DECREF(py_slice);
+        }
+        return result;
+    } else {
+        __Pyx_RaiseTypeErrorWithObjectType(
+            "'" __Pyx_FMT_TYPENAME "' object is unsliceable", obj);
+    }
+bad:
+    return NULL;
+}
+
 /* CIntToPyUnicode */
 static CYTHON_INLINE PyObject* __Pyx_uchar___Pyx_PyUnicode_From_uint64_t(uint64_t value, Py_ssize_t width, char padding_char) {
 #ifdef __Pyx_HAS_GCC_DIAGNOSTIC
@@ -39197,6 +40576,29 @@ __pyx_fail:
     return result;
 }
 
+/* ObjectToMemviewSlice */
+static CYTHON_INLINE __Pyx_memviewslice __Pyx_PyObject_to_MemoryviewSlice_d_dc_nn_uint64_t(PyObject *obj, int writable_flag) {
+    __Pyx_memviewslice result = __Pyx_MEMSLICE_INIT;
+    __Pyx_BufFmt_StackElem stack[1];
+    int axes_specs[] = { (__Pyx_MEMVIEW_DIRECT | __Pyx_MEMVIEW_FOLLOW), (__Pyx_MEMVIEW_DIRECT | __Pyx_MEMVIEW_CONTIG) };
+    int retcode;
+    if (obj == Py_None) {
+        result.memview = (struct __pyx_memoryview_obj *) Py_None;
+        return result;
+    }
+    retcode = __Pyx_ValidateAndInit_memviewslice(axes_specs, __Pyx_IS_C_CONTIG,
+                                                 (PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) | writable_flag, 2,
+                                                 &__Pyx_TypeInfo_nn_uint64_t, stack,
+                                                 &result, obj);
+    if (unlikely(retcode == -1))
+        goto __pyx_fail;
+    return result;
+__pyx_fail:
+    result.memview = NULL;
+    result.data = NULL;
+    return result;
+}
+
 /* MemviewSliceCopy */
 static __Pyx_memviewslice
 __pyx_memoryview_copy_new_contig(const __Pyx_memviewslice *from_mvs,
@@ -39266,41 +40668,6 @@ no_fail:
     __Pyx_RefNannyFinishContext();
     return new_mvs;
 }
-
-/* PyObjectVectorcallKwds (used by PyObjectVectorcallMethodKwds) */
-#if CYTHON_VECTORCALL
-CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject *kwnames, Py_ssize_t i) {
-    PyObject *key = __Pyx_PyTuple_GET_ITEM(kwnames, i);
-#if !CYTHON_ASSUME_SAFE_MACROS
-    if (unlikely(!key)) return -1;
-#endif
-    if (unlikely(!PyUnicode_Check(key))) {
-        PyErr_SetString(PyExc_TypeError, "keywords must be strings");
-        return -1;
-    }
-    return 0;
-}
-#else
-CYTHON_UNUSED static PyObject *__Pyx_MakeKwargDict(PyObject **keys, PyObject **values, Py_ssize_t n) {
-    PyObject *out = PyDict_New();
-    if (unlikely(!out)) return NULL;
-    for (Py_ssize_t i=0; i<n; ++i) {
-        if (unlikely(PyDict_SetItem(out, keys[i], values[i]) < 0)) {
-            Py_DECREF(out);
-            return NULL;
-        }
-    }
-    return out;
-}
-CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject **kwnames, Py_ssize_t i) {
-    PyObject *key = kwnames[i];
-    if (unlikely(!PyUnicode_Check(key))) {
-        PyErr_SetString(PyExc_TypeError, "keywords must be strings");
-        return -1;
-    }
-    return 0;
-}
-#endif
 
 /* PyObjectVectorcallMethodKwds (used by CIntToPy) */
 #if !CYTHON_VECTORCALL

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+import time
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,7 @@ from ..host.hypercalls import HYPERCALLS, HcallArgs
 from ..host.run import Backend
 from . import _uchook
 from .engine import engine_handle, engine_internals, function_addresses, uclib
-from .exits import ExitDecoding
+from .exits import REASON_DIRECT, ExitDecoding
 from .layout import context_layout
 from .paging import ShadowPaging
 from .switcher import CR0_WP, SW_GDT, SW_SIZE, SW_STUBS, SW_UNTIL, Switcher
@@ -88,6 +89,12 @@ class UnicornBackend(ExitDecoding, ShadowPaging, Backend):
         self._reflected_total = 0
         self._hcalls: dict[int, int] = {}
         self._hcalls_total = 0
+        #: What runs each entry instead of ``hooks.run(budget, deadline)``:
+        #: the gdb stub (lguest.unicorn.gdbstub), a recorder or a replayer
+        #: (lguest.host.record), or None.
+        self.runner: Any = None
+        #: A lguest.host.trace.Timeline the direct traps the hook records go to, or None.
+        self.timeline: Any = None
         self.hooks: Any = None
         self._enter_switcher(uc, cpu)
         self.hooks = self._native_hooks(uc, cpu, native_direct)
@@ -169,18 +176,28 @@ class UnicornBackend(ExitDecoding, ShadowPaging, Backend):
         self.switcher.set_stack(cpu.esp1, cpu.ss1)
         hooks.set_guest_data(g.lguest_data, g.noirq_start, g.noirq_end)
         stats = self.stats
-        # Work done in the hook is counted into the run's Stats afterwards;
-        # without Stats, or with a trace (which records every event with
-        # its eip), every trap and hypercall stops the emulator as before.
-        fast = stats is not None and stats.trace is None and self.native_direct
+        runner = self.runner
+        # Work done in the hook is counted into the run's Stats afterwards.
+        # Without Stats, with a trace or a timeline (which record every
+        # event the run loop sees), or under a runner (gdb's stops, a
+        # recording's or a replay's inputs, placed at the stops this path
+        # makes), every trap and hypercall stops the emulator as before.
+        fast = (stats is not None and stats.trace is None and self.native_direct
+                and runner is None and self.timeline is None)
         hooks.reflect_mask = REFLECT_MASK if fast else 0
         hooks.hcall_mask = HCALL_MASK if fast else 0
+        budget = self._budget()
         try:
-            err = hooks.run(self._budget(), self.deadline_ns)
+            if runner is None:
+                err = hooks.run(budget, self.deadline_ns)
+            else:  # gdb's stops, a recording's or a replay's inputs, under the same budget
+                err = runner.execute(hooks, budget, self.deadline_ns)
         finally:
             if hooks.reflect_total != self._reflected_total or hooks.hcall_total != self._hcalls_total:
                 self._count_native(stats)
-            self._advance_clock()
+        if self.timeline is not None:
+            self._drain_timeline(cpu, idt, g.clock)  # before the clock advances
+        self._advance_clock()
         self._exit(cpu, idt, hooks.reason, err)
 
     def _budget(self) -> int:
@@ -229,6 +246,35 @@ class UnicornBackend(ExitDecoding, ShadowPaging, Backend):
             if d:
                 stats.hypercalls_many(n, d)
         self._hcalls, self._hcalls_total = counts, hooks.hcall_total
+
+    def _drain_timeline(self, cpu: Any, idt: np.ndarray, clock: Any) -> None:
+        """The direct traps the hook recorded during this entry, onto the
+        timeline (before the clock advances: a trap's guest time is the
+        clock's now plus the blocks run up to it); a direct trap left to the
+        Python path (the pure-Python core) is added here, before ``_exit``
+        delivers it."""
+        hooks = self.hooks
+        rows, dropped = hooks.trace_drain()
+        timeline = self.timeline
+        timeline.direct_dropped += dropped
+        if self.virtual:
+            now, start = clock.now_ns(), self._last_blocks
+            ns = self.ns_per_block
+
+            def to_ns(blocks: Any, _mono: Any) -> Any:
+                return now + (blocks - start) * ns
+        else:
+            t0 = self.timeline_t0
+
+            def to_ns(_blocks: Any, mono: Any) -> Any:
+                return mono - t0
+        if rows is not None and len(rows):
+            timeline.add_direct(rows, to_ns)
+        if hooks.reason == REASON_DIRECT and hooks.trapnum < IDT_ENTRIES:
+            n = hooks.trapnum
+            row = [hooks.blocks, time.monotonic_ns(), int(cpu.regs.eip),
+                   n | (int(cpu.regs.cs) & 3) << 8 | ((int(idt[n, 0]) >> 16) & 3) << 16]
+            timeline.add_direct(np.array([row], dtype=np.uint64), to_ns)
 
     def code_changed(self, cpu: Any, gpa: int, length: int) -> None:
         """The vmcall patch: drop Unicorn's translations of those bytes."""
