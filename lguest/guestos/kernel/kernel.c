@@ -1321,7 +1321,7 @@ static s32 put_timespec(u32 uaddr, u64 ns, int wide)
 static u64 clock_ns(u32 clk)
 {
     u64 t = now_ns();
-    return clk == 0 || clk == 8 || clk == 11 ? t + (u64)boot->epoch_sec * 1000000000ull : t;
+    return clk == 0 || clk == 5 || clk == 8 || clk == 11 ? t + (u64)boot->epoch_sec * 1000000000ull : t;
 }
 
 static s32 do_nanosleep(u32 req, u32 rem, int wide)
