@@ -130,7 +130,8 @@ def add_exec_parser(sub: Any) -> None:
     exe.add_argument("--clock", choices=("virtual", "wall"), default="virtual",
                      help="virtual (repeatable, default) or wall-clock time")
     exe.add_argument("--syscall-vector", type=parse_vector, default=None, metavar="N",
-                     help="also take system calls at int $N (0x80 always works; default $LGUEST_SYSCALL_VECTOR or 0x80)")
+                     help="also take system calls at int $N (0x80 always works; "
+                     "default $LGUEST_SYSCALL_VECTOR or 0x80)")
     exe.add_argument("--timeout", type=float, default=None, metavar="S", help="stop after S seconds (exit 124)")
     exe.add_argument("--stats", action="store_true",
                      help="on stderr at exit: system calls by name, direct vs reflected traps, hypercalls")

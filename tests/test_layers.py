@@ -2,6 +2,7 @@
 
     top      lguest (the facade __init__), lguest.cli, lguest.__main__
     shims    lguest.run, lguest.launcher: old public paths, re-exports of lguest.host
+    guestos  lguest.guestos.*: lguest exec (a guest kernel for real programs, on Unicorn)
     unicorn  lguest.unicorn.*, and its native hook lguest._uchook
     host     lguest.host.*: the control plane
     core     everything else at lguest/ top: both cores (_core, fallback),
@@ -26,7 +27,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "lguest"
 
-LAYERS = ["core", "host", "unicorn", "shims", "top"]
+LAYERS = ["core", "host", "unicorn", "guestos", "shims", "top"]
 _SHIMS = {"lguest.run", "lguest.launcher"}
 _TOP = {"lguest", "lguest.cli", "lguest.__main__"}
 _UNICORN_NATIVE = {"lguest._uchook"}  # compiled, still at lguest/ top; part of the backend
@@ -37,6 +38,8 @@ def layer_of(module: str) -> str:
         return "top"
     if module in _SHIMS:
         return "shims"
+    if module.startswith("lguest.guestos"):
+        return "guestos"
     if module.startswith("lguest.unicorn") or module in _UNICORN_NATIVE:
         return "unicorn"
     if module.startswith("lguest.host"):

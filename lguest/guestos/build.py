@@ -70,7 +70,8 @@ def kernel_path() -> Path:
             raise KernelUnavailable(f"LGUEST_KERNEL={env}: no such file")
         return p
     packaged = HERE / KERNEL_NAME
-    if packaged.is_file() and packaged.stat().st_mtime >= max(s.stat().st_mtime for s in SOURCES.iterdir()):
+    stamp = HERE / "lguest-kernel.hash"
+    if packaged.is_file() and stamp.is_file() and stamp.read_text().strip() == source_hash():
         return packaged
     cached = cache_dir() / KERNEL_NAME
     if cached.is_file():

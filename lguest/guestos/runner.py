@@ -164,7 +164,7 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
                 stdout: Callable[[bytes], None] | None = None, stderr: Callable[[bytes], None] | None = None,
                 export: str | os.PathLike[str] | None = None, seed: int = 0,
                 tty: tuple[bool, bool, bool] = (False, False, False),
-                tty_size: tuple[int, int] = (24, 80)) -> ExecResult:
+                tty_size: tuple[int, int] = (24, 80), core: Any = None) -> ExecResult:
     """Run ``program`` (a path inside ``root``; without a root, a host file)
     with ``args`` under the guest kernel and return an :class:`ExecResult`.
 
@@ -172,7 +172,8 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
     the result when they are None.  ``stdin``: bytes, a file or fd, or None
     (empty).  ``export``: write the final tree (the root as the program left
     it) to that host directory.  lguest's own failures raise no exception:
-    the result carries one of the EXIT_* codes and a ``message``.
+    the result carries one of the EXIT_* codes and a ``message``.  ``core``:
+    the core to build the guest with (a name or module; default the active one).
     """
     out_buf, err_buf = bytearray(), bytearray()
     out_sink = stdout if stdout is not None else out_buf.extend
@@ -218,7 +219,7 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
         err_sink(chunk)
 
     lg = UnicornLauncher(memory=memory, syscall_vector=syscall_vector, page_offset=L.PAGE_OFFSET,
-                         clock=clock, console=console, console_limit=4096)
+                         clock=clock, console=console, console_limit=4096, core=core)
     with lg:
         mem = lg.memory
         mem.write(L.BOOTINFO_PA, boot)

@@ -452,6 +452,7 @@ struct inode {
     struct inode *parent, *child, *next;
     u8 *data;
     u32 size, cap;              /* cap 0: data lies in the boot image (copy on write) */
+    u32 synthetic;              /* made by the kernel (/dev, /tmp), not from the image */
 };
 
 #define MAX_INODES 16384
@@ -554,6 +555,7 @@ static void fs_init(void)
         {"null", DEV_NULL}, {"zero", DEV_ZERO}, {"urandom", DEV_URANDOM}, {"random", DEV_URANDOM},
         {"stdin", DEV_STDIN}, {"stdout", DEV_STDOUT}, {"stderr", DEV_STDERR}, {"tty", DEV_TTY},
     };
+    int had_dev = dir_find(root, "dev", 3) != NULL, had_tmp = dir_find(root, "tmp", 3) != NULL;
     struct inode *dev = mkdir_p("dev", 3);
     for (u32 i = 0; dev && i < sizeof devs / sizeof devs[0]; i++) {
         u32 l = kstrlen(devs[i].name);
@@ -565,7 +567,9 @@ static void fs_init(void)
             n->rdev = devs[i].dev == DEV_NULL ? 0x103 : devs[i].dev == DEV_ZERO ? 0x105 : 0x109;
         }
     }
-    mkdir_p("tmp", 3);
+    struct inode *tmp = mkdir_p("tmp", 3);
+    if (dev && !had_dev) dev->synthetic = 1;
+    if (tmp && !had_tmp) tmp->synthetic = 1;
 }
 
 /* Path lookup.  follow: follow a symlink in the last component.  Returns 0
@@ -945,10 +949,21 @@ static void ex_entry(const char *name, u32 namelen, u32 mode, u32 ino, u32 mtime
     ex_put(zero, (4 - size % 4) % 4);
 }
 
+/* Exported: all but devices, and the kernel's own directories only when
+ * the program left something in them. */
+static int exportable(struct inode *n)
+{
+    if (n->dev) return 0;
+    if (!n->synthetic) return 1;
+    for (struct inode *c = n->child; c; c = c->next)
+        if (exportable(c)) return 1;
+    return 0;
+}
+
 static void ex_tree(struct inode *d, char *path, u32 plen)
 {
     for (struct inode *c = d->child; c; c = c->next) {
-        if (c->dev || plen + c->namelen + 2 > 4096) continue;
+        if (!exportable(c) || plen + c->namelen + 2 > 4096) continue;
         u32 l = plen;
         if (l) path[l++] = '/';
         memcpy(path + l, c->name, c->namelen);
@@ -1552,7 +1567,7 @@ static s32 sys(struct regs *r)
         return 0;
     }
     case 258: return 1;                                         /* set_tid_address */
-    case 311: return c == 12 ? 0 : -EINVAL;                     /* set_robust_list */
+    case 311: return b == 12 ? 0 : -EINVAL;                     /* set_robust_list */
     case 386:                                                   /* rseq: registered, never preempted */
         if (c & 1) return 0;
         if (b < 32 || !user_ok(a, 32, 1)) return -EINVAL;
