@@ -16,7 +16,6 @@ def main() -> int:
 
     rootfs, program, *args = sys.argv[1:]
     ql = Qiling([rootfs + program, *args], rootfs, verbose=QL_VERBOSE.DISABLED)
-    ql.os.cwd = "/"  # hmm: the default is already /
     ql.run()
     return int(getattr(ql.os, "exit_code", 0) or 0)
 

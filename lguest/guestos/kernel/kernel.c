@@ -1756,12 +1756,22 @@ void __attribute__((noreturn)) kmain(void)
     rng_state = ((u64)boot->seed_hi << 32) | boot->seed_lo;
 
     /* our page tables: all RAM at PAGE_OFFSET, kernel only */
-    for (u32 pa = 0; pa < boot->mem_size; pa += PAGE_SIZE) {
-        u32 *pte = pte_of(PAGE_OFFSET + pa, 1);
-        if (!pte) panic("no memory for the kernel's page tables", pa);
-        *pte = pa | PTE_P | PTE_W;
+    /* one page table per 4 MiB, filled 8 entries a loop turn: every loop
+     * turn is an emulator block, and this runs once per MiB of RAM x 256 */
+    for (u32 pa = 0; pa < boot->mem_size; pa += 1024 * PAGE_SIZE) {
+        u32 tpa = alloc_page();
+        if (!tpa) panic("no memory for the kernel's page tables", pa);
+        u32 *pt = __va(tpa), e = pa | PTE_P | PTE_W, end = boot->mem_size - pa;
+        u32 n = end >= 1024 * PAGE_SIZE ? 1024 : end / PAGE_SIZE;
+        u32 i = 0;
+        for (; i + 8 <= n; i += 8, e += 8 * PAGE_SIZE) {
+            pt[i] = e; pt[i + 1] = e + PAGE_SIZE; pt[i + 2] = e + 2 * PAGE_SIZE; pt[i + 3] = e + 3 * PAGE_SIZE;
+            pt[i + 4] = e + 4 * PAGE_SIZE; pt[i + 5] = e + 5 * PAGE_SIZE; pt[i + 6] = e + 6 * PAGE_SIZE;
+            pt[i + 7] = e + 7 * PAGE_SIZE;
+        }
+        for (; i < n; i++, e += PAGE_SIZE) pt[i] = e;
+        pgdir[(PAGE_OFFSET + pa) >> 22] = tpa | PTE_P | PTE_W;   /* kernel only: no PTE_U */
     }
-    for (u32 i = PAGE_OFFSET >> 22; i < 1024; i++) pgdir[i] &= ~PTE_U;
     hcall(LHCALL_NEW_PGTABLE, __pa(pgdir), 0, 0);
 
     fs_init();
