@@ -113,7 +113,7 @@ def run_both(name: str, progs: dict[str, Path], tmp_path: Path, native: bool, co
     return result, nat
 
 
-@pytest.mark.parametrize("name", ["files", "mem", "proc", "time"])
+@pytest.mark.parametrize("name", ["files", "mem", "proc", "time", "badptr"])
 def test_syscall_family_matches_native(name: str, progs: dict[str, Path], native_i386: bool, tmp_path: Path,
                                        core: object) -> None:
     result, nat = run_both(name, progs, tmp_path, native_i386, core=core)
@@ -234,3 +234,30 @@ def test_cpio_round_trip_and_refusals(tmp_path: Path) -> None:
     assert not Path("/tmp/pwned").exists()
     with pytest.raises(ValueError):
         unpack_tree(_entry("../up", 0o100644, 0, 0, 2) + trailer, tmp_path / "dst3")
+
+
+def test_console_device_distrusts_the_guest_counters() -> None:
+    """A guest that claims 4 GiB in its stdout ring, or asks for 1 GiB of
+    stdin: the host drains one ring's worth and reads at most the ring's room."""
+    import struct
+
+    from lguest.guestos import layout as L
+    from lguest.guestos.runner import _Console
+    from lguest.memory import GuestMemory
+
+    with GuestMemory(1 << 20) as mem:
+        out: list[bytes] = []
+        asked: list[int] = []
+
+        def stdin(n: int) -> bytes:
+            asked.append(n)
+            return b"x" * n
+
+        cons = _Console(mem, out.append, out.append, stdin)
+        mem.write(L.CONS_PA + L.CONS["out_head0"], struct.pack("<I", 0xFFFF_FFF0))
+        mem.write(L.CONS_PA + L.CONS["out_tail0"], struct.pack("<I", 0))
+        mem.write(L.CONS_PA + L.CONS["in_want"], struct.pack("<I", 1 << 30))
+        cons(L.CONS_PA)
+        assert [len(c) for c in out] == [L.RING_SIZE]
+        assert asked == [L.RING_SIZE]
+        assert struct.unpack_from("<I", mem.read(L.CONS_PA + L.CONS["in_head"], 4))[0] == L.RING_SIZE
