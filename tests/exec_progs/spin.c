@@ -1,2 +1,9 @@
-/* Never ends: for --timeout. */
-void _start(void) { for (;;) __asm__ volatile(""); }
+/* Says it runs, then never ends: for --timeout and the signal tests. */
+#include "sys.h"
+
+void _start(void)
+{
+    out("spinning\n");
+    for (;;)
+        __asm__ volatile("");
+}

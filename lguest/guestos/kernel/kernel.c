@@ -159,12 +159,18 @@ static u64 now_ns(void)
     return (u64)s * 1000000000ull + ns;
 }
 
+static int cur_stream = -1;     /* the stream with bytes not yet flushed, if any */
+
+/* The tick: re-arm, and hand the host whatever output waits in the rings, so
+ * batching delays a line by at most a tick (a program that prints and then
+ * computes for a minute shows its line at once).  cur_stream stays: a write
+ * this interrupted finishes into a ring the next flush drains in order. */
 void do_timer(void)
 {
     hcall(LHCALL_SET_CLOCKEVENT, boot->tick_ns, 0, 0);
+    if (cons->out_head[0] != cons->out_tail[0] || cons->out_head[1] != cons->out_tail[1])
+        hcall(LHCALL_NOTIFY, CONS_PA, 0, 0);
 }
-
-static int cur_stream = -1;     /* the stream with bytes not yet flushed, if any */
 
 static void cons_flush(void)
 {
