@@ -263,3 +263,19 @@ def test_console_device_distrusts_the_guest_counters() -> None:
         assert [len(c) for c in out] == [L.RING_SIZE]
         assert asked == [L.RING_SIZE]
         assert struct.unpack_from("<I", mem.read(L.CONS_PA + L.CONS["in_head"], 4))[0] == L.RING_SIZE
+
+
+def test_no_i386_compiler_says_how_to_get_the_kernel(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Where gcc cannot build the kernel, lguest exec fails with 125 and says what to install."""
+    from lguest.guestos import build
+
+    monkeypatch.delenv("LGUEST_KERNEL", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-gcc"))
+    monkeypatch.setattr(build, "HERE", tmp_path)  # no packaged kernel either
+    with pytest.raises(KernelUnavailable, match="gcc"):
+        build.kernel_path()
+    r = run_program("/bin/true")
+    assert r.status == EXIT_LGUEST and "-m32" in r.message and "LGUEST_KERNEL" in r.message
+    monkeypatch.setenv("LGUEST_KERNEL", str(tmp_path / "missing.elf"))
+    assert "no such file" in run_program("/bin/true").message
