@@ -6,7 +6,7 @@ owns the timers of every CPU that uses it:
 
 * :class:`SystemClock` keeps the armed expiries in a heap serviced by *one*
   daemon thread (a timer wheel, not a thread per event).
-* ``lguest._core.NativeClock`` (compiled core only, and its default) does
+* ``lguest._clock.NativeClock`` (``lguest.NativeClock``; compiled core only, and its default) does
   the same in C: one native thread, no GIL, atomic bit sets, fast enough
   for a 100 kHz clock.
 * :class:`VirtualClock` has no thread: time only moves in :meth:`advance`,

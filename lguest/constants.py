@@ -125,6 +125,20 @@ ERESTART = 85
 
 U32 = 0xFFFFFFFF
 
+
+# --- the direct-trap rule (lg_direct_trap in lguest/include/lguest/abi.h, which
+# the compiled core uses; tests/test_abi_header.py checks that they agree) ---
+def is_direct_trap(num: int, syscall_vector: int) -> bool:
+    """May trap ``num`` go straight to the guest's handler, without the host?
+
+    Not external interrupts, except a system-call vector (Linux's 0x80 or
+    the host's ``syscall_vector``); not #PF, #GP, #NM or #UD, which the host
+    must see; never the hypercall trap.  ``num`` is an already checked u32."""
+    if num >= FIRST_EXTERNAL_VECTOR and num != SYSCALL_VECTOR and num != syscall_vector:
+        return False
+    return num not in (14, 13, 7, 6, LGUEST_TRAP_ENTRY)
+
+
 # The vectors the host kernel itself owns at boot (ABI.md §1, recommended
 # model for i386 SMP with a local APIC and thermal monitoring), and who owns
 # them, for `lguest vectors`.
@@ -144,3 +158,6 @@ HOST_VECTOR_OWNERS: dict[int, str] = {
 }
 # Per-CPU vectors: every CPU maps 0x30-0x3F to the legacy IRQs 0-15 at boot.
 HOST_PERCPU_VECTORS = range(0x30, 0x40)
+
+# ``from lguest.constants import *`` (lguest/__init__.py) exports the numbers only.
+__all__ = [name for name in dir() if name.isupper() and not name.startswith("_")]

@@ -53,6 +53,7 @@ from .constants import (
     SWITCHER_ADDR,
     SYSCALL_VECTOR,
     X86_EFLAGS_IF,
+    is_direct_trap,
 )
 from .validate import as_defaults as _as_defaults
 from .validate import as_idt as _as_idt
@@ -401,9 +402,7 @@ class Guest:
     def direct_trap(self, num: int) -> bool:
         num = _check_u32(num, "num")
         self._check_ready()
-        if num >= FIRST_EXTERNAL_VECTOR and not self.could_be_syscall(num):
-            return False
-        return num not in (14, 13, 7, 6, LGUEST_TRAP_ENTRY)
+        return is_direct_trap(num, self.syscall_vector)
 
     def new_cpu(self) -> Cpu:
         cpu = Cpu(self, len(self.cpus))

@@ -31,7 +31,7 @@ _mprotect.restype = ctypes.c_int
 
 
 try:  # Python < 3.12 has no __buffer__: the extension lends a C-level one.
-    from ._core import BufferExporter as _Base
+    from ._memory import BufferExporter as _Base
 except ImportError:  # pragma: no cover - only without the extension
     _Base = object
 

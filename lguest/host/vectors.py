@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from ..constants import HOST_PERCPU_VECTORS, HOST_VECTOR_OWNERS, SYSCALL_VECTOR
+from ..constants import HOST_PERCPU_VECTORS, HOST_VECTOR_OWNERS, SYSCALL_VECTOR, is_direct_trap
 from ..cores import load_core
 from ..validate import check_vector, to_u32
 
@@ -181,10 +181,7 @@ class Host:
 
     def direct_trap(self, num: int) -> bool:
         """Could trap ``num`` go straight to the guest without the host?"""
-        num = to_u32(num, "vector")
-        if num >= 0x20 and not self.could_be_syscall(num):
-            return False
-        return num not in (14, 13, 7, 6, 0x1F)
+        return is_direct_trap(to_u32(num, "vector"), self._syscall_vector)
 
     # --- guests ---------------------------------------------------------------
     def new_guest(self, memory: GuestMemory, *, page_offset: int = 0xC0000000, clock: Any = None,

@@ -1,0 +1,560 @@
+/* The native Unicorn hooks of lguest/_uchook.pyx: the C half (see that
+ * module's docstring for what each hook does and why).
+ *
+ * Facts shared with the core -- struct lguest_regs' word order, has_err,
+ * "would maybe_do_interrupt deliver an irq now", the native API table --
+ * come from lguest/abi.h; nothing here re-states them. */
+#ifndef LGUEST_UCHOOK_H
+#define LGUEST_UCHOOK_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <string.h>
+#include <time.h>
+
+#include "lguest/abi.h"
+#include "_lgutil.h"
+
+typedef void uh_engine;
+typedef size_t uh_hookh;
+typedef int (*uh_hook_add_t)(uh_engine *, uh_hookh *, int, void *, void *, uint64_t, uint64_t, ...);
+typedef int (*uh_hook_del_t)(uh_engine *, uh_hookh);
+typedef int (*uh_emu_start_t)(uh_engine *, uint64_t, uint64_t, uint64_t, size_t);
+typedef int (*uh_emu_stop_t)(uh_engine *);
+typedef int (*uh_reg_read_t)(uh_engine *, int, void *);
+typedef int (*uh_reg_write_t)(uh_engine *, int, const void *);
+typedef int (*uh_context_io_t)(uh_engine *, void *);
+typedef int (*uh_ctl_t)(uh_engine *, int, ...);
+/* uc_ctl(UC_CTL_WRITE(UC_CTL_TB_FLUSH, 0)): type 10, no arguments, write */
+#define UH_CTL_TB_FLUSH ((10) | (0 << 26) | (1 << 30))
+
+/* qemu segment indices in env->segs[] */
+enum { S_ES, S_CS, S_SS, S_DS, S_FS, S_GS };
+
+/* Why the emulator stopped. */
+enum {
+    UH_NONE = 0,      /* emu_start returned on its own (until reached, error) */
+    UH_TRAP = 1,      /* an exception or int N for the host: trapnum, errcode */
+    UH_SOFT_GP = 2,   /* int N at CPL > gate DPL: becomes #GP(N*8+2) */
+    UH_DIRECT = 3,    /* a direct trap the hook did not deliver (Python does) */
+    UH_SWITCHER = 4,  /* the entry refused the guest's segments (trapnum, errcode) */
+    UH_BADSEG = 5,    /* a direct trap needs a code/stack segment that is unusable */
+    UH_INVALID = 6,   /* #UD (ud2, vmcall) through UC_HOOK_INSN_INVALID */
+    UH_TIMER = 7,     /* the virtual clock's block budget ran out */
+    UH_IRQ = 8,       /* an interrupt the guest would take is pending */
+    UH_BREAK = 9,     /* break-out request */
+    UH_DEADLINE = 10, /* wall-clock deadline or time slice */
+    UH_MEM = 11,      /* unmapped or protected memory */
+    UH_DEAD = 12,     /* the guest was killed during a native delivery */
+    UH_RING0 = 13,    /* the guest at CPL 0 (a backstop: cannot happen) */
+    UH_VM86 = 14,     /* the guest in virtual-8086 mode (see uh_run) */
+    UH_FLUSH = 15     /* internal: the translation cache is nearly full (see uh_on_block) */
+};
+
+#define UH_EFLAGS_TF 0x100u
+#define UH_EFLAGS_NT 0x4000u
+#define UH_EFLAGS_RF 0x10000u
+#define UH_EFLAGS_VM 0x20000u
+/* what a guest keeps of its eflags across an entry: the arithmetic flags,
+ * TF, DF, AC and ID.  IF is always on (the guest's own IF is virtual, in
+ * lguest_data.irq_enabled); IOPL 0, no VM86, no NT. */
+#define UH_EFLAGS_KEEP 0x00240DD5u
+
+#define UH_HF_CPL_MASK 3u
+#define UH_HF_CS32 (1u << 4)
+#define UH_HF_SS32 (1u << 5)
+#define UH_HF_ADDSEG (1u << 6)
+#define UH_HF_INHIBIT_IRQ (1u << 3)
+
+typedef struct {
+    /* libunicorn */
+    uh_engine *uc;
+    uh_hook_add_t hook_add;
+    uh_hook_del_t hook_del;
+    uh_emu_start_t emu_start;
+    uh_emu_stop_t emu_stop;
+    uh_reg_read_t reg_read;
+    uh_reg_write_t reg_write;
+    uh_context_io_t ctx_save;
+    uh_context_io_t ctx_restore;
+    uh_ctl_t ctl;
+    uint8_t *ctx;                /* a whole saved context */
+    uint8_t *ctx_small;          /* one whose size covers registers and segments only */
+    int reg_ids[LG_NUM_REGS];          /* Unicorn register ids in lguest_regs order (-1: none) */
+    int reg_cr2;
+    /* uc_context layout, measured by lguest.unicorn (offsets from the uc_context pointer) */
+    int off_regs, off_eip, off_eflags, off_hflags, off_segs, seg_stride;
+    int off_err, off_isint, off_oldexc;
+    /* the Switcher: host memory mapped at switcher_va */
+    uint8_t *switcher;
+    uint32_t switcher_va, switcher_size;
+    uint32_t *gdt;               /* 32 x {a, b}, inside the Switcher */
+    uint32_t until_va;          /* emu_start's "until": unmapped host address */
+    uint32_t host_cs, host_ss;   /* ring-0 selectors of the Switcher */
+    uint32_t *idt;               /* host IDT (256 x {a, b}) the guest runs with */
+    uint32_t *guest_idt;         /* the guest's own IDT (for the irq check) */
+    /* the core */
+    struct lguest_native_api *api;          /* NULL: direct traps go to Python */
+    uint32_t *regs;              /* cpu.regs.array */
+    uint32_t *pending;           /* the cpu's irqs_pending, or &attention */
+    uint32_t attention;
+    int native_direct;
+    /* guest memory and lguest_data, for "would maybe_do_interrupt deliver?" */
+    uint8_t *mem;
+    uint64_t mem_size;
+    int has_ld;
+    uint32_t ld, noirq_start, noirq_end;
+    /* the translator's bounds (see uh_on_block): fields inside Unicorn */
+    uint32_t *tb_cflags;         /* &cpu->cflags_next_tb */
+    uint8_t **code_gen_ptr;      /* &tcg_ctx->code_gen_ptr */
+    uint8_t **code_gen_highwater;/* &tcg_ctx->code_gen_highwater */
+    uint32_t tb_max_insns;
+    uint64_t tb_guard;           /* flush when fewer bytes than this remain */
+    /* run control */
+    int stop_flag;               /* atomic: break-out */
+    uint64_t blocks;             /* guest blocks executed, ever */
+    uint64_t budget_end;         /* stop when blocks reaches this (0: no budget) */
+    int64_t deadline_ns;         /* CLOCK_MONOTONIC; 0: none */
+    int64_t slice_ns;            /* stop every slice_ns of wall time; 0: never */
+    int64_t slice_end;
+    /* the exit */
+    int reason;
+    uint32_t trapnum, errcode, cr2, is_int;
+    int mem_type;
+    uint64_t mem_addr;
+    int mem_size_access;
+    /* statistics */
+    uint64_t direct_counts[256];
+    uint64_t stops[16];
+    uint64_t intr_hooks;
+    uint64_t io_count;
+} uh_state;
+
+static inline uint64_t uh_ld64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static inline void uh_st64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
+
+static inline void uh_store_int(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+static inline void uh_store_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+
+static void uh_stop(uh_state *st, int reason) {
+    st->reason = reason;
+    if (reason >= 0 && reason < 16) st->stops[reason]++;
+    st->emu_stop(st->uc);
+}
+
+/* Load segment register `seg` of the saved context from the Switcher's
+ * GDT, as the CPU's descriptor load would.  kind: 0 data, 1 code, 2 stack;
+ * the code and stack segments must have DPL == RPL == cpl.  Returns 0, or
+ * -1 if the selector is unusable. */
+static int uh_load_seg(uh_state *st, uint8_t *c, int seg, uint32_t sel, int kind, int cpl) {
+    uint8_t *sc = c + st->off_segs + seg * st->seg_stride;
+    uint32_t idx = (sel & 0xFFFF) >> 3, e1, e2, base, limit, dpl, rpl = sel & 3;
+    if ((sel & 0xFFFC) == 0) {
+        if (kind != 0) return -1;
+        lg_store32(sc, sel & 0xFFFF); uh_st64(sc + 8, 0); lg_store32(sc + 16, 0); lg_store32(sc + 20, 0);
+        return 0;
+    }
+    if ((sel & 4) || idx >= 32) return -1;   /* no LDT; 32 GDT entries */
+    e1 = st->gdt[2 * idx]; e2 = st->gdt[2 * idx + 1];
+    dpl = (e2 >> 13) & 3;
+    if (!(e2 & 0x8000) || !(e2 & 0x1000)) return -1;   /* present, code/data */
+    if (kind == 1) {
+        if (!(e2 & 0x800) || (e2 & 0x400) || dpl != (uint32_t)cpl || rpl != (uint32_t)cpl) return -1;
+    } else if (kind == 2) {
+        if ((e2 & 0x800) || !(e2 & 0x200) || dpl != (uint32_t)cpl || rpl != (uint32_t)cpl) return -1;
+    } else {
+        if ((e2 & 0xA00) == 0x800) return -1;   /* execute-only code */
+        if (!((e2 & 0x800) && (e2 & 0x400)) && (dpl < (uint32_t)cpl || dpl < rpl)) return -1;
+    }
+    base = (e1 >> 16) | ((e2 & 0xFF) << 16) | (e2 & 0xFF000000u);
+    limit = (e1 & 0xFFFF) | (e2 & 0x000F0000u);
+    if (e2 & 0x00800000u) limit = (limit << 12) | 0xFFF;
+    lg_store32(sc, sel & 0xFFFF); uh_st64(sc + 8, base); lg_store32(sc + 16, limit); lg_store32(sc + 20, e2);
+    return 0;
+}
+
+/* hflags after the CS/SS caches changed (cpu_x86_load_seg_cache, 32-bit PE). */
+static void uh_fix_hflags(uh_state *st, uint8_t *c) {
+    uint32_t hf = lg_load32(c + st->off_hflags);
+    uint32_t csf = lg_load32(c + st->off_segs + S_CS * st->seg_stride + 20);
+    uint32_t ssf = lg_load32(c + st->off_segs + S_SS * st->seg_stride + 20);
+    uint64_t bases = uh_ld64(c + st->off_segs + S_DS * st->seg_stride + 8)
+                   | uh_ld64(c + st->off_segs + S_ES * st->seg_stride + 8)
+                   | uh_ld64(c + st->off_segs + S_SS * st->seg_stride + 8);
+    hf &= ~(UH_HF_CPL_MASK | UH_HF_CS32 | UH_HF_SS32 | UH_HF_ADDSEG | UH_HF_INHIBIT_IRQ);
+    hf |= (ssf >> 13) & 3;
+    if (csf & (1u << 22)) hf |= UH_HF_CS32;
+    if (ssf & (1u << 22)) hf |= UH_HF_SS32;
+    if (!(hf & UH_HF_CS32) || bases) hf |= UH_HF_ADDSEG;
+    lg_store32(c + st->off_hflags, hf);
+}
+
+/* Deliver trap `num` through host IDT entry (a, b) to the guest, in C.
+ * 0: done, the context holds the handler's state; else the UH_* reason. */
+static int uh_deliver(uh_state *st, uint8_t *c, uint32_t num, uint32_t a, uint32_t b, int has_err, uint32_t err, int cpl) {
+    struct lguest_native_api *api = st->api;
+    uint32_t *r = api->regs;
+    uint32_t eflags = 0, old_ss, new_cs, new_ss;
+    int new_cpl;
+    st->reg_read(st->uc, st->reg_ids[LG_R_EFLAGS], &eflags);   /* computed flags */
+    r[LG_R_EIP] = (uint32_t)uh_ld64(c + st->off_eip);
+    r[LG_R_ESP] = (uint32_t)uh_ld64(c + st->off_regs + 4 * 8);
+    r[LG_R_CS] = lg_load32(c + st->off_segs + S_CS * st->seg_stride);
+    old_ss = r[LG_R_SS] = lg_load32(c + st->off_segs + S_SS * st->seg_stride);
+    r[LG_R_EFLAGS] = eflags;
+    r[LG_R_ERRCODE] = err;
+    api->set_guest_interrupt(api->cpu, a, b, has_err);
+    if (*api->dead_code) return UH_DEAD;
+    new_cs = r[LG_R_CS]; new_ss = r[LG_R_SS];
+    new_cpl = new_cs & 3;
+    if (uh_load_seg(st, c, S_CS, new_cs, 1, new_cpl) != 0) { st->errcode = new_cs & 0xFFFC; return UH_BADSEG; }
+    if (new_ss != old_ss || new_cpl != cpl) {
+        if (uh_load_seg(st, c, S_SS, new_ss, 2, new_cpl) != 0) { st->errcode = new_ss & 0xFFFC; return UH_BADSEG; }
+    }
+    uh_fix_hflags(st, c);
+    uh_st64(c + st->off_eip, r[LG_R_EIP]);
+    uh_st64(c + st->off_regs + 4 * 8, r[LG_R_ESP]);
+    /* The CPU clears TF, NT, RF (and VM) when it takes an interrupt. */
+    uh_st64(c + st->off_eflags, uh_ld64(c + st->off_eflags) & ~(uint64_t)(UH_EFLAGS_TF | UH_EFLAGS_NT | UH_EFLAGS_RF | UH_EFLAGS_VM));
+    return 0;
+}
+
+/* Record trap `intno` from the saved context `c`: st->trapnum, errcode and
+ * is_int (and cr2 for #PF).  Returns the CPL the trap came from. */
+static int uh_intr_record(uh_state *st, uh_engine *uc, uint8_t *c, uint32_t intno) {
+    int cpl = lg_load32(c + st->off_hflags) & 3;
+    int is_int = intno >= 32 ? 1 : (int)lg_load32(c + st->off_isint) != 0;
+    uint32_t err = (!is_int && lg_has_err(intno)) ? lg_load32(c + st->off_err) : 0;
+    /* Unicorn never clears the exception in flight: without this a second
+     * #GP or #PF would be reported as a double fault. */
+    if (c == st->ctx) lg_store32(c + st->off_oldexc, 0xFFFFFFFFu);
+    st->trapnum = intno; st->errcode = err; st->is_int = is_int;
+    if (intno == 14) {   /* read it now: emu_start's exit path may touch CR2 */
+        uint64_t cr2 = 0; st->reg_read(uc, st->reg_cr2, &cr2); st->cr2 = (uint32_t)cr2;
+    }
+    return cpl;
+}
+
+/* Where the recorded trap goes, without side effects: 0 to deliver it
+ * here (a direct trap), else the UH_* reason to stop the emulator with. */
+static int uh_intr_route(const uh_state *st, uint32_t intno, int cpl) {
+    uint32_t b;
+    if (cpl == 0) return UH_RING0;   /* no host code runs in the emulator: CPL 0 is the guest's */
+    if (intno > 255) return UH_SWITCHER;
+    b = st->idt[2 * intno + 1];
+    /* int N at a gate the caller may not use: #GP(N*8+2) at the int. */
+    if (st->is_int && (int)((b >> 13) & 3) < cpl) return UH_SOFT_GP;
+    if (!lg_host_gate_direct(st->idt[2 * intno], b)) return UH_TRAP;
+    if (!st->native_direct || st->api == NULL) return UH_DIRECT;   /* Python delivers it */
+    return 0;
+}
+
+static void uh_on_intr(uh_engine *uc, uint32_t intno, void *user) {
+    uh_state *st = (uh_state *)user;
+    /* Vectors 32..255 only come from int N: no error code, no exception
+     * in flight, so the registers and segments are all we need (a
+     * 5.5 KiB context copy each way otherwise). */
+    uint8_t *c = intno >= 32 && st->ctx_small ? st->ctx_small : st->ctx;
+    int cpl, reason;
+    st->intr_hooks++;
+    st->ctx_save(uc, c);
+    cpl = uh_intr_record(st, uc, c, intno);
+    reason = uh_intr_route(st, intno, cpl);
+    if (reason == 0) {
+        reason = uh_deliver(st, c, intno, st->idt[2 * intno], st->idt[2 * intno + 1],
+                            !st->is_int && lg_has_err(intno), st->errcode, cpl);
+        if (reason == 0) st->direct_counts[intno]++;
+    }
+    st->ctx_restore(uc, c);   /* the handler's state, or the trap's untouched */
+    if (reason != 0) uh_stop(st, reason);
+}
+
+static int uh_on_invalid(uh_engine *uc, void *user) {
+    uh_state *st = (uh_state *)user;
+    uint8_t *c = st->ctx;
+    st->ctx_save(uc, c);
+    lg_store32(c + st->off_oldexc, 0xFFFFFFFFu);
+    st->ctx_restore(uc, c);
+    st->trapnum = 6; st->errcode = 0; st->is_int = 0;
+    uh_stop(st, UH_INVALID);
+    return 1;   /* "handled": emu_start returns UC_ERR_OK at the stop */
+}
+
+static int uh_on_mem_invalid(uh_engine *uc, int type, uint64_t address, int size, int64_t value, void *user) {
+    uh_state *st = (uh_state *)user;
+    st->mem_type = type; st->mem_addr = address; st->mem_size_access = size;
+    uh_stop(st, UH_MEM);
+    return 0;
+}
+
+/* in/out.  On lguest they #GP (the guest runs with IOPL 0) and the host
+ * emulates them for the guest kernel: reads see all ones, writes vanish
+ * (emulate_insn).  Unicorn performs no I/O permission check and cannot
+ * fault from these hooks, so the hooks give that result directly --
+ * for user mode too, where real hardware would deliver #GP. */
+static uint32_t uh_on_in(uh_engine *uc, uint32_t port, int size, void *user) {
+    uh_state *st = (uh_state *)user;
+    uint32_t eax = 0;
+    st->io_count++;
+    st->reg_read(uc, st->reg_ids[LG_R_EAX], &eax);
+    /* emulate_insn: "in" of a byte ORs 16 ones into eax (sic), wider ones set it all */
+    eax = size == 1 ? (eax | 0xFFFFu) : 0xFFFFFFFFu;
+    st->reg_write(uc, st->reg_ids[LG_R_EAX], &eax);
+    return size == 1 ? 0xFFu : size == 2 ? 0xFFFFu : 0xFFFFFFFFu;
+}
+static void uh_on_out(uh_engine *uc, uint32_t port, int size, uint32_t value, void *user) {
+    ((uh_state *)user)->io_count++;
+}
+
+/* Would lguest's maybe_do_interrupt deliver something at `eip` now?  The
+ * core's own rule (abi.h), on lguest_data read in place: set_guest_data
+ * only records an address whose two words lie inside guest memory.  The
+ * guest runs, so it is not halted. */
+static inline int uh_irq_ready(uh_state *st, uint32_t eip) {
+    uint32_t pend = lg_atomic_load(st->pending);
+    if (!pend) return 0;
+    if (st->api == NULL) return 1;           /* the Python core: any attention */
+    if (!st->has_ld) return 0;
+    return lg_irq_deliverable(pend, lg_load32(st->mem + st->ld + LG_LD_BLOCKED_INTERRUPTS),
+                              lg_load32(st->mem + st->ld + LG_LD_IRQ_ENABLED), 0,
+                              eip, st->noirq_start, st->noirq_end, st->guest_idt);
+}
+
+/* Every block the emulator runs is the guest's (the entry runs no host
+ * code, and no host page is executable), so every block counts toward
+ * the budget and the deadline and sees a break-out.  `address` is the
+ * guest's eip, not a linear address (a guest code segment may have a
+ * base), so it says nothing about the host range.  Guest code at CPL 0
+ * cannot happen (the entry refuses RPL-0 code, load_gdt lets no gate or
+ * TSS of the guest's into the CPU's GDT, and the CPU's own iret and
+ * far-transfer checks keep CPL >= 1); it is checked anyway as a
+ * backstop, at every stop (uh_run, uh_on_intr) and every 1024th block:
+ * a reg_read on every block cost 40% of a tight loop's block rate. */
+static void uh_on_block(uh_engine *uc, uint64_t address, uint32_t size, void *user) {
+    uh_state *st = (uh_state *)user;
+    uint32_t cs = 0;
+    /* Bound the next translation block, before anything else.
+     *
+     * Unicorn 2.1.4's x86 translator leaks TCG temporaries: some
+     * instructions (x87 register forms, fldz, aam, palignr...) allocate
+     * one or two per instruction and never free them, and the pool
+     * (TCGContext.temps[512]) is bounds-checked only in debug builds.
+     * A block of ~230 such instructions -- guest code, 500 bytes --
+     * writes past the pool and crashes the host.  A block stops at 512
+     * instructions or a page, so the pool is the only bound there is.
+     *
+     * cpu->cflags_next_tb is the translator's "use exactly these flags
+     * for the next block" request; its low bits cap the block's
+     * instructions.  The main loop consumes it at each block lookup, and
+     * every block starts with this hook, so storing it here (and in
+     * uh_run before each entry) covers every block the guest makes.  A
+     * block then holds at most tb_max_insns (128) instructions: 51 temps
+     * at the start plus 2 per instruction (the worst of 18,000 encodings
+     * measured, fuzz/tcg_temps.py) is 307 of 512.  The cost: indirect
+     * jumps no longer chain (the chaining lookup uses flags 0), they
+     * return to the main loop, which finds the block in its cache.
+     *
+     * One path bypasses the request: when the code buffer is full the
+     * translator flushes it and restarts the main loop, and the first
+     * block after that is made with flags 0.  So the buffer must never
+     * fill: at most one block is translated between two runs of this
+     * hook, far less than tb_guard bytes, and once fewer than tb_guard
+     * bytes remain the guest stops here (before the block runs) and
+     * uh_run flushes and re-enters it. */
+    *st->tb_cflags = st->tb_max_insns;
+    if (*st->code_gen_ptr + st->tb_guard > *st->code_gen_highwater) { uh_stop(st, UH_FLUSH); return; }
+    if (st->budget_end && st->blocks >= st->budget_end) { uh_stop(st, UH_TIMER); return; }
+    if (__atomic_load_n(&st->stop_flag, __ATOMIC_SEQ_CST)) {
+        __atomic_store_n(&st->stop_flag, 0, __ATOMIC_SEQ_CST);
+        uh_stop(st, UH_BREAK); return;
+    }
+    if (uh_irq_ready(st, (uint32_t)address)) { uh_stop(st, UH_IRQ); return; }
+    /* Sampled: a clock read on every block costs ~10% of a tight loop,
+     * a reg_read ~40%.  The clock is read every 64th block: a block is
+     * translated the first time it runs, which can take ~1 ms for a
+     * page of SSE code (more under load), so 64 fresh blocks stay well
+     * inside run(timeout)'s 0.5 s grace where 1024 did not (~0.3-0.95 s
+     * late).  The CPL backstop stays at every 1024th. */
+    if ((st->blocks & 63) == 0) {
+        if ((st->blocks & 1023) == 0) {
+            st->reg_read(uc, st->reg_ids[LG_R_CS], &cs);
+            if ((cs & 3) == 0) { uh_stop(st, UH_RING0); return; }
+        }
+        if (st->deadline_ns || st->slice_ns) {
+            int64_t now = lg_monotonic_ns();
+            if ((st->deadline_ns && now >= st->deadline_ns) || (st->slice_ns && now >= st->slice_end)) {
+                uh_stop(st, UH_DEADLINE); return;
+            }
+        }
+    }
+    st->blocks++;
+}
+
+/* One segment register of the entry, checked as the Switcher's
+ * `pop %seg` (kind 0, at CPL 0) or its `iretd` (kind 1: CS, kind 2: SS
+ * at `cpl`) would check it, in the same order of tests as Unicorn's
+ * helpers (QEMU's helper_load_seg / helper_ret_protected), so a bad
+ * selector gives the same trap and error code it gave on the real
+ * instructions.  0: loaded into the saved context; else the trap number
+ * (13 #GP, 11 #NP) with st->errcode set. */
+static int uh_entry_seg(uh_state *st, uint8_t *c, int seg, uint32_t sel, int kind, int cpl) {
+    uint8_t *sc = c + st->off_segs + seg * st->seg_stride;
+    uint32_t idx = (sel & 0xFFFF) >> 3, e1, e2, base, limit, dpl, rpl = sel & 3;
+    st->errcode = sel & 0xFFFC;
+    if ((sel & 0xFFFC) == 0) {
+        if (kind != 0) { st->errcode = 0; return 13; }
+        lg_store32(sc, sel & 0xFFFF); uh_st64(sc + 8, 0); lg_store32(sc + 16, 0); lg_store32(sc + 20, 0);
+        return 0;
+    }
+    if ((sel & 4) || idx >= 32) return 13;     /* no LDT; 32 GDT entries */
+    e1 = st->gdt[2 * idx]; e2 = st->gdt[2 * idx + 1];
+    dpl = (e2 >> 13) & 3;
+    if (!(e2 & 0x1000)) return 13;             /* a system descriptor */
+    if (kind == 1) {
+        if (!(e2 & 0x800)) return 13;          /* not code */
+        if (rpl < (uint32_t)cpl) return 13;
+        if (e2 & 0x400) { if (dpl > rpl) return 13; }
+        else if (dpl != rpl) return 13;
+    } else if (kind == 2) {
+        if (rpl != (uint32_t)cpl || (e2 & 0x800) || !(e2 & 0x200) || dpl != rpl) return 13;
+    } else {
+        if ((e2 & 0xA00) == 0x800) return 13;   /* execute-only code */
+        if (!((e2 & 0x800) && (e2 & 0x400)) && (dpl < (uint32_t)cpl || dpl < rpl)) return 13;
+    }
+    if (!(e2 & 0x8000)) return 11;             /* not present (Unicorn: #NP for SS too) */
+    base = (e1 >> 16) | ((e2 & 0xFF) << 16) | (e2 & 0xFF000000u);
+    limit = (e1 & 0xFFFF) | (e2 & 0x000F0000u);
+    if (e2 & 0x00800000u) limit = (limit << 12) | 0xFFF;
+    lg_store32(sc, sel & 0xFFFF); uh_st64(sc + 8, base); lg_store32(sc + 16, limit); lg_store32(sc + 20, e2);
+    st->errcode = 0;
+    return 0;
+}
+
+/* iretd to an outer level nulls the data segments the new CPL may not use. */
+static void uh_validate_seg(uh_state *st, uint8_t *c, int seg, int cpl) {
+    uint8_t *sc = c + st->off_segs + seg * st->seg_stride;
+    uint32_t e2 = lg_load32(sc + 20), dpl = (e2 >> 13) & 3;
+    if ((seg == S_FS || seg == S_GS) && (lg_load32(sc) & 0xFFFC) == 0) return;
+    if ((!(e2 & 0x800) || !(e2 & 0x400)) && dpl < (uint32_t)cpl) {
+        lg_store32(sc, 0); uh_st64(sc + 8, 0); lg_store32(sc + 16, 0); lg_store32(sc + 20, 0);
+    }
+}
+
+/* Steps 1 and 2 of uh_run: load the guest's segments into the saved context
+ * as the Switcher's pops and iretd would, then its registers into the CPU.
+ * 0, or the trap the CPU would have raised (st->errcode set); on a refusal
+ * the CPU state is untouched (c is not restored). */
+static int uh_enter(uh_state *st, uint8_t *c) {
+    static const int data_order[4] = {S_GS, S_FS, S_ES, S_DS};
+    static const int data_reg[4] = {LG_R_GS, LG_R_FS, LG_R_ES, LG_R_DS};
+    uint32_t *r = st->regs;
+    uint32_t v, cs = r[LG_R_CS] & 0xFFFF, ss = r[LG_R_SS] & 0xFFFF;
+    int i, cpl, trap;
+    /* 1. The data segments, as the pops at CPL 0 load them. */
+    for (i = 0; i < 4; i++) {
+        trap = uh_entry_seg(st, c, data_order[i], r[data_reg[i]] & 0xFFFF, 0, 0);
+        if (trap) return trap;
+    }
+    /* 2. CS then SS, as iretd checks them; never CPL 0. */
+    if ((cs & 3) == 0 && (cs & 0xFFFC) != 0) { st->errcode = cs & 0xFFFC; return 13; }
+    trap = uh_entry_seg(st, c, S_CS, cs, 1, 0);
+    if (trap) return trap;
+    cpl = (int)(cs & 3);
+    trap = uh_entry_seg(st, c, S_SS, ss, 2, cpl);
+    if (trap) return trap;
+    for (i = 0; i < 4; i++) uh_validate_seg(st, c, data_order[i], cpl);
+    uh_fix_hflags(st, c);
+    lg_store32(c + st->off_oldexc, 0xFFFFFFFFu);
+    uh_st64(c + st->off_eip, r[LG_R_EIP]);
+    st->ctx_restore(st->uc, c);
+    for (i = LG_R_EAX; i <= LG_R_EBP; i++) st->reg_write(st->uc, st->reg_ids[i], &r[i]);
+    st->reg_write(st->uc, st->reg_ids[LG_R_ESP], &r[LG_R_ESP]);
+    /* what iretd at CPL 0 loads: the guest's flags, IF on, IOPL 0, no NT/VM */
+    v = (r[LG_R_EFLAGS] & UH_EFLAGS_KEEP) | LG_X86_EFLAGS_IF | 2u;
+    st->reg_write(st->uc, st->reg_ids[LG_R_EFLAGS], &v);
+    return 0;
+}
+
+/* Step 3: run from eip until a hook stops the guest, flushing the
+ * translation cache when it nears full (see uh_on_block): the guest stopped
+ * at a block start and resumes there with its state untouched.  Unicorn's
+ * uc_err. */
+static int uh_emulate(uh_state *st, uint32_t eip) {
+    int err;
+    if (*st->code_gen_ptr + st->tb_guard > *st->code_gen_highwater) {
+        st->ctl(st->uc, UH_CTL_TB_FLUSH); st->stops[UH_FLUSH]++;
+    }
+    for (;;) {
+        *st->tb_cflags = st->tb_max_insns;
+        err = st->emu_start(st->uc, eip, st->until_va, 0, 0);
+        if (err || st->reason != UH_FLUSH) return err;
+        st->ctl(st->uc, UH_CTL_TB_FLUSH);       /* counted by uh_stop */
+        st->reason = UH_NONE;
+        st->reg_read(st->uc, st->reg_ids[LG_R_EIP], &eip);
+    }
+}
+
+/* Step 4: the guest's registers at the stop, into st->regs; a stop in
+ * virtual-8086 mode or at CPL 0 is reported as such, whatever stopped it. */
+static void uh_exit_state(uh_state *st) {
+    uint32_t *r = st->regs, v;
+    int i;
+    for (i = 0; i < LG_NUM_REGS; i++) {
+        if (st->reg_ids[i] >= 0) {
+            v = 0; st->reg_read(st->uc, st->reg_ids[i], &v);
+            r[i] = (i >= LG_R_GS && i <= LG_R_ES) || i == LG_R_CS || i == LG_R_SS ? (v & 0xFFFF) : v;
+        }
+    }
+    /* Virtual-8086 mode: Unicorn's iret takes EFLAGS.VM from the popped
+     * image at any CPL (QEMU's helper_ret_protected goes to
+     * return_to_vm86), where the CPU ignores it unless CPL is 0.  The
+     * guest then runs real-mode segments at CPL 3: no privilege, but a
+     * state lguest never supports (and whose cs has no RPL, so it could
+     * pass for CPL 0 below).  CPL 0 itself is impossible (see uh_on_block). */
+    if (r[LG_R_EFLAGS] & UH_EFLAGS_VM) {
+        if (st->reason != UH_VM86) { st->reason = UH_VM86; st->stops[UH_VM86]++; }
+    } else if ((r[LG_R_CS] & 3) == 0 && st->reason != UH_RING0) {
+        st->reason = UH_RING0; st->stops[UH_RING0]++;
+    }
+}
+
+/* Enter the guest at st->regs and run it until a hook stops it.
+ * Returns Unicorn's uc_err.
+ *
+ * The entry is a saved-context patch, not host code: the segment checks
+ * lguest's Switcher left to the CPU (`pop %gs; pop %fs; pop %es;
+ * pop %ds; iretd` from ring 0) are made here, in that order, against the
+ * GDT the CPU uses, and the result is written into the CPU state.  So no
+ * host instruction ever runs inside the emulator and no host byte the
+ * CPU might execute or the guest might read holds a guest value; the
+ * only host page the emulated CPU can reach is the GDT (read-only).
+ * A selector the CPU would have refused stops with UH_SWITCHER and the
+ * trap it would have raised; a code segment of RPL 0 (guest code at
+ * CPL 0) is refused the same way (#GP). */
+static int uh_run(uh_state *st) {
+    uint32_t *r = st->regs;
+    int err = 0, trap;
+    st->reason = UH_NONE;
+    st->trapnum = 256; st->errcode = 0; st->is_int = 0;
+    if (__atomic_load_n(&st->stop_flag, __ATOMIC_SEQ_CST)) {
+        __atomic_store_n(&st->stop_flag, 0, __ATOMIC_SEQ_CST);
+        st->reason = UH_BREAK; st->stops[UH_BREAK]++;
+        return 0;
+    }
+    if (st->slice_ns) st->slice_end = lg_monotonic_ns() + st->slice_ns;
+    st->ctx_save(st->uc, st->ctx);
+    trap = uh_enter(st, st->ctx);
+    if (trap) {
+        /* The guest never ran: its registers and the CPU stay as they were. */
+        st->trapnum = (uint32_t)trap;
+        st->reason = UH_SWITCHER; st->stops[UH_SWITCHER]++;
+    } else {
+        err = uh_emulate(st, r[LG_R_EIP]);
+        uh_exit_state(st);
+    }
+    r[LG_R_TRAPNUM] = st->trapnum;
+    r[LG_R_ERRCODE] = st->errcode;
+    return err;
+}
+
+#endif /* LGUEST_UCHOOK_H */
