@@ -131,14 +131,19 @@ def _stdin_reader(stdin: bytes | BinaryIO | int | None) -> Callable[[int], bytes
             pos += len(chunk)
             return chunk
         return from_bytes
-    if isinstance(stdin, int):
-        return lambda n: os.read(stdin, n)
-    if hasattr(stdin, "fileno"):
+    fd: int | None = stdin if isinstance(stdin, int) else None
+    if fd is None and hasattr(stdin, "fileno"):
         try:
             fd = stdin.fileno()
-            return lambda n: os.read(fd, n)
         except (OSError, ValueError):
-            pass
+            fd = None
+    if fd is not None:
+        def from_fd(n: int) -> bytes:
+            try:
+                return os.read(fd, n)
+            except OSError:  # a closed or unreadable stdin (CI has none) is an empty one
+                return b""
+        return from_fd
     return lambda n: stdin.read(n) or b""  # type: ignore[union-attr]
 
 
