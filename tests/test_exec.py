@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from lguest.guestos import EXIT_CANNOT_RUN, EXIT_LGUEST, EXIT_NOT_FOUND, EXIT_TIMEOUT, KernelUnavailable, kernel_path
-from lguest.guestos.cpio import _entry, pack_tree, unpack_tree
+from lguest.guestos.cpio import ImageTooLarge, _entry, pack_tree, unpack_tree
 from lguest.guestos.runner import run_program
 
 pytest.importorskip("unicorn")
@@ -190,6 +190,8 @@ def test_root_image_cap(progs: dict[str, Path], tmp_path: Path) -> None:
     (root / "big").write_bytes(b"\0" * (20 << 20))
     r = run_program("/bin/time", root=root, memory=32 << 20)
     assert r.status == EXIT_LGUEST and "cap" in r.message
+    with pytest.raises(ImageTooLarge, match="more than 3 files"):
+        pack_tree(root, max_entries=3)
 
 
 def test_cli_exec(progs: dict[str, Path], tmp_path: Path) -> None:

@@ -9,6 +9,10 @@ from pathlib import Path
 
 TRAILER = "TRAILER!!!"
 
+#: The guest kernel's inode table holds 16384 (kernel.c MAX_INODES), /dev and
+#: the files a program creates included: the image leaves room for those.
+MAX_ENTRIES = 16000
+
 
 class ImageTooLarge(ValueError):
     """The root does not fit under the image cap."""
@@ -22,16 +26,20 @@ def _entry(name: str, mode: int, size: int, mtime: int, ino: int) -> bytes:
 
 
 def pack_tree(root: str | os.PathLike[str] | None, extra: dict[str, bytes] | None = None,
-              cap: int = 1 << 30) -> bytes:
+              cap: int = 1 << 30, max_entries: int = MAX_ENTRIES) -> bytes:
     """A newc image of the host directory ``root`` (regular files, directories,
     symlinks; others skipped) plus ``extra`` files {path: bytes}.  Raises
-    :class:`ImageTooLarge` once the image would pass ``cap`` bytes."""
+    :class:`ImageTooLarge` once the image would pass ``cap`` bytes or
+    ``max_entries`` entries."""
     out = bytearray()
     ino = 1
 
     def add(name: str, mode: int, data: bytes, mtime: int) -> None:
         nonlocal ino
         ino += 1
+        if ino - 1 > max_entries:
+            raise ImageTooLarge(f"the root has more than {max_entries} files and directories, "
+                                f"more than the guest kernel holds; give a smaller --root")
         piece = _entry(name, mode, len(data), mtime, ino)
         if len(out) + len(piece) + len(data) + 128 > cap:
             raise ImageTooLarge(f"the root image passes its cap of {cap} bytes (at {name!r}); "
