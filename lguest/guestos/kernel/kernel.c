@@ -1140,6 +1140,135 @@ static s32 lookup_at(s32 dirfd, u32 upath, int follow, int empty_ok, struct inod
     return namei_at(start, path, follow, res, NULL, NULL, NULL, 0);
 }
 
+/* Names: mkdir, unlink, rmdir, rename, truncate -- the tree is memory. */
+#define ENOTEMPTY 39
+#define EXDEV 18
+
+/* The parent directory and last name of a path that may not exist yet. */
+static s32 lookup_parent(s32 dirfd, u32 upath, char *path, struct inode **parent, const char **last, u32 *lastlen,
+                         struct inode **res)
+{
+    s32 r = user_str(upath, path, 4096);
+    if (r < 0) return r;
+    if (r == 0) return -ENOENT;
+    struct inode *start = path[0] == '/' ? root : fd_dir(dirfd, &r);
+    if (!start) return r;
+    r = namei_at(start, path, 0, res, parent, last, lastlen, 0);
+    if (r) return r;
+    if ((*lastlen == 1 && (*last)[0] == '.') || (*lastlen == 2 && (*last)[0] == '.' && (*last)[1] == '.'))
+        return *res ? -EINVAL : -ENOENT;
+    return 0;
+}
+
+static void dir_remove(struct inode *n)
+{
+    struct inode *p = n->parent, **pp = &p->child;
+    while (*pp && *pp != n) pp = &(*pp)->next;
+    if (*pp) *pp = n->next;
+    n->next = NULL;
+    if (S_ISDIR(n->mode)) p->nlink--;
+}
+
+static void dir_insert(struct inode *dir, struct inode *n)
+{
+    struct inode **pp = &dir->child;
+    while (*pp) pp = &(*pp)->next;
+    *pp = n;
+    n->parent = dir;
+    n->synthetic = 0;
+    if (S_ISDIR(n->mode)) dir->nlink++;
+}
+
+static s32 do_mkdirat(s32 dirfd, u32 upath, u32 mode)
+{
+    static char path[4096];
+    struct inode *parent, *n;
+    const char *last;
+    u32 lastlen;
+    s32 r = lookup_parent(dirfd, upath, path, &parent, &last, &lastlen, &n);
+    if (r) return r == -EINVAL ? -EEXIST : r;
+    if (n) return -EEXIST;
+    char *name = kmalloc(lastlen);
+    if (!name) return -ENOMEM;
+    memcpy(name, last, lastlen);
+    n = new_inode(parent, name, lastlen, S_IFDIR | (mode & 07777 & ~022));
+    if (!n) return -28;
+    n->mtime = boot->epoch_sec + (u32)(now_ns() / 1000000000ull);
+    for (struct inode *d = parent; d != root && d->synthetic; d = d->parent) d->synthetic = 0;
+    return 0;
+}
+
+static s32 do_unlinkat(s32 dirfd, u32 upath, u32 flags)
+{
+    static char path[4096];
+    struct inode *parent, *n;
+    const char *last;
+    u32 lastlen;
+    if (flags & ~0x200u) return -EINVAL;
+    s32 r = lookup_parent(dirfd, upath, path, &parent, &last, &lastlen, &n);
+    if (r) return r == -EINVAL && (flags & 0x200) ? -EINVAL : r == -EINVAL ? -EISDIR : r;
+    if (!n) return -ENOENT;
+    if (flags & 0x200) {                /* AT_REMOVEDIR */
+        if (!S_ISDIR(n->mode)) return -ENOTDIR;
+        if (n == root || n == cwd) return -16;      /* EBUSY */
+        if (n->child) return -ENOTEMPTY;
+    } else if (S_ISDIR(n->mode)) {
+        return -EISDIR;
+    }
+    dir_remove(n);
+    n->nlink = 0;
+    return 0;
+}
+
+static s32 do_renameat(s32 olddir, u32 oldp, s32 newdir, u32 newp)
+{
+    static char p1[4096], p2[4096];
+    struct inode *op, *on, *np, *nn;
+    const char *ol, *nl;
+    u32 oll, nll;
+    s32 r = lookup_parent(olddir, oldp, p1, &op, &ol, &oll, &on);
+    if (r) return r == -EINVAL ? -16 : r;
+    if (!on) return -ENOENT;
+    r = lookup_parent(newdir, newp, p2, &np, &nl, &nll, &nn);
+    if (r) return r == -EINVAL ? -16 : r;
+    if (on == nn) return 0;
+    for (struct inode *d = np; ; d = d->parent) {    /* a directory into itself */
+        if (d == on) return -EINVAL;
+        if (d == root) break;
+    }
+    if (nn) {
+        if (S_ISDIR(on->mode) && !S_ISDIR(nn->mode)) return -ENOTDIR;
+        if (!S_ISDIR(on->mode) && S_ISDIR(nn->mode)) return -EISDIR;
+        if (S_ISDIR(nn->mode) && nn->child) return -ENOTEMPTY;
+        dir_remove(nn);
+        nn->nlink = 0;
+    }
+    char *name = kmalloc(nll);
+    if (!name) return -ENOMEM;
+    memcpy(name, nl, nll);
+    dir_remove(on);
+    on->name = name;
+    on->namelen = nll;
+    dir_insert(np, on);
+    for (struct inode *d = np; d != root && d->synthetic; d = d->parent) d->synthetic = 0;
+    return 0;
+}
+
+static s32 do_truncate(struct inode *n, s64 len)
+{
+    if (S_ISDIR(n->mode)) return -EISDIR;
+    if (!S_ISREG(n->mode)) return -EINVAL;
+    if (len < 0) return -EINVAL;
+    if (len > 0x7fffffff) return -27;
+    if ((u32)len > n->size) {
+        s32 r = file_reserve(n, (u32)len);
+        if (r) return r;
+        memset(n->data + n->size, 0, (u32)len - n->size);
+    }
+    n->size = (u32)len;
+    return 0;
+}
+
 static s32 do_lseek(struct file *f, s64 off, u32 whence, u64 *res)
 {
     struct inode *ino = f->ino;
@@ -1684,6 +1813,24 @@ static s32 sys(struct regs *r)
         return 0;
     }
     case 60: return 022;                                        /* umask */
+    case 39: return do_mkdirat(-100, a, b);                     /* mkdir */
+    case 296: return do_mkdirat(a, b, c);                       /* mkdirat */
+    case 10: return do_unlinkat(-100, a, 0);                    /* unlink */
+    case 40: return do_unlinkat(-100, a, 0x200);                /* rmdir */
+    case 301: return do_unlinkat(a, b, c);                      /* unlinkat */
+    case 38: return do_renameat(-100, a, -100, b);              /* rename */
+    case 302: return do_renameat(a, b, c, d);                   /* renameat */
+    case 353: if (e) return -EINVAL;                            /* renameat2, no flags */
+        return do_renameat(a, b, c, d);
+    case 92: case 193: {                                        /* truncate, truncate64 */
+        struct inode *n;
+        if ((ret = lookup_at(-100, a, 1, 0, &n))) return ret;
+        return do_truncate(n, nr == 92 ? (s64)(s32)b : (s64)(((u64)c << 32) | b));
+    }
+    case 93: case 194:                                          /* ftruncate, ftruncate64 */
+        if (!(f = fd_get(a))) return -EBADF;
+        if (!(f->flags & O_ACCMODE)) return -EINVAL;
+        return do_truncate(f->ino, nr == 93 ? (s64)(s32)b : (s64)(((u64)c << 32) | b));
     }
     if (nr < NSYSCALLS) enosys_counts[nr]++;
     else enosys_counts[NSYSCALLS - 1]++;
