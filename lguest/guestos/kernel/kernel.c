@@ -1254,6 +1254,67 @@ static s32 do_renameat(s32 olddir, u32 oldp, s32 newdir, u32 newp)
     return 0;
 }
 
+static s32 do_symlinkat(u32 utarget, s32 dirfd, u32 upath)
+{
+    static char target[4096], path[4096];
+    s32 tl = user_str(utarget, target, sizeof target);
+    if (tl < 0) return tl;
+    if (tl == 0) return -ENOENT;
+    struct inode *parent, *n;
+    const char *last;
+    u32 lastlen;
+    s32 r = lookup_parent(dirfd, upath, path, &parent, &last, &lastlen, &n);
+    if (r) return r == -EINVAL ? -EEXIST : r;
+    if (n) return -EEXIST;
+    char *name = kmalloc(lastlen);
+    u8 *data = kmalloc(tl);
+    if (!name || !data) return -ENOMEM;
+    memcpy(name, last, lastlen);
+    memcpy(data, target, tl);
+    n = new_inode(parent, name, lastlen, S_IFLNK | 0777);
+    if (!n) return -28;
+    n->data = data;
+    n->size = tl;             /* cap 0: never written through, never freed */
+    n->mtime = boot->epoch_sec + (u32)(now_ns() / 1000000000ull);
+    for (struct inode *d = parent; d != root && d->synthetic; d = d->parent) d->synthetic = 0;
+    return 0;
+}
+
+/* utimensat: only mtime is kept (atime/ctime read back as mtime). */
+static s32 do_utimensat(s32 dirfd, u32 upath, u32 times, u32 flags, int wide)
+{
+    struct inode *n;
+    s32 r;
+    if (upath) {
+        if ((r = lookup_at(dirfd, upath, !(flags & 0x100), flags & 0x1000, &n))) return r;
+    } else {
+        struct file *f = fd_get(dirfd);
+        if (!f) return -EBADF;
+        n = f->ino;
+    }
+    u32 sec = boot->epoch_sec + (u32)(now_ns() / 1000000000ull);
+    if (times) {
+        u32 sz = wide ? 16 : 8;
+        if (!user_ok(times, 2 * sz, 0)) return -EFAULT;
+        const u32 *m = (const u32 *)(times + sz);         /* [1] is the mtime */
+        u32 nsec = wide ? m[2] : m[1];
+        if (nsec == 0x3ffffffe) return 0;                 /* UTIME_OMIT */
+        if (nsec != 0x3fffffff) {                         /* not UTIME_NOW */
+            if (nsec >= 1000000000u) return -EINVAL;
+            sec = m[0];
+        }
+    }
+    n->mtime = sec;
+    return 0;
+}
+
+static s32 do_chmod(struct inode *n, u32 mode)
+{
+    if (n->dev) return 0;
+    n->mode = (n->mode & S_IFMT) | (mode & 07777);
+    return 0;
+}
+
 static s32 do_truncate(struct inode *n, s64 len)
 {
     if (S_ISDIR(n->mode)) return -EISDIR;
@@ -1813,6 +1874,29 @@ static s32 sys(struct regs *r)
         return 0;
     }
     case 60: return 022;                                        /* umask */
+    case 83: return do_symlinkat(a, -100, b);                   /* symlink */
+    case 304: return do_symlinkat(a, b, c);                     /* symlinkat */
+    case 320: return do_utimensat(a, b, c, d, 0);               /* utimensat */
+    case 412: return do_utimensat(a, b, c, d, 1);               /* utimensat_time64 */
+    case 15: case 306: {                                        /* chmod, fchmodat */
+        struct inode *n;
+        if ((ret = nr == 15 ? lookup_at(-100, a, 1, 0, &n) : lookup_at(a, b, 1, 0, &n))) return ret;
+        return do_chmod(n, nr == 15 ? b : c);
+    }
+    case 94:                                                    /* fchmod */
+        if (!(f = fd_get(a))) return -EBADF;
+        return do_chmod(f->ino, b);
+    case 182: case 212: case 198: case 16: {                    /* chown(32), lchown(32): as root, kept as 0 */
+        struct inode *n;
+        return lookup_at(-100, a, nr == 182 || nr == 212, 0, &n);
+    }
+    case 298: {                                                 /* fchownat */
+        struct inode *n;
+        return lookup_at(a, b, !(e & 0x100), e & 0x1000, &n);
+    }
+    case 95: case 207:                                          /* fchown(32) */
+        return fd_get(a) ? 0 : -EBADF;
+    case 80: case 205: return 0;                                /* getgroups(32): none */
     case 39: return do_mkdirat(-100, a, b);                     /* mkdir */
     case 296: return do_mkdirat(a, b, c);                       /* mkdirat */
     case 10: return do_unlinkat(-100, a, 0);                    /* unlink */
