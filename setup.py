@@ -4,7 +4,7 @@
   Python face and the native API (``lguest/_core.pyx``);
 * ``lguest._clock`` -- the native timer wheel and ``NativeClock``;
 * ``lguest._memory`` -- the buffer exporter of ``GuestMemory``;
-* ``lguest._uchook`` -- the native Unicorn hooks (no Unicorn headers or
+* ``lguest.unicorn._uchook`` -- the native Unicorn hooks (no Unicorn headers or
   library at build time: it calls libunicorn through function pointers
   handed over at run time).
 
@@ -13,7 +13,9 @@ Their C lives in headers beside the ``.pyx`` files and in
 each extension lists the headers it includes in ``depends`` so an edit
 rebuilds it.
 
-Set LGUEST_SANITIZE=1 to build with AddressSanitizer and UBSan.
+Set LGUEST_SANITIZE=1 to build with AddressSanitizer and UBSan (with debug
+info).  Otherwise the extensions are linked without debug info (-Wl,--strip-debug:
+the wheel is a tenth of the size); LGUEST_KEEP_DEBUG=1 keeps it for gdb/perf.
 """
 
 import importlib.util
@@ -22,7 +24,6 @@ import subprocess
 import sys
 from glob import glob
 
-import numpy  # noqa: F401 - a build requirement; the extensions use no numpy headers
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
@@ -52,7 +53,7 @@ class build_py_with_kernel(build_py):
                   file=sys.stderr)
 
 extra_compile = ["-O3"]
-extra_link: list[str] = []
+extra_link: list[str] = [] if os.environ.get("LGUEST_KEEP_DEBUG") else ["-Wl,--strip-debug"]
 if os.environ.get("LGUEST_SANITIZE"):
     flags = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
     extra_compile = flags
@@ -60,13 +61,14 @@ if os.environ.get("LGUEST_SANITIZE"):
 
 # Every hand-written header and declaration file: a change to any rebuilds
 # the extensions (they are few and small; precise lists would drift).
-HEADERS = sorted(glob("lguest/*.h") + glob("lguest/include/lguest/*.h") + glob("lguest/*.pxd"))
+HEADERS = sorted(glob("lguest/**/*.h", recursive=True) + glob("lguest/**/*.pxd", recursive=True))
 
 
 def extension(name: str) -> Extension:
+    """``name``: the module's dotted path under lguest (e.g. "unicorn._uchook")."""
     return Extension(
         f"lguest.{name}",
-        [f"lguest/{name}.pyx"],
+        [f"lguest/{name.replace('.', '/')}.pyx"],
         include_dirs=["lguest/include", "lguest"],
         depends=HEADERS,
         extra_compile_args=extra_compile,
@@ -74,7 +76,8 @@ def extension(name: str) -> Extension:
     )
 
 
-extensions = [extension(name) for name in ("_clock", "_memory", "_regs", "_core", "_uchook")]
+extensions = [extension(name) for name in ("_clock", "_memory", "_regs", "_core", "unicorn._uchook")]
 
-setup(ext_modules=cythonize(extensions, compiler_directives={"language_level": "3"}),
+# embedsignature: the compiled classes show real signatures (help(), pdoc).
+setup(ext_modules=cythonize(extensions, compiler_directives={"language_level": "3", "embedsignature": True}),
       cmdclass={"build_py": build_py_with_kernel})

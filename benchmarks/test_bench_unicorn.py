@@ -1,7 +1,7 @@
 """Guest code on the Unicorn backend: what the translation-block cap costs.
 
 The backend caps every translation block at TB_MAX_INSNS instructions (a
-crash guard, see uh_on_block in lguest/_uchook.pyx).  That splits long
+crash guard, see uh_on_block in lguest/unicorn/_uchook.pyx).  That splits long
 straight-line blocks and stops indirect jumps (ret, jmp *reg) from chaining
 to the next block inside the translator.  These loops measure plain guest
 code at ring 1 -- no traps, no hypercalls -- one timed ``run()`` of a fresh

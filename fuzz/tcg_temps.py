@@ -4,7 +4,7 @@ Unicorn 2.1.4's x86 translator allocates TCG temporaries that some
 instructions never free; a translation block's temporaries live in a pool
 of TCG_MAX_TEMPS (512) entries that release builds do not bound-check.  The
 Unicorn backend caps every block at TB_MAX_INSNS instructions (see
-uh_on_block in lguest/_uchook.pyx) so that a block of the worst instruction
+uh_on_block in lguest/unicorn/_uchook.pyx) so that a block of the worst instruction
 still fits.  This script measures the worst: for each candidate encoding it
 translates blocks of 4 and of 8 copies and reads the pool's fill
 (TCGContext.nb_temps) after each; the difference over four copies is the

@@ -18,6 +18,7 @@ from .constants import *  # noqa: F403 - the ABI numbers are part of the API
 from .cores import active as core
 from .cores import compiled as _compiled_core
 from .cores import core_of, load_core
+from .gates import Gate, decode_gate, gate
 from .host.vectors import Host, UsedVectors, VectorBusy
 from .memory import GuestMemory
 
@@ -46,5 +47,6 @@ __all__ = [  # noqa: RUF022 - grouped by topic, constants come from lguest.const
     "GuestMemory", "Host", "UsedVectors", "VectorBusy",
     "SystemClock", "VirtualClock", "NativeClock", "system_clock",
     "Guest", "Cpu", "Regs",
+    "gate", "decode_gate", "Gate",
     "has_err", "idt_address", "idt_type", "idt_present", "default_idt_entry", "setup_default_idt_entries",
 ] + [name for name in dir() if name.isupper() and not name.startswith("_")]

@@ -996,7 +996,7 @@ def bench_copy_traps(Cpu cpu not None, idt, defaults, long long n) -> int:
     return t1 - t0
 
 
-# --- the native API for an emulator's compiled hook (lguest._uchook) ------------------------
+# --- the native API for an emulator's compiled hook (lguest.unicorn._uchook) ------------------------
 # A native hook (e.g. a Unicorn UC_HOOK_INTR callback) delivers a direct trap
 # without entering Python: it fills cpu.regs from the emulator, calls
 # set_guest_interrupt through this table and loads the result back.  The
@@ -1017,7 +1017,7 @@ cdef void _api_free(object capsule) noexcept:
 
 def native_api(Cpu cpu not None):
     """A PyCapsule ("lguest._core.lg_native_api") holding the C entry points a
-    native emulator hook uses to deliver traps for ``cpu`` (see lguest._uchook).
+    native emulator hook uses to deliver traps for ``cpu`` (see lguest.unicorn._uchook).
     The capsule keeps ``cpu`` (and so its guest) alive; the guest memory can
     still be closed, after which every access fails the bounds check -- hold
     it (``GuestMemory.hold()``) while a hook may run without the GIL."""

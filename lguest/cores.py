@@ -28,13 +28,29 @@ except ImportError as exc:  # pragma: no cover - only when the build failed
 else:
     _compiled_error = None
 
+#: How to build the compiled extensions, for messages that find them missing.
+BUILD_HINT = "build it with: pip install -e . (in the source tree; needs Cython and a C compiler)"
+
+
+def _core_problem() -> str:
+    """Why the compiled core is missing, in words a user can act on: Python's
+    own message for an extension missing from a package being imported blames
+    a circular import."""
+    detail = str(_compiled_error)
+    if isinstance(_compiled_error, ModuleNotFoundError) or "partially initialized" in detail \
+            or "None in sys.modules" in detail:
+        return "the compiled core (lguest._core) is not built"
+    return f"the compiled core (lguest._core) is built but does not load ({detail})"
+
+
 if os.environ.get("LGUEST_PURE_PYTHON", "") not in ("", "0"):
     active: ModuleType = fallback
 elif _compiled is not None:
     active = _compiled
 else:  # pragma: no cover
     warnings.warn(
-        f"lguest: the compiled core is not available ({_compiled_error}); using the pure-Python core",
+        f"lguest: {_core_problem()}; using the pure-Python core (same behaviour, slower). "
+        f"To fix: {BUILD_HINT}, or set LGUEST_PURE_PYTHON=1 to choose the Python core and silence this",
         RuntimeWarning,
         stacklevel=2,
     )
@@ -49,7 +65,7 @@ def load_core(name: str | None = None) -> ModuleType:
         return fallback
     if name == "cython":
         if _compiled is None:
-            raise ImportError(f"the compiled core is not built: {_compiled_error}")
+            raise ImportError(f"{_core_problem()}; {BUILD_HINT}")
         return _compiled
     raise ValueError(f"unknown core {name!r} (want 'cython' or 'python')")
 

@@ -11,7 +11,7 @@ Each finding of the fuzzer (F1..F5 in fuzz/README.md) has a reproducer
 here, and all five are fixed.  F1 was a crash inside Unicorn 2.1.4's
 translator (TCG temporaries leaked past their pool by one long block of
 guest code); the backend now caps every translation block and keeps the
-translation cache from filling (uh_on_block in lguest/_uchook.pyx), and
+translation cache from filling (uh_on_block in lguest/unicorn/_uchook.pyx), and
 the bound it relies on is measured below with fuzz/tcg_temps.py.
 """
 

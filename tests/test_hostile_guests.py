@@ -540,7 +540,7 @@ def test_second_run_and_teardown_during_a_run(tmp_path, core):
 
 
 def test_native_hooks_refuse_misuse(core):
-    from lguest._uchook import NativeHooks
+    from lguest.unicorn._uchook import NativeHooks
 
     class Skipped(NativeHooks):
         def __init__(self) -> None:  # never calls NativeHooks.__init__

@@ -3,7 +3,7 @@
 The same guest (guest.S with a long system-call loop) runs twice:
 
 * native: the syscall gate is a DPL-3 trap gate, so copy_traps puts it in the
-  host IDT and lguest._uchook delivers each ``int $0x80`` inside Unicorn's
+  host IDT and lguest.unicorn._uchook delivers each ``int $0x80`` inside Unicorn's
   UC_HOOK_INTR callback (compiled core, no Python);
 * python: ``UnicornLauncher(native_direct=False)``: the hook stops the
   emulator at each ``int $0x80`` and the backend delivers it from Python

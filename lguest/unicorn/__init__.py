@@ -11,7 +11,7 @@ fields the hook bounds translation with), :mod:`.layout` (measuring the saved
 context), :mod:`.switcher` (the host's pages), :mod:`.exits` (why the emulator
 stopped), :mod:`.paging` (shadow paging), :mod:`.elf` (loading),
 :mod:`.backend` (the Backend), :mod:`.launcher` (``UnicornLauncher``) and
-:mod:`.stats` (its flat counters); the native hook is ``lguest._uchook``.
+:mod:`.stats` (its flat counters); the native hook is ``lguest.unicorn._uchook``.
 
 How the pieces map onto lguest
 ------------------------------
@@ -41,7 +41,7 @@ How the pieces map onto lguest
   (the guest never runs at CPL 0).
 * **Direct traps** (the guest's syscall gate, and any trap gate
   ``copy_traps`` copies) are delivered inside a native UC_HOOK_INTR
-  callback by the compiled core (:mod:`lguest._uchook`); the guest runs
+  callback by the compiled core (:mod:`lguest.unicorn._uchook`); the guest runs
   on without a Python call.  Everything else stops the emulator and goes
   through :func:`lguest.host.traps.handle_trap`.
 * **The clock**: ``clock="virtual"`` (default) gives each guest a
@@ -103,9 +103,9 @@ except ImportError as exc:  # pragma: no cover - the extra is not installed
     raise ImportError("lguest.unicorn needs Unicorn 2.1.4: pip install 'lguest[unicorn]'") from exc
 
 try:
-    from .. import _uchook  # noqa: F401 - checked here, used by the modules below
+    from . import _uchook  # noqa: F401 - checked here, used by the modules below
 except ImportError as exc:  # pragma: no cover - only when the build failed
-    raise ImportError(f"lguest.unicorn needs the compiled hooks (lguest._uchook): {exc}") from exc
+    raise ImportError(f"lguest.unicorn needs the compiled hooks (lguest.unicorn._uchook): {exc}") from exc
 
 from .backend import UnicornBackend
 from .elf import parse_elf32

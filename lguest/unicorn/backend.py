@@ -1,7 +1,7 @@
 """The :class:`~lguest.host.run.Backend` on a Unicorn engine.
 
 :class:`UnicornBackend` joins the parts: the :class:`~.switcher.Switcher`'s
-pages, the native hook (:mod:`lguest._uchook`, which enters the guest and
+pages, the native hook (:mod:`lguest.unicorn._uchook`, which enters the guest and
 delivers direct traps in C), :class:`~.exits.ExitDecoding` for why the
 emulator stopped and :class:`~.paging.ShadowPaging` for the page-table
 hypercalls.  :class:`~.launcher.UnicornLauncher` builds and owns it.
@@ -17,10 +17,10 @@ import numpy as np
 import unicorn as _unicorn
 from unicorn import x86_const as _x86
 
-from .. import _uchook
 from ..constants import CHANGED_ALL, CHANGED_GDT, CHANGED_GDT_TLS, IDT_ENTRIES, LGUEST_CS, LGUEST_DS, SWITCHER_ADDR
 from ..cores import compiled, core_of
 from ..host.run import Backend
+from . import _uchook
 from .engine import engine_handle, engine_internals, function_addresses, uclib
 from .exits import ExitDecoding
 from .layout import context_layout

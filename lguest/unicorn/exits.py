@@ -14,9 +14,9 @@ import numpy as np
 import unicorn as _unicorn
 from unicorn import unicorn_const as _ucc
 
-from .. import _uchook
 from .. import messages as M
 from ..constants import SWITCHER_ADDR, U32
+from . import _uchook
 
 #: trapnum the backend reports when it stopped the guest for the host's own
 #: reasons (clock, pending irq, break-out, deadline): a "real interrupt",
@@ -26,7 +26,7 @@ HOST_IRQ_TRAP = 0xEF
 
 _MEM_WRITE_TYPES = (_ucc.UC_MEM_WRITE_UNMAPPED, _ucc.UC_MEM_WRITE_PROT)
 
-#: The native hook's stop reasons, by name: ``lguest._uchook.REASONS``
+#: The native hook's stop reasons, by name: ``lguest.unicorn._uchook.REASONS``
 #: (code -> name) is their one definition.
 _REASON_CODES = {name: code for code, name in _uchook.REASONS.items()}
 REASON_BADSEG = _REASON_CODES["badseg"]

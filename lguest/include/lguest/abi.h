@@ -1,7 +1,7 @@
 /* lguest/abi.h -- the facts shared by C, Cython and Python, defined once.
  *
  * First draft of the public C header for native emulators: a hook compiled
- * against it (e.g. lguest/_uchook.pyx for Unicorn) gets the register layout
+ * against it (e.g. lguest/unicorn/_uchook.pyx for Unicorn) gets the register layout
  * of struct lguest_regs, the kill codes, the rules a native fast path must
  * apply exactly as the core does (has_err, the direct-trap rule, "which irq
  * would maybe_do_interrupt take"), and the versioned table of C entry points

@@ -1,4 +1,4 @@
-/* The native Unicorn hooks of lguest/_uchook.pyx: the C half (see that
+/* The native Unicorn hooks of lguest/unicorn/_uchook.pyx: the C half (see that
  * module's docstring for what each hook does and why).
  *
  * Facts shared with the core -- struct lguest_regs' word order, has_err,

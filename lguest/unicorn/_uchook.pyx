@@ -387,7 +387,7 @@ cdef class NativeHooks:
         cdef uint32_t[:, ::1] hv
         cdef uint32_t[:, ::1] gv
         cdef lg_native_api *api = NULL
-        from .memory import GuestMemory
+        from ..memory import GuestMemory
         self._check_idle()
         arrays = {"regs": (regs_array, (NUM_REGS,)), "host IDT": (host_idt, (256, 2)), "guest IDT": (guest_idt, (256, 2))}
         for name, (arr, shape) in arrays.items():
