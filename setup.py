@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 from glob import glob
+from pathlib import Path
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
@@ -46,6 +47,10 @@ class build_py_with_kernel(build_py):
             spec = importlib.util.spec_from_file_location("_lguest_kernel_build", os.path.join(src, "..", "build.py"))
             kernel_build = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(kernel_build)
+            # The stamp hashes the sources as shipped beside the kernel (a build
+            # from the sdist may leave some out), so the installed package's
+            # own check finds them equal.
+            kernel_build.SOURCES = Path(dest) / "kernel"
             with open(os.path.join(dest, "lguest-kernel.hash"), "w") as f:
                 f.write(kernel_build.source_hash())
         except (OSError, subprocess.CalledProcessError) as exc:
