@@ -3,7 +3,8 @@
     lguest vectors [--syscall-vector N] [--free] [--json]
     lguest run IMAGE [--syscall-vector N] [--memory SIZE] [--page-offset A]
                      [--timeout S] [--clock virtual|wall] [--core cython|python]
-                     [--stats] [--trace]
+                     [--stats] [--trace] [--trace-out FILE.json [--trace-limit N]]
+                     [--record FILE | --replay FILE] [--gdb PORT]
     lguest exec [--root DIR] [--memory SIZE] [--clock virtual|wall] [--syscall-vector N]
                 [--timeout S] [--stats] [--export DIR] -- PROGRAM [ARGS...]   (docs/EXEC.md)
     lguest --version
@@ -46,6 +47,7 @@ EXIT_USAGE = 2         # a bad option, image or environment variable
 EXIT_TIMEOUT = 3       # --timeout expired
 EXIT_RESTART = 4       # the guest asked to be restarted (LHCALL_SHUTDOWN, restart)
 EXIT_VECTOR_BUSY = 5   # the syscall vector is in use by the host
+EXIT_REPLAY_DIFFERS = 6  # --replay: the run differs from the recording (the first difference is printed)
 EXIT_INTERNAL = 70     # a bug in lguest or an unsupported Unicorn build (EX_SOFTWARE)
 EXIT_SIGINT = 128 + signal.SIGINT    # 130: interrupted (Ctrl-C)
 EXIT_SIGTERM = 128 + signal.SIGTERM  # 143: terminated (SIGTERM)
@@ -58,6 +60,7 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EXIT_TIMEOUT, "--timeout expired"),
     (EXIT_RESTART, "the guest asked to be restarted (SHUTDOWN with LGUEST_SHUTDOWN_RESTART)"),
     (EXIT_VECTOR_BUSY, "the syscall vector is in use by the host"),
+    (EXIT_REPLAY_DIFFERS, "--replay: the run differs from the recording (the differences are printed)"),
     (EXIT_INTERNAL, "internal error (a bug, or an unsupported Unicorn build)"),
     (EXIT_SIGINT, "interrupted by SIGINT (Ctrl-C)"),
     (EXIT_SIGTERM, "terminated by SIGTERM"),
@@ -214,6 +217,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the core that runs the guest (default: the active one, see lguest --version)")
     run.add_argument("--stats", action="store_true", help="print the counters as a table at the end (stderr)")
     run.add_argument("--trace", action="store_true", help="print the last trap/interrupt events at the end (stderr)")
+    run.add_argument("--trace-out", default=None, metavar="FILE.json",
+                     help="write a timeline (Chrome trace-event JSON: Perfetto, chrome://tracing) of every "
+                     "delivery, hypercall, timer fire and kill; written however the run ends")
+    run.add_argument("--trace-limit", type=parse_positive, default=None, metavar="N",
+                     help="keep the newest N timeline events (default 1000000; the rest are counted as dropped)")
+    run.add_argument("--record", default=None, metavar="FILE",
+                     help="log the run's inputs (irqs, wall-clock timer fires, timestamps) with the guest's "
+                     "position, for --replay")
+    run.add_argument("--replay", default=None, metavar="FILE",
+                     help="run again with the inputs of a --record FILE (and its clock); check the console, "
+                     "counters and registers, naming the first checkpoint that differs")
+    run.add_argument("--gdb", type=parse_port, default=None, metavar="PORT",
+                     help="wait for gdb on 127.0.0.1:PORT before the first instruction (0: a free port, printed)")
     add_exec_parser(sub)
     return parser
 
@@ -564,6 +580,34 @@ def outcome(reason: str, message: str | None, signum: int | None, elapsed: float
     return f"{PROG}: guest stopped: {reason}", EXIT_KILLED
 
 
+def parse_positive(text: str) -> int:
+    n = parse_int(text)
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be positive")
+    return n
+
+
+def parse_port(text: str) -> int:
+    n = parse_int(text)
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"port {text} out of range 0..65535")
+    return n
+
+
+def _debugging_options(args: argparse.Namespace) -> Any:
+    """--record/--replay checked, the recording loaded (None without --replay)."""
+    if args.record is not None and args.replay is not None:
+        raise UsageError("--record and --replay are exclusive")
+    if args.replay is None:
+        return None
+    from .host.record import load
+
+    try:
+        return load(args.replay)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--replay {args.replay}: {exc}") from None
+
+
 def cmd_run(args: argparse.Namespace, sigs: _Signals) -> int:
     vector = args.syscall_vector if args.syscall_vector is not None else _default_vector()
     if vector is None:
@@ -578,6 +622,10 @@ def cmd_run(args: argparse.Namespace, sigs: _Signals) -> int:
         except ImportError as exc:
             raise UsageError(f"--core {args.core}: {exc}") from None
     entry, _segments = load_image(args.image, args.memory)
+    replay = _debugging_options(args)
+    timeline = None
+    result = None
+    report: list[str] = []
 
     def console(chunk: bytes) -> None:
         if chunk:
@@ -588,7 +636,8 @@ def cmd_run(args: argparse.Namespace, sigs: _Signals) -> int:
     try:
         launcher = UnicornLauncher(memory=args.memory, syscall_vector=vector, page_offset=args.page_offset,
                                    clock=args.clock, console=console, core=args.core,
-                                   trace_size=64 if args.trace else 0)
+                                   trace_size=64 if args.trace else 0,
+                                   record=args.record is not None, replay=replay)
     except ValueError as exc:
         raise UsageError(f"--memory/--page-offset: {exc}") from None
     try:
@@ -604,6 +653,14 @@ def cmd_run(args: argparse.Namespace, sigs: _Signals) -> int:
         raise UsageError(f"cannot set up {_mib(args.memory)} of guest memory: {exc.strerror or exc}") from None
     try:
         launcher.load_elf(args.image)
+        if args.trace_out is not None:
+            timeline = launcher.start_timeline(args.trace_limit)
+        if args.gdb is not None:
+            try:
+                port = launcher.serve_gdb(args.gdb)
+            except OSError as exc:
+                raise UsageError(f"--gdb {args.gdb}: cannot listen on 127.0.0.1: {exc.strerror or exc}") from None
+            print(f"{PROG}: waiting for gdb on 127.0.0.1:{port} (target remote :{port})", file=sys.stderr, flush=True)
         stop = threading.Event()
         ticker = None
         if sys.stderr.isatty():
@@ -636,7 +693,22 @@ def cmd_run(args: argparse.Namespace, sigs: _Signals) -> int:
             if not launcher.run_stats.trace:
                 print("  (none)", file=sys.stderr)
     finally:
+        # Every way out (power-off, kill, timeout, a signal) leaves whole files.
+        if timeline is not None:
+            timeline.write(args.trace_out)
+        if args.record is not None:
+            launcher.save_recording(args.record, result, args.image)
+        if replay is not None and result is not None:
+            report = launcher.replay_report(result, args.image)
         launcher.__exit__(None, None, None)
+    if replay is not None:
+        if report:
+            print(f"{PROG}: the replay differs from the recording:", file=sys.stderr)
+            for line in report:
+                print(f"  {line}", file=sys.stderr)
+            return EXIT_REPLAY_DIFFERS
+        print(f"{PROG}: replay identical to the recording ({len(replay['events'])} inputs and checkpoints)",
+              file=sys.stderr)
     return status
 
 

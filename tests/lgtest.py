@@ -97,3 +97,30 @@ def load_core_or_fail(name):
     except Exception as exc:  # ImportError, build problems, ...
         pytest.fail(f"cannot load the {name} core: {exc!r} "
                     "(set LGUEST_PURE_PYTHON=1 to test the pure-Python core only)")
+
+
+# --- the example guest (examples/guest/guest.S), built at test time ----------------------
+EXAMPLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "guest")
+
+
+def build_example(outdir, name, page_offset=0, **defsyms):
+    """Assemble and link examples/guest/guest.S (as --32, ld -m elf_i386)
+    with --defsym NAME=VALUE into ``outdir``; returns the ELF's path."""
+    import subprocess
+
+    obj = os.path.join(outdir, f"{name}.o")
+    elf = os.path.join(outdir, f"{name}.elf")
+    syms = dict(defsyms, PAGE_OFFSET=page_offset)
+    args = [f"--defsym={k}={v:#x}" for k, v in syms.items()]
+    subprocess.run(["as", "--32", *args, "-o", obj, os.path.join(EXAMPLE_DIR, "guest.S")], check=True)
+    subprocess.run(["ld", "-m", "elf_i386", f"--defsym=PAGE_OFFSET={page_offset:#x}", "-T",
+                    os.path.join(EXAMPLE_DIR, "guest.ld"), "-o", elf, obj], check=True, capture_output=True)
+    return elf
+
+
+def elf_symbols(elf):
+    """{name: address} from nm."""
+    import subprocess
+
+    out = subprocess.run(["nm", elf], check=True, capture_output=True, text=True).stdout
+    return {p[2]: int(p[0], 16) for p in (line.split() for line in out.splitlines()) if len(p) == 3}

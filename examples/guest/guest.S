@@ -29,8 +29,10 @@
  *   NSYSCALLS      system calls in the counting loop (default 1000)
  *   TICK_NS        clock period (default 1000000 = 1 ms)
  *   TICKS          timer ticks to wait for before powering off (default 3)
- *   WAIT_IRQ1      1: the user program waits until irq 1 has come (the
- *                  Launcher's send_irq) before it waits for the clock
+ *   WAIT_IRQ1      N > 0: the user program waits until irq 1 has come N
+ *                  times (the Launcher's send_irq) before it waits for the clock
+ *   IRQ1_WHERE     1: each irq 1 also prints how many turns the user
+ *                  program's wait loop had made when it came (record/replay)
  *   BAD            1: bad IDT type, 2: kernel stack outside RAM,
  *                  3: an unknown hypercall (the host must kill the guest)
  */
@@ -58,6 +60,9 @@
         .endif
         .ifndef WAIT_IRQ1
         .set WAIT_IRQ1, 0
+        .endif
+        .ifndef IRQ1_WHERE
+        .set IRQ1_WHERE, 0
         .endif
 
         /* hypercall numbers (arch/x86/include/asm/lguest_hcall.h) */
@@ -308,6 +313,16 @@ irq1_interrupt:
         incl    irq1_count
         movl    $msg_irq1, %esi
         call    print
+        .if IRQ1_WHERE
+        pushl   %eax
+        movl    $msg_at_spin, %esi
+        call    print
+        movl    spins, %eax
+        call    print_dec
+        movl    $msg_newline, %esi
+        call    print
+        popl    %eax
+        .endif
         popl    %esi
         jmp     lguest_iret
 
@@ -463,8 +478,9 @@ user_pf_done:
         movl    $msg_waiting, %ebx              /* wait for the Launcher's irq 1 */
         movl    $SYS_WRITE, %eax
         int     $SYSCALL_VEC
-9:      cmpl    $0, irq1_count
-        je      9b
+9:      incl    spins
+        cmpl    $WAIT_IRQ1, irq1_count
+        jb      9b
         .endif
 
         movl    ticks, %esi                     /* wait for two clock ticks here */
@@ -482,6 +498,7 @@ user_pf_done:
         .balign 4
 ticks:          .long 0                         /* the kernel counts, user mode reads */
 irq1_count:     .long 0
+spins:          .long 0                         /* turns of the wait for irq 1 */
 msg_waiting:    .asciz "waiting for irq 1\n"
 msg_hello:      .asciz "hello from user mode\n"
 msg_user_done:  .asciz "user mode done\n"
@@ -526,6 +543,7 @@ msg_syscalls:   .asciz "system calls: "
 msg_ticks:      .asciz "clock ticks: "
 msg_off:        .asciz "powering off\n"
 msg_irq1:       .asciz "irq 1\n"
+msg_at_spin:    .asciz "  at spin "
 msg_newline:    .asciz "\n"
 msg_bye:        .asciz "bye"
 msg_kernel_fault: .asciz "kernel fault"

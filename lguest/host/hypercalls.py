@@ -219,7 +219,7 @@ def do_hcall(cpu: Any, args: HcallArgs, ctx: RunContext | None = None) -> None:
     if stats is not None:
         # Validated before it is counted: one key for every unknown number,
         # not one per number a guest cares to try (the kill names it).
-        stats.hypercall(args.arg0 if handler is not None else OTHER)
+        stats.hypercall(args.arg0 if handler is not None else OTHER, args)
     if handler is None:
         cpu.guest.kill(f"Bad hypercall {M.li(args.arg0)}\n")
         return

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 #: The key that counts unknown hypercall numbers, and any key past the cap.
 OTHER = -1
@@ -47,8 +47,9 @@ class Stats:
             key = OTHER
         counter[key] += 1
 
-    def hypercall(self, num: int) -> None:
-        """Count hypercall ``num`` (the caller passes OTHER for an unknown number)."""
+    def hypercall(self, num: int, args: Any = None) -> None:
+        """Count hypercall ``num`` (the caller passes OTHER for an unknown
+        number); ``args`` (its HcallArgs) is for a timeline's subclass."""
         self._count(self.hypercalls, num)
         if self.trace is not None:
             self._event(0x1F, 0, "hcall")

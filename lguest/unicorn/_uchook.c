@@ -1775,7 +1775,7 @@ struct __pyx_MemviewEnum_obj;
 struct __pyx_memoryview_obj;
 struct __pyx_memoryviewslice_obj;
 
-/* "lguest/unicorn/_uchook.pyx":148
+/* "lguest/unicorn/_uchook.pyx":153
  * 
  * # UC_HOOK_* numbers (unicorn.h, stable across Unicorn 2)
  * cdef enum:             # <<<<<<<<<<<<<<
@@ -1784,7 +1784,7 @@ struct __pyx_memoryviewslice_obj;
 */
 enum  {
 
-  /* "lguest/unicorn/_uchook.pyx":153
+  /* "lguest/unicorn/_uchook.pyx":158
  *     UC_HOOK_BLOCK = 1 << 3
  *     UC_HOOK_MEM_INVALID = 1008   # unmapped + protection, read/write/fetch
  *     UC_HOOK_INSN_INVALID = 1 << 14             # <<<<<<<<<<<<<<
@@ -1798,7 +1798,7 @@ enum  {
   __pyx_e_6lguest_7unicorn_7_uchook_UC_HOOK_INSN_INVALID = (1 << 14)
 };
 
-/* "lguest/unicorn/_uchook.pyx":174
+/* "lguest/unicorn/_uchook.pyx":179
  * 
  * 
  * cdef class NativeHooks:             # <<<<<<<<<<<<<<
@@ -1816,6 +1816,7 @@ struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks {
   PyObject *_keep;
   PyObject *_owners;
   PyObject *_hold;
+  PyObject *_trace;
   int insn_in;
   int insn_out;
   PyObject *_free;
@@ -1901,7 +1902,7 @@ struct __pyx_memoryviewslice_obj {
 
 
 
-/* "lguest/unicorn/_uchook.pyx":174
+/* "lguest/unicorn/_uchook.pyx":179
  * 
  * 
  * cdef class NativeHooks:             # <<<<<<<<<<<<<<
@@ -2901,6 +2902,32 @@ static CYTHON_INLINE int __Pyx_PyObject_CompareBoolNe_object_object(PyObject *op
 /* PyObjectCompare.proto */
 static CYTHON_INLINE int __Pyx_PyObject_CompareBoolGt_object_int(PyObject *op1, PyObject *op2, int pyop);
 
+/* PyNumberBinop.proto */
+#if CYTHON_COMPILING_IN_PYPY || CYTHON_COMPILING_IN_GRAAL || CYTHON_COMPILING_IN_LIMITED_API
+#define __Pyx_PyNumber_And_int_int(op1, op2)  PyNumber_And(op1, op2)
+#define __Pyx_PyNumber_InPlaceAnd_int_int(op1, op2)  PyNumber_InPlaceAnd(op1, op2)
+#else
+#define __Pyx_PyNumber_And_int_int(op1, op2)  __Pyx__PyNumber_And_int_int(op1, op2, 0)
+#define __Pyx_PyNumber_InPlaceAnd_int_int(op1, op2)  __Pyx__PyNumber_And_int_int(op1, op2, 1)
+static CYTHON_INLINE PyObject* __Pyx__PyNumber_And_int_int(PyObject *op1, PyObject *op2, int inplace);
+#endif
+
+/* PyObjectVectorcallKwds.proto */
+#if CYTHON_VECTORCALL
+#define __Pyx_Object_VectorcallKwds PyObject_Vectorcall
+CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject *kwnames, Py_ssize_t i);
+#else
+#define __Pyx_Object_VectorcallKwds __Pyx_PyObject_FastCallDict
+CYTHON_UNUSED static PyObject *__Pyx_MakeKwargDict(PyObject **keys, PyObject **values, Py_ssize_t n);
+CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject **kwnames, Py_ssize_t i);
+#endif
+
+/* SliceObject.proto */
+static CYTHON_INLINE PyObject* __Pyx_PyObject_GetSlice(
+        PyObject* obj, Py_ssize_t cstart, Py_ssize_t cstop,
+        PyObject** py_start, PyObject** py_stop, PyObject** py_slice,
+        int has_cstart, int has_cstop, int wraparound);
+
 /* CIntToPyUnicode.proto */
 #define __Pyx_PyUnicode_From_uint64_t(value, width, padding_char, format_char) (\
     ((format_char) == ('c')) ?\
@@ -3268,22 +3295,15 @@ static CYTHON_INLINE __Pyx_memviewslice __Pyx_PyObject_to_MemoryviewSlice_dc_nn_
 /* ObjectToMemviewSlice.proto */
 static CYTHON_INLINE __Pyx_memviewslice __Pyx_PyObject_to_MemoryviewSlice_d_dc_nn_uint32_t(PyObject *, int writable_flag);
 
+/* ObjectToMemviewSlice.proto */
+static CYTHON_INLINE __Pyx_memviewslice __Pyx_PyObject_to_MemoryviewSlice_d_dc_nn_uint64_t(PyObject *, int writable_flag);
+
 /* MemviewSliceCopy.proto */
 static __Pyx_memviewslice
 __pyx_memoryview_copy_new_contig(const __Pyx_memviewslice *from_mvs,
                                  const char *mode, int ndim,
                                  Py_ssize_t sizeof_dtype, int contig_flag,
                                  int dtype_is_object);
-
-/* PyObjectVectorcallKwds.proto (used by PyObjectVectorcallMethodKwds) */
-#if CYTHON_VECTORCALL
-#define __Pyx_Object_VectorcallKwds PyObject_Vectorcall
-CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject *kwnames, Py_ssize_t i);
-#else
-#define __Pyx_Object_VectorcallKwds __Pyx_PyObject_FastCallDict
-CYTHON_UNUSED static PyObject *__Pyx_MakeKwargDict(PyObject **keys, PyObject **values, Py_ssize_t n);
-CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject **kwnames, Py_ssize_t i);
-#endif
 
 /* PyObjectVectorcallMethodKwds.proto (used by CIntToPy) */
 #if CYTHON_VECTORCALL
@@ -3517,6 +3537,7 @@ static PyObject *__pyx_unpickle_Enum__set_state(struct __pyx_MemviewEnum_obj *, 
 /* #### Code section: typeinfo ### */
 static const __Pyx_TypeInfo __Pyx_TypeInfo_unsigned_char = { "unsigned char", NULL, sizeof(unsigned char), { 0 }, 0, __PYX_IS_UNSIGNED(unsigned char) ? 'U' : 'I', __PYX_IS_UNSIGNED(unsigned char), 0 };
 static const __Pyx_TypeInfo __Pyx_TypeInfo_nn_uint32_t = { "uint32_t", NULL, sizeof(uint32_t), { 0 }, 0, __PYX_IS_UNSIGNED(uint32_t) ? 'U' : 'I', __PYX_IS_UNSIGNED(uint32_t), 0 };
+static const __Pyx_TypeInfo __Pyx_TypeInfo_nn_uint64_t = { "uint64_t", NULL, sizeof(uint64_t), { 0 }, 0, __PYX_IS_UNSIGNED(uint64_t) ? 'U' : 'I', __PYX_IS_UNSIGNED(uint64_t), 0 };
 /* #### Code section: before_global_var ### */
 #define __Pyx_MODULE_NAME "lguest.unicorn._uchook"
 extern int __pyx_module_is_main_lguest__unicorn___uchook;
@@ -3595,11 +3616,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, PyObject *__pyx_v_cpu, PyObject *__pyx_v_regs_array, PyObject *__pyx_v_host_idt, PyObject *__pyx_v_guest_idt, PyObject *__pyx_v_memory, PyObject *__pyx_v_api_capsule); /* proto */
 static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_data(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, PyObject *__pyx_v_lguest_data, uint32_t __pyx_v_noirq_start, uint32_t __pyx_v_noirq_end); /* proto */
 static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, uint64_t __pyx_v_budget_blocks, int64_t __pyx_v_deadline_ns); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_16resume(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, uint64_t __pyx_v_budget_end, int64_t __pyx_v_deadline_ns, int64_t __pyx_v_skip_addr); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_18trace_direct(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, PyObject *__pyx_v_capacity); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_20trace_drain(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7running___get__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_16request_stop(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_18poke(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_20clear_poke(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_22__repr__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_22request_stop(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24poke(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26clear_poke(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_28__repr__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13native_direct___get__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
 static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13native_direct_2__set__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, PyObject *__pyx_v_value); /* proto */
 static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_15has_native_core___get__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
@@ -3614,10 +3638,10 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_9mem_fault___g
 static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6blocks___get__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10intr_hooks___get__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8io_count___get__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26stop_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_28__reduce_cython__(CYTHON_UNUSED struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_30__setstate_cython__(CYTHON_UNUSED struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v___pyx_state); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_30direct_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_32stop_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_34__reduce_cython__(CYTHON_UNUSED struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_36__setstate_cython__(CYTHON_UNUSED struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v___pyx_state); /* proto */
 static PyObject *__pyx_tp_new__initialisation_6lguest_7unicorn_7_uchook_NativeHooks(PyObject *o, 
 #if CYTHON_VECTORCALL_TPNEW
     PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames
@@ -3782,10 +3806,10 @@ namespace {
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_pop;
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_values;
     PyObject *__pyx_slice[1];
-    PyObject *__pyx_tuple[8];
-    PyObject *__pyx_codeobj_tab[13];
-    PyObject *__pyx_string_tab[280];
-    PyObject *__pyx_number_tab[8];
+    PyObject *__pyx_tuple[10];
+    PyObject *__pyx_codeobj_tab[16];
+    PyObject *__pyx_string_tab[299];
+    PyObject *__pyx_number_tab[10];
 /* #### Code section: module_state_contents ### */
 /* PyFrozenDict.module_state_decls */
 #if CYTHON_COMPILING_IN_LIMITED_API
@@ -3905,223 +3929,244 @@ static __pyx_mstatetype * const __pyx_mstate_global = &__pyx_mstate_global_stati
 #define __pyx_n_u_NativeHooks_install __pyx_string_tab[68]
 #define __pyx_n_u_NativeHooks_poke __pyx_string_tab[69]
 #define __pyx_n_u_NativeHooks_request_stop __pyx_string_tab[70]
-#define __pyx_n_u_NativeHooks_run __pyx_string_tab[71]
-#define __pyx_n_u_NativeHooks_set_guest_data __pyx_string_tab[72]
-#define __pyx_n_u_NativeHooks_stop_counts __pyx_string_tab[73]
-#define __pyx_n_u_NativeHooks_uninstall __pyx_string_tab[74]
-#define __pyx_n_u_REASONS __pyx_string_tab[75]
-#define __pyx_n_u_REASON_BADSEG __pyx_string_tab[76]
-#define __pyx_n_u_REASON_BREAK __pyx_string_tab[77]
-#define __pyx_n_u_REASON_DEAD __pyx_string_tab[78]
-#define __pyx_n_u_REASON_DEADLINE __pyx_string_tab[79]
-#define __pyx_n_u_REASON_DIRECT __pyx_string_tab[80]
-#define __pyx_n_u_REASON_FLUSH __pyx_string_tab[81]
-#define __pyx_n_u_REASON_INVALID __pyx_string_tab[82]
-#define __pyx_n_u_REASON_IRQ __pyx_string_tab[83]
-#define __pyx_n_u_REASON_MEM __pyx_string_tab[84]
-#define __pyx_n_u_REASON_NONE __pyx_string_tab[85]
-#define __pyx_n_u_REASON_RING0 __pyx_string_tab[86]
-#define __pyx_n_u_REASON_SOFT_GP __pyx_string_tab[87]
-#define __pyx_n_u_REASON_SWITCHER __pyx_string_tab[88]
-#define __pyx_n_u_REASON_TIMER __pyx_string_tab[89]
-#define __pyx_n_u_REASON_TRAP __pyx_string_tab[90]
-#define __pyx_n_u_REASON_VM86 __pyx_string_tab[91]
-#define __pyx_n_u_Sequence __pyx_string_tab[92]
-#define __pyx_n_u_View_MemoryView __pyx_string_tab[93]
-#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[94]
-#define __pyx_n_u_annotate __pyx_string_tab[95]
-#define __pyx_n_u_class __pyx_string_tab[96]
-#define __pyx_n_u_class_getitem __pyx_string_tab[97]
-#define __pyx_n_u_dict __pyx_string_tab[98]
-#define __pyx_n_u_enter __pyx_string_tab[99]
-#define __pyx_n_u_exit __pyx_string_tab[100]
-#define __pyx_n_u_func __pyx_string_tab[101]
-#define __pyx_n_u_getstate __pyx_string_tab[102]
-#define __pyx_n_u_import __pyx_string_tab[103]
-#define __pyx_n_u_main __pyx_string_tab[104]
-#define __pyx_n_u_module __pyx_string_tab[105]
-#define __pyx_n_u_name_2 __pyx_string_tab[106]
-#define __pyx_n_u_new __pyx_string_tab[107]
-#define __pyx_n_u_pyx_checksum __pyx_string_tab[108]
-#define __pyx_n_u_pyx_state __pyx_string_tab[109]
-#define __pyx_n_u_pyx_type __pyx_string_tab[110]
-#define __pyx_n_u_pyx_unpickle_Enum __pyx_string_tab[111]
-#define __pyx_n_u_pyx_vtable __pyx_string_tab[112]
-#define __pyx_n_u_qualname __pyx_string_tab[113]
-#define __pyx_n_u_reduce __pyx_string_tab[114]
-#define __pyx_n_u_reduce_cython __pyx_string_tab[115]
-#define __pyx_n_u_reduce_ex __pyx_string_tab[116]
-#define __pyx_n_u_set_name __pyx_string_tab[117]
-#define __pyx_n_u_setstate __pyx_string_tab[118]
-#define __pyx_n_u_setstate_cython __pyx_string_tab[119]
-#define __pyx_n_u_test __pyx_string_tab[120]
-#define __pyx_n_u_is_coroutine __pyx_string_tab[121]
-#define __pyx_n_u_abc __pyx_string_tab[122]
-#define __pyx_n_u_address __pyx_string_tab[123]
-#define __pyx_n_u_allocate_buffer __pyx_string_tab[124]
-#define __pyx_n_u_api __pyx_string_tab[125]
-#define __pyx_n_u_api_capsule __pyx_string_tab[126]
-#define __pyx_n_u_arr __pyx_string_tab[127]
-#define __pyx_n_u_array __pyx_string_tab[128]
-#define __pyx_n_u_arrays __pyx_string_tab[129]
-#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[130]
-#define __pyx_n_u_badseg __pyx_string_tab[131]
-#define __pyx_n_u_base __pyx_string_tab[132]
-#define __pyx_n_u_bind __pyx_string_tab[133]
-#define __pyx_n_u_break __pyx_string_tab[134]
-#define __pyx_n_u_budget_blocks __pyx_string_tab[135]
-#define __pyx_n_u_c __pyx_string_tab[136]
-#define __pyx_n_u_c_contiguous __pyx_string_tab[137]
-#define __pyx_n_u_cbs __pyx_string_tab[138]
-#define __pyx_n_u_clear_poke __pyx_string_tab[139]
-#define __pyx_n_u_cline_in_traceback __pyx_string_tab[140]
-#define __pyx_n_u_close __pyx_string_tab[141]
-#define __pyx_n_u_closed __pyx_string_tab[142]
-#define __pyx_n_u_code_gen_highwater __pyx_string_tab[143]
-#define __pyx_n_u_code_gen_ptr __pyx_string_tab[144]
-#define __pyx_n_u_count __pyx_string_tab[145]
-#define __pyx_n_u_cpu __pyx_string_tab[146]
-#define __pyx_n_u_ctx_alloc __pyx_string_tab[147]
-#define __pyx_n_u_ctx_small_alloc __pyx_string_tab[148]
-#define __pyx_n_u_ctypes __pyx_string_tab[149]
-#define __pyx_n_u_data __pyx_string_tab[150]
-#define __pyx_n_u_dead __pyx_string_tab[151]
-#define __pyx_n_u_deadline __pyx_string_tab[152]
-#define __pyx_n_u_deadline_ns __pyx_string_tab[153]
-#define __pyx_n_u_direct __pyx_string_tab[154]
-#define __pyx_n_u_direct_counts __pyx_string_tab[155]
-#define __pyx_n_u_dtype __pyx_string_tab[156]
-#define __pyx_n_u_dtype_is_object __pyx_string_tab[157]
-#define __pyx_n_u_eflags __pyx_string_tab[158]
-#define __pyx_n_u_eip __pyx_string_tab[159]
-#define __pyx_n_u_encode __pyx_string_tab[160]
-#define __pyx_n_u_enumerate __pyx_string_tab[161]
-#define __pyx_n_u_err __pyx_string_tab[162]
-#define __pyx_n_u_error __pyx_string_tab[163]
-#define __pyx_n_u_error_code __pyx_string_tab[164]
-#define __pyx_n_u_exception_is_int __pyx_string_tab[165]
-#define __pyx_n_u_flags __pyx_string_tab[166]
-#define __pyx_n_u_flush __pyx_string_tab[167]
-#define __pyx_n_u_format __pyx_string_tab[168]
-#define __pyx_n_u_fortran __pyx_string_tab[169]
-#define __pyx_n_u_funcs __pyx_string_tab[170]
-#define __pyx_n_u_gdt_offset __pyx_string_tab[171]
-#define __pyx_n_u_guest_idt __pyx_string_tab[172]
-#define __pyx_n_u_gv __pyx_string_tab[173]
-#define __pyx_n_u_hflags __pyx_string_tab[174]
-#define __pyx_n_u_hold __pyx_string_tab[175]
-#define __pyx_n_u_host_cs __pyx_string_tab[176]
-#define __pyx_n_u_host_idt __pyx_string_tab[177]
-#define __pyx_n_u_host_ss __pyx_string_tab[178]
-#define __pyx_n_u_hv __pyx_string_tab[179]
-#define __pyx_n_u_i __pyx_string_tab[180]
-#define __pyx_n_u_id __pyx_string_tab[181]
-#define __pyx_n_u_idt __pyx_string_tab[182]
-#define __pyx_n_u_index __pyx_string_tab[183]
-#define __pyx_n_u_insn_in __pyx_string_tab[184]
-#define __pyx_n_u_insn_out __pyx_string_tab[185]
-#define __pyx_n_u_install __pyx_string_tab[186]
-#define __pyx_n_u_internals __pyx_string_tab[187]
-#define __pyx_n_u_invalid __pyx_string_tab[188]
-#define __pyx_n_u_irq __pyx_string_tab[189]
-#define __pyx_n_u_items __pyx_string_tab[190]
-#define __pyx_n_u_itemsize __pyx_string_tab[191]
-#define __pyx_n_u_layout __pyx_string_tab[192]
-#define __pyx_n_u_lguest_unicorn__uchook __pyx_string_tab[193]
-#define __pyx_n_u_lguest_data __pyx_string_tab[194]
-#define __pyx_n_u_mem __pyx_string_tab[195]
-#define __pyx_n_u_memory __pyx_string_tab[196]
-#define __pyx_n_u_memview __pyx_string_tab[197]
-#define __pyx_n_u_mode __pyx_string_tab[198]
-#define __pyx_n_u_name __pyx_string_tab[199]
-#define __pyx_n_u_ndarray __pyx_string_tab[200]
-#define __pyx_n_u_ndim __pyx_string_tab[201]
-#define __pyx_n_u_noirq_end __pyx_string_tab[202]
-#define __pyx_n_u_noirq_start __pyx_string_tab[203]
-#define __pyx_n_u_none __pyx_string_tab[204]
-#define __pyx_n_u_np __pyx_string_tab[205]
-#define __pyx_n_u_numpy __pyx_string_tab[206]
-#define __pyx_n_u_obj __pyx_string_tab[207]
-#define __pyx_n_u_old_exception __pyx_string_tab[208]
-#define __pyx_n_u_pack __pyx_string_tab[209]
-#define __pyx_n_u_poke __pyx_string_tab[210]
-#define __pyx_n_u_pop __pyx_string_tab[211]
-#define __pyx_n_u_rc __pyx_string_tab[212]
-#define __pyx_n_u_ready __pyx_string_tab[213]
-#define __pyx_n_u_reg_cr2 __pyx_string_tab[214]
-#define __pyx_n_u_reg_ids __pyx_string_tab[215]
-#define __pyx_n_u_register __pyx_string_tab[216]
-#define __pyx_n_u_regs __pyx_string_tab[217]
-#define __pyx_n_u_regs_array __pyx_string_tab[218]
-#define __pyx_n_u_request_stop __pyx_string_tab[219]
-#define __pyx_n_u_ring0 __pyx_string_tab[220]
-#define __pyx_n_u_run __pyx_string_tab[221]
-#define __pyx_n_u_rv __pyx_string_tab[222]
-#define __pyx_n_u_seg_stride __pyx_string_tab[223]
-#define __pyx_n_u_segs __pyx_string_tab[224]
-#define __pyx_n_u_self __pyx_string_tab[225]
-#define __pyx_n_u_set_guest_data __pyx_string_tab[226]
-#define __pyx_n_u_setdefault __pyx_string_tab[227]
-#define __pyx_n_u_shape __pyx_string_tab[228]
-#define __pyx_n_u_size __pyx_string_tab[229]
-#define __pyx_n_u_soft_gp __pyx_string_tab[230]
-#define __pyx_n_u_start __pyx_string_tab[231]
-#define __pyx_n_u_step __pyx_string_tab[232]
-#define __pyx_n_u_stop __pyx_string_tab[233]
-#define __pyx_n_u_stop_counts __pyx_string_tab[234]
-#define __pyx_n_u_struct __pyx_string_tab[235]
-#define __pyx_n_u_switcher __pyx_string_tab[236]
-#define __pyx_n_u_switcher_size __pyx_string_tab[237]
-#define __pyx_n_u_switcher_va __pyx_string_tab[238]
-#define __pyx_n_u_tb_cflags __pyx_string_tab[239]
-#define __pyx_n_u_tb_guard __pyx_string_tab[240]
-#define __pyx_n_u_tb_max_insns __pyx_string_tab[241]
-#define __pyx_n_u_timer __pyx_string_tab[242]
-#define __pyx_n_u_trap __pyx_string_tab[243]
-#define __pyx_n_u_types __pyx_string_tab[244]
-#define __pyx_n_u_uc_context_restore __pyx_string_tab[245]
-#define __pyx_n_u_uc_context_save __pyx_string_tab[246]
-#define __pyx_n_u_uc_ctl __pyx_string_tab[247]
-#define __pyx_n_u_uc_emu_start __pyx_string_tab[248]
-#define __pyx_n_u_uc_emu_stop __pyx_string_tab[249]
-#define __pyx_n_u_uc_free __pyx_string_tab[250]
-#define __pyx_n_u_uc_handle __pyx_string_tab[251]
-#define __pyx_n_u_uc_hook_add __pyx_string_tab[252]
-#define __pyx_n_u_uc_hook_del __pyx_string_tab[253]
-#define __pyx_n_u_uc_owner __pyx_string_tab[254]
-#define __pyx_n_u_uc_reg_read __pyx_string_tab[255]
-#define __pyx_n_u_uc_reg_write __pyx_string_tab[256]
-#define __pyx_n_u_uint32 __pyx_string_tab[257]
-#define __pyx_n_u_uninitialised __pyx_string_tab[258]
-#define __pyx_n_u_uninstall __pyx_string_tab[259]
-#define __pyx_n_u_unpack __pyx_string_tab[260]
-#define __pyx_n_u_until_va __pyx_string_tab[261]
-#define __pyx_n_u_update __pyx_string_tab[262]
-#define __pyx_n_u_values __pyx_string_tab[263]
-#define __pyx_n_u_vm86 __pyx_string_tab[264]
-#define __pyx_n_u_writeable __pyx_string_tab[265]
-#define __pyx_n_u_x __pyx_string_tab[266]
-#define __pyx_n_b_O __pyx_string_tab[267]
-#define __pyx_kp_b_iso88591_Q __pyx_string_tab[268]
-#define __pyx_kp_b_iso88591_A_AQd_3 __pyx_string_tab[269]
-#define __pyx_kp_b_iso88591_A_G1_s_s_b_2Rt3a_Q_6_Q_6_C_a_C_A __pyx_string_tab[270]
-#define __pyx_kp_b_iso88591_A_L_E_at1_9AT_E_XQa_Ja __pyx_string_tab[271]
-#define __pyx_kp_b_iso88591_A_q_q_D_6_T_e1Cq_TQTTZZ __pyx_string_tab[272]
-#define __pyx_kp_b_iso88591_A_AQd __pyx_string_tab[273]
-#define __pyx_kp_b_iso88591_A_4wc_4q_aq_4wc_t9CuD_G7_F_84q_t __pyx_string_tab[274]
-#define __pyx_kp_b_iso88591_A_q_4s_D_U_5_4s_XYYZ __pyx_string_tab[275]
-#define __pyx_kp_b_iso88591_A_AQd_2 __pyx_string_tab[276]
-#define __pyx_kp_b_iso88591_A_L_4q_aq_Qe_AU_Qe_AU_Qe_1E_Qe_Q __pyx_string_tab[277]
-#define __pyx_kp_b_iso88591_A_Q_L_URWWeeqqvvw_G5_a_t_Qe2Zs_W __pyx_string_tab[278]
-#define __pyx_kp_b_iso88591_L_4s_1_aq_4t1_aq_HA_S_2CCVVW_fA __pyx_string_tab[279]
+#define __pyx_n_u_NativeHooks_resume __pyx_string_tab[71]
+#define __pyx_n_u_NativeHooks_run __pyx_string_tab[72]
+#define __pyx_n_u_NativeHooks_set_guest_data __pyx_string_tab[73]
+#define __pyx_n_u_NativeHooks_stop_counts __pyx_string_tab[74]
+#define __pyx_n_u_NativeHooks_trace_direct __pyx_string_tab[75]
+#define __pyx_n_u_NativeHooks_trace_drain __pyx_string_tab[76]
+#define __pyx_n_u_NativeHooks_uninstall __pyx_string_tab[77]
+#define __pyx_n_u_REASONS __pyx_string_tab[78]
+#define __pyx_n_u_REASON_BADSEG __pyx_string_tab[79]
+#define __pyx_n_u_REASON_BREAK __pyx_string_tab[80]
+#define __pyx_n_u_REASON_DEAD __pyx_string_tab[81]
+#define __pyx_n_u_REASON_DEADLINE __pyx_string_tab[82]
+#define __pyx_n_u_REASON_DIRECT __pyx_string_tab[83]
+#define __pyx_n_u_REASON_FLUSH __pyx_string_tab[84]
+#define __pyx_n_u_REASON_INVALID __pyx_string_tab[85]
+#define __pyx_n_u_REASON_IRQ __pyx_string_tab[86]
+#define __pyx_n_u_REASON_MEM __pyx_string_tab[87]
+#define __pyx_n_u_REASON_NONE __pyx_string_tab[88]
+#define __pyx_n_u_REASON_RING0 __pyx_string_tab[89]
+#define __pyx_n_u_REASON_SOFT_GP __pyx_string_tab[90]
+#define __pyx_n_u_REASON_SWITCHER __pyx_string_tab[91]
+#define __pyx_n_u_REASON_TIMER __pyx_string_tab[92]
+#define __pyx_n_u_REASON_TRAP __pyx_string_tab[93]
+#define __pyx_n_u_REASON_VM86 __pyx_string_tab[94]
+#define __pyx_n_u_Sequence __pyx_string_tab[95]
+#define __pyx_n_u_View_MemoryView __pyx_string_tab[96]
+#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[97]
+#define __pyx_n_u_annotate __pyx_string_tab[98]
+#define __pyx_n_u_class __pyx_string_tab[99]
+#define __pyx_n_u_class_getitem __pyx_string_tab[100]
+#define __pyx_n_u_dict __pyx_string_tab[101]
+#define __pyx_n_u_enter __pyx_string_tab[102]
+#define __pyx_n_u_exit __pyx_string_tab[103]
+#define __pyx_n_u_func __pyx_string_tab[104]
+#define __pyx_n_u_getstate __pyx_string_tab[105]
+#define __pyx_n_u_import __pyx_string_tab[106]
+#define __pyx_n_u_main __pyx_string_tab[107]
+#define __pyx_n_u_module __pyx_string_tab[108]
+#define __pyx_n_u_name_2 __pyx_string_tab[109]
+#define __pyx_n_u_new __pyx_string_tab[110]
+#define __pyx_n_u_pyx_checksum __pyx_string_tab[111]
+#define __pyx_n_u_pyx_state __pyx_string_tab[112]
+#define __pyx_n_u_pyx_type __pyx_string_tab[113]
+#define __pyx_n_u_pyx_unpickle_Enum __pyx_string_tab[114]
+#define __pyx_n_u_pyx_vtable __pyx_string_tab[115]
+#define __pyx_n_u_qualname __pyx_string_tab[116]
+#define __pyx_n_u_reduce __pyx_string_tab[117]
+#define __pyx_n_u_reduce_cython __pyx_string_tab[118]
+#define __pyx_n_u_reduce_ex __pyx_string_tab[119]
+#define __pyx_n_u_set_name __pyx_string_tab[120]
+#define __pyx_n_u_setstate __pyx_string_tab[121]
+#define __pyx_n_u_setstate_cython __pyx_string_tab[122]
+#define __pyx_n_u_test __pyx_string_tab[123]
+#define __pyx_n_u_is_coroutine __pyx_string_tab[124]
+#define __pyx_n_u_abc __pyx_string_tab[125]
+#define __pyx_n_u_address __pyx_string_tab[126]
+#define __pyx_n_u_allocate_buffer __pyx_string_tab[127]
+#define __pyx_n_u_api __pyx_string_tab[128]
+#define __pyx_n_u_api_capsule __pyx_string_tab[129]
+#define __pyx_n_u_arr __pyx_string_tab[130]
+#define __pyx_n_u_array __pyx_string_tab[131]
+#define __pyx_n_u_arrays __pyx_string_tab[132]
+#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[133]
+#define __pyx_n_u_badseg __pyx_string_tab[134]
+#define __pyx_n_u_base __pyx_string_tab[135]
+#define __pyx_n_u_bind __pyx_string_tab[136]
+#define __pyx_n_u_break __pyx_string_tab[137]
+#define __pyx_n_u_budget_blocks __pyx_string_tab[138]
+#define __pyx_n_u_budget_end __pyx_string_tab[139]
+#define __pyx_n_u_buf __pyx_string_tab[140]
+#define __pyx_n_u_c __pyx_string_tab[141]
+#define __pyx_n_u_c_contiguous __pyx_string_tab[142]
+#define __pyx_n_u_capacity __pyx_string_tab[143]
+#define __pyx_n_u_cbs __pyx_string_tab[144]
+#define __pyx_n_u_clear_poke __pyx_string_tab[145]
+#define __pyx_n_u_cline_in_traceback __pyx_string_tab[146]
+#define __pyx_n_u_close __pyx_string_tab[147]
+#define __pyx_n_u_closed __pyx_string_tab[148]
+#define __pyx_n_u_code_gen_highwater __pyx_string_tab[149]
+#define __pyx_n_u_code_gen_ptr __pyx_string_tab[150]
+#define __pyx_n_u_copy __pyx_string_tab[151]
+#define __pyx_n_u_count __pyx_string_tab[152]
+#define __pyx_n_u_cpu __pyx_string_tab[153]
+#define __pyx_n_u_ctx_alloc __pyx_string_tab[154]
+#define __pyx_n_u_ctx_small_alloc __pyx_string_tab[155]
+#define __pyx_n_u_ctypes __pyx_string_tab[156]
+#define __pyx_n_u_data __pyx_string_tab[157]
+#define __pyx_n_u_dead __pyx_string_tab[158]
+#define __pyx_n_u_deadline __pyx_string_tab[159]
+#define __pyx_n_u_deadline_ns __pyx_string_tab[160]
+#define __pyx_n_u_direct __pyx_string_tab[161]
+#define __pyx_n_u_direct_counts __pyx_string_tab[162]
+#define __pyx_n_u_dropped __pyx_string_tab[163]
+#define __pyx_n_u_dtype __pyx_string_tab[164]
+#define __pyx_n_u_dtype_is_object __pyx_string_tab[165]
+#define __pyx_n_u_eflags __pyx_string_tab[166]
+#define __pyx_n_u_eip __pyx_string_tab[167]
+#define __pyx_n_u_encode __pyx_string_tab[168]
+#define __pyx_n_u_enumerate __pyx_string_tab[169]
+#define __pyx_n_u_err __pyx_string_tab[170]
+#define __pyx_n_u_error __pyx_string_tab[171]
+#define __pyx_n_u_error_code __pyx_string_tab[172]
+#define __pyx_n_u_exception_is_int __pyx_string_tab[173]
+#define __pyx_n_u_flags __pyx_string_tab[174]
+#define __pyx_n_u_flush __pyx_string_tab[175]
+#define __pyx_n_u_format __pyx_string_tab[176]
+#define __pyx_n_u_fortran __pyx_string_tab[177]
+#define __pyx_n_u_funcs __pyx_string_tab[178]
+#define __pyx_n_u_gdt_offset __pyx_string_tab[179]
+#define __pyx_n_u_guest_idt __pyx_string_tab[180]
+#define __pyx_n_u_gv __pyx_string_tab[181]
+#define __pyx_n_u_hflags __pyx_string_tab[182]
+#define __pyx_n_u_hold __pyx_string_tab[183]
+#define __pyx_n_u_host_cs __pyx_string_tab[184]
+#define __pyx_n_u_host_idt __pyx_string_tab[185]
+#define __pyx_n_u_host_ss __pyx_string_tab[186]
+#define __pyx_n_u_hv __pyx_string_tab[187]
+#define __pyx_n_u_i __pyx_string_tab[188]
+#define __pyx_n_u_id __pyx_string_tab[189]
+#define __pyx_n_u_idt __pyx_string_tab[190]
+#define __pyx_n_u_index __pyx_string_tab[191]
+#define __pyx_n_u_insn_in __pyx_string_tab[192]
+#define __pyx_n_u_insn_out __pyx_string_tab[193]
+#define __pyx_n_u_install __pyx_string_tab[194]
+#define __pyx_n_u_internals __pyx_string_tab[195]
+#define __pyx_n_u_invalid __pyx_string_tab[196]
+#define __pyx_n_u_irq __pyx_string_tab[197]
+#define __pyx_n_u_items __pyx_string_tab[198]
+#define __pyx_n_u_itemsize __pyx_string_tab[199]
+#define __pyx_n_u_layout __pyx_string_tab[200]
+#define __pyx_n_u_lguest_unicorn__uchook __pyx_string_tab[201]
+#define __pyx_n_u_lguest_data __pyx_string_tab[202]
+#define __pyx_n_u_mem __pyx_string_tab[203]
+#define __pyx_n_u_memory __pyx_string_tab[204]
+#define __pyx_n_u_memview __pyx_string_tab[205]
+#define __pyx_n_u_mode __pyx_string_tab[206]
+#define __pyx_n_u_n __pyx_string_tab[207]
+#define __pyx_n_u_name __pyx_string_tab[208]
+#define __pyx_n_u_ndarray __pyx_string_tab[209]
+#define __pyx_n_u_ndim __pyx_string_tab[210]
+#define __pyx_n_u_noirq_end __pyx_string_tab[211]
+#define __pyx_n_u_noirq_start __pyx_string_tab[212]
+#define __pyx_n_u_none __pyx_string_tab[213]
+#define __pyx_n_u_np __pyx_string_tab[214]
+#define __pyx_n_u_numpy __pyx_string_tab[215]
+#define __pyx_n_u_obj __pyx_string_tab[216]
+#define __pyx_n_u_old_exception __pyx_string_tab[217]
+#define __pyx_n_u_out __pyx_string_tab[218]
+#define __pyx_n_u_pack __pyx_string_tab[219]
+#define __pyx_n_u_poke __pyx_string_tab[220]
+#define __pyx_n_u_pop __pyx_string_tab[221]
+#define __pyx_n_u_rc __pyx_string_tab[222]
+#define __pyx_n_u_ready __pyx_string_tab[223]
+#define __pyx_n_u_reg_cr2 __pyx_string_tab[224]
+#define __pyx_n_u_reg_ids __pyx_string_tab[225]
+#define __pyx_n_u_register __pyx_string_tab[226]
+#define __pyx_n_u_regs __pyx_string_tab[227]
+#define __pyx_n_u_regs_array __pyx_string_tab[228]
+#define __pyx_n_u_request_stop __pyx_string_tab[229]
+#define __pyx_n_u_resume __pyx_string_tab[230]
+#define __pyx_n_u_ring0 __pyx_string_tab[231]
+#define __pyx_n_u_run __pyx_string_tab[232]
+#define __pyx_n_u_rv __pyx_string_tab[233]
+#define __pyx_n_u_seg_stride __pyx_string_tab[234]
+#define __pyx_n_u_segs __pyx_string_tab[235]
+#define __pyx_n_u_self __pyx_string_tab[236]
+#define __pyx_n_u_set_guest_data __pyx_string_tab[237]
+#define __pyx_n_u_setdefault __pyx_string_tab[238]
+#define __pyx_n_u_shape __pyx_string_tab[239]
+#define __pyx_n_u_size __pyx_string_tab[240]
+#define __pyx_n_u_skip_addr __pyx_string_tab[241]
+#define __pyx_n_u_soft_gp __pyx_string_tab[242]
+#define __pyx_n_u_start __pyx_string_tab[243]
+#define __pyx_n_u_step __pyx_string_tab[244]
+#define __pyx_n_u_stop __pyx_string_tab[245]
+#define __pyx_n_u_stop_counts __pyx_string_tab[246]
+#define __pyx_n_u_struct __pyx_string_tab[247]
+#define __pyx_n_u_switcher __pyx_string_tab[248]
+#define __pyx_n_u_switcher_size __pyx_string_tab[249]
+#define __pyx_n_u_switcher_va __pyx_string_tab[250]
+#define __pyx_n_u_tb_cflags __pyx_string_tab[251]
+#define __pyx_n_u_tb_guard __pyx_string_tab[252]
+#define __pyx_n_u_tb_max_insns __pyx_string_tab[253]
+#define __pyx_n_u_timer __pyx_string_tab[254]
+#define __pyx_n_u_trace_direct __pyx_string_tab[255]
+#define __pyx_n_u_trace_drain __pyx_string_tab[256]
+#define __pyx_n_u_trap __pyx_string_tab[257]
+#define __pyx_n_u_types __pyx_string_tab[258]
+#define __pyx_n_u_uc_context_restore __pyx_string_tab[259]
+#define __pyx_n_u_uc_context_save __pyx_string_tab[260]
+#define __pyx_n_u_uc_ctl __pyx_string_tab[261]
+#define __pyx_n_u_uc_emu_start __pyx_string_tab[262]
+#define __pyx_n_u_uc_emu_stop __pyx_string_tab[263]
+#define __pyx_n_u_uc_free __pyx_string_tab[264]
+#define __pyx_n_u_uc_handle __pyx_string_tab[265]
+#define __pyx_n_u_uc_hook_add __pyx_string_tab[266]
+#define __pyx_n_u_uc_hook_del __pyx_string_tab[267]
+#define __pyx_n_u_uc_owner __pyx_string_tab[268]
+#define __pyx_n_u_uc_reg_read __pyx_string_tab[269]
+#define __pyx_n_u_uc_reg_write __pyx_string_tab[270]
+#define __pyx_n_u_uint32 __pyx_string_tab[271]
+#define __pyx_n_u_uint64 __pyx_string_tab[272]
+#define __pyx_n_u_uninitialised __pyx_string_tab[273]
+#define __pyx_n_u_uninstall __pyx_string_tab[274]
+#define __pyx_n_u_unpack __pyx_string_tab[275]
+#define __pyx_n_u_until_va __pyx_string_tab[276]
+#define __pyx_n_u_update __pyx_string_tab[277]
+#define __pyx_n_u_values __pyx_string_tab[278]
+#define __pyx_n_u_vm86 __pyx_string_tab[279]
+#define __pyx_n_u_writeable __pyx_string_tab[280]
+#define __pyx_n_u_x __pyx_string_tab[281]
+#define __pyx_n_u_zeros __pyx_string_tab[282]
+#define __pyx_n_b_O __pyx_string_tab[283]
+#define __pyx_kp_b_iso88591_Q __pyx_string_tab[284]
+#define __pyx_kp_b_iso88591_A_AQd_3 __pyx_string_tab[285]
+#define __pyx_kp_b_iso88591_A_G1_s_s_b_2Rt3a_Q_6_Q_6_C_a_C_A __pyx_string_tab[286]
+#define __pyx_kp_b_iso88591_A_L_E_at1_9AT_E_XQa_Ja __pyx_string_tab[287]
+#define __pyx_kp_b_iso88591_A_q_q_D_6_T_e1Cq_TQTTZZ __pyx_string_tab[288]
+#define __pyx_kp_b_iso88591_A_AQd __pyx_string_tab[289]
+#define __pyx_kp_b_iso88591_A_4wc_4q_aq_4wc_t9CuD_G7_F_84q_t __pyx_string_tab[290]
+#define __pyx_kp_b_iso88591_A_q_4s_D_U_5_4s_XYYZ __pyx_string_tab[291]
+#define __pyx_kp_b_iso88591_A_AQd_2 __pyx_string_tab[292]
+#define __pyx_kp_b_iso88591_A_c_Cq_L_4xs_6_d_2U_C_A_C_uCq __pyx_string_tab[293]
+#define __pyx_kp_b_iso88591_A_L_4q_aq_Qe_AU_Qe_AU_Qe_1E_Qe_Q __pyx_string_tab[294]
+#define __pyx_kp_b_iso88591_A_L_Cy_C_A_C_A_Ja_9Ba_F_Cq_4vRq __pyx_string_tab[295]
+#define __pyx_kp_b_iso88591_A_Q_L_URWWeeqqvvw_G5_a_t_Qe2Zs_W __pyx_string_tab[296]
+#define __pyx_kp_b_iso88591_A_L_4s_1_aq_4t1_aq_HA_j_7_R_jPSS __pyx_string_tab[297]
+#define __pyx_kp_b_iso88591_L_4s_1_aq_4t1_aq_HA_S_2CCVVW_fA __pyx_string_tab[298]
 #define __pyx_int_0 __pyx_number_tab[0]
 #define __pyx_int_neg_1 __pyx_number_tab[1]
 #define __pyx_int_1 __pyx_number_tab[2]
 #define __pyx_int_2 __pyx_number_tab[3]
-#define __pyx_int_8 __pyx_number_tab[4]
-#define __pyx_int_256 __pyx_number_tab[5]
-#define __pyx_int_512 __pyx_number_tab[6]
-#define __pyx_int_136983863 __pyx_number_tab[7]
+#define __pyx_int_4 __pyx_number_tab[4]
+#define __pyx_int_8 __pyx_number_tab[5]
+#define __pyx_int_256 __pyx_number_tab[6]
+#define __pyx_int_512 __pyx_number_tab[7]
+#define __pyx_int_136983863 __pyx_number_tab[8]
+#define __pyx_int_4294967295 __pyx_number_tab[9]
 /* #### Code section: module_state_clear ### */
 #if CYTHON_USE_MODULE_STATE
 static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
@@ -4150,10 +4195,10 @@ static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_pop.method);
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_values.method);
   for (int i=0; i<1; ++i) { Py_CLEAR(clear_module_state->__pyx_slice[i]); }
-  for (int i=0; i<8; ++i) { Py_CLEAR(clear_module_state->__pyx_tuple[i]); }
-  for (int i=0; i<13; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<280; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
-  for (int i=0; i<8; ++i) { Py_CLEAR(clear_module_state->__pyx_number_tab[i]); }
+  for (int i=0; i<10; ++i) { Py_CLEAR(clear_module_state->__pyx_tuple[i]); }
+  for (int i=0; i<16; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
+  for (int i=0; i<299; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<10; ++i) { Py_CLEAR(clear_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_clear_contents ### */
 /* CommonTypesMetaclass.module_state_clear */
 Py_CLEAR(clear_module_state->__pyx_CommonTypesMetaclassType);
@@ -4190,10 +4235,10 @@ static CYTHON_SMALL_CODE int __pyx_m_traverse(PyObject *m, visitproc visit, void
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_pop.method);
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_values.method);
   for (int i=0; i<1; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_slice[i]); }
-  for (int i=0; i<8; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_tuple[i]); }
-  for (int i=0; i<13; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<280; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
-  for (int i=0; i<8; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_number_tab[i]); }
+  for (int i=0; i<10; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_tuple[i]); }
+  for (int i=0; i<16; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
+  for (int i=0; i<299; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<10; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_traverse_contents ### */
 /* CommonTypesMetaclass.module_state_traverse */
 Py_VISIT(traverse_module_state->__pyx_CommonTypesMetaclassType);
@@ -18379,7 +18424,7 @@ static PyObject *__pyx_unpickle_Enum__set_state(struct __pyx_MemviewEnum_obj *__
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":156
+/* "lguest/unicorn/_uchook.pyx":161
  * 
  * 
  * cdef inline size_t _ptr(object v):             # <<<<<<<<<<<<<<
@@ -18397,16 +18442,16 @@ static CYTHON_INLINE size_t __pyx_f_6lguest_7unicorn_7_uchook__ptr(PyObject *__p
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_ptr", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":157
+  /* "lguest/unicorn/_uchook.pyx":162
  * 
  * cdef inline size_t _ptr(object v):
  *     return <size_t>int(v)             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_1 = __Pyx_PyNumber_Int(__pyx_v_v); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 157, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyNumber_Int(__pyx_v_v); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 162, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyLong_As_size_t(__pyx_t_1); if (unlikely((__pyx_t_2 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 157, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_As_size_t(__pyx_t_1); if (unlikely((__pyx_t_2 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 162, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   {
 
@@ -18415,7 +18460,7 @@ static CYTHON_INLINE size_t __pyx_f_6lguest_7unicorn_7_uchook__ptr(PyObject *__p
 
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":156
+  /* "lguest/unicorn/_uchook.pyx":161
  * 
  * 
  * cdef inline size_t _ptr(object v):             # <<<<<<<<<<<<<<
@@ -18434,7 +18479,7 @@ static CYTHON_INLINE size_t __pyx_f_6lguest_7unicorn_7_uchook__ptr(PyObject *__p
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":160
+/* "lguest/unicorn/_uchook.pyx":165
  * 
  * 
  * cdef _check_addresses(funcs, internals):             # <<<<<<<<<<<<<<
@@ -18461,7 +18506,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_check_addresses", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":163
+  /* "lguest/unicorn/_uchook.pyx":168
  *     """Every libunicorn entry point NativeHooks calls, and every engine field
  *     it writes, must have an address (0 would be called or written)."""
  *     for name in ("uc_hook_add", "uc_hook_del", "uc_emu_start", "uc_emu_stop", "uc_reg_read", "uc_reg_write",             # <<<<<<<<<<<<<<
@@ -18478,22 +18523,22 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
     __pyx_t_3 = __Pyx_PySequence_ITEM(__pyx_t_1, __pyx_t_2);
     #endif
     ++__pyx_t_2;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 163, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 168, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    if (!(likely(PyUnicode_CheckExact(__pyx_t_3))||((__pyx_t_3) == Py_None) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_3))) __PYX_ERR(0, 163, __pyx_L1_error)
+    if (!(likely(PyUnicode_CheckExact(__pyx_t_3))||((__pyx_t_3) == Py_None) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_3))) __PYX_ERR(0, 168, __pyx_L1_error)
     __Pyx_XDECREF_SET(__pyx_v_name, ((PyObject*)__pyx_t_3));
     __pyx_t_3 = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":165
+    /* "lguest/unicorn/_uchook.pyx":170
  *     for name in ("uc_hook_add", "uc_hook_del", "uc_emu_start", "uc_emu_stop", "uc_reg_read", "uc_reg_write",
  *                  "uc_context_save", "uc_context_restore", "uc_ctl"):
  *         if not funcs[name]:             # <<<<<<<<<<<<<<
  *             raise ValueError(f"no address for {name}")
  *     for name in ("tb_cflags", "code_gen_ptr", "code_gen_highwater"):
 */
-    __pyx_t_3 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_v_name); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 165, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_v_name); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 170, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_4 = __Pyx_PyObject_IsTrue(__pyx_t_3); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(0, 165, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_IsTrue(__pyx_t_3); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(0, 170, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __pyx_t_5 = (!__pyx_t_4);
 
@@ -18501,7 +18546,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
     if (unlikely(__pyx_t_5)) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":166
+      /* "lguest/unicorn/_uchook.pyx":171
  *                  "uc_context_save", "uc_context_restore", "uc_ctl"):
  *         if not funcs[name]:
  *             raise ValueError(f"no address for {name}")             # <<<<<<<<<<<<<<
@@ -18509,9 +18554,9 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
  *         if not internals[name]:
 */
       __pyx_t_6 = NULL;
-      __pyx_t_7 = __Pyx_PyUnicode_Unicode(__pyx_v_name); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 166, __pyx_L1_error)
+      __pyx_t_7 = __Pyx_PyUnicode_Unicode(__pyx_v_name); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 171, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
-      __pyx_t_8 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_no_address_for, __pyx_t_7); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 166, __pyx_L1_error)
+      __pyx_t_8 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_no_address_for, __pyx_t_7); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 171, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_8);
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __pyx_t_9 = 1;
@@ -18520,14 +18565,14 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
         __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
         __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 166, __pyx_L1_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 171, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __Pyx_Raise(__pyx_t_3, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      __PYX_ERR(0, 166, __pyx_L1_error)
+      __PYX_ERR(0, 171, __pyx_L1_error)
 
-      /* "lguest/unicorn/_uchook.pyx":165
+      /* "lguest/unicorn/_uchook.pyx":170
  *     for name in ("uc_hook_add", "uc_hook_del", "uc_emu_start", "uc_emu_stop", "uc_reg_read", "uc_reg_write",
  *                  "uc_context_save", "uc_context_restore", "uc_ctl"):
  *         if not funcs[name]:             # <<<<<<<<<<<<<<
@@ -18536,7 +18581,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
 */
     }
 
-    /* "lguest/unicorn/_uchook.pyx":163
+    /* "lguest/unicorn/_uchook.pyx":168
  *     """Every libunicorn entry point NativeHooks calls, and every engine field
  *     it writes, must have an address (0 would be called or written)."""
  *     for name in ("uc_hook_add", "uc_hook_del", "uc_emu_start", "uc_emu_stop", "uc_reg_read", "uc_reg_write",             # <<<<<<<<<<<<<<
@@ -18546,7 +18591,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":167
+  /* "lguest/unicorn/_uchook.pyx":172
  *         if not funcs[name]:
  *             raise ValueError(f"no address for {name}")
  *     for name in ("tb_cflags", "code_gen_ptr", "code_gen_highwater"):             # <<<<<<<<<<<<<<
@@ -18563,22 +18608,22 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
     __pyx_t_3 = __Pyx_PySequence_ITEM(__pyx_t_1, __pyx_t_2);
     #endif
     ++__pyx_t_2;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 167, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 172, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    if (!(likely(PyUnicode_CheckExact(__pyx_t_3))||((__pyx_t_3) == Py_None) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_3))) __PYX_ERR(0, 167, __pyx_L1_error)
+    if (!(likely(PyUnicode_CheckExact(__pyx_t_3))||((__pyx_t_3) == Py_None) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_3))) __PYX_ERR(0, 172, __pyx_L1_error)
     __Pyx_XDECREF_SET(__pyx_v_name, ((PyObject*)__pyx_t_3));
     __pyx_t_3 = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":168
+    /* "lguest/unicorn/_uchook.pyx":173
  *             raise ValueError(f"no address for {name}")
  *     for name in ("tb_cflags", "code_gen_ptr", "code_gen_highwater"):
  *         if not internals[name]:             # <<<<<<<<<<<<<<
  *             raise ValueError(f"no address for {name}")
  *     if not 1 <= internals["tb_max_insns"] <= 512 or internals["tb_guard"] <= 0:
 */
-    __pyx_t_3 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_v_name); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 168, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_v_name); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 173, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_5 = __Pyx_PyObject_IsTrue(__pyx_t_3); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 168, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_IsTrue(__pyx_t_3); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 173, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __pyx_t_4 = (!__pyx_t_5);
 
@@ -18586,7 +18631,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
     if (unlikely(__pyx_t_4)) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":169
+      /* "lguest/unicorn/_uchook.pyx":174
  *     for name in ("tb_cflags", "code_gen_ptr", "code_gen_highwater"):
  *         if not internals[name]:
  *             raise ValueError(f"no address for {name}")             # <<<<<<<<<<<<<<
@@ -18594,9 +18639,9 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
  *         raise ValueError("tb_max_insns must be 1..512 and tb_guard positive")
 */
       __pyx_t_8 = NULL;
-      __pyx_t_6 = __Pyx_PyUnicode_Unicode(__pyx_v_name); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 169, __pyx_L1_error)
+      __pyx_t_6 = __Pyx_PyUnicode_Unicode(__pyx_v_name); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 174, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
-      __pyx_t_7 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_no_address_for, __pyx_t_6); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 169, __pyx_L1_error)
+      __pyx_t_7 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_no_address_for, __pyx_t_6); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 174, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
       __pyx_t_9 = 1;
@@ -18605,14 +18650,14 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
         __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 169, __pyx_L1_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 174, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __Pyx_Raise(__pyx_t_3, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      __PYX_ERR(0, 169, __pyx_L1_error)
+      __PYX_ERR(0, 174, __pyx_L1_error)
 
-      /* "lguest/unicorn/_uchook.pyx":168
+      /* "lguest/unicorn/_uchook.pyx":173
  *             raise ValueError(f"no address for {name}")
  *     for name in ("tb_cflags", "code_gen_ptr", "code_gen_highwater"):
  *         if not internals[name]:             # <<<<<<<<<<<<<<
@@ -18621,7 +18666,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
 */
     }
 
-    /* "lguest/unicorn/_uchook.pyx":167
+    /* "lguest/unicorn/_uchook.pyx":172
  *         if not funcs[name]:
  *             raise ValueError(f"no address for {name}")
  *     for name in ("tb_cflags", "code_gen_ptr", "code_gen_highwater"):             # <<<<<<<<<<<<<<
@@ -18631,18 +18676,18 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":170
+  /* "lguest/unicorn/_uchook.pyx":175
  *         if not internals[name]:
  *             raise ValueError(f"no address for {name}")
  *     if not 1 <= internals["tb_max_insns"] <= 512 or internals["tb_guard"] <= 0:             # <<<<<<<<<<<<<<
  *         raise ValueError("tb_max_insns must be 1..512 and tb_guard positive")
  * 
 */
-  __pyx_t_1 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_max_insns); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 170, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_max_insns); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 175, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_5 = __Pyx_PyObject_CompareBoolLe_int_object(__pyx_mstate_global->__pyx_int_1, __pyx_t_1, Py_LE); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 170, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_CompareBoolLe_int_object(__pyx_mstate_global->__pyx_int_1, __pyx_t_1, Py_LE); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 175, __pyx_L1_error)
   if (__pyx_t_5) {
-    __pyx_t_5 = __Pyx_PyObject_CompareBoolLe_object_int(__pyx_t_1, __pyx_mstate_global->__pyx_int_512, Py_LE); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 170, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_CompareBoolLe_object_int(__pyx_t_1, __pyx_mstate_global->__pyx_int_512, Py_LE); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 175, __pyx_L1_error)
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_t_10 = (!__pyx_t_5);
@@ -18656,9 +18701,9 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
 
     goto __pyx_L12_bool_binop_done;
   }
-  __pyx_t_1 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_guard); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 170, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_guard); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 175, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_10 = __Pyx_PyObject_CompareBoolLe_object_int(__pyx_t_1, __pyx_mstate_global->__pyx_int_0, Py_LE); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 170, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_CompareBoolLe_object_int(__pyx_t_1, __pyx_mstate_global->__pyx_int_0, Py_LE); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 175, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
   __pyx_t_4 = __pyx_t_10;
@@ -18667,7 +18712,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
   if (unlikely(__pyx_t_4)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":171
+    /* "lguest/unicorn/_uchook.pyx":176
  *             raise ValueError(f"no address for {name}")
  *     if not 1 <= internals["tb_max_insns"] <= 512 or internals["tb_guard"] <= 0:
  *         raise ValueError("tb_max_insns must be 1..512 and tb_guard positive")             # <<<<<<<<<<<<<<
@@ -18680,14 +18725,14 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_tb_max_insns_must_be_1_512_and_t};
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 171, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 176, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 171, __pyx_L1_error)
+    __PYX_ERR(0, 176, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":170
+    /* "lguest/unicorn/_uchook.pyx":175
  *         if not internals[name]:
  *             raise ValueError(f"no address for {name}")
  *     if not 1 <= internals["tb_max_insns"] <= 512 or internals["tb_guard"] <= 0:             # <<<<<<<<<<<<<<
@@ -18696,7 +18741,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":160
+  /* "lguest/unicorn/_uchook.pyx":165
  * 
  * 
  * cdef _check_addresses(funcs, internals):             # <<<<<<<<<<<<<<
@@ -18722,7 +18767,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook__check_addresses(PyObject *__
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":198
+/* "lguest/unicorn/_uchook.pyx":204
  *     cdef int busy          # a run() is in progress (set and cleared with the GIL held)
  * 
  *     def __cinit__(self):             # <<<<<<<<<<<<<<
@@ -18776,7 +18821,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("__cinit__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":199
+  /* "lguest/unicorn/_uchook.pyx":205
  * 
  *     def __cinit__(self):
  *         memset(&self.st, 0, sizeof(uh_state))             # <<<<<<<<<<<<<<
@@ -18785,7 +18830,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
 */
   (void)(memset((&__pyx_v_self->st), 0, (sizeof(uh_state))));
 
-  /* "lguest/unicorn/_uchook.pyx":200
+  /* "lguest/unicorn/_uchook.pyx":206
  *     def __cinit__(self):
  *         memset(&self.st, 0, sizeof(uh_state))
  *         self.st.pending = &self.st.attention             # <<<<<<<<<<<<<<
@@ -18794,7 +18839,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
 */
   __pyx_v_self->st.pending = (&__pyx_v_self->st.attention);
 
-  /* "lguest/unicorn/_uchook.pyx":201
+  /* "lguest/unicorn/_uchook.pyx":207
  *         memset(&self.st, 0, sizeof(uh_state))
  *         self.st.pending = &self.st.attention
  *         self.nhooks = 0             # <<<<<<<<<<<<<<
@@ -18803,7 +18848,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
 */
   __pyx_v_self->nhooks = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":202
+  /* "lguest/unicorn/_uchook.pyx":208
  *         self.st.pending = &self.st.attention
  *         self.nhooks = 0
  *         self.ctx_ptr = NULL             # <<<<<<<<<<<<<<
@@ -18812,7 +18857,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
 */
   __pyx_v_self->ctx_ptr = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":203
+  /* "lguest/unicorn/_uchook.pyx":209
  *         self.nhooks = 0
  *         self.ctx_ptr = NULL
  *         self.ctx_small_ptr = NULL             # <<<<<<<<<<<<<<
@@ -18821,7 +18866,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
 */
   __pyx_v_self->ctx_small_ptr = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":204
+  /* "lguest/unicorn/_uchook.pyx":210
  *         self.ctx_ptr = NULL
  *         self.ctx_small_ptr = NULL
  *         self.state = 0             # <<<<<<<<<<<<<<
@@ -18830,7 +18875,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
 */
   __pyx_v_self->state = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":205
+  /* "lguest/unicorn/_uchook.pyx":211
  *         self.ctx_small_ptr = NULL
  *         self.state = 0
  *         self.busy = 0             # <<<<<<<<<<<<<<
@@ -18839,7 +18884,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
 */
   __pyx_v_self->busy = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":206
+  /* "lguest/unicorn/_uchook.pyx":212
  *         self.state = 0
  *         self.busy = 0
  *         self._keep = None             # <<<<<<<<<<<<<<
@@ -18851,31 +18896,43 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
   __Pyx_GOTREF(__pyx_v_self->_keep);
   __Pyx_DECREF_SET(__pyx_v_self->_keep, Py_None);
 
-  /* "lguest/unicorn/_uchook.pyx":207
+  /* "lguest/unicorn/_uchook.pyx":213
  *         self.busy = 0
  *         self._keep = None
  *         self._owners = None             # <<<<<<<<<<<<<<
  *         self._hold = None
- * 
+ *         self._trace = None
 */
   __Pyx_INCREF(Py_None);
   __Pyx_GIVEREF(Py_None);
   __Pyx_GOTREF(__pyx_v_self->_owners);
   __Pyx_DECREF_SET(__pyx_v_self->_owners, Py_None);
 
-  /* "lguest/unicorn/_uchook.pyx":208
+  /* "lguest/unicorn/_uchook.pyx":214
  *         self._keep = None
  *         self._owners = None
  *         self._hold = None             # <<<<<<<<<<<<<<
+ *         self._trace = None
  * 
- *     def __init__(self, *, uc_handle, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va,
 */
   __Pyx_INCREF(Py_None);
   __Pyx_GIVEREF(Py_None);
   __Pyx_GOTREF(__pyx_v_self->_hold);
   __Pyx_DECREF_SET(__pyx_v_self->_hold, Py_None);
 
-  /* "lguest/unicorn/_uchook.pyx":198
+  /* "lguest/unicorn/_uchook.pyx":215
+ *         self._owners = None
+ *         self._hold = None
+ *         self._trace = None             # <<<<<<<<<<<<<<
+ * 
+ *     def __init__(self, *, uc_handle, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va,
+*/
+  __Pyx_INCREF(Py_None);
+  __Pyx_GIVEREF(Py_None);
+  __Pyx_GOTREF(__pyx_v_self->_trace);
+  __Pyx_DECREF_SET(__pyx_v_self->_trace, Py_None);
+
+  /* "lguest/unicorn/_uchook.pyx":204
  *     cdef int busy          # a run() is in progress (set and cleared with the GIL held)
  * 
  *     def __cinit__(self):             # <<<<<<<<<<<<<<
@@ -18890,8 +18947,8 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks___cinit__(struct __p
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":210
- *         self._hold = None
+/* "lguest/unicorn/_uchook.pyx":217
+ *         self._trace = None
  * 
  *     def __init__(self, *, uc_handle, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va,             # <<<<<<<<<<<<<<
  *                  switcher_size, gdt_offset, until_va, host_cs, host_ss,
@@ -18958,15 +19015,15 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_uc_handle,&__pyx_mstate_global->__pyx_n_u_funcs,&__pyx_mstate_global->__pyx_n_u_reg_ids,&__pyx_mstate_global->__pyx_n_u_reg_cr2,&__pyx_mstate_global->__pyx_n_u_layout,&__pyx_mstate_global->__pyx_n_u_switcher,&__pyx_mstate_global->__pyx_n_u_switcher_va,&__pyx_mstate_global->__pyx_n_u_switcher_size,&__pyx_mstate_global->__pyx_n_u_gdt_offset,&__pyx_mstate_global->__pyx_n_u_until_va,&__pyx_mstate_global->__pyx_n_u_host_cs,&__pyx_mstate_global->__pyx_n_u_host_ss,&__pyx_mstate_global->__pyx_n_u_ctx_alloc,&__pyx_mstate_global->__pyx_n_u_ctx_small_alloc,&__pyx_mstate_global->__pyx_n_u_uc_free,&__pyx_mstate_global->__pyx_n_u_insn_in,&__pyx_mstate_global->__pyx_n_u_insn_out,&__pyx_mstate_global->__pyx_n_u_internals,&__pyx_mstate_global->__pyx_n_u_uc_owner,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL_TPNEW(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 210, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 217, __pyx_L3_error)
     if (likely(__pyx_kwds_len > 0)) {
       switch (__pyx_nargs) {
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, 0, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 210, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, 0, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 217, __pyx_L3_error)
 
-      /* "lguest/unicorn/_uchook.pyx":212
+      /* "lguest/unicorn/_uchook.pyx":219
  *     def __init__(self, *, uc_handle, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va,
  *                  switcher_size, gdt_offset, until_va, host_cs, host_ss,
  *                  ctx_alloc, ctx_small_alloc, uc_free, insn_in, insn_out, internals, uc_owner=None):             # <<<<<<<<<<<<<<
@@ -18975,12 +19032,12 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
 */
       if (!values[18]) values[18] = __Pyx_NewRef(((PyObject *)Py_None));
       for (Py_ssize_t i = 0; i < 18; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseKeywordRequired("__init__", *(__pyx_pyargnames[i - 0])); __PYX_ERR(0, 210, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseKeywordRequired("__init__", *(__pyx_pyargnames[i - 0])); __PYX_ERR(0, 217, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 0)) {
       goto __pyx_L5_argtuple_error;
     } else {
-      __Pyx_RaiseKeywordRequired("__init__", __pyx_mstate_global->__pyx_n_u_uc_handle); __PYX_ERR(0, 210, __pyx_L3_error)
+      __Pyx_RaiseKeywordRequired("__init__", __pyx_mstate_global->__pyx_n_u_uc_handle); __PYX_ERR(0, 217, __pyx_L3_error)
     }
     __pyx_v_uc_handle = values[0];
     __pyx_v_funcs = values[1];
@@ -19004,7 +19061,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__init__", 1, 0, 0, __pyx_nargs); __PYX_ERR(0, 210, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__init__", 1, 0, 0, __pyx_nargs); __PYX_ERR(0, 217, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -19017,8 +19074,8 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __pyx_L4_argument_unpacking_done:;
   __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self), __pyx_v_uc_handle, __pyx_v_funcs, __pyx_v_reg_ids, __pyx_v_reg_cr2, __pyx_v_layout, __pyx_v_switcher, __pyx_v_switcher_va, __pyx_v_switcher_size, __pyx_v_gdt_offset, __pyx_v_until_va, __pyx_v_host_cs, __pyx_v_host_ss, __pyx_v_ctx_alloc, __pyx_v_ctx_small_alloc, __pyx_v_uc_free, __pyx_v_insn_in, __pyx_v_insn_out, __pyx_v_internals, __pyx_v_uc_owner);
 
-  /* "lguest/unicorn/_uchook.pyx":210
- *         self._hold = None
+  /* "lguest/unicorn/_uchook.pyx":217
+ *         self._trace = None
  * 
  *     def __init__(self, *, uc_handle, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va,             # <<<<<<<<<<<<<<
  *                  switcher_size, gdt_offset, until_va, host_cs, host_ss,
@@ -19057,7 +19114,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__init__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":224
+  /* "lguest/unicorn/_uchook.pyx":231
  *         ``uc_owner``: the object owning the engine, kept alive likewise."""
  *         cdef unsigned char[::1] sw
  *         if self.state != 0:             # <<<<<<<<<<<<<<
@@ -19069,7 +19126,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":225
+    /* "lguest/unicorn/_uchook.pyx":232
  *         cdef unsigned char[::1] sw
  *         if self.state != 0:
  *             raise RuntimeError("NativeHooks is already initialised")             # <<<<<<<<<<<<<<
@@ -19082,14 +19139,14 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_NativeHooks_is_already_initialis};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 225, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 232, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 225, __pyx_L1_error)
+    __PYX_ERR(0, 232, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":224
+    /* "lguest/unicorn/_uchook.pyx":231
  *         ``uc_owner``: the object owning the engine, kept alive likewise."""
  *         cdef unsigned char[::1] sw
  *         if self.state != 0:             # <<<<<<<<<<<<<<
@@ -19098,14 +19155,14 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":226
+  /* "lguest/unicorn/_uchook.pyx":233
  *         if self.state != 0:
  *             raise RuntimeError("NativeHooks is already initialised")
  *         if not uc_handle or not ctx_alloc:             # <<<<<<<<<<<<<<
  *             raise ValueError("NativeHooks needs an engine and a context")
  *         if len(reg_ids) != NUM_REGS:
 */
-  __pyx_t_5 = __Pyx_PyObject_IsTrue(__pyx_v_uc_handle); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 226, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_IsTrue(__pyx_v_uc_handle); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 233, __pyx_L1_error)
   __pyx_t_6 = (!__pyx_t_5);
 
 
@@ -19117,7 +19174,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 
     goto __pyx_L5_bool_binop_done;
   }
-  __pyx_t_6 = __Pyx_PyObject_IsTrue(__pyx_v_ctx_alloc); if (unlikely((__pyx_t_6 < 0))) __PYX_ERR(0, 226, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_IsTrue(__pyx_v_ctx_alloc); if (unlikely((__pyx_t_6 < 0))) __PYX_ERR(0, 233, __pyx_L1_error)
   __pyx_t_5 = (!__pyx_t_6);
 
 
@@ -19128,7 +19185,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":227
+    /* "lguest/unicorn/_uchook.pyx":234
  *             raise RuntimeError("NativeHooks is already initialised")
  *         if not uc_handle or not ctx_alloc:
  *             raise ValueError("NativeHooks needs an engine and a context")             # <<<<<<<<<<<<<<
@@ -19141,14 +19198,14 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_NativeHooks_needs_an_engine_and};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 227, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 234, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 227, __pyx_L1_error)
+    __PYX_ERR(0, 234, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":226
+    /* "lguest/unicorn/_uchook.pyx":233
  *         if self.state != 0:
  *             raise RuntimeError("NativeHooks is already initialised")
  *         if not uc_handle or not ctx_alloc:             # <<<<<<<<<<<<<<
@@ -19157,21 +19214,21 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":228
+  /* "lguest/unicorn/_uchook.pyx":235
  *         if not uc_handle or not ctx_alloc:
  *             raise ValueError("NativeHooks needs an engine and a context")
  *         if len(reg_ids) != NUM_REGS:             # <<<<<<<<<<<<<<
  *             raise ValueError(f"reg_ids needs {NUM_REGS} entries")
  *         sw = switcher   # a writable, contiguous buffer (TypeError/ValueError otherwise)
 */
-  __pyx_t_7 = PyObject_Length(__pyx_v_reg_ids); if (unlikely(__pyx_t_7 == ((Py_ssize_t)-1))) __PYX_ERR(0, 228, __pyx_L1_error)
+  __pyx_t_7 = PyObject_Length(__pyx_v_reg_ids); if (unlikely(__pyx_t_7 == ((Py_ssize_t)-1))) __PYX_ERR(0, 235, __pyx_L1_error)
   __pyx_t_1 = (__pyx_t_7 != LG_NUM_REGS);
 
 
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":229
+    /* "lguest/unicorn/_uchook.pyx":236
  *             raise ValueError("NativeHooks needs an engine and a context")
  *         if len(reg_ids) != NUM_REGS:
  *             raise ValueError(f"reg_ids needs {NUM_REGS} entries")             # <<<<<<<<<<<<<<
@@ -19179,7 +19236,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
  *         if switcher_size <= 0 or sw.shape[0] < switcher_size or gdt_offset < 0 or gdt_offset + 32 * 8 > switcher_size:
 */
     __pyx_t_3 = NULL;
-    __pyx_t_8 = __Pyx_PyUnicode_From___pyx_anon_enum(LG_NUM_REGS, 0, ' ', 'd'); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 229, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyUnicode_From___pyx_anon_enum(LG_NUM_REGS, 0, ' ', 'd'); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 236, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __pyx_t_9[0] = __pyx_mstate_global->__pyx_kp_u_reg_ids_needs;
     __pyx_t_9[1] = __pyx_t_8;
@@ -19190,7 +19247,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
     #endif
     __pyx_t_10 = 0;
     __pyx_t_11 = __Pyx_PyUnicode_Join(__pyx_t_9, 3, __pyx_t_7, __pyx_t_10);
-    if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 229, __pyx_L1_error)
+    if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 236, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
     __pyx_t_4 = 1;
@@ -19199,14 +19256,14 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 229, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 236, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 229, __pyx_L1_error)
+    __PYX_ERR(0, 236, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":228
+    /* "lguest/unicorn/_uchook.pyx":235
  *         if not uc_handle or not ctx_alloc:
  *             raise ValueError("NativeHooks needs an engine and a context")
  *         if len(reg_ids) != NUM_REGS:             # <<<<<<<<<<<<<<
@@ -19215,26 +19272,26 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":230
+  /* "lguest/unicorn/_uchook.pyx":237
  *         if len(reg_ids) != NUM_REGS:
  *             raise ValueError(f"reg_ids needs {NUM_REGS} entries")
  *         sw = switcher   # a writable, contiguous buffer (TypeError/ValueError otherwise)             # <<<<<<<<<<<<<<
  *         if switcher_size <= 0 or sw.shape[0] < switcher_size or gdt_offset < 0 or gdt_offset + 32 * 8 > switcher_size:
  *             raise ValueError("the Switcher buffer does not hold the layout")
 */
-  __pyx_t_12 = __Pyx_PyObject_to_MemoryviewSlice_dc_unsigned_char(__pyx_v_switcher, PyBUF_WRITABLE); if (unlikely(!__pyx_t_12.memview)) __PYX_ERR(0, 230, __pyx_L1_error)
+  __pyx_t_12 = __Pyx_PyObject_to_MemoryviewSlice_dc_unsigned_char(__pyx_v_switcher, PyBUF_WRITABLE); if (unlikely(!__pyx_t_12.memview)) __PYX_ERR(0, 237, __pyx_L1_error)
   __pyx_v_sw = __pyx_t_12;
   __pyx_t_12.memview = NULL;
   __pyx_t_12.data = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":231
+  /* "lguest/unicorn/_uchook.pyx":238
  *             raise ValueError(f"reg_ids needs {NUM_REGS} entries")
  *         sw = switcher   # a writable, contiguous buffer (TypeError/ValueError otherwise)
  *         if switcher_size <= 0 or sw.shape[0] < switcher_size or gdt_offset < 0 or gdt_offset + 32 * 8 > switcher_size:             # <<<<<<<<<<<<<<
  *             raise ValueError("the Switcher buffer does not hold the layout")
  *         _check_addresses(funcs, internals)
 */
-  __pyx_t_5 = __Pyx_PyObject_CompareBoolLe_object_int(__pyx_v_switcher_size, __pyx_mstate_global->__pyx_int_0, Py_LE); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 231, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_CompareBoolLe_object_int(__pyx_v_switcher_size, __pyx_mstate_global->__pyx_int_0, Py_LE); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 238, __pyx_L1_error)
   if (!__pyx_t_5) {
 
   } else {
@@ -19243,9 +19300,9 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 
     goto __pyx_L9_bool_binop_done;
   }
-  __pyx_t_2 = PyLong_FromSsize_t((__pyx_v_sw.shape[0])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 231, __pyx_L1_error)
+  __pyx_t_2 = PyLong_FromSsize_t((__pyx_v_sw.shape[0])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 238, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_5 = __Pyx_PyObject_CompareBoolLt_int_object(__pyx_t_2, __pyx_v_switcher_size, Py_LT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 231, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_CompareBoolLt_int_object(__pyx_t_2, __pyx_v_switcher_size, Py_LT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 238, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   if (!__pyx_t_5) {
 
@@ -19255,7 +19312,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 
     goto __pyx_L9_bool_binop_done;
   }
-  __pyx_t_5 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_v_gdt_offset, __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 231, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_v_gdt_offset, __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 238, __pyx_L1_error)
   if (!__pyx_t_5) {
 
   } else {
@@ -19264,9 +19321,9 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 
     goto __pyx_L9_bool_binop_done;
   }
-  __pyx_t_2 = __Pyx_PyLong_AddObjC(__pyx_v_gdt_offset, __pyx_mstate_global->__pyx_int_256, 0x100, 0, 0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 231, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_AddObjC(__pyx_v_gdt_offset, __pyx_mstate_global->__pyx_int_256, 0x100, 0, 0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 238, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_5 = __Pyx_PyObject_CompareBoolGt_object_object(__pyx_t_2, __pyx_v_switcher_size, Py_GT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 231, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_CompareBoolGt_object_object(__pyx_t_2, __pyx_v_switcher_size, Py_GT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 238, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
   __pyx_t_1 = __pyx_t_5;
@@ -19275,7 +19332,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":232
+    /* "lguest/unicorn/_uchook.pyx":239
  *         sw = switcher   # a writable, contiguous buffer (TypeError/ValueError otherwise)
  *         if switcher_size <= 0 or sw.shape[0] < switcher_size or gdt_offset < 0 or gdt_offset + 32 * 8 > switcher_size:
  *             raise ValueError("the Switcher buffer does not hold the layout")             # <<<<<<<<<<<<<<
@@ -19288,14 +19345,14 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
       PyObject *__pyx_callargs[2] = {__pyx_t_11, __pyx_mstate_global->__pyx_kp_u_the_Switcher_buffer_does_not_hol};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_11); __pyx_t_11 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 232, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 239, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 232, __pyx_L1_error)
+    __PYX_ERR(0, 239, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":231
+    /* "lguest/unicorn/_uchook.pyx":238
  *             raise ValueError(f"reg_ids needs {NUM_REGS} entries")
  *         sw = switcher   # a writable, contiguous buffer (TypeError/ValueError otherwise)
  *         if switcher_size <= 0 or sw.shape[0] < switcher_size or gdt_offset < 0 or gdt_offset + 32 * 8 > switcher_size:             # <<<<<<<<<<<<<<
@@ -19304,40 +19361,40 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":233
+  /* "lguest/unicorn/_uchook.pyx":240
  *         if switcher_size <= 0 or sw.shape[0] < switcher_size or gdt_offset < 0 or gdt_offset + 32 * 8 > switcher_size:
  *             raise ValueError("the Switcher buffer does not hold the layout")
  *         _check_addresses(funcs, internals)             # <<<<<<<<<<<<<<
  *         # state stays 0 until the end: should a layout key or an address still
  *         # fail below, every method refuses the half-set instance.
 */
-  __pyx_t_2 = __pyx_f_6lguest_7unicorn_7_uchook__check_addresses(__pyx_v_funcs, __pyx_v_internals); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 233, __pyx_L1_error)
+  __pyx_t_2 = __pyx_f_6lguest_7unicorn_7_uchook__check_addresses(__pyx_v_funcs, __pyx_v_internals); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 240, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":236
+  /* "lguest/unicorn/_uchook.pyx":243
  *         # state stays 0 until the end: should a layout key or an address still
  *         # fail below, every method refuses the half-set instance.
  *         self._set_engine(uc_handle, funcs, internals)             # <<<<<<<<<<<<<<
  *         self._set_layout(reg_ids, reg_cr2, layout)
  *         self.st.switcher = &sw[0]
 */
-  __pyx_t_2 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_set_engine(__pyx_v_self, __pyx_v_uc_handle, __pyx_v_funcs, __pyx_v_internals); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 236, __pyx_L1_error)
+  __pyx_t_2 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_set_engine(__pyx_v_self, __pyx_v_uc_handle, __pyx_v_funcs, __pyx_v_internals); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 243, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":237
+  /* "lguest/unicorn/_uchook.pyx":244
  *         # fail below, every method refuses the half-set instance.
  *         self._set_engine(uc_handle, funcs, internals)
  *         self._set_layout(reg_ids, reg_cr2, layout)             # <<<<<<<<<<<<<<
  *         self.st.switcher = &sw[0]
  *         self.st.switcher_va = switcher_va
 */
-  __pyx_t_2 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_set_layout(__pyx_v_self, __pyx_v_reg_ids, __pyx_v_reg_cr2, __pyx_v_layout); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 237, __pyx_L1_error)
+  __pyx_t_2 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_set_layout(__pyx_v_self, __pyx_v_reg_ids, __pyx_v_reg_cr2, __pyx_v_layout); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 244, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":238
+  /* "lguest/unicorn/_uchook.pyx":245
  *         self._set_engine(uc_handle, funcs, internals)
  *         self._set_layout(reg_ids, reg_cr2, layout)
  *         self.st.switcher = &sw[0]             # <<<<<<<<<<<<<<
@@ -19347,68 +19404,68 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
   __pyx_t_13 = 0;
   __pyx_v_self->st.switcher = (&(*((unsigned char *) ( /* dim=0 */ ((char *) (((unsigned char *) __pyx_v_sw.data) + __pyx_t_13)) ))));
 
-  /* "lguest/unicorn/_uchook.pyx":239
+  /* "lguest/unicorn/_uchook.pyx":246
  *         self._set_layout(reg_ids, reg_cr2, layout)
  *         self.st.switcher = &sw[0]
  *         self.st.switcher_va = switcher_va             # <<<<<<<<<<<<<<
  *         self.st.switcher_size = switcher_size
  *         self.st.gdt = <uint32_t *>(self.st.switcher + <size_t>gdt_offset)
 */
-  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_switcher_va); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 239, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_switcher_va); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 246, __pyx_L1_error)
   __pyx_v_self->st.switcher_va = __pyx_t_14;
 
-  /* "lguest/unicorn/_uchook.pyx":240
+  /* "lguest/unicorn/_uchook.pyx":247
  *         self.st.switcher = &sw[0]
  *         self.st.switcher_va = switcher_va
  *         self.st.switcher_size = switcher_size             # <<<<<<<<<<<<<<
  *         self.st.gdt = <uint32_t *>(self.st.switcher + <size_t>gdt_offset)
  *         self.st.until_va = until_va
 */
-  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_switcher_size); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 240, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_switcher_size); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 247, __pyx_L1_error)
   __pyx_v_self->st.switcher_size = __pyx_t_14;
 
-  /* "lguest/unicorn/_uchook.pyx":241
+  /* "lguest/unicorn/_uchook.pyx":248
  *         self.st.switcher_va = switcher_va
  *         self.st.switcher_size = switcher_size
  *         self.st.gdt = <uint32_t *>(self.st.switcher + <size_t>gdt_offset)             # <<<<<<<<<<<<<<
  *         self.st.until_va = until_va
  *         self.st.host_cs = host_cs
 */
-  __pyx_t_4 = __Pyx_PyLong_As_size_t(__pyx_v_gdt_offset); if (unlikely((__pyx_t_4 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 241, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_As_size_t(__pyx_v_gdt_offset); if (unlikely((__pyx_t_4 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 248, __pyx_L1_error)
   __pyx_v_self->st.gdt = ((uint32_t *)(__pyx_v_self->st.switcher + ((size_t)__pyx_t_4)));
 
 
-  /* "lguest/unicorn/_uchook.pyx":242
+  /* "lguest/unicorn/_uchook.pyx":249
  *         self.st.switcher_size = switcher_size
  *         self.st.gdt = <uint32_t *>(self.st.switcher + <size_t>gdt_offset)
  *         self.st.until_va = until_va             # <<<<<<<<<<<<<<
  *         self.st.host_cs = host_cs
  *         self.st.host_ss = host_ss
 */
-  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_until_va); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 242, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_until_va); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 249, __pyx_L1_error)
   __pyx_v_self->st.until_va = __pyx_t_14;
 
-  /* "lguest/unicorn/_uchook.pyx":243
+  /* "lguest/unicorn/_uchook.pyx":250
  *         self.st.gdt = <uint32_t *>(self.st.switcher + <size_t>gdt_offset)
  *         self.st.until_va = until_va
  *         self.st.host_cs = host_cs             # <<<<<<<<<<<<<<
  *         self.st.host_ss = host_ss
  *         self.st.pending = &self.st.attention
 */
-  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_host_cs); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 243, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_host_cs); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 250, __pyx_L1_error)
   __pyx_v_self->st.host_cs = __pyx_t_14;
 
-  /* "lguest/unicorn/_uchook.pyx":244
+  /* "lguest/unicorn/_uchook.pyx":251
  *         self.st.until_va = until_va
  *         self.st.host_cs = host_cs
  *         self.st.host_ss = host_ss             # <<<<<<<<<<<<<<
  *         self.st.pending = &self.st.attention
  *         self.ctx_ptr = <void *>_ptr(ctx_alloc)
 */
-  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_host_ss); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 244, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyLong_As_uint32_t(__pyx_v_host_ss); if (unlikely((__pyx_t_14 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 251, __pyx_L1_error)
   __pyx_v_self->st.host_ss = __pyx_t_14;
 
-  /* "lguest/unicorn/_uchook.pyx":245
+  /* "lguest/unicorn/_uchook.pyx":252
  *         self.st.host_cs = host_cs
  *         self.st.host_ss = host_ss
  *         self.st.pending = &self.st.attention             # <<<<<<<<<<<<<<
@@ -19417,18 +19474,18 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 */
   __pyx_v_self->st.pending = (&__pyx_v_self->st.attention);
 
-  /* "lguest/unicorn/_uchook.pyx":246
+  /* "lguest/unicorn/_uchook.pyx":253
  *         self.st.host_ss = host_ss
  *         self.st.pending = &self.st.attention
  *         self.ctx_ptr = <void *>_ptr(ctx_alloc)             # <<<<<<<<<<<<<<
  *         self.st.ctx = <uint8_t *>self.ctx_ptr
  *         self.ctx_small_ptr = <void *>_ptr(ctx_small_alloc) if ctx_small_alloc else NULL
 */
-  __pyx_t_4 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_v_ctx_alloc); if (unlikely(__pyx_t_4 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 246, __pyx_L1_error)
+  __pyx_t_4 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_v_ctx_alloc); if (unlikely(__pyx_t_4 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 253, __pyx_L1_error)
   __pyx_v_self->ctx_ptr = ((void *)__pyx_t_4);
 
 
-  /* "lguest/unicorn/_uchook.pyx":247
+  /* "lguest/unicorn/_uchook.pyx":254
  *         self.st.pending = &self.st.attention
  *         self.ctx_ptr = <void *>_ptr(ctx_alloc)
  *         self.st.ctx = <uint8_t *>self.ctx_ptr             # <<<<<<<<<<<<<<
@@ -19437,16 +19494,16 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 */
   __pyx_v_self->st.ctx = ((uint8_t *)__pyx_v_self->ctx_ptr);
 
-  /* "lguest/unicorn/_uchook.pyx":248
+  /* "lguest/unicorn/_uchook.pyx":255
  *         self.ctx_ptr = <void *>_ptr(ctx_alloc)
  *         self.st.ctx = <uint8_t *>self.ctx_ptr
  *         self.ctx_small_ptr = <void *>_ptr(ctx_small_alloc) if ctx_small_alloc else NULL             # <<<<<<<<<<<<<<
  *         self.st.ctx_small = <uint8_t *>self.ctx_small_ptr
  *         self._free = uc_free
 */
-  __pyx_t_1 = __Pyx_PyObject_IsTrue(__pyx_v_ctx_small_alloc); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 248, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_IsTrue(__pyx_v_ctx_small_alloc); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 255, __pyx_L1_error)
   if (__pyx_t_1) {
-    __pyx_t_4 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_v_ctx_small_alloc); if (unlikely(__pyx_t_4 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 248, __pyx_L1_error)
+    __pyx_t_4 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_v_ctx_small_alloc); if (unlikely(__pyx_t_4 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 255, __pyx_L1_error)
 
     __pyx_t_15 = ((void *)__pyx_t_4);
 
@@ -19457,7 +19514,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 
   __pyx_v_self->ctx_small_ptr = __pyx_t_15;
 
-  /* "lguest/unicorn/_uchook.pyx":249
+  /* "lguest/unicorn/_uchook.pyx":256
  *         self.st.ctx = <uint8_t *>self.ctx_ptr
  *         self.ctx_small_ptr = <void *>_ptr(ctx_small_alloc) if ctx_small_alloc else NULL
  *         self.st.ctx_small = <uint8_t *>self.ctx_small_ptr             # <<<<<<<<<<<<<<
@@ -19466,7 +19523,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 */
   __pyx_v_self->st.ctx_small = ((uint8_t *)__pyx_v_self->ctx_small_ptr);
 
-  /* "lguest/unicorn/_uchook.pyx":250
+  /* "lguest/unicorn/_uchook.pyx":257
  *         self.ctx_small_ptr = <void *>_ptr(ctx_small_alloc) if ctx_small_alloc else NULL
  *         self.st.ctx_small = <uint8_t *>self.ctx_small_ptr
  *         self._free = uc_free             # <<<<<<<<<<<<<<
@@ -19478,63 +19535,63 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
   __Pyx_GOTREF(__pyx_v_self->_free);
   __Pyx_DECREF_SET(__pyx_v_self->_free, __pyx_v_uc_free);
 
-  /* "lguest/unicorn/_uchook.pyx":251
+  /* "lguest/unicorn/_uchook.pyx":258
  *         self.st.ctx_small = <uint8_t *>self.ctx_small_ptr
  *         self._free = uc_free
  *         self._keep = []             # <<<<<<<<<<<<<<
  *         self._owners = [uc_owner, sw]   # the memoryview pins the mmap: close() raises BufferError
  *         self.insn_in = insn_in
 */
-  __pyx_t_2 = PyList_New(0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 251, __pyx_L1_error)
+  __pyx_t_2 = PyList_New(0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 258, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_GIVEREF(__pyx_t_2);
   __Pyx_GOTREF(__pyx_v_self->_keep);
   __Pyx_DECREF_SET(__pyx_v_self->_keep, __pyx_t_2);
   __pyx_t_2 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":252
+  /* "lguest/unicorn/_uchook.pyx":259
  *         self._free = uc_free
  *         self._keep = []
  *         self._owners = [uc_owner, sw]   # the memoryview pins the mmap: close() raises BufferError             # <<<<<<<<<<<<<<
  *         self.insn_in = insn_in
  *         self.insn_out = insn_out
 */
-  __pyx_t_2 = __pyx_memoryview_fromslice(__pyx_v_sw, 1, (PyObject *(*)(char *)) __pyx_memview_get_unsigned_char, (int (*)(char *, PyObject *)) __pyx_memview_set_unsigned_char, 0);; if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 252, __pyx_L1_error)
+  __pyx_t_2 = __pyx_memoryview_fromslice(__pyx_v_sw, 1, (PyObject *(*)(char *)) __pyx_memview_get_unsigned_char, (int (*)(char *, PyObject *)) __pyx_memview_set_unsigned_char, 0);; if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 259, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_11 = PyList_New(2); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 252, __pyx_L1_error)
+  __pyx_t_11 = PyList_New(2); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 259, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __Pyx_INCREF(__pyx_v_uc_owner);
   __Pyx_GIVEREF(__pyx_v_uc_owner);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_11, 0, __pyx_v_uc_owner) != (0)) __PYX_ERR(0, 252, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_11, 0, __pyx_v_uc_owner) != (0)) __PYX_ERR(0, 259, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_2);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_11, 1, __pyx_t_2) != (0)) __PYX_ERR(0, 252, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_11, 1, __pyx_t_2) != (0)) __PYX_ERR(0, 259, __pyx_L1_error);
   __pyx_t_2 = 0;
   __Pyx_GIVEREF(__pyx_t_11);
   __Pyx_GOTREF(__pyx_v_self->_owners);
   __Pyx_DECREF_SET(__pyx_v_self->_owners, __pyx_t_11);
   __pyx_t_11 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":253
+  /* "lguest/unicorn/_uchook.pyx":260
  *         self._keep = []
  *         self._owners = [uc_owner, sw]   # the memoryview pins the mmap: close() raises BufferError
  *         self.insn_in = insn_in             # <<<<<<<<<<<<<<
  *         self.insn_out = insn_out
  *         self.state = 1
 */
-  __pyx_t_10 = __Pyx_PyLong_As_int(__pyx_v_insn_in); if (unlikely((__pyx_t_10 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 253, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyLong_As_int(__pyx_v_insn_in); if (unlikely((__pyx_t_10 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 260, __pyx_L1_error)
   __pyx_v_self->insn_in = __pyx_t_10;
 
-  /* "lguest/unicorn/_uchook.pyx":254
+  /* "lguest/unicorn/_uchook.pyx":261
  *         self._owners = [uc_owner, sw]   # the memoryview pins the mmap: close() raises BufferError
  *         self.insn_in = insn_in
  *         self.insn_out = insn_out             # <<<<<<<<<<<<<<
  *         self.state = 1
  * 
 */
-  __pyx_t_10 = __Pyx_PyLong_As_int(__pyx_v_insn_out); if (unlikely((__pyx_t_10 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 254, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyLong_As_int(__pyx_v_insn_out); if (unlikely((__pyx_t_10 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 261, __pyx_L1_error)
   __pyx_v_self->insn_out = __pyx_t_10;
 
-  /* "lguest/unicorn/_uchook.pyx":255
+  /* "lguest/unicorn/_uchook.pyx":262
  *         self.insn_in = insn_in
  *         self.insn_out = insn_out
  *         self.state = 1             # <<<<<<<<<<<<<<
@@ -19543,8 +19600,8 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
 */
   __pyx_v_self->state = 1;
 
-  /* "lguest/unicorn/_uchook.pyx":210
- *         self._hold = None
+  /* "lguest/unicorn/_uchook.pyx":217
+ *         self._trace = None
  * 
  *     def __init__(self, *, uc_handle, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va,             # <<<<<<<<<<<<<<
  *                  switcher_size, gdt_offset, until_va, host_cs, host_ss,
@@ -19569,7 +19626,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__(struct __p
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":257
+/* "lguest/unicorn/_uchook.pyx":264
  *         self.state = 1
  * 
  *     cdef _set_engine(self, uc_handle, funcs, internals):             # <<<<<<<<<<<<<<
@@ -19589,212 +19646,212 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__set_engine(str
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_set_engine", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":259
+  /* "lguest/unicorn/_uchook.pyx":266
  *     cdef _set_engine(self, uc_handle, funcs, internals):
  *         """libunicorn's entry points, and the translator fields uh_on_block writes."""
  *         self.st.uc = <uh_engine *>_ptr(uc_handle)             # <<<<<<<<<<<<<<
  *         self.st.hook_add = <uh_hook_add_t>_ptr(funcs["uc_hook_add"])
  *         self.st.hook_del = <uh_hook_del_t>_ptr(funcs["uc_hook_del"])
 */
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_v_uc_handle); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 259, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_v_uc_handle); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 266, __pyx_L1_error)
   __pyx_v_self->st.uc = ((uh_engine *)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":260
+  /* "lguest/unicorn/_uchook.pyx":267
  *         """libunicorn's entry points, and the translator fields uh_on_block writes."""
  *         self.st.uc = <uh_engine *>_ptr(uc_handle)
  *         self.st.hook_add = <uh_hook_add_t>_ptr(funcs["uc_hook_add"])             # <<<<<<<<<<<<<<
  *         self.st.hook_del = <uh_hook_del_t>_ptr(funcs["uc_hook_del"])
  *         self.st.emu_start = <uh_emu_start_t>_ptr(funcs["uc_emu_start"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_hook_add); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 260, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_hook_add); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 267, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 260, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 267, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.hook_add = ((uh_hook_add_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":261
+  /* "lguest/unicorn/_uchook.pyx":268
  *         self.st.uc = <uh_engine *>_ptr(uc_handle)
  *         self.st.hook_add = <uh_hook_add_t>_ptr(funcs["uc_hook_add"])
  *         self.st.hook_del = <uh_hook_del_t>_ptr(funcs["uc_hook_del"])             # <<<<<<<<<<<<<<
  *         self.st.emu_start = <uh_emu_start_t>_ptr(funcs["uc_emu_start"])
  *         self.st.emu_stop = <uh_emu_stop_t>_ptr(funcs["uc_emu_stop"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_hook_del); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 261, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_hook_del); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 268, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 261, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 268, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.hook_del = ((uh_hook_del_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":262
+  /* "lguest/unicorn/_uchook.pyx":269
  *         self.st.hook_add = <uh_hook_add_t>_ptr(funcs["uc_hook_add"])
  *         self.st.hook_del = <uh_hook_del_t>_ptr(funcs["uc_hook_del"])
  *         self.st.emu_start = <uh_emu_start_t>_ptr(funcs["uc_emu_start"])             # <<<<<<<<<<<<<<
  *         self.st.emu_stop = <uh_emu_stop_t>_ptr(funcs["uc_emu_stop"])
  *         self.st.reg_read = <uh_reg_read_t>_ptr(funcs["uc_reg_read"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_emu_start); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 262, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_emu_start); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 269, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 262, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 269, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.emu_start = ((uh_emu_start_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":263
+  /* "lguest/unicorn/_uchook.pyx":270
  *         self.st.hook_del = <uh_hook_del_t>_ptr(funcs["uc_hook_del"])
  *         self.st.emu_start = <uh_emu_start_t>_ptr(funcs["uc_emu_start"])
  *         self.st.emu_stop = <uh_emu_stop_t>_ptr(funcs["uc_emu_stop"])             # <<<<<<<<<<<<<<
  *         self.st.reg_read = <uh_reg_read_t>_ptr(funcs["uc_reg_read"])
  *         self.st.reg_write = <uh_reg_write_t>_ptr(funcs["uc_reg_write"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_emu_stop); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 263, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_emu_stop); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 270, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 263, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 270, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.emu_stop = ((uh_emu_stop_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":264
+  /* "lguest/unicorn/_uchook.pyx":271
  *         self.st.emu_start = <uh_emu_start_t>_ptr(funcs["uc_emu_start"])
  *         self.st.emu_stop = <uh_emu_stop_t>_ptr(funcs["uc_emu_stop"])
  *         self.st.reg_read = <uh_reg_read_t>_ptr(funcs["uc_reg_read"])             # <<<<<<<<<<<<<<
  *         self.st.reg_write = <uh_reg_write_t>_ptr(funcs["uc_reg_write"])
  *         self.st.ctx_save = <uh_context_io_t>_ptr(funcs["uc_context_save"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_reg_read); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 264, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_reg_read); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 271, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 264, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 271, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.reg_read = ((uh_reg_read_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":265
+  /* "lguest/unicorn/_uchook.pyx":272
  *         self.st.emu_stop = <uh_emu_stop_t>_ptr(funcs["uc_emu_stop"])
  *         self.st.reg_read = <uh_reg_read_t>_ptr(funcs["uc_reg_read"])
  *         self.st.reg_write = <uh_reg_write_t>_ptr(funcs["uc_reg_write"])             # <<<<<<<<<<<<<<
  *         self.st.ctx_save = <uh_context_io_t>_ptr(funcs["uc_context_save"])
  *         self.st.ctx_restore = <uh_context_io_t>_ptr(funcs["uc_context_restore"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_reg_write); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 265, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_reg_write); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 272, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 265, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 272, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.reg_write = ((uh_reg_write_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":266
+  /* "lguest/unicorn/_uchook.pyx":273
  *         self.st.reg_read = <uh_reg_read_t>_ptr(funcs["uc_reg_read"])
  *         self.st.reg_write = <uh_reg_write_t>_ptr(funcs["uc_reg_write"])
  *         self.st.ctx_save = <uh_context_io_t>_ptr(funcs["uc_context_save"])             # <<<<<<<<<<<<<<
  *         self.st.ctx_restore = <uh_context_io_t>_ptr(funcs["uc_context_restore"])
  *         self.st.ctl = <uh_ctl_t>_ptr(funcs["uc_ctl"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_context_save); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 266, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_context_save); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 273, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 266, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 273, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.ctx_save = ((uh_context_io_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":267
+  /* "lguest/unicorn/_uchook.pyx":274
  *         self.st.reg_write = <uh_reg_write_t>_ptr(funcs["uc_reg_write"])
  *         self.st.ctx_save = <uh_context_io_t>_ptr(funcs["uc_context_save"])
  *         self.st.ctx_restore = <uh_context_io_t>_ptr(funcs["uc_context_restore"])             # <<<<<<<<<<<<<<
  *         self.st.ctl = <uh_ctl_t>_ptr(funcs["uc_ctl"])
  *         self.st.tb_cflags = <uint32_t *>_ptr(internals["tb_cflags"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_context_restore); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 267, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_context_restore); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 274, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 267, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 274, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.ctx_restore = ((uh_context_io_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":268
+  /* "lguest/unicorn/_uchook.pyx":275
  *         self.st.ctx_save = <uh_context_io_t>_ptr(funcs["uc_context_save"])
  *         self.st.ctx_restore = <uh_context_io_t>_ptr(funcs["uc_context_restore"])
  *         self.st.ctl = <uh_ctl_t>_ptr(funcs["uc_ctl"])             # <<<<<<<<<<<<<<
  *         self.st.tb_cflags = <uint32_t *>_ptr(internals["tb_cflags"])
  *         self.st.code_gen_ptr = <uint8_t **>_ptr(internals["code_gen_ptr"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_ctl); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 268, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_funcs, __pyx_mstate_global->__pyx_n_u_uc_ctl); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 275, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 268, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 275, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.ctl = ((uh_ctl_t)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":269
+  /* "lguest/unicorn/_uchook.pyx":276
  *         self.st.ctx_restore = <uh_context_io_t>_ptr(funcs["uc_context_restore"])
  *         self.st.ctl = <uh_ctl_t>_ptr(funcs["uc_ctl"])
  *         self.st.tb_cflags = <uint32_t *>_ptr(internals["tb_cflags"])             # <<<<<<<<<<<<<<
  *         self.st.code_gen_ptr = <uint8_t **>_ptr(internals["code_gen_ptr"])
  *         self.st.code_gen_highwater = <uint8_t **>_ptr(internals["code_gen_highwater"])
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_cflags); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 269, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_cflags); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 276, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 269, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 276, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.tb_cflags = ((uint32_t *)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":270
+  /* "lguest/unicorn/_uchook.pyx":277
  *         self.st.ctl = <uh_ctl_t>_ptr(funcs["uc_ctl"])
  *         self.st.tb_cflags = <uint32_t *>_ptr(internals["tb_cflags"])
  *         self.st.code_gen_ptr = <uint8_t **>_ptr(internals["code_gen_ptr"])             # <<<<<<<<<<<<<<
  *         self.st.code_gen_highwater = <uint8_t **>_ptr(internals["code_gen_highwater"])
  *         self.st.tb_max_insns = internals["tb_max_insns"]
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_code_gen_ptr); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 270, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_code_gen_ptr); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 277, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 270, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 277, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.code_gen_ptr = ((uint8_t **)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":271
+  /* "lguest/unicorn/_uchook.pyx":278
  *         self.st.tb_cflags = <uint32_t *>_ptr(internals["tb_cflags"])
  *         self.st.code_gen_ptr = <uint8_t **>_ptr(internals["code_gen_ptr"])
  *         self.st.code_gen_highwater = <uint8_t **>_ptr(internals["code_gen_highwater"])             # <<<<<<<<<<<<<<
  *         self.st.tb_max_insns = internals["tb_max_insns"]
  *         self.st.tb_guard = internals["tb_guard"]
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_code_gen_highwater); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 271, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_code_gen_highwater); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 278, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 271, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_2); if (unlikely(__pyx_t_1 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 278, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.code_gen_highwater = ((uint8_t **)__pyx_t_1);
 
 
-  /* "lguest/unicorn/_uchook.pyx":272
+  /* "lguest/unicorn/_uchook.pyx":279
  *         self.st.code_gen_ptr = <uint8_t **>_ptr(internals["code_gen_ptr"])
  *         self.st.code_gen_highwater = <uint8_t **>_ptr(internals["code_gen_highwater"])
  *         self.st.tb_max_insns = internals["tb_max_insns"]             # <<<<<<<<<<<<<<
  *         self.st.tb_guard = internals["tb_guard"]
  * 
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_max_insns); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 272, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_max_insns); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 279, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyLong_As_uint32_t(__pyx_t_2); if (unlikely((__pyx_t_3 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 272, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_uint32_t(__pyx_t_2); if (unlikely((__pyx_t_3 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 279, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.tb_max_insns = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":273
+  /* "lguest/unicorn/_uchook.pyx":280
  *         self.st.code_gen_highwater = <uint8_t **>_ptr(internals["code_gen_highwater"])
  *         self.st.tb_max_insns = internals["tb_max_insns"]
  *         self.st.tb_guard = internals["tb_guard"]             # <<<<<<<<<<<<<<
  * 
  *     cdef _set_layout(self, reg_ids, reg_cr2, layout):
 */
-  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_guard); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 273, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Dict_GetItem(__pyx_v_internals, __pyx_mstate_global->__pyx_n_u_tb_guard); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 280, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_4 = __Pyx_PyLong_As_uint64_t(__pyx_t_2); if (unlikely((__pyx_t_4 == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 273, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_As_uint64_t(__pyx_t_2); if (unlikely((__pyx_t_4 == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 280, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->st.tb_guard = __pyx_t_4;
 
-  /* "lguest/unicorn/_uchook.pyx":257
+  /* "lguest/unicorn/_uchook.pyx":264
  *         self.state = 1
  * 
  *     cdef _set_engine(self, uc_handle, funcs, internals):             # <<<<<<<<<<<<<<
@@ -19815,7 +19872,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__set_engine(str
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":275
+/* "lguest/unicorn/_uchook.pyx":282
  *         self.st.tb_guard = internals["tb_guard"]
  * 
  *     cdef _set_layout(self, reg_ids, reg_cr2, layout):             # <<<<<<<<<<<<<<
@@ -19837,7 +19894,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__set_layout(str
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_set_layout", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":278
+  /* "lguest/unicorn/_uchook.pyx":285
  *         """Unicorn's register ids (lguest_regs order) and the measured uc_context offsets."""
  *         cdef int i
  *         for i in range(NUM_REGS):             # <<<<<<<<<<<<<<
@@ -19851,150 +19908,150 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__set_layout(str
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_i = __pyx_t_3;
 
-    /* "lguest/unicorn/_uchook.pyx":279
+    /* "lguest/unicorn/_uchook.pyx":286
  *         cdef int i
  *         for i in range(NUM_REGS):
  *             self.st.reg_ids[i] = reg_ids[i]             # <<<<<<<<<<<<<<
  *         self.st.reg_cr2 = reg_cr2
  *         self.st.off_regs = layout["regs"]
 */
-    __pyx_t_4 = __Pyx_GetItemInt(__pyx_v_reg_ids, __pyx_v_i, int, 1, __Pyx_PyLong_From_int, 0, 0, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 279, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_GetItemInt(__pyx_v_reg_ids, __pyx_v_i, int, 1, __Pyx_PyLong_From_int, 0, 0, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 286, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_5 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_5 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 279, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_5 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 286, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     (__pyx_v_self->st.reg_ids[__pyx_v_i]) = __pyx_t_5;
 
   }
 
 
-  /* "lguest/unicorn/_uchook.pyx":280
+  /* "lguest/unicorn/_uchook.pyx":287
  *         for i in range(NUM_REGS):
  *             self.st.reg_ids[i] = reg_ids[i]
  *         self.st.reg_cr2 = reg_cr2             # <<<<<<<<<<<<<<
  *         self.st.off_regs = layout["regs"]
  *         self.st.off_eip = layout["eip"]
 */
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_v_reg_cr2); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 280, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_v_reg_cr2); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 287, __pyx_L1_error)
   __pyx_v_self->st.reg_cr2 = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":281
+  /* "lguest/unicorn/_uchook.pyx":288
  *             self.st.reg_ids[i] = reg_ids[i]
  *         self.st.reg_cr2 = reg_cr2
  *         self.st.off_regs = layout["regs"]             # <<<<<<<<<<<<<<
  *         self.st.off_eip = layout["eip"]
  *         self.st.off_eflags = layout["eflags"]
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_regs); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 281, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_regs); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 288, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 281, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 288, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.off_regs = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":282
+  /* "lguest/unicorn/_uchook.pyx":289
  *         self.st.reg_cr2 = reg_cr2
  *         self.st.off_regs = layout["regs"]
  *         self.st.off_eip = layout["eip"]             # <<<<<<<<<<<<<<
  *         self.st.off_eflags = layout["eflags"]
  *         self.st.off_hflags = layout["hflags"]
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_eip); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 282, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_eip); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 289, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 282, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 289, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.off_eip = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":283
+  /* "lguest/unicorn/_uchook.pyx":290
  *         self.st.off_regs = layout["regs"]
  *         self.st.off_eip = layout["eip"]
  *         self.st.off_eflags = layout["eflags"]             # <<<<<<<<<<<<<<
  *         self.st.off_hflags = layout["hflags"]
  *         self.st.off_segs = layout["segs"]
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_eflags); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 283, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_eflags); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 290, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 283, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 290, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.off_eflags = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":284
+  /* "lguest/unicorn/_uchook.pyx":291
  *         self.st.off_eip = layout["eip"]
  *         self.st.off_eflags = layout["eflags"]
  *         self.st.off_hflags = layout["hflags"]             # <<<<<<<<<<<<<<
  *         self.st.off_segs = layout["segs"]
  *         self.st.seg_stride = layout["seg_stride"]
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_hflags); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 284, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_hflags); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 291, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 284, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 291, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.off_hflags = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":285
+  /* "lguest/unicorn/_uchook.pyx":292
  *         self.st.off_eflags = layout["eflags"]
  *         self.st.off_hflags = layout["hflags"]
  *         self.st.off_segs = layout["segs"]             # <<<<<<<<<<<<<<
  *         self.st.seg_stride = layout["seg_stride"]
  *         self.st.off_err = layout["error_code"]
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_segs); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 285, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_segs); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 292, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 285, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 292, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.off_segs = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":286
+  /* "lguest/unicorn/_uchook.pyx":293
  *         self.st.off_hflags = layout["hflags"]
  *         self.st.off_segs = layout["segs"]
  *         self.st.seg_stride = layout["seg_stride"]             # <<<<<<<<<<<<<<
  *         self.st.off_err = layout["error_code"]
  *         self.st.off_isint = layout["exception_is_int"]
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_seg_stride); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 286, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_seg_stride); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 293, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 286, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 293, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.seg_stride = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":287
+  /* "lguest/unicorn/_uchook.pyx":294
  *         self.st.off_segs = layout["segs"]
  *         self.st.seg_stride = layout["seg_stride"]
  *         self.st.off_err = layout["error_code"]             # <<<<<<<<<<<<<<
  *         self.st.off_isint = layout["exception_is_int"]
  *         self.st.off_oldexc = layout["old_exception"]
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_error_code); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 287, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_error_code); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 294, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 287, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 294, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.off_err = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":288
+  /* "lguest/unicorn/_uchook.pyx":295
  *         self.st.seg_stride = layout["seg_stride"]
  *         self.st.off_err = layout["error_code"]
  *         self.st.off_isint = layout["exception_is_int"]             # <<<<<<<<<<<<<<
  *         self.st.off_oldexc = layout["old_exception"]
  * 
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_exception_is_int); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 288, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_exception_is_int); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 295, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 288, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 295, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.off_isint = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":289
+  /* "lguest/unicorn/_uchook.pyx":296
  *         self.st.off_err = layout["error_code"]
  *         self.st.off_isint = layout["exception_is_int"]
  *         self.st.off_oldexc = layout["old_exception"]             # <<<<<<<<<<<<<<
  * 
  *     cdef int _check(self) except -1:
 */
-  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_old_exception); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 289, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Dict_GetItem(__pyx_v_layout, __pyx_mstate_global->__pyx_n_u_old_exception); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 296, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 289, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_3 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 296, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.off_oldexc = __pyx_t_3;
 
-  /* "lguest/unicorn/_uchook.pyx":275
+  /* "lguest/unicorn/_uchook.pyx":282
  *         self.st.tb_guard = internals["tb_guard"]
  * 
  *     cdef _set_layout(self, reg_ids, reg_cr2, layout):             # <<<<<<<<<<<<<<
@@ -20016,7 +20073,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__set_layout(str
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":291
+/* "lguest/unicorn/_uchook.pyx":298
  *         self.st.off_oldexc = layout["old_exception"]
  * 
  *     cdef int _check(self) except -1:             # <<<<<<<<<<<<<<
@@ -20036,7 +20093,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_check", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":292
+  /* "lguest/unicorn/_uchook.pyx":299
  * 
  *     cdef int _check(self) except -1:
  *         if self.state == 0:             # <<<<<<<<<<<<<<
@@ -20048,7 +20105,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":293
+    /* "lguest/unicorn/_uchook.pyx":300
  *     cdef int _check(self) except -1:
  *         if self.state == 0:
  *             raise RuntimeError("NativeHooks is not initialised")             # <<<<<<<<<<<<<<
@@ -20061,14 +20118,14 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_NativeHooks_is_not_initialised};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 293, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 300, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 293, __pyx_L1_error)
+    __PYX_ERR(0, 300, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":292
+    /* "lguest/unicorn/_uchook.pyx":299
  * 
  *     cdef int _check(self) except -1:
  *         if self.state == 0:             # <<<<<<<<<<<<<<
@@ -20077,7 +20134,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":294
+  /* "lguest/unicorn/_uchook.pyx":301
  *         if self.state == 0:
  *             raise RuntimeError("NativeHooks is not initialised")
  *         if self.state == 2:             # <<<<<<<<<<<<<<
@@ -20089,7 +20146,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":295
+    /* "lguest/unicorn/_uchook.pyx":302
  *             raise RuntimeError("NativeHooks is not initialised")
  *         if self.state == 2:
  *             raise RuntimeError("NativeHooks is closed")             # <<<<<<<<<<<<<<
@@ -20102,14 +20159,14 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_NativeHooks_is_closed};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 295, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 302, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 295, __pyx_L1_error)
+    __PYX_ERR(0, 302, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":294
+    /* "lguest/unicorn/_uchook.pyx":301
  *         if self.state == 0:
  *             raise RuntimeError("NativeHooks is not initialised")
  *         if self.state == 2:             # <<<<<<<<<<<<<<
@@ -20118,7 +20175,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":296
+  /* "lguest/unicorn/_uchook.pyx":303
  *         if self.state == 2:
  *             raise RuntimeError("NativeHooks is closed")
  *         return 0             # <<<<<<<<<<<<<<
@@ -20131,7 +20188,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
   }
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":291
+  /* "lguest/unicorn/_uchook.pyx":298
  *         self.st.off_oldexc = layout["old_exception"]
  * 
  *     cdef int _check(self) except -1:             # <<<<<<<<<<<<<<
@@ -20151,7 +20208,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check(struct __pyx_o
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":298
+/* "lguest/unicorn/_uchook.pyx":305
  *         return 0
  * 
  *     cdef int _check_idle(self) except -1:             # <<<<<<<<<<<<<<
@@ -20172,17 +20229,17 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check_idle(struct __
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_check_idle", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":299
+  /* "lguest/unicorn/_uchook.pyx":306
  * 
  *     cdef int _check_idle(self) except -1:
  *         self._check()             # <<<<<<<<<<<<<<
  *         if self.busy:
  *             raise RuntimeError("NativeHooks is running a guest")
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 299, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 306, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":300
+  /* "lguest/unicorn/_uchook.pyx":307
  *     cdef int _check_idle(self) except -1:
  *         self._check()
  *         if self.busy:             # <<<<<<<<<<<<<<
@@ -20194,7 +20251,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check_idle(struct __
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":301
+    /* "lguest/unicorn/_uchook.pyx":308
  *         self._check()
  *         if self.busy:
  *             raise RuntimeError("NativeHooks is running a guest")             # <<<<<<<<<<<<<<
@@ -20207,14 +20264,14 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check_idle(struct __
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_NativeHooks_is_running_a_guest};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 301, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 308, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 301, __pyx_L1_error)
+    __PYX_ERR(0, 308, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":300
+    /* "lguest/unicorn/_uchook.pyx":307
  *     cdef int _check_idle(self) except -1:
  *         self._check()
  *         if self.busy:             # <<<<<<<<<<<<<<
@@ -20223,7 +20280,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check_idle(struct __
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":302
+  /* "lguest/unicorn/_uchook.pyx":309
  *         if self.busy:
  *             raise RuntimeError("NativeHooks is running a guest")
  *         return 0             # <<<<<<<<<<<<<<
@@ -20236,7 +20293,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check_idle(struct __
   }
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":298
+  /* "lguest/unicorn/_uchook.pyx":305
  *         return 0
  * 
  *     cdef int _check_idle(self) except -1:             # <<<<<<<<<<<<<<
@@ -20256,7 +20313,7 @@ static int __pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check_idle(struct __
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":304
+/* "lguest/unicorn/_uchook.pyx":311
  *         return 0
  * 
  *     def install(self):             # <<<<<<<<<<<<<<
@@ -20326,17 +20383,17 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("install", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":309
+  /* "lguest/unicorn/_uchook.pyx":316
  *         cdef void *cbs[4]
  *         cdef int i, rc
  *         self._check_idle()             # <<<<<<<<<<<<<<
  *         if self.nhooks:
  *             raise RuntimeError("NativeHooks are already installed")
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 309, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 316, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":310
+  /* "lguest/unicorn/_uchook.pyx":317
  *         cdef int i, rc
  *         self._check_idle()
  *         if self.nhooks:             # <<<<<<<<<<<<<<
@@ -20348,7 +20405,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":311
+    /* "lguest/unicorn/_uchook.pyx":318
  *         self._check_idle()
  *         if self.nhooks:
  *             raise RuntimeError("NativeHooks are already installed")             # <<<<<<<<<<<<<<
@@ -20361,14 +20418,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_NativeHooks_are_already_installe};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 311, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 318, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 311, __pyx_L1_error)
+    __PYX_ERR(0, 318, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":310
+    /* "lguest/unicorn/_uchook.pyx":317
  *         cdef int i, rc
  *         self._check_idle()
  *         if self.nhooks:             # <<<<<<<<<<<<<<
@@ -20377,7 +20434,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":312
+  /* "lguest/unicorn/_uchook.pyx":319
  *         if self.nhooks:
  *             raise RuntimeError("NativeHooks are already installed")
  *         types[0] = UC_HOOK_INTR; cbs[0] = uh_on_intr_ptr             # <<<<<<<<<<<<<<
@@ -20387,7 +20444,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   (__pyx_v_types[0]) = __pyx_e_6lguest_7unicorn_7_uchook_UC_HOOK_INTR;
   (__pyx_v_cbs[0]) = ((void *)uh_on_intr);
 
-  /* "lguest/unicorn/_uchook.pyx":313
+  /* "lguest/unicorn/_uchook.pyx":320
  *             raise RuntimeError("NativeHooks are already installed")
  *         types[0] = UC_HOOK_INTR; cbs[0] = uh_on_intr_ptr
  *         types[1] = UC_HOOK_INSN_INVALID; cbs[1] = uh_on_invalid_ptr             # <<<<<<<<<<<<<<
@@ -20397,7 +20454,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   (__pyx_v_types[1]) = __pyx_e_6lguest_7unicorn_7_uchook_UC_HOOK_INSN_INVALID;
   (__pyx_v_cbs[1]) = ((void *)uh_on_invalid);
 
-  /* "lguest/unicorn/_uchook.pyx":314
+  /* "lguest/unicorn/_uchook.pyx":321
  *         types[0] = UC_HOOK_INTR; cbs[0] = uh_on_intr_ptr
  *         types[1] = UC_HOOK_INSN_INVALID; cbs[1] = uh_on_invalid_ptr
  *         types[2] = UC_HOOK_MEM_INVALID; cbs[2] = uh_on_mem_invalid_ptr             # <<<<<<<<<<<<<<
@@ -20407,7 +20464,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   (__pyx_v_types[2]) = __pyx_e_6lguest_7unicorn_7_uchook_UC_HOOK_MEM_INVALID;
   (__pyx_v_cbs[2]) = ((void *)uh_on_mem_invalid);
 
-  /* "lguest/unicorn/_uchook.pyx":315
+  /* "lguest/unicorn/_uchook.pyx":322
  *         types[1] = UC_HOOK_INSN_INVALID; cbs[1] = uh_on_invalid_ptr
  *         types[2] = UC_HOOK_MEM_INVALID; cbs[2] = uh_on_mem_invalid_ptr
  *         types[3] = UC_HOOK_BLOCK; cbs[3] = uh_on_block_ptr             # <<<<<<<<<<<<<<
@@ -20417,7 +20474,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   (__pyx_v_types[3]) = __pyx_e_6lguest_7unicorn_7_uchook_UC_HOOK_BLOCK;
   (__pyx_v_cbs[3]) = ((void *)uh_on_block);
 
-  /* "lguest/unicorn/_uchook.pyx":316
+  /* "lguest/unicorn/_uchook.pyx":323
  *         types[2] = UC_HOOK_MEM_INVALID; cbs[2] = uh_on_mem_invalid_ptr
  *         types[3] = UC_HOOK_BLOCK; cbs[3] = uh_on_block_ptr
  *         for i in range(4):             # <<<<<<<<<<<<<<
@@ -20427,7 +20484,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   for (__pyx_t_1 = 0; __pyx_t_1 < 4; __pyx_t_1+=1) {
     __pyx_v_i = __pyx_t_1;
 
-    /* "lguest/unicorn/_uchook.pyx":317
+    /* "lguest/unicorn/_uchook.pyx":324
  *         types[3] = UC_HOOK_BLOCK; cbs[3] = uh_on_block_ptr
  *         for i in range(4):
  *             rc = self.st.hook_add(self.st.uc, &self.handles[i], types[i], cbs[i], <void *>&self.st, 1, 0)             # <<<<<<<<<<<<<<
@@ -20436,7 +20493,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
     __pyx_v_rc = __pyx_v_self->st.hook_add(__pyx_v_self->st.uc, (&(__pyx_v_self->handles[__pyx_v_i])), (__pyx_v_types[__pyx_v_i]), (__pyx_v_cbs[__pyx_v_i]), ((void *)(&__pyx_v_self->st)), 1, 0);
 
-    /* "lguest/unicorn/_uchook.pyx":318
+    /* "lguest/unicorn/_uchook.pyx":325
  *         for i in range(4):
  *             rc = self.st.hook_add(self.st.uc, &self.handles[i], types[i], cbs[i], <void *>&self.st, 1, 0)
  *             if rc != 0:             # <<<<<<<<<<<<<<
@@ -20448,7 +20505,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
     if (unlikely(__pyx_t_2)) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":319
+      /* "lguest/unicorn/_uchook.pyx":326
  *             rc = self.st.hook_add(self.st.uc, &self.handles[i], types[i], cbs[i], <void *>&self.st, 1, 0)
  *             if rc != 0:
  *                 self.uninstall()             # <<<<<<<<<<<<<<
@@ -20462,12 +20519,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
         PyObject *__pyx_callargs[2] = {__pyx_t_4, NULL};
         __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_uninstall, __pyx_callargs+__pyx_t_5, (1-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 319, __pyx_L1_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 326, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-      /* "lguest/unicorn/_uchook.pyx":320
+      /* "lguest/unicorn/_uchook.pyx":327
  *             if rc != 0:
  *                 self.uninstall()
  *                 raise OSError(f"uc_hook_add failed: error {rc}")             # <<<<<<<<<<<<<<
@@ -20475,9 +20532,9 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
  *         rc = self.st.hook_add(self.st.uc, &self.handles[4], UC_HOOK_INSN, uh_on_in_ptr, <void *>&self.st, 1, 0,
 */
       __pyx_t_4 = NULL;
-      __pyx_t_6 = __Pyx_PyUnicode_From_int(__pyx_v_rc, 0, ' ', 'd'); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 320, __pyx_L1_error)
+      __pyx_t_6 = __Pyx_PyUnicode_From_int(__pyx_v_rc, 0, ' ', 'd'); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 327, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
-      __pyx_t_7 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_uc_hook_add_failed_error, __pyx_t_6); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 320, __pyx_L1_error)
+      __pyx_t_7 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_uc_hook_add_failed_error, __pyx_t_6); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 327, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
       __pyx_t_5 = 1;
@@ -20486,14 +20543,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
         __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_OSError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 320, __pyx_L1_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 327, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __Pyx_Raise(__pyx_t_3, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      __PYX_ERR(0, 320, __pyx_L1_error)
+      __PYX_ERR(0, 327, __pyx_L1_error)
 
-      /* "lguest/unicorn/_uchook.pyx":318
+      /* "lguest/unicorn/_uchook.pyx":325
  *         for i in range(4):
  *             rc = self.st.hook_add(self.st.uc, &self.handles[i], types[i], cbs[i], <void *>&self.st, 1, 0)
  *             if rc != 0:             # <<<<<<<<<<<<<<
@@ -20502,7 +20559,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
     }
 
-    /* "lguest/unicorn/_uchook.pyx":321
+    /* "lguest/unicorn/_uchook.pyx":328
  *                 self.uninstall()
  *                 raise OSError(f"uc_hook_add failed: error {rc}")
  *             self.nhooks += 1             # <<<<<<<<<<<<<<
@@ -20512,7 +20569,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
     __pyx_v_self->nhooks = (__pyx_v_self->nhooks + 1);
   }
 
-  /* "lguest/unicorn/_uchook.pyx":322
+  /* "lguest/unicorn/_uchook.pyx":329
  *                 raise OSError(f"uc_hook_add failed: error {rc}")
  *             self.nhooks += 1
  *         rc = self.st.hook_add(self.st.uc, &self.handles[4], UC_HOOK_INSN, uh_on_in_ptr, <void *>&self.st, 1, 0,             # <<<<<<<<<<<<<<
@@ -20521,7 +20578,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
   __pyx_v_rc = __pyx_v_self->st.hook_add(__pyx_v_self->st.uc, (&(__pyx_v_self->handles[4])), __pyx_e_6lguest_7unicorn_7_uchook_UC_HOOK_INSN, ((void *)uh_on_in), ((void *)(&__pyx_v_self->st)), 1, 0, ((int)__pyx_v_self->insn_in));
 
-  /* "lguest/unicorn/_uchook.pyx":324
+  /* "lguest/unicorn/_uchook.pyx":331
  *         rc = self.st.hook_add(self.st.uc, &self.handles[4], UC_HOOK_INSN, uh_on_in_ptr, <void *>&self.st, 1, 0,
  *                               <int>self.insn_in)
  *         if rc != 0:             # <<<<<<<<<<<<<<
@@ -20533,7 +20590,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":325
+    /* "lguest/unicorn/_uchook.pyx":332
  *                               <int>self.insn_in)
  *         if rc != 0:
  *             self.uninstall()             # <<<<<<<<<<<<<<
@@ -20547,12 +20604,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
       PyObject *__pyx_callargs[2] = {__pyx_t_7, NULL};
       __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_uninstall, __pyx_callargs+__pyx_t_5, (1-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 325, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 332, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":326
+    /* "lguest/unicorn/_uchook.pyx":333
  *         if rc != 0:
  *             self.uninstall()
  *             raise OSError(f"uc_hook_add(IN) failed: error {rc}")             # <<<<<<<<<<<<<<
@@ -20560,9 +20617,9 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
  *         rc = self.st.hook_add(self.st.uc, &self.handles[5], UC_HOOK_INSN, uh_on_out_ptr, <void *>&self.st, 1, 0,
 */
     __pyx_t_7 = NULL;
-    __pyx_t_4 = __Pyx_PyUnicode_From_int(__pyx_v_rc, 0, ' ', 'd'); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 326, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyUnicode_From_int(__pyx_v_rc, 0, ' ', 'd'); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 333, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_6 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_uc_hook_add_IN_failed_error, __pyx_t_4); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 326, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_uc_hook_add_IN_failed_error, __pyx_t_4); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 333, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __pyx_t_5 = 1;
@@ -20571,14 +20628,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_OSError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 326, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 333, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 326, __pyx_L1_error)
+    __PYX_ERR(0, 333, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":324
+    /* "lguest/unicorn/_uchook.pyx":331
  *         rc = self.st.hook_add(self.st.uc, &self.handles[4], UC_HOOK_INSN, uh_on_in_ptr, <void *>&self.st, 1, 0,
  *                               <int>self.insn_in)
  *         if rc != 0:             # <<<<<<<<<<<<<<
@@ -20587,7 +20644,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":327
+  /* "lguest/unicorn/_uchook.pyx":334
  *             self.uninstall()
  *             raise OSError(f"uc_hook_add(IN) failed: error {rc}")
  *         self.nhooks += 1             # <<<<<<<<<<<<<<
@@ -20596,7 +20653,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
   __pyx_v_self->nhooks = (__pyx_v_self->nhooks + 1);
 
-  /* "lguest/unicorn/_uchook.pyx":328
+  /* "lguest/unicorn/_uchook.pyx":335
  *             raise OSError(f"uc_hook_add(IN) failed: error {rc}")
  *         self.nhooks += 1
  *         rc = self.st.hook_add(self.st.uc, &self.handles[5], UC_HOOK_INSN, uh_on_out_ptr, <void *>&self.st, 1, 0,             # <<<<<<<<<<<<<<
@@ -20605,7 +20662,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
   __pyx_v_rc = __pyx_v_self->st.hook_add(__pyx_v_self->st.uc, (&(__pyx_v_self->handles[5])), __pyx_e_6lguest_7unicorn_7_uchook_UC_HOOK_INSN, ((void *)uh_on_out), ((void *)(&__pyx_v_self->st)), 1, 0, ((int)__pyx_v_self->insn_out));
 
-  /* "lguest/unicorn/_uchook.pyx":330
+  /* "lguest/unicorn/_uchook.pyx":337
  *         rc = self.st.hook_add(self.st.uc, &self.handles[5], UC_HOOK_INSN, uh_on_out_ptr, <void *>&self.st, 1, 0,
  *                               <int>self.insn_out)
  *         if rc != 0:             # <<<<<<<<<<<<<<
@@ -20617,7 +20674,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":331
+    /* "lguest/unicorn/_uchook.pyx":338
  *                               <int>self.insn_out)
  *         if rc != 0:
  *             self.uninstall()             # <<<<<<<<<<<<<<
@@ -20631,12 +20688,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
       PyObject *__pyx_callargs[2] = {__pyx_t_6, NULL};
       __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_uninstall, __pyx_callargs+__pyx_t_5, (1-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 331, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 338, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":332
+    /* "lguest/unicorn/_uchook.pyx":339
  *         if rc != 0:
  *             self.uninstall()
  *             raise OSError(f"uc_hook_add(OUT) failed: error {rc}")             # <<<<<<<<<<<<<<
@@ -20644,9 +20701,9 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
  * 
 */
     __pyx_t_6 = NULL;
-    __pyx_t_7 = __Pyx_PyUnicode_From_int(__pyx_v_rc, 0, ' ', 'd'); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 332, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyUnicode_From_int(__pyx_v_rc, 0, ' ', 'd'); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 339, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_4 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_uc_hook_add_OUT_failed_error, __pyx_t_7); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 332, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_uc_hook_add_OUT_failed_error, __pyx_t_7); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 339, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __pyx_t_5 = 1;
@@ -20655,14 +20712,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_OSError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 332, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 339, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 332, __pyx_L1_error)
+    __PYX_ERR(0, 339, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":330
+    /* "lguest/unicorn/_uchook.pyx":337
  *         rc = self.st.hook_add(self.st.uc, &self.handles[5], UC_HOOK_INSN, uh_on_out_ptr, <void *>&self.st, 1, 0,
  *                               <int>self.insn_out)
  *         if rc != 0:             # <<<<<<<<<<<<<<
@@ -20671,7 +20728,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":333
+  /* "lguest/unicorn/_uchook.pyx":340
  *             self.uninstall()
  *             raise OSError(f"uc_hook_add(OUT) failed: error {rc}")
  *         self.nhooks += 1             # <<<<<<<<<<<<<<
@@ -20680,7 +20737,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
 */
   __pyx_v_self->nhooks = (__pyx_v_self->nhooks + 1);
 
-  /* "lguest/unicorn/_uchook.pyx":304
+  /* "lguest/unicorn/_uchook.pyx":311
  *         return 0
  * 
  *     def install(self):             # <<<<<<<<<<<<<<
@@ -20708,7 +20765,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_4install(struc
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":335
+/* "lguest/unicorn/_uchook.pyx":342
  *         self.nhooks += 1
  * 
  *     def uninstall(self):             # <<<<<<<<<<<<<<
@@ -20771,17 +20828,17 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6uninstall(str
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("uninstall", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":337
+  /* "lguest/unicorn/_uchook.pyx":344
  *     def uninstall(self):
  *         cdef int i
  *         self._check_idle()             # <<<<<<<<<<<<<<
  *         for i in range(self.nhooks):
  *             self.st.hook_del(self.st.uc, self.handles[i])
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 337, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 344, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":338
+  /* "lguest/unicorn/_uchook.pyx":345
  *         cdef int i
  *         self._check_idle()
  *         for i in range(self.nhooks):             # <<<<<<<<<<<<<<
@@ -20795,7 +20852,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6uninstall(str
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_i = __pyx_t_3;
 
-    /* "lguest/unicorn/_uchook.pyx":339
+    /* "lguest/unicorn/_uchook.pyx":346
  *         self._check_idle()
  *         for i in range(self.nhooks):
  *             self.st.hook_del(self.st.uc, self.handles[i])             # <<<<<<<<<<<<<<
@@ -20806,7 +20863,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6uninstall(str
   }
 
 
-  /* "lguest/unicorn/_uchook.pyx":340
+  /* "lguest/unicorn/_uchook.pyx":347
  *         for i in range(self.nhooks):
  *             self.st.hook_del(self.st.uc, self.handles[i])
  *         self.nhooks = 0             # <<<<<<<<<<<<<<
@@ -20815,7 +20872,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6uninstall(str
 */
   __pyx_v_self->nhooks = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":335
+  /* "lguest/unicorn/_uchook.pyx":342
  *         self.nhooks += 1
  * 
  *     def uninstall(self):             # <<<<<<<<<<<<<<
@@ -20836,7 +20893,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6uninstall(str
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":342
+/* "lguest/unicorn/_uchook.pyx":349
  *         self.nhooks = 0
  * 
  *     def close(self):             # <<<<<<<<<<<<<<
@@ -20902,7 +20959,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("close", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":345
+  /* "lguest/unicorn/_uchook.pyx":352
  *         """Remove the hooks, free the contexts and drop every pointer (call
  *         before closing Unicorn).  Idempotent; RuntimeError during a run."""
  *         if self.state == 2:             # <<<<<<<<<<<<<<
@@ -20914,7 +20971,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
   if (__pyx_t_1) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":346
+    /* "lguest/unicorn/_uchook.pyx":353
  *         before closing Unicorn).  Idempotent; RuntimeError during a run."""
  *         if self.state == 2:
  *             return             # <<<<<<<<<<<<<<
@@ -20931,7 +20988,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
     }
     goto __pyx_L0;
 
-    /* "lguest/unicorn/_uchook.pyx":345
+    /* "lguest/unicorn/_uchook.pyx":352
  *         """Remove the hooks, free the contexts and drop every pointer (call
  *         before closing Unicorn).  Idempotent; RuntimeError during a run."""
  *         if self.state == 2:             # <<<<<<<<<<<<<<
@@ -20940,7 +20997,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":347
+  /* "lguest/unicorn/_uchook.pyx":354
  *         if self.state == 2:
  *             return
  *         if self.busy:             # <<<<<<<<<<<<<<
@@ -20952,7 +21009,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":348
+    /* "lguest/unicorn/_uchook.pyx":355
  *             return
  *         if self.busy:
  *             raise RuntimeError("NativeHooks is running a guest")             # <<<<<<<<<<<<<<
@@ -20965,14 +21022,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_NativeHooks_is_running_a_guest};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 348, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 355, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 348, __pyx_L1_error)
+    __PYX_ERR(0, 355, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":347
+    /* "lguest/unicorn/_uchook.pyx":354
  *         if self.state == 2:
  *             return
  *         if self.busy:             # <<<<<<<<<<<<<<
@@ -20981,7 +21038,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":349
+  /* "lguest/unicorn/_uchook.pyx":356
  *         if self.busy:
  *             raise RuntimeError("NativeHooks is running a guest")
  *         if self.state == 1:             # <<<<<<<<<<<<<<
@@ -20993,7 +21050,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
   if (__pyx_t_1) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":350
+    /* "lguest/unicorn/_uchook.pyx":357
  *             raise RuntimeError("NativeHooks is running a guest")
  *         if self.state == 1:
  *             self.uninstall()             # <<<<<<<<<<<<<<
@@ -21007,12 +21064,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
       PyObject *__pyx_callargs[2] = {__pyx_t_3, NULL};
       __pyx_t_2 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_uninstall, __pyx_callargs+__pyx_t_4, (1-__pyx_t_4) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 350, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 357, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":351
+    /* "lguest/unicorn/_uchook.pyx":358
  *         if self.state == 1:
  *             self.uninstall()
  *             if self.ctx_ptr != NULL and self._free is not None:             # <<<<<<<<<<<<<<
@@ -21037,7 +21094,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
     if (__pyx_t_1) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":352
+      /* "lguest/unicorn/_uchook.pyx":359
  *             self.uninstall()
  *             if self.ctx_ptr != NULL and self._free is not None:
  *                 self._free(<size_t>self.ctx_ptr)             # <<<<<<<<<<<<<<
@@ -21047,7 +21104,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
       __pyx_t_3 = NULL;
       __Pyx_INCREF(__pyx_v_self->_free);
       __pyx_t_6 = __pyx_v_self->_free; 
-      __pyx_t_7 = __Pyx_PyLong_FromSize_t(((size_t)__pyx_v_self->ctx_ptr)); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 352, __pyx_L1_error)
+      __pyx_t_7 = __Pyx_PyLong_FromSize_t(((size_t)__pyx_v_self->ctx_ptr)); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 359, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
       __pyx_t_4 = 1;
       #if CYTHON_UNPACK_METHODS
@@ -21067,12 +21124,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
         __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
         __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-        if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 352, __pyx_L1_error)
+        if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 359, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_2);
       }
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-      /* "lguest/unicorn/_uchook.pyx":351
+      /* "lguest/unicorn/_uchook.pyx":358
  *         if self.state == 1:
  *             self.uninstall()
  *             if self.ctx_ptr != NULL and self._free is not None:             # <<<<<<<<<<<<<<
@@ -21081,7 +21138,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
     }
 
-    /* "lguest/unicorn/_uchook.pyx":353
+    /* "lguest/unicorn/_uchook.pyx":360
  *             if self.ctx_ptr != NULL and self._free is not None:
  *                 self._free(<size_t>self.ctx_ptr)
  *             if self.ctx_small_ptr != NULL and self._free is not None:             # <<<<<<<<<<<<<<
@@ -21106,17 +21163,17 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
     if (__pyx_t_1) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":354
+      /* "lguest/unicorn/_uchook.pyx":361
  *                 self._free(<size_t>self.ctx_ptr)
  *             if self.ctx_small_ptr != NULL and self._free is not None:
  *                 self._free(<size_t>self.ctx_small_ptr)             # <<<<<<<<<<<<<<
  *         self.state = 2
- *         self._unbind()
+ *         self.st.trace = NULL
 */
       __pyx_t_6 = NULL;
       __Pyx_INCREF(__pyx_v_self->_free);
       __pyx_t_7 = __pyx_v_self->_free; 
-      __pyx_t_3 = __Pyx_PyLong_FromSize_t(((size_t)__pyx_v_self->ctx_small_ptr)); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 354, __pyx_L1_error)
+      __pyx_t_3 = __Pyx_PyLong_FromSize_t(((size_t)__pyx_v_self->ctx_small_ptr)); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 361, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
       __pyx_t_4 = 1;
       #if CYTHON_UNPACK_METHODS
@@ -21136,12 +21193,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
         __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
         __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-        if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 354, __pyx_L1_error)
+        if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 361, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_2);
       }
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-      /* "lguest/unicorn/_uchook.pyx":353
+      /* "lguest/unicorn/_uchook.pyx":360
  *             if self.ctx_ptr != NULL and self._free is not None:
  *                 self._free(<size_t>self.ctx_ptr)
  *             if self.ctx_small_ptr != NULL and self._free is not None:             # <<<<<<<<<<<<<<
@@ -21150,7 +21207,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
     }
 
-    /* "lguest/unicorn/_uchook.pyx":349
+    /* "lguest/unicorn/_uchook.pyx":356
  *         if self.busy:
  *             raise RuntimeError("NativeHooks is running a guest")
  *         if self.state == 1:             # <<<<<<<<<<<<<<
@@ -21159,28 +21216,49 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":355
+  /* "lguest/unicorn/_uchook.pyx":362
  *             if self.ctx_small_ptr != NULL and self._free is not None:
  *                 self._free(<size_t>self.ctx_small_ptr)
  *         self.state = 2             # <<<<<<<<<<<<<<
- *         self._unbind()
- *         self.ctx_ptr = NULL
+ *         self.st.trace = NULL
+ *         self._trace = None
 */
   __pyx_v_self->state = 2;
 
-  /* "lguest/unicorn/_uchook.pyx":356
+  /* "lguest/unicorn/_uchook.pyx":363
  *                 self._free(<size_t>self.ctx_small_ptr)
  *         self.state = 2
+ *         self.st.trace = NULL             # <<<<<<<<<<<<<<
+ *         self._trace = None
+ *         self._unbind()
+*/
+  __pyx_v_self->st.trace = NULL;
+
+  /* "lguest/unicorn/_uchook.pyx":364
+ *         self.state = 2
+ *         self.st.trace = NULL
+ *         self._trace = None             # <<<<<<<<<<<<<<
+ *         self._unbind()
+ *         self.ctx_ptr = NULL
+*/
+  __Pyx_INCREF(Py_None);
+  __Pyx_GIVEREF(Py_None);
+  __Pyx_GOTREF(__pyx_v_self->_trace);
+  __Pyx_DECREF_SET(__pyx_v_self->_trace, Py_None);
+
+  /* "lguest/unicorn/_uchook.pyx":365
+ *         self.st.trace = NULL
+ *         self._trace = None
  *         self._unbind()             # <<<<<<<<<<<<<<
  *         self.ctx_ptr = NULL
  *         self.ctx_small_ptr = NULL
 */
-  __pyx_t_2 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_unbind(__pyx_v_self); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 356, __pyx_L1_error)
+  __pyx_t_2 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_unbind(__pyx_v_self); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 365, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":357
- *         self.state = 2
+  /* "lguest/unicorn/_uchook.pyx":366
+ *         self._trace = None
  *         self._unbind()
  *         self.ctx_ptr = NULL             # <<<<<<<<<<<<<<
  *         self.ctx_small_ptr = NULL
@@ -21188,7 +21266,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   __pyx_v_self->ctx_ptr = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":358
+  /* "lguest/unicorn/_uchook.pyx":367
  *         self._unbind()
  *         self.ctx_ptr = NULL
  *         self.ctx_small_ptr = NULL             # <<<<<<<<<<<<<<
@@ -21197,7 +21275,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   __pyx_v_self->ctx_small_ptr = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":359
+  /* "lguest/unicorn/_uchook.pyx":368
  *         self.ctx_ptr = NULL
  *         self.ctx_small_ptr = NULL
  *         self.st.ctx = NULL             # <<<<<<<<<<<<<<
@@ -21206,7 +21284,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   __pyx_v_self->st.ctx = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":360
+  /* "lguest/unicorn/_uchook.pyx":369
  *         self.ctx_small_ptr = NULL
  *         self.st.ctx = NULL
  *         self.st.ctx_small = NULL             # <<<<<<<<<<<<<<
@@ -21215,7 +21293,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   __pyx_v_self->st.ctx_small = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":361
+  /* "lguest/unicorn/_uchook.pyx":370
  *         self.st.ctx = NULL
  *         self.st.ctx_small = NULL
  *         self.st.uc = NULL             # <<<<<<<<<<<<<<
@@ -21224,7 +21302,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   __pyx_v_self->st.uc = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":362
+  /* "lguest/unicorn/_uchook.pyx":371
  *         self.st.ctx_small = NULL
  *         self.st.uc = NULL
  *         self.st.switcher = NULL             # <<<<<<<<<<<<<<
@@ -21233,7 +21311,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   __pyx_v_self->st.switcher = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":363
+  /* "lguest/unicorn/_uchook.pyx":372
  *         self.st.uc = NULL
  *         self.st.switcher = NULL
  *         self.st.gdt = NULL             # <<<<<<<<<<<<<<
@@ -21242,7 +21320,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
 */
   __pyx_v_self->st.gdt = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":364
+  /* "lguest/unicorn/_uchook.pyx":373
  *         self.st.switcher = NULL
  *         self.st.gdt = NULL
  *         self._owners = None             # <<<<<<<<<<<<<<
@@ -21254,7 +21332,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
   __Pyx_GOTREF(__pyx_v_self->_owners);
   __Pyx_DECREF_SET(__pyx_v_self->_owners, Py_None);
 
-  /* "lguest/unicorn/_uchook.pyx":365
+  /* "lguest/unicorn/_uchook.pyx":374
  *         self.st.gdt = NULL
  *         self._owners = None
  *         self._free = None             # <<<<<<<<<<<<<<
@@ -21266,7 +21344,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
   __Pyx_GOTREF(__pyx_v_self->_free);
   __Pyx_DECREF_SET(__pyx_v_self->_free, Py_None);
 
-  /* "lguest/unicorn/_uchook.pyx":342
+  /* "lguest/unicorn/_uchook.pyx":349
  *         self.nhooks = 0
  * 
  *     def close(self):             # <<<<<<<<<<<<<<
@@ -21290,7 +21368,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8close(struct 
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":367
+/* "lguest/unicorn/_uchook.pyx":376
  *         self._free = None
  * 
  *     cdef _unbind(self):             # <<<<<<<<<<<<<<
@@ -21310,7 +21388,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_unbind", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":368
+  /* "lguest/unicorn/_uchook.pyx":377
  * 
  *     cdef _unbind(self):
  *         self.st.regs = NULL             # <<<<<<<<<<<<<<
@@ -21319,7 +21397,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   __pyx_v_self->st.regs = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":369
+  /* "lguest/unicorn/_uchook.pyx":378
  *     cdef _unbind(self):
  *         self.st.regs = NULL
  *         self.st.idt = NULL             # <<<<<<<<<<<<<<
@@ -21328,7 +21406,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   __pyx_v_self->st.idt = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":370
+  /* "lguest/unicorn/_uchook.pyx":379
  *         self.st.regs = NULL
  *         self.st.idt = NULL
  *         self.st.guest_idt = NULL             # <<<<<<<<<<<<<<
@@ -21337,7 +21415,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   __pyx_v_self->st.guest_idt = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":371
+  /* "lguest/unicorn/_uchook.pyx":380
  *         self.st.idt = NULL
  *         self.st.guest_idt = NULL
  *         self.st.mem = NULL             # <<<<<<<<<<<<<<
@@ -21346,7 +21424,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   __pyx_v_self->st.mem = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":372
+  /* "lguest/unicorn/_uchook.pyx":381
  *         self.st.guest_idt = NULL
  *         self.st.mem = NULL
  *         self.st.mem_size = 0             # <<<<<<<<<<<<<<
@@ -21355,7 +21433,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   __pyx_v_self->st.mem_size = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":373
+  /* "lguest/unicorn/_uchook.pyx":382
  *         self.st.mem = NULL
  *         self.st.mem_size = 0
  *         self.st.has_ld = 0             # <<<<<<<<<<<<<<
@@ -21364,7 +21442,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   __pyx_v_self->st.has_ld = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":374
+  /* "lguest/unicorn/_uchook.pyx":383
  *         self.st.mem_size = 0
  *         self.st.has_ld = 0
  *         self.st.api = NULL             # <<<<<<<<<<<<<<
@@ -21373,7 +21451,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   __pyx_v_self->st.api = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":375
+  /* "lguest/unicorn/_uchook.pyx":384
  *         self.st.has_ld = 0
  *         self.st.api = NULL
  *         self.st.pending = &self.st.attention             # <<<<<<<<<<<<<<
@@ -21382,21 +21460,21 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   __pyx_v_self->st.pending = (&__pyx_v_self->st.attention);
 
-  /* "lguest/unicorn/_uchook.pyx":376
+  /* "lguest/unicorn/_uchook.pyx":385
  *         self.st.api = NULL
  *         self.st.pending = &self.st.attention
  *         self._keep = []             # <<<<<<<<<<<<<<
  *         hold, self._hold = self._hold, None
  *         if hold is not None:
 */
-  __pyx_t_1 = PyList_New(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 376, __pyx_L1_error)
+  __pyx_t_1 = PyList_New(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 385, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_GIVEREF(__pyx_t_1);
   __Pyx_GOTREF(__pyx_v_self->_keep);
   __Pyx_DECREF_SET(__pyx_v_self->_keep, __pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":377
+  /* "lguest/unicorn/_uchook.pyx":386
  *         self.st.pending = &self.st.attention
  *         self._keep = []
  *         hold, self._hold = self._hold, None             # <<<<<<<<<<<<<<
@@ -21414,7 +21492,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
   __Pyx_DECREF_SET(__pyx_v_self->_hold, __pyx_t_2);
   __pyx_t_2 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":378
+  /* "lguest/unicorn/_uchook.pyx":387
  *         self._keep = []
  *         hold, self._hold = self._hold, None
  *         if hold is not None:             # <<<<<<<<<<<<<<
@@ -21425,21 +21503,21 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
   if (__pyx_t_3) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":379
+    /* "lguest/unicorn/_uchook.pyx":388
  *         hold, self._hold = self._hold, None
  *         if hold is not None:
  *             hold.__exit__(None, None, None)             # <<<<<<<<<<<<<<
  * 
  *     def bind(self, cpu, regs_array, host_idt, guest_idt, memory, api_capsule):
 */
-    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_hold, __pyx_mstate_global->__pyx_n_u_exit); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 379, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_hold, __pyx_mstate_global->__pyx_n_u_exit); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 388, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_1 = __Pyx_PyObject_Call(__pyx_t_2, __pyx_mstate_global->__pyx_tuple[4], NULL); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 379, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyObject_Call(__pyx_t_2, __pyx_mstate_global->__pyx_tuple[4], NULL); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 388, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":378
+    /* "lguest/unicorn/_uchook.pyx":387
  *         self._keep = []
  *         hold, self._hold = self._hold, None
  *         if hold is not None:             # <<<<<<<<<<<<<<
@@ -21448,7 +21526,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":367
+  /* "lguest/unicorn/_uchook.pyx":376
  *         self._free = None
  * 
  *     cdef _unbind(self):             # <<<<<<<<<<<<<<
@@ -21471,7 +21549,7 @@ static PyObject *__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind(struct 
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":381
+/* "lguest/unicorn/_uchook.pyx":390
  *             hold.__exit__(None, None, None)
  * 
  *     def bind(self, cpu, regs_array, host_idt, guest_idt, memory, api_capsule):             # <<<<<<<<<<<<<<
@@ -21524,56 +21602,56 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_cpu,&__pyx_mstate_global->__pyx_n_u_regs_array,&__pyx_mstate_global->__pyx_n_u_host_idt,&__pyx_mstate_global->__pyx_n_u_guest_idt,&__pyx_mstate_global->__pyx_n_u_memory,&__pyx_mstate_global->__pyx_n_u_api_capsule,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 381, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 390, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  6:
         values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 381, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 390, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 381, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 390, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 381, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 390, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 381, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 390, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 381, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 390, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 381, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 390, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "bind", 0) < (0)) __PYX_ERR(0, 381, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "bind", 0) < (0)) __PYX_ERR(0, 390, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 6; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("bind", 1, 6, 6, i); __PYX_ERR(0, 381, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("bind", 1, 6, 6, i); __PYX_ERR(0, 390, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 6)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 381, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 390, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 381, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 390, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 381, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 390, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 381, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 390, __pyx_L3_error)
       values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 381, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 390, __pyx_L3_error)
       values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 381, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 390, __pyx_L3_error)
     }
     __pyx_v_cpu = values[0];
     __pyx_v_regs_array = values[1];
@@ -21584,7 +21662,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("bind", 1, 6, 6, __pyx_nargs); __PYX_ERR(0, 381, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("bind", 1, 6, 6, __pyx_nargs); __PYX_ERR(0, 390, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -21649,7 +21727,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("bind", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":389
+  /* "lguest/unicorn/_uchook.pyx":398
  *         cdef uint32_t[:, ::1] hv
  *         cdef uint32_t[:, ::1] gv
  *         cdef lg_native_api *api = NULL             # <<<<<<<<<<<<<<
@@ -21658,7 +21736,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
   __pyx_v_api = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":390
+  /* "lguest/unicorn/_uchook.pyx":399
  *         cdef uint32_t[:, ::1] gv
  *         cdef lg_native_api *api = NULL
  *         from ..memory import GuestMemory             # <<<<<<<<<<<<<<
@@ -21667,14 +21745,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
   {
     PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_GuestMemory};
-    __pyx_t_2 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_memory, __pyx_imported_names, 1, __pyx_mstate_global->__pyx_kp_u_lguest_memory, 2); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 390, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_memory, __pyx_imported_names, 1, __pyx_mstate_global->__pyx_kp_u_lguest_memory, 2); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 399, __pyx_L1_error)
   }
   __pyx_t_1 = __pyx_t_2;
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_GuestMemory};
     __pyx_t_3 = 0; {
-      __pyx_t_4 = __Pyx_ImportFrom(__pyx_t_1, __pyx_imported_names[__pyx_t_3]); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 390, __pyx_L1_error)
+      __pyx_t_4 = __Pyx_ImportFrom(__pyx_t_1, __pyx_imported_names[__pyx_t_3]); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 399, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
       switch (__pyx_t_3) {
         case 0:
@@ -21688,66 +21766,66 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":391
+  /* "lguest/unicorn/_uchook.pyx":400
  *         cdef lg_native_api *api = NULL
  *         from ..memory import GuestMemory
  *         self._check_idle()             # <<<<<<<<<<<<<<
  *         arrays = {"regs": (regs_array, (NUM_REGS,)), "host IDT": (host_idt, (256, 2)), "guest IDT": (guest_idt, (256, 2))}
  *         for name, (arr, shape) in arrays.items():
 */
-  __pyx_t_5 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_5 == ((int)-1))) __PYX_ERR(0, 391, __pyx_L1_error)
+  __pyx_t_5 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_5 == ((int)-1))) __PYX_ERR(0, 400, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":392
+  /* "lguest/unicorn/_uchook.pyx":401
  *         from ..memory import GuestMemory
  *         self._check_idle()
  *         arrays = {"regs": (regs_array, (NUM_REGS,)), "host IDT": (host_idt, (256, 2)), "guest IDT": (guest_idt, (256, 2))}             # <<<<<<<<<<<<<<
  *         for name, (arr, shape) in arrays.items():
  *             if not isinstance(arr, np.ndarray) or arr.dtype != np.uint32:
 */
-  __pyx_t_1 = __Pyx_PyDict_NewPresized(3); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 392, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyDict_NewPresized(3); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 401, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(LG_NUM_REGS); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 392, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(LG_NUM_REGS); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 401, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_6 = PyTuple_New(1); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 392, __pyx_L1_error)
+  __pyx_t_6 = PyTuple_New(1); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 401, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_GIVEREF(__pyx_t_4);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 0, __pyx_t_4) != (0)) __PYX_ERR(0, 392, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 0, __pyx_t_4) != (0)) __PYX_ERR(0, 401, __pyx_L1_error);
   __pyx_t_4 = 0;
-  __pyx_t_4 = PyTuple_New(2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 392, __pyx_L1_error)
+  __pyx_t_4 = PyTuple_New(2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 401, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_INCREF(__pyx_v_regs_array);
   __Pyx_GIVEREF(__pyx_v_regs_array);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_v_regs_array) != (0)) __PYX_ERR(0, 392, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_v_regs_array) != (0)) __PYX_ERR(0, 401, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_6);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_t_6) != (0)) __PYX_ERR(0, 392, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_t_6) != (0)) __PYX_ERR(0, 401, __pyx_L1_error);
   __pyx_t_6 = 0;
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_regs, __pyx_t_4) < (0)) __PYX_ERR(0, 392, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_regs, __pyx_t_4) < (0)) __PYX_ERR(0, 401, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = PyTuple_New(2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 392, __pyx_L1_error)
+  __pyx_t_4 = PyTuple_New(2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 401, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_INCREF(__pyx_v_host_idt);
   __Pyx_GIVEREF(__pyx_v_host_idt);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_v_host_idt) != (0)) __PYX_ERR(0, 392, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_v_host_idt) != (0)) __PYX_ERR(0, 401, __pyx_L1_error);
   __Pyx_INCREF(__pyx_mstate_global->__pyx_tuple[5]);
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[5]);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_mstate_global->__pyx_tuple[5]) != (0)) __PYX_ERR(0, 392, __pyx_L1_error);
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_kp_u_host_IDT, __pyx_t_4) < (0)) __PYX_ERR(0, 392, __pyx_L1_error)
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_mstate_global->__pyx_tuple[5]) != (0)) __PYX_ERR(0, 401, __pyx_L1_error);
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_kp_u_host_IDT, __pyx_t_4) < (0)) __PYX_ERR(0, 401, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = PyTuple_New(2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 392, __pyx_L1_error)
+  __pyx_t_4 = PyTuple_New(2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 401, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_INCREF(__pyx_v_guest_idt);
   __Pyx_GIVEREF(__pyx_v_guest_idt);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_v_guest_idt) != (0)) __PYX_ERR(0, 392, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_v_guest_idt) != (0)) __PYX_ERR(0, 401, __pyx_L1_error);
   __Pyx_INCREF(__pyx_mstate_global->__pyx_tuple[5]);
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[5]);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_mstate_global->__pyx_tuple[5]) != (0)) __PYX_ERR(0, 392, __pyx_L1_error);
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_kp_u_guest_IDT, __pyx_t_4) < (0)) __PYX_ERR(0, 392, __pyx_L1_error)
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_mstate_global->__pyx_tuple[5]) != (0)) __PYX_ERR(0, 401, __pyx_L1_error);
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_kp_u_guest_IDT, __pyx_t_4) < (0)) __PYX_ERR(0, 401, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_arrays = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":393
+  /* "lguest/unicorn/_uchook.pyx":402
  *         self._check_idle()
  *         arrays = {"regs": (regs_array, (NUM_REGS,)), "host IDT": (host_idt, (256, 2)), "guest IDT": (guest_idt, (256, 2))}
  *         for name, (arr, shape) in arrays.items():             # <<<<<<<<<<<<<<
@@ -21755,7 +21833,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
  *                 raise TypeError(f"the {name} must be a numpy uint32 array")
 */
   __pyx_t_3 = 0;
-  __pyx_t_4 = __Pyx_dict_iterator(__pyx_v_arrays, 1, __pyx_mstate_global->__pyx_n_u_items, (&__pyx_t_7), (&__pyx_t_5)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 393, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_dict_iterator(__pyx_v_arrays, 1, __pyx_mstate_global->__pyx_n_u_items, (&__pyx_t_7), (&__pyx_t_5)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 402, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_XDECREF(__pyx_t_1);
   __pyx_t_1 = __pyx_t_4;
@@ -21763,7 +21841,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   while (1) {
     __pyx_t_8 = __Pyx_dict_iter_next(__pyx_t_1, __pyx_t_7, &__pyx_t_3, &__pyx_t_4, &__pyx_t_6, NULL, __pyx_t_5);
     if (unlikely(__pyx_t_8 == 0)) break;
-    if (unlikely(__pyx_t_8 == -1)) __PYX_ERR(0, 393, __pyx_L1_error)
+    if (unlikely(__pyx_t_8 == -1)) __PYX_ERR(0, 402, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_XDECREF_SET(__pyx_v_name, __pyx_t_4);
@@ -21774,7 +21852,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
       if (unlikely(size != 2)) {
         if (size > 2) __Pyx_RaiseTooManyValuesError(2);
         else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-        __PYX_ERR(0, 393, __pyx_L1_error)
+        __PYX_ERR(0, 402, __pyx_L1_error)
       }
       #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
       if (likely(PyTuple_CheckExact(sequence))) {
@@ -21784,22 +21862,22 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
         __Pyx_INCREF(__pyx_t_9);
       } else {
         __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 393, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 402, __pyx_L1_error)
         __Pyx_XGOTREF(__pyx_t_4);
         __pyx_t_9 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-        if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 393, __pyx_L1_error)
+        if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 402, __pyx_L1_error)
         __Pyx_XGOTREF(__pyx_t_9);
       }
       #else
-      __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 393, __pyx_L1_error)
+      __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 402, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
-      __pyx_t_9 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 393, __pyx_L1_error)
+      __pyx_t_9 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 402, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_9);
       #endif
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     } else {
       Py_ssize_t index = -1;
-      __pyx_t_10 = PyObject_GetIter(__pyx_t_6); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 393, __pyx_L1_error)
+      __pyx_t_10 = PyObject_GetIter(__pyx_t_6); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 402, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_10);
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
       __pyx_t_11 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_10);
@@ -21807,7 +21885,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
       __Pyx_GOTREF(__pyx_t_4);
       index = 1; __pyx_t_9 = __pyx_t_11(__pyx_t_10); if (unlikely(!__pyx_t_9)) goto __pyx_L5_unpacking_failed;
       __Pyx_GOTREF(__pyx_t_9);
-      if (__Pyx_IternextUnpackEndCheck(__pyx_t_11(__pyx_t_10), 2) < (0)) __PYX_ERR(0, 393, __pyx_L1_error)
+      if (__Pyx_IternextUnpackEndCheck(__pyx_t_11(__pyx_t_10), 2) < (0)) __PYX_ERR(0, 402, __pyx_L1_error)
       __pyx_t_11 = NULL;
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
       goto __pyx_L6_unpacking_done;
@@ -21815,7 +21893,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
       __pyx_t_11 = NULL;
       if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-      __PYX_ERR(0, 393, __pyx_L1_error)
+      __PYX_ERR(0, 402, __pyx_L1_error)
       __pyx_L6_unpacking_done:;
     }
     __Pyx_XDECREF_SET(__pyx_v_arr, __pyx_t_4);
@@ -21823,19 +21901,19 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
     __Pyx_XDECREF_SET(__pyx_v_shape, __pyx_t_9);
     __pyx_t_9 = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":394
+    /* "lguest/unicorn/_uchook.pyx":403
  *         arrays = {"regs": (regs_array, (NUM_REGS,)), "host IDT": (host_idt, (256, 2)), "guest IDT": (guest_idt, (256, 2))}
  *         for name, (arr, shape) in arrays.items():
  *             if not isinstance(arr, np.ndarray) or arr.dtype != np.uint32:             # <<<<<<<<<<<<<<
  *                 raise TypeError(f"the {name} must be a numpy uint32 array")
  *             if arr.shape != shape or not arr.flags.c_contiguous or not arr.flags.writeable:
 */
-    __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 394, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 403, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
-    __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_ndarray); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 394, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_ndarray); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 403, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    __pyx_t_13 = PyObject_IsInstance(__pyx_v_arr, __pyx_t_9); if (unlikely(__pyx_t_13 == ((int)-1))) __PYX_ERR(0, 394, __pyx_L1_error)
+    __pyx_t_13 = PyObject_IsInstance(__pyx_v_arr, __pyx_t_9); if (unlikely(__pyx_t_13 == ((int)-1))) __PYX_ERR(0, 403, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     __pyx_t_14 = (!__pyx_t_13);
 
@@ -21848,14 +21926,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 
       goto __pyx_L8_bool_binop_done;
     }
-    __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 394, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 403, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
-    __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 394, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 403, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
-    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_uint32); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 394, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_uint32); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 403, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    __pyx_t_14 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_9, __pyx_t_4, Py_NE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 394, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_9, __pyx_t_4, Py_NE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 403, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
@@ -21865,7 +21943,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
     if (unlikely(__pyx_t_12)) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":395
+      /* "lguest/unicorn/_uchook.pyx":404
  *         for name, (arr, shape) in arrays.items():
  *             if not isinstance(arr, np.ndarray) or arr.dtype != np.uint32:
  *                 raise TypeError(f"the {name} must be a numpy uint32 array")             # <<<<<<<<<<<<<<
@@ -21873,7 +21951,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
  *                 raise ValueError(f"the {name} must be a writable C-contiguous uint32{list(shape)}")
 */
       __pyx_t_9 = NULL;
-      __pyx_t_6 = __Pyx_PyObject_FormatSimple(__pyx_v_name, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 395, __pyx_L1_error)
+      __pyx_t_6 = __Pyx_PyObject_FormatSimple(__pyx_v_name, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 404, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
       __pyx_t_15[0] = __pyx_mstate_global->__pyx_kp_u_the;
       __pyx_t_15[1] = __pyx_t_6;
@@ -21887,7 +21965,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
       __pyx_t_8 |= __Pyx_PyUnicode_KIND_04(__pyx_t_15[1]);
       #endif
       __pyx_t_10 = __Pyx_PyUnicode_Join(__pyx_t_15, 3, __pyx_t_16, __pyx_t_8);
-      if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 395, __pyx_L1_error)
+      if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 404, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_10);
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
       __pyx_t_17 = 1;
@@ -21896,14 +21974,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
         __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_TypeError)), __pyx_callargs+__pyx_t_17, (2-__pyx_t_17) | (__pyx_t_17*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_9); __pyx_t_9 = 0;
         __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 395, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 404, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       __Pyx_Raise(__pyx_t_4, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      __PYX_ERR(0, 395, __pyx_L1_error)
+      __PYX_ERR(0, 404, __pyx_L1_error)
 
-      /* "lguest/unicorn/_uchook.pyx":394
+      /* "lguest/unicorn/_uchook.pyx":403
  *         arrays = {"regs": (regs_array, (NUM_REGS,)), "host IDT": (host_idt, (256, 2)), "guest IDT": (guest_idt, (256, 2))}
  *         for name, (arr, shape) in arrays.items():
  *             if not isinstance(arr, np.ndarray) or arr.dtype != np.uint32:             # <<<<<<<<<<<<<<
@@ -21912,16 +21990,16 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
     }
 
-    /* "lguest/unicorn/_uchook.pyx":396
+    /* "lguest/unicorn/_uchook.pyx":405
  *             if not isinstance(arr, np.ndarray) or arr.dtype != np.uint32:
  *                 raise TypeError(f"the {name} must be a numpy uint32 array")
  *             if arr.shape != shape or not arr.flags.c_contiguous or not arr.flags.writeable:             # <<<<<<<<<<<<<<
  *                 raise ValueError(f"the {name} must be a writable C-contiguous uint32{list(shape)}")
  *         if regs_array.ctypes.data != cpu.regs.array.ctypes.data or guest_idt.ctypes.data != cpu.idt.ctypes.data:
 */
-    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 396, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 405, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_14 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_4, __pyx_v_shape, Py_NE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 396, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_4, __pyx_v_shape, Py_NE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 405, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     if (!__pyx_t_14) {
 
@@ -21931,12 +22009,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 
       goto __pyx_L11_bool_binop_done;
     }
-    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 396, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 405, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_c_contiguous); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 396, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_c_contiguous); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 405, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __pyx_t_14 = __Pyx_PyObject_IsTrue(__pyx_t_10); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 396, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyObject_IsTrue(__pyx_t_10); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 405, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __pyx_t_13 = (!__pyx_t_14);
 
@@ -21949,12 +22027,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 
       goto __pyx_L11_bool_binop_done;
     }
-    __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 396, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 405, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
-    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_writeable); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 396, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_writeable); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 405, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-    __pyx_t_13 = __Pyx_PyObject_IsTrue(__pyx_t_4); if (unlikely((__pyx_t_13 < 0))) __PYX_ERR(0, 396, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyObject_IsTrue(__pyx_t_4); if (unlikely((__pyx_t_13 < 0))) __PYX_ERR(0, 405, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __pyx_t_14 = (!__pyx_t_13);
 
@@ -21966,7 +22044,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
     if (unlikely(__pyx_t_12)) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":397
+      /* "lguest/unicorn/_uchook.pyx":406
  *                 raise TypeError(f"the {name} must be a numpy uint32 array")
  *             if arr.shape != shape or not arr.flags.c_contiguous or not arr.flags.writeable:
  *                 raise ValueError(f"the {name} must be a writable C-contiguous uint32{list(shape)}")             # <<<<<<<<<<<<<<
@@ -21974,11 +22052,11 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
  *             raise ValueError("regs_array and guest_idt must be the cpu's own")
 */
       __pyx_t_10 = NULL;
-      __pyx_t_9 = __Pyx_PyObject_FormatSimple(__pyx_v_name, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 397, __pyx_L1_error)
+      __pyx_t_9 = __Pyx_PyObject_FormatSimple(__pyx_v_name, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 406, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_9);
-      __pyx_t_6 = PySequence_List(__pyx_v_shape); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 397, __pyx_L1_error)
+      __pyx_t_6 = PySequence_List(__pyx_v_shape); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 406, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
-      __pyx_t_18 = __Pyx_PyObject_FormatSimple(__pyx_t_6, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_18)) __PYX_ERR(0, 397, __pyx_L1_error)
+      __pyx_t_18 = __Pyx_PyObject_FormatSimple(__pyx_t_6, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_18)) __PYX_ERR(0, 406, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_18);
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
       __pyx_t_19[0] = __pyx_mstate_global->__pyx_kp_u_the;
@@ -21994,7 +22072,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
       __pyx_t_8 |= __Pyx_PyUnicode_KIND_04(__pyx_t_19[1]) | __Pyx_PyUnicode_KIND_04(__pyx_t_19[3]);
       #endif
       __pyx_t_6 = __Pyx_PyUnicode_Join(__pyx_t_19, 4, __pyx_t_16, __pyx_t_8);
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 397, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 406, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
       __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
       __Pyx_DECREF(__pyx_t_18); __pyx_t_18 = 0;
@@ -22004,14 +22082,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
         __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_17, (2-__pyx_t_17) | (__pyx_t_17*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_10); __pyx_t_10 = 0;
         __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 397, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 406, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       __Pyx_Raise(__pyx_t_4, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      __PYX_ERR(0, 397, __pyx_L1_error)
+      __PYX_ERR(0, 406, __pyx_L1_error)
 
-      /* "lguest/unicorn/_uchook.pyx":396
+      /* "lguest/unicorn/_uchook.pyx":405
  *             if not isinstance(arr, np.ndarray) or arr.dtype != np.uint32:
  *                 raise TypeError(f"the {name} must be a numpy uint32 array")
  *             if arr.shape != shape or not arr.flags.c_contiguous or not arr.flags.writeable:             # <<<<<<<<<<<<<<
@@ -22022,30 +22100,30 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":398
+  /* "lguest/unicorn/_uchook.pyx":407
  *             if arr.shape != shape or not arr.flags.c_contiguous or not arr.flags.writeable:
  *                 raise ValueError(f"the {name} must be a writable C-contiguous uint32{list(shape)}")
  *         if regs_array.ctypes.data != cpu.regs.array.ctypes.data or guest_idt.ctypes.data != cpu.idt.ctypes.data:             # <<<<<<<<<<<<<<
  *             raise ValueError("regs_array and guest_idt must be the cpu's own")
  *         if not isinstance(memory, GuestMemory) or memory.closed:
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_regs_array, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 398, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_regs_array, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 407, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 398, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 407, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_cpu, __pyx_mstate_global->__pyx_n_u_regs); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 398, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_cpu, __pyx_mstate_global->__pyx_n_u_regs); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 407, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_array); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 398, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_array); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 407, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 398, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 407, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 398, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 407, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_14 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_4, __pyx_t_6, Py_NE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 398, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_4, __pyx_t_6, Py_NE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 407, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   if (!__pyx_t_14) {
@@ -22056,20 +22134,20 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 
     goto __pyx_L15_bool_binop_done;
   }
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_guest_idt, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 398, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_guest_idt, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 407, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 398, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 407, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_cpu, __pyx_mstate_global->__pyx_n_u_idt); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 398, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_cpu, __pyx_mstate_global->__pyx_n_u_idt); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 407, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 398, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 407, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 398, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 407, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_14 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_4, __pyx_t_6, Py_NE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 398, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_4, __pyx_t_6, Py_NE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 407, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
 
@@ -22079,7 +22157,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   if (unlikely(__pyx_t_12)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":399
+    /* "lguest/unicorn/_uchook.pyx":408
  *                 raise ValueError(f"the {name} must be a writable C-contiguous uint32{list(shape)}")
  *         if regs_array.ctypes.data != cpu.regs.array.ctypes.data or guest_idt.ctypes.data != cpu.idt.ctypes.data:
  *             raise ValueError("regs_array and guest_idt must be the cpu's own")             # <<<<<<<<<<<<<<
@@ -22092,14 +22170,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_regs_array_and_guest_idt_must_be};
       __pyx_t_6 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_17, (2-__pyx_t_17) | (__pyx_t_17*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 399, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 408, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     __Pyx_Raise(__pyx_t_6, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    __PYX_ERR(0, 399, __pyx_L1_error)
+    __PYX_ERR(0, 408, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":398
+    /* "lguest/unicorn/_uchook.pyx":407
  *             if arr.shape != shape or not arr.flags.c_contiguous or not arr.flags.writeable:
  *                 raise ValueError(f"the {name} must be a writable C-contiguous uint32{list(shape)}")
  *         if regs_array.ctypes.data != cpu.regs.array.ctypes.data or guest_idt.ctypes.data != cpu.idt.ctypes.data:             # <<<<<<<<<<<<<<
@@ -22108,14 +22186,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":400
+  /* "lguest/unicorn/_uchook.pyx":409
  *         if regs_array.ctypes.data != cpu.regs.array.ctypes.data or guest_idt.ctypes.data != cpu.idt.ctypes.data:
  *             raise ValueError("regs_array and guest_idt must be the cpu's own")
  *         if not isinstance(memory, GuestMemory) or memory.closed:             # <<<<<<<<<<<<<<
  *             raise TypeError("memory must be a live GuestMemory")
  *         if api_capsule is not None:
 */
-  __pyx_t_14 = PyObject_IsInstance(__pyx_v_memory, __pyx_v_GuestMemory); if (unlikely(__pyx_t_14 == ((int)-1))) __PYX_ERR(0, 400, __pyx_L1_error)
+  __pyx_t_14 = PyObject_IsInstance(__pyx_v_memory, __pyx_v_GuestMemory); if (unlikely(__pyx_t_14 == ((int)-1))) __PYX_ERR(0, 409, __pyx_L1_error)
   __pyx_t_13 = (!__pyx_t_14);
 
 
@@ -22127,9 +22205,9 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 
     goto __pyx_L18_bool_binop_done;
   }
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_memory, __pyx_mstate_global->__pyx_n_u_closed); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 400, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_memory, __pyx_mstate_global->__pyx_n_u_closed); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 409, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_13 = __Pyx_PyObject_IsTrue(__pyx_t_6); if (unlikely((__pyx_t_13 < 0))) __PYX_ERR(0, 400, __pyx_L1_error)
+  __pyx_t_13 = __Pyx_PyObject_IsTrue(__pyx_t_6); if (unlikely((__pyx_t_13 < 0))) __PYX_ERR(0, 409, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
 
   __pyx_t_12 = __pyx_t_13;
@@ -22138,7 +22216,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   if (unlikely(__pyx_t_12)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":401
+    /* "lguest/unicorn/_uchook.pyx":410
  *             raise ValueError("regs_array and guest_idt must be the cpu's own")
  *         if not isinstance(memory, GuestMemory) or memory.closed:
  *             raise TypeError("memory must be a live GuestMemory")             # <<<<<<<<<<<<<<
@@ -22151,14 +22229,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_memory_must_be_a_live_GuestMemor};
       __pyx_t_6 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_TypeError)), __pyx_callargs+__pyx_t_17, (2-__pyx_t_17) | (__pyx_t_17*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 401, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 410, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     __Pyx_Raise(__pyx_t_6, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    __PYX_ERR(0, 401, __pyx_L1_error)
+    __PYX_ERR(0, 410, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":400
+    /* "lguest/unicorn/_uchook.pyx":409
  *         if regs_array.ctypes.data != cpu.regs.array.ctypes.data or guest_idt.ctypes.data != cpu.idt.ctypes.data:
  *             raise ValueError("regs_array and guest_idt must be the cpu's own")
  *         if not isinstance(memory, GuestMemory) or memory.closed:             # <<<<<<<<<<<<<<
@@ -22167,7 +22245,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":402
+  /* "lguest/unicorn/_uchook.pyx":411
  *         if not isinstance(memory, GuestMemory) or memory.closed:
  *             raise TypeError("memory must be a live GuestMemory")
  *         if api_capsule is not None:             # <<<<<<<<<<<<<<
@@ -22178,7 +22256,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   if (__pyx_t_12) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":403
+    /* "lguest/unicorn/_uchook.pyx":412
  *             raise TypeError("memory must be a live GuestMemory")
  *         if api_capsule is not None:
  *             if not PyCapsule_IsValid(api_capsule, LGUEST_NATIVE_API_CAPSULE):             # <<<<<<<<<<<<<<
@@ -22190,7 +22268,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
     if (unlikely(__pyx_t_12)) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":404
+      /* "lguest/unicorn/_uchook.pyx":413
  *         if api_capsule is not None:
  *             if not PyCapsule_IsValid(api_capsule, LGUEST_NATIVE_API_CAPSULE):
  *                 raise TypeError("not a lguest._core native API capsule")             # <<<<<<<<<<<<<<
@@ -22203,14 +22281,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
         PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_not_a_lguest__core_native_API_ca};
         __pyx_t_6 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_TypeError)), __pyx_callargs+__pyx_t_17, (2-__pyx_t_17) | (__pyx_t_17*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-        if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 404, __pyx_L1_error)
+        if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 413, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_6);
       }
       __Pyx_Raise(__pyx_t_6, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      __PYX_ERR(0, 404, __pyx_L1_error)
+      __PYX_ERR(0, 413, __pyx_L1_error)
 
-      /* "lguest/unicorn/_uchook.pyx":403
+      /* "lguest/unicorn/_uchook.pyx":412
  *             raise TypeError("memory must be a live GuestMemory")
  *         if api_capsule is not None:
  *             if not PyCapsule_IsValid(api_capsule, LGUEST_NATIVE_API_CAPSULE):             # <<<<<<<<<<<<<<
@@ -22219,18 +22297,18 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
     }
 
-    /* "lguest/unicorn/_uchook.pyx":405
+    /* "lguest/unicorn/_uchook.pyx":414
  *             if not PyCapsule_IsValid(api_capsule, LGUEST_NATIVE_API_CAPSULE):
  *                 raise TypeError("not a lguest._core native API capsule")
  *             api = <lg_native_api *>PyCapsule_GetPointer(api_capsule, LGUEST_NATIVE_API_CAPSULE)             # <<<<<<<<<<<<<<
  *             if api.version != LGUEST_NATIVE_API_VERSION or <size_t>api.regs != <size_t>regs_array.ctypes.data:
  *                 raise ValueError("lguest._core native API mismatch (not this cpu's)")
 */
-    __pyx_t_20 = PyCapsule_GetPointer(__pyx_v_api_capsule, LGUEST_NATIVE_API_CAPSULE); if (unlikely(__pyx_t_20 == ((void *)NULL) && PyErr_Occurred())) __PYX_ERR(0, 405, __pyx_L1_error)
+    __pyx_t_20 = PyCapsule_GetPointer(__pyx_v_api_capsule, LGUEST_NATIVE_API_CAPSULE); if (unlikely(__pyx_t_20 == ((void *)NULL) && PyErr_Occurred())) __PYX_ERR(0, 414, __pyx_L1_error)
     __pyx_v_api = ((struct lguest_native_api *)__pyx_t_20);
 
 
-    /* "lguest/unicorn/_uchook.pyx":406
+    /* "lguest/unicorn/_uchook.pyx":415
  *                 raise TypeError("not a lguest._core native API capsule")
  *             api = <lg_native_api *>PyCapsule_GetPointer(api_capsule, LGUEST_NATIVE_API_CAPSULE)
  *             if api.version != LGUEST_NATIVE_API_VERSION or <size_t>api.regs != <size_t>regs_array.ctypes.data:             # <<<<<<<<<<<<<<
@@ -22247,12 +22325,12 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 
       goto __pyx_L23_bool_binop_done;
     }
-    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_regs_array, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 406, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_regs_array, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 415, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
-    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 406, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_data); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 415, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    __pyx_t_17 = __Pyx_PyLong_As_size_t(__pyx_t_4); if (unlikely((__pyx_t_17 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 406, __pyx_L1_error)
+    __pyx_t_17 = __Pyx_PyLong_As_size_t(__pyx_t_4); if (unlikely((__pyx_t_17 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 415, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __pyx_t_13 = (((size_t)__pyx_v_api->regs) != ((size_t)__pyx_t_17));
 
@@ -22264,7 +22342,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
     if (unlikely(__pyx_t_12)) {
 
 
-      /* "lguest/unicorn/_uchook.pyx":407
+      /* "lguest/unicorn/_uchook.pyx":416
  *             api = <lg_native_api *>PyCapsule_GetPointer(api_capsule, LGUEST_NATIVE_API_CAPSULE)
  *             if api.version != LGUEST_NATIVE_API_VERSION or <size_t>api.regs != <size_t>regs_array.ctypes.data:
  *                 raise ValueError("lguest._core native API mismatch (not this cpu's)")             # <<<<<<<<<<<<<<
@@ -22277,14 +22355,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
         PyObject *__pyx_callargs[2] = {__pyx_t_6, __pyx_mstate_global->__pyx_kp_u_lguest__core_native_API_mismatch};
         __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_17, (2-__pyx_t_17) | (__pyx_t_17*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 407, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 416, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       __Pyx_Raise(__pyx_t_4, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      __PYX_ERR(0, 407, __pyx_L1_error)
+      __PYX_ERR(0, 416, __pyx_L1_error)
 
-      /* "lguest/unicorn/_uchook.pyx":406
+      /* "lguest/unicorn/_uchook.pyx":415
  *                 raise TypeError("not a lguest._core native API capsule")
  *             api = <lg_native_api *>PyCapsule_GetPointer(api_capsule, LGUEST_NATIVE_API_CAPSULE)
  *             if api.version != LGUEST_NATIVE_API_VERSION or <size_t>api.regs != <size_t>regs_array.ctypes.data:             # <<<<<<<<<<<<<<
@@ -22293,7 +22371,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
     }
 
-    /* "lguest/unicorn/_uchook.pyx":402
+    /* "lguest/unicorn/_uchook.pyx":411
  *         if not isinstance(memory, GuestMemory) or memory.closed:
  *             raise TypeError("memory must be a live GuestMemory")
  *         if api_capsule is not None:             # <<<<<<<<<<<<<<
@@ -22302,7 +22380,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":408
+  /* "lguest/unicorn/_uchook.pyx":417
  *             if api.version != LGUEST_NATIVE_API_VERSION or <size_t>api.regs != <size_t>regs_array.ctypes.data:
  *                 raise ValueError("lguest._core native API mismatch (not this cpu's)")
  *         hold = memory.hold()             # <<<<<<<<<<<<<<
@@ -22316,13 +22394,13 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
     PyObject *__pyx_callargs[2] = {__pyx_t_6, NULL};
     __pyx_t_4 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_hold, __pyx_callargs+__pyx_t_17, (1-__pyx_t_17) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 408, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 417, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
   }
   __pyx_v_hold = __pyx_t_4;
   __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":409
+  /* "lguest/unicorn/_uchook.pyx":418
  *                 raise ValueError("lguest._core native API mismatch (not this cpu's)")
  *         hold = memory.hold()
  *         hold.__enter__()             # <<<<<<<<<<<<<<
@@ -22336,59 +22414,59 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
     PyObject *__pyx_callargs[2] = {__pyx_t_6, NULL};
     __pyx_t_4 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_enter, __pyx_callargs+__pyx_t_17, (1-__pyx_t_17) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 409, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 418, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
   }
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":410
+  /* "lguest/unicorn/_uchook.pyx":419
  *         hold = memory.hold()
  *         hold.__enter__()
  *         self._unbind()             # <<<<<<<<<<<<<<
  *         rv = regs_array
  *         hv = host_idt
 */
-  __pyx_t_4 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_unbind(__pyx_v_self); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 410, __pyx_L1_error)
+  __pyx_t_4 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_unbind(__pyx_v_self); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 419, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":411
+  /* "lguest/unicorn/_uchook.pyx":420
  *         hold.__enter__()
  *         self._unbind()
  *         rv = regs_array             # <<<<<<<<<<<<<<
  *         hv = host_idt
  *         gv = guest_idt
 */
-  __pyx_t_21 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_uint32_t(__pyx_v_regs_array, PyBUF_WRITABLE); if (unlikely(!__pyx_t_21.memview)) __PYX_ERR(0, 411, __pyx_L1_error)
+  __pyx_t_21 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_uint32_t(__pyx_v_regs_array, PyBUF_WRITABLE); if (unlikely(!__pyx_t_21.memview)) __PYX_ERR(0, 420, __pyx_L1_error)
   __pyx_v_rv = __pyx_t_21;
   __pyx_t_21.memview = NULL;
   __pyx_t_21.data = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":412
+  /* "lguest/unicorn/_uchook.pyx":421
  *         self._unbind()
  *         rv = regs_array
  *         hv = host_idt             # <<<<<<<<<<<<<<
  *         gv = guest_idt
  *         self._hold = hold
 */
-  __pyx_t_22 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_nn_uint32_t(__pyx_v_host_idt, PyBUF_WRITABLE); if (unlikely(!__pyx_t_22.memview)) __PYX_ERR(0, 412, __pyx_L1_error)
+  __pyx_t_22 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_nn_uint32_t(__pyx_v_host_idt, PyBUF_WRITABLE); if (unlikely(!__pyx_t_22.memview)) __PYX_ERR(0, 421, __pyx_L1_error)
   __pyx_v_hv = __pyx_t_22;
   __pyx_t_22.memview = NULL;
   __pyx_t_22.data = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":413
+  /* "lguest/unicorn/_uchook.pyx":422
  *         rv = regs_array
  *         hv = host_idt
  *         gv = guest_idt             # <<<<<<<<<<<<<<
  *         self._hold = hold
  *         self._keep = [cpu, regs_array, host_idt, guest_idt, memory, api_capsule]
 */
-  __pyx_t_22 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_nn_uint32_t(__pyx_v_guest_idt, PyBUF_WRITABLE); if (unlikely(!__pyx_t_22.memview)) __PYX_ERR(0, 413, __pyx_L1_error)
+  __pyx_t_22 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_nn_uint32_t(__pyx_v_guest_idt, PyBUF_WRITABLE); if (unlikely(!__pyx_t_22.memview)) __PYX_ERR(0, 422, __pyx_L1_error)
   __pyx_v_gv = __pyx_t_22;
   __pyx_t_22.memview = NULL;
   __pyx_t_22.data = NULL;
 
-  /* "lguest/unicorn/_uchook.pyx":414
+  /* "lguest/unicorn/_uchook.pyx":423
  *         hv = host_idt
  *         gv = guest_idt
  *         self._hold = hold             # <<<<<<<<<<<<<<
@@ -22400,39 +22478,39 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   __Pyx_GOTREF(__pyx_v_self->_hold);
   __Pyx_DECREF_SET(__pyx_v_self->_hold, __pyx_v_hold);
 
-  /* "lguest/unicorn/_uchook.pyx":415
+  /* "lguest/unicorn/_uchook.pyx":424
  *         gv = guest_idt
  *         self._hold = hold
  *         self._keep = [cpu, regs_array, host_idt, guest_idt, memory, api_capsule]             # <<<<<<<<<<<<<<
  *         self.st.regs = &rv[0]
  *         self.st.idt = &hv[0, 0]
 */
-  __pyx_t_4 = PyList_New(6); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 415, __pyx_L1_error)
+  __pyx_t_4 = PyList_New(6); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 424, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_INCREF(__pyx_v_cpu);
   __Pyx_GIVEREF(__pyx_v_cpu);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 0, __pyx_v_cpu) != (0)) __PYX_ERR(0, 415, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 0, __pyx_v_cpu) != (0)) __PYX_ERR(0, 424, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_regs_array);
   __Pyx_GIVEREF(__pyx_v_regs_array);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 1, __pyx_v_regs_array) != (0)) __PYX_ERR(0, 415, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 1, __pyx_v_regs_array) != (0)) __PYX_ERR(0, 424, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_host_idt);
   __Pyx_GIVEREF(__pyx_v_host_idt);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 2, __pyx_v_host_idt) != (0)) __PYX_ERR(0, 415, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 2, __pyx_v_host_idt) != (0)) __PYX_ERR(0, 424, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_guest_idt);
   __Pyx_GIVEREF(__pyx_v_guest_idt);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 3, __pyx_v_guest_idt) != (0)) __PYX_ERR(0, 415, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 3, __pyx_v_guest_idt) != (0)) __PYX_ERR(0, 424, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_memory);
   __Pyx_GIVEREF(__pyx_v_memory);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 4, __pyx_v_memory) != (0)) __PYX_ERR(0, 415, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 4, __pyx_v_memory) != (0)) __PYX_ERR(0, 424, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_api_capsule);
   __Pyx_GIVEREF(__pyx_v_api_capsule);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 5, __pyx_v_api_capsule) != (0)) __PYX_ERR(0, 415, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 5, __pyx_v_api_capsule) != (0)) __PYX_ERR(0, 424, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_4);
   __Pyx_GOTREF(__pyx_v_self->_keep);
   __Pyx_DECREF_SET(__pyx_v_self->_keep, __pyx_t_4);
   __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":416
+  /* "lguest/unicorn/_uchook.pyx":425
  *         self._hold = hold
  *         self._keep = [cpu, regs_array, host_idt, guest_idt, memory, api_capsule]
  *         self.st.regs = &rv[0]             # <<<<<<<<<<<<<<
@@ -22442,7 +22520,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   __pyx_t_23 = 0;
   __pyx_v_self->st.regs = (&(*((uint32_t *) ( /* dim=0 */ ((char *) (((uint32_t *) __pyx_v_rv.data) + __pyx_t_23)) ))));
 
-  /* "lguest/unicorn/_uchook.pyx":417
+  /* "lguest/unicorn/_uchook.pyx":426
  *         self._keep = [cpu, regs_array, host_idt, guest_idt, memory, api_capsule]
  *         self.st.regs = &rv[0]
  *         self.st.idt = &hv[0, 0]             # <<<<<<<<<<<<<<
@@ -22453,7 +22531,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   __pyx_t_24 = 0;
   __pyx_v_self->st.idt = (&(*((uint32_t *) ( /* dim=1 */ ((char *) (((uint32_t *) ( /* dim=0 */ (__pyx_v_hv.data + __pyx_t_23 * __pyx_v_hv.strides[0]) )) + __pyx_t_24)) ))));
 
-  /* "lguest/unicorn/_uchook.pyx":418
+  /* "lguest/unicorn/_uchook.pyx":427
  *         self.st.regs = &rv[0]
  *         self.st.idt = &hv[0, 0]
  *         self.st.guest_idt = &gv[0, 0]             # <<<<<<<<<<<<<<
@@ -22464,34 +22542,34 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   __pyx_t_23 = 0;
   __pyx_v_self->st.guest_idt = (&(*((uint32_t *) ( /* dim=1 */ ((char *) (((uint32_t *) ( /* dim=0 */ (__pyx_v_gv.data + __pyx_t_24 * __pyx_v_gv.strides[0]) )) + __pyx_t_23)) ))));
 
-  /* "lguest/unicorn/_uchook.pyx":419
+  /* "lguest/unicorn/_uchook.pyx":428
  *         self.st.idt = &hv[0, 0]
  *         self.st.guest_idt = &gv[0, 0]
  *         self.st.mem = <uint8_t *>_ptr(memory.address)             # <<<<<<<<<<<<<<
  *         self.st.mem_size = memory.size
  *         if api != NULL:
 */
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_memory, __pyx_mstate_global->__pyx_n_u_address); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 419, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_memory, __pyx_mstate_global->__pyx_n_u_address); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 428, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_17 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_4); if (unlikely(__pyx_t_17 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 419, __pyx_L1_error)
+  __pyx_t_17 = __pyx_f_6lguest_7unicorn_7_uchook__ptr(__pyx_t_4); if (unlikely(__pyx_t_17 == ((size_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 428, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.mem = ((uint8_t *)__pyx_t_17);
 
 
-  /* "lguest/unicorn/_uchook.pyx":420
+  /* "lguest/unicorn/_uchook.pyx":429
  *         self.st.guest_idt = &gv[0, 0]
  *         self.st.mem = <uint8_t *>_ptr(memory.address)
  *         self.st.mem_size = memory.size             # <<<<<<<<<<<<<<
  *         if api != NULL:
  *             self.st.api = api
 */
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_memory, __pyx_mstate_global->__pyx_n_u_size); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 420, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_memory, __pyx_mstate_global->__pyx_n_u_size); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 429, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_25 = __Pyx_PyLong_As_uint64_t(__pyx_t_4); if (unlikely((__pyx_t_25 == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 420, __pyx_L1_error)
+  __pyx_t_25 = __Pyx_PyLong_As_uint64_t(__pyx_t_4); if (unlikely((__pyx_t_25 == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 429, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_self->st.mem_size = __pyx_t_25;
 
-  /* "lguest/unicorn/_uchook.pyx":421
+  /* "lguest/unicorn/_uchook.pyx":430
  *         self.st.mem = <uint8_t *>_ptr(memory.address)
  *         self.st.mem_size = memory.size
  *         if api != NULL:             # <<<<<<<<<<<<<<
@@ -22503,7 +22581,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   if (__pyx_t_12) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":422
+    /* "lguest/unicorn/_uchook.pyx":431
  *         self.st.mem_size = memory.size
  *         if api != NULL:
  *             self.st.api = api             # <<<<<<<<<<<<<<
@@ -22512,7 +22590,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 */
     __pyx_v_self->st.api = __pyx_v_api;
 
-    /* "lguest/unicorn/_uchook.pyx":423
+    /* "lguest/unicorn/_uchook.pyx":432
  *         if api != NULL:
  *             self.st.api = api
  *             self.st.pending = api.irqs_pending             # <<<<<<<<<<<<<<
@@ -22523,7 +22601,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
 
     __pyx_v_self->st.pending = __pyx_t_26;
 
-    /* "lguest/unicorn/_uchook.pyx":421
+    /* "lguest/unicorn/_uchook.pyx":430
  *         self.st.mem = <uint8_t *>_ptr(memory.address)
  *         self.st.mem_size = memory.size
  *         if api != NULL:             # <<<<<<<<<<<<<<
@@ -22533,7 +22611,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
     goto __pyx_L25;
   }
 
-  /* "lguest/unicorn/_uchook.pyx":425
+  /* "lguest/unicorn/_uchook.pyx":434
  *             self.st.pending = api.irqs_pending
  *         else:
  *             self.st.api = NULL             # <<<<<<<<<<<<<<
@@ -22543,7 +22621,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   /*else*/ {
     __pyx_v_self->st.api = NULL;
 
-    /* "lguest/unicorn/_uchook.pyx":426
+    /* "lguest/unicorn/_uchook.pyx":435
  *         else:
  *             self.st.api = NULL
  *             self.st.pending = &self.st.attention             # <<<<<<<<<<<<<<
@@ -22554,7 +22632,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   }
   __pyx_L25:;
 
-  /* "lguest/unicorn/_uchook.pyx":381
+  /* "lguest/unicorn/_uchook.pyx":390
  *             hold.__exit__(None, None, None)
  * 
  *     def bind(self, cpu, regs_array, host_idt, guest_idt, memory, api_capsule):             # <<<<<<<<<<<<<<
@@ -22592,7 +22670,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10bind(struct 
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":428
+/* "lguest/unicorn/_uchook.pyx":437
  *             self.st.pending = &self.st.attention
  * 
  *     def set_guest_data(self, lguest_data, uint32_t noirq_start, uint32_t noirq_end):             # <<<<<<<<<<<<<<
@@ -22642,46 +22720,46 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_lguest_data,&__pyx_mstate_global->__pyx_n_u_noirq_start,&__pyx_mstate_global->__pyx_n_u_noirq_end,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 428, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 437, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 428, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 437, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 428, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 437, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 428, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 437, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_guest_data", 0) < (0)) __PYX_ERR(0, 428, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_guest_data", 0) < (0)) __PYX_ERR(0, 437, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 3; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_guest_data", 1, 3, 3, i); __PYX_ERR(0, 428, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_guest_data", 1, 3, 3, i); __PYX_ERR(0, 437, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 3)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 428, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 437, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 428, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 437, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 428, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 437, __pyx_L3_error)
     }
     __pyx_v_lguest_data = values[0];
-    __pyx_v_noirq_start = __Pyx_PyLong_As_uint32_t(values[1]); if (unlikely((__pyx_v_noirq_start == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 428, __pyx_L3_error)
-    __pyx_v_noirq_end = __Pyx_PyLong_As_uint32_t(values[2]); if (unlikely((__pyx_v_noirq_end == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 428, __pyx_L3_error)
+    __pyx_v_noirq_start = __Pyx_PyLong_As_uint32_t(values[1]); if (unlikely((__pyx_v_noirq_start == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 437, __pyx_L3_error)
+    __pyx_v_noirq_end = __Pyx_PyLong_As_uint32_t(values[2]); if (unlikely((__pyx_v_noirq_end == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 437, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("set_guest_data", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 428, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("set_guest_data", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 437, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -22718,17 +22796,17 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("set_guest_data", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":430
+  /* "lguest/unicorn/_uchook.pyx":439
  *     def set_guest_data(self, lguest_data, uint32_t noirq_start, uint32_t noirq_end):
  *         """Where lguest_data is (None: not yet), and the guest's noirq window."""
  *         self._check()             # <<<<<<<<<<<<<<
  *         if lguest_data is None or lguest_data < 0 or lguest_data + 8 > self.st.mem_size:
  *             self.st.has_ld = 0
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 430, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 439, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":431
+  /* "lguest/unicorn/_uchook.pyx":440
  *         """Where lguest_data is (None: not yet), and the guest's noirq window."""
  *         self._check()
  *         if lguest_data is None or lguest_data < 0 or lguest_data + 8 > self.st.mem_size:             # <<<<<<<<<<<<<<
@@ -22744,7 +22822,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
 
     goto __pyx_L4_bool_binop_done;
   }
-  __pyx_t_3 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_v_lguest_data, __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 431, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_v_lguest_data, __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 440, __pyx_L1_error)
   if (!__pyx_t_3) {
 
   } else {
@@ -22753,11 +22831,11 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
 
     goto __pyx_L4_bool_binop_done;
   }
-  __pyx_t_4 = __Pyx_PyLong_AddObjC(__pyx_v_lguest_data, __pyx_mstate_global->__pyx_int_8, 8, 0, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 431, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_AddObjC(__pyx_v_lguest_data, __pyx_mstate_global->__pyx_int_8, 8, 0, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 440, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.mem_size); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 431, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.mem_size); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 440, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_3 = __Pyx_PyObject_CompareBoolGt_object_int(__pyx_t_4, __pyx_t_5, Py_GT); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 431, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_CompareBoolGt_object_int(__pyx_t_4, __pyx_t_5, Py_GT); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 440, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
@@ -22767,7 +22845,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
   if (__pyx_t_2) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":432
+    /* "lguest/unicorn/_uchook.pyx":441
  *         self._check()
  *         if lguest_data is None or lguest_data < 0 or lguest_data + 8 > self.st.mem_size:
  *             self.st.has_ld = 0             # <<<<<<<<<<<<<<
@@ -22776,7 +22854,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
 */
     __pyx_v_self->st.has_ld = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":433
+    /* "lguest/unicorn/_uchook.pyx":442
  *         if lguest_data is None or lguest_data < 0 or lguest_data + 8 > self.st.mem_size:
  *             self.st.has_ld = 0
  *             self.st.ld = 0             # <<<<<<<<<<<<<<
@@ -22785,7 +22863,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
 */
     __pyx_v_self->st.ld = 0;
 
-    /* "lguest/unicorn/_uchook.pyx":431
+    /* "lguest/unicorn/_uchook.pyx":440
  *         """Where lguest_data is (None: not yet), and the guest's noirq window."""
  *         self._check()
  *         if lguest_data is None or lguest_data < 0 or lguest_data + 8 > self.st.mem_size:             # <<<<<<<<<<<<<<
@@ -22795,7 +22873,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
     goto __pyx_L3;
   }
 
-  /* "lguest/unicorn/_uchook.pyx":435
+  /* "lguest/unicorn/_uchook.pyx":444
  *             self.st.ld = 0
  *         else:
  *             self.st.has_ld = 1             # <<<<<<<<<<<<<<
@@ -22805,19 +22883,19 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
   /*else*/ {
     __pyx_v_self->st.has_ld = 1;
 
-    /* "lguest/unicorn/_uchook.pyx":436
+    /* "lguest/unicorn/_uchook.pyx":445
  *         else:
  *             self.st.has_ld = 1
  *             self.st.ld = lguest_data             # <<<<<<<<<<<<<<
  *         self.st.noirq_start = noirq_start
  *         self.st.noirq_end = noirq_end
 */
-    __pyx_t_6 = __Pyx_PyLong_As_uint32_t(__pyx_v_lguest_data); if (unlikely((__pyx_t_6 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 436, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyLong_As_uint32_t(__pyx_v_lguest_data); if (unlikely((__pyx_t_6 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 445, __pyx_L1_error)
     __pyx_v_self->st.ld = __pyx_t_6;
   }
   __pyx_L3:;
 
-  /* "lguest/unicorn/_uchook.pyx":437
+  /* "lguest/unicorn/_uchook.pyx":446
  *             self.st.has_ld = 1
  *             self.st.ld = lguest_data
  *         self.st.noirq_start = noirq_start             # <<<<<<<<<<<<<<
@@ -22826,7 +22904,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
 */
   __pyx_v_self->st.noirq_start = __pyx_v_noirq_start;
 
-  /* "lguest/unicorn/_uchook.pyx":438
+  /* "lguest/unicorn/_uchook.pyx":447
  *             self.st.ld = lguest_data
  *         self.st.noirq_start = noirq_start
  *         self.st.noirq_end = noirq_end             # <<<<<<<<<<<<<<
@@ -22835,7 +22913,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
 */
   __pyx_v_self->st.noirq_end = __pyx_v_noirq_end;
 
-  /* "lguest/unicorn/_uchook.pyx":428
+  /* "lguest/unicorn/_uchook.pyx":437
  *             self.st.pending = &self.st.attention
  * 
  *     def set_guest_data(self, lguest_data, uint32_t noirq_start, uint32_t noirq_end):             # <<<<<<<<<<<<<<
@@ -22857,7 +22935,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_da
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":440
+/* "lguest/unicorn/_uchook.pyx":449
  *         self.st.noirq_end = noirq_end
  * 
  *     def run(self, uint64_t budget_blocks=0, int64_t deadline_ns=0):             # <<<<<<<<<<<<<<
@@ -22906,50 +22984,50 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_budget_blocks,&__pyx_mstate_global->__pyx_n_u_deadline_ns,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 440, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 449, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 440, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 449, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 440, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 449, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "run", 0) < (0)) __PYX_ERR(0, 440, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "run", 0) < (0)) __PYX_ERR(0, 449, __pyx_L3_error)
     } else {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 440, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 449, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 440, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 449, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
     }
     if (values[0]) {
-      __pyx_v_budget_blocks = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_budget_blocks == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 440, __pyx_L3_error)
+      __pyx_v_budget_blocks = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_budget_blocks == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 449, __pyx_L3_error)
     } else {
       __pyx_v_budget_blocks = ((uint64_t)0);
     }
     if (values[1]) {
-      __pyx_v_deadline_ns = __Pyx_PyLong_As_int64_t(values[1]); if (unlikely((__pyx_v_deadline_ns == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 440, __pyx_L3_error)
+      __pyx_v_deadline_ns = __Pyx_PyLong_As_int64_t(values[1]); if (unlikely((__pyx_v_deadline_ns == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 449, __pyx_L3_error)
     } else {
       __pyx_v_deadline_ns = ((int64_t)0);
     }
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("run", 0, 0, 2, __pyx_nargs); __PYX_ERR(0, 440, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("run", 0, 0, 2, __pyx_nargs); __PYX_ERR(0, 449, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -22987,17 +23065,17 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("run", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":446
+  /* "lguest/unicorn/_uchook.pyx":455
  *         time: RuntimeError if another thread is inside run()."""
  *         cdef int err
  *         self._check_idle()             # <<<<<<<<<<<<<<
  *         if self.st.regs == NULL:
  *             raise RuntimeError("NativeHooks are not bound to a cpu")
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 446, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 455, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":447
+  /* "lguest/unicorn/_uchook.pyx":456
  *         cdef int err
  *         self._check_idle()
  *         if self.st.regs == NULL:             # <<<<<<<<<<<<<<
@@ -23009,7 +23087,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":448
+    /* "lguest/unicorn/_uchook.pyx":457
  *         self._check_idle()
  *         if self.st.regs == NULL:
  *             raise RuntimeError("NativeHooks are not bound to a cpu")             # <<<<<<<<<<<<<<
@@ -23022,14 +23100,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_NativeHooks_are_not_bound_to_a_c};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 448, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 457, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 448, __pyx_L1_error)
+    __PYX_ERR(0, 457, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":447
+    /* "lguest/unicorn/_uchook.pyx":456
  *         cdef int err
  *         self._check_idle()
  *         if self.st.regs == NULL:             # <<<<<<<<<<<<<<
@@ -23038,7 +23116,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":449
+  /* "lguest/unicorn/_uchook.pyx":458
  *         if self.st.regs == NULL:
  *             raise RuntimeError("NativeHooks are not bound to a cpu")
  *         if not self.nhooks:             # <<<<<<<<<<<<<<
@@ -23050,7 +23128,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "lguest/unicorn/_uchook.pyx":450
+    /* "lguest/unicorn/_uchook.pyx":459
  *             raise RuntimeError("NativeHooks are not bound to a cpu")
  *         if not self.nhooks:
  *             raise RuntimeError("NativeHooks are not installed")             # <<<<<<<<<<<<<<
@@ -23063,14 +23141,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_NativeHooks_are_not_installed};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 450, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 459, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 450, __pyx_L1_error)
+    __PYX_ERR(0, 459, __pyx_L1_error)
 
-    /* "lguest/unicorn/_uchook.pyx":449
+    /* "lguest/unicorn/_uchook.pyx":458
  *         if self.st.regs == NULL:
  *             raise RuntimeError("NativeHooks are not bound to a cpu")
  *         if not self.nhooks:             # <<<<<<<<<<<<<<
@@ -23079,7 +23157,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
 */
   }
 
-  /* "lguest/unicorn/_uchook.pyx":451
+  /* "lguest/unicorn/_uchook.pyx":460
  *         if not self.nhooks:
  *             raise RuntimeError("NativeHooks are not installed")
  *         self.busy = 1   # with the GIL held: a second caller sees it             # <<<<<<<<<<<<<<
@@ -23088,7 +23166,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
 */
   __pyx_v_self->busy = 1;
 
-  /* "lguest/unicorn/_uchook.pyx":452
+  /* "lguest/unicorn/_uchook.pyx":461
  *             raise RuntimeError("NativeHooks are not installed")
  *         self.busy = 1   # with the GIL held: a second caller sees it
  *         try:             # <<<<<<<<<<<<<<
@@ -23097,7 +23175,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
 */
   /*try:*/ {
 
-    /* "lguest/unicorn/_uchook.pyx":453
+    /* "lguest/unicorn/_uchook.pyx":462
  *         self.busy = 1   # with the GIL held: a second caller sees it
  *         try:
  *             self.st.budget_end = self.st.blocks + budget_blocks if budget_blocks else 0             # <<<<<<<<<<<<<<
@@ -23116,7 +23194,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
 
     __pyx_v_self->st.budget_end = __pyx_t_6;
 
-    /* "lguest/unicorn/_uchook.pyx":454
+    /* "lguest/unicorn/_uchook.pyx":463
  *         try:
  *             self.st.budget_end = self.st.blocks + budget_blocks if budget_blocks else 0
  *             self.st.deadline_ns = deadline_ns             # <<<<<<<<<<<<<<
@@ -23125,7 +23203,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
 */
     __pyx_v_self->st.deadline_ns = __pyx_v_deadline_ns;
 
-    /* "lguest/unicorn/_uchook.pyx":455
+    /* "lguest/unicorn/_uchook.pyx":464
  *             self.st.budget_end = self.st.blocks + budget_blocks if budget_blocks else 0
  *             self.st.deadline_ns = deadline_ns
  *             with nogil:             # <<<<<<<<<<<<<<
@@ -23138,7 +23216,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
         __Pyx_FastGIL_Remember();
         /*try:*/ {
 
-          /* "lguest/unicorn/_uchook.pyx":456
+          /* "lguest/unicorn/_uchook.pyx":465
  *             self.st.deadline_ns = deadline_ns
  *             with nogil:
  *                 err = uh_run(&self.st)             # <<<<<<<<<<<<<<
@@ -23148,7 +23226,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
           __pyx_v_err = uh_run((&__pyx_v_self->st));
         }
 
-        /* "lguest/unicorn/_uchook.pyx":455
+        /* "lguest/unicorn/_uchook.pyx":464
  *             self.st.budget_end = self.st.blocks + budget_blocks if budget_blocks else 0
  *             self.st.deadline_ns = deadline_ns
  *             with nogil:             # <<<<<<<<<<<<<<
@@ -23166,7 +23244,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
     }
   }
 
-  /* "lguest/unicorn/_uchook.pyx":458
+  /* "lguest/unicorn/_uchook.pyx":467
  *                 err = uh_run(&self.st)
  *         finally:
  *             self.busy = 0             # <<<<<<<<<<<<<<
@@ -23181,14 +23259,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
     __pyx_L7:;
   }
 
-  /* "lguest/unicorn/_uchook.pyx":459
+  /* "lguest/unicorn/_uchook.pyx":468
  *         finally:
  *             self.busy = 0
  *         return err             # <<<<<<<<<<<<<<
  * 
- *     @property
+ *     def resume(self, uint64_t budget_end, int64_t deadline_ns, int64_t skip_addr):
 */
-  __pyx_t_3 = __Pyx_PyLong_From_int(__pyx_v_err); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 459, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_int(__pyx_v_err); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 468, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   {
     PyObject *__pyx_temp;
@@ -23201,7 +23279,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
   __pyx_t_3 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":440
+  /* "lguest/unicorn/_uchook.pyx":449
  *         self.st.noirq_end = noirq_end
  * 
  *     def run(self, uint64_t budget_blocks=0, int64_t deadline_ns=0):             # <<<<<<<<<<<<<<
@@ -23222,8 +23300,1047 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_14run(struct _
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":461
+/* "lguest/unicorn/_uchook.pyx":470
  *         return err
+ * 
+ *     def resume(self, uint64_t budget_end, int64_t deadline_ns, int64_t skip_addr):             # <<<<<<<<<<<<<<
+ *         """The debugger's and the replay's run (lguest.unicorn.gdbstub,
+ *         lguest.host.record): like run(), but the block budget is absolute
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_17resume(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+); /*proto*/
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_16resume, "NativeHooks.resume(self, uint64_t budget_end, int64_t deadline_ns, int64_t skip_addr)\n\nThe debugger\047s and the replay\047s run (lguest.unicorn.gdbstub,\nlguest.host.record): like run(), but the block budget is absolute\n(stop when ``blocks`` reaches ``budget_end``; 0: none), so an entry\nsplit into several runs keeps its one budget; and with ``skip_addr``\n>= 0 the first block, if it starts there, is the rest of a block\nthe guest was stopped inside (already counted): it is neither\ncounted nor checked, so the virtual clock and the block starts\nwhere irqs are taken are those of a run without stops.");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_17resume = {"resume", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_17resume, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_16resume};
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_17resume(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+) {
+  uint64_t __pyx_v_budget_end;
+  int64_t __pyx_v_deadline_ns;
+  int64_t __pyx_v_skip_addr;
+  #if !CYTHON_VECTORCALL
+  CYTHON_UNUSED Py_ssize_t __pyx_nargs;
+  #endif
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject* values[3] = {0,0,0};
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("resume (wrapper)", 0);
+  #if !CYTHON_VECTORCALL
+  #if CYTHON_ASSUME_SAFE_SIZE
+  __pyx_nargs = PyTuple_GET_SIZE(__pyx_args);
+  #else
+  __pyx_nargs = PyTuple_Size(__pyx_args); if (unlikely(__pyx_nargs < 0)) return NULL;
+  #endif
+  #endif
+  __pyx_kwvalues = __Pyx_KwValues_FASTCALL(__pyx_args, __pyx_nargs);
+  {
+    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_budget_end,&__pyx_mstate_global->__pyx_n_u_deadline_ns,&__pyx_mstate_global->__pyx_n_u_skip_addr,0};
+    const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 470, __pyx_L3_error)
+    if (__pyx_kwds_len > 0) {
+      switch (__pyx_nargs) {
+        case  3:
+        values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 470, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  2:
+        values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 470, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  1:
+        values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 470, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  0: break;
+        default: goto __pyx_L5_argtuple_error;
+      }
+      const Py_ssize_t kwd_pos_args = __pyx_nargs;
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "resume", 0) < (0)) __PYX_ERR(0, 470, __pyx_L3_error)
+      for (Py_ssize_t i = __pyx_nargs; i < 3; i++) {
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("resume", 1, 3, 3, i); __PYX_ERR(0, 470, __pyx_L3_error) }
+      }
+    } else if (unlikely(__pyx_nargs != 3)) {
+      goto __pyx_L5_argtuple_error;
+    } else {
+      values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 470, __pyx_L3_error)
+      values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 470, __pyx_L3_error)
+      values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 470, __pyx_L3_error)
+    }
+    __pyx_v_budget_end = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_budget_end == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 470, __pyx_L3_error)
+    __pyx_v_deadline_ns = __Pyx_PyLong_As_int64_t(values[1]); if (unlikely((__pyx_v_deadline_ns == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 470, __pyx_L3_error)
+    __pyx_v_skip_addr = __Pyx_PyLong_As_int64_t(values[2]); if (unlikely((__pyx_v_skip_addr == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 470, __pyx_L3_error)
+  }
+  goto __pyx_L6_skip;
+  __pyx_L5_argtuple_error:;
+  __Pyx_RaiseArgtupleInvalid("resume", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 470, __pyx_L3_error)
+  __pyx_L6_skip:;
+  goto __pyx_L4_argument_unpacking_done;
+  __pyx_L3_error:;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __Pyx_AddTraceback("lguest.unicorn._uchook.NativeHooks.resume", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __Pyx_RefNannyFinishContext();
+  return NULL;
+  __pyx_L4_argument_unpacking_done:;
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_16resume(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self), __pyx_v_budget_end, __pyx_v_deadline_ns, __pyx_v_skip_addr);
+
+  /* function exit code */
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+
+
+
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_16resume(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, uint64_t __pyx_v_budget_end, int64_t __pyx_v_deadline_ns, int64_t __pyx_v_skip_addr) {
+  int __pyx_v_err;
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  int __pyx_t_1;
+  int __pyx_t_2;
+  PyObject *__pyx_t_3 = NULL;
+  PyObject *__pyx_t_4 = NULL;
+  size_t __pyx_t_5;
+  uint32_t __pyx_t_6;
+  uint32_t __pyx_t_7;
+  int __pyx_t_8;
+  char const *__pyx_t_9;
+  PyObject *__pyx_t_10 = NULL;
+  PyObject *__pyx_t_11 = NULL;
+  PyObject *__pyx_t_12 = NULL;
+  PyObject *__pyx_t_13 = NULL;
+  PyObject *__pyx_t_14 = NULL;
+  PyObject *__pyx_t_15 = NULL;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("resume", 0);
+
+  /* "lguest/unicorn/_uchook.pyx":480
+ *         where irqs are taken are those of a run without stops."""
+ *         cdef int err
+ *         self._check_idle()             # <<<<<<<<<<<<<<
+ *         if self.st.regs == NULL:
+ *             raise RuntimeError("NativeHooks are not bound to a cpu")
+*/
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 480, __pyx_L1_error)
+
+
+  /* "lguest/unicorn/_uchook.pyx":481
+ *         cdef int err
+ *         self._check_idle()
+ *         if self.st.regs == NULL:             # <<<<<<<<<<<<<<
+ *             raise RuntimeError("NativeHooks are not bound to a cpu")
+ *         if not self.nhooks:
+*/
+  __pyx_t_2 = (__pyx_v_self->st.regs == NULL);
+
+  if (unlikely(__pyx_t_2)) {
+
+
+    /* "lguest/unicorn/_uchook.pyx":482
+ *         self._check_idle()
+ *         if self.st.regs == NULL:
+ *             raise RuntimeError("NativeHooks are not bound to a cpu")             # <<<<<<<<<<<<<<
+ *         if not self.nhooks:
+ *             raise RuntimeError("NativeHooks are not installed")
+*/
+    __pyx_t_4 = NULL;
+    __pyx_t_5 = 1;
+    {
+      PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_NativeHooks_are_not_bound_to_a_c};
+      __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 482, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_3);
+    }
+    __Pyx_Raise(__pyx_t_3, 0, 0, 0);
+    __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+    __PYX_ERR(0, 482, __pyx_L1_error)
+
+    /* "lguest/unicorn/_uchook.pyx":481
+ *         cdef int err
+ *         self._check_idle()
+ *         if self.st.regs == NULL:             # <<<<<<<<<<<<<<
+ *             raise RuntimeError("NativeHooks are not bound to a cpu")
+ *         if not self.nhooks:
+*/
+  }
+
+  /* "lguest/unicorn/_uchook.pyx":483
+ *         if self.st.regs == NULL:
+ *             raise RuntimeError("NativeHooks are not bound to a cpu")
+ *         if not self.nhooks:             # <<<<<<<<<<<<<<
+ *             raise RuntimeError("NativeHooks are not installed")
+ *         self.busy = 1
+*/
+  __pyx_t_2 = (!(__pyx_v_self->nhooks != 0));
+
+  if (unlikely(__pyx_t_2)) {
+
+
+    /* "lguest/unicorn/_uchook.pyx":484
+ *             raise RuntimeError("NativeHooks are not bound to a cpu")
+ *         if not self.nhooks:
+ *             raise RuntimeError("NativeHooks are not installed")             # <<<<<<<<<<<<<<
+ *         self.busy = 1
+ *         try:
+*/
+    __pyx_t_4 = NULL;
+    __pyx_t_5 = 1;
+    {
+      PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_NativeHooks_are_not_installed};
+      __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 484, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_3);
+    }
+    __Pyx_Raise(__pyx_t_3, 0, 0, 0);
+    __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+    __PYX_ERR(0, 484, __pyx_L1_error)
+
+    /* "lguest/unicorn/_uchook.pyx":483
+ *         if self.st.regs == NULL:
+ *             raise RuntimeError("NativeHooks are not bound to a cpu")
+ *         if not self.nhooks:             # <<<<<<<<<<<<<<
+ *             raise RuntimeError("NativeHooks are not installed")
+ *         self.busy = 1
+*/
+  }
+
+  /* "lguest/unicorn/_uchook.pyx":485
+ *         if not self.nhooks:
+ *             raise RuntimeError("NativeHooks are not installed")
+ *         self.busy = 1             # <<<<<<<<<<<<<<
+ *         try:
+ *             self.st.budget_end = budget_end
+*/
+  __pyx_v_self->busy = 1;
+
+  /* "lguest/unicorn/_uchook.pyx":486
+ *             raise RuntimeError("NativeHooks are not installed")
+ *         self.busy = 1
+ *         try:             # <<<<<<<<<<<<<<
+ *             self.st.budget_end = budget_end
+ *             self.st.deadline_ns = deadline_ns
+*/
+  /*try:*/ {
+
+    /* "lguest/unicorn/_uchook.pyx":487
+ *         self.busy = 1
+ *         try:
+ *             self.st.budget_end = budget_end             # <<<<<<<<<<<<<<
+ *             self.st.deadline_ns = deadline_ns
+ *             self.st.skip_armed = 1 if skip_addr >= 0 else 0
+*/
+    __pyx_v_self->st.budget_end = __pyx_v_budget_end;
+
+    /* "lguest/unicorn/_uchook.pyx":488
+ *         try:
+ *             self.st.budget_end = budget_end
+ *             self.st.deadline_ns = deadline_ns             # <<<<<<<<<<<<<<
+ *             self.st.skip_armed = 1 if skip_addr >= 0 else 0
+ *             self.st.skip_addr = <uint32_t>(skip_addr & 0xFFFFFFFF) if skip_addr >= 0 else 0
+*/
+    __pyx_v_self->st.deadline_ns = __pyx_v_deadline_ns;
+
+    /* "lguest/unicorn/_uchook.pyx":489
+ *             self.st.budget_end = budget_end
+ *             self.st.deadline_ns = deadline_ns
+ *             self.st.skip_armed = 1 if skip_addr >= 0 else 0             # <<<<<<<<<<<<<<
+ *             self.st.skip_addr = <uint32_t>(skip_addr & 0xFFFFFFFF) if skip_addr >= 0 else 0
+ *             with nogil:
+*/
+    __pyx_t_2 = (__pyx_v_skip_addr >= 0);
+
+    if (__pyx_t_2) {
+
+      __pyx_t_1 = 1;
+    } else {
+
+      __pyx_t_1 = 0;
+    }
+
+    __pyx_v_self->st.skip_armed = __pyx_t_1;
+
+    /* "lguest/unicorn/_uchook.pyx":490
+ *             self.st.deadline_ns = deadline_ns
+ *             self.st.skip_armed = 1 if skip_addr >= 0 else 0
+ *             self.st.skip_addr = <uint32_t>(skip_addr & 0xFFFFFFFF) if skip_addr >= 0 else 0             # <<<<<<<<<<<<<<
+ *             with nogil:
+ *                 err = uh_run(&self.st)
+*/
+    __pyx_t_2 = (__pyx_v_skip_addr >= 0);
+
+    if (__pyx_t_2) {
+      __pyx_t_3 = __Pyx_PyLong_From_int64_t(__pyx_v_skip_addr); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 490, __pyx_L6_error)
+      __Pyx_GOTREF(__pyx_t_3);
+      __pyx_t_4 = __Pyx_PyNumber_And_int_int(__pyx_t_3, __pyx_mstate_global->__pyx_int_4294967295); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 490, __pyx_L6_error)
+      __Pyx_GOTREF(__pyx_t_4);
+      __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+      __pyx_t_7 = __Pyx_PyLong_As_uint32_t(__pyx_t_4); if (unlikely((__pyx_t_7 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 490, __pyx_L6_error)
+      __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+
+      __pyx_t_6 = ((uint32_t)__pyx_t_7);
+
+    } else {
+
+      __pyx_t_6 = 0;
+    }
+
+    __pyx_v_self->st.skip_addr = __pyx_t_6;
+
+    /* "lguest/unicorn/_uchook.pyx":491
+ *             self.st.skip_armed = 1 if skip_addr >= 0 else 0
+ *             self.st.skip_addr = <uint32_t>(skip_addr & 0xFFFFFFFF) if skip_addr >= 0 else 0
+ *             with nogil:             # <<<<<<<<<<<<<<
+ *                 err = uh_run(&self.st)
+ *         finally:
+*/
+    {
+        PyThreadState * _save;
+        _save = PyEval_SaveThread();
+        __Pyx_FastGIL_Remember();
+        /*try:*/ {
+
+          /* "lguest/unicorn/_uchook.pyx":492
+ *             self.st.skip_addr = <uint32_t>(skip_addr & 0xFFFFFFFF) if skip_addr >= 0 else 0
+ *             with nogil:
+ *                 err = uh_run(&self.st)             # <<<<<<<<<<<<<<
+ *         finally:
+ *             self.busy = 0
+*/
+          __pyx_v_err = uh_run((&__pyx_v_self->st));
+        }
+
+        /* "lguest/unicorn/_uchook.pyx":491
+ *             self.st.skip_armed = 1 if skip_addr >= 0 else 0
+ *             self.st.skip_addr = <uint32_t>(skip_addr & 0xFFFFFFFF) if skip_addr >= 0 else 0
+ *             with nogil:             # <<<<<<<<<<<<<<
+ *                 err = uh_run(&self.st)
+ *         finally:
+*/
+        /*finally:*/ {
+          /*normal exit:*/{
+            __Pyx_FastGIL_Forget();
+            PyEval_RestoreThread(_save);
+            goto __pyx_L10;
+          }
+          __pyx_L10:;
+        }
+    }
+  }
+
+  /* "lguest/unicorn/_uchook.pyx":494
+ *                 err = uh_run(&self.st)
+ *         finally:
+ *             self.busy = 0             # <<<<<<<<<<<<<<
+ *             self.st.skip_armed = 0
+ *         return err
+*/
+  /*finally:*/ {
+    /*normal exit:*/{
+      __pyx_v_self->busy = 0;
+
+      /* "lguest/unicorn/_uchook.pyx":495
+ *         finally:
+ *             self.busy = 0
+ *             self.st.skip_armed = 0             # <<<<<<<<<<<<<<
+ *         return err
+ * 
+*/
+      __pyx_v_self->st.skip_armed = 0;
+      goto __pyx_L7;
+    }
+    __pyx_L6_error:;
+    /*exception exit:*/{
+      __Pyx_PyThreadState_declare
+      __Pyx_PyThreadState_assign
+      __pyx_t_10 = 0; __pyx_t_11 = 0; __pyx_t_12 = 0; __pyx_t_13 = 0; __pyx_t_14 = 0; __pyx_t_15 = 0;
+      __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
+      __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+       __Pyx_ExceptionSwap(&__pyx_t_13, &__pyx_t_14, &__pyx_t_15);
+      if ( unlikely(__Pyx_GetException(&__pyx_t_10, &__pyx_t_11, &__pyx_t_12) < 0)) __Pyx_ErrFetch(&__pyx_t_10, &__pyx_t_11, &__pyx_t_12);
+      __Pyx_XGOTREF(__pyx_t_10);
+      __Pyx_XGOTREF(__pyx_t_11);
+      __Pyx_XGOTREF(__pyx_t_12);
+      __Pyx_XGOTREF(__pyx_t_13);
+      __Pyx_XGOTREF(__pyx_t_14);
+      __Pyx_XGOTREF(__pyx_t_15);
+      __pyx_t_1 = __pyx_lineno; __pyx_t_8 = __pyx_clineno; __pyx_t_9 = __pyx_filename;
+      {
+
+        /* "lguest/unicorn/_uchook.pyx":494
+ *                 err = uh_run(&self.st)
+ *         finally:
+ *             self.busy = 0             # <<<<<<<<<<<<<<
+ *             self.st.skip_armed = 0
+ *         return err
+*/
+        __pyx_v_self->busy = 0;
+
+        /* "lguest/unicorn/_uchook.pyx":495
+ *         finally:
+ *             self.busy = 0
+ *             self.st.skip_armed = 0             # <<<<<<<<<<<<<<
+ *         return err
+ * 
+*/
+        __pyx_v_self->st.skip_armed = 0;
+      }
+      __Pyx_XGIVEREF(__pyx_t_13);
+      __Pyx_XGIVEREF(__pyx_t_14);
+      __Pyx_XGIVEREF(__pyx_t_15);
+      __Pyx_ExceptionReset(__pyx_t_13, __pyx_t_14, __pyx_t_15);
+      __Pyx_XGIVEREF(__pyx_t_10);
+      __Pyx_XGIVEREF(__pyx_t_11);
+      __Pyx_XGIVEREF(__pyx_t_12);
+      __Pyx_ErrRestore(__pyx_t_10, __pyx_t_11, __pyx_t_12);
+      __pyx_t_10 = 0; __pyx_t_11 = 0; __pyx_t_12 = 0; __pyx_t_13 = 0; __pyx_t_14 = 0; __pyx_t_15 = 0;
+      __pyx_lineno = __pyx_t_1; __pyx_clineno = __pyx_t_8; __pyx_filename = __pyx_t_9;
+      goto __pyx_L1_error;
+    }
+    __pyx_L7:;
+  }
+
+  /* "lguest/unicorn/_uchook.pyx":496
+ *             self.busy = 0
+ *             self.st.skip_armed = 0
+ *         return err             # <<<<<<<<<<<<<<
+ * 
+ *     def trace_direct(self, capacity):
+*/
+  __pyx_t_4 = __Pyx_PyLong_From_int(__pyx_v_err); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 496, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = __pyx_t_4;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_4 = 0;
+  goto __pyx_L0;
+
+  /* "lguest/unicorn/_uchook.pyx":470
+ *         return err
+ * 
+ *     def resume(self, uint64_t budget_end, int64_t deadline_ns, int64_t skip_addr):             # <<<<<<<<<<<<<<
+ *         """The debugger's and the replay's run (lguest.unicorn.gdbstub,
+ *         lguest.host.record): like run(), but the block budget is absolute
+*/
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_3);
+  __Pyx_XDECREF(__pyx_t_4);
+  __Pyx_AddTraceback("lguest.unicorn._uchook.NativeHooks.resume", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "lguest/unicorn/_uchook.pyx":498
+ *         return err
+ * 
+ *     def trace_direct(self, capacity):             # <<<<<<<<<<<<<<
+ *         """Record direct traps for a timeline (lguest.host.trace): at most
+ *         ``capacity`` between two :meth:`trace_drain` calls (the rest are
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_19trace_direct(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+); /*proto*/
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_18trace_direct, "NativeHooks.trace_direct(self, capacity)\n\nRecord direct traps for a timeline (lguest.host.trace): at most\n``capacity`` between two :meth:`trace_drain` calls (the rest are\ncounted as dropped); 0 turns it off.");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_19trace_direct = {"trace_direct", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_19trace_direct, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_18trace_direct};
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_19trace_direct(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+) {
+  PyObject *__pyx_v_capacity = 0;
+  #if !CYTHON_VECTORCALL
+  CYTHON_UNUSED Py_ssize_t __pyx_nargs;
+  #endif
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject* values[1] = {0};
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("trace_direct (wrapper)", 0);
+  #if !CYTHON_VECTORCALL
+  #if CYTHON_ASSUME_SAFE_SIZE
+  __pyx_nargs = PyTuple_GET_SIZE(__pyx_args);
+  #else
+  __pyx_nargs = PyTuple_Size(__pyx_args); if (unlikely(__pyx_nargs < 0)) return NULL;
+  #endif
+  #endif
+  __pyx_kwvalues = __Pyx_KwValues_FASTCALL(__pyx_args, __pyx_nargs);
+  {
+    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_capacity,0};
+    const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 498, __pyx_L3_error)
+    if (__pyx_kwds_len > 0) {
+      switch (__pyx_nargs) {
+        case  1:
+        values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 498, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  0: break;
+        default: goto __pyx_L5_argtuple_error;
+      }
+      const Py_ssize_t kwd_pos_args = __pyx_nargs;
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "trace_direct", 0) < (0)) __PYX_ERR(0, 498, __pyx_L3_error)
+      for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("trace_direct", 1, 1, 1, i); __PYX_ERR(0, 498, __pyx_L3_error) }
+      }
+    } else if (unlikely(__pyx_nargs != 1)) {
+      goto __pyx_L5_argtuple_error;
+    } else {
+      values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 498, __pyx_L3_error)
+    }
+    __pyx_v_capacity = values[0];
+  }
+  goto __pyx_L6_skip;
+  __pyx_L5_argtuple_error:;
+  __Pyx_RaiseArgtupleInvalid("trace_direct", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 498, __pyx_L3_error)
+  __pyx_L6_skip:;
+  goto __pyx_L4_argument_unpacking_done;
+  __pyx_L3_error:;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __Pyx_AddTraceback("lguest.unicorn._uchook.NativeHooks.trace_direct", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __Pyx_RefNannyFinishContext();
+  return NULL;
+  __pyx_L4_argument_unpacking_done:;
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_18trace_direct(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self), __pyx_v_capacity);
+
+  /* function exit code */
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_18trace_direct(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, PyObject *__pyx_v_capacity) {
+  __Pyx_memviewslice __pyx_v_buf = { 0, 0, { 0 }, { 0 }, { 0 } };
+  PyObject *__pyx_v_arr = NULL;
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  int __pyx_t_1;
+  int __pyx_t_2;
+  PyObject *__pyx_t_3 = NULL;
+  PyObject *__pyx_t_4 = NULL;
+  PyObject *__pyx_t_5 = NULL;
+  PyObject *__pyx_t_6 = NULL;
+  PyObject *__pyx_t_7 = NULL;
+  PyObject *__pyx_t_8 = NULL;
+  size_t __pyx_t_9;
+  __Pyx_memviewslice __pyx_t_10 = { 0, 0, { 0 }, { 0 }, { 0 } };
+  uint32_t __pyx_t_11;
+  Py_ssize_t __pyx_t_12;
+  Py_ssize_t __pyx_t_13;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("trace_direct", 0);
+
+  /* "lguest/unicorn/_uchook.pyx":503
+ *         counted as dropped); 0 turns it off."""
+ *         cdef uint64_t[:, ::1] buf
+ *         self._check_idle()             # <<<<<<<<<<<<<<
+ *         self.st.trace = NULL
+ *         self.st.trace_cap = 0
+*/
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 503, __pyx_L1_error)
+
+
+  /* "lguest/unicorn/_uchook.pyx":504
+ *         cdef uint64_t[:, ::1] buf
+ *         self._check_idle()
+ *         self.st.trace = NULL             # <<<<<<<<<<<<<<
+ *         self.st.trace_cap = 0
+ *         self.st.trace_len = 0
+*/
+  __pyx_v_self->st.trace = NULL;
+
+  /* "lguest/unicorn/_uchook.pyx":505
+ *         self._check_idle()
+ *         self.st.trace = NULL
+ *         self.st.trace_cap = 0             # <<<<<<<<<<<<<<
+ *         self.st.trace_len = 0
+ *         self._trace = None
+*/
+  __pyx_v_self->st.trace_cap = 0;
+
+  /* "lguest/unicorn/_uchook.pyx":506
+ *         self.st.trace = NULL
+ *         self.st.trace_cap = 0
+ *         self.st.trace_len = 0             # <<<<<<<<<<<<<<
+ *         self._trace = None
+ *         if capacity > 0:
+*/
+  __pyx_v_self->st.trace_len = 0;
+
+  /* "lguest/unicorn/_uchook.pyx":507
+ *         self.st.trace_cap = 0
+ *         self.st.trace_len = 0
+ *         self._trace = None             # <<<<<<<<<<<<<<
+ *         if capacity > 0:
+ *             arr = np.zeros((int(capacity), 4), dtype=np.uint64)
+*/
+  __Pyx_INCREF(Py_None);
+  __Pyx_GIVEREF(Py_None);
+  __Pyx_GOTREF(__pyx_v_self->_trace);
+  __Pyx_DECREF_SET(__pyx_v_self->_trace, Py_None);
+
+  /* "lguest/unicorn/_uchook.pyx":508
+ *         self.st.trace_len = 0
+ *         self._trace = None
+ *         if capacity > 0:             # <<<<<<<<<<<<<<
+ *             arr = np.zeros((int(capacity), 4), dtype=np.uint64)
+ *             buf = arr
+*/
+  __pyx_t_2 = __Pyx_PyObject_CompareBoolGt_object_int(__pyx_v_capacity, __pyx_mstate_global->__pyx_int_0, Py_GT); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 508, __pyx_L1_error)
+  if (__pyx_t_2) {
+
+
+    /* "lguest/unicorn/_uchook.pyx":509
+ *         self._trace = None
+ *         if capacity > 0:
+ *             arr = np.zeros((int(capacity), 4), dtype=np.uint64)             # <<<<<<<<<<<<<<
+ *             buf = arr
+ *             self._trace = arr
+*/
+    __pyx_t_4 = NULL;
+    __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 509, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_5);
+    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 509, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_6);
+    __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+    __pyx_t_5 = __Pyx_PyNumber_Int(__pyx_v_capacity); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 509, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_5);
+    __pyx_t_7 = PyTuple_New(2); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 509, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_7);
+    __Pyx_GIVEREF(__pyx_t_5);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 0, __pyx_t_5) != (0)) __PYX_ERR(0, 509, __pyx_L1_error);
+    __Pyx_INCREF(__pyx_mstate_global->__pyx_int_4);
+    __Pyx_GIVEREF(__pyx_mstate_global->__pyx_int_4);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 1, __pyx_mstate_global->__pyx_int_4) != (0)) __PYX_ERR(0, 509, __pyx_L1_error);
+    __pyx_t_5 = 0;
+    __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 509, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_5);
+    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_uint64); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 509, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_8);
+    __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+    #if CYTHON_VECTORCALL
+    #endif
+    __pyx_t_9 = 1;
+    #if CYTHON_UNPACK_METHODS
+    if (unlikely(PyMethod_Check(__pyx_t_6))) {
+      __pyx_t_4 = PyMethod_GET_SELF(__pyx_t_6);
+      assert(__pyx_t_4);
+      PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_6);
+      __Pyx_INCREF(__pyx_t_4);
+      __Pyx_INCREF(__pyx__function);
+      __Pyx_DECREF_SET(__pyx_t_6, __pyx__function);
+      __pyx_t_9 = 0;
+    }
+    #endif
+    {
+      PyObject *__pyx_callargs[3] = {__pyx_t_4, __pyx_t_7, __pyx_t_8};
+      #if CYTHON_VECTORCALL
+      __pyx_t_5 = __pyx_mstate_global->__pyx_tuple[6];
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 509, __pyx_L1_error)
+      __Pyx_INCREF(__pyx_t_5);
+      #else
+      {
+        PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
+        __pyx_t_5 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
+        if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 509, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_5);
+      }
+      #endif
+      __pyx_t_3 = __Pyx_Object_VectorcallKwds((PyObject*)__pyx_t_6, __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_5);
+      __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+      __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+      #if CYTHON_VECTORCALL
+      #endif
+      __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
+      __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+      __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 509, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_3);
+    }
+    __pyx_v_arr = __pyx_t_3;
+    __pyx_t_3 = 0;
+
+    /* "lguest/unicorn/_uchook.pyx":510
+ *         if capacity > 0:
+ *             arr = np.zeros((int(capacity), 4), dtype=np.uint64)
+ *             buf = arr             # <<<<<<<<<<<<<<
+ *             self._trace = arr
+ *             self.st.trace_cap = <uint32_t>capacity
+*/
+    __pyx_t_10 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_nn_uint64_t(__pyx_v_arr, PyBUF_WRITABLE); if (unlikely(!__pyx_t_10.memview)) __PYX_ERR(0, 510, __pyx_L1_error)
+    __pyx_v_buf = __pyx_t_10;
+    __pyx_t_10.memview = NULL;
+    __pyx_t_10.data = NULL;
+
+    /* "lguest/unicorn/_uchook.pyx":511
+ *             arr = np.zeros((int(capacity), 4), dtype=np.uint64)
+ *             buf = arr
+ *             self._trace = arr             # <<<<<<<<<<<<<<
+ *             self.st.trace_cap = <uint32_t>capacity
+ *             self.st.trace = &buf[0, 0]
+*/
+    __Pyx_INCREF(__pyx_v_arr);
+    __Pyx_GIVEREF(__pyx_v_arr);
+    __Pyx_GOTREF(__pyx_v_self->_trace);
+    __Pyx_DECREF_SET(__pyx_v_self->_trace, __pyx_v_arr);
+
+    /* "lguest/unicorn/_uchook.pyx":512
+ *             buf = arr
+ *             self._trace = arr
+ *             self.st.trace_cap = <uint32_t>capacity             # <<<<<<<<<<<<<<
+ *             self.st.trace = &buf[0, 0]
+ * 
+*/
+    __pyx_t_11 = __Pyx_PyLong_As_uint32_t(__pyx_v_capacity); if (unlikely((__pyx_t_11 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 512, __pyx_L1_error)
+    __pyx_v_self->st.trace_cap = ((uint32_t)__pyx_t_11);
+
+
+    /* "lguest/unicorn/_uchook.pyx":513
+ *             self._trace = arr
+ *             self.st.trace_cap = <uint32_t>capacity
+ *             self.st.trace = &buf[0, 0]             # <<<<<<<<<<<<<<
+ * 
+ *     def trace_drain(self):
+*/
+    __pyx_t_12 = 0;
+    __pyx_t_13 = 0;
+    __pyx_v_self->st.trace = (&(*((uint64_t *) ( /* dim=1 */ ((char *) (((uint64_t *) ( /* dim=0 */ (__pyx_v_buf.data + __pyx_t_12 * __pyx_v_buf.strides[0]) )) + __pyx_t_13)) ))));
+
+    /* "lguest/unicorn/_uchook.pyx":508
+ *         self.st.trace_len = 0
+ *         self._trace = None
+ *         if capacity > 0:             # <<<<<<<<<<<<<<
+ *             arr = np.zeros((int(capacity), 4), dtype=np.uint64)
+ *             buf = arr
+*/
+  }
+
+  /* "lguest/unicorn/_uchook.pyx":498
+ *         return err
+ * 
+ *     def trace_direct(self, capacity):             # <<<<<<<<<<<<<<
+ *         """Record direct traps for a timeline (lguest.host.trace): at most
+ *         ``capacity`` between two :meth:`trace_drain` calls (the rest are
+*/
+
+  /* function exit code */
+  __pyx_r = Py_None; __Pyx_INCREF(Py_None);
+  goto __pyx_L0;
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_3);
+  __Pyx_XDECREF(__pyx_t_4);
+  __Pyx_XDECREF(__pyx_t_5);
+  __Pyx_XDECREF(__pyx_t_6);
+  __Pyx_XDECREF(__pyx_t_7);
+  __Pyx_XDECREF(__pyx_t_8);
+  __PYX_XCLEAR_MEMVIEW(&__pyx_t_10, 1);
+  __Pyx_AddTraceback("lguest.unicorn._uchook.NativeHooks.trace_direct", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+  __PYX_XCLEAR_MEMVIEW(&__pyx_v_buf, 1);
+  __Pyx_XDECREF(__pyx_v_arr);
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "lguest/unicorn/_uchook.pyx":515
+ *             self.st.trace = &buf[0, 0]
+ * 
+ *     def trace_drain(self):             # <<<<<<<<<<<<<<
+ *         """(events, dropped): a copy of the direct traps recorded since the
+ *         last drain (rows of blocks, monotonic ns, eip, vector | cpl_from << 8
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_21trace_drain(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+); /*proto*/
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_20trace_drain, "NativeHooks.trace_drain(self)\n\n(events, dropped): a copy of the direct traps recorded since the\nlast drain (rows of blocks, monotonic ns, eip, vector | cpl_from << 8\n| cpl_to << 16) and how many did not fit; resets both.");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_21trace_drain = {"trace_drain", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_21trace_drain, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_20trace_drain};
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_21trace_drain(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+) {
+  #if !CYTHON_VECTORCALL
+  CYTHON_UNUSED Py_ssize_t __pyx_nargs;
+  #endif
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("trace_drain (wrapper)", 0);
+  #if !CYTHON_VECTORCALL
+  #if CYTHON_ASSUME_SAFE_SIZE
+  __pyx_nargs = PyTuple_GET_SIZE(__pyx_args);
+  #else
+  __pyx_nargs = PyTuple_Size(__pyx_args); if (unlikely(__pyx_nargs < 0)) return NULL;
+  #endif
+  #endif
+  __pyx_kwvalues = __Pyx_KwValues_FASTCALL(__pyx_args, __pyx_nargs);
+  if (unlikely(__pyx_nargs > 0)) { __Pyx_RaiseArgtupleInvalid("trace_drain", 1, 0, 0, __pyx_nargs); return NULL; }
+  const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
+  if (unlikely(__pyx_kwds_len < 0)) return NULL;
+  if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("trace_drain", __pyx_kwds); return NULL;}
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_20trace_drain(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
+
+  /* function exit code */
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_20trace_drain(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
+  uint32_t __pyx_v_n;
+  uint64_t __pyx_v_dropped;
+  PyObject *__pyx_v_out = NULL;
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  uint32_t __pyx_t_1;
+  uint64_t __pyx_t_2;
+  int __pyx_t_3;
+  int __pyx_t_4;
+  PyObject *__pyx_t_5 = NULL;
+  PyObject *__pyx_t_6 = NULL;
+  PyObject *__pyx_t_7 = NULL;
+  size_t __pyx_t_8;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("trace_drain", 0);
+
+  /* "lguest/unicorn/_uchook.pyx":519
+ *         last drain (rows of blocks, monotonic ns, eip, vector | cpl_from << 8
+ *         | cpl_to << 16) and how many did not fit; resets both."""
+ *         cdef uint32_t n = self.st.trace_len             # <<<<<<<<<<<<<<
+ *         cdef uint64_t dropped = self.st.trace_dropped
+ *         self._check_idle()
+*/
+  __pyx_t_1 = __pyx_v_self->st.trace_len;
+
+  __pyx_v_n = __pyx_t_1;
+
+  /* "lguest/unicorn/_uchook.pyx":520
+ *         | cpl_to << 16) and how many did not fit; resets both."""
+ *         cdef uint32_t n = self.st.trace_len
+ *         cdef uint64_t dropped = self.st.trace_dropped             # <<<<<<<<<<<<<<
+ *         self._check_idle()
+ *         if self._trace is None:
+*/
+  __pyx_t_2 = __pyx_v_self->st.trace_dropped;
+
+  __pyx_v_dropped = __pyx_t_2;
+
+  /* "lguest/unicorn/_uchook.pyx":521
+ *         cdef uint32_t n = self.st.trace_len
+ *         cdef uint64_t dropped = self.st.trace_dropped
+ *         self._check_idle()             # <<<<<<<<<<<<<<
+ *         if self._trace is None:
+ *             return None, 0
+*/
+  __pyx_t_3 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check_idle(__pyx_v_self); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 521, __pyx_L1_error)
+
+
+  /* "lguest/unicorn/_uchook.pyx":522
+ *         cdef uint64_t dropped = self.st.trace_dropped
+ *         self._check_idle()
+ *         if self._trace is None:             # <<<<<<<<<<<<<<
+ *             return None, 0
+ *         out = self._trace[:n].copy()
+*/
+  __pyx_t_4 = (__pyx_v_self->_trace == Py_None);
+  if (__pyx_t_4) {
+
+
+    /* "lguest/unicorn/_uchook.pyx":523
+ *         self._check_idle()
+ *         if self._trace is None:
+ *             return None, 0             # <<<<<<<<<<<<<<
+ *         out = self._trace[:n].copy()
+ *         self.st.trace_len = 0
+*/
+    {
+      PyObject *__pyx_temp;
+      {
+        __pyx_temp = __pyx_r;
+        __Pyx_INCREF(__pyx_mstate_global->__pyx_tuple[7]);
+        __pyx_r = __pyx_mstate_global->__pyx_tuple[7];
+      }
+      __Pyx_XDECREF(__pyx_temp);
+    }
+    goto __pyx_L0;
+
+    /* "lguest/unicorn/_uchook.pyx":522
+ *         cdef uint64_t dropped = self.st.trace_dropped
+ *         self._check_idle()
+ *         if self._trace is None:             # <<<<<<<<<<<<<<
+ *             return None, 0
+ *         out = self._trace[:n].copy()
+*/
+  }
+
+  /* "lguest/unicorn/_uchook.pyx":524
+ *         if self._trace is None:
+ *             return None, 0
+ *         out = self._trace[:n].copy()             # <<<<<<<<<<<<<<
+ *         self.st.trace_len = 0
+ *         self.st.trace_dropped = 0
+*/
+  __pyx_t_7 = __Pyx_PyObject_GetSlice(__pyx_v_self->_trace, 0, __pyx_v_n, NULL, NULL, NULL, 0, 1, 0); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 524, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_7);
+  __pyx_t_6 = __pyx_t_7;
+  __Pyx_INCREF(__pyx_t_6);
+  __pyx_t_8 = 0;
+  {
+    PyObject *__pyx_callargs[2] = {__pyx_t_6, NULL};
+    __pyx_t_5 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_copy, __pyx_callargs+__pyx_t_8, (1-__pyx_t_8) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+    __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
+    __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 524, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_5);
+  }
+  __pyx_v_out = __pyx_t_5;
+  __pyx_t_5 = 0;
+
+  /* "lguest/unicorn/_uchook.pyx":525
+ *             return None, 0
+ *         out = self._trace[:n].copy()
+ *         self.st.trace_len = 0             # <<<<<<<<<<<<<<
+ *         self.st.trace_dropped = 0
+ *         return out, int(dropped)
+*/
+  __pyx_v_self->st.trace_len = 0;
+
+  /* "lguest/unicorn/_uchook.pyx":526
+ *         out = self._trace[:n].copy()
+ *         self.st.trace_len = 0
+ *         self.st.trace_dropped = 0             # <<<<<<<<<<<<<<
+ *         return out, int(dropped)
+ * 
+*/
+  __pyx_v_self->st.trace_dropped = 0;
+
+  /* "lguest/unicorn/_uchook.pyx":527
+ *         self.st.trace_len = 0
+ *         self.st.trace_dropped = 0
+ *         return out, int(dropped)             # <<<<<<<<<<<<<<
+ * 
+ *     @property
+*/
+  __pyx_t_7 = NULL;
+  __pyx_t_6 = __Pyx_PyLong_From_uint64_t(__pyx_v_dropped); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 527, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_6);
+  __pyx_t_8 = 1;
+  {
+    PyObject *__pyx_callargs[2] = {__pyx_t_7, __pyx_t_6};
+    __pyx_t_5 = __Pyx_PyObject_FastCall((PyObject*)(&PyLong_Type), __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+    __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
+    __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 527, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_5);
+  }
+  __pyx_t_6 = PyTuple_New(2); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 527, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_6);
+  __Pyx_INCREF(__pyx_v_out);
+  __Pyx_GIVEREF(__pyx_v_out);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 0, __pyx_v_out) != (0)) __PYX_ERR(0, 527, __pyx_L1_error);
+  __Pyx_GIVEREF(__pyx_t_5);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 1, __pyx_t_5) != (0)) __PYX_ERR(0, 527, __pyx_L1_error);
+  __pyx_t_5 = 0;
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = __pyx_t_6;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_6 = 0;
+  goto __pyx_L0;
+
+  /* "lguest/unicorn/_uchook.pyx":515
+ *             self.st.trace = &buf[0, 0]
+ * 
+ *     def trace_drain(self):             # <<<<<<<<<<<<<<
+ *         """(events, dropped): a copy of the direct traps recorded since the
+ *         last drain (rows of blocks, monotonic ns, eip, vector | cpl_from << 8
+*/
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_5);
+  __Pyx_XDECREF(__pyx_t_6);
+  __Pyx_XDECREF(__pyx_t_7);
+  __Pyx_AddTraceback("lguest.unicorn._uchook.NativeHooks.trace_drain", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+
+
+  __Pyx_XDECREF(__pyx_v_out);
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "lguest/unicorn/_uchook.pyx":529
+ *         return out, int(dropped)
  * 
  *     @property             # <<<<<<<<<<<<<<
  *     def running(self):
@@ -23254,14 +24371,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7running___get
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":463
+  /* "lguest/unicorn/_uchook.pyx":531
  *     @property
  *     def running(self):
  *         return bool(self.busy)             # <<<<<<<<<<<<<<
  * 
  *     def request_stop(self):
 */
-  __pyx_t_1 = __Pyx_PyBool_FromLong((!(!(__pyx_v_self->busy != 0)))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 463, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyBool_FromLong((!(!(__pyx_v_self->busy != 0)))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 531, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -23274,8 +24391,8 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7running___get
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":461
- *         return err
+  /* "lguest/unicorn/_uchook.pyx":529
+ *         return out, int(dropped)
  * 
  *     @property             # <<<<<<<<<<<<<<
  *     def running(self):
@@ -23293,7 +24410,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7running___get
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":465
+/* "lguest/unicorn/_uchook.pyx":533
  *         return bool(self.busy)
  * 
  *     def request_stop(self):             # <<<<<<<<<<<<<<
@@ -23302,16 +24419,16 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7running___get
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_17request_stop(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_23request_stop(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_16request_stop, "NativeHooks.request_stop(self)\n\nStop the running guest at its next block (thread-safe).");
-static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_17request_stop = {"request_stop", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_17request_stop, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_16request_stop};
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_17request_stop(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_22request_stop, "NativeHooks.request_stop(self)\n\nStop the running guest at its next block (thread-safe).");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_23request_stop = {"request_stop", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_23request_stop, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_22request_stop};
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_23request_stop(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -23337,19 +24454,19 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
   if (unlikely(__pyx_kwds_len < 0)) return NULL;
   if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("request_stop", __pyx_kwds); return NULL;}
-  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_16request_stop(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_22request_stop(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_16request_stop(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_22request_stop(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("request_stop", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":467
+  /* "lguest/unicorn/_uchook.pyx":535
  *     def request_stop(self):
  *         """Stop the running guest at its next block (thread-safe)."""
  *         uh_store_int(&self.st.stop_flag, 1)             # <<<<<<<<<<<<<<
@@ -23358,7 +24475,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_16request_stop
 */
   uh_store_int((&__pyx_v_self->st.stop_flag), 1);
 
-  /* "lguest/unicorn/_uchook.pyx":465
+  /* "lguest/unicorn/_uchook.pyx":533
  *         return bool(self.busy)
  * 
  *     def request_stop(self):             # <<<<<<<<<<<<<<
@@ -23373,7 +24490,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_16request_stop
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":469
+/* "lguest/unicorn/_uchook.pyx":537
  *         uh_store_int(&self.st.stop_flag, 1)
  * 
  *     def poke(self):             # <<<<<<<<<<<<<<
@@ -23382,16 +24499,16 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_16request_stop
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_19poke(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_25poke(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_18poke, "NativeHooks.poke(self)\n\nMake the running guest stop soon to look at pending irqs (the\npure-Python core, whose pending bits C cannot see).");
-static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_19poke = {"poke", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_19poke, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_18poke};
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_19poke(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_24poke, "NativeHooks.poke(self)\n\nMake the running guest stop soon to look at pending irqs (the\npure-Python core, whose pending bits C cannot see).");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_25poke = {"poke", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_25poke, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_24poke};
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_25poke(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -23417,19 +24534,19 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
   if (unlikely(__pyx_kwds_len < 0)) return NULL;
   if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("poke", __pyx_kwds); return NULL;}
-  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_18poke(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24poke(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_18poke(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24poke(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("poke", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":472
+  /* "lguest/unicorn/_uchook.pyx":540
  *         """Make the running guest stop soon to look at pending irqs (the
  *         pure-Python core, whose pending bits C cannot see)."""
  *         uh_store_u32(&self.st.attention, 1)             # <<<<<<<<<<<<<<
@@ -23438,7 +24555,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_18poke(struct 
 */
   uh_store_u32((&__pyx_v_self->st.attention), 1);
 
-  /* "lguest/unicorn/_uchook.pyx":469
+  /* "lguest/unicorn/_uchook.pyx":537
  *         uh_store_int(&self.st.stop_flag, 1)
  * 
  *     def poke(self):             # <<<<<<<<<<<<<<
@@ -23453,7 +24570,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_18poke(struct 
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":474
+/* "lguest/unicorn/_uchook.pyx":542
  *         uh_store_u32(&self.st.attention, 1)
  * 
  *     def clear_poke(self):             # <<<<<<<<<<<<<<
@@ -23462,16 +24579,16 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_18poke(struct 
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_21clear_poke(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_27clear_poke(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_20clear_poke, "NativeHooks.clear_poke(self)");
-static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_21clear_poke = {"clear_poke", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_21clear_poke, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_20clear_poke};
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_21clear_poke(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_26clear_poke, "NativeHooks.clear_poke(self)");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_27clear_poke = {"clear_poke", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_27clear_poke, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_26clear_poke};
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_27clear_poke(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -23497,19 +24614,19 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
   if (unlikely(__pyx_kwds_len < 0)) return NULL;
   if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("clear_poke", __pyx_kwds); return NULL;}
-  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_20clear_poke(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26clear_poke(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_20clear_poke(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26clear_poke(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("clear_poke", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":475
+  /* "lguest/unicorn/_uchook.pyx":543
  * 
  *     def clear_poke(self):
  *         uh_store_u32(&self.st.attention, 0)             # <<<<<<<<<<<<<<
@@ -23518,7 +24635,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_20clear_poke(s
 */
   uh_store_u32((&__pyx_v_self->st.attention), 0);
 
-  /* "lguest/unicorn/_uchook.pyx":474
+  /* "lguest/unicorn/_uchook.pyx":542
  *         uh_store_u32(&self.st.attention, 1)
  * 
  *     def clear_poke(self):             # <<<<<<<<<<<<<<
@@ -23533,7 +24650,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_20clear_poke(s
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":477
+/* "lguest/unicorn/_uchook.pyx":545
  *         uh_store_u32(&self.st.attention, 0)
  * 
  *     def __repr__(self):             # <<<<<<<<<<<<<<
@@ -23542,21 +24659,21 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_20clear_poke(s
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_23__repr__(PyObject *__pyx_v_self); /*proto*/
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_23__repr__(PyObject *__pyx_v_self) {
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_29__repr__(PyObject *__pyx_v_self); /*proto*/
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_29__repr__(PyObject *__pyx_v_self) {
   CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
   PyObject *__pyx_r = 0;
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("__repr__ (wrapper)", 0);
   __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
-  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_22__repr__(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_28__repr__(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_22__repr__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_28__repr__(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
   PyObject *__pyx_v_state = NULL;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
@@ -23572,30 +24689,30 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_22__repr__(str
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__repr__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":478
+  /* "lguest/unicorn/_uchook.pyx":546
  * 
  *     def __repr__(self):
  *         state = ("uninitialised", "ready", "closed")[self.state]             # <<<<<<<<<<<<<<
  *         return f"<NativeHooks {state}, {self.nhooks} hooks, {self.st.blocks} blocks>"
  * 
 */
-  __pyx_t_1 = __Pyx_PyTuple_GET_ITEM(__pyx_mstate_global->__pyx_tuple[6], __pyx_v_self->state);
+  __pyx_t_1 = __Pyx_PyTuple_GET_ITEM(__pyx_mstate_global->__pyx_tuple[8], __pyx_v_self->state);
   __Pyx_INCREF(__pyx_t_1);
   __pyx_v_state = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":479
+  /* "lguest/unicorn/_uchook.pyx":547
  *     def __repr__(self):
  *         state = ("uninitialised", "ready", "closed")[self.state]
  *         return f"<NativeHooks {state}, {self.nhooks} hooks, {self.st.blocks} blocks>"             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyUnicode_Unicode(__pyx_v_state); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 479, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyUnicode_Unicode(__pyx_v_state); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 547, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyUnicode_From_int(__pyx_v_self->nhooks, 0, ' ', 'd'); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 479, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyUnicode_From_int(__pyx_v_self->nhooks, 0, ' ', 'd'); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 547, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyUnicode_From_uint64_t(__pyx_v_self->st.blocks, 0, ' ', 'd'); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 479, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyUnicode_From_uint64_t(__pyx_v_self->st.blocks, 0, ' ', 'd'); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 547, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_t_4[0] = __pyx_mstate_global->__pyx_kp_u_NativeHooks;
   __pyx_t_4[1] = __pyx_t_1;
@@ -23613,7 +24730,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_22__repr__(str
   __pyx_t_6 |= __Pyx_PyUnicode_KIND_04(__pyx_t_4[1]);
   #endif
   __pyx_t_7 = __Pyx_PyUnicode_Join(__pyx_t_4, 7, __pyx_t_5, __pyx_t_6);
-  if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 479, __pyx_L1_error)
+  if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 547, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
@@ -23629,7 +24746,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_22__repr__(str
   __pyx_t_7 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":477
+  /* "lguest/unicorn/_uchook.pyx":545
  *         uh_store_u32(&self.st.attention, 0)
  * 
  *     def __repr__(self):             # <<<<<<<<<<<<<<
@@ -23652,7 +24769,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_22__repr__(str
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":481
+/* "lguest/unicorn/_uchook.pyx":549
  *         return f"<NativeHooks {state}, {self.nhooks} hooks, {self.st.blocks} blocks>"
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -23684,14 +24801,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13native_direc
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":483
+  /* "lguest/unicorn/_uchook.pyx":551
  *     @property
  *     def native_direct(self):
  *         return bool(self.st.native_direct)             # <<<<<<<<<<<<<<
  * 
  *     @native_direct.setter
 */
-  __pyx_t_1 = __Pyx_PyBool_FromLong((!(!(__pyx_v_self->st.native_direct != 0)))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 483, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyBool_FromLong((!(!(__pyx_v_self->st.native_direct != 0)))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 551, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -23704,7 +24821,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13native_direc
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":481
+  /* "lguest/unicorn/_uchook.pyx":549
  *         return f"<NativeHooks {state}, {self.nhooks} hooks, {self.st.blocks} blocks>"
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -23723,7 +24840,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13native_direc
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":485
+/* "lguest/unicorn/_uchook.pyx":553
  *         return bool(self.st.native_direct)
  * 
  *     @native_direct.setter             # <<<<<<<<<<<<<<
@@ -23754,24 +24871,24 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13native_direct_2__s
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":487
+  /* "lguest/unicorn/_uchook.pyx":555
  *     @native_direct.setter
  *     def native_direct(self, value):
  *         self._check()             # <<<<<<<<<<<<<<
  *         self.st.native_direct = 1 if value else 0
  * 
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 487, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 555, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":488
+  /* "lguest/unicorn/_uchook.pyx":556
  *     def native_direct(self, value):
  *         self._check()
  *         self.st.native_direct = 1 if value else 0             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_v_value); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 488, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_v_value); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 556, __pyx_L1_error)
   if (__pyx_t_2) {
 
     __pyx_t_1 = 1;
@@ -23782,7 +24899,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13native_direct_2__s
 
   __pyx_v_self->st.native_direct = __pyx_t_1;
 
-  /* "lguest/unicorn/_uchook.pyx":485
+  /* "lguest/unicorn/_uchook.pyx":553
  *         return bool(self.st.native_direct)
  * 
  *     @native_direct.setter             # <<<<<<<<<<<<<<
@@ -23801,7 +24918,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_13native_direct_2__s
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":490
+/* "lguest/unicorn/_uchook.pyx":558
  *         self.st.native_direct = 1 if value else 0
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -23833,14 +24950,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_15has_native_c
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":492
+  /* "lguest/unicorn/_uchook.pyx":560
  *     @property
  *     def has_native_core(self):
  *         return self.st.api != NULL             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyBool_FromLong((__pyx_v_self->st.api != NULL)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 492, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyBool_FromLong((__pyx_v_self->st.api != NULL)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 560, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -23853,7 +24970,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_15has_native_c
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":490
+  /* "lguest/unicorn/_uchook.pyx":558
  *         self.st.native_direct = 1 if value else 0
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -23872,7 +24989,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_15has_native_c
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":494
+/* "lguest/unicorn/_uchook.pyx":562
  *         return self.st.api != NULL
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -23904,14 +25021,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8slice_ns___ge
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":496
+  /* "lguest/unicorn/_uchook.pyx":564
  *     @property
  *     def slice_ns(self):
  *         return self.st.slice_ns             # <<<<<<<<<<<<<<
  * 
  *     @slice_ns.setter
 */
-  __pyx_t_1 = __Pyx_PyLong_From_int64_t(__pyx_v_self->st.slice_ns); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 496, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int64_t(__pyx_v_self->st.slice_ns); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 564, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -23924,7 +25041,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8slice_ns___ge
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":494
+  /* "lguest/unicorn/_uchook.pyx":562
  *         return self.st.api != NULL
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -23943,7 +25060,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8slice_ns___ge
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":498
+/* "lguest/unicorn/_uchook.pyx":566
  *         return self.st.slice_ns
  * 
  *     @slice_ns.setter             # <<<<<<<<<<<<<<
@@ -23964,7 +25081,7 @@ static int __pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_8slice_ns_3__set__(P
   __Pyx_RefNannySetupContext("__set__ (wrapper)", 0);
   __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
   assert(__pyx_arg_value); {
-    __pyx_v_value = __Pyx_PyLong_As_int64_t(__pyx_arg_value); if (unlikely((__pyx_v_value == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 499, __pyx_L3_error)
+    __pyx_v_value = __Pyx_PyLong_As_int64_t(__pyx_arg_value); if (unlikely((__pyx_v_value == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 567, __pyx_L3_error)
   }
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -23987,17 +25104,17 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8slice_ns_2__set__(s
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":500
+  /* "lguest/unicorn/_uchook.pyx":568
  *     @slice_ns.setter
  *     def slice_ns(self, int64_t value):
  *         self._check()             # <<<<<<<<<<<<<<
  *         self.st.slice_ns = value
  * 
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 500, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 568, __pyx_L1_error)
 
 
-  /* "lguest/unicorn/_uchook.pyx":501
+  /* "lguest/unicorn/_uchook.pyx":569
  *     def slice_ns(self, int64_t value):
  *         self._check()
  *         self.st.slice_ns = value             # <<<<<<<<<<<<<<
@@ -24006,7 +25123,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8slice_ns_2__set__(s
 */
   __pyx_v_self->st.slice_ns = __pyx_v_value;
 
-  /* "lguest/unicorn/_uchook.pyx":498
+  /* "lguest/unicorn/_uchook.pyx":566
  *         return self.st.slice_ns
  * 
  *     @slice_ns.setter             # <<<<<<<<<<<<<<
@@ -24026,7 +25143,7 @@ static int __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8slice_ns_2__set__(s
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":503
+/* "lguest/unicorn/_uchook.pyx":571
  *         self.st.slice_ns = value
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24058,14 +25175,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6reason___get_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":505
+  /* "lguest/unicorn/_uchook.pyx":573
  *     @property
  *     def reason(self):
  *         return self.st.reason             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_v_self->st.reason); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 505, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_v_self->st.reason); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 573, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24078,7 +25195,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6reason___get_
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":503
+  /* "lguest/unicorn/_uchook.pyx":571
  *         self.st.slice_ns = value
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24097,7 +25214,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6reason___get_
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":507
+/* "lguest/unicorn/_uchook.pyx":575
  *         return self.st.reason
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24129,14 +25246,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7trapnum___get
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":509
+  /* "lguest/unicorn/_uchook.pyx":577
  *     @property
  *     def trapnum(self):
  *         return self.st.trapnum             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.trapnum); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 509, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.trapnum); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 577, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24149,7 +25266,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7trapnum___get
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":507
+  /* "lguest/unicorn/_uchook.pyx":575
  *         return self.st.reason
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24168,7 +25285,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7trapnum___get
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":511
+/* "lguest/unicorn/_uchook.pyx":579
  *         return self.st.trapnum
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24200,14 +25317,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7errcode___get
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":513
+  /* "lguest/unicorn/_uchook.pyx":581
  *     @property
  *     def errcode(self):
  *         return self.st.errcode             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.errcode); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 513, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.errcode); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 581, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24220,7 +25337,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7errcode___get
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":511
+  /* "lguest/unicorn/_uchook.pyx":579
  *         return self.st.trapnum
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24239,7 +25356,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_7errcode___get
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":515
+/* "lguest/unicorn/_uchook.pyx":583
  *         return self.st.errcode
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24271,14 +25388,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6is_int___get_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":517
+  /* "lguest/unicorn/_uchook.pyx":585
  *     @property
  *     def is_int(self):
  *         return bool(self.st.is_int)             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyBool_FromLong((!(!(__pyx_v_self->st.is_int != 0)))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 517, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyBool_FromLong((!(!(__pyx_v_self->st.is_int != 0)))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 585, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24291,7 +25408,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6is_int___get_
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":515
+  /* "lguest/unicorn/_uchook.pyx":583
  *         return self.st.errcode
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24310,7 +25427,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6is_int___get_
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":519
+/* "lguest/unicorn/_uchook.pyx":587
  *         return bool(self.st.is_int)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24342,14 +25459,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_3cr2___get__(s
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":521
+  /* "lguest/unicorn/_uchook.pyx":589
  *     @property
  *     def cr2(self):
  *         return self.st.cr2             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.cr2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 521, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint32_t(__pyx_v_self->st.cr2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 589, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24362,7 +25479,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_3cr2___get__(s
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":519
+  /* "lguest/unicorn/_uchook.pyx":587
  *         return bool(self.st.is_int)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24381,7 +25498,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_3cr2___get__(s
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":523
+/* "lguest/unicorn/_uchook.pyx":591
  *         return self.st.cr2
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24416,27 +25533,27 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_9mem_fault___g
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":526
+  /* "lguest/unicorn/_uchook.pyx":594
  *     def mem_fault(self):
  *         """(type, address, size) of the last invalid memory access."""
  *         return (self.st.mem_type, self.st.mem_addr, self.st.mem_size_access)             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_v_self->st.mem_type); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 526, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_v_self->st.mem_type); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 594, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.mem_addr); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 526, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.mem_addr); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 594, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyLong_From_int(__pyx_v_self->st.mem_size_access); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 526, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_int(__pyx_v_self->st.mem_size_access); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 594, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = PyTuple_New(3); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 526, __pyx_L1_error)
+  __pyx_t_4 = PyTuple_New(3); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 594, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_GIVEREF(__pyx_t_1);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_t_1) != (0)) __PYX_ERR(0, 526, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_t_1) != (0)) __PYX_ERR(0, 594, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_2);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_t_2) != (0)) __PYX_ERR(0, 526, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_t_2) != (0)) __PYX_ERR(0, 594, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_3);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 2, __pyx_t_3) != (0)) __PYX_ERR(0, 526, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 2, __pyx_t_3) != (0)) __PYX_ERR(0, 594, __pyx_L1_error);
   __pyx_t_1 = 0;
   __pyx_t_2 = 0;
   __pyx_t_3 = 0;
@@ -24451,7 +25568,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_9mem_fault___g
   __pyx_t_4 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":523
+  /* "lguest/unicorn/_uchook.pyx":591
  *         return self.st.cr2
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24473,7 +25590,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_9mem_fault___g
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":528
+/* "lguest/unicorn/_uchook.pyx":596
  *         return (self.st.mem_type, self.st.mem_addr, self.st.mem_size_access)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24505,14 +25622,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6blocks___get_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":530
+  /* "lguest/unicorn/_uchook.pyx":598
  *     @property
  *     def blocks(self):
  *         return self.st.blocks             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.blocks); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 530, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.blocks); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 598, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24525,7 +25642,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6blocks___get_
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":528
+  /* "lguest/unicorn/_uchook.pyx":596
  *         return (self.st.mem_type, self.st.mem_addr, self.st.mem_size_access)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24544,7 +25661,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_6blocks___get_
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":532
+/* "lguest/unicorn/_uchook.pyx":600
  *         return self.st.blocks
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24576,14 +25693,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10intr_hooks__
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":534
+  /* "lguest/unicorn/_uchook.pyx":602
  *     @property
  *     def intr_hooks(self):
  *         return self.st.intr_hooks             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.intr_hooks); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 534, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.intr_hooks); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 602, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24596,7 +25713,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10intr_hooks__
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":532
+  /* "lguest/unicorn/_uchook.pyx":600
  *         return self.st.blocks
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24615,7 +25732,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_10intr_hooks__
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":536
+/* "lguest/unicorn/_uchook.pyx":604
  *         return self.st.intr_hooks
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24647,14 +25764,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8io_count___ge
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":539
+  /* "lguest/unicorn/_uchook.pyx":607
  *     def io_count(self):
  *         """in/out instructions emulated in the hooks."""
  *         return self.st.io_count             # <<<<<<<<<<<<<<
  * 
  *     def direct_counts(self):
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.io_count); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 539, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st.io_count); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 607, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -24667,7 +25784,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8io_count___ge
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":536
+  /* "lguest/unicorn/_uchook.pyx":604
  *         return self.st.intr_hooks
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -24686,7 +25803,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8io_count___ge
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":541
+/* "lguest/unicorn/_uchook.pyx":609
  *         return self.st.io_count
  * 
  *     def direct_counts(self):             # <<<<<<<<<<<<<<
@@ -24695,16 +25812,16 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_8io_count___ge
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_25direct_counts(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_31direct_counts(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_counts, "NativeHooks.direct_counts(self)\n\n{vector: deliveries} of the native direct path.");
-static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_25direct_counts = {"direct_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_25direct_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_counts};
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_25direct_counts(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_30direct_counts, "NativeHooks.direct_counts(self)\n\n{vector: deliveries} of the native direct path.");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_31direct_counts = {"direct_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_31direct_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_30direct_counts};
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_31direct_counts(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -24730,14 +25847,14 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
   if (unlikely(__pyx_kwds_len < 0)) return NULL;
   if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("direct_counts", __pyx_kwds); return NULL;}
-  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_counts(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_30direct_counts(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_30direct_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
   int __pyx_7genexpr__pyx_v_i;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
@@ -24751,7 +25868,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_count
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("direct_counts", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":544
+  /* "lguest/unicorn/_uchook.pyx":612
  *         """{vector: deliveries} of the native direct path."""
  *         cdef int i
  *         return {i: self.st.direct_counts[i] for i in range(256) if self.st.direct_counts[i]}             # <<<<<<<<<<<<<<
@@ -24759,7 +25876,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_count
  *     def stop_counts(self):
 */
   { /* enter inner scope */
-    __pyx_t_1 = PyDict_New(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 544, __pyx_L1_error)
+    __pyx_t_1 = PyDict_New(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 612, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     for (__pyx_t_2 = 0; __pyx_t_2 < 0x100; __pyx_t_2+=1) {
       __pyx_7genexpr__pyx_v_i = __pyx_t_2;
@@ -24767,11 +25884,11 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_count
 
       if (__pyx_t_3) {
 
-        __pyx_t_4 = __Pyx_PyLong_From_int(__pyx_7genexpr__pyx_v_i); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 544, __pyx_L1_error)
+        __pyx_t_4 = __Pyx_PyLong_From_int(__pyx_7genexpr__pyx_v_i); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 612, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
-        __pyx_t_5 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->st.direct_counts[__pyx_7genexpr__pyx_v_i])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 544, __pyx_L1_error)
+        __pyx_t_5 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->st.direct_counts[__pyx_7genexpr__pyx_v_i])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 612, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_5);
-        if (unlikely(PyDict_SetItem(__pyx_t_1, __pyx_t_4, __pyx_t_5))) __PYX_ERR(0, 544, __pyx_L1_error)
+        if (unlikely(PyDict_SetItem(__pyx_t_1, __pyx_t_4, __pyx_t_5))) __PYX_ERR(0, 612, __pyx_L1_error)
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
         __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
       }
@@ -24788,7 +25905,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_count
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":541
+  /* "lguest/unicorn/_uchook.pyx":609
  *         return self.st.io_count
  * 
  *     def direct_counts(self):             # <<<<<<<<<<<<<<
@@ -24810,7 +25927,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_count
   return __pyx_r;
 }
 
-/* "lguest/unicorn/_uchook.pyx":546
+/* "lguest/unicorn/_uchook.pyx":614
  *         return {i: self.st.direct_counts[i] for i in range(256) if self.st.direct_counts[i]}
  * 
  *     def stop_counts(self):             # <<<<<<<<<<<<<<
@@ -24819,16 +25936,16 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_count
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_27stop_counts(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_33stop_counts(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_26stop_counts, "NativeHooks.stop_counts(self)");
-static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_27stop_counts = {"stop_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_27stop_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_26stop_counts};
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_27stop_counts(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_32stop_counts, "NativeHooks.stop_counts(self)");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_33stop_counts = {"stop_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_33stop_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_32stop_counts};
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_33stop_counts(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -24854,14 +25971,14 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
   if (unlikely(__pyx_kwds_len < 0)) return NULL;
   if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("stop_counts", __pyx_kwds); return NULL;}
-  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26stop_counts(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_32stop_counts(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26stop_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_32stop_counts(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
   int __pyx_8genexpr1__pyx_v_i;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
@@ -24877,18 +25994,18 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26stop_counts(
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("stop_counts", 0);
 
-  /* "lguest/unicorn/_uchook.pyx":548
+  /* "lguest/unicorn/_uchook.pyx":616
  *     def stop_counts(self):
  *         cdef int i
  *         return {REASONS[i]: self.st.stops[i] for i in range(len(REASONS)) if self.st.stops[i]}             # <<<<<<<<<<<<<<
  * 
 */
   { /* enter inner scope */
-    __pyx_t_1 = PyDict_New(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 548, __pyx_L1_error)
+    __pyx_t_1 = PyDict_New(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 616, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_REASONS); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 548, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_REASONS); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 616, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_3 = PyObject_Length(__pyx_t_2); if (unlikely(__pyx_t_3 == ((Py_ssize_t)-1))) __PYX_ERR(0, 548, __pyx_L1_error)
+    __pyx_t_3 = PyObject_Length(__pyx_t_2); if (unlikely(__pyx_t_3 == ((Py_ssize_t)-1))) __PYX_ERR(0, 616, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __pyx_t_4 = __pyx_t_3;
 
@@ -24898,14 +26015,14 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26stop_counts(
 
       if (__pyx_t_6) {
 
-        __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_REASONS); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 548, __pyx_L1_error)
+        __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_REASONS); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 616, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_2);
-        __pyx_t_7 = __Pyx_GetItemInt(__pyx_t_2, __pyx_8genexpr1__pyx_v_i, int, 1, __Pyx_PyLong_From_int, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 548, __pyx_L1_error)
+        __pyx_t_7 = __Pyx_GetItemInt(__pyx_t_2, __pyx_8genexpr1__pyx_v_i, int, 1, __Pyx_PyLong_From_int, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 616, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_7);
         __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-        __pyx_t_2 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->st.stops[__pyx_8genexpr1__pyx_v_i])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 548, __pyx_L1_error)
+        __pyx_t_2 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->st.stops[__pyx_8genexpr1__pyx_v_i])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 616, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_2);
-        if (unlikely(PyDict_SetItem(__pyx_t_1, __pyx_t_7, __pyx_t_2))) __PYX_ERR(0, 548, __pyx_L1_error)
+        if (unlikely(PyDict_SetItem(__pyx_t_1, __pyx_t_7, __pyx_t_2))) __PYX_ERR(0, 616, __pyx_L1_error)
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
         __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
       }
@@ -24924,7 +26041,7 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26stop_counts(
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lguest/unicorn/_uchook.pyx":546
+  /* "lguest/unicorn/_uchook.pyx":614
  *         return {i: self.st.direct_counts[i] for i in range(256) if self.st.direct_counts[i]}
  * 
  *     def stop_counts(self):             # <<<<<<<<<<<<<<
@@ -24953,16 +26070,16 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_26stop_counts(
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_29__reduce_cython__(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_35__reduce_cython__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_28__reduce_cython__, "NativeHooks.__reduce_cython__(self)");
-static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_29__reduce_cython__ = {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_29__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_28__reduce_cython__};
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_29__reduce_cython__(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_34__reduce_cython__, "NativeHooks.__reduce_cython__(self)");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_35__reduce_cython__ = {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_35__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_34__reduce_cython__};
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_35__reduce_cython__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -24988,14 +26105,14 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
   if (unlikely(__pyx_kwds_len < 0)) return NULL;
   if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("__reduce_cython__", __pyx_kwds); return NULL;}
-  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_28__reduce_cython__(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_34__reduce_cython__(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_28__reduce_cython__(CYTHON_UNUSED struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_34__reduce_cython__(CYTHON_UNUSED struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   int __pyx_lineno = 0;
@@ -25035,16 +26152,16 @@ static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_28__reduce_cyt
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_31__setstate_cython__(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_37__setstate_cython__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_30__setstate_cython__, "NativeHooks.__setstate_cython__(self, __pyx_state)");
-static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_31__setstate_cython__ = {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_31__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_30__setstate_cython__};
-static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_31__setstate_cython__(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_36__setstate_cython__, "NativeHooks.__setstate_cython__(self, __pyx_state)");
+static PyMethodDef __pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_37__setstate_cython__ = {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_37__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_36__setstate_cython__};
+static PyObject *__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_37__setstate_cython__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -25110,7 +26227,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_30__setstate_cython__(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self), __pyx_v___pyx_state);
+  __pyx_r = __pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_36__setstate_cython__(((struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *)__pyx_v_self), __pyx_v___pyx_state);
 
   /* function exit code */
   for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
@@ -25120,7 +26237,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_30__setstate_cython__(CYTHON_UNUSED struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v___pyx_state) {
+static PyObject *__pyx_pf_6lguest_7unicorn_7_uchook_11NativeHooks_36__setstate_cython__(CYTHON_UNUSED struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v___pyx_state) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   int __pyx_lineno = 0;
@@ -25166,6 +26283,7 @@ static PyObject *__pyx_tp_new__initialisation_6lguest_7unicorn_7_uchook_NativeHo
   p->_keep = Py_None; Py_INCREF(Py_None);
   p->_owners = Py_None; Py_INCREF(Py_None);
   p->_hold = Py_None; Py_INCREF(Py_None);
+  p->_trace = Py_None; Py_INCREF(Py_None);
   p->_free = Py_None; Py_INCREF(Py_None);
   {
     int cinit_result = __pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_1__cinit__(
@@ -25243,6 +26361,7 @@ static void __pyx_tp_dealloc_6lguest_7unicorn_7_uchook_NativeHooks(PyObject *o) 
   Py_CLEAR(p->_keep);
   Py_CLEAR(p->_owners);
   Py_CLEAR(p->_hold);
+  Py_CLEAR(p->_trace);
   Py_CLEAR(p->_free);
   PyTypeObject *tp = Py_TYPE(o);
   #if CYTHON_USE_TYPE_SLOTS
@@ -25274,6 +26393,9 @@ static int __pyx_tp_traverse_6lguest_7unicorn_7_uchook_NativeHooks(PyObject *o, 
   if (p->_hold) {
     e = (*v)(p->_hold, a); if (e) return e;
   }
+  if (p->_trace) {
+    e = (*v)(p->_trace, a); if (e) return e;
+  }
   if (p->_free) {
     e = (*v)(p->_free, a); if (e) return e;
   }
@@ -25291,6 +26413,9 @@ static int __pyx_tp_clear_6lguest_7unicorn_7_uchook_NativeHooks(PyObject *o) {
   Py_XDECREF(tmp);
   tmp = ((PyObject*)p->_hold);
   p->_hold = Py_None; Py_INCREF(Py_None);
+  Py_XDECREF(tmp);
+  tmp = ((PyObject*)p->_trace);
+  p->_trace = Py_None; Py_INCREF(Py_None);
   Py_XDECREF(tmp);
   tmp = ((PyObject*)p->_free);
   p->_free = Py_None; Py_INCREF(Py_None);
@@ -25377,13 +26502,16 @@ static PyMethodDef __pyx_methods_6lguest_7unicorn_7_uchook_NativeHooks[] = {
   {"bind", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_11bind, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_10bind},
   {"set_guest_data", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_13set_guest_data, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_12set_guest_data},
   {"run", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_15run, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_14run},
-  {"request_stop", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_17request_stop, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_16request_stop},
-  {"poke", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_19poke, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_18poke},
-  {"clear_poke", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_21clear_poke, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_20clear_poke},
-  {"direct_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_25direct_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_24direct_counts},
-  {"stop_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_27stop_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_26stop_counts},
-  {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_29__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_28__reduce_cython__},
-  {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_31__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_30__setstate_cython__},
+  {"resume", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_17resume, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_16resume},
+  {"trace_direct", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_19trace_direct, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_18trace_direct},
+  {"trace_drain", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_21trace_drain, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_20trace_drain},
+  {"request_stop", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_23request_stop, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_22request_stop},
+  {"poke", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_25poke, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_24poke},
+  {"clear_poke", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_27clear_poke, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_26clear_poke},
+  {"direct_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_31direct_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_30direct_counts},
+  {"stop_counts", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_33stop_counts, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_32stop_counts},
+  {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_35__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_34__reduce_cython__},
+  {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_37__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_36__setstate_cython__},
   {0, 0, 0, 0}
 };
 
@@ -25406,7 +26534,7 @@ static struct PyGetSetDef __pyx_getsets_6lguest_7unicorn_7_uchook_NativeHooks[] 
 #if CYTHON_USE_TYPE_SPECS
 static PyType_Slot __pyx_type_6lguest_7unicorn_7_uchook_NativeHooks_slots[] = {
   {Py_tp_dealloc, (void *)__pyx_tp_dealloc_6lguest_7unicorn_7_uchook_NativeHooks},
-  {Py_tp_repr, (void *)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_23__repr__},
+  {Py_tp_repr, (void *)__pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_29__repr__},
   {Py_tp_doc, (void *)PyDoc_STR("NativeHooks(uc_handle, *, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va, switcher_size, gdt_offset, until_va, host_cs, host_ss, ctx_alloc, ctx_small_alloc, uc_free, insn_in, insn_out, internals, uc_owner=None)\n\nThe native half of lguest.unicorn\047s backend: state shared with the C\nhooks, the entry/exit sequence and the counters.  Built by\nlguest.unicorn.UnicornBackend; not a public API.\n\nEvery C pointer it holds is owned by an object it keeps a reference to\n(the engine, the Switcher mapping, the cpu\047s arrays, a hold on guest\nmemory); close() drops them all and from then on (and on an instance\nwhose __init__ never ran) every method that would follow one raises\nRuntimeError instead.")},
   {Py_tp_traverse, (void *)__pyx_tp_traverse_6lguest_7unicorn_7_uchook_NativeHooks},
   {Py_tp_clear, (void *)__pyx_tp_clear_6lguest_7unicorn_7_uchook_NativeHooks},
@@ -25440,7 +26568,7 @@ static PyTypeObject __pyx_type_6lguest_7unicorn_7_uchook_NativeHooks = {
   0, /*tp_getattr*/
   0, /*tp_setattr*/
   0, /*tp_as_async*/
-  __pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_23__repr__, /*tp_repr*/
+  __pyx_pw_6lguest_7unicorn_7_uchook_11NativeHooks_29__repr__, /*tp_repr*/
   0, /*tp_as_number*/
   0, /*tp_as_sequence*/
   0, /*tp_as_mapping*/
@@ -26676,14 +27804,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks
   __pyx_vtable_6lguest_7unicorn_7_uchook_NativeHooks._check_idle = (int (*)(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *))__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__check_idle;
   __pyx_vtable_6lguest_7unicorn_7_uchook_NativeHooks._unbind = (PyObject *(*)(struct __pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks *))__pyx_f_6lguest_7unicorn_7_uchook_11NativeHooks__unbind;
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_6lguest_7unicorn_7_uchook_NativeHooks_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks)) __PYX_ERR(0, 174, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_6lguest_7unicorn_7_uchook_NativeHooks_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks)) __PYX_ERR(0, 179, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks = &__pyx_type_6lguest_7unicorn_7_uchook_NativeHooks;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks) < (0)) __PYX_ERR(0, 174, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks) < (0)) __PYX_ERR(0, 179, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks);
@@ -26695,7 +27823,7 @@ static int __Pyx_modinit_Exttype___pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks
   #endif
   #if CYTHON_UPDATE_DESCRIPTOR_DOC
   {
-    PyObject *wrapper = PyObject_GetAttrString((PyObject *)__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, "__init__"); if (unlikely(!wrapper)) __PYX_ERR(0, 174, __pyx_L1_error)
+    PyObject *wrapper = PyObject_GetAttrString((PyObject *)__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, "__init__"); if (unlikely(!wrapper)) __PYX_ERR(0, 179, __pyx_L1_error)
     if (Py_IS_TYPE(wrapper, &PyWrapperDescr_Type)) {
       __pyx_wrapperbase_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__ = *((PyWrapperDescrObject *)wrapper)->d_base;
       __pyx_wrapperbase_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__.doc = __pyx_doc_6lguest_7unicorn_7_uchook_11NativeHooks_2__init__;
@@ -26703,9 +27831,9 @@ static int __Pyx_modinit_Exttype___pyx_obj_6lguest_7unicorn_7_uchook_NativeHooks
     }
   }
   #endif
-  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_vtabptr_6lguest_7unicorn_7_uchook_NativeHooks) < (0)) __PYX_ERR(0, 174, __pyx_L1_error)
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_NativeHooks_2, (PyObject *) __pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks) < (0)) __PYX_ERR(0, 174, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks) < (0)) __PYX_ERR(0, 174, __pyx_L1_error)
+  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_vtabptr_6lguest_7unicorn_7_uchook_NativeHooks) < (0)) __PYX_ERR(0, 179, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_NativeHooks_2, (PyObject *) __pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks) < (0)) __PYX_ERR(0, 179, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks) < (0)) __PYX_ERR(0, 179, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -27720,462 +28848,507 @@ __Pyx_RefNannySetupContext("PyInit__uchook", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_np, __pyx_t_4) < (0)) __PYX_ERR(0, 44, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":124
+  /* "lguest/unicorn/_uchook.pyx":129
  * 
  * # Why the emulator stopped (NativeHooks.reason): the C enum's values, by name.
  * REASON_NONE = UH_NONE             # <<<<<<<<<<<<<<
  * REASON_TRAP = UH_TRAP
  * REASON_SOFT_GP = UH_SOFT_GP
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_NONE); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 124, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_NONE); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 129, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_NONE, __pyx_t_4) < (0)) __PYX_ERR(0, 124, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_NONE, __pyx_t_4) < (0)) __PYX_ERR(0, 129, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":125
+  /* "lguest/unicorn/_uchook.pyx":130
  * # Why the emulator stopped (NativeHooks.reason): the C enum's values, by name.
  * REASON_NONE = UH_NONE
  * REASON_TRAP = UH_TRAP             # <<<<<<<<<<<<<<
  * REASON_SOFT_GP = UH_SOFT_GP
  * REASON_DIRECT = UH_DIRECT
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_TRAP); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 125, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_TRAP); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 130, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_TRAP, __pyx_t_4) < (0)) __PYX_ERR(0, 125, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_TRAP, __pyx_t_4) < (0)) __PYX_ERR(0, 130, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":126
+  /* "lguest/unicorn/_uchook.pyx":131
  * REASON_NONE = UH_NONE
  * REASON_TRAP = UH_TRAP
  * REASON_SOFT_GP = UH_SOFT_GP             # <<<<<<<<<<<<<<
  * REASON_DIRECT = UH_DIRECT
  * REASON_SWITCHER = UH_SWITCHER
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_SOFT_GP); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 126, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_SOFT_GP); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 131, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_SOFT_GP, __pyx_t_4) < (0)) __PYX_ERR(0, 126, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_SOFT_GP, __pyx_t_4) < (0)) __PYX_ERR(0, 131, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":127
+  /* "lguest/unicorn/_uchook.pyx":132
  * REASON_TRAP = UH_TRAP
  * REASON_SOFT_GP = UH_SOFT_GP
  * REASON_DIRECT = UH_DIRECT             # <<<<<<<<<<<<<<
  * REASON_SWITCHER = UH_SWITCHER
  * REASON_BADSEG = UH_BADSEG
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_DIRECT); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 127, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_DIRECT); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 132, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_DIRECT, __pyx_t_4) < (0)) __PYX_ERR(0, 127, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_DIRECT, __pyx_t_4) < (0)) __PYX_ERR(0, 132, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":128
+  /* "lguest/unicorn/_uchook.pyx":133
  * REASON_SOFT_GP = UH_SOFT_GP
  * REASON_DIRECT = UH_DIRECT
  * REASON_SWITCHER = UH_SWITCHER             # <<<<<<<<<<<<<<
  * REASON_BADSEG = UH_BADSEG
  * REASON_INVALID = UH_INVALID
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_SWITCHER); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 128, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_SWITCHER); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 133, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_SWITCHER, __pyx_t_4) < (0)) __PYX_ERR(0, 128, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_SWITCHER, __pyx_t_4) < (0)) __PYX_ERR(0, 133, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":129
+  /* "lguest/unicorn/_uchook.pyx":134
  * REASON_DIRECT = UH_DIRECT
  * REASON_SWITCHER = UH_SWITCHER
  * REASON_BADSEG = UH_BADSEG             # <<<<<<<<<<<<<<
  * REASON_INVALID = UH_INVALID
  * REASON_TIMER = UH_TIMER
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_BADSEG); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 129, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_BADSEG); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 134, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_BADSEG, __pyx_t_4) < (0)) __PYX_ERR(0, 129, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_BADSEG, __pyx_t_4) < (0)) __PYX_ERR(0, 134, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":130
+  /* "lguest/unicorn/_uchook.pyx":135
  * REASON_SWITCHER = UH_SWITCHER
  * REASON_BADSEG = UH_BADSEG
  * REASON_INVALID = UH_INVALID             # <<<<<<<<<<<<<<
  * REASON_TIMER = UH_TIMER
  * REASON_IRQ = UH_IRQ
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_INVALID); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 130, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_INVALID); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 135, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_INVALID, __pyx_t_4) < (0)) __PYX_ERR(0, 130, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_INVALID, __pyx_t_4) < (0)) __PYX_ERR(0, 135, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":131
+  /* "lguest/unicorn/_uchook.pyx":136
  * REASON_BADSEG = UH_BADSEG
  * REASON_INVALID = UH_INVALID
  * REASON_TIMER = UH_TIMER             # <<<<<<<<<<<<<<
  * REASON_IRQ = UH_IRQ
  * REASON_BREAK = UH_BREAK
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_TIMER); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 131, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_TIMER); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 136, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_TIMER, __pyx_t_4) < (0)) __PYX_ERR(0, 131, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_TIMER, __pyx_t_4) < (0)) __PYX_ERR(0, 136, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":132
+  /* "lguest/unicorn/_uchook.pyx":137
  * REASON_INVALID = UH_INVALID
  * REASON_TIMER = UH_TIMER
  * REASON_IRQ = UH_IRQ             # <<<<<<<<<<<<<<
  * REASON_BREAK = UH_BREAK
  * REASON_DEADLINE = UH_DEADLINE
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_IRQ); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 132, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_IRQ); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 137, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_IRQ, __pyx_t_4) < (0)) __PYX_ERR(0, 132, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_IRQ, __pyx_t_4) < (0)) __PYX_ERR(0, 137, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":133
+  /* "lguest/unicorn/_uchook.pyx":138
  * REASON_TIMER = UH_TIMER
  * REASON_IRQ = UH_IRQ
  * REASON_BREAK = UH_BREAK             # <<<<<<<<<<<<<<
  * REASON_DEADLINE = UH_DEADLINE
  * REASON_MEM = UH_MEM
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_BREAK); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 133, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_BREAK); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 138, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_BREAK, __pyx_t_4) < (0)) __PYX_ERR(0, 133, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_BREAK, __pyx_t_4) < (0)) __PYX_ERR(0, 138, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":134
+  /* "lguest/unicorn/_uchook.pyx":139
  * REASON_IRQ = UH_IRQ
  * REASON_BREAK = UH_BREAK
  * REASON_DEADLINE = UH_DEADLINE             # <<<<<<<<<<<<<<
  * REASON_MEM = UH_MEM
  * REASON_DEAD = UH_DEAD
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_DEADLINE); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 134, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_DEADLINE); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 139, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_DEADLINE, __pyx_t_4) < (0)) __PYX_ERR(0, 134, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_DEADLINE, __pyx_t_4) < (0)) __PYX_ERR(0, 139, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":135
+  /* "lguest/unicorn/_uchook.pyx":140
  * REASON_BREAK = UH_BREAK
  * REASON_DEADLINE = UH_DEADLINE
  * REASON_MEM = UH_MEM             # <<<<<<<<<<<<<<
  * REASON_DEAD = UH_DEAD
  * REASON_RING0 = UH_RING0
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_MEM); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 135, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_MEM); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 140, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_MEM, __pyx_t_4) < (0)) __PYX_ERR(0, 135, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_MEM, __pyx_t_4) < (0)) __PYX_ERR(0, 140, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":136
+  /* "lguest/unicorn/_uchook.pyx":141
  * REASON_DEADLINE = UH_DEADLINE
  * REASON_MEM = UH_MEM
  * REASON_DEAD = UH_DEAD             # <<<<<<<<<<<<<<
  * REASON_RING0 = UH_RING0
  * REASON_VM86 = UH_VM86
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_DEAD); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 136, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_DEAD); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 141, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_DEAD, __pyx_t_4) < (0)) __PYX_ERR(0, 136, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_DEAD, __pyx_t_4) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":137
+  /* "lguest/unicorn/_uchook.pyx":142
  * REASON_MEM = UH_MEM
  * REASON_DEAD = UH_DEAD
  * REASON_RING0 = UH_RING0             # <<<<<<<<<<<<<<
  * REASON_VM86 = UH_VM86
  * REASON_FLUSH = UH_FLUSH
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_RING0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 137, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_RING0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 142, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_RING0, __pyx_t_4) < (0)) __PYX_ERR(0, 137, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_RING0, __pyx_t_4) < (0)) __PYX_ERR(0, 142, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":138
+  /* "lguest/unicorn/_uchook.pyx":143
  * REASON_DEAD = UH_DEAD
  * REASON_RING0 = UH_RING0
  * REASON_VM86 = UH_VM86             # <<<<<<<<<<<<<<
  * REASON_FLUSH = UH_FLUSH
  * REASONS = {
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_VM86); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 138, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_VM86); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 143, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_VM86, __pyx_t_4) < (0)) __PYX_ERR(0, 138, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_VM86, __pyx_t_4) < (0)) __PYX_ERR(0, 143, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":139
+  /* "lguest/unicorn/_uchook.pyx":144
  * REASON_RING0 = UH_RING0
  * REASON_VM86 = UH_VM86
  * REASON_FLUSH = UH_FLUSH             # <<<<<<<<<<<<<<
  * REASONS = {
  *     UH_NONE: "none", UH_TRAP: "trap", UH_SOFT_GP: "soft_gp", UH_DIRECT: "direct", UH_SWITCHER: "switcher",
 */
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_FLUSH); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 139, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(UH_FLUSH); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 144, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_FLUSH, __pyx_t_4) < (0)) __PYX_ERR(0, 139, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASON_FLUSH, __pyx_t_4) < (0)) __PYX_ERR(0, 144, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":141
+  /* "lguest/unicorn/_uchook.pyx":146
  * REASON_FLUSH = UH_FLUSH
  * REASONS = {
  *     UH_NONE: "none", UH_TRAP: "trap", UH_SOFT_GP: "soft_gp", UH_DIRECT: "direct", UH_SWITCHER: "switcher",             # <<<<<<<<<<<<<<
  *     UH_BADSEG: "badseg", UH_INVALID: "invalid", UH_TIMER: "timer", UH_IRQ: "irq", UH_BREAK: "break",
  *     UH_DEADLINE: "deadline", UH_MEM: "mem", UH_DEAD: "dead", UH_RING0: "ring0", UH_VM86: "vm86",
 */
-  __pyx_t_4 = __Pyx_PyDict_NewPresized(16); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 141, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyDict_NewPresized(16); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 146, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_NONE); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 141, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_NONE); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 146, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_none) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_none) < (0)) __PYX_ERR(0, 146, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_TRAP); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 141, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_TRAP); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 146, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_trap) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_trap) < (0)) __PYX_ERR(0, 146, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_SOFT_GP); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 141, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_SOFT_GP); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 146, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_soft_gp) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_soft_gp) < (0)) __PYX_ERR(0, 146, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_DIRECT); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 141, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_DIRECT); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 146, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_direct) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_direct) < (0)) __PYX_ERR(0, 146, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_SWITCHER); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 141, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_SWITCHER); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 146, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_switcher) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_switcher) < (0)) __PYX_ERR(0, 146, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":142
+  /* "lguest/unicorn/_uchook.pyx":147
  * REASONS = {
  *     UH_NONE: "none", UH_TRAP: "trap", UH_SOFT_GP: "soft_gp", UH_DIRECT: "direct", UH_SWITCHER: "switcher",
  *     UH_BADSEG: "badseg", UH_INVALID: "invalid", UH_TIMER: "timer", UH_IRQ: "irq", UH_BREAK: "break",             # <<<<<<<<<<<<<<
  *     UH_DEADLINE: "deadline", UH_MEM: "mem", UH_DEAD: "dead", UH_RING0: "ring0", UH_VM86: "vm86",
  *     UH_FLUSH: "flush",
 */
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_BADSEG); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 142, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_BADSEG); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 147, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_badseg) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_badseg) < (0)) __PYX_ERR(0, 146, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_INVALID); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 142, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_INVALID); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 147, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_invalid) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_invalid) < (0)) __PYX_ERR(0, 146, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_TIMER); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 142, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_TIMER); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 147, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_timer) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_timer) < (0)) __PYX_ERR(0, 146, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_IRQ); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 142, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_IRQ); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 147, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_irq) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_irq) < (0)) __PYX_ERR(0, 146, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_BREAK); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 142, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_BREAK); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 147, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_break) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_break) < (0)) __PYX_ERR(0, 146, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":143
+  /* "lguest/unicorn/_uchook.pyx":148
  *     UH_NONE: "none", UH_TRAP: "trap", UH_SOFT_GP: "soft_gp", UH_DIRECT: "direct", UH_SWITCHER: "switcher",
  *     UH_BADSEG: "badseg", UH_INVALID: "invalid", UH_TIMER: "timer", UH_IRQ: "irq", UH_BREAK: "break",
  *     UH_DEADLINE: "deadline", UH_MEM: "mem", UH_DEAD: "dead", UH_RING0: "ring0", UH_VM86: "vm86",             # <<<<<<<<<<<<<<
  *     UH_FLUSH: "flush",
  * }
 */
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_DEADLINE); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 143, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_DEADLINE); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 148, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_deadline) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_deadline) < (0)) __PYX_ERR(0, 146, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_MEM); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 143, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_MEM); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 148, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_mem) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_mem) < (0)) __PYX_ERR(0, 146, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_DEAD); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 143, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_DEAD); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 148, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_dead) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_dead) < (0)) __PYX_ERR(0, 146, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_RING0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 143, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_RING0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 148, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_ring0) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_ring0) < (0)) __PYX_ERR(0, 146, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_VM86); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 143, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_VM86); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 148, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_vm86) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_vm86) < (0)) __PYX_ERR(0, 146, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":144
+  /* "lguest/unicorn/_uchook.pyx":149
  *     UH_BADSEG: "badseg", UH_INVALID: "invalid", UH_TIMER: "timer", UH_IRQ: "irq", UH_BREAK: "break",
  *     UH_DEADLINE: "deadline", UH_MEM: "mem", UH_DEAD: "dead", UH_RING0: "ring0", UH_VM86: "vm86",
  *     UH_FLUSH: "flush",             # <<<<<<<<<<<<<<
  * }
  * 
 */
-  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_FLUSH); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 144, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From___pyx_anon_enum(UH_FLUSH); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 149, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_flush) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_flush) < (0)) __PYX_ERR(0, 146, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASONS, __pyx_t_4) < (0)) __PYX_ERR(0, 140, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_REASONS, __pyx_t_4) < (0)) __PYX_ERR(0, 145, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":304
+  /* "lguest/unicorn/_uchook.pyx":311
  *         return 0
  * 
  *     def install(self):             # <<<<<<<<<<<<<<
  *         """Register the native hooks with Unicorn (once)."""
  *         cdef int types[4]
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_5install, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_install, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[0])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 304, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_5install, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_install, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[0])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 311, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_install, __pyx_t_4) < (0)) __PYX_ERR(0, 304, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_install, __pyx_t_4) < (0)) __PYX_ERR(0, 311, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":335
+  /* "lguest/unicorn/_uchook.pyx":342
  *         self.nhooks += 1
  * 
  *     def uninstall(self):             # <<<<<<<<<<<<<<
  *         cdef int i
  *         self._check_idle()
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_7uninstall, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_uninstall, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 335, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_7uninstall, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_uninstall, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 342, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_uninstall, __pyx_t_4) < (0)) __PYX_ERR(0, 335, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_uninstall, __pyx_t_4) < (0)) __PYX_ERR(0, 342, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":342
+  /* "lguest/unicorn/_uchook.pyx":349
  *         self.nhooks = 0
  * 
  *     def close(self):             # <<<<<<<<<<<<<<
  *         """Remove the hooks, free the contexts and drop every pointer (call
  *         before closing Unicorn).  Idempotent; RuntimeError during a run."""
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_9close, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_close, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 342, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_9close, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_close, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 349, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_close, __pyx_t_4) < (0)) __PYX_ERR(0, 342, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_close, __pyx_t_4) < (0)) __PYX_ERR(0, 349, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":381
+  /* "lguest/unicorn/_uchook.pyx":390
  *             hold.__exit__(None, None, None)
  * 
  *     def bind(self, cpu, regs_array, host_idt, guest_idt, memory, api_capsule):             # <<<<<<<<<<<<<<
  *         """Point the hooks at a cpu: its registers (``cpu.regs.array``), the
  *         host IDT and the guest's (``cpu.idt``), its live GuestMemory (held
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_11bind, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_bind, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[3])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 381, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_11bind, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_bind, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[3])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 390, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_bind, __pyx_t_4) < (0)) __PYX_ERR(0, 381, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_bind, __pyx_t_4) < (0)) __PYX_ERR(0, 390, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":428
+  /* "lguest/unicorn/_uchook.pyx":437
  *             self.st.pending = &self.st.attention
  * 
  *     def set_guest_data(self, lguest_data, uint32_t noirq_start, uint32_t noirq_end):             # <<<<<<<<<<<<<<
  *         """Where lguest_data is (None: not yet), and the guest's noirq window."""
  *         self._check()
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_13set_guest_data, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_set_guest_data, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[4])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 428, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_13set_guest_data, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_set_guest_data, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[4])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 437, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_set_guest_data, __pyx_t_4) < (0)) __PYX_ERR(0, 428, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_set_guest_data, __pyx_t_4) < (0)) __PYX_ERR(0, 437, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":440
+  /* "lguest/unicorn/_uchook.pyx":449
  *         self.st.noirq_end = noirq_end
  * 
  *     def run(self, uint64_t budget_blocks=0, int64_t deadline_ns=0):             # <<<<<<<<<<<<<<
  *         """Enter the guest and run it until a hook stops it; the GIL is
  *         released meanwhile.  ``budget_blocks``: stop after that many guest
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_15run, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_run, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[5])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 440, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_15run, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_run, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[5])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 449, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[7]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_run, __pyx_t_4) < (0)) __PYX_ERR(0, 440, __pyx_L1_error)
+  __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[9]);
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_run, __pyx_t_4) < (0)) __PYX_ERR(0, 449, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":465
+  /* "lguest/unicorn/_uchook.pyx":470
+ *         return err
+ * 
+ *     def resume(self, uint64_t budget_end, int64_t deadline_ns, int64_t skip_addr):             # <<<<<<<<<<<<<<
+ *         """The debugger's and the replay's run (lguest.unicorn.gdbstub,
+ *         lguest.host.record): like run(), but the block budget is absolute
+*/
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_17resume, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_resume, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[6])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 470, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
+  #endif
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_resume, __pyx_t_4) < (0)) __PYX_ERR(0, 470, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+
+  /* "lguest/unicorn/_uchook.pyx":498
+ *         return err
+ * 
+ *     def trace_direct(self, capacity):             # <<<<<<<<<<<<<<
+ *         """Record direct traps for a timeline (lguest.host.trace): at most
+ *         ``capacity`` between two :meth:`trace_drain` calls (the rest are
+*/
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_19trace_direct, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_trace_direct, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[7])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 498, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
+  #endif
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_trace_direct, __pyx_t_4) < (0)) __PYX_ERR(0, 498, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+
+  /* "lguest/unicorn/_uchook.pyx":515
+ *             self.st.trace = &buf[0, 0]
+ * 
+ *     def trace_drain(self):             # <<<<<<<<<<<<<<
+ *         """(events, dropped): a copy of the direct traps recorded since the
+ *         last drain (rows of blocks, monotonic ns, eip, vector | cpl_from << 8
+*/
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_21trace_drain, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_trace_drain, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[8])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 515, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
+  #endif
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_trace_drain, __pyx_t_4) < (0)) __PYX_ERR(0, 515, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+
+  /* "lguest/unicorn/_uchook.pyx":533
  *         return bool(self.busy)
  * 
  *     def request_stop(self):             # <<<<<<<<<<<<<<
  *         """Stop the running guest at its next block (thread-safe)."""
  *         uh_store_int(&self.st.stop_flag, 1)
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_17request_stop, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_request_stop, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[6])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 465, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_23request_stop, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_request_stop, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[9])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 533, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_request_stop, __pyx_t_4) < (0)) __PYX_ERR(0, 465, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_request_stop, __pyx_t_4) < (0)) __PYX_ERR(0, 533, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":469
+  /* "lguest/unicorn/_uchook.pyx":537
  *         uh_store_int(&self.st.stop_flag, 1)
  * 
  *     def poke(self):             # <<<<<<<<<<<<<<
  *         """Make the running guest stop soon to look at pending irqs (the
  *         pure-Python core, whose pending bits C cannot see)."""
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_19poke, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_poke, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[7])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 469, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_25poke, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_poke, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[10])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 537, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_poke, __pyx_t_4) < (0)) __PYX_ERR(0, 469, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_poke, __pyx_t_4) < (0)) __PYX_ERR(0, 537, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":474
+  /* "lguest/unicorn/_uchook.pyx":542
  *         uh_store_u32(&self.st.attention, 1)
  * 
  *     def clear_poke(self):             # <<<<<<<<<<<<<<
  *         uh_store_u32(&self.st.attention, 0)
  * 
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_21clear_poke, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_clear_poke, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[8])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 474, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_27clear_poke, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_clear_poke, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[11])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 542, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_clear_poke, __pyx_t_4) < (0)) __PYX_ERR(0, 474, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_clear_poke, __pyx_t_4) < (0)) __PYX_ERR(0, 542, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":541
+  /* "lguest/unicorn/_uchook.pyx":609
  *         return self.st.io_count
  * 
  *     def direct_counts(self):             # <<<<<<<<<<<<<<
  *         """{vector: deliveries} of the native direct path."""
  *         cdef int i
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_25direct_counts, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_direct_counts, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[9])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 541, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_31direct_counts, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_direct_counts, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[12])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 609, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_direct_counts, __pyx_t_4) < (0)) __PYX_ERR(0, 541, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_direct_counts, __pyx_t_4) < (0)) __PYX_ERR(0, 609, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "lguest/unicorn/_uchook.pyx":546
+  /* "lguest/unicorn/_uchook.pyx":614
  *         return {i: self.st.direct_counts[i] for i in range(256) if self.st.direct_counts[i]}
  * 
  *     def stop_counts(self):             # <<<<<<<<<<<<<<
  *         cdef int i
  *         return {REASONS[i]: self.st.stops[i] for i in range(len(REASONS)) if self.st.stops[i]}
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_27stop_counts, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_stop_counts, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[10])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 546, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_33stop_counts, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks_stop_counts, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[13])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 614, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_stop_counts, __pyx_t_4) < (0)) __PYX_ERR(0, 546, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6lguest_7unicorn_7_uchook_NativeHooks, __pyx_mstate_global->__pyx_n_u_stop_counts, __pyx_t_4) < (0)) __PYX_ERR(0, 614, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
   /* "(tree fragment)":1
@@ -28183,7 +29356,7 @@ __Pyx_RefNannySetupContext("PyInit__uchook", 0);
  *     raise TypeError, "no default __reduce__ due to non-trivial __cinit__"
  * def __setstate_cython__(self, __pyx_state):
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_29__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[11])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 1, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_35__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[14])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 1, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
@@ -28197,7 +29370,7 @@ __Pyx_RefNannySetupContext("PyInit__uchook", 0);
  * def __setstate_cython__(self, __pyx_state):             # <<<<<<<<<<<<<<
  *     raise TypeError, "no default __reduce__ due to non-trivial __cinit__"
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_31__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[12])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 3, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6lguest_7unicorn_7_uchook_11NativeHooks_37__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_NativeHooks___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_lguest_unicorn__uchook, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[15])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
@@ -28320,7 +29493,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   if (__Pyx_PyTuple_SET_ITEM(__pyx_mstate_global->__pyx_tuple[1], 0, __pyx_mstate_global->__pyx_slice[0]) != (0)) __PYX_ERR(1, 763, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[1]);
 
-  /* "lguest/unicorn/_uchook.pyx":163
+  /* "lguest/unicorn/_uchook.pyx":168
  *     """Every libunicorn entry point NativeHooks calls, and every engine field
  *     it writes, must have an address (0 would be called or written)."""
  *     for name in ("uc_hook_add", "uc_hook_del", "uc_emu_start", "uc_emu_stop", "uc_reg_read", "uc_reg_write",             # <<<<<<<<<<<<<<
@@ -28329,12 +29502,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[9] = {__pyx_mstate_global->__pyx_n_u_uc_hook_add, __pyx_mstate_global->__pyx_n_u_uc_hook_del, __pyx_mstate_global->__pyx_n_u_uc_emu_start, __pyx_mstate_global->__pyx_n_u_uc_emu_stop, __pyx_mstate_global->__pyx_n_u_uc_reg_read, __pyx_mstate_global->__pyx_n_u_uc_reg_write, __pyx_mstate_global->__pyx_n_u_uc_context_save, __pyx_mstate_global->__pyx_n_u_uc_context_restore, __pyx_mstate_global->__pyx_n_u_uc_ctl};
-    __pyx_mstate_global->__pyx_tuple[2] = __Pyx_PyTuple_FromArray(__pyx_temp, 9); if (unlikely(!__pyx_mstate_global->__pyx_tuple[2])) __PYX_ERR(0, 163, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[2] = __Pyx_PyTuple_FromArray(__pyx_temp, 9); if (unlikely(!__pyx_mstate_global->__pyx_tuple[2])) __PYX_ERR(0, 168, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[2]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[2]);
 
-  /* "lguest/unicorn/_uchook.pyx":167
+  /* "lguest/unicorn/_uchook.pyx":172
  *         if not funcs[name]:
  *             raise ValueError(f"no address for {name}")
  *     for name in ("tb_cflags", "code_gen_ptr", "code_gen_highwater"):             # <<<<<<<<<<<<<<
@@ -28343,12 +29516,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[3] = {__pyx_mstate_global->__pyx_n_u_tb_cflags, __pyx_mstate_global->__pyx_n_u_code_gen_ptr, __pyx_mstate_global->__pyx_n_u_code_gen_highwater};
-    __pyx_mstate_global->__pyx_tuple[3] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[3])) __PYX_ERR(0, 167, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[3] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[3])) __PYX_ERR(0, 172, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[3]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[3]);
 
-  /* "lguest/unicorn/_uchook.pyx":379
+  /* "lguest/unicorn/_uchook.pyx":388
  *         hold, self._hold = self._hold, None
  *         if hold is not None:
  *             hold.__exit__(None, None, None)             # <<<<<<<<<<<<<<
@@ -28357,12 +29530,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[3] = {Py_None, Py_None, Py_None};
-    __pyx_mstate_global->__pyx_tuple[4] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[4])) __PYX_ERR(0, 379, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[4] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[4])) __PYX_ERR(0, 388, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[4]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[4]);
 
-  /* "lguest/unicorn/_uchook.pyx":392
+  /* "lguest/unicorn/_uchook.pyx":401
  *         from ..memory import GuestMemory
  *         self._check_idle()
  *         arrays = {"regs": (regs_array, (NUM_REGS,)), "host IDT": (host_idt, (256, 2)), "guest IDT": (guest_idt, (256, 2))}             # <<<<<<<<<<<<<<
@@ -28371,12 +29544,40 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {__pyx_mstate_global->__pyx_int_256, __pyx_mstate_global->__pyx_int_2};
-    __pyx_mstate_global->__pyx_tuple[5] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[5])) __PYX_ERR(0, 392, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[5] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[5])) __PYX_ERR(0, 401, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[5]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[5]);
 
-  /* "lguest/unicorn/_uchook.pyx":478
+  /* "lguest/unicorn/_uchook.pyx":509
+ *         self._trace = None
+ *         if capacity > 0:
+ *             arr = np.zeros((int(capacity), 4), dtype=np.uint64)             # <<<<<<<<<<<<<<
+ *             buf = arr
+ *             self._trace = arr
+*/
+  {
+    PyObject* __pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
+    __pyx_mstate_global->__pyx_tuple[6] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[6])) __PYX_ERR(0, 509, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[6]);
+  }
+  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[6]);
+
+  /* "lguest/unicorn/_uchook.pyx":523
+ *         self._check_idle()
+ *         if self._trace is None:
+ *             return None, 0             # <<<<<<<<<<<<<<
+ *         out = self._trace[:n].copy()
+ *         self.st.trace_len = 0
+*/
+  {
+    PyObject* __pyx_temp[2] = {Py_None, __pyx_mstate_global->__pyx_int_0};
+    __pyx_mstate_global->__pyx_tuple[7] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[7])) __PYX_ERR(0, 523, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[7]);
+  }
+  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[7]);
+
+  /* "lguest/unicorn/_uchook.pyx":546
  * 
  *     def __repr__(self):
  *         state = ("uninitialised", "ready", "closed")[self.state]             # <<<<<<<<<<<<<<
@@ -28385,12 +29586,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[3] = {__pyx_mstate_global->__pyx_n_u_uninitialised, __pyx_mstate_global->__pyx_n_u_ready, __pyx_mstate_global->__pyx_n_u_closed};
-    __pyx_mstate_global->__pyx_tuple[6] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[6])) __PYX_ERR(0, 478, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[6]);
+    __pyx_mstate_global->__pyx_tuple[8] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[8])) __PYX_ERR(0, 546, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[8]);
   }
-  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[6]);
+  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[8]);
 
-  /* "lguest/unicorn/_uchook.pyx":440
+  /* "lguest/unicorn/_uchook.pyx":449
  *         self.st.noirq_end = noirq_end
  * 
  *     def run(self, uint64_t budget_blocks=0, int64_t deadline_ns=0):             # <<<<<<<<<<<<<<
@@ -28399,14 +29600,14 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {__pyx_mstate_global->__pyx_int_0, __pyx_mstate_global->__pyx_int_0};
-    __pyx_mstate_global->__pyx_tuple[7] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[7])) __PYX_ERR(0, 440, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[7]);
+    __pyx_mstate_global->__pyx_tuple[9] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[9])) __PYX_ERR(0, 449, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[9]);
   }
-  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[7]);
+  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[9]);
   #if CYTHON_IMMORTAL_CONSTANTS
   {
     PyObject **table = __pyx_mstate->__pyx_tuple;
-    for (Py_ssize_t i=0; i<8; ++i) {
+    for (Py_ssize_t i=0; i<10; ++i) {
       #if PY_VERSION_HEX >= 0x030F0000
       PyUnstable_SetImmortal(table[i]);
       #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
@@ -28463,38 +29664,38 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
-    const struct { const unsigned int length: 8; } str_length_index[] = {{6},{8},{8},{8},{29},{39},{8},{15},{2},{1},{2},{15},{13},{23},{25},{32},{20},{22},{1},{1},{37},{45},{22},{33},{34},{29},{34},{21},{30},{30},{41},{4},{179},{8},{15},{7},{6},{2},{9},{8},{9},{49},{13},{26},{33},{15},{50},{37},{14},{46},{49},{4},{44},{26},{30},{31},{30},{37},{5},{8},{11},{11},{29},{31},{16},{22},{17},{25},{19},{16},{24},{15},{26},{23},{21},{7},{13},{12},{11},{15},{13},{12},{14},{10},{10},{11},{12},{14},{15},{12},{11},{11},{8},{15},{20},{12},{9},{17},{8},{9},{8},{8},{12},{10},{8},{10},{8},{7},{14},{11},{10},{19},{14},{12},{10},{17},{13},{12},{12},{19},{8},{13},{3},{7},{15},{3},{11},{3},{5},{6},{18},{6},{4},{4},{5},{13},{1},{12},{3},{10},{18},{5},{6},{18},{12},{5},{3},{9},{15},{6},{4},{4},{8},{11},{6},{13},{5},{15},{6},{3},{6},{9},{3},{5},{10},{16},{5},{5},{6},{7},{5},{10},{9},{2},{6},{4},{7},{8},{7},{2},{1},{2},{3},{5},{7},{8},{7},{9},{7},{3},{5},{8},{6},{22},{11},{3},{6},{7},{4},{4},{7},{4},{9},{11},{4},{2},{5},{3},{13},{4},{4},{3},{2},{5},{7},{7},{8},{4},{10},{12},{5},{3},{2},{10},{4},{4},{14},{10},{5},{4},{7},{5},{4},{4},{11},{6},{8},{13},{11},{9},{8},{12},{5},{4},{5},{18},{15},{6},{12},{11},{7},{9},{11},{11},{8},{11},{12},{6},{13},{9},{6},{8},{6},{6},{4},{9},{1}};
-    const struct { const unsigned int length: 10; } bytes_length_index[] = {{1},{9},{17},{96},{52},{53},{17},{208},{45},{19},{388},{531},{128}};
+    const struct { const unsigned int length: 8; } str_length_index[] = {{6},{8},{8},{8},{29},{39},{8},{15},{2},{1},{2},{15},{13},{23},{25},{32},{20},{22},{1},{1},{37},{45},{22},{33},{34},{29},{34},{21},{30},{30},{41},{4},{179},{8},{15},{7},{6},{2},{9},{8},{9},{49},{13},{26},{33},{15},{50},{37},{14},{46},{49},{4},{44},{26},{30},{31},{30},{37},{5},{8},{11},{11},{29},{31},{16},{22},{17},{25},{19},{16},{24},{18},{15},{26},{23},{24},{23},{21},{7},{13},{12},{11},{15},{13},{12},{14},{10},{10},{11},{12},{14},{15},{12},{11},{11},{8},{15},{20},{12},{9},{17},{8},{9},{8},{8},{12},{10},{8},{10},{8},{7},{14},{11},{10},{19},{14},{12},{10},{17},{13},{12},{12},{19},{8},{13},{3},{7},{15},{3},{11},{3},{5},{6},{18},{6},{4},{4},{5},{13},{10},{3},{1},{12},{8},{3},{10},{18},{5},{6},{18},{12},{4},{5},{3},{9},{15},{6},{4},{4},{8},{11},{6},{13},{7},{5},{15},{6},{3},{6},{9},{3},{5},{10},{16},{5},{5},{6},{7},{5},{10},{9},{2},{6},{4},{7},{8},{7},{2},{1},{2},{3},{5},{7},{8},{7},{9},{7},{3},{5},{8},{6},{22},{11},{3},{6},{7},{4},{1},{4},{7},{4},{9},{11},{4},{2},{5},{3},{13},{3},{4},{4},{3},{2},{5},{7},{7},{8},{4},{10},{12},{6},{5},{3},{2},{10},{4},{4},{14},{10},{5},{4},{9},{7},{5},{4},{4},{11},{6},{8},{13},{11},{9},{8},{12},{5},{12},{11},{4},{5},{18},{15},{6},{12},{11},{7},{9},{11},{11},{8},{11},{12},{6},{6},{13},{9},{6},{8},{6},{6},{4},{9},{1},{5}};
+    const struct { const unsigned int length: 10; } bytes_length_index[] = {{1},{9},{17},{96},{52},{53},{17},{224},{45},{19},{92},{388},{117},{531},{159},{128}};
     #ifndef CYTHON_COMPRESS_STRINGS
       #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (2573 bytes) */
-static const char cstring[] = "x\332\205WKs\333F\022\216\"\047k;r\305\362#[\265[\233\202JY\313\332\330Ld+\216\342x\235\345J\264\314\304\226M\211\262\022\307)d\010\014IX \000b\000\212J\355#G\036q\304\021G\034y\324\221G\035q\3241?!?a\277\236\001H\312v\262*\t\3233\323\335\323\363\365k\244\261@\373\264\2575l\327\330\027\3675\356\004\276\305\205\326v\335}qC\323:\241\010\264\006\327\230\346\204\035\357P\013-\047\270}Kc\276\317\016\2476\017|+`\r\233k\3537\r\327\t\254V\350\206\242`v\033/\271\021\334\277\036\370\234kM\237\265:8e\371\206V\272\253\335{\314;\256\177\370\314\342\007\232\333\324\356m\261\300\352\361\207t\270voJ\023sL\315\264|R\363\352\262\345\024\033\002\246\233\334\234b\326\\\377w\367O\257\2159\357\177\265\316\034\307\r4&\204\325r\264\300\325|\316\314\233\256c\343\322\322\342\036,\256:=f[\246\326qM~C\343}\017\262P\265d,\321\271KM\327\017|\346,\335\320ZPU0\2136\3638\216\322X\337\022\332\364}\231\017$m:\350\020\373\"`\266\315\315W\031\310\252\206\033\302Z\030\3054\303\013\337\304\361Fq\0347Qo\005\026\314\021\257q\030\266\373\372\242R\371[\"~\3508\226\323\2025\255\220\213`z\327\341\334$/!\254Z\226\303%\3120\032\016\344\375`\313u\370\226\033p-h#\006\327\017\203\266\353\220>\223\333V\203\373,\340@\233\374\003T}br\264\247\225\2477W\327V\245\036\237ST\tM\204\r\303\206\243\020\264\210\240Fh\331\001\320\r\016=.JZ\265\251\035\272\241\264\203\000\363\3007-\020\264\271\243\t\036\020\241-I\237\303z\327\321!\216+-\345a\202\373\220\364\003f\013^b\246\251\203\217\033.\0006\210[\224X\3030-A\t\300\035\372\266\014\t\205V\335\250\267]5\0028\271e\332r\253\244\033.9K\202\245\225\237V\265\216%:,0\332\332u\202;h\2233\274pI,\347\002*\356\324\344\223\320\261 \357|\242\207\006ej\311;\354\253\375\251\234\264I\363&\261\253$s\0200\246\351s@\200\320\204S\201t\223\205v\240\351\272\317\315\320\340\272\256\231\241\274\252\343:7\201|\017\036\307\256A\316\327u\231\021\332o\331o0O\2046\367yK\267\314\302\365\230\t]\025\013\362\231\024\305v06\223\200\227\327\324\334\003\047h\350\035\326\327\021\275\216\030s\254\224J\237\255\334""\222\342\330o\205\31475\317\025\026\035L\322\364\267s`\0019DI#l61\230.WQ\333vmSr\330\014q\020\204\206Np\351\300Ak2\013\336\270\253q\337\007\032S;\327\253[\313\277\263\373d\267\376\332\266\364\254\314H\033u\024\221\233\027H\223\005\254\364\206]U\004\350J\252\376\210Ryg\275Z\255\330\266\345\tKL9m*\233\246\310\322\330c\206L\033]?\275\211\220F\001\010\336\274\335@\235\233\236\0336g\276\356\271\373\374\364*\n\301\364\202J\005\270=t\202S\266\344\305fz\351Ue>\357J\317\213\300\365N\255\207\316\364\024f\353*D\010\270S;\020|\303\321H\003u\370v\245\274\363dkG\r\372?\313\033;\225\315b\202\361\233\234\336\250\2247\246\310G\325\255J1\255nW\326\353\371\344\301\243\335\235\2079]\335zV~T-\244\252\333\265\234z\\y\234S[O\306Z\266\253[\233\237\346\364\316\223\007u}\363i1\333\253\326\327\037V\266\363i\275\372xBo\227\013\256g\217\327\356\354\020V\216\301\251\047\226&\355Q\327\237\036\366\361\267\201r\250o\241|n\363\246\256\347%\013\231\213,\245\2426!Z<\260\002\336\241\005\223d\360\203\266\313}I\364-\271\320\014\035\203\306V\021/\370\261:\036\032\027Q\035f9rtM$6Q\016\353\250\221\354\321uT\035\035i\207\207C\330Q\263\\\013\221T\201\025\025:\236e\354CC\305)\370z\362\265@:\272!\263\013\265E\025z-\272\307\013\274O\023\212\223BFL\231\376Z\330\353z@\321\204K\t\252W\250\000\350B(\326y\035,\362QWe\203y\026~\365\274\220Q\006S\022\313\217`\342\3201,\2674\326\"\032\314\024\274\325`\202SB5\320X\367\033\241\t$u\365\2262\014}\362R1\032b\222f\206\ryT9\035\317\003\2037\230\261/\223M\265^\003\217\t\370\303\321\333V\253}\000\343\374\361\212\027\3702\005P/\215\240\257K\353\211@\337\260\355bJ}\217\262\307D\243\247?:\253\030uG\250,>\225\313&\311\310\017\301\244\036k\274i\263\226\340\226\207H\304\361\034\216\223\035\031\365N\226<\371\321\345V\337\340\236\354\231\020\306{O\n6\355P\264\321d\320\320\362W\020E\232h\231\201\3566\233p\323\270\021\264zm)A\205\232Z\245n\0109`K\216B\264{\226eb\n\220\021\266h\r8E\016\322\0172\373-\212k\007\335\331R\217,\313\357R\350\013\365\371\211\253\342\2377\256\274u\226\362\326iO""\n\016:\250j\242\370\322\373\216\336u\024f\216)c\000\257\303\216\343B7\362\310T\004N\367\003\364J\356x\362y\014\360p\017}\214\211\007\337\222\307=\327\363\r\371\364\242\366h\370\267\362.\211\301\022\001\201\332\022\223V9]-}<C>E\231\364{\0106=\357\026\340\024\334n\236.\227\230\345\375\\v\027\272\267p\233\340\360\244\2258\306#\205S\225\024\332\020H\"\357\235\305\250K\311b\322ch\272\206tQ\321}\247\273t`!.\340_O\306]\250B\036\305\t\371\212\203|>\265\"XON\003\033_\336\t\025xc\332EP\353M\374\207@\275\026\235\321\346SM\267 \3614\004\211\227\002\207\345:\201H\240\346$\375\017\302\325\277\034\324\027\306\317\325q\223\010\245?ps\313\306\275B\017\250q\304\013\020\354u\326\356Hq\252J\375\047?\317\234\2349?\3708\252\375\\>9{%*G\265\310\214\027\343\027\351\374\317\345_\316\316\r6\243\225\223\263\357\r\356E\"\376k,\222\033ic\370\366pq\370btitk\264=\n\216o\037\263\223\271\213\321lt7\256)\342N<\377\313k+\047\320\265>\370o\314\024\361\357\270\254\364?\212gh\245\022]\215X\024\304+J\340\213\270\034\327\223\313I%\275\222~;\254\r\245\324\327\021#\231\367\007\335\350\017Q7>\023o$\263\311\235t>]L\353\303\253C~\264r\264~\324\035\235?^<\256g\265zV\177\236=\377>\373\376\005\t\275r\263_\337}\353\334\334`up\020\0310m\356\002]qu\320=\231\273\024\335\210Y\334U\363|\367bt>^8\231{\177\020\300\256\3658L6\3223\351\346\360\363\243\205\223\213W\242\007\361B\274\226\254&]\305\361U\262\230\354\246\037\245\346p\351\350\217\243\231\323\034\270D5\252\321\3600*\323\360MD\213\331\334_\342\232\302\345 \232\000\244\210^\224o\375\013\340L\363(YR\250\356s\021\270\314F\253pT)\235I/\247\033\303w\206\273G\013G\237\215fG\253#q\\\312\276\375.\373\356\271b\276\372\n\036\347\337:wA\371\342U .\014j\003\036\335\2073\312\270\330B\276\220]^\306\021\345tw8Y\271\236\316\246+ie8_\010\021\026\265\204\247+\023\017C\363|t%\332\211\317%\363\311G\211\221^MY\032\014\327\340\273\215\321;\243\332\310\204\367j\307f\266\255\234\247g\272\231\231\255\254\325&xE\264\0104\000\351\327\210\243\213\037D\255\270\226}x\027w\224a\363\036\001taP""\217.G\325\270\026\233\322\023\013\351j\332\037v\217\316\034m\021\002?f?\262\214\361\214\277\314^v\262\216s\362\341\242\362\314{\203\333\003#\232x\373R\264\024\317g\177R\312\013\264\177O\371\047\331w\320\334\310\032\315\254\271\237\355;\231\343\376?\345_\342\326E\030\300\007\027\337:\267\230\000\316\367\007\377Q\341 \375q)Z\216\377\236^\030\3760\372\370x7\333\336\313\366`}7\353\366\262\336\301\211L\320\317\342\363\311\265\364\335\224\251\010D\326\305<\271\225<O\005\022u\0179\341\217\346\t-+\356&\357&LE\252\200\t\227\343\007\270F\035\216|0,\345Qr-{Z#\346\227\311L\362A\322\315\256#\217v\263]\212\0348\204\256r7\332\223r;\351;\3513d\3015H~q\274\231\355\200\347E\366\002\03632\003\360\356\323=\377\206D\256\251\240\372)\236\217\257\0477a\325\265\243\031\332[\216W(\310\251\270\034\304\312\370\354\362G\010\263\037\020T\271\275\304\230]Z\314\026?\007\314\027F5e\372r|;\373p\355h\366hmt{\324<^?\356g{\000\277\235\265\255\302\366y\302\261\027\355\002nU:\306Y\207\330\234\376\214S\022C\304\343{\311O\303?\037=\034\345\331\327G\241y\033\371;I\275\310\307=\026\213|E\232\306\333\260s6\031s\354\047W\020\365\315\264\\\244\355\0352\206\020\020\321\202*o\237\3079\361el$y\261\234Zcq\220\334NXvf9[\376\307h\346\327\271S\311)\242k\361,\025\312S\265*\210\246W\362\253\236S\032\357\303\242\235\364\354\360\355\354\326z\266\376,{\266\247\326\277B\264\315_\"\304\232\344&\004\365\002\331r\226NB\225\375\037\233-\205\301";
-    PyObject *data = __Pyx_DecompressString(cstring, 2573, 1);
+    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (2783 bytes) */
+static const char cstring[] = "x\332\245WKw\324F\026\3061\311\3600\003\306&s\316\344L\216\0343\030O\240\023\033\2078\204\220\351\330\006:\001C\373\201\023B\216\242\226\252\273\205\325\222\254\222\332m\316\314$\313^j\251\245\226Z\366\322\313^z\251\245\227\374\204\374\204\371n\225\324\2556$\263\030\037[\365\272u\353\326\275\337\375nY\321|\345\323\216R\263\034}\227\337S\230\355{&\343J\323qv\371\rEi\005\334WjL\321\024;h\271\007J`\332\376\255EE\363<\355\240\260\270\357\231\276V\263\230\262rSwl\337l\004N\300sa\247\366\222\351\376\275\353\276\307\230R\367\264F\013\247\314\337PJw\224\273\217Y\313\361\016\236\231l_q\352\312\335u\3157\333\354!\035\256\334-h\322lC1L\217\324\234\2346\355|\201\303t\203\031\005a\305\361\376p}tn y\357\353\025\315\266\035_\32187\033\266\342;\212\3074\343\246c[\270\264\260\270\r\213+v[\263LCi9\006\273\241\260\216\213\275P5\247\317\321\271su\307\363=\315\236\273\2414\240*\027\346M\315e8J\321:&W\212\367\325<x\322\242\203\016\260\316}\315\262\230qR\200\254\2529\001\254\205Q\232\242\273\301\333$\336\272\035\307\r\325\233\276\ts\370\033\022\272\345\2749)U\376\336\026/\260m\323n\300\232F\300\270_\\\265\0313(J\200U\303\264\231\3602\214F\000Y\307_wl\266\356\370L\361\233\300\340\312\201\337tl\322g0\313\2541O\363\031\274M\361\201W=\022\262\225\247kOo.-/\t=\036#Tq\205\0075\335B\240\000Z \250\026\230\226\017\357\372\007.\343%\245RW\016\234@\330A\016s!W\334\3407\231\255p\346SG\231\0231\207\365\216\255b;\2564\227\301\004\367\241\335\3675\213\263\222f\030*\344\230\356\300\301:I\363\222V\323\r\223S\0020\233\276\r]\270B\251\254n5\035\331\302qb\311\260\304RI\325\035\n\226p\226R~ZQZ&oi\276\336T\256\223\273\375&\005\303\r\346\370|\266A\342N\016>\tl\023\373\355O\324@\247L-\271\007\035\271^\310I\2134? q\231d6\000c\030\036\203\013\000M\004\025\236\256k\201\345+\252\3521#\320\231\252*F \256j;\366Mx\276\215\210cU\247\340\253\252\310\010\345\367\354\3275\227\007\026\363XC5\215<\364\030qU\222\005\305Ll\305\262?0\223\034/\256\2518\373\266_S[ZG\005zm>\220X(\225>[X\024\333\261\336\0104\317P\\\207\233t0\355""\246\277\315}\023\236\003JjA\275\216\306p\230Dm\323\261\014!ai\300\201\037\350*\271K\205\037\224\272f\"\032w\024\346y\360Fa\345ze}\376\017V\237lo\275\261,\"+2\322\002\217\002\271\031A\032\232\257\225\336\262*I\200\256$\371\207\227\312\233+\225\312\232e\231.7y!h\205l*tK\203\210\351\"mTut\021\220\006\001\370o_\256\201\347\212c\335b\232\247\272\316.\033\235\005\021\024\047d* \354\201\355\217\330\222\221Mq\352\2442\217\355\211\310s\337qG\347y\320\032\225\014\354\342\020\027Q%h\310\225#+P\365\026c\300\270\360\212\264\365-\363\236f\216\350G\036I\3537\326\312\233O\3267e\243~S^\335\\{\220\017\320~\227\365W\327\312\253\205\356\243\312\372Z>\254l\254\255le\203\373\217\2667\037f\375\312\372\263\362\243J\276\253\262Q\315z\217\327\036g\275\365\047\003-\033\225\365\007\237f\375\315\047\367\267\324\007O\363\321Nek\345\341\332F6\334\252<\036\3667\312\271\324\263\307\313\2677\311\331\266\316\250\250\226\206\365UU\237\036t\360\267\n>U\327\301\277\033\254\256\252\031\347!\365\221\346\304\212\303N\203\371\246\317Z4a\320\036\374\240n3Ot:\246\230\250\007\266Nm#\007\034~\314\226\213\312G\275\026\274-Z\307\0003P\317\326Z\262%{T\025\264\245\"o\361\362\010Zr\224i\241.Q\270\354\005\266k\352\273\320\260f\347rm\361\334 \035{\201f\345js\032{#=\006\023\254C\003\202U\276\207\027L\177#oT\325\047\360\341R\234\010\017\024\2022\006\266\317\2104OhU\362\216\346\232\370U3&$\n \026\020\037\256\361\003[7\235\322@\013\257i\006g\215\232\306\031ed\r\225y\267\026\030\360\244*\037c\331\200a-\250\353\272:|\367\340\000M7\375\003\275\306\207\311\253[P\n\356T\005\324k\232\276+RX\026t\035O\024\004\311V\233f\243\271\017\213\275\301\214\353\243\357\036\210T\002\023\353~G\025\327\242\016*\222e\345C\252\250\224\205\006\236\020\364G\347\345\255js\231s#,ax\216\3532\303\240\255\342Cn\224\257AV\267\264\006g\246\013\244\302\022\206\300\212\222\017B\025\234*>\252X\352\350\314\025E\031\233\361\240\024\033\353V\300\233\250b\250\230\3313\213\220\310\033\206\257:\365:\3028\2504\215vS\354\240J@\265X\325\271h\260$Z\316\233m\32340D""\020\000k\324\036\234\"\032\021\047\301\016&\341\336F\3717\345+\316\364\366(5\270\374\274b\262\272d\2251\253\315\245\2546[C\376B\211\226U\032_z@\322\303\321&\034\332\206\000\t\336\237-\333\201r\n\272\354\340x\317G5f\266+\036\340\360\036.\242\016\234\202c\201\205]\002\200\353\270\236.\336wT\203uo1+\305hL\356\223c\033|X\217\213\224,i\330\303\213\347S\360\257\327\006,\325\2540A\2363\253>\312\303\030eO\007Q\310\310\003|\327t\251<z\334\251C\324\025v\343T\227\364\027\270\032j\0011\236\325\353\274U\205\212|\320\326P\350u\021\265\274\342\027_\006\276\t[\213<_\340vt]\001\324@\346\013h\016\231\217\363=V\230\341Z[\014}\013_\326\n\244\227\007}\007Y\240\326\361\317\n\225}\024i\213\025\352\177\336\305+\025]<Z\030.\244\222\253\311\365Y\227\376\035b\362\277\037\372\336^\242:3x?\017\212\016x\r\261\203[L\013\227\016\\\370\226\001_\360s\273\265|[(!\226\353\274b\236\303\237\374:v|\372\\\367\343\260\372k\371\370\314tX\016\253\241\021\315F/\222\311_\313\257\317Lt\037\204\013\307g\316w\357\206<\372{\304\343\033I\255\367No\266\367\242\177\271\277\330\337\350\373G\267\216\264\343\211K\341xx\047\252\312\316\355h\362\365\0333\307\320\265\322\375%\322d\347\337QY\352\177\024\215\321\314Zx%\324B?Z\220\033\276\210\312\321V<\025\257%\323\311\367\275jO\354\3726\324h\317\305\356^\370\247p/:\035\255\306\343\361\355d2\231M\266zWz\354p\341p\345p\257\177\356h\366h+\255n\245[\317\323\347?\246?\276\240M\047n\366\333{\247\316Nt\227\272\373\241\016\323&.\320\025\227\272{\307\023\227\303\033\221\026\355\311q\266z)<\027\315\034O\\\354\372\260k%\n\342\325\344t\362\240\367\371\341\314\361\245\351\360~4\023-\307K\361\236\224\370:\236\215\267\223\253\211\321\233;\374K\177lT\002\227\250\204U\351\201\003yq\\\212\232\207a\231\232\357B\022J\047\376\026eR\373\341\320a\262\323\316\025\374\013\316*\312\310\275t\200\274\337%\370i<\\B\340J\311X2\225\254\366\336\355m\037\316\034~\326\037\357/\365\371Q)\375\376\207\364\207\347R\370\312\t\377\2349u\366\203\350j\244\307\010\234\022\237\216W\244\365\"Z\344\232\016\324\302\047S""2\264\177\356\032\341\\t9Z\214\266\343\231Q{\323\213J\214=\027\273A\270\202\240\215A\367\271Sg/\0145\025\235~\241[\355\262\360\036\002_\206\023g\262\211tj\036\346\227\223\355\336p\346z2\236,$k\275\311|\023\371\275\032\263da\210&h\236\014\247\303\315\350l<\031_\215\365\344J\242%~o\0318Y\355\277\333\257\366\r \245zd\244\033\022(j\252\032\251\321H\033M\n%\017g\341i\204\357[`\366\322\373a#\252\246\037\336\201\377\004D\317\223\363/t\267\302\251\260\022U#CD}&YJ:\275\275\303\323\207\353\344\335\237\323\237\265Tc){\231\276l\245-\373\370\303Y\211\202\363\335[]=\034\"\3532\2347\231\376U*\317#\371G\312?I\177\200\346ZZ\253\247\365\335t\327Nm\347\177)\377\022\267\316!6\022\203\002\026\013(\313:\002\235\347\273_\204\337\240\003U\037\001\314\037!\007\366\342\3630\247\335\333\350\211\360\315\014N\243\344\375*>\227\314\014\363x3\036\243\200\342\320K\247\316\316\022>.v\377#\361-\014\270\034\316G_%\027z?\365?>\332N7v\322\035\270l/\335k\247\355\375c\301@\237E\347\342k\311{\211&S\014\264\022\261x1~\236p0\321\016\222\336\353OR\210L\330\365^\254\311T\344\270\367Tt\037\276\333\002z\356\367J\031\354\257\245O\253$\374\022f\275\037\357\245\327A\024\333\3516\245\002P@\267\275\023\356\210}\233\311\273\3113\244\3715\354\374\342\350A\272\t\231\027\351\013\300DOu\304t\227\256\376\017\334\260*\221\374*\232\214\256\3077a\325\265\3031Z\233\217\026\310\215\304\236\373\2214>\235\272\nl\377\004$g\366\222`zy6\235\375\034\261\275\320\257J\323\347\243[\351\207\313\207\343\207\313\375[\375\372\321\312Q\047\335A\304\233i\323\314m\237$?\266\303\355h\346$\215 !\212\237\001\347\240\tYt7~\325\373\340\360a?\013t\007I\371\016\010j\310%\241\207{\314\346\004\004 D\033\260s<\036H\354\306\323H\265zR\316y\3506\031C\036\340a\026\367\317s,|I\024\362\372\344\234\026\371\361\255\030l\376\333\364\010\027\360\360Z4N5`\204\206\375\2608\223]\362\254\324u/\236\224\235\257\343\231|\346J\374\2627.\3509\203\343\371\344\016\220\372K\377e\372t3\335\024a\236\274L~\254S\360\220_3d\341\031X1\320IU&==\237\316\377\263?\366\333\304\377m""\3444\300t\246\367N\272\270\222\256<K\237\355\014m\376\035C\350\374\377\002=\231Rt";
+    PyObject *data = __Pyx_DecompressString(cstring, 2783, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (3425 bytes) */
-static const char cstring[] = "\377 at 0x b\377locks> e\377ntries h\377ooks,  m\377ust be a\377 numpy u\377int32 ar\367ray\022\010writ\377able C-c\377ontiguou\375s%\005object\377>(tree f\357ragmc\000), \377.: <Memo\377ryView o\377f <Nativ\333eHy\001 <?\010an\237d dirC\001\007\ri\365n\021\005s\270\000ded \336#\007 or \004\031><\374(\tA\006>?Cann\377ot assig\377n to rea\237d-onl\362\000\255\002v\376\257\000Invalid\377 mode, esxp\343\000|\000\047c\047t\001\377\047fortran\317\047, gH\000%\005sh\367ape\222\000 axi[s \344\tar\344 le\001\375y\262\000stalle9d\021\r\222\001bou\214 \222\000\337a cpu\016\021int,\020l\000aV\006iti\271\0009sS\013\216\000clo\003\017\207!\373in\033\025runni\373ng\240`guest>\267Ineeds\215@\324`\217gine\225B\262\000\237`e\377xtNoneNo\377te that \177Cython \221 \377delibera\363te\353 \320Acter\376!\001n PEP-4\33384\335Bre\322as \337subcl\246@es~\276abuilti\260@\377ypes. If\237 you \204\001\302Ap\374\316@%\tthen s;et\200\000e \047\357B\376`\277on_typ\320\000\047\366\355div\242\000o Fa\377lse.add_\356\231`eco\235@cti\377ons.abcd\333is\375\204\001en\203\205\001gc\376\206\" IDThosmt\004\001is\025\003dl\241\"\257._co\355@n\353\204\002 \377API mism\277atch (\366at}h\211Apu\047s)*\004ym\245\205\0028\003/uni=\000\337n/_uc\246\206\001.pSyx\032\003\246\206\010l\263\001G\217A\356\337\205\003no \271\000res\277s for \014\000d\377efault _\377_reduce_\357_ du\346\002non\237-triv\242`\033\000c\272\371A_\362\001 a \250\025c\377apsulere\307g_i\362@\365C\013\000s_\020\247\207\003\277\206\001\234b\034\000t\317\207\006\377 \301\204\001\375\047\272@wntb_m\377ax_insns~\361\207\0061..512\320\206\002\376\035\000guard p\307osi\245\207\001:\001>\001Swyi\267 \243`buff\252`\357does\336\000t h\267old\330Bla\205`t\327uc_\325\210\001_\301@ f\377ailed: e\337rror \017\010(I;N)\003\030OUT\016\016\360B\376\243\207\001allocat\375e\232\211\004data.u\360\014\017\377\206\003\321\210\001\256\210\003s.AS\377CIIEllipGsis\252H\206\211\010\221\211\010.\251F\355c\262\205\002__\017\013set\277state_\013\021b\373in\313\207\t.cle""a?r_pokeV\t\204\207\002\374g\t\371\211\003_count\341s\200\t\346\207\004\223\t=\rreq\276\227\207\001_stop\273\tr{un\312\tset_\235c\260\265!\r\n6\000h\020un\343\210\004R\277EASONS\001\003_?BADSEG\005\005\031\000\275K\022\004DEAD\000\010L\367INE\022\005IREC}T9\004FLUSHE\004\277INVALI.\005I\273RQ]\004MEMg\004N}O=\006RING0~\004\177SOFT_GP\006\005\177WITCHER\233\004\267TIM\002\007RA\036\005V\357M86S\250!nce\372\220\215\001.\225\215\007__Pyx\376\001\000Dict_Ne\177xtRef__\254\210\004\237e____\201\211\002\000\006_\177getitem\026\001\371d0\001 \000enter\336\047\001exit/\001fu\313nc7\001g\250eE\000im\367por\031\002main\276U\001modul^\002n[am\002\003ewn\001p\217\000\177checksue\000\364\n\001\360c_\025\001type\375_\005\002unpick\226?\000En \005v\251\217\002\262\001q\207ualO\005\376\207\005\315\204\016\230\210\006e\221x\346\001\244a\203\005s\260\010\346\204\016_o_tes\346\001is\354\211\001\377outineab\351c\201\211\004\246\206\005_\261\207\003api\302\000\000_\302\210\004\337\220\001\342\220\001\346\220\002sa\377syncio.c\373or@\003sbads\277egbase\315\205\001b\177reakbud\363 \335_\306\221\003cc_\201\221\007cb\375s\335\205\007cline_\376\331 traceba\363ck\361\215\002\365\215\003code\376\271@n_highw\357ater\t\006ptr\376\371\205\002cpuctx_|\347\207\002\005\001small\007\005<\364\214\001\363\207\001dead\000\001h\001N\000\005_ns\277\221\003\277\206\nd\246A\362\000\002_\244 \247\222\003efla\177gseipen\215\001\357enum\215\216\002err\364\253\211\002\260\211\002_\026\002xcep\334\202\215\0019\001int4\002fl\377ushforma\371t\377\220\004\346asgdt_\277offset\200\213\006g\343vhf\002\245\212\001\247\215\001_cs\356\002\002idt\n\002ssh\357viid\014\000ind\333ex\227\213\001_i\362\206\001n_\364\311B\242\221\002i\324\204\001nals]i\214\222\003irq\367\204\001s\000\002Gize\367\212\003\362\215\004\264\215\004.\264\215\004\335l\347\207\007mem\337\215\003me\261m\334\222\001\324\222\001\356\204\001nd\352\224\002n\337dimnoY\000_e\373nd\003\003start\277nonenp\232\225\002o\177bjold_e\214%\371p\331@\325\211\001poprc""\334\325\222\002\233\215\001cr2\237\215\004reogist\321!gs\241\215\007\376\242\211\tring0ru\327nrv\352`_\247\213\004eg\337sself\241\211\013se\351t\311\216\004\336\223\002s\365\000sof\217t_gp\241\002d\000\006\000o\272\000\001p\276\212\004str\306`s\344\265\215\004\000\005_5\002\312\215\004_va\217tb_c\211b\366\215\005\232\216\tt\275i\225`trap\352\206\001s\375u\355\204\003ext_re\337store\007\010sa\375v\n\002tluc_e\347mu_\270\"\003\006opu\337c_fre/\001ha\317ndle\242\216\010\260\216\005de^9\001owne\267\000_\347\217\001&\224\226\001uc\006\002\200\230\001e\232\230\003\224\213\001\354\331\224\006\234\213\006un\214Aunt\373il\325\000updat\377evaluesv\347m86:\002\300\230\001xO\200\377\001\330\004\n\210+\220Q\377\200A\330\010\024\220A\220\377Q\220d\230#\230\\\250\377\021\200A\340\010\014\210G\377\2201\330\010\013\210<\220\377s\230%\230s\240,\250\377b\260\002\260#\260\\\300\377\022\3002\300R\300t\310\3773\310a\330\014\020\220\003\357\220:\230Q\003\0036\230\021\365\340\001\016\330I\000C\210\177\230\335a\003\003}\230AZ\003L\230\375\001\027\001E\220\025\220a\220\367t\2301F\0039\230A\230\377T\240\023\240E\250\024\250\357X\260Q\2601\002J\220a\376\220\001\017\210q\220\007\220q\377\230\004\230D\240\003\2406\377\250\021\250#\250T\260\025\377\260e\2701\270C\270q\377\300\n\310#\310T\320Q\377T\320TZ\320Z[\320\363[\\\305\001\313\014\360\006\000\t\377\014\2104\210w\220c\230\357\021\330\014\r\337\0014\210q\377\330\014\022\220,\230a\230\371q\n\003\027\004\020\220\n\230!\377\330\014\017\210t\2209\230\377C\230u\240D\250\004\250\377G\2607\270!\330\020\024\377\220F\230!\2308\2404\373\240q\034\003?\240#\240U\377\250$\250d\260\047\270\027s\300\001\024\013\315 I\220Q\207!{H\220\354 \014\210K\220h\000_\014\320\014\035\230\021\002C\216\000t\227\047\255#v+\003C\210|\232 \246\300\"w\220\300\"6\003\210N\000\200uA\314\001\020\225 \003\2204\246@\377.\250\001\250\023\250D\260\377\005\260U\270!\2705\300\377\003\3004\300s\310.\320_XY\320YZ\047\003\025\334K\277\360\n\000\t\r\210\207B\013\375\210\373\013\r\210Q""\210e\220u>\212@A\326\000!\330\010\014\002\367\320\023)`\000A\250U\260\376\010\007(\250\003\2501\250E\353\260\021\035\004\220\210!Q\240e\363\2501\330G\340 \021\220\024\220\377S\230\t\240\021\240$\240\377c\250\025\250a\250t\260\3758\271@D\300\005\300Q\300}d\273@Q\310d\320R\267C\377_\320_d\320dg\320;gh\375!s\220#\274 \362 \375J\305`\020\026\220g\230Q\247\320\036:\341\000\262b\013\235!\r\377\210T\220\023\220I\230Q\373\230d\205B!\2504\250x\277\260q\270\004\270N\376\001`\377\320`a\320ae\320e\377j\320jm\320mn\330\373\036#\267B\010\013\2103\210\363c\220\211`\347D\022\220\047\230\227\021\320\032W\003\010\243DA\031/\373\320YW\000b\320bf\320\377fk\320kn\320no\236=\035;\2701\270\377E\301@\020\357\000\t#\240\336 \017\210~\374\211c\227\205\002\022\220)\230=\250\377\r\260]\300+\310U\320\357RW\320W\273\000q\320q\357v\320vw\321\205\001G\2205\377\230\n\240&\250\006\250a\372\236\204\003:\371\000e\2402\240Z\377\250s\260#\260W\270C\337\270r\300\021\330\253 i\230_q\240\006\240a\244\204\003s\335\000\177\023\230F\240#\240T\251`\367F\260.\237d&\320PQ\376)\001j\240\001\240\026\240q\377\320(T\320TU\320U\356\266a\320Z[\207\207\001:\220W\3763\002S\250\005\250V\2607\373\270&\335`9\310G\320S\356\333`\\\320\\\257@c\320c:\334 k\312\205\001*\230A\327\204\001\321a\177z\230\021\230(\240-\223\000\367&\270\001\346\205\001)\2301\230\355A\327\207\003w\230\267\003\320\023$\217\240A\240]\322`\251\004%\001\320\337\022#\320#7\301@\r\300\375Q\200c)\2303\320\0368\377\270\003\2708\3003\300f\277\310C\310x\320W\324@h\367\320hi\264\005\021\330\010\017\277\210v\220U\230!\366\207\001J\234\255\205\003\361\205\002\r\210Q\300\204\002\305\204\002\330\376\211\206\007I\220Q\220e\230<\177\240z\260\033\270H\300\232\206\002\377C\210x\220q\230\002\230\255!\360\205\010\220r\305\000#\250\206\005}o\230A\230R\325 \003\240\340\204\002\376\275\206\001k\240\024\240Q\240f}\250;\004|\2306\240\021\332\207\003\267s\220!\245\211\0037\230\002\004;\347\230c\240\246\211\004\t\010a\230t\377\2403\240a\320\004)\320\277)@\300\001\360\014\220""\206\ns\317\220&\230\003\245\211\001\237\210\nt\220\2551\263\210\010\014\210\334\207\002\t\224\212\003>\376\217\000S\250\010\260\002\3202\177C\320CV\320VW\254\212\003\255?\353`\021\022\227af\243A\230\327d\240!\265\212\001\010\217\212\001\017\210\001q";
-    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 3425, 4911);
+    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (3727 bytes) */
+static const char cstring[] = "\377 at 0x b\377locks> e\377ntries h\377ooks,  m\377ust be a\377 numpy u\377int32 ar\367ray\022\010writ\377able C-c\377ontiguou\375s%\005object\377>(tree f\357ragmc\000), \377.: <Memo\377ryView o\377f <Nativ\333eHy\001 <?\010an\237d dirC\001\007\ri\365n\021\005s\270\000ded \336#\007 or \004\031><\374(\tA\006>?Cann\377ot assig\377n to rea\237d-onl\362\000\255\002v\376\257\000Invalid\377 mode, esxp\343\000|\000\047c\047t\001\377\047fortran\317\047, gH\000%\005sh\367ape\222\000 axi[s \344\tar\344 le\001\375y\262\000stalle9d\021\r\222\001bou\214 \222\000\337a cpu\016\021int,\020l\000aV\006iti\271\0009sS\013\216\000clo\003\017\207!\373in\033\025runni\373ng\240`guest>\267Ineeds\215@\324`\217gine\225B\262\000\237`e\377xtNoneNo\377te that \177Cython \221 \377delibera\363te\353 \320Acter\376!\001n PEP-4\33384\335Bre\322as \337subcl\246@es~\276abuilti\260@\377ypes. If\237 you \204\001\302Ap\374\316@%\tthen s;et\200\000e \047\357B\376`\277on_typ\320\000\047\366\355div\242\000o Fa\377lse.add_\356\231`eco\235@cti\377ons.abcd\333is\375\204\001en\203\205\001gc\376\206\" IDThosmt\004\001is\025\003dl\241\"\257._co\355@n\353\204\002 \377API mism\277atch (\366at}h\211Apu\047s)*\004ym\245\205\0028\003/uni=\000\337n/_uc\246\206\001.pSyx\032\003\246\206\010l\263\001G\217A\356\337\205\003no \271\000res\277s for \014\000d\377efault _\377_reduce_\357_ du\346\002non\237-triv\242`\033\000c\272\371A_\362\001 a \250\025c\377apsulere\307g_i\362@\365C\013\000s_\020\247\207\003\277\206\001\234b\034\000t\317\207\006\377 \301\204\001\375\047\272@wntb_m\377ax_insns~\361\207\0061..512\320\206\002\376\035\000guard p\307osi\245\207\001:\001>\001Swyi\267 \243`buff\252`\357does\336\000t h\267old\330Bla\205`t\327uc_\325\210\001_\301@ f\377ailed: e\337rror \017\010(I;N)\003\030OUT\016\016\360B\376\243\207\001allocat\375e\232\211\004data.u\360\014\017\377\206\003\321\210\001\256\210\003s.AS\377CIIEllipGsis\252H\206\211\010\221\211\010.\251F\355c\262\205\002__\017\013set\277state_\013\021b\373in\313\207\t.cle""a?r_pokeV\t\204\207\002\374g\t\371\211\003_count\341s\200\t\346\207\004\223\t=\rreq\276\227\207\001_stop\273\tr\357esumj\nrun\036\334\tset_\257c\307!\r\n\374H\000z\020trace_\270\245\213\003\245)\021\004raiS\nu\375n\244\211\004REASON\375S\001\003_BADSE\351G\005\005\031\000K\022\004DEA\275D\000\010LINE\022\005I\357RECT9\004FLU\373SHE\004INVAL\335I.\005IRQ]\004ME\355Mg\004NO=\006RIN\373G0~\004SOFT_\373GP\006\005WITCH\273ER\233\004TIM\002\007R}A\036\005VM86S\351!\327nce\321\215\001.\326\215\007__\367Pyx\001\000Dict\377_NextRef\373__\355\210\004e____\374\302\211\002\000\006_getit\313em\026\001d0\001 \000en\367ter\047\001exit^/\001func7\001g\351e\276E\000impor\031\002m|\353 U\001modul^\002\267nam\002\003ewn\001p\276\217\000check\204`_\361_\n\001\261\204\003\006\002type~\017\003unpick?\000/Enum\"\003v\352\217\002\262\001\017qualO\005\277\210\005\216\205\016\331\210\006#ex\346\001\323a\203\005s\260\010\247\205\016\337__tes\346\001is\376\255\212\001outinea\323bc\302\211\004\347\206\005_\362\207\003ap\205i\000\000_\203\211\004\240\221\001\243\221\001\247\221\002s\377asyncio.\367cor@\003sbad\177segbase\216\206\001\377breakbud\362\363 _\207\222\003\006\004endb\337ufcc_\317\221\007ca\377pacitycb\375s\263\206\007cline_\367in_\376\204\002back\274\307\216\002\313\216\003code\316@n\377_highwat\333er\t\006pt\t\000py\376\323\206\002cpuctx_|\301\210\002\005\001small\007\005<\316\215\001\315\210\001dead\000\001l\001\316\000\005_ns\231\222\003\231\207\ndr?oppedd\306A\000\002\371_\304 \210\223\003eflag\277seipen\230\001ewnum\356\216\002err\214\212\002z\221\212\002_\026\002xcep\343\215\001\3569\001int4\002flu\377shformat\374\340\221\004\206\204\001sgdt_o\337ffset\341\213\006gvqhf\002\206\213\001\210\216\001_cs\002\002\367idt\n\002sshv\367iid\014\000indemx\370\213\001_i\222\207\001n_\351B\372\203\222\002i\364\204\001nalsi\256\355\222\003irq\227\205\001s\000\002i\243ze\330\213\003\323\216\004\225\216\004.\225\216\004l\356\266\210\007mem\300\216\003mem\264\275\223\001\265\223\001n\217\205""\001nd\314\225\002n_dimnoZ\000_\362@\376\003\003startno\357nenp\374\225\002obj\337old_e\215%ou\365t\211`k\272\212\001popr\271c\272\223\002\200\216\001cr2\204\216\004r\337egist\325!gs\370\206\216\007\207\212\t\201\212\003ring0\377runrvseg\375_\222\214\004egssel\235f\372\211\013set\264\217\004\311\224\002s\336\377\000skip\323\215\001rs?oft_gp\263\002s\000\352\006\000o\000\001p\262\213\004str\222\340`s\251\216\004\000\005_>\002\276\216\004_?vatb_c\234b\352\216\005\306\216\217\tti\250`\334\212\t\321\212\010tr\333ap\264\207\001su\252\205\003ex\377t_restor\335e\007\010sav\n\002tl\177uc_emu_\341\"\376\003\006opuc_fr\375e/\001handle\354\255\217\010\273\217\005de9\001ownee\316\000_\362\220\001\237\227\001uc\006\0022\213\231\001e\245\231\003\255\231\00164\344\213\001\352\225\006\366\354\213\006un\270Aunti\375l\362\000update\377valuesvm\36386@\002\321\231\001xzer\377osO\200\001\330\004\n\377\210+\220Q\200A\330\010\377\024\220A\220Q\220d\230\377#\230\\\250\021\200A\340\377\010\014\210G\2201\330\010\377\013\210<\220s\230%\230\377s\240,\250b\260\002\260\377#\260\\\300\022\3002\300\377R\300t\3103\310a\330\377\014\020\220\003\220:\230Q^\003\0036\230\021\340\001\016\330I\000\337C\210\177\230a\003\003}\230\335AZ\003L\230\001\027\001E\220\177\025\220a\220t\2301F\003\3779\230A\230T\240\023\240\377E\250\024\250X\260Q\260\3561\002J\220a\220\001\017\210q\377\220\007\220q\230\004\230D\377\240\003\2406\250\021\250#\377\250T\260\025\260e\2701\377\270C\270q\300\n\310#\377\310T\320QT\320TZ?\320Z[\320[\\\305\001\313\014\377\360\006\000\t\014\2104\210\377w\220c\230\021\330\014\r\376\337\0014\210q\330\014\022\220\237,\230a\230q\n\003\027\004\020\377\220\n\230!\330\014\017\210\377t\2209\230C\230u\240\377D\250\004\250G\2607\270\377!\330\020\024\220F\230!\277\2308\2404\240q\034\003?\377\240#\240U\250$\250d?\260\047\270\027\300\001\024\013\315 \027I\220Q\205#y\363\003\322\000\227!{H\220\374 \014\210K\220x\000\337\014\320\014\035\230\037\004w\220\024\247\047\275#v9\005|\252 \320\"\035\004Z6\003\210^""\000\200A\334\001\020\245 \367\003\2204\266@.\250\001\250\377\023\250D\260\005\260U\270\377!\2705\300\003\3004\300\377s\310.\320XY\320Y\365Z\047\003\025\354K\360\010\000\t\377\033\230$\230c\240\021\330?\010 \240\004\240C\335\000\213`\312\251B\013\266 x\215`\221 \023\220\376\352@\330\010\016\210d\220\047\377\230\022\2302\230U\240!\274\330F\356B\320\017 \240\337@\017\257\210u\220C\262@\001\231\000\n\317\000\t\r\210A\006\351)\r\210_Q\210e\220>\366@A\302 \334G\000\014\002\320\023)\274\000A\250\373U\260\010\007(\250\003\2501\307\250E\260\234\000/\003\364!Q\240\347e\2501\304g\314@\021\220\024\377\220S\230\t\240\021\240$\377\240c\250\025\250a\250t\373\2608\245`D\300\005\300Q\373\300d\247`Q\310d\320R\376\243c_\320_d\320dgw\320gh\351As\220#\250@\376\336@J\230a\330\020\026\220?g\230Q\320\036:\275 \236\204\002\375\013\371!\r\210T\220\023\220\337I\230Q\230d\361B!\250\3774\250x\260q\270\004\270\375N\332!`\320`a\320a\377e\320ej\320jm\320\337mn\330\036#\243b\010\013\237\2103\210c\220\365`\323d\022.\272 \021\320\032W\003\010\377DA\031\367/\320YW\000b\320bf\377\320fk\320kn\320n=o=\035;\2701\270\333e\367*\357\014\210C\210\205\204\004C\210}\363\230A\262J\231\204\002\013\2109\220\367B\220a\231\205\001\"\220F\230\177\"\230C\230q\240\013\351\000/v\260R\260\257\205\002!\376\206\001\240\205\002\276\205\207\001=\240\n\250!\276\206\007S\373\240\001\315A\200A\360\020\000;\t#\234a\017\210~\332\204\003\370\206\002\377\022\220)\230=\250\r\260\377]\300+\310U\320RW\373\320W\260 q\320qv\320\373vw\262\207\001G\2205\230\n\277\240&\250\006\250a\377\205\003:\376\356 e\2402\240Z\250s\377\260#\260W\270C\270r\353\300\021\237Ai\225\000\006\240a\376\205\206\003s\220\047\230\023\230F\377\240#\240T\250\023\250F{\260.\360\204\004&\320PQ\314A\375j\224\000\026\240q\320(T\337\320TU\320U\207\205\001\320Z\335[\350\210\001:\220W3\002S\250\377\005\250V\2607\270&\300\377\003\3009\310G\320SY\337\320Y\\\320\\\244`c\320uc\321@k\253\207\001*\230A\250\206\001\376\220\205\001z\230\021\230(\240-\356\223\000&\270\001\307\207""\001)\2301\354\314!\272\211\001w\230\267\003\320\023$?\240A\240]\260!\250\005%\001\277\320\022#\320#7\266`\r\373\300Q\365c)\2303\320\036\3778\270\003\2708\3003\300\177f\310C\310x\320W\311`\357h\320hi\264\005\021\330\010?\017\210v\220U\230\354\205\002\273\207\t\237\r\210Q\330\010\000\002\005\002\014\375\210\355\207\004I\220Q\220e\230\377<\240z\260\033\270H\300\376\342Dx\220q\230\002\230!\326\301\207\010\220r\305\000#\371\207\005}\230\267A\230R\355@\003\240\325\205\002C\377\210w\220k\240\024\240Qw\240f\250\244d|\2306\242\207\001\266\222\207\001s\220\361D7\230\372D;\370\277\207\001\210\213\003\t\010a\230t\2403\277\240a\200A\360\024\377\206\ns\317\220&\230\003\200\213\001\372\211\nt\220\2551\216\212\010\014\210\247\211\002\t\357\213\003>\275\240\302\205\002\003\220?\240\354d>?\240\025\240j\260\003\232\212\002\223\214\002\377=\240\013\250:\260R\260\377\177\300j\320PS\320S\256\222\213\001\330\021\022\320\206\001f\271A\230wd\240!\254\214\001\010\230\001J\007\376\331 q\320\004)\320)@\357\300\001\360\014d>\024\240S\377\250\010\260\002\3202C\320\037CV\320VW\254\215\003\260\001r\024\000|\001";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 3727, 5445);
     #define __Pyx_DecompressString_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (4911 bytes) */
-static const char bytes[] = " at 0x blocks> entries hooks,  must be a numpy uint32 array must be a writable C-contiguous uint32 object>(tree fragment), .: <MemoryView of <NativeHooks <contiguous and direct><contiguous and indirect><strided and direct or indirect><strided and direct><strided and indirect>>?Cannot assign to read-only memoryviewInvalid mode, expected \047c\047 or \047fortran\047, got Invalid shape in axis NativeHooks are already installedNativeHooks are not bound to a cpuNativeHooks are not installedNativeHooks is already initialisedNativeHooks is closedNativeHooks is not initialisedNativeHooks is running a guestNativeHooks needs an engine and a contextNoneNote that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notecollections.abcdisableenablegcguest IDThost IDTisenabledlguest._core native API mismatch (not this cpu\047s)lguest.memorylguest/unicorn/_uchook.pyxmemory must be a live GuestMemoryno address for no default __reduce__ due to non-trivial __cinit__not a lguest._core native API capsulereg_ids needs regs_array and guest_idt must be the cpu\047s owntb_max_insns must be 1..512 and tb_guard positivethe the Switcher buffer does not hold the layoutuc_hook_add failed: error uc_hook_add(IN) failed: error uc_hook_add(OUT) failed: error unable to allocate array data.unable to allocate shape and strides.ASCIIEllipsisGuestMemoryNativeHooksNativeHooks.__reduce_cython__NativeHooks.__setstate_cython__NativeHooks.bindNativeHooks.clear_pokeNativeHooks.closeNativeHooks.direct_countsNativeHooks.installNativeHooks.pokeNativeHooks.request_stopNativeHooks.runNativeHooks.set_guest_dataNativeHooks.stop_countsNativeHooks.uninstallREASONSREASON_BADSEGREASON_BREAKREASON_DEADREASON_DEADLINEREASON_DIRECTREASON_FLUSHREASON_INVALIDREASON_IRQREASON_MEMREASON_NONEREASON_RING0REASON_SOFT_GPREASON_SWITCHERREASON_TIMERREASON_TRAPREASON_VM86SequenceView.MemoryView__Pyx_PyDict_Nex""tRef__annotate____class____class_getitem____dict____enter____exit____func____getstate____import____main____module____name____new____pyx_checksum__pyx_state__pyx_type__pyx_unpickle_Enum__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutineabcaddressallocate_bufferapiapi_capsulearrarrayarraysasyncio.coroutinesbadsegbasebindbreakbudget_blockscc_contiguouscbsclear_pokecline_in_tracebackcloseclosedcode_gen_highwatercode_gen_ptrcountcpuctx_allocctx_small_allocctypesdatadeaddeadlinedeadline_nsdirectdirect_countsdtypedtype_is_objecteflagseipencodeenumerateerrerrorerror_codeexception_is_intflagsflushformatfortranfuncsgdt_offsetguest_idtgvhflagsholdhost_cshost_idthost_sshviididtindexinsn_ininsn_outinstallinternalsinvalidirqitemsitemsizelayoutlguest.unicorn._uchooklguest_datamemmemorymemviewmodenamendarrayndimnoirq_endnoirq_startnonenpnumpyobjold_exceptionpackpokepoprcreadyreg_cr2reg_idsregisterregsregs_arrayrequest_stopring0runrvseg_stridesegsselfset_guest_datasetdefaultshapesizesoft_gpstartstepstopstop_countsstructswitcherswitcher_sizeswitcher_vatb_cflagstb_guardtb_max_insnstimertraptypesuc_context_restoreuc_context_saveuc_ctluc_emu_startuc_emu_stopuc_freeuc_handleuc_hook_adduc_hook_deluc_owneruc_reg_readuc_reg_writeuint32uninitialiseduninstallunpackuntil_vaupdatevaluesvm86writeablexO\200\001\330\004\n\210+\220Q\200A\330\010\024\220A\220Q\220d\230#\230\\\250\021\200A\340\010\014\210G\2201\330\010\013\210<\220s\230%\230s\240,\250b\260\002\260#\260\\\300\022\3002\300R\300t\3103\310a\330\014\020\220\003\220:\230Q\330\014\020\220\003\2206\230\021\340\014\020\220\003\220:\230Q\330\014\020\220\003\2206\230\021\330\010\014\210C\210\177\230a\330\010\014\210C\210}\230A\200A\340\010\014\210L\230\001\330\010\014\210E\220\025\220a\220t\2301\330\014\020\220\003\2209\230A\230T\240\023\240E\250\024\250X\260Q\260a\330\010\014\210J\220a\200A\340\010\017\210q\220\007\220q\230\004\230D\240\003\2406\250\021\250#\250T""\260\025\260e\2701\270C\270q\300\n\310#\310T\320QT\320TZ\320Z[\320[\\\200A\340\010\024\220A\220Q\220d\230#\230\\\250\021\200A\360\006\000\t\014\2104\210w\220c\230\021\330\014\r\330\010\013\2104\210q\330\014\022\220,\230a\230q\330\010\013\2104\210w\220c\230\021\330\014\020\220\n\230!\330\014\017\210t\2209\230C\230u\240D\250\004\250G\2607\270!\330\020\024\220F\230!\2308\2404\240q\330\014\017\210t\220?\240#\240U\250$\250d\260\047\270\027\300\001\330\020\024\220F\230!\2308\2404\240q\330\010\014\210I\220Q\330\010\014\210H\220A\330\010\014\210K\220q\330\010\014\320\014\035\230Q\330\010\014\210C\210w\220a\330\010\014\210C\210}\230A\330\010\014\210C\210v\220Q\330\010\014\210C\210|\2301\330\010\014\210C\210w\220a\330\010\014\210K\220q\330\010\014\210I\220Q\200A\360\006\000\t\020\210q\220\003\2204\220s\230.\250\001\250\023\250D\260\005\260U\270!\2705\300\003\3004\300s\310.\320XY\320YZ\200A\360\006\000\t\025\220A\220Q\220d\230#\230\\\250\021\200A\360\n\000\t\r\210L\230\001\330\010\013\2104\210q\330\014\022\220,\230a\230q\330\010\r\210Q\210e\220>\240\023\240A\240U\250!\330\010\r\210Q\210e\320\023)\250\023\250A\250U\260!\330\010\r\210Q\210e\320\023(\250\003\2501\250E\260\021\330\010\r\210Q\210e\220?\240#\240Q\240e\2501\330\010\014\210E\220\025\220a\220q\330\014\021\220\024\220S\230\t\240\021\240$\240c\250\025\250a\250t\2608\2701\270D\300\005\300Q\300d\310#\310Q\310d\320RZ\320Z[\320[_\320_d\320dg\320gh\330\014\017\210s\220#\220Q\330\020\024\220J\230a\330\020\026\220g\230Q\320\036:\270!\2701\330\014\020\220\013\2301\330\010\r\210T\220\023\220I\230Q\230d\240#\240U\250!\2504\250x\260q\270\004\270N\310.\320X`\320`a\320ae\320ej\320jm\320mn\330\036#\2404\240q\330\010\013\2103\210c\220\021\330\014\020\220\n\230!\330\014\022\220\047\230\021\320\032:\270!\2701\330\010\014\210K\220q\330\010\r\210T\220\023\220I\230Q\230d\240#\240U\250!\2504\250x\260q\270\004\270N\310/\320Ya\320ab\320bf\320fk\320kn\320no\330\036#\2404\240q\330\010\013\2103\210c\220\021\330\014\020\220\n\230!\330\014\022\220""\047\230\021\320\032;\2701\270A\330\010\014\210K\220q\200A\360\020\000\t#\240!\330\010\017\210~\230Q\330\010\014\210L\230\001\330\010\022\220)\230=\250\r\260]\300+\310U\320RW\320We\320eq\320qv\320vw\330\010\014\210G\2205\230\n\240&\250\006\250a\330\014\017\210t\220:\230Q\230e\2402\240Z\250s\260#\260W\270C\270r\300\021\330\020\026\220i\230q\240\006\240a\240q\330\014\017\210s\220\047\230\023\230F\240#\240T\250\023\250F\260.\300\003\3004\300s\310&\320PQ\330\020\026\220j\240\001\240\026\240q\320(T\320TU\320UY\320YZ\320Z[\330\010\013\210:\220W\230F\240#\240S\250\005\250V\2607\270&\300\003\3009\310G\320SY\320Y\\\320\\_\320_c\320cj\320jk\330\014\022\220*\230A\230Q\330\010\013\2104\210z\230\021\230(\240-\250s\260&\270\001\330\014\022\220)\2301\230A\330\010\013\210<\220w\230a\330\014\017\210t\320\023$\240A\240]\260!\330\020\026\220i\230q\240\001\330\014\022\320\022#\320#7\260q\270\r\300Q\330\014\017\210s\220)\2303\320\0368\270\003\2708\3003\300f\310C\310x\320Wa\320ah\320hi\330\020\026\220j\240\001\240\021\330\010\017\210v\220U\230!\330\010\014\210J\220a\330\010\014\210H\220A\330\010\r\210Q\330\010\r\210Q\330\010\r\210Q\330\010\014\210I\220Q\330\010\014\210I\220Q\220e\230<\240z\260\033\270H\300A\330\010\014\210C\210x\220q\230\002\230!\2301\330\010\014\210C\210w\220a\220r\230\021\230#\230Q\330\010\014\210C\210}\230A\230R\230q\240\003\2401\330\010\014\210C\210w\220k\240\024\240Q\240f\250A\330\010\014\210C\210|\2306\240\021\330\010\013\2104\210s\220!\330\014\020\220\003\2207\230!\330\014\020\220\003\220;\230c\240\021\340\014\020\220\003\2207\230!\330\014\020\220\003\220;\230a\230t\2403\240a\320\004)\320)@\300\001\360\014\000\t\r\210L\230\001\330\010\013\2104\210s\220&\230\003\2301\330\014\022\220,\230a\230q\330\010\013\2104\210t\2201\330\014\022\220,\230a\230q\330\010\014\210H\220A\330\010\t\330\014\020\220\003\220>\240\024\240S\250\010\260\002\3202C\320CV\320VW\330\014\020\220\003\220?\240!\330\021\022\330\020\026\220f\230A\230Q\230d\240!\340\014\020\220\010\230\001\330\010""\017\210q";
+    #else /* compression: none (5445 bytes) */
+static const char bytes[] = " at 0x blocks> entries hooks,  must be a numpy uint32 array must be a writable C-contiguous uint32 object>(tree fragment), .: <MemoryView of <NativeHooks <contiguous and direct><contiguous and indirect><strided and direct or indirect><strided and direct><strided and indirect>>?Cannot assign to read-only memoryviewInvalid mode, expected \047c\047 or \047fortran\047, got Invalid shape in axis NativeHooks are already installedNativeHooks are not bound to a cpuNativeHooks are not installedNativeHooks is already initialisedNativeHooks is closedNativeHooks is not initialisedNativeHooks is running a guestNativeHooks needs an engine and a contextNoneNote that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notecollections.abcdisableenablegcguest IDThost IDTisenabledlguest._core native API mismatch (not this cpu\047s)lguest.memorylguest/unicorn/_uchook.pyxmemory must be a live GuestMemoryno address for no default __reduce__ due to non-trivial __cinit__not a lguest._core native API capsulereg_ids needs regs_array and guest_idt must be the cpu\047s owntb_max_insns must be 1..512 and tb_guard positivethe the Switcher buffer does not hold the layoutuc_hook_add failed: error uc_hook_add(IN) failed: error uc_hook_add(OUT) failed: error unable to allocate array data.unable to allocate shape and strides.ASCIIEllipsisGuestMemoryNativeHooksNativeHooks.__reduce_cython__NativeHooks.__setstate_cython__NativeHooks.bindNativeHooks.clear_pokeNativeHooks.closeNativeHooks.direct_countsNativeHooks.installNativeHooks.pokeNativeHooks.request_stopNativeHooks.resumeNativeHooks.runNativeHooks.set_guest_dataNativeHooks.stop_countsNativeHooks.trace_directNativeHooks.trace_drainNativeHooks.uninstallREASONSREASON_BADSEGREASON_BREAKREASON_DEADREASON_DEADLINEREASON_DIRECTREASON_FLUSHREASON_INVALIDREASON_IRQREASON_MEMREASON_NONEREASON_RING0REASON_SOFT_GPREASON_SWITCHERREASON_T""IMERREASON_TRAPREASON_VM86SequenceView.MemoryView__Pyx_PyDict_NextRef__annotate____class____class_getitem____dict____enter____exit____func____getstate____import____main____module____name____new____pyx_checksum__pyx_state__pyx_type__pyx_unpickle_Enum__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutineabcaddressallocate_bufferapiapi_capsulearrarrayarraysasyncio.coroutinesbadsegbasebindbreakbudget_blocksbudget_endbufcc_contiguouscapacitycbsclear_pokecline_in_tracebackcloseclosedcode_gen_highwatercode_gen_ptrcopycountcpuctx_allocctx_small_allocctypesdatadeaddeadlinedeadline_nsdirectdirect_countsdroppeddtypedtype_is_objecteflagseipencodeenumerateerrerrorerror_codeexception_is_intflagsflushformatfortranfuncsgdt_offsetguest_idtgvhflagsholdhost_cshost_idthost_sshviididtindexinsn_ininsn_outinstallinternalsinvalidirqitemsitemsizelayoutlguest.unicorn._uchooklguest_datamemmemorymemviewmodennamendarrayndimnoirq_endnoirq_startnonenpnumpyobjold_exceptionoutpackpokepoprcreadyreg_cr2reg_idsregisterregsregs_arrayrequest_stopresumering0runrvseg_stridesegsselfset_guest_datasetdefaultshapesizeskip_addrsoft_gpstartstepstopstop_countsstructswitcherswitcher_sizeswitcher_vatb_cflagstb_guardtb_max_insnstimertrace_directtrace_draintraptypesuc_context_restoreuc_context_saveuc_ctluc_emu_startuc_emu_stopuc_freeuc_handleuc_hook_adduc_hook_deluc_owneruc_reg_readuc_reg_writeuint32uint64uninitialiseduninstallunpackuntil_vaupdatevaluesvm86writeablexzerosO\200\001\330\004\n\210+\220Q\200A\330\010\024\220A\220Q\220d\230#\230\\\250\021\200A\340\010\014\210G\2201\330\010\013\210<\220s\230%\230s\240,\250b\260\002\260#\260\\\300\022\3002\300R\300t\3103\310a\330\014\020\220\003\220:\230Q\330\014\020\220\003\2206\230\021\340\014\020\220\003\220:\230Q\330\014\020\220\003\2206\230\021\330\010\014\210C\210\177\230a\330\010\014\210C\210}\230A\200A\340\010\014\210L\230\001\330\010\014\210E\220\025\220a\220t\2301\330\014\020\220\003\2209""\230A\230T\240\023\240E\250\024\250X\260Q\260a\330\010\014\210J\220a\200A\340\010\017\210q\220\007\220q\230\004\230D\240\003\2406\250\021\250#\250T\260\025\260e\2701\270C\270q\300\n\310#\310T\320QT\320TZ\320Z[\320[\\\200A\340\010\024\220A\220Q\220d\230#\230\\\250\021\200A\360\006\000\t\014\2104\210w\220c\230\021\330\014\r\330\010\013\2104\210q\330\014\022\220,\230a\230q\330\010\013\2104\210w\220c\230\021\330\014\020\220\n\230!\330\014\017\210t\2209\230C\230u\240D\250\004\250G\2607\270!\330\020\024\220F\230!\2308\2404\240q\330\014\017\210t\220?\240#\240U\250$\250d\260\047\270\027\300\001\330\020\024\220F\230!\2308\2404\240q\330\010\014\210I\220Q\330\010\014\210C\210y\230\001\330\010\014\210J\220a\330\010\014\210H\220A\330\010\014\210K\220q\330\010\014\320\014\035\230Q\330\010\014\210C\210w\220a\330\010\014\210C\210}\230A\330\010\014\210C\210v\220Q\330\010\014\210C\210|\2301\330\010\014\210C\210w\220a\330\010\014\210K\220q\330\010\014\210I\220Q\200A\360\006\000\t\020\210q\220\003\2204\220s\230.\250\001\250\023\250D\260\005\260U\270!\2705\300\003\3004\300s\310.\320XY\320YZ\200A\360\006\000\t\025\220A\220Q\220d\230#\230\\\250\021\200A\360\010\000\t\033\230$\230c\240\021\330\010 \240\004\240C\240q\330\010\014\210L\230\001\330\010\013\2104\210x\220s\230!\330\014\023\2206\230\021\330\010\016\210d\220\047\230\022\2302\230U\240!\330\010\014\210C\210}\230A\330\010\014\210C\320\017 \240\001\330\010\017\210u\220C\220q\230\001\200A\360\n\000\t\r\210L\230\001\330\010\013\2104\210q\330\014\022\220,\230a\230q\330\010\r\210Q\210e\220>\240\023\240A\240U\250!\330\010\r\210Q\210e\320\023)\250\023\250A\250U\260!\330\010\r\210Q\210e\320\023(\250\003\2501\250E\260\021\330\010\r\210Q\210e\220?\240#\240Q\240e\2501\330\010\014\210E\220\025\220a\220q\330\014\021\220\024\220S\230\t\240\021\240$\240c\250\025\250a\250t\2608\2701\270D\300\005\300Q\300d\310#\310Q\310d\320RZ\320Z[\320[_\320_d\320dg\320gh\330\014\017\210s\220#\220Q\330\020\024\220J\230a\330\020\026\220g\230Q\320\036:\270!\2701\330""\014\020\220\013\2301\330\010\r\210T\220\023\220I\230Q\230d\240#\240U\250!\2504\250x\260q\270\004\270N\310.\320X`\320`a\320ae\320ej\320jm\320mn\330\036#\2404\240q\330\010\013\2103\210c\220\021\330\014\020\220\n\230!\330\014\022\220\047\230\021\320\032:\270!\2701\330\010\014\210K\220q\330\010\r\210T\220\023\220I\230Q\230d\240#\240U\250!\2504\250x\260q\270\004\270N\310/\320Ya\320ab\320bf\320fk\320kn\320no\330\036#\2404\240q\330\010\013\2103\210c\220\021\330\014\020\220\n\230!\330\014\022\220\047\230\021\320\032;\2701\270A\330\010\014\210K\220q\200A\360\n\000\t\r\210L\230\001\330\010\014\210C\210y\230\001\330\010\014\210C\210}\230A\330\010\014\210C\210}\230A\330\010\014\210J\220a\330\010\013\2109\220B\220a\330\014\022\220\"\220F\230\"\230C\230q\240\013\2504\250v\260R\260q\330\014\022\220!\330\014\020\220\n\230!\330\014\020\220\003\220=\240\n\250!\330\014\020\220\003\2209\230A\230S\240\001\240\023\240A\200A\360\020\000\t#\240!\330\010\017\210~\230Q\330\010\014\210L\230\001\330\010\022\220)\230=\250\r\260]\300+\310U\320RW\320We\320eq\320qv\320vw\330\010\014\210G\2205\230\n\240&\250\006\250a\330\014\017\210t\220:\230Q\230e\2402\240Z\250s\260#\260W\270C\270r\300\021\330\020\026\220i\230q\240\006\240a\240q\330\014\017\210s\220\047\230\023\230F\240#\240T\250\023\250F\260.\300\003\3004\300s\310&\320PQ\330\020\026\220j\240\001\240\026\240q\320(T\320TU\320UY\320YZ\320Z[\330\010\013\210:\220W\230F\240#\240S\250\005\250V\2607\270&\300\003\3009\310G\320SY\320Y\\\320\\_\320_c\320cj\320jk\330\014\022\220*\230A\230Q\330\010\013\2104\210z\230\021\230(\240-\250s\260&\270\001\330\014\022\220)\2301\230A\330\010\013\210<\220w\230a\330\014\017\210t\320\023$\240A\240]\260!\330\020\026\220i\230q\240\001\330\014\022\320\022#\320#7\260q\270\r\300Q\330\014\017\210s\220)\2303\320\0368\270\003\2708\3003\300f\310C\310x\320Wa\320ah\320hi\330\020\026\220j\240\001\240\021\330\010\017\210v\220U\230!\330\010\014\210J\220a\330\010\014\210H\220A\330\010\r\210Q\330\010\r\210Q\330\010\r\210Q\330\010\014""\210I\220Q\330\010\014\210I\220Q\220e\230<\240z\260\033\270H\300A\330\010\014\210C\210x\220q\230\002\230!\2301\330\010\014\210C\210w\220a\220r\230\021\230#\230Q\330\010\014\210C\210}\230A\230R\230q\240\003\2401\330\010\014\210C\210w\220k\240\024\240Q\240f\250A\330\010\014\210C\210|\2306\240\021\330\010\013\2104\210s\220!\330\014\020\220\003\2207\230!\330\014\020\220\003\220;\230c\240\021\340\014\020\220\003\2207\230!\330\014\020\220\003\220;\230a\230t\2403\240a\200A\360\024\000\t\r\210L\230\001\330\010\013\2104\210s\220&\230\003\2301\330\014\022\220,\230a\230q\330\010\013\2104\210t\2201\330\014\022\220,\230a\230q\330\010\014\210H\220A\330\010\t\330\014\020\220\003\220>\240\021\330\014\020\220\003\220?\240!\330\014\020\220\003\220>\240\025\240j\260\003\2607\270!\330\014\020\220\003\220=\240\013\250:\260R\260\177\300j\320PS\320SZ\320Z[\330\021\022\330\020\026\220f\230A\230Q\230d\240!\340\014\020\220\010\230\001\330\014\020\220\003\220>\240\021\330\010\017\210q\320\004)\320)@\300\001\360\014\000\t\r\210L\230\001\330\010\013\2104\210s\220&\230\003\2301\330\014\022\220,\230a\230q\330\010\013\2104\210t\2201\330\014\022\220,\230a\230q\330\010\014\210H\220A\330\010\t\330\014\020\220\003\220>\240\024\240S\250\010\260\002\3202C\320CV\320VW\330\014\020\220\003\220?\240!\330\021\022\330\020\026\220f\230A\230Q\230d\240!\340\014\020\220\010\230\001\330\010\017\210q";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED
     #endif
     PyObject **stringtab = __pyx_mstate->__pyx_string_tab;
     Py_ssize_t pos = 0;
-    for (int i = 0; i < 267; i++) {
+    for (int i = 0; i < 283; i++) {
       Py_ssize_t bytes_length = str_length_index[i].length;
       PyObject *string = PyUnicode_DecodeUTF8(bytes + pos, bytes_length, NULL);
       if (likely(string) && i >= 58) PyUnicode_InternInPlace(&string);
@@ -28505,8 +29706,8 @@ static const char bytes[] = " at 0x blocks> entries hooks,  must be a numpy uint
       stringtab[i] = string;
       pos += bytes_length;
     }
-    for (int i = 267; i < 280; i++) {
-      Py_ssize_t bytes_length = bytes_length_index[i-267].length;
+    for (int i = 283; i < 299; i++) {
+      Py_ssize_t bytes_length = bytes_length_index[i-283].length;
       PyObject *string = PyBytes_FromStringAndSize(bytes + pos, bytes_length);
       stringtab[i] = string;
       pos += bytes_length;
@@ -28516,15 +29717,15 @@ static const char bytes[] = " at 0x blocks> entries hooks,  must be a numpy uint
       }
     }
     Py_XDECREF(data);
-    for (Py_ssize_t i = 0; i < 280; i++) {
+    for (Py_ssize_t i = 0; i < 299; i++) {
       if (unlikely(PyObject_Hash(stringtab[i]) == -1)) {
         __PYX_ERR(0, 1, __pyx_L1_error)
       }
     }
     #if CYTHON_IMMORTAL_CONSTANTS
     {
-      PyObject **table = stringtab + 267;
-      for (Py_ssize_t i=0; i<13; ++i) {
+      PyObject **table = stringtab + 283;
+      for (Py_ssize_t i=0; i<16; ++i) {
         #if PY_VERSION_HEX >= 0x030F0000
         PyUnstable_SetImmortal(table[i]);
         #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
@@ -28547,18 +29748,19 @@ static const char bytes[] = " at 0x blocks> entries hooks,  must be a numpy uint
   }
   {
     PyObject **numbertab = __pyx_mstate->__pyx_number_tab + 0;
-    int8_t const cint_constants_1[] = {0,-1,1,2,8};
+    int8_t const cint_constants_1[] = {0,-1,1,2,4,8};
     int16_t const cint_constants_2[] = {256,512};
     int32_t const cint_constants_4[] = {136983863L};
-    for (int i = 0; i < 8; i++) {
-      numbertab[i] = PyLong_FromLong((i < 5 ? cint_constants_1[i - 0] : (i < 7 ? cint_constants_2[i - 5] : cint_constants_4[i - 7])));
+    int64_t const cint_constants_8[] = {4294967295LL};
+    for (int i = 0; i < 10; i++) {
+      numbertab[i] = PyLong_FromLongLong((i < 6 ? cint_constants_1[i - 0] : (i < 8 ? cint_constants_2[i - 6] : (i < 9 ? cint_constants_4[i - 8] : cint_constants_8[i - 9]))));
       if (unlikely(!numbertab[i])) __PYX_ERR(0, 1, __pyx_L1_error)
     }
   }
   #if CYTHON_IMMORTAL_CONSTANTS
   {
     PyObject **table = __pyx_mstate->__pyx_number_tab;
-    for (Py_ssize_t i=0; i<8; ++i) {
+    for (Py_ssize_t i=0; i<10; ++i) {
       #if PY_VERSION_HEX >= 0x030F0000
       PyUnstable_SetImmortal(table[i]);
       #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
@@ -28612,69 +29814,84 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
   PyObject* tuple_dedup_map = PyDict_New();
   if (unlikely(!tuple_dedup_map)) return -1;
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 304};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 311};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_types, __pyx_mstate->__pyx_n_u_cbs, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_rc};
     __pyx_mstate_global->__pyx_codeobj_tab[0] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_install, __pyx_mstate->__pyx_kp_b_iso88591_A_L_4q_aq_Qe_AU_Qe_AU_Qe_1E_Qe_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[0])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 335};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 342};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_i};
     __pyx_mstate_global->__pyx_codeobj_tab[1] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_uninstall, __pyx_mstate->__pyx_kp_b_iso88591_A_L_E_at1_9AT_E_XQa_Ja, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[1])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 342};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 349};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[2] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_close, __pyx_mstate->__pyx_kp_b_iso88591_A_4wc_4q_aq_4wc_t9CuD_G7_F_84q_t, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[2])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {7, 0, 0, 17, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 381};
+    const __Pyx_PyCode_New_function_description descr = {7, 0, 0, 17, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 390};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_cpu, __pyx_mstate->__pyx_n_u_regs_array, __pyx_mstate->__pyx_n_u_host_idt, __pyx_mstate->__pyx_n_u_guest_idt, __pyx_mstate->__pyx_n_u_memory, __pyx_mstate->__pyx_n_u_api_capsule, __pyx_mstate->__pyx_n_u_rv, __pyx_mstate->__pyx_n_u_hv, __pyx_mstate->__pyx_n_u_gv, __pyx_mstate->__pyx_n_u_api, __pyx_mstate->__pyx_n_u_GuestMemory, __pyx_mstate->__pyx_n_u_arrays, __pyx_mstate->__pyx_n_u_name, __pyx_mstate->__pyx_n_u_arr, __pyx_mstate->__pyx_n_u_shape, __pyx_mstate->__pyx_n_u_hold};
     __pyx_mstate_global->__pyx_codeobj_tab[3] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_bind, __pyx_mstate->__pyx_kp_b_iso88591_A_Q_L_URWWeeqqvvw_G5_a_t_Qe2Zs_W, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[3])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 428};
+    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 437};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_lguest_data, __pyx_mstate->__pyx_n_u_noirq_start, __pyx_mstate->__pyx_n_u_noirq_end};
     __pyx_mstate_global->__pyx_codeobj_tab[4] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_set_guest_data, __pyx_mstate->__pyx_kp_b_iso88591_A_G1_s_s_b_2Rt3a_Q_6_Q_6_C_a_C_A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[4])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 440};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 449};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_budget_blocks, __pyx_mstate->__pyx_n_u_deadline_ns, __pyx_mstate->__pyx_n_u_err};
     __pyx_mstate_global->__pyx_codeobj_tab[5] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_run, __pyx_mstate->__pyx_kp_b_iso88591_L_4s_1_aq_4t1_aq_HA_S_2CCVVW_fA, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[5])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 465};
-    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
-    __pyx_mstate_global->__pyx_codeobj_tab[6] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_request_stop, __pyx_mstate->__pyx_kp_b_iso88591_A_AQd, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[6])) goto bad;
+    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 470};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_budget_end, __pyx_mstate->__pyx_n_u_deadline_ns, __pyx_mstate->__pyx_n_u_skip_addr, __pyx_mstate->__pyx_n_u_err};
+    __pyx_mstate_global->__pyx_codeobj_tab[6] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_resume, __pyx_mstate->__pyx_kp_b_iso88591_A_L_4s_1_aq_4t1_aq_HA_j_7_R_jPSS, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[6])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 469};
-    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
-    __pyx_mstate_global->__pyx_codeobj_tab[7] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_poke, __pyx_mstate->__pyx_kp_b_iso88591_A_AQd_2, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[7])) goto bad;
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 498};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_capacity, __pyx_mstate->__pyx_n_u_buf, __pyx_mstate->__pyx_n_u_arr};
+    __pyx_mstate_global->__pyx_codeobj_tab[7] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_trace_direct, __pyx_mstate->__pyx_kp_b_iso88591_A_L_Cy_C_A_C_A_Ja_9Ba_F_Cq_4vRq, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[7])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 474};
-    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
-    __pyx_mstate_global->__pyx_codeobj_tab[8] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_clear_poke, __pyx_mstate->__pyx_kp_b_iso88591_A_AQd_3, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[8])) goto bad;
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 515};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_n, __pyx_mstate->__pyx_n_u_dropped, __pyx_mstate->__pyx_n_u_out};
+    __pyx_mstate_global->__pyx_codeobj_tab[8] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_trace_drain, __pyx_mstate->__pyx_kp_b_iso88591_A_c_Cq_L_4xs_6_d_2U_C_A_C_uCq, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[8])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 541};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 533};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
+    __pyx_mstate_global->__pyx_codeobj_tab[9] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_request_stop, __pyx_mstate->__pyx_kp_b_iso88591_A_AQd, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[9])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 537};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
+    __pyx_mstate_global->__pyx_codeobj_tab[10] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_poke, __pyx_mstate->__pyx_kp_b_iso88591_A_AQd_2, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[10])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 542};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
+    __pyx_mstate_global->__pyx_codeobj_tab[11] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_clear_poke, __pyx_mstate->__pyx_kp_b_iso88591_A_AQd_3, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[11])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 609};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_i};
-    __pyx_mstate_global->__pyx_codeobj_tab[9] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_direct_counts, __pyx_mstate->__pyx_kp_b_iso88591_A_q_4s_D_U_5_4s_XYYZ, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[9])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[12] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_direct_counts, __pyx_mstate->__pyx_kp_b_iso88591_A_q_4s_D_U_5_4s_XYYZ, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[12])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 546};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 614};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_i};
-    __pyx_mstate_global->__pyx_codeobj_tab[10] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_stop_counts, __pyx_mstate->__pyx_kp_b_iso88591_A_q_q_D_6_T_e1Cq_TQTTZZ, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[10])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[13] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lguest_unicorn__uchook_pyx, __pyx_mstate->__pyx_n_u_stop_counts, __pyx_mstate->__pyx_kp_b_iso88591_A_q_q_D_6_T_e1Cq_TQTTZZ, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[13])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
-    __pyx_mstate_global->__pyx_codeobj_tab[11] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_reduce_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[11])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[14] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_reduce_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[14])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 3};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_pyx_state};
-    __pyx_mstate_global->__pyx_codeobj_tab[12] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[12])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[15] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[15])) goto bad;
   }
   Py_DECREF(tuple_dedup_map);
   return 0;
@@ -33967,6 +35184,168 @@ __pyx_return_false:
     return 0;
 }
 
+/* PyNumberBinop */
+#if !(CYTHON_COMPILING_IN_PYPY || CYTHON_COMPILING_IN_GRAAL || CYTHON_COMPILING_IN_LIMITED_API)
+#if CYTHON_USE_TYPE_SLOTS || __PYX_LIMITED_VERSION_HEX >= 0x030A0000
+#ifndef __Pyx_DEFINED_BinopTypeError
+#define __Pyx_DEFINED_BinopTypeError
+static void __Pyx_BinopTypeError(PyObject *op1, PyObject *op2, const char* op, int inplace) {
+    char opname[4] = {op[0], op[1], 0, 0};
+    if (inplace) {
+        opname[op[1] ? 2 : 1] = '=';
+    }
+    __Pyx_RaiseErrorWithObjectTypes1(
+        PyExc_TypeError,
+        "unsupported operand type(s) for %.3s: '" __Pyx_FMT_TYPENAME "' and '" __Pyx_FMT_TYPENAME "'",
+        opname, op1, op2);
+}
+#endif
+#endif
+#ifndef __Pyx_DEFINED_PyNumber_And_xint_int
+#define __Pyx_DEFINED_PyNumber_And_xint_int
+static PyObject* __Pyx_PyNumber_And_xint_int(PyObject *op1, PyObject *op2, int inplace) {
+    #if CYTHON_USE_TYPE_SLOTS || __PYX_LIMITED_VERSION_HEX >= 0x030A0000
+    {
+        PyTypeObject *type_op2 = Py_TYPE(op2);
+        binaryfunc slot_func = __Pyx_PyType_GetSubSlot(type_op2, tp_as_number, nb_and, binaryfunc);
+        if (likely(slot_func)) {
+            PyObject *result = slot_func(op1, op2);
+            if (likely(result != Py_NotImplemented)) {
+                return result;
+            }
+            Py_DECREF(result);
+        }
+        __Pyx_BinopTypeError(op1, op2, "&", inplace);
+        return NULL;
+    }
+    #else
+    return (inplace) ? PyNumber_InPlaceAnd(op1, op2) : PyNumber_And(op1, op2);
+    #endif
+}
+#endif
+static CYTHON_INLINE PyObject* __Pyx__PyNumber_And_int_int(PyObject *op1, PyObject *op2, int inplace) {
+    if (likely(op1 != Py_None)) {
+        if (likely(op2 != Py_None)) {
+            #if CYTHON_USE_PYLONG_INTERNALS
+            if (__Pyx_PyLong_IsCompact(op1)) {
+                Py_ssize_t int_op1 = __Pyx_PyLong_CompactValue(op1);
+                if (int_op1 == 0) return __Pyx_NewRef(op1);
+                if (__Pyx_PyLong_IsCompact(op2)) {
+                    Py_ssize_t int_op2 = __Pyx_PyLong_CompactValue(op2);
+                    if (int_op2 == 0) return __Pyx_NewRef(op2);
+                    return PyLong_FromSsize_t(int_op1 & int_op2);
+                }
+            }
+            else if (__Pyx_PyLong_IsZero(op2)) return __Pyx_NewRef(op2);
+            #endif
+            binaryfunc slot_func = __Pyx_PyType_GetSubSlot(&PyLong_Type, tp_as_number, nb_and, binaryfunc);
+            if (likely(slot_func)) {
+                return slot_func(op1, op2);
+            }
+        }
+        return __Pyx_PyNumber_And_xint_int(op1, op2, inplace);
+    }
+    return (inplace) ? PyNumber_InPlaceAnd(op1, op2) : PyNumber_And(op1, op2);
+}
+#endif
+
+/* PyObjectVectorcallKwds */
+#if CYTHON_VECTORCALL
+CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject *kwnames, Py_ssize_t i) {
+    PyObject *key = __Pyx_PyTuple_GET_ITEM(kwnames, i);
+#if !CYTHON_ASSUME_SAFE_MACROS
+    if (unlikely(!key)) return -1;
+#endif
+    if (unlikely(!PyUnicode_Check(key))) {
+        PyErr_SetString(PyExc_TypeError, "keywords must be strings");
+        return -1;
+    }
+    return 0;
+}
+#else
+CYTHON_UNUSED static PyObject *__Pyx_MakeKwargDict(PyObject **keys, PyObject **values, Py_ssize_t n) {
+    PyObject *out = PyDict_New();
+    if (unlikely(!out)) return NULL;
+    for (Py_ssize_t i=0; i<n; ++i) {
+        if (unlikely(PyDict_SetItem(out, keys[i], values[i]) < 0)) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject **kwnames, Py_ssize_t i) {
+    PyObject *key = kwnames[i];
+    if (unlikely(!PyUnicode_Check(key))) {
+        PyErr_SetString(PyExc_TypeError, "keywords must be strings");
+        return -1;
+    }
+    return 0;
+}
+#endif
+
+/* SliceObject */
+static CYTHON_INLINE PyObject* __Pyx_PyObject_GetSlice(PyObject* obj,
+        Py_ssize_t cstart, Py_ssize_t cstop,
+        PyObject** _py_start, PyObject** _py_stop, PyObject** _py_slice,
+        int has_cstart, int has_cstop, CYTHON_UNUSED int wraparound) {
+#if CYTHON_USE_TYPE_SLOTS
+    PyMappingMethods* mp = Py_TYPE(obj)->tp_as_mapping;
+    if (likely(mp && mp->mp_subscript))
+#else
+    if ((1))
+#endif
+    {
+        PyObject* result;
+        PyObject *py_slice, *py_start, *py_stop;
+        if (_py_slice) {
+            py_slice = *_py_slice;
+        } else {
+            PyObject* owned_start = NULL;
+            PyObject* owned_stop = NULL;
+            if (_py_start) {
+                py_start = *_py_start;
+            } else {
+                if (has_cstart) {
+                    owned_start = py_start = PyLong_FromSsize_t(cstart);
+                    if (unlikely(!py_start)) goto bad;
+                } else
+                    py_start = Py_None;
+            }
+            if (_py_stop) {
+                py_stop = *_py_stop;
+            } else {
+                if (has_cstop) {
+                    owned_stop = py_stop = PyLong_FromSsize_t(cstop);
+                    if (unlikely(!py_stop)) {
+                        Py_XDECREF(owned_start);
+                        goto bad;
+                    }
+                } else
+                    py_stop = Py_None;
+            }
+            py_slice = PySlice_New(py_start, py_stop, Py_None);
+            Py_XDECREF(owned_start);
+            Py_XDECREF(owned_stop);
+            if (unlikely(!py_slice)) goto bad;
+        }
+#if CYTHON_USE_TYPE_SLOTS
+        result = mp->mp_subscript(obj, py_slice);
+#else
+        result = PyObject_GetItem(obj, py_slice);
+#endif
+        if (!_py_slice) {
+            Py_DECREF(py_slice);
+        }
+        return result;
+    } else {
+        __Pyx_RaiseTypeErrorWithObjectType(
+            "'" __Pyx_FMT_TYPENAME "' object is unsliceable", obj);
+    }
+bad:
+    return NULL;
+}
+
 /* CIntToPyUnicode */
 static CYTHON_INLINE PyObject* __Pyx_uchar___Pyx_PyUnicode_From_uint64_t(uint64_t value, Py_ssize_t width, char padding_char) {
 #ifdef __Pyx_HAS_GCC_DIAGNOSTIC
@@ -37771,6 +39150,29 @@ __pyx_fail:
     return result;
 }
 
+/* ObjectToMemviewSlice */
+static CYTHON_INLINE __Pyx_memviewslice __Pyx_PyObject_to_MemoryviewSlice_d_dc_nn_uint64_t(PyObject *obj, int writable_flag) {
+    __Pyx_memviewslice result = __Pyx_MEMSLICE_INIT;
+    __Pyx_BufFmt_StackElem stack[1];
+    int axes_specs[] = { (__Pyx_MEMVIEW_DIRECT | __Pyx_MEMVIEW_FOLLOW), (__Pyx_MEMVIEW_DIRECT | __Pyx_MEMVIEW_CONTIG) };
+    int retcode;
+    if (obj == Py_None) {
+        result.memview = (struct __pyx_memoryview_obj *) Py_None;
+        return result;
+    }
+    retcode = __Pyx_ValidateAndInit_memviewslice(axes_specs, __Pyx_IS_C_CONTIG,
+                                                 (PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) | writable_flag, 2,
+                                                 &__Pyx_TypeInfo_nn_uint64_t, stack,
+                                                 &result, obj);
+    if (unlikely(retcode == -1))
+        goto __pyx_fail;
+    return result;
+__pyx_fail:
+    result.memview = NULL;
+    result.data = NULL;
+    return result;
+}
+
 /* MemviewSliceCopy */
 static __Pyx_memviewslice
 __pyx_memoryview_copy_new_contig(const __Pyx_memviewslice *from_mvs,
@@ -37840,41 +39242,6 @@ no_fail:
     __Pyx_RefNannyFinishContext();
     return new_mvs;
 }
-
-/* PyObjectVectorcallKwds (used by PyObjectVectorcallMethodKwds) */
-#if CYTHON_VECTORCALL
-CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject *kwnames, Py_ssize_t i) {
-    PyObject *key = __Pyx_PyTuple_GET_ITEM(kwnames, i);
-#if !CYTHON_ASSUME_SAFE_MACROS
-    if (unlikely(!key)) return -1;
-#endif
-    if (unlikely(!PyUnicode_Check(key))) {
-        PyErr_SetString(PyExc_TypeError, "keywords must be strings");
-        return -1;
-    }
-    return 0;
-}
-#else
-CYTHON_UNUSED static PyObject *__Pyx_MakeKwargDict(PyObject **keys, PyObject **values, Py_ssize_t n) {
-    PyObject *out = PyDict_New();
-    if (unlikely(!out)) return NULL;
-    for (Py_ssize_t i=0; i<n; ++i) {
-        if (unlikely(PyDict_SetItem(out, keys[i], values[i]) < 0)) {
-            Py_DECREF(out);
-            return NULL;
-        }
-    }
-    return out;
-}
-CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject **kwnames, Py_ssize_t i) {
-    PyObject *key = kwnames[i];
-    if (unlikely(!PyUnicode_Check(key))) {
-        PyErr_SetString(PyExc_TypeError, "keywords must be strings");
-        return -1;
-    }
-    return 0;
-}
-#endif
 
 /* PyObjectVectorcallMethodKwds (used by CIntToPy) */
 #if !CYTHON_VECTORCALL

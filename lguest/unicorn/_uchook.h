@@ -128,6 +128,17 @@ typedef struct {
     uint64_t stops[16];
     uint64_t intr_hooks;
     uint64_t io_count;
+    /* debugger (lguest.unicorn.gdbstub): the first block after a resume
+     * at skip_addr continues a block already counted (the debugger
+     * stopped the guest inside it), so it is neither counted nor checked */
+    int skip_armed;
+    uint32_t skip_addr;
+    /* timeline (lguest.host.trace): direct traps, 4 words each (blocks,
+     * CLOCK_MONOTONIC ns, eip, vector | cpl from << 8 | cpl to << 16);
+     * NULL when off, so the one cost is a test per direct trap */
+    uint64_t *trace;
+    uint32_t trace_cap, trace_len;
+    uint64_t trace_dropped;
 } uh_state;
 
 static inline uint64_t uh_ld64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
@@ -261,9 +272,21 @@ static void uh_on_intr(uh_engine *uc, uint32_t intno, void *user) {
     cpl = uh_intr_record(st, uc, c, intno);
     reason = uh_intr_route(st, intno, cpl);
     if (reason == 0) {
+        uint32_t eip0 = st->trace ? (uint32_t)uh_ld64(c + st->off_eip) : 0;   /* for the timeline */
         reason = uh_deliver(st, c, intno, st->idt[2 * intno], st->idt[2 * intno + 1],
                             !st->is_int && lg_has_err(intno), st->errcode, cpl);
         if (reason == 0) st->direct_counts[intno]++;
+        /* -- timeline: one test when off -- */
+        if (reason == 0 && st->trace) {
+            if (st->trace_len < st->trace_cap) {
+                uint64_t *e = st->trace + 4 * (size_t)st->trace_len++;
+                e[0] = st->blocks; e[1] = (uint64_t)lg_monotonic_ns(); e[2] = eip0;
+                e[3] = intno | ((uint64_t)cpl << 8) | ((uint64_t)(st->api->regs[LG_R_CS] & 3) << 16);
+            } else {
+                st->trace_dropped++;
+            }
+        }
+        /* -- end timeline -- */
     }
     st->ctx_restore(uc, c);   /* the handler's state, or the trap's untouched */
     if (reason != 0) uh_stop(st, reason);
@@ -363,6 +386,12 @@ static void uh_on_block(uh_engine *uc, uint64_t address, uint32_t size, void *us
      * uh_run flushes and re-enters it. */
     *st->tb_cflags = st->tb_max_insns;
     if (*st->code_gen_ptr + st->tb_guard > *st->code_gen_highwater) { uh_stop(st, UH_FLUSH); return; }
+    /* -- debugger: see skip_armed (one test of a field that is 0 without a debugger) -- */
+    if (st->skip_armed) {
+        st->skip_armed = 0;
+        if ((uint32_t)address == st->skip_addr) return;
+    }
+    /* -- end debugger -- */
     if (st->budget_end && st->blocks >= st->budget_end) { uh_stop(st, UH_TIMER); return; }
     if (__atomic_load_n(&st->stop_flag, __ATOMIC_SEQ_CST)) {
         __atomic_store_n(&st->stop_flag, 0, __ATOMIC_SEQ_CST);

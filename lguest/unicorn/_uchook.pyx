@@ -107,6 +107,11 @@ cdef extern from "_uchook.h":
         uint64_t stops[16]
         uint64_t intr_hooks
         uint64_t io_count
+        int skip_armed
+        uint32_t skip_addr
+        uint64_t *trace
+        uint32_t trace_cap, trace_len
+        uint64_t trace_dropped
     int uh_run(uh_state *st) noexcept nogil
     void uh_store_int(int *p, int v) noexcept nogil
     void uh_store_u32(uint32_t *p, uint32_t v) noexcept nogil
@@ -190,6 +195,7 @@ cdef class NativeHooks:
     cdef object _keep      # objects whose memory the C side points into (bind)
     cdef object _owners    # the engine and the Switcher pin (__init__)
     cdef object _hold      # a GuestMemory.hold() while bound
+    cdef object _trace     # the timeline's numpy buffer (trace_direct), or None
     cdef int insn_in, insn_out
     cdef object _free
     cdef int state         # 0: __init__ not run, 1: ready, 2: closed
@@ -206,6 +212,7 @@ cdef class NativeHooks:
         self._keep = None
         self._owners = None
         self._hold = None
+        self._trace = None
 
     def __init__(self, *, uc_handle, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va,
                  switcher_size, gdt_offset, until_va, host_cs, host_ss,
@@ -353,6 +360,8 @@ cdef class NativeHooks:
             if self.ctx_small_ptr != NULL and self._free is not None:
                 self._free(<size_t>self.ctx_small_ptr)
         self.state = 2
+        self.st.trace = NULL
+        self._trace = None
         self._unbind()
         self.ctx_ptr = NULL
         self.ctx_small_ptr = NULL
@@ -457,6 +466,65 @@ cdef class NativeHooks:
         finally:
             self.busy = 0
         return err
+
+    def resume(self, uint64_t budget_end, int64_t deadline_ns, int64_t skip_addr):
+        """The debugger's and the replay's run (lguest.unicorn.gdbstub,
+        lguest.host.record): like run(), but the block budget is absolute
+        (stop when ``blocks`` reaches ``budget_end``; 0: none), so an entry
+        split into several runs keeps its one budget; and with ``skip_addr``
+        >= 0 the first block, if it starts there, is the rest of a block
+        the guest was stopped inside (already counted): it is neither
+        counted nor checked, so the virtual clock and the block starts
+        where irqs are taken are those of a run without stops."""
+        cdef int err
+        self._check_idle()
+        if self.st.regs == NULL:
+            raise RuntimeError("NativeHooks are not bound to a cpu")
+        if not self.nhooks:
+            raise RuntimeError("NativeHooks are not installed")
+        self.busy = 1
+        try:
+            self.st.budget_end = budget_end
+            self.st.deadline_ns = deadline_ns
+            self.st.skip_armed = 1 if skip_addr >= 0 else 0
+            self.st.skip_addr = <uint32_t>(skip_addr & 0xFFFFFFFF) if skip_addr >= 0 else 0
+            with nogil:
+                err = uh_run(&self.st)
+        finally:
+            self.busy = 0
+            self.st.skip_armed = 0
+        return err
+
+    def trace_direct(self, capacity):
+        """Record direct traps for a timeline (lguest.host.trace): at most
+        ``capacity`` between two :meth:`trace_drain` calls (the rest are
+        counted as dropped); 0 turns it off."""
+        cdef uint64_t[:, ::1] buf
+        self._check_idle()
+        self.st.trace = NULL
+        self.st.trace_cap = 0
+        self.st.trace_len = 0
+        self._trace = None
+        if capacity > 0:
+            arr = np.zeros((int(capacity), 4), dtype=np.uint64)
+            buf = arr
+            self._trace = arr
+            self.st.trace_cap = <uint32_t>capacity
+            self.st.trace = &buf[0, 0]
+
+    def trace_drain(self):
+        """(events, dropped): a copy of the direct traps recorded since the
+        last drain (rows of blocks, monotonic ns, eip, vector | cpl_from << 8
+        | cpl_to << 16) and how many did not fit; resets both."""
+        cdef uint32_t n = self.st.trace_len
+        cdef uint64_t dropped = self.st.trace_dropped
+        self._check_idle()
+        if self._trace is None:
+            return None, 0
+        out = self._trace[:n].copy()
+        self.st.trace_len = 0
+        self.st.trace_dropped = 0
+        return out, int(dropped)
 
     @property
     def running(self):

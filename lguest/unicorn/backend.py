@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+import time
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from ..cores import compiled, core_of
 from ..host.run import Backend
 from . import _uchook
 from .engine import engine_handle, engine_internals, function_addresses, uclib
-from .exits import ExitDecoding
+from .exits import REASON_DIRECT, ExitDecoding
 from .layout import context_layout
 from .paging import ShadowPaging
 from .switcher import CR0_WP, SW_GDT, SW_SIZE, SW_STUBS, SW_UNTIL, Switcher
@@ -57,6 +58,12 @@ class UnicornBackend(ExitDecoding, ShadowPaging, Backend):
         self.paging = False
         self._last_blocks = 0
         self.python_direct: dict[int, int] = {}
+        #: What runs each entry instead of ``hooks.run(budget, deadline)``:
+        #: the gdb stub (lguest.unicorn.gdbstub), a recorder or a replayer
+        #: (lguest.host.record), or None.
+        self.runner: Any = None
+        #: A lguest.host.trace.Timeline the direct traps the hook records go to, or None.
+        self.timeline: Any = None
         self.hooks: Any = None
         self._enter_switcher(uc, cpu)
         self.hooks = self._native_hooks(uc, cpu, native_direct)
@@ -142,13 +149,48 @@ class UnicornBackend(ExitDecoding, ShadowPaging, Backend):
             nxt = clock.next_expiry()
             if nxt is not None:
                 budget = max(1, -(-(nxt - clock.now_ns()) // self.ns_per_block))
-        err = hooks.run(budget, self.deadline_ns)
+        runner = self.runner
+        if runner is None:
+            err = hooks.run(budget, self.deadline_ns)
+        else:  # gdb's stops, a recording's or a replay's inputs, under the same budget
+            err = runner.execute(hooks, budget, self.deadline_ns)
+        if self.timeline is not None:
+            self._drain_timeline(cpu, idt, clock)
         if self.virtual:
             blocks = hooks.blocks
             if blocks != self._last_blocks:
                 clock.advance((blocks - self._last_blocks) * self.ns_per_block)
                 self._last_blocks = blocks
         self._exit(cpu, idt, hooks.reason, err)
+
+    def _drain_timeline(self, cpu: Any, idt: np.ndarray, clock: Any) -> None:
+        """The direct traps the hook recorded during this entry, onto the
+        timeline (before the clock advances: a trap's guest time is the
+        clock's now plus the blocks run up to it); a direct trap left to the
+        Python path (the pure-Python core) is added here, before ``_exit``
+        delivers it."""
+        hooks = self.hooks
+        rows, dropped = hooks.trace_drain()
+        timeline = self.timeline
+        timeline.direct_dropped += dropped
+        if self.virtual:
+            now, start = clock.now_ns(), self._last_blocks
+            ns = self.ns_per_block
+
+            def to_ns(blocks: Any, _mono: Any) -> Any:
+                return now + (blocks - start) * ns
+        else:
+            t0 = self.timeline_t0
+
+            def to_ns(_blocks: Any, mono: Any) -> Any:
+                return mono - t0
+        if rows is not None and len(rows):
+            timeline.add_direct(rows, to_ns)
+        if hooks.reason == REASON_DIRECT and hooks.trapnum < IDT_ENTRIES:
+            n = hooks.trapnum
+            row = [hooks.blocks, time.monotonic_ns(), int(cpu.regs.eip),
+                   n | (int(cpu.regs.cs) & 3) << 8 | ((int(idt[n, 0]) >> 16) & 3) << 16]
+            timeline.add_direct(np.array([row], dtype=np.uint64), to_ns)
 
     def code_changed(self, cpu: Any, gpa: int, length: int) -> None:
         """The vmcall patch: drop Unicorn's translations of those bytes."""

@@ -9,6 +9,8 @@ that drives them through :func:`lguest.host.run.run_guest`.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +21,7 @@ from unicorn import unicorn_const as _ucc
 
 from ..clock import VirtualClock
 from ..constants import PAGE_SIZE, SWITCHER_ADDR
+from ..host import record as record_mod
 from ..host.launcher import DEFAULT_CONSOLE_LIMIT, Launcher, RunResult
 from ..host.stats import Stats
 from ..host.vectors import Host
@@ -27,6 +30,7 @@ from ..validate import to_bytes, to_timeout, to_u32
 from .backend import UnicornBackend
 from .elf import parse_elf32
 from .engine import TCG_BUFFER_SIZE, check_version
+from .exits import REASON_DEADLINE, REASON_TIMER
 from .paging import initial_page_tables
 from .stats import flat_stats
 from .switcher import GUEST_FLAT_SEGMENTS
@@ -51,7 +55,17 @@ class UnicornLauncher:
     def __init__(self, memory: int, *, syscall_vector: int = 0x80, page_offset: int = 0,
                  clock: str = "virtual", console: Callable[[bytes], None] | Any = None,
                  used_vectors: Any = None, native_direct: bool = True, core: Any = None,
-                 console_limit: int = DEFAULT_CONSOLE_LIMIT, trace_size: int = 0) -> None:
+                 console_limit: int = DEFAULT_CONSOLE_LIMIT, trace_size: int = 0,
+                 record: bool = False, replay: Any = None) -> None:
+        """``record``: log this guest's inputs (:meth:`save_recording`);
+        ``replay``: a recording (a path, or :func:`lguest.host.record.load`'s
+        dict) whose inputs are fed back instead of any from outside; its
+        clock mode replaces ``clock``.  See :mod:`lguest.host.record`."""
+        if record and replay is not None:
+            raise ValueError("record and replay are exclusive")
+        if replay is not None:
+            replay = record_mod.load(replay) if isinstance(replay, (str, os.PathLike)) else replay
+            clock = replay["clock"]
         if clock not in ("virtual", "wall"):
             raise ValueError('clock must be "virtual" or "wall"')
         if isinstance(memory, bool) or not isinstance(memory, int) or memory <= 0 or memory % PAGE_SIZE:
@@ -62,6 +76,11 @@ class UnicornLauncher:
             raise ValueError("page_offset must lie above guest RAM")
         if page_offset + memory > SWITCHER_ADDR or memory > SWITCHER_ADDR:
             raise ValueError("guest memory overlaps the Switcher")
+        self._record = bool(record)
+        self._replay_data: dict[str, Any] | None = replay
+        self._gdb: Any = None
+        self.recorder: record_mod.Recorder | None = None
+        self._replayer: record_mod.Replayer | None = None
         self.memory_size = memory
         self.syscall_vector = syscall_vector
         self.page_offset = page_offset
@@ -126,7 +145,12 @@ class UnicornLauncher:
 
     def _setup(self) -> None:
         self.memory = mem = GuestMemory(self.memory_size)
-        clock = VirtualClock() if self.clock_mode == "virtual" else None
+        virtual = self.clock_mode == "virtual"
+        clock: Any = VirtualClock() if virtual else None
+        if self._record:  # the recorder is hooked in below
+            clock = record_mod.RecordingVirtualClock() if virtual else record_mod.RecordingClock(None)
+        elif self._replay_data is not None:
+            clock = record_mod.ReplayVirtualClock() if virtual else record_mod.ReplayClock()
         self.guest = g = self.host.new_guest(mem, page_offset=self.page_offset, clock=clock, core=self._core)
         self.cpu = cpu = g.new_cpu()
         # lguest_arch_setup_regs (the loader sets eip), and setup_guest_gdt's flat segments.
@@ -144,17 +168,33 @@ class UnicornLauncher:
         hold.__enter__()
         self._memory_hold = hold
         uc.mem_map_ptr(0, mem.size, _ucc.UC_PROT_ALL, mem.address)
-        self.backend = backend = UnicornBackend(uc, cpu, virtual=clock is not None, ns_per_block=self.ns_per_block,
+        self.backend = backend = UnicornBackend(uc, cpu, virtual=self.clock_mode == "virtual",
+                                                ns_per_block=self.ns_per_block,
                                                 native_direct=self._native_direct)
         if not backend.hooks.has_native_core:
-            backend.hooks.slice_ns = 0 if clock is not None else 1_000_000  # pure Python core, wall clock
+            # The pure-Python core's wall clock sets pending bits the hook
+            # cannot see: poll every 1 ms.  A recorded or replayed clock
+            # pokes the hook itself (lguest.host.record.keep_irqs_in_sight).
+            polled = self.clock_mode == "wall" and not self._record and self._replay_data is None
+            backend.hooks.slice_ns = 1_000_000 if polled else 0
         if self.page_offset:
             g.pgdir = initial_page_tables(mem, self.page_offset)
             backend.enable_paging()
         self.launcher = Launcher(cpu, backend, console=self._console_arg, console_limit=self._console_limit,
                                  stats=Stats(trace_size=self._trace_size), host_idt=backend.host_idt)
+        if self._record:
+            self.recorder = backend.runner = record_mod.Recorder(
+                cpu, backend.hooks, self._deliver_irq, host_stop_reasons=(REASON_DEADLINE,), wall=not virtual)
+            clock.recorder = self.recorder
+        elif self._replay_data is not None:
+            self._replayer = backend.runner = record_mod.Replayer(
+                self._replay_data, cpu, backend.hooks, self._deliver_irq, clock, timer_reason=REASON_TIMER,
+                host_stop_reasons=(REASON_DEADLINE,))
+            g.tsc_khz = int(self._replay_data.get("tsc_khz", g.tsc_khz))
 
     def _teardown(self) -> None:
+        if self._gdb is not None:
+            self._gdb.close()
         if self.backend is not None and self.cpu is not None:
             self._final_stats = self.stats  # still readable after the with block
         backend, self.backend = self.backend, None
@@ -250,13 +290,77 @@ class UnicornLauncher:
                 hooks.slice_ns = min(slice_ns, self.SIGNAL_SLICE_NS) if slice_ns else self.SIGNAL_SLICE_NS
             self._run_thread = threading.get_ident()
             try:
-                return self.launcher.run(timeout)
+                result = self.launcher.run(timeout)
+                if self._gdb is not None and result.reason in ("dead", "restart"):
+                    self._gdb.guest_ended(result.reason, result.message)
+                if self._replayer is not None and self._replayer.ended is not None and result.reason == "break":
+                    result = RunResult(self._replayer.ended)  # where the recorded run was stopped
+                return result
             finally:
                 self._run_thread = None
                 backend.deadline_ns = 0
                 hooks.slice_ns = slice_ns
         finally:
             self._run_lock.release()
+
+    def serve_gdb(self, port: int = 0) -> int:
+        """Debug the guest with gdb: listen on 127.0.0.1:``port`` (0: a free
+        port) and return the port.  The next run() waits for gdb to attach
+        before the guest's next instruction (``run(timeout)``, break_out()
+        and Ctrl-C still end it) and serves it until it detaches or the
+        guest ends.  See :mod:`lguest.unicorn.gdbstub`."""
+        from .gdbstub import GdbStub
+
+        self._check_live()
+        if self.backend.runner is not None:
+            raise RuntimeError("a gdb stub, a recording or a replay is already attached")
+        stub = GdbStub(self, port)
+        self.backend.runner = self._gdb = stub
+        sink = self.launcher._sink
+
+        def console(chunk: bytes) -> None:
+            if sink is not None:
+                sink(chunk)
+            stub.console(chunk)
+
+        self.launcher._sink = console
+        return stub.port
+
+    def start_timeline(self, limit: int | None = None) -> Any:
+        """Record a :class:`lguest.host.trace.Timeline` of this guest's
+        deliveries, hypercalls, timer fires and kill from now on (before
+        run()); returns it (``timeline.write(path)`` saves the JSON)."""
+        from ..host.trace import DEFAULT_LIMIT, DIRECT_CAPACITY, Timeline, TimelineStats
+
+        self._check_live()
+        if self.backend.timeline is not None:
+            raise RuntimeError("a timeline is already being recorded")
+        timeline = Timeline(DEFAULT_LIMIT if limit is None else limit, clock=self.clock_mode)
+        clock, backend = self.guest.clock, self.backend
+        if self.clock_mode == "virtual":
+            now_ns = clock.now_ns
+        else:
+            backend.timeline_t0 = t0 = time.monotonic_ns()
+
+            def now_ns() -> int:
+                return time.monotonic_ns() - t0
+        old = self.launcher.context.stats
+        stats = TimelineStats(timeline, self.cpu, now_ns, trace_size=self._trace_size or 64)
+        stats.hypercalls, stats.reflected_traps = old.hypercalls, old.reflected_traps
+        stats.kills, stats.entries = old.kills, old.entries
+        self.launcher.context.stats = stats
+        if isinstance(clock, VirtualClock):  # timer fires (the wall clock's fire in C, unseen)
+            arm = clock.arm
+
+            def traced_arm(key: Any, expiry_ns: int, callback: Callable[[], None]) -> None:
+                def fired() -> None:
+                    stats.timer()
+                    callback()
+                arm(key, expiry_ns, fired)
+            clock.arm = traced_arm  # type: ignore[method-assign]
+        backend.hooks.trace_direct(DIRECT_CAPACITY)
+        backend.timeline = timeline
+        return timeline
 
     def _live_parts(self) -> tuple[Launcher, Any]:
         """(launcher, hooks), read once: another thread's __exit__ may clear
@@ -268,10 +372,72 @@ class UnicornLauncher:
         return launcher, hooks
 
     def send_irq(self, irq: int) -> None:
-        """Raise virtual irq ``irq`` (LHREQ_IRQ); thread-safe, honoured at the next guest block."""
+        """Raise virtual irq ``irq`` (LHREQ_IRQ); thread-safe, honoured at the next guest block.
+        Recorded when recording; refused (RuntimeError) while replaying."""
+        launcher, hooks = self._live_parts()
+        if self._replayer is not None:
+            raise RuntimeError("a replay takes its irqs from the recording")
+        if not isinstance(irq, int) or isinstance(irq, bool) or not 0 <= irq < 32:
+            launcher.send_irq(irq)  # the same refusal as without a recording
+        recorder = self.recorder
+        if recorder is not None:
+            recorder.input("irq", irq)
+            return
+        launcher.send_irq(irq)
+        hooks.poke()
+
+    def _deliver_irq(self, irq: int) -> None:
         launcher, hooks = self._live_parts()
         launcher.send_irq(irq)
         hooks.poke()
+
+    # --- record and replay (lguest.host.record) --------------------------------------------------
+    def _header(self, image: str | None) -> dict[str, Any]:
+        return {"image_sha256": record_mod.file_digest(image) if image else None, "memory": self.memory_size,
+                "page_offset": self.page_offset, "clock": self.clock_mode, "syscall_vector": self.syscall_vector,
+                "ns_per_block": self.ns_per_block, "tsc_khz": int(self.guest.tsc_khz), "entry": self.entry}
+
+    def _final(self, result: RunResult | None) -> dict[str, Any]:
+        console = self.console
+        return {"reason": None if result is None else result.reason,
+                "message": None if result is None else result.message,
+                "console_sha256": hashlib.sha256(console).hexdigest(), "console_bytes": len(console),
+                "counters": record_mod.guest_counters(self.stats),
+                "registers": record_mod.regs_hash(self.cpu.regs.array)}
+
+    def save_recording(self, path: Any, result: RunResult | None, image: str | None = None) -> None:
+        """Write the recording of this run (after run(); ``result`` is its
+        result, None if it was interrupted) to ``path`` (atomically)."""
+        if self.recorder is None:
+            raise RuntimeError("not recording (UnicornLauncher(record=True))")
+        if result is None or result.reason not in ("dead", "restart"):
+            self.recorder.end(result.reason if result is not None else "interrupted")
+        self.recorder.save(os.fspath(path), self._header(image), self._final(result))
+
+    def replay_report(self, result: RunResult, image: str | None = None) -> list[str]:
+        """After a replay's run(): how it differs from the recording (empty: identical)."""
+        if self._replayer is None or self._replay_data is None:
+            raise RuntimeError("not replaying (UnicornLauncher(replay=...))")
+        rec = self._replay_data
+        out = []
+        if self._replayer.diverged is not None:
+            out.append(f"diverged: {self._replayer.diverged}")
+        header = self._header(image)
+        for key in ("image_sha256", "memory", "page_offset", "syscall_vector", "ns_per_block", "entry"):
+            if rec.get(key) != header[key] and (key != "image_sha256" or image is not None):
+                out.append(f"{key}: recorded {rec.get(key)!r}, replayed {header[key]!r}")
+        final, want = self._final(result), rec["final"]
+        for key in ("reason", "message", "console_sha256", "console_bytes", "registers"):
+            if final[key] != want[key]:
+                out.append(f"{key}: recorded {want[key]!r}, replayed {final[key]!r}")
+        if final["counters"] != want["counters"]:
+            diff = {k for k in set(final["counters"]) | set(want["counters"])
+                    if final["counters"].get(k) != want["counters"].get(k)}
+            out.append("counters: " + ", ".join(f"{k} recorded {want['counters'].get(k)} replayed "
+                                                 f"{final['counters'].get(k)}" for k in sorted(diff)))
+        if self._replayer.index < len(self._replayer.events) and self._replayer.diverged is None:
+            out.append(f"{len(self._replayer.events) - self._replayer.index} recorded inputs never reached")
+        return out
 
     def break_out(self) -> None:
         """Make run() return "break" soon (LHREQ_BREAK); thread-safe."""

@@ -1,0 +1,192 @@
+"""A timeline of what the host did for a guest, as Chrome trace-event JSON.
+
+``lguest run --trace-out FILE.json`` (or ``UnicornLauncher.start_timeline``)
+records every interrupt delivery (vector, how: a virtual irq, a direct trap
+taken in the native hook, a trap the host reflected; the ring it came from
+and went to), every hypercall (number, arguments), the virtual clock's
+timer fires, the wake-up that ends a HALT (with how long the guest was
+halted) and the kill, as instant events ("ph": "i") on one track per cpu.  Perfetto
+(ui.perfetto.dev) and ``chrome://tracing`` open the file as it is.
+
+Time ("ts", microseconds, as the format wants) is the guest's: the virtual
+clock's nanoseconds under ``--clock virtual``; under the wall clock, host
+nanoseconds since the timeline started.
+
+**Bounded.**  The timeline keeps the newest ``limit`` events (a ring);
+``otherData.dropped`` says how many older ones it let go, and the native
+hook's own buffer of direct traps between two host stops
+(:data:`DIRECT_CAPACITY`) counts what it could not hold in
+``otherData.direct_dropped``.  Without drops, the file's events add up to
+the ``--stats`` counters (a test checks it).
+
+**Valid after any ending.**  Nothing is written while the guest runs; the
+file is written once, by :meth:`Timeline.write`, to a temporary name and
+renamed over FILE, so a reader sees the old file or the whole new one --
+the CLI writes it on every way out of a run (power-off, kill, timeout,
+Ctrl-C, SIGTERM).
+
+**Free when off.**  Without a timeline the run loop's stats are the plain
+:class:`~lguest.host.stats.Stats`, and the native hook tests one NULL
+pointer per direct trap (``PERFORMANCE.md``: no measurable difference).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from .hypercalls import HYPERCALL_NAMES
+from .stats import OTHER, Stats
+
+#: Newest events a timeline keeps by default.
+DEFAULT_LIMIT = 1_000_000
+
+#: Direct traps the native hook can hold between two host stops.
+DIRECT_CAPACITY = 1 << 16
+
+_TRAP_NAMES = {0: "#DE", 1: "#DB", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM", 8: "#DF", 10: "#TS",
+               11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF", 17: "#AC", 19: "#XM"}
+
+
+class Timeline:
+    """A bounded ring of trace events for one guest; :meth:`write` saves it as JSON."""
+
+    def __init__(self, limit: int = DEFAULT_LIMIT, *, clock: str = "virtual") -> None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+            raise ValueError("limit must be a positive int")
+        self.limit = limit
+        self.clock = clock
+        # Events as dicts, or direct traps as compact tuples (made into
+        # dicts only when written: a guest makes millions of them).
+        self._ring: deque[Any] = deque(maxlen=limit)
+        self.recorded = 0  # events ever added
+        self.direct_dropped = 0  # direct traps the native buffer could not hold
+
+    @property
+    def dropped(self) -> int:
+        """Events let go from the front of the ring."""
+        return self.recorded - len(self._ring)
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """The events kept, oldest first, as trace-event dicts."""
+        return [e if isinstance(e, dict) else _direct_event(*e) for e in self._ring]
+
+    def add(self, ts_ns: int, name: str, cat: str, args: dict[str, Any] | None = None, tid: int = 0) -> None:
+        ev: dict[str, Any] = {"name": name, "cat": cat, "ph": "i", "s": "t", "ts": ts_ns / 1000.0,
+                              "pid": 1, "tid": tid}
+        if args:
+            ev["args"] = args
+        self._ring.append(ev)
+        self.recorded += 1
+
+    def to_json(self) -> dict[str, Any]:
+        meta = [{"name": "process_name", "ph": "M", "pid": 1, "args": {"name": "lguest guest"}},
+                {"name": "thread_name", "ph": "M", "pid": 1, "tid": 0, "args": {"name": "cpu 0"}}]
+        return {
+            "traceEvents": meta + list(self.events),
+            "displayTimeUnit": "ns",
+            "otherData": {"clock": "guest (virtual)" if self.clock == "virtual" else "host (wall)",
+                          "recorded": self.recorded, "dropped": self.dropped,
+                          "direct_dropped": self.direct_dropped, "limit": self.limit},
+        }
+
+    def write(self, path: str | os.PathLike[str]) -> None:
+        """Write the JSON to ``path`` atomically (a temporary file renamed over it)."""
+        path = os.fspath(path)
+        fd, tmp = tempfile.mkstemp(prefix=".lguest-trace-", dir=os.path.dirname(os.path.abspath(path)))
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.to_json(), f, separators=(",", ":"))
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
+    # --- events from the native hook ------------------------------------------------------
+    def add_direct(self, rows: Any, to_ns: Callable[[int, int], int]) -> None:
+        """Direct traps drained from the hook (rows of blocks, monotonic ns,
+        eip, vector | cpl_from << 8 | cpl_to << 16); ``to_ns(blocks, mono)``
+        gives their timeline times (numpy arrays in, an array out)."""
+        ts = to_ns(rows[:, 0].astype("int64"), rows[:, 1].astype("int64"))
+        self._ring.extend(zip(ts.tolist(), rows[:, 2].tolist(), rows[:, 3].tolist(), strict=True))
+        self.recorded += len(rows)
+
+
+def _direct_event(ts_ns: int, eip: int, packed: int) -> dict[str, Any]:
+    vector = packed & 0xFF
+    return {"name": f"direct {vector:#04x}", "cat": "direct", "ph": "i", "s": "t", "ts": ts_ns / 1000.0,
+            "pid": 1, "tid": 0, "args": {"vector": vector, "kind": "direct", "eip": f"{eip:#010x}",
+                                         "ring_from": (packed >> 8) & 3, "ring_to": (packed >> 16) & 3}}
+
+
+class TimelineStats(Stats):
+    """:class:`Stats` that also puts each event on a :class:`Timeline`, with
+    the guest time ``now_ns()`` and what the cpu shows at that moment."""
+
+    def __init__(self, timeline: Timeline, cpu: Any, now_ns: Callable[[], int], trace_size: int = 64) -> None:
+        # A trace ring makes the run loop report each delivery (Stats.irq).
+        super().__init__(trace_size=max(1, trace_size))
+        self.timeline = timeline
+        self.cpu = cpu
+        self.now_ns = now_ns
+        self._halt_ns: int | None = None  # when the guest last asked to halt
+
+    def _frame_ring(self) -> int | None:
+        """The ring the interrupted code ran at: the cs of the frame just
+        pushed on the guest's stack (eip, cs, eflags from its top)."""
+        cpu = self.cpu
+        try:
+            g = cpu.guest
+            pa = g.guest_pa((int(cpu.regs.esp) + 4) & 0xFFFFFFFF)
+            if 0 <= pa and pa + 4 <= g.memory.size:
+                return g.memory.read_u32(pa) & 3
+        except Exception:  # noqa: BLE001 - a report, never a failure of the run
+            return None
+        return None
+
+    def irq(self, irq: int, count: int, eip: int) -> None:
+        super().irq(irq, count, eip)
+        if self._halt_ns is not None:  # the irq that ends a HALT
+            now = self.now_ns()
+            self.timeline.add(now, "wake", "halt", {"irq": irq, "halted_ns": now - self._halt_ns})
+            self._halt_ns = None
+        args = {"vector": 32 + irq, "kind": "irq", "eip": f"{eip:#010x}", "ring_from": self._frame_ring(),
+                "ring_to": int(self.cpu.regs.cs) & 3}
+        for _ in range(count):
+            self.timeline.add(self.now_ns(), f"irq {irq} (vector {32 + irq:#04x})", "irq", args)
+
+    def reflected(self, trapnum: int, eip: int) -> None:
+        super().reflected(trapnum, eip)
+        name = _TRAP_NAMES.get(trapnum, f"trap {trapnum}")
+        self.timeline.add(self.now_ns(), f"reflect {name}", "reflect",
+                          {"vector": trapnum, "kind": "reflected", "eip": f"{eip:#010x}",
+                           "errcode": f"{int(self.cpu.regs.errcode):#x}", "ring_from": int(self.cpu.regs.cs) & 3})
+
+    def hypercall(self, num: int, args: Any = None) -> None:
+        super().hypercall(num, args)
+        detail: dict[str, Any] = {"nr": num}
+        if args is not None:
+            detail["args"] = [f"{int(getattr(args, f'arg{i}')):#x}" for i in range(1, 4)]
+        name = HYPERCALL_NAMES.get(num, str(num)) if num != OTHER else "unknown"
+        now = self.now_ns()
+        self.timeline.add(now, f"hcall {name}", "hcall", detail)
+        if name == "HALT":
+            self._halt_ns = now
+
+    def _event(self, vector: int, eip: int, kind: str) -> None:
+        super()._event(vector, eip, kind)
+        if kind == "kill":
+            self.timeline.add(self.now_ns(), "kill", "kill",
+                              {"eip": f"{eip:#010x}", "reason": self.cpu.guest.dead})
+
+    def timer(self) -> None:
+        """The guest's clock event fired."""
+        self.timeline.add(self.now_ns(), "timer fire", "timer")
