@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -263,14 +264,31 @@ def test_version_names_package_core_and_unicorn() -> None:
 
 
 # --- signals -------------------------------------------------------------------------------------------
+def _wait_until_signals_are_taken(proc: subprocess.Popen[Any], limit: float = 60.0) -> None:
+    """Until the CLI has installed its signal handling: SIGTERM is caught (the
+    kernel's SigCgt mask), which plain Python never does.  A fixed sleep was
+    not enough on a loaded machine (a SIGINT before that is Python's default
+    KeyboardInterrupt, during the imports).  Then a little more, so that the
+    guest is running when the signal comes."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with open(f"/proc/{proc.pid}/status") as f:
+                caught = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+        except (FileNotFoundError, StopIteration, ProcessLookupError):
+            break
+        if caught & (1 << (signal.SIGTERM - 1)):
+            break
+        time.sleep(0.02)
+    time.sleep(0.5)
+
+
 def _signal_run(image: Path, sig: int, *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
     """Start ``lguest run``, wait until the guest runs, send ``sig``; (result, seconds to exit)."""
     proc = subprocess.Popen([sys.executable, "-m", "lguest", "run", str(image), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     try:
-        # The guest is running once the interpreter is up and the image loaded:
-        # give it ample time (a loaded machine), then measure only the stop.
-        time.sleep(2.0)
+        _wait_until_signals_are_taken(proc)
         assert proc.poll() is None, proc.communicate()
         t0 = time.monotonic()
         proc.send_signal(sig)
@@ -315,7 +333,8 @@ def test_sigint_ends_the_progress_line_first(images: dict[str, Path]) -> None:
         proc = subprocess.Popen([sys.executable, "-m", "lguest", "run", str(images["spin"])],
                                 stdout=subprocess.DEVNULL, stderr=slave, env=_env())
         os.close(slave)
-        time.sleep(3.0)  # the progress line is written every second
+        _wait_until_signals_are_taken(proc)
+        time.sleep(2.0)  # the progress line is written every second
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
         chunks = []

@@ -2,6 +2,7 @@
 
     top      lguest (the facade __init__), lguest.cli, lguest.__main__
     shims    lguest.run, lguest.launcher: old public paths, re-exports of lguest.host
+    guestos  lguest.guestos.*: lguest exec (a guest kernel for real programs, on Unicorn)
     unicorn  lguest.unicorn.*, and its native hook lguest.unicorn._uchook
     host     lguest.host.*: the control plane
     core     everything else at lguest/ top: both cores (_core, fallback),
@@ -29,7 +30,7 @@ PKG = Path(__file__).resolve().parent.parent / "lguest"
 # no source tree beside tests/: nothing for these checks to read there.
 pytestmark = pytest.mark.skipif(not PKG.is_dir(), reason="no lguest/ source tree next to the tests")
 
-LAYERS = ["core", "host", "unicorn", "shims", "top"]
+LAYERS = ["core", "host", "unicorn", "guestos", "shims", "top"]
 _SHIMS = {"lguest.run", "lguest.launcher"}
 _TOP = {"lguest", "lguest.cli", "lguest.__main__"}
 
@@ -39,6 +40,8 @@ def layer_of(module: str) -> str:
         return "top"
     if module in _SHIMS:
         return "shims"
+    if module.startswith("lguest.guestos"):
+        return "guestos"
     if module.startswith("lguest.unicorn"):
         return "unicorn"
     if module.startswith("lguest.host"):

@@ -11,6 +11,7 @@
             "lguest/_lgutil.h",
             "lguest/_regs.pxd",
             "lguest/abi.pxd",
+            "lguest/guestos/kernel/kernel.h",
             "lguest/include/lguest/abi.h",
             "lguest/include/lguest/lguest.h",
             "lguest/lguest.pxd",

@@ -1,0 +1,292 @@
+"""``lguest exec``: boot the guest kernel on Unicorn and run one static i386 program.
+
+:func:`run_program` is the Python entry point; the ``lguest exec`` command is
+a thin layer over it.  The host side is small: pack the root into a newc
+image, write the boot block (what to run, argv/envp, the clock, the syscall
+vector), serve the console device when the kernel NOTIFYs it, and read the
+results the kernel leaves in the boot block at SHUTDOWN.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from ..constants import PAGE_SIZE
+from ..unicorn import UnicornLauncher
+from . import layout as L
+from .build import kernel_path
+from .cpio import ImageTooLarge, pack_tree, unpack_tree
+from .syscalls import name as syscall_name
+
+#: Exit statuses of lguest's own outcomes (those of ``timeout``/``env``).
+EXIT_TIMEOUT = 124
+EXIT_LGUEST = 125        # usage errors, a guest kernel that died or was killed
+EXIT_CANNOT_RUN = 126    # not a static ELF32 i386 program
+EXIT_NOT_FOUND = 127
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+DEFAULT_MEMORY = 128 << 20
+#: The kernel's tick: the clock lguest_data.time follows (and nanosleep's grain).
+TICK_NS = 4_000_000
+#: CLOCK_REALTIME at guest time 0 under the virtual clock: runs repeat exactly.
+VIRTUAL_EPOCH = 1_700_000_000
+DEFAULT_ENV = ("PATH=/bin:/usr/bin:/sbin:/usr/sbin", "HOME=/", "LANG=C")
+
+_SIGNALS = {1: "SIGHUP", 2: "SIGINT", 4: "SIGILL", 5: "SIGTRAP", 6: "SIGABRT", 7: "SIGBUS", 8: "SIGFPE",
+            9: "SIGKILL", 11: "SIGSEGV", 13: "SIGPIPE", 15: "SIGTERM"}
+
+
+class ExecError(Exception):
+    """An outcome of lguest's own (not the program's): ``status`` is the exit code, ``args[0]`` the line."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class ExecResult:
+    """What a run ended with.  ``status`` is the program's exit status (128+N
+    when signal N ended it) or one of lguest's own codes, with ``message``
+    saying why; ``stdout``/``stderr`` hold the output when captured."""
+
+    status: int
+    stdout: bytes = b""
+    stderr: bytes = b""
+    message: str | None = None
+    signal: int | None = None
+    syscalls: dict[str, int] = field(default_factory=dict)
+    unsupported: dict[str, int] = field(default_factory=dict)
+    stats: dict[str, int] = field(default_factory=dict)
+    elapsed: float = 0.0
+
+
+class _Console:
+    """The console device: drain the kernel's stdout/stderr rings, fill its stdin ring."""
+
+    def __init__(self, mem: Any, out: Callable[[bytes], None], err: Callable[[bytes], None],
+                 stdin: Callable[[int], bytes]) -> None:
+        self.mem, self.out, self.err, self.stdin = mem, out, err, stdin
+
+    def _u32(self, name: str) -> int:
+        return struct.unpack("<I", self.mem.read(L.CONS_PA + L.CONS[name], 4))[0]
+
+    def _set(self, name: str, value: int) -> None:
+        self.mem.write(L.CONS_PA + L.CONS[name], struct.pack("<I", value & 0xFFFF_FFFF))
+
+    def drain(self) -> None:
+        for s, sink in ((0, self.out), (1, self.err)):
+            head, tail = self._u32(f"out_head{s}"), self._u32(f"out_tail{s}")
+            used = (head - tail) & 0xFFFF_FFFF
+            if not used:
+                continue
+            if used > L.RING_SIZE:  # the guest's counters: never trust them past the ring
+                used = L.RING_SIZE
+                tail = (head - used) & 0xFFFF_FFFF
+            base = L.RING_OUT_PA + s * L.RING_SIZE
+            at = tail & (L.RING_SIZE - 1)
+            first = min(used, L.RING_SIZE - at)
+            data = self.mem.read(base + at, first)
+            if used > first:
+                data += self.mem.read(base, used - first)
+            self._set(f"out_tail{s}", head)
+            sink(data)
+
+    def __call__(self, addr: int) -> None:
+        self.drain()
+        want = self._u32("in_want")
+        if want:
+            head, tail = self._u32("in_head"), self._u32("in_tail")
+            room = L.RING_SIZE - min((head - tail) & 0xFFFF_FFFF, L.RING_SIZE)
+            data = self.stdin(min(want, room, L.RING_SIZE))
+            if not data:
+                self._set("in_eof", 1)
+                return
+            at = head & (L.RING_SIZE - 1)
+            first = min(len(data), L.RING_SIZE - at)
+            self.mem.write(L.RING_IN_PA + at, data[:first])
+            if len(data) > first:
+                self.mem.write(L.RING_IN_PA, data[first:])
+            self._set("in_head", head + len(data))
+
+
+def _stdin_reader(stdin: bytes | BinaryIO | int | None) -> Callable[[int], bytes]:
+    if stdin is None:
+        return lambda n: b""
+    if isinstance(stdin, (bytes, bytearray, memoryview)):
+        buf = memoryview(bytes(stdin))
+        pos = 0
+
+        def from_bytes(n: int) -> bytes:
+            nonlocal pos
+            chunk = bytes(buf[pos:pos + n])
+            pos += len(chunk)
+            return chunk
+        return from_bytes
+    fd: int | None = stdin if isinstance(stdin, int) else None
+    if fd is None and hasattr(stdin, "fileno"):
+        try:
+            fd = stdin.fileno()
+        except (OSError, ValueError):
+            fd = None
+    if fd is not None:
+        def from_fd(n: int) -> bytes:
+            try:
+                return os.read(fd, n)
+            except OSError:  # a closed or unreadable stdin (CI has none) is an empty one
+                return b""
+        return from_fd
+    return lambda n: stdin.read(n) or b""  # type: ignore[union-attr]
+
+
+def _root_image(program: str, root: str | os.PathLike[str] | None, cap: int) -> tuple[bytes, str]:
+    """The image and the program's path inside it.  Without a root the image
+    holds just the program (a host path), at that same path."""
+    if root is not None:
+        if not Path(root).is_dir():
+            raise ExecError(f"lguest: --root {root}: not a directory", EXIT_LGUEST)
+        path = program if program.startswith("/") else "/" + program
+        return pack_tree(root, cap=cap), path
+    host = Path(program)
+    if not host.is_file():
+        raise ExecError(f"lguest: {program}: not found", EXIT_NOT_FOUND)
+    path = "/" + str(host.resolve()).lstrip("/")
+    return pack_tree(None, {path: host.read_bytes()}, cap=cap), path
+
+
+def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLike[str] | None = None,
+                memory: int = DEFAULT_MEMORY, clock: str = "virtual", syscall_vector: int = 0x80,
+                timeout: float | None = None, env: Sequence[str] | None = None,
+                stdin: bytes | BinaryIO | int | None = None,
+                stdout: Callable[[bytes], None] | None = None, stderr: Callable[[bytes], None] | None = None,
+                export: str | os.PathLike[str] | None = None, seed: int = 0,
+                tty: tuple[bool, bool, bool] = (False, False, False),
+                tty_size: tuple[int, int] = (24, 80), core: Any = None) -> ExecResult:
+    """Run ``program`` (a path inside ``root``; without a root, a host file)
+    with ``args`` under the guest kernel and return an :class:`ExecResult`.
+
+    Output goes to the ``stdout``/``stderr`` callables, or is captured into
+    the result when they are None.  ``stdin``: bytes, a file or fd, or None
+    (empty).  ``export``: write the final tree (the root as the program left
+    it) to that host directory.  lguest's own failures raise no exception:
+    the result carries one of the EXIT_* codes and a ``message``.  ``core``:
+    the core to build the guest with (a name or module; default the active one).
+    """
+    out_buf, err_buf = bytearray(), bytearray()
+    out_sink = stdout if stdout is not None else out_buf.extend
+    err_sink = stderr if stderr is not None else err_buf.extend
+    t0 = time.monotonic()
+
+    def done(status: int, message: str | None = None, **kw: Any) -> ExecResult:
+        return ExecResult(status, bytes(out_buf), bytes(err_buf), message, elapsed=time.monotonic() - t0, **kw)
+
+    try:
+        kernel = kernel_path()
+        # The image may take at most half of memory: the program needs the rest.
+        image, path = _root_image(program, root, cap=memory // 2)
+    except ExecError as exc:
+        return done(exc.status, str(exc))
+    except ImageTooLarge as exc:
+        return done(EXIT_LGUEST, f"lguest: {exc}")
+    except RuntimeError as exc:  # KernelUnavailable
+        return done(EXIT_LGUEST, f"lguest: {exc}")
+
+    argv = [path, *args]
+    envp = list(DEFAULT_ENV if env is None else env)
+    blob = b"".join(s.encode("utf-8", "surrogateescape") + b"\0" for s in argv + envp)
+
+    # Top of RAM: the Launcher's initial page tables; below them argv/envp, then the image.
+    n_tables = -(-memory // PAGE_SIZE // 1024)
+    top = memory - (n_tables + 1) * PAGE_SIZE
+    args_pa = (top - len(blob)) & ~(PAGE_SIZE - 1)
+    image_pa = (args_pa - len(image)) & ~(PAGE_SIZE - 1)
+    if image_pa < L.KERNEL_PA + (4 << 20):
+        return done(EXIT_LGUEST, f"lguest: {memory >> 20} MiB of guest memory is too little for a "
+                                 f"{len(image)}-byte root image; give more --memory")
+    flags = (L.BF_EXPORT if export is not None else 0) | (L.BF_STDIN_TTY if tty[0] else 0) \
+        | (L.BF_STDOUT_TTY if tty[1] else 0) | (L.BF_STDERR_TTY if tty[2] else 0)
+    epoch = VIRTUAL_EPOCH if clock == "virtual" else int(time.time())
+    boot = L.pack_bootinfo(magic=L.BOOT_MAGIC, mem_size=memory, image_pa=image_pa, image_len=len(image),
+                           args_pa=args_pa, args_len=len(blob), argc=len(argv), envc=len(envp),
+                           syscall_vector=syscall_vector, tick_ns=TICK_NS, epoch_sec=epoch,
+                           seed_lo=seed & 0xFFFF_FFFF, seed_hi=(seed >> 32) & 0xFFFF_FFFF, flags=flags,
+                           tty_rows=tty_size[0], tty_cols=tty_size[1], alloc_limit_pa=image_pa)
+
+    def console(chunk: bytes) -> None:  # the early console: the kernel's own last words
+        err_sink(chunk)
+
+    lg = UnicornLauncher(memory=memory, syscall_vector=syscall_vector, page_offset=L.PAGE_OFFSET,
+                         clock=clock, console=console, console_limit=4096, core=core)
+    with lg:
+        mem = lg.memory
+        mem.write(L.BOOTINFO_PA, boot)
+        mem.write(L.CONS_PA, struct.pack("<I", 0x534E4F43))  # "CONS"
+        mem.write(args_pa, blob)
+        mem.write(image_pa, image)
+        lg.load_elf(kernel)
+        cons = _Console(mem, out_sink, err_sink, _stdin_reader(stdin))
+        lg.launcher.devices[L.CONS_PA] = cons
+        try:
+            result = lg.run(timeout=timeout)
+        finally:
+            cons.drain()
+        res = L.unpack_results(mem.read(L.BOOTINFO_PA, PAGE_SIZE))
+        counts = _counts(mem, res["counts_pa"])
+        unsupported = _counts(mem, res["enosys_pa"])
+        exported = mem.read(res["export_pa"], res["export_len"]) \
+            if export is not None and res["export_len"] and res["export_pa"] + res["export_len"] <= memory else None
+        stats = dict(lg.stats)
+    kw = {"syscalls": counts, "unsupported": unsupported, "stats": stats}
+    if result.reason == "timeout":
+        return done(EXIT_TIMEOUT, f"lguest: {path}: timed out after {timeout} s", **kw)
+    if result.reason != "dead" or result.message != "CRASH: exit":
+        return done(EXIT_LGUEST, f"lguest: the guest kernel died: {result.message or result.reason}", **kw)
+    if exported is not None:
+        unpack_tree(exported, export)
+    kind, status = res["result"], res["status"]
+    if kind == L.R_EXIT:
+        return done(status & 0xFF, **kw)
+    if kind == L.R_SIGNAL:
+        return done(128 + status, f"lguest: {path}: killed by {_SIGNALS.get(status, f'signal {status}')}",
+                    signal=status, **kw)
+    if kind == L.R_NOTFOUND:
+        return done(EXIT_NOT_FOUND, f"lguest: {path}: not found in the root", **kw)
+    if kind == L.R_NOEXEC:
+        return done(EXIT_CANNOT_RUN, f"lguest: {path}: cannot run: not a static ELF32 i386 executable", **kw)
+    if kind == L.R_NOMEM:
+        return done(EXIT_LGUEST, f"lguest: {path}: out of guest memory loading it (give more --memory)", **kw)
+    return done(EXIT_LGUEST, f"lguest: the guest kernel ended without a result ({kind})", **kw)
+
+
+def _counts(mem: Any, pa: int) -> dict[str, int]:
+    if not pa or pa + 4 * L.NSYSCALLS > mem.size:
+        return {}
+    words = struct.unpack(f"<{L.NSYSCALLS}I", mem.read(pa, 4 * L.NSYSCALLS))
+    return {syscall_name(i): n for i, n in enumerate(words) if n}
+
+
+def print_exec_stats(result: ExecResult, out: Any = sys.stderr) -> None:
+    """--stats: system calls by name, unsupported ones, traps and hypercalls."""
+    print(f"lguest: {result.elapsed:.3f} s", file=out)
+    print(f"{'system call':<24} {'count':>10}", file=out)
+    for nm, n in sorted(result.syscalls.items(), key=lambda kv: (-kv[1], kv[0])):
+        print(f"{nm:<24} {n:>10}", file=out)
+    if result.unsupported:
+        print("unsupported (returned -ENOSYS):", file=out)
+        for nm, n in sorted(result.unsupported.items(), key=lambda kv: (-kv[1], kv[0])):
+            print(f"{nm:<24} {n:>10}", file=out)
+    s = result.stats
+    def total(prefix: str) -> int:
+        return sum(v for k, v in s.items() if k.startswith(prefix) and isinstance(v, int))
+    print(f"{'direct traps':<24} {total('direct'):>10}", file=out)
+    print(f"{'reflected traps':<24} {total('reflected'):>10}", file=out)
+    print(f"{'hypercalls':<24} {total('hypercall'):>10}", file=out)
+    print(f"{'interrupts':<24} {total('irq'):>10}", file=out)
