@@ -275,6 +275,7 @@ def idt_type(lo, hi) -> int:
 
 
 def idt_present(lo, hi) -> bool:
+    """Whether the gate's present bit (bit 15 of the high word) is set."""
     to_u32(lo, "lo")
     return lg_gate_present(to_u32(hi, "hi"))
 
@@ -864,7 +865,14 @@ cdef class Cpu(CpuTimer):
 
     # --- the seed functions -----------------------------------------------------------------------
     def set_guest_interrupt(self, lo, hi, has_err):
-        """Push an interrupt frame on the guest's stack and jump to its handler."""
+        """Push an interrupt frame on the guest's stack and jump to its handler.
+
+        ``lo`` and ``hi`` are the gate's two 32-bit words as the IDT stores them: ``lo``
+        holds the code selector (bits 16-31) and the handler's low 16 bits; ``hi`` the
+        handler's high 16 bits, the present bit (15), the DPL (13-14) and the type
+        (8-11: 0xE interrupt, 0xF trap gate).  ``lguest.gate()`` builds them,
+        ``lguest.decode_gate()`` reads them.  ``has_err``: push cpu.regs.errcode too.
+        """
         self._check_ready()
         cdef uint32_t l = to_u32(lo, "lo")
         cdef uint32_t h = to_u32(hi, "hi")
@@ -919,7 +927,14 @@ cdef class Cpu(CpuTimer):
         lg_guest_set_stack(&self.c, s, e, p)
 
     def load_guest_idt_entry(self, num, lo, hi):
-        """LOAD_IDT_ENTRY: check and store one of the guest's gates."""
+        """LOAD_IDT_ENTRY: check and store the guest's gate for vector ``num``.
+
+        ``lo`` and ``hi`` are the gate's two 32-bit words as the IDT stores them: ``lo``
+        holds the code selector (bits 16-31) and the handler's low 16 bits; ``hi`` the
+        handler's high 16 bits, the present bit (15), the DPL (13-14) and the type
+        (8-11: 0xE interrupt, 0xF trap gate).  ``lguest.gate()`` builds them,
+        ``lguest.decode_gate()`` reads them.
+        """
         self._check_ready()
         cdef uint32_t n = to_u32(num, "num")
         cdef uint32_t l = to_u32(lo, "lo")

@@ -89,6 +89,7 @@ def idt_type(lo: int, hi: int) -> int:
 
 
 def idt_present(lo: int, hi: int) -> bool:
+    """Whether the gate's present bit (bit 15 of the high word) is set."""
     _check_u32(lo, "lo")
     return bool(_check_u32(hi, "hi") & 0x8000)
 
@@ -570,7 +571,14 @@ class Cpu:
 
     # --- delivery -----------------------------------------------------------------
     def set_guest_interrupt(self, lo: int, hi: int, has_err: bool) -> None:
-        """Push an interrupt frame on the guest's stack and jump to its handler."""
+        """Push an interrupt frame on the guest's stack and jump to its handler.
+
+        ``lo`` and ``hi`` are the gate's two 32-bit words as the IDT stores them: ``lo``
+        holds the code selector (bits 16-31) and the handler's low 16 bits; ``hi`` the
+        handler's high 16 bits, the present bit (15), the DPL (13-14) and the type
+        (8-11: 0xE interrupt, 0xF trap gate).  ``lguest.gate()`` builds them,
+        ``lguest.decode_gate()`` reads them.  ``has_err``: push cpu.regs.errcode too.
+        """
         lo = _check_u32(lo, "lo")
         hi = _check_u32(hi, "hi")
         err = bool(has_err)  # before the check: __bool__ may run Python (and close the memory)
@@ -715,7 +723,14 @@ class Cpu:
         self.idt[num] = ((GUEST_CS << 16) | (lo & 0xFFFF), hi & 0xFFFFEF00)
 
     def load_guest_idt_entry(self, num: int, lo: int, hi: int) -> None:
-        """LOAD_IDT_ENTRY: check and store one of the guest's gates."""
+        """LOAD_IDT_ENTRY: check and store the guest's gate for vector ``num``.
+
+        ``lo`` and ``hi`` are the gate's two 32-bit words as the IDT stores them: ``lo``
+        holds the code selector (bits 16-31) and the handler's low 16 bits; ``hi`` the
+        handler's high 16 bits, the present bit (15), the DPL (13-14) and the type
+        (8-11: 0xE interrupt, 0xF trap gate).  ``lguest.gate()`` builds them,
+        ``lguest.decode_gate()`` reads them.
+        """
         num = _check_u32(num, "num")
         lo = _check_u32(lo, "lo")
         hi = _check_u32(hi, "hi")

@@ -5,6 +5,7 @@ the tests check the implementation's constants instead of trusting them.
 """
 
 import os
+import signal
 
 import pytest
 
@@ -124,3 +125,12 @@ def elf_symbols(elf):
 
     out = subprocess.run(["nm", elf], check=True, capture_output=True, text=True).stdout
     return {p[2]: int(p[0], 16) for p in (line.split() for line in out.splitlines()) if len(p) == 3}
+
+
+def default_signals() -> None:
+    """``preexec_fn`` for a child that must see SIGINT/SIGTERM at their defaults,
+    whatever the test runner inherited: a background job (``cmd &`` in a
+    script, nohup) starts with SIGINT ignored, and an ignored signal is
+    inherited -- the CLI then rightly keeps ignoring it."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lgtest import default_signals
 
 pytest.importorskip("unicorn")
 pytestmark = pytest.mark.skipif(not (shutil.which("as") and shutil.which("ld")), reason="binutils (as, ld) needed")
@@ -286,7 +287,8 @@ def _wait_until_signals_are_taken(proc: subprocess.Popen[Any], limit: float = 60
 def _signal_run(image: Path, sig: int, *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
     """Start ``lguest run``, wait until the guest runs, send ``sig``; (result, seconds to exit)."""
     proc = subprocess.Popen([sys.executable, "-m", "lguest", "run", str(image), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                            preexec_fn=default_signals)
     try:
         _wait_until_signals_are_taken(proc)
         assert proc.poll() is None, proc.communicate()
@@ -331,7 +333,8 @@ def test_sigint_ends_the_progress_line_first(images: dict[str, Path]) -> None:
     master, slave = pty.openpty()
     try:
         proc = subprocess.Popen([sys.executable, "-m", "lguest", "run", str(images["spin"])],
-                                stdout=subprocess.DEVNULL, stderr=slave, env=_env())
+                                stdout=subprocess.DEVNULL, stderr=slave, env=_env(),
+                                preexec_fn=default_signals)
         os.close(slave)
         _wait_until_signals_are_taken(proc)
         time.sleep(2.0)  # the progress line is written every second

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from lgtest import default_signals
 
 from lguest.guestos import EXIT_CANNOT_RUN, EXIT_LGUEST, EXIT_NOT_FOUND, EXIT_TIMEOUT, KernelUnavailable, kernel_path
 from lguest.guestos.cpio import ImageTooLarge, _entry, pack_tree, unpack_tree
@@ -215,7 +216,7 @@ def test_cli_exec_signals(signum: int, status: int, name: bytes, progs: dict[str
     """SIGTERM/SIGINT while the guest spins: lguest's own codes, one line on stderr."""
     root = make_root(tmp_path, progs)
     p = subprocess.Popen([sys.executable, "-m", "lguest", "exec", "--root", str(root), "--", "/bin/spin"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_signals)
     assert p.stdout.readline() == b"spinning\n"  # the program runs: the handlers are in place
     p.send_signal(signum)
     _, err = p.communicate(timeout=60)
