@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lgtest import default_signals
 
 pytest.importorskip("unicorn")
 from lgtest import build_example, elf_symbols  # noqa: E402
@@ -53,7 +54,7 @@ def elves(tmp_path_factory: Any) -> dict[str, str]:
 def start_lguest(elf: str, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen([sys.executable, "-m", "lguest", "run", "--memory", "4M", *args, "--gdb", "0", elf],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, **(env or {})))
+                            env=dict(os.environ, **(env or {})), preexec_fn=default_signals)
     assert proc.stderr is not None
     line = proc.stderr.readline()
     m = re.search(r"waiting for gdb on 127\.0\.0\.1:(\d+)", line)

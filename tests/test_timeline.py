@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lgtest import default_signals
 
 pytest.importorskip("unicorn")
 from lgtest import build_example  # noqa: E402
@@ -167,7 +168,8 @@ def test_valid_json_after_a_kill_and_a_timeout(elves: dict[str, str], tmp_path: 
 def test_valid_json_after_a_signal(elves: dict[str, str], tmp_path: Path, sig: int) -> None:
     out = tmp_path / "sig.json"
     proc = subprocess.Popen([sys.executable, "-m", "lguest", "run", "--memory", "4M", "--trace-out", str(out),
-                             elves["irq1"]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             elves["irq1"]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_signals)
     try:
         deadline = time.monotonic() + 30
         assert proc.stdout is not None
