@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import threading
 import time
 import zlib
@@ -50,6 +48,7 @@ from typing import Any
 
 from ..clock import SystemClock, VirtualClock
 from ..constants import LD_BLOCKED_INTERRUPTS, LD_IRQ_ENABLED, LD_TIME
+from .jsonfile import write_json_atomic
 
 FORMAT = "lguest-record/1"
 
@@ -325,7 +324,7 @@ class Recorder:
 
     def save(self, path: str, header: dict[str, Any], final: dict[str, Any]) -> None:
         data = {"format": FORMAT, **header, "events": self.events, "final": final}
-        _write_json(path, data)
+        write_json_atomic(path, data, prefix=".lguest-record-")
 
 
 class Replayer:
@@ -456,18 +455,6 @@ class Replayer:
             self.index += 1
 
 
-def _write_json(path: str, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".lguest-record-", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def load(path: str) -> dict[str, Any]:

@@ -32,14 +32,13 @@ pointer per direct trap (``PERFORMANCE.md``: no measurable difference).
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from .hypercalls import HYPERCALL_NAMES
+from .jsonfile import write_json_atomic
 from .stats import OTHER, Stats
 
 #: Newest events a timeline keeps by default.
@@ -97,18 +96,7 @@ class Timeline:
 
     def write(self, path: str | os.PathLike[str]) -> None:
         """Write the JSON to ``path`` atomically (a temporary file renamed over it)."""
-        path = os.fspath(path)
-        fd, tmp = tempfile.mkstemp(prefix=".lguest-trace-", dir=os.path.dirname(os.path.abspath(path)))
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_json(), f, separators=(",", ":"))
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_json_atomic(path, self.to_json(), prefix=".lguest-trace-", compact=True)
 
     # --- events from the native hook ------------------------------------------------------
     def add_direct(self, rows: Any, to_ns: Callable[[int, int], int]) -> None:
