@@ -11,7 +11,8 @@ dec %ecx; jnz 1b`` -- and is checked to have done the same guest work
 ``bare_native``    (baseline b) the same loop with a native UC_HOOK_INTR (C,
                    built here with gcc) doing what lguest's hook does to
                    handle a trap without leaving the emulator -- save the
-                   CPU context, restore it -- and no lguest work;
+                   CPU context (its small form: registers and segment
+                   caches), restore it -- and no lguest work;
 ``bare_native_ring3`` (baseline c) the floor for direct syscalls: the
                    ``syscall_ring3`` guest's loop and handler (same bytes,
                    same addresses) on a bare engine whose native UC_HOOK_INTR
@@ -21,6 +22,14 @@ dec %ecx; jnz 1b`` -- and is checked to have done the same guest work
                    (ss1) into the segment caches, restore; checked to leave
                    the same final registers, kernel-stack frame and
                    lguest_data word as ``syscall_ring3``;
+``bare_native_reflect`` the ``reflected`` guest's loop and handler on the same
+                   bare engine and hook as (c), at ring 1 (eflags, cs, eip
+                   pushed on the current stack, no stack switch): the guest
+                   work of a reflected trap (its handler's store and
+                   ``iret``) with no lguest work; checked like (c);
+``bare_native_full`` (b) with the whole 5.5 KiB context saved and restored
+                   (the hook's mechanism for traps below 32 before it read
+                   the exception fields in place);
 ``bare_native_stop`` a native hook that stops, re-entered from C: the cost of
                    leaving and re-entering that the design avoids;
 ``reflected``      lguest: ``int3`` through the guest's interrupt gate, a
@@ -28,7 +37,12 @@ dec %ecx; jnz 1b`` -- and is checked to have done the same guest work
                    guest's handler runs: re-enables interrupts, ``iret``);
 ``reflected_loop`` the same through the Python run loop (``native_direct=False``);
 ``hcall_flush``    a ``LHCALL_FLUSH_ASYNC`` hypercall round trip;
-``hcall_clockevent`` a ``LHCALL_SET_CLOCKEVENT`` round trip;
+``hcall_clockevent`` a ``LHCALL_SET_CLOCKEVENT(0)`` round trip (virtual clock,
+                   the launcher's default: the call is Python's);
+``hcall_clockevent_wall`` the same on the wall clock (the compiled core's
+                   NativeClock: the hook cancels the timer in C);
+``hcall_clockevent_arm_wall`` ``SET_CLOCKEVENT(1 s)`` on the wall clock: each
+                   call re-arms the native timer in C (the first in Python);
 ``syscall_ring1`` / ``syscall_ring3``  ``int $0x80`` through the direct trap
                    gate from ring 1 / from ring 3 (the handler ``iret``s).
 
@@ -196,7 +210,7 @@ int floor_loop(void *uc, struct floor *f, uint32_t eip, uint32_t until) {
  * lguest_address_ok, no irq_enabled, no error code, no counters per vector. */
 struct floor3 { ctx_io_t save, restore; reg_read_t rd; uint8_t *ctx; uint8_t *mem; uint32_t *gdt;
                 int off_regs, off_eip, off_eflags, off_hflags, off_segs, seg_stride, eflags_id;
-                uint32_t esp1, ss1, handler_cs, handler; uint64_t count; };
+                uint32_t esp1, ss1, handler_cs, handler; uint64_t count; int same_ring; };
 enum { S_ES, S_CS, S_SS, S_DS };
 static void st32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
 static void st64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
@@ -230,15 +244,20 @@ void floor3_hook(void *uc, uint32_t intno, void *user) {
     f->count++;
     f->save(uc, c);
     f->rd(uc, f->eflags_id, &eflags);
-    esp = f->esp1 - 20;
-    frame = (uint32_t *)(f->mem + esp);
+    if (f->same_ring) {   /* a trap at ring 1: eflags, cs, eip on the current stack */
+        esp = (uint32_t)ld64(c + f->off_regs + 4 * 8) - 12;
+        frame = (uint32_t *)(f->mem + esp);
+    } else {
+        esp = f->esp1 - 20;
+        frame = (uint32_t *)(f->mem + esp);
+        frame[3] = (uint32_t)ld64(c + f->off_regs + 4 * 8);
+        frame[4] = ld32(c + f->off_segs + S_SS * f->seg_stride);
+    }
     frame[0] = (uint32_t)ld64(c + f->off_eip);
     frame[1] = ld32(c + f->off_segs + S_CS * f->seg_stride);
     frame[2] = eflags;
-    frame[3] = (uint32_t)ld64(c + f->off_regs + 4 * 8);
-    frame[4] = ld32(c + f->off_segs + S_SS * f->seg_stride);
     load_seg(f, c, S_CS, f->handler_cs);
-    load_seg(f, c, S_SS, f->ss1);
+    if (!f->same_ring) load_seg(f, c, S_SS, f->ss1);
     fix_hflags(f, c);
     st64(c + f->off_eip, f->handler);
     st64(c + f->off_regs + 4 * 8, esp);
@@ -318,11 +337,15 @@ def run_bare_binding(n: int) -> tuple[float, int, int]:
     return dt, count[0], uc.reg_read(x.UC_X86_REG_ECX)
 
 
-def run_bare_native(n: int, *, stop_each: bool) -> tuple[float, int, int]:
-    """Baseline (b) (stop_each=False) or the native stop/re-enter loop."""
+def run_bare_native(n: int, *, stop_each: bool, full: bool = False) -> tuple[float, int, int]:
+    """Baseline (b) (stop_each=False) or the native stop/re-enter loop.
+    (b) saves and restores the small context (registers and segment
+    caches), as the hook does for every trap since it reads the exception
+    fields in place; ``full``: the whole 5.5 KiB context, as it did before."""
     from unicorn import x86_const as x
 
     from lguest.unicorn.engine import engine_handle, function_addresses, uclib
+    from lguest.unicorn.layout import context_layout
 
     lib, ucl = bare_lib(), uclib()
     uc, until = _bare_uc(n)
@@ -331,6 +354,9 @@ def run_bare_native(n: int, *, stop_each: bool) -> tuple[float, int, int]:
     ctx = ctypes.c_void_p()
     if ucl.uc_context_alloc(ctypes.c_void_p(h), ctypes.byref(ctx)) != 0:
         raise OSError("uc_context_alloc")
+    if not full:
+        lay = context_layout()
+        ctypes.memmove(ctx.value, struct.pack("<Q", lay["segs"] + 6 * lay["seg_stride"] - lay["data"]), 8)
     fl = Floor(f["uc_context_save"], f["uc_context_restore"], f["uc_emu_start"], f["uc_emu_stop"],
                f["uc_reg_read"], None if stop_each else ctx.value, 0, int(stop_each), x.UC_X86_REG_EIP)
     hh = ctypes.c_size_t()
@@ -354,17 +380,21 @@ class Floor3(ctypes.Structure):
                 ("off_regs", ctypes.c_int), ("off_eip", ctypes.c_int), ("off_eflags", ctypes.c_int),
                 ("off_hflags", ctypes.c_int), ("off_segs", ctypes.c_int), ("seg_stride", ctypes.c_int),
                 ("eflags_id", ctypes.c_int), ("esp1", ctypes.c_uint32), ("ss1", ctypes.c_uint32),
-                ("handler_cs", ctypes.c_uint32), ("handler", ctypes.c_uint32), ("count", ctypes.c_uint64)]
+                ("handler_cs", ctypes.c_uint32), ("handler", ctypes.c_uint32), ("count", ctypes.c_uint64),
+                ("same_ring", ctypes.c_int)]
 
 
 GDT = 0xC000  # baseline (c)'s GDT: lguest's flat guest segments at their indices
 
 
-def run_bare_ring3(code: bytes, syms: dict[str, int], *, state: dict | None = None) -> tuple[float, int, int]:
+def run_bare_ring3(code: bytes, syms: dict[str, int], *, state: dict | None = None,
+                   ring1: bool = False) -> tuple[float, int, int]:
     """Baseline (c): the syscall_ring3 guest's loop and handler on a bare
     engine (no paging, no lguest) with ``floor3_hook`` as its UC_HOOK_INTR,
     entered at ring 3 like lguest's guest after its iret; (seconds, syscalls,
-    final ecx).  ``state`` receives what run_lguest's does."""
+    final ecx).  ``state`` receives what run_lguest's does.  ``ring1``: the
+    reflected guest's loop at ring 1 instead (cs 0x61, ss/ds/es 0x69 as
+    lguest's setup_regs; the frame on the current stack)."""
     from unicorn import UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, Uc
     from unicorn import x86_const as x
 
@@ -391,10 +421,10 @@ def run_bare_ring3(code: bytes, syms: dict[str, int], *, state: dict | None = No
     fl = Floor3(f["uc_context_save"], f["uc_context_restore"], f["uc_reg_read"], ctx.value,
                 ctypes.addressof(mem), ctypes.addressof(mem) + GDT, lay["regs"], lay["eip"], lay["eflags"],
                 lay["hflags"], lay["segs"], lay["seg_stride"], x.UC_X86_REG_EFLAGS, KSTACK, 0x69, 0x61,
-                syms["handler"], 0)
+                syms["handler"], 0, int(ring1))
     lib.floor3_user.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32]
-    lib.floor3_user(ctypes.c_void_p(h), ctypes.addressof(fl), 0x73, 0x7B)
-    uc.reg_write(x.UC_X86_REG_ESP, USTACK)
+    lib.floor3_user(ctypes.c_void_p(h), ctypes.addressof(fl), *((0x61, 0x69) if ring1 else (0x73, 0x7B)))
+    uc.reg_write(x.UC_X86_REG_ESP, KSTACK if ring1 else USTACK)
     uc.reg_write(x.UC_X86_REG_EFLAGS, 0x202)
     hh = ctypes.c_size_t()
     add = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
@@ -422,13 +452,15 @@ def measurements(tmp: Path, n: int) -> dict[str, Callable[[], float]]:
         "syscall_ring3": lguest_guest(tmp, n=n, **RING3),
         "hcall_flush": lguest_guest(tmp, n=n, insn=HCALL.format(num=0, a1=0)),
         "hcall_clockevent": lguest_guest(tmp, n=n, insn=HCALL.format(num=9, a1=0)),
+        "hcall_clockevent_arm": lguest_guest(tmp, n=n, insn=HCALL.format(num=9, a1=1_000_000_000)),
     }
 
     # Baseline (c) and syscall_ring3 must leave the same guest state (final
     # esp, cs, ss, the last kernel-stack frame, lguest_data's word): each
     # records its own and checks it against the other's, once both ran.
     states: dict[str, dict] = {}
-    pair = {"syscall_ring3": "bare_native_ring3", "bare_native_ring3": "syscall_ring3"}
+    pair = {"syscall_ring3": "bare_native_ring3", "bare_native_ring3": "syscall_ring3",
+            "reflected": "bare_native_reflect", "bare_native_reflect": "reflected"}
 
     def same_state(name: str, st: dict) -> None:
         states[name] = st
@@ -458,16 +490,22 @@ def measurements(tmp: Path, n: int) -> dict[str, Callable[[], float]]:
         return f
 
     ring3_syms = _symbols(_guest_src(n=n, **RING3), tmp)
+    reflect_syms = _symbols(_guest_src(n=n, insn="int3"), tmp)
     return {
         "bare_binding": bare(lambda st: run_bare_binding(n)),
         "bare_native": bare(lambda st: run_bare_native(n, stop_each=False)),
         "bare_native_ring3": bare(lambda st: run_bare_ring3(guests["syscall_ring3"], ring3_syms, state=st),
                                   "bare_native_ring3"),
+        "bare_native_reflect": bare(lambda st: run_bare_ring3(guests["reflected"], reflect_syms, state=st, ring1=True),
+                                    "bare_native_reflect"),
+        "bare_native_full": bare(lambda st: run_bare_native(n, stop_each=False, full=True)),
         "bare_native_stop": bare(lambda st: run_bare_native(n, stop_each=True)),
         "reflected": lg("reflected", "reflected_3"),
         "reflected_loop": lg("reflected", "reflected_3", native_direct=False),
         "hcall_flush": lg("hcall_flush", "hypercall_0"),
         "hcall_clockevent": lg("hcall_clockevent", "hypercall_9"),
+        "hcall_clockevent_wall": lg("hcall_clockevent", "hypercall_9", clock="wall"),
+        "hcall_clockevent_arm_wall": lg("hcall_clockevent_arm", "hypercall_9", clock="wall"),
         "syscall_ring1": lg("syscall_ring1", "direct_0x80"),
         "syscall_ring3": lg("syscall_ring3", "direct_0x80"),
     }
@@ -486,16 +524,21 @@ def measure(n: int = 100_000, rounds: int = 5) -> dict[str, list[float]]:
 
 def report(res: dict[str, list[float]]) -> str:
     med = {k: statistics.median(v) for k, v in res.items()}
-    lines = [f"{'measurement':<20} {'ns/event':>10} {'min':>10} {'max':>10} {'M/s':>8}"]
+    lines = [f"{'measurement':<26} {'ns/event':>10} {'min':>10} {'max':>10} {'M/s':>8}"]
     for k, v in res.items():
-        lines.append(f"{k:<20} {med[k]:>10.0f} {min(v):>10.0f} {max(v):>10.0f} {1e3 / med[k]:>8.2f}")
+        lines.append(f"{k:<26} {med[k]:>10.0f} {min(v):>10.0f} {max(v):>10.0f} {1e3 / med[k]:>8.2f}")
     a, b = med["bare_binding"], med["bare_native"]
     lines += [
         "",
         f"reflected vs (a) bare_binding:        {a / med['reflected']:.1f}x  (target >= 5x)",
         f"reflected vs (b) bare_native:         {med['reflected'] / b:.2f}x slower  (target <= 1.5x)",
+        f"reflected vs bare_native_full (old b): {med['reflected'] / med['bare_native_full']:.2f}x slower",
+        f"reflected vs bare_native_reflect:     {med['reflected'] / med['bare_native_reflect']:.2f}x slower"
+        "  (same guest work, no lguest work)",
         f"hcall_flush vs (a):                   {a / med['hcall_flush']:.1f}x  (target >= 4x)",
-        f"hcall_clockevent vs (a):              {a / med['hcall_clockevent']:.1f}x  (target >= 4x)",
+        f"hcall_clockevent vs (a):              {a / med['hcall_clockevent']:.1f}x  (target >= 4x; virtual clock)",
+        f"hcall_clockevent_wall vs (a):         {a / med['hcall_clockevent_wall']:.1f}x  (target >= 4x; wall clock)",
+        f"hcall_clockevent_arm_wall vs (a): {a / med['hcall_clockevent_arm_wall']:.1f}x  (target >= 4x; wall clock)",
         f"syscall_ring3 vs (c) bare_native_ring3: {med['bare_native_ring3'] / med['syscall_ring3']:.2f}x"
         "  (target >= 0.8x)",
         f"syscall_ring3 vs syscall_ring1:       {med['syscall_ring1'] / med['syscall_ring3']:.2f}x",
