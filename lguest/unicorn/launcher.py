@@ -188,11 +188,13 @@ class UnicornLauncher:
             self.recorder = backend.runner = record_mod.Recorder(
                 cpu, backend.hooks, self._deliver_irq, host_stop_reasons=(REASON_DEADLINE,), wall=not virtual)
             clock.recorder = self.recorder
+            backend.hooks.set_tsc_handler(self.recorder.tsc)  # rdtsc: an input (only here: no cost otherwise)
         elif self._replay_data is not None:
             self._replayer = backend.runner = record_mod.Replayer(
                 self._replay_data, cpu, backend.hooks, self._deliver_irq, clock, timer_reason=REASON_TIMER,
                 host_stop_reasons=(REASON_DEADLINE,))
             g.tsc_khz = int(self._replay_data.get("tsc_khz", g.tsc_khz))
+            backend.hooks.set_tsc_handler(self._replayer.tsc)
 
     def _teardown(self) -> None:
         if self._gdb is not None:
@@ -439,6 +441,10 @@ class UnicornLauncher:
                                                  f"{final['counters'].get(k)}" for k in sorted(diff)))
         if self._replayer.index < len(self._replayer.events) and self._replayer.diverged is None:
             out.append(f"{len(self._replayer.events) - self._replayer.index} recorded inputs never reached")
+        left = len(self._replayer.syncs) - self._replayer.sync_index
+        if left and self._replayer.diverged is None:
+            out.append(f"{left} recorded rdtsc/stdin inputs never asked for (the next: "
+                       f"{self._replayer._sync_name(self._replayer.sync_index)})")
         return out
 
     def break_out(self) -> None:
