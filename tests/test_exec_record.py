@@ -165,3 +165,23 @@ def test_the_command_records_and_replays(root: Path, tmp_path: Path) -> None:
     assert both.returncode == 125 and b"not allowed with" in both.stderr
     missing = lguest_exec("--replay", str(tmp_path / "missing.json"), "--root", str(root), "--", "/bin/record_me")
     assert missing.returncode == 125 and b"--replay" in missing.stderr
+
+
+def test_the_timeline_of_an_exec_run(root: Path, tmp_path: Path) -> None:
+    """lguest exec --trace-out: the system calls (direct traps), the ticks and
+    their timer fires, the SHUTDOWN, in time order; it adds up to --stats."""
+    out = tmp_path / "t.json"
+    run = lguest_exec("--clock", "wall", "--stats", "--trace-out", str(out), "--root", str(root), "--",
+                      "/bin/record_me", stdin=subprocess.DEVNULL)
+    assert run.returncode == 0, run.stderr
+    evs = [e for e in json.loads(out.read_text())["traceEvents"] if e["ph"] == "i"]
+    times = [e["ts"] for e in evs]
+    assert times == sorted(times)
+    stats = dict(line.rsplit(None, 1) for line in run.stderr.decode().splitlines()
+                 if line.split() and line.split()[-1].isdigit() and len(line.split()) >= 2)
+    direct = sum(1 for e in evs if e["cat"] == "direct")
+    assert direct == int(stats["direct traps"].strip()) > 0
+    irqs = sum(1 for e in evs if e["cat"] == "irq")
+    assert irqs == int(stats["interrupts"].strip())
+    assert sum(1 for e in evs if e["cat"] == "timer") >= sum(1 for e in evs if e["name"].startswith("irq 0 "))
+    assert any(e["name"] == "hcall SHUTDOWN" for e in evs)

@@ -56,6 +56,9 @@ def add_exec_parser(sub: Any) -> None:
     exe.add_argument("--stats", action="store_true",
                      help="on stderr at exit: system calls by name, direct vs reflected traps, hypercalls")
     exe.add_argument("--export", metavar="DIR", default=None, help="write the final root tree to host DIR at exit")
+    exe.add_argument("--trace-out", metavar="FILE", default=None,
+                     help="write a timeline of the run (Chrome trace-event JSON: interrupts, system calls, "
+                     "hypercalls, timer fires) to FILE")
     rr = exe.add_mutually_exclusive_group()
     rr.add_argument("--record", metavar="FILE", default=None,
                     help="log the run's inputs (stdin, wall-clock timer fires and timestamps, rdtsc) with the guest's "
@@ -107,7 +110,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
                              syscall_vector=vector, timeout=args.timeout, stdin=0, stdout=_write_all(1),
                              stderr=_write_all(2), export=args.export,
                              tty=(os.isatty(0), os.isatty(1), os.isatty(2)), tty_size=(size.lines, size.columns),
-                             record=args.record, replay=args.replay)
+                             record=args.record, replay=args.replay, trace_out=args.trace_out)
     except KeyboardInterrupt:
         print(f"{PROG}: {args.program}: interrupted (SIGINT)", file=sys.stderr)
         return EXIT_SIGINT

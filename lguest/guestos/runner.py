@@ -178,7 +178,8 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
                 tty: tuple[bool, bool, bool] = (False, False, False),
                 tty_size: tuple[int, int] = (24, 80), core: Any = None,
                 record: str | os.PathLike[str] | None = None,
-                replay: str | os.PathLike[str] | dict[str, Any] | None = None) -> ExecResult:
+                replay: str | os.PathLike[str] | dict[str, Any] | None = None,
+                trace_out: str | os.PathLike[str] | None = None) -> ExecResult:
     """Run ``program`` (a path inside ``root``; without a root, a host file)
     with ``args`` under the guest kernel and return an :class:`ExecResult`.
 
@@ -196,6 +197,9 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
     recording (a path or its loaded dict) whose inputs are fed back instead
     (stdin is not read; the clock, the epoch, the seed and the tty flags
     are the recording's), the result's ``replay`` listing what differs.
+    ``trace_out``: write the run's timeline (lguest.host.trace: deliveries,
+    system calls as direct traps, hypercalls, timer fires, the end) there,
+    whatever way the run ends.
     """
     out_buf, err_buf = bytearray(), bytearray()
     out_sink = stdout if stdout is not None else out_buf.extend
@@ -305,10 +309,13 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
         lg.load_elf(kernel)
         cons = _Console(mem, out_sink, err_sink, stdin_bytes)
         lg.launcher.devices[L.CONS_PA] = cons
+        timeline = lg.start_timeline() if trace_out is not None else None
         try:
             result = lg.run(timeout=timeout)
         finally:
             cons.drain()
+            if timeline is not None:
+                timeline.write(trace_out)  # type: ignore[arg-type]
         res = L.unpack_results(mem.read(L.BOOTINFO_PA, PAGE_SIZE))
         counts = _counts(mem, res["counts_pa"])
         unsupported = _counts(mem, res["enosys_pa"])

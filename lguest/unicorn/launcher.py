@@ -353,7 +353,9 @@ class UnicornLauncher:
         stats.hypercalls, stats.reflected_traps = old.hypercalls, old.reflected_traps
         stats.kills, stats.entries = old.kills, old.entries
         self.launcher.context.stats = stats
-        if isinstance(clock, VirtualClock):  # timer fires (the wall clock's fire in C, unseen)
+        if not isinstance(clock, VirtualClock):  # the wall clock's fires happen in a timer thread
+            stats.watch_wall_timer(clock)
+        else:
             arm = clock.arm
 
             def traced_arm(key: Any, expiry_ns: int, callback: Callable[[], None]) -> None:
