@@ -461,3 +461,54 @@ def test_ctrl_c_while_waiting_for_gdb(elves: dict[str, str]) -> None:
     finally:
         proc.kill()
     assert proc.returncode != 0
+
+
+# --- a stop inside a block the translator cut at its cap ------------------------------------------------
+#: 300 x ``inc %eax`` then ``jmp`` back: blocks of 128, 128 and 45 instructions (the translator's cap).
+CAPPED = b"\x40" * 300 + b"\xe9" + (-(300 + 5)).to_bytes(4, "little", signed=True)
+CAPPED_AT = 0x10000
+
+
+def _capped(core: Any) -> UnicornLauncher:
+    lg = UnicornLauncher(memory=1 << 20, used_vectors=lguest.UsedVectors(used=range(32)), core=core)
+    lg.__enter__()
+    lg.load_flat(CAPPED, CAPPED_AT, CAPPED_AT)
+    return lg
+
+
+@pytest.mark.parametrize("stops", [[50], [50, 51, 52, 127], [127], [0, 1], [200]], ids=str)
+def test_a_stop_inside_a_capped_block_keeps_the_block_count(core: Any, stops: list[int]) -> None:
+    """Stopped inside a block (a breakpoint, a step) and resumed there, the
+    guest runs the rest of the counted block, uncounted, up to where the
+    translator had cut it -- not a new block of up to 128 instructions
+    past the cut, which moved every later block start (and the virtual
+    clock and where irqs are taken) by as much."""
+    from unicorn import UC_HOOK_CODE
+    from unicorn.x86_const import UC_X86_REG_EAX
+
+    for budget in (3, 7, 10):
+        plain = _capped(core)
+        try:
+            plain.backend.hooks.resume(budget, 0, -1)
+            want = (plain.backend.hooks.blocks, int(plain.uc.reg_read(UC_X86_REG_EAX)), int(plain.cpu.regs.eip))
+        finally:
+            plain.__exit__(None, None, None)
+        lg = _capped(core)
+        try:
+            hooks, skip = lg.backend.hooks, -1
+            for n in stops:  # a breakpoint at each, one after the other (a step when consecutive)
+                def bp(uc: Any, address: int, size: int, data: Any) -> None:
+                    if address != skip:  # the instruction it resumes on runs
+                        uc.emu_stop()
+                handle = lg.uc.hook_add(UC_HOOK_CODE, bp, begin=CAPPED_AT + n, end=CAPPED_AT + n)
+                lg.uc.ctl_flush_tb()
+                hooks.resume(budget, 0, skip)
+                lg.uc.hook_del(handle)
+                lg.uc.ctl_flush_tb()
+                assert int(lg.cpu.regs.eip) == CAPPED_AT + n
+                skip = CAPPED_AT + n
+            hooks.resume(budget, 0, skip)
+            got = (hooks.blocks, int(lg.uc.reg_read(UC_X86_REG_EAX)), int(lg.cpu.regs.eip))
+        finally:
+            lg.__exit__(None, None, None)
+        assert got == want, (budget, stops)

@@ -117,7 +117,8 @@ cdef extern from "_uchook.h":
         uint64_t intr_hooks
         uint64_t io_count
         int skip_armed
-        uint32_t skip_addr
+        uint32_t skip_addr, skip_end
+        uint32_t block_pc, block_end
         uint64_t *trace
         uint32_t trace_cap, trace_len
         uint64_t trace_dropped
@@ -538,8 +539,9 @@ cdef class NativeHooks:
         lguest.host.record): like run(), but the block budget is absolute
         (stop when ``blocks`` reaches ``budget_end``; 0: none), so an entry
         split into several runs keeps its one budget; and with ``skip_addr``
-        >= 0 the first block, if it starts there, is the rest of a block
-        the guest was stopped inside (already counted): it is neither
+        >= 0 the guest resumes there inside a block it was stopped in
+        (already counted): the rest of that block, up to where the
+        translator had ended it, runs one instruction per block, neither
         counted nor checked, so the virtual clock and the block starts
         where irqs are taken are those of a run without stops."""
         cdef int err
@@ -554,6 +556,13 @@ cdef class NativeHooks:
             self.st.deadline_ns = deadline_ns
             self.st.skip_armed = 1 if skip_addr >= 0 else 0
             self.st.skip_addr = <uint32_t>(skip_addr & 0xFFFFFFFF) if skip_addr >= 0 else 0
+            # The rest runs up to where the counted block was cut (see
+            # skip_armed in _uchook.h); a stop outside the last counted block
+            # (none yet): skip_end 0, its first block only.
+            if skip_addr >= 0 and self.st.block_pc <= self.st.skip_addr < self.st.block_end:
+                self.st.skip_end = self.st.block_end
+            else:
+                self.st.skip_end = 0
             with nogil:
                 err = uh_run(&self.st)
         finally:

@@ -38,10 +38,11 @@ one already counted; the native hook is told (``NativeHooks.resume``'s
 ``skip_addr``) that this first block is the rest of the old one, and the
 block budget of an entry is absolute, so a run stopped and resumed any
 number of times counts the same blocks and takes every interrupt at the
-same guest time and eip as the run without gdb.  (A block the translator
-had cut at its 128-instruction cap is the exception: its rest may run on
-past the cut.  Breakpoints at branch targets and function entries, the
-usual ones, are block starts.)
+same guest time and eip as the run without gdb -- also inside a block the
+translator had cut at its 128-instruction cap: the rest runs one
+instruction per block up to the cut (``_uchook.h``, ``skip_armed``), where
+a whole new block from the stop would have run up to 128 instructions past
+it and moved every later block start.
 
 **Containment is unchanged.**  The stub listens on 127.0.0.1 only.  While
 it waits (for gdb to attach, or stopped at a breakpoint) it polls every
