@@ -498,8 +498,7 @@ def test_a_stop_inside_a_capped_block_keeps_the_block_count(core: Any, stops: li
             hooks, skip = lg.backend.hooks, -1
             for n in stops:  # a breakpoint at each, one after the other (a step when consecutive)
                 def bp(uc: Any, address: int, size: int, data: Any) -> None:
-                    if address != skip:  # the instruction it resumes on runs
-                        uc.emu_stop()
+                    uc.emu_stop()
                 handle = lg.uc.hook_add(UC_HOOK_CODE, bp, begin=CAPPED_AT + n, end=CAPPED_AT + n)
                 lg.uc.ctl_flush_tb()
                 hooks.resume(budget, 0, skip)
