@@ -582,6 +582,10 @@ cdef class NativeHooks:
             raise ValueError("clock must be the VirtualClock of the compiled cpu's guest")
         if ns_per_block < 1:
             raise ValueError("ns_per_block must be at least 1")
+        # The hook's fire is _clock_fired's: irq 0 into the bitmap the block
+        # hook watches, and a halted flag it reads (never NULL on a ready Cpu).
+        if (<CpuTimer>cpu).timer.pending != self.st.pending or (<CpuTimer>cpu).timer.halted == NULL:
+            raise ValueError("the cpu's timer is not the bound cpu's")
         cell = clock.cell
         slot = clock.native
         if slot.shape[0] < N_WORDS:
