@@ -10,6 +10,8 @@ results the kernel leaves in the boot block at SHUTDOWN.
 from __future__ import annotations
 
 import os
+import select
+import stat
 import struct
 import sys
 import time
@@ -118,7 +120,12 @@ class _Console:
             self._set("in_head", head + len(data))
 
 
-def _stdin_reader(stdin: bytes | BinaryIO | int | None) -> Callable[[int], bytes]:
+def _stdin_reader(stdin: bytes | BinaryIO | int | None,
+                  deadline: Callable[[], float | None] = lambda: None) -> Callable[[int], bytes]:
+    """A reader of at most n bytes of the program's stdin.  A file descriptor
+    is polled up to ``deadline()`` (a time.monotonic() value, or None): a
+    stdin that never comes must not outlast --timeout, and the wait is a
+    poll() a signal interrupts."""
     if stdin is None:
         return lambda n: b""
     if isinstance(stdin, (bytes, bytearray, memoryview)):
@@ -138,13 +145,59 @@ def _stdin_reader(stdin: bytes | BinaryIO | int | None) -> Callable[[int], bytes
         except (OSError, ValueError):
             fd = None
     if fd is not None:
+        rfd = fd
+        poller = select.poll()
+        poller.register(rfd, select.POLLIN)
+
         def from_fd(n: int) -> bytes:
-            try:
-                return os.read(fd, n)
-            except OSError:  # a closed or unreadable stdin (CI has none) is an empty one
-                return b""
+            while True:
+                end = deadline()
+                wait = None
+                if end is not None:
+                    wait = (end - time.monotonic()) * 1000
+                    if wait <= 0:
+                        raise _Stop(EXIT_TIMEOUT, "")
+                if not poller.poll(wait):
+                    continue
+                try:
+                    return os.read(rfd, n)
+                except BlockingIOError:  # a non-blocking stdin, readied and drained by someone else
+                    continue
+                except OSError:  # a closed or unreadable stdin (CI has none) is an empty one
+                    return b""
         return from_fd
     return lambda n: stdin.read(n) or b""  # type: ignore[union-attr]
+
+
+def _read_program(host: Path, cap: int) -> bytes:
+    """PROGRAM given without a root: a regular host file, read without
+    blocking (a fifo) and never past the image cap (a huge or growing file)."""
+    try:
+        fd = os.open(host, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise ExecError(f"lguest: {host}: not found", EXIT_NOT_FOUND) from exc
+    except OSError as exc:  # EACCES, ELOOP, ...: what a shell reports as 126
+        raise ExecError(f"lguest: {host}: cannot run: {exc.strerror}", EXIT_CANNOT_RUN) from exc
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ExecError(f"lguest: {host}: cannot run: is a directory", EXIT_CANNOT_RUN)
+        if not stat.S_ISREG(st.st_mode):
+            raise ExecError(f"lguest: {host}: cannot run: not a regular file", EXIT_CANNOT_RUN)
+        if st.st_size > cap:
+            raise ImageTooLarge(f"{host}: {st.st_size} bytes, more than the image cap of {cap} bytes; "
+                                f"give more --memory")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(cap + 1)
+        if len(data) > cap:
+            raise ImageTooLarge(f"{host}: more than the image cap of {cap} bytes; give more --memory")
+        return data
+    except IsADirectoryError as exc:
+        raise ExecError(f"lguest: {host}: cannot run: is a directory", EXIT_CANNOT_RUN) from exc
+    except OSError as exc:
+        raise ExecError(f"lguest: {host}: cannot run: {exc.strerror}", EXIT_CANNOT_RUN) from exc
+    finally:
+        os.close(fd)
 
 
 def _root_image(program: str, root: str | os.PathLike[str] | None, cap: int) -> tuple[bytes, str]:
@@ -154,12 +207,42 @@ def _root_image(program: str, root: str | os.PathLike[str] | None, cap: int) -> 
         if not Path(root).is_dir():
             raise ExecError(f"lguest: --root {root}: not a directory", EXIT_LGUEST)
         path = program if program.startswith("/") else "/" + program
-        return pack_tree(root, cap=cap), path
+        try:
+            return pack_tree(root, cap=cap), path
+        except OSError as exc:  # an unreadable file or directory in the root
+            where = exc.filename if exc.filename is not None else root
+            raise ExecError(f"lguest: --root {root}: cannot read {where}: {exc.strerror}", EXIT_LGUEST) from exc
     host = Path(program)
-    if not host.is_file():
-        raise ExecError(f"lguest: {program}: not found", EXIT_NOT_FOUND)
+    data = _read_program(host, cap)
     path = "/" + str(host.resolve()).lstrip("/")
-    return pack_tree(None, {path: host.read_bytes()}, cap=cap), path
+    return pack_tree(None, {path: data}, cap=cap), path
+
+
+def _check_export(export: str | os.PathLike[str]) -> None:
+    """--export DIR must be a directory lguest can write, or creatable: say so
+    before the program runs, not after."""
+    p = Path(export)
+    while not os.path.lexists(p) and p.parent != p:
+        p = p.parent
+    if not p.is_dir():
+        why = "not a directory" if p == Path(export) else f"{p} is not a directory"
+        raise ExecError(f"lguest: --export {export}: {why}", EXIT_LGUEST)
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise ExecError(f"lguest: --export {export}: {p} is not writable", EXIT_LGUEST)
+
+
+#: The kernel maps all RAM at PAGE_OFFSET (0xC0000000), below the Switcher's top 4 MiB.
+MAX_MEMORY = 0xFFC0_0000 - L.PAGE_OFFSET
+#: run_program's default cap on captured (not streamed) stdout plus stderr.
+DEFAULT_OUTPUT_LIMIT = 256 << 20
+
+
+class _Stop(Exception):
+    """Raised from the console device to end the run: (status, message)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLike[str] | None = None,
@@ -169,7 +252,8 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
                 stdout: Callable[[bytes], None] | None = None, stderr: Callable[[bytes], None] | None = None,
                 export: str | os.PathLike[str] | None = None, seed: int = 0,
                 tty: tuple[bool, bool, bool] = (False, False, False),
-                tty_size: tuple[int, int] = (24, 80), core: Any = None) -> ExecResult:
+                tty_size: tuple[int, int] = (24, 80), core: Any = None,
+                output_limit: int = DEFAULT_OUTPUT_LIMIT) -> ExecResult:
     """Run ``program`` (a path inside ``root``; without a root, a host file)
     with ``args`` under the guest kernel and return an :class:`ExecResult`.
 
@@ -179,16 +263,34 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
     it) to that host directory.  lguest's own failures raise no exception:
     the result carries one of the EXIT_* codes and a ``message``.  ``core``:
     the core to build the guest with (a name or module; default the active one).
+    ``output_limit``: at most this many bytes of stdout plus stderr are
+    captured; a program that writes more is stopped (EXIT_LGUEST).
     """
     out_buf, err_buf = bytearray(), bytearray()
-    out_sink = stdout if stdout is not None else out_buf.extend
-    err_sink = stderr if stderr is not None else err_buf.extend
+
+    def capture(buf: bytearray) -> Callable[[bytes], None]:
+        def sink(data: bytes) -> None:
+            # the guest decides how much it writes: captured output is host memory, so it has a cap
+            room = output_limit - len(out_buf) - len(err_buf)
+            buf.extend(data[:max(room, 0)])
+            if len(data) > room:
+                raise _Stop(EXIT_LGUEST, f"captured output passed its limit of {output_limit} bytes "
+                                         f"(output_limit); the program was stopped")
+        return sink
+    out_sink = stdout if stdout is not None else capture(out_buf)
+    err_sink = stderr if stderr is not None else capture(err_buf)
     t0 = time.monotonic()
 
     def done(status: int, message: str | None = None, **kw: Any) -> ExecResult:
         return ExecResult(status, bytes(out_buf), bytes(err_buf), message, elapsed=time.monotonic() - t0, **kw)
 
     try:
+        if not 0 < memory <= MAX_MEMORY or memory % PAGE_SIZE:
+            raise ExecError(f"lguest: --memory: {memory} bytes is out of range for lguest exec: a multiple of 4 KiB "
+                            f"up to {MAX_MEMORY >> 20} MiB (the kernel maps all of it at 0x{L.PAGE_OFFSET:X}, "
+                            f"below the Switcher)", EXIT_LGUEST)
+        if export is not None:
+            _check_export(export)
         kernel = kernel_path()
         # The image may take at most half of memory: the program needs the rest.
         image, path = _root_image(program, root, cap=memory // 2)
@@ -209,7 +311,7 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
     args_pa = (top - len(blob)) & ~(PAGE_SIZE - 1)
     image_pa = (args_pa - len(image)) & ~(PAGE_SIZE - 1)
     if image_pa < L.KERNEL_PA + (4 << 20):
-        return done(EXIT_LGUEST, f"lguest: {memory >> 20} MiB of guest memory is too little for a "
+        return done(EXIT_LGUEST, f"lguest: {memory >> 10} KiB of guest memory is too little for a "
                                  f"{len(image)}-byte root image; give more --memory")
     flags = (L.BF_EXPORT if export is not None else 0) | (L.BF_STDIN_TTY if tty[0] else 0) \
         | (L.BF_STDOUT_TTY if tty[1] else 0) | (L.BF_STDERR_TTY if tty[2] else 0)
@@ -232,12 +334,21 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
         mem.write(args_pa, blob)
         mem.write(image_pa, image)
         lg.load_elf(kernel)
-        cons = _Console(mem, out_sink, err_sink, _stdin_reader(stdin))
+        deadline: float | None = None
+        cons = _Console(mem, out_sink, err_sink, _stdin_reader(stdin, lambda: deadline))
         lg.launcher.devices[L.CONS_PA] = cons
+        stopped: _Stop | None = None
         try:
+            if timeout is not None and timeout != float("inf"):
+                deadline = time.monotonic() + timeout
             result = lg.run(timeout=timeout)
+        except _Stop as exc:  # from the console device: stdin waited past --timeout, or output passed its cap
+            stopped = exc
         finally:
-            cons.drain()
+            try:
+                cons.drain()
+            except _Stop as exc:
+                stopped = stopped or exc
         res = L.unpack_results(mem.read(L.BOOTINFO_PA, PAGE_SIZE))
         counts = _counts(mem, res["counts_pa"])
         unsupported = _counts(mem, res["enosys_pa"])
@@ -245,12 +356,21 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
             if export is not None and res["export_len"] and res["export_pa"] + res["export_len"] <= memory else None
         stats = dict(lg.stats)
     kw = {"syscalls": counts, "unsupported": unsupported, "stats": stats}
-    if result.reason == "timeout":
+    if stopped is not None and stopped.status != EXIT_TIMEOUT:
+        return done(stopped.status, f"lguest: {path}: {stopped}", **kw)
+    if stopped is not None or result.reason == "timeout":
         return done(EXIT_TIMEOUT, f"lguest: {path}: timed out after {timeout} s", **kw)
     if result.reason != "dead" or result.message != "CRASH: exit":
         return done(EXIT_LGUEST, f"lguest: the guest kernel died: {result.message or result.reason}", **kw)
-    if exported is not None:
-        unpack_tree(exported, export)
+    if export is not None:
+        if exported is None:  # the kernel always writes a trailer: no image means it had no room
+            return done(EXIT_LGUEST, f"lguest: --export {export}: the guest kernel left no exported tree "
+                                     f"(out of guest memory for it?); give more --memory", **kw)
+        try:
+            unpack_tree(exported, export)
+        except (OSError, ValueError) as exc:
+            why = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc)
+            return done(EXIT_LGUEST, f"lguest: --export {export}: {why}", **kw)
     kind, status = res["result"], res["status"]
     if kind == L.R_EXIT:
         return done(status & 0xFF, **kw)

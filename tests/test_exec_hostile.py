@@ -1,0 +1,393 @@
+"""lguest exec against hostile programs, hostile guest-kernel output and user mistakes.
+
+Everything the guest controls is untrusted here: the names, modes and
+contents of the files a program leaves (``--export``), the exported image
+the kernel writes (as if the kernel itself were hostile), its console rings.
+The host must stay inside the export directory, never follow a link out of
+it, never hang, keep its memory bounded, and answer every mistake with one
+line and a documented exit status.  Runs that could hang or blow up run in a
+subprocess with a timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from lgtest import default_signals
+from test_exec import CFLAGS, PROGS
+
+from lguest.guestos import EXIT_CANNOT_RUN, EXIT_LGUEST, EXIT_NOT_FOUND, EXIT_TIMEOUT, KernelUnavailable, kernel_path
+from lguest.guestos.cpio import _entry, unpack_tree
+from lguest.guestos.runner import run_program
+
+pytest.importorskip("unicorn")
+
+LGUEST = [sys.executable, "-m", "lguest", "exec"]
+TRAILER = _entry("TRAILER!!!", 0, 0, 0, 0)
+
+
+@pytest.fixture(scope="module")
+def hprogs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    try:
+        kernel_path()
+    except KernelUnavailable as exc:
+        pytest.skip(f"no guest kernel: {exc}")
+    out = tmp_path_factory.mktemp("hostile_progs")
+    built = {}
+    for stem in ("hostile", "echo_stdin", "spin"):
+        exe = out / stem
+        proc = subprocess.run(["gcc", *CFLAGS, "-o", str(exe), str(PROGS / f"{stem}.c")], capture_output=True,
+                              text=True)
+        if proc.returncode:
+            pytest.skip(f"gcc cannot build i386 programs here: {proc.stderr.strip()[-300:]}")
+        built[stem] = exe
+    return built
+
+
+def image(*entries: tuple[str, int, bytes]) -> bytes:
+    """A newc image of (name, mode, data) entries, as a hostile kernel could write it."""
+    out = b""
+    for i, (name, mode, data) in enumerate(entries):
+        piece = _entry(name, mode, len(data), 0, i + 2)
+        out += piece + data + b"\0" * (-len(data) % 4)
+    return out + TRAILER
+
+
+def snapshot(d: Path) -> dict[str, tuple[int, bytes | str]]:
+    """Every path under d (not following links): its mode and content or link target."""
+    out: dict[str, tuple[int, bytes | str]] = {}
+    for dirpath, dirnames, filenames in os.walk(d):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            st = p.lstat()
+            body: bytes | str = os.readlink(p) if p.is_symlink() else p.read_bytes() if p.is_file() else ""
+            out[str(p.relative_to(d))] = (st.st_mode, body)
+    return out
+
+
+def canary(tmp_path: Path) -> Path:
+    c = tmp_path / "canary"
+    (c / "d").mkdir(parents=True)
+    (c / "f").write_bytes(b"secret\n")
+    return c
+
+
+# --- --export: the exported image is guest-controlled -------------------------------------------
+def test_export_never_goes_through_a_symlink(tmp_path: Path) -> None:
+    """A symlink entry then entries below it (or a symlink the host directory
+    already holds): refused before anything is created outside."""
+    out = canary(tmp_path)
+    before = snapshot(out)
+    evil = image(("esc", 0o120777, str(out / "d").encode()), ("esc/a/b/f", 0o100644, b"pwned"))
+    with pytest.raises(ValueError, match="esc"):
+        unpack_tree(evil, tmp_path / "dst")
+    dst2 = tmp_path / "dst2"
+    dst2.mkdir()
+    os.symlink(out / "d", dst2 / "x")   # left by an earlier export, or by the user
+    with pytest.raises(ValueError, match="x/f"):
+        unpack_tree(image(("x/f", 0o100644, b"pwned")), dst2)
+    with pytest.raises(ValueError):
+        unpack_tree(image(("x/new/f", 0o100644, b"pwned")), dst2)
+    assert snapshot(out) == before
+
+
+def test_export_replaces_links_instead_of_writing_through_them(tmp_path: Path) -> None:
+    """A symlink, a hard link or a fifo already at a name the guest exports:
+    replaced, never written through (a fifo would block the host forever)."""
+    out = canary(tmp_path)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    os.symlink(out / "f", dst / "sym")
+    os.link(out / "f", dst / "hard")
+    os.mkfifo(dst / "fifo")
+    os.symlink(out / "d", dst / "dirlink")
+    before = snapshot(out)
+    img = image(("sym", 0o100644, b"guest"), ("hard", 0o100644, b"guest"), ("fifo", 0o100644, b"guest"),
+                ("dirlink", 0o40755, b""), ("dirlink/f", 0o100644, b"guest"))
+    code = ("import sys; from pathlib import Path; from lguest.guestos.cpio import unpack_tree; "
+            "unpack_tree(Path(sys.argv[1]).read_bytes(), sys.argv[2])")
+    (tmp_path / "img").write_bytes(img)
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "img"), str(dst)], check=True, timeout=60)
+    assert snapshot(out) == before
+    for name in ("sym", "hard", "fifo", "dirlink/f"):
+        p = dst / name
+        assert stat.S_ISREG(p.lstat().st_mode) and p.read_bytes() == b"guest", name
+    assert os.stat(dst / "hard").st_nlink == 1
+
+
+def test_export_strips_setuid_and_refuses_bad_names(tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    unpack_tree(image(("suid", 0o106755, b"#!/bin/sh\n"), ("sticky", 0o41777, b""), ("zero", 0o100000, b"z")), dst)
+    assert stat.S_IMODE((dst / "suid").stat().st_mode) == 0o755
+    assert stat.S_IMODE((dst / "sticky").stat().st_mode) & 0o7000 == 0
+    assert (dst / "zero").read_bytes() == b"z"
+    for name in ("a\0b", "x" * 256, "/abs/../../up", "..", "", "d/" + "y" * 300):
+        with pytest.raises(ValueError):
+            unpack_tree(image((name, 0o100644, b"")), tmp_path / "bad")
+    with pytest.raises(ValueError):  # a link target with a NUL in it
+        unpack_tree(image(("l", 0o120777, b"a\0b")), tmp_path / "bad")
+    with pytest.raises(ValueError, match="more than 3"):
+        unpack_tree(image(*[(f"f{i}", 0o100644, b"") for i in range(4)]), tmp_path / "many", max_entries=3)
+    with pytest.raises(ValueError):  # truncated, and not hex
+        unpack_tree(image(("f", 0o100644, b"abcdef"))[:120], tmp_path / "trunc")
+    with pytest.raises(ValueError):
+        unpack_tree(b"070701" + b"zz" * 55, tmp_path / "hex")
+
+
+def test_export_type_changes(tmp_path: Path) -> None:
+    """The guest's tree wins over files, links and empty directories in its
+    way; a non-empty host directory where the guest has a file is refused
+    (the host's files are never deleted wholesale)."""
+    dst = tmp_path / "dst"
+    (dst / "was_file").parent.mkdir(parents=True)
+    (dst / "was_file").write_bytes(b"host")
+    (dst / "empty_dir").mkdir()
+    unpack_tree(image(("was_file", 0o40755, b""), ("was_file/in", 0o100644, b"g"), ("empty_dir", 0o100644, b"g"),
+                      ("l", 0o120777, b"target"), ("l", 0o100644, b"now a file")), dst)
+    assert (dst / "was_file" / "in").read_bytes() == b"g" and (dst / "empty_dir").read_bytes() == b"g"
+    assert (dst / "l").read_bytes() == b"now a file"
+    (dst / "full").mkdir()
+    (dst / "full" / "keep").write_bytes(b"host")
+    with pytest.raises(ValueError, match="full.*directory"):
+        unpack_tree(image(("full", 0o100644, b"g")), dst)
+    assert (dst / "full" / "keep").read_bytes() == b"host"
+
+
+def test_export_of_a_hostile_program(hprogs: dict[str, Path], tmp_path: Path, core: object) -> None:
+    """A real program's names: a 255-byte name, a newline, symlinks to host
+    paths and up out of the root, a setuid file.  The links are recreated as
+    links, never followed; the host's files stay as they were."""
+    out = canary(tmp_path)
+    before = snapshot(out)
+    ex = tmp_path / "ex"
+    r = run_program(str(hprogs["hostile"]), ["names", str(out / "d"), str(out / "f")], export=ex, core=core,
+                    memory=16 << 20)
+    assert r.status == 0, (r.message, r.stdout)
+    assert b"through: -2" in r.stdout   # the guest's own tree has no host directory
+    got = snapshot(ex)
+    assert os.readlink(ex / "hostdir") == str(out / "d") and os.readlink(ex / "up") == "../../../../../../../../.."
+    assert (ex / "new\nline").read_bytes() == b"nl\n" and any(len(n) == 255 for n in os.listdir(ex))
+    assert stat.S_IMODE(got["suid"][0]) == 0o755
+    # a second export into the same directory, now holding traps in the guest's names
+    (ex / "clashdir").rename(tmp_path / "old")
+    os.symlink(out / "d", ex / "clashdir")
+    (ex / "suid").unlink()
+    os.link(out / "f", ex / "suid")
+    r = run_program(str(hprogs["hostile"]), ["names", str(out / "d"), str(out / "f")], export=ex, core=core,
+                    memory=16 << 20)
+    assert r.status == 0, r.message
+    assert (ex / "clashdir" / "inner").read_bytes() == b"inner\n" and not (ex / "clashdir").is_symlink()
+    assert (ex / "suid").read_bytes() == b"#!/bin/sh\n"
+    assert snapshot(out) == before
+
+
+def test_export_mistakes_are_one_line_before_the_run(hprogs: dict[str, Path], tmp_path: Path) -> None:
+    """--export naming a file, or a directory under a file: 125 and one line,
+    before the program runs (its output never appears)."""
+    (tmp_path / "file").write_bytes(b"")
+    for target in (tmp_path / "file", tmp_path / "file" / "sub"):
+        p = subprocess.run([*LGUEST, "--export", str(target), "--", str(hprogs["echo_stdin"])], input=b"ran",
+                           capture_output=True, timeout=120)
+        assert (p.returncode, p.stdout) == (125, b""), p.stderr
+        assert p.stderr.count(b"\n") == 1 and b"--export" in p.stderr and b"Traceback" not in p.stderr
+    # a non-empty host directory where the program leaves a file: 125, one line, the host's files kept
+    ex = tmp_path / "ex"
+    (ex / "clash").mkdir(parents=True)
+    (ex / "clash" / "keep").write_bytes(b"host")
+    p = subprocess.run([*LGUEST, "--export", str(ex), "--", str(hprogs["hostile"]), "names", "/a", "/b"],
+                       capture_output=True, timeout=120)
+    assert p.returncode == 125 and p.stderr.count(b"\n") == 1 and b"clash" in p.stderr, p.stderr
+    assert (ex / "clash" / "keep").read_bytes() == b"host"
+
+
+def test_export_of_many_files_and_a_big_one(hprogs: dict[str, Path], tmp_path: Path) -> None:
+    """Thousands of files and tens of MiB: the export is whole, bounded by guest memory."""
+    ex = tmp_path / "ex"
+    r = run_program(str(hprogs["hostile"]), ["many", "3000", "100"], export=ex, memory=32 << 20)
+    assert r.status == 0 and b"created: 3000" in r.stdout, (r.message, r.stdout)
+    assert len(os.listdir(ex / "many")) == 3000 and (ex / "many" / "f2999").read_bytes() == b"x" * 100
+    r = run_program(str(hprogs["hostile"]), ["many", "1", str(40 << 20)], export=tmp_path / "big", memory=64 << 20)
+    # the file and its exported copy both take guest memory: one of the two clear outcomes, never a crash
+    if r.status == 0:
+        assert (tmp_path / "big" / "many" / "f0").stat().st_size == 40 << 20
+    else:
+        assert r.status in (1, EXIT_LGUEST) and (r.status == 1 or "memory" in (r.message or "")), r.message
+
+
+# --- --root and PROGRAM ----------------------------------------------------------------------------
+def test_root_packing_skips_specials_and_keeps_links_as_links(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    out = canary(tmp_path)
+    os.symlink(out / "f", root / "escape")
+    os.symlink("..", root / "self")
+    os.symlink(".", root / "loop")
+    os.mkfifo(root / "fifo")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(root / "sock"))
+    try:
+        code = ("import sys; from lguest.guestos.cpio import pack_tree, iter_newc; "
+                "print(sorted((n, oct(m), d) for n, m, d in iter_newc(pack_tree(sys.argv[1]))))")
+        p = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, timeout=60)
+    finally:
+        sock.close()
+    assert p.returncode == 0, p.stderr
+    entries = eval(p.stdout)  # noqa: S307 - our own repr
+    assert entries == [("escape", oct(0o120777), str(out / "f").encode()), ("loop", oct(0o120777), b"."),
+                       ("self", oct(0o120777), b"..")]
+
+
+#: Root reads every file: without its two DAC capabilities it is bound by the modes like anyone.
+NO_DAC = ["setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def test_unreadable_root_or_program_is_one_line(hprogs: dict[str, Path], tmp_path: Path) -> None:
+    """Unreadable files and directories in the root, an unreadable PROGRAM:
+    one line, 125 (126 for the program), never a traceback.  Run as nobody
+    without root's DAC capabilities when the tests run as root."""
+    base = tmp_path / "u"
+    (base / "root" / "closed").mkdir(parents=True)
+    (base / "root" / "secret").write_bytes(b"s")
+    prog = base / "prog"
+    prog.write_bytes(hprogs["spin"].read_bytes())
+    os.chmod(base / "root" / "secret", 0)
+    os.chmod(prog, 0)
+    for p in (tmp_path, base, base / "root"):
+        os.chmod(p, 0o755)
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        if subprocess.run([*NO_DAC, "true"], capture_output=True).returncode:
+            pytest.skip("running as root without setpriv: every file is readable")
+        prefix = NO_DAC
+    try:
+        checks = [(["--root", str(base / "root"), "--", "/secret"], 125, b"secret"),
+                  (["--", str(prog)], EXIT_CANNOT_RUN, b"prog")]
+        for argv, status, what in checks:
+            p = subprocess.run([*prefix, *LGUEST, *argv], capture_output=True, timeout=120)
+            assert p.returncode == status and p.stderr.count(b"\n") == 1 and what in p.stderr, p.stderr
+        os.chmod(base / "root" / "secret", 0o644)
+        os.chmod(base / "root" / "closed", 0)
+        p = subprocess.run([*prefix, *LGUEST, "--root", str(base / "root"), "--", "/x"], capture_output=True,
+                           timeout=120)
+        assert p.returncode == 125 and p.stderr.count(b"\n") == 1 and b"closed" in p.stderr, p.stderr
+    finally:
+        os.chmod(base / "root" / "closed", 0o755)
+
+
+def test_program_without_root_that_is_not_a_file(tmp_path: Path) -> None:
+    """A directory or a fifo as PROGRAM: 126 (never read, never a hang);
+    a missing one 127; a huge one hits the cap without being read."""
+    os.mkfifo(tmp_path / "fifo")
+    assert run_program(str(tmp_path)).status == EXIT_CANNOT_RUN
+    assert run_program(str(tmp_path / "fifo"), timeout=5).status == EXIT_CANNOT_RUN
+    assert run_program(str(tmp_path / "missing")).status == EXIT_NOT_FOUND
+    huge = tmp_path / "huge"
+    with open(huge, "wb") as f:
+        f.truncate(4 << 30)   # sparse: reading it would take 4 GiB of host memory
+    code = ("import resource, sys; from lguest.guestos.runner import run_program; "
+            "r = run_program(sys.argv[1], memory=32 << 20); "
+            "print(r.status, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, r.message)")
+    p = subprocess.run([sys.executable, "-c", code, str(huge)], capture_output=True, text=True, timeout=120)
+    status, maxrss_kib, message = p.stdout.split(" ", 2)
+    assert int(status) == EXIT_LGUEST and "cap" in message, p.stdout + p.stderr
+    assert int(maxrss_kib) < 400 << 10
+
+
+@pytest.mark.parametrize("memory", ["1024M", "2G", "4G", "100K"])
+def test_memory_out_of_range_is_one_line(memory: str, hprogs: dict[str, Path]) -> None:
+    """The kernel maps all RAM at 0xC0000000, below the Switcher at 0xFFC00000: 1020 MiB at most."""
+    p = subprocess.run([*LGUEST, "--memory", memory, "--", str(hprogs["spin"])], capture_output=True, timeout=120)
+    assert p.returncode == 125 and p.stderr.count(b"\n") == 1 and b"--memory" in p.stderr, p.stderr
+    assert b"internal error" not in p.stderr
+
+
+# --- the console device -------------------------------------------------------------------------
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_flood_is_exact_bounded_and_interruptible(signum: int, status: int, hprogs: dict[str, Path]) -> None:
+    """A program writing 64 KiB blocks forever to a slow reader: every byte
+    arrives once, in order, host RSS stays flat, and a signal ends it
+    promptly even while the host is blocked writing to the full pipe."""
+    p = subprocess.Popen([*LGUEST, "--", str(hprogs["hostile"]), "flood"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, preexec_fn=default_signals)
+    assert p.stdout is not None
+    period = b"0123456789abcdef"
+    big = period * ((1 << 16) + 2)   # 1 MiB and a period to spare
+    got = 0
+    rss: list[int] = []
+    try:
+        while got < 48 << 20:
+            chunk = p.stdout.read(1 << 20)
+            assert chunk == big[got % 16:got % 16 + len(chunk)], f"wrong bytes after {got}"
+            got += len(chunk)
+            if got % (8 << 20) == 0:
+                rss.append(_rss_kib(p.pid))
+        time.sleep(0.5)   # stop reading: the pipe fills and the host blocks in write()
+        t0 = time.monotonic()
+        p.send_signal(signum)
+        _, err = p.communicate(timeout=30)
+        elapsed = time.monotonic() - t0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == status and err.count(b"\n") == 1, err
+    assert elapsed < 5
+    assert max(rss) - rss[0] < 16 << 10, rss   # KiB: flat after the first 8 MiB
+
+
+@pytest.mark.parametrize(("signum", "status"), [(None, EXIT_TIMEOUT), (signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_blocked_on_stdin_still_times_out_and_takes_signals(signum: int | None, status: int,
+                                                            hprogs: dict[str, Path]) -> None:
+    """A program reading a stdin that never comes (a pipe held open, nothing
+    written): --timeout and the signals still end the run."""
+    r, w = os.pipe()
+    try:
+        argv = [*LGUEST, "--timeout", "1.5", "--", str(hprogs["hostile"]), "stdin"] if signum is None else \
+            [*LGUEST, "--", str(hprogs["hostile"]), "stdin"]
+        t0 = time.monotonic()
+        p = subprocess.Popen(argv, stdin=r, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             preexec_fn=default_signals)
+        try:
+            if signum is not None:
+                time.sleep(2.0)   # booted and blocked in read
+                p.send_signal(signum)
+            _, err = p.communicate(timeout=30)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        elapsed = time.monotonic() - t0
+    finally:
+        os.close(r)
+        os.close(w)
+    assert p.returncode == status and err.count(b"\n") == 1, err
+    assert elapsed < (1.5 if signum is None else 2.0) + 5
+
+
+def test_captured_output_has_a_cap(hprogs: dict[str, Path]) -> None:
+    """run_program capturing a flood: the guest is stopped at the cap with a
+    clear reason, host memory never grows past it."""
+    code = ("import resource, sys; from lguest.guestos.runner import run_program; "
+            "r = run_program(sys.argv[1], ['flood'], output_limit=8 << 20); "
+            "print(r.status, len(r.stdout), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, r.message)")
+    p = subprocess.run([sys.executable, "-c", code, str(hprogs["hostile"])], capture_output=True, text=True,
+                       timeout=120)
+    status, n, maxrss_kib, message = p.stdout.split(" ", 3)
+    assert int(status) == EXIT_LGUEST and "output" in message and int(n) <= 8 << 20, p.stdout + p.stderr
+    assert int(maxrss_kib) < 400 << 10
+
