@@ -391,3 +391,55 @@ def test_captured_output_has_a_cap(hprogs: dict[str, Path]) -> None:
     assert int(status) == EXIT_LGUEST and "output" in message and int(n) <= 8 << 20, p.stdout + p.stderr
     assert int(maxrss_kib) < 400 << 10
 
+
+
+# --- CLI misuse ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(("argv", "status"), [
+    ([], 125),                                         # no PROGRAM
+    (["--no-such-option", "--", "/x"], 125),
+    (["--memory", "1", "--", "{spin}"], 125),
+    (["--memory", "lots", "--", "{spin}"], 125),
+    (["--root", "{nodir}", "--", "/x"], 125),
+    (["--", "{missing}"], EXIT_NOT_FOUND),
+    (["--", "{dir}"], EXIT_CANNOT_RUN),                # a directory, without a root
+    (["--root", "{dir}", "--", "/"], EXIT_CANNOT_RUN),  # ... and inside one
+    (["--", "{text}"], EXIT_CANNOT_RUN),               # not ELF
+    (["--", sys.executable], EXIT_CANNOT_RUN),         # 64-bit, dynamic
+    (["--root", "{dir}", "--", "../../../../{spin}"], EXIT_NOT_FOUND),  # outside the root: not in it
+])
+def test_cli_misuse_is_one_line_and_its_status(argv: list[str], status: int, hprogs: dict[str, Path],
+                                               tmp_path: Path) -> None:
+    (tmp_path / "text").write_bytes(b"#!/bin/sh\necho hi\n")
+    (tmp_path / "nodir").write_bytes(b"")
+    names = {"spin": str(hprogs["spin"]), "dir": str(tmp_path), "text": str(tmp_path / "text"),
+             "missing": str(tmp_path / "missing"), "nodir": str(tmp_path / "nodir")}
+    p = subprocess.run([*LGUEST, *(a.format(**names) for a in argv)], capture_output=True, timeout=120,
+                       stdin=subprocess.DEVNULL)
+    assert p.returncode == status and p.stderr.count(b"\n") == 1 and p.stdout == b"", p.stderr
+    assert p.stderr.startswith(b"lguest") and b"Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_while_export_writes(signum: int, status: int, hprogs: dict[str, Path], tmp_path: Path) -> None:
+    """A signal while the host writes thousands of exported files: 130/143
+    promptly, one line, nothing written outside the export directory."""
+    ex = tmp_path / "ex"
+    p = subprocess.Popen([*LGUEST, "--memory", "96M", "--export", str(ex), "--", str(hprogs["hostile"]), "many",
+                          "15000", "2000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         preexec_fn=default_signals)
+    try:
+        deadline = time.monotonic() + 120
+        while not (ex / "many").exists() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        p.send_signal(signum)
+        t0 = time.monotonic()
+        _, err = p.communicate(timeout=60)
+        elapsed = time.monotonic() - t0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == status and err.count(b"\n") == 1, err
+    assert elapsed < 5
+    assert len(os.listdir(ex / "many")) < 15000   # stopped part-way
+    assert sorted(os.listdir(tmp_path)) == ["ex"]
