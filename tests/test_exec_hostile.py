@@ -443,3 +443,57 @@ def test_signal_while_export_writes(signum: int, status: int, hprogs: dict[str, 
     assert elapsed < 5
     assert len(os.listdir(ex / "many")) < 15000   # stopped part-way
     assert sorted(os.listdir(tmp_path)) == ["ex"]
+
+
+# --- a hostile guest kernel ---------------------------------------------------------------------
+KERNEL_DIR = Path(__file__).resolve().parent.parent / "lguest" / "guestos" / "kernel"
+
+
+@pytest.fixture(scope="module")
+def liar(hprogs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/exec_kernels/liar.c, built as the real kernel is (its flags, its kernel.ld)."""
+    out = tmp_path_factory.mktemp("liar") / "liar.elf"
+    cmd = ["gcc", "-m32", "-march=i686", "-ffreestanding", "-fno-pie", "-fno-pic", "-nostdlib", "-O2",
+           "-fno-stack-protector", "-fno-builtin", "-mgeneral-regs-only", "-fno-asynchronous-unwind-tables",
+           "-fno-tree-loop-distribute-patterns", "-std=gnu11", "-static", "-no-pie",
+           f"-Wl,-T,{KERNEL_DIR / 'kernel.ld'}", "-Wl,--build-id=none", "-o", str(out),
+           str(Path(__file__).parent / "exec_kernels" / "liar.c")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        pytest.skip(f"cannot build the hostile kernel: {proc.stderr[-300:]}")
+    return out
+
+
+def test_a_kernel_lying_in_its_console_and_result_words(liar: Path, hprogs: dict[str, Path],
+                                                        monkeypatch: pytest.MonkeyPatch, core: object) -> None:
+    """300 NOTIFYs each claiming ~4 GiB in both output rings and asking for
+    4 GiB of stdin past a full ring; result words outside guest RAM: the host
+    takes one ring (64 KiB) per stream per NOTIFY, reads no stdin past the
+    ring's room, ignores the counters, and reports the kernel's status."""
+    monkeypatch.setenv("LGUEST_KERNEL", str(liar))
+    asked: list[int] = []
+
+    class Stdin:
+        def read(self, n: int) -> bytes:
+            asked.append(n)
+            return b"x" * n
+    out, err = bytearray(), bytearray()
+    r = run_program(str(hprogs["spin"]), ["counters"], memory=8 << 20, stdin=Stdin(), stdout=out.extend,
+                    stderr=err.extend, core=core)  # type: ignore[arg-type]
+    assert (r.status, r.message, r.syscalls, r.unsupported) == (7, None, {}, {})
+    assert len(out) == len(err) == 300 << 16
+    assert all(n == 0 for n in asked)   # the stdin ring is "full": no room, nothing read
+    # ... and a claimed export past the end of RAM is refused, not read
+    r = run_program(str(hprogs["spin"]), ["badexport"], memory=8 << 20, export=Path(str(liar) + ".ex"), core=core)
+    assert r.status == EXIT_LGUEST and "outside guest memory" in (r.message or "")
+
+
+def test_a_kernel_exporting_through_a_symlink(liar: Path, hprogs: dict[str, Path], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LGUEST_KERNEL", str(liar))
+    out = canary(tmp_path)
+    before = snapshot(out)
+    p = subprocess.run([*LGUEST, "--export", str(tmp_path / "ex"), "--", str(hprogs["spin"]), "export",
+                        str(out / "d")], capture_output=True, timeout=120)
+    assert p.returncode == 125 and p.stderr.count(b"\n") == 1 and b"esc/pwned" in p.stderr, p.stderr
+    assert snapshot(out) == before

@@ -352,8 +352,9 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
         res = L.unpack_results(mem.read(L.BOOTINFO_PA, PAGE_SIZE))
         counts = _counts(mem, res["counts_pa"])
         unsupported = _counts(mem, res["enosys_pa"])
-        exported = mem.read(res["export_pa"], res["export_len"]) \
-            if export is not None and res["export_len"] and res["export_pa"] + res["export_len"] <= memory else None
+        # the kernel's word for where its image is: read only when it lies inside guest RAM
+        export_inside = res["export_len"] and res["export_pa"] + res["export_len"] <= memory
+        exported = mem.read(res["export_pa"], res["export_len"]) if export is not None and export_inside else None
         stats = dict(lg.stats)
     kw = {"syscalls": counts, "unsupported": unsupported, "stats": stats}
     if stopped is not None and stopped.status != EXIT_TIMEOUT:
@@ -363,7 +364,10 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
     if result.reason != "dead" or result.message != "CRASH: exit":
         return done(EXIT_LGUEST, f"lguest: the guest kernel died: {result.message or result.reason}", **kw)
     if export is not None:
-        if exported is None:  # the kernel always writes a trailer: no image means it had no room
+        if exported is None and res["export_len"]:
+            return done(EXIT_LGUEST, f"lguest: --export {export}: the guest kernel's exported tree lies outside "
+                                     f"guest memory", **kw)
+        if exported is None:  # the kernel always writes a trailer: no image means it had no room for one
             return done(EXIT_LGUEST, f"lguest: --export {export}: the guest kernel left no exported tree "
                                      f"(out of guest memory for it?); give more --memory", **kw)
         try:
