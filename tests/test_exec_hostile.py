@@ -497,3 +497,21 @@ def test_a_kernel_exporting_through_a_symlink(liar: Path, hprogs: dict[str, Path
                         str(out / "d")], capture_output=True, timeout=120)
     assert p.returncode == 125 and p.stderr.count(b"\n") == 1 and b"esc/pwned" in p.stderr, p.stderr
     assert snapshot(out) == before
+
+
+def test_closed_stdout_ends_the_program_as_sigpipe(hprogs: dict[str, Path]) -> None:
+    """`lguest exec -- yes | head -1`: once the reader is gone the program must
+    end (as SIGPIPE ends it natively, 128+13), not flood a closed pipe forever."""
+    p = subprocess.Popen([*LGUEST, "--", str(hprogs["hostile"]), "flood"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, preexec_fn=default_signals)
+    assert p.stdout is not None and p.stderr is not None
+    try:
+        assert len(p.stdout.read(1 << 20)) == 1 << 20
+        p.stdout.close()
+        p.wait(timeout=30)
+        err = p.stderr.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 128 + signal.SIGPIPE and err.count(b"\n") == 1 and b"SIGPIPE" in err, err

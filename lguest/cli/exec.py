@@ -67,12 +67,11 @@ class _ExecTerminated(Exception):
 
 def _write_all(fd: int) -> Any:
     def sink(data: bytes) -> None:
+        # BrokenPipeError goes up: run_program ends the program as SIGPIPE would
+        # (`lguest exec -- yes | head -1` must end, not flood a closed pipe forever)
         view = memoryview(data)
-        try:
-            while view:
-                view = view[os.write(fd, view):]
-        except BrokenPipeError:
-            pass
+        while view:
+            view = view[os.write(fd, view):]
     return sink
 
 

@@ -36,6 +36,7 @@ EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
 DEFAULT_MEMORY = 128 << 20
+SIGPIPE = 13
 #: The kernel's tick: the clock lguest_data.time follows (and nanosleep's grain).
 TICK_NS = 4_000_000
 #: CLOCK_REALTIME at guest time 0 under the virtual clock: runs repeat exactly.
@@ -264,7 +265,9 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
     the result carries one of the EXIT_* codes and a ``message``.  ``core``:
     the core to build the guest with (a name or module; default the active one).
     ``output_limit``: at most this many bytes of stdout plus stderr are
-    captured; a program that writes more is stopped (EXIT_LGUEST).
+    captured; a program that writes more is stopped (EXIT_LGUEST).  A
+    ``stdout``/``stderr`` callable that raises BrokenPipeError ends the run
+    as SIGPIPE would end the program natively (status 141).
     """
     out_buf, err_buf = bytearray(), bytearray()
 
@@ -344,11 +347,15 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
             result = lg.run(timeout=timeout)
         except _Stop as exc:  # from the console device: stdin waited past --timeout, or output passed its cap
             stopped = exc
+        except BrokenPipeError:  # a sink's reader is gone: natively the program would die of SIGPIPE
+            stopped = _Stop(128 + SIGPIPE, "killed by SIGPIPE (its output was closed)")
         finally:
             try:
                 cons.drain()
             except _Stop as exc:
                 stopped = stopped or exc
+            except BrokenPipeError:
+                stopped = stopped or _Stop(128 + SIGPIPE, "killed by SIGPIPE (its output was closed)")
         res = L.unpack_results(mem.read(L.BOOTINFO_PA, PAGE_SIZE))
         counts = _counts(mem, res["counts_pa"])
         unsupported = _counts(mem, res["enosys_pa"])
@@ -358,7 +365,8 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
         stats = dict(lg.stats)
     kw = {"syscalls": counts, "unsupported": unsupported, "stats": stats}
     if stopped is not None and stopped.status != EXIT_TIMEOUT:
-        return done(stopped.status, f"lguest: {path}: {stopped}", **kw)
+        sig = {"signal": SIGPIPE} if stopped.status == 128 + SIGPIPE else {}
+        return done(stopped.status, f"lguest: {path}: {stopped}", **sig, **kw)
     if stopped is not None or result.reason == "timeout":
         return done(EXIT_TIMEOUT, f"lguest: {path}: timed out after {timeout} s", **kw)
     if result.reason != "dead" or result.message != "CRASH: exit":
