@@ -515,3 +515,10 @@ def test_closed_stdout_ends_the_program_as_sigpipe(hprogs: dict[str, Path]) -> N
             p.kill()
             p.wait()
     assert p.returncode == 128 + signal.SIGPIPE and err.count(b"\n") == 1 and b"SIGPIPE" in err, err
+
+
+@pytest.mark.parametrize("args", [["a"] * 5000, ["x" * (200 << 10)]], ids=["5000 args", "a 200 KiB arg"])
+def test_too_many_arguments_is_e2big_not_a_bad_program(args: list[str], hprogs: dict[str, Path]) -> None:
+    """execve's E2BIG, as a shell reports it (126), not 'not an ELF' or 'out of memory'."""
+    r = run_program(str(hprogs["echo_stdin"]), args, memory=32 << 20)
+    assert r.status == EXIT_CANNOT_RUN and "argument list too long" in (r.message or ""), r.message

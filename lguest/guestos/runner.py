@@ -37,6 +37,7 @@ EXIT_SIGTERM = 143
 
 DEFAULT_MEMORY = 128 << 20
 SIGPIPE = 13
+E2BIG = 7  # the kernel's status with R_NOEXEC/R_NOMEM: more arguments than it takes
 #: The kernel's tick: the clock lguest_data.time follows (and nanosleep's grain).
 TICK_NS = 4_000_000
 #: CLOCK_REALTIME at guest time 0 under the virtual clock: runs repeat exactly.
@@ -391,6 +392,8 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
                     signal=status, **kw)
     if kind == L.R_NOTFOUND:
         return done(EXIT_NOT_FOUND, f"lguest: {path}: not found in the root", **kw)
+    if kind in (L.R_NOEXEC, L.R_NOMEM) and status == E2BIG:  # execve's own answer: a shell says 126
+        return done(EXIT_CANNOT_RUN, f"lguest: {path}: cannot run: argument list too long", **kw)
     if kind == L.R_NOEXEC:
         return done(EXIT_CANNOT_RUN, f"lguest: {path}: cannot run: not a static ELF32 i386 executable", **kw)
     if kind == L.R_NOMEM:
