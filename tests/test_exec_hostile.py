@@ -522,3 +522,21 @@ def test_too_many_arguments_is_e2big_not_a_bad_program(args: list[str], hprogs: 
     """execve's E2BIG, as a shell reports it (126), not 'not an ELF' or 'out of memory'."""
     r = run_program(str(hprogs["echo_stdin"]), args, memory=32 << 20)
     assert r.status == EXIT_CANNOT_RUN and "argument list too long" in (r.message or ""), r.message
+
+
+def test_a_deep_root_packs(tmp_path: Path) -> None:
+    """1100 nested directories (Python 3.11's os.walk would recurse past its limit)."""
+    d = tmp_path / "root"
+    d.mkdir()
+    fd = os.open(d, os.O_RDONLY)
+    for _ in range(1100):
+        os.mkdir("d", dir_fd=fd)
+        fd, old = os.open("d", os.O_RDONLY, dir_fd=fd), fd
+        os.close(old)
+    leaf = os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+    os.write(leaf, b"deep")
+    os.close(leaf)
+    os.close(fd)
+    from lguest.guestos.cpio import iter_newc, pack_tree
+    entries = list(iter_newc(pack_tree(d)))
+    assert len(entries) == 1101 and entries[-1] == ("/".join(["d"] * 1100) + "/leaf", 0o100644, b"deep")

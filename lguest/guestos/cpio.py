@@ -51,24 +51,31 @@ def pack_tree(root: str | os.PathLike[str] | None, extra: dict[str, bytes] | Non
         out.extend(b"\0" * (-len(data) % 4))
 
     if root is not None:
-        base = Path(root)
-        def unreadable(exc: OSError) -> None:  # os.walk skips these silently by default
-            raise exc
-        for dirpath, dirnames, filenames in os.walk(base, followlinks=False, onerror=unreadable):
-            dirnames.sort()
-            rel_dir = os.path.relpath(dirpath, base)
-            for name in sorted(dirnames) + sorted(filenames):
+        # An explicit stack, not os.walk: 3.11's os.walk recurses, and a deep
+        # enough root would end in RecursionError.  Order as os.walk's top-down
+        # walk: a directory's entries (subdirectories first, each group sorted),
+        # then each subdirectory's in turn.
+        todo: list[tuple[str, str]] = [(os.fspath(root), "")]
+        while todo:
+            dirpath, rel_dir = todo.pop()
+            with os.scandir(dirpath) as it:
+                kids = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+            names = sorted(n for n, d in kids if d) + sorted(n for n, d in kids if not d)
+            subdirs = []
+            for name in names:
                 full = os.path.join(dirpath, name)
-                rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+                rel = f"{rel_dir}/{name}" if rel_dir else name
                 st = os.lstat(full)
                 if stat.S_ISLNK(st.st_mode):
                     add(rel, st.st_mode, os.fsencode(os.readlink(full)), int(st.st_mtime))
                 elif stat.S_ISDIR(st.st_mode):
                     add(rel, st.st_mode, b"", int(st.st_mtime))
+                    subdirs.append((full, rel))
                 elif stat.S_ISREG(st.st_mode):
                     if st.st_size > cap:
                         raise ImageTooLarge(f"{full}: {st.st_size} bytes, more than the image cap of {cap} bytes")
                     add(rel, st.st_mode, _read_capped(full, cap - len(out)), int(st.st_mtime))
+            todo.extend(reversed(subdirs))
     for name, data in (extra or {}).items():
         add(name.lstrip("/"), stat.S_IFREG | 0o755, data, 0)
     out.extend(_entry(TRAILER, 0, 0, 0, 0))

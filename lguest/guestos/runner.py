@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 from ..constants import PAGE_SIZE
 from ..unicorn import UnicornLauncher
 from . import layout as L
-from .build import kernel_path
+from .build import KernelUnavailable, kernel_path
 from .cpio import ImageTooLarge, pack_tree, unpack_tree
 from .syscalls import name as syscall_name
 
@@ -302,7 +302,7 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
         return done(exc.status, str(exc))
     except ImageTooLarge as exc:
         return done(EXIT_LGUEST, f"lguest: {exc}")
-    except RuntimeError as exc:  # KernelUnavailable
+    except KernelUnavailable as exc:
         return done(EXIT_LGUEST, f"lguest: {exc}")
 
     argv = [path, *args]
