@@ -540,3 +540,20 @@ def test_a_deep_root_packs(tmp_path: Path) -> None:
     from lguest.guestos.cpio import iter_newc, pack_tree
     entries = list(iter_newc(pack_tree(d)))
     assert len(entries) == 1101 and entries[-1] == ("/".join(["d"] * 1100) + "/leaf", 0o100644, b"deep")
+
+
+def _close_stdout() -> None:
+    default_signals()
+    os.close(1)
+
+
+@pytest.mark.parametrize("where", ["/dev/full", "closed"])
+def test_unwritable_stdout_is_one_line(where: str, hprogs: dict[str, Path]) -> None:
+    """A full disk or a closed stdout: the write error cannot reach the
+    program (its bytes went through the ring), so the run ends: 125, one line."""
+    if where == "/dev/full" and not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    with open(where if where != "closed" else os.devnull, "wb") as sink:
+        p = subprocess.run([*LGUEST, "--", str(hprogs["hostile"]), "flood"], stdout=sink, stderr=subprocess.PIPE,
+                           timeout=60, preexec_fn=_close_stdout if where == "closed" else default_signals)
+    assert p.returncode == 125 and p.stderr.count(b"\n") == 1 and b"cannot write its stdout" in p.stderr, p.stderr

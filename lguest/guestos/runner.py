@@ -281,8 +281,20 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
                 raise _Stop(EXIT_LGUEST, f"captured output passed its limit of {output_limit} bytes "
                                          f"(output_limit); the program was stopped")
         return sink
-    out_sink = stdout if stdout is not None else capture(out_buf)
-    err_sink = stderr if stderr is not None else capture(err_buf)
+    def guarded(sink: Callable[[bytes], None], name: str) -> Callable[[bytes], None]:
+        # The host cannot hand a write error back to the program (its writes
+        # went into the ring long ago): a stream that fails (closed, disk
+        # full) ends the run with one line.  A reader gone is SIGPIPE, below.
+        def write(data: bytes) -> None:
+            try:
+                sink(data)
+            except BrokenPipeError:
+                raise
+            except OSError as exc:
+                raise _Stop(EXIT_LGUEST, f"cannot write its {name}: {exc.strerror or exc}") from exc
+        return write
+    out_sink = guarded(stdout, "stdout") if stdout is not None else capture(out_buf)
+    err_sink = guarded(stderr, "stderr") if stderr is not None else capture(err_buf)
     t0 = time.monotonic()
 
     def done(status: int, message: str | None = None, **kw: Any) -> ExecResult:
