@@ -557,3 +557,25 @@ def test_unwritable_stdout_is_one_line(where: str, hprogs: dict[str, Path]) -> N
         p = subprocess.run([*LGUEST, "--", str(hprogs["hostile"]), "flood"], stdout=sink, stderr=subprocess.PIPE,
                            timeout=60, preexec_fn=_close_stdout if where == "closed" else default_signals)
     assert p.returncode == 125 and p.stderr.count(b"\n") == 1 and b"cannot write its stdout" in p.stderr, p.stderr
+
+
+def test_refusals_quote_the_guests_names(tmp_path: Path) -> None:
+    """A refused name with a newline and a terminal escape in it: the message
+    stays one line and carries no raw control bytes."""
+    evil = "clash\n\x1b[2J\x1b]0;pwned\x07"
+    (tmp_path / "dst" / evil).mkdir(parents=True)
+    (tmp_path / "dst" / evil / "keep").write_bytes(b"host")
+    for img in (image((evil, 0o100644, b"g")), image((evil + "/../x", 0o100644, b"")),
+                image(("l", 0o120777, b"t"), ("l/" + evil, 0o100644, b""))):
+        with pytest.raises(ValueError) as info:
+            unpack_tree(img, tmp_path / "dst")
+        assert not any(c in str(info.value) for c in "\n\x1b\x07"), str(info.value)
+
+
+def test_a_kernel_shouting_escapes(liar: Path, hprogs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel's SHUTDOWN message is guest memory: the host's line about it
+    stays one line, with no raw control bytes for the user's terminal."""
+    monkeypatch.setenv("LGUEST_KERNEL", str(liar))
+    p = subprocess.run([*LGUEST, "--", str(hprogs["spin"]), "shout"], capture_output=True, timeout=120)
+    assert p.returncode == 125 and p.stderr.count(b"\n") == 1 and b"panic" in p.stderr, p.stderr
+    assert not any(c in p.stderr for c in b"\x1b\x07")

@@ -146,7 +146,7 @@ def _clear(dir_fd: int, name: str, st: os.stat_result | None, shown: str) -> Non
         try:
             os.rmdir(name, dir_fd=dir_fd)
         except OSError as exc:
-            raise ExportRefused(f"{shown}: a directory that is not empty is in the way on the host") from exc
+            raise ExportRefused(f"{shown!r}: a directory that is not empty is in the way on the host") from exc
     else:
         os.unlink(name, dir_fd=dir_fd)
 
@@ -160,7 +160,7 @@ def _open_dir(dir_fd: int, name: str, shown: str, create: bool) -> int:
         if not create:
             raise
     except OSError as exc:  # ELOOP: a symlink; ENOTDIR: a file
-        raise ExportRefused(f"{shown}: refusing to write through {name!r}, which is not a directory") from exc
+        raise ExportRefused(f"{shown!r}: refusing to write through {name!r}, which is not a directory") from exc
     os.mkdir(name, 0o755, dir_fd=dir_fd)
     return os.open(name, flags, dir_fd=dir_fd)
 

@@ -383,7 +383,9 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
     if stopped is not None or result.reason == "timeout":
         return done(EXIT_TIMEOUT, f"lguest: {path}: timed out after {timeout} s", **kw)
     if result.reason != "dead" or result.message != "CRASH: exit":
-        return done(EXIT_LGUEST, f"lguest: the guest kernel died: {result.message or result.reason}", **kw)
+        # the kernel's own words (guest memory): escaped, so the line stays one line and inert
+        why = repr(result.message)[1:-1] if result.message else result.reason
+        return done(EXIT_LGUEST, f"lguest: the guest kernel died: {why}", **kw)
     if export is not None:
         if exported is None and res["export_len"]:
             return done(EXIT_LGUEST, f"lguest: --export {export}: the guest kernel's exported tree lies outside "
@@ -394,7 +396,8 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
         try:
             unpack_tree(exported, export)
         except (OSError, ValueError) as exc:
-            why = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc)
+            # names are the guest's: quoted (repr), so no newline or terminal escape reaches the user raw
+            why = f"{exc.filename!r}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc)
             return done(EXIT_LGUEST, f"lguest: --export {export}: {why}", **kw)
     kind, status = res["result"], res["status"]
     if kind == L.R_EXIT:

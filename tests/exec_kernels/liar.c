@@ -7,6 +7,7 @@
  *   export    a crafted export image: a symlink to argv[2] (a host dir)
  *             then a file below it; then "exit" with status 0
  *   badexport an export image claimed past the end of guest RAM
+ *   shout     shuts down with a message holding a newline and terminal escapes
  * Built with the real kernel's flags and kernel.ld (PAGE_OFFSET + 1 MiB). */
 #include "../../lguest/guestos/kernel/kernel.h"
 
@@ -123,6 +124,8 @@ void __attribute__((used, noreturn)) kmain(void)
         boot->export_len = 4096;
         done(0);
     }
+    if (same(argv[1], "shout"))
+        hcall(2, PA("panic\n\x1b[2J\x1b]0;owned\x07"), 1, 0);
     done(99);
 }
 
