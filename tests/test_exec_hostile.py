@@ -579,3 +579,23 @@ def test_a_kernel_shouting_escapes(liar: Path, hprogs: dict[str, Path], monkeypa
     p = subprocess.run([*LGUEST, "--", str(hprogs["spin"]), "shout"], capture_output=True, timeout=120)
     assert p.returncode == 125 and p.stderr.count(b"\n") == 1 and b"panic" in p.stderr, p.stderr
     assert not any(c in p.stderr for c in b"\x1b\x07")
+
+
+def test_timeout_holds_while_the_reader_stalls(hprogs: dict[str, Path]) -> None:
+    """`lguest exec --timeout 2 -- yes | sleep 100`: the host blocked writing
+    to a pipe nobody reads must still stop at the timeout (124), as
+    `timeout 2 yes | sleep 100` does."""
+    t0 = time.monotonic()
+    p = subprocess.Popen([*LGUEST, "--timeout", "2", "--", str(hprogs["hostile"]), "flood"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, preexec_fn=default_signals)
+    assert p.stderr is not None
+    try:
+        p.wait(timeout=30)   # never reading stdout: the pipe fills at once
+        elapsed = time.monotonic() - t0
+        err = p.stderr.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == EXIT_TIMEOUT and err.count(b"\n") == 1 and b"timed out" in err, err
+    assert elapsed < 2 + 5

@@ -65,16 +65,6 @@ class _ExecTerminated(Exception):
     """SIGTERM arrived (exit 143)."""
 
 
-def _write_all(fd: int) -> Any:
-    def sink(data: bytes) -> None:
-        # BrokenPipeError goes up: run_program ends the program as SIGPIPE would
-        # (`lguest exec -- yes | head -1` must end, not flood a closed pipe forever)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    return sink
-
-
 def cmd_exec(args: argparse.Namespace) -> int:
     import shutil
 
@@ -96,8 +86,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
     try:
         size = shutil.get_terminal_size((80, 24))
         result = run_program(args.program, prog_args, root=args.root, memory=args.memory, clock=args.clock,
-                             syscall_vector=vector, timeout=args.timeout, stdin=0, stdout=_write_all(1),
-                             stderr=_write_all(2), export=args.export,
+                             syscall_vector=vector, timeout=args.timeout, stdin=0, stdout=1, stderr=2,
+                             export=args.export,
                              tty=(os.isatty(0), os.isatty(1), os.isatty(2)), tty_size=(size.lines, size.columns))
     except KeyboardInterrupt:
         print(f"{PROG}: {args.program}: interrupted (SIGINT)", file=sys.stderr)

@@ -171,6 +171,35 @@ def _stdin_reader(stdin: bytes | BinaryIO | int | None,
     return lambda n: stdin.read(n) or b""  # type: ignore[union-attr]
 
 
+def _fd_writer(fd: int, deadline: Callable[[], float | None]) -> Callable[[bytes], None]:
+    """A sink writing to file descriptor ``fd``.  With a deadline, and a pipe,
+    socket or terminal (whose reader may stall), each write waits in poll()
+    for room and writes at most PIPE_BUF bytes, which a pipe with room takes
+    without blocking: a stalled reader cannot hold the run past --timeout.
+    Other files, and runs without a timeout, get plain blocking writes."""
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        mode = 0  # a closed fd: the first write reports it
+    stalls = stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+
+    def write(data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            end = deadline() if stalls else None
+            if end is None:
+                view = view[os.write(fd, view):]
+                continue
+            wait = (end - time.monotonic()) * 1000
+            if wait <= 0:
+                raise _Stop(EXIT_TIMEOUT, "")
+            if poller.poll(wait):
+                view = view[os.write(fd, view[:select.PIPE_BUF]):]
+    return write
+
+
 def _read_program(host: Path, cap: int) -> bytes:
     """PROGRAM given without a root: a regular host file, read without
     blocking (a fifo) and never past the image cap (a huge or growing file)."""
@@ -251,7 +280,8 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
                 memory: int = DEFAULT_MEMORY, clock: str = "virtual", syscall_vector: int = 0x80,
                 timeout: float | None = None, env: Sequence[str] | None = None,
                 stdin: bytes | BinaryIO | int | None = None,
-                stdout: Callable[[bytes], None] | None = None, stderr: Callable[[bytes], None] | None = None,
+                stdout: Callable[[bytes], None] | int | None = None,
+                stderr: Callable[[bytes], None] | int | None = None,
                 export: str | os.PathLike[str] | None = None, seed: int = 0,
                 tty: tuple[bool, bool, bool] = (False, False, False),
                 tty_size: tuple[int, int] = (24, 80), core: Any = None,
@@ -259,8 +289,9 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
     """Run ``program`` (a path inside ``root``; without a root, a host file)
     with ``args`` under the guest kernel and return an :class:`ExecResult`.
 
-    Output goes to the ``stdout``/``stderr`` callables, or is captured into
-    the result when they are None.  ``stdin``: bytes, a file or fd, or None
+    Output goes to the ``stdout``/``stderr`` callables or file descriptors
+    (written so that a stalled reader cannot hold the run past ``timeout``),
+    or is captured into the result when they are None.  ``stdin``: bytes, a file or fd, or None
     (empty).  ``export``: write the final tree (the root as the program left
     it) to that host directory.  lguest's own failures raise no exception:
     the result carries one of the EXIT_* codes and a ``message``.  ``core``:
@@ -293,8 +324,16 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
             except OSError as exc:
                 raise _Stop(EXIT_LGUEST, f"cannot write its {name}: {exc.strerror or exc}") from exc
         return write
-    out_sink = guarded(stdout, "stdout") if stdout is not None else capture(out_buf)
-    err_sink = guarded(stderr, "stderr") if stderr is not None else capture(err_buf)
+    deadline: float | None = None   # set when the run starts
+
+    def sink_of(target: Callable[[bytes], None] | int | None, buf: bytearray, name: str) -> Callable[[bytes], None]:
+        if target is None:
+            return capture(buf)
+        if isinstance(target, int):
+            return guarded(_fd_writer(target, lambda: deadline), name)
+        return guarded(target, name)
+    out_sink = sink_of(stdout, out_buf, "stdout")
+    err_sink = sink_of(stderr, err_buf, "stderr")
     t0 = time.monotonic()
 
     def done(status: int, message: str | None = None, **kw: Any) -> ExecResult:
@@ -350,7 +389,6 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
         mem.write(args_pa, blob)
         mem.write(image_pa, image)
         lg.load_elf(kernel)
-        deadline: float | None = None
         cons = _Console(mem, out_sink, err_sink, _stdin_reader(stdin, lambda: deadline))
         lg.launcher.devices[L.CONS_PA] = cons
         stopped: _Stop | None = None
