@@ -7,7 +7,7 @@
  *                   with a file in it (the test puts other types in their way)
  *   many N SIZE     N files of SIZE bytes each in /many
  *   flood           writes 64 KiB blocks to stdout forever
- *   stdin           reads stdin (blocking) forever, printing nothing */
+ *   stdin           says "reading", then reads stdin (blocking) forever */
 #include "sys.h"
 
 static char block[65536];
@@ -110,6 +110,7 @@ void __attribute__((used)) main_(int *sp)
         for (;;)
             sys3(4, 1, block, sizeof block);
     } else if (same(mode, "stdin")) {
+        out("reading\n");
         for (;;)
             sys3(3, 0, block, sizeof block);
     } else {
