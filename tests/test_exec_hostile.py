@@ -602,3 +602,17 @@ def test_timeout_holds_while_the_reader_stalls(hprogs: dict[str, Path]) -> None:
             p.wait()
     assert p.returncode == EXIT_TIMEOUT and err.count(b"\n") == 1 and b"timed out" in err, err
     assert elapsed < 2 + 5
+
+
+def test_a_run_the_host_stops_still_leaves_its_recording(hprogs: dict[str, Path], tmp_path: Path) -> None:
+    """--record, and the host ends the run itself (the reader went away): the
+    recording is still written, as an interrupted run."""
+    seen = [0]
+
+    def stdout(data: bytes) -> None:
+        seen[0] += len(data)
+        if seen[0] > 1 << 20:
+            raise BrokenPipeError
+    r = run_program(str(hprogs["hostile"]), ["flood"], stdout=stdout, record=tmp_path / "run.rec")
+    assert r.status == 128 + signal.SIGPIPE and r.signal == signal.SIGPIPE
+    assert (tmp_path / "run.rec").stat().st_size > 0

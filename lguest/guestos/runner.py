@@ -494,13 +494,13 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
         exported = mem.read(res["export_pa"], res["export_len"]) if export is not None and export_inside else None
         stats = dict(lg.stats)
         kw: dict[str, Any] = {"syscalls": counts, "unsupported": unsupported, "stats": stats}
-        if logged and result is not None:  # (a run the console device stopped has no run result to log)
+        if logged:
             final = {"stdout_sha256": hashes["stdout"].hexdigest(), "stdout_bytes": sizes["stdout"],
                      "stderr_sha256": hashes["stderr"].hexdigest(), "stderr_bytes": sizes["stderr"],
                      "result": res["result"], "status": res["status"], "syscalls": counts}
-            if record is not None:
+            if record is not None:  # result None: the host stopped the run itself (saved as interrupted)
                 lg.save_recording(record, result, kernel, header={"exec": exec_header}, final=final)
-            if rec_data is not None:
+            if rec_data is not None and result is not None:
                 report = lg.replay_report(result, kernel, final=final)
                 want = rec_data["exec"]
                 report += [f"{key}: recorded {want.get(key)!r}, replayed {exec_header[key]!r}"
