@@ -241,8 +241,7 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
         res = L.unpack_results(mem.read(L.BOOTINFO_PA, PAGE_SIZE))
         counts = _counts(mem, res["counts_pa"])
         unsupported = _counts(mem, res["enosys_pa"])
-        exported = mem.read(res["export_pa"], res["export_len"]) \
-            if export is not None and res["export_len"] and res["export_pa"] + res["export_len"] <= memory else None
+        exported = _gather(mem, res["export_pa"], res["export_len"], memory) if export is not None else None
         stats = dict(lg.stats)
     kw = {"syscalls": counts, "unsupported": unsupported, "stats": stats}
     if result.reason == "timeout":
@@ -264,6 +263,23 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
     if kind == L.R_NOMEM:
         return done(EXIT_LGUEST, f"lguest: {path}: out of guest memory loading it (give more --memory)", **kw)
     return done(EXIT_LGUEST, f"lguest: the guest kernel ended without a result ({kind})", **kw)
+
+
+def _gather(mem: Any, list_pa: int, pieces: int, memory: int) -> bytes | None:
+    """The exported cpio: the kernel's list of ``pieces`` {pa, len} pairs at
+    ``list_pa`` (file data stays where it lies in guest memory, see
+    export_tree in kernel.c), joined.  The guest's words are checked, never
+    trusted: the list and every piece inside memory, and the whole no larger
+    than memory (the bound a flat copy had); else None (nothing exported)."""
+    if not pieces or pieces > memory // 8 or list_pa + 8 * pieces > memory:
+        return None
+    words = struct.unpack(f"<{2 * pieces}I", mem.read(list_pa, 8 * pieces))
+    total = 0
+    for pa, n in zip(words[::2], words[1::2], strict=True):
+        total += n
+        if pa + n > memory or total > memory:
+            return None
+    return b"".join(mem.read(pa, n) for pa, n in zip(words[::2], words[1::2], strict=True))
 
 
 def _counts(mem: Any, pa: int) -> dict[str, int]:

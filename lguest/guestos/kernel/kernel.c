@@ -957,12 +957,35 @@ static int exec_program(char *const *argv, u32 argc, char *const *envp, u32 envc
 }
 
 /* --- export: the final tree as a newc cpio -------------------------------- */
+/* Handed to the host as a gather list of pieces {pa, len} whose bytes,
+ * joined, are the cpio: headers and names are built in ex_buf, but file
+ * data is referenced where it lies (the boot image or the file's pages),
+ * not copied -- every guest store is a slow call under the emulator, and a
+ * root holding a 2 MiB program would cost half a million of them. */
 static u8 *ex_buf;
 static u32 ex_len, ex_cap;
+static u32 (*ex_list)[2];
+static u32 ex_n, ex_ncap;
+
+/* Add [pa, pa + n) to the list, joined to the last piece when it follows
+ * it.  The measuring pass (ex_list NULL) counts without joining: an upper
+ * bound for the filling pass. */
+static void ex_piece(u32 pa, u32 n)
+{
+    if (!n) return;
+    if (!ex_list) { ex_n++; return; }
+    if (ex_n && ex_list[ex_n - 1][0] + ex_list[ex_n - 1][1] == pa) { ex_list[ex_n - 1][1] += n; return; }
+    if (ex_n < ex_ncap) { ex_list[ex_n][0] = pa; ex_list[ex_n][1] = n; ex_n++; }
+}
 
 static void ex_put(const void *p, u32 n)
 {
-    if (ex_buf && ex_len + n <= ex_cap) memcpy(ex_buf + ex_len, p, n);
+    if (ex_buf && ex_len + n <= ex_cap) {
+        memcpy(ex_buf + ex_len, p, n);
+        ex_piece(__pa(ex_buf + ex_len), n);
+    } else {
+        ex_piece(0, n);
+    }
     ex_len += n;
 }
 
@@ -982,7 +1005,7 @@ static void ex_entry(const char *name, u32 namelen, u32 mode, u32 ino, u32 mtime
     ex_put(name, namelen);
     ex_put(zero, 1);
     ex_put(zero, (4 - (110 + namelen + 1) % 4) % 4);
-    ex_put(data, size);
+    ex_piece(__pa(data), size);         /* in place: the data is contiguous in RAM */
     ex_put(zero, (4 - size % 4) % 4);
 }
 
@@ -1015,17 +1038,23 @@ static void export_tree(void)
 {
     static char path[4096];
     ex_buf = NULL;
-    ex_len = 0;
+    ex_list = NULL;
+    ex_len = ex_n = 0;
     ex_tree(root, path, 0);             /* measure */
     ex_entry("TRAILER!!!", 10, 0, 0, 0, NULL, 0);
     ex_cap = (ex_len + PAGE_SIZE - 1) & ~0xfffu;
-    ex_buf = alloc_pages(ex_cap / PAGE_SIZE);
-    if (!ex_buf) { boot->export_pa = 0; boot->export_len = 0; return; }
-    ex_len = 0;
+    ex_ncap = ex_n;
+    u32 list_bytes = (ex_ncap * 8 + PAGE_SIZE - 1) & ~0xfffu;
+    ex_buf = alloc_pages((ex_cap + list_bytes) / PAGE_SIZE);
+    boot->export_pa = 0;
+    boot->export_len = 0;
+    if (!ex_buf) return;
+    ex_list = (void *)(ex_buf + ex_cap);
+    ex_len = ex_n = 0;
     ex_tree(root, path, 0);
     ex_entry("TRAILER!!!", 10, 0, 0, 0, NULL, 0);
-    boot->export_pa = __pa(ex_buf);
-    boot->export_len = ex_len;
+    boot->export_pa = __pa(ex_list);
+    boot->export_len = ex_n;
 }
 
 /* --- system calls --------------------------------------------------------- */
