@@ -92,6 +92,26 @@ def iter_newc(image: bytes) -> Iterator[tuple[str, int, bytes]]:
         pos = data_at + size + (-size % 4)
 
 
+def data_offset(image: bytes, name: str) -> int | None:
+    """Where the data of entry ``name`` (a path, leading ``/`` or not) starts in
+    ``image``, or None.  lguest exec places the image so that the program's
+    data lies page-aligned in guest memory: the kernel then maps the
+    program's read-only pages from the image instead of copying them."""
+    want = name.lstrip("/")
+    pos = 0
+    while pos + 110 <= len(image) and image[pos:pos + 6] == b"070701":
+        size, namesize = int(image[pos + 54:pos + 62], 16), int(image[pos + 94:pos + 102], 16)
+        name_end = pos + 110 + namesize
+        data_at = name_end + (-name_end % 4)
+        entry = image[pos + 110:name_end - 1].decode("utf-8", "surrogateescape")
+        if entry == TRAILER:
+            return None
+        if entry == want:
+            return data_at
+        pos = data_at + size + (-size % 4)
+    return None
+
+
 def unpack_tree(image: bytes, dest: str | os.PathLike[str]) -> int:
     """Write the entries of ``image`` under ``dest``; returns how many.  Names
     that would leave ``dest`` (absolute, ``..``) are refused."""

@@ -292,6 +292,13 @@ static u32 alloc_page(void)       /* a zeroed page (physical address), 0 if none
     return pa;
 }
 
+/* A frame of the boot image (exec maps a program's read-only pages from
+ * it): never freed, never written (see private_frame). */
+static int image_frame(u32 pa)
+{
+    return pa >= (boot->image_pa & ~0xfffu) && pa - (boot->image_pa & ~0xfffu) < boot->image_len + (boot->image_pa & 0xfff);
+}
+
 static void free_page(u32 pa)
 {
     *(u32 *)__va(pa) = free_list_pa;
@@ -378,7 +385,7 @@ static void unmap_page(u32 va)
     u32 *pte = pte_of(va, 0);
     if (!pte || !*pte) return;
     if (*pte & PTE_P) {
-        free_page(*pte & ~0xfffu);
+        if (!image_frame(*pte & ~0xfffu)) free_page(*pte & ~0xfffu);
         tlb_note(va);
     }
     *pte = 0;
@@ -400,6 +407,19 @@ static int map_new_page(u32 va, u32 prot)
     u32 pa = alloc_page();
     if (!pa) return -12;
     *pte = pa | prot_bits(prot);
+    return 0;
+}
+
+/* Give the page at pte a frame of its own if it maps the boot image (a
+ * copy, same rights): before anything may write to it.  0 or -ENOMEM. */
+static int private_frame(u32 *pte)
+{
+    u32 pa = *pte & ~0xfffu;
+    if (!(*pte & PTE_P) || !image_frame(pa)) return 0;
+    u32 npa = alloc_page();
+    if (!npa) return -12;
+    memcpy(__va(npa), __va(pa), PAGE_SIZE);
+    *pte = npa | (*pte & 0xfffu);
     return 0;
 }
 
@@ -893,6 +913,21 @@ static int exec_program(char *const *argv, u32 argc, char *const *envp, u32 envc
         for (u32 pg = va & ~0xfffu; pg < va + p->memsz; pg += PAGE_SIZE) {
             u32 *pte = pte_of(pg, 1);
             if (!pte) finish(R_NOMEM, 12);
+            /* A read-only page the file fills whole, whose bytes lie
+             * page-aligned in the boot image (the host places the image
+             * so): map the image's frame rather than copy 4 KiB -- a
+             * thousand guest stores, each a slow call under the emulator.
+             * The image is never written: files copy their data out on the
+             * first write, and mprotect and later segments give such a
+             * page a private copy first (private_frame). */
+            if (!(prot & 2) && !(*pte & PTE_P) && n->cap == 0 && pg >= va && pg + PAGE_SIZE - va <= p->filesz) {
+                u32 src = (u32)(n->data + p->offset + (pg - va));
+                if (!(src & 0xfff)) {
+                    *pte = __pa(src) | prot_bits(prot | 1);
+                    continue;
+                }
+            }
+            if (private_frame(pte)) finish(R_NOMEM, 12);
             if (!(*pte & PTE_P)) {
                 u32 pa = alloc_page();
                 if (!pa) finish(R_NOMEM, 12);
@@ -1539,6 +1574,7 @@ static s32 do_mprotect(u32 addr, u32 len, u32 prot)
             if ((prot & 7) && map_new_page(va, prot)) { tlb_commit(); return -ENOMEM; }
             continue;
         }
+        if ((prot & 2) && private_frame(pte)) { tlb_commit(); return -ENOMEM; }
         u32 e = (*pte & ~0xfffu) | prot_bits(prot);
         if (e != (*pte & ~0x60u)) {     /* ignore ACCESSED/DIRTY */
             *pte = e;
