@@ -247,6 +247,62 @@ def run_in_thread(lg: UnicornLauncher, timeout: float | None = None) -> tuple[th
     return t, box
 
 
+@needs_gdb
+@pytest.mark.parametrize("kind", ["flat", "paged"])
+def test_hardware_watchpoints(elves: dict[str, str], kind: str, tmp_path: Path) -> None:
+    """watch / rwatch with the real gdb (Z2, Z3): each hit stops after the
+    accessing instruction with the old and new value -- the watched
+    ``incl`` counted once, not twice -- and, under the virtual clock, the
+    run takes every interrupt at the same guest time and eip and prints the
+    same as the run without gdb."""
+    elf = elves["ticks"] if kind == "flat" else elves["paged"]
+    args = ["--page-offset", hex(PAGED)] if kind == "paged" else []
+    plain_json, gdb_json = tmp_path / "plain.json", tmp_path / "gdb.json"
+    plain = subprocess.run([sys.executable, "-m", "lguest", "run", "--memory", "4M", *args, "--stats",
+                            "--trace-out", str(plain_json), elf], capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 0, plain.stderr
+    proc, port = start_lguest(elf, *args, "--stats", "--trace-out", str(gdb_json))
+    try:
+        out = gdb_batch(elf, port, """
+handle SIGSEGV SIGILL nostop noprint pass
+watch *(int *)&syscall_count
+continue
+printf "after the first write: count=%d at %#x\\n", *(int *)&syscall_count, $pc
+continue
+printf "after the second write: count=%d\\n", *(int *)&syscall_count
+delete
+rwatch *(int *)&irq1_count
+awatch *(int *)&spins
+info watchpoints
+delete
+break user_pf_done
+continue
+delete
+rwatch *(int *)&ticks
+continue
+printf "read ticks at %#x\\n", $pc
+delete
+continue
+""", tmp_path)
+        code, stdout, stderr = finish(proc)
+    finally:
+        proc.kill()
+    syms = elf_symbols(elf)
+    assert "Hardware watchpoint 1: *(int *)&syscall_count" in out, out
+    assert re.search(r"Old value = 0\s+New value = 1", out) and re.search(r"Old value = 1\s+New value = 2", out), out
+    m = re.search(r"after the first write: count=1 at (0x[0-9a-f]+)", out)
+    # stopped after the incl in the write system call: inside system_call, past its first instruction
+    assert m is not None and syms["system_call"] < int(m.group(1), 16) < syms["general_protection"], out
+    assert "after the second write: count=2" in out, out
+    assert "read watchpoint" in out and "acc watchpoint" in out, out
+    assert "Hardware read watchpoint 5: *(int *)&ticks" in out and "Value = " in out, out
+    m = re.search(r"read ticks at (0x[0-9a-f]+)", out)
+    assert m is not None and syms["user_pf_done"] < int(m.group(1), 16) < syms["ticks"], out
+    assert code == 0, stdout
+    assert stdout == plain.stdout and "system calls: " in stdout  # every system call counted once
+    assert _deliveries(gdb_json) == _deliveries(plain_json)
+
+
 def test_stub_listens_on_localhost_and_the_deadline_ends_the_wait(elves: dict[str, str], core: Any) -> None:
     with launcher(core=core) as lg:
         lg.load_elf(elves["flat"])
@@ -405,3 +461,53 @@ def test_ctrl_c_while_waiting_for_gdb(elves: dict[str, str]) -> None:
     finally:
         proc.kill()
     assert proc.returncode != 0
+
+
+# --- a stop inside a block the translator cut at its cap ------------------------------------------------
+#: 300 x ``inc %eax`` then ``jmp`` back: blocks of 128, 128 and 45 instructions (the translator's cap).
+CAPPED = b"\x40" * 300 + b"\xe9" + (-(300 + 5)).to_bytes(4, "little", signed=True)
+CAPPED_AT = 0x10000
+
+
+def _capped(core: Any) -> UnicornLauncher:
+    lg = UnicornLauncher(memory=1 << 20, used_vectors=lguest.UsedVectors(used=range(32)), core=core)
+    lg.__enter__()
+    lg.load_flat(CAPPED, CAPPED_AT, CAPPED_AT)
+    return lg
+
+
+@pytest.mark.parametrize("stops", [[50], [50, 51, 52, 127], [127], [0, 1], [200]], ids=str)
+def test_a_stop_inside_a_capped_block_keeps_the_block_count(core: Any, stops: list[int]) -> None:
+    """Stopped inside a block (a breakpoint, a step) and resumed there, the
+    guest runs the rest of the counted block, uncounted, up to where the
+    translator had cut it -- not a new block of up to 128 instructions
+    past the cut, which moved every later block start (and the virtual
+    clock and where irqs are taken) by as much."""
+    from unicorn import UC_HOOK_CODE
+    from unicorn.x86_const import UC_X86_REG_EAX
+
+    for budget in (3, 7, 10):
+        plain = _capped(core)
+        try:
+            plain.backend.hooks.resume(budget, 0, -1)
+            want = (plain.backend.hooks.blocks, int(plain.uc.reg_read(UC_X86_REG_EAX)), int(plain.cpu.regs.eip))
+        finally:
+            plain.__exit__(None, None, None)
+        lg = _capped(core)
+        try:
+            hooks, skip = lg.backend.hooks, -1
+            for n in stops:  # a breakpoint at each, one after the other (a step when consecutive)
+                def bp(uc: Any, address: int, size: int, data: Any) -> None:
+                    uc.emu_stop()
+                handle = lg.uc.hook_add(UC_HOOK_CODE, bp, begin=CAPPED_AT + n, end=CAPPED_AT + n)
+                lg.uc.ctl_flush_tb()
+                hooks.resume(budget, 0, skip)
+                lg.uc.hook_del(handle)
+                lg.uc.ctl_flush_tb()
+                assert int(lg.cpu.regs.eip) == CAPPED_AT + n
+                skip = CAPPED_AT + n
+            hooks.resume(budget, 0, skip)
+            got = (hooks.blocks, int(lg.uc.reg_read(UC_X86_REG_EAX)), int(lg.cpu.regs.eip))
+        finally:
+            lg.__exit__(None, None, None)
+        assert got == want, (budget, stops)

@@ -33,6 +33,7 @@ pytestmark = pytest.mark.skipif(not (shutil.which("as") and shutil.which("ld")),
 
 MEM = 4 << 20
 IRQS = 5
+TSC_READS = 8
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,9 @@ def elves(tmp_path_factory: Any) -> dict[str, str]:
         "where_other": build_example(d, "where_other", WAIT_IRQ1=IRQS, IRQ1_WHERE=1, NSYSCALLS=999),
         "spin": build_example(d, "spin", WAIT_IRQ1=1),
         "flat": build_example(d, "flat"),
+        # reads the TSC 8 times (rdtsc and rdtscp in turn), printing each
+        "tsc": build_example(d, "tsc", RDTSC=TSC_READS),
+        "tsc_other": build_example(d, "tsc_other", RDTSC=TSC_READS, NSYSCALLS=999),
     }
 
 
@@ -164,3 +168,94 @@ def test_the_command_records_and_replays(elves: dict[str, str], tmp_path: Path) 
     assert other.returncode == 6 and "the replay differs from the recording" in other.stderr
     assert lguest_run("--replay", str(tmp_path / "missing.json"), elves["flat"]).returncode == 2
     assert lguest_run("--record", str(rec), "--replay", str(rec), elves["flat"]).returncode == 2
+
+
+# --- rdtsc ----------------------------------------------------------------------------------------
+def tsc_lines(console: bytes) -> list[bytes]:
+    return [line for line in console.splitlines() if line.startswith(b"0x")]
+
+
+def run_tsc(elf: str, core: Any, path: Path | None = None, **kw: Any) -> tuple[dict[str, Any], Any]:
+    with launcher(core, **kw) as lg:
+        lg.load_elf(elf)
+        result = lg.run(timeout=60)
+        if path is not None:
+            lg.save_recording(path, result, elf)
+        report = lg.replay_report(result, elf) if "replay" in kw else None
+        return ({"console": lg.console, "counters": guest_counters(lg.stats), "regs": regs_hash(lg.cpu.regs.array),
+                 "message": result.message}, report)
+
+
+def test_rdtsc_results_are_recorded_and_replayed(elves: dict[str, str], core: Any, tmp_path: Path) -> None:
+    """Unicorn answers rdtsc from the host's TSC: without the recording's
+    hook two replays of one recording would print other values."""
+    runs = []
+    for i in range(2):
+        path = tmp_path / f"tsc{i}.json"
+        with launcher(core, clock="wall", record=True) as lg:
+            lg.load_elf(elves["tsc"])
+            result = lg.run(timeout=60)
+            lg.save_recording(path, result, elves["tsc"])
+            runs.append((path, {"console": lg.console, "counters": guest_counters(lg.stats),
+                                "regs": regs_hash(lg.cpu.regs.array), "message": result.message}))
+        assert result.message == "CRASH: bye"
+        assert len(tsc_lines(lg.console)) == TSC_READS
+        sync = json.loads(path.read_text())["sync"]
+        assert [e[2] for e in sync] == ["rdtscp", "rdtsc"] * (TSC_READS // 2)  # each with its position
+        assert [int(line, 16) for line in tsc_lines(runs[-1][1]["console"])] == [e[3] & 0xFFFFFFFF for e in sync]
+    assert tsc_lines(runs[0][1]["console"]) != tsc_lines(runs[1][1]["console"])  # the test means something
+    for path, run in runs:
+        for _ in range(2):
+            again, report = run_tsc(elves["tsc"], core, replay=str(path))
+            assert report == []
+            assert again == run
+
+
+def test_a_replay_of_another_image_names_the_rdtsc_that_differs(elves: dict[str, str], core: Any,
+                                                                tmp_path: Path) -> None:
+    path = tmp_path / "tsc.json"
+    # the virtual clock: no wall-clock timer fire (an input, named first when it diverges) comes before it
+    run_tsc(elves["tsc"], core, clock="virtual", record=True, path=path)
+    again, report = run_tsc(elves["tsc_other"], core, replay=str(path))
+    diverged = [line for line in report if line.startswith("diverged: ")]
+    # one system call fewer before the loop: the first rdtsc comes at another block
+    assert len(diverged) == 1 and diverged[0].startswith("diverged: rdtscp 1 of 8 (at "), report
+    assert "differs: the guest asked for rdtscp at " in diverged[0]
+    assert tsc_lines(again["console"]) == []  # killed at the rdtsc: nothing more ran
+
+
+def test_rdtsc_is_hooked_only_while_recording_or_replaying(elves: dict[str, str], core: Any,
+                                                           tmp_path: Path) -> None:
+    from unicorn import x86_const
+
+    assert (x86_const.UC_X86_INS_RDTSC, x86_const.UC_X86_INS_RDTSCP) == (608, 609)  # _uchook.pyx's numbers
+    with launcher(core, clock="wall") as lg:
+        assert lg.backend.hooks.tsc_handler is None  # a plain run: Unicorn's own rdtsc, no hook at all
+        lg.load_elf(elves["tsc"])
+        assert lg.run(timeout=60).message == "CRASH: bye"
+        assert len(tsc_lines(lg.console)) == TSC_READS
+    path = tmp_path / "t.json"
+    with launcher(core, clock="virtual", record=True) as lg:  # the virtual clock: the TSC is still the host's
+        assert lg.backend.hooks.tsc_handler is not None
+        lg.load_elf(elves["tsc"])
+        result = lg.run(timeout=60)
+        lg.save_recording(path, result, elves["tsc"])
+        console = lg.console
+    again, report = run_tsc(elves["tsc"], core, replay=str(path))
+    assert report == [] and again["console"] == console
+
+
+def test_a_failing_rdtsc_handler_stops_the_guest_and_raises(elves: dict[str, str], core: Any) -> None:
+    with launcher(core) as lg:
+        lg.load_elf(elves["tsc"])
+
+        def broken(rdtscp: bool, blocks: int, eip: int, host: int) -> int:
+            raise ZeroDivisionError("handler")
+        lg.backend.hooks.set_tsc_handler(broken)
+        with pytest.raises(ZeroDivisionError):
+            lg.run(timeout=60)
+        blocks = lg.stats["blocks"]
+        lg.backend.hooks.set_tsc_handler(lambda *a: 0x1234_0000_5678)
+        assert lg.run(timeout=60).message == "CRASH: bye"
+        assert lg.stats["blocks"] > blocks
+        assert tsc_lines(lg.console)[-1] == b"0x5678"

@@ -33,6 +33,10 @@
  *                  times (the Launcher's send_irq) before it waits for the clock
  *   IRQ1_WHERE     1: each irq 1 also prints how many turns the user
  *                  program's wait loop had made when it came (record/replay)
+ *   RDTSC          N > 0: the user program reads the TSC N times (rdtsc,
+ *                  then rdtscp), printing each low word, spinning between
+ *                  (record/replay: the host's TSC is an input)
+ *   RDTSC_GAP      turns of the spin between two reads (default 20000)
  *   BAD            1: bad IDT type, 2: kernel stack outside RAM,
  *                  3: an unknown hypercall (the host must kill the guest)
  */
@@ -64,6 +68,12 @@
         .ifndef IRQ1_WHERE
         .set IRQ1_WHERE, 0
         .endif
+        .ifndef RDTSC
+        .set RDTSC, 0
+        .endif
+        .ifndef RDTSC_GAP
+        .set RDTSC_GAP, 20000
+        .endif
 
         /* hypercall numbers (arch/x86/include/asm/lguest_hcall.h) */
         .set LHCALL_LGUEST_INIT, 1
@@ -87,6 +97,7 @@
         .set SYS_WRITE, 1
         .set SYS_COUNT, 2
         .set SYS_EXIT, 3
+        .set SYS_HEX, 4                 /* print ebx in hex and a newline */
 
         .text
         .globl _start
@@ -346,7 +357,18 @@ system_call:
         jne     3f
         incl    syscall_count
         jmp     after_user
-3:      movl    $-1, %eax
+3:      cmpl    $SYS_HEX, %eax
+        jne     4f
+        pushl   %esi
+        movl    %ebx, %eax
+        call    print_hex
+        movl    $msg_newline, %esi
+        call    print
+        popl    %esi
+        incl    syscall_count
+        xorl    %eax, %eax
+        iret
+4:      movl    $-1, %eax
         iret
 
 general_protection:                             /* interrupt gate; error code pushed */
@@ -474,6 +496,21 @@ user_pf_insn:
         movl    0x10000000, %eax                /* #PF: no RAM there */
         .endif
 user_pf_done:
+        .if RDTSC
+        movl    $RDTSC, %esi                    /* read the TSC: rdtsc, rdtscp in turn */
+7:      testl   $1, %esi
+        jz      5f
+        rdtsc
+        jmp     6f
+5:      rdtscp
+6:      movl    %eax, %ebx
+        movl    $SYS_HEX, %eax
+        int     $SYSCALL_VEC
+        movl    $RDTSC_GAP, %ecx                /* and let time pass */
+        loop    .
+        decl    %esi
+        jnz     7b
+        .endif
         .if WAIT_IRQ1
         movl    $msg_waiting, %ebx              /* wait for the Launcher's irq 1 */
         movl    $SYS_WRITE, %eax

@@ -56,6 +56,16 @@ def add_exec_parser(sub: Any) -> None:
     exe.add_argument("--stats", action="store_true",
                      help="on stderr at exit: system calls by name, direct vs reflected traps, hypercalls")
     exe.add_argument("--export", metavar="DIR", default=None, help="write the final root tree to host DIR at exit")
+    exe.add_argument("--trace-out", metavar="FILE", default=None,
+                     help="write a timeline of the run (Chrome trace-event JSON: interrupts, system calls, "
+                     "hypercalls, timer fires) to FILE")
+    rr = exe.add_mutually_exclusive_group()
+    rr.add_argument("--record", metavar="FILE", default=None,
+                    help="log the run's inputs (stdin, wall-clock timer fires and timestamps, rdtsc) with the guest's "
+                    "position to FILE, to replay it exactly")
+    rr.add_argument("--replay", metavar="FILE", default=None,
+                    help="replay a --record FILE (stdin is not read): same output, status and counters, or the "
+                    "first difference (exit 125)")
     exe.add_argument("program", metavar="PROGRAM")
     exe.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
 
@@ -99,7 +109,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
         result = run_program(args.program, prog_args, root=args.root, memory=args.memory, clock=args.clock,
                              syscall_vector=vector, timeout=args.timeout, stdin=0, stdout=_write_all(1),
                              stderr=_write_all(2), export=args.export,
-                             tty=(os.isatty(0), os.isatty(1), os.isatty(2)), tty_size=(size.lines, size.columns))
+                             tty=(os.isatty(0), os.isatty(1), os.isatty(2)), tty_size=(size.lines, size.columns),
+                             record=args.record, replay=args.replay, trace_out=args.trace_out)
     except KeyboardInterrupt:
         print(f"{PROG}: {args.program}: interrupted (SIGINT)", file=sys.stderr)
         return EXIT_SIGINT
@@ -116,4 +127,12 @@ def cmd_exec(args: argparse.Namespace) -> int:
         print(result.message, file=sys.stderr)
     if args.stats:
         print_exec_stats(result)
+    if result.replay is not None:
+        if result.replay:
+            print(f"{PROG}: the replay differs from the recording:", file=sys.stderr)
+            for line in result.replay:
+                print(f"  {line}", file=sys.stderr)
+            return 125
+        print(f"{PROG}: replay identical to the recording ({result.replay_inputs} inputs and checkpoints)",
+              file=sys.stderr)
     return result.status

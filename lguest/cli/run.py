@@ -212,6 +212,6 @@ def cmd_run(args: argparse.Namespace, sigs: _Signals) -> int:
             for line in report:
                 print(f"  {line}", file=sys.stderr)
             return EXIT_REPLAY_DIFFERS
-        print(f"{PROG}: replay identical to the recording ({len(replay['events'])} inputs and checkpoints)",
-              file=sys.stderr)
+        inputs = len(replay["events"]) + len(replay.get("sync", []))
+        print(f"{PROG}: replay identical to the recording ({inputs} inputs and checkpoints)", file=sys.stderr)
     return status

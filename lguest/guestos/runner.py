@@ -9,6 +9,7 @@ results the kernel leaves in the boot block at SHUTDOWN.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..constants import PAGE_SIZE
+from ..host import record as record_mod
 from ..unicorn import UnicornLauncher
 from . import layout as L
 from .build import kernel_path
@@ -67,6 +69,11 @@ class ExecResult:
     unsupported: dict[str, int] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
     elapsed: float = 0.0
+    #: With ``replay=``: how the run differs from the recording (empty:
+    #: identical); None otherwise.
+    replay: list[str] | None = None
+    #: With ``replay=``: the recording's inputs and checkpoints (its size).
+    replay_inputs: int = 0
 
 
 class _Console:
@@ -169,7 +176,10 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
                 stdout: Callable[[bytes], None] | None = None, stderr: Callable[[bytes], None] | None = None,
                 export: str | os.PathLike[str] | None = None, seed: int = 0,
                 tty: tuple[bool, bool, bool] = (False, False, False),
-                tty_size: tuple[int, int] = (24, 80), core: Any = None) -> ExecResult:
+                tty_size: tuple[int, int] = (24, 80), core: Any = None,
+                record: str | os.PathLike[str] | None = None,
+                replay: str | os.PathLike[str] | dict[str, Any] | None = None,
+                trace_out: str | os.PathLike[str] | None = None) -> ExecResult:
     """Run ``program`` (a path inside ``root``; without a root, a host file)
     with ``args`` under the guest kernel and return an :class:`ExecResult`.
 
@@ -179,6 +189,17 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
     it) to that host directory.  lguest's own failures raise no exception:
     the result carries one of the EXIT_* codes and a ``message``.  ``core``:
     the core to build the guest with (a name or module; default the active one).
+
+    ``record``: log every input of the run to that file -- stdin as it
+    enters the console ring, the wall clock's timer fires and the
+    timestamps the host writes, irqs, rdtsc, each with the guest's position
+    (lguest.host.record) -- plus the options and the results;  ``replay``: a
+    recording (a path or its loaded dict) whose inputs are fed back instead
+    (stdin is not read; the clock, the epoch, the seed and the tty flags
+    are the recording's), the result's ``replay`` listing what differs.
+    ``trace_out``: write the run's timeline (lguest.host.trace: deliveries,
+    system calls as direct traps, hypercalls, timer fires, the end) there,
+    whatever way the run ends.
     """
     out_buf, err_buf = bytearray(), bytearray()
     out_sink = stdout if stdout is not None else out_buf.extend
@@ -187,6 +208,35 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
 
     def done(status: int, message: str | None = None, **kw: Any) -> ExecResult:
         return ExecResult(status, bytes(out_buf), bytes(err_buf), message, elapsed=time.monotonic() - t0, **kw)
+
+    rec_data: dict[str, Any] | None = None
+    if replay is not None:
+        if record is not None:
+            return done(EXIT_LGUEST, "lguest: --record and --replay are exclusive")
+        try:
+            rec_data = replay if isinstance(replay, dict) else record_mod.load(os.fspath(replay))
+        except (OSError, ValueError) as exc:
+            return done(EXIT_LGUEST, f"lguest: --replay: {exc}")
+        if not isinstance(rec_data.get("exec"), dict):
+            return done(EXIT_LGUEST, "lguest: --replay: not a recording of lguest exec (lguest run --replay "
+                                     "replays those)")
+        # What the host chose for the recorded run is the recording's now.
+        recorded = rec_data["exec"]
+        clock, seed = rec_data["clock"], int(recorded["seed"])
+        tty = (bool(recorded["tty"][0]), bool(recorded["tty"][1]), bool(recorded["tty"][2]))
+        tty_size = (int(recorded["tty_size"][0]), int(recorded["tty_size"][1]))
+    # The results a replay must reproduce: what the program wrote, hashed.
+    logged = record is not None or rec_data is not None
+    hashes = {"stdout": hashlib.sha256(), "stderr": hashlib.sha256()}
+    sizes = {"stdout": 0, "stderr": 0}
+    if logged:
+        def hashed(name: str, sink: Callable[[bytes], None]) -> Callable[[bytes], None]:
+            def write(data: bytes) -> None:
+                hashes[name].update(data)
+                sizes[name] += len(data)
+                sink(data)
+            return write
+        out_sink, err_sink = hashed("stdout", out_sink), hashed("stderr", err_sink)
 
     try:
         kernel = kernel_path()
@@ -220,7 +270,16 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
                                  f"{len(image)}-byte root image; give more --memory")
     flags = (L.BF_EXPORT if export is not None else 0) | (L.BF_STDIN_TTY if tty[0] else 0) \
         | (L.BF_STDOUT_TTY if tty[1] else 0) | (L.BF_STDERR_TTY if tty[2] else 0)
-    epoch = VIRTUAL_EPOCH if clock == "virtual" else int(time.time())
+    # epoch_sec is CLOCK_REALTIME at guest time 0.  The wall clock *is*
+    # CLOCK_REALTIME (the host writes time_ns() into lguest_data), so its
+    # guest time 0 is the Unix epoch: adding today's date on top of it gave
+    # a time past 2038 that a 32-bit program's date printed as 1970.
+    epoch = VIRTUAL_EPOCH if clock == "virtual" else 0
+    if rec_data is not None:
+        epoch = int(rec_data["exec"]["epoch"])
+    exec_header = {"program": path, "args": list(args), "env": envp, "root_sha256": hashlib.sha256(image).hexdigest(),
+                   "export": export is not None, "epoch": epoch, "seed": seed, "tty": list(tty),
+                   "tty_size": list(tty_size)}
     boot = L.pack_bootinfo(magic=L.BOOT_MAGIC, mem_size=memory, image_pa=image_pa, image_len=len(image),
                            args_pa=args_pa, args_len=len(blob), argc=len(argv), envc=len(envp),
                            syscall_vector=syscall_vector, tick_ns=TICK_NS, epoch_sec=epoch,
@@ -231,7 +290,23 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
         err_sink(chunk)
 
     lg = UnicornLauncher(memory=memory, syscall_vector=syscall_vector, page_offset=L.PAGE_OFFSET,
-                         clock=clock, console=console, console_limit=4096, core=core)
+                         clock=clock, console=console, console_limit=4096, core=core,
+                         record=record is not None, replay=rec_data)
+    read_stdin = _stdin_reader(stdin)
+
+    def stdin_bytes(n: int) -> bytes:
+        """What enters the stdin ring: the host's, logged with the guest's
+        position when recording; the recording's when replaying (a guest
+        asking elsewhere, or for more, ends the replay: b"" then)."""
+        replayer = lg.replayer
+        if replayer is not None:
+            value = replayer.sync("stdin")
+            return b"" if value is None else bytes.fromhex(value)
+        data = read_stdin(n)
+        if lg.recorder is not None:
+            lg.recorder.sync("stdin", data.hex())
+        return data
+
     with lg:
         mem = lg.memory
         mem.write(L.BOOTINFO_PA, boot)
@@ -239,18 +314,35 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
         mem.write(args_pa, blob)
         mem.write(image_pa, image)
         lg.load_elf(kernel)
-        cons = _Console(mem, out_sink, err_sink, _stdin_reader(stdin))
+        cons = _Console(mem, out_sink, err_sink, stdin_bytes)
         lg.launcher.devices[L.CONS_PA] = cons
+        timeline = lg.start_timeline() if trace_out is not None else None
         try:
             result = lg.run(timeout=timeout)
         finally:
             cons.drain()
+            if timeline is not None:
+                timeline.write(trace_out)  # type: ignore[arg-type]
         res = L.unpack_results(mem.read(L.BOOTINFO_PA, PAGE_SIZE))
         counts = _counts(mem, res["counts_pa"])
         unsupported = _counts(mem, res["enosys_pa"])
         exported = _gather(mem, res["export_pa"], res["export_len"], memory) if export is not None else None
         stats = dict(lg.stats)
-    kw = {"syscalls": counts, "unsupported": unsupported, "stats": stats}
+        kw: dict[str, Any] = {"syscalls": counts, "unsupported": unsupported, "stats": stats}
+        if logged:
+            final = {"stdout_sha256": hashes["stdout"].hexdigest(), "stdout_bytes": sizes["stdout"],
+                     "stderr_sha256": hashes["stderr"].hexdigest(), "stderr_bytes": sizes["stderr"],
+                     "result": res["result"], "status": res["status"], "syscalls": counts}
+            if record is not None:
+                lg.save_recording(record, result, kernel, header={"exec": exec_header}, final=final)
+            if rec_data is not None:
+                report = lg.replay_report(result, kernel, final=final)
+                want = rec_data["exec"]
+                report += [f"{key}: recorded {want.get(key)!r}, replayed {exec_header[key]!r}"
+                           for key in ("program", "args", "env", "root_sha256", "export")
+                           if want.get(key) != exec_header[key]]
+                kw["replay"] = report
+                kw["replay_inputs"] = len(rec_data["events"]) + len(rec_data.get("sync", []))
     if result.reason == "timeout":
         return done(EXIT_TIMEOUT, f"lguest: {path}: timed out after {timeout} s", **kw)
     if result.reason != "dead" or result.message != "CRASH: exit":

@@ -9,13 +9,20 @@ count) and eip:
 * ``timer``: the guest's clock event firing under the wall clock (the
   virtual clock's fires are a function of the blocks run, so they are not
   inputs);
+* ``time``: the timestamp the host writes into lguest_data under the wall
+  clock, when it changed, before the entry that may read it;
 * the TSC rate the host tells the guest (in the header);
 * ``end``: where a run that did not end by the guest's own doing (timeout,
   break-out) stopped.
 
-The guest never reads the host's time in this host (no timestamp is
-written into lguest_data) and has no console input, so there is nothing
-more to log.
+Inputs the guest *asks for* are logged apart, in ``sync``, in the order it
+took them, each with the position it asked at: ``rdtsc``/``rdtscp`` (the
+host's TSC; the native hook hands each one to :meth:`Recorder.tsc`, at the
+instruction's own block count and eip) and ``stdin`` (the bytes a device
+put into the guest when it asked for them: ``lguest exec``'s console,
+:meth:`Recorder.sync`).  They need no stop of their own: the guest reaches
+them by itself, and the replay answers each from the log after checking
+that the guest asks at the same position.
 
 **Recording makes inputs synchronous.**  An input arriving while the guest
 runs is queued and the emulator stopped at its next block start (a host
@@ -259,6 +266,19 @@ class Recorder:
         self.events: list[list[Any]] = []
         self._stop = (0, int(cpu.regs.eip), regs_hash(cpu.regs.array))  # the last stop's position, registers
         self._next_checkpoint = CHECKPOINT_BLOCKS
+        #: the synchronous inputs: [blocks, eip, kind, value] in the order the guest took them
+        self.syncs: list[list[Any]] = []
+
+    def sync(self, kind: str, value: Any, blocks: int | None = None, eip: int | None = None) -> None:
+        """Log an input the guest asked for (run's thread; default position:
+        the guest's now -- between two entries, the last stop's)."""
+        self.syncs.append([int(self.hooks.blocks) if blocks is None else blocks,
+                           int(self.cpu.regs.eip) if eip is None else eip, kind, value])
+
+    def tsc(self, rdtscp: bool, blocks: int, eip: int, host_tsc: int) -> int:
+        """The native hook's rdtsc handler: the host's TSC, logged."""
+        self.syncs.append([blocks, eip, "rdtscp" if rdtscp else "rdtsc", host_tsc])
+        return host_tsc
 
     def input(self, kind: str, value: Any) -> None:
         """An input from any thread: "irq" (a number) or "timer" (the fire callback)."""
@@ -323,7 +343,7 @@ class Recorder:
                             HALTED if cpu.halted else ENTRY])
 
     def save(self, path: str, header: dict[str, Any], final: dict[str, Any]) -> None:
-        data = {"format": FORMAT, **header, "events": self.events, "final": final}
+        data = {"format": FORMAT, **header, "events": self.events, "sync": self.syncs, "final": final}
         write_json_atomic(path, data, prefix=".lguest-record-")
 
 
@@ -350,6 +370,8 @@ class Replayer:
         self._stop = (0, int(cpu.regs.eip), regs_hash(cpu.regs.array))
         self._last_miss: tuple[int, int, str] | None = None
         self._time: bytes | None = None  # the recorded lguest_data timestamp now
+        self.syncs = list(data.get("sync", []))
+        self.sync_index = 0  # the next synchronous input
         clock.replayer = self
 
     def _name(self, i: int) -> str:
@@ -360,6 +382,40 @@ class Replayer:
         if self.diverged is None:
             self.diverged = why
             self.cpu.guest.kill(f"replay diverged: {why}")
+
+    def _sync_name(self, i: int) -> str:
+        blocks, eip, kind = self.syncs[i][:3]
+        return f"{kind} {i + 1} of {len(self.syncs)} (at {blocks} blocks, eip {eip:#010x})"
+
+    def sync(self, kind: str, blocks: int | None = None, eip: int | None = None) -> Any:
+        """The recorded value of the input the guest asks for now (see
+        :meth:`Recorder.sync`), or None when the replay has diverged -- the
+        guest asks elsewhere, for something else, or for more than the
+        recording holds (the guest is killed with that message)."""
+        blocks = int(self.hooks.blocks) if blocks is None else blocks
+        eip = int(self.cpu.regs.eip) if eip is None else eip
+        if self.diverged is not None:
+            return None
+        i = self.sync_index
+        if i >= len(self.syncs):
+            self._diverge(f"the guest asked for {kind} at {blocks} blocks, eip {eip:#010x}, after the last of "
+                          f"the {len(self.syncs)} recorded")
+            return None
+        rec_blocks, rec_eip, rec_kind, value = self.syncs[i]
+        if (rec_blocks, rec_eip, rec_kind) != (blocks, eip, kind):
+            self._diverge(f"{self._sync_name(i)} differs: the guest asked for {kind} at {blocks} blocks, "
+                          f"eip {eip:#010x}")
+            return None
+        self.sync_index += 1
+        return value
+
+    def tsc(self, rdtscp: bool, blocks: int, eip: int, host_tsc: int) -> int:
+        """The native hook's rdtsc handler: the recorded TSC."""
+        value = self.sync("rdtscp" if rdtscp else "rdtsc", blocks, eip)
+        if value is None:
+            self.hooks.request_stop()  # killed: no guest block more
+            return host_tsc
+        return int(value)
 
     def halted_without_input(self) -> None:
         where = self._name(self.index) if self.index < len(self.events) else "after the last checkpoint"

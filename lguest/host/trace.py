@@ -3,8 +3,10 @@
 ``lguest run --trace-out FILE.json`` (or ``UnicornLauncher.start_timeline``)
 records every interrupt delivery (vector, how: a virtual irq, a direct trap
 taken in the native hook, a trap the host reflected; the ring it came from
-and went to), every hypercall (number, arguments), the virtual clock's
-timer fires, the wake-up that ends a HALT (with how long the guest was
+and went to), every hypercall (number, arguments), every timer fire (the
+virtual clock's when it fires; the wall clock's, which fire in the
+compiled core's own timer thread, at their expiry, put in time order when
+the host sees them -- :meth:`TimelineStats.watch_wall_timer`), the wake-up that ends a HALT (with how long the guest was
 halted) and the kill, as instant events ("ph": "i") on one track per cpu.  Perfetto
 (ui.perfetto.dev) and ``chrome://tracing`` open the file as it is.
 
@@ -83,6 +85,26 @@ class Timeline:
         self._ring.append(ev)
         self.recorded += 1
 
+    def add_in_order(self, ts_ns: int, name: str, cat: str, args: dict[str, Any] | None = None) -> None:
+        """An event the host learnt of late (a wall-clock timer fire): put it
+        before the events kept that came after it, so the file stays in time
+        order.  The scan back covers only those (a tick's worth at most)."""
+        ring = self._ring
+        ts_us = ts_ns / 1000.0
+        i = len(ring)
+        while i > 0 and _ts_us(ring[i - 1]) > ts_us:
+            i -= 1
+        self.recorded += 1
+        if len(ring) == self.limit:
+            if i == 0:
+                return  # older than everything kept: it is one of the dropped
+            ring.popleft()
+            i -= 1
+        ev: dict[str, Any] = {"name": name, "cat": cat, "ph": "i", "s": "t", "ts": ts_us, "pid": 1, "tid": 0}
+        if args:
+            ev["args"] = args
+        ring.insert(i, ev)
+
     def to_json(self) -> dict[str, Any]:
         meta = [{"name": "process_name", "ph": "M", "pid": 1, "args": {"name": "lguest guest"}},
                 {"name": "thread_name", "ph": "M", "pid": 1, "tid": 0, "args": {"name": "cpu 0"}}]
@@ -108,6 +130,10 @@ class Timeline:
         self.recorded += len(rows)
 
 
+def _ts_us(e: Any) -> float:
+    return float(e["ts"]) if isinstance(e, dict) else e[0] / 1000.0
+
+
 def _direct_event(ts_ns: int, eip: int, packed: int) -> dict[str, Any]:
     vector = packed & 0xFF
     return {"name": f"direct {vector:#04x}", "cat": "direct", "ph": "i", "s": "t", "ts": ts_ns / 1000.0,
@@ -126,6 +152,38 @@ class TimelineStats(Stats):
         self.cpu = cpu
         self.now_ns = now_ns
         self._halt_ns: int | None = None  # when the guest last asked to halt
+        # The wall clock's timer (watch_wall_timer): its clock, and the
+        # expiry believed armed -- exact (read back from the clock) or, just
+        # after SET_CLOCKEVENT, the one the hypercall asked for.
+        self._wall_clock: Any = None
+        self._expiry: int | None = None
+        self._expiry_exact = False
+
+    def watch_wall_timer(self, clock: Any) -> None:
+        """Put the wall clock's timer fires on the timeline.  They happen in a
+        timer thread (the compiled core's, in C, without the GIL) that tells
+        nobody; what the host can see is the armed expiry going away once
+        it has passed.  So the timer is looked at whenever the host runs
+        for this guest anyway -- each hypercall (before SET_CLOCKEVENT
+        re-arms it), each delivery, the kill -- and a fire is placed at its
+        expiry, in time order."""
+        self._wall_clock = clock
+        self._poll_timer()
+
+    def _poll_timer(self) -> None:
+        clock = self._wall_clock
+        if clock is None:
+            return
+        armed = clock.armed(self.cpu)
+        expiry = self._expiry
+        if armed is not None and not self._expiry_exact:
+            pass  # the expiry SET_CLOCKEVENT asked for, now read back exactly
+        elif expiry is not None and armed != expiry:
+            now = clock.now_ns()
+            if expiry <= now:  # gone once it was due: it fired (a cancel before it is no fire)
+                self.timeline.add_in_order(self.now_ns() - (now - expiry), "timer fire", "timer",
+                                           {"clock": "wall"})
+        self._expiry, self._expiry_exact = armed, True
 
     def _frame_ring(self) -> int | None:
         """The ring the interrupted code ran at: the cs of the frame just
@@ -142,6 +200,7 @@ class TimelineStats(Stats):
 
     def irq(self, irq: int, count: int, eip: int) -> None:
         super().irq(irq, count, eip)
+        self._poll_timer()
         if self._halt_ns is not None:  # the irq that ends a HALT
             now = self.now_ns()
             self.timeline.add(now, "wake", "halt", {"irq": irq, "halted_ns": now - self._halt_ns})
@@ -164,6 +223,11 @@ class TimelineStats(Stats):
         if args is not None:
             detail["args"] = [f"{int(getattr(args, f'arg{i}')):#x}" for i in range(1, 4)]
         name = HYPERCALL_NAMES.get(num, str(num)) if num != OTHER else "unknown"
+        self._poll_timer()
+        if name == "SET_CLOCKEVENT" and args is not None and self._wall_clock is not None:
+            delta = int(args.arg1)  # the handler (run next) arms now + delta, or cancels
+            self._expiry = self._wall_clock.now_ns() + delta if delta else None
+            self._expiry_exact = not delta
         now = self.now_ns()
         self.timeline.add(now, f"hcall {name}", "hcall", detail)
         if name == "HALT":
@@ -172,6 +236,7 @@ class TimelineStats(Stats):
     def _event(self, vector: int, eip: int, kind: str) -> None:
         super()._event(vector, eip, kind)
         if kind == "kill":
+            self._poll_timer()
             self.timeline.add(self.now_ns(), "kill", "kill",
                               {"eip": f"{eip:#010x}", "reason": self.cpu.guest.dead})
 

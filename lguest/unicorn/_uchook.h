@@ -143,11 +143,16 @@ typedef struct {
     uint64_t stops[UH_NREASONS];
     uint64_t intr_hooks;
     uint64_t io_count;
-    /* debugger (lguest.unicorn.gdbstub): the first block after a resume
-     * at skip_addr continues a block already counted (the debugger
-     * stopped the guest inside it), so it is neither counted nor checked */
+    /* debugger (lguest.unicorn.gdbstub): after a resume at skip_addr the
+     * guest runs the rest of a block already counted (the debugger stopped
+     * it inside), neither counted nor checked, one instruction per block up
+     * to skip_end -- where the translator had cut the counted block -- so
+     * the next block counted starts where it did without the stop (a rest
+     * translated whole would run up to tb_max_insns past the cut).
+     * block_pc/block_end: the extent of the last block counted. */
     int skip_armed;
-    uint32_t skip_addr;
+    uint32_t skip_addr, skip_end;
+    uint32_t block_pc, block_end;
     /* timeline (lguest.host.trace): direct traps, 4 words each (blocks,
      * CLOCK_MONOTONIC ns, eip, vector | cpl from << 8 | cpl to << 16);
      * NULL when off, so the one cost is a test per direct trap */
@@ -498,8 +503,17 @@ static void uh_on_block(uh_engine *uc, uint64_t address, uint32_t size, void *us
     if (*st->code_gen_ptr + st->tb_guard > *st->code_gen_highwater) { uh_stop(st, UH_FLUSH); return; }
     /* -- debugger: see skip_armed (one test of a field that is 0 without a debugger) -- */
     if (st->skip_armed) {
+        if ((uint32_t)address == st->skip_addr) {
+            if (st->skip_end == 0) { st->skip_armed = 0; return; }   /* extent unknown: this block only */
+            if ((uint32_t)address < st->skip_end) {
+                /* the rest goes on in a straight line (or leaves it: then a block
+                 * of its own); the block at the cut is made whole again */
+                st->skip_addr = (uint32_t)address + size;
+                if (st->skip_addr < st->skip_end) *st->tb_cflags = 1;
+                return;
+            }
+        }
         st->skip_armed = 0;
-        if ((uint32_t)address == st->skip_addr) return;
     }
     /* -- end debugger -- */
     if (st->budget_end && st->blocks >= st->budget_end) { uh_stop(st, UH_TIMER); return; }
@@ -526,6 +540,8 @@ static void uh_on_block(uh_engine *uc, uint64_t address, uint32_t size, void *us
             }
         }
     }
+    st->block_pc = (uint32_t)address;
+    st->block_end = (uint32_t)address + size;
     st->blocks++;
 }
 
@@ -624,7 +640,7 @@ static int uh_emulate(uh_state *st, uint32_t eip) {
         st->ctl(st->uc, UH_CTL_TB_FLUSH); st->stops[UH_FLUSH]++;
     }
     for (;;) {
-        *st->tb_cflags = st->tb_max_insns;
+        *st->tb_cflags = st->skip_armed && st->skip_end ? 1 : st->tb_max_insns;   /* a rest: see skip_armed */
         err = st->emu_start(st->uc, eip, st->until_va, 0, 0);
         if (err || st->reason != UH_FLUSH) return err;
         st->ctl(st->uc, UH_CTL_TB_FLUSH);       /* counted by uh_stop */

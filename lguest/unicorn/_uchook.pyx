@@ -117,7 +117,8 @@ cdef extern from "_uchook.h":
         uint64_t intr_hooks
         uint64_t io_count
         int skip_armed
-        uint32_t skip_addr
+        uint32_t skip_addr, skip_end
+        uint32_t block_pc, block_end
         uint64_t *trace
         uint32_t trace_cap, trace_len
         uint64_t trace_dropped
@@ -133,6 +134,21 @@ cdef extern from "_uchook.h":
     enum:
         UH_NONE, UH_TRAP, UH_SOFT_GP, UH_DIRECT, UH_SWITCHER, UH_BADSEG, UH_INVALID, UH_TIMER
         UH_IRQ, UH_BREAK, UH_DEADLINE, UH_MEM, UH_DEAD, UH_RING0, UH_VM86, UH_FLUSH, UH_HCALL, UH_NREASONS
+
+cdef extern from *:
+    """
+    /* What Unicorn's own rdtsc returns (cpu_get_host_ticks: the host's
+     * TSC on x86), read where a recording's rdtsc hook replaces it. */
+    static inline uint64_t uh_host_tsc(void) {
+    #if defined(__x86_64__) || defined(__i386__)
+        return __builtin_ia32_rdtsc();
+    #else
+        struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    #endif
+    }
+    """
+    uint64_t uh_host_tsc() noexcept nogil
 
 # Why the emulator stopped (NativeHooks.reason): the C enum's values, by name.
 REASON_NONE = UH_NONE
@@ -166,6 +182,8 @@ cdef enum:
     UC_HOOK_BLOCK = 1 << 3
     UC_HOOK_MEM_INVALID = 1008   # unmapped + protection, read/write/fetch
     UC_HOOK_INSN_INVALID = 1 << 14
+    UC_X86_INS_RDTSC = 608       # unicorn/x86.h's uc_x86_insn (checked in tests/test_record.py)
+    UC_X86_INS_RDTSCP = 609
 
 
 cdef inline size_t _ptr(object v):
@@ -197,6 +215,15 @@ cdef int64_t _hcall_trampoline(void *self, uint32_t num, uint32_t arg1) noexcept
         return -1
 
 
+cdef uint32_t _rdtsc_trampoline(uh_engine *uc, void *self) noexcept with gil:
+    """UC_HOOK_INSN for rdtsc (installed only by :meth:`NativeHooks.set_tsc_handler`)."""
+    return (<NativeHooks>self)._tsc(0)
+
+
+cdef uint32_t _rdtscp_trampoline(uh_engine *uc, void *self) noexcept with gil:
+    return (<NativeHooks>self)._tsc(1)
+
+
 cdef class NativeHooks:
     """The native half of lguest.unicorn's backend: state shared with the C
     hooks, the entry/exit sequence and the counters.  Built by
@@ -223,6 +250,10 @@ cdef class NativeHooks:
     cdef int busy          # a run() is in progress (set and cleared with the GIL held)
     cdef object _hcall_handler  # handler(num, arg1) -> budget or -1 (see uh_hcall)
     cdef object _hcall_error
+    cdef object _tsc_handler    # handler(rdtscp, blocks, eip, host_tsc) -> tsc (set_tsc_handler), or None
+    cdef object _tsc_error
+    cdef uh_hookh tsc_handles[2]
+    cdef int ntsc
 
     def __cinit__(self):
         memset(&self.st, 0, sizeof(uh_state))
@@ -238,6 +269,9 @@ cdef class NativeHooks:
         self._hcall_handler = None
         self._hcall_error = None
         self._trace = None
+        self._tsc_handler = None
+        self._tsc_error = None
+        self.ntsc = 0
 
     def __init__(self, *, uc_handle, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va,
                  switcher_size, gdt_offset, until_va, host_cs, host_ss,
@@ -370,6 +404,10 @@ cdef class NativeHooks:
         for i in range(self.nhooks):
             self.st.hook_del(self.st.uc, self.handles[i])
         self.nhooks = 0
+        for i in range(self.ntsc):
+            self.st.hook_del(self.st.uc, self.tsc_handles[i])
+        self.ntsc = 0
+        self._tsc_handler = None
 
     def close(self):
         """Remove the hooks, free the contexts and drop every pointer (call
@@ -493,6 +531,7 @@ cdef class NativeHooks:
         if self._hcall_error is not None:
             e, self._hcall_error = self._hcall_error, None
             raise e
+        self._reraise_tsc()
         return err
 
     def resume(self, uint64_t budget_end, int64_t deadline_ns, int64_t skip_addr):
@@ -500,8 +539,9 @@ cdef class NativeHooks:
         lguest.host.record): like run(), but the block budget is absolute
         (stop when ``blocks`` reaches ``budget_end``; 0: none), so an entry
         split into several runs keeps its one budget; and with ``skip_addr``
-        >= 0 the first block, if it starts there, is the rest of a block
-        the guest was stopped inside (already counted): it is neither
+        >= 0 the guest resumes there inside a block it was stopped in
+        (already counted): the rest of that block, up to where the
+        translator had ended it, runs one instruction per block, neither
         counted nor checked, so the virtual clock and the block starts
         where irqs are taken are those of a run without stops."""
         cdef int err
@@ -516,12 +556,84 @@ cdef class NativeHooks:
             self.st.deadline_ns = deadline_ns
             self.st.skip_armed = 1 if skip_addr >= 0 else 0
             self.st.skip_addr = <uint32_t>(skip_addr & 0xFFFFFFFF) if skip_addr >= 0 else 0
+            # The rest runs up to where the counted block was cut (see
+            # skip_armed in _uchook.h); a stop outside the last counted block
+            # (none yet): skip_end 0, its first block only.
+            if skip_addr >= 0 and self.st.block_pc <= self.st.skip_addr < self.st.block_end:
+                self.st.skip_end = self.st.block_end
+            else:
+                self.st.skip_end = 0
             with nogil:
                 err = uh_run(&self.st)
         finally:
             self.busy = 0
             self.st.skip_armed = 0
+        self._reraise_tsc()
         return err
+
+    @property
+    def tsc_handler(self):
+        """The rdtsc handler (:meth:`set_tsc_handler`), None when no hook is installed."""
+        return self._tsc_handler if self.ntsc else None
+
+    cdef _reraise_tsc(self):
+        if self._tsc_error is not None:
+            e, self._tsc_error = self._tsc_error, None
+            raise e
+
+    def set_tsc_handler(self, handler):
+        """Take over the guest's ``rdtsc`` and ``rdtscp`` (a recording or a
+        replay, lguest.host.record): ``handler(rdtscp, blocks, eip,
+        host_tsc) -> int`` runs (with the GIL) at each one, at its exact
+        position -- ``blocks`` counts the block it is in, ``eip`` is its
+        own -- and its result is what the guest reads in EDX:EAX (rdtscp's
+        ECX: 0, its TSC_AUX, which a guest at CPL 1 or 3 cannot set);
+        ``host_tsc`` is what Unicorn would have answered.  A handler that
+        raises gets ``host_tsc`` to the guest, stops it at its next block
+        and the exception comes out of run()/resume().  None removes the
+        hooks.  Unicorn looks its rdtsc hooks up at each rdtsc (in the
+        helper, not when translating), so without a handler nothing is
+        installed and the guest pays nothing."""
+        cdef int rc
+        self._check_idle()
+        if not self.nhooks:
+            raise RuntimeError("NativeHooks are not installed")
+        for i in range(self.ntsc):
+            self.st.hook_del(self.st.uc, self.tsc_handles[i])
+        self.ntsc = 0
+        self._tsc_handler = handler
+        if handler is None:
+            return
+        rc = self.st.hook_add(self.st.uc, &self.tsc_handles[0], UC_HOOK_INSN, <void *>_rdtsc_trampoline,
+                              <void *>self, 1, 0, <int>UC_X86_INS_RDTSC)
+        if rc == 0:
+            self.ntsc = 1
+            rc = self.st.hook_add(self.st.uc, &self.tsc_handles[1], UC_HOOK_INSN, <void *>_rdtscp_trampoline,
+                                  <void *>self, 1, 0, <int>UC_X86_INS_RDTSCP)
+        if rc != 0:
+            self.set_tsc_handler(None)
+            raise OSError(f"uc_hook_add(RDTSC) failed: error {rc}")
+        self.ntsc = 2
+
+    cdef uint32_t _tsc(self, int rdtscp) noexcept:
+        """The guest's rdtsc/rdtscp (Unicorn's RDTSC hooks): EDX:EAX (and
+        ECX) from the handler; returns 1, "skip the instruction's own"."""
+        cdef uint32_t eip = 0, lo, hi, zero = 0
+        cdef uint64_t host = uh_host_tsc(), value = host
+        self.st.reg_read(self.st.uc, self.st.reg_ids[13], &eip)   # R_EIP: Unicorn synced it before the hook
+        try:
+            value = <uint64_t>(int(self._tsc_handler(bool(rdtscp), self.st.blocks, eip, host)) & 0xFFFFFFFFFFFFFFFF)
+        except BaseException as e:
+            if self._tsc_error is None:
+                self._tsc_error = e
+            uh_store_int(&self.st.stop_flag, 1)
+        lo = <uint32_t>value
+        hi = <uint32_t>(value >> 32)
+        self.st.reg_write(self.st.uc, self.st.reg_ids[0], &lo)    # R_EAX
+        self.st.reg_write(self.st.uc, self.st.reg_ids[3], &hi)    # R_EDX
+        if rdtscp:
+            self.st.reg_write(self.st.uc, self.st.reg_ids[2], &zero)  # R_ECX: TSC_AUX
+        return 1
 
     def trace_direct(self, capacity):
         """Record direct traps for a timeline (lguest.host.trace): at most

@@ -12,6 +12,13 @@ the guest's one cpu, with the guest's view of the machine:
   host range (the Switcher at SWITCHER_ADDR) or past guest RAM;
 * **breakpoints** -- Unicorn code hooks at the addresses, never bytes written
   into guest memory (the guest cannot see or overwrite them);
+* **watchpoints** (``watch``, ``rwatch``, ``awatch``: Z2/Z3/Z4) -- Unicorn
+  memory hooks; a hit stops the guest after the instruction that made the
+  access, as the CPU's debug registers do, and the stop reply names the
+  address (``watch:ADDR``).  Unicorn 2.1.4 matches memory hooks on
+  *physical* addresses, so the range is translated through the guest's page
+  tables when gdb sets it (a page the guest maps elsewhere later is not
+  followed; an access to the same RAM through another mapping is a hit);
 * **single step** -- a code hook that stops before the second instruction; an
   ``int N`` (a system call through a direct trap, a hypercall) is stepped
   over as hardware single-step does: the handler runs and the step ends at
@@ -31,10 +38,11 @@ one already counted; the native hook is told (``NativeHooks.resume``'s
 ``skip_addr``) that this first block is the rest of the old one, and the
 block budget of an entry is absolute, so a run stopped and resumed any
 number of times counts the same blocks and takes every interrupt at the
-same guest time and eip as the run without gdb.  (A block the translator
-had cut at its 128-instruction cap is the exception: its rest may run on
-past the cut.  Breakpoints at branch targets and function entries, the
-usual ones, are block starts.)
+same guest time and eip as the run without gdb -- also inside a block the
+translator had cut at its 128-instruction cap: the rest runs one
+instruction per block up to the cut (``_uchook.h``, ``skip_armed``), where
+a whole new block from the stop would have run up to 128 instructions past
+it and moved every later block start.
 
 **Containment is unchanged.**  The stub listens on 127.0.0.1 only.  While
 it waits (for gdb to attach, or stopped at a breakpoint) it polls every
@@ -51,7 +59,7 @@ import threading
 import time
 from typing import Any
 
-from unicorn import UC_HOOK_CODE
+from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_MEM_WRITE
 from unicorn import x86_const as _x86
 
 from ..constants import LD_IRQ_ENABLED, PAGE_SIZE, SWITCHER_ADDR, U32
@@ -105,6 +113,11 @@ class GdbStub:
         self._stop: int | None = SIGTRAP  # a stop to report before running: the first one is the attach
         self._detached = False
         self.breakpoints: dict[int, int] = {}  # address -> Unicorn hook handle
+        self.watchpoints: dict[tuple[str, int, int], list[int]] = {}  # (Z type, address, length) -> hooks
+        # A watched access: (Z type, watched address, accessed physical address, the bytes a write replaced)
+        self._watch_hit: tuple[str, int, int, bytes | None] | None = None
+        self._watch_eip: int | None = None  # the instruction being completed: its accesses are not new hits
+        self._watch_report: tuple[str, int] | None = None  # for the stop reply: watch:ADDR
         self._hit: int | None = None  # a code hook stopped the guest at this eip
         self._ignore_bp: int | None = None  # the breakpoint the resume starts at
         self._step: dict[str, Any] | None = None
@@ -318,6 +331,46 @@ class GdbStub:
         self._hit = address
         uc.emu_stop()
 
+    def _on_watch(self, uc: Any, access: int, address: int, size: int, value: int, data: Any) -> None:
+        """A watched access (a memory hook, called before the access).
+        Unicorn's stop from a memory hook lands *inside* the instruction:
+        the store is done but eip still points at the instruction, and
+        resuming there runs it again (an ``incl`` would count twice).  So
+        this keeps the bytes a write is about to replace; :meth:`execute`
+        puts them back and runs the instruction once more, whole, under a
+        single step that ignores its accesses, and only then tells gdb --
+        after the instruction, where a debug-register trap stops."""
+        if self._watch_hit is not None or int(uc.reg_read(_x86.UC_X86_REG_EIP)) == self._watch_eip:
+            return
+        mem = self.lg.memory
+        old = mem.read(address, size) if access == UC_MEM_WRITE and address + size <= mem.size else None
+        self._watch_hit = (data[0], data[1], address, old)
+        uc.emu_stop()
+
+    def _watch(self, set_it: bool, kind: str, addr: int, length: int) -> str:
+        """Z2/Z3/Z4 (write, read, access) and their z: a memory hook over [addr, addr + length)."""
+        if not 1 <= length <= MAX_MEM or addr + length > SWITCHER_ADDR:
+            return "E22"
+        key = (kind, addr, length)
+        if set_it and key not in self.watchpoints:
+            ranges = []  # physical, a page at a time
+            va, end = addr, addr + length
+            while va < end:
+                pa = self.translate(va)
+                if pa is None:
+                    return "E14"
+                n = min(end - va, PAGE_SIZE - (va & 0xFFF))
+                ranges.append((pa, pa + n - 1))
+                va += n
+            types = {"2": UC_HOOK_MEM_WRITE, "3": UC_HOOK_MEM_READ, "4": UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE}[kind]
+            self.watchpoints[key] = [int(self.lg.uc.hook_add(types, self._on_watch, (kind, addr), begin=b, end=e))
+                                     for b, e in ranges]
+            self.lg.uc.ctl_flush_tb()  # blocks translated before them may not call them
+        elif not set_it and key in self.watchpoints:
+            for h in self.watchpoints.pop(key):
+                self._unhook(h)
+        return "OK"
+
     def _hook(self, begin: int, end: int, callback: Any) -> int:
         """A code hook over [begin, end].  Unicorn builds its hook calls into
         each translated block, so the blocks already translated must go:
@@ -365,10 +418,12 @@ class GdbStub:
         self._step = None
         if self._step_hook is not None:
             self._unhook(self._step_hook)
-        for h in self.breakpoints.values():
+        for h in [*self.breakpoints.values(), *(h for hs in self.watchpoints.values() for h in hs)]:
             self._unhook(h)
         self._step_hook = None
         self.breakpoints.clear()
+        self.watchpoints.clear()
+        self._watch_hit = self._watch_eip = self._watch_report = None
 
     # --- running -------------------------------------------------------------------------------------
     def execute(self, hooks: Any, budget: int, deadline_ns: int) -> int:
@@ -392,8 +447,20 @@ class GdbStub:
             self._ignore_bp = eip if eip in self.breakpoints and not self._detached else None
             self._hit = None
             err = hooks.resume(budget_end, deadline_ns, skip)
+            if self._watch_hit is not None:  # a memory hook stopped it inside an instruction
+                kind, addr, accessed, old = self._watch_hit
+                self._watch_hit = None
+                if old is not None:
+                    self.lg.memory.write(accessed, old)  # as before the store: the instruction runs again
+                self._watch_eip = int(cpu.regs.eip)
+                self._watch_report = (kind, addr)
+                self._skip = self._watch_eip  # inside a counted block
+                self._disarm_step()
+                self._arm_step()  # that one instruction, then the stop gdb hears of
+                continue
             if self._hit is not None:  # a code hook stopped it: inside a counted block
                 self._skip = int(cpu.regs.eip)
+                self._watch_eip = None
                 self._disarm_step()
                 self._stop = SIGTRAP
                 continue
@@ -452,7 +519,12 @@ class GdbStub:
     # --- the protocol -------------------------------------------------------------------------------
     def _stop_reply(self, sig: int) -> str:
         regs = self._regs()
-        return f"T{sig:02x}08:{regs[8].to_bytes(4, 'little').hex()};04:{regs[4].to_bytes(4, 'little').hex()};thread:1;"
+        watch = ""
+        if self._watch_report is not None and sig == SIGTRAP:
+            kind, addr = self._watch_report
+            watch = f"{ {'2': 'watch', '3': 'rwatch', '4': 'awatch'}[kind]}:{addr:x};"
+        return (f"T{sig:02x}08:{regs[8].to_bytes(4, 'little').hex()};04:{regs[4].to_bytes(4, 'little').hex()};"
+                f"{watch}thread:1;")
 
     def _command_loop(self, sig: int) -> bool:
         """Report the stop and serve gdb until it resumes the guest (True);
@@ -475,6 +547,7 @@ class GdbStub:
             reply = self._handle(pkt)
             if reply is _RESUME:
                 self._resumed = True
+                self._watch_report = None
                 return True
             if reply is not None:
                 self.send(reply)
@@ -515,9 +588,11 @@ class GdbStub:
                 return "E16"
             return "OK" if self.write_memory(int(addr, 16), data) else "E14"
         if cmd in ("Z", "z"):
-            kind, addr_s, _ = (pkt[1:].split(",") + ["", ""])[:3]
+            kind, addr_s, length = (pkt[1:].split(",") + ["", ""])[:3]
+            if kind in ("2", "3", "4"):
+                return self._watch(cmd == "Z", kind, int(addr_s, 16) & U32, int(length.partition(";")[0], 16))
             if kind not in ("0", "1"):
-                return ""  # watchpoints: not supported (gdb falls back to its own)
+                return ""
             addr = int(addr_s, 16) & U32
             if cmd == "Z" and addr not in self.breakpoints:
                 self.breakpoints[addr] = self._hook(addr, addr, self._on_breakpoint)

@@ -188,11 +188,13 @@ class UnicornLauncher:
             self.recorder = backend.runner = record_mod.Recorder(
                 cpu, backend.hooks, self._deliver_irq, host_stop_reasons=(REASON_DEADLINE,), wall=not virtual)
             clock.recorder = self.recorder
+            backend.hooks.set_tsc_handler(self.recorder.tsc)  # rdtsc: an input (only here: no cost otherwise)
         elif self._replay_data is not None:
             self._replayer = backend.runner = record_mod.Replayer(
                 self._replay_data, cpu, backend.hooks, self._deliver_irq, clock, timer_reason=REASON_TIMER,
                 host_stop_reasons=(REASON_DEADLINE,))
             g.tsc_khz = int(self._replay_data.get("tsc_khz", g.tsc_khz))
+            backend.hooks.set_tsc_handler(self._replayer.tsc)
 
     def _teardown(self) -> None:
         if self._gdb is not None:
@@ -351,7 +353,9 @@ class UnicornLauncher:
         stats.hypercalls, stats.reflected_traps = old.hypercalls, old.reflected_traps
         stats.kills, stats.entries = old.kills, old.entries
         self.launcher.context.stats = stats
-        if isinstance(clock, VirtualClock):  # timer fires (the wall clock's fire in C, unseen)
+        if not isinstance(clock, VirtualClock):  # the wall clock's fires happen in a timer thread
+            stats.watch_wall_timer(clock)
+        else:
             arm = clock.arm
 
             def traced_arm(key: Any, expiry_ns: int, callback: Callable[[], None]) -> None:
@@ -388,6 +392,11 @@ class UnicornLauncher:
         launcher.send_irq(irq)
         hooks.poke()
 
+    @property
+    def replayer(self) -> record_mod.Replayer | None:
+        """The replay feeding this guest its inputs (``replay=``), or None."""
+        return self._replayer
+
     def _deliver_irq(self, irq: int) -> None:
         launcher, hooks = self._live_parts()
         launcher.send_irq(irq)
@@ -407,20 +416,29 @@ class UnicornLauncher:
                 "counters": record_mod.guest_counters(self.stats),
                 "registers": record_mod.regs_hash(self.cpu.regs.array)}
 
-    def save_recording(self, path: Any, result: RunResult | None, image: str | None = None) -> None:
+    def save_recording(self, path: Any, result: RunResult | None, image: str | None = None, *,
+                       header: dict[str, Any] | None = None, final: dict[str, Any] | None = None) -> None:
         """Write the recording of this run (after run(); ``result`` is its
-        result, None if it was interrupted) to ``path`` (atomically)."""
+        result, None if it was interrupted) to ``path`` (atomically).
+        ``header``: more header keys (a layer above: ``lguest exec``'s
+        options); ``final``: more results a replay must reproduce (kept
+        under ``final["extra"]``, compared by :meth:`replay_report`)."""
         if self.recorder is None:
             raise RuntimeError("not recording (UnicornLauncher(record=True))")
         if result is None or result.reason not in ("dead", "restart"):
             self.recorder.end(result.reason if result is not None else "interrupted")
-        self.recorder.save(os.fspath(path), self._header(image), self._final(result))
+        head = {**(header or {}), **self._header(image)}
+        self.recorder.save(os.fspath(path), head, {**self._final(result), "extra": dict(final or {})})
 
-    def replay_report(self, result: RunResult, image: str | None = None) -> list[str]:
-        """After a replay's run(): how it differs from the recording (empty: identical)."""
+    def replay_report(self, result: RunResult, image: str | None = None, *,
+                      final: dict[str, Any] | None = None) -> list[str]:
+        """After a replay's run(): how it differs from the recording (empty:
+        identical); ``final``: the replay's values of the recording's
+        ``final["extra"]`` (see :meth:`save_recording`)."""
         if self._replayer is None or self._replay_data is None:
             raise RuntimeError("not replaying (UnicornLauncher(replay=...))")
         rec = self._replay_data
+        got_extra = dict(final or {})
         out = []
         if self._replayer.diverged is not None:
             out.append(f"diverged: {self._replayer.diverged}")
@@ -439,6 +457,14 @@ class UnicornLauncher:
                                                  f"{final['counters'].get(k)}" for k in sorted(diff)))
         if self._replayer.index < len(self._replayer.events) and self._replayer.diverged is None:
             out.append(f"{len(self._replayer.events) - self._replayer.index} recorded inputs never reached")
+        want_extra = rec["final"].get("extra") or {}
+        for key in sorted(set(want_extra) | set(got_extra)):
+            if want_extra.get(key) != got_extra.get(key):
+                out.append(f"{key}: recorded {want_extra.get(key)!r}, replayed {got_extra.get(key)!r}")
+        left = len(self._replayer.syncs) - self._replayer.sync_index
+        if left and self._replayer.diverged is None:
+            out.append(f"{left} recorded rdtsc/stdin inputs never asked for (the next: "
+                       f"{self._replayer._sync_name(self._replayer.sync_index)})")
         return out
 
     def break_out(self) -> None:
