@@ -29,11 +29,16 @@ N = 20_000
 GROUPS = {
     "bare_binding": "emulator: floors",
     "bare_native": "emulator: floors",
+    "bare_native_full": "emulator: floors",
+    "bare_native_reflect": "emulator: reflected trap",
     "bare_native_stop": "emulator: floors",
+    "bare_native_ring3": "emulator: direct syscall",
     "reflected": "emulator: reflected trap",
     "reflected_loop": "emulator: reflected trap",
     "hcall_flush": "emulator: hypercall",
     "hcall_clockevent": "emulator: hypercall",
+    "hcall_clockevent_wall": "emulator: hypercall",
+    "hcall_clockevent_arm_wall": "emulator: hypercall",
     "syscall_ring1": "emulator: direct syscall",
     "syscall_ring3": "emulator: direct syscall",
 }
@@ -54,3 +59,34 @@ def test_emulator(benchmark, smoke, built, name):
     benchmark.group = GROUPS[name]
     benchmark.extra_info["events"] = n
     benchmark.pedantic(f, rounds=1 if smoke else 5, iterations=1)
+
+
+def test_floor_c_does_the_ring3_work(tmp_path):
+    """Baseline (c) runs the syscall_ring3 guest's own loop and handler and
+    ends in the same state: ecx 0, as many syscalls, the same esp, cs and
+    ss, the same last kernel-stack frame and lguest_data word."""
+    n = 300
+    src = emulator._guest_src(n=n, **emulator.RING3)
+    code = emulator._assemble(src, tmp_path)
+    bare: dict = {}
+    _, count, ecx = emulator.run_bare_ring3(code, emulator._symbols(src, tmp_path), state=bare)
+    real: dict = {}
+    _, stats, real_ecx = emulator.run_lguest(code, state=real)
+    assert (count, ecx) == (stats["direct_0x80"], real_ecx) == (n, 0)
+    assert bare == real
+    assert bare["frame"][1:] == (0x73, bare["frame"][2], emulator.USTACK, 0x7B, 0x200)
+
+
+def test_floor_reflect_does_the_reflected_work(tmp_path):
+    """bare_native_reflect runs the reflected guest's loop and handler at
+    ring 1 and ends in the same state as lguest's reflected run."""
+    n = 300
+    src = emulator._guest_src(n=n, insn="int3")
+    code = emulator._assemble(src, tmp_path)
+    bare: dict = {}
+    _, count, ecx = emulator.run_bare_ring3(code, emulator._symbols(src, tmp_path), state=bare, ring1=True)
+    real: dict = {}
+    _, stats, real_ecx = emulator.run_lguest(code, state=real)
+    assert (count, ecx) == (stats["reflected_3"], real_ecx) == (n, 0)
+    assert bare == real
+    assert (bare["cs"], bare["ss"], bare["esp"]) == (0x61, 0x69, emulator.KSTACK)

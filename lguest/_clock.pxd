@@ -36,3 +36,8 @@ cdef class NativeClock:
     cdef object _py
     cdef int _arm(self, CpuTimer cpu, int64_t expiry, int64_t period) except -1
     cdef object _python(self)
+
+
+# SET_CLOCKEVENT on a NativeClock without Python objects or the GIL, for
+# the native Unicorn hook (see its definition in _clock.pyx).
+cdef int clockevent_nogil(lg_timer *t, lg_wheel *w, uint32_t delta) noexcept nogil

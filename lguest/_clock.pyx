@@ -24,6 +24,7 @@ cdef extern from "_clock_wheel.h" nogil:
     void lg_wake(lg_waker *w) noexcept
     int lg_wait(lg_waker *w, int64_t timeout_ns) noexcept
     void lg_wheel_init(lg_wheel *w) noexcept
+    int lg_wheel_running(lg_wheel *w) noexcept
     int lg_wheel_arm(lg_wheel *w, lg_timer *t, int64_t expiry, int64_t period) noexcept
     void lg_timer_cancel(lg_timer *t) noexcept
     void lg_timer_detach(lg_timer *t) noexcept
@@ -101,6 +102,25 @@ cdef class CpuTimer:
 
     cdef void _cancel_timer(self) noexcept:
         lg_timer_cancel(&self.timer)
+
+
+cdef int clockevent_nogil(lg_timer *t, lg_wheel *w, uint32_t delta) noexcept nogil:
+    """CpuTimer.set_clockevent's NativeClock branch (``t`` the cpu's timer,
+    ``w`` its guest's clock's wheel) without Python objects, so the native
+    Unicorn hook calls it without the GIL: 0 cancels (always the same C
+    call); else one-shot at now + delta, when the timer already sits on
+    ``w`` with ``w``'s thread running -- then ``_native_clock`` is already
+    this clock (the arm that linked the timer set it) and no thread can
+    fail to start.  1: done; 0: not so (the first arm on this wheel), the
+    caller takes the Python path."""
+    if delta == 0:
+        lg_timer_cancel(t)
+        return 1
+    if t.wheel != w or not lg_wheel_running(w):
+        return 0
+    if lg_wheel_arm(w, t, lg_realtime_ns() + delta, 0) != 0:
+        return 0   # unreachable: the thread runs, nothing is created
+    return 1
 
 
 cdef class NativeClock:

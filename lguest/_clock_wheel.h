@@ -155,6 +155,12 @@ static void lg_timer_unlink_locked(lg_timer *t)
 }
 
 /* Arm (or re-arm, replacing the expiry) t on w; 0, or an errno. */
+/* Whether the wheel's thread runs (set under the lock, once; read without it). */
+static inline int lg_wheel_running(lg_wheel *w)
+{
+    return __atomic_load_n(&w->running, __ATOMIC_SEQ_CST);
+}
+
 static int lg_wheel_arm(lg_wheel *w, lg_timer *t, int64_t expiry, int64_t period)
 {
     int rc = 0;

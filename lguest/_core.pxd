@@ -57,6 +57,8 @@ ctypedef struct lg_guest:
     int64_t *clock_cell
     void *clock_obj         # borrowed: the Guest object keeps it alive
     uint8_t direct[256]     # direct_trap(i), fixed by syscall_vector
+    uint8_t direct_list[256]  # the i with direct[i], ascending (copy_traps visits only these)
+    uint32_t n_direct
 
 ctypedef struct lg_cpu:
     lg_guest *lg

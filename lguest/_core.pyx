@@ -235,11 +235,14 @@ cdef void lg_load_guest_idt_entry(lg_cpu *cpu, uint32_t num, uint32_t lo, uint32
     cpu.idt[2 * num + 1] = hi & 0xFFFFEF00U
 
 cdef void lg_copy_traps(const lg_cpu *cpu, uint32_t *idt, const uint32_t *defaults) noexcept nogil:
-    cdef unsigned i
+    # The kernel's loop asks direct_trap(i) of all 256 vectors; at most 29
+    # can answer yes (0..31 but 6, 7, 13, 14, 31; 0x80; the syscall
+    # vector), so only those are visited.  Every entry is independent of
+    # the others: the same IDT, ~4x fewer instructions (PERFORMANCE.md).
+    cdef unsigned k, i
     cdef const uint32_t *gidt
-    for i in range(<unsigned>IDT_ENTRIES):
-        if not cpu.lg.direct[i]:
-            continue
+    for k in range(cpu.lg.n_direct):
+        i = cpu.lg.direct_list[k]
         gidt = cpu.idt + 2 * i
         if lg_gate_type(gidt[1]) == TRAP_GATE:
             idt[2 * i] = gidt[0]
@@ -249,8 +252,12 @@ cdef void lg_copy_traps(const lg_cpu *cpu, uint32_t *idt, const uint32_t *defaul
 
 cdef void lg_fill_direct(lg_guest *lg) noexcept nogil:
     cdef unsigned i
+    lg.n_direct = 0
     for i in range(<unsigned>IDT_ENTRIES):
         lg.direct[i] = lg_direct_trap(i, lg.syscall_vector)
+        if lg.direct[i]:
+            lg.direct_list[lg.n_direct] = <uint8_t>i
+            lg.n_direct += 1
 
 
 # ===================================================================================

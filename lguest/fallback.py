@@ -11,6 +11,7 @@ storage layout and ``cpu.regs.array`` / ``cpu.idt`` are live views.
 
 from __future__ import annotations
 
+import functools
 import struct
 import threading
 from typing import Any
@@ -76,6 +77,12 @@ U32 = 0xFFFFFFFF
 _u32 = struct.Struct("<I")
 
 
+@functools.cache  # keyed by a vector: at most 256 entries
+def _direct_vectors(syscall_vector: int) -> tuple[int, ...]:
+    """The vectors copy_traps visits: those is_direct_trap allows, ascending."""
+    return tuple(i for i in range(IDT_ENTRIES) if is_direct_trap(i, syscall_vector))
+
+
 # --- the IDT entry helpers (module functions in both cores) ------------------
 def idt_address(lo: int, hi: int) -> int:
     """The handler address is split across the two words of a gate."""
@@ -127,6 +134,7 @@ def setup_default_idt_entries(idt: Any, defaults: Any) -> None:
 
 
 # --- registers ----------------------------------------------------------------
+
 class Regs:
     """``struct lguest_regs``: 18 u32 words, attribute access and a numpy view.
 
@@ -752,10 +760,9 @@ class Cpu:
         """
         idt = _as_idt(idt)
         defaults = _as_defaults(defaults)
-        g = self.guest
-        for i in range(IDT_ENTRIES):
-            if not g.direct_trap(i):
-                continue
+        # Only the vectors that can be direct (at most 29 of 256), as the
+        # compiled core's lg_copy_traps visits them.
+        for i in _direct_vectors(self.guest.syscall_vector):
             lo, hi = (int(x) for x in self.idt[i])
             if idt_type(lo, hi) == 0xF:
                 idt[i] = (lo, hi)

@@ -216,3 +216,26 @@ def test_copy_traps_plan9_vector(core, mem, clock):
     assert host_idt[0x40].tolist() == [0x00617777, 0x0040EF00]
     assert host_idt[0x80].tolist() == [0x00500000 | 0x0080, 0x00800000 | 0xEE00]
     assert [i for i in range(32, 256) if host_idt[i].any()] == [0x40, 0x80]
+
+
+@pytest.mark.parametrize("vector", [0x20, 0x40, 0x80, 0x81, 0xFF])
+def test_copy_traps_visits_exactly_the_direct_vectors(core, mem, clock, vector):
+    # copy_traps visits only the vectors that can be direct (a list made
+    # once per guest from its syscall vector); the result must be the
+    # kernel's loop over all 256 with direct_trap(i).
+    h = lguest.Host(syscall_vector=vector, used_vectors=lguest.UsedVectors())
+    c = h.new_guest(mem, page_offset=0, clock=clock, core=core).new_cpu()
+    _filled_guest_idt(c)
+    host_idt = np.full((256, 2), 0x5A5A5A5A, dtype=np.uint32)
+    defaults = np.array([0xFFC10000 + 0x20 * i for i in range(256)], dtype=np.uint32)
+    c.copy_traps(host_idt, defaults)
+    for i in range(256):
+        ga, gb = (int(x) for x in c.idt[i])
+        if not c.guest.direct_trap(i):
+            expect = [0x5A5A5A5A, 0x5A5A5A5A]
+        elif (gb >> 8) & 0xF == 0xF:
+            expect = [ga, gb]
+        else:
+            expect = core.default_idt_entry(i, int(defaults[i]), (ga, gb))
+        assert list(host_idt[i]) == list(expect), i
+    assert sum(c.guest.direct_trap(i) for i in range(256)) == 27 + len({0x80, vector})

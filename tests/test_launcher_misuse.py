@@ -92,6 +92,35 @@ def test_an_abandoned_launcher_is_freed(core):
     assert memory.closed
 
 
+EXIT_CHILD = textwrap.dedent("""
+    import sys, threading, time
+    sys.path.insert(0, {root!r})
+    import lguest
+    from lguest.unicorn import UnicornLauncher
+    lg = UnicornLauncher(memory=1 << 20, core={core!r}, used_vectors=lguest.UsedVectors(used=range(32)))
+    lg.__enter__()
+    lg.load_flat(bytes.fromhex({image!r}), 0x1000, 0x1000)
+    if {mode!r} == "ran":
+        lg.run(timeout=0.05)
+    elif {mode!r} == "running":  # a daemon thread is inside run() when the interpreter exits
+        threading.Thread(target=lg.run, daemon=True).start()
+        time.sleep(0.2)
+    print("exiting", flush=True)
+""")
+
+
+@pytest.mark.parametrize("mode", ["entered", "ran", "running"])
+def test_a_launcher_still_entered_at_interpreter_exit_does_not_crash_it(core, mode):
+    """Unicorn's binding closes its engines from an atexit hook; a launcher
+    still entered was torn down after that, by its finaliser, and unmapped
+    memory from a freed engine: SIGSEGV at exit (rc -11).  The launcher's own
+    atexit hook now tears live launchers down first (breaking out a run
+    still going on a daemon thread)."""
+    child = EXIT_CHILD.format(root=ROOT, core=core.NAME, image=SPIN.hex(), mode=mode)
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "exiting"), proc.stderr[-2000:]
+
+
 def test_entering_twice_raises_and_a_launcher_can_be_reused(core):
     lg = launcher(core)
     with lg:

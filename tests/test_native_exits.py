@@ -215,3 +215,83 @@ def test_an_exception_in_the_hypercall_handler_reaches_the_caller(tmp_path, monk
     code = build(tmp_path, vec=3, insn=HCALL.format(num=9, a1=1000), n=5)
     with pytest.raises(ZeroDivisionError, match="from the handler"):
         run(code, "cython")
+
+
+def _count_python_clockevents(monkeypatch) -> list[int]:
+    """Count the SET_CLOCKEVENTs that reach the Python handler."""
+    from lguest.host import hypercalls
+
+    calls: list[int] = []
+    orig = hypercalls.HYPERCALLS[9]
+
+    def counted(cpu, args, ctx):
+        calls.append(args.arg1)
+        orig(cpu, args, ctx)
+
+    monkeypatch.setitem(hypercalls.HYPERCALLS, 9, counted)
+    return calls
+
+
+@pytest.mark.parametrize("core_name", ["cython", "python"])
+def test_set_clockevent_on_the_wall_clock_fires_once_per_arm(tmp_path, core_name, monkeypatch):
+    # Each turn arms the wall clock 20 us ahead and spins until the timer's
+    # irq 0 (through the vector-32 interrupt gate) has bumped the counter:
+    # one-shot, so exactly one fire per arm on every path.  On the compiled
+    # core the hook arms the native wheel itself: only the first arm (which
+    # links the timer and starts the wheel's thread) reaches Python.
+    n = 50
+    wait = "mov 0x9000, %esi; " + HCALL.format(num=9, a1=20_000) + "; 2: cmp 0x9000, %esi; je 2b"
+    code = build(tmp_path, vec=32, insn=wait, n=n)
+    calls = _count_python_clockevents(monkeypatch)
+    native = run(code, core_name, clock="wall")
+    native_calls = len(calls)
+    python = run(code, core_name, clock="wall", native_direct=False)
+    assert native[:2] == python[:2]
+    assert native[3] == python[3] == n
+    assert native[2]["hypercall_9"] == python[2]["hypercall_9"] == n
+    assert len(calls) - native_calls == n  # the run loop calls the handler for each
+    assert native_calls == (1 if core_name == "cython" else n)
+
+
+@pytest.mark.parametrize("last", [0, 2_000_000_000])
+def test_set_clockevent_in_the_hook_arms_and_cancels_the_native_timer(tmp_path, last, monkeypatch):
+    # 300 arms 2 s ahead, the last turn followed by one more call: 0
+    # cancels, else it re-arms.  The cpu's timer on the NativeClock is what
+    # CpuTimer.set_clockevent would leave.
+    n = 300
+    arm = HCALL.format(num=9, a1=2_000_000_000)
+    insn = arm + "; cmp $1, %ecx; jne 3f; " + HCALL.format(num=9, a1=last) + "; 3:"
+    code = build(tmp_path, vec=32, insn=insn, n=n)
+    calls = _count_python_clockevents(monkeypatch)
+    with UnicornLauncher(memory=1 << 20, core="cython", used_vectors=lguest.UsedVectors(used=range(32)),
+                         clock="wall") as lg:
+        lg.load_flat(code, ENTRY, ENTRY)
+        lg.memory.write(LGUEST_DATA + 20, b"\xff" * 64)  # an empty async ring
+        lg.memory.write_u32(LGUEST_DATA + 1132, 0x80)  # syscall_vec
+        lg.memory.write_u32(LGUEST_DATA, 0x200)
+        t0 = lg.guest.clock.now_ns()
+        res = lg.run(timeout=60)
+        t1 = lg.guest.clock.now_ns()
+        assert res.reason == "dead" and str(res.message).startswith("unhandled trap 13"), res
+        armed = lg.guest.clock.armed(lg.cpu)
+        assert lg.stats["hypercall_9"] == n + 1
+    assert len(calls) == 1  # the first arm; the hook did the rest
+    if last == 0:
+        assert armed is None
+    else:
+        assert t0 + last <= armed <= t1 + last
+
+
+def test_set_clockevent_0_on_the_wall_clock_stays_in_the_hook(tmp_path, monkeypatch):
+    # Cancelling is the same C call whether or not the timer was ever
+    # armed, so not even the first one needs Python; the path's result is
+    # the run loop's.
+    n = 500
+    code = build(tmp_path, vec=32, insn=HCALL.format(num=9, a1=0), n=n)
+    calls = _count_python_clockevents(monkeypatch)
+    native = run(code, "cython", clock="wall")
+    assert calls == []
+    python = run(code, "cython", clock="wall", native_direct=False)
+    assert native[:2] == python[:2] and native[3] == python[3] == 0
+    assert native[2]["hypercall_9"] == python[2]["hypercall_9"] == n
+    assert len(calls) == n

@@ -611,3 +611,28 @@ def test_engine_internals_read_back_what_the_engine_reports():
     hw = ctypes.c_uint64.from_address(cells["code_gen_highwater"]).value
     ptr = ctypes.c_uint64.from_address(cells["code_gen_ptr"]).value
     assert 0 < hw - ptr < lu.TCG_BUFFER_SIZE
+
+
+def test_engine_internals_env_is_the_state_a_context_saves():
+    """``env`` is the live CPU state whose copy a saved context's data is:
+    the hook reads a trap's error code and kind there and clears the
+    exception in flight (uh_intr_record), so the bytes at every measured
+    offset must be the saved context's."""
+    import ctypes
+
+    import unicorn as U
+
+    import lguest.unicorn as lu
+    from lguest.unicorn.layout import context_layout
+
+    uc = U.Uc(U.UC_ARCH_X86, U.UC_MODE_32)
+    uc.ctl_set_tcg_buffer_size(lu.TCG_BUFFER_SIZE)
+    cells = lu.engine_internals(uc)
+    lay = context_layout()
+    uc.reg_write(U.x86_const.UC_X86_REG_EBX, 0x5A5A1234)
+    ctx = uc.context_save()
+    base = cells["env"] - lay["data"]
+    for key in ("regs", "eip", "hflags", "error_code", "exception_is_int", "old_exception"):
+        live = ctypes.string_at(base + lay[key], 4)
+        assert live == ctypes.string_at(ctx.context.value + lay[key], 4), key
+    assert ctypes.c_uint32.from_address(base + lay["regs"] + 3 * 8).value == 0x5A5A1234  # ebx

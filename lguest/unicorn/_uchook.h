@@ -87,6 +87,11 @@ typedef struct {
     /* uc_context layout, measured by lguest.unicorn (offsets from the uc_context pointer) */
     int off_regs, off_eip, off_eflags, off_hflags, off_segs, seg_stride;
     int off_err, off_isint, off_oldexc;
+    /* The same three fields in the live CPU state (engine_internals' env;
+     * NULL: unknown).  With them a trap below 32 needs only the small
+     * context: its error code and kind are read, and the exception in
+     * flight cleared, in place (see uh_intr_record). */
+    uint32_t *env_err, *env_isint, *env_oldexc;
     /* the Switcher: host memory mapped at switcher_va */
     uint8_t *switcher;
     uint32_t switcher_va, switcher_size;
@@ -110,6 +115,12 @@ typedef struct {
     uint32_t hcall_mask;
     int64_t (*hcall_cb)(void *self, uint32_t num, uint32_t arg1);
     void *hcall_self;
+    /* SET_CLOCKEVENT on the guest's NativeClock (the wall clock) without
+     * the GIL: lguest._clock's clockevent_nogil on the cpu's timer and the
+     * clock's wheel; it returns 0 when the Python path must do it (the
+     * first arm).  NULL: every SET_CLOCKEVENT goes through hcall_cb. */
+    int (*clock_cb)(void *timer, void *wheel, uint32_t delta);
+    void *clock_timer, *clock_wheel;
     /* guest memory and lguest_data, for "would maybe_do_interrupt deliver?" */
     uint8_t *mem;
     uint64_t mem_size;
@@ -254,11 +265,24 @@ static int uh_deliver(uh_state *st, uint8_t *c, uint32_t num, uint32_t a, uint32
  * is_int (and cr2 for #PF).  Returns the CPL the trap came from. */
 static int uh_intr_record(uh_state *st, uh_engine *uc, uint8_t *c, uint32_t intno) {
     int cpl = lg_load32(c + st->off_hflags) & 3;
-    int is_int = intno >= 32 ? 1 : (int)lg_load32(c + st->off_isint) != 0;
-    uint32_t err = (!is_int && lg_has_err(intno)) ? lg_load32(c + st->off_err) : 0;
-    /* Unicorn never clears the exception in flight: without this a second
-     * #GP or #PF would be reported as a double fault. */
-    if (c == st->ctx) lg_store32(c + st->off_oldexc, 0xFFFFFFFFu);
+    int is_int;
+    uint32_t err;
+    if (c == st->ctx) {
+        is_int = intno >= 32 ? 1 : (int)lg_load32(c + st->off_isint) != 0;
+        err = (!is_int && lg_has_err(intno)) ? lg_load32(c + st->off_err) : 0;
+        /* Unicorn never clears the exception in flight: without this a second
+         * #GP or #PF would be reported as a double fault. */
+        lg_store32(c + st->off_oldexc, 0xFFFFFFFFu);
+    } else if (intno < 32) {
+        /* The small context (uh_on_intr): the same three fields, live.
+         * Saving and restoring the whole 5.5 KiB context for them cost
+         * about a third of a reflected trap. */
+        is_int = *st->env_isint != 0;
+        err = (!is_int && lg_has_err(intno)) ? *st->env_err : 0;
+        *st->env_oldexc = 0xFFFFFFFFu;
+    } else {
+        is_int = 1; err = 0;   /* int N: no error code, no exception in flight */
+    }
     st->trapnum = intno; st->errcode = err; st->is_int = is_int;
     if (intno == 14) {   /* read it now: emu_start's exit path may touch CR2 */
         uint64_t cr2 = 0; st->reg_read(uc, st->reg_cr2, &cr2); st->cr2 = (uint32_t)cr2;
@@ -318,6 +342,7 @@ static inline int uh_reflectable(const uh_state *st, const uint8_t *c, uint32_t 
 #define UH_LD_HCALL_STATUS 20
 #define UH_HCALL_RING 64
 #define UH_LHCALL_FLUSH_ASYNC 0
+#define UH_LHCALL_SET_CLOCKEVENT 9
 #define LG_TRAP_ENTRY_VEC 31      /* LGUEST_TRAP_ENTRY: int $0x1f */
 
 /* Can the hook do this `int $0x1f` hypercall itself?  The run loop would
@@ -358,6 +383,16 @@ static int uh_hcall(uh_state *st, const uint8_t *c, uint32_t num) {
     st->regs[LG_R_EDX] = (uint32_t)uh_ld64(c + st->off_regs + 2 * 8);
     st->hcall_counts[num]++; st->hcall_total++;   /* counted before it runs, as do_hcall does */
     if (num == UH_LHCALL_FLUSH_ASYNC) return 0;  /* the (empty) ring was the whole work */
+    /* The wall clock's SET_CLOCKEVENT in C: the same timer call as
+     * CpuTimer.set_clockevent, and what the backend's handler then finds
+     * is known -- the call kills nothing and sets no notify, halt or
+     * changed table (a break-out from another thread is the block hook's
+     * stop_flag), and a wall clock sets no block budget. */
+    if (num == UH_LHCALL_SET_CLOCKEVENT && st->clock_cb != NULL
+        && st->clock_cb(st->clock_timer, st->clock_wheel, st->regs[LG_R_EBX])) {
+        st->budget_end = 0;
+        return 0;
+    }
     if (st->hcall_cb == NULL) return UH_HCALL;
     budget = st->hcall_cb(st->hcall_self, num, st->regs[LG_R_EBX]);
     if (budget < 0) return UH_HCALL;
@@ -369,8 +404,9 @@ static void uh_on_intr(uh_engine *uc, uint32_t intno, void *user) {
     uh_state *st = (uh_state *)user;
     /* Vectors 32..255 only come from int N: no error code, no exception
      * in flight, so the registers and segments are all we need (a
-     * 5.5 KiB context copy each way otherwise). */
-    uint8_t *c = intno >= 32 && st->ctx_small ? st->ctx_small : st->ctx;
+     * 5.5 KiB context copy each way otherwise); below 32 too when the
+     * exception fields can be reached in the live CPU state. */
+    uint8_t *c = (intno >= 32 || st->env_isint != NULL) && st->ctx_small ? st->ctx_small : st->ctx;
     int cpl, reason;
     uint32_t num = 0;
     st->intr_hooks++;

@@ -40,6 +40,7 @@ from libc.string cimport memset
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
 
 from lguest.abi cimport NUM_REGS
+from lguest._clock cimport CpuTimer, NativeClock, clockevent_nogil
 from lguest.lguest cimport LGUEST_NATIVE_API_CAPSULE, LGUEST_NATIVE_API_VERSION, lg_native_api
 
 import numpy as np
@@ -72,6 +73,9 @@ cdef extern from "_uchook.h":
         int reg_cr2
         int off_regs, off_eip, off_eflags, off_hflags, off_segs, seg_stride
         int off_err, off_isint, off_oldexc
+        uint32_t *env_err
+        uint32_t *env_isint
+        uint32_t *env_oldexc
         uint8_t *switcher
         uint32_t switcher_va, switcher_size
         uint32_t *gdt
@@ -88,6 +92,9 @@ cdef extern from "_uchook.h":
         uint32_t hcall_mask
         int64_t (*hcall_cb)(void *, uint32_t, uint32_t) noexcept nogil
         void *hcall_self
+        int (*clock_cb)(void *, void *, uint32_t) noexcept nogil
+        void *clock_timer
+        void *clock_wheel
         uint8_t *mem
         uint64_t mem_size
         int has_ld
@@ -282,7 +289,8 @@ cdef class NativeHooks:
         ``internals``: addresses inside the engine (checked by
         lguest.unicorn): ``tb_cflags`` (the CPU's cflags_next_tb),
         ``code_gen_ptr`` and ``code_gen_highwater`` (the translator's), with
-        ``tb_max_insns`` and ``tb_guard`` (see uh_on_block);
+        ``tb_max_insns`` and ``tb_guard`` (see uh_on_block), and optionally
+        ``env`` (the CPU state, see uh_intr_record);
         ``switcher``: the writable buffer (an mmap) holding the host
         structures, pinned (so it cannot be unmapped) until close();
         ``uc_owner``: the object owning the engine, kept alive likewise."""
@@ -301,6 +309,7 @@ cdef class NativeHooks:
         # fail below, every method refuses the half-set instance.
         self._set_engine(uc_handle, funcs, internals)
         self._set_layout(reg_ids, reg_cr2, layout)
+        self._set_env(internals.get("env", 0), layout)
         self.st.switcher = &sw[0]
         self.st.switcher_va = switcher_va
         self.st.switcher_size = switcher_size
@@ -353,6 +362,19 @@ cdef class NativeHooks:
         self.st.off_err = layout["error_code"]
         self.st.off_isint = layout["exception_is_int"]
         self.st.off_oldexc = layout["old_exception"]
+
+    cdef _set_env(self, env, layout):
+        """The live CPU state (``internals["env"]``, the address of the
+        engine's CPUX86State, whose copy a saved context's data is; 0:
+        unknown): the exception fields uh_intr_record reads there."""
+        cdef size_t base
+        if not env:
+            self.st.env_err = self.st.env_isint = self.st.env_oldexc = NULL
+            return
+        base = _ptr(env) - <size_t>layout["data"]
+        self.st.env_err = <uint32_t *>(base + <size_t>layout["error_code"])
+        self.st.env_isint = <uint32_t *>(base + <size_t>layout["exception_is_int"])
+        self.st.env_oldexc = <uint32_t *>(base + <size_t>layout["old_exception"])
 
     cdef int _check(self) except -1:
         if self.state == 0:
@@ -437,6 +459,9 @@ cdef class NativeHooks:
         self._free = None
 
     cdef _unbind(self):
+        self.st.clock_cb = NULL
+        self.st.clock_timer = NULL
+        self.st.clock_wheel = NULL
         self.st.regs = NULL
         self.st.idt = NULL
         self.st.guest_idt = NULL
@@ -496,6 +521,27 @@ cdef class NativeHooks:
         else:
             self.st.api = NULL
             self.st.pending = &self.st.attention
+
+    def set_native_clock(self, cpu, clock):
+        """Let the hook do SET_CLOCKEVENT without the GIL (uh_hcall) when
+        ``clock`` is the NativeClock of the bound compiled ``cpu``'s guest
+        (the wall clock; the first arm still goes through the hypercall
+        handler).  None: every SET_CLOCKEVENT goes through the handler."""
+        self._check_idle()
+        self.st.clock_cb = NULL
+        self.st.clock_timer = NULL
+        self.st.clock_wheel = NULL
+        if clock is None:
+            return
+        if self.st.regs == NULL or cpu is not self._keep[0]:
+            raise ValueError("cpu must be the bound cpu")
+        if not isinstance(cpu, CpuTimer) or not isinstance(clock, NativeClock) \
+                or (<CpuTimer>cpu)._guest_clock is not clock:
+            raise ValueError("clock must be the NativeClock of the compiled cpu's guest")
+        self._keep.append(clock)   # the wheel lives as long as the binding
+        self.st.clock_timer = <void *>&(<CpuTimer>cpu).timer
+        self.st.clock_wheel = <void *>&(<NativeClock>clock).wheel
+        self.st.clock_cb = <int (*)(void *, void *, uint32_t) noexcept nogil>clockevent_nogil
 
     def set_guest_data(self, lguest_data, uint32_t noirq_start, uint32_t noirq_end):
         """Where lguest_data is (None: not yet), and the guest's noirq window."""

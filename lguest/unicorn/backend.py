@@ -142,6 +142,11 @@ class UnicornBackend(ExitDecoding, ShadowPaging, Backend):
             native_api = getattr(self.core, "native_api", None)  # None: direct traps take the Python path
             api = native_api(cpu) if native_api is not None else None
         hooks.bind(cpu, cpu.regs.array, self.host_idt, cpu.idt, self.guest.memory, api)
+        if api is not None and not self.virtual:
+            from .._clock import NativeClock  # the compiled core's: api says it is there
+
+            if isinstance(self.guest.clock, NativeClock):
+                hooks.set_native_clock(cpu, self.guest.clock)  # the wall clock's SET_CLOCKEVENT in C
         hooks.native_direct = native_direct
         hooks.install()
         hooks.set_hcall_handler(self._hook_hcall)

@@ -98,7 +98,9 @@ def _peek(addr: int, size: int) -> bytes:
 
 def engine_internals(uc: Any) -> dict[str, int]:
     """Addresses of the engine fields the native hook bounds translation
-    with, each checked against what the engine reports through its API.
+    with, each checked against what the engine reports through its API,
+    and ``env``, the CPU state (whose registers are checked likewise): the
+    hook reads a trap's error code and kind there (uh_intr_record).
 
     Raises UnsupportedUnicorn when the engine does not have Unicorn 2.1.4's
     layout: lguest does not run a guest it cannot contain."""
@@ -136,7 +138,7 @@ def engine_internals(uc: Any) -> dict[str, int]:
         raise UnsupportedUnicorn("the engine's translator is not where Unicorn 2.1.4 keeps it")
     if size < 4 * TB_GUARD:
         raise UnsupportedUnicorn(f"the engine's translation buffer ({size} bytes) is under {4 * TB_GUARD}")
-    return {"tb_cflags": cpu + _CPU_CFLAGS_NEXT_TB, "code_gen_ptr": tcg + _TCG_CODE_GEN_PTR,
+    return {"tb_cflags": cpu + _CPU_CFLAGS_NEXT_TB, "env": cpu + _X86CPU_ENV, "code_gen_ptr": tcg + _TCG_CODE_GEN_PTR,
             "code_gen_highwater": tcg + _TCG_CODE_GEN_HIGHWATER, "nb_temps": tcg + _TCG_NB_TEMPS,
             "tb_max_insns": TB_MAX_INSNS, "tb_guard": TB_GUARD}
 

@@ -9,10 +9,12 @@ that drives them through :func:`lguest.host.run.run_guest`.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -118,6 +120,7 @@ class UnicornLauncher:
         except BaseException:
             self._teardown()
             raise
+        _track(self)
         return self
 
     #: __exit__ during a run on another thread breaks the guest out and
@@ -497,3 +500,31 @@ class UnicornLauncher:
         """The run's :class:`lguest.host.stats.Stats` (its trace holds the last
         ``trace_size`` events), None outside the ``with`` block."""
         return self.launcher.stats if self.launcher is not None else None
+
+
+# --- launchers still entered when the interpreter exits ------------------------------------------
+# Unicorn's binding closes every engine from an atexit hook (its weakref
+# finalizers run there).  A launcher still entered at that point -- a
+# forgotten with block, an exception that skipped __exit__ -- would be torn
+# down later, by __del__ during module teardown, and call mem_unmap on a freed
+# engine: a segfault at exit.  So live launchers are torn down from an atexit
+# hook of our own, re-registered after each engine is made: atexit runs hooks
+# last-registered first, so ours always runs before the binding's.
+_live: weakref.WeakSet[UnicornLauncher] = weakref.WeakSet()
+
+
+def _track(launcher: UnicornLauncher) -> None:
+    _live.add(launcher)
+    atexit.unregister(_teardown_live)
+    atexit.register(_teardown_live)
+
+
+def _teardown_live() -> None:
+    for launcher in list(_live):
+        if launcher.backend is None:
+            continue
+        try:
+            # Breaks out a run on a (daemon) thread and waits teardown_wait.
+            launcher.__exit__(None, None, None)
+        except Exception:  # noqa: BLE001 - interpreter exit: nothing left to report to
+            pass
