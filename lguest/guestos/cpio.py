@@ -122,6 +122,26 @@ def iter_newc(image: bytes) -> Iterator[tuple[str, int, bytes]]:
     raise ValueError("truncated cpio image: no trailer")
 
 
+def data_offset(image: bytes, name: str) -> int | None:
+    """Where the data of entry ``name`` (a path, leading ``/`` or not) starts in
+    ``image``, or None.  lguest exec places the image so that the program's
+    data lies page-aligned in guest memory: the kernel then maps the
+    program's read-only pages from the image instead of copying them."""
+    want = name.lstrip("/")
+    pos = 0
+    while pos + 110 <= len(image) and image[pos:pos + 6] == b"070701":
+        size, namesize = int(image[pos + 54:pos + 62], 16), int(image[pos + 94:pos + 102], 16)
+        name_end = pos + 110 + namesize
+        data_at = name_end + (-name_end % 4)
+        entry = image[pos + 110:name_end - 1].decode("utf-8", "surrogateescape")
+        if entry == TRAILER:
+            return None
+        if entry == want:
+            return data_at
+        pos = data_at + size + (-size % 4)
+    return None
+
+
 class ExportRefused(ValueError):
     """An exported entry the host will not write (the message names it and says why)."""
 

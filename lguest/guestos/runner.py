@@ -26,7 +26,7 @@ from ..host import record as record_mod
 from ..unicorn import UnicornLauncher
 from . import layout as L
 from .build import KernelUnavailable, kernel_path
-from .cpio import ImageTooLarge, pack_tree, unpack_tree
+from .cpio import ImageTooLarge, data_offset, pack_tree, unpack_tree
 from .syscalls import name as syscall_name
 
 #: Exit statuses of lguest's own outcomes (those of ``timeout``/``env``).
@@ -415,6 +415,13 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
     top = memory - (n_tables + 1) * PAGE_SIZE
     args_pa = (top - len(blob)) & ~(PAGE_SIZE - 1)
     image_pa = (args_pa - len(image)) & ~(PAGE_SIZE - 1)
+    # The program's bytes page-aligned in guest memory (newc aligns data to 4
+    # bytes only): the kernel maps its read-only segments from the image
+    # rather than copying them -- under the emulator every guest store is a
+    # slow call, and copying a 2 MiB program costs half a million.
+    prog_at = data_offset(image, path)
+    if prog_at is not None:
+        image_pa -= prog_at % PAGE_SIZE
     if image_pa < L.KERNEL_PA + (4 << 20):
         return done(EXIT_LGUEST, f"lguest: {memory >> 10} KiB of guest memory is too little for a "
                                  f"{len(image)}-byte root image; give more --memory")
@@ -489,9 +496,8 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
         res = L.unpack_results(mem.read(L.BOOTINFO_PA, PAGE_SIZE))
         counts = _counts(mem, res["counts_pa"])
         unsupported = _counts(mem, res["enosys_pa"])
-        # the kernel's word for where its image is: read only when it lies inside guest RAM
-        export_inside = res["export_len"] and res["export_pa"] + res["export_len"] <= memory
-        exported = mem.read(res["export_pa"], res["export_len"]) if export is not None and export_inside else None
+        # the kernel's list of pieces (guest words): _gather checks it against guest RAM, else None
+        exported = _gather(mem, res["export_pa"], res["export_len"], memory) if export is not None else None
         stats = dict(lg.stats)
         kw: dict[str, Any] = {"syscalls": counts, "unsupported": unsupported, "stats": stats}
         if logged:
@@ -545,6 +551,23 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
     if kind == L.R_NOMEM:
         return done(EXIT_LGUEST, f"lguest: {path}: out of guest memory loading it (give more --memory)", **kw)
     return done(EXIT_LGUEST, f"lguest: the guest kernel ended without a result ({kind})", **kw)
+
+
+def _gather(mem: Any, list_pa: int, pieces: int, memory: int) -> bytes | None:
+    """The exported cpio: the kernel's list of ``pieces`` {pa, len} pairs at
+    ``list_pa`` (file data stays where it lies in guest memory, see
+    export_tree in kernel.c), joined.  The guest's words are checked, never
+    trusted: the list and every piece inside memory, and the whole no larger
+    than memory (the bound a flat copy had); else None (nothing exported)."""
+    if not pieces or pieces > memory // 8 or list_pa + 8 * pieces > memory:
+        return None
+    words = struct.unpack(f"<{2 * pieces}I", mem.read(list_pa, 8 * pieces))
+    total = 0
+    for pa, n in zip(words[::2], words[1::2], strict=True):
+        total += n
+        if pa + n > memory or total > memory:
+            return None
+    return b"".join(mem.read(pa, n) for pa, n in zip(words[::2], words[1::2], strict=True))
 
 
 def _counts(mem: Any, pa: int) -> dict[str, int]:

@@ -6,7 +6,8 @@
  *             result words outside guest RAM; then "exit" with status 7
  *   export    a crafted export image: a symlink to argv[2] (a host dir)
  *             then a file below it; then "exit" with status 0
- *   badexport an export image claimed past the end of guest RAM
+ *   badexport an export list claimed past the end of guest RAM
+ *   noexport  no export list, though the host asked for one
  *   shout     shuts down with a message holding a newline and terminal escapes
  * Built with the real kernel's flags and kernel.ld (PAGE_OFFSET + 1 MiB). */
 #include "../../lguest/guestos/kernel/kernel.h"
@@ -34,6 +35,7 @@ static inline u32 hcall(u32 call, u32 a1, u32 a2, u32 a3)
 u8 stack[16384] __attribute__((aligned(16)));
 static u8 image[8192] __attribute__((aligned(4096)));
 static u32 image_len;
+static u32 export_list[1][2];
 
 static int same(const char *a, const char *b)
 {
@@ -115,8 +117,11 @@ void __attribute__((used, noreturn)) kmain(void)
         entry("esc", 0120777, argv[2]);
         entry("esc/pwned", 0100644, "pwned\n");
         entry("TRAILER!!!", 0, "");
-        boot->export_pa = PA(image);
-        boot->export_len = image_len;
+        /* the export is a gather list of {pa, len} pieces (kernel.c export_tree): one piece */
+        export_list[0][0] = PA(image);
+        export_list[0][1] = image_len;
+        boot->export_pa = PA(export_list);
+        boot->export_len = 1;
         done(0);
     }
     if (same(argv[1], "badexport")) {
@@ -124,6 +129,8 @@ void __attribute__((used, noreturn)) kmain(void)
         boot->export_len = 4096;
         done(0);
     }
+    if (same(argv[1], "noexport"))
+        done(0);
     if (same(argv[1], "shout"))
         hcall(2, PA("panic\n\x1b[2J\x1b]0;owned\x07"), 1, 0);
     done(99);
