@@ -11,8 +11,19 @@ it was built, unless ``LGUEST_PURE_PYTHON=1`` is set before import;
 from __future__ import annotations
 
 import logging
+import os as _os
+import sys as _sys
 
-from . import fallback
+# The command line (`lguest ...`, `python -m lguest ...`, where this runs
+# before numpy is imported): numpy's OpenBLAS, which lguest never calls,
+# starts a thread per core at import that busy-waits for a while; on a
+# small machine it takes a core from the guest and doubles numpy's import
+# time (~60 ms).  A program importing lguest as a library keeps its own
+# setting.
+if "numpy" not in _sys.modules and (_sys.argv[:1] == ["-m"] or _os.path.basename(_sys.argv[0] or "") == "lguest"):
+    _os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from . import fallback  # noqa: E402 - after the setting above
 from .clock import SystemClock, VirtualClock, system_clock
 from .constants import *  # noqa: F403 - the ABI numbers are part of the API
 from .cores import active as core

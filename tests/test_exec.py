@@ -114,7 +114,7 @@ def run_both(name: str, progs: dict[str, Path], tmp_path: Path, native: bool, co
     return result, nat
 
 
-@pytest.mark.parametrize("name", ["files", "mem", "proc", "time", "badptr", "fsops"])
+@pytest.mark.parametrize("name", ["files", "mem", "proc", "time", "badptr", "fsops", "textmap"])
 def test_syscall_family_matches_native(name: str, progs: dict[str, Path], native_i386: bool, tmp_path: Path,
                                        core: object) -> None:
     result, nat = run_both(name, progs, tmp_path, native_i386, core=core)
@@ -282,3 +282,33 @@ def test_no_i386_compiler_says_how_to_get_the_kernel(monkeypatch: pytest.MonkeyP
     assert r.status == EXIT_LGUEST and "-m32" in r.message and "LGUEST_KERNEL" in r.message
     monkeypatch.setenv("LGUEST_KERNEL", str(tmp_path / "missing.elf"))
     assert "no such file" in run_program("/bin/true").message
+
+
+def test_the_export_gather_list_is_checked_not_trusted() -> None:
+    """--export: the kernel hands over a list of {pa, len} pieces (file data
+    is referenced where it lies, not copied); a list or piece past the end
+    of guest memory, or pieces adding up to more than memory (one page named
+    a million times), export nothing instead of reading out of bounds or
+    building a huge buffer on the host."""
+    import struct
+
+    from lguest import GuestMemory
+    from lguest.guestos.runner import _gather
+
+    size = 1 << 20
+    mem = GuestMemory(size)
+    mem.write(0x3000, b"070701")
+    mem.write(0x5000, b"hello")
+
+    def put(pairs: list[tuple[int, int]]) -> int:
+        mem.write(0x8000, b"".join(struct.pack("<II", pa, n) for pa, n in pairs))
+        return len(pairs)
+
+    assert _gather(mem, 0x8000, put([(0x3000, 6), (0x5000, 5)]), size) == b"070701hello"
+    assert _gather(mem, 0x8000, 0, size) is None
+    assert _gather(mem, size - 8, 2, size) is None                         # the list itself past the end
+    assert _gather(mem, 0x8000, put([(0x3000, 6), (size - 2, 5)]), size) is None   # a piece past the end
+    assert _gather(mem, 0x8000, put([(0xFFFF_FFF0, 0x20)]), size) is None  # pa + len wrapping 32 bits
+    assert _gather(mem, 0x8000, put([(0, size)] * 2), size) is None        # more than memory in all
+    assert _gather(mem, 0x8000, 1 << 30, size) is None                     # an absurd count
+    mem.close()

@@ -82,7 +82,14 @@ static u32 syscall_counts[NSYSCALLS], enosys_counts[NSYSCALLS];
 /* --- small library ------------------------------------------------------ */
 /* Plain loops, not `rep movsb`: an emulator (Unicorn's TCG) runs every
  * iteration of a rep string instruction as a block of its own, so a page
- * copied by `rep movsb` costs 4096 blocks, and word loops cost ~100. */
+ * copied by `rep movsb` costs 4096 blocks, and word loops cost ~100.
+ *
+ * Under Unicorn 2.1.4 every guest *store* is a call into the emulator's
+ * slow path (~30 ns; a load stays inline, ~1 ns: its dirty-page tracking
+ * is stubbed out, so every writable page keeps TLB_NOTDIRTY), so the word
+ * loop copies word by word: loading eight words first and storing them
+ * after needs more registers than i386 has, and the spills are stores too
+ * (a 2 MiB program cost 360,000 extra stack stores at exec). */
 void *memcpy(void *d, const void *s, u32 n)
 {
     u8 *dp = d;
@@ -91,8 +98,8 @@ void *memcpy(void *d, const void *s, u32 n)
         u32 *dw = (u32 *)dp;
         const u32 *sw = (const u32 *)sp;
         for (; n >= 32; n -= 32, dw += 8, sw += 8) {
-            u32 a = sw[0], b = sw[1], c = sw[2], e = sw[3], f = sw[4], g = sw[5], h = sw[6], i = sw[7];
-            dw[0] = a; dw[1] = b; dw[2] = c; dw[3] = e; dw[4] = f; dw[5] = g; dw[6] = h; dw[7] = i;
+            dw[0] = sw[0]; dw[1] = sw[1]; dw[2] = sw[2]; dw[3] = sw[3];
+            dw[4] = sw[4]; dw[5] = sw[5]; dw[6] = sw[6]; dw[7] = sw[7];
         }
         for (; n >= 4; n -= 4) *dw++ = *sw++;
         dp = (u8 *)dw;
@@ -253,6 +260,15 @@ static void __attribute__((noreturn)) panic(const char *msg, u32 v)
 /* --- physical pages ------------------------------------------------------- */
 static u32 bump_pa, limit_pa, free_list_pa, pages_free_listed, pages_used;
 
+static int page_is_zero(const u32 *p)
+{
+    for (u32 i = 0; i < PAGE_SIZE / 4; i += 16)   /* 16 words a loop turn: every turn is a block */
+        if (p[i] | p[i + 1] | p[i + 2] | p[i + 3] | p[i + 4] | p[i + 5] | p[i + 6] | p[i + 7]
+            | p[i + 8] | p[i + 9] | p[i + 10] | p[i + 11] | p[i + 12] | p[i + 13] | p[i + 14] | p[i + 15])
+            return 0;
+    return 1;
+}
+
 static u32 alloc_page(void)       /* a zeroed page (physical address), 0 if none */
 {
     u32 pa;
@@ -266,9 +282,21 @@ static u32 alloc_page(void)       /* a zeroed page (physical address), 0 if none
     } else {
         return 0;
     }
-    memset(__va(pa), 0, PAGE_SIZE);
+    /* Stores are what costs here (see memcpy), loads are nearly free: a
+     * page never used since boot is already zero (the host's memory
+     * starts zeroed and it writes nothing between the kernel and the
+     * image), so look before clearing it. */
+    if (!page_is_zero(__va(pa)))
+        memset(__va(pa), 0, PAGE_SIZE);
     pages_used++;
     return pa;
+}
+
+/* A frame of the boot image (exec maps a program's read-only pages from
+ * it): never freed, never written (see private_frame). */
+static int image_frame(u32 pa)
+{
+    return pa >= (boot->image_pa & ~0xfffu) && pa - (boot->image_pa & ~0xfffu) < boot->image_len + (boot->image_pa & 0xfff);
 }
 
 static void free_page(u32 pa)
@@ -357,7 +385,7 @@ static void unmap_page(u32 va)
     u32 *pte = pte_of(va, 0);
     if (!pte || !*pte) return;
     if (*pte & PTE_P) {
-        free_page(*pte & ~0xfffu);
+        if (!image_frame(*pte & ~0xfffu)) free_page(*pte & ~0xfffu);
         tlb_note(va);
     }
     *pte = 0;
@@ -379,6 +407,19 @@ static int map_new_page(u32 va, u32 prot)
     u32 pa = alloc_page();
     if (!pa) return -12;
     *pte = pa | prot_bits(prot);
+    return 0;
+}
+
+/* Give the page at pte a frame of its own if it maps the boot image (a
+ * copy, same rights): before anything may write to it.  0 or -ENOMEM. */
+static int private_frame(u32 *pte)
+{
+    u32 pa = *pte & ~0xfffu;
+    if (!(*pte & PTE_P) || !image_frame(pa)) return 0;
+    u32 npa = alloc_page();
+    if (!npa) return -12;
+    memcpy(__va(npa), __va(pa), PAGE_SIZE);
+    *pte = npa | (*pte & 0xfffu);
     return 0;
 }
 
@@ -405,6 +446,7 @@ static int grow_stack(u32 va)
 
 /* Is [p, p+n) user memory, writable if asked?  (copy_{to,from}_user's check:
  * a bad pointer is -EFAULT, never a kernel fault.) */
+static int __attribute__((noinline)) user_ok_slow(u32 p, u32 n, int write);
 static inline __attribute__((always_inline)) int user_ok(u32 p, u32 n, int write)
 {
     if (!n) return 1;
@@ -414,6 +456,12 @@ static inline __attribute__((always_inline)) int user_ok(u32 p, u32 n, int write
         u32 e = pte ? *pte : 0;
         if ((e & (PTE_P | PTE_U | (write ? PTE_W : 0))) == (PTE_P | PTE_U | (write ? PTE_W : 0))) return 1;
     }
+    /* out of line: inlined, its loop's registers would spill on the fast path */
+    return user_ok_slow(p, n, write);
+}
+
+static int __attribute__((noinline)) user_ok_slow(u32 p, u32 n, int write)
+{
     for (u32 va = p & ~0xfffu; va < p + n; va += PAGE_SIZE) {
         u32 *pte = pte_of(va, 0);
         u32 e = pte ? *pte : 0;
@@ -686,7 +734,10 @@ static int __attribute__((noinline)) file_grow(struct inode *n, u32 size)
 
 struct file {
     struct inode *ino;
-    u64 pos;
+    union {
+        u64 pos;
+        struct { u32 pos_lo, pos_hi; };   /* read/write store one word when they can */
+    };
     u32 flags, refs;
 };
 #define MAX_FILES 512
@@ -862,6 +913,21 @@ static int exec_program(char *const *argv, u32 argc, char *const *envp, u32 envc
         for (u32 pg = va & ~0xfffu; pg < va + p->memsz; pg += PAGE_SIZE) {
             u32 *pte = pte_of(pg, 1);
             if (!pte) finish(R_NOMEM, 12);
+            /* A read-only page the file fills whole, whose bytes lie
+             * page-aligned in the boot image (the host places the image
+             * so): map the image's frame rather than copy 4 KiB -- a
+             * thousand guest stores, each a slow call under the emulator.
+             * The image is never written: files copy their data out on the
+             * first write, and mprotect and later segments give such a
+             * page a private copy first (private_frame). */
+            if (!(prot & 2) && !(*pte & PTE_P) && n->cap == 0 && pg >= va && pg + PAGE_SIZE - va <= p->filesz) {
+                u32 src = (u32)(n->data + p->offset + (pg - va));
+                if (!(src & 0xfff)) {
+                    *pte = __pa(src) | prot_bits(prot | 1);
+                    continue;
+                }
+            }
+            if (private_frame(pte)) finish(R_NOMEM, 12);
             if (!(*pte & PTE_P)) {
                 u32 pa = alloc_page();
                 if (!pa) finish(R_NOMEM, 12);
@@ -926,12 +992,35 @@ static int exec_program(char *const *argv, u32 argc, char *const *envp, u32 envc
 }
 
 /* --- export: the final tree as a newc cpio -------------------------------- */
+/* Handed to the host as a gather list of pieces {pa, len} whose bytes,
+ * joined, are the cpio: headers and names are built in ex_buf, but file
+ * data is referenced where it lies (the boot image or the file's pages),
+ * not copied -- every guest store is a slow call under the emulator, and a
+ * root holding a 2 MiB program would cost half a million of them. */
 static u8 *ex_buf;
 static u32 ex_len, ex_cap;
+static u32 (*ex_list)[2];
+static u32 ex_n, ex_ncap;
+
+/* Add [pa, pa + n) to the list, joined to the last piece when it follows
+ * it.  The measuring pass (ex_list NULL) counts without joining: an upper
+ * bound for the filling pass. */
+static void ex_piece(u32 pa, u32 n)
+{
+    if (!n) return;
+    if (!ex_list) { ex_n++; return; }
+    if (ex_n && ex_list[ex_n - 1][0] + ex_list[ex_n - 1][1] == pa) { ex_list[ex_n - 1][1] += n; return; }
+    if (ex_n < ex_ncap) { ex_list[ex_n][0] = pa; ex_list[ex_n][1] = n; ex_n++; }
+}
 
 static void ex_put(const void *p, u32 n)
 {
-    if (ex_buf && ex_len + n <= ex_cap) memcpy(ex_buf + ex_len, p, n);
+    if (ex_buf && ex_len + n <= ex_cap) {
+        memcpy(ex_buf + ex_len, p, n);
+        ex_piece(__pa(ex_buf + ex_len), n);
+    } else {
+        ex_piece(0, n);
+    }
     ex_len += n;
 }
 
@@ -951,7 +1040,7 @@ static void ex_entry(const char *name, u32 namelen, u32 mode, u32 ino, u32 mtime
     ex_put(name, namelen);
     ex_put(zero, 1);
     ex_put(zero, (4 - (110 + namelen + 1) % 4) % 4);
-    ex_put(data, size);
+    ex_piece(__pa(data), size);         /* in place: the data is contiguous in RAM */
     ex_put(zero, (4 - size % 4) % 4);
 }
 
@@ -984,17 +1073,23 @@ static void export_tree(void)
 {
     static char path[4096];
     ex_buf = NULL;
-    ex_len = 0;
+    ex_list = NULL;
+    ex_len = ex_n = 0;
     ex_tree(root, path, 0);             /* measure */
     ex_entry("TRAILER!!!", 10, 0, 0, 0, NULL, 0);
     ex_cap = (ex_len + PAGE_SIZE - 1) & ~0xfffu;
-    ex_buf = alloc_pages(ex_cap / PAGE_SIZE);
-    if (!ex_buf) { boot->export_pa = 0; boot->export_len = 0; return; }
-    ex_len = 0;
+    ex_ncap = ex_n;
+    u32 list_bytes = (ex_ncap * 8 + PAGE_SIZE - 1) & ~0xfffu;
+    ex_buf = alloc_pages((ex_cap + list_bytes) / PAGE_SIZE);
+    boot->export_pa = 0;
+    boot->export_len = 0;
+    if (!ex_buf) return;
+    ex_list = (void *)(ex_buf + ex_cap);
+    ex_len = ex_n = 0;
     ex_tree(root, path, 0);
     ex_entry("TRAILER!!!", 10, 0, 0, 0, NULL, 0);
-    boot->export_pa = __pa(ex_buf);
-    boot->export_len = ex_len;
+    boot->export_pa = __pa(ex_list);
+    boot->export_len = ex_n;
 }
 
 /* --- system calls --------------------------------------------------------- */
@@ -1017,35 +1112,22 @@ static u32 sig_actions[65][5];
 static u32 sig_mask[2];
 static u32 tls_desc[3][2];
 
-static inline __attribute__((always_inline)) s32 do_read(struct file *f, u32 buf, u32 n)
+/* Devices out of line (see user_ok_slow); buf was checked. */
+static s32 __attribute__((noinline)) dev_read(u32 dev, u32 buf, u32 n)
 {
-    if ((f->flags & O_ACCMODE) == 1) return -EBADF;
-    if (!user_ok(buf, n, 1)) return -EFAULT;
-    struct inode *ino = f->ino;
-    if (ino->dev) switch (ino->dev) {
+    switch (dev) {
     case DEV_NULL: return 0;
     case DEV_ZERO: memset((void *)buf, 0, n); return n;
     case DEV_URANDOM: rand_fill((u8 *)buf, n); return n;
     case DEV_STDIN: case DEV_TTY: return stdin_read((u8 *)buf, n);
-    case DEV_STDOUT: case DEV_STDERR: return -EBADF;
     }
-    if (S_ISDIR(ino->mode)) return -EISDIR;
-    if (f->pos >= ino->size) return 0;
-    u32 avail = ino->size - (u32)f->pos;
-    if (n > avail) n = avail;
-    copy_bytes((u8 *)buf, ino->data + (u32)f->pos, n);
-    f->pos += n;
-    return n;
+    return -EBADF;                      /* DEV_STDOUT, DEV_STDERR */
 }
 
-static inline __attribute__((always_inline)) s32 do_write(struct file *f, u32 buf, u32 n)
+static s32 __attribute__((noinline)) dev_write(u32 dev, u32 buf, u32 n)
 {
-    if ((f->flags & O_ACCMODE) == 0) return -EBADF;
-    if (!user_ok(buf, n, 0)) return -EFAULT;
-    struct inode *ino = f->ino;
-    if (ino->dev) switch (ino->dev) {
+    switch (dev) {
     case DEV_NULL: case DEV_ZERO: case DEV_URANDOM: return n;
-    case DEV_STDIN: return -EBADF;
     case DEV_STDOUT: case DEV_TTY:
         cons_write(0, (const u8 *)buf, n);
         if (boot->flags & BF_STDOUT_TTY) cons_flush();
@@ -1055,15 +1137,43 @@ static inline __attribute__((always_inline)) s32 do_write(struct file *f, u32 bu
         if (boot->flags & BF_STDERR_TTY) cons_flush();
         return n;
     }
+    return -EBADF;                      /* DEV_STDIN */
+}
+
+static inline __attribute__((always_inline)) s32 do_read(struct file *f, u32 buf, u32 n)
+{
+    if ((f->flags & O_ACCMODE) == 1) return -EBADF;
+    if (!user_ok(buf, n, 1)) return -EFAULT;
+    struct inode *ino = f->ino;
+    if (ino->dev) return dev_read(ino->dev, buf, n);
+    if (S_ISDIR(ino->mode)) return -EISDIR;
+    if (f->pos >= ino->size) return 0;
+    u32 avail = ino->size - (u32)f->pos;
+    if (n > avail) n = avail;
+    copy_bytes((u8 *)buf, ino->data + (u32)f->pos, n);
+    /* pos < size < 2^32 and n <= size - pos: the high word stays */
+    f->pos_lo += n;
+    return n;
+}
+
+static inline __attribute__((always_inline)) s32 do_write(struct file *f, u32 buf, u32 n)
+{
+    if ((f->flags & O_ACCMODE) == 0) return -EBADF;
+    if (!user_ok(buf, n, 0)) return -EFAULT;
+    struct inode *ino = f->ino;
+    if (ino->dev) return dev_write(ino->dev, buf, n);
     if (S_ISDIR(ino->mode)) return -EISDIR;
     if (f->flags & O_APPEND) f->pos = ino->size;
-    u64 endpos = f->pos + n;
-    if (endpos > 0x7fffffffull) return -27;
-    int r = file_reserve(ino, (u32)endpos);
+    /* pos + n past 2^31 - 1 is EFBIG; in 32-bit words (a u64 sum here
+     * would take four registers, and spilled registers are stores) */
+    u32 pos = f->pos_lo;
+    if (f->pos_hi || pos > 0x7fffffffu || n > 0x7fffffffu - pos) return -27;
+    u32 endpos = pos + n;
+    int r = file_reserve(ino, endpos);
     if (r) return r;
-    copy_bytes(ino->data + (u32)f->pos, (const u8 *)buf, n);
-    f->pos = endpos;
-    if (endpos > ino->size) ino->size = (u32)endpos;
+    copy_bytes(ino->data + pos, (const u8 *)buf, n);
+    f->pos_lo = endpos;         /* the high word is 0 (checked above) */
+    if (endpos > ino->size) ino->size = endpos;
     return n;
 }
 
@@ -1464,6 +1574,7 @@ static s32 do_mprotect(u32 addr, u32 len, u32 prot)
             if ((prot & 7) && map_new_page(va, prot)) { tlb_commit(); return -ENOMEM; }
             continue;
         }
+        if ((prot & 2) && private_frame(pte)) { tlb_commit(); return -ENOMEM; }
         u32 e = (*pte & ~0xfffu) | prot_bits(prot);
         if (e != (*pte & ~0x60u)) {     /* ignore ACCESSED/DIRTY */
             *pte = e;
@@ -1921,18 +2032,31 @@ static s32 sys(struct regs *r)
     return -ENOSYS;
 }
 
-/* read and write first, inline: no switch (an indirect jump) and no calls
- * on the path a byte-at-a-time program takes 100,000 times. */
+/* read and write, from syscall_entry's short path: the arguments in
+ * registers (regparm(3): eax fd, edx count, ecx buf), the result in eax;
+ * one function each, no switch (an indirect jump) and no calls on the
+ * path a byte-at-a-time program takes 100,000 times, so that gcc keeps it
+ * in registers: every spill is a store. */
+s32 __attribute__((regparm(3))) sys_read(u32 fd, u32 count, u32 buf)
+{
+    syscall_counts[3]++;
+    struct file *f = fd_get(fd);
+    if (!f) return -EBADF;
+    return do_read(f, buf, count);
+}
+
+s32 __attribute__((regparm(3))) sys_write(u32 fd, u32 count, u32 buf)
+{
+    syscall_counts[4]++;
+    struct file *f = fd_get(fd);
+    if (!f) return -EBADF;
+    return do_write(f, buf, count);
+}
+
 void do_syscall(struct regs *r)
 {
     u32 nr = r->eax;
     syscall_counts[nr < NSYSCALLS ? nr : NSYSCALLS - 1]++;
-    if (nr == 3 || nr == 4) {
-        struct file *f = fd_get(r->ebx);
-        if (!f) r->eax = -EBADF;
-        else r->eax = nr == 3 ? do_read(f, r->ecx, r->edx) : do_write(f, r->ecx, r->edx);
-        return;
-    }
     r->eax = sys(r);
 }
 

@@ -56,7 +56,7 @@ struct bootinfo {                   /* 32 u32s written by the host, then results
     u32 reserved_in[15];
     /* results (kernel -> host) */
     u32 result, status;
-    u32 export_pa, export_len;
+    u32 export_pa, export_len;      /* --export: export_len pieces {pa, len} at export_pa, a newc cpio joined */
     u32 counts_pa, enosys_pa;       /* u32[NSYSCALLS] each */
     u32 pages_used, pages_total;
     u32 reserved_out[8];
