@@ -259,3 +259,17 @@ def test_a_clock_keeps_one_key_in_its_native_words(tmp_path):
         assert hooks.set_virtual_clock(lg.cpu, clock, 10) is True and clock._native_key() is lg.cpu
         with pytest.raises(ValueError):
             hooks.set_virtual_clock(lg.cpu, clock, 0)
+
+
+@pytest.mark.parametrize("core_name", ["cython", "python"])
+def test_a_huge_block_length_is_the_python_paths(tmp_path, core_name, monkeypatch):
+    # (blocks run) x ns_per_block past INT64_MAX: the advance raises in
+    # Python (to_range), so the C path must leave that call to it.
+    monkeypatch.setattr(UnicornLauncher, "ns_per_block", 1 << 61)
+    code = guest(tmp_path, n=100, mask=0x1FF, spin=30)
+    native = run(code, core_name, monkeypatch)
+    hooked = run(code, core_name, monkeypatch, native_vclock=False)
+    looped = run(code, core_name, monkeypatch, native_direct=False)
+    _same(native, hooked)
+    _same(native, looped, exits=False)
+    assert native["outcome"][0] in ("ValueError", "OverflowError"), native["outcome"]
