@@ -549,34 +549,37 @@ static inline int uh_irq_ready(uh_state *st, uint32_t eip) {
 #define UH_FAST_PERIOD 4096u        /* blocks between two clearing passes */
 #define UH_FAST_ENTRY_GAP 256u       /* and at an entry, if this many since the last */
 
-/* The host address of the page mapped at linear `va` by a code TLB entry
- * (addr_code == page exactly), or NULL. */
-static uint8_t *uh_fast_code_host(const uh_state *st, uint64_t va) {
-    uint64_t page = va & ~0xFFFull;
-    int i;
-    for (i = 0; i < UH_NB_MMU; i++) {
-        uint64_t mask = st->tlb_fast[2 * i];
-        uint8_t *e = (uint8_t *)(uintptr_t)st->tlb_fast[2 * i + 1] + (((page >> 12) << UH_TLB_ENTRY_BITS) & mask);
-        if (uh_ld64(e + 16) == page) return (uint8_t *)(uintptr_t)(page + uh_ld64(e + 32));
-    }
-    return NULL;
-}
-
-/* Mark the guest page holding linear `va` as code (re-protecting it the
- * first time).  -1 if it cannot be found. */
-static int uh_fast_mark(uh_state *st, uint64_t va) {
-    uint8_t *h = uh_fast_code_host(st, va);
+/* Mark one host page as code, re-protecting it (every TLB entry mapping
+ * it, whatever its virtual address) the first time. */
+static void uh_fast_mark_host(uh_state *st, uint8_t *h) {
     uint64_t pg;
-    if (h == NULL) return -1;
     /* Outside guest memory: uh_fast_clear never touches such an entry. */
-    if (h < st->mem || (uint64_t)(h - st->mem) >= st->mem_size) return 0;
+    if (h < st->mem || (uint64_t)(h - st->mem) >= st->mem_size) return;
     pg = (uint64_t)(h - st->mem) >> 12;
     if (!(st->code_pages[pg >> 3] & (1u << (pg & 7)))) {
         st->code_pages[pg >> 3] |= (uint8_t)(1u << (pg & 7));
         st->tlb_reset_dirty(st->fast_cpu, (uintptr_t)(st->mem + (pg << 12)), 4096);
         st->fast_pages++;
     }
-    return 0;
+}
+
+/* Mark the page(s) that linear `va` maps to as code: the host page of
+ * every code TLB entry (addr_code == page exactly) for it, in every MMU
+ * index -- normally one page, but a guest that changed a PTE without
+ * invalidating it may leave an older entry in another index, and the
+ * block came from one of them.  -1 if none has it (give up). */
+static int uh_fast_mark(uh_state *st, uint64_t va) {
+    uint64_t page = va & ~0xFFFull;
+    int i, found = 0;
+    for (i = 0; i < UH_NB_MMU; i++) {
+        uint64_t mask = st->tlb_fast[2 * i];
+        uint8_t *e = (uint8_t *)(uintptr_t)st->tlb_fast[2 * i + 1] + (((page >> 12) << UH_TLB_ENTRY_BITS) & mask);
+        if (uh_ld64(e + 16) == page) {
+            uh_fast_mark_host(st, (uint8_t *)(uintptr_t)(page + uh_ld64(e + 32)));
+            found = 1;
+        }
+    }
+    return found ? 0 : -1;
 }
 
 /* Re-protect every page of guest memory (every entry uh_fast_clear could
