@@ -256,3 +256,53 @@ def test_the_guest_story_under_the_virtual_clock_is_the_same(tmp_path, pure, kin
         runs.append((run.stdout, stats, evs))
     assert len(runs[0][2]) > 1000
     assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("fast", ["1", "0"])
+def test_code_in_a_segment_with_a_base(tmp_path, core, monkeypatch, fast):
+    """A guest-made code segment based at 0x402000 runs eip 0xffc00100,
+    linear 0x2100 (0x1_00002100 as the translator keys it): the hook finds
+    a block's page through that key, so it neither gives up nor misses the
+    page (it gave up when it added the segment's base to the hook's
+    address, which already holds it).  The code there patches its own next
+    block after a warm-up."""
+    from test_hostile_guests import _gdt_table
+
+    from lguest.unicorn import segment_descriptor
+
+    monkeypatch.setenv("LGUEST_STORE_FAST_PATH", fast)
+    image, _ = assemble(tmp_path, INIT + """
+    mov $3, %eax            # LOAD_GDT(0x5000, 24)
+    mov $0x5000, %ebx
+    mov $24, %ecx
+    vmcall
+    ljmp $0xa1, $0xffc00100
+""")
+    # at linear 0x2100 (eip 0xffc00100): the next_block loop, then hlt
+    (tmp_path / "b").mkdir()
+    body, _ = assemble(tmp_path / "b", """
+    xor %ebx, %ebx
+    mov $10000, %ecx
+1:  mov $0x90, %al
+    cmp $5000, %ecx
+    jae 2f
+    mov $0x43, %al
+2:  mov %ecx, %ds:0x30000
+    movb %al, %ds:0x2100 + (3f - _start)
+    jmp 3f
+3:  nop
+    dec %ecx
+    jnz 1b
+    hlt
+""", base=0xFFC00100)
+    with launcher(core) as lg:
+        prepare_ld(lg)
+        lg.load_flat(image, 0x1000, 0x1000)
+        lg.memory.write(0x2100, body)
+        lg.memory.write(0x5000, _gdt_table({20: segment_descriptor(0x402000, 0xFFFFF, 0xBB)}))
+        lg.run(timeout=10)
+        stats = lg.backend.hooks.fast_path_stats()
+        ebx = lg.cpu.regs.ebx
+    assert ebx == 4999
+    if fast == "1":
+        assert not stats["gave_up"] and stats["pages"] >= 2 and stats["cleared"] > 0, stats

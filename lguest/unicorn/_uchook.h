@@ -177,7 +177,6 @@ typedef struct {
     void *fast_cpu;              /* the engine's CPUState, for tlb_reset_dirty */
     void (*tlb_reset_dirty)(void *cpu, uintptr_t host, uintptr_t length);
     uint64_t *tlb_fast;          /* env->tlb.f[3]: {mask, table} per MMU index */
-    uint64_t *cs_base;           /* &env->segs[R_CS].base */
     uint8_t *code_pages;         /* one bit per guest page a block has run from */
     uint8_t *seen_ptr;           /* code_gen_ptr as the last block hook left it */
     uint64_t fast_next;          /* the next clearing pass: when blocks reaches this */
@@ -593,7 +592,10 @@ static void uh_fast_give_up(uh_state *st) {
 /* The block at eip `address`, `size` bytes, runs for the first time since
  * code_gen_ptr last moved: it is the block just translated. */
 static void uh_fast_new_block(uh_state *st, uint64_t address, uint32_t size) {
-    uint64_t va = *st->cs_base + (uint32_t)address, last = va + (size ? size - 1 : 0);
+    /* `address` is the block's pc as the translator keys it: the code
+     * segment's base plus eip, in 64 bits (Unicorn passes tb->pc; with a
+     * base, eip 0xffc00100 is 0x1_00002100, and so is the TLB's page). */
+    uint64_t va = address, last = va + (size ? size - 1 : 0);
     if (*st->code_gen_ptr < st->seen_ptr)   /* flushed since: no translation is left */
         memset(st->code_pages, 0, (size_t)((st->mem_size >> 15) + 1));
     if (uh_fast_mark(st, va) != 0 || (((last ^ va) & ~0xFFFull) && uh_fast_mark(st, last) != 0)) {
@@ -640,8 +642,10 @@ static void uh_fast_sync(uh_state *st) {
 /* Every block the emulator runs is the guest's (the entry runs no host
  * code, and no host page is executable), so every block counts toward
  * the budget and the deadline and sees a break-out.  `address` is the
- * guest's eip, not a linear address (a guest code segment may have a
- * base), so it says nothing about the host range.  Guest code at CPL 0
+ * translator's pc: the code segment's base plus eip in 64 bits, with no
+ * wrap at 4 GiB (eip 0xffc00100 in a segment based at 0x402000 is
+ * 0x1_00002100; measured, tests/test_store_fast_path.py), so it says
+ * nothing about the host range.  Guest code at CPL 0
  * cannot happen (the entry refuses RPL-0 code, load_gdt lets no gate or
  * TSS of the guest's into the CPU's GDT, and the CPU's own iret and
  * far-transfer checks keep CPL >= 1); it is checked anyway as a

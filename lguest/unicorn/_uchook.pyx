@@ -134,7 +134,6 @@ cdef extern from "_uchook.h":
         void *fast_cpu
         void (*tlb_reset_dirty)(void *, size_t, size_t) noexcept nogil
         uint64_t *tlb_fast
-        uint64_t *cs_base
         uint8_t *code_pages
         uint8_t *seen_ptr
         uint64_t fast_next
@@ -148,7 +147,6 @@ cdef extern from "_uchook.h":
     void *uh_on_mem_invalid_ptr "((void *)uh_on_mem_invalid)"
     void *uh_on_block_ptr "((void *)uh_on_block)"
     int UH_CTL_TB_FLUSH_C "UH_CTL_TB_FLUSH"
-    int S_CS_INDEX "S_CS"
     void *uh_on_in_ptr "((void *)uh_on_in)"
     void *uh_on_out_ptr "((void *)uh_on_out)"
     enum:
@@ -405,9 +403,6 @@ cdef class NativeHooks:
         self.st.fast_cpu = <void *>_ptr(internals["fast_cpu"])
         self.st.tlb_fast = <uint64_t *>_ptr(internals["tlb_fast"])
         self.st.tlb_reset_dirty = <void (*)(void *, size_t, size_t) noexcept nogil>_ptr(internals["tlb_reset_dirty"])
-        # env->segs[R_CS].base: a saved context's data is a copy of env
-        self.st.cs_base = <uint64_t *>(env - <size_t>layout["data"] + <size_t>layout["segs"]
-                                       + <size_t>(S_CS_INDEX * layout["seg_stride"]) + 8)
 
     cdef _fast_apply(self):
         """Make the C side follow fast_want: on (bound, available, not given
