@@ -645,7 +645,7 @@ class Worker:
         self.ref_elf: Path | None = None
         self.ref_expected: tuple[str | None, bytes, dict[str, int]] | None = None
         self.ref_runs = 0
-        self.tmp = tempfile.mkdtemp(prefix="lguest-fuzz-guest-")
+        self.ref_fd: int | None = None
         if reference:
             self.ref_elf = self._build_reference()
             if self.ref_elf is not None:
@@ -656,12 +656,20 @@ class Worker:
         if not (shutil.which("as") and shutil.which("ld")):
             return None
         src = ROOT / "examples" / "guest"
-        obj, elf = Path(self.tmp) / "ref.o", Path(self.tmp) / "ref.elf"
-        subprocess.run(["as", "--32", "--defsym=NSYSCALLS=5000", "-o", str(obj), str(src / "guest.S")],
-                       check=True, capture_output=True)
-        subprocess.run(["ld", "-m", "elf_i386", "--defsym=PAGE_OFFSET=0", "-T", str(src / "guest.ld"), "-o", str(elf),
-                        str(obj)], check=True, capture_output=True)
-        return elf
+        # The ELF lives in a memfd, not a temp dir kept for the worker's life: a worker the
+        # parent kills (a hang, a crash: the point of fuzzing) never reaches close(), and each
+        # one used to leave a lguest-fuzz-guest-* directory in /tmp.  The build's own
+        # directory lives for the two commands only.
+        with tempfile.TemporaryDirectory(prefix="lguest-fuzz-guest-") as tmp:
+            obj, elf = Path(tmp) / "ref.o", Path(tmp) / "ref.elf"
+            subprocess.run(["as", "--32", "--defsym=NSYSCALLS=5000", "-o", str(obj), str(src / "guest.S")],
+                           check=True, capture_output=True)
+            subprocess.run(["ld", "-m", "elf_i386", "--defsym=PAGE_OFFSET=0", "-T", str(src / "guest.ld"), "-o",
+                            str(elf), str(obj)], check=True, capture_output=True)
+            data = elf.read_bytes()
+        self.ref_fd = os.memfd_create("lguest-fuzz-ref.elf", os.MFD_CLOEXEC)
+        os.write(self.ref_fd, data)
+        return Path(f"/proc/self/fd/{self.ref_fd}")
 
     @staticmethod
     def _ref_stats(stats: dict[str, int]) -> dict[str, int]:
@@ -927,7 +935,9 @@ class Worker:
             self.live.popleft()[0].__exit__(None, None, None)
         if self.ref is not None:
             self.ref.__exit__(None, None, None)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.ref_fd is not None:
+            os.close(self.ref_fd)
+            self.ref_fd = None
 
 
 def worker_main(args: argparse.Namespace) -> int:

@@ -220,6 +220,21 @@ def test_shutdown_is_reported_as_a_shutdown(images: dict[str, Path], core_name: 
     assert out.stdout == ""  # host messages never reach the guest console's stream
 
 
+def test_guest_text_in_the_outcome_line_is_escaped(images: dict[str, Path], tmp_path: Path) -> None:
+    """The shutdown message is guest memory: a newline or a terminal escape
+    in it reached the terminal raw (two lines, a recoloured screen).  It is
+    shown escaped, on one line."""
+    elf = images["poweroff"].read_bytes()
+    hostile = b"bye\n\x1b[2Jguest!!!!!"
+    assert len(hostile) == len(b"bye from the guest")
+    path = tmp_path / "esc.elf"
+    path.write_bytes(elf.replace(b"bye from the guest", hostile))
+    out = lguest("run", str(path))
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.splitlines()[0] == "lguest: guest shut down: bye\\n\\x1b[2Jguest!!!!!"
+    assert "\x1b" not in out.stderr
+
+
 def test_restart_has_its_own_status(images: dict[str, Path], core_name: str) -> None:
     out = lguest("run", images["restart"], "--core", core_name)
     assert out.returncode == 4, out.stderr

@@ -17,6 +17,7 @@ the bound it relies on is measured below with fuzz/tcg_temps.py.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sys
@@ -90,6 +91,24 @@ def test_oracles_fire(worker):
     assert "page table entries [2] changed" in details and "extra [('0xffc05000', '0xffc05fff', 1)]" in details
     # ... and the worker still runs programs after all that
     assert worker.run(spec, 30)["findings"] == []
+
+
+def test_killed_workers_leave_no_temp_dirs(tmp_path, monkeypatch):
+    """A worker the parent kills (a crash, a hang) never reaches its cleanup:
+    it must have nothing in the temp directory to leave behind."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))   # the workers' tempfile.gettempdir()
+    wp = fg.WorkerProc(0, [] if HAVE_BINUTILS else ["--no-reference"])
+    try:
+        spec = program([], "cython")
+        assert kinds(wp.run({**spec, "selftest": "crash"}, 30)) == ["crash"]
+        assert kinds(wp.run({**spec, "selftest": "hang"}, 3)) == ["hang"]
+        assert wp.run(spec, 30)["findings"] == []
+        assert os.listdir(tmp) == []
+    finally:
+        wp.close()
+    assert os.listdir(tmp) == []
 
 
 def test_kill_reasons_are_classified():

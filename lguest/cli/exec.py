@@ -75,17 +75,6 @@ class _ExecTerminated(Exception):
     """SIGTERM arrived (exit 143)."""
 
 
-def _write_all(fd: int) -> Any:
-    def sink(data: bytes) -> None:
-        view = memoryview(data)
-        try:
-            while view:
-                view = view[os.write(fd, view):]
-        except BrokenPipeError:
-            pass
-    return sink
-
-
 def cmd_exec(args: argparse.Namespace) -> int:
     import shutil
 
@@ -107,8 +96,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
     try:
         size = shutil.get_terminal_size((80, 24))
         result = run_program(args.program, prog_args, root=args.root, memory=args.memory, clock=args.clock,
-                             syscall_vector=vector, timeout=args.timeout, stdin=0, stdout=_write_all(1),
-                             stderr=_write_all(2), export=args.export,
+                             syscall_vector=vector, timeout=args.timeout, stdin=0, stdout=1, stderr=2,
+                             export=args.export,
                              tty=(os.isatty(0), os.isatty(1), os.isatty(2)), tty_size=(size.lines, size.columns),
                              record=args.record, replay=args.replay, trace_out=args.trace_out)
     except KeyboardInterrupt:

@@ -87,7 +87,11 @@ def outcome(reason: str, message: str | None, signum: int | None, elapsed: float
         return f"{PROG}: {what} after {elapsed:.1f} s", 128 + signum
     if reason == "timeout":
         return f"{PROG}: timed out after {elapsed:.1f} s", EXIT_TIMEOUT
-    text = message or ""
+    # Kill messages carry guest text (LHCALL_SHUTDOWN's string, read from
+    # guest memory): escape control characters so the line stays one inert
+    # line on a terminal.  RunResult.message itself keeps the exact bytes.
+    # (The kernel's own kill messages end in a newline, printk style.)
+    text = repr(message.rstrip("\n"))[1:-1] if message else ""
     if reason == "restart":
         return f"{PROG}: guest asked to restart: {text.removeprefix('CRASH: ')}", EXIT_RESTART
     if reason == "dead" and text.startswith("CRASH: "):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import select
+import stat
 import struct
 import sys
 import time
@@ -23,7 +25,7 @@ from ..constants import PAGE_SIZE
 from ..host import record as record_mod
 from ..unicorn import UnicornLauncher
 from . import layout as L
-from .build import kernel_path
+from .build import KernelUnavailable, kernel_path
 from .cpio import ImageTooLarge, data_offset, pack_tree, unpack_tree
 from .syscalls import name as syscall_name
 
@@ -36,6 +38,8 @@ EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
 DEFAULT_MEMORY = 128 << 20
+SIGPIPE = 13
+E2BIG = 7  # the kernel's status with R_NOEXEC/R_NOMEM: more arguments than it takes
 #: The kernel's tick: the clock lguest_data.time follows (and nanosleep's grain).
 TICK_NS = 4_000_000
 #: CLOCK_REALTIME at guest time 0 under the virtual clock: runs repeat exactly.
@@ -125,7 +129,12 @@ class _Console:
             self._set("in_head", head + len(data))
 
 
-def _stdin_reader(stdin: bytes | BinaryIO | int | None) -> Callable[[int], bytes]:
+def _stdin_reader(stdin: bytes | BinaryIO | int | None,
+                  deadline: Callable[[], float | None] = lambda: None) -> Callable[[int], bytes]:
+    """A reader of at most n bytes of the program's stdin.  A file descriptor
+    is polled up to ``deadline()`` (a time.monotonic() value, or None): a
+    stdin that never comes must not outlast --timeout, and the wait is a
+    poll() a signal interrupts."""
     if stdin is None:
         return lambda n: b""
     if isinstance(stdin, (bytes, bytearray, memoryview)):
@@ -145,13 +154,88 @@ def _stdin_reader(stdin: bytes | BinaryIO | int | None) -> Callable[[int], bytes
         except (OSError, ValueError):
             fd = None
     if fd is not None:
+        rfd = fd
+        poller = select.poll()
+        poller.register(rfd, select.POLLIN)
+
         def from_fd(n: int) -> bytes:
-            try:
-                return os.read(fd, n)
-            except OSError:  # a closed or unreadable stdin (CI has none) is an empty one
-                return b""
+            while True:
+                end = deadline()
+                wait = None
+                if end is not None:
+                    wait = (end - time.monotonic()) * 1000
+                    if wait <= 0:
+                        raise _Stop(EXIT_TIMEOUT, "")
+                if not poller.poll(wait):
+                    continue
+                try:
+                    return os.read(rfd, n)
+                except BlockingIOError:  # a non-blocking stdin, readied and drained by someone else
+                    continue
+                except OSError:  # a closed or unreadable stdin (CI has none) is an empty one
+                    return b""
         return from_fd
     return lambda n: stdin.read(n) or b""  # type: ignore[union-attr]
+
+
+def _fd_writer(fd: int, deadline: Callable[[], float | None]) -> Callable[[bytes], None]:
+    """A sink writing to file descriptor ``fd``.  With a deadline, and a pipe,
+    socket or terminal (whose reader may stall), each write waits in poll()
+    for room and writes at most PIPE_BUF bytes, which a pipe with room takes
+    without blocking: a stalled reader cannot hold the run past --timeout.
+    Other files, and runs without a timeout, get plain blocking writes."""
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        mode = 0  # a closed fd: the first write reports it
+    stalls = stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+
+    def write(data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            end = deadline() if stalls else None
+            if end is None:
+                view = view[os.write(fd, view):]
+                continue
+            wait = (end - time.monotonic()) * 1000
+            if wait <= 0:
+                raise _Stop(EXIT_TIMEOUT, "")
+            if poller.poll(wait):
+                view = view[os.write(fd, view[:select.PIPE_BUF]):]
+    return write
+
+
+def _read_program(host: Path, cap: int) -> bytes:
+    """PROGRAM given without a root: a regular host file, read without
+    blocking (a fifo) and never past the image cap (a huge or growing file)."""
+    try:
+        fd = os.open(host, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise ExecError(f"lguest: {host}: not found", EXIT_NOT_FOUND) from exc
+    except OSError as exc:  # EACCES, ELOOP, ...: what a shell reports as 126
+        raise ExecError(f"lguest: {host}: cannot run: {exc.strerror}", EXIT_CANNOT_RUN) from exc
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ExecError(f"lguest: {host}: cannot run: is a directory", EXIT_CANNOT_RUN)
+        if not stat.S_ISREG(st.st_mode):
+            raise ExecError(f"lguest: {host}: cannot run: not a regular file", EXIT_CANNOT_RUN)
+        if st.st_size > cap:
+            raise ImageTooLarge(f"{host}: {st.st_size} bytes, more than the image cap of {cap} bytes; "
+                                f"give more --memory")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(cap + 1)
+        if len(data) > cap:
+            raise ImageTooLarge(f"{host}: more than the image cap of {cap} bytes; give more --memory")
+        return data
+    except IsADirectoryError as exc:
+        raise ExecError(f"lguest: {host}: cannot run: is a directory", EXIT_CANNOT_RUN) from exc
+    except OSError as exc:
+        raise ExecError(f"lguest: {host}: cannot run: {exc.strerror}", EXIT_CANNOT_RUN) from exc
+    finally:
+        os.close(fd)
 
 
 def _root_image(program: str, root: str | os.PathLike[str] | None, cap: int) -> tuple[bytes, str]:
@@ -161,34 +245,71 @@ def _root_image(program: str, root: str | os.PathLike[str] | None, cap: int) -> 
         if not Path(root).is_dir():
             raise ExecError(f"lguest: --root {root}: not a directory", EXIT_LGUEST)
         path = program if program.startswith("/") else "/" + program
-        return pack_tree(root, cap=cap), path
+        try:
+            return pack_tree(root, cap=cap), path
+        except OSError as exc:  # an unreadable file or directory in the root
+            where = exc.filename if exc.filename is not None else root
+            raise ExecError(f"lguest: --root {root}: cannot read {where}: {exc.strerror}", EXIT_LGUEST) from exc
     host = Path(program)
-    if not host.is_file():
-        raise ExecError(f"lguest: {program}: not found", EXIT_NOT_FOUND)
+    data = _read_program(host, cap)
     path = "/" + str(host.resolve()).lstrip("/")
-    return pack_tree(None, {path: host.read_bytes()}, cap=cap), path
+    return pack_tree(None, {path: data}, cap=cap), path
+
+
+def _check_export(export: str | os.PathLike[str]) -> None:
+    """--export DIR must be a directory lguest can write, or creatable: say so
+    before the program runs, not after."""
+    p = Path(export)
+    while not os.path.lexists(p) and p.parent != p:
+        p = p.parent
+    if not p.is_dir():
+        why = "not a directory" if p == Path(export) else f"{p} is not a directory"
+        raise ExecError(f"lguest: --export {export}: {why}", EXIT_LGUEST)
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise ExecError(f"lguest: --export {export}: {p} is not writable", EXIT_LGUEST)
+
+
+#: The kernel maps all RAM at PAGE_OFFSET (0xC0000000), below the Switcher's top 4 MiB.
+MAX_MEMORY = 0xFFC0_0000 - L.PAGE_OFFSET
+#: run_program's default cap on captured (not streamed) stdout plus stderr.
+DEFAULT_OUTPUT_LIMIT = 256 << 20
+
+
+class _Stop(Exception):
+    """Raised from the console device to end the run: (status, message)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLike[str] | None = None,
                 memory: int = DEFAULT_MEMORY, clock: str = "virtual", syscall_vector: int = 0x80,
                 timeout: float | None = None, env: Sequence[str] | None = None,
                 stdin: bytes | BinaryIO | int | None = None,
-                stdout: Callable[[bytes], None] | None = None, stderr: Callable[[bytes], None] | None = None,
+                stdout: Callable[[bytes], None] | int | None = None,
+                stderr: Callable[[bytes], None] | int | None = None,
                 export: str | os.PathLike[str] | None = None, seed: int = 0,
                 tty: tuple[bool, bool, bool] = (False, False, False),
                 tty_size: tuple[int, int] = (24, 80), core: Any = None,
+                output_limit: int = DEFAULT_OUTPUT_LIMIT,
                 record: str | os.PathLike[str] | None = None,
                 replay: str | os.PathLike[str] | dict[str, Any] | None = None,
                 trace_out: str | os.PathLike[str] | None = None) -> ExecResult:
     """Run ``program`` (a path inside ``root``; without a root, a host file)
     with ``args`` under the guest kernel and return an :class:`ExecResult`.
 
-    Output goes to the ``stdout``/``stderr`` callables, or is captured into
-    the result when they are None.  ``stdin``: bytes, a file or fd, or None
+    Output goes to the ``stdout``/``stderr`` callables or file descriptors
+    (written so that a stalled reader cannot hold the run past ``timeout``),
+    or is captured into the result when they are None.  ``stdin``: bytes, a file or fd, or None
     (empty).  ``export``: write the final tree (the root as the program left
     it) to that host directory.  lguest's own failures raise no exception:
     the result carries one of the EXIT_* codes and a ``message``.  ``core``:
     the core to build the guest with (a name or module; default the active one).
+    ``output_limit``: at most this many bytes of stdout plus stderr are
+    captured; a program that writes more is stopped (EXIT_LGUEST).  A
+    ``stdout``/``stderr`` callable that raises BrokenPipeError ends the run
+    as SIGPIPE would end the program natively (status 141).
 
     ``record``: log every input of the run to that file -- stdin as it
     enters the console ring, the wall clock's timer fires and the
@@ -202,8 +323,38 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
     whatever way the run ends.
     """
     out_buf, err_buf = bytearray(), bytearray()
-    out_sink = stdout if stdout is not None else out_buf.extend
-    err_sink = stderr if stderr is not None else err_buf.extend
+
+    def capture(buf: bytearray) -> Callable[[bytes], None]:
+        def sink(data: bytes) -> None:
+            # the guest decides how much it writes: captured output is host memory, so it has a cap
+            room = output_limit - len(out_buf) - len(err_buf)
+            buf.extend(data[:max(room, 0)])
+            if len(data) > room:
+                raise _Stop(EXIT_LGUEST, f"captured output passed its limit of {output_limit} bytes "
+                                         f"(output_limit); the program was stopped")
+        return sink
+    def guarded(sink: Callable[[bytes], None], name: str) -> Callable[[bytes], None]:
+        # The host cannot hand a write error back to the program (its writes
+        # went into the ring long ago): a stream that fails (closed, disk
+        # full) ends the run with one line.  A reader gone is SIGPIPE, below.
+        def write(data: bytes) -> None:
+            try:
+                sink(data)
+            except BrokenPipeError:
+                raise
+            except OSError as exc:
+                raise _Stop(EXIT_LGUEST, f"cannot write its {name}: {exc.strerror or exc}") from exc
+        return write
+    deadline: float | None = None   # set when the run starts
+
+    def sink_of(target: Callable[[bytes], None] | int | None, buf: bytearray, name: str) -> Callable[[bytes], None]:
+        if target is None:
+            return capture(buf)
+        if isinstance(target, int):
+            return guarded(_fd_writer(target, lambda: deadline), name)
+        return guarded(target, name)
+    out_sink = sink_of(stdout, out_buf, "stdout")
+    err_sink = sink_of(stderr, err_buf, "stderr")
     t0 = time.monotonic()
 
     def done(status: int, message: str | None = None, **kw: Any) -> ExecResult:
@@ -239,6 +390,12 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
         out_sink, err_sink = hashed("stdout", out_sink), hashed("stderr", err_sink)
 
     try:
+        if not 0 < memory <= MAX_MEMORY or memory % PAGE_SIZE:
+            raise ExecError(f"lguest: --memory: {memory} bytes is out of range for lguest exec: a multiple of 4 KiB "
+                            f"up to {MAX_MEMORY >> 20} MiB (the kernel maps all of it at 0x{L.PAGE_OFFSET:X}, "
+                            f"below the Switcher)", EXIT_LGUEST)
+        if export is not None:
+            _check_export(export)
         kernel = kernel_path()
         # The image may take at most half of memory: the program needs the rest.
         image, path = _root_image(program, root, cap=memory // 2)
@@ -246,7 +403,7 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
         return done(exc.status, str(exc))
     except ImageTooLarge as exc:
         return done(EXIT_LGUEST, f"lguest: {exc}")
-    except RuntimeError as exc:  # KernelUnavailable
+    except KernelUnavailable as exc:
         return done(EXIT_LGUEST, f"lguest: {exc}")
 
     argv = [path, *args]
@@ -266,7 +423,7 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
     if prog_at is not None:
         image_pa -= prog_at % PAGE_SIZE
     if image_pa < L.KERNEL_PA + (4 << 20):
-        return done(EXIT_LGUEST, f"lguest: {memory >> 20} MiB of guest memory is too little for a "
+        return done(EXIT_LGUEST, f"lguest: {memory >> 10} KiB of guest memory is too little for a "
                                  f"{len(image)}-byte root image; give more --memory")
     flags = (L.BF_EXPORT if export is not None else 0) | (L.BF_STDIN_TTY if tty[0] else 0) \
         | (L.BF_STDOUT_TTY if tty[1] else 0) | (L.BF_STDERR_TTY if tty[2] else 0)
@@ -292,7 +449,7 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
     lg = UnicornLauncher(memory=memory, syscall_vector=syscall_vector, page_offset=L.PAGE_OFFSET,
                          clock=clock, console=console, console_limit=4096, core=core,
                          record=record is not None, replay=rec_data)
-    read_stdin = _stdin_reader(stdin)
+    read_stdin = _stdin_reader(stdin, lambda: deadline)
 
     def stdin_bytes(n: int) -> bytes:
         """What enters the stdin ring: the host's, logged with the guest's
@@ -317,15 +474,29 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
         cons = _Console(mem, out_sink, err_sink, stdin_bytes)
         lg.launcher.devices[L.CONS_PA] = cons
         timeline = lg.start_timeline() if trace_out is not None else None
+        stopped: _Stop | None = None
+        result: Any = None
         try:
+            if timeout is not None and timeout != float("inf"):
+                deadline = time.monotonic() + timeout
             result = lg.run(timeout=timeout)
+        except _Stop as exc:  # from the console device: stdin waited past --timeout, or output passed its cap
+            stopped = exc
+        except BrokenPipeError:  # a sink's reader is gone: natively the program would die of SIGPIPE
+            stopped = _Stop(128 + SIGPIPE, "killed by SIGPIPE (its output was closed)")
         finally:
-            cons.drain()
+            try:
+                cons.drain()
+            except _Stop as exc:
+                stopped = stopped or exc
+            except BrokenPipeError:
+                stopped = stopped or _Stop(128 + SIGPIPE, "killed by SIGPIPE (its output was closed)")
             if timeline is not None:
                 timeline.write(trace_out)  # type: ignore[arg-type]
         res = L.unpack_results(mem.read(L.BOOTINFO_PA, PAGE_SIZE))
         counts = _counts(mem, res["counts_pa"])
         unsupported = _counts(mem, res["enosys_pa"])
+        # the kernel's list of pieces (guest words): _gather checks it against guest RAM, else None
         exported = _gather(mem, res["export_pa"], res["export_len"], memory) if export is not None else None
         stats = dict(lg.stats)
         kw: dict[str, Any] = {"syscalls": counts, "unsupported": unsupported, "stats": stats}
@@ -333,9 +504,9 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
             final = {"stdout_sha256": hashes["stdout"].hexdigest(), "stdout_bytes": sizes["stdout"],
                      "stderr_sha256": hashes["stderr"].hexdigest(), "stderr_bytes": sizes["stderr"],
                      "result": res["result"], "status": res["status"], "syscalls": counts}
-            if record is not None:
+            if record is not None:  # result None: the host stopped the run itself (saved as interrupted)
                 lg.save_recording(record, result, kernel, header={"exec": exec_header}, final=final)
-            if rec_data is not None:
+            if rec_data is not None and result is not None:
                 report = lg.replay_report(result, kernel, final=final)
                 want = rec_data["exec"]
                 report += [f"{key}: recorded {want.get(key)!r}, replayed {exec_header[key]!r}"
@@ -343,12 +514,28 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
                            if want.get(key) != exec_header[key]]
                 kw["replay"] = report
                 kw["replay_inputs"] = len(rec_data["events"]) + len(rec_data.get("sync", []))
-    if result.reason == "timeout":
+    if stopped is not None and stopped.status != EXIT_TIMEOUT:
+        sig = {"signal": SIGPIPE} if stopped.status == 128 + SIGPIPE else {}
+        return done(stopped.status, f"lguest: {path}: {stopped}", **sig, **kw)
+    if stopped is not None or result.reason == "timeout":
         return done(EXIT_TIMEOUT, f"lguest: {path}: timed out after {timeout} s", **kw)
     if result.reason != "dead" or result.message != "CRASH: exit":
-        return done(EXIT_LGUEST, f"lguest: the guest kernel died: {result.message or result.reason}", **kw)
-    if exported is not None:
-        unpack_tree(exported, export)
+        # the kernel's own words (guest memory): escaped, so the line stays one line and inert
+        why = repr(result.message)[1:-1] if result.message else result.reason
+        return done(EXIT_LGUEST, f"lguest: the guest kernel died: {why}", **kw)
+    if export is not None:
+        if exported is None and res["export_len"]:
+            return done(EXIT_LGUEST, f"lguest: --export {export}: the guest kernel's exported tree lies outside "
+                                     f"guest memory", **kw)
+        if exported is None:  # the kernel always writes a trailer: no image means it had no room for one
+            return done(EXIT_LGUEST, f"lguest: --export {export}: the guest kernel left no exported tree "
+                                     f"(out of guest memory for it?); give more --memory", **kw)
+        try:
+            unpack_tree(exported, export)
+        except (OSError, ValueError) as exc:
+            # names are the guest's: quoted (repr), so no newline or terminal escape reaches the user raw
+            why = f"{exc.filename!r}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc)
+            return done(EXIT_LGUEST, f"lguest: --export {export}: {why}", **kw)
     kind, status = res["result"], res["status"]
     if kind == L.R_EXIT:
         return done(status & 0xFF, **kw)
@@ -357,6 +544,8 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
                     signal=status, **kw)
     if kind == L.R_NOTFOUND:
         return done(EXIT_NOT_FOUND, f"lguest: {path}: not found in the root", **kw)
+    if kind in (L.R_NOEXEC, L.R_NOMEM) and status == E2BIG:  # execve's own answer: a shell says 126
+        return done(EXIT_CANNOT_RUN, f"lguest: {path}: cannot run: argument list too long", **kw)
     if kind == L.R_NOEXEC:
         return done(EXIT_CANNOT_RUN, f"lguest: {path}: cannot run: not a static ELF32 i386 executable", **kw)
     if kind == L.R_NOMEM:
