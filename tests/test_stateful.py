@@ -37,7 +37,6 @@ class LockstepCores(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.sides: list[tuple[object, object]] = []
-        self.backend = ScriptedBackend([])
         self.contexts: dict[int, RunContext] = {}  # by id(cpu): the run context handlers get
 
     @initialize(ld=st.one_of(st.none(), st.integers(0, SIZE - LGUEST_DATA_SIZE), st.integers(SIZE - 1200, SIZE)),
@@ -49,7 +48,10 @@ class LockstepCores(RuleBasedStateMachine):
             mem = lguest.GuestMemory(SIZE, guard_pages=True)
             guest = host.new_guest(mem, page_offset=page_offset, clock=lguest.VirtualClock(), core=name)
             cpu = guest.new_cpu()
-            self.contexts[id(cpu)] = RunContext(cpu, self.backend)
+            # A backend per side: a backend serves one guest and keeps state
+            # for it (known_pgdir); shared, the second side's NEW_PGTABLE
+            # found the first side's directory already known and skipped the pin.
+            self.contexts[id(cpu)] = RunContext(cpu, ScriptedBackend([]))
             if ld is not None:
                 guest.lguest_data = ld
                 guest.ld_write_u32(LD_IRQ_ENABLED, 0x200)

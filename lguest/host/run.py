@@ -87,7 +87,8 @@ class Backend(abc.ABC):
 
     def known_pgdir(self, pgdir: int) -> bool:
         """True if NEW_PGTABLE already switched to ``pgdir`` (its shadow
-        exists, the stack was pinned in it); remembers it either way.
+        exists, the stack was pinned in it); remembers it either way.  The
+        memory is the backend's: one backend serves one guest.
 
         The kernel pins the guest's stack only when the shadow set for a
         page directory is freshly allocated: switching back to a known one
