@@ -815,6 +815,17 @@ static u32 stdin_read(u8 *buf, u32 n)
             (void)eof;
             return 0;
         }
+    } else if (cons->in_head - cons->in_tail < n && !cons->in_eof) {
+        /* the byte a poll took (and only that: a read takes all it asked
+         * for): top up with what stdin has now, without waiting, or every
+         * poll-then-read would get a byte */
+        u32 have = cons->in_head - cons->in_tail;
+        cons_flush();
+        cons->in_want = n - have < RING_SIZE - have ? n - have : RING_SIZE - have;
+        cons->in_nowait = 1;
+        hcall(LHCALL_NOTIFY, CONS_PA, 0, 0);
+        cons->in_want = 0;
+        cons->in_nowait = 0;
     }
     u32 got = 0;
     while (got < n && cons->in_tail != cons->in_head) {
