@@ -206,3 +206,39 @@ def test_a_poll_with_timeouts_replays_identically(progs: dict[str, Path], tmp_pa
         again, report = replay(root, path, "/bin/poll", ("wait",), core)
         assert report == []
         assert again == outcome(r)
+
+
+def test_a_tty_stdin_reads_its_eof_once(bbroot: Path, core: Any) -> None:
+    """A terminal's ^D is readable to poll and ends one read; the next read
+    waits for the next line (before: the ^D poll saw stuck, every later
+    read ended at once)."""
+    import pty
+    script = 'read a; echo "got:$a"; read b; echo "status:$? b:$b"; read c; echo "again:$? c:$c"'
+    outs = []
+    for native in (False, True):
+        master, slave = pty.openpty()
+
+        def feed(fd: int = master) -> None:
+            for chunk in (b"hi\n", b"\x04", b"x\n"):
+                time.sleep(0.3)
+                os.write(fd, chunk)
+        t = threading.Thread(target=feed)
+        t.start()
+        try:
+            if native:
+                try:
+                    nat = subprocess.run([str(bbroot / "bin" / "busybox"), "sh", "-c", script], stdin=slave,
+                                         capture_output=True, timeout=60)
+                except OSError as exc:
+                    pytest.skip(f"this host does not run i386 programs natively ({exc}): compared nothing")
+                outs.append((nat.stdout, nat.returncode))
+            else:
+                r = run_program("/bin/busybox", ("sh", "-c", script), root=bbroot, stdin=slave, core=core,
+                                timeout=60, memory=32 << 20, tty=(True, False, False))
+                assert r.message is None, r.message
+                outs.append((r.stdout, r.status))
+        finally:
+            t.join()
+            os.close(master)
+            os.close(slave)
+    assert outs[0] == outs[1] == (b"got:hi\nstatus:1 b:\nagain:0 c:x\n", 0)
