@@ -38,7 +38,13 @@ dec %ecx; jnz 1b`` -- and is checked to have done the same guest work
 ``reflected_loop`` the same through the Python run loop (``native_direct=False``);
 ``hcall_flush``    a ``LHCALL_FLUSH_ASYNC`` hypercall round trip;
 ``hcall_clockevent`` a ``LHCALL_SET_CLOCKEVENT(0)`` round trip (virtual clock,
-                   the launcher's default: the call is Python's);
+                   the launcher's default: the hook cancels the event in C,
+                   ``uh_vclock_hcall``);
+``hcall_clockevent_arm`` ``SET_CLOCKEVENT(1 s)`` on the virtual clock: each call
+                   advances the clock, re-arms and sets the block budget in C;
+``hcall_clockevent_py`` / ``hcall_clockevent_arm_py`` the same two through the
+                   Python handler (``UnicornBackend.native_vclock = False``:
+                   the path before the C one);
 ``hcall_clockevent_wall`` the same on the wall clock (the compiled core's
                    NativeClock: the hook cancels the timer in C);
 ``hcall_clockevent_arm_wall`` ``SET_CLOCKEVENT(1 s)`` on the wall clock: each
@@ -467,10 +473,16 @@ def measurements(tmp: Path, n: int) -> dict[str, Callable[[], float]]:
         other = states.get(pair[name])
         assert other is None or other == st, (name, st, other)
 
-    def lg(name: str, key: str | None, **kw) -> Callable[[], float]:
+    def lg(name: str, key: str | None, *, native_vclock: bool = True, **kw) -> Callable[[], float]:
         def f() -> float:
+            from lguest.unicorn.backend import UnicornBackend
+
             st: dict = {}
-            dt, stats, ecx = run_lguest(guests[name], state=st, **kw)
+            UnicornBackend.native_vclock = native_vclock  # read when the launcher starts
+            try:
+                dt, stats, ecx = run_lguest(guests[name], state=st, **kw)
+            finally:
+                UnicornBackend.native_vclock = True
             assert ecx == 0, (name, ecx)
             if key is not None:
                 assert stats.get(key, 0) == n, (name, key, stats)
@@ -504,6 +516,9 @@ def measurements(tmp: Path, n: int) -> dict[str, Callable[[], float]]:
         "reflected_loop": lg("reflected", "reflected_3", native_direct=False),
         "hcall_flush": lg("hcall_flush", "hypercall_0"),
         "hcall_clockevent": lg("hcall_clockevent", "hypercall_9"),
+        "hcall_clockevent_arm": lg("hcall_clockevent_arm", "hypercall_9"),
+        "hcall_clockevent_py": lg("hcall_clockevent", "hypercall_9", native_vclock=False),
+        "hcall_clockevent_arm_py": lg("hcall_clockevent_arm", "hypercall_9", native_vclock=False),
         "hcall_clockevent_wall": lg("hcall_clockevent", "hypercall_9", clock="wall"),
         "hcall_clockevent_arm_wall": lg("hcall_clockevent_arm", "hypercall_9", clock="wall"),
         "syscall_ring1": lg("syscall_ring1", "direct_0x80"),
@@ -537,6 +552,9 @@ def report(res: dict[str, list[float]]) -> str:
         "  (same guest work, no lguest work)",
         f"hcall_flush vs (a):                   {a / med['hcall_flush']:.1f}x  (target >= 4x)",
         f"hcall_clockevent vs (a):              {a / med['hcall_clockevent']:.1f}x  (target >= 4x; virtual clock)",
+        f"hcall_clockevent_arm vs (a):          {a / med['hcall_clockevent_arm']:.1f}x  (target >= 4x; virtual clock)",
+        f"hcall_clockevent_py vs (a):           {a / med['hcall_clockevent_py']:.1f}x  (the Python handler)",
+        f"hcall_clockevent_arm_py vs (a):       {a / med['hcall_clockevent_arm_py']:.1f}x  (the Python handler)",
         f"hcall_clockevent_wall vs (a):         {a / med['hcall_clockevent_wall']:.1f}x  (target >= 4x; wall clock)",
         f"hcall_clockevent_arm_wall vs (a): {a / med['hcall_clockevent_arm_wall']:.1f}x  (target >= 4x; wall clock)",
         f"syscall_ring3 vs (c) bare_native_ring3: {med['bare_native_ring3'] / med['syscall_ring3']:.2f}x"

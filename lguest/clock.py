@@ -164,8 +164,33 @@ def system_clock() -> SystemClock:
         return _system_clock
 
 
+#: The words of :attr:`VirtualClock.native`: the clock event of one key (the
+#: bound cpu), kept where the native Unicorn hook reads and writes it.
+N_EXPIRY, N_SEQ, N_ARMED, N_STD, N_FIRED, N_NEXT_SEQ, N_OTHERS = range(7)
+N_WORDS = 8
+
+_NO_KEY = object()
+_SLOT_METHODS = (("_arm", "_slot_arm"), ("_cancel", "_slot_cancel"), ("_pop_due", "_slot_pop_due"),
+                 ("_next_expiry", "_slot_next_expiry"), ("armed", "_slot_armed"))
+
+
 class VirtualClock(_Timers):
-    """A clock that moves only when told to; timers fire inside advance()."""
+    """A clock that moves only when told to; timers fire inside advance().
+
+    One key's timer can live outside the heap, in :attr:`native` (int64
+    words, see ``N_*``): its expiry, its arm sequence number, armed or not,
+    and whether its callback is the key's own clock event
+    (``key._clock_fired``), next to the count of fires, the sequence counter
+    every arm draws from and the number of other armed timers.  The native
+    Unicorn hook (lguest/unicorn/_uchook.h, ``uh_vclock_hcall``) does a
+    SET_CLOCKEVENT of that key there without the GIL -- advancing
+    :attr:`cell`, firing the due event, re-arming -- when nothing else is
+    armed; every method here reads and writes the same words, so what the
+    clock reports is the same whichever side armed it.  The hook runs on
+    the thread that drives the guest, and the clock is that thread's to
+    drive: another thread arming or reading it while the guest runs sees
+    the hook's work without the clock's lock.
+    """
 
     realtime = False
 
@@ -176,8 +201,139 @@ class VirtualClock(_Timers):
         # One int64 cell the compiled core reads directly (no Python call
         # to timestamp a delivery).
         self.cell = np.array([start_ns], dtype=np.int64)
+        self.native = np.zeros(N_WORDS, dtype=np.int64)
+        # The same words as Python ints: a memoryview item costs a third of
+        # a numpy scalar read, and the words are touched on every arm.
+        self._nv = memoryview(self.native)
+        self._nkey: Any = _NO_KEY     # whose timer lives in native (_NO_KEY: nobody's)
+        self._nstd: Any = None        # that key's clock event (N_STD)
+        self._ncb: Any = None         # the slot's callback when it is not that
+        self._fired = 0               # fires by advance(); the hook's are in N_FIRED
         self._lock = threading.RLock()
-        self.fired = 0
+
+    @property
+    def fired(self) -> int:
+        """Timers fired so far (by advance() or by the native hook)."""
+        return self._fired + self._nv[N_FIRED]
+
+    @fired.setter
+    def fired(self, value: int) -> None:
+        self._fired = value - self._nv[N_FIRED]
+
+    # --- the native slot -------------------------------------------------------------------
+    def _bind_native(self, key: Any, clock_event: Callback) -> None:
+        """Keep ``key``'s timer in :attr:`native` (moving it there if armed);
+        ``clock_event``: the callback the hook's fires stand for."""
+        with self._lock:
+            self._unbind_native()
+            nv = self._nv
+            entry = self._armed.pop(key, None)  # its heap entry becomes stale
+            # While bound, arms on both sides draw from the words' counter.
+            nv[N_NEXT_SEQ] = next(self._seq)
+            self._nkey, self._nstd = key, clock_event
+            for name, slot_name in _SLOT_METHODS:
+                setattr(self, name, getattr(self, slot_name))
+            nv[N_ARMED] = 0
+            if entry is not None:
+                self._slot_set(entry[0], entry[1], entry[2])
+            nv[N_OTHERS] = len(self._armed)
+
+    def _native_key(self) -> Any:
+        """The key whose timer lives in :attr:`native`, or None."""
+        return None if self._nkey is _NO_KEY else self._nkey
+
+    def _unbind_native(self) -> None:
+        """Put the bound key's timer back in the heap."""
+        with self._lock:
+            key, nv = self._nkey, self._nv
+            if key is _NO_KEY:
+                return
+            if nv[N_ARMED]:
+                expiry, seq = nv[N_EXPIRY], nv[N_SEQ]
+                self._armed[key] = (expiry, seq, self._slot_callback())
+                heapq.heappush(self._heap, (expiry, seq, key))
+            nv[N_ARMED] = 0
+            self._seq = itertools.count(nv[N_NEXT_SEQ])
+            for name, _ in _SLOT_METHODS:
+                del self.__dict__[name]
+            self._nkey = _NO_KEY
+            self._nstd = self._ncb = None
+
+    def _slot_set(self, expiry: int, seq: int, callback: Callback) -> None:
+        std = self._nstd
+        # The hook's fire is key._clock_fired's work; any other callback
+        # (a bound method of another object, a function) is Python's.
+        is_std = type(callback) is type(std) and callback == std
+        nv = self._nv
+        nv[N_EXPIRY], nv[N_SEQ], nv[N_STD], nv[N_ARMED] = expiry, seq, int(is_std), 1
+        self._ncb = None if is_std else callback
+
+    def _slot_callback(self) -> Callback:
+        return self._nstd if self._nv[N_STD] else self._ncb
+
+    def _take_slot(self) -> Callback:
+        callback = self._slot_callback()
+        self._nv[N_ARMED] = 0
+        self._ncb = None
+        return callback
+
+    # --- _Timers with the slot: these replace _arm, _cancel, _pop_due, _next_expiry
+    # and armed on the instance while a key is bound (_SLOT_METHODS), so an
+    # unbound clock runs _Timers' own code at its own cost.
+    def _slot_arm(self, key: Any, expiry: int, callback: Callback) -> None:
+        expiry = check_expiry(expiry)
+        check_callback(callback)
+        nv = self._nv
+        seq = nv[N_NEXT_SEQ]  # one counter for both sides: ties fire in arm order
+        nv[N_NEXT_SEQ] = seq + 1
+        if key is self._nkey:
+            self._slot_set(expiry, seq, callback)
+            return
+        self._armed[key] = (expiry, seq, callback)
+        heapq.heappush(self._heap, (expiry, seq, key))
+        self._compact()
+        nv[N_OTHERS] = len(self._armed)
+
+    def _slot_cancel(self, key: Any) -> bool:
+        if key is self._nkey:
+            was = bool(self._nv[N_ARMED])
+            self._nv[N_ARMED] = 0
+            self._ncb = None
+            return was
+        done = _Timers._cancel(self, key)
+        self._nv[N_OTHERS] = len(self._armed)
+        return done
+
+    def _slot_pop_due(self, now: int) -> list[Callback]:
+        nv = self._nv
+        slot = (nv[N_EXPIRY], nv[N_SEQ]) if nv[N_ARMED] and nv[N_EXPIRY] <= now else None
+        due = []
+        while self._heap and self._heap[0][0] <= now:
+            expiry, seq, key = self._heap[0]
+            if slot is not None and slot < (expiry, seq):
+                due.append(self._take_slot())
+                slot = None
+            heapq.heappop(self._heap)
+            entry = self._armed.get(key)
+            if entry is not None and entry[1] == seq:  # not re-armed or cancelled since
+                del self._armed[key]
+                due.append(entry[2])
+        if slot is not None:
+            due.append(self._take_slot())
+        nv[N_OTHERS] = len(self._armed)
+        return due
+
+    def _slot_next_expiry(self) -> int | None:
+        nxt = _Timers._next_expiry(self)
+        if self._nv[N_ARMED]:
+            mine = self._nv[N_EXPIRY]
+            nxt = mine if nxt is None else min(nxt, mine)
+        return nxt
+
+    def _slot_armed(self, key: Any) -> int | None:
+        if key is self._nkey:
+            return self._nv[N_EXPIRY] if self._nv[N_ARMED] else None
+        return _Timers.armed(self, key)
 
     def now_ns(self) -> int:
         return int(self.cell[0])
@@ -210,7 +366,7 @@ class VirtualClock(_Timers):
                     break
                 self.cell[0] = max(nxt, int(self.cell[0]))
                 for callback in self._pop_due(nxt):
-                    self.fired += 1
+                    self._fired += 1
                     callback()
             self.cell[0] = target
 

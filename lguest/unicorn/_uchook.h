@@ -121,6 +121,15 @@ typedef struct {
      * first arm).  NULL: every SET_CLOCKEVENT goes through hcall_cb. */
     int (*clock_cb)(void *timer, void *wheel, uint32_t delta);
     void *clock_timer, *clock_wheel;
+    /* SET_CLOCKEVENT on a plain VirtualClock without the GIL (see
+     * uh_vclock_hcall): its time cell and its native slot (lguest.clock's
+     * N_* words), the cpu's halted flag, ns per block; NULL slot: off.
+     * vclock_last: the blocks at which the clock last advanced (the
+     * backend's _last_blocks, kept here so both sides move it). */
+    int64_t *vclock_cell, *vclock_slot;
+    int *vclock_halted;
+    int64_t vclock_npb;
+    uint64_t vclock_last;
     /* guest memory and lguest_data, for "would maybe_do_interrupt deliver?" */
     uint8_t *mem;
     uint64_t mem_size;
@@ -371,6 +380,70 @@ static inline int uh_hcall_here(const uh_state *st, const uint8_t *c, int cpl, u
     return 1;
 }
 
+/* lguest.clock's VirtualClock.native words */
+enum { UH_VC_EXPIRY, UH_VC_SEQ, UH_VC_ARMED, UH_VC_STD, UH_VC_FIRED, UH_VC_NEXT_SEQ, UH_VC_OTHERS };
+
+/* SET_CLOCKEVENT(delta) on the guest's VirtualClock, exactly as
+ * UnicornBackend._hook_hcall does it through Python, when the cpu's clock
+ * event is the only timer on the clock: 1 done (and the block budget set),
+ * 0 nothing touched -- the Python path must do it.
+ *
+ * The Python path, step by step: (1) _advance_clock: if blocks moved since
+ * vclock_last, advance the clock by (blocks - last) * npb, which fires the
+ * cpu's event if it is due -- the clock reading its expiry, then irq 0
+ * pending (cpu._clock_fired), fired + 1 -- and ends at the target; (2)
+ * cpu.set_clockevent: 0 cancels, else arm at now + delta with the next
+ * sequence number (check_expiry: <= INT64_MAX); (3) stop if the guest is
+ * dead or halted (a notify, a changed table or a break-out cannot come
+ * from this call: see the wall clock's branch in uh_hcall); (4) the budget,
+ * ceil((expiry - now) / npb) blocks but at least 1, or none.
+ * Everything that would raise there (an overflowing advance or expiry),
+ * run Python code (another timer due, a callback that is not the cpu's
+ * own) or stop (dead, halted -- then _clock_fired would also wake) is
+ * decided before anything is written, and left to Python. */
+static int uh_vclock_hcall(uh_state *st, uint32_t delta) {
+    int64_t *slot = st->vclock_slot, *cell = st->vclock_cell;
+    int64_t npb = st->vclock_npb, now, target, ns = 0, d;
+    uint64_t db = st->blocks - st->vclock_last, budget = 0;
+    int fire;
+    if (slot == NULL || npb < 1 || slot[UH_VC_OTHERS] != 0) return 0;
+    if (*st->api->dead_code != LG_KILL_ALIVE || __atomic_load_n(st->vclock_halted, __ATOMIC_SEQ_CST)) return 0;
+    now = cell[0];
+    if (db > (uint64_t)INT64_MAX / (uint64_t)npb) return 0;     /* to_range(ns) raises */
+    ns = (int64_t)db * npb;
+    if (__builtin_add_overflow(now, ns, &target)) return 0;      /* the cell cannot hold it */
+    fire = db != 0 && slot[UH_VC_ARMED] && slot[UH_VC_EXPIRY] <= target;
+    if (fire && !slot[UH_VC_STD]) return 0;                      /* a Python callback */
+    if (delta != 0 && target > INT64_MAX - (int64_t)delta) return 0;   /* check_expiry raises */
+    /* (1) */
+    if (db != 0) {
+        if (fire) {
+            cell[0] = slot[UH_VC_EXPIRY] > now ? slot[UH_VC_EXPIRY] : now;
+            slot[UH_VC_ARMED] = 0;
+            slot[UH_VC_FIRED]++;
+            lg_atomic_or(st->pending, 1);   /* irq 0; not halted: no wake-up */
+        }
+        cell[0] = target;
+        st->vclock_last = st->blocks;
+    }
+    /* (2) */
+    if (delta == 0) {
+        slot[UH_VC_ARMED] = 0;
+    } else {
+        slot[UH_VC_EXPIRY] = target + (int64_t)delta;
+        slot[UH_VC_SEQ] = slot[UH_VC_NEXT_SEQ]++;
+        slot[UH_VC_STD] = 1;
+        slot[UH_VC_ARMED] = 1;
+    }
+    /* (4): the only timer is this one */
+    if (slot[UH_VC_ARMED]) {
+        d = slot[UH_VC_EXPIRY] - target;
+        budget = d <= 0 ? 1 : (uint64_t)(d / npb + (d % npb != 0));
+    }
+    st->budget_end = budget ? st->blocks + budget : 0;
+    return 1;
+}
+
 /* Do hypercall `num` (uh_hcall_here said yes): 0 to run on, else UH_HCALL
  * (the run loop takes over after the call, at its step 2). */
 static int uh_hcall(uh_state *st, const uint8_t *c, uint32_t num) {
@@ -393,6 +466,9 @@ static int uh_hcall(uh_state *st, const uint8_t *c, uint32_t num) {
         st->budget_end = 0;
         return 0;
     }
+    /* The virtual clock's, when it is only the cpu's clock event: in C too. */
+    if (num == UH_LHCALL_SET_CLOCKEVENT && st->vclock_slot != NULL && uh_vclock_hcall(st, st->regs[LG_R_EBX]))
+        return 0;
     if (st->hcall_cb == NULL) return UH_HCALL;
     budget = st->hcall_cb(st->hcall_self, num, st->regs[LG_R_EBX]);
     if (budget < 0) return UH_HCALL;

@@ -95,6 +95,11 @@ cdef extern from "_uchook.h":
         int (*clock_cb)(void *, void *, uint32_t) noexcept nogil
         void *clock_timer
         void *clock_wheel
+        int64_t *vclock_cell
+        int64_t *vclock_slot
+        int *vclock_halted
+        int64_t vclock_npb
+        uint64_t vclock_last
         uint8_t *mem
         uint64_t mem_size
         int has_ld
@@ -257,6 +262,7 @@ cdef class NativeHooks:
     cdef int busy          # a run() is in progress (set and cleared with the GIL held)
     cdef object _hcall_handler  # handler(num, arg1) -> budget or -1 (see uh_hcall)
     cdef object _hcall_error
+    cdef object _vclock         # the VirtualClock bound by set_virtual_clock, or None
     cdef object _tsc_handler    # handler(rdtscp, blocks, eip, host_tsc) -> tsc (set_tsc_handler), or None
     cdef object _tsc_error
     cdef uh_hookh tsc_handles[2]
@@ -462,6 +468,7 @@ cdef class NativeHooks:
         self.st.clock_cb = NULL
         self.st.clock_timer = NULL
         self.st.clock_wheel = NULL
+        self._unbind_vclock()
         self.st.regs = NULL
         self.st.idt = NULL
         self.st.guest_idt = NULL
@@ -542,6 +549,66 @@ cdef class NativeHooks:
         self.st.clock_timer = <void *>&(<CpuTimer>cpu).timer
         self.st.clock_wheel = <void *>&(<NativeClock>clock).wheel
         self.st.clock_cb = <int (*)(void *, void *, uint32_t) noexcept nogil>clockevent_nogil
+
+    cdef _unbind_vclock(self):
+        self.st.vclock_slot = NULL
+        self.st.vclock_cell = NULL
+        self.st.vclock_halted = NULL
+        clock, self._vclock = self._vclock, None
+        if clock is not None:
+            clock._unbind_native()
+
+    def set_virtual_clock(self, cpu, clock, int64_t ns_per_block):
+        """Let the hook do SET_CLOCKEVENT without the GIL (uh_vclock_hcall)
+        when ``clock`` is the plain lguest.VirtualClock of the bound compiled
+        ``cpu``'s guest and the cpu's clock event is the only timer armed on
+        it; the clock keeps that event in its native words from now on
+        (VirtualClock._bind_native).  None: every SET_CLOCKEVENT goes
+        through the hypercall handler (and the event back into the heap).
+        False when the clock already keeps another key's event there (a
+        clock shared by several cpus: the first one bound has it; the
+        others' calls take the Python path, and the bound one's too while
+        theirs are armed)."""
+        from ..clock import N_WORDS, VirtualClock
+        cdef int64_t[::1] cell, slot
+        self._check_idle()
+        self._unbind_vclock()
+        if clock is None:
+            return False
+        if self.st.regs == NULL or self.st.api == NULL or cpu is not self._keep[0]:
+            raise ValueError("cpu must be the bound compiled cpu")
+        if type(clock) is not VirtualClock or not isinstance(cpu, CpuTimer) \
+                or (<CpuTimer>cpu)._guest_clock is not clock:
+            raise ValueError("clock must be the VirtualClock of the compiled cpu's guest")
+        if ns_per_block < 1:
+            raise ValueError("ns_per_block must be at least 1")
+        # The hook's fire is _clock_fired's: irq 0 into the bitmap the block
+        # hook watches, and a halted flag it reads (never NULL on a ready Cpu).
+        if (<CpuTimer>cpu).timer.pending != self.st.pending or (<CpuTimer>cpu).timer.halted == NULL:
+            raise ValueError("the cpu's timer is not the bound cpu's")
+        cell = clock.cell
+        slot = clock.native
+        if slot.shape[0] < N_WORDS:
+            raise ValueError("not a VirtualClock's native words")
+        if clock._native_key() is not None:
+            return False
+        clock._bind_native(cpu, cpu._clock_fired)
+        self._vclock = clock
+        self._keep.extend((clock, clock.cell, clock.native))   # the words the C side writes
+        self.st.vclock_npb = ns_per_block
+        self.st.vclock_halted = (<CpuTimer>cpu).timer.halted
+        self.st.vclock_cell = &cell[0]
+        self.st.vclock_slot = &slot[0]
+        return True
+
+    @property
+    def vclock_last(self):
+        """Blocks at which the virtual clock last advanced (the backend's and uh_vclock_hcall's)."""
+        return self.st.vclock_last
+
+    @vclock_last.setter
+    def vclock_last(self, uint64_t value):
+        self.st.vclock_last = value
 
     def set_guest_data(self, lguest_data, uint32_t noirq_start, uint32_t noirq_end):
         """Where lguest_data is (None: not yet), and the guest's noirq window."""

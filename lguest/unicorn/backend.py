@@ -18,6 +18,7 @@ import numpy as np
 import unicorn as _unicorn
 from unicorn import x86_const as _x86
 
+from ..clock import VirtualClock
 from ..constants import (
     CHANGED_ALL,
     CHANGED_GDT,
@@ -67,6 +68,11 @@ class UnicornBackend(ExitDecoding, ShadowPaging, Backend):
     (the same core call, for comparison).
     """
 
+    #: Do the virtual clock's SET_CLOCKEVENT in the hook, in C
+    #: (uh_vclock_hcall), when the compiled core runs a plain VirtualClock;
+    #: False: through the Python handler (for comparison; read at start-up).
+    native_vclock = True
+
     #: Host IDT targets of non-direct traps: the Switcher's stubs.
     default_handlers = (SWITCHER_ADDR + SW_STUBS + np.arange(IDT_ENTRIES, dtype=np.uint32) * 8).astype(np.uint32)
 
@@ -79,7 +85,6 @@ class UnicornBackend(ExitDecoding, ShadowPaging, Backend):
         self.ns_per_block = int(ns_per_block)
         self.deadline_ns = 0
         self.paging = False
-        self._last_blocks = 0
         self.python_direct: dict[int, int] = {}
         self.native_direct = native_direct
         #: The run's Stats (set by the launcher): with one and no trace, the
@@ -147,10 +152,25 @@ class UnicornBackend(ExitDecoding, ShadowPaging, Backend):
 
             if isinstance(self.guest.clock, NativeClock):
                 hooks.set_native_clock(cpu, self.guest.clock)  # the wall clock's SET_CLOCKEVENT in C
+        if api is not None and self.virtual and self.native_vclock and type(self.guest.clock) is VirtualClock:
+            # the virtual clock's SET_CLOCKEVENT in C (uh_vclock_hcall); a
+            # recording's or a replay's clock subclass keeps the Python path
+            hooks.set_virtual_clock(cpu, self.guest.clock, self.ns_per_block)
         hooks.native_direct = native_direct
+        self.api_less = api is None  # irqs the hook cannot see (_hook_hcall)
         hooks.install()
         hooks.set_hcall_handler(self._hook_hcall)
         return hooks
+
+    @property
+    def _last_blocks(self) -> int:
+        """The blocks at which the virtual clock last advanced: kept in the
+        hook's state, which moves it when it advances the clock itself."""
+        return self.hooks.vclock_last
+
+    @_last_blocks.setter
+    def _last_blocks(self, value: int) -> None:
+        self.hooks.vclock_last = value
 
     # --- host structures -------------------------------------------------------------------
     def load_gdt(self, cpu: Any) -> None:
@@ -234,6 +254,11 @@ class UnicornBackend(ExitDecoding, ShadowPaging, Backend):
         HYPERCALLS[num](cpu, HcallArgs(num, arg1), None)
         if self.guest.dead is not None or cpu.pending_notify or cpu.break_out or cpu.halted or cpu.changed:
             return -1
+        if self.api_less and cpu.irqs_pending:
+            # The pure-Python core's pending bits are out of the hook's
+            # sight: an irq the advance just raised is taken at the next
+            # block start, as the run loop takes it before re-entering.
+            self.hooks.poke()
         return self._budget()
 
     def _count_native(self, stats: Any) -> None:
