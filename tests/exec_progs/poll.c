@@ -147,6 +147,12 @@ void main_(u32 *sp)
     kv("poll nfds too many", sys3(168, p, 0x7fffffff, 0));
     kv("poll bad pointer", sys3(168, 16, 1, 0));
     kv("poll none", sys3(168, 0, 0, 0));
+    /* the guest kernel's own addresses are not the program's */
+    kv("poll kernel pointer", sys3(168, 0xc0001000, 1, 0));
+    kv("poll set across the top", sys3(168, 0xbffffffc, 2, 0));
+    kv("ppoll kernel timespec", sys5(309, p, 1, 0xc0000000, 0, 8));
+    kv("select kernel set", sys5(142, 8, 0xc0000000, 0, 0, 0));
+    kv("pselect6 kernel sigmask pack", call6(308, 0, 0, 0, 0, 0, 0xc0000000));
     kv("poll read-only set", sys3(168, ro_set, 1, 0));
     struct ts32 bad = {0, 1000000000};
     kv("ppoll bad timespec", sys5(309, p, 1, &bad, 0, 8));
