@@ -169,7 +169,7 @@ def test_a_run_that_polls_stdin_replays_identically(bbroot: Path, core: Any, tmp
     runs = []
     for seed in (1, 2):
         path = tmp_path / f"rec{seed}.json"
-        rfd, t = feeder(seed, chunks=8)
+        rfd, t = feeder(seed, chunks=4)
         try:
             r = run_program("/bin/busybox", ("sh", "-c", script), root=bbroot, memory=32 << 20, clock="wall",
                             stdin=rfd, core=core, timeout=60, record=path)
