@@ -114,6 +114,31 @@ def block_enders(blocks: dict[tuple[int, int], float], binaries: list[Path]) -> 
     return out
 
 
+def guest_store_ns(n: int = 1_000_000) -> dict[str, float]:
+    """ns per turn of the same store loop as a guest under lguest (ring 1,
+    the native hooks), with the store fast path on and off
+    (NativeHooks.store_fast_path; LGUEST_STORE_FAST_PATH for new backends)."""
+    import struct
+
+    from lguest.unicorn import UnicornLauncher
+
+    # mov $0x8000,%ebx; mov $n,%ecx; 1: mov %eax,(%ebx); dec %ecx; jnz 1b; hlt (#GP: the end)
+    code = b"\xbb" + struct.pack("<I", 0x8000) + b"\xb9" + struct.pack("<I", n) + bytes.fromhex("89034975fbf4")
+    out: dict[str, float] = {}
+    for name, flag in (("store, fast path off", "0"), ("store, fast path on", "1")):
+        os.environ["LGUEST_STORE_FAST_PATH"] = flag
+        best = float("inf")
+        for _ in range(3):
+            with UnicornLauncher(memory=1 << 20) as lg:
+                lg.load_flat(code, 0x1000, 0x1000)
+                t0 = time.perf_counter()
+                lg.run(timeout=60)
+                best = min(best, (time.perf_counter() - t0) / n * 1e9)
+        out[name] = best
+    os.environ.pop("LGUEST_STORE_FAST_PATH", None)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--busybox", default=os.environ.get("LGUEST_BUSYBOX")
@@ -129,6 +154,9 @@ def main() -> int:
     ns = bare_store_load_ns()
     print(f"bare Unicorn, ns per loop turn: store {ns['store']:.1f}, load {ns['load']:.1f}, nop {ns['none']:.1f} "
           f"(a store costs {ns['store'] - ns['none']:.1f} ns, a load {ns['load'] - ns['none']:.1f} ns)")
+    g = guest_store_ns()
+    print("the store loop as a guest under lguest, ns per turn: "
+          + ", ".join(f"{k} {v:.1f}" for k, v in g.items()))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "bin").mkdir()

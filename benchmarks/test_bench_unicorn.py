@@ -48,11 +48,16 @@ def _call_ret_loop() -> bytes:
 
 # call/ret: ret is an indirect jump (the translator's lookup_and_goto_ptr)
 LOOPS["call_ret"] = _call_ret_loop()
-ITERATIONS = {"straight_300": 20_000, "call_ret": 300_000, "tight": 1_000_000}
+# a store to a data page (mov %eax,(%ebx), ebx 0x8000): Unicorn's slow path
+# unless the store fast path is on (NativeHooks.store_fast_path)
+LOOPS["store"] = _loop(b"\x89\x03", prologue=b"\xbb" + struct.pack("<I", 0x8000))
+ITERATIONS = {"straight_300": 20_000, "call_ret": 300_000, "tight": 1_000_000, "store": 1_000_000}
 
 
+@pytest.mark.parametrize("fast", ["fast_on", "fast_off"])
 @pytest.mark.parametrize("name", sorted(LOOPS))
-def test_guest_loop(benchmark, smoke, name):
+def test_guest_loop(benchmark, smoke, monkeypatch, name, fast):
+    monkeypatch.setenv("LGUEST_STORE_FAST_PATH", "1" if fast == "fast_on" else "0")
     n = ITERATIONS[name] // (100 if smoke else 1)
     code = bytearray(LOOPS[name])
     at = code.index(b"\xb9" + struct.pack("<I", 0))

@@ -179,6 +179,17 @@ typedef struct {
     uint64_t *trace;
     uint32_t trace_cap, trace_len;
     uint64_t trace_dropped;
+    /* The store fast path (see uh_fast_new_block): fields inside Unicorn,
+     * located and checked by lguest.unicorn.engine.tlb_internals. */
+    int fast_on;                 /* clear TLB_NOTDIRTY on pages without code */
+    int fast_dead;               /* gave up for good (a check failed): never again */
+    void *fast_cpu;              /* the engine's CPUState, for tlb_reset_dirty */
+    void (*tlb_reset_dirty)(void *cpu, uintptr_t host, uintptr_t length);
+    uint64_t *tlb_fast;          /* env->tlb.f[3]: {mask, table} per MMU index */
+    uint8_t *code_pages;         /* one bit per guest page a block has run from */
+    uint8_t *seen_ptr;           /* code_gen_ptr as the last block hook left it */
+    uint64_t fast_next;          /* the next clearing pass: when blocks reaches this */
+    uint64_t fast_passes, fast_cleared, fast_pages, fast_resets;
 } uh_state;
 
 static inline uint64_t uh_ld64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
@@ -570,11 +581,147 @@ static inline int uh_irq_ready(uh_state *st, uint32_t eip) {
                               eip, st->noirq_start, st->noirq_end, st->guest_idt);
 }
 
+/* ---- The store fast path ---------------------------------------------
+ *
+ * Unicorn 2.1.4 stubs out QEMU's dirty-memory bitmap, so tlb_set_page
+ * marks every writable RAM entry TLB_NOTDIRTY and every guest store leaves
+ * the translated code for notdirty_write, whose one job here is to
+ * invalidate translations of the page stored to (its tlb_set_dirty never
+ * fires: every x86 page without NX has a code entry).  Its own
+ * tlb_protect_code is a no-op, and tb_gen_code re-protects only the new
+ * block's virtual range, not the page's other virtual aliases.
+ *
+ * So the hook keeps the protection itself:
+ *  - code_pages: a bit per guest page (by host address, so every alias of
+ *    the page is one bit) that a translated block comes from.  A block runs
+ *    this hook first, before Unicorn's exit check (translator.c emits the
+ *    block hook before gen_tb_start) and before any guest store, so the
+ *    first run of every new block is seen; code_gen_ptr moving since the
+ *    last hook says "this block is new" (one translation per hook: the
+ *    main loop translates one block and runs it).  Its page(s), found
+ *    through the code TLB entry that tb_gen_code has just filled, get the
+ *    bit and libunicorn's tlb_reset_dirty on the host page: TLB_NOTDIRTY
+ *    on every entry of every MMU index, the victim TLB included, that maps
+ *    it, whatever the virtual address;
+ *  - every UH_FAST_PERIOD blocks and at each entry, uh_fast_clear takes
+ *    TLB_NOTDIRTY off the main-table entries of guest RAM pages whose bit
+ *    is clear: their stores take the inline path.  Entries refilled later
+ *    come back with the flag (slow, still exact) until the next pass;
+ *  - a code_gen_ptr below the last one seen means the cache was flushed:
+ *    no translation is left, so the bitmap starts again;
+ *  - uh_fast_sync (each entry and exit of uh_run): code_gen_ptr moved with
+ *    no hook to see it (a run outside uh_run, or anything unforeseen) ->
+ *    flush the translation cache and start again: no block of unknown
+ *    page survives.  A code page the hook cannot find (no code TLB entry)
+ *    -> give up for good: re-protect all of guest memory, clear no more.
+ * Stores to a page with code therefore always take notdirty_write, from
+ * any alias, as before; pages whose translations were all invalidated keep
+ * their bit (slow, exact) until a flush. */
+#define UH_TLB_ENTRY_BITS 6          /* sizeof(CPUTLBEntry) == 64 */
+#define UH_TLB_NOTDIRTY 0x400ull     /* 1 << (TARGET_PAGE_BITS_MIN - 2) */
+#define UH_TLB_FLAGS 0xFFFull        /* every flag bit of addr_write */
+#define UH_NB_MMU 3                  /* x86: NB_MMU_MODES */
+#define UH_FAST_PERIOD 4096u        /* blocks between two clearing passes */
+#define UH_FAST_ENTRY_GAP 256u       /* and at an entry, if this many since the last */
+
+/* Mark one host page as code, re-protecting it (every TLB entry mapping
+ * it, whatever its virtual address) the first time. */
+static void uh_fast_mark_host(uh_state *st, uint8_t *h) {
+    uint64_t pg;
+    /* Outside guest memory: uh_fast_clear never touches such an entry. */
+    if (h < st->mem || (uint64_t)(h - st->mem) >= st->mem_size) return;
+    pg = (uint64_t)(h - st->mem) >> 12;
+    if (!(st->code_pages[pg >> 3] & (1u << (pg & 7)))) {
+        st->code_pages[pg >> 3] |= (uint8_t)(1u << (pg & 7));
+        st->tlb_reset_dirty(st->fast_cpu, (uintptr_t)(st->mem + (pg << 12)), 4096);
+        st->fast_pages++;
+    }
+}
+
+/* Mark the page(s) that linear `va` maps to as code: the host page of
+ * every code TLB entry (addr_code == page exactly) for it, in every MMU
+ * index -- normally one page, but a guest that changed a PTE without
+ * invalidating it may leave an older entry in another index, and the
+ * block came from one of them.  -1 if none has it (give up). */
+static int uh_fast_mark(uh_state *st, uint64_t va) {
+    uint64_t page = va & ~0xFFFull;
+    int i, found = 0;
+    for (i = 0; i < UH_NB_MMU; i++) {
+        uint64_t mask = st->tlb_fast[2 * i];
+        uint8_t *e = (uint8_t *)(uintptr_t)st->tlb_fast[2 * i + 1] + (((page >> 12) << UH_TLB_ENTRY_BITS) & mask);
+        if (uh_ld64(e + 16) == page) {
+            uh_fast_mark_host(st, (uint8_t *)(uintptr_t)(page + uh_ld64(e + 32)));
+            found = 1;
+        }
+    }
+    return found ? 0 : -1;
+}
+
+/* Re-protect every page of guest memory (every entry uh_fast_clear could
+ * have cleared) and never clear again. */
+static void uh_fast_give_up(uh_state *st) {
+    st->fast_on = 0;
+    st->fast_dead = 1;
+    if (st->mem_size) st->tlb_reset_dirty(st->fast_cpu, (uintptr_t)st->mem, (uintptr_t)st->mem_size);
+}
+
+/* The block at eip `address`, `size` bytes, runs for the first time since
+ * code_gen_ptr last moved: it is the block just translated. */
+static void uh_fast_new_block(uh_state *st, uint64_t address, uint32_t size) {
+    /* `address` is the block's pc as the translator keys it: the code
+     * segment's base plus eip, in 64 bits (Unicorn passes tb->pc; with a
+     * base, eip 0xffc00100 is 0x1_00002100, and so is the TLB's page). */
+    uint64_t va = address, last = va + (size ? size - 1 : 0);
+    if (*st->code_gen_ptr < st->seen_ptr)   /* flushed since: no translation is left */
+        memset(st->code_pages, 0, (size_t)((st->mem_size >> 15) + 1));
+    if (uh_fast_mark(st, va) != 0 || (((last ^ va) & ~0xFFFull) && uh_fast_mark(st, last) != 0)) {
+        uh_fast_give_up(st);
+        return;
+    }
+    st->seen_ptr = *st->code_gen_ptr;
+}
+
+/* Take TLB_NOTDIRTY off the main-table entries of guest RAM pages without
+ * code.  Only an entry whose one flag is TLB_NOTDIRTY (so not empty,
+ * invalid, MMIO or read-only) and whose host page lies in guest memory. */
+static void uh_fast_clear(uh_state *st) {
+    int i;
+    uint64_t j, n, w, off;
+    uint8_t *t;
+    if (!st->fast_on || *st->code_gen_ptr != st->seen_ptr) return;   /* an unseen block: wait */
+    st->fast_next = st->blocks + UH_FAST_PERIOD;
+    st->fast_passes++;
+    for (i = 0; i < UH_NB_MMU; i++) {
+        n = (st->tlb_fast[2 * i] >> UH_TLB_ENTRY_BITS) + 1;
+        t = (uint8_t *)(uintptr_t)st->tlb_fast[2 * i + 1];
+        for (j = 0; j < n; j++, t += 1u << UH_TLB_ENTRY_BITS) {
+            w = uh_ld64(t + 8);
+            if ((w & UH_TLB_FLAGS) != UH_TLB_NOTDIRTY) continue;
+            off = (w & ~UH_TLB_FLAGS) + uh_ld64(t + 32) - (uint64_t)(uintptr_t)st->mem;
+            if (off >= st->mem_size || (st->code_pages[off >> 15] & (1u << ((off >> 12) & 7)))) continue;
+            uh_st64(t + 8, w & ~UH_TLB_NOTDIRTY);
+            st->fast_cleared++;
+        }
+    }
+}
+
+/* At each entry and exit of uh_run: a translation no hook saw (code_gen_ptr
+ * moved since the last hook) may be of any page, so flush them all. */
+static void uh_fast_sync(uh_state *st) {
+    if (!st->fast_on || *st->code_gen_ptr == st->seen_ptr) return;
+    st->ctl(st->uc, UH_CTL_TB_FLUSH);
+    memset(st->code_pages, 0, (size_t)((st->mem_size >> 15) + 1));
+    st->seen_ptr = *st->code_gen_ptr;
+    st->fast_resets++;
+}
+
 /* Every block the emulator runs is the guest's (the entry runs no host
  * code, and no host page is executable), so every block counts toward
  * the budget and the deadline and sees a break-out.  `address` is the
- * guest's eip, not a linear address (a guest code segment may have a
- * base), so it says nothing about the host range.  Guest code at CPL 0
+ * translator's pc: the code segment's base plus eip in 64 bits, with no
+ * wrap at 4 GiB (eip 0xffc00100 in a segment based at 0x402000 is
+ * 0x1_00002100; measured, tests/test_store_fast_path.py), so it says
+ * nothing about the host range.  Guest code at CPL 0
  * cannot happen (the entry refuses RPL-0 code, load_gdt lets no gate or
  * TSS of the guest's into the CPU's GDT, and the CPU's own iret and
  * far-transfer checks keep CPL >= 1); it is checked anyway as a
@@ -612,6 +759,8 @@ static void uh_on_block(uh_engine *uc, uint64_t address, uint32_t size, void *us
      * bytes remain the guest stops here (before the block runs) and
      * uh_run flushes and re-enters it. */
     *st->tb_cflags = st->tb_max_insns;
+    /* The store fast path: a new block's pages are code (see uh_fast_new_block). */
+    if (st->fast_on && *st->code_gen_ptr != st->seen_ptr) uh_fast_new_block(st, address, size);
     if (*st->code_gen_ptr + st->tb_guard > *st->code_gen_highwater) { uh_stop(st, UH_FLUSH); return; }
     /* -- debugger: see skip_armed (one test of a field that is 0 without a debugger) -- */
     if (st->skip_armed) {
@@ -655,6 +804,7 @@ static void uh_on_block(uh_engine *uc, uint64_t address, uint32_t size, void *us
     st->block_pc = (uint32_t)address;
     st->block_end = (uint32_t)address + size;
     st->blocks++;
+    if (st->fast_on && st->blocks >= st->fast_next) uh_fast_clear(st);
 }
 
 /* One segment register of the entry, checked as the Switcher's
@@ -816,7 +966,13 @@ static int uh_run(uh_state *st) {
         st->trapnum = (uint32_t)trap;
         st->reason = UH_SWITCHER; st->stops[UH_SWITCHER]++;
     } else {
+        uh_fast_sync(st);
+        /* a pass on entry too (the guest may have stopped to change its page
+         * tables: fresh entries), but not on every entry of a trap-heavy
+         * guest: a pass reads the whole TLB */
+        if (st->blocks + UH_FAST_PERIOD >= st->fast_next + UH_FAST_ENTRY_GAP) uh_fast_clear(st);
         err = uh_emulate(st, r[LG_R_EIP]);
+        uh_fast_sync(st);
         uh_exit_state(st);
     }
     r[LG_R_TRAPNUM] = st->trapnum;

@@ -134,13 +134,24 @@ cdef extern from "_uchook.h":
         uint64_t *trace
         uint32_t trace_cap, trace_len
         uint64_t trace_dropped
+        int fast_on
+        int fast_dead
+        void *fast_cpu
+        void (*tlb_reset_dirty)(void *, size_t, size_t) noexcept nogil
+        uint64_t *tlb_fast
+        uint8_t *code_pages
+        uint8_t *seen_ptr
+        uint64_t fast_next
+        uint64_t fast_passes, fast_cleared, fast_pages, fast_resets
     int uh_run(uh_state *st) noexcept nogil
+    void uh_fast_give_up(uh_state *st) noexcept nogil
     void uh_store_int(int *p, int v) noexcept nogil
     void uh_store_u32(uint32_t *p, uint32_t v) noexcept nogil
     void *uh_on_intr_ptr "((void *)uh_on_intr)"
     void *uh_on_invalid_ptr "((void *)uh_on_invalid)"
     void *uh_on_mem_invalid_ptr "((void *)uh_on_mem_invalid)"
     void *uh_on_block_ptr "((void *)uh_on_block)"
+    int UH_CTL_TB_FLUSH_C "UH_CTL_TB_FLUSH"
     void *uh_on_in_ptr "((void *)uh_on_in)"
     void *uh_on_out_ptr "((void *)uh_on_out)"
     enum:
@@ -267,6 +278,8 @@ cdef class NativeHooks:
     cdef object _tsc_error
     cdef uh_hookh tsc_handles[2]
     cdef int ntsc
+    cdef int fast_want     # the store fast path requested (store_fast_path)
+    cdef object _code_pages  # its bitmap (numpy), while bound
 
     def __cinit__(self):
         memset(&self.st, 0, sizeof(uh_state))
@@ -285,6 +298,8 @@ cdef class NativeHooks:
         self._tsc_handler = None
         self._tsc_error = None
         self.ntsc = 0
+        self.fast_want = 0
+        self._code_pages = None
 
     def __init__(self, *, uc_handle, funcs, reg_ids, reg_cr2, layout, switcher, switcher_va,
                  switcher_size, gdt_offset, until_va, host_cs, host_ss,
@@ -316,6 +331,7 @@ cdef class NativeHooks:
         self._set_engine(uc_handle, funcs, internals)
         self._set_layout(reg_ids, reg_cr2, layout)
         self._set_env(internals.get("env", 0), layout)
+        self._set_fast(internals, layout)
         self.st.switcher = &sw[0]
         self.st.switcher_va = switcher_va
         self.st.switcher_size = switcher_size
@@ -381,6 +397,62 @@ cdef class NativeHooks:
         self.st.env_err = <uint32_t *>(base + <size_t>layout["error_code"])
         self.st.env_isint = <uint32_t *>(base + <size_t>layout["exception_is_int"])
         self.st.env_oldexc = <uint32_t *>(base + <size_t>layout["old_exception"])
+
+    cdef _set_fast(self, internals, layout):
+        """The store fast path's engine fields (lguest.unicorn.engine.tlb_internals;
+        absent: the path is unavailable and store_fast_path stays False)."""
+        cdef size_t env = _ptr(internals.get("env", 0))
+        self.st.fast_on = 0
+        if not (env and internals.get("tlb_fast") and internals.get("fast_cpu") and internals.get("tlb_reset_dirty")):
+            self.st.tlb_fast = NULL
+            return
+        self.st.fast_cpu = <void *>_ptr(internals["fast_cpu"])
+        self.st.tlb_fast = <uint64_t *>_ptr(internals["tlb_fast"])
+        self.st.tlb_reset_dirty = <void (*)(void *, size_t, size_t) noexcept nogil>_ptr(internals["tlb_reset_dirty"])
+
+    cdef _fast_apply(self):
+        """Make the C side follow fast_want: on (bound, available, not given
+        up) with an empty bitmap after a flush of every translation (their
+        pages are unknown); off with every guest page re-protected."""
+        if self.fast_want and self.st.tlb_fast != NULL and not self.st.fast_dead and self.st.mem != NULL:
+            if self.st.fast_on:
+                return
+            self._code_pages = np.zeros((self.st.mem_size >> 15) + 1, dtype=np.uint8)
+            self.st.code_pages = <uint8_t *>_ptr(self._code_pages.ctypes.data)
+            self.st.ctl(self.st.uc, UH_CTL_TB_FLUSH_C)
+            self.st.seen_ptr = self.st.code_gen_ptr[0]
+            self.st.fast_next = 0
+            self.st.fast_on = 1
+        elif self.st.fast_on:
+            uh_fast_give_up(&self.st)
+            self.st.fast_dead = 0   # switched off, not given up
+            self.st.code_pages = NULL
+            self._code_pages = None
+
+    @property
+    def store_fast_path(self):
+        """Guest stores to pages without translated code take Unicorn's
+        inline path (see uh_fast_new_block in _uchook.h).  Setting it True
+        is a request: it holds while bound, if the engine passed
+        lguest.unicorn.engine.tlb_internals' checks and the hook has not
+        given up; reading tells whether it is on."""
+        return bool(self.st.fast_on)
+
+    @store_fast_path.setter
+    def store_fast_path(self, value):
+        self._check_idle()
+        self.fast_want = 1 if value else 0
+        self._fast_apply()
+
+    @property
+    def store_fast_path_available(self):
+        return self.st.tlb_fast != NULL and not self.st.fast_dead
+
+    def fast_path_stats(self):
+        """Counters of the store fast path: code pages marked, clearing
+        passes, entries cleared, resets (flushes), gave up."""
+        return {"pages": self.st.fast_pages, "passes": self.st.fast_passes, "cleared": self.st.fast_cleared,
+                "resets": self.st.fast_resets, "gave_up": bool(self.st.fast_dead)}
 
     cdef int _check(self) except -1:
         if self.state == 0:
@@ -465,6 +537,12 @@ cdef class NativeHooks:
         self._free = None
 
     cdef _unbind(self):
+        if self.st.fast_on:   # the engine may run on without these hooks: re-protect
+            uh_fast_give_up(&self.st)
+            self.st.fast_dead = 0
+        self.st.fast_on = 0
+        self.st.code_pages = NULL
+        self._code_pages = None
         self.st.clock_cb = NULL
         self.st.clock_timer = NULL
         self.st.clock_wheel = NULL
@@ -528,6 +606,7 @@ cdef class NativeHooks:
         else:
             self.st.api = NULL
             self.st.pending = &self.st.attention
+        self._fast_apply()
 
     def set_native_clock(self, cpu, clock):
         """Let the hook do SET_CLOCKEVENT without the GIL (uh_hcall) when

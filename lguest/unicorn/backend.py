@@ -10,6 +10,7 @@ hypercalls.  :class:`~.launcher.UnicornLauncher` builds and owns it.
 from __future__ import annotations
 
 import ctypes
+import os
 import struct
 import time
 from typing import Any
@@ -47,6 +48,14 @@ from .switcher import CR0_WP, SW_GDT, SW_SIZE, SW_STUBS, SW_UNTIL, Switcher
 #: #NM, #GP, #PF and the hypercall trap): the native hook may reflect these
 #: itself (uh_reflectable in _uchook.h).
 REFLECT_MASK = 0xFFFFFFFF & ~((1 << 6) | (1 << 7) | (1 << 13) | (1 << 14) | (1 << LGUEST_TRAP_ENTRY))
+
+
+def store_fast_path_default() -> bool:
+    """Whether new backends turn on the store fast path (NativeHooks.store_fast_path:
+    guest stores to pages without translated code skip Unicorn's slow path).
+    ``LGUEST_STORE_FAST_PATH=0`` in the environment turns it off, to compare."""
+    return os.environ.get("LGUEST_STORE_FAST_PATH", "1") != "0"
+
 
 #: The hypercalls the native hook does itself when the async ring is empty
 #: (uh_hcall_here): FLUSH_ASYNC (nothing left to do) and SET_CLOCKEVENT
@@ -158,6 +167,7 @@ class UnicornBackend(ExitDecoding, ShadowPaging, Backend):
             hooks.set_virtual_clock(cpu, self.guest.clock, self.ns_per_block)
         hooks.native_direct = native_direct
         self.api_less = api is None  # irqs the hook cannot see (_hook_hcall)
+        hooks.store_fast_path = store_fast_path_default()
         hooks.install()
         hooks.set_hcall_handler(self._hook_hcall)
         return hooks

@@ -138,7 +138,131 @@ def engine_internals(uc: Any) -> dict[str, int]:
         raise UnsupportedUnicorn("the engine's translator is not where Unicorn 2.1.4 keeps it")
     if size < 4 * TB_GUARD:
         raise UnsupportedUnicorn(f"the engine's translation buffer ({size} bytes) is under {4 * TB_GUARD}")
-    return {"tb_cflags": cpu + _CPU_CFLAGS_NEXT_TB, "env": cpu + _X86CPU_ENV, "code_gen_ptr": tcg + _TCG_CODE_GEN_PTR,
-            "code_gen_highwater": tcg + _TCG_CODE_GEN_HIGHWATER, "nb_temps": tcg + _TCG_NB_TEMPS,
-            "tb_max_insns": TB_MAX_INSNS, "tb_guard": TB_GUARD}
+    internals = {"tb_cflags": cpu + _CPU_CFLAGS_NEXT_TB, "env": cpu + _X86CPU_ENV,
+                 "code_gen_ptr": tcg + _TCG_CODE_GEN_PTR, "code_gen_highwater": tcg + _TCG_CODE_GEN_HIGHWATER,
+                 "nb_temps": tcg + _TCG_NB_TEMPS,
+                 "tb_max_insns": TB_MAX_INSNS, "tb_guard": TB_GUARD}
+    internals.update(tlb_internals(cpu, cpu + _X86CPU_ENV))
+    return internals
+
+
+# --- the store fast path ----------------------------------------------------------------------
+# Unicorn 2.1.4 marks every writable RAM page TLB_NOTDIRTY in the CPU's TLB,
+# so every guest store takes the slow path (docs/PERFORMANCE.md); the native
+# block hook takes the flag off pages that hold no translated code (see
+# uh_fast_new_block in _uchook.h).  For that it needs the TLB: QEMU 5's
+# CPUTLBDescFast f[NB_MMU_MODES] ({mask, table} each) lies just before env,
+# in CPUNegativeOffsetState; each entry is 64 bytes (addr_read, addr_write,
+# addr_code, Unicorn's paddr, addend); TLB_NOTDIRTY is bit 10 of addr_write;
+# and libunicorn's own tlb_reset_dirty_x86_64(cpu, host, length) puts the
+# flag back on every entry (every MMU index, the victim TLB) mapping a host
+# range.  All of it is checked first, by running a store on a scratch engine
+# (tlb_probe); an engine that fails runs without the fast path.
+TLB_NOTDIRTY = 1 << 10
+_TLB_ENTRY = 64
+_NB_MMU_MODES = 3
+_TLB_F_BEFORE_ENV = 64  # &env->tlb.f[0] == (char *)env - 64
+
+
+def _tlb_pairs(env: int) -> list[tuple[int, int]]:
+    """The {mask, table} pairs before ``env``, each checked: a mask of the
+    form (2^k - 1) << 6 with 2^6..2^22 entries, a table readable whole."""
+    words = struct.unpack(f"<{2 * _NB_MMU_MODES}Q", _peek(env - _TLB_F_BEFORE_ENV, 16 * _NB_MMU_MODES))
+    pairs = [(words[2 * i], words[2 * i + 1]) for i in range(_NB_MMU_MODES)]
+    for mask, table in pairs:
+        n = (mask >> 6) + 1
+        if mask & 0x3F or n & (n - 1) or not 64 <= n <= 1 << 22 or table < 1 << 16:
+            raise UnsupportedUnicorn(f"unexpected TLB (mask {mask:#x}, table {table:#x})")
+        _peek(table, n * _TLB_ENTRY)
+    return pairs
+
+
+def _tlb_entry(env: int, va: int) -> tuple[int, list[int]] | None:
+    """(address, [addr_read, addr_write, addr_code, paddr, addend]) of the
+    main-table entry holding page ``va``, whichever MMU index has it."""
+    page = va & ~0xFFF
+    for mask, table in _tlb_pairs(env):
+        at = table + (((page >> 12) << 6) & mask)
+        words = list(struct.unpack("<5Q", _peek(at, 40)))
+        if words[2] == page or (words[1] & ~0xFFF) == page:
+            return at, words
+    return None
+
+
+_probe_result: list[str | None] = []
+
+
+def tlb_probe() -> str | None:
+    """Check the TLB layout and tlb_reset_dirty on a scratch engine (once
+    per process): after ``mov %eax, data; ...`` the data page's entry must
+    map it with addr_write == page | TLB_NOTDIRTY and the code page's
+    addr_code == page, both with addends onto our buffer; tlb_reset_dirty
+    on the data page must put back a cleared flag, and leave an entry of
+    another page alone.  None when all holds, else why not."""
+    if _probe_result:
+        return _probe_result[0]
+    import mmap
+
+    from unicorn import UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, Uc
+
+    why: str | None = None
+    buf = mmap.mmap(-1, 0x3000)
+    cbuf = ctypes.c_char.from_buffer(buf)
+    host = ctypes.addressof(cbuf)
+    try:
+        code, data, other = 0x10000, 0x11000, 0x12000
+        buf[0:16] = bytes.fromhex("a3001001008905002001009090909090")  # mov %eax,data; mov %eax,other
+        uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        try:
+            uc.mem_map_ptr(code, 0x3000, UC_PROT_ALL, host)
+            uc.emu_start(code, code + 11)
+            cpu = struct.unpack("<Q", _peek(engine_handle(uc) + _UC_CPU, 8))[0]
+            env = cpu + _X86CPU_ENV
+            d, o, c = _tlb_entry(env, data), _tlb_entry(env, other), _tlb_entry(env, code)
+            if d is None or o is None or c is None:
+                raise UnsupportedUnicorn("no TLB entry for the probe's pages")
+            (d_at, dw), (o_at, ow), (_, cw) = d, o, c
+            if dw[1] != data | TLB_NOTDIRTY or dw[4] + data != host + 0x1000 \
+                    or ow[1] != other | TLB_NOTDIRTY or cw[2] != code or cw[4] + code != host:
+                raise UnsupportedUnicorn(f"the TLB entries are not as expected ({dw}, {cw})")
+            reset = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t)(
+                ctypes.cast(uclib().tlb_reset_dirty_x86_64, ctypes.c_void_p).value)
+            for at in (d_at, o_at):
+                ctypes.memmove(at + 8, struct.pack("<Q", data if at == d_at else other), 8)
+            reset(cpu, host + 0x1000, 0x1000)
+            dw2 = struct.unpack("<Q", _peek(d_at + 8, 8))[0]
+            ow2 = struct.unpack("<Q", _peek(o_at + 8, 8))[0]
+            if dw2 != data | TLB_NOTDIRTY or ow2 != other:
+                raise UnsupportedUnicorn("tlb_reset_dirty_x86_64 does not re-protect as expected")
+            # the cleared entry takes the inline path, and the store lands
+            uc.reg_write(_x86.UC_X86_REG_EAX, 0x6C677374)
+            uc.emu_start(code, code + 11)
+            if bytes(buf[0x2000:0x2004]) != b"tsgl" or bytes(buf[0x1000:0x1004]) != b"tsgl":
+                raise UnsupportedUnicorn("a store through a cleared entry went astray")
+        finally:
+            uc.mem_unmap(code, 0x3000)
+            del uc
+    except (UnsupportedUnicorn, AttributeError, OSError, ImportError) as exc:
+        why = str(exc)
+    except Exception as exc:  # a Unicorn error on the scratch engine: no fast path, no crash
+        why = f"{type(exc).__name__}: {exc}"
+    finally:
+        del cbuf
+        buf.close()
+    _probe_result.append(why)
+    return why
+
+
+def tlb_internals(cpu: int, env: int) -> dict[str, int]:
+    """The store fast path's fields for this engine (the CPU, its TLB pairs,
+    libunicorn's tlb_reset_dirty), or {} when tlb_probe or this engine's
+    pairs fail their checks: the guest then runs without it."""
+    if tlb_probe() is not None:
+        return {}
+    try:
+        _tlb_pairs(env)
+        reset = ctypes.cast(uclib().tlb_reset_dirty_x86_64, ctypes.c_void_p).value
+    except (UnsupportedUnicorn, AttributeError):
+        return {}
+    return {"fast_cpu": cpu, "tlb_fast": env - _TLB_F_BEFORE_ENV, "tlb_reset_dirty": reset}
 
