@@ -254,9 +254,9 @@ def test_console_device_distrusts_the_guest_counters() -> None:
         out: list[bytes] = []
         asked: list[int] = []
 
-        def stdin(n: int) -> bytes:
+        def stdin(n: int, wait: bool) -> tuple[bytes | None, bool]:
             asked.append(n)
-            return b"x" * n
+            return b"x" * n, False
 
         cons = _Console(mem, out.append, out.append, stdin)
         mem.write(L.CONS_PA + L.CONS["out_head0"], struct.pack("<I", 0xFFFF_FFF0))

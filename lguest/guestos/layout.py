@@ -42,7 +42,8 @@ BOOT_OUT_FIELDS = ("result", "status", "export_pa", "export_len", "counts_pa", "
 BOOT_OUT_OFFSET = BOOT_IN_WORDS * 4
 
 #: struct cons_page, in words.
-CONS_FIELDS = ("magic", "out_head0", "out_head1", "out_tail0", "out_tail1", "in_head", "in_tail", "in_want", "in_eof")
+CONS_FIELDS = ("magic", "out_head0", "out_head1", "out_tail0", "out_tail1", "in_head", "in_tail", "in_want", "in_eof",
+               "in_nowait", "in_hup")
 CONS = {name: 4 * i for i, name in enumerate(CONS_FIELDS)}
 
 

@@ -84,7 +84,7 @@ class _Console:
     """The console device: drain the kernel's stdout/stderr rings, fill its stdin ring."""
 
     def __init__(self, mem: Any, out: Callable[[bytes], None], err: Callable[[bytes], None],
-                 stdin: Callable[[int], bytes]) -> None:
+                 stdin: Callable[[int, bool], tuple[bytes | None, bool]]) -> None:
         self.mem, self.out, self.err, self.stdin = mem, out, err, stdin
 
     def _u32(self, name: str) -> int:
@@ -117,7 +117,11 @@ class _Console:
         if want:
             head, tail = self._u32("in_head"), self._u32("in_tail")
             room = L.RING_SIZE - min((head - tail) & 0xFFFF_FFFF, L.RING_SIZE)
-            data = self.stdin(min(want, room, L.RING_SIZE))
+            # in_nowait (poll/select): only what stdin holds now, None if nothing yet
+            data, hup = self.stdin(min(want, room, L.RING_SIZE), not self._u32("in_nowait"))
+            self._set("in_hup", int(hup))
+            if data is None:
+                return
             if not data:
                 self._set("in_eof", 1)
                 return
@@ -129,23 +133,30 @@ class _Console:
             self._set("in_head", head + len(data))
 
 
+StdinReader = Callable[[int, bool], tuple[bytes | None, bool]]
+
+
 def _stdin_reader(stdin: bytes | BinaryIO | int | None,
-                  deadline: Callable[[], float | None] = lambda: None) -> Callable[[int], bytes]:
-    """A reader of at most n bytes of the program's stdin.  A file descriptor
+                  deadline: Callable[[], float | None] = lambda: None) -> StdinReader:
+    """A reader of at most n bytes of the program's stdin: ``(data, hup)``.
+    With ``wait`` it waits for input (b"": the end of it); without (the
+    guest's poll/select asks what is there now) data is None when nothing
+    is.  ``hup``: the writer is gone, what is left is all there will be (a
+    pipe's POLLHUP; bytes given whole are such an input).  A file descriptor
     is polled up to ``deadline()`` (a time.monotonic() value, or None): a
     stdin that never comes must not outlast --timeout, and the wait is a
     poll() a signal interrupts."""
     if stdin is None:
-        return lambda n: b""
+        return lambda n, wait: (b"", True)
     if isinstance(stdin, (bytes, bytearray, memoryview)):
         buf = memoryview(bytes(stdin))
         pos = 0
 
-        def from_bytes(n: int) -> bytes:
+        def from_bytes(n: int, wait: bool) -> tuple[bytes | None, bool]:
             nonlocal pos
             chunk = bytes(buf[pos:pos + n])
             pos += len(chunk)
-            return chunk
+            return chunk, True
         return from_bytes
     fd: int | None = stdin if isinstance(stdin, int) else None
     if fd is None and hasattr(stdin, "fileno"):
@@ -158,24 +169,32 @@ def _stdin_reader(stdin: bytes | BinaryIO | int | None,
         poller = select.poll()
         poller.register(rfd, select.POLLIN)
 
-        def from_fd(n: int) -> bytes:
+        def from_fd(n: int, wait: bool) -> tuple[bytes | None, bool]:
             while True:
                 end = deadline()
-                wait = None
-                if end is not None:
-                    wait = (end - time.monotonic()) * 1000
-                    if wait <= 0:
+                ms: float | None = None if wait else 0
+                if end is not None and wait:
+                    ms = (end - time.monotonic()) * 1000
+                    if ms <= 0:
                         raise _Stop(EXIT_TIMEOUT, "")
-                if not poller.poll(wait):
+                ready = poller.poll(ms)
+                if not ready:
+                    if not wait:
+                        return None, False
                     continue
+                hup = bool(ready[0][1] & select.POLLHUP)
+                if not ready[0][1] & (select.POLLIN | select.POLLHUP):  # POLLERR/POLLNVAL: unreadable
+                    return b"", True
                 try:
-                    return os.read(rfd, n)
+                    return os.read(rfd, n), hup
                 except BlockingIOError:  # a non-blocking stdin, readied and drained by someone else
+                    if not wait:
+                        return None, False
                     continue
                 except OSError:  # a closed or unreadable stdin (CI has none) is an empty one
-                    return b""
+                    return b"", True
         return from_fd
-    return lambda n: stdin.read(n) or b""  # type: ignore[union-attr]
+    return lambda n, wait: (stdin.read(n) or b"", False)  # type: ignore[union-attr]
 
 
 def _fd_writer(fd: int, deadline: Callable[[], float | None]) -> Callable[[bytes], None]:
@@ -451,18 +470,26 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
                          record=record is not None, replay=rec_data)
     read_stdin = _stdin_reader(stdin, lambda: deadline)
 
-    def stdin_bytes(n: int) -> bytes:
+    def stdin_bytes(n: int, wait: bool) -> tuple[bytes | None, bool]:
         """What enters the stdin ring: the host's, logged with the guest's
         position when recording; the recording's when replaying (a guest
-        asking elsewhere, or for more, ends the replay: b"" then)."""
+        asking elsewhere, or for more, ends the replay: b"" then).  Logged
+        as the bytes' hex ("" the end of the input, the writer gone) -- or,
+        when the answer is more than that (poll found nothing yet, or bytes
+        and the writer gone), as [hex or None, hup]."""
         replayer = lg.replayer
         if replayer is not None:
             value = replayer.sync("stdin")
-            return b"" if value is None else bytes.fromhex(value)
-        data = read_stdin(n)
+            if value is None:
+                return b"", True
+            if isinstance(value, str):
+                return bytes.fromhex(value), not value
+            return (None if value[0] is None else bytes.fromhex(value[0])), bool(value[1])
+        data, hup = read_stdin(n, wait)
         if lg.recorder is not None:
-            lg.recorder.sync("stdin", data.hex())
-        return data
+            plain = data is not None and hup == (not data)
+            lg.recorder.sync("stdin", data.hex() if plain else [None if data is None else data.hex(), hup])
+        return data, hup
 
     with lg:
         mem = lg.memory

@@ -800,7 +800,11 @@ static u32 stdin_read(u8 *buf, u32 n)
 {
     u8 *ring = __va(RING_IN_PA);
     if (cons->in_head == cons->in_tail) {
-        if (cons->in_eof) return 0;
+        if (cons->in_eof) {
+            /* a tty's ^D that poll() saw ends this one read, as below */
+            if (boot->flags & BF_STDIN_TTY) cons->in_eof = 0;
+            return 0;
+        }
         cons_flush();                   /* a prompt shows before we wait */
         cons->in_want = n < RING_SIZE ? n : RING_SIZE;
         hcall(LHCALL_NOTIFY, CONS_PA, 0, 0);
@@ -811,6 +815,17 @@ static u32 stdin_read(u8 *buf, u32 n)
             (void)eof;
             return 0;
         }
+    } else if (cons->in_head - cons->in_tail < n && !cons->in_eof) {
+        /* the byte a poll took (and only that: a read takes all it asked
+         * for): top up with what stdin has now, without waiting, or every
+         * poll-then-read would get a byte */
+        u32 have = cons->in_head - cons->in_tail;
+        cons_flush();
+        cons->in_want = n - have < RING_SIZE - have ? n - have : RING_SIZE - have;
+        cons->in_nowait = 1;
+        hcall(LHCALL_NOTIFY, CONS_PA, 0, 0);
+        cons->in_want = 0;
+        cons->in_nowait = 0;
     }
     u32 got = 0;
     while (got < n && cons->in_tail != cons->in_head) {
@@ -818,6 +833,26 @@ static u32 stdin_read(u8 *buf, u32 n)
         cons->in_tail++;
     }
     return got;
+}
+
+/* stdin's readiness for poll/select: 1 bytes wait in the ring, 2 end of
+ * input, 0 neither.  With an empty ring the host is asked (NOTIFY with
+ * in_want) -- for what its stdin holds right now (wait 0: poll's own timeout
+ * does the waiting, on the guest clock) or until input or its end comes
+ * (wait 1: an unbounded poll, as read waits).  One byte is asked for, not
+ * more: the host's stdin keeps the rest, as a native poll leaves a pipe. */
+static u32 stdin_ready(int wait)
+{
+    if (cons->in_head != cons->in_tail) return 1;
+    if (cons->in_eof) return 2;
+    cons_flush();                       /* a prompt shows before we look or wait */
+    cons->in_want = 1;
+    cons->in_nowait = !wait;
+    hcall(LHCALL_NOTIFY, CONS_PA, 0, 0);
+    cons->in_want = 0;
+    cons->in_nowait = 0;
+    if (cons->in_head != cons->in_tail) return 1;
+    return cons->in_eof ? 2 : 0;
 }
 
 /* --- stat ----------------------------------------------------------------- */
@@ -1661,6 +1696,191 @@ static s32 do_nanosleep(u32 req, u32 rem, int wide)
     return 0;
 }
 
+/* --- poll and select ------------------------------------------------------ */
+#define POLLIN      0x001
+#define POLLPRI     0x002
+#define POLLOUT     0x004
+#define POLLERR     0x008
+#define POLLHUP     0x010
+#define POLLNVAL    0x020
+#define POLLRDNORM  0x040
+#define POLLRDBAND  0x080
+#define POLLWRNORM  0x100
+#define POLLWRBAND  0x200
+/* what select counts as readable, writable, exceptional (fs/select.c) */
+#define POLLIN_SET  (POLLRDNORM | POLLRDBAND | POLLIN | POLLHUP | POLLERR)
+#define POLLOUT_SET (POLLWRBAND | POLLWRNORM | POLLOUT | POLLERR)
+#define POLLEX_SET  POLLPRI
+#define T_NONE      (~0ull)             /* no deadline: wait for as long as it takes */
+
+/* What a file reports, as Linux's f_op->poll would: the files in memory and
+ * /dev/null, zero, urandom are always ready (DEFAULT_POLLMASK); stdout and
+ * stderr always writable (the host drains the rings); stdin as the read end
+ * of a pipe: POLLIN with bytes, POLLHUP once the writer is gone (the host saw
+ * it: in_hup) or at the end of input -- a tty instead reads its ^D as a
+ * readable 0 and is writable too.  *query: ask the host about an empty ring
+ * (1 for what it has now, 2 wait for input), done once per pass. */
+static u32 file_poll(struct file *f, u32 events, int *query)
+{
+    u32 dev = f->ino->dev;
+    if (dev == DEV_STDOUT || dev == DEV_STDERR) return POLLOUT | POLLWRNORM;
+    if (dev != DEV_STDIN && dev != DEV_TTY) return POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM;
+    int tty = dev == DEV_TTY || (boot->flags & BF_STDIN_TTY);
+    u32 st;
+    if ((events & POLLIN_SET) && *query) {
+        st = stdin_ready(*query == 2);
+        *query = 0;
+    } else {
+        st = cons->in_head != cons->in_tail ? 1 : cons->in_eof ? 2 : 0;
+    }
+    if (tty) return POLLOUT | POLLWRNORM | (st ? POLLIN | POLLRDNORM : 0);
+    return (st == 1 ? POLLIN | POLLRDNORM : 0) | (st == 2 || cons->in_hup ? POLLHUP : 0);
+}
+
+/* The sets of the call in progress, copied in (one program, one thread). */
+static struct { s32 fd; u16 events, revents; } poll_set[MAX_FDS];
+static u32 sel_set[3][MAX_FDS / 32], sel_res[3][MAX_FDS / 32];
+
+/* One pass over poll_set (n entries) or the select sets (fds below n):
+ * fills in the results, returns how many are ready as the call counts them. */
+static u32 poll_pass(int is_select, u32 n, int query)
+{
+    u32 count = 0;
+    if (!is_select) {
+        for (u32 i = 0; i < n; i++) {
+            s32 fd = poll_set[i].fd;
+            u32 m = 0;
+            if (fd >= 0) {
+                struct file *f = fd_get(fd);
+                u32 ev = poll_set[i].events;
+                /* POLLERR and POLLHUP are reported whether asked or not */
+                m = f ? file_poll(f, ev, &query) & (ev | POLLERR | POLLHUP) : POLLNVAL;
+            }
+            poll_set[i].revents = m;
+            count += m != 0;
+        }
+        return count;
+    }
+    memset(sel_res, 0, sizeof sel_res);
+    for (u32 i = 0; i < n; i++) {
+        u32 w = i >> 5, bit = 1u << (i & 31);
+        u32 want = (sel_set[0][w] & bit ? POLLIN_SET : 0) | (sel_set[1][w] & bit ? POLLOUT_SET : 0)
+                   | (sel_set[2][w] & bit ? POLLEX_SET : 0);
+        if (!want) continue;
+        u32 m = file_poll(fds[i], want, &query);   /* open: checked before the first pass */
+        /* every set an fd is ready in counts, as Linux's do_select counts */
+        if (m & want & POLLIN_SET) sel_res[0][w] |= bit, count++;
+        if (m & want & POLLOUT_SET) sel_res[1][w] |= bit, count++;
+        if (m & want & POLLEX_SET) sel_res[2][w] |= bit, count++;
+    }
+    return count;
+}
+
+/* Passes until something is ready or the guest clock reaches until (0: one
+ * pass, a zero timeout; T_NONE: none).  Between passes the kernel HALTs to
+ * the next tick and asks the host again, so a finite wait is the guest
+ * clock's, virtual or wall, and stdin arriving meanwhile is seen within a
+ * tick; without a deadline the host waits for stdin itself, as for read. */
+static s32 poll_wait(int is_select, u32 n, u64 until)
+{
+    for (;;) {
+        u32 r = poll_pass(is_select, n, 1);
+        if (r) return r;
+        if (until == T_NONE) {
+            if ((r = poll_pass(is_select, n, 2))) return r;
+        } else if (now_ns() >= until) {
+            return 0;
+        }
+        cons_flush();
+        hcall(LHCALL_HALT, 0, 0, 0);    /* the tick wakes us */
+    }
+}
+
+/* A timeout from user memory, kind 0 struct timeval, 1 struct timespec
+ * (32-bit), 2 struct __kernel_timespec: 0, -EFAULT or -EINVAL; *until the
+ * guest-clock deadline, 0 for a zero timeout, T_NONE for a NULL pointer. */
+static s32 get_timeout(u32 p, int kind, u64 *until)
+{
+    *until = T_NONE;
+    if (!p) return 0;
+    if (!user_ok(p, kind == 2 ? 16 : 8, 0)) return -EFAULT;
+    s64 s, ns;
+    if (kind == 0) {                    /* select folds whole seconds of tv_usec in first */
+        s32 us = ((s32 *)p)[1];
+        s = (s64)((s32 *)p)[0] + us / 1000000;
+        ns = (s64)(us % 1000000) * 1000;
+    } else if (kind == 1) {
+        s = ((s32 *)p)[0];
+        ns = ((s32 *)p)[1];
+    } else {                            /* a 32-bit caller's tv_nsec is its low word */
+        s = *(s64 *)p;
+        ns = *(u32 *)(p + 8);
+    }
+    if (s < 0 || (u64)ns >= 1000000000ull) return -EINVAL;
+    if (!s && !ns) { *until = 0; return 0; }
+    if (s > 1000000000ll * 100) s = 1000000000ll * 100;   /* ~3000 years: the u64 of ns stays */
+    *until = now_ns() + (u64)s * 1000000000ull + (u64)ns;
+    return 0;
+}
+
+/* What is left of a timeout, written back as Linux does for select, pselect6
+ * and ppoll (not for a zero one; a pointer gone read-only is left alone). */
+static void put_timeout(u32 p, int kind, u64 until)
+{
+    if (!p || !until || until == T_NONE) return;
+    u64 now = now_ns(), left = until > now ? until - now : 0;
+    if (kind == 0) {
+        if (!user_ok(p, 8, 1)) return;
+        ((u32 *)p)[0] = (u32)(left / 1000000000ull);
+        ((u32 *)p)[1] = (u32)(left % 1000000000ull / 1000);
+    } else {
+        put_timespec(p, left, kind == 2);
+    }
+}
+
+/* The sigmask of ppoll/pselect6: checked as Linux checks it, then ignored
+ * (no signal is ever delivered here, so none could be unblocked). */
+static s32 check_sigmask(u32 p, u32 size)
+{
+    if (!p) return 0;
+    if (size != 8) return -EINVAL;
+    return user_ok(p, 8, 0) ? 0 : -EFAULT;
+}
+
+static s32 do_poll(u32 ufds, u32 nfds, u64 until)
+{
+    if (nfds > MAX_FDS) return -EINVAL;     /* RLIMIT_NOFILE, as getrlimit reports it */
+    if (!user_ok(ufds, nfds * 8, 0)) return -EFAULT;
+    memcpy(poll_set, (void *)ufds, nfds * 8);
+    s32 r = poll_wait(0, nfds, until);
+    if (!user_ok(ufds, nfds * 8, 1)) return -EFAULT;
+    for (u32 i = 0; i < nfds; i++) ((u16 *)ufds)[4 * i + 3] = poll_set[i].revents;
+    return r;
+}
+
+static s32 do_select(s32 n, u32 inp, u32 outp, u32 exp, u64 until)
+{
+    if (n < 0) return -EINVAL;
+    if (n > (s32)MAX_FDS) n = MAX_FDS;      /* Linux clamps to its table's size */
+    u32 bytes = (n + 31) / 32 * 4, ptr[3] = {inp, outp, exp};
+    for (u32 k = 0; k < 3; k++) {
+        if (!ptr[k]) { memset(sel_set[k], 0, sizeof sel_set[k]); continue; }
+        if (!user_ok(ptr[k], bytes, 0)) return -EFAULT;
+        memcpy(sel_set[k], (void *)ptr[k], bytes);
+        if (n & 31) sel_set[k][n >> 5] &= (1u << (n & 31)) - 1;    /* bits past n are not looked at */
+    }
+    for (s32 i = 0; i < n; i++)
+        if (((sel_set[0][i >> 5] | sel_set[1][i >> 5] | sel_set[2][i >> 5]) >> (i & 31) & 1) && !fds[i])
+            return -EBADF;
+    s32 r = poll_wait(1, n, until);
+    for (u32 k = 0; k < 3; k++) {
+        if (!ptr[k]) continue;
+        if (!user_ok(ptr[k], bytes, 1)) r = -EFAULT;
+        else memcpy((void *)ptr[k], sel_res[k], bytes);
+    }
+    return r;
+}
+
 static void __attribute__((noreturn)) die_signal(u32 sig)
 {
     finish(R_SIGNAL, sig);
@@ -1841,6 +2061,41 @@ static s32 sys(struct regs *r)
             *(u32 *)a = t;
         }
         return t;
+    }
+    case 168:                                                   /* poll */
+        return do_poll(a, b, (s32)c < 0 ? T_NONE : c ? now_ns() + (u64)c * 1000000ull : 0);
+    case 309: case 414: {                                       /* ppoll, ppoll_time64 */
+        u64 until;
+        if ((ret = get_timeout(c, nr == 414 ? 2 : 1, &until)) || (ret = check_sigmask(d, e))) return ret;
+        ret = do_poll(a, b, until);
+        put_timeout(c, nr == 414 ? 2 : 1, until);
+        return ret;
+    }
+    case 82: {                                                  /* select (old: its arguments in a block) */
+        if (!user_ok(a, 20, 0)) return -EFAULT;
+        u32 *blk = (u32 *)a;
+        a = blk[0]; b = blk[1]; c = blk[2]; d = blk[3]; e = blk[4];
+    }
+        /* fall through */
+    case 142: {                                                 /* _newselect */
+        u64 until;
+        if ((ret = get_timeout(e, 0, &until))) return ret;
+        ret = do_select(a, b, c, d, until);
+        put_timeout(e, 0, until);
+        return ret;
+    }
+    case 308: case 413: {                                       /* pselect6, pselect6_time64 */
+        u32 mask = 0, size = 0;
+        u64 until;
+        if (f6) {                                               /* {const sigset_t *, size_t} */
+            if (!user_ok(f6, 8, 0)) return -EFAULT;
+            mask = ((u32 *)f6)[0];
+            size = ((u32 *)f6)[1];
+        }
+        if ((ret = get_timeout(e, nr == 413 ? 2 : 1, &until)) || (ret = check_sigmask(mask, size))) return ret;
+        ret = do_select(a, b, c, d, until);
+        put_timeout(e, nr == 413 ? 2 : 1, until);
+        return ret;
     }
     case 162: return do_nanosleep(a, b, 0);                     /* nanosleep */
     case 267: return (b & 1) ? -EINVAL : do_nanosleep(c, d, 0); /* clock_nanosleep (relative) */

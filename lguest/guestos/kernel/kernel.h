@@ -70,6 +70,8 @@ struct cons_page {
     u32 in_tail;                    /* consumer (kernel) */
     u32 in_want;                    /* kernel: bytes it would take; host reads stdin when non-zero */
     u32 in_eof;                     /* host: stdin is at end of file */
+    u32 in_nowait;                  /* kernel, with in_want: take only what stdin has now (poll) */
+    u32 in_hup;                     /* host: stdin's writer is gone (what is left is all there is) */
 };
 #endif
 #endif
