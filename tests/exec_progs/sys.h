@@ -10,7 +10,10 @@ typedef unsigned long long u64;
 static inline int sys6(int n, int a, int b, int c, int d, int e, int f)
 {
     int r;
-    __asm__ volatile("push %%ebp\n\tmov %7, %%ebp\n\t" SYSCALL_INSN "\n\tpop %%ebp"
+    /* f is pushed first, while an esp-relative operand still means what
+     * the compiler meant; read after "push %ebp" it was off by 4. */
+    __asm__ volatile("push %7\n\tpush %%ebp\n\tmov 4(%%esp), %%ebp\n\t" SYSCALL_INSN
+                     "\n\tpop %%ebp\n\tadd $4, %%esp"
                      : "=a"(r) : "a"(n), "b"(a), "c"(b), "d"(c), "S"(d), "D"(e), "g"(f) : "memory");
     return r;
 }
