@@ -12,13 +12,6 @@
  * Built with the real kernel's flags and kernel.ld (PAGE_OFFSET + 1 MiB). */
 #include "../../lguest/guestos/kernel/kernel.h"
 
-struct lguest_data {
-    u32 irq_enabled, blocked_interrupts, cr2;
-    u32 time_sec, time_nsec;
-    u8 hcall_status[64];
-    u32 hcalls[64][4];
-    u32 reserve_mem, tsc_khz, pgdir, noirq_start, noirq_end, kernel_address, syscall_vec;
-};
 struct lguest_data lguest_data __attribute__((aligned(4096)));
 
 

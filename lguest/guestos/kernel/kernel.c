@@ -47,15 +47,6 @@ static inline u32 hcall(u32 call, u32 a1, u32 a2, u32 a3)
     return r;
 }
 
-/* struct lguest_data (include/linux/lguest.h, early 2009): 1136 bytes. */
-struct lguest_data {
-    u32 irq_enabled, blocked_interrupts, cr2;
-    u32 time_sec, time_nsec;
-    u8 hcall_status[64];
-    u32 hcalls[64][4];
-    u32 reserve_mem, tsc_khz, pgdir, noirq_start, noirq_end, kernel_address, syscall_vec;
-};
-_Static_assert(sizeof(struct lguest_data) == 1136, "lguest_data layout");
 
 extern char noirq_start[], noirq_end[], boot_stack_top[], _end[];
 extern void syscall_entry(void), timer_entry(void);

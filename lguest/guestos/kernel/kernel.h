@@ -40,6 +40,16 @@ typedef long long s64;
 typedef unsigned short u16;
 typedef unsigned char u8;
 
+/* struct lguest_data (include/linux/lguest.h, early 2009): 1136 bytes. */
+struct lguest_data {
+    u32 irq_enabled, blocked_interrupts, cr2;
+    u32 time_sec, time_nsec;
+    u8 hcall_status[64];
+    u32 hcalls[64][4];
+    u32 reserve_mem, tsc_khz, pgdir, noirq_start, noirq_end, kernel_address, syscall_vec;
+};
+_Static_assert(sizeof(struct lguest_data) == 1136, "lguest_data layout");
+
 struct bootinfo {                   /* 32 u32s written by the host, then results */
     u32 magic;
     u32 mem_size;
