@@ -42,6 +42,7 @@ from .common import (
     parse_size,
     parse_timeout,
     parse_vector,
+    usage_line,
 )
 from .exec import _exec_error, _ExecUsage, add_exec_parser, cmd_exec
 from .run import cmd_run
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             args = build_parser().parse_args(argv)
     except _ExecUsage as exc:
-        print(f"{PROG} exec: {exc} (see lguest exec --help)", file=sys.stderr)
+        print(usage_line(str(exc), "exec"), file=sys.stderr)
         return 125
     try:
         if args.command == "vectors":

@@ -124,12 +124,15 @@ class _Parser(argparse.ArgumentParser):
     """argparse with lguest's one-line errors: ``lguest: --memory: '1t' is not a size ...``."""
 
     def error(self, message: str) -> NoReturn:
-        # "argument --memory: <why>" -> "--memory: <why>"; "argument IMAGE: ..." likewise.
-        message = re.sub(r"^argument ([^:]+): ", lambda m: m.group(1).split("/")[-1] + ": ", message)
-        sub = self.prog.removeprefix(PROG).strip()
-        hint = f" (see {PROG}{' ' + sub if sub else ''} --help)"
-        sys.stderr.write(f"{PROG}: {message}{hint}\n")
+        sys.stderr.write(usage_line(message, self.prog.removeprefix(PROG).strip()) + "\n")
         raise SystemExit(EXIT_USAGE)
+
+
+def usage_line(message: str, sub: str = "") -> str:
+    """argparse's complaint as lguest's one line: ``lguest: --memory: <why>
+    (see lguest exec --help)`` (argparse says "argument --memory: <why>")."""
+    message = re.sub(r"^argument ([^:]+): ", lambda m: m.group(1).split("/")[-1] + ": ", message)
+    return f"{PROG}: {message} (see {PROG}{' ' + sub if sub else ''} --help)"
 
 
 def _version() -> str:
