@@ -1057,16 +1057,12 @@ cdef void _api_free(object capsule) noexcept:
     free(PyCapsule_GetPointer(capsule, LGUEST_NATIVE_API_CAPSULE))
     Py_XDECREF(<PyObject *>cpu)
 
-def native_api(Cpu cpu not None):
-    """A PyCapsule ("lguest._core.lg_native_api") holding the C entry points a
-    native emulator hook uses to deliver traps for ``cpu`` (see lguest.unicorn._uchook).
-    The capsule keeps ``cpu`` (and so its guest) alive; the guest memory can
-    still be closed, after which every access fails the bounds check -- hold
-    it (``GuestMemory.hold()``) while a hook may run without the GIL."""
-    cpu._check_ready()
+cdef lg_native_api *_new_api_table(Cpu cpu) noexcept:
+    """A malloc'd table pointing at ``cpu``'s state (NULL: out of memory);
+    owner, hold and waker NULL for the caller to fill as it owns them."""
     cdef lg_native_api *api = <lg_native_api *>malloc(sizeof(lg_native_api))
     if api == NULL:
-        raise MemoryError()
+        return NULL
     api.version = LGUEST_NATIVE_API_VERSION
     api.size = sizeof(lg_native_api)
     api.cpu = <void *>&cpu.c
@@ -1074,9 +1070,22 @@ def native_api(Cpu cpu not None):
     api.irqs_pending = &cpu.c.irqs_pending
     api.dead_code = &cpu.c.lg.dead_code
     api.set_guest_interrupt = _api_set_guest_interrupt
-    api.owner = NULL   # the capsule owns the cpu (its context); no hold, no waker
+    api.owner = NULL
     api.hold = NULL
     api.waker = NULL
+    return api
+
+def native_api(Cpu cpu not None):
+    """A PyCapsule ("lguest._core.lg_native_api") holding the C entry points a
+    native emulator hook uses to deliver traps for ``cpu`` (see lguest.unicorn._uchook).
+    The capsule keeps ``cpu`` (and so its guest) alive; the guest memory can
+    still be closed, after which every access fails the bounds check -- hold
+    it (``GuestMemory.hold()``) while a hook may run without the GIL."""
+    cpu._check_ready()
+    cdef lg_native_api *api = _new_api_table(cpu)
+    if api == NULL:
+        raise MemoryError()
+    # the capsule owns the cpu (its context): no owner, hold or waker here
     try:
         capsule = PyCapsule_New(<void *>api, LGUEST_NATIVE_API_CAPSULE, _api_free)
     except BaseException:
@@ -1103,17 +1112,10 @@ cdef lguest_handle *_capi_acquire(void *cpu_obj) noexcept:
         cpu._check_mem()
         hold = cpu.guest.memory.hold()
         hold.__enter__()  # until release(): the memory cannot be closed under a handle
-        h = <lg_native_api *>malloc(sizeof(lg_native_api))
+        h = _new_api_table(cpu)
         if h == NULL:
             hold.__exit__(None, None, None)
             raise MemoryError()
-        h.version = LGUEST_NATIVE_API_VERSION
-        h.size = sizeof(lg_native_api)
-        h.cpu = <void *>&cpu.c
-        h.regs = <uint32_t *>cpu.c.regs
-        h.irqs_pending = &cpu.c.irqs_pending
-        h.dead_code = &cpu.c.lg.dead_code
-        h.set_guest_interrupt = _api_set_guest_interrupt
         h.waker = <void *>&cpu.waker
         Py_INCREF(cpu)
         h.owner = <void *>cpu
