@@ -45,9 +45,10 @@ from .common import (
     usage_line,
 )
 from .exec import _exec_error, _ExecUsage, add_exec_parser, cmd_exec
-from .run import cmd_run
-from .signals import _signals
-from .vectors import cmd_vectors
+
+# `lguest run` (its signal watcher's socket), `lguest vectors` (json) are
+# imported in main() when chosen: `lguest exec` is a start-up race against
+# other emulators, and their modules cost it ~3 ms.
 
 __all__ = ["EXIT_CODES", "PROG", "UsageError", "build_parser", "main", "parse_int", "parse_size",
            "parse_timeout", "parse_vector"]
@@ -127,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             # top parser's (2)
             holder = argparse.ArgumentParser(prog=PROG, add_help=False)
             holder.error = _exec_error  # type: ignore[method-assign]
-            add_exec_parser(holder.add_subparsers(dest="command"))
+            # prog given: argparse would build a HelpFormatter to spell it, which imports shutil
+            add_exec_parser(holder.add_subparsers(dest="command", prog=PROG))
             args = holder.parse_args(argv)
         else:
             args = build_parser().parse_args(argv)
@@ -136,9 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         return 125
     try:
         if args.command == "vectors":
+            from .vectors import cmd_vectors
             return cmd_vectors(args)
         if args.command == "exec":
             return cmd_exec(args)
+        from .run import cmd_run
+        from .signals import _signals
         with _signals() as sigs:
             return cmd_run(args, sigs)
     except UsageError as exc:

@@ -18,6 +18,8 @@ from .common import (
     UsageError,
     _busy_line,
     _default_vector,
+    _Formatter,
+    _terminal_size,
     parse_size,
     parse_timeout,
     parse_vector,
@@ -41,6 +43,7 @@ def add_exec_parser(sub: Any) -> None:
         "Exits with the program's status (128+N for signal N); lguest's own outcomes: 124 timeout, 125 usage "
         "errors and a killed guest kernel, 126 not a static ELF32 i386 program, 127 not found, 130/143 "
         "interrupted by SIGINT/SIGTERM, each with one line on stderr.",
+        formatter_class=_Formatter,
     )
     exe.error = _exec_error  # type: ignore[method-assign]  # usage errors exit 125 here, as env(1)'s do
     exe.add_argument("--root", metavar="DIR", default=None,
@@ -76,8 +79,6 @@ class _ExecTerminated(Exception):
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    import shutil
-
     from ..guestos.runner import print_exec_stats, run_program
 
     try:
@@ -94,11 +95,10 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
     old = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() else None
     try:
-        size = shutil.get_terminal_size((80, 24))
         result = run_program(args.program, prog_args, root=args.root, memory=args.memory, clock=args.clock,
                              syscall_vector=vector, timeout=args.timeout, stdin=0, stdout=1, stderr=2,
                              export=args.export,
-                             tty=(os.isatty(0), os.isatty(1), os.isatty(2)), tty_size=(size.lines, size.columns),
+                             tty=(os.isatty(0), os.isatty(1), os.isatty(2)), tty_size=_terminal_size(),
                              record=args.record, replay=args.replay, trace_out=args.trace_out)
     except KeyboardInterrupt:
         print(f"{PROG}: {args.program}: interrupted (SIGINT)", file=sys.stderr)

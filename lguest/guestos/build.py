@@ -9,12 +9,13 @@ directory keyed by the sources' hash; where that fails too,
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
+from typing import Any
+
+# hashlib, shutil, subprocess and tempfile (~6 ms together) are imported
+# where they are used: every `lguest exec` checks the kernel's hash, but
+# only the first one builds it.
 
 HERE = Path(__file__).resolve().parent
 SOURCES = HERE / "kernel"
@@ -29,8 +30,22 @@ class KernelUnavailable(RuntimeError):
     """No guest kernel, and it cannot be built here."""
 
 
+def _sha256() -> Any:
+    """A fresh SHA-256, from the interpreter's own module when it has one:
+    hashlib loads OpenSSL first (~2 ms of every start-up); the digest is
+    the same."""
+    try:
+        from _sha256 import sha256  # CPython <= 3.11
+    except ImportError:
+        try:
+            from _sha2 import sha256  # CPython >= 3.12
+        except ImportError:
+            from hashlib import sha256
+    return sha256()
+
+
 def source_hash() -> str:
-    h = hashlib.sha256()
+    h = _sha256()
     for p in sorted(SOURCES.iterdir()):
         if p.suffix in (".c", ".h", ".S", ".ld") or p.name == "Makefile":
             h.update(p.name.encode() + b"\0" + p.read_bytes())
@@ -44,6 +59,10 @@ def cache_dir() -> Path:
 
 def build(out_dir: str | os.PathLike[str]) -> Path:
     """Build the kernel into ``out_dir``; KernelUnavailable with the compiler's words if it fails."""
+    import shutil
+    import subprocess
+    import tempfile
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     make = shutil.which("make")

@@ -9,7 +9,6 @@ results the kernel leaves in the boot block at SHUTDOWN.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import select
 import stat
@@ -22,7 +21,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..constants import PAGE_SIZE
-from ..host import record as record_mod
 from ..unicorn import UnicornLauncher
 from . import layout as L
 from .build import KernelUnavailable, kernel_path
@@ -384,6 +382,7 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
         if record is not None:
             return done(EXIT_LGUEST, "lguest: --record and --replay are exclusive")
         try:
+            from ..host import record as record_mod
             rec_data = replay if isinstance(replay, dict) else record_mod.load(os.fspath(replay))
         except (OSError, ValueError) as exc:
             return done(EXIT_LGUEST, f"lguest: --replay: {exc}")
@@ -397,9 +396,11 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
         tty_size = (int(recorded["tty_size"][0]), int(recorded["tty_size"][1]))
     # The results a replay must reproduce: what the program wrote, hashed.
     logged = record is not None or rec_data is not None
-    hashes = {"stdout": hashlib.sha256(), "stderr": hashlib.sha256()}
+    hashes: dict[str, Any] = {}
     sizes = {"stdout": 0, "stderr": 0}
     if logged:
+        import hashlib  # only here: its OpenSSL costs every start-up ~2 ms
+        hashes = {"stdout": hashlib.sha256(), "stderr": hashlib.sha256()}
         def hashed(name: str, sink: Callable[[bytes], None]) -> Callable[[bytes], None]:
             def write(data: bytes) -> None:
                 hashes[name].update(data)
@@ -453,9 +454,14 @@ def run_program(program: str, args: Sequence[str] = (), *, root: str | os.PathLi
     epoch = VIRTUAL_EPOCH if clock == "virtual" else 0
     if rec_data is not None:
         epoch = int(rec_data["exec"]["epoch"])
-    exec_header = {"program": path, "args": list(args), "env": envp, "root_sha256": hashlib.sha256(image).hexdigest(),
-                   "export": export is not None, "epoch": epoch, "seed": seed, "tty": list(tty),
-                   "tty_size": list(tty_size)}
+    # What a recording says of the run, and a replay compares: built only
+    # then (hashing the root image is ~1 ms per MiB).
+    exec_header: dict[str, Any] = {}
+    if logged:
+        exec_header = {"program": path, "args": list(args), "env": envp,
+                       "root_sha256": hashlib.sha256(image).hexdigest(),  # imported above (logged)
+                       "export": export is not None, "epoch": epoch, "seed": seed, "tty": list(tty),
+                       "tty_size": list(tty_size)}
     boot = L.pack_bootinfo(magic=L.BOOT_MAGIC, mem_size=memory, image_pa=image_pa, image_len=len(image),
                            args_pa=args_pa, args_len=len(blob), argc=len(argv), envc=len(envp),
                            syscall_vector=syscall_vector, tick_ns=TICK_NS, epoch_sec=epoch,

@@ -11,7 +11,6 @@ per-CPU IRQ vector map; :class:`Host` is the loaded module.
 from __future__ import annotations
 
 import errno
-import logging
 import threading
 from collections.abc import Iterable
 from types import ModuleType
@@ -22,9 +21,20 @@ from ..cores import load_core
 from ..validate import check_vector, to_u32
 
 if TYPE_CHECKING:
+    import logging
+
     from ..memory import GuestMemory
 
-log = logging.getLogger("lguest")
+
+def _log() -> logging.Logger:
+    """The package's logger, with the library's NullHandler (the application
+    decides where records go).  Imported here, on the one path that logs
+    (a busy vector), rather than at start-up: logging costs ~3 ms to import."""
+    import logging
+    log = logging.getLogger("lguest")
+    if not any(isinstance(h, logging.NullHandler) for h in log.handlers):
+        log.addHandler(logging.NullHandler())
+    return log
 
 
 class VectorBusy(OSError):
@@ -157,7 +167,7 @@ class Host:
                 used._used[v] = "lguest syscall_vector"
                 self._reserved = self._initialised = True
                 return
-        log.error("lg: couldn't reserve syscall %u", v)
+        _log().error("lg: couldn't reserve syscall %u", v)
         raise VectorBusy(v, f"couldn't reserve syscall {v}", holder)
 
     def free_interrupts(self) -> None:

@@ -10,20 +10,18 @@ that drives them through :func:`lguest.host.run.run_guest`.
 from __future__ import annotations
 
 import atexit
-import hashlib
 import os
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import unicorn as _unicorn
 from unicorn import unicorn_const as _ucc
 
 from ..clock import VirtualClock
 from ..constants import PAGE_SIZE, SWITCHER_ADDR
-from ..host import record as record_mod
 from ..host.launcher import DEFAULT_CONSOLE_LIMIT, Launcher, RunResult
 from ..host.stats import Stats
 from ..host.vectors import Host
@@ -36,6 +34,12 @@ from .exits import REASON_DEADLINE, REASON_TIMER
 from .paging import initial_page_tables
 from .stats import flat_stats
 from .switcher import GUEST_FLAT_SEGMENTS
+
+if TYPE_CHECKING:
+    from ..host import record as record_mod
+
+# lguest.host.record (with json, zlib and hashlib, ~4 ms) is imported where
+# a recording or a replay is made: a plain run never needs it.
 
 
 class UnicornLauncher:
@@ -66,6 +70,7 @@ class UnicornLauncher:
         if record and replay is not None:
             raise ValueError("record and replay are exclusive")
         if replay is not None:
+            from ..host import record as record_mod
             replay = record_mod.load(replay) if isinstance(replay, (str, os.PathLike)) else replay
             clock = replay["clock"]
         if clock not in ("virtual", "wall"):
@@ -150,6 +155,8 @@ class UnicornLauncher:
         self.memory = mem = GuestMemory(self.memory_size)
         virtual = self.clock_mode == "virtual"
         clock: Any = VirtualClock() if virtual else None
+        if self._record or self._replay_data is not None:
+            from ..host import record as record_mod
         if self._record:  # the recorder is hooked in below
             clock = record_mod.RecordingVirtualClock() if virtual else record_mod.RecordingClock(None)
         elif self._replay_data is not None:
@@ -407,11 +414,15 @@ class UnicornLauncher:
 
     # --- record and replay (lguest.host.record) --------------------------------------------------
     def _header(self, image: str | None) -> dict[str, Any]:
+        from ..host import record as record_mod
         return {"image_sha256": record_mod.file_digest(image) if image else None, "memory": self.memory_size,
                 "page_offset": self.page_offset, "clock": self.clock_mode, "syscall_vector": self.syscall_vector,
                 "ns_per_block": self.ns_per_block, "tsc_khz": int(self.guest.tsc_khz), "entry": self.entry}
 
     def _final(self, result: RunResult | None) -> dict[str, Any]:
+        import hashlib
+
+        from ..host import record as record_mod
         console = self.console
         return {"reason": None if result is None else result.reason,
                 "message": None if result is None else result.message,

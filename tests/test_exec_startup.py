@@ -1,0 +1,108 @@
+"""`lguest exec`'s start-up: what a plain run imports, and the helpers that
+stand in for the standard library's slower modules on that path.
+
+Issue 13 times whole `lguest exec` runs against Qiling, start-up included, so
+a module a plain run does not use must not be imported by it: logging (only
+a busy vector logs), json/zlib/hashlib (record and replay), subprocess and
+tempfile (building the guest kernel), socket (`lguest run`'s signal watcher).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lguest.cli.common import _terminal_size
+from lguest.guestos import KernelUnavailable, kernel_path
+from lguest.guestos.build import _sha256, source_hash
+
+pytest.importorskip("unicorn")
+
+#: Modules a plain `lguest exec` run must leave unimported (see the docstring).
+LAZY = ("logging", "json", "hashlib", "_hashlib", "subprocess", "socket", "lguest.host.record",
+        "lguest.cli.run", "lguest.cli.signals", "lguest.cli.vectors")
+
+EXIT0 = r"""
+void _start(void) { __asm__ volatile("int $0x80" :: "a"(1), "b"(0)); for (;;) ; }
+"""
+
+
+@pytest.fixture(scope="module")
+def exit0(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    try:
+        kernel_path()
+    except KernelUnavailable as exc:
+        pytest.skip(f"no guest kernel: {exc}")
+    out = tmp_path_factory.mktemp("startup")
+    src = out / "exit0.c"
+    src.write_text(EXIT0)
+    exe = out / "exit0"
+    proc = subprocess.run(["gcc", "-m32", "-O1", "-ffreestanding", "-fno-pie", "-no-pie", "-nostdlib", "-static",
+                           "-Wl,--build-id=none", "-o", str(exe), str(src)], capture_output=True, text=True)
+    if proc.returncode:
+        pytest.skip(f"gcc cannot build i386 programs here: {proc.stderr.strip()[-300:]}")
+    return exe
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["cython", "python"])
+def test_plain_exec_imports_nothing_it_does_not_use(exit0: Path, pure: bool) -> None:
+    code = ("import sys\nfrom lguest.cli import main\n"
+            f"rc = main(['exec', '--', {str(exit0)!r}])\n"
+            f"print([m for m in {LAZY!r} if m in sys.modules])\nsys.exit(rc)\n")
+    env = {k: v for k, v in os.environ.items() if k != "LGUEST_PURE_PYTHON"}
+    if pure:
+        env["LGUEST_PURE_PYTHON"] = "1"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().replace("'", '"')) == []
+
+
+def test_record_still_finds_its_modules(exit0: Path, tmp_path: Path) -> None:
+    """The lazily imported record path works from a fresh interpreter (record, then replay)."""
+    rec = tmp_path / "run.rec"
+    for opt in ("--record", "--replay"):
+        proc = subprocess.run([sys.executable, "-m", "lguest", "exec", opt, str(rec), "--", str(exit0)],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+    assert "replay identical to the recording" in proc.stderr
+
+
+@pytest.mark.parametrize("env", [{}, {"COLUMNS": "132"}, {"LINES": "50"}, {"COLUMNS": "100", "LINES": "40"},
+                                 {"COLUMNS": "x", "LINES": "-3"}, {"COLUMNS": "0", "LINES": "0"}])
+def test_terminal_size_is_shutils(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    for name in ("COLUMNS", "LINES"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    want = shutil.get_terminal_size((80, 24))
+    assert _terminal_size() == (want.lines, want.columns)
+
+
+def test_kernel_hash_is_hashlibs() -> None:
+    """The interpreter's own SHA-256 stands in for hashlib's: the same digest,
+    so packaged stamps and cache directories stay valid."""
+    import hashlib
+
+    data = os.urandom(5000)
+    h = _sha256()
+    h.update(data)
+    assert h.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert len(source_hash()) == 16
+
+
+def test_busy_vector_logs_through_a_null_handler() -> None:
+    """The library's NullHandler is attached where the logger is first used."""
+    from lguest.host.vectors import _log
+
+    log = _log()
+    assert log is logging.getLogger("lguest")
+    assert sum(isinstance(h, logging.NullHandler) for h in log.handlers) == 1
+    _log()
+    assert sum(isinstance(h, logging.NullHandler) for h in log.handlers) == 1
