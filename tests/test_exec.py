@@ -114,7 +114,7 @@ def run_both(name: str, progs: dict[str, Path], tmp_path: Path, native: bool, co
     return result, nat
 
 
-@pytest.mark.parametrize("name", ["files", "mem", "proc", "time", "badptr", "fsops", "textmap"])
+@pytest.mark.parametrize("name", ["files", "mem", "proc", "time", "badptr", "fsops", "textmap", "rwfast"])
 def test_syscall_family_matches_native(name: str, progs: dict[str, Path], native_i386: bool, tmp_path: Path,
                                        core: object) -> None:
     result, nat = run_both(name, progs, tmp_path, native_i386, core=core)

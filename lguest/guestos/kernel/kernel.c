@@ -66,9 +66,12 @@ struct lguest_data lguest_data __attribute__((aligned(4096))) = {
 
 static struct bootinfo *const boot = (struct bootinfo *)(BOOTINFO_PA + PAGE_OFFSET);
 static volatile struct cons_page *const cons = (struct cons_page *)(CONS_PA + PAGE_OFFSET);
-static u32 pgdir_page[1024] __attribute__((aligned(4096)));
+/* pgdir_page, syscall_counts and fds are global: entry.S's read/write
+ * fast path reads them. */
+u32 pgdir_page[1024] __attribute__((aligned(4096)));
 static u32 *const pgdir = pgdir_page;
-static u32 syscall_counts[NSYSCALLS], enosys_counts[NSYSCALLS];
+u32 syscall_counts[NSYSCALLS];
+static u32 enosys_counts[NSYSCALLS];
 
 /* --- small library ------------------------------------------------------ */
 /* Plain loops, not `rep movsb`: an emulator (Unicorn's TCG) runs every
@@ -734,9 +737,28 @@ struct file {
 #define MAX_FILES 512
 #define MAX_FDS 256
 static struct file files[MAX_FILES];
-static struct file *fds[MAX_FDS];
+struct file *fds[MAX_FDS];
 static u8 fd_cloexec[MAX_FDS];
 static struct inode *stdio_inode[3];
+
+/* entry.S's read/write fast path (see there) reads these structures at
+ * the offsets kernel.h gives it, and loads through these stand-ins rather
+ * than branch before each load: a closed fd reads fast_no_file (whose
+ * inode is all zeros: not a regular file), a user address without a page
+ * table reads fast_zero (no PTE bits).  Never written. */
+_Static_assert(__builtin_offsetof(struct file, ino) == KF_INO, "KF_INO");
+_Static_assert(__builtin_offsetof(struct file, pos_lo) == KF_POS_LO, "KF_POS_LO");
+_Static_assert(__builtin_offsetof(struct file, pos_hi) == KF_POS_HI, "KF_POS_HI");
+_Static_assert(__builtin_offsetof(struct file, flags) == KF_FLAGS, "KF_FLAGS");
+_Static_assert(__builtin_offsetof(struct inode, mode) == KI_MODE, "KI_MODE");
+_Static_assert(__builtin_offsetof(struct inode, dev) == KI_DEV, "KI_DEV");
+_Static_assert(__builtin_offsetof(struct inode, data) == KI_DATA, "KI_DATA");
+_Static_assert(__builtin_offsetof(struct inode, size) == KI_SIZE, "KI_SIZE");
+_Static_assert(__builtin_offsetof(struct inode, cap) == KI_CAP, "KI_CAP");
+_Static_assert(MAX_FDS == KMAX_FDS && O_APPEND == 0x400 && S_IFREG == 0x8000 && S_IFMT == 0xf000, "fast path");
+const struct inode fast_no_inode;
+const struct file fast_no_file = { .ino = (struct inode *)&fast_no_inode };
+const u32 fast_zero;
 
 static struct file *file_new(struct inode *ino, u32 flags)
 {
@@ -2278,14 +2300,13 @@ static s32 sys(struct regs *r)
     return -ENOSYS;
 }
 
-/* read and write, from syscall_entry's short path: the arguments in
- * registers (regparm(3): eax fd, edx count, ecx buf), the result in eax;
- * one function each, no switch (an indirect jump) and no calls on the
- * path a byte-at-a-time program takes 100,000 times, so that gcc keeps it
- * in registers: every spill is a store. */
+/* read and write, from syscall_entry when its fast path (a few bytes of
+ * a regular file, entry.S) does not apply: the arguments in registers
+ * (regparm(3): eax fd, edx count, ecx buf), the result in eax; counted
+ * there.  One function each, no switch (an indirect jump), so that gcc
+ * keeps them in registers: every spill is a store. */
 s32 __attribute__((regparm(3))) sys_read(u32 fd, u32 count, u32 buf)
 {
-    syscall_counts[3]++;
     struct file *f = fd_get(fd);
     if (!f) return -EBADF;
     return do_read(f, buf, count);
@@ -2293,7 +2314,6 @@ s32 __attribute__((regparm(3))) sys_read(u32 fd, u32 count, u32 buf)
 
 s32 __attribute__((regparm(3))) sys_write(u32 fd, u32 count, u32 buf)
 {
-    syscall_counts[4]++;
     struct file *f = fd_get(fd);
     if (!f) return -EBADF;
     return do_write(f, buf, count);

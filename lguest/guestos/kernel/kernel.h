@@ -32,6 +32,22 @@
 
 #define NSYSCALLS       512u        /* counted by number; larger numbers in the last slot */
 
+/* Kernel-internal (the host never sees these): what entry.S's read/write
+ * fast path reads of kernel.c's structures, each checked there by a
+ * _Static_assert.  struct file: */
+#define KF_INO          0
+#define KF_POS_LO       4
+#define KF_POS_HI       8
+#define KF_FLAGS        12
+/* struct inode: */
+#define KI_MODE         0
+#define KI_DEV          16
+#define KI_DATA         44
+#define KI_SIZE         48
+#define KI_CAP          52
+#define KMAX_FDS        256
+#define FAST_MAX        8           /* the fast path copies at most this many bytes (a loop turn each) */
+
 #ifndef __ASSEMBLER__
 typedef unsigned int u32;
 typedef int s32;
