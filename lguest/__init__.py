@@ -22,7 +22,8 @@ import sys as _sys
 if "numpy" not in _sys.modules and (_sys.argv[:1] == ["-m"] or _os.path.basename(_sys.argv[0] or "") == "lguest"):
     _os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from . import fallback  # noqa: E402 - after the setting above
+# _startup first: the command line imports with the cyclic garbage collector paused (see there)
+from . import _startup, fallback  # noqa: E402, F401 - after the setting above
 from .clock import SystemClock, VirtualClock, system_clock
 from .constants import *  # noqa: F403 - the ABI numbers are part of the API
 from .cores import active as core
@@ -73,3 +74,4 @@ __all__ = [  # noqa: RUF022 - grouped by topic, constants come from lguest.const
     "has_err", "idt_address", "idt_type", "idt_present", "default_idt_entry", "setup_default_idt_entries",
     "get_include",
 ] + [name for name in dir() if name.isupper() and not name.startswith("_")]
+

@@ -106,3 +106,21 @@ def test_busy_vector_logs_through_a_null_handler() -> None:
     assert sum(isinstance(h, logging.NullHandler) for h in log.handlers) == 1
     _log()
     assert sum(isinstance(h, logging.NullHandler) for h in log.handlers) == 1
+
+
+def test_command_line_start_up_pauses_the_collector_until_the_command_runs(exit0: Path) -> None:
+    """`lguest` (argv[0]) imports with gc off; exec turns it back on before the guest runs."""
+    code = ("import sys\nsys.argv = ['lguest']\nimport gc\nimport lguest\nprint(gc.isenabled())\n"
+            "from lguest.cli import main\nseen = []\n"
+            "import lguest.guestos.runner as r\norig = r.run_program\n"
+            "def spy(*a, **k):\n    seen.append(gc.isenabled())\n    return orig(*a, **k)\n"
+            "r.run_program = spy\n"
+            f"rc = main(['exec', '--', {str(exit0)!r}])\nprint(seen, gc.isenabled(), rc)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split("\n")[:2] == ["False", "[True] True 0"], proc.stdout + proc.stderr
+
+
+def test_library_import_leaves_the_collector_alone() -> None:
+    proc = subprocess.run([sys.executable, "-c", "import gc, lguest, lguest.cli; print(gc.isenabled())"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "True", proc.stderr

@@ -24,6 +24,7 @@ import argparse
 import os
 import sys
 
+from .._startup import resume as _resume_gc
 from ..constants import SWITCHER_ADDR
 from .common import (
     EXIT_CODES,
@@ -139,11 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "vectors":
             from .vectors import cmd_vectors
+            _resume_gc()
             return cmd_vectors(args)
         if args.command == "exec":
             return cmd_exec(args)
         from .run import cmd_run
         from .signals import _signals
+        _resume_gc()
         with _signals() as sigs:
             return cmd_run(args, sigs)
     except UsageError as exc:

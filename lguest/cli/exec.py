@@ -79,7 +79,10 @@ class _ExecTerminated(Exception):
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
+    from .._startup import resume as _resume_gc
     from ..guestos.runner import print_exec_stats, run_program
+
+    _resume_gc()  # the last of the start-up imports is in
 
     try:
         vector = args.syscall_vector if args.syscall_vector is not None else _default_vector()
