@@ -270,18 +270,23 @@ static u32 alloc_page(void)       /* a zeroed page (physical address), 0 if none
         pa = free_list_pa;
         free_list_pa = *(u32 *)__va(pa);
         pages_free_listed--;
+        /* Stores are what costs here (see memcpy), loads are nearly
+         * free: look before clearing (a freed page may be all zeros but
+         * for the free-list link, already taken out above). */
+        if (!page_is_zero(__va(pa)))
+            memset(__va(pa), 0, PAGE_SIZE);
     } else if (bump_pa + PAGE_SIZE <= limit_pa) {
+        /* Never used since boot, so zero: the host's memory starts
+         * zeroed and it writes nothing between the kernel's end and
+         * alloc_limit_pa (the root image and argv lie above it).  Not
+         * even looked at: that was 128 blocks a page, half of the
+         * blocks of `busybox true`, and a read fault on a host page the
+         * first write faults in again. */
         pa = bump_pa;
         bump_pa += PAGE_SIZE;
     } else {
         return 0;
     }
-    /* Stores are what costs here (see memcpy), loads are nearly free: a
-     * page never used since boot is already zero (the host's memory
-     * starts zeroed and it writes nothing between the kernel and the
-     * image), so look before clearing it. */
-    if (!page_is_zero(__va(pa)))
-        memset(__va(pa), 0, PAGE_SIZE);
     pages_used++;
     return pa;
 }
@@ -2383,7 +2388,7 @@ void __attribute__((noreturn)) kmain(void)
     rng_state = ((u64)boot->seed_hi << 32) | boot->seed_lo;
 
     /* our page tables: all RAM at PAGE_OFFSET, kernel only */
-    /* one page table per 4 MiB, filled 8 entries a loop turn: every loop
+    /* one page table per 4 MiB, filled 32 entries a loop turn: every loop
      * turn is an emulator block, and this runs once per MiB of RAM x 256 */
     for (u32 pa = 0; pa < boot->mem_size; pa += 1024 * PAGE_SIZE) {
         u32 tpa = alloc_page();
@@ -2391,10 +2396,9 @@ void __attribute__((noreturn)) kmain(void)
         u32 *pt = __va(tpa), e = pa | PTE_P | PTE_W, end = boot->mem_size - pa;
         u32 n = end >= 1024 * PAGE_SIZE ? 1024 : end / PAGE_SIZE;
         u32 i = 0;
-        for (; i + 8 <= n; i += 8, e += 8 * PAGE_SIZE) {
-            pt[i] = e; pt[i + 1] = e + PAGE_SIZE; pt[i + 2] = e + 2 * PAGE_SIZE; pt[i + 3] = e + 3 * PAGE_SIZE;
-            pt[i + 4] = e + 4 * PAGE_SIZE; pt[i + 5] = e + 5 * PAGE_SIZE; pt[i + 6] = e + 6 * PAGE_SIZE;
-            pt[i + 7] = e + 7 * PAGE_SIZE;
+        for (; i + 32 <= n; i += 32, e += 32 * PAGE_SIZE) {
+#pragma GCC unroll 32
+            for (u32 k = 0; k < 32; k++) pt[i + k] = e + k * PAGE_SIZE;
         }
         for (; i < n; i++, e += PAGE_SIZE) pt[i] = e;
         pgdir[(PAGE_OFFSET + pa) >> 22] = tpa | PTE_P | PTE_W;   /* kernel only: no PTE_U */
