@@ -24,6 +24,7 @@ import argparse
 import os
 import sys
 
+from .. import _startup
 from .._startup import resume as _resume_gc
 from ..constants import SWITCHER_ADDR
 from .common import (
@@ -143,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             _resume_gc()
             return cmd_vectors(args)
         if args.command == "exec":
-            return cmd_exec(args)
+            status = cmd_exec(args)
+            if _startup.command_line:
+                _startup.leave(status)  # no interpreter teardown: see lguest._startup
+            return status
         from .run import cmd_run
         from .signals import _signals
         _resume_gc()
