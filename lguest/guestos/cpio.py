@@ -33,22 +33,26 @@ def pack_tree(root: str | os.PathLike[str] | None, extra: dict[str, bytes] | Non
     ``max_entries`` entries, and OSError for a file or directory it cannot
     read.  Symlinks are packed as links (their target text), never followed:
     one pointing out of ``root`` or at ``root`` itself reads nothing outside."""
-    out = bytearray()
+    # The pieces, joined once at the end: a file's bytes are copied once
+    # more, not through a growing bytearray and a final bytes() (megabytes
+    # of busybox and data copied three times over, each into fresh pages).
+    out: list[bytes] = []
+    size = 0
     ino = 1
 
     def add(name: str, mode: int, data: bytes, mtime: int) -> None:
-        nonlocal ino
+        nonlocal ino, size
         ino += 1
         if ino - 1 > max_entries:
             raise ImageTooLarge(f"the root has more than {max_entries} files and directories, "
                                 f"more than the guest kernel holds; give a smaller --root")
         piece = _entry(name, mode, len(data), mtime, ino)
-        if len(out) + len(piece) + len(data) + 128 > cap:
+        if size + len(piece) + len(data) + 128 > cap:
             raise ImageTooLarge(f"the root image passes its cap of {cap} bytes (at {name!r}); "
                                 f"give more --memory or a smaller --root")
-        out.extend(piece)
-        out.extend(data)
-        out.extend(b"\0" * (-len(data) % 4))
+        pad = -len(data) % 4
+        out.extend((piece, data, b"\0" * pad))
+        size += len(piece) + len(data) + pad
 
     if root is not None:
         # An explicit stack, not os.walk: 3.11's os.walk recurses, and a deep
@@ -74,12 +78,12 @@ def pack_tree(root: str | os.PathLike[str] | None, extra: dict[str, bytes] | Non
                 elif stat.S_ISREG(st.st_mode):
                     if st.st_size > cap:
                         raise ImageTooLarge(f"{full}: {st.st_size} bytes, more than the image cap of {cap} bytes")
-                    add(rel, st.st_mode, _read_capped(full, cap - len(out)), int(st.st_mtime))
+                    add(rel, st.st_mode, _read_capped(full, cap - size), int(st.st_mtime))
             todo.extend(reversed(subdirs))
     for name, data in (extra or {}).items():
         add(name.lstrip("/"), stat.S_IFREG | 0o755, data, 0)
-    out.extend(_entry(TRAILER, 0, 0, 0, 0))
-    return bytes(out)
+    out.append(_entry(TRAILER, 0, 0, 0, 0))
+    return b"".join(out)
 
 
 def _read_capped(path: str, cap: int) -> bytes:
