@@ -39,6 +39,12 @@ void _start(void)
     kv("write wfd-512", sys3(4, wfd - 512, "x", 1));
     kv("read O_WRONLY", sys3(3, wo, b, 1));
     kv("write O_RDONLY", sys3(4, fd, "x", 1));
+    /* the same with bytes to read and room to write: only the mode says no */
+    int wo2 = sys3(5, "in.txt", 1, 0);                      /* O_WRONLY, 29 bytes */
+    kv("read O_WRONLY with data", sys3(3, wo2, b, 1));
+    int ro2 = sys3(5, "w.txt", 0, 0);                       /* O_RDONLY, written above: room in its buffer */
+    kv("write O_RDONLY with room", sys3(4, ro2, "x", 1));
+    show("read it", sys3(3, ro2, b, 4), b);
     kv("llseek 0", sys5(140, fd, 0, 0, &at, 0));
     kv("dup2 to 255", sys2(63, fd, 255));
     show("read 255", sys3(3, 255, b, 3), b);
