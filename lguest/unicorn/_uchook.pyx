@@ -109,6 +109,9 @@ cdef extern from "_uchook.h":
         uint8_t **code_gen_ptr
         uint8_t **code_gen_highwater
         uint32_t tb_max_insns
+        int twin_on
+        uint8_t *twin_seen
+        uint64_t twins, twin_skipped
         uint64_t tb_guard
         int stop_flag
         uint64_t blocks
@@ -368,6 +371,8 @@ cdef class NativeHooks:
         self.st.code_gen_ptr = <uint8_t **>_ptr(internals["code_gen_ptr"])
         self.st.code_gen_highwater = <uint8_t **>_ptr(internals["code_gen_highwater"])
         self.st.tb_max_insns = internals["tb_max_insns"]
+        self.st.twin_on = 1 if __import__("os").environ.get("LGUEST_TB_TWINS", "1") != "0" else 0
+        self.st.twin_seen = self.st.code_gen_ptr[0]
         self.st.tb_guard = internals["tb_guard"]
 
     cdef _set_layout(self, reg_ids, reg_cr2, layout):
@@ -456,7 +461,8 @@ cdef class NativeHooks:
         """Counters of the store fast path: code pages marked, clearing
         passes, entries cleared, resets (flushes), gave up."""
         return {"pages": self.st.fast_pages, "passes": self.st.fast_passes, "cleared": self.st.fast_cleared,
-                "resets": self.st.fast_resets, "gave_up": bool(self.st.fast_dead)}
+                "resets": self.st.fast_resets, "gave_up": bool(self.st.fast_dead),
+                "twins": self.st.twins, "twin_skipped": self.st.twin_skipped}
 
     cdef int _check(self) except -1:
         if self.state == 0:
