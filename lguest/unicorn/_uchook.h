@@ -92,6 +92,11 @@ typedef struct {
      * context: its error code and kind are read, and the exception in
      * flight cleared, in place (see uh_intr_record). */
     uint32_t *env_err, *env_isint, *env_oldexc;
+    /* The live code segment's base (env->segs[R_CS].base; NULL: unknown,
+     * taken as 0).  The block hook's address is this base plus eip; lguest's
+     * rules (the no-interrupt window, the debugger's resume point) speak of
+     * eips, so uh_on_block takes the base back off. */
+    uint64_t *env_cs_base;
     /* the Switcher: host memory mapped at switcher_va */
     uint8_t *switcher;
     uint32_t switcher_va, switcher_size;
@@ -729,7 +734,7 @@ static void uh_fast_sync(uh_state *st) {
  * a reg_read on every block cost 40% of a tight loop's block rate. */
 static void uh_on_block(uh_engine *uc, uint64_t address, uint32_t size, void *user) {
     uh_state *st = (uh_state *)user;
-    uint32_t cs = 0;
+    uint32_t cs = 0, eip;
     /* Bound the next translation block, before anything else.
      *
      * Unicorn 2.1.4's x86 translator leaks TCG temporaries: some
@@ -762,14 +767,17 @@ static void uh_on_block(uh_engine *uc, uint64_t address, uint32_t size, void *us
     /* The store fast path: a new block's pages are code (see uh_fast_new_block). */
     if (st->fast_on && *st->code_gen_ptr != st->seen_ptr) uh_fast_new_block(st, address, size);
     if (*st->code_gen_ptr + st->tb_guard > *st->code_gen_highwater) { uh_stop(st, UH_FLUSH); return; }
+    /* The eip the block starts at: everything below compares eips (a guest
+     * may run in a code segment of its own with a base, see env_cs_base). */
+    eip = (uint32_t)(address - (st->env_cs_base ? *st->env_cs_base : 0));
     /* -- debugger: see skip_armed (one test of a field that is 0 without a debugger) -- */
     if (st->skip_armed) {
-        if ((uint32_t)address == st->skip_addr) {
+        if (eip == st->skip_addr) {
             if (st->skip_end == 0) { st->skip_armed = 0; return; }   /* extent unknown: this block only */
-            if ((uint32_t)address < st->skip_end) {
+            if (eip < st->skip_end) {
                 /* the rest goes on in a straight line (or leaves it: then a block
                  * of its own); the block at the cut is made whole again */
-                st->skip_addr = (uint32_t)address + size;
+                st->skip_addr = eip + size;
                 if (st->skip_addr < st->skip_end) *st->tb_cflags = 1;
                 return;
             }
@@ -782,7 +790,7 @@ static void uh_on_block(uh_engine *uc, uint64_t address, uint32_t size, void *us
         __atomic_store_n(&st->stop_flag, 0, __ATOMIC_SEQ_CST);
         uh_stop(st, UH_BREAK); return;
     }
-    if (uh_irq_ready(st, (uint32_t)address)) { uh_stop(st, UH_IRQ); return; }
+    if (uh_irq_ready(st, eip)) { uh_stop(st, UH_IRQ); return; }
     /* Sampled: a clock read on every block costs ~10% of a tight loop,
      * a reg_read ~40%.  The clock is read every 64th block: a block is
      * translated the first time it runs, which can take ~1 ms for a
@@ -801,8 +809,8 @@ static void uh_on_block(uh_engine *uc, uint64_t address, uint32_t size, void *us
             }
         }
     }
-    st->block_pc = (uint32_t)address;
-    st->block_end = (uint32_t)address + size;
+    st->block_pc = eip;
+    st->block_end = eip + size;
     st->blocks++;
     if (st->fast_on && st->blocks >= st->fast_next) uh_fast_clear(st);
 }

@@ -74,6 +74,7 @@ cdef extern from "_uchook.h":
         uint32_t *env_err
         uint32_t *env_isint
         uint32_t *env_oldexc
+        uint64_t *env_cs_base
         uint8_t *switcher
         uint32_t switcher_va, switcher_size
         uint32_t *gdt
@@ -390,11 +391,14 @@ cdef class NativeHooks:
         cdef size_t base
         if not env:
             self.st.env_err = self.st.env_isint = self.st.env_oldexc = NULL
+            self.st.env_cs_base = NULL
             return
         base = _ptr(env) - <size_t>layout["data"]
         self.st.env_err = <uint32_t *>(base + <size_t>layout["error_code"])
         self.st.env_isint = <uint32_t *>(base + <size_t>layout["exception_is_int"])
         self.st.env_oldexc = <uint32_t *>(base + <size_t>layout["old_exception"])
+        # segs[] entries are {selector u32, pad, base u64, limit, flags}: the base at +8
+        self.st.env_cs_base = <uint64_t *>(base + <size_t>layout["segs"] + <size_t>layout["seg_stride"] + 8)
 
     cdef _set_fast(self, internals, layout):
         """The store fast path's engine fields (lguest.unicorn.engine.tlb_internals;
