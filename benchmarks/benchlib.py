@@ -242,6 +242,8 @@ class CTwin:
         lib.bl_set_noirq(self.ptr, g.noirq_start, g.noirq_end)
         lib.bl_set_pending(self.ptr, cpu.irqs_pending)
         cell = getattr(g.clock, "cell", None)
+        if cell is not None and not isinstance(cell, np.ndarray):
+            cell = np.frombuffer(cell, dtype=np.int64)  # VirtualClock's array.array('q'): the same word
         if getattr(g.clock, "realtime", False) is True:
             lib.bl_set_clock(self.ptr, 0, None)
         elif isinstance(cell, np.ndarray) and cell.dtype == np.int64:

@@ -31,8 +31,6 @@ from lguest._regs cimport Regs as _CRegs, to_u32
 
 import operator
 
-import numpy as np
-
 from . import messages as _messages
 from . import validate as _validate
 from ._clock import NativeClock, native_clock  # NativeClock: re-exported for lguest._core users
@@ -308,6 +306,7 @@ def default_idt_entry(trap, handler, base=None):
 
 # lguest.validate.as_idt / as_defaults: the one rule for both cores.
 cdef object _as_idt = _validate.as_idt
+cdef object _words_view = _validate.words_view
 cdef object _as_defaults = _validate.as_defaults
 
 
@@ -640,7 +639,9 @@ cdef class Cpu(CpuTimer):
     cdef bint _ready
     cdef Guest _guest
     cdef _CRegs _regs
-    cdef object _idt
+    cdef object _idt_words   # the guest IDT's storage: a memoryview (256, 2) of "I"
+    cdef object _gdt_words   # the GDT's: (32, 2) of "I"
+    cdef object _idt         # the numpy views of the two, made on first use (or None)
     cdef object _gdt
     cdef int _id
     cdef uint32_t[:, ::1] _idt_view   # held for life: the IDT cannot be resized under us
@@ -665,9 +666,11 @@ cdef class Cpu(CpuTimer):
         self._guest = guest
         self._id = ident
         self._regs = Regs()
-        self._idt = np.zeros((IDT_ENTRIES, 2), dtype=np.uint32)
-        self._gdt = np.zeros((32, 2), dtype=np.uint32)
-        idt_view = self._idt
+        # Not numpy (~40 ms of an `lguest exec`): `idt` / `gdt` make the
+        # numpy views over these words on first use.
+        self._idt_words = _words_view(2 * IDT_ENTRIES, (IDT_ENTRIES, 2))
+        self._gdt_words = _words_view(2 * 32, (32, 2))
+        idt_view = self._idt_words
         self._idt_view = idt_view
         self.c.lg = &(<Guest>guest).g
         self.c.regs = self._regs.r
@@ -704,13 +707,36 @@ cdef class Cpu(CpuTimer):
 
     @property
     def idt(self):
+        """The guest's IDT as a numpy uint32 (256, 2) array, a live view of
+        ``idt_words`` (numpy is imported on first use; the same array every time)."""
         self._check_ready()
+        if self._idt is None:
+            import numpy as np
+
+            self._idt = np.asarray(self._idt_words)
         return self._idt
 
     @property
     def gdt(self):
+        """The GDT as a numpy uint32 (32, 2) array, a live view of ``gdt_words``."""
         self._check_ready()
+        if self._gdt is None:
+            import numpy as np
+
+            self._gdt = np.asarray(self._gdt_words)
         return self._gdt
+
+    @property
+    def idt_words(self):
+        """The guest's IDT as a memoryview (256, 2) of "I" words (no numpy)."""
+        self._check_ready()
+        return self._idt_words
+
+    @property
+    def gdt_words(self):
+        """The GDT as a memoryview (32, 2) of "I" words (no numpy)."""
+        self._check_ready()
+        return self._gdt_words
 
     @property
     def id(self):

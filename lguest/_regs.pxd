@@ -6,9 +6,10 @@ from lguest.abi cimport lg_regs
 
 
 cdef class Regs:
-    cdef lg_regs *r            # the words of `array`: the core's lg_cpu.regs
-    cdef readonly object array
-    cdef uint32_t[::1] _view   # held for life: numpy then refuses to resize the array under us
+    cdef lg_regs *r            # the words of `words`: the core's lg_cpu.regs
+    cdef object _words         # a memoryview of the 18 words ("I")
+    cdef object _array         # the numpy view `array` made on first use, or None
+    cdef uint32_t[::1] _view   # held for life: the storage cannot be resized under us
 
 
 cdef uint32_t to_u32_slow(object v, str what) except? 0xFFFFFFFF

@@ -1,8 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """``struct lguest_regs`` for Python (``lguest._core.Regs``), and the u32 rule.
 
-A :class:`Regs` is a typed window on 18 u32 words in a numpy array, in the
-word order of lguest/include/lguest/abi.h; the compiled core points its
+A :class:`Regs` is a typed window on 18 u32 words (a bytearray of lguest's,
+or the numpy array given to the constructor), in the word order of lguest/include/lguest/abi.h; the compiled core points its
 ``lg_cpu.regs`` (and the native API its ``regs``) at the same words.  Every
 setter applies ``to_u32`` (declared in _regs.pxd): the rule of
 ``lguest.validate.to_u32``, with a C fast path for exact ints.
@@ -12,12 +12,11 @@ from libc.stdint cimport uint32_t
 
 from lguest.abi cimport NUM_REGS
 
-import numpy as np
-
 from . import validate as _validate
 from .constants import REG_NAMES
 
 cdef object _py_to_u32 = _validate.to_u32
+cdef object _words_view = _validate.words_view
 
 
 cdef uint32_t to_u32_slow(object v, str what) except? 0xFFFFFFFF:
@@ -30,12 +29,32 @@ cdef class Regs:
     def __cinit__(self, array=None):
         cdef uint32_t[::1] view
         if array is None:
-            array = np.zeros(NUM_REGS, dtype=np.uint32)
-        _validate.check_regs_array(array)
-        view = array
+            # Not numpy: importing it costs a guest run ~40 ms; `array` makes
+            # the numpy view on first use.
+            words = _words_view(NUM_REGS)
+        else:
+            _validate.check_regs_array(array)
+            words = memoryview(array)
+            self._array = array
+        view = words
         self._view = view
-        self.array = array
+        self._words = words
         self.r = <lg_regs *>&view[0]
+
+    @property
+    def array(self):
+        """The 18 words as a numpy uint32 array sharing their memory (numpy
+        is imported on first use; the same array every time)."""
+        if self._array is None:
+            import numpy as np
+
+            self._array = np.asarray(self._words)
+        return self._array
+
+    @property
+    def words(self):
+        """The 18 words as a memoryview of format "I" (no numpy)."""
+        return self._words
 
     @property
     def eax(self):
@@ -185,4 +204,4 @@ cdef class Regs:
         raise _validate.no_pickle(self)
 
     def __repr__(self):
-        return "Regs(" + ", ".join(f"{n}={int(v):#x}" for n, v in zip(REG_NAMES, self.array)) + ")"
+        return "Regs(" + ", ".join(f"{n}={int(v):#x}" for n, v in zip(REG_NAMES, self._words)) + ")"

@@ -23,14 +23,13 @@ soon as stale entries outnumber ``2 * live + 16`` (amortised O(1) per arm).
 
 from __future__ import annotations
 
+import array
 import heapq
 import itertools
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
-
-import numpy as np
 
 from .validate import check_callback, check_expiry, to_range
 
@@ -199,11 +198,14 @@ class VirtualClock(_Timers):
         if not isinstance(start_ns, int) or start_ns < 0:
             raise ValueError("start_ns must be a non-negative int")
         # One int64 cell the compiled core reads directly (no Python call
-        # to timestamp a delivery).
-        self.cell = np.array([start_ns], dtype=np.int64)
-        self.native = np.zeros(N_WORDS, dtype=np.int64)
-        # The same words as Python ints: a memoryview item costs a third of
-        # a numpy scalar read, and the words are touched on every arm.
+        # to timestamp a delivery), and the words the native hook keeps the
+        # cpu's clock event in.  array.array, not numpy (whose import is a
+        # third of an `lguest exec`): the C side holds a typed memoryview
+        # of each, which also stops them from being resized under it.
+        self.cell = array.array("q", [start_ns])
+        self.native = array.array("q", bytes(8 * N_WORDS))
+        # The native words as Python ints (a memoryview item is the cheapest
+        # read; they are touched on every arm).
         self._nv = memoryview(self.native)
         self._nkey: Any = _NO_KEY     # whose timer lives in native (_NO_KEY: nobody's)
         self._nstd: Any = None        # that key's clock event (N_STD)
@@ -336,7 +338,7 @@ class VirtualClock(_Timers):
         return _Timers.armed(self, key)
 
     def now_ns(self) -> int:
-        return int(self.cell[0])
+        return self.cell[0]
 
     def arm(self, key: Any, expiry_ns: int, callback: Callback) -> None:
         with self._lock:

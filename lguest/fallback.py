@@ -5,8 +5,11 @@ behaves on i386: 32-bit wraparound, the order of side effects, and which
 writes still happen after the guest has been killed (a kill only records the
 first reason; execution carries on, the run loop notices later).
 
-Registers and the guest IDT live in numpy arrays so both cores share one
-storage layout and ``cpu.regs.array`` / ``cpu.idt`` are live views.
+Registers, the guest IDT and the GDT live in u32 words (memoryviews of
+bytearrays: ``regs.words``, ``cpu.idt_words``, ``cpu.gdt_words``), the
+compiled core's storage layout; ``cpu.regs.array`` / ``cpu.idt`` /
+``cpu.gdt`` are numpy views of the same words, made on first use, so
+running a guest never imports numpy.
 """
 
 from __future__ import annotations
@@ -15,8 +18,6 @@ import functools
 import struct
 import threading
 from typing import Any
-
-import numpy as np
 
 from . import messages as M
 from .clock import system_clock
@@ -68,6 +69,7 @@ from .validate import (
     to_index,
     to_range,
     to_timeout,
+    words_view,
 )
 from .validate import check_vector as _check_vector
 from .validate import to_u32 as _check_u32
@@ -130,7 +132,7 @@ def setup_default_idt_entries(idt: Any, defaults: Any) -> None:
     idt = _as_idt(idt)
     defaults = _as_defaults(defaults)
     for i in range(IDT_ENTRIES):
-        idt[i] = default_idt_entry(i, int(defaults[i]))
+        idt[i, 0], idt[i, 1] = default_idt_entry(i, int(defaults[i]))
 
 
 # --- registers ----------------------------------------------------------------
@@ -142,33 +144,49 @@ class Regs:
     ``Regs.__new__(Regs)`` is a usable all-zero register file.
     """
 
-    __slots__ = ("_array",)
+    __slots__ = ("_array", "_words")
 
-    def __new__(cls, array: np.ndarray | None = None) -> Regs:
+    def __new__(cls, array: Any = None) -> Regs:
         self = super().__new__(cls)
-        self._array = np.zeros(len(REG_NAMES), dtype=np.uint32) if array is None else check_regs_array(array)
+        if array is None:
+            self._words = words_view(len(REG_NAMES))
+            self._array = None  # numpy is imported only if someone asks for .array
+        else:
+            self._array = check_regs_array(array)
+            self._words = memoryview(self._array)
         return self
 
-    def __init__(self, array: np.ndarray | None = None) -> None:
+    def __init__(self, array: Any = None) -> None:
         pass
 
     @property
-    def array(self) -> np.ndarray:
+    def array(self) -> Any:
+        """The 18 words as a numpy uint32 array sharing their memory (numpy
+        is imported on first use; the same array every time)."""
+        if self._array is None:
+            import numpy as np
+
+            self._array = np.asarray(self._words)
         return self._array
+
+    @property
+    def words(self) -> memoryview:
+        """The 18 words as a memoryview of format "I" (no numpy)."""
+        return self._words
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         raise no_pickle(self)
 
     def __repr__(self) -> str:
-        return "Regs(" + ", ".join(f"{n}={int(v):#x}" for n, v in zip(REG_NAMES, self.array, strict=True)) + ")"
+        return "Regs(" + ", ".join(f"{n}={int(v):#x}" for n, v in zip(REG_NAMES, self._words, strict=True)) + ")"
 
 
 def _reg_property(index: int, name: str) -> property:
     def get(self: Regs) -> int:
-        return int(self._array[index])
+        return self._words[index]
 
     def set(self: Regs, value: int) -> None:
-        self._array[index] = _check_u32(value, name)
+        self._words[index] = _check_u32(value, name)
 
     return property(get, set, doc=f"register {name}")
 
@@ -427,7 +445,7 @@ class Guest:
 # --- the virtual CPU -------------------------------------------------------------
 _CPU_U32_FIELDS = frozenset(("pending_notify", "last_pagefault"))
 _CPU_BOOL_FIELDS = frozenset(("halted", "hcall_pending", "break_out"))
-_CPU_READONLY = frozenset(("guest", "id", "regs", "idt", "gdt"))
+_CPU_READONLY = frozenset(("guest", "id", "regs", "idt", "gdt", "idt_words", "gdt_words"))
 INT_MIN, INT_MAX = -(1 << 31), (1 << 31) - 1  # lg_cpu's ``int`` fields
 
 
@@ -448,8 +466,9 @@ class Cpu:
         self.guest = guest
         self.id = id
         self.regs = Regs()
-        self.idt = np.zeros((IDT_ENTRIES, 2), dtype=np.uint32)
-        self.gdt = np.zeros((GDT_ENTRIES, 2), dtype=np.uint32)
+        self.idt_words = words_view(2 * IDT_ENTRIES, (IDT_ENTRIES, 2))
+        self.gdt_words = words_view(2 * GDT_ENTRIES, (GDT_ENTRIES, 2))
+        self._idt = self._gdt = None  # their numpy views, made on first use
         self._esp1 = 0
         self._ss1 = 0
         self.halted = False
@@ -494,6 +513,25 @@ class Cpu:
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         raise no_pickle(self)
+
+    @property
+    def idt(self) -> Any:
+        """The guest's IDT as a numpy uint32 (256, 2) array, a live view of
+        ``idt_words`` (numpy is imported on first use; the same array every time)."""
+        if self._idt is None:
+            import numpy as np
+
+            object.__setattr__(self, "_idt", np.asarray(self.idt_words))
+        return self._idt
+
+    @property
+    def gdt(self) -> Any:
+        """The GDT as a numpy uint32 (32, 2) array, a live view of ``gdt_words``."""
+        if self._gdt is None:
+            import numpy as np
+
+            object.__setattr__(self, "_gdt", np.asarray(self.gdt_words))
+        return self._gdt
 
     @property
     def irq_counts(self) -> tuple[int, ...]:
@@ -601,7 +639,7 @@ class Cpu:
 
     def _set_guest_interrupt(self, lo: int, hi: int, has_err: bool) -> None:
         g = self.guest
-        r = self.regs.array
+        r = self.regs._words
         regs_ss = int(r[R_SS])
         if regs_ss & 3 != GUEST_PL:
             # From guest userspace: switch to the kernel stack from
@@ -650,7 +688,7 @@ class Cpu:
         if not blk:
             return
         irq = (blk & -blk).bit_length() - 1
-        eip = int(self.regs.array[R_EIP])
+        eip = self.regs._words[R_EIP]
         if g.noirq_start <= eip < g.noirq_end:
             return  # inside the guest's iret sequence
         if self.halted:
@@ -660,7 +698,8 @@ class Cpu:
         else:
             if not g.ld_read_u32(LD_IRQ_ENABLED):
                 return
-        lo, hi = (int(x) for x in self.idt[FIRST_EXTERNAL_VECTOR + irq])
+        idt = self.idt_words
+        lo, hi = idt[FIRST_EXTERNAL_VECTOR + irq, 0], idt[FIRST_EXTERNAL_VECTOR + irq, 1]
         if hi & 0x8000:
             self._clear_pending(irq)
             self._set_guest_interrupt(lo, hi, False)
@@ -673,7 +712,8 @@ class Cpu:
         self.guest._mem()
         if num >= IDT_ENTRIES:
             return False
-        lo, hi = (int(x) for x in self.idt[num])
+        idt = self.idt_words
+        lo, hi = idt[num, 0], idt[num, 1]
         if not hi & 0x8000:
             return False
         self._set_guest_interrupt(lo, hi, has_err(num))
@@ -688,9 +728,10 @@ class Cpu:
         eip = ``start``; every other word, the trap number included, zero.
         The cs RPL of 1 is what marks the guest kernel: the first vmcall is
         patched only from there."""
-        r = self.regs.array  # first: a half-built Cpu raises, whatever start is
+        r = self.regs._words  # first: a half-built Cpu raises, whatever start is
         start = _check_u32(start, "start")
-        r[:] = 0
+        for i in range(len(r)):
+            r[i] = 0
         r[R_DS] = r[R_ES] = r[R_SS] = GUEST_DS
         r[R_CS] = GUEST_CS
         r[R_EFLAGS] = X86_EFLAGS_IF | 2
@@ -723,12 +764,13 @@ class Cpu:
     # --- the IDT ------------------------------------------------------------------------
     def _set_trap(self, num: int, lo: int, hi: int) -> None:
         if not hi & 0x8000:
-            self.idt[num] = (0, 0)
+            self.idt_words[num, 0] = self.idt_words[num, 1] = 0
             return
         t = idt_type(lo, hi)
         if t != 0xE and t != 0xF:
             self.guest._kill(M.BAD_IDT_TYPE, t)
-        self.idt[num] = ((GUEST_CS << 16) | (lo & 0xFFFF), hi & 0xFFFFEF00)
+        self.idt_words[num, 0] = (GUEST_CS << 16) | (lo & 0xFFFF)
+        self.idt_words[num, 1] = hi & 0xFFFFEF00
 
     def load_guest_idt_entry(self, num: int, lo: int, hi: int) -> None:
         """LOAD_IDT_ENTRY: check and store the guest's gate for vector ``num``.
@@ -762,12 +804,13 @@ class Cpu:
         defaults = _as_defaults(defaults)
         # Only the vectors that can be direct (at most 29 of 256), as the
         # compiled core's lg_copy_traps visits them.
+        gidt = self.idt_words
         for i in _direct_vectors(self.guest.syscall_vector):
-            lo, hi = (int(x) for x in self.idt[i])
+            lo, hi = gidt[i, 0], gidt[i, 1]
             if idt_type(lo, hi) == 0xF:
-                idt[i] = (lo, hi)
+                idt[i, 0], idt[i, 1] = lo, hi
             else:
-                idt[i] = default_idt_entry(i, int(defaults[i]), (lo, hi))
+                idt[i, 0], idt[i, 1] = default_idt_entry(i, int(defaults[i]), (lo, hi))
 
     # --- the clock ------------------------------------------------------------------
     def set_clockevent(self, delta_ns: int) -> None:
@@ -809,4 +852,4 @@ class Cpu:
     def __repr__(self) -> str:
         if "_ready" not in self.__dict__:
             return f"<Cpu ({NAME} core) uninitialised>"
-        return f"<Cpu {self.id} ({NAME} core) eip={int(self.regs.array[R_EIP]):#x}>"
+        return f"<Cpu {self.id} ({NAME} core) eip={self.regs._words[R_EIP]:#x}>"

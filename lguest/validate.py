@@ -22,13 +22,26 @@ The rules:
 
 from __future__ import annotations
 
+import array as _array
 import math
 import operator
-from typing import Any
-
-import numpy as np
+import sys
+from typing import TYPE_CHECKING, Any
 
 from .constants import IDT_ENTRIES
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy is not imported here, nor anywhere on the way to running a guest: it
+# is ~40 ms of a ~130 ms ``lguest exec``.  The rules below still accept (and
+# check) numpy objects exactly as before, with one trick: if numpy is not in
+# ``sys.modules`` the caller cannot be holding an ndarray or a numpy scalar,
+# so the numpy branch is skipped without importing it
+# (``sys.modules.get("numpy")``).  lguest's own word tables are memoryviews
+# cast to "I" (``words_view``), which the cores accept wherever a host IDT
+# goes.
+
 
 U32_MAX = 0xFFFFFFFF
 
@@ -47,9 +60,39 @@ MIN_TIMER_PERIOD_NS = 10_000
 MAX_TIMER_NS = (1 << 63) - 1
 
 
+#: numpy, once something has imported it (``_numpy_now`` looks again until then).
+_np: Any = None
+
+
+def _numpy_now() -> Any:
+    global _np
+    _np = sys.modules.get("numpy")
+    return _np
+
+
+def words_view(n: int, shape: tuple[int, ...] | None = None) -> memoryview:
+    """``n`` zeroed u32 words in a fresh buffer, as a writable memoryview of
+    format "I" (1-D, or ``shape``): the storage of the registers, the IDTs and
+    the GDT.  The bytearray behind it cannot be resized while any view of it
+    exists, so a raw pointer into it stays good."""
+    mv = memoryview(bytearray(4 * n))
+    return mv.cast("I") if shape is None else mv.cast("I", shape)
+
+
+def u32_words(values: Any) -> memoryview:
+    """Integers as a read-only memoryview of u32 words ("I"): a constant
+    table (a backend's ``default_handlers``)."""
+    return memoryview(_array.array("I", values).tobytes()).cast("I")
+
+
 def to_index(v: Any, what: str = "value") -> int:
     """``operator.index`` without bools: the integer rule of every host API."""
-    if isinstance(v, (bool, np.bool_)):
+    if type(v) is int:  # noqa: E721 - the common case, and never a bool
+        return v
+    if isinstance(v, bool):
+        raise TypeError(f"{what} must be an integer, not bool")
+    np = sys.modules.get("numpy")  # not imported: v cannot be a numpy bool
+    if np is not None and isinstance(v, np.bool_):
         raise TypeError(f"{what} must be an integer, not bool")
     try:
         return operator.index(v)
@@ -115,8 +158,10 @@ def to_timeout(timeout: Any) -> float | None:
     all, ``inf`` (or anything past ~290 years) is ``None``."""
     if timeout is None:
         return None
-    if isinstance(timeout, (bool, np.bool_)) or not isinstance(timeout, (int, float, np.integer, np.floating)):
-        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        np = sys.modules.get("numpy")
+        if np is None or isinstance(timeout, np.bool_) or not isinstance(timeout, (np.integer, np.floating)):
+            raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
     t = float(timeout)
     if math.isnan(t):
         raise ValueError("timeout must not be NaN")
@@ -145,9 +190,17 @@ def check_callback(callback: Any) -> Any:
     return callback
 
 
-def as_idt(idt: Any) -> np.ndarray:
-    """A host IDT the core may write through a raw pointer."""
-    if not isinstance(idt, np.ndarray) or idt.dtype != np.uint32 or idt.shape != (IDT_ENTRIES, 2):
+def as_idt(idt: Any) -> Any:
+    """A host IDT the core may write through a raw pointer: a numpy uint32
+    array of shape (256, 2), or lguest's own kind of table (a writable
+    memoryview of "I" words of that shape, see ``words_view``)."""
+    np = _np or _numpy_now()
+    if np is None or not isinstance(idt, np.ndarray):
+        if type(idt) is memoryview and idt.format == "I" and idt.shape == (IDT_ENTRIES, 2) \
+                and not idt.readonly and idt.c_contiguous:  # noqa: E721 - exact type
+            return idt
+        raise ValueError("idt must be a numpy uint32 array of shape (256, 2)")
+    if idt.dtype != np.uint32 or idt.shape != (IDT_ENTRIES, 2):
         raise ValueError("idt must be a numpy uint32 array of shape (256, 2)")
     if not idt.flags.writeable:
         raise ValueError("idt must be writable")
@@ -156,11 +209,28 @@ def as_idt(idt: Any) -> np.ndarray:
     return idt
 
 
-def as_defaults(defaults: Any) -> np.ndarray:
-    """256 u32 handler addresses as a C-contiguous uint32 array (a copy if needed)."""
-    if (isinstance(defaults, np.ndarray) and defaults.dtype == np.uint32 and defaults.shape == (IDT_ENTRIES,)
-            and defaults.flags.c_contiguous and defaults.flags.aligned):
-        return defaults
+def as_defaults(defaults: Any) -> Any:
+    """256 u32 handler addresses as C-contiguous u32 words (a copy if needed).
+
+    Without numpy: a memoryview of 256 "I" words as is, and a list or tuple
+    of 256 plain ints in range as an ``array.array``.  Anything else goes
+    through numpy (imported then), so every other input -- and every misuse
+    -- meets exactly the rule numpy's conversion always gave it."""
+    np = _np or _numpy_now()
+    if np is not None and isinstance(defaults, np.ndarray):
+        if defaults.dtype == np.uint32 and defaults.shape == (IDT_ENTRIES,) and defaults.flags.c_contiguous \
+                and defaults.flags.aligned:
+            return defaults
+    else:
+        kind = type(defaults)
+        if kind is memoryview:
+            if defaults.format == "I" and defaults.shape == (IDT_ENTRIES,) and defaults.c_contiguous:
+                return defaults
+        elif kind is list or kind is tuple:
+            if len(defaults) == IDT_ENTRIES and all(type(x) is int and 0 <= x <= U32_MAX for x in defaults):  # noqa: E721
+                return _array.array("I", defaults)
+        if np is None:
+            import numpy as np
     try:
         arr = np.asarray(defaults)
     except (TypeError, ValueError, OverflowError):
@@ -175,27 +245,34 @@ def as_defaults(defaults: Any) -> np.ndarray:
 
 def check_regs_array(array: Any) -> np.ndarray:
     """Storage for ``struct lguest_regs``: a writable, C-contiguous uint32[18]."""
-    if not isinstance(array, np.ndarray) or array.dtype != np.uint32 or array.shape != (18,):
+    np = sys.modules.get("numpy")  # not imported: the caller holds no ndarray
+    if np is None or not isinstance(array, np.ndarray) or array.dtype != np.uint32 or array.shape != (18,):
         raise ValueError("Regs needs a numpy uint32 array of 18 words")
     if not array.flags.writeable or not array.flags.c_contiguous or not array.flags.aligned:
         raise ValueError("Regs needs a writable, C-contiguous, aligned array")
     return array
 
 
-def clock_cell(clock: Any) -> np.ndarray | None:
+def clock_cell(clock: Any) -> Any:
     """The int64 time cell a clock exposes for the compiled core to read
     directly, validated when a guest binds to the clock; None if it has none.
 
     The core reads ``cell[0]`` through a raw pointer on every timestamp, so a
     cell that is empty, the wrong dtype or byte order, or not contiguous is
-    host misuse (``ValueError``), not something to read past.
+    host misuse (``ValueError``), not something to read past.  A cell is a
+    numpy int64 array of shape (1,), or an ``array.array("q")`` of one item
+    (``VirtualClock``'s: no numpy needed).
     """
     cell = getattr(clock, "cell", None)
     if cell is None:
         return None
-    if (not isinstance(cell, np.ndarray) or cell.dtype != np.int64 or cell.shape != (1,)
+    if type(cell) is _array.array and cell.typecode == "q" and len(cell) == 1:  # noqa: E721 - exact type
+        return cell
+    np = sys.modules.get("numpy")  # not imported: the caller holds no ndarray
+    if (np is None or not isinstance(cell, np.ndarray) or cell.dtype != np.int64 or cell.shape != (1,)
             or not cell.flags.c_contiguous or not cell.flags.aligned):
-        raise ValueError("clock.cell must be a C-contiguous numpy int64 array of shape (1,)")
+        raise ValueError("clock.cell must be a C-contiguous numpy int64 array of shape (1,)"
+                         " or an array.array('q') of one item")
     return cell
 
 

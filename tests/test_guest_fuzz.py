@@ -161,6 +161,35 @@ def test_long_block_of_fpu_instructions_does_not_crash_the_host(worker, core, in
         assert res["blocks"] >= copies // TB_MAX_INSNS, res
 
 
+def test_a_long_block_reached_by_indirect_jumps_does_not_crash_the_host(worker, core):
+    # Indirect jumps chain through twins: blocks translated again without
+    # the cap (uh_twin in _uchook.h), made only when the capped translation
+    # ended before the cap.  520 copies of `dc c1` called through `call
+    # *%ecx`, three times: the capped pieces of the run get no twin, the
+    # short tail (and the caller's code after the call) do.
+    block = b"\xdc\xc1" * 520 + b"\xc3"
+    loop = fg.mov_ri("ecx", 0x100000) + b"\xff\xd1" + b"\x4e"  # call *%ecx; dec %esi
+    body = fg.mov_ri("esi", 3) + loop + b"\x75" + bytes([(-(len(loop) + 2)) & 0xFF])
+    res = worker.run(program([body], core.NAME, timeout=20.0, memory=4 << 20, data=[(0x100000, block)]), 60)
+    assert "crash" not in kinds(res), res["findings"]
+    assert (res["reason"], res["message"]) == ("dead", "CRASH: fuzz: done\n"), res
+
+
+def test_self_modifying_code_before_a_long_block_does_not_crash_the_host(worker, core):
+    # A store into the block being run makes Unicorn translate the next
+    # block with one instruction (cflags_next_tb = 1): a short block whose
+    # uncapped twin would run on through the 600 copies of `dc c1` after it.
+    # The twin is made only if the *capped* translation at that pc ended
+    # before the cap -- here it does not, so there is none.
+    code = b"\xc6\x05" + (0x100010).to_bytes(4, "little") + b"\x90"   # movb $0x90, 0x100010
+    code += b"\x90" * (0x10 - len(code)) + b"\x40"                       # ... inc %eax, made a nop
+    code += b"\xdc\xc1" * 600 + b"\x0f\x0b"                              # then ud2: resumes at the shutdown
+    res = worker.run(program([fg.jmp_abs(0x100000)], core.NAME, timeout=20.0, memory=4 << 20,
+                             data=[(0x100000, code)]), 60)
+    assert "crash" not in kinds(res), res["findings"]
+    assert (res["reason"], res["message"]) == ("dead", "CRASH: fuzz: done\n"), res
+
+
 def test_the_cap_holds_after_the_translation_cache_fills(worker, core):
     # The cap rides on cflags_next_tb, which a full code buffer bypasses (the
     # translator flushes and makes the next block uncapped).  ~1.2 MiB of

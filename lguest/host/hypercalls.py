@@ -74,7 +74,7 @@ class HcallArgs(NamedTuple):
     def from_regs(cls, cpu: Any) -> HcallArgs:
         # The trap-31 hypercall overlays eax, ebx, ecx, edx.  The Regs
         # attributes are plain ints (the compiled Regs reads its C words):
-        # four numpy scalar reads and int() calls cost ~2.5x as much.
+        # four word reads and int() calls cost ~2.5x as much.
         r = cpu.regs
         return cls(r.eax, r.ebx, r.ecx, r.edx)
 
@@ -235,7 +235,7 @@ _IGNORED_GDT = (GDT_ENTRY_TSS, GDT_ENTRY_LGUEST_CS, GDT_ENTRY_LGUEST_DS, GDT_ENT
 def _fixup_gdt(cpu: Any, start: int, end: int) -> None:
     """Guest segments must not be ring 0: DPL 0 becomes the guest's ring 1.
     The accessed bit is set up front so the CPU never writes the table."""
-    gdt = cpu.gdt
+    gdt = cpu.gdt_words
     for i in range(start, end):
         if i in _IGNORED_GDT:
             continue
@@ -251,9 +251,10 @@ def load_guest_gdt(cpu: Any, table: int, num: int) -> None:
         cpu.guest.kill(f"too many gdt entries {M.li(num)}")
         num = GDT_ENTRIES  # the C goes on to overflow its array; we clamp
     raw = cpu.lgread(table, num * 8)
+    gdt = cpu.gdt_words
     for i in range(num):
-        cpu.gdt[i, 0] = int.from_bytes(raw[i * 8:i * 8 + 4], "little")
-        cpu.gdt[i, 1] = int.from_bytes(raw[i * 8 + 4:i * 8 + 8], "little")
+        gdt[i, 0] = int.from_bytes(raw[i * 8:i * 8 + 4], "little")
+        gdt[i, 1] = int.from_bytes(raw[i * 8 + 4:i * 8 + 8], "little")
     _fixup_gdt(cpu, 0, GDT_ENTRIES)
     cpu.changed |= CHANGED_GDT
 
@@ -261,9 +262,10 @@ def load_guest_gdt(cpu: Any, table: int, num: int) -> None:
 def guest_load_tls(cpu: Any, gtls: int) -> None:
     """LOAD_TLS: the three thread-local-storage descriptors."""
     raw = cpu.lgread(gtls, GDT_ENTRY_TLS_ENTRIES * 8)
+    gdt = cpu.gdt_words
     for k in range(GDT_ENTRY_TLS_ENTRIES):
-        cpu.gdt[GDT_ENTRY_TLS_MIN + k, 0] = int.from_bytes(raw[k * 8:k * 8 + 4], "little")
-        cpu.gdt[GDT_ENTRY_TLS_MIN + k, 1] = int.from_bytes(raw[k * 8 + 4:k * 8 + 8], "little")
+        gdt[GDT_ENTRY_TLS_MIN + k, 0] = int.from_bytes(raw[k * 8:k * 8 + 4], "little")
+        gdt[GDT_ENTRY_TLS_MIN + k, 1] = int.from_bytes(raw[k * 8 + 4:k * 8 + 8], "little")
     _fixup_gdt(cpu, GDT_ENTRY_TLS_MIN, GDT_ENTRY_TLS_MIN + GDT_ENTRY_TLS_ENTRIES)
     cpu.changed |= CHANGED_GDT_TLS
 

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 import threading
 import time
 import zlib
@@ -83,7 +84,8 @@ GUEST_COUNTERS = ("irq", "direct_", "reflected_", "hypercall_", "vector_", "bloc
 
 
 def regs_hash(regs_array: Any) -> str:
-    return hashlib.sha256(bytes(regs_array[_HASHED].tobytes())).hexdigest()[:16]
+    """The 18 register words (``regs.words`` or ``regs.array``) but two, hashed."""
+    return hashlib.sha256(struct.pack("<16I", *(int(regs_array[i]) for i in _HASHED))).hexdigest()[:16]
 
 
 def state_hash(cpu: Any) -> str:
@@ -98,7 +100,7 @@ def state_hash(cpu: Any) -> str:
         crc = zlib.crc32(view[ld + LD_TIME + 8:], zlib.crc32(view[:ld + LD_TIME]))
     else:
         crc = zlib.crc32(view)
-    return f"{regs_hash(cpu.regs.array)}:{crc:08x}"
+    return f"{regs_hash(cpu.regs.words)}:{crc:08x}"
 
 
 def guest_counters(stats: dict[str, int]) -> dict[str, int]:
@@ -124,7 +126,7 @@ def _deliverable(cpu: Any) -> bool:
     if not pending or not enabled or g.noirq_start <= eip < g.noirq_end:
         return False
     irq = (pending & -pending).bit_length() - 1
-    return bool(int(cpu.idt[32 + irq][1]) & 0x8000)
+    return bool(cpu.idt_words[32 + irq, 1] & 0x8000)
 
 
 def run_through_slices(hooks: Any, budget_end: int, deadline_ns: int, slice_reasons: Any) -> int:
@@ -276,7 +278,7 @@ class Recorder:
         self._lock = threading.Lock()
         self._queue: list[tuple[str, Any]] = []
         self.events: list[list[Any]] = []
-        self._stop = (0, int(cpu.regs.eip), regs_hash(cpu.regs.array))  # the last stop's position, registers
+        self._stop = (0, int(cpu.regs.eip), regs_hash(cpu.regs.words))  # the last stop's position, registers
         self._checkpoint_every = checkpoint_interval(len(cpu.guest.memory.view))
         self._next_checkpoint = self._checkpoint_every
         #: the synchronous inputs: [blocks, eip, kind, value] in the order the guest took them
@@ -321,7 +323,7 @@ class Recorder:
         if not queued and not new_time:
             return False
         blocks = self._stop[0]
-        eip, h = int(self.cpu.regs.eip), regs_hash(self.cpu.regs.array)
+        eip, h = int(self.cpu.regs.eip), regs_hash(self.cpu.regs.words)
         for kind, value in queued:
             if kind == "irq":
                 self._send_irq(value)
@@ -343,7 +345,7 @@ class Recorder:
         budget_end = keep_irqs_in_sight(cpu, hooks, int(hooks.blocks) + budget if budget else 0)
         err = run_through_slices(hooks, budget_end, deadline_ns, self._host_stops)
         blocks = int(hooks.blocks)
-        self._stop = (blocks, int(cpu.regs.eip), regs_hash(cpu.regs.array))
+        self._stop = (blocks, int(cpu.regs.eip), regs_hash(cpu.regs.words))
         if blocks >= self._next_checkpoint:  # registers and memory
             self.events.append([blocks, self._stop[1], "checkpoint", None, state_hash(cpu), "stop"])
             self._next_checkpoint = blocks + self._checkpoint_every
@@ -352,7 +354,7 @@ class Recorder:
     def end(self, reason: str) -> None:
         """The run ended for the host's reasons (timeout, break-out): where."""
         cpu = self.cpu
-        self.events.append([self._stop[0], int(cpu.regs.eip), "end", reason, regs_hash(cpu.regs.array),
+        self.events.append([self._stop[0], int(cpu.regs.eip), "end", reason, regs_hash(cpu.regs.words),
                             HALTED if cpu.halted else ENTRY])
 
     def save(self, path: str, header: dict[str, Any], final: dict[str, Any]) -> None:
@@ -380,7 +382,7 @@ class Replayer:
         self.ended: str | None = None
         self._timer_reason = timer_reason
         self._host_stops = frozenset(host_stop_reasons)
-        self._stop = (0, int(cpu.regs.eip), regs_hash(cpu.regs.array))
+        self._stop = (0, int(cpu.regs.eip), regs_hash(cpu.regs.words))
         self._last_miss: tuple[int, int, str] | None = None
         self._time: bytes | None = None  # the recorded lguest_data timestamp now
         self.syncs = list(data.get("sync", []))
@@ -444,7 +446,7 @@ class Replayer:
             blocks, eip, kind, value, h, where = self.events[self.index]
             if kind == "checkpoint" or (blocks, eip) != here or where != point:
                 break
-            regs = regs_hash(cpu.regs.array)
+            regs = regs_hash(cpu.regs.words)
             if h != regs:
                 self._diverge(f"{self._name(self.index)} differs: registers {regs} instead of {h}")
                 break
@@ -486,7 +488,7 @@ class Replayer:
             budget_end = target if not budget_end else min(budget_end, target)
         err = run_through_slices(hooks, budget_end, deadline_ns, self._host_stops)
         cpu = self.cpu
-        self._stop = (int(hooks.blocks), int(cpu.regs.eip), regs_hash(cpu.regs.array))
+        self._stop = (int(hooks.blocks), int(cpu.regs.eip), regs_hash(cpu.regs.words))
         self._check(at_block_start=int(hooks.reason) == self._timer_reason)
         return err
 

@@ -22,10 +22,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from ..constants import CHANGED_ALL, CHANGED_IDT, IDT_ENTRIES, SWITCHER_ADDR
 from ..cores import core_of
+from ..validate import u32_words
 from .hypercalls import do_hypercalls
 from .stats import Stats
 from .traps import handle_trap
@@ -59,12 +58,12 @@ class Backend(abc.ABC):
 
     #: Host addresses of the 256 Switcher entry points: where a non-direct
     #: trap lands in the host IDT built by ``copy_traps``.
-    default_handlers: np.ndarray = (SWITCHER_ADDR + 0x100 + np.arange(IDT_ENTRIES, dtype=np.uint32) * 8).astype(
-        np.uint32
-    )
+    #: (256 u32 words, read-only: a memoryview of "I"; a backend may give a
+    #: numpy array instead.)
+    default_handlers: Any = u32_words(range(SWITCHER_ADDR + 0x100, SWITCHER_ADDR + 0x100 + 8 * IDT_ENTRIES, 8))
 
     @abc.abstractmethod
-    def run_guest(self, cpu: Any, idt: np.ndarray, changed: int) -> None:
+    def run_guest(self, cpu: Any, idt: Any, changed: int) -> None:
         """Run the guest from ``cpu.regs`` until a trap the host must see.
 
         ``idt`` is the host IDT (a direct trap gate in it means the
@@ -135,7 +134,7 @@ class ScriptedBackend(Backend):
         self.entries: list[tuple[int, int, int]] = []
         self.calls: list[tuple[Any, ...]] = []
 
-    def run_guest(self, cpu: Any, idt: np.ndarray, changed: int) -> None:
+    def run_guest(self, cpu: Any, idt: Any, changed: int) -> None:
         self.entries.append((cpu.regs.eip, cpu.regs.esp, changed))
         if not self.steps:
             cpu.guest.kill("script finished")
@@ -180,15 +179,20 @@ class RunContext:
     __slots__ = ("backend", "core", "host_idt", "stats")
 
     def __init__(self, cpu: Any, backend: Backend | None = None, *, stats: Stats | None = None,
-                 host_idt: np.ndarray | None = None) -> None:
+                 host_idt: Any = None) -> None:
         self.backend = backend
         self.core = core_of(cpu)
         self.stats = stats if stats is not None else Stats()
         self.host_idt = host_idt
 
-    def ensure_host_idt(self, cpu: Any) -> np.ndarray:
-        """The host IDT, built (every trap to the Switcher's stubs) on first use."""
+    def ensure_host_idt(self, cpu: Any) -> Any:
+        """The host IDT, built (every trap to the Switcher's stubs) on first
+        use.  A numpy uint32 (256, 2) array, what ``Backend.run_guest`` has
+        always been handed; the Unicorn backend gives the context its own
+        (the Switcher's words, a memoryview), so running it imports no numpy."""
         if self.host_idt is None:
+            import numpy as np
+
             idt = np.zeros((IDT_ENTRIES, 2), dtype=np.uint32)
             handlers = (self.backend if self.backend is not None else Backend).default_handlers
             self.core.setup_default_idt_entries(idt, handlers)
@@ -230,7 +234,7 @@ def _maybe_do_interrupt(cpu: Any, stats: Stats) -> None:
             stats.irq(irq, b - a, eip)
 
 
-def _enter(cpu: Any, backend: Backend, idt: np.ndarray, stats: Stats) -> None:
+def _enter(cpu: Any, backend: Backend, idt: Any, stats: Stats) -> None:
     """Step 7's entry: refresh the host IDT if the guest's changed, hand the
     backend the CHANGED_* bits (cleared first, as lguest's run_guest_once did)
     and run the guest until its next trap."""

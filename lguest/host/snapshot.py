@@ -13,8 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -52,9 +50,9 @@ def snapshot(cpu: Any, *, memory: bool = False) -> Snapshot:
     now = clock.now_ns()
     expiry = clock.armed(cpu) if hasattr(clock, "armed") else None
     return Snapshot(
-        regs=tuple(int(x) for x in cpu.regs.array),
-        idt=cpu.idt.tobytes(),
-        gdt=cpu.gdt.tobytes(),
+        regs=tuple(cpu.regs.words),
+        idt=cpu.idt_words.tobytes(),
+        gdt=cpu.gdt_words.tobytes(),
         esp1=cpu.esp1,
         ss1=cpu.ss1,
         halted=bool(cpu.halted),
@@ -91,6 +89,8 @@ def restore(cpu: Any, snap: Snapshot) -> None:
         raise ValueError(f"snapshot is of {snap.memory_size:#x} bytes of memory, guest has {g.memory.size:#x}")
     if g.dead is not None and g.dead != snap.dead:
         raise ValueError("cannot restore onto a guest that is already dead")
+    import numpy as np  # restoring is rare; numpy's conversions are its checks
+
     cpu.regs.array[:] = np.array(snap.regs, dtype=np.uint32)
     cpu.idt[:] = np.frombuffer(snap.idt, dtype=np.uint32).reshape(cpu.idt.shape)
     cpu.gdt[:] = np.frombuffer(snap.gdt, dtype=np.uint32).reshape(cpu.gdt.shape)

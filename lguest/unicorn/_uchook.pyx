@@ -43,8 +43,6 @@ from lguest.abi cimport NUM_REGS
 from lguest._clock cimport CpuTimer, NativeClock, clockevent_nogil
 from lguest.lguest cimport LGUEST_NATIVE_API_CAPSULE, LGUEST_NATIVE_API_VERSION, lg_native_api
 
-import numpy as np
-
 cdef extern from "_uchook.h":
     ctypedef void uh_engine
     ctypedef size_t uh_hookh
@@ -109,6 +107,9 @@ cdef extern from "_uchook.h":
         uint8_t **code_gen_ptr
         uint8_t **code_gen_highwater
         uint32_t tb_max_insns
+        int twin_on
+        uint8_t *twin_seen
+        uint64_t twins, twin_skipped
         uint64_t tb_guard
         int stop_flag
         uint64_t blocks
@@ -267,7 +268,7 @@ cdef class NativeHooks:
     cdef object _keep      # objects whose memory the C side points into (bind)
     cdef object _owners    # the engine and the Switcher pin (__init__)
     cdef object _hold      # a GuestMemory.hold() while bound
-    cdef object _trace     # the timeline's numpy buffer (trace_direct), or None
+    cdef object _trace     # the timeline's numpy buffer (trace_direct), or None: numpy only with a timeline
     cdef int insn_in, insn_out
     cdef object _free
     cdef int state         # 0: __init__ not run, 1: ready, 2: closed
@@ -280,7 +281,7 @@ cdef class NativeHooks:
     cdef uh_hookh tsc_handles[2]
     cdef int ntsc
     cdef int fast_want     # the store fast path requested (store_fast_path)
-    cdef object _code_pages  # its bitmap (numpy), while bound
+    cdef object _code_pages  # its bitmap (a bytearray), while bound
 
     def __cinit__(self):
         memset(&self.st, 0, sizeof(uh_state))
@@ -368,6 +369,8 @@ cdef class NativeHooks:
         self.st.code_gen_ptr = <uint8_t **>_ptr(internals["code_gen_ptr"])
         self.st.code_gen_highwater = <uint8_t **>_ptr(internals["code_gen_highwater"])
         self.st.tb_max_insns = internals["tb_max_insns"]
+        self.st.twin_on = 1 if __import__("os").environ.get("LGUEST_TB_TWINS", "1") != "0" else 0
+        self.st.twin_seen = self.st.code_gen_ptr[0]
         self.st.tb_guard = internals["tb_guard"]
 
     cdef _set_layout(self, reg_ids, reg_cr2, layout):
@@ -418,11 +421,12 @@ cdef class NativeHooks:
         """Make the C side follow fast_want: on (bound, available, not given
         up) with an empty bitmap after a flush of every translation (their
         pages are unknown); off with every guest page re-protected."""
+        cdef uint8_t[::1] pages
         if self.fast_want and self.st.tlb_fast != NULL and not self.st.fast_dead and self.st.mem != NULL:
             if self.st.fast_on:
                 return
-            self._code_pages = np.zeros((self.st.mem_size >> 15) + 1, dtype=np.uint8)
-            self.st.code_pages = <uint8_t *>_ptr(self._code_pages.ctypes.data)
+            self._code_pages = pages = bytearray((self.st.mem_size >> 15) + 1)
+            self.st.code_pages = &pages[0]  # the bytearray is never resized: only this object holds it
             self.st.ctl(self.st.uc, UH_CTL_TB_FLUSH_C)
             self.st.seen_ptr = self.st.code_gen_ptr[0]
             self.st.fast_next = 0
@@ -456,7 +460,8 @@ cdef class NativeHooks:
         """Counters of the store fast path: code pages marked, clearing
         passes, entries cleared, resets (flushes), gave up."""
         return {"pages": self.st.fast_pages, "passes": self.st.fast_passes, "cleared": self.st.fast_cleared,
-                "resets": self.st.fast_resets, "gave_up": bool(self.st.fast_dead)}
+                "resets": self.st.fast_resets, "gave_up": bool(self.st.fast_dead),
+                "twins": self.st.twins, "twin_skipped": self.st.twin_skipped}
 
     cdef int _check(self) except -1:
         if self.state == 0:
@@ -565,23 +570,38 @@ cdef class NativeHooks:
             hold.__exit__(None, None, None)
 
     def bind(self, cpu, regs_array, host_idt, guest_idt, memory, api_capsule):
-        """Point the hooks at a cpu: its registers (``cpu.regs.array``), the
-        host IDT and the guest's (``cpu.idt``), its live GuestMemory (held
-        while bound, so it cannot be closed under the hooks) and (compiled
-        core) the core's native API capsule for that cpu."""
+        """Point the hooks at a cpu: its registers (``cpu.regs.words`` or
+        ``cpu.regs.array``), the host IDT and the guest's (``cpu.idt_words``
+        or ``cpu.idt``), its live GuestMemory (held while bound, so it
+        cannot be closed under the hooks) and (compiled core) the core's
+        native API capsule for that cpu.  The word tables are anything
+        exporting u32 words ("I": numpy uint32 arrays, lguest's memoryviews);
+        the buffer protocol checks them, so no numpy is needed."""
         cdef uint32_t[::1] rv
         cdef uint32_t[:, ::1] hv
         cdef uint32_t[:, ::1] gv
+        cdef uint32_t[::1] own_rv
+        cdef uint32_t[:, ::1] own_gv
         cdef lg_native_api *api = NULL
         from ..memory import GuestMemory
         self._check_idle()
         arrays = {"regs": (regs_array, (NUM_REGS,)), "host IDT": (host_idt, (256, 2)), "guest IDT": (guest_idt, (256, 2))}
         for name, (arr, shape) in arrays.items():
-            if not isinstance(arr, np.ndarray) or arr.dtype != np.uint32:
-                raise TypeError(f"the {name} must be a numpy uint32 array")
-            if arr.shape != shape or not arr.flags.c_contiguous or not arr.flags.writeable:
-                raise ValueError(f"the {name} must be a writable C-contiguous uint32{list(shape)}")
-        if regs_array.ctypes.data != cpu.regs.array.ctypes.data or guest_idt.ctypes.data != cpu.idt.ctypes.data:
+            try:
+                view = memoryview(arr)
+            except TypeError:
+                view = None
+            if view is None or view.format != "I":
+                raise TypeError(f"the {name} must be an array of u32 words (numpy uint32, or a memoryview of 'I')")
+            with view:
+                if view.shape != shape or not view.c_contiguous or view.readonly:
+                    raise ValueError(f"the {name} must be a writable C-contiguous uint32{list(shape)}")
+        rv = regs_array
+        hv = host_idt
+        gv = guest_idt
+        own_rv = cpu.regs.words
+        own_gv = cpu.idt_words
+        if &rv[0] != &own_rv[0] or &gv[0, 0] != &own_gv[0, 0]:
             raise ValueError("regs_array and guest_idt must be the cpu's own")
         if not isinstance(memory, GuestMemory) or memory.closed:
             raise TypeError("memory must be a live GuestMemory")
@@ -589,14 +609,11 @@ cdef class NativeHooks:
             if not PyCapsule_IsValid(api_capsule, LGUEST_NATIVE_API_CAPSULE):
                 raise TypeError("not a lguest._core native API capsule")
             api = <lg_native_api *>PyCapsule_GetPointer(api_capsule, LGUEST_NATIVE_API_CAPSULE)
-            if api.version != LGUEST_NATIVE_API_VERSION or <size_t>api.regs != <size_t>regs_array.ctypes.data:
+            if api.version != LGUEST_NATIVE_API_VERSION or <size_t>api.regs != <size_t>&rv[0]:
                 raise ValueError("lguest._core native API mismatch (not this cpu's)")
         hold = memory.hold()
         hold.__enter__()
         self._unbind()
-        rv = regs_array
-        hv = host_idt
-        gv = guest_idt
         self._hold = hold
         self._keep = [cpu, regs_array, host_idt, guest_idt, memory, api_capsule]
         self.st.regs = &rv[0]
@@ -842,6 +859,8 @@ cdef class NativeHooks:
         self.st.trace_len = 0
         self._trace = None
         if capacity > 0:
+            import numpy as np  # only with a timeline (--trace-out): a guest run needs no numpy
+
             arr = np.zeros((int(capacity), 4), dtype=np.uint64)
             buf = arr
             self._trace = arr
@@ -1006,3 +1025,19 @@ cdef class NativeHooks:
         cdef int i
         return {REASONS[i]: self.st.stops[i] for i in range(len(REASONS)) if self.st.stops[i]}
 
+
+
+def shadow_pgd_entries(const uint32_t[::1] entries, uint32_t[::1] shadow, uint64_t pfn_limit, uint32_t present,
+                       uint32_t bad_bits, uint32_t accessed, Py_ssize_t start, Py_ssize_t stop):
+    """The shadow page directory's entries ``start..stop-1`` from the guest's
+    (lguest.unicorn.paging): an entry that is present, has none of
+    ``bad_bits`` and a frame below ``pfn_limit`` is copied with ``accessed``
+    set, any other becomes 0.  In C: the Python loop over 1023 entries would
+    cost ~100 us per TLB flush, and numpy's import a guest run ~40 ms."""
+    cdef Py_ssize_t i
+    cdef uint32_t e
+    if start < 0 or stop > entries.shape[0] or stop > shadow.shape[0] or start > stop:
+        raise ValueError("entry range out of bounds")
+    for i in range(start, stop):
+        e = entries[i]
+        shadow[i] = (e | accessed) if (e & present) and not (e & bad_bits) and (e >> 12) < pfn_limit else 0

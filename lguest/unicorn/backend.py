@@ -15,7 +15,6 @@ import struct
 import time
 from typing import Any
 
-import numpy as np
 import unicorn as _unicorn
 from unicorn import x86_const as _x86
 
@@ -35,6 +34,7 @@ from ..constants import (
 from ..cores import compiled, core_of
 from ..host.hypercalls import HYPERCALLS, HcallArgs
 from ..host.run import Backend
+from ..validate import u32_words
 from . import _uchook
 from .engine import engine_handle, engine_internals, function_addresses, uclib
 from .exits import REASON_DIRECT, ExitDecoding
@@ -82,8 +82,9 @@ class UnicornBackend(ExitDecoding, ShadowPaging, Backend):
     #: False: through the Python handler (for comparison; read at start-up).
     native_vclock = True
 
-    #: Host IDT targets of non-direct traps: the Switcher's stubs.
-    default_handlers = (SWITCHER_ADDR + SW_STUBS + np.arange(IDT_ENTRIES, dtype=np.uint32) * 8).astype(np.uint32)
+    #: Host IDT targets of non-direct traps: the Switcher's stubs (256 u32
+    #: words, read-only).
+    default_handlers = u32_words(range(SWITCHER_ADDR + SW_STUBS, SWITCHER_ADDR + SW_STUBS + 8 * IDT_ENTRIES, 8))
 
     def __init__(self, uc: Any, cpu: Any, *, virtual: bool, ns_per_block: int, native_direct: bool = True) -> None:
         self.uc = uc
@@ -118,11 +119,13 @@ class UnicornBackend(ExitDecoding, ShadowPaging, Backend):
         GDT, TR and CR0.WP; the host IDT starts with every trap going to
         the Switcher's stubs (``copy_traps`` fills it at the first entry)."""
         self.switcher = sw = Switcher()
-        self.gdt, self.host_idt, self.shadow_pgd = sw.gdt, sw.host_idt, sw.shadow_pgd
+        # The Switcher's word tables (memoryviews of "I"); ``gdt``,
+        # ``host_idt`` and ``shadow_pgd`` are numpy views of them on demand.
+        self.gdt_words, self.host_idt_words, self.shadow_pgd_words = sw.gdt, sw.host_idt, sw.shadow_pgd
         sw.map(uc)
         # lguest's host IDT for this cpu lives in the Switcher: the launcher
         # hands it to the run context, and copy_traps fills it.
-        self.core.setup_default_idt_entries(self.host_idt, self.default_handlers)
+        self.core.setup_default_idt_entries(self.host_idt_words, self.default_handlers)
         cpu.changed |= CHANGED_ALL
         self.load_gdt(cpu)
         sw.load_task_register(uc)
@@ -155,7 +158,7 @@ class UnicornBackend(ExitDecoding, ShadowPaging, Backend):
         if self.core is compiled():
             native_api = getattr(self.core, "native_api", None)  # None: direct traps take the Python path
             api = native_api(cpu) if native_api is not None else None
-        hooks.bind(cpu, cpu.regs.array, self.host_idt, cpu.idt, self.guest.memory, api)
+        hooks.bind(cpu, cpu.regs.words, self.host_idt_words, cpu.idt_words, self.guest.memory, api)
         if api is not None and not self.virtual:
             from .._clock import NativeClock  # the compiled core's: api says it is there
 
@@ -183,9 +186,32 @@ class UnicornBackend(ExitDecoding, ShadowPaging, Backend):
         self.hooks.vclock_last = value
 
     # --- host structures -------------------------------------------------------------------
+    @staticmethod
+    def _numpy_view(words: memoryview | None) -> Any:
+        if words is None:
+            return None
+        import numpy as np  # not on a run's path: for tests and tools that look
+
+        return np.asarray(words)
+
+    @property
+    def gdt(self) -> Any:
+        """The GDT the CPU uses: a numpy uint32 (32, 2) view of the Switcher's words (None once closed)."""
+        return self._numpy_view(self.gdt_words)
+
+    @property
+    def host_idt(self) -> Any:
+        """The host IDT: a numpy uint32 (256, 2) view of the Switcher's words (None once closed)."""
+        return self._numpy_view(self.host_idt_words)
+
+    @property
+    def shadow_pgd(self) -> Any:
+        """The shadow page directory: a numpy uint32 (1024,) view (None once closed)."""
+        return self._numpy_view(self.shadow_pgd_words)
+
     def load_gdt(self, cpu: Any) -> None:
         """The GDT the CPU uses (see :meth:`Switcher.load_gdt`)."""
-        self.switcher.load_gdt(cpu.gdt)
+        self.switcher.load_gdt(cpu.gdt_words)
 
     def close(self) -> None:
         hooks = getattr(self, "hooks", None)
@@ -194,7 +220,7 @@ class UnicornBackend(ExitDecoding, ShadowPaging, Backend):
             self.hooks = None
         if self.uc is not None:
             self.switcher.unmap(self.uc)
-        self.gdt = self.host_idt = self.shadow_pgd = None
+        self.gdt_words = self.host_idt_words = self.shadow_pgd_words = None
         self.switcher.drop_views()
         self.uc = None
 
@@ -203,7 +229,7 @@ class UnicornBackend(ExitDecoding, ShadowPaging, Backend):
         self.switcher.release()
 
     # --- running ---------------------------------------------------------------------------
-    def run_guest(self, cpu: Any, idt: np.ndarray, changed: int) -> None:
+    def run_guest(self, cpu: Any, idt: Any, changed: int) -> None:
         g = self.guest
         hooks = self.hooks
         if changed & (CHANGED_GDT | CHANGED_GDT_TLS):
@@ -287,7 +313,7 @@ class UnicornBackend(ExitDecoding, ShadowPaging, Backend):
                 stats.hypercalls_many(n, d)
         self._hcalls, self._hcalls_total = counts, hooks.hcall_total
 
-    def _drain_timeline(self, cpu: Any, idt: np.ndarray, clock: Any) -> None:
+    def _drain_timeline(self, cpu: Any, idt: Any, clock: Any) -> None:
         """The direct traps the hook recorded during this entry, onto the
         timeline (before the clock advances: a trap's guest time is the
         clock's now plus the blocks run up to it); a direct trap left to the
@@ -314,6 +340,8 @@ class UnicornBackend(ExitDecoding, ShadowPaging, Backend):
             n = hooks.trapnum
             row = [hooks.blocks, time.monotonic_ns(), int(cpu.regs.eip),
                    n | (int(cpu.regs.cs) & 3) << 8 | ((int(idt[n, 0]) >> 16) & 3) << 16]
+            import numpy as np  # a timeline (--trace-out) works in numpy arrays
+
             timeline.add_direct(np.array([row], dtype=np.uint64), to_ns)
 
     def code_changed(self, cpu: Any, gpa: int, length: int) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import unicorn as _unicorn
 from unicorn import unicorn_const as _ucc
 
@@ -60,7 +59,7 @@ class ExitDecoding:
     paging: bool
     python_direct: dict[int, int]
 
-    def _exit(self, cpu: Any, idt: np.ndarray, reason: int, err: int) -> None:
+    def _exit(self, cpu: Any, idt: Any, reason: int, err: int) -> None:
         r = cpu.regs
         g = self.guest
         hooks = self.hooks

@@ -229,7 +229,7 @@ class GdbStub:
 
     # --- the guest's view -----------------------------------------------------------------
     def _regs(self) -> list[int]:
-        arr = self.lg.cpu.regs.array
+        arr = self.lg.cpu.regs.words
         vals = [int(arr[i]) for i in GDB_REGS]
         g = self.lg.guest
         if g.lguest_data is not None:  # the guest's IF is virtual
@@ -249,7 +249,7 @@ class GdbStub:
             value |= _IF  # the real IF stays on
         elif idx in (7, 8, 9, 10, 14, 17):
             value &= 0xFFFF
-        self.lg.cpu.regs.array[idx] = value
+        self.lg.cpu.regs.words[idx] = value
 
     def translate(self, va: int) -> int | None:
         """Guest-physical address of guest-virtual ``va`` through the guest's

@@ -165,8 +165,9 @@ class UnicornLauncher:
         self.cpu = cpu = g.new_cpu()
         # lguest_arch_setup_regs (the loader sets eip), and setup_guest_gdt's flat segments.
         cpu.setup_regs(0)
+        gdt = cpu.gdt_words
         for i, (a, b) in GUEST_FLAT_SEGMENTS.items():
-            cpu.gdt[i] = (a, b)
+            gdt[i, 0], gdt[i, 1] = a, b
         self.uc = uc = _unicorn.Uc(_ucc.UC_ARCH_X86, _ucc.UC_MODE_32)
         # Cap the translation cache before anything initialises the engine
         # (Unicorn sizes the code buffer once, at its lazy init, on the first
@@ -192,7 +193,7 @@ class UnicornLauncher:
             backend.enable_paging()
         stats = Stats(trace_size=self._trace_size)
         self.launcher = Launcher(cpu, backend, console=self._console_arg, console_limit=self._console_limit,
-                                 stats=stats, host_idt=backend.host_idt)
+                                 stats=stats, host_idt=backend.host_idt_words)
         backend.stats = stats  # traps the hook reflects itself are counted there
         if self._record:
             self.recorder = backend.runner = record_mod.Recorder(
@@ -428,7 +429,7 @@ class UnicornLauncher:
                 "message": None if result is None else result.message,
                 "console_sha256": hashlib.sha256(console).hexdigest(), "console_bytes": len(console),
                 "counters": record_mod.guest_counters(self.stats),
-                "registers": record_mod.regs_hash(self.cpu.regs.array)}
+                "registers": record_mod.regs_hash(self.cpu.regs.words)}
 
     def save_recording(self, path: Any, result: RunResult | None, image: str | None = None, *,
                        header: dict[str, Any] | None = None, final: dict[str, Any] | None = None) -> None:

@@ -9,13 +9,14 @@ the guest's second-level tables itself.
 
 from __future__ import annotations
 
+import array
 from typing import Any
 
-import numpy as np
 from unicorn import unicorn_const as _ucc
 from unicorn import x86_const as _x86
 
 from ..constants import PAGE_PSE, PAGE_SIZE, SWITCHER_ADDR
+from ._uchook import shadow_pgd_entries
 from .switcher import (
     CR0_PG,
     CR0_WP,
@@ -34,41 +35,44 @@ from .switcher import (
 class ShadowPaging:
     """The page-table half of :class:`~lguest.unicorn.backend.UnicornBackend`
     (the Backend's ``new_pgtable``, ``flush_tlb``, ``set_pte``, ``set_pmd``,
-    ``demand_page``).  Uses the backend's ``uc``, ``guest``, ``shadow_pgd``."""
+    ``demand_page``).  Uses the backend's ``uc``, ``guest`` and
+    ``shadow_pgd_words`` (the Switcher's 1024 words, a memoryview of "I")."""
 
     uc: Any
     guest: Any
-    shadow_pgd: Any
+    shadow_pgd_words: Any
     paging: bool = False
 
-    def _guest_pgd(self, pgdir: int) -> np.ndarray | None:
+    def _guest_pgd(self, pgdir: int) -> memoryview | None:
         mem = self.guest.memory
         if pgdir % PAGE_SIZE or pgdir + PAGE_SIZE > mem.size:
             return None
-        return np.frombuffer(mem.read(pgdir, PAGE_SIZE), dtype=np.uint32)
+        return memoryview(mem.read(pgdir, PAGE_SIZE)).cast("I")
 
     def _sync_shadow(self, index: int | None = None) -> None:
         """Copy the guest's page-directory entries the CPU may use into the
         shadow (present, only _PAGE_TABLE flags, frames inside RAM); the rest
         are filled on demand (demand_page kills for bad ones)."""
         pgdir = self.guest.pgdir
+        shadow = self.shadow_pgd_words
         entries = self._guest_pgd(pgdir) if pgdir is not None else None
         if entries is None:
             if index is None:
-                self.shadow_pgd[:SWITCHER_PGD_INDEX] = 0
+                shadow[:SWITCHER_PGD_INDEX] = _ZERO_PGD
             else:
-                self.shadow_pgd[index] = 0
+                shadow[index] = 0
             return
-        ok = ((entries & PTE_PRESENT) != 0) & ((entries & ~np.uint32(0xFFFFF000 | PGD_ALLOWED)) == 0) \
-            & ((entries >> 12) < self.guest.pfn_limit)
-        shadow = np.where(ok, entries | PTE_ACCESSED, 0).astype(np.uint32)
         if index is None:
-            self.shadow_pgd[:SWITCHER_PGD_INDEX] = shadow[:SWITCHER_PGD_INDEX]
+            start, stop = 0, SWITCHER_PGD_INDEX
         elif index < SWITCHER_PGD_INDEX:
-            self.shadow_pgd[index] = shadow[index]
+            start, stop = index, index + 1
+        else:
+            return
+        shadow_pgd_entries(entries, shadow, self.guest.pfn_limit, PTE_PRESENT, ~(0xFFFFF000 | PGD_ALLOWED) & 0xFFFFFFFF,
+                           PTE_ACCESSED, start, stop)
 
     def enable_paging(self) -> None:
-        self.shadow_pgd[SWITCHER_PGD_INDEX] = (SWITCHER_ADDR + SW_PT) | PTE_PRESENT | PTE_ACCESSED
+        self.shadow_pgd_words[SWITCHER_PGD_INDEX] = (SWITCHER_ADDR + SW_PT) | PTE_PRESENT | PTE_ACCESSED
         self._sync_shadow()
         self.uc.reg_write(_x86.UC_X86_REG_CR3, SWITCHER_ADDR + SW_PGD)
         if not self.paging:
@@ -95,7 +99,7 @@ class ShadowPaging:
         with PSE or a frame past RAM kills; one with neither bit is just
         dropped from the shadow, to be faulted in (and checked) later."""
         g = self.guest
-        if self.paging and self.shadow_pgd[vaddr >> 22] & PTE_PRESENT \
+        if self.paging and self.shadow_pgd_words[vaddr >> 22] & PTE_PRESENT \
                 and (vaddr >= g.page_offset or pgdir == g.pgdir) \
                 and pte & (PTE_ACCESSED | PTE_DIRTY) \
                 and (pte & PAGE_PSE or (pte >> 12) >= g.pfn_limit):
@@ -116,16 +120,16 @@ class ShadowPaging:
         if vaddr >= SWITCHER_ADDR:
             self.guest.kill("attempt to access switcher pages")
             return False
-        if self.shadow_pgd[index] & PTE_PRESENT:
+        if self.shadow_pgd_words[index] & PTE_PRESENT:
             return False
         entries = self._guest_pgd(self.guest.pgdir)
         if entries is None or not entries[index] & PTE_PRESENT:
             return False
-        e = int(entries[index])
+        e = entries[index]
         if e & ~(0xFFFFF000 | PGD_ALLOWED) or (e >> 12) >= self.guest.pfn_limit:
             self.guest.kill("bad page directory entry")
             return False
-        self.shadow_pgd[index] = e | PTE_ACCESSED
+        self.shadow_pgd_words[index] = e | PTE_ACCESSED
         self._flush_tlb()
         return True
 
@@ -139,13 +143,19 @@ def initial_page_tables(mem: Any, page_offset: int) -> int:
     tables = pgdir - n_tables * PAGE_SIZE
     if tables <= 0:
         raise ValueError("guest memory too small for its page tables")
-    ptes = (np.arange(n_tables * 1024, dtype=np.uint32) * PAGE_SIZE) | (PTE_PRESENT | PTE_RW | PTE_USER)
-    ptes[pages:] = 0
-    mem.write(tables, ptes.tobytes())
-    pgd = np.zeros(1024, dtype=np.uint32)
+    # Page i maps frame i (i * PAGE_SIZE | flags, flags < PAGE_SIZE: the
+    # range below makes the words in C); the last table's tail is empty.
+    flags = PTE_PRESENT | PTE_RW | PTE_USER
+    ptes = array.array("I", range(flags, pages * PAGE_SIZE, PAGE_SIZE))
+    mem.write(tables, ptes.tobytes() + bytes(4 * (n_tables * 1024 - pages)))
+    pgd = array.array("I", bytes(4 * 1024))
     for i in range(n_tables):
-        entry = (tables + i * PAGE_SIZE) | PTE_PRESENT | PTE_RW | PTE_USER
+        entry = (tables + i * PAGE_SIZE) | flags
         pgd[i] = entry
         pgd[(page_offset >> 22) + i] = entry
     mem.write(pgdir, pgd.tobytes())
     return pgdir
+
+
+#: SWITCHER_PGD_INDEX zero words, to clear the guest's part of the shadow at once.
+_ZERO_PGD = memoryview(bytes(4 * SWITCHER_PGD_INDEX)).cast("I")

@@ -4,7 +4,8 @@ In lguest the Switcher is the host code and data mapped at the top of every
 guest's address space: the default IDT stubs, the TSS, the GDT the CPU uses,
 the host IDT and (with shadow paging) the page tables the CPU really walks.
 Here it is one host mmap of :data:`SW_SIZE` bytes; :class:`Switcher` owns it
-and the numpy views the backend, the pager and the native hook write through.
+and the views of u32 words (memoryviews, no numpy) the backend, the pager and
+the native hook write through.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import mmap
 import struct
 from typing import Any
 
-import numpy as np
 import unicorn as _unicorn
 from unicorn import unicorn_const as _ucc
 from unicorn import x86_const as _x86
@@ -98,7 +98,8 @@ class Switcher:
 
     ``gdt`` (32 x 2 words) is the GDT the CPU uses, ``host_idt`` (256 x 2)
     the host IDT ``copy_traps`` fills, ``shadow_pgd`` (1024) the page
-    directory the CPU walks when paging, ``tss`` the TSS words.  Of all this
+    directory the CPU walks when paging, ``tss`` the TSS words: each a
+    memoryview of "I" words over the mmap.  Of all this
     the CPU can reach only the GDT page, read-only (:meth:`map`).
     """
 
@@ -110,22 +111,26 @@ class Switcher:
     def __init__(self) -> None:
         self.mem: mmap.mmap | None = mmap.mmap(-1, SW_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.address = ctypes.addressof(ctypes.c_char.from_buffer(self.mem))
-        words = np.frombuffer(self.mem, dtype=np.uint32)
-        self._words: np.ndarray | None = words
+        raw = memoryview(self.mem)
+
+        def words(offset: int, n: int, shape: tuple[int, ...] | None = None) -> memoryview:
+            return raw[offset:offset + 4 * n].cast("I", shape or (n,))
+
         for i in range(IDT_ENTRIES):
             self.mem[SW_STUBS + 8 * i:SW_STUBS + 8 * i + 8] = STUB
         self.mem[SW_UNTIL:SW_UNTIL + 1] = b"\xf4"
-        self.gdt: np.ndarray | None = words[SW_GDT // 4:SW_GDT // 4 + 2 * GDT_ENTRIES].reshape(GDT_ENTRIES, 2)
-        self.host_idt: np.ndarray | None = words[SW_IDT // 4:SW_IDT // 4 + 2 * IDT_ENTRIES].reshape(IDT_ENTRIES, 2)
-        self.shadow_pgd: np.ndarray | None = words[SW_PGD // 4:SW_PGD // 4 + 1024]
-        switcher_pt = words[SW_PT // 4:SW_PT // 4 + 1024]
+        self.gdt: memoryview | None = words(SW_GDT, 2 * GDT_ENTRIES, (GDT_ENTRIES, 2))
+        self.host_idt: memoryview | None = words(SW_IDT, 2 * IDT_ENTRIES, (IDT_ENTRIES, 2))
+        self.shadow_pgd: memoryview | None = words(SW_PGD, 1024)
+        switcher_pt = words(SW_PT, 1024)
         # Only the GDT page: supervisor, read-only, already accessed (ring 3
         # cannot touch it; the CPU's descriptor reads are supervisor reads).
         switcher_pt[SW_GDT // PAGE_SIZE] = (SWITCHER_ADDR + SW_GDT) | PTE_PRESENT | PTE_ACCESSED | PTE_DIRTY
-        tss = words[SW_TSS // 4:SW_TSS // 4 + TSS_SIZE // 4]
+        tss = words(SW_TSS, TSS_SIZE // 4)
         tss[2] = LGUEST_DS  # ss0 (no ring-0 stack: the entry is a context patch)
+        switcher_pt.release()  # the views kept share one export of the mmap, dropped with the last of them
         struct.pack_into("<H", self.mem, SW_TSS + 102, TSS_SIZE)  # no I/O bitmap (all ports denied)
-        self.tss: np.ndarray | None = tss
+        self.tss: memoryview | None = tss
 
     def map(self, uc: Any) -> None:
         """Map the reachable regions into ``uc`` and point GDTR and IDTR at them."""
@@ -145,7 +150,7 @@ class Switcher:
             except _unicorn.UcError:
                 pass
 
-    def load_gdt(self, guest_gdt: np.ndarray) -> None:
+    def load_gdt(self, guest_gdt: Any) -> None:
         """The GDT the CPU uses: the guest's entries and the Switcher's own.
 
         Of the guest's entries only code and data segments reach the CPU,
@@ -153,17 +158,20 @@ class Switcher:
         gate, task gate, TSS, LDT) is blanked, so no far jump, call or task
         switch of the guest's can reach CPL 0 or make the CPU write its
         state into host pages.  (The core already raises DPL 0 to 1 and sets
-        the accessed bit, as lguest did; this is the CPU's view, enforced.)"""
-        gdt = np.array(guest_gdt, dtype=np.uint32)
-        b = gdt[:, 1]
-        system = (b & 0x1000) == 0
-        gdt[system] = 0
-        dpl0 = ~system & ((b & 0x6000) == 0)
-        b[dpl0] |= np.uint32(1 << 13)
-        b[~system] |= np.uint32(0x100)
-        self.gdt[:] = gdt
-        for i, (a, b_) in SWITCHER_SEGMENTS.items():
-            self.gdt[i] = (a, b_)
+        the accessed bit, as lguest did; this is the CPU's view, enforced.)
+        ``guest_gdt``: (32, 2) u32 words (``cpu.gdt_words``, or a numpy array)."""
+        gdt = self.gdt
+        for i in range(GDT_ENTRIES):
+            a, b = int(guest_gdt[i, 0]), int(guest_gdt[i, 1])
+            if not b & 0x1000:
+                a = b = 0              # a system descriptor: blanked
+            else:
+                if not b & 0x6000:
+                    b |= 1 << 13       # DPL 0 -> 1
+                b |= 0x100             # accessed
+            gdt[i, 0], gdt[i, 1] = a, b
+        for i, (a, b) in SWITCHER_SEGMENTS.items():
+            gdt[i, 0], gdt[i, 1] = a, b
 
     def set_stack(self, esp1: int, ss1: int) -> None:
         """The TSS mirrors SET_STACK, as lguest's did."""
@@ -171,8 +179,8 @@ class Switcher:
         self.tss[4] = ss1
 
     def drop_views(self) -> None:
-        """Forget the numpy views (each holds an export of the mmap)."""
-        self.gdt = self.host_idt = self.shadow_pgd = self.tss = self._words = None
+        """Forget the views (together they hold an export of the mmap)."""
+        self.gdt = self.host_idt = self.shadow_pgd = self.tss = None
 
     def release(self) -> None:
         """Free the memory (after the engine that mapped it is gone)."""
