@@ -79,6 +79,7 @@ class _ExecTerminated(Exception):
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
+    from .. import _startup
     from .._startup import resume as _resume_gc
     from ..guestos.runner import print_exec_stats, run_program
 
@@ -102,7 +103,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
                              syscall_vector=vector, timeout=args.timeout, stdin=0, stdout=1, stderr=2,
                              export=args.export,
                              tty=(os.isatty(0), os.isatty(1), os.isatty(2)), tty_size=_terminal_size(),
-                             record=args.record, replay=args.replay, trace_out=args.trace_out)
+                             record=args.record, replay=args.replay, trace_out=args.trace_out,
+                             _leaving=_startup.command_line)  # main() then leaves at once
     except KeyboardInterrupt:
         print(f"{PROG}: {args.program}: interrupted (SIGINT)", file=sys.stderr)
         return EXIT_SIGINT
