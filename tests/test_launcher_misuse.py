@@ -121,6 +121,57 @@ def test_a_launcher_still_entered_at_interpreter_exit_does_not_crash_it(core, mo
     assert (proc.returncode, proc.stdout.strip()) == (0, "exiting"), proc.stderr[-2000:]
 
 
+FORGOTTEN_CHILD = textwrap.dedent("""
+    import gc, sys
+    sys.path.insert(0, {root!r})
+    import unicorn
+    import lguest
+    from lguest.unicorn import UnicornLauncher
+
+    closed = set()
+    def guarded(name):
+        real = getattr(unicorn.Uc, name)
+        def call(self, *args, **kw):
+            if id(self) in closed:
+                print("called", name, "on a closed engine", flush=True)
+                sys.exit(3)
+            return real(self, *args, **kw)
+        setattr(unicorn.Uc, name, call)
+    for name in ("mem_unmap", "hook_del", "emu_stop", "reg_read", "reg_write", "ctl_flush_tb"):
+        guarded(name)
+
+    for i in range(3):
+        lg = UnicornLauncher(memory=1 << 20, core={core!r}, used_vectors=lguest.UsedVectors(used=range(32)))
+        lg.__enter__()
+        lg.load_flat(bytes.fromhex({image!r}), 0x1000, 0x1000)
+        lg.run(timeout=0.02)
+        # What the collector does when the engine is garbage in the same
+        # cycle: weakref callbacks first -- the binding's finalizer closes
+        # the engine -- then the launcher's __del__.
+        closed.add(id(lg.uc))
+        lg.uc._Uc__finalizer()
+        del lg          # never exited: only the garbage collector can free it
+        gc.collect()
+        closed.clear()
+    print("collected", flush=True)
+""")
+
+
+def test_a_forgotten_launcher_whose_engine_was_closed_first_is_collected_safely(core):
+    """A launcher entered and never exited is a reference cycle, and the
+    collector runs weakref callbacks before finalisers: when the engine is
+    garbage in the same collection, Unicorn's binding has closed it (its
+    weakref.finalize) before the launcher's __del__ runs, which then
+    unmapped memory from the freed engine -- SIGSEGV in uc_mem_unmap in the
+    middle of a program, at whatever allocation set off the collection.
+    The finaliser now sees the engine closed and lets go of everything
+    without calling into it."""
+    child = FORGOTTEN_CHILD.format(root=ROOT, core=core.NAME, image=SPIN.hex())
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "collected"), (proc.returncode, proc.stdout,
+                                                                          proc.stderr[-2000:])
+
+
 def test_entering_twice_raises_and_a_launcher_can_be_reused(core):
     lg = launcher(core)
     with lg:

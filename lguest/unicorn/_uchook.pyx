@@ -518,13 +518,19 @@ cdef class NativeHooks:
         self.ntsc = 0
         self._tsc_handler = None
 
-    def close(self):
+    def close(self, engine_closed=False):
         """Remove the hooks, free the contexts and drop every pointer (call
-        before closing Unicorn).  Idempotent; RuntimeError during a run."""
+        before closing Unicorn; ``engine_closed``: it is closed already, so
+        the hooks and the TLB are left alone -- they went with it).
+        Idempotent; RuntimeError during a run."""
         if self.state == 2:
             return
         if self.busy:
             raise RuntimeError("NativeHooks is running a guest")
+        if engine_closed:
+            self.nhooks = self.ntsc = 0
+            self._tsc_handler = None
+            self.st.fast_on = 0     # so _unbind re-protects nothing in the freed engine
         if self.state == 1:
             self.uninstall()
             if self.ctx_ptr != NULL and self._free is not None:

@@ -213,12 +213,14 @@ class UnicornBackend(ExitDecoding, ShadowPaging, Backend):
         """The GDT the CPU uses (see :meth:`Switcher.load_gdt`)."""
         self.switcher.load_gdt(cpu.gdt_words)
 
-    def close(self) -> None:
+    def close(self, engine_closed: bool = False) -> None:
+        """Let go of the engine (``engine_closed``: Unicorn's binding has
+        closed it already -- nothing is removed from it, only dropped)."""
         hooks = getattr(self, "hooks", None)
         if hooks is not None:
-            hooks.close()
+            hooks.close(engine_closed)
             self.hooks = None
-        if self.uc is not None:
+        if self.uc is not None and not engine_closed:
             self.switcher.unmap(self.uc)
         self.gdt_words = self.host_idt_words = self.shadow_pgd_words = None
         self.switcher.drop_views()

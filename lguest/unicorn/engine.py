@@ -33,6 +33,16 @@ def uclib() -> Any:
     return binding.uclib
 
 
+def engine_open(uc: Any) -> bool:
+    """False once Unicorn's binding has closed ``uc``: its ``weakref.finalize``
+    has run.  The garbage collector runs weakref callbacks before any
+    ``__del__`` of the same collection, so a launcher freed together with
+    its engine finds the engine already closed, and must not call into it.
+    (A binding without that finalizer: taken as open, as before.)"""
+    fin = getattr(uc, "_Uc__finalizer", None)
+    return fin is None or bool(fin.alive)
+
+
 def function_addresses() -> dict[str, int]:
     """The C entry points the native hooks call, by name."""
     lib = uclib()

@@ -29,7 +29,7 @@ from ..memory import GuestMemory
 from ..validate import to_bytes, to_timeout, to_u32
 from .backend import UnicornBackend
 from .elf import parse_elf32
-from .engine import TCG_BUFFER_SIZE, check_version
+from .engine import TCG_BUFFER_SIZE, check_version, engine_open
 from .exits import REASON_DEADLINE, REASON_TIMER
 from .paging import initial_page_tables
 from .stats import flat_stats
@@ -213,14 +213,18 @@ class UnicornLauncher:
         if self.backend is not None and self.cpu is not None:
             self._final_stats = self.stats  # still readable after the with block
         backend, self.backend = self.backend, None
+        # Closed already when the collector frees this launcher together with
+        # its engine (see engine_open): then nothing may call into it.
+        closed = self.uc is not None and not engine_open(self.uc)
         if backend is not None:
-            backend.close()
+            backend.close(engine_closed=closed)
         unmapped = True
         if self.uc is not None:
-            try:
-                self.uc.mem_unmap(0, self.memory_size)
-            except _unicorn.UcError:
-                unmapped = self._memory_hold is None  # mapped, or never mapped
+            if not closed:
+                try:
+                    self.uc.mem_unmap(0, self.memory_size)
+                except _unicorn.UcError:
+                    unmapped = self._memory_hold is None  # mapped, or never mapped
             self.uc = None  # the last reference: the engine is closed
         if self._memory_hold is not None and unmapped:
             self._memory_hold.__exit__(None, None, None)
