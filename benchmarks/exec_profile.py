@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import busybox_path
+
 REPO = Path(__file__).resolve().parent.parent
 KERNEL_VA = 0xC000_0000
 
@@ -141,13 +143,11 @@ def guest_store_ns(n: int = 1_000_000) -> dict[str, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--busybox", default=os.environ.get("LGUEST_BUSYBOX")
-                    or str(REPO / ".cache" / "busybox-i386" / "bin" / "busybox"))
+    busybox_path.add_option(ap)
     ap.add_argument("--count", type=int, default=2000)
     opts = ap.parse_args()
-    busybox = Path(opts.busybox)
-    if not busybox.is_file():
-        print(f"no busybox at {busybox}: run .ci/fetch-busybox", file=sys.stderr)
+    busybox = busybox_path.checked(opts.busybox)
+    if busybox is None:
         return 2
     from lguest.guestos import kernel_path
 

@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import busybox_path
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
@@ -72,15 +74,13 @@ def timed(cmd: list[str], cwd: Path) -> tuple[float, bytes, int]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--busybox", default=os.environ.get("LGUEST_BUSYBOX")
-                    or str(REPO / ".cache" / "busybox-i386" / "bin" / "busybox"))
+    busybox_path.add_option(ap)
     ap.add_argument("--qiling-python", default=os.environ.get("QILING_PYTHON"))
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--only", choices=sorted(WORKLOADS), action="append")
     opts = ap.parse_args()
-    busybox = Path(opts.busybox)
-    if not busybox.is_file():
-        print(f"no busybox at {busybox}: run .ci/fetch-busybox", file=sys.stderr)
+    busybox = busybox_path.checked(opts.busybox)
+    if busybox is None:
         return 2
     print(f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus, "
           f"Linux {platform.release()}, Python {platform.python_version()}, load {os.getloadavg()[0]:.2f}")

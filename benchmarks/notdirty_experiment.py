@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import busybox_path
+
 REPO = Path(__file__).resolve().parent.parent
 TLB_NOTDIRTY = 1 << 10      # TARGET_PAGE_BITS_MIN - 2 (QEMU 5.0 cputlb)
 ENTRY = 64                  # sizeof(CPUTLBEntry): addr_read, addr_write, addr_code, paddr, addend
@@ -82,13 +84,11 @@ def clear_notdirty(uc: Any, mem_base: int, mem_size: int, code_ranges: list[tupl
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--busybox", default=os.environ.get("LGUEST_BUSYBOX")
-                    or str(REPO / ".cache" / "busybox-i386" / "bin" / "busybox"))
+    busybox_path.add_option(ap)
     ap.add_argument("--rounds", type=int, default=5)
     opts = ap.parse_args()
-    busybox = Path(opts.busybox)
-    if not busybox.is_file():
-        print(f"no busybox at {busybox}: run .ci/fetch-busybox", file=sys.stderr)
+    busybox = busybox_path.checked(opts.busybox)
+    if busybox is None:
         return 2
     from lguest.guestos.runner import run_program
     from lguest.unicorn.backend import UnicornBackend

@@ -10,12 +10,13 @@ The smoke run (--benchmark-disable) uses small counts.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("unicorn")
+
+import busybox_path  # noqa: E402
 
 from lguest.guestos import KernelUnavailable, kernel_path, run_program  # noqa: E402
 
@@ -24,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    bb = Path(os.environ.get("LGUEST_BUSYBOX") or REPO / ".cache" / "busybox-i386" / "bin" / "busybox")
+    bb = busybox_path.default()
     if not bb.is_file():
         pytest.skip("busybox-static:i386 is absent: run .ci/fetch-busybox")
     try:
