@@ -764,7 +764,7 @@ _Static_assert(__builtin_offsetof(struct inode, dev) == KI_DEV, "KI_DEV");
 _Static_assert(__builtin_offsetof(struct inode, data) == KI_DATA, "KI_DATA");
 _Static_assert(__builtin_offsetof(struct inode, size) == KI_SIZE, "KI_SIZE");
 _Static_assert(__builtin_offsetof(struct inode, cap) == KI_CAP, "KI_CAP");
-_Static_assert(MAX_FDS == KMAX_FDS && O_APPEND == 0x400 && S_IFREG == 0x8000 && S_IFMT == 0xf000, "fast path");
+_Static_assert(MAX_FDS == KMAX_FDS && KMAX_FDS <= 256 /* entry.S indexes fds by %bl */ && O_APPEND == 0x400 && S_IFREG == 0x8000 && S_IFMT == 0xf000, "fast path");
 const struct inode fast_no_inode;
 const struct file fast_no_file = { .ino = (struct inode *)&fast_no_inode };
 const u32 fast_zero;
