@@ -809,16 +809,18 @@ static void uh_on_block(uh_engine *uc, uint64_t address, uint32_t size, void *us
      * block then holds at most tb_max_insns (128) instructions: 51 temps
      * at the start plus 2 per instruction (the worst of 18,000 encodings
      * measured, fuzz/tcg_temps.py) is 307 of 512.  The cost: indirect
-     * jumps no longer chain (the chaining lookup uses flags 0), they
-     * return to the main loop, which finds the block in its cache.
+     * jumps would no longer chain (the chaining lookup uses flags 0):
+     * twins (uh_twin) win that back for every block that ended before
+     * the cap.
      *
      * One path bypasses the request: when the code buffer is full the
      * translator flushes it and restarts the main loop, and the first
      * block after that is made with flags 0.  So the buffer must never
      * fill: at most one block is translated between two runs of this
-     * hook, far less than tb_guard bytes, and once fewer than tb_guard
-     * bytes remain the guest stops here (before the block runs) and
-     * uh_run flushes and re-enters it. */
+     * hook (three with a twin, made only while three guards remain), far
+     * less than tb_guard bytes, and once fewer than tb_guard bytes remain
+     * the guest stops here (before the block runs) and uh_run flushes
+     * and re-enters it. */
     *st->tb_cflags = st->tb_max_insns;
     /* The store fast path: a new block's pages are code (see uh_fast_new_block). */
     if (__builtin_expect(*st->code_gen_ptr != st->twin_seen, 0)) {   /* the block just translated: its first run */
