@@ -6,6 +6,8 @@ the tests check the implementation's constants instead of trusting them.
 
 import os
 import signal
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +136,38 @@ def default_signals() -> None:
     inherited -- the CLI then rightly keeps ignoring it."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
+
+
+# --- freestanding i386 test programs for lguest exec (tests/exec_progs) --------------------------------
+EXEC_PROGS = Path(__file__).parent / "exec_progs"
+#: gcc flags for them: i386, no libc, no PIE, static, no stack protector
+#: (it would need the TLS canary a libc sets up).
+EXEC_CFLAGS = ["-m32", "-O1", "-ffreestanding", "-fno-pie", "-no-pie", "-nostdlib", "-static", "-fno-stack-protector",
+               "-fno-asynchronous-unwind-tables", "-Wl,--build-id=none"]
+BUSYBOX_CACHE = Path(__file__).resolve().parent.parent / ".cache" / "busybox-i386" / "bin" / "busybox"
+
+
+def guest_kernel_or_skip() -> Path:
+    """The built exec guest kernel; skips the test where it cannot be built."""
+    from lguest.guestos import KernelUnavailable, kernel_path
+
+    try:
+        return kernel_path()
+    except KernelUnavailable as exc:
+        pytest.skip(f"no guest kernel: {exc}")
+
+
+def build_i386(src: Path, exe: Path, *extra: str) -> Path:
+    """``src`` built with EXEC_CFLAGS (then ``extra``: a later -O wins) into
+    ``exe``; skips the test where gcc cannot target i386."""
+    proc = subprocess.run(["gcc", *EXEC_CFLAGS, *extra, "-o", str(exe), str(src)], capture_output=True, text=True)
+    if proc.returncode:
+        pytest.skip(f"gcc cannot build i386 programs here: {proc.stderr.strip()[-300:]}")
+    return exe
+
+
+def busybox_path() -> Path | None:
+    """Debian's static i386 busybox: LGUEST_BUSYBOX, else .ci/fetch-busybox's cache; None if absent."""
+    env = os.environ.get("LGUEST_BUSYBOX")
+    p = Path(env) if env else BUSYBOX_CACHE
+    return p if p.is_file() else None

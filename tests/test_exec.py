@@ -19,18 +19,14 @@ import time
 from pathlib import Path
 
 import pytest
-from lgtest import default_signals
+from lgtest import EXEC_PROGS as PROGS
+from lgtest import build_i386, default_signals, guest_kernel_or_skip
 
-from lguest.guestos import EXIT_CANNOT_RUN, EXIT_LGUEST, EXIT_NOT_FOUND, EXIT_TIMEOUT, KernelUnavailable, kernel_path
+from lguest.guestos import EXIT_CANNOT_RUN, EXIT_LGUEST, EXIT_NOT_FOUND, EXIT_TIMEOUT, KernelUnavailable
 from lguest.guestos.cpio import ImageTooLarge, _entry, pack_tree, unpack_tree
 from lguest.guestos.runner import run_program
 
 pytest.importorskip("unicorn")
-
-PROGS = Path(__file__).parent / "exec_progs"
-CFLAGS = ["-m32", "-O1", "-ffreestanding", "-fno-pie", "-no-pie", "-nostdlib", "-static", "-fno-stack-protector",
-          "-fno-asynchronous-unwind-tables", "-Wl,--build-id=none"]
-
 
 def _signal_status(rc: int) -> int:
     return 128 - rc if rc < 0 else rc
@@ -38,10 +34,7 @@ def _signal_status(rc: int) -> int:
 
 @pytest.fixture(scope="session")
 def guest_kernel() -> Path:
-    try:
-        return kernel_path()
-    except KernelUnavailable as exc:
-        pytest.skip(f"no guest kernel: {exc}")
+    return guest_kernel_or_skip()
 
 
 @pytest.fixture(scope="session")
@@ -51,11 +44,7 @@ def progs(tmp_path_factory: pytest.TempPathFactory, guest_kernel: Path) -> dict[
     built = {}
     for src in sorted(PROGS.glob("*.c")):
         extra = ['-DSYSCALL_INSN="int $0x40"'] if src.stem == "vector" else []
-        exe = out / src.stem
-        proc = subprocess.run(["gcc", *CFLAGS, *extra, "-o", str(exe), str(src)], capture_output=True, text=True)
-        if proc.returncode:
-            pytest.skip(f"gcc cannot build i386 programs here: {proc.stderr.strip()[-300:]}")
-        built[src.stem] = exe
+        built[src.stem] = build_i386(src, out / src.stem, *extra)
     return built
 
 

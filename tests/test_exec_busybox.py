@@ -17,19 +17,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from lgtest import busybox_path, guest_kernel_or_skip
 
-from lguest.guestos import KernelUnavailable, kernel_path
 from lguest.guestos.runner import run_program
 
 pytest.importorskip("unicorn")
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def busybox_path() -> Path | None:
-    env = os.environ.get("LGUEST_BUSYBOX")
-    p = Path(env) if env else REPO / ".cache" / "busybox-i386" / "bin" / "busybox"
-    return p if p.is_file() else None
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +35,7 @@ def busybox() -> Path:
         if os.environ.get("LGUEST_REQUIRE_BUSYBOX"):
             pytest.fail(msg + " -- LGUEST_REQUIRE_BUSYBOX is set, so this is a failure")
         pytest.skip(msg)
-    try:
-        kernel_path()
-    except KernelUnavailable as exc:
-        pytest.skip(f"no guest kernel: {exc}")
+    guest_kernel_or_skip()
     return p
 
 

@@ -12,12 +12,11 @@ tests/exec_progs/rwfast.c, compared with Linux in test_exec.py.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
+from lgtest import build_i386, guest_kernel_or_skip
 
-from lguest.guestos import KernelUnavailable, kernel_path
 from lguest.guestos.runner import run_program
 
 pytest.importorskip("unicorn")
@@ -44,19 +43,10 @@ void _start(void)
 
 @pytest.fixture(scope="module")
 def copier(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    try:
-        kernel_path()
-    except KernelUnavailable as exc:
-        pytest.skip(f"no guest kernel: {exc}")
+    guest_kernel_or_skip()
     out = tmp_path_factory.mktemp("fastpath")
     (out / "copy.c").write_text(COPY)
-    exe = out / "copy"
-    proc = subprocess.run(["gcc", "-m32", "-O2", "-ffreestanding", "-fno-pie", "-no-pie", "-nostdlib", "-static",
-                           "-fno-stack-protector", "-Wl,--build-id=none", "-o", str(exe), str(out / "copy.c")],
-                          capture_output=True, text=True)
-    if proc.returncode:
-        pytest.skip(f"gcc cannot build i386 programs here: {proc.stderr.strip()[-300:]}")
-    return exe
+    return build_i386(out / "copy.c", out / "copy", "-O2")
 
 
 def _copy(copier: Path, tmp_path: Path, data: bytes, core: object) -> int:
@@ -97,17 +87,9 @@ def test_boot_is_a_few_thousand_blocks(tmp_path: Path, core: object, memory_mib:
     each, 128 blocks a page), its page tables for all RAM are filled 32
     entries a block (was 9,190 / 15,598 / 41,230 blocks at 32 / 128 / 512
     MiB), and it leaves the emulator for the host a few times only."""
-    try:
-        kernel_path()
-    except KernelUnavailable as exc:
-        pytest.skip(f"no guest kernel: {exc}")
+    guest_kernel_or_skip()
     (tmp_path / "exit0.c").write_text(EXIT0)
-    exe = tmp_path / "exit0"
-    proc = subprocess.run(["gcc", "-m32", "-O1", "-ffreestanding", "-fno-pie", "-no-pie", "-nostdlib", "-static",
-                           "-Wl,--build-id=none", "-o", str(exe), str(tmp_path / "exit0.c")],
-                          capture_output=True, text=True)
-    if proc.returncode:
-        pytest.skip(f"gcc cannot build i386 programs here: {proc.stderr.strip()[-300:]}")
+    exe = build_i386(tmp_path / "exit0.c", tmp_path / "exit0")
     result = run_program(str(exe), memory=memory_mib << 20, core=core, timeout=60)
     assert (result.status, result.message) == (0, None)
     # ~2,600-3,500 blocks at 32 MiB (a deeper path is more directories to make), plus the page

@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 import pytest
-from lgtest import default_signals
-from test_exec import CFLAGS, PROGS
+from lgtest import EXEC_PROGS as PROGS
+from lgtest import build_i386, default_signals, guest_kernel_or_skip
 
-from lguest.guestos import EXIT_CANNOT_RUN, EXIT_LGUEST, EXIT_NOT_FOUND, EXIT_TIMEOUT, KernelUnavailable, kernel_path
+from lguest.guestos import EXIT_CANNOT_RUN, EXIT_LGUEST, EXIT_NOT_FOUND, EXIT_TIMEOUT
 from lguest.guestos.cpio import _entry, unpack_tree
 from lguest.guestos.runner import run_program
 
@@ -36,20 +36,9 @@ TRAILER = _entry("TRAILER!!!", 0, 0, 0, 0)
 
 @pytest.fixture(scope="module")
 def hprogs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    try:
-        kernel_path()
-    except KernelUnavailable as exc:
-        pytest.skip(f"no guest kernel: {exc}")
+    guest_kernel_or_skip()
     out = tmp_path_factory.mktemp("hostile_progs")
-    built = {}
-    for stem in ("hostile", "echo_stdin", "spin"):
-        exe = out / stem
-        proc = subprocess.run(["gcc", *CFLAGS, "-o", str(exe), str(PROGS / f"{stem}.c")], capture_output=True,
-                              text=True)
-        if proc.returncode:
-            pytest.skip(f"gcc cannot build i386 programs here: {proc.stderr.strip()[-300:]}")
-        built[stem] = exe
-    return built
+    return {stem: build_i386(PROGS / f"{stem}.c", out / stem) for stem in ("hostile", "echo_stdin", "spin")}
 
 
 def image(*entries: tuple[str, int, bytes]) -> bytes:

@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 import test_exec
+from lgtest import busybox_path
 from test_exec import make_root
-from test_exec_busybox import busybox_path
 from test_exec_record import feeder, outcome, replay
 
 from lguest.guestos.runner import run_program

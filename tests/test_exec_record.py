@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_exec import CFLAGS, PROGS
-from test_exec_busybox import busybox_path
+from lgtest import EXEC_PROGS as PROGS
+from lgtest import build_i386, busybox_path, guest_kernel_or_skip
 
-from lguest.guestos import KernelUnavailable, kernel_path
 from lguest.guestos.runner import ExecResult, run_program
 from lguest.host.record import guest_counters
 
@@ -36,17 +35,11 @@ pytest.importorskip("unicorn")
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    try:
-        kernel_path()
-    except KernelUnavailable as exc:
-        pytest.skip(f"no guest kernel: {exc}")
+    guest_kernel_or_skip()
     r = tmp_path_factory.mktemp("recroot")
     (r / "bin").mkdir()
     for name in ("record_me", "echo_stdin"):
-        proc = subprocess.run(["gcc", *CFLAGS, "-o", str(r / "bin" / name), str(PROGS / f"{name}.c")],
-                              capture_output=True, text=True)
-        if proc.returncode:
-            pytest.skip(f"gcc cannot build i386 programs here: {proc.stderr.strip()[-300:]}")
+        build_i386(PROGS / f"{name}.c", r / "bin" / name)
     bb = busybox_path()
     if bb is not None:
         shutil.copy(bb, r / "bin" / "busybox")

@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from lgtest import build_i386, guest_kernel_or_skip
 
 from lguest.cli.common import _terminal_size
-from lguest.guestos import KernelUnavailable, kernel_path
 from lguest.guestos.build import _sha256, source_hash
 
 pytest.importorskip("unicorn")
@@ -36,19 +36,11 @@ void _start(void) { __asm__ volatile("int $0x80" :: "a"(1), "b"(0)); for (;;) ; 
 
 @pytest.fixture(scope="module")
 def exit0(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    try:
-        kernel_path()
-    except KernelUnavailable as exc:
-        pytest.skip(f"no guest kernel: {exc}")
+    guest_kernel_or_skip()
     out = tmp_path_factory.mktemp("startup")
     src = out / "exit0.c"
     src.write_text(EXIT0)
-    exe = out / "exit0"
-    proc = subprocess.run(["gcc", "-m32", "-O1", "-ffreestanding", "-fno-pie", "-no-pie", "-nostdlib", "-static",
-                           "-Wl,--build-id=none", "-o", str(exe), str(src)], capture_output=True, text=True)
-    if proc.returncode:
-        pytest.skip(f"gcc cannot build i386 programs here: {proc.stderr.strip()[-300:]}")
-    return exe
+    return build_i386(src, out / "exit0")
 
 
 @pytest.mark.parametrize("pure", [False, True], ids=["cython", "python"])

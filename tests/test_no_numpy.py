@@ -22,15 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lgtest import build_example
+from lgtest import EXEC_CFLAGS, EXEC_PROGS, build_example, busybox_path
 
 pytest.importorskip("unicorn")
 pytestmark = pytest.mark.skipif(not (shutil.which("as") and shutil.which("ld")), reason="binutils (as, ld) needed")
 
 REPO = Path(__file__).resolve().parent.parent
-PROGS = Path(__file__).parent / "exec_progs"
-CFLAGS = ["-m32", "-O1", "-ffreestanding", "-fno-pie", "-no-pie", "-nostdlib", "-static", "-fno-stack-protector",
-          "-fno-asynchronous-unwind-tables", "-Wl,--build-id=none"]
 
 WORKER = r"""
 import sys
@@ -119,14 +116,8 @@ print("ok")
 
 def _build_echo(out: Path) -> Path | None:
     exe = out / "echo"
-    proc = subprocess.run(["gcc", *CFLAGS, "-o", str(exe), str(PROGS / "echo_stdin.c")], capture_output=True)
+    proc = subprocess.run(["gcc", *EXEC_CFLAGS, "-o", str(exe), str(EXEC_PROGS / "echo_stdin.c")], capture_output=True)
     return exe if proc.returncode == 0 else None
-
-
-def _busybox() -> Path | None:
-    env = os.environ.get("LGUEST_BUSYBOX")
-    p = Path(env) if env else REPO / ".cache" / "busybox-i386" / "bin" / "busybox"
-    return p if p.is_file() else None
 
 
 def test_running_guests_never_imports_numpy(core: Any, tmp_path: Path) -> None:
@@ -140,7 +131,7 @@ def test_running_guests_never_imports_numpy(core: Any, tmp_path: Path) -> None:
     root.mkdir()
     if _build_echo(root) is None:
         pytest.skip("gcc cannot build i386 programs here")
-    busybox = _busybox()
+    busybox = busybox_path()
     if busybox is not None:
         (root / "bin").mkdir()
         shutil.copy(busybox, root / "bin" / "busybox")
