@@ -76,6 +76,24 @@
         orb     %ah, %al
 .endm
 
+/* A fast-path call that failed a check goes to C: sys_read/sys_write
+ * (regparm(3): eax fd, edx count, ecx buf), ecx and edx saved around the
+ * call as the C path promises the program; then the three registers the
+ * fast path saved, and back to the program. */
+.macro TO_C fn
+        pushl   %ecx
+        pushl   %edx
+        movl    %ebx, %eax
+        cld
+        call    \fn
+        popl    %edx
+        popl    %ecx
+        popl    %ebp
+        popl    %edi
+        popl    %esi
+        iret
+.endm
+
         .section .text.entry, "ax"
         .globl _start
 _start:
@@ -165,17 +183,7 @@ syscall_entry:
         popl    %edi
         popl    %esi
         iret
-3:      pushl   %ecx
-        pushl   %edx
-        movl    %ebx, %eax
-        cld
-        call    sys_write
-        popl    %edx
-        popl    %ecx
-        popl    %ebp
-        popl    %edi
-        popl    %esi
-        iret
+3:      TO_C    sys_write
 
 read_fast:
         pushl   %esi
@@ -216,17 +224,7 @@ read_fast:
         popl    %edi
         popl    %esi
         iret
-3:      pushl   %ecx
-        pushl   %edx
-        movl    %ebx, %eax
-        cld
-        call    sys_read
-        popl    %edx
-        popl    %ecx
-        popl    %ebp
-        popl    %edi
-        popl    %esi
-        iret
+3:      TO_C    sys_read
 
 1:
 /* struct regs (kernel.c): ebx ecx edx esi edi ebp eax, then the CPU's
